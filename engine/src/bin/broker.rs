@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("broker: not implemented yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,138 @@
+//! Storage and socket I/O behind a small trait.
+//!
+//! * [`Io`] / [`IoFile`]: what the log needs from a filesystem. [`UringIo`] is the real one
+//!   (writes and fdatasync through io_uring), [`SimIo`] an in-memory one that models the page
+//!   cache vs. the disk, so tests can crash it, tear writes, flip bits and fail syncs.
+//! * [`sys`]: the only module in the workspace with `unsafe` (io_uring submission, sendfile,
+//!   `send(MSG_MORE)`).
+
+pub mod sim;
+pub mod sys;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use sim::{CrashMode, SimIo};
+
+/// A file as the log uses it: positional writes and reads, durability barrier, truncate.
+pub trait IoFile: Send + Sync + std::fmt::Debug {
+    /// Write all of `buf` at `pos` (into the page cache; not durable until [`IoFile::sync_data`]).
+    fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// Read up to `buf.len()` bytes at `pos`; returns the count read (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+    /// fdatasync: every write completed before this call is durable when it returns Ok.
+    fn sync_data(&self) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The OS file descriptor, for zero-copy `sendfile`. `None` for simulated files.
+    fn raw_fd(&self) -> Option<RawFd>;
+
+    /// Read exactly `buf.len()` bytes at `pos`.
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self.read_at(&mut buf[done..], pos + done as u64)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// A filesystem as the log uses it.
+pub trait Io: Send + Sync + std::fmt::Debug {
+    /// Open for read and write, creating it when `create` is set.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn IoFile>>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Names (not paths) of the entries of a directory.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    fn exists(&self, path: &Path) -> bool;
+    /// fsync a directory, making creations, renames and removals in it durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The real filesystem; writes and fdatasync go through a per-thread io_uring
+/// (falling back to pwrite/fdatasync where io_uring is unavailable).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UringIo;
+
+#[derive(Debug)]
+struct OsFile {
+    file: std::fs::File,
+}
+
+impl IoFile for OsFile {
+    fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = sys::uring_write(fd, &buf[done..], pos + done as u64)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.file.read_at(buf, pos)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        sys::uring_fdatasync(self.file.as_raw_fd())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+}
+
+impl Io for UringIo {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn IoFile>> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(create).open(path)?;
+        Ok(Arc::new(OsFile { file }))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(path)? {
+            out.push(e?.file_name().to_string_lossy().into_owned());
+        }
+        out.sort();
+        Ok(out)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::File::open(path)?.sync_all()
+    }
+}
+
+/// Join helper used by the log for sibling files.
+pub fn sibling(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

@@ -1,0 +1,391 @@
+//! An in-memory filesystem that separates what is written (the page cache) from what is durable
+//! (the disk), so tests can build the "crash image" a power cut would leave behind.
+//!
+//! Model:
+//! * `write_at`/`set_len` change the volatile contents and are queued as pending operations.
+//! * `sync_data` applies a file's pending operations to its durable contents (unless a fault is
+//!   injected: then it fails with EIO and nothing becomes durable).
+//! * Creating, renaming and removing files change the volatile directory; they become durable
+//!   only with `sync_dir` of the parent directory (ALICE's missing-directory-fsync bugs).
+//! * [`SimIo::crash`] returns a new filesystem holding only durable state, optionally with a
+//!   prefix of each file's pending writes applied (the last one torn at a random byte) and a bit
+//!   flipped in that unsynced region.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{Io, IoFile};
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Write { pos: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Default)]
+struct Contents {
+    volatile: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<Pending>,
+}
+
+fn apply(buf: &mut Vec<u8>, op: &Pending) {
+    match op {
+        Pending::Write { pos, data } => {
+            let end = *pos as usize + data.len();
+            if buf.len() < end {
+                buf.resize(end, 0);
+            }
+            buf[*pos as usize..end].copy_from_slice(data);
+        }
+        Pending::SetLen(len) => buf.resize(*len as usize, 0),
+    }
+}
+
+#[derive(Debug)]
+struct SimFile {
+    contents: Mutex<Contents>,
+    fs: Arc<Shared>,
+}
+
+/// Faults and counters shared by every file of one simulated filesystem.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Fail the sync whose ordinal (1-based, counted over all files) equals this; 0 = never.
+    fail_sync_at: AtomicU64,
+    syncs: AtomicU64,
+    /// Bytes of free space; writes that would grow past it fail with ENOSPC. u64::MAX = unlimited.
+    space_left: AtomicU64,
+    /// Fail every write with EIO while non-zero.
+    write_eio: AtomicU64,
+}
+
+impl IoFile for SimFile {
+    fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        if self.fs.write_eio.load(Ordering::SeqCst) != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let mut c = self.contents.lock().expect("sim file lock");
+        let end = pos + buf.len() as u64;
+        let growth = end.saturating_sub(c.volatile.len() as u64);
+        if growth > 0 {
+            let left = self.fs.space_left.load(Ordering::SeqCst);
+            if left != u64::MAX {
+                if growth > left {
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                self.fs.space_left.store(left - growth, Ordering::SeqCst);
+            }
+        }
+        let op = Pending::Write { pos, data: buf.to_vec() };
+        apply(&mut c.volatile, &op);
+        c.pending.push(op);
+        Ok(())
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let c = self.contents.lock().expect("sim file lock");
+        let pos = pos as usize;
+        if pos >= c.volatile.len() {
+            return Ok(0);
+        }
+        let n = buf.len().min(c.volatile.len() - pos);
+        buf[..n].copy_from_slice(&c.volatile[pos..pos + n]);
+        Ok(n)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        let n = self.fs.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fs.fail_sync_at.load(Ordering::SeqCst) == n {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let mut c = self.contents.lock().expect("sim file lock");
+        let ops = std::mem::take(&mut c.pending);
+        for op in &ops {
+            apply(&mut c.durable, op);
+        }
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.contents.lock().expect("sim file lock").volatile.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut c = self.contents.lock().expect("sim file lock");
+        let op = Pending::SetLen(len);
+        apply(&mut c.volatile, &op);
+        c.pending.push(op);
+        Ok(())
+    }
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+}
+
+#[derive(Debug, Default)]
+struct Namespace {
+    /// Volatile view: path -> file.
+    files: BTreeMap<PathBuf, Arc<SimFile>>,
+    dirs: BTreeMap<PathBuf, ()>,
+    /// Durable view of directory entries (only updated by `sync_dir`).
+    durable_files: BTreeMap<PathBuf, Arc<SimFile>>,
+    durable_dirs: BTreeMap<PathBuf, ()>,
+}
+
+/// Simulated filesystem. Cheap to clone (shares state).
+#[derive(Debug, Clone)]
+pub struct SimIo {
+    ns: Arc<Mutex<Namespace>>,
+    shared: Arc<Shared>,
+}
+
+/// What a crash does to data that was written but not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Every unsynced byte is lost.
+    DropUnsynced,
+    /// A random prefix of each file's unsynced writes survives, the last one possibly torn.
+    Tear,
+    /// Like `Tear`, and one bit flips somewhere in the surviving unsynced bytes.
+    TearAndFlip,
+}
+
+impl Default for SimIo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SimIo {
+    pub fn new() -> Self {
+        let shared = Shared { space_left: AtomicU64::new(u64::MAX), ..Default::default() };
+        let mut ns = Namespace::default();
+        ns.dirs.insert(PathBuf::from("/"), ());
+        ns.durable_dirs.insert(PathBuf::from("/"), ());
+        SimIo { ns: Arc::new(Mutex::new(ns)), shared: Arc::new(shared) }
+    }
+
+    /// Make the `n`-th sync from now (1 = the next one) fail with EIO.
+    pub fn fail_sync_in(&self, n: u64) {
+        let now = self.shared.syncs.load(Ordering::SeqCst);
+        self.shared.fail_sync_at.store(now + n, Ordering::SeqCst);
+    }
+    /// Number of `sync_data` calls so far.
+    pub fn sync_count(&self) -> u64 {
+        self.shared.syncs.load(Ordering::SeqCst)
+    }
+    /// Limit free space to `bytes` (writes growing files beyond it fail with ENOSPC); `None` = unlimited.
+    pub fn set_space_left(&self, bytes: Option<u64>) {
+        self.shared.space_left.store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+    /// Make every write fail with EIO while `on`.
+    pub fn set_write_eio(&self, on: bool) {
+        self.shared.write_eio.store(on as u64, Ordering::SeqCst);
+    }
+
+    /// Durable contents of a file (what a power cut right now would certainly keep).
+    pub fn durable_contents(&self, path: &Path) -> Option<Vec<u8>> {
+        let ns = self.ns.lock().expect("sim ns lock");
+        ns.durable_files.get(path).map(|f| f.contents.lock().expect("sim file lock").durable.clone())
+    }
+
+    /// Flip one bit of a file's durable and volatile contents (bit rot on the platter).
+    pub fn flip_durable_bit(&self, path: &Path, byte: usize, bit: u8) -> bool {
+        let ns = self.ns.lock().expect("sim ns lock");
+        let Some(f) = ns.files.get(path) else { return false };
+        let mut c = f.contents.lock().expect("sim file lock");
+        if byte >= c.durable.len() || byte >= c.volatile.len() {
+            return false;
+        }
+        c.durable[byte] ^= 1 << (bit % 8);
+        c.volatile[byte] ^= 1 << (bit % 8);
+        true
+    }
+
+    /// The filesystem a power cut right now would leave behind. The original is left untouched
+    /// (it keeps running for as long as the test wants, e.g. to let concurrent appenders finish).
+    pub fn crash(&self, mode: CrashMode, seed: u64) -> SimIo {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let ns = self.ns.lock().expect("sim ns lock");
+        let out = SimIo::new();
+        {
+            let mut new_ns = out.ns.lock().expect("sim ns lock");
+            for d in ns.durable_dirs.keys() {
+                new_ns.dirs.insert(d.clone(), ());
+                new_ns.durable_dirs.insert(d.clone(), ());
+            }
+            for (path, f) in &ns.durable_files {
+                let c = f.contents.lock().expect("sim file lock");
+                let mut data = c.durable.clone();
+                if mode != CrashMode::DropUnsynced && !c.pending.is_empty() {
+                    let keep = rng.gen_range(0..=c.pending.len());
+                    let before = data.len();
+                    for (i, op) in c.pending[..keep].iter().enumerate() {
+                        match op {
+                            Pending::Write { pos, data: w } if i + 1 == keep && !w.is_empty() => {
+                                let torn = rng.gen_range(1..=w.len());
+                                apply(&mut data, &Pending::Write { pos: *pos, data: w[..torn].to_vec() });
+                            }
+                            op => apply(&mut data, op),
+                        }
+                    }
+                    if mode == CrashMode::TearAndFlip && data.len() > before {
+                        let at = rng.gen_range(before..data.len());
+                        data[at] ^= 1 << rng.gen_range(0..8);
+                    }
+                }
+                let file = Arc::new(SimFile {
+                    contents: Mutex::new(Contents { volatile: data.clone(), durable: data, pending: Vec::new() }),
+                    fs: out.shared.clone(),
+                });
+                new_ns.files.insert(path.clone(), file.clone());
+                new_ns.durable_files.insert(path.clone(), file);
+            }
+        }
+        out
+    }
+}
+
+fn parent(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+}
+
+impl Io for SimIo {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn IoFile>> {
+        let mut ns = self.ns.lock().expect("sim ns lock");
+        if let Some(f) = ns.files.get(path) {
+            return Ok(f.clone());
+        }
+        if !create {
+            return Err(not_found(path));
+        }
+        if !ns.dirs.contains_key(&parent(path)) {
+            return Err(not_found(&parent(path)));
+        }
+        let f = Arc::new(SimFile { contents: Mutex::new(Contents::default()), fs: self.shared.clone() });
+        ns.files.insert(path.to_path_buf(), f.clone());
+        Ok(f)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut ns = self.ns.lock().expect("sim ns lock");
+        ns.files.remove(path).map(|_| ()).ok_or_else(|| not_found(path))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut ns = self.ns.lock().expect("sim ns lock");
+        let f = ns.files.remove(from).ok_or_else(|| not_found(from))?;
+        ns.files.insert(to.to_path_buf(), f);
+        Ok(())
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut ns = self.ns.lock().expect("sim ns lock");
+        let mut p = PathBuf::new();
+        for comp in path.components() {
+            p.push(comp);
+            ns.dirs.insert(p.clone(), ());
+        }
+        Ok(())
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut ns = self.ns.lock().expect("sim ns lock");
+        ns.files.retain(|p, _| !p.starts_with(path));
+        ns.dirs.retain(|p, _| !p.starts_with(path));
+        Ok(())
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let ns = self.ns.lock().expect("sim ns lock");
+        if !ns.dirs.contains_key(path) {
+            return Err(not_found(path));
+        }
+        let mut out: Vec<String> = ns
+            .files
+            .keys()
+            .chain(ns.dirs.keys())
+            .filter(|p| p.parent() == Some(path))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        let ns = self.ns.lock().expect("sim ns lock");
+        ns.files.contains_key(path) || ns.dirs.contains_key(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let mut ns = self.ns.lock().expect("sim ns lock");
+        if !ns.dirs.contains_key(path) {
+            return Err(not_found(path));
+        }
+        // Entries directly in `path` become durable as they are now; so does `path` itself and
+        // (as on ext4, where a directory's own creation is journaled with its parent) its ancestors.
+        let files: HashMap<PathBuf, Arc<SimFile>> =
+            ns.files.iter().filter(|(p, _)| p.parent() == Some(path)).map(|(p, f)| (p.clone(), f.clone())).collect();
+        ns.durable_files.retain(|p, _| p.parent() != Some(path));
+        ns.durable_files.extend(files);
+        let subdirs: Vec<PathBuf> = ns.dirs.keys().filter(|p| p.parent() == Some(path)).cloned().collect();
+        ns.durable_dirs.retain(|p, _| p.parent() != Some(path) || subdirs.contains(p));
+        for d in subdirs {
+            ns.durable_dirs.insert(d, ());
+        }
+        let mut p = PathBuf::new();
+        for comp in path.components() {
+            p.push(comp);
+            ns.durable_dirs.insert(p.clone(), ());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsynced_writes_and_unsynced_creations_vanish_on_crash() {
+        let io = SimIo::new();
+        io.create_dir_all(Path::new("/d")).unwrap();
+        let f = io.open(Path::new("/d/a"), true).unwrap();
+        f.write_at(b"hello", 0).unwrap();
+        f.sync_data().unwrap();
+        // File exists durably only after the directory sync.
+        assert!(!io.crash(CrashMode::DropUnsynced, 1).exists(Path::new("/d/a")));
+        io.sync_dir(Path::new("/d")).unwrap();
+        f.write_at(b" world", 5).unwrap();
+        let after = io.crash(CrashMode::DropUnsynced, 1);
+        let g = after.open(Path::new("/d/a"), false).unwrap();
+        let mut buf = vec![0; 64];
+        let n = g.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+    }
+
+    #[test]
+    fn injected_sync_failure_makes_nothing_durable() {
+        let io = SimIo::new();
+        io.create_dir_all(Path::new("/d")).unwrap();
+        let f = io.open(Path::new("/d/a"), true).unwrap();
+        io.sync_dir(Path::new("/d")).unwrap();
+        f.write_at(b"x", 0).unwrap();
+        io.fail_sync_in(1);
+        assert!(f.sync_data().is_err());
+        assert_eq!(io.durable_contents(Path::new("/d/a")).unwrap(), b"");
+    }
+
+    #[test]
+    fn enospc_when_space_runs_out() {
+        let io = SimIo::new();
+        io.create_dir_all(Path::new("/d")).unwrap();
+        let f = io.open(Path::new("/d/a"), true).unwrap();
+        io.set_space_left(Some(4));
+        f.write_at(b"abcd", 0).unwrap();
+        let e = f.write_at(b"e", 4).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        f.write_at(b"z", 0).unwrap(); // overwriting needs no space
+    }
+}

@@ -1,0 +1,260 @@
+//! All partitions under one data directory: `<data>/<topic>-<partition>/`, as Kafka lays them out.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::{Durability, LogConfig, Partition, RecoveryError};
+use crate::io::Io;
+
+/// Wakes long-polling readers when any partition's high watermark advances.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    epoch: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Notifier {
+    pub fn bump(&self) {
+        let mut e = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        *e += 1;
+        self.cv.notify_all();
+    }
+    pub fn epoch(&self) -> u64 {
+        *self.epoch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Wait until the epoch differs from `seen` or `deadline` passes; returns the epoch.
+    pub fn wait_past(&self, seen: u64, deadline: Instant) -> u64 {
+        let mut e = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        while *e == seen {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            e = self.cv.wait_timeout(e, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        *e
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("invalid topic name {0:?}: use 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'")]
+    InvalidName(String),
+    #[error("topic {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("unknown topic {0:?}")]
+    Unknown(String),
+    #[error("invalid partition count {0}: want 1..=100000")]
+    InvalidPartitions(i64),
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+}
+
+/// A topic's partitions, index = partition id.
+pub type Topic = Arc<Vec<Arc<Partition>>>;
+
+#[derive(Debug)]
+pub struct LogManager {
+    dir: PathBuf,
+    io: Arc<dyn Io>,
+    default_cfg: LogConfig,
+    topics: RwLock<BTreeMap<String, Topic>>,
+    notifier: Arc<Notifier>,
+    stop: Arc<AtomicBool>,
+    /// Partitions that failed recovery, with the reason (they are not served).
+    pub failed: Mutex<Vec<String>>,
+}
+
+impl LogManager {
+    /// Open every partition under `dir` (recovering each), creating `dir` if needed.
+    /// A partition that fails recovery is left out and reported, not silently repaired.
+    pub fn open(dir: &Path, io: Arc<dyn Io>, cfg: LogConfig) -> Result<Arc<LogManager>, TopicError> {
+        io.create_dir_all(dir)?;
+        let notifier = Arc::new(Notifier::default());
+        let mut found: BTreeMap<String, BTreeMap<u32, PathBuf>> = BTreeMap::new();
+        for name in io.list_dir(dir)? {
+            let Some((topic, part)) = name.rsplit_once('-') else { continue };
+            let Ok(p) = part.parse::<u32>() else { continue };
+            if !valid_topic_name(topic) || io.list_dir(&dir.join(&name)).is_err() {
+                continue;
+            }
+            found.entry(topic.to_string()).or_default().insert(p, dir.join(&name));
+        }
+        let mut topics = BTreeMap::new();
+        let mut failed = Vec::new();
+        for (topic, parts) in found {
+            let mut v = Vec::new();
+            let mut ok = true;
+            for (i, (p, path)) in parts.into_iter().enumerate() {
+                if p as usize != i {
+                    failed.push(format!("{topic}: partition {i} directory missing"));
+                    ok = false;
+                    break;
+                }
+                match Partition::open(&topic, p, &path, io.clone(), cfg.clone(), notifier.clone()) {
+                    Ok(part) => v.push(part),
+                    Err(e) => {
+                        tracing::error!("{topic}-{p}: {e}");
+                        failed.push(format!("{topic}-{p}: {e}"));
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                topics.insert(topic, Arc::new(v));
+            }
+        }
+        let m = Arc::new(LogManager {
+            dir: dir.to_path_buf(),
+            io,
+            default_cfg: cfg,
+            topics: RwLock::new(topics),
+            notifier,
+            stop: Arc::new(AtomicBool::new(false)),
+            failed: Mutex::new(failed),
+        });
+        m.start_background();
+        Ok(m)
+    }
+
+    fn start_background(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        let tick_ms = match self.default_cfg.durability {
+            Durability::Interval { ms } => ms.min(1000),
+            _ => 1000,
+        };
+        let spawned = std::thread::Builder::new().name("log-maintenance".into()).spawn(move || {
+            let mut last_retention = Instant::now();
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(tick_ms));
+                let Some(m) = weak.upgrade() else { break };
+                let parts = m.all_partitions();
+                if let Durability::Interval { .. } = m.default_cfg.durability {
+                    for p in &parts {
+                        if let Err(e) = p.flush() {
+                            tracing::warn!("{}-{}: interval flush: {e}", p.topic, p.index);
+                        }
+                    }
+                }
+                if last_retention.elapsed() >= Duration::from_secs(5) {
+                    last_retention = Instant::now();
+                    for p in &parts {
+                        if let Err(e) = p.enforce_retention() {
+                            tracing::warn!("{}-{}: retention: {e}", p.topic, p.index);
+                        }
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start log maintenance thread: {e}");
+        }
+    }
+
+    pub fn notifier(&self) -> &Arc<Notifier> {
+        &self.notifier
+    }
+    pub fn config(&self) -> &LogConfig {
+        &self.default_cfg
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Topic> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+    pub fn partition(&self, topic: &str, p: i32) -> Option<Arc<Partition>> {
+        let t = self.topic(topic)?;
+        usize::try_from(p).ok().and_then(|i| t.get(i).cloned())
+    }
+    pub fn topic_names(&self) -> Vec<String> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+    pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).values().flat_map(|t| t.iter().cloned()).collect()
+    }
+
+    /// Create a topic with `partitions` partitions (durable before it returns).
+    pub fn create_topic(&self, name: &str, partitions: i32, cfg: Option<LogConfig>) -> Result<Topic, TopicError> {
+        if !valid_topic_name(name) {
+            return Err(TopicError::InvalidName(name.to_string()));
+        }
+        if !(1..=100_000).contains(&partitions) {
+            return Err(TopicError::InvalidPartitions(partitions as i64));
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        if topics.contains_key(name) {
+            return Err(TopicError::AlreadyExists(name.to_string()));
+        }
+        let cfg = cfg.unwrap_or_else(|| self.default_cfg.clone());
+        let mut v = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions as u32 {
+            let path = self.dir.join(format!("{name}-{p}"));
+            v.push(Partition::open(name, p, &path, self.io.clone(), cfg.clone(), self.notifier.clone())?);
+        }
+        self.io.sync_dir(&self.dir)?;
+        let t: Topic = Arc::new(v);
+        topics.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// Get or create (with `partitions`) a topic.
+    pub fn get_or_create(&self, name: &str, partitions: i32) -> Result<Topic, TopicError> {
+        if let Some(t) = self.topic(name) {
+            return Ok(t);
+        }
+        match self.create_topic(name, partitions, None) {
+            Err(TopicError::AlreadyExists(_)) => self.topic(name).ok_or_else(|| TopicError::Unknown(name.into())),
+            r => r,
+        }
+    }
+
+    pub fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
+        let t = self
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        for p in t.iter() {
+            p.delete()?;
+        }
+        Ok(())
+    }
+
+    /// Flush and checkpoint every partition (clean shutdown). Returns the first error.
+    pub fn close(&self) -> Result<(), super::AppendError> {
+        self.stop.store(true, Ordering::Release);
+        let mut first = Ok(());
+        for p in self.all_partitions() {
+            if let Err(e) = p.close() {
+                tracing::warn!("{}-{}: close: {e}", p.topic, p.index);
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+impl Drop for LogManager {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}

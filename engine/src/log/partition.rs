@@ -1,0 +1,733 @@
+//! One topic-partition: an ordered list of segments, group commit, reads as file ranges,
+//! recovery, retention, idempotent-producer state.
+//!
+//! Locking: `state` (segments, producer state) is held while an append assigns offsets and
+//! writes; `sync` (durable offset, in-flight flag, poison) is held only briefly. Lock order is
+//! state → sync; the group-commit leader never holds either lock while it fdatasyncs.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::segment::{self, Segment};
+use super::{now_ms, AppendError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
+use crate::io::{Io, IoFile};
+use crate::record::{self, BatchInfo};
+
+const RECOVERY_POINT: &str = "recovery-point";
+const RP_MAGIC: u32 = 0x5250_0001;
+/// Batches remembered per producer for duplicate detection (Kafka keeps 5).
+const PRODUCER_RECENT_BATCHES: usize = 5;
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// Offset after the appended batches: wait for this to become durable.
+    pub next_offset: u64,
+    pub log_start_offset: u64,
+    /// The batch was a retry of one already stored (idempotent producer): nothing was written.
+    pub duplicate: bool,
+}
+
+/// A byte range of a segment file holding whole batches, ready for sendfile.
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    pub file: Arc<dyn IoFile>,
+    pub position: u64,
+    pub len: u64,
+}
+
+/// Result of a read: file ranges plus the partition's offsets at the time of the read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadSlice {
+    pub ranges: Vec<FileRange>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+impl ReadSlice {
+    pub fn bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.len).sum()
+    }
+    /// Copy the ranges' bytes out (for tests and tools; the broker uses sendfile).
+    pub fn copy_out(&self) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; self.bytes() as usize];
+        let mut at = 0usize;
+        for r in &self.ranges {
+            r.file.read_exact_at(&mut out[at..at + r.len as usize], r.position)?;
+            at += r.len as usize;
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ProducerState {
+    epoch: i16,
+    last_seq: i32,
+    /// (first sequence, last sequence, base offset) of recent batches.
+    recent: VecDeque<(i32, i32, u64)>,
+}
+
+#[derive(Debug)]
+struct State {
+    segments: Vec<Segment>,
+    /// In group mode: position in the active segment up to which data is durable (servable).
+    hw_pos: u64,
+    producers: HashMap<i64, ProducerState>,
+    rp_file: Arc<dyn IoFile>,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a partition always has a segment")
+    }
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("a partition always has a segment")
+    }
+    fn next_offset(&self) -> u64 {
+        self.active().next_offset
+    }
+    fn log_start(&self) -> u64 {
+        self.segments[0].base_offset
+    }
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    in_flight: bool,
+    durable: u64,
+    poison: Option<String>,
+}
+
+/// One topic-partition log.
+#[derive(Debug)]
+pub struct Partition {
+    pub topic: String,
+    pub index: u32,
+    dir: PathBuf,
+    io: Arc<dyn Io>,
+    cfg: LogConfig,
+    state: Mutex<State>,
+    sync: Mutex<SyncState>,
+    sync_cv: Condvar,
+    poisoned: AtomicBool,
+    high_watermark: AtomicU64,
+    log_start: AtomicU64,
+    notifier: Arc<Notifier>,
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> RecoveryError + '_ {
+    move |source| RecoveryError::Io { path: path.display().to_string(), source }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a partition lock is a bug; keep serving rather than cascading.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_recovery_point(f: &dyn IoFile) -> u64 {
+    let mut b = [0u8; 16];
+    match segment::read_fully(f, &mut b, 0) {
+        Ok(16) => {}
+        _ => return 0,
+    }
+    let magic = u32::from_be_bytes(b[0..4].try_into().expect("4"));
+    let crc = u32::from_be_bytes(b[12..16].try_into().expect("4"));
+    if magic != RP_MAGIC || crc32c::crc32c(&b[0..12]) != crc {
+        return 0;
+    }
+    u64::from_be_bytes(b[4..12].try_into().expect("8"))
+}
+
+fn encode_recovery_point(offset: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&RP_MAGIC.to_be_bytes());
+    b[4..12].copy_from_slice(&offset.to_be_bytes());
+    let crc = crc32c::crc32c(&b[0..12]);
+    b[12..16].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+impl Partition {
+    /// Open (recovering) or create the partition stored in `dir`.
+    pub fn open(
+        topic: &str,
+        index: u32,
+        dir: &Path,
+        io: Arc<dyn Io>,
+        cfg: LogConfig,
+        notifier: Arc<Notifier>,
+    ) -> Result<Arc<Partition>, RecoveryError> {
+        let e = io_err(dir);
+        let fresh = !io.exists(dir);
+        io.create_dir_all(dir).map_err(&e)?;
+        if fresh {
+            if let Some(parent) = dir.parent() {
+                io.sync_dir(parent).map_err(&e)?;
+            }
+        }
+        let rp_path = dir.join(RECOVERY_POINT);
+        let rp_file = io.open(&rp_path, true).map_err(&e)?;
+        let recovery_point = read_recovery_point(&*rp_file);
+
+        let mut bases = Vec::new();
+        for name in io.list_dir(dir).map_err(&e)? {
+            if let Some(stem) = name.strip_suffix(".log") {
+                match stem.parse::<u64>() {
+                    Ok(b) if stem.len() == 20 => bases.push(b),
+                    _ => return Err(RecoveryError::BadName(name)),
+                }
+            }
+        }
+        bases.sort_unstable();
+
+        let mut producers = HashMap::new();
+        let mut segments: Vec<Segment> = Vec::new();
+        if bases.is_empty() {
+            segments.push(Segment::create(&*io, dir, 0).map_err(&e)?);
+        }
+        let last_i = bases.len().saturating_sub(1);
+        for (i, &base) in bases.iter().enumerate() {
+            let mut seg = Segment::open_existing(&*io, dir, base).map_err(&e)?;
+            let seg_path = dir.join(segment::log_name(base));
+            let file_len = seg.file.len().map_err(&e)?;
+            let is_last = i == last_i;
+            let sealed_below_rp = !is_last && bases[i + 1] <= recovery_point;
+            if let Some(prev) = segments.last() {
+                if prev.next_offset != base {
+                    return Err(RecoveryError::MidLogCorruption {
+                        path: seg_path.display().to_string(),
+                        position: 0,
+                        offset: base,
+                        recovery_point,
+                        reason: format!("segment starts at {base} but the previous one ends at {}", prev.next_offset),
+                    });
+                }
+            }
+            let interval = cfg.index_interval_bytes;
+            let max = cfg.batch_bytes_max;
+            let mut track = |info: &BatchInfo| track_producer(&mut producers, info);
+            let end = if sealed_below_rp && seg.load_indexes(&*io, file_len).map_err(&e)? {
+                // Trust the checkpointed index; scan headers only from its last entry.
+                let last = *seg.index.last().expect("non-empty index");
+                let (index, time_index) = (seg.index.clone(), seg.time_index.clone());
+                let end = seg
+                    .scan(last.position as u64, base + last.rel_offset as u64, false, max, u32::MAX, |_| {})
+                    .map_err(&e)?;
+                seg.index = index;
+                seg.time_index = time_index;
+                seg.max_timestamp = seg.time_index.last().map_or(-1, |t| t.timestamp).max(seg.max_timestamp);
+                end
+            } else {
+                let end = seg.scan(0, base, true, max, interval, &mut track).map_err(&e)?;
+                if !is_last && end.stopped.is_none() {
+                    seg.write_indexes(&*io).map_err(&e)?;
+                }
+                end
+            };
+            if let Some((position, reason)) = end.stopped {
+                if end.next_offset < recovery_point || !is_last {
+                    // Data below the recovery point was synced: damage there is not a torn tail.
+                    return Err(RecoveryError::MidLogCorruption {
+                        path: seg_path.display().to_string(),
+                        position,
+                        offset: end.next_offset,
+                        recovery_point,
+                        reason,
+                    });
+                }
+                tracing::warn!(
+                    path = %seg_path.display(), position, reason = %reason,
+                    "truncating torn tail of {} bytes", file_len - position
+                );
+                seg.file.set_len(end.valid_end).map_err(&e)?;
+            }
+            segments.push(seg);
+        }
+        if segments.last().expect("segment").next_offset < recovery_point {
+            let seg = segments.last().expect("segment");
+            return Err(RecoveryError::MidLogCorruption {
+                path: dir.join(segment::log_name(seg.base_offset)).display().to_string(),
+                position: seg.size,
+                offset: seg.next_offset,
+                recovery_point,
+                reason: "log ends before its recovery point: synced data is missing".into(),
+            });
+        }
+        // Everything recovered is made durable before it is served.
+        let active = segments.last().expect("segment");
+        active.file.sync_data().map_err(&e)?;
+        let next = active.next_offset;
+        rp_file.write_at(&encode_recovery_point(next), 0).map_err(&e)?;
+        rp_file.sync_data().map_err(&e)?;
+        io.sync_dir(dir).map_err(&e)?;
+
+        let hw_pos = active.size;
+        let log_start = segments[0].base_offset;
+        Ok(Arc::new(Partition {
+            topic: topic.to_string(),
+            index,
+            dir: dir.to_path_buf(),
+            io,
+            cfg,
+            state: Mutex::new(State { segments, hw_pos, producers, rp_file }),
+            sync: Mutex::new(SyncState { in_flight: false, durable: next, poison: None }),
+            sync_cv: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+            high_watermark: AtomicU64::new(next),
+            log_start: AtomicU64::new(log_start),
+            notifier,
+        }))
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.cfg
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// Offsets below this are servable (durable in `group` mode, written otherwise).
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start.load(Ordering::Acquire)
+    }
+    /// Offset the next append will get.
+    pub fn log_end_offset(&self) -> u64 {
+        lock(&self.state).next_offset()
+    }
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+    pub fn segment_count(&self) -> usize {
+        lock(&self.state).segments.len()
+    }
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        lock(&self.state).segments.iter().map(|s| s.size).sum()
+    }
+
+    fn poison_error(&self) -> AppendError {
+        let reason = lock(&self.sync).poison.clone().unwrap_or_else(|| "fdatasync failed".into());
+        AppendError::Poisoned(reason)
+    }
+
+    fn poison(&self, reason: String) {
+        tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
+        let mut s = lock(&self.sync);
+        s.poison.get_or_insert(reason);
+        self.poisoned.store(true, Ordering::Release);
+        self.sync_cv.notify_all();
+    }
+
+    fn advance_hw(&self, offset: u64) {
+        if self.high_watermark.fetch_max(offset, Ordering::AcqRel) < offset {
+            self.notifier.bump();
+        }
+    }
+
+    /// Validate `buf` (one or more whole batches), assign offsets and write it to the active
+    /// segment (page cache). In `group` mode the append is not yet durable: call
+    /// [`Partition::wait_durable`] (or use [`Partition::append_durable`]).
+    pub fn append(&self, buf: &mut [u8]) -> Result<AppendInfo, AppendError> {
+        #[cfg(feature = "slow-append")]
+        let started = std::time::Instant::now();
+        let infos = record::validate_all(buf, self.cfg.batch_bytes_max)?;
+        if self.is_poisoned() {
+            return Err(self.poison_error());
+        }
+        let mut st = lock(&self.state);
+        // Idempotent producers: check sequences against the state as of now.
+        let mut producer_updates: Vec<(usize, i64)> = Vec::new();
+        for (i, info) in infos.iter().enumerate() {
+            if info.producer_id >= 0 && info.base_sequence >= 0 {
+                if let Some(dup_offset) = check_sequence(&st.producers, info)? {
+                    if infos.len() == 1 {
+                        let next = st.next_offset();
+                        return Ok(AppendInfo {
+                            base_offset: dup_offset,
+                            last_offset: dup_offset + info.last_offset_delta as u64,
+                            next_offset: next,
+                            log_start_offset: st.log_start(),
+                            duplicate: true,
+                        });
+                    }
+                    return Err(AppendError::DuplicateSequence(dup_offset as i64));
+                }
+                producer_updates.push((i, info.producer_id));
+            }
+        }
+        let total = buf.len() as u64;
+        let roll_for_age = self
+            .cfg
+            .segment_age_max_ms
+            .is_some_and(|ms| st.active().created.elapsed().as_millis() as u64 >= ms);
+        if st.active().size > 0 && (st.active().size + total > self.cfg.segment_bytes_max || roll_for_age) {
+            self.roll(&mut st)?;
+        }
+        let base = st.next_offset();
+        let position = st.active().size;
+        let mut next = base;
+        let mut at = 0usize;
+        let mut assigned = Vec::with_capacity(infos.len());
+        for info in &infos {
+            let b = &mut buf[at..at + info.size_bytes];
+            record::patch_base_offset(b, next as i64);
+            record::patch_leader_epoch(b, 0);
+            let mut a = *info;
+            a.base_offset = next as i64;
+            assigned.push((position + at as u64, a));
+            next += info.offset_count();
+            at += info.size_bytes;
+        }
+        if let Err(e) = st.active().file.write_at(buf, position) {
+            // Nothing is tracked: the bytes past `size` are garbage that the next write
+            // overwrites and recovery would truncate.
+            return Err(AppendError::Storage(e));
+        }
+        let interval = self.cfg.index_interval_bytes;
+        for (pos, a) in &assigned {
+            st.active_mut().track_batch(*pos, a, interval);
+        }
+        for (i, _) in producer_updates {
+            track_producer(&mut st.producers, &assigned[i].1);
+        }
+        let log_start = st.log_start();
+        if self.cfg.durability != Durability::Group {
+            st.hw_pos = st.active().size;
+        }
+        drop(st);
+        if self.cfg.durability != Durability::Group {
+            self.advance_hw(next);
+        }
+        #[cfg(feature = "slow-append")]
+        crate::io::sys::slow_append_penalty(started.elapsed());
+        Ok(AppendInfo { base_offset: base, last_offset: next - 1, next_offset: next, log_start_offset: log_start, duplicate: false })
+    }
+
+    /// Append and, in `group` mode, wait until an fdatasync covers it.
+    pub fn append_durable(&self, buf: &mut [u8]) -> Result<AppendInfo, AppendError> {
+        let info = self.append(buf)?;
+        self.wait_durable(info.next_offset)?;
+        Ok(info)
+    }
+
+    /// Block until everything before `next_offset` is durable (group mode); returns at once in
+    /// the other modes. Fails if the partition is (or becomes) poisoned first.
+    pub fn wait_durable(&self, next_offset: u64) -> Result<(), AppendError> {
+        if self.cfg.durability != Durability::Group {
+            return if self.is_poisoned() { Err(self.poison_error()) } else { Ok(()) };
+        }
+        self.sync_to(next_offset)
+    }
+
+    /// Make everything appended so far durable (any mode). Used by the interval flusher and close.
+    pub fn flush(&self) -> Result<(), AppendError> {
+        let target = self.log_end_offset();
+        self.sync_to(target)
+    }
+
+    /// Group commit: the first waiter to find no sync in flight becomes the leader, syncs
+    /// everything written so far, and wakes everyone it covered.
+    fn sync_to(&self, target: u64) -> Result<(), AppendError> {
+        let mut s = lock(&self.sync);
+        loop {
+            if let Some(reason) = &s.poison {
+                return Err(AppendError::Poisoned(reason.clone()));
+            }
+            if s.durable >= target {
+                return Ok(());
+            }
+            if s.in_flight {
+                s = self.sync_cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            s.in_flight = true;
+            drop(s);
+            let result = self.sync_once();
+            s = lock(&self.sync);
+            s.in_flight = false;
+            match result {
+                Ok(offset) => s.durable = s.durable.max(offset),
+                Err(e) => {
+                    let reason = format!("fdatasync failed: {e}");
+                    tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
+                    s.poison.get_or_insert(reason);
+                    self.poisoned.store(true, Ordering::Release);
+                }
+            }
+            self.sync_cv.notify_all();
+        }
+    }
+
+    /// One fdatasync of the active segment; returns the offset it made durable.
+    fn sync_once(&self) -> io::Result<u64> {
+        let (file, offset, base, pos) = {
+            let st = lock(&self.state);
+            let a = st.active();
+            (a.file.clone(), a.next_offset, a.base_offset, a.size)
+        };
+        file.sync_data()?;
+        {
+            let mut st = lock(&self.state);
+            if st.active().base_offset == base {
+                st.hw_pos = st.hw_pos.max(pos);
+            }
+            // Not synced: a stale recovery point only weakens mid-log corruption detection.
+            let _ = st.rp_file.write_at(&encode_recovery_point(offset), 0);
+        }
+        self.advance_hw(offset);
+        Ok(offset)
+    }
+
+    /// Seal the active segment (sync it, write its indexes) and start a new one.
+    fn roll(&self, st: &mut MutexGuard<'_, State>) -> Result<(), AppendError> {
+        let old = st.active();
+        let next = old.next_offset;
+        if let Err(e) = old.file.sync_data() {
+            self.poison(format!("fdatasync failed while rolling: {e}"));
+            return Err(self.poison_error());
+        }
+        old.write_indexes(&*self.io).map_err(AppendError::Storage)?;
+        let new = Segment::create(&*self.io, &self.dir, next).map_err(AppendError::Storage)?;
+        self.io.sync_dir(&self.dir).map_err(AppendError::Storage)?;
+        st.rp_file.write_at(&encode_recovery_point(next), 0).map_err(AppendError::Storage)?;
+        if let Err(e) = st.rp_file.sync_data() {
+            self.poison(format!("fdatasync of recovery point failed: {e}"));
+            return Err(self.poison_error());
+        }
+        st.segments.push(new);
+        st.hw_pos = 0;
+        {
+            let mut s = lock(&self.sync);
+            s.durable = s.durable.max(next);
+            self.sync_cv.notify_all();
+        }
+        self.advance_hw(next);
+        Ok(())
+    }
+
+    /// File ranges holding whole batches from the batch containing `offset`, up to `max_bytes`
+    /// (at least one batch when `min_one_batch`, even if larger). Only offsets below the high
+    /// watermark are served.
+    pub fn read(&self, offset: i64, max_bytes: u64, min_one_batch: bool) -> Result<ReadSlice, FetchError> {
+        let st = lock(&self.state);
+        let hw = self.high_watermark();
+        let log_start = st.log_start();
+        let mut slice = ReadSlice { ranges: Vec::new(), high_watermark: hw, log_start_offset: log_start };
+        if offset < log_start as i64 || offset > hw as i64 {
+            return Err(FetchError::OffsetOutOfRange { requested: offset, log_start, log_end: hw });
+        }
+        let offset = offset as u64;
+        if offset == hw {
+            return Ok(slice);
+        }
+        let group = self.cfg.durability == Durability::Group;
+        let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let n = st.segments.len();
+        let mut total = 0u64;
+        for (i, seg) in st.segments.iter().enumerate().skip(first) {
+            let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
+            let start = if i == first {
+                match seg.find_position(offset, limit, self.cfg.batch_bytes_max)? {
+                    Some(p) => p,
+                    None => continue,
+                }
+            } else {
+                0
+            };
+            if start >= limit {
+                continue;
+            }
+            let budget = max_bytes.saturating_sub(total);
+            let end = if limit - start <= budget {
+                limit
+            } else if let Some(b) = seg.index_boundary_at_most(start, start + budget) {
+                // Cut at a known batch boundary; then walk headers to get closer to the budget.
+                let mut end = b;
+                while end < limit {
+                    match seg.read_header(end, self.cfg.batch_bytes_max)? {
+                        Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
+                        _ => break,
+                    }
+                }
+                end
+            } else {
+                let mut end = start;
+                while end < limit {
+                    match seg.read_header(end, self.cfg.batch_bytes_max)? {
+                        Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
+                        Ok(h) if end == start && total == 0 && min_one_batch => {
+                            end += h.size_bytes as u64;
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+                end
+            };
+            if end > start {
+                slice.ranges.push(FileRange { file: seg.file.clone(), position: start, len: end - start });
+                total += end - start;
+            }
+            if end < limit {
+                break;
+            }
+        }
+        Ok(slice)
+    }
+
+    /// [`Partition::read`] copied into memory.
+    pub fn read_copy(&self, offset: i64, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        Ok(self.read(offset, max_bytes, true)?.copy_out()?)
+    }
+
+    /// Offset and timestamp of the first batch whose max timestamp is >= `ts`
+    /// (batch granularity), or `None` if there is none below the high watermark.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>, FetchError> {
+        let st = lock(&self.state);
+        let hw = self.high_watermark();
+        for seg in &st.segments {
+            if seg.max_timestamp < ts {
+                continue;
+            }
+            let mut pos = seg.time_floor_position(ts);
+            while pos < seg.size {
+                let h = match seg.read_header(pos, self.cfg.batch_bytes_max)? {
+                    Ok(h) => h,
+                    Err(e) => return Err(FetchError::Storage(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))),
+                };
+                if h.base_offset as u64 >= hw {
+                    return Ok(None);
+                }
+                if h.max_timestamp >= ts {
+                    return Ok(Some((h.base_offset as u64, h.max_timestamp)));
+                }
+                pos += h.size_bytes as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Largest timestamp in the log with the offset of its batch (ListOffsets MAX_TIMESTAMP).
+    pub fn max_timestamp(&self) -> i64 {
+        lock(&self.state).segments.iter().map(|s| s.max_timestamp).max().unwrap_or(-1)
+    }
+
+    /// Delete whole old segments beyond the size or time retention. Returns how many.
+    pub fn enforce_retention(&self) -> Result<usize, AppendError> {
+        let mut st = lock(&self.state);
+        let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
+        let now = now_ms();
+        let mut deleted = 0;
+        while st.segments.len() > 1 {
+            let oldest = &st.segments[0];
+            let by_size = self.cfg.retention_bytes_max.is_some_and(|max| total > max);
+            let by_time = self
+                .cfg
+                .retention_ms
+                .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
+            if !(by_size || by_time) {
+                break;
+            }
+            // Never delete data not yet servable.
+            if st.segments[1].base_offset > self.high_watermark() {
+                break;
+            }
+            let seg = st.segments.remove(0);
+            total -= seg.size;
+            seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            self.io.sync_dir(&self.dir).map_err(AppendError::Storage)?;
+            self.log_start.store(st.log_start(), Ordering::Release);
+        }
+        Ok(deleted)
+    }
+
+    /// Sync everything and write the active segment's indexes (clean shutdown).
+    pub fn close(&self) -> Result<(), AppendError> {
+        if self.is_poisoned() {
+            return Err(self.poison_error());
+        }
+        self.flush()?;
+        let st = lock(&self.state);
+        st.active().write_indexes(&*self.io).map_err(AppendError::Storage)?;
+        Ok(())
+    }
+
+    /// Remove this partition's directory (DeleteTopics). The caller drops it from its maps first.
+    pub fn delete(&self) -> io::Result<()> {
+        self.io.remove_dir_all(&self.dir)?;
+        if let Some(parent) = self.dir.parent() {
+            self.io.sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Current producer (epoch, last sequence) for tests and InitProducerId.
+    pub fn producer_state(&self, producer_id: i64) -> Option<(i16, i32)> {
+        lock(&self.state).producers.get(&producer_id).map(|p| (p.epoch, p.last_seq))
+    }
+}
+
+/// Sequence check for an idempotent batch. `Ok(Some(offset))` = duplicate of a stored batch.
+fn check_sequence(producers: &HashMap<i64, ProducerState>, info: &BatchInfo) -> Result<Option<u64>, AppendError> {
+    let last_seq_of = |i: &BatchInfo| i.base_sequence.wrapping_add(i.last_offset_delta);
+    match producers.get(&info.producer_id) {
+        None => {
+            if info.base_sequence != 0 {
+                return Err(AppendError::UnknownProducer(info.producer_id));
+            }
+            Ok(None)
+        }
+        Some(p) => {
+            if info.producer_epoch < p.epoch {
+                return Err(AppendError::ProducerFenced { current: p.epoch, got: info.producer_epoch });
+            }
+            if info.producer_epoch > p.epoch {
+                if info.base_sequence != 0 {
+                    return Err(AppendError::OutOfOrderSequence { expected: 0, got: info.base_sequence });
+                }
+                return Ok(None);
+            }
+            if let Some(&(_, _, off)) =
+                p.recent.iter().find(|(f, l, _)| *f == info.base_sequence && *l == last_seq_of(info))
+            {
+                return Ok(Some(off));
+            }
+            let expected = p.last_seq.wrapping_add(1).max(0);
+            if info.base_sequence != expected {
+                return Err(AppendError::OutOfOrderSequence { expected, got: info.base_sequence });
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Record a stored idempotent batch in the producer state (append and recovery).
+fn track_producer(producers: &mut HashMap<i64, ProducerState>, info: &BatchInfo) {
+    if info.producer_id < 0 || info.base_sequence < 0 {
+        return;
+    }
+    let last = info.base_sequence.wrapping_add(info.last_offset_delta);
+    let p = producers
+        .entry(info.producer_id)
+        .or_insert(ProducerState { epoch: info.producer_epoch, last_seq: -1, recent: VecDeque::new() });
+    if info.producer_epoch != p.epoch {
+        p.epoch = info.producer_epoch;
+        p.recent.clear();
+    }
+    p.last_seq = last;
+    if p.recent.len() == PRODUCER_RECENT_BATCHES {
+        p.recent.pop_front();
+    }
+    p.recent.push_back((info.base_sequence, last, info.base_offset as u64));
+}

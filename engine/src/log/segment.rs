@@ -1,0 +1,339 @@
+//! One segment: a `.log` file of batches, its sparse offset index and time index.
+//!
+//! ```text
+//! <base>.log        batches back to back, exactly as stored (base = 20-digit zero-padded offset)
+//! <base>.index      entries of 8 bytes: relative offset u32 BE, file position u32 BE
+//! <base>.timeindex  entries of 12 bytes: max timestamp so far i64 BE, relative offset u32 BE
+//! ```
+//! Index files are written when a segment is sealed (rolled) or the log closes cleanly; the
+//! active segment's indexes live in memory and are rebuilt by scanning on open.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::io::{Io, IoFile};
+use crate::record::{self, BatchError, BatchInfo, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
+
+pub fn log_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+pub fn index_name(base: u64) -> String {
+    format!("{base:020}.index")
+}
+pub fn time_index_name(base: u64) -> String {
+    format!("{base:020}.timeindex")
+}
+
+/// A sparse index entry: the batch whose first offset is `base + rel_offset` starts at `position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub rel_offset: u32,
+    pub position: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeEntry {
+    pub timestamp: i64,
+    pub rel_offset: u32,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    pub base_offset: u64,
+    pub dir: PathBuf,
+    pub file: Arc<dyn IoFile>,
+    /// Bytes of whole, valid batches.
+    pub size: u64,
+    /// Offset after the last batch.
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+    pub index: Vec<IndexEntry>,
+    pub time_index: Vec<TimeEntry>,
+    bytes_since_index: u64,
+    pub created: std::time::Instant,
+}
+
+/// Outcome of scanning a segment's bytes.
+#[derive(Debug)]
+pub struct ScanEnd {
+    /// Position after the last valid batch.
+    pub valid_end: u64,
+    pub next_offset: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub stopped: Option<(u64, String)>,
+}
+
+impl Segment {
+    pub fn create(io: &dyn Io, dir: &Path, base_offset: u64) -> io::Result<Segment> {
+        let file = io.open(&dir.join(log_name(base_offset)), true)?;
+        file.set_len(0)?;
+        Ok(Segment::with_file(dir, base_offset, file))
+    }
+
+    fn with_file(dir: &Path, base_offset: u64, file: Arc<dyn IoFile>) -> Segment {
+        Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file,
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            index: Vec::new(),
+            time_index: Vec::new(),
+            bytes_since_index: 0,
+            created: std::time::Instant::now(),
+        }
+    }
+
+    /// Open an existing segment without reading it (the caller scans or loads indexes).
+    pub fn open_existing(io: &dyn Io, dir: &Path, base_offset: u64) -> io::Result<Segment> {
+        let file = io.open(&dir.join(log_name(base_offset)), false)?;
+        Ok(Segment::with_file(dir, base_offset, file))
+    }
+
+    /// Record a batch that now occupies `[position, position + info.size_bytes)`.
+    pub fn track_batch(&mut self, position: u64, info: &BatchInfo, interval: u32) {
+        let rel = (info.base_offset as u64 - self.base_offset) as u32;
+        if self.index.is_empty() || self.bytes_since_index >= interval as u64 {
+            self.index.push(IndexEntry { rel_offset: rel, position: position as u32 });
+            if info.max_timestamp > self.time_index.last().map_or(i64::MIN, |t| t.timestamp) {
+                self.time_index.push(TimeEntry { timestamp: info.max_timestamp, rel_offset: rel });
+            }
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += info.size_bytes as u64;
+        self.size = position + info.size_bytes as u64;
+        self.next_offset = info.base_offset as u64 + info.offset_count();
+        self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
+    }
+
+    /// Position of the index entry at or before `offset` (a batch start at or before the batch
+    /// holding `offset`).
+    pub fn index_floor(&self, offset: u64) -> u64 {
+        let rel = offset.saturating_sub(self.base_offset) as u32;
+        match self.index.partition_point(|e| e.rel_offset <= rel) {
+            0 => 0,
+            i => self.index[i - 1].position as u64,
+        }
+    }
+
+    /// Largest indexed batch-start position that is `<= limit` and `> after`, if any.
+    pub fn index_boundary_at_most(&self, after: u64, limit: u64) -> Option<u64> {
+        let i = self.index.partition_point(|e| (e.position as u64) <= limit);
+        if i == 0 {
+            return None;
+        }
+        let p = self.index[i - 1].position as u64;
+        (p > after).then_some(p)
+    }
+
+    /// Read the 61-byte header of the batch at `position`.
+    pub fn read_header(&self, position: u64, batch_bytes_max: usize) -> io::Result<Result<BatchInfo, BatchError>> {
+        let mut hdr = [0u8; BATCH_HEADER_BYTES];
+        let n = read_fully(&*self.file, &mut hdr, position)?;
+        if n < BATCH_HEADER_BYTES {
+            return Ok(Err(BatchError::Truncated { have: n, need: BATCH_HEADER_BYTES }));
+        }
+        // parse_header wants the whole batch present; check only header fields here.
+        let size = record::declared_size(&hdr).unwrap_or(0);
+        if size < BATCH_HEADER_BYTES as i64 || size > batch_bytes_max as i64 {
+            return Ok(Err(BatchError::BadLength(size)));
+        }
+        let mut fake = hdr.to_vec();
+        fake.resize(size as usize, 0);
+        Ok(record::parse_header(&fake, batch_bytes_max))
+    }
+
+    /// Find the position of the batch containing `offset` (scanning headers from the index
+    /// floor). Returns `None` when `offset >= next_offset`.
+    pub fn find_position(&self, offset: u64, limit: u64, batch_bytes_max: usize) -> io::Result<Option<u64>> {
+        if offset >= self.next_offset {
+            return Ok(None);
+        }
+        let mut pos = self.index_floor(offset);
+        while pos < limit {
+            match self.read_header(pos, batch_bytes_max)? {
+                Ok(info) => {
+                    if info.last_offset() as u64 >= offset {
+                        return Ok(Some(pos));
+                    }
+                    pos += info.size_bytes as u64;
+                }
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Scan batches from `start` (which must be a batch boundary holding `start_offset`),
+    /// rebuilding the in-memory indexes. With `check_crc`, every batch's CRC is verified.
+    /// Stops at the first invalid or discontinuous batch.
+    pub fn scan(
+        &mut self,
+        start: u64,
+        start_offset: u64,
+        check_crc: bool,
+        batch_bytes_max: usize,
+        interval: u32,
+        mut on_batch: impl FnMut(&BatchInfo),
+    ) -> io::Result<ScanEnd> {
+        let file_len = self.file.len()?;
+        let mut pos = start;
+        let mut expected = start_offset;
+        self.size = start;
+        self.next_offset = start_offset;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_pos = 0u64; // file position of buf[0]
+        let chunk = 1usize << 20;
+        let stopped = loop {
+            if pos == file_len {
+                break None;
+            }
+            // Ensure the header is buffered.
+            let need_hdr = (pos - buf_pos) as usize + BATCH_LOG_OVERHEAD;
+            if pos < buf_pos || need_hdr > buf.len() {
+                buf_pos = pos;
+                buf.clear();
+                let want = chunk.min((file_len - pos) as usize);
+                buf.resize(want, 0);
+                let n = read_fully(&*self.file, &mut buf, pos)?;
+                buf.truncate(n);
+            }
+            let rel = (pos - buf_pos) as usize;
+            let Some(size) = record::declared_size(&buf[rel..]) else {
+                break Some((pos, "torn batch header".to_string()));
+            };
+            if size < BATCH_HEADER_BYTES as i64 || size > batch_bytes_max as i64 {
+                break Some((pos, BatchError::BadLength(size).to_string()));
+            }
+            let size = size as usize;
+            if pos + size as u64 > file_len {
+                break Some((pos, format!("torn batch: {} of {} bytes present", file_len - pos, size)));
+            }
+            if rel + size > buf.len() {
+                buf_pos = pos;
+                buf.clear();
+                let want = size.max(chunk).min((file_len - pos) as usize);
+                buf.resize(want, 0);
+                let n = read_fully(&*self.file, &mut buf, pos)?;
+                buf.truncate(n);
+            }
+            let rel = (pos - buf_pos) as usize;
+            let bytes = &buf[rel..rel + size];
+            let res = if check_crc { record::validate(bytes, batch_bytes_max) } else { record::parse_header(bytes, batch_bytes_max) };
+            let info = match res {
+                Ok(i) => i,
+                Err(e) => break Some((pos, e.to_string())),
+            };
+            if info.base_offset < 0 || info.base_offset as u64 != expected {
+                break Some((pos, format!("offset discontinuity: expected {expected}, found {}", info.base_offset)));
+            }
+            self.track_batch(pos, &info, interval);
+            on_batch(&info);
+            expected = self.next_offset;
+            pos += size as u64;
+        };
+        Ok(ScanEnd { valid_end: pos, next_offset: expected, stopped })
+    }
+
+    /// Write `.index` and `.timeindex` and sync them (called when sealing or closing).
+    pub fn write_indexes(&self, io: &dyn Io) -> io::Result<()> {
+        let mut idx = Vec::with_capacity(self.index.len() * 8);
+        for e in &self.index {
+            idx.extend_from_slice(&e.rel_offset.to_be_bytes());
+            idx.extend_from_slice(&e.position.to_be_bytes());
+        }
+        let mut tidx = Vec::with_capacity(self.time_index.len() * 12);
+        for e in &self.time_index {
+            tidx.extend_from_slice(&e.timestamp.to_be_bytes());
+            tidx.extend_from_slice(&e.rel_offset.to_be_bytes());
+        }
+        for (name, bytes) in [(index_name(self.base_offset), idx), (time_index_name(self.base_offset), tidx)] {
+            let f = io.open(&self.dir.join(name), true)?;
+            f.set_len(0)?;
+            f.write_at(&bytes, 0)?;
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Load `.index`/`.timeindex` for a sealed segment of `file_len` bytes. Returns false (and
+    /// leaves the indexes empty) when they are missing or inconsistent, so the caller rebuilds.
+    pub fn load_indexes(&mut self, io: &dyn Io, file_len: u64) -> io::Result<bool> {
+        self.index.clear();
+        self.time_index.clear();
+        let read_all = |name: String| -> io::Result<Option<Vec<u8>>> {
+            let path = self.dir.join(name);
+            if !io.exists(&path) {
+                return Ok(None);
+            }
+            let f = io.open(&path, false)?;
+            let mut b = vec![0u8; f.len()? as usize];
+            f.read_exact_at(&mut b, 0)?;
+            Ok(Some(b))
+        };
+        let (Some(idx), Some(tidx)) = (read_all(index_name(self.base_offset))?, read_all(time_index_name(self.base_offset))?) else {
+            return Ok(false);
+        };
+        if idx.len() % 8 != 0 || tidx.len() % 12 != 0 || (idx.is_empty() && file_len > 0) {
+            return Ok(false);
+        }
+        let mut last: Option<IndexEntry> = None;
+        for c in idx.chunks_exact(8) {
+            let e = IndexEntry {
+                rel_offset: u32::from_be_bytes(c[0..4].try_into().expect("4")),
+                position: u32::from_be_bytes(c[4..8].try_into().expect("4")),
+            };
+            if e.position as u64 >= file_len || last.is_some_and(|l| l.rel_offset >= e.rel_offset || l.position >= e.position) {
+                self.index.clear();
+                return Ok(false);
+            }
+            last = Some(e);
+            self.index.push(e);
+        }
+        for c in tidx.chunks_exact(12) {
+            self.time_index.push(TimeEntry {
+                timestamp: i64::from_be_bytes(c[0..8].try_into().expect("8")),
+                rel_offset: u32::from_be_bytes(c[8..12].try_into().expect("4")),
+            });
+        }
+        Ok(true)
+    }
+
+    /// Remove this segment's files.
+    pub fn delete_files(&self, io: &dyn Io) -> io::Result<()> {
+        io.remove_file(&self.dir.join(log_name(self.base_offset)))?;
+        for name in [index_name(self.base_offset), time_index_name(self.base_offset)] {
+            let p = self.dir.join(name);
+            if io.exists(&p) {
+                io.remove_file(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Earliest offset whose batch may hold a timestamp >= `ts`, from the time index.
+    pub fn time_floor_position(&self, ts: i64) -> u64 {
+        // Entries hold the running max timestamp; the last entry with timestamp < ts bounds
+        // from below where the first batch with max timestamp >= ts can be.
+        let i = self.time_index.partition_point(|e| e.timestamp < ts);
+        if i == 0 {
+            return 0;
+        }
+        self.index_floor(self.base_offset + self.time_index[i - 1].rel_offset as u64)
+    }
+}
+
+/// Read as many bytes as available into `buf` at `pos` (short only at end of file).
+pub fn read_fully(file: &dyn IoFile, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], pos + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}

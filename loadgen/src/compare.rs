@@ -1,0 +1,1 @@
+//! `loadgen compare BASE NEW…`: statistical comparison of result sets (regression gate).

@@ -1,0 +1,3 @@
+//! Load generator for Kafka-protocol brokers.
+pub mod compare;
+pub mod size;

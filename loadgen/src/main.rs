@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("loadgen: not implemented yet");
+    std::process::exit(2);
+}

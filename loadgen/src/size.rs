@@ -1,0 +1,1 @@
+//! `loadgen size`: hardware sizing from measured results.
