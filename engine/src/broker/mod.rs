@@ -35,6 +35,18 @@ impl BrokerConfig {
     }
 }
 
+/// What a request handler produces. The connection's writer sends replies strictly in request
+/// order, so a `Later` may block (group commit, Fetch long-poll, JoinGroup waiting for the
+/// rebalance) without reordering responses.
+pub enum Reply {
+    /// A complete response (response header + body, without the 4-byte size prefix).
+    Now(Vec<u8>),
+    /// Computed on the connection's writer thread, in order; returns header + body as in `Now`.
+    Later(Box<dyn FnOnce() -> Vec<u8> + Send>),
+    /// No response (Produce with acks=0).
+    Nothing,
+}
+
 pub struct Broker;
 
 pub struct BrokerHandle {
