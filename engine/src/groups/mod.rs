@@ -1,0 +1,812 @@
+//! Consumer groups, committed offsets and producer ids: Kafka's group coordinator for a
+//! single-node cluster (this broker coordinates every group).
+//!
+//! * [`coordinator`]: the classic group state machine (join/sync/heartbeat/leave, session
+//!   expiry by a reaper thread, generation checks).
+//! * [`store`]: the durable part: committed offsets in `__consumer_offsets`, producer-id blocks
+//!   in `__producer_ids`, both appended through the [`LogManager`] and restored at start.
+//! * this module: [`handle`], the Kafka wire mapping (decode with `kafka-protocol`, encode the
+//!   response header + body), and [`GroupCoordinator`], which owns the above.
+//!
+//! Contract with the broker: the broker checks the version against [`SUPPORTED_APIS`] before
+//! calling [`handle`]. Every group API answers with [`Reply::Later`], so the work (including
+//! waiting for a rebalance or for an offset commit's fdatasync) runs on the connection's writer
+//! thread in request order, as Kafka processes one request per connection at a time.
+//! A request body that does not decode gets a response of the same API and version carrying
+//! INVALID_REQUEST (42) wherever the response has an error field (OffsetCommit: an empty topic
+//! list); it never panics and never closes the connection itself.
+
+pub mod coordinator;
+pub mod store;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+use crate::broker::Reply;
+use crate::log::{LogManager, Partition};
+pub use coordinator::{GroupConfig, GroupState};
+use coordinator::{JoinArgs, StateMachine};
+use store::{Committed, CommitEntry, GroupOffsets};
+
+/// Kafka error codes used here.
+pub mod err {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    pub const FENCED_INSTANCE_ID: i16 = 82;
+}
+
+/// (api key, min version, max version) of the APIs served here.
+pub const SUPPORTED_APIS: &[(i16, i16, i16)] = &[
+    (8, 0, 8),  // OffsetCommit (v0/v1 decoded by hand: librdkafka 2.0.2 requires 1–2)
+    (9, 1, 8),  // OffsetFetch
+    (10, 0, 4), // FindCoordinator
+    (11, 0, 9), // JoinGroup
+    (12, 0, 4), // Heartbeat
+    (13, 0, 5), // LeaveGroup
+    (14, 0, 5), // SyncGroup
+    (15, 0, 5), // DescribeGroups
+    (16, 0, 4), // ListGroups
+    (22, 0, 4), // InitProducerId
+];
+
+/// Producer ids reserved durably per `__producer_ids` append.
+const PID_BLOCK: i64 = 1000;
+
+/// A committed offset with the `__consumer_offsets` offset of the record that set it.
+type Stamped = (Committed, u64);
+
+struct Offsets {
+    /// group → (topic, partition) → committed offset, with the `__consumer_offsets` offset of
+    /// the record that set it (so concurrent commits apply in log order).
+    groups: HashMap<String, HashMap<(String, i32), Stamped>>,
+}
+
+struct Pids {
+    next: i64,
+    block_end: i64,
+}
+
+/// The group coordinator of this broker.
+pub struct GroupCoordinator {
+    logs: Arc<LogManager>,
+    sm: StateMachine,
+    offsets_log: Arc<Partition>,
+    pid_log: Arc<Partition>,
+    offsets: Mutex<Offsets>,
+    pids: Mutex<Pids>,
+    stop: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+impl GroupCoordinator {
+    /// Open the internal topics, restore committed offsets and the producer-id high-water mark,
+    /// and start the reaper thread. Uses [`GroupConfig::default`].
+    pub fn new(logs: Arc<LogManager>) -> io::Result<Arc<GroupCoordinator>> {
+        Self::with_config(logs, GroupConfig::default())
+    }
+
+    pub fn with_config(logs: Arc<LogManager>, cfg: GroupConfig) -> io::Result<Arc<GroupCoordinator>> {
+        let offsets_log = store::internal_partition(&logs, store::OFFSETS_TOPIC)?;
+        let pid_log = store::internal_partition(&logs, store::PRODUCER_IDS_TOPIC)?;
+        let restored = store::restore_offsets(&offsets_log)?;
+        let block_end = store::restore_pid_block_end(&pid_log)?;
+        let tick = Duration::from_millis(cfg.reaper_tick_ms.max(1));
+        let sm = StateMachine::new(cfg);
+        let mut groups = HashMap::new();
+        let mut n = 0usize;
+        for (g, offs) in restored {
+            sm.ensure_group(&g);
+            n += offs.len();
+            groups.insert(g, offs.into_iter().map(|(k, c)| (k, (c, 0))).collect());
+        }
+        tracing::info!(groups = groups.len(), offsets = n, producer_id_next = block_end, "group coordinator restored");
+        let c = Arc::new(GroupCoordinator {
+            logs,
+            sm,
+            offsets_log,
+            pid_log,
+            offsets: Mutex::new(Offsets { groups }),
+            pids: Mutex::new(Pids { next: block_end, block_end }),
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        let weak = Arc::downgrade(&c);
+        let stop = c.stop.clone();
+        std::thread::Builder::new().name("group-reaper".into()).spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(tick);
+                let Some(c) = weak.upgrade() else { break };
+                c.sm.tick();
+            }
+        })?;
+        Ok(c)
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.sm.cfg
+    }
+
+    /// Stop the reaper thread (it also stops by itself when the coordinator is dropped).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// State, generation and member ids of a group (for tests and tools).
+    pub fn group_summary(&self, group: &str) -> Option<(GroupState, i32, Vec<String>)> {
+        let g = self.sm.lock();
+        g.groups.get(group).map(|g| (g.state, g.generation, g.members.keys().cloned().collect()))
+    }
+
+    /// The committed offset of a partition, if any.
+    pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<Committed> {
+        lock(&self.offsets).groups.get(group)?.get(&(topic.to_string(), partition)).map(|(c, _)| c.clone())
+    }
+
+    fn group_offsets(&self, group: &str) -> GroupOffsets {
+        lock(&self.offsets)
+            .groups
+            .get(group)
+            .map(|m| m.iter().map(|(k, (c, _))| (k.clone(), c.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Allocate a producer id, reserving a new durable block when the current one is used up.
+    pub fn allocate_producer_id(&self) -> io::Result<i64> {
+        let mut p = lock(&self.pids);
+        if p.next >= p.block_end {
+            let end = p.next.max(p.block_end) + PID_BLOCK;
+            store::append_pid_block(&self.pid_log, end).map_err(|e| io::Error::other(e.to_string()))?;
+            p.block_end = end;
+        }
+        let id = p.next;
+        p.next += 1;
+        Ok(id)
+    }
+
+    /// Validate and durably store the commits of one request; returns per-entry error codes.
+    fn commit(&self, group: &str, entries: Vec<CommitEntry>) -> Vec<i16> {
+        let mut codes = vec![err::NONE; entries.len()];
+        let mut ok = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if e.committed.metadata.as_ref().is_some_and(|m| m.len() > self.sm.cfg.offset_metadata_bytes_max) {
+                codes[i] = err::OFFSET_METADATA_TOO_LARGE;
+            } else if self.logs.partition(&e.topic, e.partition).is_none() {
+                codes[i] = err::UNKNOWN_TOPIC_OR_PARTITION;
+            } else {
+                ok.push(i);
+            }
+        }
+        if ok.is_empty() {
+            return codes;
+        }
+        let batch: Vec<CommitEntry> = ok.iter().map(|&i| entries[i].clone()).collect();
+        // Append under the cache lock so log order = apply order; wait for durability outside.
+        let appended = {
+            let _order = lock(&self.offsets);
+            store::append_commits(&self.offsets_log, group, &batch)
+        };
+        let result = appended.and_then(|info| {
+            self.offsets_log.wait_durable(info.next_offset)?;
+            Ok(info)
+        });
+        match result {
+            Ok(info) => {
+                let mut o = lock(&self.offsets);
+                let g = o.groups.entry(group.to_string()).or_default();
+                for e in batch {
+                    let k = (e.topic, e.partition);
+                    if g.get(&k).is_none_or(|(_, at)| *at <= info.base_offset) {
+                        g.insert(k, (e.committed, info.base_offset));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(group, "offset commit failed: {e}");
+                for &i in &ok {
+                    codes[i] = err::COORDINATOR_NOT_AVAILABLE;
+                }
+            }
+        }
+        codes
+    }
+}
+
+impl Drop for GroupCoordinator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Response header (version from the response type) + body.
+fn encode<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, header_version: i16, body: &R) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    let mut h = ResponseHeader::default();
+    h.correlation_id = correlation_id;
+    if let Err(e) = h.encode(&mut buf, header_version) {
+        tracing::error!("encoding response header: {e}");
+    }
+    if let Err(e) = body.encode(&mut buf, version) {
+        // A bug in this module (a field set that the version lacks): say so loudly.
+        tracing::error!(version, "encoding group response: {e}");
+        debug_assert!(false, "encoding group response v{version}: {e}");
+    }
+    buf
+}
+
+fn later<R: Encodable + HeaderVersion + 'static>(
+    corr: i32,
+    version: i16,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Reply {
+    Reply::Later(Box::new(move || encode(corr, version, R::header_version(version), &f())))
+}
+
+fn decode<T: Decodable>(body: &mut Bytes, version: i16, what: &str) -> Option<T> {
+    match T::decode(body, version) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(version, "malformed {what} request: {e}");
+            None
+        }
+    }
+}
+
+fn client_id(header: &RequestHeader) -> String {
+    header.client_id.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default()
+}
+
+/// Serve one group-coordinator request. `body` is the request after its header.
+pub fn handle(
+    coord: &Arc<GroupCoordinator>,
+    api_key: i16,
+    api_version: i16,
+    header: &RequestHeader,
+    body: &mut Bytes,
+) -> Reply {
+    let c = coord.clone();
+    let corr = header.correlation_id;
+    let v = api_version;
+    let supported = SUPPORTED_APIS.iter().any(|&(k, lo, hi)| k == api_key && (lo..=hi).contains(&v));
+    if !supported {
+        tracing::warn!(api_key, api_version, "group API version not supported (the broker should have refused it)");
+    }
+    match api_key {
+        8 => {
+            let req = if v < 2 { decode_offset_commit_v0_v1(body, v) } else { decode::<OffsetCommitRequest>(body, v, "OffsetCommit") };
+            let wire_v = v.max(2); // v0/v1 responses are laid out as v2
+            let hv = OffsetCommitResponse::header_version(v);
+            Reply::Later(Box::new(move || {
+                let resp = match req {
+                    Some(req) => offset_commit(&c, req),
+                    None => OffsetCommitResponse::default(),
+                };
+                encode(corr, wire_v, hv, &resp)
+            }))
+        }
+        9 => {
+            let req = decode::<OffsetFetchRequest>(body, v, "OffsetFetch");
+            later(corr, v, move || match req {
+                Some(req) => offset_fetch(&c, req, v),
+                None => {
+                    let mut r = OffsetFetchResponse::default();
+                    if v >= 2 {
+                        r.error_code = err::INVALID_REQUEST;
+                    }
+                    r
+                }
+            })
+        }
+        10 => {
+            let req = decode::<FindCoordinatorRequest>(body, v, "FindCoordinator");
+            later(corr, v, move || find_coordinator(&c, req, v))
+        }
+        11 => {
+            let req = decode::<JoinGroupRequest>(body, v, "JoinGroup");
+            let client = client_id(header);
+            later(corr, v, move || match req {
+                Some(req) => join_group(&c, req, v, client),
+                None => join_response(coordinator::JoinOutcome::error(err::INVALID_REQUEST, ""), v),
+            })
+        }
+        12 => {
+            let req = decode::<HeartbeatRequest>(body, v, "Heartbeat");
+            later(corr, v, move || {
+                let mut r = HeartbeatResponse::default();
+                r.error_code = match req {
+                    Some(req) => c.sm.heartbeat(req.group_id.as_str(), req.member_id.as_str(), req.generation_id),
+                    None => err::INVALID_REQUEST,
+                };
+                r
+            })
+        }
+        13 => {
+            let req = decode::<LeaveGroupRequest>(body, v, "LeaveGroup");
+            later(corr, v, move || leave_group(&c, req, v))
+        }
+        14 => {
+            let req = decode::<SyncGroupRequest>(body, v, "SyncGroup");
+            later(corr, v, move || sync_group(&c, req, v))
+        }
+        15 => {
+            let req = decode::<DescribeGroupsRequest>(body, v, "DescribeGroups");
+            later(corr, v, move || describe_groups(&c, req, v))
+        }
+        16 => {
+            let req = decode::<ListGroupsRequest>(body, v, "ListGroups");
+            later(corr, v, move || list_groups(&c, req, v))
+        }
+        22 => {
+            let req = decode::<InitProducerIdRequest>(body, v, "InitProducerId");
+            later(corr, v, move || init_producer_id(&c, req))
+        }
+        _ => {
+            tracing::warn!(api_key, "not a group API");
+            Reply::Nothing
+        }
+    }
+}
+
+// ------------------------------------------------------------------ OffsetCommit
+
+/// OffsetCommit v0/v1 (not in kafka-protocol 0.18):
+/// v0 `group_id topics[name partitions[index offset metadata]]`;
+/// v1 `group_id generation member_id topics[name partitions[index offset timestamp metadata]]`.
+fn decode_offset_commit_v0_v1(body: &mut Bytes, v: i16) -> Option<OffsetCommitRequest> {
+    fn string(b: &mut Bytes) -> Option<Option<StrBytes>> {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let n = b.get_i16();
+        if n < 0 {
+            return Some(None);
+        }
+        if b.remaining() < n as usize {
+            return None;
+        }
+        StrBytes::from_utf8(b.split_to(n as usize)).ok().map(Some)
+    }
+    fn count(b: &mut Bytes, min_item_bytes: usize) -> Option<usize> {
+        if b.remaining() < 4 {
+            return None;
+        }
+        let n = b.get_i32();
+        // Bound the count by what the remaining bytes could hold (no huge allocations).
+        (n >= 0 && (n as usize).saturating_mul(min_item_bytes) <= b.remaining()).then_some(n as usize)
+    }
+    let mut r = OffsetCommitRequest::default();
+    r.group_id = GroupId(string(body)??);
+    r.generation_id_or_member_epoch = -1;
+    if v == 1 {
+        if body.remaining() < 4 {
+            return None;
+        }
+        r.generation_id_or_member_epoch = body.get_i32();
+        r.member_id = string(body)??;
+    }
+    let nt = count(body, 6)?;
+    for _ in 0..nt {
+        let mut t = OffsetCommitRequestTopic::default();
+        t.name = TopicName(string(body)??);
+        let np = count(body, 14)?;
+        for _ in 0..np {
+            let mut p = OffsetCommitRequestPartition::default();
+            if body.remaining() < 12 {
+                return None;
+            }
+            p.partition_index = body.get_i32();
+            p.committed_offset = body.get_i64();
+            if v == 1 {
+                if body.remaining() < 8 {
+                    return None;
+                }
+                body.get_i64(); // commit timestamp (ignored, as Kafka >= 2.1 does)
+            }
+            p.committed_metadata = string(body)?;
+            t.partitions.push(p);
+        }
+        r.topics.push(t);
+    }
+    Some(r)
+}
+
+fn offset_commit(c: &GroupCoordinator, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group = req.group_id.as_str();
+    let code = c.sm.validate_commit(
+        group,
+        req.member_id.as_str(),
+        req.group_instance_id.as_ref().map(|s| s.as_str()),
+        req.generation_id_or_member_epoch,
+    );
+    let now = crate::log::now_ms();
+    let mut entries = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            entries.push(CommitEntry {
+                topic: t.name.as_str().to_string(),
+                partition: p.partition_index,
+                committed: Committed {
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: p.committed_metadata.as_ref().map(|m| m.as_str().to_string()),
+                    commit_timestamp_ms: now,
+                },
+            });
+        }
+    }
+    let codes = if code != err::NONE { vec![code; entries.len()] } else { c.commit(group, entries) };
+    let mut codes = codes.into_iter();
+    let mut resp = OffsetCommitResponse::default();
+    for t in req.topics {
+        let mut rt = OffsetCommitResponseTopic::default();
+        rt.name = t.name;
+        for p in t.partitions {
+            let mut rp = OffsetCommitResponsePartition::default();
+            rp.partition_index = p.partition_index;
+            rp.error_code = codes.next().unwrap_or(err::NONE);
+            rt.partitions.push(rp);
+        }
+        resp.topics.push(rt);
+    }
+    resp
+}
+
+// ------------------------------------------------------------------ OffsetFetch
+
+/// (topic, [(partition, committed or None)]) for the requested partitions or, when `topics` is
+/// `None`, every committed partition of the group.
+#[allow(clippy::type_complexity)]
+fn fetch_offsets(
+    c: &GroupCoordinator,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Vec<(String, Vec<(i32, Option<Committed>)>)> {
+    let offs = c.group_offsets(group);
+    match topics {
+        Some(ts) => ts
+            .into_iter()
+            .map(|(t, ps)| {
+                let parts = ps.into_iter().map(|p| (p, offs.get(&(t.clone(), p)).cloned())).collect();
+                (t, parts)
+            })
+            .collect(),
+        None => {
+            let mut by_topic: std::collections::BTreeMap<String, Vec<(i32, Option<Committed>)>> = Default::default();
+            for ((t, p), cm) in offs {
+                by_topic.entry(t).or_default().push((p, Some(cm)));
+            }
+            by_topic
+                .into_iter()
+                .map(|(t, mut ps)| {
+                    ps.sort_by_key(|(p, _)| *p);
+                    (t, ps)
+                })
+                .collect()
+        }
+    }
+}
+
+fn offset_fetch(c: &GroupCoordinator, req: OffsetFetchRequest, v: i16) -> OffsetFetchResponse {
+    let mut resp = OffsetFetchResponse::default();
+    if v >= 8 {
+        for g in req.groups {
+            let topics = g.topics.map(|ts| {
+                ts.into_iter().map(|t| (t.name.as_str().to_string(), t.partition_indexes)).collect()
+            });
+            let mut rg = OffsetFetchResponseGroup::default();
+            for (t, parts) in fetch_offsets(c, g.group_id.as_str(), topics) {
+                let mut rt = OffsetFetchResponseTopics::default();
+                rt.name = TopicName(s(&t));
+                for (p, cm) in parts {
+                    let mut rp = OffsetFetchResponsePartitions::default();
+                    rp.partition_index = p;
+                    rp.committed_offset = cm.as_ref().map_or(-1, |c| c.offset);
+                    rp.committed_leader_epoch = cm.as_ref().map_or(-1, |c| c.leader_epoch);
+                    rp.metadata = Some(s(cm.as_ref().and_then(|c| c.metadata.as_deref()).unwrap_or("")));
+                    rt.partitions.push(rp);
+                }
+                rg.topics.push(rt);
+            }
+            rg.group_id = g.group_id;
+            resp.groups.push(rg);
+        }
+        return resp;
+    }
+    let topics = req.topics.map(|ts| {
+        ts.into_iter().map(|t| (t.name.as_str().to_string(), t.partition_indexes)).collect()
+    });
+    for (t, parts) in fetch_offsets(c, req.group_id.as_str(), topics) {
+        let mut rt = OffsetFetchResponseTopic::default();
+        rt.name = TopicName(s(&t));
+        for (p, cm) in parts {
+            let mut rp = OffsetFetchResponsePartition::default();
+            rp.partition_index = p;
+            rp.committed_offset = cm.as_ref().map_or(-1, |c| c.offset);
+            if v >= 5 {
+                rp.committed_leader_epoch = cm.as_ref().map_or(-1, |c| c.leader_epoch);
+            }
+            rp.metadata = Some(s(cm.as_ref().and_then(|c| c.metadata.as_deref()).unwrap_or("")));
+            rt.partitions.push(rp);
+        }
+        resp.topics.push(rt);
+    }
+    resp
+}
+
+// ------------------------------------------------------------------ FindCoordinator
+
+fn find_coordinator(c: &GroupCoordinator, req: Option<FindCoordinatorRequest>, v: i16) -> FindCoordinatorResponse {
+    let cfg = c.config();
+    let mut resp = FindCoordinatorResponse::default();
+    let Some(req) = req else {
+        if v < 4 {
+            resp.error_code = err::INVALID_REQUEST;
+        }
+        return resp;
+    };
+    // Key type 1 = transaction coordinator: transactions are not supported.
+    let code = if req.key_type == 0 { err::NONE } else { err::COORDINATOR_NOT_AVAILABLE };
+    if v >= 4 {
+        for key in req.coordinator_keys {
+            let mut co = Coordinator::default();
+            co.key = key;
+            co.error_code = code;
+            if code == err::NONE {
+                co.node_id = BrokerId(cfg.node_id);
+                co.host = s(&cfg.host);
+                co.port = cfg.port;
+            } else {
+                co.node_id = BrokerId(-1);
+                co.error_message = Some(s("transactions are not supported"));
+            }
+            resp.coordinators.push(co);
+        }
+    } else {
+        resp.error_code = code;
+        if code == err::NONE {
+            resp.node_id = BrokerId(cfg.node_id);
+            resp.host = s(&cfg.host);
+            resp.port = cfg.port;
+        } else {
+            resp.node_id = BrokerId(-1);
+            if v >= 1 {
+                resp.error_message = Some(s("transactions are not supported"));
+            }
+        }
+    }
+    resp
+}
+
+// ------------------------------------------------------------------ Join / Sync / Leave
+
+fn join_response(o: coordinator::JoinOutcome, v: i16) -> JoinGroupResponse {
+    let mut r = JoinGroupResponse::default();
+    r.error_code = o.error;
+    r.generation_id = o.generation;
+    if v >= 7 {
+        r.protocol_type = o.protocol_type.map(|t| s(&t));
+        r.protocol_name = o.protocol_name.map(|p| s(&p));
+    } else {
+        r.protocol_name = Some(s(o.protocol_name.as_deref().unwrap_or("")));
+    }
+    r.leader = s(&o.leader);
+    r.member_id = s(&o.member_id);
+    for (id, instance, meta) in o.members {
+        let mut m = JoinGroupResponseMember::default();
+        m.member_id = s(&id);
+        if v >= 5 {
+            m.group_instance_id = instance.map(|i| s(&i));
+        }
+        m.metadata = meta;
+        r.members.push(m);
+    }
+    r
+}
+
+fn join_group(c: &GroupCoordinator, req: JoinGroupRequest, v: i16, client_id: String) -> JoinGroupResponse {
+    let args = JoinArgs {
+        group_id: req.group_id.as_str().to_string(),
+        member_id: req.member_id.as_str().to_string(),
+        instance_id: req.group_instance_id.as_ref().map(|i| i.as_str().to_string()),
+        client_id,
+        session_timeout_ms: req.session_timeout_ms,
+        rebalance_timeout_ms: if v == 0 { req.session_timeout_ms } else { req.rebalance_timeout_ms },
+        protocol_type: req.protocol_type.as_str().to_string(),
+        protocols: req.protocols.into_iter().map(|p| (p.name.as_str().to_string(), p.metadata)).collect(),
+        require_known_member_id: v >= 4,
+    };
+    join_response(c.sm.join(args), v)
+}
+
+fn sync_group(c: &GroupCoordinator, req: Option<SyncGroupRequest>, v: i16) -> SyncGroupResponse {
+    let mut r = SyncGroupResponse::default();
+    let Some(req) = req else {
+        r.error_code = err::INVALID_REQUEST;
+        return r;
+    };
+    let o = c.sm.sync(
+        req.group_id.as_str(),
+        req.member_id.as_str(),
+        req.generation_id,
+        req.protocol_type.as_ref().map(|p| p.as_str()),
+        req.protocol_name.as_ref().map(|p| p.as_str()),
+        req.assignments.into_iter().map(|a| (a.member_id.as_str().to_string(), a.assignment)).collect(),
+    );
+    r.error_code = o.error;
+    if v >= 5 {
+        r.protocol_type = o.protocol_type.map(|p| s(&p));
+        r.protocol_name = o.protocol_name.map(|p| s(&p));
+    }
+    r.assignment = o.assignment;
+    r
+}
+
+fn leave_group(c: &GroupCoordinator, req: Option<LeaveGroupRequest>, v: i16) -> LeaveGroupResponse {
+    let mut r = LeaveGroupResponse::default();
+    let Some(req) = req else {
+        r.error_code = err::INVALID_REQUEST;
+        return r;
+    };
+    if v < 3 {
+        let codes = c.sm.leave(req.group_id.as_str(), &[(req.member_id.as_str().to_string(), None)]);
+        r.error_code = codes.first().copied().unwrap_or(err::NONE);
+        return r;
+    }
+    let members: Vec<(String, Option<String>)> = req
+        .members
+        .iter()
+        .map(|m| (m.member_id.as_str().to_string(), m.group_instance_id.as_ref().map(|i| i.as_str().to_string())))
+        .collect();
+    let codes = c.sm.leave(req.group_id.as_str(), &members);
+    for (m, code) in req.members.into_iter().zip(codes) {
+        let mut mr = MemberResponse::default();
+        mr.member_id = m.member_id;
+        mr.group_instance_id = m.group_instance_id;
+        mr.error_code = code;
+        r.members.push(mr);
+    }
+    r
+}
+
+// ------------------------------------------------------------------ Describe / List
+
+fn describe_groups(c: &GroupCoordinator, req: Option<DescribeGroupsRequest>, v: i16) -> DescribeGroupsResponse {
+    let mut r = DescribeGroupsResponse::default();
+    let Some(req) = req else { return r };
+    let g = c.sm.lock();
+    for id in req.groups {
+        let mut d = DescribedGroup::default();
+        if v >= 3 {
+            d.authorized_operations = i32::MIN;
+        }
+        match g.groups.get(id.as_str()) {
+            None => d.group_state = s(GroupState::Dead.name()),
+            Some(grp) => {
+                d.group_state = s(grp.state.name());
+                d.protocol_type = s(grp.protocol_type.as_deref().unwrap_or(""));
+                let protocol = grp.protocol.clone().unwrap_or_default();
+                if matches!(grp.state, GroupState::Stable | GroupState::CompletingRebalance) {
+                    d.protocol_data = s(&protocol);
+                }
+                for m in grp.members.values() {
+                    let mut dm = DescribedGroupMember::default();
+                    dm.member_id = s(&m.id);
+                    if v >= 4 {
+                        dm.group_instance_id = m.instance_id.as_ref().map(|i| s(i));
+                    }
+                    dm.client_id = s(&m.client_id);
+                    dm.client_host = s("");
+                    if grp.state != GroupState::PreparingRebalance {
+                        dm.member_metadata =
+                            m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
+                    }
+                    if grp.state == GroupState::Stable {
+                        dm.member_assignment = m.assignment.clone();
+                    }
+                    d.members.push(dm);
+                }
+            }
+        }
+        d.group_id = id;
+        r.groups.push(d);
+    }
+    r
+}
+
+fn list_groups(c: &GroupCoordinator, req: Option<ListGroupsRequest>, v: i16) -> ListGroupsResponse {
+    let mut r = ListGroupsResponse::default();
+    let Some(req) = req else {
+        r.error_code = err::INVALID_REQUEST;
+        return r;
+    };
+    let filter: Vec<String> = req.states_filter.iter().map(|s| s.as_str().to_lowercase()).collect();
+    let g = c.sm.lock();
+    let mut ids: Vec<&String> = g.groups.keys().collect();
+    ids.sort();
+    for id in ids {
+        let grp = &g.groups[id];
+        if !filter.is_empty() && !filter.contains(&grp.state.name().to_lowercase()) {
+            continue;
+        }
+        let mut l = ListedGroup::default();
+        l.group_id = GroupId(s(id));
+        l.protocol_type = s(grp.protocol_type.as_deref().unwrap_or(""));
+        if v >= 4 {
+            l.group_state = s(grp.state.name());
+        }
+        r.groups.push(l);
+    }
+    r
+}
+
+// ------------------------------------------------------------------ InitProducerId
+
+fn init_producer_id(c: &GroupCoordinator, req: Option<InitProducerIdRequest>) -> InitProducerIdResponse {
+    let mut r = InitProducerIdResponse::default();
+    r.producer_id = ProducerId(-1);
+    r.producer_epoch = -1;
+    let Some(req) = req else {
+        r.error_code = err::INVALID_REQUEST;
+        return r;
+    };
+    if req.transactional_id.is_some() {
+        // Transactions are not implemented: refuse clearly rather than half-support them.
+        r.error_code = err::INVALID_REQUEST;
+        return r;
+    }
+    let (pid, epoch) = (req.producer_id.0, req.producer_epoch);
+    let known = pid >= 0 && pid < lock(&c.pids).next;
+    if known && (0..i16::MAX - 1).contains(&epoch) {
+        // KIP-360: an idempotent producer bumps its epoch to reset its sequences.
+        r.producer_id = ProducerId(pid);
+        r.producer_epoch = epoch + 1;
+        return r;
+    }
+    match c.allocate_producer_id() {
+        Ok(id) => {
+            r.producer_id = ProducerId(id);
+            r.producer_epoch = 0;
+        }
+        Err(e) => {
+            tracing::error!("cannot allocate a producer id: {e}");
+            r.error_code = err::COORDINATOR_NOT_AVAILABLE;
+        }
+    }
+    r
+}
