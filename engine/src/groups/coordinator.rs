@@ -543,7 +543,11 @@ impl StateMachine {
             group.leader = group.members.keys().next().cloned();
         }
         match group.state {
-            GroupState::Stable | GroupState::CompletingRebalance => self.prepare_rebalance(group, out),
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                self.prepare_rebalance(group, out);
+                // With no member left the rebalance completes at once: the group is Empty.
+                self.maybe_complete_join(group, Instant::now(), out);
+            }
             GroupState::PreparingRebalance => self.maybe_complete_join(group, Instant::now(), out),
             GroupState::Empty | GroupState::Dead => {}
         }
@@ -614,7 +618,8 @@ impl StateMachine {
         {
             return fail(err::INCONSISTENT_GROUP_PROTOCOL);
         }
-        let rebalance_timeout_ms = m.rebalance_timeout_ms.max(m.session_timeout_ms);
+        // Kafka's pending-sync timeout: the member's rebalance timeout.
+        let sync_wait = Duration::from_millis(m.rebalance_timeout_ms.max(0) as u64).min(WAIT_MAX);
         let ok = |group: &Group, assignment: Bytes| SyncOutcome {
             error: err::NONE,
             protocol_type: group.protocol_type.clone(),
@@ -674,7 +679,7 @@ impl StateMachine {
                     m.last_heartbeat = Instant::now();
                     let old = m.sync_ticket.replace(ticket);
                     Self::post(g, old, Outcome::Sync(SyncOutcome::error(err::REBALANCE_IN_PROGRESS)));
-                    Step::Wait(ticket, Instant::now() + bounded(rebalance_timeout_ms))
+                    Step::Wait(ticket, Instant::now() + sync_wait)
                 }
             }
         }

@@ -35,6 +35,8 @@ const OFFSET_VALUE_VERSION: i16 = 3;
 const PID_VALUE_VERSION: i16 = 0;
 /// Bytes read per step while restoring.
 const RESTORE_READ_BYTES: u64 = 1 << 20;
+/// Largest batch restore accepts (batch lengths are i32 on the wire).
+const BATCH_BYTES_MAX: usize = i32::MAX as usize;
 
 /// A committed offset as OffsetFetch returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,7 +177,7 @@ pub fn parse_offset_value(v: &[u8]) -> Option<Committed> {
 /// Key/value pairs of the records of one uncompressed v2 batch (`None` if it cannot be parsed).
 #[allow(clippy::type_complexity)]
 pub fn batch_records(batch: &[u8]) -> Option<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
-    let info = record::validate(batch, usize::MAX).ok()?;
+    let info = record::validate(batch, BATCH_BYTES_MAX).ok()?;
     if info.compression() != 0 || info.is_control() {
         return None;
     }
@@ -206,7 +208,7 @@ pub fn scan_records(part: &Partition, mut f: impl FnMut(Option<&[u8]>, Option<&[
         let mut at = 0usize;
         let mut advanced = false;
         while at < buf.len() {
-            let Ok(info) = record::parse_header(&buf[at..], usize::MAX) else { break };
+            let Ok(info) = record::parse_header(&buf[at..], BATCH_BYTES_MAX) else { break };
             match batch_records(&buf[at..at + info.size_bytes]) {
                 Some(recs) => {
                     for (k, v) in &recs {
