@@ -145,3 +145,39 @@ pub fn slow_append_penalty(append_took: std::time::Duration) {
         std::hint::spin_loop();
     }
 }
+
+/// Block SIGINT and SIGTERM in the calling thread (and every thread it spawns afterwards), so
+/// that [`wait_for_termination_signal`] can receive them synchronously. Call first in `main`.
+pub fn block_termination_signals() -> io::Result<()> {
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use; the pointers
+    // passed are valid for the calls; a null old-set pointer is allowed by pthread_sigmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+    }
+    Ok(())
+}
+
+/// Wait until SIGINT or SIGTERM arrives (they must be blocked: [`block_termination_signals`]).
+/// Returns the signal number.
+pub fn wait_for_termination_signal() -> io::Result<i32> {
+    // SAFETY: as above; `sig` is a valid out-pointer for sigwait.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let mut sig: libc::c_int = 0;
+        let rc = libc::sigwait(&set, &mut sig);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(sig)
+    }
+}
