@@ -107,7 +107,7 @@ pub(crate) struct Shared {
     pub(crate) logs: Arc<LogManager>,
     pub(crate) groups: Arc<GroupCoordinator>,
     stop: AtomicBool,
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
     next_conn: AtomicU64,
 }
 
@@ -176,7 +176,7 @@ impl BrokerHandle {
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
-        let conns: Vec<TcpStream> =
+        let conns: Vec<Arc<TcpStream>> =
             self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
         for c in conns {
             let _ = c.shutdown(Shutdown::Both);
@@ -227,9 +227,10 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     let local = stream.local_addr()?;
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = channel::bounded::<Reply>(CONNECTION_QUEUE_MAX);
-    let wstream = stream.try_clone()?;
-    let registry_copy = stream.try_clone()?;
-    shared.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, registry_copy);
+    // One descriptor per connection, shared by the reader, the writer and the registry.
+    let stream = Arc::new(stream);
+    let wstream = stream.clone();
+    shared.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, stream.clone());
     let writer = std::thread::Builder::new()
         .name(format!("conn-{id}-w"))
         .stack_size(CONNECTION_STACK_BYTES)
@@ -254,9 +255,9 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-fn reader_loop(shared: &Shared, stream: TcpStream, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
+fn reader_loop(shared: &Shared, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
     CONN_LOCAL_ADDR.with(|c| c.set(Some(local)));
-    let mut r = BufReader::with_capacity(64 << 10, &stream);
+    let mut r = BufReader::with_capacity(64 << 10, &*stream);
     loop {
         let frame = match wire::read_frame(&mut r, shared.cfg.frame_bytes_max) {
             Ok(f) => f,
@@ -283,8 +284,8 @@ fn write_frame<W: Write>(w: &mut W, payload: &[u8]) -> io::Result<()> {
     w.write_all(payload)
 }
 
-fn writer_loop(rx: channel::Receiver<Reply>, stream: TcpStream, peer: SocketAddr) {
-    let mut out = BufWriter::with_capacity(64 << 10, &stream);
+fn writer_loop(rx: channel::Receiver<Reply>, stream: Arc<TcpStream>, peer: SocketAddr) {
+    let mut out = BufWriter::with_capacity(64 << 10, &*stream);
     let result: io::Result<()> = (|| loop {
         let reply = match rx.try_recv() {
             Ok(r) => r,
