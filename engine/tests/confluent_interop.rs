@@ -67,7 +67,7 @@ fn confluent_kafka_acks_all_records_survive_a_broker_restart() {
         assert_eq!(f[2], format!("k{}", i % 1000));
         assert_eq!(f[3], value_of(i), "record at {p}/{o} differs from what was acknowledged");
         let prev = last_offset.insert(p, o);
-        assert!(matches!(prev, None) || prev == Some(o - 1), "partition {p}: offsets not consecutive before {o}");
+        assert!(prev.is_none() || prev == Some(o - 1), "partition {p}: offsets not consecutive before {o}");
         seen += 1;
     }
     assert_eq!(seen, RECORDS, "every acknowledged record is read back after the restart");
