@@ -59,7 +59,7 @@ fn call_raw_as<Resp: Decodable + HeaderVersion>(
     let out = match groups::handle(c, key, v, &header, &mut body) {
         Reply::Now(b) => b,
         Reply::Later(f) => f(),
-        Reply::Nothing => panic!("group API gave no response"),
+        other => panic!("group API gave no response: {other:?}"),
     };
     let mut b = Bytes::from(out);
     let h = ResponseHeader::decode(&mut b, Resp::header_version(v)).expect("response header");
@@ -488,6 +488,27 @@ fn producer_ids_stay_unique_across_reopens() {
         logs.close().unwrap();
     }
     assert_eq!(seen.len(), 15);
+}
+
+#[test]
+fn unsupported_versions_and_foreign_keys_close_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open_logs(dir.path());
+    let c = coordinator(&logs);
+    let header = RequestHeader::default().with_correlation_id(1);
+    for (key, v) in [(11, 10), (9, 0), (8, 9), (16, 5), (0, 3)] {
+        let r = groups::handle(&c, key, v, &header, &mut Bytes::new());
+        assert!(matches!(r, Reply::Close(_)), "api {key} v{v}: {r:?}");
+    }
+    // Every advertised version answers, even an empty (malformed) body, without panicking.
+    for &(key, lo, hi) in groups::SUPPORTED_APIS {
+        for v in lo..=hi {
+            match groups::handle(&c, key, v, &header, &mut Bytes::new()) {
+                Reply::Later(f) => assert!(f().len() >= 4, "api {key} v{v}: no response"),
+                other => panic!("api {key} v{v}: {other:?}"),
+            }
+        }
+    }
 }
 
 #[test]

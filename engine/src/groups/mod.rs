@@ -8,13 +8,18 @@
 //! * this module: [`handle`], the Kafka wire mapping (decode with `kafka-protocol`, encode the
 //!   response header + body), and [`GroupCoordinator`], which owns the above.
 //!
-//! Contract with the broker: the broker checks the version against [`SUPPORTED_APIS`] before
-//! calling [`handle`]. Every group API answers with [`Reply::Later`], so the work (including
+//! Contract with the broker: the broker routes every request with a group API key here, whatever
+//! its version. A version outside [`SUPPORTED_APIS`] gets [`Reply::Close`] (Kafka closes the
+//! connection too). Every served request answers with [`Reply::Later`], so the work (including
 //! waiting for a rebalance or for an offset commit's fdatasync) runs on the connection's writer
 //! thread in request order, as Kafka processes one request per connection at a time.
 //! A request body that does not decode gets a response of the same API and version carrying
 //! INVALID_REQUEST (42) wherever the response has an error field (OffsetCommit: an empty topic
-//! list); it never panics and never closes the connection itself.
+//! list); decoding never panics.
+//!
+//! FindCoordinator answers with node 0 and the local address of the connection the request came
+//! in on ([`crate::broker::current_connection_local_addr`], read in [`handle`] on the reader
+//! thread), falling back to [`GroupConfig::host`]/[`GroupConfig::port`].
 
 pub mod coordinator;
 pub mod store;
@@ -305,7 +310,7 @@ pub fn handle(
     let v = api_version;
     let supported = SUPPORTED_APIS.iter().any(|&(k, lo, hi)| k == api_key && (lo..=hi).contains(&v));
     if !supported {
-        tracing::warn!(api_key, api_version, "group API version not supported (the broker should have refused it)");
+        return Reply::Close(format!("unsupported version {api_version} of group API {api_key}"));
     }
     match api_key {
         8 => {
@@ -335,7 +340,9 @@ pub fn handle(
         }
         10 => {
             let req = decode::<FindCoordinatorRequest>(body, v, "FindCoordinator");
-            later(corr, v, move || find_coordinator(&c, req, v))
+            // The thread-local is only set on the reader thread: read it here, not in `later`.
+            let local = crate::broker::current_connection_local_addr();
+            later(corr, v, move || find_coordinator(&c, req, v, local))
         }
         11 => {
             let req = decode::<JoinGroupRequest>(body, v, "JoinGroup");
@@ -376,10 +383,7 @@ pub fn handle(
             let req = decode::<InitProducerIdRequest>(body, v, "InitProducerId");
             later(corr, v, move || init_producer_id(&c, req))
         }
-        _ => {
-            tracing::warn!(api_key, "not a group API");
-            Reply::Nothing
-        }
+        _ => Reply::Close(format!("API key {api_key} is not a group API")),
     }
 }
 
@@ -571,8 +575,18 @@ fn offset_fetch(c: &GroupCoordinator, req: OffsetFetchRequest, v: i16) -> Offset
 
 // ------------------------------------------------------------------ FindCoordinator
 
-fn find_coordinator(c: &GroupCoordinator, req: Option<FindCoordinatorRequest>, v: i16) -> FindCoordinatorResponse {
+fn find_coordinator(
+    c: &GroupCoordinator,
+    req: Option<FindCoordinatorRequest>,
+    v: i16,
+    local: Option<std::net::SocketAddr>,
+) -> FindCoordinatorResponse {
     let cfg = c.config();
+    let host = match local {
+        Some(a) if !a.ip().is_unspecified() => a.ip().to_string(),
+        _ => cfg.host.clone(),
+    };
+    let port = local.map_or(cfg.port, |a| a.port() as i32);
     let mut resp = FindCoordinatorResponse::default();
     let Some(req) = req else {
         if v < 4 {
@@ -589,8 +603,8 @@ fn find_coordinator(c: &GroupCoordinator, req: Option<FindCoordinatorRequest>, v
             co.error_code = code;
             if code == err::NONE {
                 co.node_id = BrokerId(cfg.node_id);
-                co.host = s(&cfg.host);
-                co.port = cfg.port;
+                co.host = s(&host);
+                co.port = port;
             } else {
                 co.node_id = BrokerId(-1);
                 co.error_message = Some(s("transactions are not supported"));
@@ -601,8 +615,8 @@ fn find_coordinator(c: &GroupCoordinator, req: Option<FindCoordinatorRequest>, v
         resp.error_code = code;
         if code == err::NONE {
             resp.node_id = BrokerId(cfg.node_id);
-            resp.host = s(&cfg.host);
-            resp.port = cfg.port;
+            resp.host = s(&host);
+            resp.port = port;
         } else {
             resp.node_id = BrokerId(-1);
             if v >= 1 {
