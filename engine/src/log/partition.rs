@@ -345,9 +345,13 @@ impl Partition {
         let mut st = lock(&self.state);
         // Idempotent producers: check sequences against the state as of now.
         let mut producer_updates: Vec<(usize, i64)> = Vec::new();
+        // Several batches in one append are checked in order, each against the state the earlier
+        // ones leave (Kafka's ProducerAppendInfo): a scratch copy of the producers involved.
+        let mut scratch: HashMap<i64, ProducerState> = HashMap::new();
         for (i, info) in infos.iter().enumerate() {
             if info.producer_id >= 0 && info.base_sequence >= 0 {
-                if let Some(dup_offset) = check_sequence(&st.producers, info)? {
+                let view = if scratch.contains_key(&info.producer_id) { &scratch } else { &st.producers };
+                if let Some(dup_offset) = check_sequence(view, info)? {
                     if infos.len() == 1 {
                         let next = st.next_offset();
                         return Ok(AppendInfo {
@@ -361,6 +365,12 @@ impl Partition {
                     return Err(AppendError::DuplicateSequence(dup_offset as i64));
                 }
                 producer_updates.push((i, info.producer_id));
+                if infos.len() > 1 {
+                    if let Some(p) = st.producers.get(&info.producer_id) {
+                        scratch.entry(info.producer_id).or_insert_with(|| p.clone());
+                    }
+                    track_producer(&mut scratch, info);
+                }
             }
         }
         let total = buf.len() as u64;
@@ -682,12 +692,10 @@ impl Partition {
 fn check_sequence(producers: &HashMap<i64, ProducerState>, info: &BatchInfo) -> Result<Option<u64>, AppendError> {
     let last_seq_of = |i: &BatchInfo| i.base_sequence.wrapping_add(i.last_offset_delta);
     match producers.get(&info.producer_id) {
-        None => {
-            if info.base_sequence != 0 {
-                return Err(AppendError::UnknownProducer(info.producer_id));
-            }
-            Ok(None)
-        }
+        // No state for this producer (new, or its batches are gone with retention or were not
+        // rescanned at recovery): Kafka (since 2.x, KIP-360) accepts any first sequence rather
+        // than answering UNKNOWN_PRODUCER_ID, which would make the client reset and resend.
+        None => Ok(None),
         Some(p) => {
             if info.producer_epoch < p.epoch {
                 return Err(AppendError::ProducerFenced { current: p.epoch, got: info.producer_epoch });
