@@ -572,3 +572,58 @@ fn leader_that_never_syncs_sends_followers_back_to_rejoin() {
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(state(&c, "g").0, GroupState::PreparingRebalance);
 }
+
+#[test]
+fn static_member_restart_takes_its_place_without_a_rebalance() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open_logs(dir.path());
+    let c = coordinator(&logs);
+    let static_join = |member: &str, inst: &str| -> JoinGroupResponse {
+        let mut req = join_req("g", member, SESSION_MS, inst.as_bytes());
+        req.group_instance_id = Some(s(inst));
+        call(&c, 11, 7, &req)
+    };
+    // Static members join without MEMBER_ID_REQUIRED.
+    let a = static_join("", "inst-a");
+    assert_eq!((a.error_code, a.generation_id), (err::NONE, 1));
+    let a_id = a.member_id.as_str().to_string();
+    sync(&c, "g", &a_id, 1, &[(&a_id, b"mine")]);
+    let c2 = c.clone();
+    let b_join = thread::spawn(move || join(&c2, "g", ""));
+    wait_for("rebalance", Duration::from_secs(5), || state(&c, "g").0 == GroupState::PreparingRebalance);
+    let a2 = static_join(&a_id, "inst-a");
+    let b = b_join.join().unwrap();
+    assert_eq!((a2.generation_id, b.generation_id), (2, 2));
+    let b_id = b.member_id.as_str().to_string();
+    let c2 = c.clone();
+    let b2 = b_id.clone();
+    let b_sync = thread::spawn(move || sync(&c2, "g", &b2, 2, &[]));
+    sync(&c, "g", &a_id, 2, &[(&a_id, b"a-part"), (&b_id, b"b-part")]);
+    assert_eq!(&b_sync.join().unwrap().assignment[..], b"b-part");
+
+    // Instance A restarts: a new member id, same generation, no rebalance, same assignment.
+    let a3 = static_join("", "inst-a");
+    assert_eq!(a3.error_code, err::NONE);
+    assert_eq!(a3.generation_id, 2, "no new generation");
+    let a3_id = a3.member_id.as_str().to_string();
+    assert_ne!(a3_id, a_id);
+    assert_eq!(state(&c, "g").0, GroupState::Stable);
+    let req = SyncGroupRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(s(&a3_id))
+        .with_group_instance_id(Some(s("inst-a")))
+        .with_generation_id(2);
+    let sa: SyncGroupResponse = call(&c, 14, 3, &req);
+    assert_eq!((sa.error_code, &sa.assignment[..]), (err::NONE, &b"a-part"[..]));
+    // The old incarnation is fenced.
+    let hb = HeartbeatRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(s(&a_id))
+        .with_group_instance_id(Some(s("inst-a")))
+        .with_generation_id(2);
+    let r: HeartbeatResponse = call(&c, 12, 3, &hb);
+    assert_eq!(r.error_code, err::FENCED_INSTANCE_ID);
+    assert_eq!(static_join(&a_id, "inst-a").error_code, err::FENCED_INSTANCE_ID);
+    // B never noticed.
+    assert_eq!(heartbeat(&c, "g", &b_id, 2), err::NONE);
+}

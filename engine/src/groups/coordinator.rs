@@ -180,6 +180,16 @@ impl Group {
         best.map(|(_, p)| p.clone())
     }
 
+    /// The member id currently holding a static `group.instance.id`.
+    fn static_member(&self, instance_id: &str) -> Option<&str> {
+        self.members.values().find(|m| m.instance_id.as_deref() == Some(instance_id)).map(|m| m.id.as_str())
+    }
+
+    /// A request naming `instance_id` with another member id comes from a replaced instance.
+    fn fenced(&self, member_id: &str, instance_id: Option<&str>) -> bool {
+        instance_id.and_then(|i| self.static_member(i)).is_some_and(|id| id != member_id)
+    }
+
     fn max_rebalance_timeout_ms(&self) -> i32 {
         self.members.values().map(|m| m.rebalance_timeout_ms).max().unwrap_or(0)
     }
@@ -353,6 +363,10 @@ impl StateMachine {
             return fail(err::COORDINATOR_NOT_AVAILABLE);
         }
         let member_id;
+        let mut fenced: Vec<(u64, Outcome)> = Vec::new();
+        if !a.member_id.is_empty() && group.fenced(&a.member_id, a.instance_id.as_deref()) {
+            return fail(err::FENCED_INSTANCE_ID);
+        }
         if a.member_id.is_empty() {
             if !group.supports("", &a.protocol_type, &a.protocols) {
                 return fail(err::INCONSISTENT_GROUP_PROTOCOL);
@@ -361,7 +375,33 @@ impl StateMachine {
                 return fail(err::GROUP_MAX_SIZE_REACHED);
             }
             let id = format!("{}-{:032x}", a.client_id, rand::random::<u128>());
-            if a.require_known_member_id && a.instance_id.is_none() {
+            let old = a.instance_id.as_deref().and_then(|i| group.static_member(i)).map(str::to_string);
+            if let Some(old) = old {
+                // Static membership (KIP-345): a restarted instance takes over its old member's
+                // place and assignment under a new id; the old id is fenced.
+                let mut m = group.members.remove(&old).expect("static member present");
+                let stale: Vec<u64> = m.join_ticket.take().into_iter().chain(m.sync_ticket.take()).collect();
+                let same = m.protocols == a.protocols;
+                m.id = id.clone();
+                m.client_id = a.client_id.clone();
+                m.last_heartbeat = now;
+                group.members.insert(id.clone(), m);
+                if group.leader.as_deref() == Some(old.as_str()) {
+                    group.leader = Some(id.clone());
+                }
+                tracing::info!(group = %group.id, old = %old, new = %id, "static member replaced");
+                for t in stale {
+                    fenced.push((t, Outcome::Join(JoinOutcome::error(err::FENCED_INSTANCE_ID, &old))));
+                }
+                if same && matches!(group.state, GroupState::Stable | GroupState::CompletingRebalance) {
+                    // No rebalance: it gets the current generation (and keeps its assignment).
+                    let o = Self::join_outcome(group, &id);
+                    for (t, x) in fenced {
+                        Self::post(g, Some(t), x);
+                    }
+                    return Step::Done(o);
+                }
+            } else if a.require_known_member_id && a.instance_id.is_none() {
                 group.pending.insert(id.clone(), now + Duration::from_millis(a.session_timeout_ms as u64));
                 return Step::Done(JoinOutcome::error(err::MEMBER_ID_REQUIRED, &id));
             }
@@ -429,15 +469,18 @@ impl StateMachine {
         if group.leader.is_none() {
             group.leader = Some(member_id.clone());
         }
-        let mut outcomes = Vec::new();
+        let mut outcomes = fenced;
         if group.state != GroupState::PreparingRebalance {
             self.prepare_rebalance(group, &mut outcomes);
         }
         self.maybe_complete_join(group, now, &mut outcomes);
+        // The reaper completes the rebalance by its deadline, which an earlier member's longer
+        // rebalance timeout may have set later than this member's own.
+        let deadline = (now + bounded(wait_ms)).max(group.rebalance_deadline + WAIT_SLACK);
         for (t, o) in outcomes {
             Self::post(g, Some(t), o);
         }
-        Step::Wait(ticket, now + bounded(wait_ms))
+        Step::Wait(ticket, deadline.min(now + WAIT_MAX))
     }
 
     fn join_outcome(group: &Group, member_id: &str) -> JoinOutcome {
@@ -495,7 +538,13 @@ impl StateMachine {
     }
 
     fn complete_join(&self, group: &mut Group, out: &mut Vec<(u64, Outcome)>) {
-        let gone: Vec<String> = group.members.values().filter(|m| m.join_ticket.is_none()).map(|m| m.id.clone()).collect();
+        // Static members stay (their instance may come back); dynamic ones that did not rejoin go.
+        let gone: Vec<String> = group
+            .members
+            .values()
+            .filter(|m| m.join_ticket.is_none() && m.instance_id.is_none())
+            .map(|m| m.id.clone())
+            .collect();
         for id in gone {
             tracing::info!(group = %group.id, member = %id, "member did not rejoin in time; removed");
             group.members.remove(&id);
@@ -555,17 +604,20 @@ impl StateMachine {
 
     // ---------------------------------------------------------------- SyncGroup
 
+    #[allow(clippy::too_many_arguments)]
     pub fn sync(
         &self,
         group_id: &str,
         member_id: &str,
+        instance_id: Option<&str>,
         generation: i32,
         protocol_type: Option<&str>,
         protocol_name: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncOutcome {
         let mut g = self.lock();
-        let step = self.sync_step(&mut g, group_id, member_id, generation, protocol_type, protocol_name, assignments);
+        let step =
+            self.sync_step(&mut g, group_id, member_id, instance_id, generation, protocol_type, protocol_name, assignments);
         self.cv.notify_all();
         match step {
             Step::Done(o) => o,
@@ -598,6 +650,7 @@ impl StateMachine {
         g: &mut Groups,
         group_id: &str,
         member_id: &str,
+        instance_id: Option<&str>,
         generation: i32,
         protocol_type: Option<&str>,
         protocol_name: Option<&str>,
@@ -608,6 +661,9 @@ impl StateMachine {
         let Some(group) = g.groups.get_mut(group_id) else { return fail(err::UNKNOWN_MEMBER_ID) };
         if group.state == GroupState::Dead {
             return fail(err::COORDINATOR_NOT_AVAILABLE);
+        }
+        if group.fenced(member_id, instance_id) {
+            return fail(err::FENCED_INSTANCE_ID);
         }
         let Some(m) = group.members.get(member_id) else { return fail(err::UNKNOWN_MEMBER_ID) };
         if generation != group.generation {
@@ -687,9 +743,12 @@ impl StateMachine {
 
     // ---------------------------------------------------------------- Heartbeat / Leave
 
-    pub fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+    pub fn heartbeat(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
         let mut g = self.lock();
         let Some(group) = g.groups.get_mut(group_id) else { return err::UNKNOWN_MEMBER_ID };
+        if group.fenced(member_id, instance_id) {
+            return err::FENCED_INSTANCE_ID;
+        }
         match group.state {
             GroupState::Dead => return err::COORDINATOR_NOT_AVAILABLE,
             GroupState::Empty => return err::UNKNOWN_MEMBER_ID,
@@ -767,6 +826,9 @@ impl StateMachine {
             return err::COORDINATOR_NOT_AVAILABLE;
         }
         if managed {
+            if group.fenced(member_id, instance_id) {
+                return err::FENCED_INSTANCE_ID;
+            }
             let gen = group.generation;
             let state = group.state;
             let Some(m) = group.members.get_mut(member_id) else { return err::UNKNOWN_MEMBER_ID };

@@ -85,6 +85,10 @@ pub const SUPPORTED_APIS: &[(i16, i16, i16)] = &[
     (22, 0, 4), // InitProducerId
 ];
 
+/// Topics this module owns. Metadata should mark them `is_internal` (as Kafka does for
+/// `__consumer_offsets`) so clients leave them out of pattern subscriptions and listings.
+pub const INTERNAL_TOPICS: &[&str] = &[store::OFFSETS_TOPIC, store::PRODUCER_IDS_TOPIC];
+
 /// Producer ids reserved durably per `__producer_ids` append.
 const PID_BLOCK: i64 = 1000;
 
@@ -357,7 +361,12 @@ pub fn handle(
             later(corr, v, move || {
                 let mut r = HeartbeatResponse::default();
                 r.error_code = match req {
-                    Some(req) => c.sm.heartbeat(req.group_id.as_str(), req.member_id.as_str(), req.generation_id),
+                    Some(req) => c.sm.heartbeat(
+                        req.group_id.as_str(),
+                        req.member_id.as_str(),
+                        req.group_instance_id.as_ref().map(|i| i.as_str()),
+                        req.generation_id,
+                    ),
                     None => err::INVALID_REQUEST,
                 };
                 r
@@ -677,6 +686,7 @@ fn sync_group(c: &GroupCoordinator, req: Option<SyncGroupRequest>, v: i16) -> Sy
     let o = c.sm.sync(
         req.group_id.as_str(),
         req.member_id.as_str(),
+        req.group_instance_id.as_ref().map(|i| i.as_str()),
         req.generation_id,
         req.protocol_type.as_ref().map(|p| p.as_str()),
         req.protocol_name.as_ref().map(|p| p.as_str()),
