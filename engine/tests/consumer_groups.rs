@@ -627,3 +627,53 @@ fn static_member_restart_takes_its_place_without_a_rebalance() {
     // B never noticed.
     assert_eq!(heartbeat(&c, "g", &b_id, 2), err::NONE);
 }
+
+#[test]
+fn latest_versions_as_the_java_client_sends_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open_logs(dir.path());
+    logs.create_topic("t", 1, None).unwrap();
+    let c = coordinator(&logs);
+    let a = join_new_v9(&c, "g");
+    assert_eq!(a.protocol_type.as_ref().map(|p| p.as_str()), Some("consumer"));
+    let id = a.member_id.as_str().to_string();
+    let sync_v5 = |name: &str| -> SyncGroupResponse {
+        let req = SyncGroupRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_member_id(s(&id))
+            .with_generation_id(1)
+            .with_protocol_type(Some(s("consumer")))
+            .with_protocol_name(Some(s(name)))
+            .with_assignments(vec![SyncGroupRequestAssignment::default()
+                .with_member_id(s(&id))
+                .with_assignment(Bytes::from_static(b"x"))]);
+        call(&c, 14, 5, &req)
+    };
+    assert_eq!(sync_v5("roundrobin").error_code, err::INCONSISTENT_GROUP_PROTOCOL);
+    let r = sync_v5("range");
+    assert_eq!((r.error_code, r.protocol_name.as_ref().map(|p| p.as_str())), (err::NONE, Some("range")));
+    assert_eq!(commit(&c, 8, "g", &id, 1, &[("t", 0, 3)]), vec![err::NONE]);
+    assert_eq!(fetch_v8(&c, "g", "t", &[0]), vec![3]);
+    let leave = LeaveGroupRequest::default().with_group_id(GroupId(s("g"))).with_members(vec![MemberIdentity::default()
+        .with_member_id(s(&id))
+        .with_reason(Some(s("the consumer is being closed")))]);
+    let r: LeaveGroupResponse = call(&c, 13, 5, &leave);
+    assert_eq!((r.error_code, r.members[0].error_code), (err::NONE, err::NONE));
+    assert_eq!(state(&c, "g").0, GroupState::Empty);
+}
+
+#[test]
+fn hostile_array_count_in_a_join_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open_logs(dir.path());
+    let c = coordinator(&logs);
+    let mut req = join_req("g", "", SESSION_MS, b"");
+    req.protocols.clear();
+    let mut buf = BytesMut::new();
+    req.encode(&mut buf, 5).unwrap();
+    let n = buf.len();
+    buf[n - 4..].copy_from_slice(&i32::MAX.to_be_bytes()); // the protocols array count
+    let r: JoinGroupResponse = call_raw(&c, 11, 5, buf.freeze());
+    assert_eq!(r.error_code, err::INVALID_REQUEST);
+    assert_eq!(join(&c, "g", "").error_code, err::NONE);
+}
