@@ -100,10 +100,14 @@ impl IoFile for SimFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         let n = self.fs.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut c = self.contents.lock().expect("sim file lock");
         if self.fs.fail_sync_at.load(Ordering::SeqCst) == n {
+            // As Linux does after a writeback error ("fsyncgate"): the dirty pages are marked
+            // clean, so the unsynced writes stay visible but will never reach the disk, and a
+            // later successful sync does not bring them back.
+            c.pending.clear();
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        let mut c = self.contents.lock().expect("sim file lock");
         let ops = std::mem::take(&mut c.pending);
         for op in &ops {
             apply(&mut c.durable, op);
@@ -168,7 +172,8 @@ impl SimIo {
         SimIo { ns: Arc::new(Mutex::new(ns)), shared: Arc::new(shared) }
     }
 
-    /// Make the `n`-th sync from now (1 = the next one) fail with EIO.
+    /// Make the `n`-th sync from now (1 = the next one) fail with EIO; the writes it would have
+    /// made durable are lost for good (they stay readable until a crash).
     pub fn fail_sync_in(&self, n: u64) {
         let now = self.shared.syncs.load(Ordering::SeqCst);
         self.shared.fail_sync_at.store(now + n, Ordering::SeqCst);

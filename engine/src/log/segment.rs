@@ -135,14 +135,31 @@ impl Segment {
         if n < BATCH_HEADER_BYTES {
             return Ok(Err(BatchError::Truncated { have: n, need: BATCH_HEADER_BYTES }));
         }
-        // parse_header wants the whole batch present; check only header fields here.
-        let size = record::declared_size(&hdr).unwrap_or(0);
-        if size < BATCH_HEADER_BYTES as i64 || size > batch_bytes_max as i64 {
-            return Ok(Err(BatchError::BadLength(size)));
+        Ok(record::parse_header_only(&hdr, batch_bytes_max))
+    }
+
+    /// Forget the in-memory indexes (before a rebuilding scan).
+    pub fn reset_indexes(&mut self) {
+        self.index.clear();
+        self.time_index.clear();
+        self.bytes_since_index = 0;
+        self.max_timestamp = -1;
+    }
+
+    /// Call `f` with the header of every batch in `[start, end)`, reading headers only
+    /// (used to rebuild producer state from segments whose checkpointed index is trusted).
+    pub fn walk_headers(&self, start: u64, end: u64, batch_bytes_max: usize, mut f: impl FnMut(&BatchInfo)) -> io::Result<()> {
+        let mut pos = start;
+        while pos < end {
+            match self.read_header(pos, batch_bytes_max)? {
+                Ok(info) => {
+                    f(&info);
+                    pos += info.size_bytes as u64;
+                }
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("batch at {pos}: {e}"))),
+            }
         }
-        let mut fake = hdr.to_vec();
-        fake.resize(size as usize, 0);
-        Ok(record::parse_header(&fake, batch_bytes_max))
+        Ok(())
     }
 
     /// Find the position of the batch containing `offset` (scanning headers from the index
@@ -249,7 +266,10 @@ impl Segment {
             tidx.extend_from_slice(&e.timestamp.to_be_bytes());
             tidx.extend_from_slice(&e.rel_offset.to_be_bytes());
         }
-        for (name, bytes) in [(index_name(self.base_offset), idx), (time_index_name(self.base_offset), tidx)] {
+        for (name, mut bytes) in [(index_name(self.base_offset), idx), (time_index_name(self.base_offset), tidx)] {
+            let crc = crc32c::crc32c(&bytes);
+            bytes.extend_from_slice(&INDEX_FOOTER_MAGIC.to_be_bytes());
+            bytes.extend_from_slice(&crc.to_be_bytes());
             let f = io.open(&self.dir.join(name), true)?;
             f.set_len(0)?;
             f.write_at(&bytes, 0)?;
@@ -276,7 +296,14 @@ impl Segment {
         let (Some(idx), Some(tidx)) = (read_all(index_name(self.base_offset))?, read_all(time_index_name(self.base_offset))?) else {
             return Ok(false);
         };
+        let (Some(idx), Some(tidx)) = (strip_footer(&idx), strip_footer(&tidx)) else {
+            return Ok(false);
+        };
         if idx.len() % 8 != 0 || tidx.len() % 12 != 0 || (idx.is_empty() && file_len > 0) {
+            return Ok(false);
+        }
+        // The first entry always describes the segment's first batch.
+        if idx.len() >= 8 && idx[0..8] != [0u8; 8] {
             return Ok(false);
         }
         let mut last: Option<IndexEntry> = None;
@@ -323,6 +350,18 @@ impl Segment {
         }
         self.index_floor(self.base_offset + self.time_index[i - 1].rel_offset as u64)
     }
+}
+
+/// Trailer of `.index`/`.timeindex` files: magic, then CRC-32C of the entries. A torn or
+/// bit-rotten index fails the check and is rebuilt from the log.
+const INDEX_FOOTER_MAGIC: u32 = 0x4958_0001;
+
+fn strip_footer(b: &[u8]) -> Option<&[u8]> {
+    let body_len = b.len().checked_sub(8)?;
+    let (body, footer) = b.split_at(body_len);
+    let magic = u32::from_be_bytes(footer[0..4].try_into().ok()?);
+    let crc = u32::from_be_bytes(footer[4..8].try_into().ok()?);
+    (magic == INDEX_FOOTER_MAGIC && crc32c::crc32c(body) == crc).then_some(body)
 }
 
 /// Read as many bytes as available into `buf` at `pos` (short only at end of file).
