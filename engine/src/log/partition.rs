@@ -409,7 +409,7 @@ impl Partition {
         for a in &assigned {
             let b = &mut buf[at..at + a.size_bytes];
             record::patch_base_offset(b, a.base_offset);
-            record::patch_leader_epoch(b, 0);
+            record::patch_leader_epoch(b, segment::LEADER_EPOCH_MAX);
             at += a.size_bytes;
         }
         if let Err(e) = st.active().file.write_at(buf, position) {

@@ -15,6 +15,10 @@ use std::sync::Arc;
 use crate::io::{Io, IoFile};
 use crate::record::{self, BatchError, BatchInfo, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
 
+/// Largest partitionLeaderEpoch a stored batch may carry. This single-node log stamps every
+/// batch with epoch 0; replication would raise this bound as epochs advance.
+pub const LEADER_EPOCH_MAX: i32 = 0;
+
 pub fn log_name(base: u64) -> String {
     format!("{base:020}.log")
 }
@@ -243,6 +247,12 @@ impl Segment {
                 Ok(i) => i,
                 Err(e) => break Some((pos, e.to_string())),
             };
+            // partitionLeaderEpoch is outside the CRC: a flipped bit there is caught only by
+            // knowing which epochs this log can hold.
+            let epoch = i32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+            if !(-1..=LEADER_EPOCH_MAX).contains(&epoch) {
+                break Some((pos, format!("partition leader epoch {epoch} out of range")));
+            }
             if info.base_offset < 0 || info.base_offset as u64 != expected {
                 break Some((pos, format!("offset discontinuity: expected {expected}, found {}", info.base_offset)));
             }
