@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -160,6 +160,9 @@ fn log_manager_reopens_topics_from_a_crash_image() {
     }
 }
 
+/// An acknowledged batch: its base offset and the bytes sent.
+type Acked = (u64, Vec<u8>);
+
 /// One crash point: `threads` appenders run durable group-commit appends; at a random moment
 /// the filesystem is crashed; the crash image must recover with every acknowledged batch.
 /// Returns the number of acknowledged batches checked.
@@ -174,9 +177,8 @@ fn crash_point(seed: u64, threads: usize, mode: CrashMode) -> usize {
     let crash_after: u64 = rng.gen_range(0..=per_thread * threads as u64);
     // Acks are recorded under this lock; the crash image is taken under it too, so an ack
     // counts only if it happened before the image was taken.
-    let acked: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
     let started = Arc::new(AtomicU64::new(0));
-    let crashed = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let (p, acked, started) = (p.clone(), acked.clone(), started.clone());
@@ -199,7 +201,6 @@ fn crash_point(seed: u64, threads: usize, mode: CrashMode) -> usize {
     let (image, acked_at_crash) = {
         let a = acked.lock().unwrap();
         let image = sim.crash(mode, seed);
-        crashed.store(true, Ordering::SeqCst);
         (image, a.clone())
     };
     for w in workers {

@@ -26,6 +26,9 @@ pub trait IoFile: Send + Sync + std::fmt::Debug {
     /// fdatasync: every write completed before this call is durable when it returns Ok.
     fn sync_data(&self) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The OS file descriptor, for zero-copy `sendfile`. `None` for simulated files.
     fn raw_fd(&self) -> Option<RawFd>;
