@@ -102,6 +102,12 @@ fn group_append(dir: &Path, name: &str, batch: &[u8], threads: usize, total: u64
     let batches: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
     let took = t.elapsed();
     let bytes = batches * batch.len() as u64;
+    let (syncs, sync_us) = p.sync_stats();
+    println!(
+        "(a) {name}: {syncs} group syncs, {:.1} batches per sync, mean fdatasync {:.0} us",
+        batches as f64 / syncs.max(1) as f64,
+        sync_us as f64 / syncs.max(1) as f64
+    );
     drop(p);
     let _ = std::fs::remove_dir_all(dir.join(name));
     (mib_s(bytes, took), batches, took)
@@ -135,6 +141,13 @@ fn small_appends(dir: &Path, threads: usize, secs: f64) -> (f64, f64, f64, usize
     stop.store(true, Ordering::Relaxed);
     let batches: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
     let took = t.elapsed().as_secs_f64();
+    let (syncs, sync_us) = p.sync_stats();
+    println!(
+        "(b) {syncs} group syncs: {:.1} batches per sync, mean fdatasync {:.0} us, cycle {:.0} us",
+        batches as f64 / syncs.max(1) as f64,
+        sync_us as f64 / syncs.max(1) as f64,
+        took * 1e6 / syncs.max(1) as f64
+    );
     drop(p);
     let _ = std::fs::remove_dir_all(dir.join("small"));
     let recs = batches as f64 * records as f64;
