@@ -97,7 +97,7 @@ pub fn uring_fdatasync(fd: RawFd) -> io::Result<()> {
 /// overlap with other work, so the fdatasync that follows has less left to do.
 pub fn uring_start_writeback(fd: RawFd, pos: u64, len: u64) -> io::Result<()> {
     let len32 = len.min(u32::MAX as u64) as u32;
-    let flags = libc::SYNC_FILE_RANGE_WRITE as u32;
+    let flags = libc::SYNC_FILE_RANGE_WRITE;
     let entry = opcode::SyncFileRange::new(types::Fd(fd), len32).offset(pos).flags(flags).build();
     match run_one(entry) {
         Some(r) => r.map(|_| ()),
