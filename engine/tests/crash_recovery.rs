@@ -171,7 +171,11 @@ fn crash_point(seed: u64, threads: usize, mode: CrashMode) -> usize {
     let sim = SimIo::new();
     let dir = Path::new("/data/t-0");
     // Tiny segments so crashes also land in the middle of rolls.
-    let cfg = small_cfg(Durability::Group, rng.gen_range(600..3000));
+    let mut cfg = small_cfg(Durability::Group, rng.gen_range(600..3000));
+    // Half the points run with zero-filled preallocation ahead of the writes.
+    if rng.gen_bool(0.5) {
+        cfg.preallocate_bytes = rng.gen_range(1024..8192);
+    }
     let p = open(&sim_io(&sim), dir, &cfg).unwrap();
     let per_thread: u64 = rng.gen_range(4..16);
     let crash_after: u64 = rng.gen_range(0..=per_thread * threads as u64);
@@ -247,4 +251,44 @@ fn crash_sweep_group_commit_loses_no_acknowledged_batch() {
         started.elapsed().as_secs_f64()
     );
     assert!(checked > points as usize, "the sweep must actually acknowledge batches before crashing");
+}
+
+#[test]
+fn preallocated_zero_tail_is_trimmed_on_roll_and_close_and_recovered_after_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let io: Arc<dyn Io> = Arc::new(UringIo);
+    let mut cfg = small_cfg(Durability::Group, 16 << 10);
+    cfg.preallocate_bytes = 4 << 10;
+    let mut sent = Vec::new();
+    {
+        let p = open(&io, &dir, &cfg).unwrap();
+        for i in 0..200 {
+            let b = tagged_batch(i, 4, 50, 1);
+            sent.push((p.append_durable(&mut b.clone()).unwrap().base_offset, b));
+        }
+        assert!(p.segment_count() > 3);
+        let on_disk: u64 = log_files(&dir, "log").iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+        assert!(on_disk > p.size_bytes(), "the active segment is zero-filled ahead of its batches");
+        p.close().unwrap();
+        // Every segment, sealed or closed, ends exactly after its last batch.
+        let total: u64 = log_files(&dir, "log").iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+        assert_eq!(total, p.size_bytes());
+    }
+    let p = open(&io, &dir, &cfg).unwrap();
+    let got = read_all(&p);
+    assert_eq!(got.len(), sent.len());
+    assert!(got.iter().zip(&sent).all(|(g, s)| g.0.base_offset as u64 == s.0 && same_except_patched(&g.1, &s.1)));
+    // A crash (no close) leaves the zero tail: recovery truncates it and keeps every batch.
+    for i in 0..20 {
+        p.append_durable(&mut tagged_batch(1000 + i, 4, 50, 1)).unwrap();
+    }
+    let end = p.log_end_offset();
+    let size = p.size_bytes();
+    drop(p);
+    let p = open(&io, &dir, &cfg).unwrap();
+    assert_eq!(p.log_end_offset(), end);
+    assert_eq!(p.size_bytes(), size);
+    let total: u64 = log_files(&dir, "log").iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(total, size, "zero tail truncated by recovery");
 }

@@ -416,6 +416,16 @@ impl Partition {
             self.roll(&mut st)?;
         }
         let position = st.active().size;
+        let window = self.cfg.preallocate_bytes;
+        if window > 0 && total <= window / 4 && position + total > st.active().prealloc_end {
+            let seg = st.active_mut();
+            let from = seg.prealloc_end.max(position);
+            let to = (position + total + window).min(self.cfg.segment_bytes_max.max(position + total));
+            let zeros = vec![0u8; (to - from) as usize];
+            // Zeros past the last batch: recovery stops there (batchLength 0) and truncates.
+            seg.file.write_at(&zeros, from).map_err(AppendError::Storage)?;
+            seg.prealloc_end = to;
+        }
         let mut at = 0usize;
         for a in &assigned {
             let b = &mut buf[at..at + a.size_bytes];
@@ -543,6 +553,9 @@ impl Partition {
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
+        // A sealed segment ends exactly after its last batch (trim made durable by the sync
+        // below, before the next segment exists), or recovery would refuse it.
+        st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
         let old = st.active();
         let next = old.next_offset;
         if let Err(e) = old.file.sync_data() {
@@ -716,7 +729,14 @@ impl Partition {
             return Err(self.poison_error());
         }
         self.flush()?;
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
+        if st.active().prealloc_end > st.active().size {
+            st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
+            if let Err(e) = st.active().file.sync_data() {
+                self.poison(format!("fdatasync failed while closing: {e}"));
+                return Err(self.poison_error());
+            }
+        }
         st.active().write_indexes(&*self.io).map_err(AppendError::Storage)?;
         Ok(())
     }

@@ -56,6 +56,10 @@ pub struct Segment {
     pub time_index: Vec<TimeEntry>,
     bytes_since_index: u64,
     pub created: std::time::Instant,
+    /// End of the zero-filled (allocated) region of the file; `>= size`. Bytes in
+    /// `[size, prealloc_end)` are zeros written ahead so that fdatasync overwrites allocated
+    /// blocks instead of journaling a size change (see PERF_NOTES.md).
+    pub prealloc_end: u64,
 }
 
 /// Outcome of scanning a segment's bytes.
@@ -87,6 +91,7 @@ impl Segment {
             time_index: Vec::new(),
             bytes_since_index: 0,
             created: std::time::Instant::now(),
+            prealloc_end: 0,
         }
     }
 
@@ -108,6 +113,7 @@ impl Segment {
         }
         self.bytes_since_index += info.size_bytes as u64;
         self.size = position + info.size_bytes as u64;
+        self.prealloc_end = self.prealloc_end.max(self.size);
         self.next_offset = info.base_offset as u64 + info.offset_count();
         self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
     }
@@ -140,6 +146,16 @@ impl Segment {
             return Ok(Err(BatchError::Truncated { have: n, need: BATCH_HEADER_BYTES }));
         }
         Ok(record::parse_header_only(&hdr, batch_bytes_max))
+    }
+
+    /// Cut the zero-filled tail off (sealing or clean close): a sealed segment ends exactly
+    /// after its last batch. Durable with the next `sync_data`.
+    pub fn trim_prealloc(&mut self) -> io::Result<()> {
+        if self.prealloc_end > self.size {
+            self.file.set_len(self.size)?;
+            self.prealloc_end = self.size;
+        }
+        Ok(())
     }
 
     /// Forget the in-memory indexes (before a rebuilding scan).

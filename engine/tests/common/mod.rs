@@ -20,6 +20,7 @@ pub fn small_cfg(durability: Durability, segment_bytes_max: u64) -> LogConfig {
         retention_ms: None,
         index_interval_bytes: 256,
         batch_bytes_max: 1 << 20,
+        preallocate_bytes: 0,
     }
 }
 
