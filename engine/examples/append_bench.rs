@@ -66,13 +66,14 @@ fn raw_direct(path: &Path, total: usize, block: usize) -> Option<f64> {
     Some(r)
 }
 
-fn open_partition(dir: &Path, name: &str, segment_bytes_max: u64) -> Arc<Partition> {
+fn open_partition(dir: &Path, name: &str, segment_bytes_max: u64, preallocate_bytes: u64) -> Arc<Partition> {
     let d = dir.join(name);
     let _ = std::fs::remove_dir_all(&d);
     let cfg = LogConfig {
         durability: Durability::Group,
         segment_bytes_max,
         retention_ms: None,
+        preallocate_bytes,
         ..LogConfig::default()
     };
     let io: Arc<dyn Io> = Arc::new(UringIo);
@@ -81,7 +82,7 @@ fn open_partition(dir: &Path, name: &str, segment_bytes_max: u64) -> Arc<Partiti
 
 /// `threads` appenders each appending `batch` (cloned) with append_durable until `total` bytes.
 fn group_append(dir: &Path, name: &str, batch: &[u8], threads: usize, total: u64) -> (f64, u64, Duration) {
-    let p = open_partition(dir, name, 1 << 30);
+    let p = open_partition(dir, name, 1 << 30, 0);
     let written = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     let workers: Vec<_> = (0..threads)
@@ -114,12 +115,12 @@ fn group_append(dir: &Path, name: &str, batch: &[u8], threads: usize, total: u64
 }
 
 /// 8 appenders of small batches for `secs`; returns (records/s, batches/s, MiB/s).
-fn small_appends(dir: &Path, threads: usize, secs: f64) -> (f64, f64, f64, usize) {
+fn small_appends(dir: &Path, threads: usize, secs: f64, preallocate_bytes: u64) -> (f64, f64, f64, usize) {
     let batch = build::simple_batch(1, 100, 0);
     let per = batch.len() - record::BATCH_HEADER_BYTES; // bytes per record
     let records = (16 * 1024 - record::BATCH_HEADER_BYTES) / per;
     let batch = build::simple_batch(records, 100, 1_700_000_000_000);
-    let p = open_partition(dir, "small", 1 << 30);
+    let p = open_partition(dir, "small", 1 << 30, preallocate_bytes);
     let stop = Arc::new(AtomicBool::new(false));
     let t = Instant::now();
     let workers: Vec<_> = (0..threads)
@@ -143,7 +144,8 @@ fn small_appends(dir: &Path, threads: usize, secs: f64) -> (f64, f64, f64, usize
     let took = t.elapsed().as_secs_f64();
     let (syncs, sync_us) = p.sync_stats();
     println!(
-        "(b) {syncs} group syncs: {:.1} batches per sync, mean fdatasync {:.0} us, cycle {:.0} us",
+        "(b) preallocate {} KiB: {syncs} group syncs: {:.1} batches per sync, mean fdatasync {:.0} us, cycle {:.0} us",
+        preallocate_bytes >> 10,
         batches as f64 / syncs.max(1) as f64,
         sync_us as f64 / syncs.max(1) as f64,
         took * 1e6 / syncs.max(1) as f64
@@ -219,7 +221,13 @@ fn main() {
     big.clear();
 
     // (b) small batches, 8 appenders.
-    let (rps, bps, mbs, per) = small_appends(&dir, 8, 3.0);
-    println!("(b) 8 appenders x 16 KiB batches ({per} x 100 B records), group: {:.2} M records/s, {bps:.0} batches/s, {mbs:.0} MiB/s (goal >= 3 M records/s)", rps / 1e6);
+    for prealloc in [0u64, 1 << 20, 4 << 20] {
+        let (rps, bps, mbs, per) = small_appends(&dir, 8, 3.0, prealloc);
+        println!(
+            "(b) 8 appenders x 16 KiB batches ({per} x 100 B records), group, preallocate {} KiB: {:.2} M records/s, {bps:.0} batches/s, {mbs:.0} MiB/s (goal >= 3 M records/s)",
+            prealloc >> 10,
+            rps / 1e6
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
