@@ -677,3 +677,28 @@ fn hostile_array_count_in_a_join_is_refused_cleanly() {
     assert_eq!(r.error_code, err::INVALID_REQUEST);
     assert_eq!(join(&c, "g", "").error_code, err::NONE);
 }
+
+/// A power cut right after the OffsetCommit / InitProducerId responses: in `group` mode both were
+/// fdatasynced before the answer, so the crash image keeps them.
+#[test]
+fn acknowledged_commits_and_producer_ids_survive_a_power_cut() {
+    use engine::io::{CrashMode, SimIo};
+    let dir = Path::new("/data");
+    let cfg = LogConfig { durability: Durability::Group, ..LogConfig::default() };
+    let sim = SimIo::new();
+    let logs = LogManager::open(dir, Arc::new(sim.clone()), cfg.clone()).unwrap();
+    logs.create_topic("t", 1, None).unwrap();
+    let c = coordinator(&logs);
+    let mut pids = Vec::new();
+    for (i, mode) in [CrashMode::DropUnsynced, CrashMode::Tear, CrashMode::TearAndFlip].into_iter().enumerate() {
+        assert_eq!(commit(&c, 8, "g", "", -1, &[("t", 0, 100 + i as i64)]), vec![err::NONE]);
+        let r: InitProducerIdResponse = call(&c, 22, 4, &InitProducerIdRequest::default().with_transactional_id(None));
+        pids.push(r.producer_id.0);
+        let image = sim.crash(mode, 7 + i as u64);
+        let logs2 = LogManager::open(dir, Arc::new(image), cfg.clone()).unwrap();
+        let c2 = coordinator(&logs2);
+        assert_eq!(fetch_v1(&c2, "g", "t", &[0]), vec![100 + i as i64], "{mode:?}");
+        let r: InitProducerIdResponse = call(&c2, 22, 4, &InitProducerIdRequest::default().with_transactional_id(None));
+        assert!(!pids.contains(&r.producer_id.0), "{mode:?}: producer id {} reused", r.producer_id.0);
+    }
+}
