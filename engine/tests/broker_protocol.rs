@@ -77,6 +77,10 @@ fn pipelined_produce_requests_are_answered_in_order_and_appended_in_order() {
         let p = &r.responses[0].partition_responses[0];
         assert_eq!(p.error_code, 0);
         assert_eq!(p.base_offset, (i * 10) as i64, "request {i} appended out of order");
+        // Group durability: the high watermark only moves after an fdatasync, so an answered
+        // acks=-1 produce must already be below it.
+        let hw = broker.logs().partition("pipe", 0).unwrap().high_watermark();
+        assert!(hw >= ((i + 1) * 10) as u64, "request {i} answered before its fdatasync (hw {hw})");
     }
     writer.join().unwrap();
     assert_eq!(broker.logs().partition("pipe", 0).unwrap().high_watermark(), (N * 10) as u64);
@@ -336,4 +340,72 @@ fn list_offsets_earliest_latest_and_by_timestamp() {
     assert_eq!(query(&mut c, 2_500), (20, 3_000));
     assert_eq!(query(&mut c, -3), (40, 5_000));
     assert_eq!(query(&mut c, 99_999).0, -1);
+}
+
+#[test]
+fn every_advertised_version_round_trips_through_the_protocol_crate() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let mut c = Client::connect(broker.local_addr());
+    for v in 0..=4 {
+        let r = c.call(v, &ApiVersionsRequest::default());
+        assert_eq!(r.error_code, 0, "ApiVersions v{v}");
+    }
+    for v in 0..=12 {
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic("sweep")))]))
+            .with_allow_auto_topic_creation(true);
+        let r = c.call(v, &req);
+        assert_eq!(r.brokers.len(), 1, "Metadata v{v}");
+        assert_eq!(r.brokers[0].port as u16, broker.local_addr().port());
+        assert_eq!((r.topics[0].error_code, r.topics[0].partitions.len()), (0, 1), "Metadata v{v}");
+    }
+    let mut expected_offset = 0;
+    for v in 3..=11 {
+        let r = c.call(v, &produce_req("sweep", vec![(0, build::simple_batch(2, 10, 5))], -1));
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, expected_offset), "Produce v{v}");
+        expected_offset += 2;
+    }
+    for v in 4..=12 {
+        let r = c.call(v, &fetch_req("sweep", 0, 0, 0, 0));
+        let p = &r.responses[0].partitions[0];
+        assert_eq!((p.error_code, p.high_watermark), (0, expected_offset), "Fetch v{v}");
+        assert!(!p.records.as_ref().unwrap().is_empty(), "Fetch v{v}");
+    }
+    for v in 1..=7 {
+        let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic("sweep"))
+            .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1)])]);
+        let r = c.call(v, &req);
+        let p = &r.topics[0].partitions[0];
+        assert_eq!((p.error_code, p.offset), (0, expected_offset), "ListOffsets v{v}");
+    }
+    for v in 2..=7 {
+        let name = format!("sweep-{v}");
+        let req = CreateTopicsRequest::default().with_timeout_ms(1000).with_topics(vec![CreatableTopic::default()
+            .with_name(topic(&name))
+            .with_num_partitions(2)
+            .with_replication_factor(1)]);
+        let r = c.call(v, &req);
+        assert_eq!(r.topics[0].error_code, 0, "CreateTopics v{v}: {:?}", r.topics[0].error_message);
+        let again = c.call(v, &req);
+        assert_eq!(again.topics[0].error_code, 36, "CreateTopics v{v}: TOPIC_ALREADY_EXISTS");
+        assert_eq!(broker.logs().topic(&name).unwrap().len(), 2);
+    }
+    for v in 1..=6 {
+        let name = format!("sweep-{}", v + 1);
+        let req = if v >= 6 {
+            DeleteTopicsRequest::default().with_timeout_ms(1000).with_topics(vec![DeleteTopicState::default().with_name(Some(topic(&name)))])
+        } else {
+            DeleteTopicsRequest::default().with_timeout_ms(1000).with_topic_names(vec![topic(&name)])
+        };
+        let r = c.call(v, &req);
+        assert_eq!(r.responses[0].error_code, 0, "DeleteTopics v{v}");
+        assert!(broker.logs().topic(&name).is_none());
+        assert_eq!(c.call(v, &req).responses[0].error_code, 3, "DeleteTopics v{v}: unknown topic");
+    }
+    broker.shutdown().unwrap();
 }

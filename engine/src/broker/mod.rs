@@ -34,6 +34,12 @@ pub const CONNECTION_QUEUE_MAX: usize = 128;
 const CONNECTION_STACK_BYTES: usize = 256 << 10;
 /// Largest Fetch max_wait_ms honoured (bounds how long a writer can be parked).
 pub const FETCH_WAIT_MS_MAX: i32 = 60_000;
+/// A connection with no complete request for this long is closed (Kafka's
+/// connections.max.idle.ms): bounds what a stalled half-frame client holds.
+pub const CONNECTION_IDLE_MS_MAX: u64 = 600_000;
+/// A response that cannot be written for this long (the client stopped reading) closes the
+/// connection instead of parking its writer forever.
+pub const SEND_STALL_MS_MAX: u64 = 120_000;
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -223,6 +229,8 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    stream.set_read_timeout(Some(std::time::Duration::from_millis(CONNECTION_IDLE_MS_MAX)))?;
+    stream.set_write_timeout(Some(std::time::Duration::from_millis(SEND_STALL_MS_MAX)))?;
     let peer = stream.peer_addr()?;
     let local = stream.local_addr()?;
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
