@@ -409,3 +409,36 @@ fn every_advertised_version_round_trips_through_the_protocol_crate() {
     }
     broker.shutdown().unwrap();
 }
+
+#[test]
+fn fetch_honours_partition_and_response_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Never, 2);
+    let mut c = Client::connect(broker.local_addr());
+    create_topic(&mut c, "sized", 2);
+    let batch = build::simple_batch(10, 90, 0); // ~1 KiB
+    let n = batch.len();
+    for _ in 0..10 {
+        for p in 0..2 {
+            c.call(PRODUCE_V, &produce_req("sized", vec![(p, batch.clone())], 1));
+        }
+    }
+    let req = |partition_max: i32, response_max: i32| {
+        FetchRequest::default().with_max_wait_ms(0).with_max_bytes(response_max).with_session_epoch(-1).with_topics(vec![
+            FetchTopic::default().with_topic(topic("sized")).with_partitions(
+                (0..2).map(|p| FetchPartition::default().with_partition(p).with_fetch_offset(0).with_partition_max_bytes(partition_max)).collect(),
+            ),
+        ])
+    };
+    let sizes = |c: &mut Client, pm: i32, rm: i32| -> Vec<usize> {
+        let r = c.call(FETCH_V, &req(pm, rm));
+        r.responses[0].partitions.iter().map(|p| p.records.as_ref().map_or(0, |b| b.len())).collect()
+    };
+    // Whole batches within each partition's limit.
+    assert_eq!(sizes(&mut c, (n * 2 + n / 2) as i32, 1 << 20), vec![2 * n, 2 * n]);
+    // A limit below one batch still returns the first batch of the first partition only.
+    assert_eq!(sizes(&mut c, 10, 1 << 20), vec![n, 0]);
+    // The response limit caps the sum across partitions.
+    assert_eq!(sizes(&mut c, 1 << 20, (n * 3) as i32), vec![3 * n, 0]);
+    assert_eq!(sizes(&mut c, 1 << 20, (n * 13) as i32), vec![10 * n, 3 * n]);
+}
