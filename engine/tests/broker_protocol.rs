@@ -442,3 +442,14 @@ fn fetch_honours_partition_and_response_max_bytes() {
     assert_eq!(sizes(&mut c, 1 << 20, (n * 3) as i32), vec![3 * n, 0]);
     assert_eq!(sizes(&mut c, 1 << 20, (n * 13) as i32), vec![10 * n, 3 * n]);
 }
+
+#[test]
+fn acks_zero_failure_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Never, 1);
+    let mut c = Client::connect(broker.local_addr());
+    let mut bad = build::simple_batch(3, 10, 0);
+    bad[30] ^= 1;
+    c.send(PRODUCE_V, &produce_req("quiet-bad", vec![(0, bad)], 0));
+    assert!(c.closed_by_peer(), "a failed acks=0 produce has no response to carry the error");
+}

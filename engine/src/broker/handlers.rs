@@ -226,6 +226,12 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
         results.push((topic, out));
     }
     if acks == 0 {
+        // No response to carry an error: as Kafka does, close the connection so the producer
+        // notices (and refreshes its metadata).
+        let failed = results.iter().flat_map(|(t, ps)| ps.iter().map(move |p| (t, p))).find(|(_, p)| p.error_code != 0);
+        if let Some((t, p)) = failed {
+            return Ok(Reply::Close(format!("acks=0 produce to {t}-{} failed with error {}", p.index, p.error_code)));
+        }
         return Ok(Reply::Nothing);
     }
     let finish = move |mut results: Vec<(String, Vec<ProducedPartition>)>| -> Vec<u8> {
