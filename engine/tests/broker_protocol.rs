@@ -453,3 +453,23 @@ fn acks_zero_failure_closes_the_connection() {
     c.send(PRODUCE_V, &produce_req("quiet-bad", vec![(0, bad)], 0));
     assert!(c.closed_by_peer(), "a failed acks=0 produce has no response to carry the error");
 }
+
+#[test]
+fn shutdown_ends_long_polls_promptly_and_restart_keeps_acknowledged_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let mut c = Client::connect(broker.local_addr());
+    let r = c.call(PRODUCE_V, &produce_req("keep", vec![(0, build::simple_batch(7, 10, 0))], -1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    // A fetch parked for up to 60 s at the end of the log.
+    let cid = c.send(FETCH_V, &fetch_req("keep", 0, 7, 60_000, 1));
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    broker.shutdown().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    // The parked fetch was answered (or the connection closed), not left hanging.
+    let _ = c.recv_raw().map(|raw| assert_eq!(&raw[0..4], &cid.to_be_bytes()));
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    assert_eq!(broker.logs().partition("keep", 0).unwrap().high_watermark(), 7);
+    broker.shutdown().unwrap();
+}
