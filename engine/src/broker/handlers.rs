@@ -458,7 +458,10 @@ fn metadata(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled
             topics.push(MetadataResponseTopic::default().with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION));
             continue;
         };
-        let mut t = MetadataResponseTopic::default().with_name(Some(TopicName(StrBytes::from_string(name.clone()))));
+        // Internal logs (e.g. the group coordinator's offsets log) are named "__…", as in Kafka.
+        let mut t = MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+            .with_is_internal(name.starts_with("__"));
         let found = match shared.logs.topic(&name) {
             Some(t) => Ok(t),
             None if allow_create && shared.cfg.auto_create_topics => {
