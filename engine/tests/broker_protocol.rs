@@ -473,3 +473,44 @@ fn shutdown_ends_long_polls_promptly_and_restart_keeps_acknowledged_data() {
     assert_eq!(broker.logs().partition("keep", 0).unwrap().high_watermark(), 7);
     broker.shutdown().unwrap();
 }
+
+fn sim_broker(io: &engine::io::SimIo, durability: Durability) -> engine::broker::BrokerHandle {
+    let mut cfg = engine::broker::BrokerConfig::new("/data".into(), durability);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    engine::broker::Broker::start_with_io(cfg, std::sync::Arc::new(io.clone())).unwrap()
+}
+
+#[test]
+fn failed_fdatasync_answers_kafka_storage_error_and_stays_poisoned() {
+    let io = engine::io::SimIo::new();
+    let broker = sim_broker(&io, Durability::Group);
+    let mut c = Client::connect(broker.local_addr());
+    let ok = c.call(PRODUCE_V, &produce_req("disk", vec![(0, build::simple_batch(3, 10, 0))], -1));
+    assert_eq!(ok.responses[0].partition_responses[0].error_code, 0);
+    // Fetch over SimIo goes through the read_at copy path.
+    let f = c.call(FETCH_V, &fetch_req("disk", 0, 0, 0, 0));
+    assert_eq!(f.responses[0].partitions[0].records.as_ref().unwrap().len(), build::simple_batch(3, 10, 0).len());
+    io.fail_sync_in(1);
+    let r = c.call(PRODUCE_V, &produce_req("disk", vec![(0, build::simple_batch(3, 10, 0))], -1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 56, "KAFKA_STORAGE_ERROR");
+    let again = c.call(PRODUCE_V, &produce_req("disk", vec![(0, build::simple_batch(3, 10, 0))], -1));
+    assert_eq!(again.responses[0].partition_responses[0].error_code, 56, "poisoned partition keeps refusing");
+    // The acknowledged data is still served.
+    let f = c.call(FETCH_V, &fetch_req("disk", 0, 0, 0, 0));
+    assert_eq!(f.responses[0].partitions[0].high_watermark, 3);
+}
+
+#[test]
+fn disk_full_answers_kafka_storage_error_for_that_partition() {
+    let io = engine::io::SimIo::new();
+    let broker = sim_broker(&io, Durability::Never);
+    let mut c = Client::connect(broker.local_addr());
+    let ok = c.call(PRODUCE_V, &produce_req("full", vec![(0, build::simple_batch(3, 10, 0))], 1));
+    assert_eq!(ok.responses[0].partition_responses[0].error_code, 0);
+    io.set_space_left(Some(0));
+    let r = c.call(PRODUCE_V, &produce_req("full", vec![(0, build::simple_batch(300, 100, 0))], 1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 56, "ENOSPC -> KAFKA_STORAGE_ERROR");
+    io.set_space_left(None);
+    let r = c.call(PRODUCE_V, &produce_req("full", vec![(0, build::simple_batch(3, 10, 0))], 1));
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 3, "nothing from the failed append was kept");
+}

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use crossbeam::channel::{self, TryRecvError};
 
 use crate::groups::GroupCoordinator;
-use crate::io::UringIo;
+use crate::io::{Io, UringIo};
 use crate::log::{Durability, LogConfig, LogManager};
 use crate::wire::{self, FrameError};
 
@@ -156,10 +156,16 @@ impl Broker {
     /// Open the logs under `cfg.data_dir` (recovering them), bind `cfg.listen` and start
     /// accepting connections.
     pub fn start(cfg: BrokerConfig) -> io::Result<BrokerHandle> {
+        Broker::start_with_io(cfg, Arc::new(UringIo))
+    }
+
+    /// [`Broker::start`] over another storage backend (tests: `SimIo` with injected faults;
+    /// its files have no descriptor, so Fetch copies with `read_at` instead of sendfile).
+    pub fn start_with_io(cfg: BrokerConfig, storage: Arc<dyn Io>) -> io::Result<BrokerHandle> {
         if cfg.default_partitions < 1 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "default_partitions must be >= 1"));
         }
-        let logs = LogManager::open(&cfg.data_dir, Arc::new(UringIo), cfg.log.clone()).map_err(io::Error::other)?;
+        let logs = LogManager::open(&cfg.data_dir, storage, cfg.log.clone()).map_err(io::Error::other)?;
         let listener = TcpListener::bind(cfg.listen)?;
         let addr = listener.local_addr()?;
         let groups = GroupCoordinator::new(logs.clone());
