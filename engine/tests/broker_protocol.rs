@@ -514,3 +514,28 @@ fn disk_full_answers_kafka_storage_error_for_that_partition() {
     let r = c.call(PRODUCE_V, &produce_req("full", vec![(0, build::simple_batch(3, 10, 0))], 1));
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 3, "nothing from the failed append was kept");
 }
+
+#[test]
+fn idempotent_batches_map_sequence_errors_to_kafka_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let mut c = Client::connect(broker.local_addr());
+    let recs: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8; 10]).collect();
+    let batch = |pid: i64, epoch: i16, seq: i32| {
+        let r: Vec<build::Rec<'_>> = recs.iter().map(|v| build::Rec { key: None, value: Some(v), timestamp_delta: 0 }).collect();
+        build::batch_with(&r, 0, pid, epoch, seq)
+    };
+    let mut send = |b: Vec<u8>| {
+        let r = c.call(PRODUCE_V, &produce_req("idem", vec![(0, b)], -1));
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    assert_eq!(send(batch(1000, 0, 0)), (0, 0));
+    assert_eq!(send(batch(1000, 0, 3)), (0, 3));
+    assert_eq!(send(batch(1000, 0, 0)), (0, 0), "a retried batch is acknowledged with its original offset");
+    assert_eq!(send(batch(1000, 0, 9)), (45, -1), "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    assert_eq!(send(batch(1000, 1, 0)), (0, 6), "a new epoch restarts at sequence 0");
+    assert_eq!(send(batch(1000, 0, 6)), (47, -1), "INVALID_PRODUCER_EPOCH");
+    assert_eq!(send(batch(2000, 0, 7)), (59, -1), "UNKNOWN_PRODUCER_ID");
+    assert_eq!(broker.logs().partition("idem", 0).unwrap().high_watermark(), 9, "duplicates stored once");
+}
