@@ -30,6 +30,8 @@ use crate::wire::{self, FrameError};
 
 /// Replies queued per connection before the reader stops reading (backpressure).
 pub const CONNECTION_QUEUE_MAX: usize = 128;
+/// Read and write buffer of each connection (large frames bypass it).
+const CONNECTION_BUFFER_BYTES: usize = 16 << 10;
 /// Stack of each connection thread: small, so 1,000 connections (2,000 threads) are cheap.
 const CONNECTION_STACK_BYTES: usize = 256 << 10;
 /// Largest Fetch max_wait_ms honoured (bounds how long a writer can be parked).
@@ -312,7 +314,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
 
 fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
     CONN_LOCAL_ADDR.with(|c| c.set(Some(local)));
-    let mut r = BufReader::with_capacity(64 << 10, &*stream);
+    let mut r = BufReader::with_capacity(CONNECTION_BUFFER_BYTES, &*stream);
     loop {
         let frame = match wire::read_frame(&mut r, shared.cfg.frame_bytes_max) {
             Ok(f) => f,
@@ -340,7 +342,7 @@ fn write_frame<W: Write>(w: &mut W, payload: &[u8]) -> io::Result<()> {
 }
 
 fn writer_loop(rx: channel::Receiver<Reply>, stream: Arc<TcpStream>, peer: SocketAddr) {
-    let mut out = BufWriter::with_capacity(64 << 10, &*stream);
+    let mut out = BufWriter::with_capacity(CONNECTION_BUFFER_BYTES, &*stream);
     let result: io::Result<()> = (|| loop {
         let reply = match rx.try_recv() {
             Ok(r) => r,

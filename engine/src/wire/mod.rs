@@ -76,8 +76,12 @@ pub fn read_frame<R: Read>(r: &mut R, frame_bytes_max: usize) -> Result<Vec<u8>,
     if size < REQUEST_HEADER_BYTES_MIN {
         return Err(FrameError::TooSmall(size));
     }
-    let mut buf = vec![0u8; size as usize];
-    r.read_exact(&mut buf)?;
+    // Capacity is reserved exactly (the size was checked above) and filled without zeroing.
+    let mut buf = Vec::with_capacity(size as usize);
+    let got = r.by_ref().take(size as u64).read_to_end(&mut buf)?;
+    if got != size as usize {
+        return Err(FrameError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-frame")));
+    }
     Ok(buf)
 }
 
