@@ -170,9 +170,9 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
             .partition_data
             .into_iter()
             .map(|p| {
-                let range = p.records.as_ref().map(|r| {
-                    let start = (r.as_ptr() as usize).wrapping_sub(body_start);
-                    start..start + r.len()
+                let range = p.records.as_ref().and_then(|r| {
+                    let start = (r.as_ptr() as usize).checked_sub(body_start)?;
+                    Some(start..start.checked_add(r.len())?)
                 });
                 (p.index, range)
             })
