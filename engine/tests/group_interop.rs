@@ -79,6 +79,9 @@ fn seed_scenario_group_consumer_resumes_after_its_commit_across_a_restart() {
     for f in &got {
         assert_eq!(f[3], format!("v{}", f[2]));
     }
+    // Tools see the group and its committed position (the next offset to read).
+    let said = python(&["admin", "--bootstrap", &addr, "--topic", "test", "--group", "testconsume", "--expect", "80"]);
+    assert!(said.contains("admin ok"), "{said}");
     broker.shutdown().unwrap();
 }
 

@@ -7,15 +7,20 @@ consume:  a subscribe()d Consumer in --group with auto.offset.reset=earliest, ma
           commits; reads until --expect records arrived, then keeps polling --linger seconds to
           catch anything extra; writes "topic partition offset value" to --out; closes (leaves).
 split:    two Consumers in one group on a topic with 4 partitions holding --count records: both
-          must get disjoint halves; after half the records the second one closes and the first
-          must take all four partitions; every record is read exactly once (commits per message).
+          must get disjoint halves (and AdminClient must describe the group as Stable with two
+          members holding two partitions each); after half the records the second one closes and
+          the first must take all four partitions; every record is read exactly once (commits per
+          message).
+admin:    AdminClient lists --group among the groups and reports its committed offset --expect
+          for --topic partition 0 (ListGroups, OffsetFetch as tools use them).
 Exit status is non-zero with a reason on stderr when a scenario's expectation fails.
 """
 import argparse
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 
 def fail(msg):
@@ -126,6 +131,12 @@ def split(args):
              % (sorted(tp.partition for tp in a.assignment()), sorted(tp.partition for tp in b.assignment())))
     if not any(v == "B" for v in seen.values()) or not any(v == "A" for v in seen.values()):
         fail("one consumer read nothing while the group was split")
+    # Tools see the live group: DescribeGroups through AdminClient.
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    desc = admin.describe_consumer_groups([args.group])[args.group].result(timeout=20)
+    sizes = sorted(len(m.assignment.topic_partitions) for m in desc.members)
+    if str(desc.state).split(".")[-1] != "STABLE" or sizes != [2, 2]:
+        fail("describe_consumer_groups: state %s, assignment sizes %s" % (desc.state, sizes))
     # Phase 2: B leaves; A must take over all four partitions and finish the topic.
     b.close()
     while time.time() < deadline and len(seen) < args.count:
@@ -146,9 +157,23 @@ def split(args):
                                               sum(v == "B" for v in seen.values())))
 
 
+def admin(args):
+    a = AdminClient({"bootstrap.servers": args.bootstrap})
+    listed = a.list_consumer_groups().result(timeout=20)
+    names = [g.group_id for g in listed.valid]
+    if args.group not in names:
+        fail("list_consumer_groups: %s not in %s" % (args.group, names))
+    req = [ConsumerGroupTopicPartitions(args.group, [TopicPartition(args.topic, 0)])]
+    res = a.list_consumer_group_offsets(req)[args.group].result(timeout=20)
+    offs = [tp.offset for tp in res.topic_partitions]
+    if offs != [args.expect]:
+        fail("list_consumer_group_offsets: %s, want [%d]" % (offs, args.expect))
+    print("admin ok: groups %s, offsets %s" % (names, offs))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["produce", "consume", "split"])
+    ap.add_argument("mode", choices=["produce", "consume", "split", "admin"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--group", default="testconsume")
@@ -161,7 +186,7 @@ def main():
     ap.add_argument("--flush-every", type=int, default=0)
     ap.add_argument("--out", default="/dev/null")
     args = ap.parse_args()
-    {"produce": produce, "consume": consume, "split": split}[args.mode](args)
+    {"produce": produce, "consume": consume, "split": split, "admin": admin}[args.mode](args)
 
 
 if __name__ == "__main__":
