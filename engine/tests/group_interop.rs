@@ -100,6 +100,20 @@ fn two_consumers_split_four_partitions_and_one_takes_over_when_the_other_leaves(
 }
 
 #[test]
+fn a_killed_consumer_is_expired_after_its_session_timeout_and_the_other_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Never, 4);
+    let addr = broker.local_addr().to_string();
+    python(&["produce", "--bootstrap", &addr, "--topic", "four", "--count", "40", "--plain"]);
+    let said = python(&["kill", "--bootstrap", &addr, "--topic", "four", "--group", "victims", "--timeout", "60"]);
+    assert!(said.contains("kill ok"), "{said}");
+    // Expired by the session timeout (6 s), not at once and not never.
+    let took: f64 = said.split("partitions ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((4.0..40.0).contains(&took), "took over {took} s after the kill");
+    broker.shutdown().unwrap();
+}
+
+#[test]
 fn kcat_balanced_consumer_reads_everything() {
     let kcat = require_tool("kcat");
     let dir = tempfile::tempdir().unwrap();

@@ -11,11 +11,17 @@ split:    two Consumers in one group on a topic with 4 partitions holding --coun
           members holding two partitions each); after half the records the second one closes and
           the first must take all four partitions; every record is read exactly once (commits per
           message).
+kill:     two Consumers in one group on a 4-partition topic, the second in a child process that
+          is SIGKILLed once the group is split (no LeaveGroup): after its session timeout the
+          coordinator expires it and the first takes all four partitions.
 admin:    AdminClient lists --group among the groups and reports its committed offset --expect
           for --topic partition 0 (ListGroups, OffsetFetch as tools use them).
 Exit status is non-zero with a reason on stderr when a scenario's expectation fails.
 """
 import argparse
+import multiprocessing
+import os
+import signal
 import sys
 import time
 
@@ -157,6 +163,40 @@ def split(args):
                                               sum(v == "B" for v in seen.values())))
 
 
+def _hold(args, ready):
+    c = consumer(args, args.group, **{"client.id": "victim", "session.timeout.ms": 6000})
+    c.subscribe([args.topic])
+    while True:
+        c.poll(0.1)
+        if len(c.assignment()) == 2:
+            ready.set()
+
+
+def kill(args):
+    ready = multiprocessing.get_context("fork").Event()
+    child = multiprocessing.get_context("fork").Process(target=_hold, args=(args, ready), daemon=True)
+    child.start()
+    a = consumer(args, args.group, **{"client.id": "survivor", "session.timeout.ms": 6000})
+    a.subscribe([args.topic])
+    deadline = time.time() + args.timeout
+    while time.time() < deadline and not (ready.is_set() and len(a.assignment()) == 2):
+        a.poll(0.1)
+    if not (ready.is_set() and len(a.assignment()) == 2):
+        os.kill(child.pid, signal.SIGKILL)
+        fail("the group never split 2/2 (survivor has %d)" % len(a.assignment()))
+    os.kill(child.pid, signal.SIGKILL)
+    killed_at = time.time()
+    while time.time() < deadline and len(a.assignment()) != 4:
+        a.poll(0.1)
+    took = time.time() - killed_at
+    n = len(a.assignment())
+    a.close()
+    child.join(5)
+    if n != 4:
+        fail("after the kill the survivor has %d partitions" % n)
+    print("kill ok: survivor took all four partitions %.1f s after the kill" % took)
+
+
 def admin(args):
     a = AdminClient({"bootstrap.servers": args.bootstrap})
     listed = a.list_consumer_groups().result(timeout=20)
@@ -173,7 +213,7 @@ def admin(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["produce", "consume", "split", "admin"])
+    ap.add_argument("mode", choices=["produce", "consume", "split", "kill", "admin"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--group", default="testconsume")
@@ -186,7 +226,7 @@ def main():
     ap.add_argument("--flush-every", type=int, default=0)
     ap.add_argument("--out", default="/dev/null")
     args = ap.parse_args()
-    {"produce": produce, "consume": consume, "split": split, "admin": admin}[args.mode](args)
+    {"produce": produce, "consume": consume, "split": split, "kill": kill, "admin": admin}[args.mode](args)
 
 
 if __name__ == "__main__":
