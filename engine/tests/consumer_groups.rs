@@ -702,3 +702,46 @@ fn acknowledged_commits_and_producer_ids_survive_a_power_cut() {
         assert!(!pids.contains(&r.producer_id.0), "{mode:?}: producer id {} reused", r.producer_id.0);
     }
 }
+
+/// `__consumer_offsets` is not compacted: segment retention would delete the only record of an
+/// offset nobody re-committed since (librdkafka commits only changed offsets). The snapshot
+/// rewrites every live offset at the end of the log, so retention only drops stale records.
+#[test]
+fn offsets_snapshot_keeps_quiet_offsets_through_segment_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        durability: Durability::Never,
+        segment_bytes_max: 2048,
+        retention_bytes_max: Some(16 << 10),
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    let open = || LogManager::open(dir.path(), Arc::new(UringIo), cfg.clone()).unwrap();
+    let run = |snapshot: bool| -> i64 {
+        let logs = open();
+        let _ = logs.create_topic("t", 100, None);
+        let c = coordinator(&logs);
+        assert_eq!(commit(&c, 8, "quiet", "", -1, &[("t", 0, 7)]), vec![err::NONE]);
+        // A busy group fills many segments.
+        for i in 0..600 {
+            assert_eq!(commit(&c, 8, "busy", "", -1, &[("t", (i % 100) as i32, i)]), vec![err::NONE]);
+        }
+        let part = logs.partition("__consumer_offsets", 0).unwrap();
+        assert!(part.segment_count() > 3);
+        if snapshot {
+            assert!(c.snapshot_offsets().unwrap().unwrap() >= 101);
+        }
+        part.enforce_retention().unwrap();
+        drop(c);
+        logs.close().unwrap();
+        let logs = open();
+        let c = coordinator(&logs);
+        let got = fetch_v1(&c, "quiet", "t", &[0])[0];
+        drop(c);
+        logs.close().unwrap();
+        got
+    };
+    assert_eq!(run(false), -1, "without a snapshot retention loses the quiet offset (the hazard)");
+    let _ = std::fs::remove_dir_all(dir.path().join("__consumer_offsets-0"));
+    assert_eq!(run(true), 7, "with the snapshot it survives");
+}

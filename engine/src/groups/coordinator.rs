@@ -40,6 +40,10 @@ pub struct GroupConfig {
     pub offset_metadata_bytes_max: usize,
     /// How often the reaper checks sessions and rebalance deadlines.
     pub reaper_tick_ms: u64,
+    /// How often every live committed offset is rewritten at the end of `__consumer_offsets`
+    /// (when it has more than one segment), so segment retention never deletes the only record
+    /// of an offset that is still current.
+    pub offsets_snapshot_interval_ms: u64,
     /// Node id, host and port returned by FindCoordinator.
     pub node_id: i32,
     pub host: String,
@@ -56,6 +60,7 @@ impl Default for GroupConfig {
             member_metadata_bytes_max: 1 << 20,
             offset_metadata_bytes_max: 4096,
             reaper_tick_ms: 100,
+            offsets_snapshot_interval_ms: 24 * 3600 * 1000,
             node_id: 0,
             host: "127.0.0.1".into(),
             port: 9092,

@@ -99,6 +99,9 @@ struct Offsets {
     /// group → (topic, partition) → committed offset, with the `__consumer_offsets` offset of
     /// the record that set it (so concurrent commits apply in log order).
     groups: HashMap<String, HashMap<(String, i32), Stamped>>,
+    /// Commits appended but not yet applied (waiting for durability). A snapshot waits for
+    /// zero, or it could write an older value after a newer in-flight one.
+    in_flight: usize,
 }
 
 struct Pids {
@@ -152,17 +155,24 @@ impl GroupCoordinator {
             sm,
             offsets_log,
             pid_log,
-            offsets: Mutex::new(Offsets { groups }),
+            offsets: Mutex::new(Offsets { groups, in_flight: 0 }),
             pids: Mutex::new(Pids { next: block_end, block_end }),
             stop: Arc::new(AtomicBool::new(false)),
         });
+        c.maybe_snapshot_offsets();
         let weak = Arc::downgrade(&c);
         let stop = c.stop.clone();
+        let snapshot_every = Duration::from_millis(c.sm.cfg.offsets_snapshot_interval_ms.max(1));
         std::thread::Builder::new().name("group-reaper".into()).spawn(move || {
+            let mut last_snapshot = std::time::Instant::now();
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(tick);
                 let Some(c) = weak.upgrade() else { break };
                 c.sm.tick();
+                // Retried every tick while commits are in flight.
+                if last_snapshot.elapsed() >= snapshot_every && c.maybe_snapshot_offsets() {
+                    last_snapshot = std::time::Instant::now();
+                }
             }
         })?;
         Ok(c)
@@ -209,6 +219,54 @@ impl GroupCoordinator {
         Ok(id)
     }
 
+/// Rewrite every live committed offset at the end of `__consumer_offsets` if the log has
+    /// sealed segments (which retention may delete). Kafka compacts the topic instead; here the
+    /// latest value of every key is always in the segments written since the last snapshot.
+    /// Returns false when it must be retried (commits in flight).
+    fn maybe_snapshot_offsets(&self) -> bool {
+        if self.offsets_log.segment_count() <= 1 {
+            return true;
+        }
+        match self.snapshot_offsets() {
+            Ok(n) => n.is_some(),
+            Err(e) => {
+                tracing::error!("snapshot of committed offsets failed: {e}");
+                true
+            }
+        }
+    }
+
+    /// Append the current value of every committed offset (durably). Returns how many, or
+    /// `None` if commits were in flight (try again).
+    pub fn snapshot_offsets(&self) -> io::Result<Option<usize>> {
+        const PER_BATCH: usize = 1000;
+        let mut last = None;
+        let mut n = 0;
+        {
+            let o = lock(&self.offsets);
+            if o.in_flight > 0 {
+                return Ok(None);
+            }
+            for (group, offs) in &o.groups {
+                let entries: Vec<CommitEntry> = offs
+                    .iter()
+                    .map(|((t, p), (c, _))| CommitEntry { topic: t.clone(), partition: *p, committed: c.clone() })
+                    .collect();
+                for chunk in entries.chunks(PER_BATCH) {
+                    let info = store::append_commits(&self.offsets_log, group, chunk)
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                    last = Some(info.next_offset);
+                    n += chunk.len();
+                }
+            }
+        }
+        if let Some(next) = last {
+            self.offsets_log.wait_durable(next).map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        tracing::info!(offsets = n, "committed offsets snapshot written");
+        Ok(Some(n))
+    }
+
     /// Validate and durably store the commits of one request; returns per-entry error codes.
     fn commit(&self, group: &str, entries: Vec<CommitEntry>) -> Vec<i16> {
         let mut codes = vec![err::NONE; entries.len()];
@@ -228,16 +286,25 @@ impl GroupCoordinator {
         let batch: Vec<CommitEntry> = ok.iter().map(|&i| entries[i].clone()).collect();
         // Append under the cache lock so log order = apply order; wait for durability outside.
         let appended = {
-            let _order = lock(&self.offsets);
-            store::append_commits(&self.offsets_log, group, &batch)
+            let mut o = lock(&self.offsets);
+            let r = store::append_commits(&self.offsets_log, group, &batch);
+            if r.is_ok() {
+                o.in_flight += 1;
+            }
+            r
         };
+        let was_appended = appended.is_ok();
         let result = appended.and_then(|info| {
             self.offsets_log.wait_durable(info.next_offset)?;
             Ok(info)
         });
+        // Leave the in-flight count and apply in one critical section (see `snapshot_offsets`).
+        let mut o = lock(&self.offsets);
+        if was_appended {
+            o.in_flight -= 1;
+        }
         match result {
             Ok(info) => {
-                let mut o = lock(&self.offsets);
                 let g = o.groups.entry(group.to_string()).or_default();
                 for e in batch {
                     let k = (e.topic, e.partition);
