@@ -18,8 +18,6 @@ use crate::record::{self, BatchInfo};
 
 const RECOVERY_POINT: &str = "recovery-point";
 const RP_MAGIC: u32 = 0x5250_0001;
-/// Most fdatasyncs one group-commit leader runs back to back before handing over.
-const GROUP_COMMIT_CHAIN_MAX: u32 = 4;
 /// Group-mode appends at least this large start their writeback at once (sync_file_range).
 const WRITEBACK_KICK_BYTES: u64 = 256 << 10;
 /// Batches remembered per producer for duplicate detection (Kafka keeps 5).
@@ -105,8 +103,6 @@ impl State {
 struct SyncState {
     in_flight: bool,
     durable: u64,
-    /// Largest offset a waiter blocked behind the sync in flight needs durable.
-    wanted: u64,
     poison: Option<String>,
 }
 
@@ -298,7 +294,7 @@ impl Partition {
             io,
             cfg,
             state: Mutex::new(State { segments, hw_pos, producers, rp_file }),
-            sync: Mutex::new(SyncState { in_flight: false, durable: next, wanted: 0, poison: None }),
+            sync: Mutex::new(SyncState { in_flight: false, durable: next, poison: None }),
             sync_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
@@ -507,35 +503,23 @@ impl Partition {
                 return Ok(());
             }
             if s.in_flight {
-                s.wanted = s.wanted.max(target);
                 s = self.sync_cv.wait(s).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
             s.in_flight = true;
-            // Lead. When waiters that this sync did not cover are already queued, keep leading
-            // (up to a bound) instead of handing over: a handover costs a wake-up and a context
-            // switch between syncs, which on a loaded machine is a large part of a cycle.
-            for chained in 1..=GROUP_COMMIT_CHAIN_MAX {
-                drop(s);
-                let result = self.sync_once();
-                s = lock(&self.sync);
-                match result {
-                    Ok(offset) => s.durable = s.durable.max(offset),
-                    Err(e) => {
-                        let reason = format!("fdatasync failed: {e}");
-                        tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
-                        s.poison.get_or_insert(reason);
-                        self.poisoned.store(true, Ordering::Release);
-                        break;
-                    }
-                }
-                if s.wanted <= s.durable || chained == GROUP_COMMIT_CHAIN_MAX {
-                    break;
-                }
-                // Wake the ones this sync covered; the rest keep waiting for the next one.
-                self.sync_cv.notify_all();
-            }
+            drop(s);
+            let result = self.sync_once();
+            s = lock(&self.sync);
             s.in_flight = false;
+            match result {
+                Ok(offset) => s.durable = s.durable.max(offset),
+                Err(e) => {
+                    let reason = format!("fdatasync failed: {e}");
+                    tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
+                    s.poison.get_or_insert(reason);
+                    self.poisoned.store(true, Ordering::Release);
+                }
+            }
             self.sync_cv.notify_all();
         }
     }
