@@ -103,3 +103,6 @@ pub fn read_all(p: &Partition) -> Vec<(BatchInfo, Vec<u8>)> {
 pub fn same_except_patched(stored: &[u8], sent: &[u8]) -> bool {
     stored.len() == sent.len() && stored[8..12] == sent[8..12] && stored[16..] == sent[16..]
 }
+
+mod net;
+pub use net::*;
