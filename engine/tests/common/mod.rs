@@ -105,4 +105,5 @@ pub fn same_except_patched(stored: &[u8], sent: &[u8]) -> bool {
 }
 
 mod net;
+#[allow(unused_imports)]
 pub use net::*;
