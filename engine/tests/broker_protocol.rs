@@ -393,6 +393,11 @@ fn every_advertised_version_round_trips_through_the_protocol_crate() {
         assert_eq!(r.topics[0].error_code, 0, "CreateTopics v{v}: {:?}", r.topics[0].error_message);
         let again = c.call(v, &req);
         assert_eq!(again.topics[0].error_code, 36, "CreateTopics v{v}: TOPIC_ALREADY_EXISTS");
+        let huge = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(topic("sweep-huge"))
+            .with_num_partitions(5_000)
+            .with_replication_factor(1)]);
+        assert_eq!(c.call(v, &huge).topics[0].error_code, 37, "CreateTopics v{v}: INVALID_PARTITIONS");
         assert_eq!(broker.logs().topic(&name).unwrap().len(), 2);
     }
     for v in 1..=6 {

@@ -55,7 +55,7 @@ fn mid_log_corruption_below_the_recovery_point_refuses_to_open() {
     let tmp = tempfile::tempdir().unwrap();
     let io: Arc<dyn Io> = Arc::new(UringIo);
     let cfg = small_cfg(Durability::Group, 4096);
-    for case in ["active", "sealed-without-index"] {
+    for case in ["active", "sealed-without-index", "sealed-header"] {
         let dir = tmp.path().join(format!("{case}-0"));
         {
             let p = open(&io, &dir, &cfg).unwrap();
@@ -68,15 +68,17 @@ fn mid_log_corruption_below_the_recovery_point_refuses_to_open() {
         assert!(logs.len() >= 3);
         let victim = match case {
             "active" => logs.last().unwrap().clone(),
+            "sealed-header" => logs[1].clone(),
             _ => {
                 let v = logs[1].clone();
                 std::fs::remove_file(v.with_extension("index")).unwrap();
                 v
             }
         };
-        // Flip a bit inside a synced batch in the middle of the file.
         let mut bytes = std::fs::read(&victim).unwrap();
-        let at = bytes.len() / 2;
+        // Inside a synced batch in the middle of the file, or (sealed-header) in the first
+        // batch's length field of a segment whose index is intact.
+        let at = if case == "sealed-header" { 10 } else { bytes.len() / 2 };
         bytes[at] ^= 0x10;
         std::fs::write(&victim, &bytes).unwrap();
         match open(&io, &dir, &cfg) {

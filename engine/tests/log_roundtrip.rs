@@ -176,3 +176,19 @@ fn retention_by_time_deletes_only_segments_older_than_the_limit() {
     q.enforce_retention().unwrap();
     assert_eq!(q.segment_count(), 1);
 }
+
+#[test]
+fn group_mode_serves_only_synced_batches() {
+    let sim = SimIo::new();
+    let p = open(&sim_io(&sim), Path::new("/d/t-0"), &small_cfg(Durability::Group, 1 << 20)).unwrap();
+    let first = p.append_durable(&mut tagged_batch(1, 2, 20, 1)).unwrap();
+    // Written to the page cache but not yet covered by a sync: not visible to readers.
+    let pending = p.append(&mut tagged_batch(2, 3, 20, 1)).unwrap();
+    assert_eq!(p.high_watermark(), first.next_offset);
+    let visible = split_batches(&p.read_copy(0, 1 << 20).unwrap());
+    assert_eq!(visible.len(), 1, "the unsynced batch is not served");
+    assert!(matches!(p.read(pending.base_offset as i64 + 1, 100, true), Err(FetchError::OffsetOutOfRange { .. })));
+    p.wait_durable(pending.next_offset).unwrap();
+    assert_eq!(p.high_watermark(), pending.next_offset);
+    assert_eq!(split_batches(&p.read_copy(0, 1 << 20).unwrap()).len(), 2);
+}

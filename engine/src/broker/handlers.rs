@@ -562,7 +562,12 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
             t.num_partitions
         };
         let mut r = CreatableTopicResult::default().with_name(t.name.clone());
-        let outcome = if !(t.replication_factor == -1 || t.replication_factor == 1) {
+        let outcome = if partitions > shared.cfg.partitions_per_topic_max {
+            Err((
+                error::INVALID_PARTITIONS,
+                format!("{partitions} partitions exceed this broker's limit of {}", shared.cfg.partitions_per_topic_max),
+            ))
+        } else if !(t.replication_factor == -1 || t.replication_factor == 1) {
             Err((error::INVALID_REPLICATION_FACTOR, format!("replication factor {} > 1 brokers", t.replication_factor)))
         } else if req.validate_only {
             if !crate::log::manager::valid_topic_name(&name) {

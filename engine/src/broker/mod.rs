@@ -54,6 +54,9 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub frame_bytes_max: usize,
+    /// Largest partition count CreateTopics accepts (each partition costs files, fsyncs and a
+    /// lock hold while it is created; Kafka answers INVALID_PARTITIONS past such a limit).
+    pub partitions_per_topic_max: i32,
 }
 
 impl BrokerConfig {
@@ -65,6 +68,7 @@ impl BrokerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             frame_bytes_max: 100 << 20,
+            partitions_per_topic_max: 1_000,
         }
     }
 }
@@ -164,8 +168,11 @@ impl Broker {
     /// [`Broker::start`] over another storage backend (tests: `SimIo` with injected faults;
     /// its files have no descriptor, so Fetch copies with `read_at` instead of sendfile).
     pub fn start_with_io(cfg: BrokerConfig, storage: Arc<dyn Io>) -> io::Result<BrokerHandle> {
-        if cfg.default_partitions < 1 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "default_partitions must be >= 1"));
+        if cfg.default_partitions < 1 || cfg.default_partitions > cfg.partitions_per_topic_max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("default_partitions must be within 1..={}", cfg.partitions_per_topic_max),
+            ));
         }
         let logs = LogManager::open(&cfg.data_dir, storage, cfg.log.clone()).map_err(io::Error::other)?;
         let listener = TcpListener::bind(cfg.listen)?;

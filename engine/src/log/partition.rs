@@ -230,9 +230,13 @@ impl Partition {
                     seg.index = index;
                     seg.time_index = time_index;
                     seg.max_timestamp = seg.time_index.last().map_or(-1, |t| t.timestamp).max(seg.max_timestamp);
-                    // Idempotent producer state lives in the batch headers.
-                    seg.walk_headers(0, end.valid_end, max, &mut track).map_err(&e)?;
-                    trusted = Some(end);
+                    // Idempotent producer state lives in the batch headers. A header that
+                    // does not parse sends the segment to the full (CRC-checking) scan below,
+                    // which reports where the damage is.
+                    match seg.walk_headers(end.valid_end, max, &mut track) {
+                        Ok(()) => trusted = Some(end),
+                        Err(err) => tracing::warn!(path = %seg_path.display(), "{err}; rescanning"),
+                    }
                 } else {
                     tracing::warn!(path = %seg_path.display(), "index inconsistent with the log; rebuilding");
                 }

@@ -166,18 +166,25 @@ impl Segment {
         self.max_timestamp = -1;
     }
 
-    /// Call `f` with the header of every batch in `[start, end)`, reading headers only
+    /// Call `f` with the header of every batch in `[0, end)`, reading headers only
     /// (used to rebuild producer state from segments whose checkpointed index is trusted).
-    pub fn walk_headers(&self, start: u64, end: u64, batch_bytes_max: usize, mut f: impl FnMut(&BatchInfo)) -> io::Result<()> {
-        let mut pos = start;
+    /// Batches must tile `[0, end)` exactly with
+    /// contiguous offsets, or this fails with `InvalidData`.
+    pub fn walk_headers(&self, end: u64, batch_bytes_max: usize, mut f: impl FnMut(&BatchInfo)) -> io::Result<()> {
+        let bad = |pos: u64, why: String| io::Error::new(io::ErrorKind::InvalidData, format!("batch at {pos}: {why}"));
+        let mut pos = 0;
+        let mut expected = self.base_offset;
         while pos < end {
-            match self.read_header(pos, batch_bytes_max)? {
-                Ok(info) => {
-                    f(&info);
-                    pos += info.size_bytes as u64;
-                }
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("batch at {pos}: {e}"))),
+            let info = self.read_header(pos, batch_bytes_max)?.map_err(|e| bad(pos, e.to_string()))?;
+            if info.base_offset < 0 || info.base_offset as u64 != expected {
+                return Err(bad(pos, format!("offset discontinuity: expected {expected}, found {}", info.base_offset)));
             }
+            if pos + info.size_bytes as u64 > end {
+                return Err(bad(pos, format!("batch of {} bytes runs past the end {end}", info.size_bytes)));
+            }
+            f(&info);
+            expected = info.base_offset as u64 + info.offset_count();
+            pos += info.size_bytes as u64;
         }
         Ok(())
     }
