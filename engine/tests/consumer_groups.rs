@@ -745,3 +745,22 @@ fn offsets_snapshot_keeps_quiet_offsets_through_segment_retention() {
     let _ = std::fs::remove_dir_all(dir.path().join("__consumer_offsets-0"));
     assert_eq!(run(true), 7, "with the snapshot it survives");
 }
+
+#[test]
+fn a_huge_client_id_still_gives_an_encodable_member_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open_logs(dir.path());
+    let c = coordinator(&logs);
+    let header = RequestHeader::default().with_correlation_id(9).with_client_id(Some(s(&"x".repeat(32_000))));
+    let mut body = BytesMut::new();
+    join_req("g", "", SESSION_MS, b"m").encode(&mut body, 3).unwrap();
+    let out = match groups::handle(&c, 11, 3, &header, &mut body.freeze()) {
+        Reply::Later(f) => f(),
+        other => panic!("{other:?}"),
+    };
+    let mut b = Bytes::from(out);
+    ResponseHeader::decode(&mut b, 0).unwrap();
+    let r = JoinGroupResponse::decode(&mut b, 3).unwrap();
+    assert_eq!(r.error_code, err::NONE);
+    assert!(r.member_id.len() < 300);
+}

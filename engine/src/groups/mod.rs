@@ -335,15 +335,16 @@ fn encode<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, heade
     let mut buf = Vec::with_capacity(64);
     let mut h = ResponseHeader::default();
     h.correlation_id = correlation_id;
-    if let Err(e) = h.encode(&mut buf, header_version) {
-        tracing::error!("encoding response header: {e}");
+    let r = h.encode(&mut buf, header_version).and_then(|_| body.encode(&mut buf, version));
+    match r {
+        Ok(()) => buf,
+        Err(e) => {
+            // A bug here (a field the version cannot carry): logged; the empty reply makes the
+            // broker's writer close the connection, as for its own handlers.
+            tracing::error!(version, "cannot encode group response: {e}");
+            Vec::new()
+        }
     }
-    if let Err(e) = body.encode(&mut buf, version) {
-        // A bug in this module (a field set that the version lacks): say so loudly.
-        tracing::error!(version, "encoding group response: {e}");
-        debug_assert!(false, "encoding group response v{version}: {e}");
-    }
-    buf
 }
 
 fn later<R: Encodable + HeaderVersion + 'static>(
@@ -364,8 +365,14 @@ fn decode<T: Decodable>(body: &mut Bytes, version: i16, what: &str) -> Option<T>
     }
 }
 
+/// The client id, as the prefix of member ids (bounded so a member id always fits a string).
 fn client_id(header: &RequestHeader) -> String {
-    header.client_id.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default()
+    let id = header.client_id.as_ref().map(|c| c.as_str()).unwrap_or_default();
+    let mut end = id.len().min(255);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    id[..end].to_string()
 }
 
 /// Serve one group-coordinator request. `body` is the request after its header.
