@@ -1,0 +1,207 @@
+//! The open-loop generator: one thread per producer. Records are created on their intended
+//! schedule ([`crate::rate::Schedule`]) whatever the broker does; they are batched per partition
+//! (by size and linger) and handed to a [`Transport`] that pipelines requests with a bounded
+//! in-flight window per partition. A slow broker shows up as queueing, which the latency
+//! measured from the intended send time includes (coordinated-omission-correct).
+//!
+//! Bounds: at most `BURST_MAX` records per loop iteration; queued (closed, unsent) batches are
+//! bounded by `queued_bytes_max` — beyond it the generator stops generating and the schedule
+//! runs ahead, which shows up in `delay` and publish latency.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::encode::{BatchBuilder, KeyGen, PayloadPool};
+use crate::rate::{sleep_until, Clock, Schedule};
+use crate::stats::{lock, Metrics, RunRecorder};
+
+/// A closed batch ready to send.
+pub struct Ready {
+    /// Index into the producer's partition list.
+    pub partition: u32,
+    pub batch: Vec<u8>,
+    pub intended: Vec<u64>,
+    pub value_bytes: u64,
+}
+
+/// Where batches go: a Kafka connection set, or a discarding sink.
+pub trait Transport {
+    /// Whether partition `p` may have another request in flight.
+    fn can_send(&self, p: u32) -> bool;
+    /// Send these batches (one request per broker). May block on socket backpressure.
+    fn send(&mut self, batches: Vec<Ready>) -> Result<(), String>;
+    /// Nothing is in flight any more (all sent batches acknowledged or failed).
+    fn idle(&self) -> bool;
+}
+
+/// What one producer does.
+pub struct ProducerSpec {
+    pub partitions: u32,
+    pub schedule: Schedule,
+    /// No record is intended at or after this clock reading.
+    pub end_ns: u64,
+    /// Give up waiting for acks at this clock reading.
+    pub drain_deadline_ns: u64,
+    pub batch_bytes: usize,
+    pub linger_ns: u64,
+    pub queued_bytes_max: usize,
+}
+
+const BURST_MAX: u64 = 4096;
+
+/// Stamp each record with its intended wall-clock time only if consumers will read it;
+/// stamping is part of the generated value either way (cost is one 8-byte store).
+pub fn run_producer<T: Transport>(
+    spec: &ProducerSpec,
+    keys: &mut KeyGen,
+    pool: &PayloadPool,
+    clock: &Clock,
+    metrics: &Arc<Metrics>,
+    transport: &mut T,
+) -> Result<u64, String> {
+    let n_parts = spec.partitions as usize;
+    let mut open: Vec<BatchBuilder> = (0..n_parts).map(|_| BatchBuilder::new(spec.batch_bytes.min(1 << 20))).collect();
+    // Partitions with an open batch, in the order their batch was opened (oldest first).
+    let mut open_order: VecDeque<(u32, u64)> = VecDeque::new();
+    let mut ready: VecDeque<Ready> = VecDeque::new();
+    let mut queued_bytes = 0usize;
+    let mut next_i: u64 = 0;
+    let mut delay_local = crate::stats::new_hist();
+    let mut last_flush_ns = 0u64;
+    let mut pool_i: u64 = 0;
+
+    let close = |p: u32,
+                 open: &mut Vec<BatchBuilder>,
+                 ready: &mut VecDeque<Ready>,
+                 queued_bytes: &mut usize| {
+        let (batch, intended, value_bytes) = open[p as usize].finish();
+        *queued_bytes += batch.len();
+        ready.push_back(Ready { partition: p, batch, intended, value_bytes });
+    };
+
+    loop {
+        let now = clock.now_ns();
+        let producing = now < spec.end_ns && !metrics.stopped();
+        let mut generated = 0u64;
+        if producing && queued_bytes < spec.queued_bytes_max {
+            let due = spec.schedule.due_by(now).min(spec.schedule.due_by(spec.end_ns.saturating_sub(1)));
+            let burst = due.saturating_sub(next_i).min(BURST_MAX);
+            if burst > 0 {
+                let now_ms = (clock.wall_us(now) / 1000) as i64;
+                let mut rec = RunRecorder::new(&mut delay_local);
+                for k in 0..burst {
+                    let i = next_i + k;
+                    let intended = spec.schedule.intended_ns(i);
+                    let (key, p) = keys.next();
+                    let b = &mut open[p as usize];
+                    if b.is_empty() {
+                        open_order.push_back((p, now));
+                    }
+                    pool_i = pool_i.wrapping_add(1);
+                    let key_bytes = key.map(|k| keys.key(k));
+                    b.append(key_bytes, pool.get(pool_i), clock.wall_us(intended), intended, now, now_ms);
+                    if metrics.record_latency {
+                        rec.record(now - intended);
+                    }
+                    if b.len_bytes() >= spec.batch_bytes {
+                        close(p, &mut open, &mut ready, &mut queued_bytes);
+                        if keys.is_sticky() {
+                            keys.advance_sticky();
+                        }
+                    }
+                }
+                drop(rec);
+                next_i += burst;
+                generated = burst;
+                metrics.sent.fetch_add(burst, Ordering::Relaxed);
+            }
+        }
+        // Linger: close batches that have waited long enough (or all, once production ended).
+        while let Some(&(p, opened)) = open_order.front() {
+            let b = &open[p as usize];
+            if b.is_empty() || b.opened_ns != opened {
+                open_order.pop_front(); // closed by size since
+                continue;
+            }
+            if producing && now < opened + spec.linger_ns {
+                break;
+            }
+            open_order.pop_front();
+            close(p, &mut open, &mut ready, &mut queued_bytes);
+            if keys.is_sticky() {
+                keys.advance_sticky();
+            }
+        }
+        // Send what the in-flight windows allow, keeping per-partition order.
+        let mut sent_any = false;
+        if !ready.is_empty() {
+            let mut out = Vec::new();
+            let mut keep = VecDeque::with_capacity(ready.len());
+            let mut blocked: Vec<u32> = Vec::new();
+            let mut taken: Vec<u32> = Vec::new();
+            while let Some(r) = ready.pop_front() {
+                // One batch per partition per request; later batches of a partition wait.
+                if blocked.contains(&r.partition) || taken.contains(&r.partition) || !transport.can_send(r.partition) {
+                    blocked.push(r.partition);
+                    keep.push_back(r);
+                } else {
+                    taken.push(r.partition);
+                    queued_bytes -= r.batch.len();
+                    out.push(r);
+                }
+                if blocked.len() > 4096 {
+                    keep.extend(ready.drain(..));
+                }
+            }
+            ready = keep;
+            if !out.is_empty() {
+                transport.send(out)?;
+                sent_any = true;
+            }
+        }
+        if metrics.record_latency && now - last_flush_ns > 50_000_000 {
+            lock(&metrics.delay).add(&delay_local).map_err(|e| format!("histogram: {e:?}"))?;
+            delay_local.reset();
+            last_flush_ns = now;
+        }
+        if !producing && ready.is_empty() && open_order.is_empty() {
+            // Drain: wait for the in-flight requests.
+            if transport.idle() || clock.now_ns() >= spec.drain_deadline_ns || metrics.stopped() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            continue;
+        }
+        if generated == 0 && !sent_any {
+            // Idle until the next record is due, the oldest open batch lingers out, or (when
+            // blocked on the window) a short while for acks.
+            let mut wake = if producing { spec.schedule.intended_ns(next_i).min(spec.end_ns) } else { now + 100_000 };
+            if let Some(&(_, opened)) = open_order.front() {
+                wake = wake.min(opened + spec.linger_ns);
+            }
+            if !ready.is_empty() || queued_bytes >= spec.queued_bytes_max {
+                wake = wake.min(now + 50_000);
+            }
+            wake = wake.min(now + 1_000_000);
+            sleep_until(clock, wake);
+        }
+    }
+    if metrics.record_latency {
+        lock(&metrics.delay).add(&delay_local).map_err(|e| format!("histogram: {e:?}"))?;
+    }
+    Ok(next_i)
+}
+
+/// Record the publish latency of acknowledged batches: ack − intended, per record.
+pub fn record_ack(metrics: &Metrics, ack_ns: u64, intended: &[u64], value_bytes: u64) {
+    if metrics.record_latency {
+        let mut h = lock(&metrics.publish);
+        let mut rec = RunRecorder::new(&mut h);
+        for &t in intended {
+            rec.record(ack_ns.saturating_sub(t));
+        }
+    }
+    metrics.acked.fetch_add(intended.len() as u64, Ordering::Relaxed);
+    metrics.acked_bytes.fetch_add(value_bytes, Ordering::Relaxed);
+}
