@@ -46,6 +46,9 @@ pub struct ProducerSpec {
     pub batch_bytes: usize,
     pub linger_ns: u64,
     pub queued_bytes_max: usize,
+    /// Set to stop generating early (backlog built, search trial over); the batches already
+    /// made are still sent and acknowledged.
+    pub halt: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const BURST_MAX: u64 = 4096;
@@ -82,7 +85,7 @@ pub fn run_producer<T: Transport>(
 
     loop {
         let now = clock.now_ns();
-        let producing = now < spec.end_ns && !metrics.stopped();
+        let producing = now < spec.end_ns && !metrics.stopped() && !spec.halt.load(Ordering::Relaxed);
         let mut generated = 0u64;
         if producing && queued_bytes < spec.queued_bytes_max {
             let due = spec.schedule.due_by(now).min(spec.schedule.due_by(spec.end_ns.saturating_sub(1)));
