@@ -100,11 +100,15 @@ pub struct WorkloadInfo {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Target {
-    /// "embedded" | "external" | "sink" (sink = discarding sink, no broker; only in selftests).
+    /// "embedded" | "external". The discarding sink (no broker) is in-process: "embedded" with
+    /// `sink: true` and bootstrap "sink".
     pub kind: String,
     pub bootstrap: String,
     /// Durability of the embedded engine ("never", "group", "interval=<ms>") or "unknown".
     pub fsync: String,
+    /// True when no broker was involved (discarding sink: measures the generator only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sink: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

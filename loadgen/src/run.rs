@@ -115,6 +115,15 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
     let w = &opts.workload;
     let topics = w.topic_names();
     if opts.sink {
+        let calibration = if opts.calibrate == Some(true) {
+            let dir = opts.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+            Some(
+                crate::calibrate::calibrate(&dir, &crate::calibrate::Budget::default())
+                    .map_err(|e| RunError::Usage(format!("calibration in {} failed: {e}", dir.display())))?,
+            )
+        } else {
+            None
+        };
         return Ok(Setup {
             kind: "sink",
             bootstrap: "sink".into(),
@@ -126,7 +135,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
                     leaders: (0..w.partitions_per_topic as i32).map(|p| (p, SocketAddr::from(([0, 0, 0, 0], 0)))).collect(),
                 })
                 .collect(),
-            calibration: None,
+            calibration,
             embedded: Embedded::None,
         });
     }
@@ -217,7 +226,6 @@ struct Tick {
     publish: Hist,
     acked: u64,
     errors: u64,
-    consumed: u64,
 }
 
 impl Collector {
@@ -326,7 +334,7 @@ impl Collector {
         self.last_acked = acked;
         self.last_consumed = consumed;
         self.last_errors = errors;
-        Tick { publish, acked: d_acked, errors: d_errors, consumed: d_consumed }
+        Tick { publish, acked: d_acked, errors: d_errors }
     }
 
     /// Sleep until the next tick (1 s after the last, or `boundary_ns` if sooner), updating the bar.
@@ -844,7 +852,12 @@ fn build_result(
             acks: w.acks,
             warmup_s: w.warmup_s(),
         },
-        target: Target { kind: s.kind.clone(), bootstrap: s.bootstrap.clone(), fsync: s.fsync.clone() },
+        target: Target {
+            kind: if s.kind == "sink" { "embedded".into() } else { s.kind.clone() },
+            bootstrap: s.bootstrap.clone(),
+            fsync: s.fsync.clone(),
+            sink: s.kind == "sink",
+        },
         environment: crate::env::environment(),
         calibration: s.calibration.clone(),
         publish: Publish {
