@@ -296,7 +296,8 @@ impl Collector {
             self.measured_consumed += d_consumed;
             self.measured_s += dur_s;
         }
-        let backlog = if self.subscriptions > 0 { (acked * self.subscriptions) as i64 - consumed as i64 } else { 0 };
+        let sent = m.sent.load(Ordering::Relaxed);
+        let backlog = if self.subscriptions > 0 { (sent * self.subscriptions) as i64 - consumed as i64 } else { 0 };
         let sec = Second {
             t_s: (now - self.t0_ns) as f64 / 1e9,
             phase: phase.to_string(),
