@@ -62,7 +62,7 @@ fn disk_seq_write(dir: &Path, b: &Budget) -> std::io::Result<f64> {
     while written < b.disk_bytes_max && t.elapsed() < b.disk_time {
         file.write_all(&chunk)?;
         written += chunk.len() as u64;
-        if written % (32 << 20) == 0 {
+        if written.is_multiple_of(32 << 20) {
             file.sync_data()?;
         }
     }

@@ -161,7 +161,7 @@ impl KeyGen {
     /// Next record's key index (None = no key) and partition. For `NoKey` the partition is the
     /// current sticky one; call [`KeyGen::advance_sticky`] when its batch is closed.
     #[inline]
-    pub fn next(&mut self) -> (Option<u32>, u32) {
+    pub fn next_key(&mut self) -> (Option<u32>, u32) {
         let k = match self.kind {
             KeyDistributor::NoKey => return (None, self.sticky),
             KeyDistributor::RoundRobin => {
@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
         assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
         assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
-        assert_eq!(murmur2(&[b'a', b'b', b'c']), 479470107);
+        assert_eq!(murmur2(b"abc"), 479470107);
     }
 
     #[test]
@@ -435,7 +435,7 @@ mod tests {
         let mut g = KeyGen::new(KeyDistributor::Zipf, 1000, 1.0, 10, 42);
         let mut hits = [0u32; 1000];
         for _ in 0..100_000 {
-            let (k, _) = g.next();
+            let (k, _) = g.next_key();
             hits[k.unwrap() as usize] += 1;
         }
         assert!(hits[0] > 10 * hits[100], "{} vs {}", hits[0], hits[100]);

@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a workload (default: the smoke workload against an embedded engine).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure hardware ceilings: disk write + fdatasync, loopback TCP, memory copy.
     Calibrate {
         /// Directory whose disk is measured.
@@ -89,8 +89,8 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let code = match cli.cmd.unwrap_or(Cmd::Run(RunArgs { workload: "smoke".into(), out_dir: "results".into(), ..Default::default() })) {
-        Cmd::Run(a) => cmd_run(a),
+    let code = match cli.cmd.unwrap_or(Cmd::Run(Box::new(RunArgs { workload: "smoke".into(), out_dir: "results".into(), ..Default::default() }))) {
+        Cmd::Run(a) => cmd_run(*a),
         Cmd::Calibrate { dir, json } => {
             match loadgen::calibrate::calibrate(&dir, &loadgen::calibrate::Budget::default()) {
                 Ok(c) => {

@@ -96,7 +96,7 @@ pub fn run_producer<T: Transport>(
                 for k in 0..burst {
                     let i = next_i + k;
                     let intended = spec.schedule.intended_ns(i);
-                    let (key, p) = keys.next();
+                    let (key, p) = keys.next_key();
                     let b = &mut open[p as usize];
                     if b.is_empty() {
                         open_order.push_back((p, now));

@@ -645,7 +645,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
             }
         }
         col.set_phase_bar("drain", w.drain_seconds);
-        while !ctx.halted() && !(prods.finished() && ctx.consumers_caught_up()) && clock.now_ns() < drain_deadline {
+        while !(ctx.halted() || prods.finished() && ctx.consumers_caught_up()) && clock.now_ns() < drain_deadline {
             col.wait(drain_deadline);
             if col.due(drain_deadline) {
                 col.tick("drain", true, false);
@@ -737,7 +737,7 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
         let mut h = new_hist();
         let mut acked = 0;
         let mut errors = 0;
-        while !ctx.halted() && !(prods.finished() && ctx.clock.now_ns() >= end) {
+        while !(ctx.halted() || prods.finished() && ctx.clock.now_ns() >= end) {
             col.wait(if ctx.clock.now_ns() < end { end } else { drain });
             if col.due(end) || prods.finished() {
                 let t = col.tick("search", false, false);
@@ -801,7 +801,6 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
     if !confirmed && !ctx.halted() {
         return Err(format!("no rate kept p99 publish latency within {} ms (lowest tried 5000 rec/s)", w.p99_bound_ms));
     }
-    drop(trial);
     Ok(Search { p99_bound_us: bound_us, trials, max_rate: lo })
 }
 

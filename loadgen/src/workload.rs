@@ -237,7 +237,7 @@ impl Workload {
             ("warmupDurationMinutes", self.warmup_duration_minutes),
         ] {
             if let Some(v) = v {
-                if !v.is_finite() || v < 0.0 || v > 7.0 * 86_400.0 {
+                if !v.is_finite() || !(0.0..=7.0 * 86_400.0).contains(&v) {
                     return Err(format!("{field} must be between 0 and one week, got {v}"));
                 }
             }
