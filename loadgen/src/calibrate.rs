@@ -82,7 +82,7 @@ fn fdatasync_latency(dir: &Path, b: &Budget) -> std::io::Result<crate::results::
         file.write_all(&block)?;
         let s = Instant::now();
         file.sync_data()?;
-        h.saturating_record(s.elapsed().as_nanos() as u64);
+        h.saturating_record(s.elapsed().as_micros() as u64);
         n += 1;
     }
     Ok(summarize(&h))

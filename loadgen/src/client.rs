@@ -29,7 +29,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::producer::{record_ack, Ready, Transport};
 use crate::rate::Clock;
-use crate::stats::Metrics;
+use crate::stats::{LocalRecorder, Metrics};
 
 /// Largest response frame we accept.
 const FRAME_BYTES_MAX: usize = 256 << 20;
@@ -404,8 +404,25 @@ fn ack_reader(
     in_flight: Arc<Vec<AtomicU32>>,
     outstanding: Arc<AtomicU64>,
 ) {
+    let mut rec = LocalRecorder::new();
+    ack_loop(addr, &mut stream, rx, version, clock, &metrics, &in_flight, &outstanding, &mut rec);
+    rec.maybe_flush(&metrics.publish, 0, true);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ack_loop(
+    addr: SocketAddr,
+    stream: &mut TcpStream,
+    rx: crossbeam::channel::Receiver<Pending>,
+    version: i16,
+    clock: Clock,
+    metrics: &Arc<Metrics>,
+    in_flight: &Arc<Vec<AtomicU32>>,
+    outstanding: &Arc<AtomicU64>,
+    rec: &mut LocalRecorder,
+) {
     loop {
-        let frame = match read_frame(&mut stream) {
+        let frame = match read_frame(stream) {
             Ok(f) => f,
             Err(e) => {
                 if outstanding.load(Ordering::SeqCst) > 0 && !metrics.stopped() {
@@ -434,13 +451,14 @@ fn ack_reader(
         }
         for (idx, pid, intended, value_bytes) in &p.batches {
             match codes.get(pid) {
-                Some(0) => record_ack(&metrics, ack_ns, intended, *value_bytes),
+                Some(0) => record_ack(metrics, rec, ack_ns, intended, *value_bytes),
                 _ => {
                     metrics.errors.fetch_add(intended.len() as u64, Ordering::Relaxed);
                 }
             }
             in_flight[*idx as usize].fetch_sub(1, Ordering::SeqCst);
         }
+        rec.maybe_flush(&metrics.publish, ack_ns, false);
         outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 }

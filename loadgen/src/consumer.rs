@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::client::Conn;
 use crate::encode::for_each_value;
 use crate::rate::Clock;
-use crate::stats::{lock, Metrics, RunRecorder};
+use crate::stats::{LocalRecorder, Metrics};
 
 pub struct ConsumerSpec {
     pub addr: SocketAddr,
@@ -28,6 +28,7 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
     };
     let mut offsets = spec.partitions.clone();
     let mut part_max: i32 = 8 << 20;
+    let mut rec = LocalRecorder::new();
     while !metrics.stopped() && !done.load(Ordering::Relaxed) {
         let resp = match conn.fetch(&spec.topic, &offsets, spec.max_wait_ms, part_max) {
             Ok(r) => r,
@@ -44,8 +45,6 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
         let mut bytes = 0u64;
         let mut stuck = false;
         {
-            let mut h = lock(&metrics.e2e);
-            let mut rec = RunRecorder::new(&mut h);
             for t in &resp.responses {
                 for p in &t.partitions {
                     let Some(slot) = offsets.iter_mut().find(|(id, _)| *id == p.partition_index) else { continue };
@@ -62,7 +61,7 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
                         bytes += v.len() as u64;
                         if metrics.record_latency && v.len() >= 8 {
                             let stamp = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-                            rec.record(now_us.saturating_sub(stamp).saturating_mul(1000));
+                            rec.record_us(now_us.saturating_sub(stamp));
                         }
                     });
                     got += n;
@@ -78,7 +77,9 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
         if stuck && part_max < (256 << 20) {
             part_max *= 2; // a batch larger than the partition limit: ask for more
         }
+        rec.maybe_flush(&metrics.e2e, now_ns, false);
         metrics.consumed.fetch_add(got, Ordering::Relaxed);
         metrics.consumed_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
+    rec.maybe_flush(&metrics.e2e, 0, true);
 }

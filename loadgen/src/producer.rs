@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::encode::{BatchBuilder, KeyGen, PayloadPool};
 use crate::rate::{sleep_until, Clock, Schedule};
-use crate::stats::{lock, Metrics, RunRecorder};
+use crate::stats::{LocalRecorder, Metrics};
 
 /// A closed batch ready to send.
 pub struct Ready {
@@ -70,8 +70,7 @@ pub fn run_producer<T: Transport>(
     let mut ready: VecDeque<Ready> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let mut next_i: u64 = 0;
-    let mut delay_local = crate::stats::new_hist();
-    let mut last_flush_ns = 0u64;
+    let mut delay = LocalRecorder::new();
     let mut pool_i: u64 = 0;
 
     let close = |p: u32,
@@ -92,7 +91,6 @@ pub fn run_producer<T: Transport>(
             let burst = due.saturating_sub(next_i).min(BURST_MAX);
             if burst > 0 {
                 let now_ms = (clock.wall_us(now) / 1000) as i64;
-                let mut rec = RunRecorder::new(&mut delay_local);
                 for k in 0..burst {
                     let i = next_i + k;
                     let intended = spec.schedule.intended_ns(i);
@@ -105,7 +103,7 @@ pub fn run_producer<T: Transport>(
                     let key_bytes = key.map(|k| keys.key(k));
                     b.append(key_bytes, pool.get(pool_i), clock.wall_us(intended), intended, now, now_ms);
                     if metrics.record_latency {
-                        rec.record(now - intended);
+                        delay.record_ns(now - intended);
                     }
                     if b.len_bytes() >= spec.batch_bytes {
                         close(p, &mut open, &mut ready, &mut queued_bytes);
@@ -114,7 +112,6 @@ pub fn run_producer<T: Transport>(
                         }
                     }
                 }
-                drop(rec);
                 next_i += burst;
                 generated = burst;
                 metrics.sent.fetch_add(burst, Ordering::Relaxed);
@@ -163,11 +160,7 @@ pub fn run_producer<T: Transport>(
                 sent_any = true;
             }
         }
-        if metrics.record_latency && now - last_flush_ns > 50_000_000 {
-            lock(&metrics.delay).add(&delay_local).map_err(|e| format!("histogram: {e:?}"))?;
-            delay_local.reset();
-            last_flush_ns = now;
-        }
+        delay.maybe_flush(&metrics.delay, now, false);
         if !producing && ready.is_empty() && open_order.is_empty() {
             // Drain: wait for the in-flight requests.
             if transport.idle() || clock.now_ns() >= spec.drain_deadline_ns || metrics.stopped() {
@@ -190,19 +183,16 @@ pub fn run_producer<T: Transport>(
             sleep_until(clock, wake);
         }
     }
-    if metrics.record_latency {
-        lock(&metrics.delay).add(&delay_local).map_err(|e| format!("histogram: {e:?}"))?;
-    }
+    delay.maybe_flush(&metrics.delay, 0, true);
     Ok(next_i)
 }
 
-/// Record the publish latency of acknowledged batches: ack − intended, per record.
-pub fn record_ack(metrics: &Metrics, ack_ns: u64, intended: &[u64], value_bytes: u64) {
+/// Record the publish latency of an acknowledged batch: ack − intended, per record, into the
+/// acknowledging thread's recorder (flushed to `metrics.publish` by the caller).
+pub fn record_ack(metrics: &Metrics, rec: &mut LocalRecorder, ack_ns: u64, intended: &[u64], value_bytes: u64) {
     if metrics.record_latency {
-        let mut h = lock(&metrics.publish);
-        let mut rec = RunRecorder::new(&mut h);
         for &t in intended {
-            rec.record(ack_ns.saturating_sub(t));
+            rec.record_ns(ack_ns.saturating_sub(t));
         }
     }
     metrics.acked.fetch_add(intended.len() as u64, Ordering::Relaxed);

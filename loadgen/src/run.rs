@@ -303,8 +303,8 @@ impl Collector {
             phase: phase.to_string(),
             publish_records_per_s: d_acked as f64 / dur_s,
             consume_records_per_s: d_consumed as f64 / dur_s,
-            publish_p99_us: if publish.is_empty() { 0.0 } else { publish.value_at_quantile(0.99) as f64 / 1000.0 },
-            e2e_p99_us: if e2e.is_empty() { 0.0 } else { e2e.value_at_quantile(0.99) as f64 / 1000.0 },
+            publish_p99_us: if publish.is_empty() { 0.0 } else { publish.value_at_quantile(0.99) as f64 },
+            e2e_p99_us: if e2e.is_empty() { 0.0 } else { e2e.value_at_quantile(0.99) as f64 },
             errors: d_errors,
             backlog,
         };
@@ -752,7 +752,7 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
         errors += t.errors;
         prods.join(&ctx.metrics);
         let achieved = acked as f64 / secs;
-        let p99 = if h.is_empty() { f64::INFINITY } else { h.value_at_quantile(0.99) as f64 / 1000.0 };
+        let p99 = if h.is_empty() { f64::INFINITY } else { h.value_at_quantile(0.99) as f64 };
         let ok = p99 <= bound_us && achieved >= 0.95 * rate && errors == 0;
         let tr = Trial { stage: stage.into(), target_rate: rate, achieved_rate: achieved, p99_us: p99.min(1e12), errors, ok };
         if !ctx.opts.quiet {

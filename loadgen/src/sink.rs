@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::producer::{record_ack, Ready, Transport};
 use crate::rate::{sleep_until, Clock};
-use crate::stats::Metrics;
+use crate::stats::{LocalRecorder, Metrics};
 
 pub struct SinkTransport {
     pub clock: Clock,
@@ -16,11 +16,12 @@ pub struct SinkTransport {
     pub stall: Option<(u64, u64)>,
     pub batches: u64,
     pub bytes: u64,
+    publish: LocalRecorder,
 }
 
 impl SinkTransport {
     pub fn new(clock: Clock, metrics: Arc<Metrics>) -> SinkTransport {
-        SinkTransport { clock, metrics, stall: None, batches: 0, bytes: 0 }
+        SinkTransport { clock, metrics, stall: None, batches: 0, bytes: 0, publish: LocalRecorder::new() }
     }
 }
 
@@ -40,11 +41,18 @@ impl Transport for SinkTransport {
             self.batches += 1;
             self.bytes += r.batch.len() as u64;
             std::hint::black_box(&r.batch);
-            record_ack(&self.metrics, ack, &r.intended, r.value_bytes);
+            record_ack(&self.metrics, &mut self.publish, ack, &r.intended, r.value_bytes);
         }
+        self.publish.maybe_flush(&self.metrics.publish, ack, false);
         Ok(())
     }
     fn idle(&self) -> bool {
         true
+    }
+}
+
+impl Drop for SinkTransport {
+    fn drop(&mut self) {
+        self.publish.maybe_flush(&self.metrics.publish, 0, true);
     }
 }

@@ -1,10 +1,11 @@
-//! Latency statistics on HdrHistogram: nanosecond histograms (1 ns .. 1 h, 3 significant digits),
-//! shared interval histograms swapped once per second by the collector, and the interval log
-//! (.hlog) written at the end.
+//! Latency statistics on HdrHistogram: microsecond histograms (1 µs .. 1 h, 3 significant
+//! digits, as OpenMessaging Benchmark records), shared interval histograms swapped once per
+//! second by the collector, and the interval log (.hlog) written at the end.
 //!
-//! Recording cost matters (the generator must not measure itself): values that fall into the same
-//! HdrHistogram bucket are counted and recorded with one `record_n` ([`RunRecorder`]). This is
-//! exact: HdrHistogram cannot tell values of one bucket apart anyway.
+//! Recording cost matters (the generator must not measure itself): each recording thread owns a
+//! [`LocalRecorder`] whose values below 2,048 µs (where HdrHistogram with 3 digits is exact) go
+//! to a plain counter array — one increment per record — and which is merged into the shared
+//! interval histogram every [`FLUSH_NS`] and when the thread ends.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -18,54 +19,87 @@ use crate::results::Latency;
 
 pub type Hist = Histogram<u64>;
 
-/// Highest trackable latency: one hour in ns (larger values saturate).
-pub const HIST_MAX_NS: u64 = 3_600_000_000_000;
+/// Highest trackable latency: one hour in µs (larger values saturate).
+pub const HIST_MAX_US: u64 = 3_600_000_000;
+/// Values below this are exact in a 3-digit HdrHistogram (its sub-bucket count).
+const DENSE_US: usize = 2048;
+/// How often recorders merge into the shared interval histograms.
+pub const FLUSH_NS: u64 = 50_000_000;
 
 pub fn new_hist() -> Hist {
-    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("static histogram bounds")
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("static histogram bounds")
 }
 
-/// Run-length recorder: consecutive values in the same bucket cost one comparison each.
-pub struct RunRecorder<'a> {
-    hist: &'a mut Hist,
-    lo: u64,
-    hi: u64,
+/// A thread's own recorder: exact counters below 2,048 µs, a histogram above.
+pub struct LocalRecorder {
+    dense: Vec<u64>,
+    over: Hist,
     count: u64,
+    last_flush_ns: u64,
 }
 
-impl<'a> RunRecorder<'a> {
-    pub fn new(hist: &'a mut Hist) -> Self {
-        RunRecorder { hist, lo: 1, hi: 0, count: 0 }
+impl Default for LocalRecorder {
+    fn default() -> Self {
+        LocalRecorder::new()
     }
+}
+
+impl LocalRecorder {
+    pub fn new() -> LocalRecorder {
+        LocalRecorder { dense: vec![0; DENSE_US], over: new_hist(), count: 0, last_flush_ns: 0 }
+    }
+
+    /// Record a latency given in nanoseconds (stored as µs).
     #[inline]
-    pub fn record(&mut self, v: u64) {
-        let v = v.clamp(1, HIST_MAX_NS);
-        if v >= self.lo && v <= self.hi {
-            self.count += 1;
+    pub fn record_ns(&mut self, ns: u64) {
+        self.record_us(ns / 1000);
+    }
+
+    #[inline]
+    pub fn record_us(&mut self, us: u64) {
+        self.count += 1;
+        match self.dense.get_mut(us as usize) {
+            Some(c) => *c += 1,
+            None => self.over.saturating_record(us.min(HIST_MAX_US)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Merge into `h` and reset.
+    pub fn drain_into(&mut self, h: &mut Hist) {
+        if self.count == 0 {
             return;
         }
-        self.flush();
-        self.lo = self.hist.lowest_equivalent(v);
-        self.hi = self.hist.highest_equivalent(v);
-        self.count = 1;
-    }
-    fn flush(&mut self) {
-        if self.count > 0 {
-            self.hist.saturating_record_n(self.lo, self.count);
-            self.count = 0;
+        for (v, c) in self.dense.iter_mut().enumerate() {
+            if *c > 0 {
+                h.saturating_record_n(v as u64, *c);
+                *c = 0;
+            }
         }
+        if !self.over.is_empty() {
+            let _ = h.add(&self.over);
+            self.over.reset();
+        }
+        self.count = 0;
     }
-}
 
-impl Drop for RunRecorder<'_> {
-    fn drop(&mut self) {
-        self.flush();
+    /// Merge into the shared histogram if [`FLUSH_NS`] passed since the last merge (or `force`).
+    pub fn maybe_flush(&mut self, shared: &Mutex<Hist>, now_ns: u64, force: bool) {
+        if force || now_ns.saturating_sub(self.last_flush_ns) >= FLUSH_NS {
+            if self.count > 0 {
+                self.drain_into(&mut lock(shared));
+            }
+            self.last_flush_ns = now_ns;
+        }
     }
 }
 
 /// Summary in microseconds of a nanosecond histogram.
 pub fn summarize(h: &Hist) -> Latency {
-    let us = |ns: u64| ns as f64 / 1000.0;
+    let us = |v: u64| v as f64;
     if h.is_empty() {
         return Latency::default();
     }
@@ -77,7 +111,7 @@ pub fn summarize(h: &Hist) -> Latency {
         p999: us(h.value_at_quantile(0.999)),
         p9999: us(h.value_at_quantile(0.9999)),
         max: us(h.max()),
-        mean: h.mean() / 1000.0,
+        mean: h.mean(),
     }
 }
 
@@ -89,12 +123,12 @@ pub fn spectrum(h: &Hist) -> Vec<(f64, f64)> {
     }
     let mut p = 0.0f64;
     while p < 0.999_999 {
-        out.push((p * 100.0, h.value_at_quantile(p) as f64 / 1000.0));
+        out.push((p * 100.0, h.value_at_quantile(p) as f64));
         // Steps halve the remaining distance to 100%: evenly spaced on the 1/(1-p) log axis.
         let remain = 1.0 - p;
         p += remain * (1.0 - 10f64.powf(-0.1));
     }
-    out.push((100.0, h.max() as f64 / 1000.0));
+    out.push((100.0, h.max() as f64));
     out
 }
 
@@ -175,16 +209,17 @@ pub struct LoggedInterval {
 }
 
 /// Write an HdrHistogram interval log (the format of HdrHistogram's `HistogramLogWriter`); values
-/// are nanoseconds (HistogramLogProcessor's default unit ratio prints them as milliseconds).
+/// are microseconds (use `HistogramLogProcessor -outputValueUnitRatio 1000` to print ms); the
+/// interval max column is in milliseconds.
 pub fn write_hlog(path: &std::path::Path, start_wall_us: u64, intervals: &[LoggedInterval]) -> std::io::Result<()> {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut ser = V2DeflateSerializer::new();
     let start = std::time::UNIX_EPOCH + Duration::from_micros(start_wall_us);
     let mut b = IntervalLogWriterBuilder::new();
-    b.add_comment("loadgen interval log; values in nanoseconds; tags: publish, delay, e2e")
+    b.add_comment("loadgen interval log; values in microseconds; tags: publish, delay, e2e")
         .with_start_time(start)
         .with_base_time(start)
-        .with_max_value_divisor(1e6);
+        .with_max_value_divisor(1e3);
     let mut w = b.begin_log_with(&mut file, &mut ser)?;
     for iv in intervals {
         w.write_histogram(
@@ -204,31 +239,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_recorder_equals_individual_records() {
+    fn local_recorder_equals_individual_records() {
         let mut a = new_hist();
         let mut b = new_hist();
-        let values: Vec<u64> = (0..100_000u64).map(|i| 5_000_000 - i * 37 + (i % 7) * 1000).collect();
-        {
-            let mut r = RunRecorder::new(&mut a);
-            for &v in &values {
-                r.record(v);
-            }
-        }
+        let values: Vec<u64> = (0..100_000u64).map(|i| (i * 7919) % 5_000_000).collect();
+        let mut r = LocalRecorder::new();
         for &v in &values {
-            b.record(v).unwrap();
+            r.record_ns(v);
+        }
+        r.drain_into(&mut a);
+        for &v in &values {
+            b.record(v / 1000).unwrap();
         }
         assert_eq!(a.len(), b.len());
         for q in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
             assert_eq!(a.value_at_quantile(q), b.value_at_quantile(q));
         }
         assert_eq!(a.max(), b.max());
+        assert!(r.is_empty());
     }
 
     #[test]
     fn spectrum_is_monotone_and_ends_at_max() {
         let mut h = new_hist();
         for v in 1..10_000u64 {
-            h.record(v * 1000).unwrap();
+            h.record(v).unwrap();
         }
         let s = spectrum(&h);
         assert!(s.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));

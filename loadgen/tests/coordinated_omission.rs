@@ -1,5 +1,6 @@
 //! Coordinated omission: a sink that stalls must show up in publish latency (measured from the
 //! intended send time), not disappear because the generator was blocked too.
+//! One test function so the two runs never compete for the CPU with each other.
 
 use loadgen::run::{run, RunOptions};
 use loadgen::workload::Workload;
@@ -22,27 +23,21 @@ fn sink_run(stall: Option<(f64, f64)>) -> loadgen::results::RunResult {
 
 #[test]
 fn stalled_sink_shows_in_publish_latency() {
+    let calm = sink_run(None);
     // The sink stops taking batches for 500 ms, 1 s into the measured phase.
     let r = sink_run(Some((1.0, 0.5)));
     let lat = &r.publish.latency_us;
-    // Records intended during the stall waited up to the full 500 ms.
+    // The record intended as the stall began waited for all of it.
     assert!(lat.max >= 450_000.0, "max {} µs", lat.max);
-    // ~1/6 of the records were intended during the stall, half of those waited > 250 ms: the
-    // p99 must show it (a closed-loop measurement would report ~1 ms here).
-    assert!(lat.p99 >= 300_000.0, "p99 {} µs", lat.p99);
-    assert!(lat.p90 >= 50_000.0, "p90 {} µs", lat.p90);
-    // Most records were unaffected.
-    assert!(lat.p50 < 50_000.0, "p50 {} µs", lat.p50);
+    // ~1/6 of the records were intended during the stall and half of those waited > 250 ms: the
+    // p99 must show it (measuring from the actual send, as a closed loop does, would not).
+    assert!(lat.p99 >= 250_000.0, "p99 {} µs", lat.p99);
+    assert!(lat.p99 >= 5.0 * calm.publish.latency_us.p99.max(1_000.0), "stalled p99 {} vs calm {}", lat.p99, calm.publish.latency_us.p99);
     // The generator itself was blocked, so records were handed over late: delay shows it too.
-    assert!(r.publish.delay_us.max >= 400_000.0, "delay max {} µs", r.publish.delay_us.max);
-    // And nothing was dropped: the schedule caught up.
-    let expected = 20_000.0 * 3.0;
-    assert!((r.publish.records as f64) > expected * 0.95, "records {}", r.publish.records);
-}
-
-#[test]
-fn without_stall_latency_is_small() {
-    let r = sink_run(None);
-    assert!(r.publish.latency_us.p99 < 100_000.0, "p99 {} µs", r.publish.latency_us.p99);
-    assert!(r.publish.latency_us.max < 450_000.0, "max {} µs", r.publish.latency_us.max);
+    assert!(r.publish.delay_us.max >= 200_000.0, "delay max {} µs", r.publish.delay_us.max);
+    // Nothing was dropped: the schedule caught up after the stall.
+    assert!((r.publish.records as f64) > 20_000.0 * 3.0 * 0.95, "records {}", r.publish.records);
+    // Without the stall the same run is fast.
+    assert!(calm.publish.latency_us.p50 < 50_000.0, "calm p50 {} µs", calm.publish.latency_us.p50);
+    assert!(calm.publish.latency_us.max < lat.max, "calm max {} vs stalled {}", calm.publish.latency_us.max, lat.max);
 }
