@@ -34,7 +34,6 @@ pub fn new_hist() -> Hist {
 pub struct LocalRecorder {
     dense: Vec<u64>,
     over: Hist,
-    count: u64,
     last_flush_ns: u64,
 }
 
@@ -46,7 +45,7 @@ impl Default for LocalRecorder {
 
 impl LocalRecorder {
     pub fn new() -> LocalRecorder {
-        LocalRecorder { dense: vec![0; DENSE_US], over: new_hist(), count: 0, last_flush_ns: 0 }
+        LocalRecorder { dense: vec![0; DENSE_US], over: new_hist(), last_flush_ns: 0 }
     }
 
     /// Record a latency given in nanoseconds (stored as µs).
@@ -57,7 +56,7 @@ impl LocalRecorder {
 
     #[inline]
     pub fn record_us(&mut self, us: u64) {
-        self.count += 1;
+        // No other bookkeeping: one increment is the whole cost for values below 2,048 µs.
         match self.dense.get_mut(us as usize) {
             Some(c) => *c += 1,
             None => self.over.saturating_record(us.min(HIST_MAX_US)),
@@ -65,14 +64,11 @@ impl LocalRecorder {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.over.is_empty() && self.dense.iter().all(|c| *c == 0)
     }
 
     /// Merge into `h` and reset.
     pub fn drain_into(&mut self, h: &mut Hist) {
-        if self.count == 0 {
-            return;
-        }
         for (v, c) in self.dense.iter_mut().enumerate() {
             if *c > 0 {
                 h.saturating_record_n(v as u64, *c);
@@ -83,13 +79,12 @@ impl LocalRecorder {
             let _ = h.add(&self.over);
             self.over.reset();
         }
-        self.count = 0;
     }
 
     /// Merge into the shared histogram if [`FLUSH_NS`] passed since the last merge (or `force`).
     pub fn maybe_flush(&mut self, shared: &Mutex<Hist>, now_ns: u64, force: bool) {
         if force || now_ns.saturating_sub(self.last_flush_ns) >= FLUSH_NS {
-            if self.count > 0 {
+            if !self.is_empty() {
                 self.drain_into(&mut lock(shared));
             }
             self.last_flush_ns = now_ns;
