@@ -525,8 +525,13 @@ impl Ctx<'_> {
         m.consumed.load(Ordering::Relaxed) >= m.acked.load(Ordering::Relaxed) * w.subscriptions_per_topic as u64
     }
 
+    /// Stop requested (fatal error or Ctrl-C); on Ctrl-C also tells every thread to stop.
     fn halted(&self) -> bool {
-        self.metrics.stopped() || INTERRUPTED.load(Ordering::Relaxed)
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            self.metrics.stop.store(true, Ordering::SeqCst);
+            return true;
+        }
+        self.metrics.stopped()
     }
 }
 
@@ -578,6 +583,11 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
                 if col.due(u64::MAX) {
                     col.tick("backlog", false, false);
                 }
+            }
+            if ctx.halted() {
+                prods.halt.store(true, Ordering::SeqCst);
+                producer_cpu_s += prods.join(&metrics);
+                return Ok(());
             }
             let backlog_records = metrics.acked.load(Ordering::Relaxed);
             let backlog_bytes = metrics.acked_bytes.load(Ordering::Relaxed);
@@ -635,6 +645,11 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
                     col.tick("warmup", false, false);
                 }
             }
+        }
+        if ctx.halted() {
+            prods.halt.store(true, Ordering::SeqCst);
+            producer_cpu_s += prods.join(&metrics);
+            return Ok(());
         }
         measure_started = true;
         col.set_phase_bar("measure", w.duration_s());
