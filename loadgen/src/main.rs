@@ -172,5 +172,9 @@ fn cmd_run(a: RunArgs) -> i32 {
             eprintln!("error: {e}");
             2
         }
+        Err(RunError::Failed(e)) => {
+            eprintln!("error: {e}");
+            1
+        }
     }
 }

@@ -87,6 +87,8 @@ impl RunOptions {
 pub enum RunError {
     /// Bad input: exit code 2, nothing written.
     Usage(String),
+    /// The run could not produce a result (e.g. no rate met the search bound): exit code 1.
+    Failed(String),
 }
 
 pub struct Outcome {
@@ -692,12 +694,12 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     }
     if !measure_started {
         // Nothing measured: no result file.
-        let msg = if interrupted {
-            "interrupted before the measured phase; no result written".to_string()
-        } else {
-            fatal.unwrap_or_else(|| "run ended before the measured phase".into())
-        };
-        return Err(RunError::Usage(msg));
+        if interrupted {
+            return Err(RunError::Usage("interrupted before the measured phase; no result written".into()));
+        }
+        let msg = fatal.unwrap_or_else(|| "run ended before the measured phase".into());
+        // Connection problems before measuring are bad input (unreachable broker); others failed runs.
+        return Err(if msg.contains("no rate kept") { RunError::Failed(msg) } else { RunError::Usage(msg) });
     }
     let complete = fatal.is_none() && !interrupted;
     let result = build_result(opts, &summary, &col, started_wall_us, complete, target_rate, search, drain);
@@ -743,22 +745,32 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
     let bound_us = w.p99_bound_ms * 1000.0;
     let mut trials: Vec<Trial> = Vec::new();
     let mut trial = |stage: &str, rate: f64, col: &mut Collector| -> Result<Trial, String> {
+        // Each trial: 1 s (at most a third of the trial) of its own warmup, excluded from its
+        // p99 and achieved rate, then the judged part.
         let secs = w.search_step_seconds;
+        let warm = (secs / 3.0).min(1.0);
         let s0 = ctx.clock.now_ns() + 20_000_000;
-        let end = s0 + (secs * 1e9) as u64;
+        let judged_from = s0 + (warm * 1e9) as u64;
+        let end = judged_from + (secs * 1e9) as u64;
         let drain = end + 2_000_000_000;
-        col.set_phase_bar("search", secs);
+        col.set_phase_bar("search", secs + warm);
         let prods = ctx.spawn_producers(rate, s0, end, drain)?;
         let mut h = new_hist();
         let mut acked = 0;
         let mut errors = 0;
+        let mut judged = false;
         while !(ctx.halted() || prods.finished() && ctx.clock.now_ns() >= end) {
-            col.wait(if ctx.clock.now_ns() < end { end } else { drain });
-            if col.due(end) || prods.finished() {
+            let now = ctx.clock.now_ns();
+            let boundary = if now < judged_from { judged_from } else if now < end { end } else { drain };
+            col.wait(boundary);
+            if col.due(boundary) || prods.finished() {
                 let t = col.tick("search", false, false);
-                let _ = h.add(&t.publish);
-                acked += t.acked;
-                errors += t.errors;
+                if judged {
+                    let _ = h.add(&t.publish);
+                    acked += t.acked;
+                    errors += t.errors;
+                }
+                judged = ctx.clock.now_ns() >= judged_from;
             }
         }
         let t = col.tick("search", false, false);

@@ -125,7 +125,7 @@ pub fn recording_microbench(n: u64) -> f64 {
 pub fn measure(a: &SelftestArgs) -> Result<SelftestReport, String> {
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
     let err = |e: RunError| match e {
-        RunError::Usage(m) => m,
+        RunError::Usage(m) | RunError::Failed(m) => m,
     };
     // 1. Peak: offer far more than can be generated; achieved = generator capacity.
     let peak = crate::run::run(&sink_opts(sink_workload(1e9, threads, a.duration))).map_err(err)?;
