@@ -8,8 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use common::{require_tool, start_broker};
+use common::{require_tool, run, start_broker};
 use engine::log::Durability;
 
 const RECORDS: usize = 100_000;
@@ -17,13 +18,8 @@ const RECORDS: usize = 100_000;
 fn python(script_args: &[&str]) {
     let py = require_tool("python3");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/confluent_roundtrip.py");
-    let out = Command::new(py).arg(&script).args(script_args).output().expect("run python3");
-    assert!(
-        out.status.success(),
-        "{script:?} {script_args:?} failed ({}):\n{}\n(needs `pip install confluent-kafka`)",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `run` bounds the time and fails with the script's stderr (needs `pip install confluent-kafka`).
+    run(Command::new(py).arg(&script).args(script_args), None, Duration::from_secs(300));
 }
 
 fn value_of(i: usize) -> String {

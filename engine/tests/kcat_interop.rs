@@ -5,59 +5,14 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{require_tool, start_broker};
+use common::{require_tool, run, start_broker};
 use engine::log::Durability;
 
 const RECORDS: usize = 100_000;
 const KEYS: usize = 997;
-
-/// Run a command to completion within `limit`, feeding `stdin`; returns stdout.
-fn run(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Vec<u8> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let feeder = stdin.map(|data| {
-        let mut pipe = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            pipe.write_all(&data).unwrap();
-        })
-    });
-    let mut out_pipe = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut out_pipe, &mut v).unwrap();
-        v
-    });
-    let mut err_pipe = child.stderr.take().unwrap();
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut err_pipe, &mut v).unwrap();
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if let Some(f) = feeder {
-        f.join().unwrap();
-    }
-    let out = reader.join().unwrap();
-    let err = err_reader.join().unwrap();
-    assert!(status.success(), "{cmd:?} failed: {status}\n{}", String::from_utf8_lossy(&err));
-    out
-}
 
 fn roundtrip(codec: Option<&str>) {
     let kcat = require_tool("kcat");
