@@ -72,6 +72,8 @@ pub fn run_producer<T: Transport>(
     let mut next_i: u64 = 0;
     let mut delay = LocalRecorder::new();
     let mut pool_i: u64 = 0;
+    let mut seen: Vec<u32> = vec![0; n_parts];
+    let mut scan_epoch: u32 = 0;
 
     let close = |p: u32,
                  open: &mut Vec<BatchBuilder>,
@@ -138,20 +140,19 @@ pub fn run_producer<T: Transport>(
         if !ready.is_empty() {
             let mut out = Vec::new();
             let mut keep = VecDeque::with_capacity(ready.len());
-            let mut blocked: Vec<u32> = Vec::new();
-            let mut taken: Vec<u32> = Vec::new();
+            // Per-partition marks for this pass (epoch-stamped: no clearing, O(1) checks).
+            scan_epoch = scan_epoch.wrapping_add(1);
             while let Some(r) = ready.pop_front() {
-                // One batch per partition per request; later batches of a partition wait.
-                if blocked.contains(&r.partition) || taken.contains(&r.partition) || !transport.can_send(r.partition) {
-                    blocked.push(r.partition);
+                let p = r.partition as usize;
+                // One batch per partition per request; a partition's later batches wait behind
+                // its first (order is kept), as do all batches of a partition whose window is full.
+                if seen[p] == scan_epoch || !transport.can_send(r.partition) {
+                    seen[p] = scan_epoch;
                     keep.push_back(r);
                 } else {
-                    taken.push(r.partition);
+                    seen[p] = scan_epoch;
                     queued_bytes -= r.batch.len();
                     out.push(r);
-                }
-                if blocked.len() > 4096 {
-                    keep.extend(ready.drain(..));
                 }
             }
             ready = keep;
