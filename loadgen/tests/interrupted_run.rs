@@ -41,7 +41,7 @@ fn ctrl_c_writes_an_incomplete_result() {
 #[test]
 fn ctrl_c_before_measuring_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = bin()
+    let child = bin()
         .args(["run", "--sink", "--quiet", "--rate", "1000", "--warmup", "30", "--duration", "5", "--out-dir"])
         .arg(dir.path())
         .stdout(std::process::Stdio::null())
