@@ -58,6 +58,14 @@ pub struct SelftestReport {
     /// sink / broker.
     pub headroom_ratio: Option<f64>,
     pub broker_error: Option<String>,
+    /// /proc/loadavg (1, 5, 15 min) at the start and end: other work on a shared machine makes
+    /// every figure here lower or noisier; read them with this in mind.
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
 }
 
 fn sink_workload(rate: f64, producers: u32, duration: f64) -> Workload {
@@ -123,6 +131,7 @@ pub fn recording_microbench(n: u64) -> f64 {
 
 /// Run the three measurements. Errors are one line.
 pub fn measure(a: &SelftestArgs) -> Result<SelftestReport, String> {
+    let loadavg_start = loadavg();
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
     let err = |e: RunError| match e {
         RunError::Usage(m) | RunError::Failed(m) => m,
@@ -173,6 +182,8 @@ pub fn measure(a: &SelftestArgs) -> Result<SelftestReport, String> {
         broker_records_per_s: None,
         headroom_ratio: None,
         broker_error: None,
+        loadavg_start,
+        loadavg_end: String::new(),
     };
     // 3. The embedded broker, offered more than it can take (closed by the bounded queue and
     //    in-flight window) for the same duration, no consumers: achieved = what it absorbs.
@@ -194,6 +205,7 @@ pub fn measure(a: &SelftestArgs) -> Result<SelftestReport, String> {
             Err(e) => rep.broker_error = Some(err(e)),
         }
     }
+    rep.loadavg_end = loadavg();
     Ok(rep)
 }
 
@@ -224,6 +236,7 @@ pub fn run_cli(a: SelftestArgs) -> i32 {
                     r.recording_overhead_fraction * 100.0,
                     r.recording_added_core_fraction * 100.0
                 );
+                println!("load average (1/5/15 min): {} at start, {} at end", r.loadavg_start, r.loadavg_end);
                 match (r.broker_records_per_s, r.headroom_ratio, &r.broker_error) {
                     (Some(b), Some(h), _) => {
                         println!("embedded broker absorbed {:.2} M rec/s → generator headroom {h:.1}x", b / 1e6)
