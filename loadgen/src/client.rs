@@ -27,7 +27,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use crate::producer::{record_ack, Ready, Transport};
+use crate::producer::{record_ack, Ready, Spare, Transport};
 use crate::rate::Clock;
 use crate::stats::{LocalRecorder, Metrics};
 
@@ -468,7 +468,7 @@ impl Transport for KafkaTransport {
         self.in_flight[p as usize].load(Ordering::Acquire) < self.max_in_flight
     }
 
-    fn send(&mut self, batches: Vec<Ready>) -> Result<(), String> {
+    fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String> {
         let mut by_conn: Vec<Vec<Ready>> = (0..self.conns.len()).map(|_| Vec::new()).collect();
         for r in batches {
             by_conn[self.conn_of[r.partition as usize]].push(r);
@@ -487,11 +487,19 @@ impl Transport for KafkaTransport {
                 parts.push(PartitionProduceData::default().with_index(pid).with_records(Some(Bytes::from(r.batch))));
                 metas.push((r.partition, pid, r.intended, r.value_bytes));
             }
-            let req = ProduceRequest::default()
+            let mut req = ProduceRequest::default()
                 .with_acks(self.acks)
                 .with_timeout_ms(30_000)
                 .with_topic_data(vec![TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(parts)]);
             let frame = encode_request(ApiKey::Produce, self.version, corr, &req)?;
+            // The frame holds a copy: take the batch buffers back for reuse.
+            for t in &mut req.topic_data {
+                for p in &mut t.partition_data {
+                    if let Some(b) = p.records.take() {
+                        spare.put_buf(Vec::from(b));
+                    }
+                }
+            }
             for m in &metas {
                 self.in_flight[m.0 as usize].fetch_add(1, Ordering::SeqCst);
             }

@@ -274,9 +274,17 @@ impl BatchBuilder {
     /// Close the batch: fill the header and CRC. Returns the batch bytes and the records'
     /// intended times; the builder is left empty for reuse.
     pub fn finish(&mut self) -> (Vec<u8>, Vec<u64>, u64) {
-        assert!(self.count > 0, "finish of an empty batch");
         let cap = self.buf.capacity();
-        let mut out = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
+        self.finish_into(Vec::with_capacity(cap), Vec::new())
+    }
+
+    /// As [`BatchBuilder::finish`], continuing in recycled buffers (no allocation, no page
+    /// faults on fresh memory on the hot path).
+    pub fn finish_into(&mut self, mut next: Vec<u8>, mut next_intended: Vec<u64>) -> (Vec<u8>, Vec<u64>, u64) {
+        assert!(self.count > 0, "finish of an empty batch");
+        next.clear();
+        next_intended.clear();
+        let mut out = std::mem::replace(&mut self.buf, next);
         self.buf.resize(BATCH_HEADER_BYTES, 0);
         let n = self.count as i32;
         let batch_length = (out.len() - BATCH_LOG_OVERHEAD) as i32;
@@ -294,7 +302,7 @@ impl BatchBuilder {
         out[57..61].copy_from_slice(&n.to_be_bytes());
         let crc = compute_crc(&out);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
-        let intended = std::mem::take(&mut self.intended);
+        let intended = std::mem::replace(&mut self.intended, next_intended);
         let value_bytes = self.value_bytes;
         self.count = 0;
         self.value_bytes = 0;

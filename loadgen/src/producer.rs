@@ -25,12 +25,34 @@ pub struct Ready {
     pub value_bytes: u64,
 }
 
+/// Buffers handed back by a transport for reuse (bounded).
+#[derive(Default)]
+pub struct Spare {
+    pub bufs: Vec<Vec<u8>>,
+    pub intended: Vec<Vec<u64>>,
+}
+
+impl Spare {
+    const MAX: usize = 64;
+    pub fn put_buf(&mut self, b: Vec<u8>) {
+        if self.bufs.len() < Self::MAX {
+            self.bufs.push(b);
+        }
+    }
+    pub fn put_intended(&mut self, v: Vec<u64>) {
+        if self.intended.len() < Self::MAX {
+            self.intended.push(v);
+        }
+    }
+}
+
 /// Where batches go: a Kafka connection set, or a discarding sink.
 pub trait Transport {
     /// Whether partition `p` may have another request in flight.
     fn can_send(&self, p: u32) -> bool;
-    /// Send these batches (one request per broker). May block on socket backpressure.
-    fn send(&mut self, batches: Vec<Ready>) -> Result<(), String>;
+    /// Send these batches (one request per broker). May block on socket backpressure. Buffers
+    /// it no longer needs go to `spare`.
+    fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String>;
     /// Nothing is in flight any more (all sent batches acknowledged or failed).
     fn idle(&self) -> bool;
 }
@@ -75,11 +97,16 @@ pub fn run_producer<T: Transport>(
     let mut seen: Vec<u32> = vec![0; n_parts];
     let mut scan_epoch: u32 = 0;
 
+    let mut spare = Spare::default();
+    let buf_cap = spec.batch_bytes.min(1 << 20) + 1024;
     let close = |p: u32,
                  open: &mut Vec<BatchBuilder>,
                  ready: &mut VecDeque<Ready>,
-                 queued_bytes: &mut usize| {
-        let (batch, intended, value_bytes) = open[p as usize].finish();
+                 queued_bytes: &mut usize,
+                 spare: &mut Spare| {
+        let next = spare.bufs.pop().unwrap_or_else(|| Vec::with_capacity(buf_cap));
+        let next_intended = spare.intended.pop().unwrap_or_default();
+        let (batch, intended, value_bytes) = open[p as usize].finish_into(next, next_intended);
         *queued_bytes += batch.len();
         ready.push_back(Ready { partition: p, batch, intended, value_bytes });
     };
@@ -108,7 +135,7 @@ pub fn run_producer<T: Transport>(
                         delay.record_ns(now - intended);
                     }
                     if b.len_bytes() >= spec.batch_bytes {
-                        close(p, &mut open, &mut ready, &mut queued_bytes);
+                        close(p, &mut open, &mut ready, &mut queued_bytes, &mut spare);
                         if keys.is_sticky() {
                             keys.advance_sticky();
                         }
@@ -130,7 +157,7 @@ pub fn run_producer<T: Transport>(
                 break;
             }
             open_order.pop_front();
-            close(p, &mut open, &mut ready, &mut queued_bytes);
+            close(p, &mut open, &mut ready, &mut queued_bytes, &mut spare);
             if keys.is_sticky() {
                 keys.advance_sticky();
             }
@@ -157,7 +184,7 @@ pub fn run_producer<T: Transport>(
             }
             ready = keep;
             if !out.is_empty() {
-                transport.send(out)?;
+                transport.send(out, &mut spare)?;
                 sent_any = true;
             }
         }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::producer::{record_ack, Ready, Transport};
+use crate::producer::{record_ack, Ready, Spare, Transport};
 use crate::rate::{sleep_until, Clock};
 use crate::stats::{LocalRecorder, Metrics};
 
@@ -29,7 +29,7 @@ impl Transport for SinkTransport {
     fn can_send(&self, _p: u32) -> bool {
         true
     }
-    fn send(&mut self, batches: Vec<Ready>) -> Result<(), String> {
+    fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String> {
         if let Some((from, until)) = self.stall {
             if self.clock.now_ns() >= from {
                 sleep_until(&self.clock, until);
@@ -37,11 +37,13 @@ impl Transport for SinkTransport {
             }
         }
         let ack = self.clock.now_ns();
-        for r in &batches {
+        for r in batches {
             self.batches += 1;
             self.bytes += r.batch.len() as u64;
             std::hint::black_box(&r.batch);
             record_ack(&self.metrics, &mut self.publish, ack, &r.intended, r.value_bytes);
+            spare.put_buf(r.batch);
+            spare.put_intended(r.intended);
         }
         self.publish.maybe_flush(&self.metrics.publish, ack, false);
         Ok(())
