@@ -370,14 +370,24 @@ fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handl
     Ok(Reply::Stream(Box::new(move |stream| {
         let deadline = Instant::now() + max_wait;
         let notifier = shared.logs.notifier().clone();
+        // The notifier wakes every waiting fetch on any append; re-read only when one of this
+        // fetch's partitions has data past its fetch offset (atomic loads, no partition lock).
+        let mut read_now = true;
         loop {
             let seen = notifier.epoch();
-            let (data, bytes, any_error) = collect_fetch(&topics, max_bytes);
-            if bytes >= min_bytes.max(1) || any_error || Instant::now() >= deadline || min_bytes == 0 || shared.stopping() {
-                let frame = fetch::build(cid, version, error::NONE, data);
-                return frame.send(std::os::fd::AsRawFd::as_raw_fd(stream));
+            let expired = Instant::now() >= deadline || shared.stopping();
+            if read_now || expired {
+                let (data, bytes, any_error) = collect_fetch(&topics, max_bytes);
+                if bytes >= min_bytes.max(1) || any_error || expired || min_bytes == 0 {
+                    let frame = fetch::build(cid, version, error::NONE, data);
+                    return frame.send(std::os::fd::AsRawFd::as_raw_fd(stream));
+                }
             }
             notifier.wait_past(seen, deadline);
+            read_now = topics
+                .iter()
+                .flat_map(|(_, parts)| parts.iter())
+                .any(|p| matches!(&p.log, Ok(log) if log.high_watermark() as i64 > p.fetch_offset));
         }
     })))
 }

@@ -177,7 +177,7 @@ impl Broker {
         let logs = LogManager::open(&cfg.data_dir, storage, cfg.log.clone()).map_err(io::Error::other)?;
         let listener = TcpListener::bind(cfg.listen)?;
         let addr = listener.local_addr()?;
-        let groups = GroupCoordinator::new(logs.clone());
+        let groups = GroupCoordinator::new(logs.clone())?;
         let shared = Arc::new(Shared {
             cfg,
             logs: logs.clone(),
