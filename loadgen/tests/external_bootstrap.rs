@@ -34,3 +34,33 @@ fn bootstrap_drives_a_running_broker_twice() {
     }
     broker.shutdown().unwrap();
 }
+
+#[test]
+fn broker_dying_mid_run_gives_an_incomplete_result_and_exit_1() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = engine::broker::BrokerConfig::new(data.path().join("d"), "never".parse().unwrap());
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let broker = engine::broker::Broker::start(cfg).unwrap();
+    let addr = broker.local_addr().to_string();
+    let out_dir = tempfile::tempdir().unwrap();
+    let json = out_dir.path().join("r.json");
+    let child = bin()
+        .args(["run", "--quiet", "--bootstrap", &addr, "--rate", "3000", "--duration", "20", "--warmup", "0", "-o"])
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    broker.shutdown().unwrap();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "loadgen kept running after the broker died");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    validate_against_schema(&json);
+    let r = loadgen::results::RunResult::load(&json).unwrap();
+    assert!(!r.complete, "a run cut short must not claim to be complete");
+}
