@@ -1,3 +1,18 @@
-//! Load generator for Kafka-protocol brokers.
+//! Load generator for Kafka-protocol brokers: open-loop, coordinated-omission-correct throughput
+//! and tail latency, with results people can read. See `loadgen/ARCHITECTURE.md`.
+pub mod calibrate;
+pub mod client;
 pub mod compare;
+pub mod consumer;
+pub mod encode;
+pub mod env;
+pub mod html;
+pub mod producer;
+pub mod rate;
+pub mod results;
+pub mod run;
+pub mod selftest;
+pub mod sink;
 pub mod size;
+pub mod stats;
+pub mod workload;

@@ -1,4 +1,180 @@
+//! `loadgen`: run | calibrate | report | selftest | compare | size.
+//! Exit codes: 0 ok, 1 run failed part-way or regression (compare), 2 bad input, 130 Ctrl-C.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use loadgen::run::{run, summary_table, RunError, RunOptions};
+use loadgen::workload::{Overrides, Workload};
+
+#[derive(Parser)]
+#[command(name = "loadgen", version, about = "Open-loop, coordinated-omission-correct load generator for Kafka-protocol brokers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a workload (default: the smoke workload against an embedded engine).
+    Run(Box<RunArgs>),
+    /// Measure hardware ceilings: disk write + fdatasync, loopback TCP, memory copy.
+    Calibrate {
+        /// Directory whose disk is measured.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render result files into one self-contained HTML page with SVG charts.
+    Report {
+        /// Result JSON files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output HTML file.
+        #[arg(short, long, default_value = "report.html")]
+        output: PathBuf,
+    },
+    /// Measure the generator itself against the discarding sink (max rate, recording overhead).
+    Selftest(loadgen::selftest::SelftestArgs),
+    /// Compare result sets (regression gate).
+    Compare(loadgen::compare::CompareArgs),
+    /// Size hardware for a target from measured results.
+    Size(loadgen::size::SizeArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct RunArgs {
+    /// Built-in workload name or YAML file (built-ins: smoke, max-throughput-100b, throughput-1kb,
+    /// many-partitions-1000, durable-fsync, backlog-drain, max-rate-search).
+    #[arg(short, long, default_value = "smoke")]
+    workload: String,
+    /// Drive external brokers instead of the embedded engine: host:port[,host:port…].
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// No broker: encode and count into a discarding sink (measures the generator).
+    #[arg(long, conflicts_with = "bootstrap")]
+    sink: bool,
+    /// Calibrate before the run (default: only for the embedded engine).
+    #[arg(long, overrides_with = "no_calibrate")]
+    calibrate: bool,
+    /// Skip calibration.
+    #[arg(long)]
+    no_calibrate: bool,
+    /// Results root folder.
+    #[arg(long, default_value = "results")]
+    out_dir: PathBuf,
+    /// Sub-folder label (default: host name).
+    #[arg(long)]
+    label: Option<String>,
+    /// Exact result file path (overrides the results/ layout).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Do not write a result file.
+    #[arg(long)]
+    no_write: bool,
+    /// Parent directory of the embedded engine's temporary data dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// No live line or progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Print the result JSON to stdout as well.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
 fn main() {
-    eprintln!("loadgen: not implemented yet");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let code = match cli.cmd.unwrap_or(Cmd::Run(Box::new(RunArgs { workload: "smoke".into(), out_dir: "results".into(), ..Default::default() }))) {
+        Cmd::Run(a) => cmd_run(*a),
+        Cmd::Calibrate { dir, json } => {
+            match loadgen::calibrate::calibrate(&dir, &loadgen::calibrate::Budget::default()) {
+                Ok(c) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+                    } else {
+                        println!(
+                            "disk seq write {:.0} MB/s ({})\nfdatasync p50 {:.0} µs  p99 {:.0} µs  max {:.0} µs ({} samples)\nloopback TCP {:.0} MB/s\nmemory copy {:.0} MB/s\ntook {:.2} s",
+                            c.disk_seq_write_bytes_per_s / 1e6,
+                            c.data_dir,
+                            c.fdatasync_us.p50,
+                            c.fdatasync_us.p99,
+                            c.fdatasync_us.max,
+                            c.fdatasync_us.count,
+                            c.loopback_bytes_per_s / 1e6,
+                            c.memcpy_bytes_per_s / 1e6,
+                            c.took_s
+                        );
+                    }
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: calibration in {} failed: {e}", dir.display());
+                    2
+                }
+            }
+        }
+        Cmd::Report { files, output } => match loadgen::html::report_files(&files, &output) {
+            Ok(()) => {
+                eprintln!("wrote {}", output.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
+        Cmd::Selftest(a) => loadgen::selftest::run(a),
+        Cmd::Compare(a) => loadgen::compare::run(a),
+        Cmd::Size(a) => loadgen::size::run(a),
+    };
+    std::process::exit(code);
+}
+
+fn cmd_run(a: RunArgs) -> i32 {
+    let mut w = match Workload::load(&a.workload) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = a.overrides.apply(&mut w) {
+        eprintln!("error: {e}");
+        return 2;
+    }
+    let mut opts = RunOptions::new(w);
+    opts.bootstrap = a.bootstrap;
+    opts.sink = a.sink;
+    opts.calibrate = if a.no_calibrate { Some(false) } else if a.calibrate { Some(true) } else { None };
+    opts.out_dir = a.out_dir;
+    opts.label = a.label;
+    opts.output = a.output;
+    opts.write = !a.no_write;
+    opts.data_dir = a.data_dir;
+    opts.quiet = a.quiet;
+    match run(&opts) {
+        Ok(o) => {
+            println!("{}", summary_table(&o.result));
+            if let Some(p) = &o.path {
+                println!("results: {} (+ {})", p.display(), o.result.hlog.clone().unwrap_or_default());
+            }
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&o.result).unwrap_or_default());
+            }
+            o.exit_code
+        }
+        Err(RunError::Usage(e)) => {
+            eprintln!("error: {e}");
+            2
+        }
+        Err(RunError::Failed(e)) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }

@@ -1,0 +1,516 @@
+//! A Kafka-protocol client built for measurement, on the `kafka-protocol` crate's codecs:
+//! ApiVersions (version negotiation), Metadata, CreateTopics (if offered), Produce (pipelined:
+//! a writer that never waits for acks and a reader thread per connection), Fetch (long-poll) and
+//! ListOffsets. Blocking sockets and threads: no async runtime between the clock and the wire.
+//!
+//! Invariant: responses on a connection arrive in request order (Kafka guarantees it), so the
+//! produce reader matches each response with the oldest pending request and checks the
+//! correlation id.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+use crate::producer::{record_ack, Ready, Spare, Transport};
+use crate::rate::Clock;
+use crate::stats::{LocalRecorder, Metrics};
+
+/// Largest response frame we accept.
+const FRAME_BYTES_MAX: usize = 256 << 20;
+
+/// Versions we speak, per API: (min, max). The negotiated version is the highest both sides
+/// support. Produce < 3 and Fetch < 4 predate record batch v2; Produce 13 / Fetch 13 switch to
+/// topic ids.
+const OURS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::CreateTopics, 2, 7),
+];
+
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from(s.to_string()))
+}
+
+fn str_of(t: &TopicName) -> String {
+    t.0.to_string()
+}
+
+/// Encode a request with its header and 4-byte size prefix.
+pub fn encode_request<R: Encodable + HeaderVersion>(key: ApiKey, version: i16, corr: i32, req: &R) -> Result<Vec<u8>, String> {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(corr)
+        .with_client_id(Some(StrBytes::from_static_str("loadgen")));
+    let mut buf = BytesMut::with_capacity(64);
+    buf.extend_from_slice(&[0, 0, 0, 0]);
+    header.encode(&mut buf, R::header_version(version)).map_err(|e| format!("encode header: {e}"))?;
+    req.encode(&mut buf, version).map_err(|e| format!("encode {key:?} v{version}: {e}"))?;
+    let len = (buf.len() - 4) as u32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.to_vec())
+}
+
+/// Read one response frame (without the size prefix).
+pub fn read_frame(s: &mut TcpStream) -> std::io::Result<Bytes> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = i32::from_be_bytes(len);
+    if len < 0 || len as usize > FRAME_BYTES_MAX {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad frame length {len}")));
+    }
+    let mut body = vec![0u8; len as usize];
+    s.read_exact(&mut body)?;
+    Ok(Bytes::from(body))
+}
+
+/// Decode a response frame: header (checking the correlation id) then body.
+pub fn decode_response<R: Decodable + HeaderVersion>(key: ApiKey, version: i16, corr: i32, mut frame: Bytes) -> Result<R, String> {
+    let header = ResponseHeader::decode(&mut frame, R::header_version(version))
+        .map_err(|e| format!("decode {key:?} response header: {e}"))?;
+    if header.correlation_id != corr {
+        return Err(format!("{key:?}: correlation id {} but expected {corr}", header.correlation_id));
+    }
+    R::decode(&mut frame, version).map_err(|e| format!("decode {key:?} v{version} response: {e}"))
+}
+
+/// A request/response connection with negotiated versions.
+pub struct Conn {
+    pub addr: SocketAddr,
+    stream: TcpStream,
+    corr: i32,
+    versions: HashMap<i16, (i16, i16)>,
+}
+
+/// Resolve `host:port`; the error is one line.
+pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve broker address {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("broker address {addr:?} resolves to nothing"))
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to broker {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| format!("{addr}: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| format!("{addr}: {e}"))?;
+        let mut c = Conn { addr, stream, corr: 0, versions: HashMap::new() };
+        let r: ApiVersionsResponse = c
+            .call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default())
+            .map_err(|e| format!("broker {addr} did not answer ApiVersions: {e}"))?;
+        if r.error_code != 0 {
+            return Err(format!("broker {addr}: ApiVersions error code {}", r.error_code));
+        }
+        for k in r.api_keys {
+            c.versions.insert(k.api_key, (k.min_version, k.max_version));
+        }
+        Ok(c)
+    }
+
+    pub fn try_clone_stream(&self) -> std::io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+
+    /// Highest version of `key` both sides speak, or None.
+    pub fn version(&self, key: ApiKey) -> Option<i16> {
+        let (_, lo, hi) = OURS.iter().find(|(k, _, _)| *k == key)?;
+        let (blo, bhi) = self.versions.get(&(key as i16))?;
+        let v = (*hi).min(*bhi);
+        (v >= *lo && v >= *blo).then_some(v)
+    }
+
+    fn need(&self, key: ApiKey) -> Result<i16, String> {
+        self.version(key).ok_or_else(|| format!("broker {} does not support a usable {key:?} version", self.addr))
+    }
+
+    fn next_corr(&mut self) -> i32 {
+        self.corr = self.corr.wrapping_add(1);
+        self.corr
+    }
+
+    pub fn call<Q: Encodable + HeaderVersion, R: Decodable + HeaderVersion>(&mut self, key: ApiKey, version: i16, req: &Q) -> Result<R, String> {
+        let corr = self.next_corr();
+        let frame = encode_request(key, version, corr, req)?;
+        self.stream.write_all(&frame).map_err(|e| format!("send {key:?} to {}: {e}", self.addr))?;
+        let resp = read_frame(&mut self.stream).map_err(|e| format!("read {key:?} response from {}: {e}", self.addr))?;
+        decode_response(key, version, corr, resp)
+    }
+
+    pub fn metadata(&mut self, topics: Option<&[String]>, auto_create: bool) -> Result<MetadataResponse, String> {
+        let v = self.need(ApiKey::Metadata)?;
+        let req = MetadataRequest::default()
+            .with_topics(topics.map(|ts| ts.iter().map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t)))).collect()))
+            .with_allow_auto_topic_creation(auto_create);
+        self.call(ApiKey::Metadata, v, &req)
+    }
+
+    /// CreateTopics if the broker offers it; "already exists" is fine. Returns false if the API
+    /// is not offered (the caller then relies on auto-creation).
+    pub fn create_topics(&mut self, topics: &[String], partitions: i32) -> Result<bool, String> {
+        let Some(v) = self.version(ApiKey::CreateTopics) else { return Ok(false) };
+        let req = CreateTopicsRequest::default()
+            .with_topics(
+                topics
+                    .iter()
+                    .map(|t| CreatableTopic::default().with_name(topic_name(t)).with_num_partitions(partitions).with_replication_factor(-1))
+                    .collect(),
+            )
+            .with_timeout_ms(10_000);
+        let r: CreateTopicsResponse = self.call(ApiKey::CreateTopics, v, &req)?;
+        for t in r.topics {
+            // 36 = TOPIC_ALREADY_EXISTS
+            if t.error_code != 0 && t.error_code != 36 {
+                return Err(format!(
+                    "cannot create topic {}: error code {} {}",
+                    str_of(&t.name),
+                    t.error_code,
+                    t.error_message.map(|m| m.to_string()).unwrap_or_default()
+                ));
+            }
+        }
+        Ok(true)
+    }
+
+    /// ListOffsets: `timestamp` -1 = latest, -2 = earliest.
+    pub fn list_offsets(&mut self, topic: &str, partitions: &[i32], timestamp: i64) -> Result<HashMap<i32, i64>, String> {
+        let v = self.need(ApiKey::ListOffsets)?;
+        let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&p| ListOffsetsPartition::default().with_partition_index(p).with_timestamp(timestamp).with_current_leader_epoch(-1))
+                    .collect(),
+            )]);
+        let r: ListOffsetsResponse = self.call(ApiKey::ListOffsets, v, &req)?;
+        let mut out = HashMap::new();
+        for t in r.topics {
+            for p in t.partitions {
+                if p.error_code != 0 {
+                    return Err(format!("ListOffsets {topic}/{}: error code {}", p.partition_index, p.error_code));
+                }
+                out.insert(p.partition_index, p.offset);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn fetch(&mut self, topic: &str, parts: &[(i32, i64)], max_wait_ms: i32, partition_max_bytes: i32) -> Result<FetchResponse, String> {
+        let v = self.need(ApiKey::Fetch)?;
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(64 << 20)
+            .with_isolation_level(0)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(
+                parts
+                    .iter()
+                    .map(|&(p, off)| {
+                        FetchPartition::default()
+                            .with_partition(p)
+                            .with_fetch_offset(off)
+                            .with_partition_max_bytes(partition_max_bytes)
+                            .with_current_leader_epoch(-1)
+                            .with_log_start_offset(-1)
+                    })
+                    .collect(),
+            )]);
+        self.call(ApiKey::Fetch, v, &req)
+    }
+}
+
+/// Partition leadership of a topic, from Metadata.
+#[derive(Debug, Clone)]
+pub struct TopicLayout {
+    pub topic: String,
+    /// partition id → leader address.
+    pub leaders: Vec<(i32, SocketAddr)>,
+}
+
+/// Create (or auto-create) the topics and wait until every partition has a leader.
+pub fn prepare_topics(boot: &mut Conn, topics: &[String], partitions: u32, timeout: Duration) -> Result<Vec<TopicLayout>, String> {
+    let created = boot.create_topics(topics, partitions as i32)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let md = boot.metadata(Some(topics), !created)?;
+        let brokers: HashMap<i32, String> =
+            md.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port))).collect();
+        let mut out = Vec::new();
+        let mut missing = None;
+        for name in topics {
+            let Some(t) = md.topics.iter().find(|t| t.name.as_ref().map(str_of).as_deref() == Some(name.as_str())) else {
+                missing = Some(format!("topic {name} missing from metadata"));
+                break;
+            };
+            if t.error_code != 0 {
+                missing = Some(format!("topic {name}: metadata error code {}", t.error_code));
+                continue;
+            }
+            if (t.partitions.len() as u32) < partitions {
+                missing = Some(format!(
+                    "topic {name} has {} partitions, workload wants {partitions} (delete it or change the workload)",
+                    t.partitions.len()
+                ));
+                if t.partitions.len() as u32 > 0 && created {
+                    // Existing topic with fewer partitions: cannot fix it from here.
+                    return Err(missing.unwrap_or_default());
+                }
+                continue;
+            }
+            let mut leaders = Vec::new();
+            for p in t.partitions.iter().filter(|p| (p.partition_index as u32) < partitions) {
+                match brokers.get(&p.leader_id.0) {
+                    Some(a) if p.error_code == 0 => {
+                        // Advertised host may be unresolvable from here (e.g. a container name):
+                        // fall back to the bootstrap address for single-broker setups.
+                        let addr = resolve(a).unwrap_or(boot.addr);
+                        leaders.push((p.partition_index, addr));
+                    }
+                    _ => missing = Some(format!("{name}/{} has no leader yet", p.partition_index)),
+                }
+            }
+            leaders.sort_by_key(|(p, _)| *p);
+            out.push(TopicLayout { topic: name.clone(), leaders });
+        }
+        if missing.is_none() {
+            return Ok(out);
+        }
+        if Instant::now() >= deadline {
+            return Err(missing.unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Metadata for an in-flight produce request, queued to the connection's reader.
+struct Pending {
+    corr: i32,
+    batches: Vec<(u32, i32, Vec<u64>, u64)>,
+}
+
+struct ProduceConn {
+    addr: SocketAddr,
+    stream: TcpStream,
+    corr: i32,
+    tx: crossbeam::channel::Sender<Pending>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Pipelined Produce to the partition leaders of one topic: the producer thread writes requests
+/// without waiting; one reader thread per connection records acks. At most `max_in_flight`
+/// requests per partition are unacknowledged.
+pub struct KafkaTransport {
+    topic: TopicName,
+    /// index → partition id.
+    partition_ids: Vec<i32>,
+    /// index → connection.
+    conn_of: Vec<usize>,
+    conns: Vec<ProduceConn>,
+    in_flight: Arc<Vec<AtomicU32>>,
+    outstanding: Arc<AtomicU64>,
+    max_in_flight: u32,
+    acks: i16,
+    version: i16,
+}
+
+impl KafkaTransport {
+    pub fn connect(layout: &TopicLayout, acks: i16, max_in_flight: u32, clock: Clock, metrics: Arc<Metrics>) -> Result<KafkaTransport, String> {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut conn_of = Vec::new();
+        for (_, a) in &layout.leaders {
+            let i = match addrs.iter().position(|x| x == a) {
+                Some(i) => i,
+                None => {
+                    addrs.push(*a);
+                    addrs.len() - 1
+                }
+            };
+            conn_of.push(i);
+        }
+        let in_flight: Arc<Vec<AtomicU32>> = Arc::new(layout.leaders.iter().map(|_| AtomicU32::new(0)).collect());
+        let outstanding = Arc::new(AtomicU64::new(0));
+        let mut conns = Vec::new();
+        let mut version = i16::MAX;
+        for addr in addrs {
+            let c = Conn::connect(addr, Duration::from_secs(5))?;
+            version = version.min(c.need(ApiKey::Produce)?);
+            let stream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
+            let rstream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
+            rstream.set_read_timeout(None).map_err(|e| format!("{addr}: {e}"))?;
+            let (tx, rx) = crossbeam::channel::unbounded::<Pending>();
+            let (inf, out, m) = (in_flight.clone(), outstanding.clone(), metrics.clone());
+            let pv = version;
+            let reader = std::thread::Builder::new()
+                .name(format!("ack-{addr}"))
+                .spawn(move || ack_reader(addr, rstream, rx, pv, clock, m, inf, out))
+                .map_err(|e| format!("spawn: {e}"))?;
+            conns.push(ProduceConn { addr, stream, corr: c.corr, tx, reader: Some(reader) });
+        }
+        Ok(KafkaTransport {
+            topic: topic_name(&layout.topic),
+            partition_ids: layout.leaders.iter().map(|(p, _)| *p).collect(),
+            conn_of,
+            conns,
+            in_flight,
+            outstanding,
+            max_in_flight,
+            acks,
+            version,
+        })
+    }
+
+    /// Close the connections and join the readers.
+    pub fn close(mut self) {
+        for c in &mut self.conns {
+            let _ = c.stream.shutdown(Shutdown::Both);
+            if let Some(r) = c.reader.take() {
+                let _ = r.join();
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ack_reader(
+    addr: SocketAddr,
+    mut stream: TcpStream,
+    rx: crossbeam::channel::Receiver<Pending>,
+    version: i16,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<Vec<AtomicU32>>,
+    outstanding: Arc<AtomicU64>,
+) {
+    let mut rec = LocalRecorder::new();
+    ack_loop(addr, &mut stream, rx, version, clock, &metrics, &in_flight, &outstanding, &mut rec);
+    rec.maybe_flush(&metrics.publish, 0, true);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ack_loop(
+    addr: SocketAddr,
+    stream: &mut TcpStream,
+    rx: crossbeam::channel::Receiver<Pending>,
+    version: i16,
+    clock: Clock,
+    metrics: &Arc<Metrics>,
+    in_flight: &Arc<Vec<AtomicU32>>,
+    outstanding: &Arc<AtomicU64>,
+    rec: &mut LocalRecorder,
+) {
+    loop {
+        let frame = match read_frame(stream) {
+            Ok(f) => f,
+            Err(e) => {
+                if outstanding.load(Ordering::SeqCst) > 0 && !metrics.stopped() {
+                    metrics.fail(format!("connection to broker {addr} lost: {e}"));
+                }
+                return;
+            }
+        };
+        let ack_ns = clock.now_ns();
+        let Ok(p) = rx.try_recv() else {
+            metrics.fail(format!("broker {addr} sent a response nobody asked for"));
+            return;
+        };
+        let resp: ProduceResponse = match decode_response(ApiKey::Produce, version, p.corr, frame) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics.fail(format!("broker {addr}: {e}"));
+                return;
+            }
+        };
+        let mut codes: HashMap<i32, i16> = HashMap::new();
+        for t in &resp.responses {
+            for pr in &t.partition_responses {
+                codes.insert(pr.index, pr.error_code);
+            }
+        }
+        for (idx, pid, intended, value_bytes) in &p.batches {
+            match codes.get(pid) {
+                Some(0) => record_ack(metrics, rec, ack_ns, intended, *value_bytes),
+                _ => {
+                    metrics.errors.fetch_add(intended.len() as u64, Ordering::Relaxed);
+                }
+            }
+            in_flight[*idx as usize].fetch_sub(1, Ordering::SeqCst);
+        }
+        rec.maybe_flush(&metrics.publish, ack_ns, false);
+        outstanding.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Transport for KafkaTransport {
+    fn can_send(&self, p: u32) -> bool {
+        self.in_flight[p as usize].load(Ordering::Acquire) < self.max_in_flight
+    }
+
+    fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String> {
+        let mut by_conn: Vec<Vec<Ready>> = (0..self.conns.len()).map(|_| Vec::new()).collect();
+        for r in batches {
+            by_conn[self.conn_of[r.partition as usize]].push(r);
+        }
+        for (ci, rs) in by_conn.into_iter().enumerate() {
+            if rs.is_empty() {
+                continue;
+            }
+            let conn = &mut self.conns[ci];
+            conn.corr = conn.corr.wrapping_add(1);
+            let corr = conn.corr;
+            let mut parts = Vec::with_capacity(rs.len());
+            let mut metas = Vec::with_capacity(rs.len());
+            for r in rs {
+                let pid = self.partition_ids[r.partition as usize];
+                parts.push(PartitionProduceData::default().with_index(pid).with_records(Some(Bytes::from(r.batch))));
+                metas.push((r.partition, pid, r.intended, r.value_bytes));
+            }
+            let mut req = ProduceRequest::default()
+                .with_acks(self.acks)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(parts)]);
+            let frame = encode_request(ApiKey::Produce, self.version, corr, &req)?;
+            // The frame holds a copy: take the batch buffers back for reuse.
+            for t in &mut req.topic_data {
+                for p in &mut t.partition_data {
+                    if let Some(b) = p.records.take() {
+                        spare.put_buf(Vec::from(b));
+                    }
+                }
+            }
+            for m in &metas {
+                self.in_flight[m.0 as usize].fetch_add(1, Ordering::SeqCst);
+            }
+            self.outstanding.fetch_add(1, Ordering::SeqCst);
+            conn.tx.send(Pending { corr, batches: metas }).map_err(|_| format!("ack reader for {} is gone", conn.addr))?;
+            conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
+        }
+        Ok(())
+    }
+
+    fn idle(&self) -> bool {
+        self.outstanding.load(Ordering::SeqCst) == 0
+    }
+}

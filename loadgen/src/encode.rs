@@ -1,0 +1,451 @@
+//! Hot-path record generation: payload pool, keys, and a record batch v2 encoder that writes
+//! records straight into the batch buffer (no per-record allocation) and stamps each value's
+//! first 8 bytes with the record's intended send time (wall-clock µs, big-endian) for end-to-end
+//! latency. Output is byte-compatible with `engine::record::build` (tested below).
+
+use engine::record::{compute_crc, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
+use rand::{Rng, SeedableRng};
+
+use crate::workload::{KeyDistributor, Workload};
+
+/// Small, fast PRNG for the hot path (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct FastRng(u64);
+
+impl FastRng {
+    pub fn new(seed: u64) -> FastRng {
+        FastRng(seed | 1)
+    }
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in `0..n` (n > 0), Lemire's multiply-shift.
+    #[inline]
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() >> 32) * n) >> 32
+    }
+    #[inline]
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Pre-generated random payloads (OMB's `randomizedPayloadPoolSize`), so generating a record
+/// costs one copy, not random number generation.
+pub struct PayloadPool {
+    payloads: Vec<Vec<u8>>,
+}
+
+impl PayloadPool {
+    pub fn new(size: usize, count: usize, random_ratio: f64, seed: u64) -> PayloadPool {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let random_len = ((size as f64) * random_ratio.clamp(0.0, 1.0)).round() as usize;
+        let payloads = (0..count.max(1))
+            .map(|_| {
+                let mut p = vec![0u8; size];
+                rng.fill(&mut p[..random_len]);
+                p
+            })
+            .collect();
+        PayloadPool { payloads }
+    }
+    pub fn from_file_bytes(bytes: Vec<u8>) -> PayloadPool {
+        PayloadPool { payloads: vec![bytes] }
+    }
+    pub fn for_workload(w: &Workload, seed: u64) -> Result<PayloadPool, String> {
+        match &w.payload_file {
+            Some(f) => {
+                let bytes = std::fs::read(f).map_err(|e| format!("cannot read payloadFile {f:?}: {e}"))?;
+                if bytes.is_empty() || bytes.len() > crate::workload::MESSAGE_SIZE_MAX as usize {
+                    return Err(format!("payloadFile {f:?} has {} bytes; want 1..=16 MiB", bytes.len()));
+                }
+                Ok(PayloadPool::from_file_bytes(bytes))
+            }
+            None => Ok(PayloadPool::new(
+                w.message_size as usize,
+                w.randomized_payload_pool_size as usize,
+                w.random_bytes_ratio.unwrap_or(1.0),
+                seed,
+            )),
+        }
+    }
+    pub fn message_size(&self) -> usize {
+        self.payloads[0].len()
+    }
+    #[inline]
+    pub fn get(&self, i: u64) -> &[u8] {
+        &self.payloads[(i % self.payloads.len() as u64) as usize]
+    }
+    pub fn len(&self) -> usize {
+        self.payloads.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.payloads.is_empty()
+    }
+}
+
+/// Kafka's default partitioner hash (murmur2, as in `org.apache.kafka.common.utils.Utils`).
+pub fn murmur2(data: &[u8]) -> i32 {
+    let len = data.len();
+    let m: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(m);
+        k ^= k >> 24;
+        k = k.wrapping_mul(m);
+        h = h.wrapping_mul(m);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= (rest[2] as u32) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= (rest[1] as u32) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= rest[0] as u32;
+        h = h.wrapping_mul(m);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(m);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// Kafka's partition for a key: `toPositive(murmur2(key)) % partitions`.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    ((murmur2(key) & 0x7fff_ffff) as u32) % partitions
+}
+
+/// Chooses keys (and so partitions) per the workload's key distributor.
+pub struct KeyGen {
+    kind: KeyDistributor,
+    keys: Vec<Vec<u8>>,
+    key_partition: Vec<u32>,
+    /// Zipf CDF over key ranks (only for `Zipf`).
+    cdf: Vec<f64>,
+    rr: u64,
+    rng: FastRng,
+    partitions: u32,
+    sticky: u32,
+}
+
+impl KeyGen {
+    pub fn new(kind: KeyDistributor, key_space: u32, zipf_exponent: f64, partitions: u32, seed: u64) -> KeyGen {
+        let n = if kind == KeyDistributor::NoKey { 0 } else { key_space as usize };
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("key-{i}").into_bytes()).collect();
+        let key_partition = keys.iter().map(|k| partition_for(k, partitions)).collect();
+        let mut cdf = Vec::new();
+        if kind == KeyDistributor::Zipf {
+            let mut sum = 0.0;
+            for r in 1..=n {
+                sum += 1.0 / (r as f64).powf(zipf_exponent);
+                cdf.push(sum);
+            }
+            for c in &mut cdf {
+                *c /= sum;
+            }
+        }
+        KeyGen { kind, keys, key_partition, cdf, rr: 0, rng: FastRng::new(seed), partitions, sticky: (seed % partitions as u64) as u32 }
+    }
+
+    /// Next record's key index (None = no key) and partition. For `NoKey` the partition is the
+    /// current sticky one; call [`KeyGen::advance_sticky`] when its batch is closed.
+    #[inline]
+    pub fn next_key(&mut self) -> (Option<u32>, u32) {
+        let k = match self.kind {
+            KeyDistributor::NoKey => return (None, self.sticky),
+            KeyDistributor::RoundRobin => {
+                let k = self.rr % self.keys.len() as u64;
+                self.rr += 1;
+                k as usize
+            }
+            KeyDistributor::Random => self.rng.below(self.keys.len() as u64) as usize,
+            KeyDistributor::Zipf => {
+                let u = self.rng.unit();
+                self.cdf.partition_point(|&c| c < u).min(self.keys.len() - 1)
+            }
+        };
+        (Some(k as u32), self.key_partition[k])
+    }
+
+    pub fn key(&self, k: u32) -> &[u8] {
+        &self.keys[k as usize]
+    }
+
+    pub fn is_sticky(&self) -> bool {
+        self.kind == KeyDistributor::NoKey
+    }
+
+    pub fn advance_sticky(&mut self) {
+        self.sticky = (self.sticky + 1) % self.partitions;
+    }
+}
+
+#[inline]
+fn varint_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+#[inline]
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// An open batch for one partition.
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    count: u32,
+    base_ts_ms: i64,
+    /// Intended send time (ns on the run clock) of each record, in order.
+    pub intended: Vec<u64>,
+    /// Clock reading when the first record was appended (for linger).
+    pub opened_ns: u64,
+    pub value_bytes: u64,
+}
+
+impl BatchBuilder {
+    pub fn new(capacity: usize) -> BatchBuilder {
+        let mut buf = Vec::with_capacity(capacity + BATCH_HEADER_BYTES + 64);
+        buf.resize(BATCH_HEADER_BYTES, 0);
+        BatchBuilder { buf, count: 0, base_ts_ms: 0, intended: Vec::new(), opened_ns: 0, value_bytes: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    pub fn len_bytes(&self) -> usize {
+        self.buf.len()
+    }
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Append one record. `stamp_us` overwrites the value's first 8 bytes (if it has 8).
+    #[inline]
+    pub fn append(&mut self, key: Option<&[u8]>, value: &[u8], stamp_us: u64, intended_ns: u64, now_ns: u64, now_ms: i64) {
+        if self.count == 0 {
+            self.base_ts_ms = now_ms;
+            self.opened_ns = now_ns;
+        }
+        let delta = self.count as i64;
+        let klen = key.map_or(-1, |k| k.len() as i64);
+        let vlen = value.len() as i64;
+        let body = 1 + 1 + varint_len(delta) + varint_len(klen) + key.map_or(0, |k| k.len()) + varint_len(vlen)
+            + value.len()
+            + 1;
+        let b = &mut self.buf;
+        b.reserve(body + 5);
+        put_varint(b, body as i64);
+        b.push(0); // attributes
+        b.push(0); // timestampDelta = 0
+        put_varint(b, delta);
+        put_varint(b, klen);
+        if let Some(k) = key {
+            b.extend_from_slice(k);
+        }
+        put_varint(b, vlen);
+        let at = b.len();
+        b.extend_from_slice(value);
+        if value.len() >= 8 {
+            b[at..at + 8].copy_from_slice(&stamp_us.to_be_bytes());
+        }
+        b.push(0); // headers
+        self.count += 1;
+        self.value_bytes += value.len() as u64;
+        self.intended.push(intended_ns);
+    }
+
+    /// Close the batch: fill the header and CRC. Returns the batch bytes and the records'
+    /// intended times; the builder is left empty for reuse.
+    pub fn finish(&mut self) -> (Vec<u8>, Vec<u64>, u64) {
+        let cap = self.buf.capacity();
+        self.finish_into(Vec::with_capacity(cap), Vec::new())
+    }
+
+    /// As [`BatchBuilder::finish`], continuing in recycled buffers (no allocation, no page
+    /// faults on fresh memory on the hot path).
+    pub fn finish_into(&mut self, mut next: Vec<u8>, mut next_intended: Vec<u64>) -> (Vec<u8>, Vec<u64>, u64) {
+        assert!(self.count > 0, "finish of an empty batch");
+        next.clear();
+        next_intended.clear();
+        let mut out = std::mem::replace(&mut self.buf, next);
+        self.buf.resize(BATCH_HEADER_BYTES, 0);
+        let n = self.count as i32;
+        let batch_length = (out.len() - BATCH_LOG_OVERHEAD) as i32;
+        out[0..8].copy_from_slice(&0i64.to_be_bytes());
+        out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        out[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+        out[16] = 2;
+        out[21..23].copy_from_slice(&0i16.to_be_bytes());
+        out[23..27].copy_from_slice(&(n - 1).to_be_bytes());
+        out[27..35].copy_from_slice(&self.base_ts_ms.to_be_bytes());
+        out[35..43].copy_from_slice(&self.base_ts_ms.to_be_bytes());
+        out[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+        out[51..53].copy_from_slice(&(-1i16).to_be_bytes());
+        out[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+        out[57..61].copy_from_slice(&n.to_be_bytes());
+        let crc = compute_crc(&out);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        let intended = std::mem::replace(&mut self.intended, next_intended);
+        let value_bytes = self.value_bytes;
+        self.count = 0;
+        self.value_bytes = 0;
+        (out, intended, value_bytes)
+    }
+}
+
+/// Decode a zig-zag varint at `at`; returns (value, next position).
+#[inline]
+pub fn get_varint(b: &[u8], mut at: usize) -> Option<(i64, usize)> {
+    let mut z: u64 = 0;
+    let mut shift = 0;
+    loop {
+        let byte = *b.get(at)?;
+        at += 1;
+        z |= ((byte & 0x7f) as u64) << shift;
+        if byte < 0x80 {
+            break;
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+    Some((((z >> 1) as i64) ^ -((z & 1) as i64), at))
+}
+
+/// Walk the whole batches in a Fetch response's records and call `f(value)` for each record of
+/// uncompressed batches. Returns (records, bytes of whole batches). A trailing partial batch is
+/// ignored (Kafka allows it). Compressed batches count their records without visiting values.
+pub fn for_each_value(records: &[u8], mut f: impl FnMut(&[u8])) -> (u64, u64, Option<i64>) {
+    let mut at = 0usize;
+    let mut n = 0u64;
+    let mut next_offset = None;
+    while records.len() - at >= BATCH_HEADER_BYTES {
+        let b = &records[at..];
+        let size = i32::from_be_bytes([b[8], b[9], b[10], b[11]]) as usize + BATCH_LOG_OVERHEAD;
+        if size < BATCH_HEADER_BYTES || size > b.len() {
+            break;
+        }
+        let batch = &b[..size];
+        let base_offset = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
+        let last_delta = i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+        next_offset = Some(base_offset + last_delta as i64 + 1);
+        let count = i32::from_be_bytes(batch[57..61].try_into().expect("4 bytes")).max(0) as u64;
+        let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+        if attributes & 0x20 != 0 {
+            // control batch: no user records
+        } else if attributes & 0x7 != 0 {
+            n += count;
+        } else {
+            let mut p = BATCH_HEADER_BYTES;
+            for _ in 0..count {
+                let Some((len, q)) = get_varint(batch, p) else { break };
+                let end = q + len.max(0) as usize;
+                if end > batch.len() {
+                    break;
+                }
+                // attributes(1), timestampDelta, offsetDelta, key, value
+                let r = &batch[..end];
+                let mut at2 = q + 1;
+                let Some((_, a)) = get_varint(r, at2) else { break };
+                at2 = a;
+                let Some((_, a)) = get_varint(r, at2) else { break };
+                at2 = a;
+                let Some((klen, a)) = get_varint(r, at2) else { break };
+                at2 = a + klen.max(0) as usize;
+                let Some((vlen, a)) = get_varint(r, at2) else { break };
+                if vlen >= 0 && a + vlen as usize <= end {
+                    f(&r[a..a + vlen as usize]);
+                }
+                n += 1;
+                p = end;
+            }
+        }
+        at += size;
+    }
+    (n, at as u64, next_offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::record::build;
+
+    #[test]
+    fn encoder_matches_engine_builder() {
+        let values: Vec<Vec<u8>> = (0..50).map(|i| vec![i as u8; 100 + i]).collect();
+        let key = b"key-7".to_vec();
+        let mut b = BatchBuilder::new(1 << 16);
+        for (i, v) in values.iter().enumerate() {
+            let k = if i % 2 == 0 { Some(&key[..]) } else { None };
+            // stamp the same bytes the value already has so the output is comparable
+            let stamp = u64::from_be_bytes(v[..8].try_into().unwrap());
+            b.append(k, v, stamp, i as u64, 0, 1_000);
+        }
+        let (ours, intended, vb) = b.finish();
+        assert_eq!(intended, (0..50).collect::<Vec<u64>>());
+        assert_eq!(vb, values.iter().map(|v| v.len() as u64).sum::<u64>());
+        let recs: Vec<build::Rec<'_>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| build::Rec { key: if i % 2 == 0 { Some(&key[..]) } else { None }, value: Some(v), timestamp_delta: 0 })
+            .collect();
+        let theirs = build::batch_with(&recs, 1_000, -1, -1, -1);
+        assert_eq!(ours, theirs);
+        engine::record::validate(&ours, 1 << 20).unwrap();
+        // decode it back
+        let mut seen = Vec::new();
+        let (n, bytes, next) = for_each_value(&ours, |v| seen.push(v.to_vec()));
+        assert_eq!((n, bytes as usize, next), (50, ours.len(), Some(50)));
+        assert_eq!(seen, values);
+    }
+
+    #[test]
+    fn stamp_lands_in_value_prefix() {
+        let mut b = BatchBuilder::new(1024);
+        b.append(None, &[0u8; 100], 0x0102_0304_0506_0708, 0, 0, 0);
+        let (batch, _, _) = b.finish();
+        let mut got = 0;
+        for_each_value(&batch, |v| got = u64::from_be_bytes(v[..8].try_into().unwrap()));
+        assert_eq!(got, 0x0102_0304_0506_0708);
+    }
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Values from Kafka's UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
+        assert_eq!(murmur2(b"abc"), 479470107);
+    }
+
+    #[test]
+    fn zipf_prefers_low_ranks() {
+        let mut g = KeyGen::new(KeyDistributor::Zipf, 1000, 1.0, 10, 42);
+        let mut hits = [0u32; 1000];
+        for _ in 0..100_000 {
+            let (k, _) = g.next_key();
+            hits[k.unwrap() as usize] += 1;
+        }
+        assert!(hits[0] > 10 * hits[100], "{} vs {}", hits[0], hits[100]);
+    }
+}

@@ -1,0 +1,228 @@
+//! The open-loop generator: one thread per producer. Records are created on their intended
+//! schedule ([`crate::rate::Schedule`]) whatever the broker does; they are batched per partition
+//! (by size and linger) and handed to a [`Transport`] that pipelines requests with a bounded
+//! in-flight window per partition. A slow broker shows up as queueing, which the latency
+//! measured from the intended send time includes (coordinated-omission-correct).
+//!
+//! Bounds: at most `BURST_MAX` records per loop iteration; queued (closed, unsent) batches are
+//! bounded by `queued_bytes_max` — beyond it the generator stops generating and the schedule
+//! runs ahead, which shows up in `delay` and publish latency.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::encode::{BatchBuilder, KeyGen, PayloadPool};
+use crate::rate::{sleep_until, Clock, Schedule};
+use crate::stats::{LocalRecorder, Metrics};
+
+/// A closed batch ready to send.
+pub struct Ready {
+    /// Index into the producer's partition list.
+    pub partition: u32,
+    pub batch: Vec<u8>,
+    pub intended: Vec<u64>,
+    pub value_bytes: u64,
+}
+
+/// Buffers handed back by a transport for reuse (bounded).
+#[derive(Default)]
+pub struct Spare {
+    pub bufs: Vec<Vec<u8>>,
+    pub intended: Vec<Vec<u64>>,
+}
+
+impl Spare {
+    const MAX: usize = 64;
+    pub fn put_buf(&mut self, b: Vec<u8>) {
+        if self.bufs.len() < Self::MAX {
+            self.bufs.push(b);
+        }
+    }
+    pub fn put_intended(&mut self, v: Vec<u64>) {
+        if self.intended.len() < Self::MAX {
+            self.intended.push(v);
+        }
+    }
+}
+
+/// Where batches go: a Kafka connection set, or a discarding sink.
+pub trait Transport {
+    /// Whether partition `p` may have another request in flight.
+    fn can_send(&self, p: u32) -> bool;
+    /// Send these batches (one request per broker). May block on socket backpressure. Buffers
+    /// it no longer needs go to `spare`.
+    fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String>;
+    /// Nothing is in flight any more (all sent batches acknowledged or failed).
+    fn idle(&self) -> bool;
+}
+
+/// What one producer does.
+pub struct ProducerSpec {
+    pub partitions: u32,
+    pub schedule: Schedule,
+    /// No record is intended at or after this clock reading.
+    pub end_ns: u64,
+    /// Give up waiting for acks at this clock reading.
+    pub drain_deadline_ns: u64,
+    pub batch_bytes: usize,
+    pub linger_ns: u64,
+    pub queued_bytes_max: usize,
+    /// Set to stop generating early (backlog built, search trial over); the batches already
+    /// made are still sent and acknowledged.
+    pub halt: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const BURST_MAX: u64 = 4096;
+
+/// Stamp each record with its intended wall-clock time only if consumers will read it;
+/// stamping is part of the generated value either way (cost is one 8-byte store).
+pub fn run_producer<T: Transport>(
+    spec: &ProducerSpec,
+    keys: &mut KeyGen,
+    pool: &PayloadPool,
+    clock: &Clock,
+    metrics: &Arc<Metrics>,
+    transport: &mut T,
+) -> Result<u64, String> {
+    let n_parts = spec.partitions as usize;
+    let mut open: Vec<BatchBuilder> = (0..n_parts).map(|_| BatchBuilder::new(spec.batch_bytes.min(1 << 20))).collect();
+    // Partitions with an open batch, in the order their batch was opened (oldest first).
+    let mut open_order: VecDeque<(u32, u64)> = VecDeque::new();
+    let mut ready: VecDeque<Ready> = VecDeque::new();
+    let mut queued_bytes = 0usize;
+    let mut next_i: u64 = 0;
+    let mut delay = LocalRecorder::new();
+    let mut pool_i: u64 = 0;
+    let mut seen: Vec<u32> = vec![0; n_parts];
+    let mut scan_epoch: u32 = 0;
+
+    let mut spare = Spare::default();
+    let buf_cap = spec.batch_bytes.min(1 << 20) + 1024;
+    let close = |p: u32,
+                 open: &mut Vec<BatchBuilder>,
+                 ready: &mut VecDeque<Ready>,
+                 queued_bytes: &mut usize,
+                 spare: &mut Spare| {
+        let next = spare.bufs.pop().unwrap_or_else(|| Vec::with_capacity(buf_cap));
+        let next_intended = spare.intended.pop().unwrap_or_default();
+        let (batch, intended, value_bytes) = open[p as usize].finish_into(next, next_intended);
+        *queued_bytes += batch.len();
+        ready.push_back(Ready { partition: p, batch, intended, value_bytes });
+    };
+
+    loop {
+        let now = clock.now_ns();
+        let producing = now < spec.end_ns && !metrics.stopped() && !spec.halt.load(Ordering::Relaxed);
+        let mut generated = 0u64;
+        if producing && queued_bytes < spec.queued_bytes_max {
+            let due = spec.schedule.due_by(now).min(spec.schedule.due_by(spec.end_ns.saturating_sub(1)));
+            let burst = due.saturating_sub(next_i).min(BURST_MAX);
+            if burst > 0 {
+                let now_ms = (clock.wall_us(now) / 1000) as i64;
+                for k in 0..burst {
+                    let i = next_i + k;
+                    let intended = spec.schedule.intended_ns(i);
+                    let (key, p) = keys.next_key();
+                    let b = &mut open[p as usize];
+                    if b.is_empty() {
+                        open_order.push_back((p, now));
+                    }
+                    pool_i = pool_i.wrapping_add(1);
+                    let key_bytes = key.map(|k| keys.key(k));
+                    b.append(key_bytes, pool.get(pool_i), clock.wall_us(intended), intended, now, now_ms);
+                    if metrics.record_latency {
+                        delay.record_ns(now - intended);
+                    }
+                    if b.len_bytes() >= spec.batch_bytes {
+                        close(p, &mut open, &mut ready, &mut queued_bytes, &mut spare);
+                        if keys.is_sticky() {
+                            keys.advance_sticky();
+                        }
+                    }
+                }
+                next_i += burst;
+                generated = burst;
+                metrics.sent.fetch_add(burst, Ordering::Relaxed);
+            }
+        }
+        // Linger: close batches that have waited long enough (or all, once production ended).
+        while let Some(&(p, opened)) = open_order.front() {
+            let b = &open[p as usize];
+            if b.is_empty() || b.opened_ns != opened {
+                open_order.pop_front(); // closed by size since
+                continue;
+            }
+            if producing && now < opened + spec.linger_ns {
+                break;
+            }
+            open_order.pop_front();
+            close(p, &mut open, &mut ready, &mut queued_bytes, &mut spare);
+            if keys.is_sticky() {
+                keys.advance_sticky();
+            }
+        }
+        // Send what the in-flight windows allow, keeping per-partition order.
+        let mut sent_any = false;
+        if !ready.is_empty() {
+            let mut out = Vec::new();
+            let mut keep = VecDeque::with_capacity(ready.len());
+            // Per-partition marks for this pass (epoch-stamped: no clearing, O(1) checks).
+            scan_epoch = scan_epoch.wrapping_add(1);
+            while let Some(r) = ready.pop_front() {
+                let p = r.partition as usize;
+                // One batch per partition per request; a partition's later batches wait behind
+                // its first (order is kept), as do all batches of a partition whose window is full.
+                if seen[p] == scan_epoch || !transport.can_send(r.partition) {
+                    seen[p] = scan_epoch;
+                    keep.push_back(r);
+                } else {
+                    seen[p] = scan_epoch;
+                    queued_bytes -= r.batch.len();
+                    out.push(r);
+                }
+            }
+            ready = keep;
+            if !out.is_empty() {
+                transport.send(out, &mut spare)?;
+                sent_any = true;
+            }
+        }
+        delay.maybe_flush(&metrics.delay, now, false);
+        if !producing && ready.is_empty() && open_order.is_empty() {
+            // Drain: wait for the in-flight requests.
+            if transport.idle() || clock.now_ns() >= spec.drain_deadline_ns || metrics.stopped() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            continue;
+        }
+        if generated == 0 && !sent_any {
+            // Idle until the next record is due, the oldest open batch lingers out, or (when
+            // blocked on the window) a short while for acks.
+            let mut wake = if producing { spec.schedule.intended_ns(next_i).min(spec.end_ns) } else { now + 100_000 };
+            if let Some(&(_, opened)) = open_order.front() {
+                wake = wake.min(opened + spec.linger_ns);
+            }
+            if !ready.is_empty() || queued_bytes >= spec.queued_bytes_max {
+                wake = wake.min(now + 50_000);
+            }
+            wake = wake.min(now + 1_000_000);
+            sleep_until(clock, wake);
+        }
+    }
+    delay.maybe_flush(&metrics.delay, 0, true);
+    Ok(next_i)
+}
+
+/// Record the publish latency of an acknowledged batch: ack − intended, per record, into the
+/// acknowledging thread's recorder (flushed to `metrics.publish` by the caller).
+pub fn record_ack(metrics: &Metrics, rec: &mut LocalRecorder, ack_ns: u64, intended: &[u64], value_bytes: u64) {
+    if metrics.record_latency {
+        for &t in intended {
+            rec.record_ns(ack_ns.saturating_sub(t));
+        }
+    }
+    metrics.acked.fetch_add(intended.len() as u64, Ordering::Relaxed);
+    metrics.acked_bytes.fetch_add(value_bytes, Ordering::Relaxed);
+}

@@ -1,0 +1,257 @@
+//! Result JSON (`loadgen-result/1`, `../shared/contracts/result.schema.json`): the types the
+//! `compare`, `size` and `report` commands deserialize. Times in microseconds, rates per second,
+//! sizes in bytes. Fields beyond the schema are allowed by it and all have serde defaults, so
+//! older files still load.
+//!
+//! Layout on disk: `results/<host-or-label>/<date>-<workload>.json` plus `.hlog` beside it.
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "loadgen-result/1";
+
+/// A latency summary in microseconds (schema `$defs/latency`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub p9999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// One benchmark run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// Measured phase only (warmup excluded).
+    pub duration_s: f64,
+    /// False when the run was interrupted (Ctrl-C) or failed part-way: the figures cover only
+    /// what was measured before that.
+    #[serde(default = "yes")]
+    pub complete: bool,
+    pub workload: WorkloadInfo,
+    pub target: Target,
+    pub environment: Environment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+    pub publish: Publish,
+    pub end_to_end: EndToEnd,
+    #[serde(default)]
+    pub consume: Consume,
+    #[serde(default)]
+    pub efficiency: Efficiency,
+    pub projection: Projection,
+    /// One entry per second of the whole run (warmup, measure, drain).
+    #[serde(default)]
+    pub timeseries: Vec<Second>,
+    /// Percentile spectra of the measured phase, for the report.
+    #[serde(default)]
+    pub spectrum: Spectra,
+    /// Present when `producerRate` was 0: the trials of the max-rate search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<Search>,
+    /// Present for backlog workloads (`consumerBacklogSizeGB` > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+    /// File name of the HdrHistogram interval log written beside this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hlog: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkloadInfo {
+    pub name: String,
+    pub topics: u32,
+    pub partitions_per_topic: u32,
+    pub message_size: u32,
+    /// Records/s target; 0 = find the max sustainable rate (then `search.max_rate` is the answer
+    /// and the measured phase ran at that rate).
+    pub producer_rate: f64,
+    /// The rate the measured phase actually targeted (= `producer_rate` unless searched).
+    #[serde(default)]
+    pub target_rate: f64,
+    #[serde(default)]
+    pub key_distributor: String,
+    #[serde(default)]
+    pub producers: u32,
+    #[serde(default)]
+    pub consumers: u32,
+    #[serde(default)]
+    pub batch_size: u32,
+    #[serde(default)]
+    pub linger_ms: f64,
+    #[serde(default)]
+    pub max_in_flight: u32,
+    #[serde(default)]
+    pub acks: i16,
+    #[serde(default)]
+    pub warmup_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Target {
+    /// "embedded" | "external". The discarding sink (no broker) is in-process: "embedded" with
+    /// `sink: true` and bootstrap "sink".
+    pub kind: String,
+    pub bootstrap: String,
+    /// Durability of the embedded engine ("never", "group", "interval=<ms>") or "unknown".
+    pub fsync: String,
+    /// True when no broker was involved (discarding sink: measures the generator only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sink: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Environment {
+    pub cpu_model: String,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub kernel: String,
+    pub git_commit: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub loadgen_version: String,
+}
+
+/// Hardware ceilings measured in the same run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Calibration {
+    pub disk_seq_write_bytes_per_s: f64,
+    pub fdatasync_us: Latency,
+    pub loopback_bytes_per_s: f64,
+    pub memcpy_bytes_per_s: f64,
+    /// Directory whose disk was measured.
+    #[serde(default)]
+    pub data_dir: String,
+    #[serde(default)]
+    pub took_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Publish {
+    /// Records acknowledged without error during the measured phase (and its drain).
+    pub records: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub records_per_s: f64,
+    pub bytes_per_s: f64,
+    /// ack time − intended send time (coordinated-omission-correct).
+    pub latency_us: Latency,
+    /// actual send (hand-off to the client) − intended send time.
+    pub delay_us: Latency,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EndToEnd {
+    pub records: u64,
+    pub records_per_s: f64,
+    /// consumer receive time − the record's intended send time (carried in the value's first
+    /// 8 bytes as wall-clock µs; same host clock).
+    pub latency_us: Latency,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Consume {
+    pub records: u64,
+    pub bytes: u64,
+    pub records_per_s: f64,
+    pub bytes_per_s: f64,
+}
+
+/// measured / calibrated ceiling. Absent when no calibration ran.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Efficiency {
+    /// Produced bytes/s (record values + batch overhead) / sequential disk write bandwidth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_write_fraction: Option<f64>,
+    /// (produced + consumed) bytes/s on the wire / loopback TCP bandwidth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loopback_fraction: Option<f64>,
+    /// Produced bytes/s / memory copy bandwidth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memcpy_fraction: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Projection {
+    /// publish.records_per_s × 86 400.
+    pub events_per_day: f64,
+    #[serde(default)]
+    pub bytes_per_day: f64,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Second {
+    /// Seconds since the run started (end of the interval).
+    pub t_s: f64,
+    /// "warmup" | "measure" | "drain" | "backlog" | "search".
+    pub phase: String,
+    pub publish_records_per_s: f64,
+    pub consume_records_per_s: f64,
+    pub publish_p99_us: f64,
+    pub e2e_p99_us: f64,
+    pub errors: u64,
+    /// Records produced but not yet consumed (0 without consumers).
+    pub backlog: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Spectra {
+    /// (percentile in %, latency µs), percentile strictly increasing, last = 100 (max).
+    pub publish: Vec<(f64, f64)>,
+    pub end_to_end: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Search {
+    pub p99_bound_us: f64,
+    pub trials: Vec<Trial>,
+    /// Highest target rate that passed, confirmed by a repeat trial.
+    pub max_rate: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Trial {
+    /// "ramp" | "bisect" | "confirm".
+    pub stage: String,
+    pub target_rate: f64,
+    pub achieved_rate: f64,
+    pub p99_us: f64,
+    pub errors: u64,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Drain {
+    pub backlog_records: u64,
+    pub backlog_bytes: u64,
+    pub drain_s: f64,
+    pub records_per_s: f64,
+    pub bytes_per_s: f64,
+    /// False if consumers did not catch up within `drainSeconds`.
+    pub caught_up: bool,
+}
+
+impl RunResult {
+    pub fn load(path: &std::path::Path) -> Result<RunResult, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let r: RunResult =
+            serde_json::from_str(&text).map_err(|e| format!("{} is not a loadgen result: {e}", path.display()))?;
+        if r.schema != SCHEMA {
+            return Err(format!("{}: schema {:?}, expected {SCHEMA:?}", path.display(), r.schema));
+        }
+        Ok(r)
+    }
+}

@@ -1,0 +1,447 @@
+//! Workload definitions: YAML files accepting the OpenMessaging Benchmark (OMB) workload fields
+//! plus ours. Unknown fields are an error (`deny_unknown_fields`), so a typo never silently runs
+//! a different benchmark.
+//!
+//! OMB fields: `name`, `topics`, `partitionsPerTopic`, `messageSize`, `payloadFile`,
+//! `keyDistributor`, `subscriptionsPerTopic`, `producersPerTopic`, `consumerPerSubscription`,
+//! `producerRate`, `consumerBacklogSizeGB`, `testDurationMinutes`, `warmupDurationMinutes`,
+//! `useRandomizedPayloads`, `randomBytesRatio`, `randomizedPayloadPoolSize`.
+//! Ours: `acks`, `durability`, `durationSeconds`, `warmupSeconds`, `drainSeconds`, `batchSize`,
+//! `lingerMs`, `maxInFlight`, `keySpace`, `zipfExponent`, `p99BoundMs`, `searchStepSeconds`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// How record keys (and so partitions) are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum KeyDistributor {
+    /// No key; the producer fills one partition's batch, then moves to the next (sticky).
+    #[serde(rename = "NO_KEY")]
+    NoKey,
+    /// Keys cycle through the key space.
+    #[serde(rename = "KEY_ROUND_ROBIN")]
+    RoundRobin,
+    /// Uniformly random key from the key space (OMB's `RANDOM_NANO`).
+    #[serde(rename = "RANDOM_NANO", alias = "RANDOM")]
+    Random,
+    /// Zipf-distributed key (hot keys), exponent `zipfExponent`.
+    #[serde(rename = "ZIPF")]
+    Zipf,
+}
+
+/// One workload. Field names follow OMB (camelCase).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Workload {
+    pub name: String,
+    #[serde(default = "one")]
+    pub topics: u32,
+    #[serde(default = "one")]
+    pub partitions_per_topic: u32,
+    #[serde(default = "default_message_size")]
+    pub message_size: u32,
+    /// OMB: a file whose bytes are the payload. If set, `messageSize` is its length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_file: Option<String>,
+    #[serde(default = "default_key_distributor")]
+    pub key_distributor: KeyDistributor,
+    #[serde(default = "one")]
+    pub subscriptions_per_topic: u32,
+    #[serde(default = "one")]
+    pub producers_per_topic: u32,
+    #[serde(default = "one")]
+    pub consumer_per_subscription: u32,
+    /// Records per second over all producers; 0 = search for the highest rate within `p99BoundMs`.
+    #[serde(default = "default_rate")]
+    pub producer_rate: f64,
+    /// If > 0: produce this much with consumers stopped, then measure how fast they drain it.
+    #[serde(default, rename = "consumerBacklogSizeGB")]
+    pub consumer_backlog_size_gb: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_duration_minutes: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_duration_minutes: Option<f64>,
+    /// OMB: accepted; payloads always come from a random pool here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_randomized_payloads: Option<bool>,
+    /// OMB: fraction of random bytes in each pooled payload (the rest zero). Default 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_bytes_ratio: Option<f64>,
+    #[serde(default = "default_pool")]
+    pub randomized_payload_pool_size: u32,
+
+    // ---- ours ----
+    /// 1 (leader) or -1 (all).
+    #[serde(default = "default_acks")]
+    pub acks: i16,
+    /// Broker durability for the embedded engine: never | group | interval=<ms>.
+    #[serde(default = "default_durability")]
+    pub durability: String,
+    /// Measured phase length in seconds (wins over `testDurationMinutes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    /// Warmup length in seconds (wins over `warmupDurationMinutes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_seconds: Option<f64>,
+    /// Upper bound on the drain phase (waiting for acks and consumers to catch up).
+    #[serde(default = "default_drain")]
+    pub drain_seconds: f64,
+    /// Batch size in bytes per partition (Kafka `batch.size`).
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    /// Linger in milliseconds (Kafka `linger.ms`).
+    #[serde(default = "default_linger")]
+    pub linger_ms: f64,
+    /// Bound on unacknowledged Produce requests per partition.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+    /// Distinct keys for the keyed distributors.
+    #[serde(default = "default_key_space")]
+    pub key_space: u32,
+    #[serde(default = "default_zipf")]
+    pub zipf_exponent: f64,
+    /// For `producerRate: 0`: the p99 publish latency bound of the rate search.
+    #[serde(default = "default_p99_bound")]
+    pub p99_bound_ms: f64,
+    /// For `producerRate: 0`: length of each trial of the search.
+    #[serde(default = "default_search_step")]
+    pub search_step_seconds: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_message_size() -> u32 {
+    100
+}
+fn default_key_distributor() -> KeyDistributor {
+    KeyDistributor::NoKey
+}
+fn default_rate() -> f64 {
+    10_000.0
+}
+fn default_pool() -> u32 {
+    1000
+}
+fn default_acks() -> i16 {
+    1
+}
+fn default_durability() -> String {
+    "never".into()
+}
+fn default_drain() -> f64 {
+    10.0
+}
+fn default_batch() -> u32 {
+    64 * 1024
+}
+fn default_linger() -> f64 {
+    1.0
+}
+fn default_in_flight() -> u32 {
+    5
+}
+fn default_key_space() -> u32 {
+    10_000
+}
+fn default_zipf() -> f64 {
+    1.0
+}
+fn default_p99_bound() -> f64 {
+    10.0
+}
+fn default_search_step() -> f64 {
+    3.0
+}
+
+/// Largest record we generate: a batch must fit the broker's default frame limit comfortably.
+pub const MESSAGE_SIZE_MAX: u32 = 16 << 20;
+/// Largest rate we accept (records/s over all producers); beyond this the schedule is meaningless.
+pub const PRODUCER_RATE_MAX: f64 = 1e9;
+
+/// Workloads shipped in `loadgen/workloads/`, embedded so `--workload smoke` works from anywhere.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("smoke", include_str!("../workloads/smoke.yaml")),
+    ("max-throughput-100b", include_str!("../workloads/max-throughput-100b.yaml")),
+    ("throughput-1kb", include_str!("../workloads/throughput-1kb.yaml")),
+    ("many-partitions-1000", include_str!("../workloads/many-partitions-1000.yaml")),
+    ("durable-fsync", include_str!("../workloads/durable-fsync.yaml")),
+    ("backlog-drain", include_str!("../workloads/backlog-drain.yaml")),
+    ("max-rate-search", include_str!("../workloads/max-rate-search.yaml")),
+];
+
+impl Workload {
+    /// Parse and validate YAML text. The error is one line.
+    pub fn from_yaml(text: &str) -> Result<Workload, String> {
+        let w: Workload = serde_yaml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+        w.validate()?;
+        Ok(w)
+    }
+
+    /// A built-in name (see [`BUILTIN`]) or a path to a YAML file.
+    pub fn load(name_or_path: &str) -> Result<Workload, String> {
+        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            return Workload::from_yaml(text).map_err(|e| format!("built-in workload {name_or_path}: {e}"));
+        }
+        let path = Path::new(name_or_path);
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+            format!("cannot read workload {name_or_path:?}: {e} (built-ins: {})", names.join(", "))
+        })?;
+        Workload::from_yaml(&text).map_err(|e| format!("workload {}: {e}", path.display()))
+    }
+
+    pub fn smoke() -> Workload {
+        Workload::load("smoke").expect("built-in smoke workload is valid")
+    }
+
+    /// Check ranges; an impossible rate or size is refused here, before any connection.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if self.topics == 0 || self.topics > 10_000 {
+            return Err(format!("topics must be in 1..=10000, got {}", self.topics));
+        }
+        if self.partitions_per_topic == 0 || self.partitions_per_topic > 100_000 {
+            return Err(format!("partitionsPerTopic must be in 1..=100000, got {}", self.partitions_per_topic));
+        }
+        if self.payload_file.is_none() && (self.message_size == 0 || self.message_size > MESSAGE_SIZE_MAX) {
+            return Err(format!("messageSize must be in 1..={MESSAGE_SIZE_MAX} bytes, got {}", self.message_size));
+        }
+        if !self.producer_rate.is_finite() || self.producer_rate < 0.0 || self.producer_rate > PRODUCER_RATE_MAX {
+            return Err(format!(
+                "producerRate must be 0 (search) or a positive rate up to {PRODUCER_RATE_MAX:e} records/s, got {}",
+                self.producer_rate
+            ));
+        }
+        let bytes_per_s = self.producer_rate * self.message_size as f64;
+        if bytes_per_s > 100e9 {
+            return Err(format!("producerRate × messageSize = {bytes_per_s:.3e} B/s is impossible (> 100 GB/s)"));
+        }
+        if self.producers_per_topic == 0 || self.producers_per_topic > 64 {
+            return Err(format!("producersPerTopic must be in 1..=64, got {}", self.producers_per_topic));
+        }
+        if self.consumer_per_subscription > 64 || self.subscriptions_per_topic > 16 {
+            return Err("consumerPerSubscription must be <= 64 and subscriptionsPerTopic <= 16".into());
+        }
+        if !(self.acks == 1 || self.acks == -1) {
+            return Err(format!("acks must be 1 or -1 (all), got {}", self.acks));
+        }
+        self.durability.parse::<engine::log::Durability>()?;
+        for (field, v) in [
+            ("durationSeconds", self.duration_seconds),
+            ("warmupSeconds", self.warmup_seconds),
+            ("testDurationMinutes", self.test_duration_minutes),
+            ("warmupDurationMinutes", self.warmup_duration_minutes),
+        ] {
+            if let Some(v) = v {
+                if !v.is_finite() || !(0.0..=7.0 * 86_400.0).contains(&v) {
+                    return Err(format!("{field} must be between 0 and one week, got {v}"));
+                }
+            }
+        }
+        if self.duration_s() <= 0.0 {
+            return Err("the measured phase must last more than 0 seconds".into());
+        }
+        if self.batch_size < 64 || self.batch_size > 64 << 20 {
+            return Err(format!("batchSize must be in 64..=67108864 bytes, got {}", self.batch_size));
+        }
+        if !self.linger_ms.is_finite() || self.linger_ms < 0.0 || self.linger_ms > 60_000.0 {
+            return Err(format!("lingerMs must be in 0..=60000, got {}", self.linger_ms));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > 1024 {
+            return Err(format!("maxInFlight must be in 1..=1024, got {}", self.max_in_flight));
+        }
+        if self.key_space == 0 || self.key_space > 10_000_000 {
+            return Err(format!("keySpace must be in 1..=10000000, got {}", self.key_space));
+        }
+        if !self.zipf_exponent.is_finite() || self.zipf_exponent <= 0.0 || self.zipf_exponent > 10.0 {
+            return Err(format!("zipfExponent must be in (0, 10], got {}", self.zipf_exponent));
+        }
+        if !self.p99_bound_ms.is_finite() || self.p99_bound_ms <= 0.0 {
+            return Err(format!("p99BoundMs must be > 0, got {}", self.p99_bound_ms));
+        }
+        if self.randomized_payload_pool_size == 0 || self.randomized_payload_pool_size > 1_000_000 {
+            return Err("randomizedPayloadPoolSize must be in 1..=1000000".into());
+        }
+        if let Some(r) = self.random_bytes_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("randomBytesRatio must be in [0, 1], got {r}"));
+            }
+        }
+        if !self.consumer_backlog_size_gb.is_finite() || self.consumer_backlog_size_gb < 0.0 {
+            return Err("consumerBacklogSizeGB must be >= 0".into());
+        }
+        if !self.drain_seconds.is_finite() || self.drain_seconds < 0.0 {
+            return Err("drainSeconds must be >= 0".into());
+        }
+        Ok(())
+    }
+
+    /// Measured phase length.
+    pub fn duration_s(&self) -> f64 {
+        self.duration_seconds.unwrap_or_else(|| self.test_duration_minutes.unwrap_or(0.25) * 60.0)
+    }
+
+    /// Warmup length.
+    pub fn warmup_s(&self) -> f64 {
+        self.warmup_seconds.unwrap_or_else(|| self.warmup_duration_minutes.unwrap_or(0.0) * 60.0)
+    }
+
+    pub fn total_partitions(&self) -> u32 {
+        self.topics * self.partitions_per_topic
+    }
+
+    pub fn topic_names(&self) -> Vec<String> {
+        (0..self.topics).map(|t| format!("{}-{t}", sanitize(&self.name))).collect()
+    }
+}
+
+/// Topic names allow `[a-zA-Z0-9._-]`.
+pub fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '-' }).collect()
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Command-line overrides of the common fields (applied after loading, then re-validated).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Records per second over all producers (0 = search the max rate within --p99-bound-ms).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Record value size in bytes.
+    #[arg(long)]
+    pub message_size: Option<u32>,
+    /// Partitions per topic.
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// Topics.
+    #[arg(long)]
+    pub topics: Option<u32>,
+    /// Measured phase in seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Warmup in seconds.
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Producers per topic.
+    #[arg(long)]
+    pub producers: Option<u32>,
+    /// Consumers per subscription (0 = no consumers).
+    #[arg(long)]
+    pub consumers: Option<u32>,
+    /// Batch size in bytes.
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// Linger in ms.
+    #[arg(long)]
+    pub linger_ms: Option<f64>,
+    /// acks: 1 or -1.
+    #[arg(long, allow_hyphen_values = true)]
+    pub acks: Option<i16>,
+    /// Embedded broker durability: never | group | interval=<ms>.
+    #[arg(long)]
+    pub durability: Option<String>,
+    /// p99 bound for the rate search, in ms.
+    #[arg(long)]
+    pub p99_bound_ms: Option<f64>,
+    /// Max unacknowledged requests per partition.
+    #[arg(long)]
+    pub max_in_flight: Option<u32>,
+}
+
+impl Overrides {
+    pub fn apply(&self, w: &mut Workload) -> Result<(), String> {
+        if let Some(v) = self.rate {
+            w.producer_rate = v;
+        }
+        if let Some(v) = self.message_size {
+            w.message_size = v;
+            w.payload_file = None;
+        }
+        if let Some(v) = self.partitions {
+            w.partitions_per_topic = v;
+        }
+        if let Some(v) = self.topics {
+            w.topics = v;
+        }
+        if let Some(v) = self.duration {
+            w.duration_seconds = Some(v);
+        }
+        if let Some(v) = self.warmup {
+            w.warmup_seconds = Some(v);
+        }
+        if let Some(v) = self.producers {
+            w.producers_per_topic = v;
+        }
+        if let Some(v) = self.consumers {
+            w.consumer_per_subscription = v;
+        }
+        if let Some(v) = self.batch_size {
+            w.batch_size = v;
+        }
+        if let Some(v) = self.linger_ms {
+            w.linger_ms = v;
+        }
+        if let Some(v) = self.acks {
+            w.acks = v;
+        }
+        if let Some(v) = &self.durability {
+            w.durability = v.clone();
+        }
+        if let Some(v) = self.p99_bound_ms {
+            w.p99_bound_ms = v;
+        }
+        if let Some(v) = self.max_in_flight {
+            w.max_in_flight = v;
+        }
+        w.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_parse() {
+        for (name, text) in BUILTIN {
+            Workload::from_yaml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn omb_workload_parses() {
+        let w = Workload::from_yaml(
+            "name: 1 topic / 100 partitions / 1kb\ntopics: 1\npartitionsPerTopic: 100\nmessageSize: 1024\n\
+             payloadFile: payload/payload-1Kb.data\nsubscriptionsPerTopic: 1\nconsumerPerSubscription: 1\n\
+             producersPerTopic: 1\nproducerRate: 50000\nconsumerBacklogSizeGB: 0\ntestDurationMinutes: 15\n\
+             warmupDurationMinutes: 1\nkeyDistributor: NO_KEY\n",
+        )
+        .unwrap();
+        assert_eq!(w.partitions_per_topic, 100);
+        assert_eq!(w.duration_s(), 900.0);
+        assert_eq!(w.warmup_s(), 60.0);
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let e = Workload::from_yaml("name: x\nmesageSize: 100\n").unwrap_err();
+        assert!(e.contains("unknown field `mesageSize`"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn impossible_values_are_refused() {
+        assert!(Workload::from_yaml("name: x\nproducerRate: -5\n").unwrap_err().contains("producerRate"));
+        assert!(Workload::from_yaml("name: x\nmessageSize: 0\n").unwrap_err().contains("messageSize"));
+        assert!(Workload::from_yaml("name: x\nmessageSize: 1000000000\n").unwrap_err().contains("messageSize"));
+        assert!(Workload::from_yaml("name: x\ndurability: sometimes\n").unwrap_err().contains("durability"));
+        assert!(Workload::from_yaml("name: x\nacks: 3\n").unwrap_err().contains("acks"));
+    }
+}

@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+}
+
+pub fn run_cli(args: &[&str]) -> Output {
+    bin().args(args).output().expect("spawn loadgen")
+}
+
+/// The shared result schema: CI has `../shared` beside the repo clone.
+pub fn schema_path() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        std::env::var("LOADGEN_RESULT_SCHEMA").map(PathBuf::from).unwrap_or_default(),
+        dir.join("../../shared/contracts/result.schema.json"),
+        dir.join("../../../shared/contracts/result.schema.json"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| panic!("result.schema.json not found (looked at {candidates:?}); set LOADGEN_RESULT_SCHEMA"))
+}
+
+/// Validate a JSON file against the shared schema with python3 `jsonschema` (Draft 2020-12).
+pub fn validate_against_schema(json: &std::path::Path) {
+    let script = r#"
+import json, sys
+import jsonschema
+schema = json.load(open(sys.argv[1]))
+doc = json.load(open(sys.argv[2]))
+jsonschema.Draft202012Validator.check_schema(schema)
+errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=str)
+for e in errors:
+    print("schema violation at", list(e.absolute_path), ":", e.message)
+sys.exit(1 if errors else 0)
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(schema_path())
+        .arg(json)
+        .output()
+        .expect("python3 (with jsonschema: pip install jsonschema) is needed for schema validation");
+    assert!(
+        out.status.success(),
+        "{} does not follow the schema:\n{}{}",
+        json.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every `*.json` under `dir`, recursively.
+pub fn json_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(json_files(&p));
+            } else if p.extension().is_some_and(|x| x == "json") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
