@@ -490,6 +490,11 @@ impl Partition {
     fn roll(&self, st: &mut MutexGuard<'_, State>) -> Result<(), AppendError> {
         let old = st.active();
         let next = old.next_offset;
+        // A failed write (e.g. a short write then ENOSPC) may have left bytes past the last
+        // batch; sealed, they would read as corruption in the middle of the log on reopen.
+        if old.file.len().map_err(AppendError::Storage)? > old.size {
+            old.file.set_len(old.size).map_err(AppendError::Storage)?;
+        }
         if let Err(e) = old.file.sync_data() {
             self.poison(format!("fdatasync failed while rolling: {e}"));
             return Err(self.poison_error());
