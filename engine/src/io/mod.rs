@@ -18,6 +18,7 @@ use std::sync::Arc;
 pub use sim::{CrashMode, SimIo};
 
 /// A file as the log uses it: positional writes and reads, durability barrier, truncate.
+#[allow(clippy::len_without_is_empty)]
 pub trait IoFile: Send + Sync + std::fmt::Debug {
     /// Write all of `buf` at `pos` (into the page cache; not durable until [`IoFile::sync_data`]).
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
