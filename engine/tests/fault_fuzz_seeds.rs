@@ -79,8 +79,11 @@ fn frame(api: ApiKey, version: i16, body: &impl Encodable) -> Vec<u8> {
         .with_correlation_id(7)
         .with_client_id(Some(StrBytes::from_static_str("rdkafka")));
     let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[0; 4]);
     header.encode(&mut buf, api.request_header_version(version)).expect("encode header");
     body.encode(&mut buf, version).expect("encode body");
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
     buf.to_vec()
 }
 
@@ -180,10 +183,10 @@ fn fuzz_seeds_are_valid_inputs() {
     // request_decode: every encoded request decodes back with kafka-protocol.
     let reqs = request_seeds();
     for r in &reqs {
-        let api = ApiKey::try_from(i16::from_be_bytes([r[0], r[1]])).expect("api key");
-        let version = i16::from_be_bytes([r[2], r[3]]);
-        let mut buf = Bytes::copy_from_slice(r);
-        RequestHeader::decode(&mut buf, api.request_header_version(version)).expect("header decodes");
+        let frame = engine::wire::read_frame(&mut &r[..], 1 << 20).expect("seed is one whole frame");
+        let mut buf = Bytes::from(frame);
+        let (api, header) = engine::wire::parse_request_header(&mut buf).expect("header parses");
+        let version = header.request_api_version;
         decode_body(api, &mut buf, version);
         assert!(buf.is_empty(), "{api:?} v{version}: trailing bytes");
     }
@@ -191,7 +194,10 @@ fn fuzz_seeds_are_valid_inputs() {
         let dir = PathBuf::from(dir);
         write_seeds(&dir, "record_validate", &rv);
         write_seeds(&dir, "recovery_scan", &recovery_seeds());
-        write_seeds(&dir, "request_decode", &reqs);
+        // Plus a pipelined stream of several frames, as a client sends them.
+        let mut rd = reqs.clone();
+        rd.push(reqs[..5].concat());
+        write_seeds(&dir, "request_decode", &rd);
         println!("wrote seed corpora to {}", dir.display());
     }
 }

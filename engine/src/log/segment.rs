@@ -276,7 +276,8 @@ impl Segment {
         let (Some(idx), Some(tidx)) = (read_all(index_name(self.base_offset))?, read_all(time_index_name(self.base_offset))?) else {
             return Ok(false);
         };
-        if idx.len() % 8 != 0 || tidx.len() % 12 != 0 || (idx.is_empty() && file_len > 0) {
+        // An empty index is no checkpoint (the caller needs its last entry): rebuild by scanning.
+        if idx.len() % 8 != 0 || tidx.len() % 12 != 0 || idx.is_empty() {
             return Ok(false);
         }
         let mut last: Option<IndexEntry> = None;
