@@ -43,3 +43,29 @@ fn regression_empty_sealed_segment_with_empty_index_panicked_on_open() {
     let e = r.expect_err("segment 10 does not follow an empty segment 0: refuse to open");
     assert!(e.to_string().contains("segment starts at 10"), "unexpected error: {e}");
 }
+
+/// recovery_scan found: a segment file named with a base offset near u64::MAX (20 digits parse
+/// as u64) overflowed `base + rel_offset` in `Partition::open` (a panic with overflow checks, a
+/// silently wrapped offset without). Kafka offsets are i64: such a name is refused.
+#[test]
+fn regression_segment_base_offset_beyond_i64_overflowed_on_open() {
+    let io = SimIo::new();
+    let dir = Path::new("/d/t-0");
+    io.create_dir_all(dir).expect("mkdir");
+    let base = u64::MAX - 1000;
+    let mut index = Vec::new();
+    index.extend_from_slice(&2000u32.to_be_bytes()); // rel_offset: base + 2000 overflows
+    index.extend_from_slice(&0u32.to_be_bytes());
+    put(&io, &dir.join(format!("{base:020}.log")), &[0u8; 100]);
+    put(&io, &dir.join(format!("{base:020}.index")), &index);
+    put(&io, &dir.join(format!("{base:020}.timeindex")), b"");
+    put(&io, &dir.join(format!("{:020}.log", u64::MAX - 10)), b"");
+    put(&io, &dir.join("recovery-point"), &recovery_point(u64::MAX - 10));
+    io.sync_dir(dir).expect("sync dir");
+    let cfg = LogConfig { durability: Durability::Group, retention_ms: None, ..LogConfig::default() };
+    let r = std::panic::catch_unwind(|| {
+        Partition::open("t", 0, dir, Arc::new(io.clone()), cfg.clone(), Arc::new(Notifier::default())).map(drop)
+    });
+    let e = r.expect("Partition::open must not panic").expect_err("offsets beyond i64::MAX are refused");
+    assert!(e.to_string().contains("unexpected file name"), "unexpected error: {e}");
+}

@@ -60,7 +60,7 @@ fn recovery_seeds() -> Vec<Vec<u8>> {
     let (second, _) = segment_bytes(first_end, 3);
     let mut two = first.clone();
     two.extend(&second);
-    let (high, _) = segment_bytes(u64::MAX - 1000, 3);
+    let (high, _) = segment_bytes(i64::MAX as u64 - 1000, 3);
     vec![
         recovery_input(0, 0, 0, 0, &seg),
         recovery_input(1, end as u16, 0, 0, &seg),

@@ -5,7 +5,7 @@
 //! Input layout: byte 0 = flags, bytes 1..3 = recovery point (u16), bytes 3..5 = split position
 //! (u16), bytes 5..7 = second segment's base offset delta (u16), then the segment bytes.
 //! flags bit 0: write a valid recovery-point file; bit 1: split into two segments; bit 2: give the
-//! first segment an `.index` made of the bytes after the split; bit 3: base offsets near u64::MAX.
+//! first segment an `.index` made of the bytes after the split; bit 3: base offsets near i64::MAX.
 #![no_main]
 use std::path::Path;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
     let split = u16::from_be_bytes([data[3], data[4]]) as usize;
     let delta = u16::from_be_bytes([data[5], data[6]]) as u64;
     let body = &data[7..];
-    let base0 = if flags & 8 != 0 { u64::MAX - 1000 } else { 0 };
+    let base0 = if flags & 8 != 0 { i64::MAX as u64 - 1000 } else { 0 };
     let io = SimIo::new();
     let dir = Path::new("/d/t-0");
     io.create_dir_all(dir).expect("mkdir");

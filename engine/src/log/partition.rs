@@ -179,7 +179,8 @@ impl Partition {
         for name in io.list_dir(dir).map_err(&e)? {
             if let Some(stem) = name.strip_suffix(".log") {
                 match stem.parse::<u64>() {
-                    Ok(b) if stem.len() == 20 => bases.push(b),
+                    // Kafka offsets are i64: a larger base (20 digits can hold one) is no segment of ours.
+                    Ok(b) if stem.len() == 20 && b <= i64::MAX as u64 => bases.push(b),
                     _ => return Err(RecoveryError::BadName(name)),
                 }
             }
