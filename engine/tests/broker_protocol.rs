@@ -77,6 +77,10 @@ fn pipelined_produce_requests_are_answered_in_order_and_appended_in_order() {
         let p = &r.responses[0].partition_responses[0];
         assert_eq!(p.error_code, 0);
         assert_eq!(p.base_offset, (i * 10) as i64, "request {i} appended out of order");
+        // Group durability: the high watermark only moves after an fdatasync, so an answered
+        // acks=-1 produce must already be below it.
+        let hw = broker.logs().partition("pipe", 0).unwrap().high_watermark();
+        assert!(hw >= ((i + 1) * 10) as u64, "request {i} answered before its fdatasync (hw {hw})");
     }
     writer.join().unwrap();
     assert_eq!(broker.logs().partition("pipe", 0).unwrap().high_watermark(), (N * 10) as u64);
@@ -336,4 +340,136 @@ fn list_offsets_earliest_latest_and_by_timestamp() {
     assert_eq!(query(&mut c, 2_500), (20, 3_000));
     assert_eq!(query(&mut c, -3), (40, 5_000));
     assert_eq!(query(&mut c, 99_999).0, -1);
+}
+
+#[test]
+fn every_advertised_version_round_trips_through_the_protocol_crate() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let mut c = Client::connect(broker.local_addr());
+    for v in 0..=4 {
+        let r = c.call(v, &ApiVersionsRequest::default());
+        assert_eq!(r.error_code, 0, "ApiVersions v{v}");
+    }
+    for v in 0..=12 {
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic("sweep")))]))
+            .with_allow_auto_topic_creation(true);
+        let r = c.call(v, &req);
+        assert_eq!(r.brokers.len(), 1, "Metadata v{v}");
+        assert_eq!(r.brokers[0].port as u16, broker.local_addr().port());
+        assert_eq!((r.topics[0].error_code, r.topics[0].partitions.len()), (0, 1), "Metadata v{v}");
+    }
+    let mut expected_offset = 0;
+    for v in 3..=11 {
+        let r = c.call(v, &produce_req("sweep", vec![(0, build::simple_batch(2, 10, 5))], -1));
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, expected_offset), "Produce v{v}");
+        expected_offset += 2;
+    }
+    for v in 4..=12 {
+        let r = c.call(v, &fetch_req("sweep", 0, 0, 0, 0));
+        let p = &r.responses[0].partitions[0];
+        assert_eq!((p.error_code, p.high_watermark), (0, expected_offset), "Fetch v{v}");
+        assert!(!p.records.as_ref().unwrap().is_empty(), "Fetch v{v}");
+    }
+    for v in 1..=7 {
+        let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic("sweep"))
+            .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1)])]);
+        let r = c.call(v, &req);
+        let p = &r.topics[0].partitions[0];
+        assert_eq!((p.error_code, p.offset), (0, expected_offset), "ListOffsets v{v}");
+    }
+    for v in 2..=7 {
+        let name = format!("sweep-{v}");
+        let req = CreateTopicsRequest::default().with_timeout_ms(1000).with_topics(vec![CreatableTopic::default()
+            .with_name(topic(&name))
+            .with_num_partitions(2)
+            .with_replication_factor(1)]);
+        let r = c.call(v, &req);
+        assert_eq!(r.topics[0].error_code, 0, "CreateTopics v{v}: {:?}", r.topics[0].error_message);
+        let again = c.call(v, &req);
+        assert_eq!(again.topics[0].error_code, 36, "CreateTopics v{v}: TOPIC_ALREADY_EXISTS");
+        assert_eq!(broker.logs().topic(&name).unwrap().len(), 2);
+    }
+    for v in 1..=6 {
+        let name = format!("sweep-{}", v + 1);
+        let req = if v >= 6 {
+            DeleteTopicsRequest::default().with_timeout_ms(1000).with_topics(vec![DeleteTopicState::default().with_name(Some(topic(&name)))])
+        } else {
+            DeleteTopicsRequest::default().with_timeout_ms(1000).with_topic_names(vec![topic(&name)])
+        };
+        let r = c.call(v, &req);
+        assert_eq!(r.responses[0].error_code, 0, "DeleteTopics v{v}");
+        assert!(broker.logs().topic(&name).is_none());
+        assert_eq!(c.call(v, &req).responses[0].error_code, 3, "DeleteTopics v{v}: unknown topic");
+    }
+    broker.shutdown().unwrap();
+}
+
+#[test]
+fn fetch_honours_partition_and_response_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Never, 2);
+    let mut c = Client::connect(broker.local_addr());
+    create_topic(&mut c, "sized", 2);
+    let batch = build::simple_batch(10, 90, 0); // ~1 KiB
+    let n = batch.len();
+    for _ in 0..10 {
+        for p in 0..2 {
+            c.call(PRODUCE_V, &produce_req("sized", vec![(p, batch.clone())], 1));
+        }
+    }
+    let req = |partition_max: i32, response_max: i32| {
+        FetchRequest::default().with_max_wait_ms(0).with_max_bytes(response_max).with_session_epoch(-1).with_topics(vec![
+            FetchTopic::default().with_topic(topic("sized")).with_partitions(
+                (0..2).map(|p| FetchPartition::default().with_partition(p).with_fetch_offset(0).with_partition_max_bytes(partition_max)).collect(),
+            ),
+        ])
+    };
+    let sizes = |c: &mut Client, pm: i32, rm: i32| -> Vec<usize> {
+        let r = c.call(FETCH_V, &req(pm, rm));
+        r.responses[0].partitions.iter().map(|p| p.records.as_ref().map_or(0, |b| b.len())).collect()
+    };
+    // Whole batches within each partition's limit.
+    assert_eq!(sizes(&mut c, (n * 2 + n / 2) as i32, 1 << 20), vec![2 * n, 2 * n]);
+    // A limit below one batch still returns the first batch of the first partition only.
+    assert_eq!(sizes(&mut c, 10, 1 << 20), vec![n, 0]);
+    // The response limit caps the sum across partitions.
+    assert_eq!(sizes(&mut c, 1 << 20, (n * 3) as i32), vec![3 * n, 0]);
+    assert_eq!(sizes(&mut c, 1 << 20, (n * 13) as i32), vec![10 * n, 3 * n]);
+}
+
+#[test]
+fn acks_zero_failure_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Never, 1);
+    let mut c = Client::connect(broker.local_addr());
+    let mut bad = build::simple_batch(3, 10, 0);
+    bad[30] ^= 1;
+    c.send(PRODUCE_V, &produce_req("quiet-bad", vec![(0, bad)], 0));
+    assert!(c.closed_by_peer(), "a failed acks=0 produce has no response to carry the error");
+}
+
+#[test]
+fn shutdown_ends_long_polls_promptly_and_restart_keeps_acknowledged_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let mut c = Client::connect(broker.local_addr());
+    let r = c.call(PRODUCE_V, &produce_req("keep", vec![(0, build::simple_batch(7, 10, 0))], -1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    // A fetch parked for up to 60 s at the end of the log.
+    let cid = c.send(FETCH_V, &fetch_req("keep", 0, 7, 60_000, 1));
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    broker.shutdown().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    // The parked fetch was answered (or the connection closed), not left hanging.
+    let _ = c.recv_raw().map(|raw| assert_eq!(&raw[0..4], &cid.to_be_bytes()));
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    assert_eq!(broker.logs().partition("keep", 0).unwrap().high_watermark(), 7);
+    broker.shutdown().unwrap();
 }

@@ -42,7 +42,7 @@ fn version_range(api_key: i16) -> Option<(i16, i16)> {
 }
 
 /// Decode the frame's header and run the API's handler.
-pub(crate) fn handle(shared: &Shared, frame: Vec<u8>) -> Reply {
+pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
     let mut body = Bytes::from(frame);
     let (key, header) = match wire::parse_request_header(&mut body) {
         Ok(h) => h,
@@ -226,6 +226,12 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
         results.push((topic, out));
     }
     if acks == 0 {
+        // No response to carry an error: as Kafka does, close the connection so the producer
+        // notices (and refreshes its metadata).
+        let failed = results.iter().flat_map(|(t, ps)| ps.iter().map(move |p| (t, p))).find(|(_, p)| p.error_code != 0);
+        if let Some((t, p)) = failed {
+            return Ok(Reply::Close(format!("acks=0 produce to {t}-{} failed with error {}", p.index, p.error_code)));
+        }
         return Ok(Reply::Nothing);
     }
     let finish = move |mut results: Vec<(String, Vec<ProducedPartition>)>| -> Vec<u8> {
@@ -328,6 +334,10 @@ fn produce_legacy(cid: i32, version: i16, mut body: Bytes) -> Handled {
 // ---------------------------------------------------------------------------------------------
 // Fetch
 
+/// Largest record bytes in one Fetch response (Kafka's max_bytes is an i32; leave room for the
+/// framing and the first-batch-may-exceed rule).
+const FETCH_RESPONSE_BYTES_MAX: u64 = 1 << 30;
+
 struct FetchPlanPartition {
     partition: i32,
     fetch_offset: i64,
@@ -335,7 +345,7 @@ struct FetchPlanPartition {
     log: Result<Arc<Partition>, i16>,
 }
 
-fn fetch(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: FetchRequest = wire::decode_body(&mut body, version)?;
     let mut topics: Vec<(String, Vec<FetchPlanPartition>)> = Vec::with_capacity(req.topics.len());
     for t in req.topics {
@@ -354,15 +364,16 @@ fn fetch(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
     }
     let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
     let min_bytes = req.min_bytes.max(0) as u64;
-    let max_bytes = if req.max_bytes <= 0 { i32::MAX as u64 } else { req.max_bytes as u64 };
-    let logs = shared.logs.clone();
+    // Capped so the framed size (records + overhead) always fits the i32 size prefix.
+    let max_bytes = if req.max_bytes <= 0 { FETCH_RESPONSE_BYTES_MAX } else { (req.max_bytes as u64).min(FETCH_RESPONSE_BYTES_MAX) };
+    let shared = shared.clone();
     Ok(Reply::Stream(Box::new(move |stream| {
         let deadline = Instant::now() + max_wait;
-        let notifier = logs.notifier().clone();
+        let notifier = shared.logs.notifier().clone();
         loop {
             let seen = notifier.epoch();
             let (data, bytes, any_error) = collect_fetch(&topics, max_bytes);
-            if bytes >= min_bytes.max(1) || any_error || Instant::now() >= deadline || min_bytes == 0 {
+            if bytes >= min_bytes.max(1) || any_error || Instant::now() >= deadline || min_bytes == 0 || shared.stopping() {
                 let frame = fetch::build(cid, version, error::NONE, data);
                 return frame.send(std::os::fd::AsRawFd::as_raw_fd(stream));
             }
@@ -447,7 +458,10 @@ fn metadata(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled
             topics.push(MetadataResponseTopic::default().with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION));
             continue;
         };
-        let mut t = MetadataResponseTopic::default().with_name(Some(TopicName(StrBytes::from_string(name.clone()))));
+        // Internal logs (e.g. the group coordinator's offsets log) are named "__…", as in Kafka.
+        let mut t = MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+            .with_is_internal(name.starts_with("__"));
         let found = match shared.logs.topic(&name) {
             Some(t) => Ok(t),
             None if allow_create && shared.cfg.auto_create_topics => {

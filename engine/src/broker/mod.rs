@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -34,6 +34,14 @@ pub const CONNECTION_QUEUE_MAX: usize = 128;
 const CONNECTION_STACK_BYTES: usize = 256 << 10;
 /// Largest Fetch max_wait_ms honoured (bounds how long a writer can be parked).
 pub const FETCH_WAIT_MS_MAX: i32 = 60_000;
+/// A connection with no complete request for this long is closed (Kafka's
+/// connections.max.idle.ms): bounds what a stalled half-frame client holds.
+pub const CONNECTION_IDLE_MS_MAX: u64 = 600_000;
+/// A response that cannot be written for this long (the client stopped reading) closes the
+/// connection instead of parking its writer forever.
+pub const SEND_STALL_MS_MAX: u64 = 120_000;
+/// How long `BrokerHandle::shutdown` waits for connection threads to finish.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -109,6 +117,24 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
     next_conn: AtomicU64,
+    /// Connection threads (readers and writers) still running.
+    threads: AtomicUsize,
+}
+
+/// Counts a connection thread as running until dropped.
+struct ThreadGuard(Arc<Shared>);
+
+impl ThreadGuard {
+    fn new(shared: &Arc<Shared>) -> ThreadGuard {
+        shared.threads.fetch_add(1, Ordering::AcqRel);
+        ThreadGuard(shared.clone())
+    }
+}
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        self.0.threads.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -144,6 +170,7 @@ impl Broker {
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            threads: AtomicUsize::new(0),
         });
         let s = shared.clone();
         let accept = std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener))?;
@@ -163,9 +190,21 @@ impl BrokerHandle {
     pub fn connection_count(&self) -> usize {
         self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
-    /// Stop accepting, close connections, flush and checkpoint the logs.
+    /// Stop accepting, close connections, wait (bounded) for their threads so that no append
+    /// races the close, then flush and checkpoint the logs.
     pub fn shutdown(mut self) -> io::Result<()> {
         self.stop_listening();
+        let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
+        while self.shared.threads.load(Ordering::Acquire) > 0 {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    threads = self.shared.threads.load(Ordering::Acquire),
+                    "connection threads still running at shutdown; closing the logs anyway"
+                );
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         self.logs.close().map_err(io::Error::other)
     }
 
@@ -181,6 +220,8 @@ impl BrokerHandle {
         for c in conns {
             let _ = c.shutdown(Shutdown::Both);
         }
+        // Wake long-polling fetches so they answer (and see the stop flag) at once.
+        self.logs.notifier().bump();
     }
 }
 
@@ -223,6 +264,8 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    stream.set_read_timeout(Some(std::time::Duration::from_millis(CONNECTION_IDLE_MS_MAX)))?;
+    stream.set_write_timeout(Some(std::time::Duration::from_millis(SEND_STALL_MS_MAX)))?;
     let peer = stream.peer_addr()?;
     let local = stream.local_addr()?;
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -231,19 +274,25 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     let stream = Arc::new(stream);
     let wstream = stream.clone();
     shared.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, stream.clone());
+    let wguard = ThreadGuard::new(shared);
     let writer = std::thread::Builder::new()
         .name(format!("conn-{id}-w"))
         .stack_size(CONNECTION_STACK_BYTES)
-        .spawn(move || writer_loop(rx, wstream, peer));
+        .spawn(move || {
+            let _guard = wguard;
+            writer_loop(rx, wstream, peer)
+        });
     if let Err(e) = writer {
         shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         return Err(e);
     }
     let s = shared.clone();
+    let rguard = ThreadGuard::new(shared);
     let reader = std::thread::Builder::new()
         .name(format!("conn-{id}-r"))
         .stack_size(CONNECTION_STACK_BYTES)
         .spawn(move || {
+            let _guard = rguard;
             reader_loop(&s, stream, tx, peer, local);
             s.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
@@ -255,7 +304,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-fn reader_loop(shared: &Shared, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
+fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
     CONN_LOCAL_ADDR.with(|c| c.set(Some(local)));
     let mut r = BufReader::with_capacity(64 << 10, &*stream);
     loop {

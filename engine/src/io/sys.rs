@@ -272,3 +272,20 @@ unsafe impl std::alloc::GlobalAlloc for GuardedAlloc {
 
 #[global_allocator]
 static GLOBAL: GuardedAlloc = GuardedAlloc;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn huge_wire_sized_reservation_does_not_abort() {
+        // What the protocol crate does with a hostile array count: ~150 GB of capacity.
+        let mut v: Vec<[u8; 72]> = Vec::with_capacity(i32::MAX as usize);
+        assert!(v.capacity() >= i32::MAX as usize);
+        for i in 0..1000u32 {
+            v.push([i as u8; 72]);
+        }
+        assert_eq!(v[999][0], (999u32 & 0xff) as u8);
+        drop(v);
+        let z = vec![0u8; 2 << 30]; // zeroed huge block: untouched pages read as zero
+        assert_eq!(z[(1 << 30) + 12345], 0);
+    }
+}

@@ -5,7 +5,8 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use engine::broker::{Broker, BrokerConfig, BrokerHandle};
@@ -112,3 +113,48 @@ pub fn require_tool(name: &str) -> std::path::PathBuf {
     }
     panic!("{name} is not installed: `apt-get install -y kcat` / `pip install confluent-kafka` (.ci/run does this)");
 }
+
+/// Run a command to completion within `limit`, feeding `stdin`; returns stdout.
+pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Vec<u8> {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let feeder = stdin.map(|data| {
+        let mut pipe = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            pipe.write_all(&data).unwrap();
+        })
+    });
+    let mut out_pipe = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out_pipe, &mut v).unwrap();
+        v
+    });
+    let mut err_pipe = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err_pipe, &mut v).unwrap();
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(f) = feeder {
+        f.join().unwrap();
+    }
+    let out = reader.join().unwrap();
+    let err = err_reader.join().unwrap();
+    assert!(status.success(), "{cmd:?} failed: {status}\n{}", String::from_utf8_lossy(&err));
+    out
+}
+
