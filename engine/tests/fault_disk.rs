@@ -4,7 +4,10 @@
 //!   is lost, and the partition works again once space returns / writes succeed; a failed
 //!   fdatasync poisons the partition until it is reopened (no retry: fsyncgate).
 //! * For real: ENOSPC on a small tmpfs through `UringIo` (needs root to mount; skipped with a
-//!   printed reason otherwise).
+//!   printed reason otherwise), and the `broker` binary on a full tmpfs: producers get
+//!   KAFKA_STORAGE_ERROR, and the broker recovers once space returns.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -367,6 +370,137 @@ fn enospc_on_a_real_tmpfs_through_uring_io() {
     assert_acked_present(&q, &acked);
     println!(
         "disk-full (tmpfs 1 MiB, UringIo): {enospc} ENOSPC append errors, {} acknowledged batches checked after restart, lost = 0",
+        acked.len()
+    );
+}
+
+/// The broker binary on a 2 MiB tmpfs: acks=all producers get KAFKA_STORAGE_ERROR (56) when the
+/// disk is full, the broker keeps running, produces succeed again once space returns, and after
+/// a restart every acknowledged batch is fetched back.
+#[test]
+fn broker_on_a_full_tmpfs_answers_kafka_storage_error_and_recovers() {
+    use bytes::Bytes;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{FetchRequest, ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    const KAFKA_STORAGE_ERROR: i16 = 56;
+    let fs = match Tmpfs::mount("2m") {
+        Ok(fs) => fs,
+        Err(reason) => {
+            println!("SKIPPED broker_on_a_full_tmpfs_answers_kafka_storage_error_and_recovers: {reason} (needs root)");
+            return;
+        }
+    };
+    let data = fs.dir.join("data");
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let start = || {
+        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", &addr.to_string(), "--durability", "group"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn broker");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "broker did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    };
+    let topic = || TopicName(StrBytes::from_static_str("full"));
+    let produce = |c: &mut common::Client, b: &[u8]| {
+        let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic())
+            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(Bytes::from(b.to_vec())))])]);
+        let r = c.call(9, &req);
+        let pr = &r.responses[0].partition_responses[0];
+        (pr.error_code, pr.base_offset)
+    };
+    /// Kills the broker if an assertion fails first (so the tmpfs can be unmounted).
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(start());
+    let mut c = common::Client::connect(addr);
+    let mut acked: Vec<(i64, Vec<u8>)> = Vec::new();
+    let mut storage_errors = 0;
+    for i in 0..200 {
+        let b = batch(i, 10, 6000);
+        match produce(&mut c, &b) {
+            (0, base) => acked.push((base, b)),
+            (KAFKA_STORAGE_ERROR, _) => {
+                storage_errors += 1;
+                if storage_errors >= 3 {
+                    break;
+                }
+            }
+            (code, _) => panic!("unexpected produce error code {code} on a full disk"),
+        }
+    }
+    assert!(storage_errors > 0, "a 2 MiB tmpfs never filled up");
+    assert!(child.0.try_wait().expect("poll broker").is_none(), "the broker died on ENOSPC");
+    fs.resize("64m");
+    for i in 1000..1010 {
+        let b = batch(i, 10, 6000);
+        let (code, base) = produce(&mut c, &b);
+        assert_eq!(code, 0, "produce after space returned");
+        acked.push((base, b));
+    }
+    drop(c);
+    let _ = Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status();
+    assert!(child.0.wait().expect("reap").success(), "clean shutdown after ENOSPC");
+    let _child = Reap(start());
+    let mut c = common::Client::connect(addr);
+    let mut served = std::collections::BTreeMap::new();
+    let mut at = 0i64;
+    for _ in 0..10_000 {
+        let req = FetchRequest::default().with_max_wait_ms(0).with_min_bytes(0).with_max_bytes(8 << 20).with_session_epoch(-1).with_topics(
+            vec![FetchTopic::default().with_topic(topic()).with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(at)
+                .with_partition_max_bytes(4 << 20)])],
+        );
+        let r = c.call(12, &req);
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        if at >= p.high_watermark {
+            break;
+        }
+        let bytes = p.records.clone().unwrap_or_default();
+        assert!(!bytes.is_empty(), "hole at {at}");
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let Some(size) = record::declared_size(&bytes[pos..]) else { break };
+            if pos + size as usize > bytes.len() {
+                break;
+            }
+            let info = record::validate(&bytes[pos..], 1 << 20).expect("valid batch");
+            assert_eq!(info.base_offset, at, "gap or reorder");
+            served.insert(at, bytes[pos..pos + info.size_bytes].to_vec());
+            at = info.last_offset() + 1;
+            pos += info.size_bytes;
+        }
+    }
+    for (base, sent) in &acked {
+        let got = served.get(base).unwrap_or_else(|| panic!("LOST acknowledged batch at {base}"));
+        assert!(got[16..] == sent[16..], "batch at {base} changed");
+    }
+    println!(
+        "disk-full (broker on a 2 MiB tmpfs): {storage_errors} KAFKA_STORAGE_ERROR answers, broker kept running, \
+         {} acknowledged batches fetched back after restart, lost = 0",
         acked.len()
     );
 }
