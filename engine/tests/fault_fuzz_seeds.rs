@@ -151,6 +151,30 @@ fn decode_body(api: ApiKey, buf: &mut Bytes, v: i16) {
     r.unwrap_or_else(|e| panic!("{api:?} v{v}: seed does not decode: {e}"));
 }
 
+/// Record batches from the Produce requests of real clients (kcat, confluent-kafka: none, lz4,
+/// zstd) captured into engine/fuzz/seeds/request_decode by scripts/faults/capture_requests.py.
+fn captured_produce_batches() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/request_decode");
+    let mut names: Vec<_> = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+    names.sort();
+    let mut out = Vec::new();
+    for path in names.iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("capture-k0-"))) {
+        let raw = std::fs::read(path).expect("read captured frame");
+        let frame = engine::wire::read_frame(&mut &raw[..], 1 << 20).expect("captured frame");
+        let mut buf = Bytes::from(frame);
+        let (_, header) = engine::wire::parse_request_header(&mut buf).expect("captured header");
+        let req = km::ProduceRequest::decode(&mut buf, header.request_api_version).expect("captured Produce decodes");
+        for t in req.topic_data {
+            for p in t.partition_data {
+                if let Some(r) = p.records {
+                    out.push(r.to_vec());
+                }
+            }
+        }
+    }
+    out
+}
+
 fn write_seeds(dir: &Path, target: &str, seeds: &[Vec<u8>]) {
     let d = dir.join(target);
     std::fs::create_dir_all(&d).expect("mkdir corpus");
@@ -168,6 +192,17 @@ fn fuzz_seeds_are_valid_inputs() {
         let infos = record::validate_all(b, 1 << 20).expect("seed batch validates");
         assert_eq!(infos.iter().map(|i| i.size_bytes).sum::<usize>(), b.len());
     }
+    // Real clients' batches (compressed too) are valid for the engine. A few captured frames
+    // carry bytes strace read after the client's other threads reused the buffer (bad CRC):
+    // they stay fuzz seeds for request_decode but are not counted here.
+    let captured = captured_produce_batches();
+    let valid: Vec<Vec<u8>> = captured.iter().filter(|b| record::validate_all(b, 1 << 20).is_ok()).cloned().collect();
+    let codecs: std::collections::BTreeSet<u8> =
+        valid.iter().map(|b| record::validate(b, 1 << 20).expect("valid").compression()).collect();
+    println!("captured Produce batches: {} ({} valid), compression codecs {codecs:?}", captured.len(), valid.len());
+    assert!(valid.len() * 2 >= captured.len(), "most captured client batches must validate");
+    assert!(codecs.len() >= 2, "expected uncompressed and compressed real batches, got codecs {codecs:?}");
+    rv.extend(valid);
     // recovery_scan: the plain six-batch segment recovers to its end offset.
     let (seg, end) = segment_bytes(0, 6);
     let io = SimIo::new();

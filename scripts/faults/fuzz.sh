@@ -46,6 +46,10 @@ if [[ -z "$(ls -A "$corpus")" ]]; then
         cargo test -q -p engine --test fault_fuzz_seeds >/dev/null)
 fi
 echo "fuzzing $target for ${seconds}s (corpus $corpus)"
-exec "$CARGO_TARGET_DIR/$triple/release/$target" "$corpus" \
+# Checked-in seeds (real client requests captured by scripts/faults/capture_requests.py) are read
+# as a second corpus directory; new inputs go to the first.
+seeds=()
+[[ -d "$fuzz/seeds/$target" ]] && seeds=("$fuzz/seeds/$target")
+exec "$CARGO_TARGET_DIR/$triple/release/$target" "$corpus" "${seeds[@]}" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -max_len=65536 -timeout=10 \
     -print_final_stats=1 -artifact_prefix="$artifacts/" "$@"
