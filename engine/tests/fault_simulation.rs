@@ -181,6 +181,15 @@ impl Sim {
         let (key, part) = self.pick();
         let poisoned = self.models[&key].poisoned;
         let op = self.rng.gen_range(0..100);
+        if trace() {
+            eprintln!(
+                "step {key:?} op {op} end {} hw {} start {} segs {} poisoned {poisoned}",
+                part.log_end_offset(),
+                part.high_watermark(),
+                part.log_start_offset(),
+                part.segment_count()
+            );
+        }
         match op {
             0..=74 => {
                 let mut batch = self.make_batch(&key);
@@ -363,6 +372,11 @@ impl Sim {
     }
 }
 
+/// FAULT_TRACE=1 prints every step and fault (for replaying a failing seed).
+fn trace() -> bool {
+    std::env::var_os("FAULT_TRACE").is_some()
+}
+
 /// Stored bytes of `batch` as appended at `base`.
 fn patched(batch: &[u8], base: u64) -> Vec<u8> {
     let mut b = batch.to_vec();
@@ -381,6 +395,9 @@ fn run_seed(seed: u64) -> Figures {
         let fault_len = sim.rng.gen_range(1..20);
         for i in 0..steps {
             if i == fault_at {
+                if trace() {
+                    eprintln!("fault {:?} at step {i} for {fault_len} steps", sim.fault);
+                }
                 match sim.fault {
                     Fault::None => {}
                     Fault::SyncFail => {
@@ -407,6 +424,9 @@ fn run_seed(seed: u64) -> Figures {
             1 => CrashMode::Tear,
             _ => CrashMode::TearAndFlip,
         };
+        if trace() {
+            eprintln!("crash {mode:?}");
+        }
         sim.crash_and_check(mode);
     }
     sim.figures.seeds = 1;

@@ -229,6 +229,12 @@ impl Segment {
             if info.base_offset < 0 || info.base_offset as u64 != expected {
                 break Some((pos, format!("offset discontinuity: expected {expected}, found {}", info.base_offset)));
             }
+            // partitionLeaderEpoch is outside the CRC; the log writes 0 into every batch it stores,
+            // so anything else is damage the CRC cannot see.
+            let epoch = i32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes"));
+            if epoch != 0 {
+                break Some((pos, format!("partition leader epoch {epoch}, the log writes 0")));
+            }
             self.track_batch(pos, &info, interval);
             on_batch(&info);
             expected = self.next_offset;
