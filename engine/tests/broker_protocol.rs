@@ -393,6 +393,11 @@ fn every_advertised_version_round_trips_through_the_protocol_crate() {
         assert_eq!(r.topics[0].error_code, 0, "CreateTopics v{v}: {:?}", r.topics[0].error_message);
         let again = c.call(v, &req);
         assert_eq!(again.topics[0].error_code, 36, "CreateTopics v{v}: TOPIC_ALREADY_EXISTS");
+        let huge = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(topic("sweep-huge"))
+            .with_num_partitions(5_000)
+            .with_replication_factor(1)]);
+        assert_eq!(c.call(v, &huge).topics[0].error_code, 37, "CreateTopics v{v}: INVALID_PARTITIONS");
         assert_eq!(broker.logs().topic(&name).unwrap().len(), 2);
     }
     for v in 1..=6 {
@@ -472,4 +477,70 @@ fn shutdown_ends_long_polls_promptly_and_restart_keeps_acknowledged_data() {
     let broker = start_broker(dir.path(), Durability::Group, 1);
     assert_eq!(broker.logs().partition("keep", 0).unwrap().high_watermark(), 7);
     broker.shutdown().unwrap();
+}
+
+fn sim_broker(io: &engine::io::SimIo, durability: Durability) -> engine::broker::BrokerHandle {
+    let mut cfg = engine::broker::BrokerConfig::new("/data".into(), durability);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    engine::broker::Broker::start_with_io(cfg, std::sync::Arc::new(io.clone())).unwrap()
+}
+
+#[test]
+fn failed_fdatasync_answers_kafka_storage_error_and_stays_poisoned() {
+    let io = engine::io::SimIo::new();
+    let broker = sim_broker(&io, Durability::Group);
+    let mut c = Client::connect(broker.local_addr());
+    let ok = c.call(PRODUCE_V, &produce_req("disk", vec![(0, build::simple_batch(3, 10, 0))], -1));
+    assert_eq!(ok.responses[0].partition_responses[0].error_code, 0);
+    // Fetch over SimIo goes through the read_at copy path.
+    let f = c.call(FETCH_V, &fetch_req("disk", 0, 0, 0, 0));
+    assert_eq!(f.responses[0].partitions[0].records.as_ref().unwrap().len(), build::simple_batch(3, 10, 0).len());
+    io.fail_sync_in(1);
+    let r = c.call(PRODUCE_V, &produce_req("disk", vec![(0, build::simple_batch(3, 10, 0))], -1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 56, "KAFKA_STORAGE_ERROR");
+    let again = c.call(PRODUCE_V, &produce_req("disk", vec![(0, build::simple_batch(3, 10, 0))], -1));
+    assert_eq!(again.responses[0].partition_responses[0].error_code, 56, "poisoned partition keeps refusing");
+    // The acknowledged data is still served.
+    let f = c.call(FETCH_V, &fetch_req("disk", 0, 0, 0, 0));
+    assert_eq!(f.responses[0].partitions[0].high_watermark, 3);
+}
+
+#[test]
+fn disk_full_answers_kafka_storage_error_for_that_partition() {
+    let io = engine::io::SimIo::new();
+    let broker = sim_broker(&io, Durability::Never);
+    let mut c = Client::connect(broker.local_addr());
+    let ok = c.call(PRODUCE_V, &produce_req("full", vec![(0, build::simple_batch(3, 10, 0))], 1));
+    assert_eq!(ok.responses[0].partition_responses[0].error_code, 0);
+    io.set_space_left(Some(0));
+    let r = c.call(PRODUCE_V, &produce_req("full", vec![(0, build::simple_batch(300, 100, 0))], 1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 56, "ENOSPC -> KAFKA_STORAGE_ERROR");
+    io.set_space_left(None);
+    let r = c.call(PRODUCE_V, &produce_req("full", vec![(0, build::simple_batch(3, 10, 0))], 1));
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 3, "nothing from the failed append was kept");
+}
+
+#[test]
+fn idempotent_batches_map_sequence_errors_to_kafka_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let mut c = Client::connect(broker.local_addr());
+    let recs: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8; 10]).collect();
+    let batch = |pid: i64, epoch: i16, seq: i32| {
+        let r: Vec<build::Rec<'_>> = recs.iter().map(|v| build::Rec { key: None, value: Some(v), timestamp_delta: 0 }).collect();
+        build::batch_with(&r, 0, pid, epoch, seq)
+    };
+    let mut send = |b: Vec<u8>| {
+        let r = c.call(PRODUCE_V, &produce_req("idem", vec![(0, b)], -1));
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    assert_eq!(send(batch(1000, 0, 0)), (0, 0));
+    assert_eq!(send(batch(1000, 0, 3)), (0, 3));
+    assert_eq!(send(batch(1000, 0, 0)), (0, 0), "a retried batch is acknowledged with its original offset");
+    assert_eq!(send(batch(1000, 0, 9)), (45, -1), "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    assert_eq!(send(batch(1000, 1, 0)), (0, 6), "a new epoch restarts at sequence 0");
+    assert_eq!(send(batch(1000, 0, 6)), (47, -1), "INVALID_PRODUCER_EPOCH");
+    assert_eq!(send(batch(2000, 0, 7)), (59, -1), "UNKNOWN_PRODUCER_ID");
+    assert_eq!(broker.logs().partition("idem", 0).unwrap().high_watermark(), 9, "duplicates stored once");
 }

@@ -25,6 +25,7 @@ fn cfg() -> LogConfig {
         retention_ms: None,
         index_interval_bytes: 512,
         batch_bytes_max: 1 << 20,
+        ..LogConfig::default()
     }
 }
 

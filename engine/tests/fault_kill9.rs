@@ -42,6 +42,7 @@ fn cfg(durability: Durability) -> LogConfig {
         retention_ms: None,
         index_interval_bytes: 4096,
         batch_bytes_max: 1 << 20,
+        ..LogConfig::default()
     }
 }
 

@@ -99,6 +99,7 @@ impl Sim {
             retention_ms: None,
             index_interval_bytes: rng.gen_range(64..1024),
             batch_bytes_max: 1 << 20,
+            ..LogConfig::default()
         };
         let fault = match rng.gen_range(0..10) {
             0..=3 => Fault::None,

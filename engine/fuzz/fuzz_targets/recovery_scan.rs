@@ -30,6 +30,7 @@ fn cfg() -> LogConfig {
         retention_ms: None,
         index_interval_bytes: 64,
         batch_bytes_max: 1 << 16,
+        ..LogConfig::default()
     }
 }
 

@@ -170,9 +170,9 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
             .partition_data
             .into_iter()
             .map(|p| {
-                let range = p.records.as_ref().map(|r| {
-                    let start = (r.as_ptr() as usize).wrapping_sub(body_start);
-                    start..start + r.len()
+                let range = p.records.as_ref().and_then(|r| {
+                    let start = (r.as_ptr() as usize).checked_sub(body_start)?;
+                    Some(start..start.checked_add(r.len())?)
                 });
                 (p.index, range)
             })
@@ -370,14 +370,24 @@ fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handl
     Ok(Reply::Stream(Box::new(move |stream| {
         let deadline = Instant::now() + max_wait;
         let notifier = shared.logs.notifier().clone();
+        // The notifier wakes every waiting fetch on any append; re-read only when one of this
+        // fetch's partitions has data past its fetch offset (atomic loads, no partition lock).
+        let mut read_now = true;
         loop {
             let seen = notifier.epoch();
-            let (data, bytes, any_error) = collect_fetch(&topics, max_bytes);
-            if bytes >= min_bytes.max(1) || any_error || Instant::now() >= deadline || min_bytes == 0 || shared.stopping() {
-                let frame = fetch::build(cid, version, error::NONE, data);
-                return frame.send(std::os::fd::AsRawFd::as_raw_fd(stream));
+            let expired = Instant::now() >= deadline || shared.stopping();
+            if read_now || expired {
+                let (data, bytes, any_error) = collect_fetch(&topics, max_bytes);
+                if bytes >= min_bytes.max(1) || any_error || expired || min_bytes == 0 {
+                    let frame = fetch::build(cid, version, error::NONE, data);
+                    return frame.send(std::os::fd::AsRawFd::as_raw_fd(stream));
+                }
             }
             notifier.wait_past(seen, deadline);
+            read_now = topics
+                .iter()
+                .flat_map(|(_, parts)| parts.iter())
+                .any(|p| matches!(&p.log, Ok(log) if log.high_watermark() as i64 > p.fetch_offset));
         }
     })))
 }
@@ -562,7 +572,12 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
             t.num_partitions
         };
         let mut r = CreatableTopicResult::default().with_name(t.name.clone());
-        let outcome = if !(t.replication_factor == -1 || t.replication_factor == 1) {
+        let outcome = if partitions > shared.cfg.partitions_per_topic_max {
+            Err((
+                error::INVALID_PARTITIONS,
+                format!("{partitions} partitions exceed this broker's limit of {}", shared.cfg.partitions_per_topic_max),
+            ))
+        } else if !(t.replication_factor == -1 || t.replication_factor == 1) {
             Err((error::INVALID_REPLICATION_FACTOR, format!("replication factor {} > 1 brokers", t.replication_factor)))
         } else if req.validate_only {
             if !crate::log::manager::valid_topic_name(&name) {

@@ -24,12 +24,14 @@ use std::thread::JoinHandle;
 use crossbeam::channel::{self, TryRecvError};
 
 use crate::groups::GroupCoordinator;
-use crate::io::UringIo;
+use crate::io::{Io, UringIo};
 use crate::log::{Durability, LogConfig, LogManager};
 use crate::wire::{self, FrameError};
 
 /// Replies queued per connection before the reader stops reading (backpressure).
 pub const CONNECTION_QUEUE_MAX: usize = 128;
+/// Read and write buffer of each connection (large frames bypass it).
+const CONNECTION_BUFFER_BYTES: usize = 16 << 10;
 /// Stack of each connection thread: small, so 1,000 connections (2,000 threads) are cheap.
 const CONNECTION_STACK_BYTES: usize = 256 << 10;
 /// Largest Fetch max_wait_ms honoured (bounds how long a writer can be parked).
@@ -52,6 +54,9 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub frame_bytes_max: usize,
+    /// Largest partition count CreateTopics accepts (each partition costs files, fsyncs and a
+    /// lock hold while it is created; Kafka answers INVALID_PARTITIONS past such a limit).
+    pub partitions_per_topic_max: i32,
 }
 
 impl BrokerConfig {
@@ -63,6 +68,7 @@ impl BrokerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             frame_bytes_max: 100 << 20,
+            partitions_per_topic_max: 1_000,
         }
     }
 }
@@ -156,13 +162,22 @@ impl Broker {
     /// Open the logs under `cfg.data_dir` (recovering them), bind `cfg.listen` and start
     /// accepting connections.
     pub fn start(cfg: BrokerConfig) -> io::Result<BrokerHandle> {
-        if cfg.default_partitions < 1 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "default_partitions must be >= 1"));
+        Broker::start_with_io(cfg, Arc::new(UringIo))
+    }
+
+    /// [`Broker::start`] over another storage backend (tests: `SimIo` with injected faults;
+    /// its files have no descriptor, so Fetch copies with `read_at` instead of sendfile).
+    pub fn start_with_io(cfg: BrokerConfig, storage: Arc<dyn Io>) -> io::Result<BrokerHandle> {
+        if cfg.default_partitions < 1 || cfg.default_partitions > cfg.partitions_per_topic_max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("default_partitions must be within 1..={}", cfg.partitions_per_topic_max),
+            ));
         }
-        let logs = LogManager::open(&cfg.data_dir, Arc::new(UringIo), cfg.log.clone()).map_err(io::Error::other)?;
+        let logs = LogManager::open(&cfg.data_dir, storage, cfg.log.clone()).map_err(io::Error::other)?;
         let listener = TcpListener::bind(cfg.listen)?;
         let addr = listener.local_addr()?;
-        let groups = GroupCoordinator::new(logs.clone());
+        let groups = GroupCoordinator::new(logs.clone())?;
         let shared = Arc::new(Shared {
             cfg,
             logs: logs.clone(),
@@ -306,7 +321,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
 
 fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
     CONN_LOCAL_ADDR.with(|c| c.set(Some(local)));
-    let mut r = BufReader::with_capacity(64 << 10, &*stream);
+    let mut r = BufReader::with_capacity(CONNECTION_BUFFER_BYTES, &*stream);
     loop {
         let frame = match wire::read_frame(&mut r, shared.cfg.frame_bytes_max) {
             Ok(f) => f,
@@ -334,7 +349,7 @@ fn write_frame<W: Write>(w: &mut W, payload: &[u8]) -> io::Result<()> {
 }
 
 fn writer_loop(rx: channel::Receiver<Reply>, stream: Arc<TcpStream>, peer: SocketAddr) {
-    let mut out = BufWriter::with_capacity(64 << 10, &*stream);
+    let mut out = BufWriter::with_capacity(CONNECTION_BUFFER_BYTES, &*stream);
     let result: io::Result<()> = (|| loop {
         let reply = match rx.try_recv() {
             Ok(r) => r,

@@ -1,7 +1,8 @@
 //! Placeholder for the consumer-group coordinator (issue 4). The groups work replaces this file
 //! wholesale; the broker only relies on the three items below:
 //!
-//! * `GroupCoordinator::new(logs) -> Arc<GroupCoordinator>` (created once in `Broker::start`),
+//! * `GroupCoordinator::new(logs) -> io::Result<Arc<GroupCoordinator>>` (created once in
+//!   `Broker::start`; an error fails the start),
 //! * `SUPPORTED_APIS: &[(api_key, min_version, max_version)]` (merged into ApiVersions),
 //! * `handle(&groups, api_key, api_version, &header, &mut body) -> Reply` for api keys
 //!   8, 9, 10, 11, 12, 13, 14, 15, 16 and 22.
@@ -23,8 +24,8 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
-    pub fn new(logs: Arc<LogManager>) -> Arc<Self> {
-        Arc::new(GroupCoordinator { _logs: logs })
+    pub fn new(logs: Arc<LogManager>) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(GroupCoordinator { _logs: logs }))
     }
 }
 

@@ -241,6 +241,7 @@ mod tests {
     use kafka_protocol::messages::{FetchResponse, ResponseHeader};
     use kafka_protocol::protocol::Decodable;
     use std::path::Path;
+    use std::sync::Arc;
 
     #[test]
     fn hand_framed_fetch_decodes_with_kafka_protocol_at_every_version() {
@@ -284,6 +285,49 @@ mod tests {
             assert_eq!(&recs[..batch.len()], &batch[..]);
             assert_eq!(r.responses[0].partitions[1].error_code, 1);
             assert_eq!(r.responses[0].partitions[1].records.as_ref().map(|b| b.len()), Some(0));
+        }
+    }
+
+    fn sent_bytes(frame: &FetchFrame) -> Vec<u8> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let total = frame.total_bytes;
+        let reader = std::thread::spawn(move || {
+            let mut c = client;
+            let mut v = vec![0u8; total];
+            c.read_exact(&mut v).unwrap();
+            v
+        });
+        frame.send(server.as_raw_fd()).unwrap();
+        reader.join().unwrap()
+    }
+
+    fn frame_over(f: &Arc<dyn crate::io::IoFile>, batch: &[u8]) -> FetchFrame {
+        let records = vec![
+            FileRange { file: f.clone(), position: 3, len: batch.len() as u64 },
+            FileRange { file: f.clone(), position: 3 + batch.len() as u64, len: batch.len() as u64 },
+        ];
+        let p = PartitionData { partition: 0, error_code: 0, high_watermark: 2, log_start_offset: 0, records };
+        build(9, 12, 0, vec![TopicData { name: "t".into(), partitions: vec![p] }])
+    }
+
+    #[test]
+    fn send_matches_the_framed_bytes_with_sendfile_and_with_read_at_copies() {
+        let batch = crate::record::build::simple_batch(50, 100, 7);
+        // Real file: records go out with sendfile.
+        let dir = tempfile::tempdir().unwrap();
+        let real = crate::io::UringIo.open(&dir.path().join("seg"), true).unwrap();
+        // Simulated file: no descriptor, copied with read_at.
+        let sim = SimIo::new().open(Path::new("/seg"), true).unwrap();
+        for f in [real, sim] {
+            f.write_at(b"abc", 0).unwrap();
+            f.write_at(&batch, 3).unwrap();
+            f.write_at(&batch, 3 + batch.len() as u64).unwrap();
+            let frame = frame_over(&f, &batch);
+            assert_eq!(sent_bytes(&frame), frame.to_vec().unwrap(), "raw fd: {:?}", f.raw_fd().is_some());
         }
     }
 }

@@ -76,8 +76,12 @@ pub fn read_frame<R: Read>(r: &mut R, frame_bytes_max: usize) -> Result<Vec<u8>,
     if size < REQUEST_HEADER_BYTES_MIN {
         return Err(FrameError::TooSmall(size));
     }
-    let mut buf = vec![0u8; size as usize];
-    r.read_exact(&mut buf)?;
+    // Capacity is reserved exactly (the size was checked above) and filled without zeroing.
+    let mut buf = Vec::with_capacity(size as usize);
+    let got = r.by_ref().take(size as u64).read_to_end(&mut buf)?;
+    if got != size as usize {
+        return Err(FrameError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-frame")));
+    }
     Ok(buf)
 }
 
@@ -120,7 +124,11 @@ pub fn decode_body<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, St
 /// prefix (the connection writer adds it). On an encoding error (a bug: a field set that the
 /// version cannot carry) the error is logged and an empty Vec returned, which the writer turns
 /// into a closed connection.
-pub fn encode_response<T: Encodable>(correlation_id: i32, api_key: ApiKey, version: i16, resp: &T) -> Vec<u8> {
+pub fn encode_response<T: Encodable>(correlation_id: i32, api_key: impl AsApiKey, version: i16, resp: &T) -> Vec<u8> {
+    let Some(api_key) = api_key.as_api_key() else {
+        tracing::error!("cannot encode a response for an unknown API key");
+        return Vec::new();
+    };
     let header_version = api_key.response_header_version(version);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let mut out = bytes::BytesMut::with_capacity(64);
@@ -131,6 +139,23 @@ pub fn encode_response<T: Encodable>(correlation_id: i32, api_key: ApiKey, versi
             tracing::error!(?api_key, version, "cannot encode response: {e}");
             Vec::new()
         }
+    }
+}
+
+/// An API key given either as [`ApiKey`] or as the raw `i16` from a request header.
+pub trait AsApiKey {
+    fn as_api_key(&self) -> Option<ApiKey>;
+}
+
+impl AsApiKey for ApiKey {
+    fn as_api_key(&self) -> Option<ApiKey> {
+        Some(*self)
+    }
+}
+
+impl AsApiKey for i16 {
+    fn as_api_key(&self) -> Option<ApiKey> {
+        ApiKey::try_from(*self).ok()
     }
 }
 
@@ -174,6 +199,18 @@ mod tests {
             put_uvarint(&mut b, v);
             assert_eq!(b.len(), uvarint_len(v));
         }
+    }
+
+    #[test]
+    fn encode_response_takes_raw_or_typed_api_keys() {
+        use kafka_protocol::messages::HeartbeatResponse;
+        let r = HeartbeatResponse::default();
+        let a = encode_response(5, ApiKey::Heartbeat, 4, &r);
+        let b = encode_response(5, 12i16, 4, &r);
+        assert_eq!(a, b);
+        assert_eq!(&a[0..4], &5i32.to_be_bytes());
+        assert_eq!(a[4], 0, "flexible response header: empty tagged fields");
+        assert!(encode_response(5, 9999i16, 0, &r).is_empty());
     }
 
     #[test]
