@@ -1,5 +1,5 @@
 //! Seeded simulation sweep over `SimIo`: random workloads (appends across topics and partitions,
-//! rolls, retention deletes, flushes) interrupted by faults — a crash that drops unsynced data,
+//! rolls, retention deletes, flushes; with and without segment preallocation) interrupted by faults — a crash that drops unsynced data,
 //! tears the last write or flips a bit in an unsynced region, an injected fdatasync failure,
 //! ENOSPC or EIO on writes — followed by recovery and a checker:
 //!
@@ -99,7 +99,7 @@ impl Sim {
             retention_ms: None,
             index_interval_bytes: rng.gen_range(64..1024),
             batch_bytes_max: 1 << 20,
-            ..LogConfig::default()
+            preallocate_bytes: if rng.gen_bool(0.5) { rng.gen_range(256..8_192) } else { 0 },
         };
         let fault = match rng.gen_range(0..10) {
             0..=3 => Fault::None,
