@@ -466,4 +466,78 @@ mod broker_kill9 {
         );
         assert_eq!(done, kills);
     }
+
+    /// Child of scripts/faults/powercut.sh (broker mode): acks=all producers against the broker at
+    /// FAULT_BROKER_ADDR; each acknowledged batch is logged as "partition base_offset seq" in
+    /// FAULT_ACKS (after the ack), so the checker can rebuild it. Runs until the broker goes away
+    /// or FAULT_WRITER_SECONDS (default 60) pass.
+    #[test]
+    #[ignore = "run by scripts/faults/powercut.sh"]
+    fn powercut_broker_producer() {
+        let addr: SocketAddr = std::env::var("FAULT_BROKER_ADDR").expect("FAULT_BROKER_ADDR").parse().expect("addr");
+        let acks_path = std::env::var("FAULT_ACKS").expect("FAULT_ACKS");
+        let seconds: u64 = std::env::var("FAULT_WRITER_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+        let mut c = Client::connect(addr);
+        let req = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![CreatableTopic::default()
+            .with_name(topic())
+            .with_num_partitions(PARTITIONS)
+            .with_replication_factor(1)]);
+        let r = call(&mut c, 7, &req).expect("create topic");
+        assert!(matches!(r.topics[0].error_code, 0 | 36), "create topic: error {}", r.topics[0].error_code);
+        let acks = Arc::new(Mutex::new(
+            std::fs::OpenOptions::new().create(true).append(true).open(&acks_path).expect("acks file"),
+        ));
+        // Sequence numbers continue across runs so batches stay distinct.
+        let start_seq = std::fs::read_to_string(&acks_path).map(|t| t.lines().count() as u64 * 10 + 1_000_000).unwrap_or(0);
+        let seq = Arc::new(AtomicU64::new(start_seq));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let threads: Vec<_> = (0..PARTITIONS)
+            .map(|p| {
+                let (acks, seq) = (acks.clone(), seq.clone());
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    while Instant::now() < deadline {
+                        let n = seq.fetch_add(1, Ordering::Relaxed);
+                        let b = batch(p, n);
+                        let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
+                            TopicProduceData::default().with_name(topic()).with_partition_data(vec![PartitionProduceData::default()
+                                .with_index(p)
+                                .with_records(Some(Bytes::from(b)))]),
+                        ]);
+                        let Some(r) = call(&mut c, PRODUCE_V, &req) else { return };
+                        let pr = &r.responses[0].partition_responses[0];
+                        assert_eq!(pr.error_code, 0, "produce error {}", pr.error_code);
+                        let line = format!("{p} {} {n}\n", pr.base_offset);
+                        acks.lock().expect("acks").write_all(line.as_bytes()).expect("write ack");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("producer");
+        }
+    }
+
+    /// Checker of scripts/faults/powercut.sh (broker mode): every batch in FAULT_ACKS is fetched
+    /// back from the restarted broker at FAULT_BROKER_ADDR, identical.
+    #[test]
+    #[ignore = "run by scripts/faults/powercut.sh"]
+    fn powercut_broker_check() {
+        let addr: SocketAddr = std::env::var("FAULT_BROKER_ADDR").expect("FAULT_BROKER_ADDR").parse().expect("addr");
+        let text = std::fs::read_to_string(std::env::var("FAULT_ACKS").expect("FAULT_ACKS")).unwrap_or_default();
+        let acked: Acked = Mutex::new(
+            text.lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    if f.len() != 3 {
+                        return None; // a line torn by the kill
+                    }
+                    let (p, base, n) = (f[0].parse().ok()?, f[1].parse().ok()?, f[2].parse().ok()?);
+                    Some((p, base, batch(p, n)))
+                })
+                .collect(),
+        );
+        let (batches, records) = check(addr, &acked);
+        println!("powercut check (broker): acknowledged batches {batches}, records {records}, lost = 0");
+    }
 }
