@@ -88,6 +88,14 @@ impl IoFile for SimFile {
             let left = self.fs.space_left.load(Ordering::SeqCst);
             if left != u64::MAX {
                 if growth > left {
+                    // Like Linux: the part that fits is written (a short write), then ENOSPC.
+                    let fits = buf.len() - (growth - left) as usize;
+                    if fits > 0 {
+                        let op = Pending::Write { pos, data: buf[..fits].to_vec() };
+                        apply(&mut c.volatile, &op);
+                        c.pending.push(op);
+                    }
+                    self.fs.space_left.store(0, Ordering::SeqCst);
                     return Err(io::Error::from_raw_os_error(libc::ENOSPC));
                 }
                 self.fs.space_left.store(left - growth, Ordering::SeqCst);
@@ -404,6 +412,10 @@ mod tests {
         f.write_at(b"abcd", 0).unwrap();
         let e = f.write_at(b"e", 4).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        io.set_space_left(Some(2));
+        let e = f.write_at(b"efgh", 4).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(f.len().unwrap(), 6, "the part that fits is written, as Linux does");
         f.write_at(b"z", 0).unwrap(); // overwriting needs no space
     }
 }

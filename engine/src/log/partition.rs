@@ -184,7 +184,8 @@ impl Partition {
         for name in io.list_dir(dir).map_err(&e)? {
             if let Some(stem) = name.strip_suffix(".log") {
                 match stem.parse::<u64>() {
-                    Ok(b) if stem.len() == 20 => bases.push(b),
+                    // Kafka offsets are i64: a larger base (20 digits can hold one) is no segment of ours.
+                    Ok(b) if stem.len() == 20 && b <= i64::MAX as u64 => bases.push(b),
                     _ => return Err(RecoveryError::BadName(name)),
                 }
             }
@@ -562,6 +563,11 @@ impl Partition {
         st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
         let old = st.active();
         let next = old.next_offset;
+        // A failed write (e.g. a short write then ENOSPC) may have left bytes past the last
+        // batch; sealed, they would read as corruption in the middle of the log on reopen.
+        if old.file.len().map_err(AppendError::Storage)? > old.size {
+            old.file.set_len(old.size).map_err(AppendError::Storage)?;
+        }
         if let Err(e) = old.file.sync_data() {
             self.poison(format!("fdatasync failed while rolling: {e}"));
             return Err(self.poison_error());

@@ -332,7 +332,8 @@ impl Segment {
         let (Some(idx), Some(tidx)) = (strip_footer(&idx), strip_footer(&tidx)) else {
             return Ok(false);
         };
-        if idx.len() % 8 != 0 || tidx.len() % 12 != 0 || (idx.is_empty() && file_len > 0) {
+        // An empty index is no checkpoint (the caller needs its last entry): rebuild by scanning.
+        if idx.len() % 8 != 0 || tidx.len() % 12 != 0 || idx.is_empty() {
             return Ok(false);
         }
         // The first entry always describes the segment's first batch.

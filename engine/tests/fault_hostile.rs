@@ -1,0 +1,290 @@
+//! Hostile clients against the `broker` binary (a child process, so its memory can be read from
+//! /proc/<pid>/status): 1,000 idle connections, slowloris half frames, oversized and negative
+//! length prefixes, huge-but-allowed declared frames that never arrive, garbage after a valid
+//! frame, and clients that pipeline Fetch requests but never read the responses — all at once,
+//! while a well-behaved client produces and fetches. Checks: the good client's every request
+//! completes within a bound, the broker's RSS stays bounded, connections with bad length
+//! prefixes are closed, the broker keeps serving afterwards.
+//!
+//! `cargo test -p engine --test fault_hostile -- --nocapture` prints the figures.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::Client;
+use engine::record::build;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiVersionsRequest, CreateTopicsRequest, FetchRequest, ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+const IDLE_CONNECTIONS: usize = 1000;
+const SLOWLORIS: usize = 50;
+const NEVER_READERS: usize = 10;
+/// A good client's request must complete within this, whatever the hostile ones do.
+const GOOD_REQUEST_MAX: Duration = Duration::from_secs(2);
+/// Broker RSS growth allowed over its loaded baseline during the attack.
+const RSS_GROWTH_MAX_KIB: u64 = 512 * 1024;
+
+fn topic(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+fn produce_req(t: &str, batch: Vec<u8>) -> ProduceRequest {
+    ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default()
+        .with_name(topic(t))
+        .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(Bytes::from(batch)))])])
+}
+
+fn fetch_req(t: &str, offset: i64, max_bytes: i32) -> FetchRequest {
+    FetchRequest::default().with_max_wait_ms(0).with_min_bytes(0).with_max_bytes(max_bytes).with_session_epoch(-1).with_topics(vec![
+        FetchTopic::default().with_topic(topic(t)).with_partitions(vec![FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(offset)
+            .with_partition_max_bytes(max_bytes)]),
+    ])
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("broker /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+fn threads(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("broker /proc status");
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).expect("Threads")
+}
+
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_broker(dir: &std::path::Path) -> Broker {
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", &addr.to_string(), "--durability", "group"])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn broker");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "broker did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Broker { child, addr }
+}
+
+/// True if the peer closes the connection (EOF or reset) within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn hostile_clients_do_not_stall_others_or_grow_memory_without_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = start_broker(dir.path());
+    let addr = broker.addr;
+    let pid = broker.child.id();
+
+    // Data for the never-reading clients to fetch: ~4 MiB in one partition.
+    let mut c = Client::connect(addr);
+    let r = c.call(
+        7,
+        &CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
+            CreatableTopic::default().with_name(topic("big")).with_num_partitions(1).with_replication_factor(1),
+            CreatableTopic::default().with_name(topic("good")).with_num_partitions(1).with_replication_factor(1),
+        ]),
+    );
+    assert!(r.topics.iter().all(|t| t.error_code == 0));
+    for i in 0..64 {
+        let r = c.call(9, &produce_req("big", build::simple_batch(64, 1000, i)));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let baseline = rss_kib(pid);
+    let baseline_threads = threads(pid);
+
+    // 1,000 idle connections.
+    let mut idle: Vec<TcpStream> = (0..IDLE_CONNECTIONS).map(|_| TcpStream::connect(addr).expect("idle connect")).collect();
+
+    // Oversized / negative length prefixes: closed without reading on.
+    let mut bad_prefix_closed = 0;
+    for size in [i32::MAX, -1, i32::MIN, 200 << 20, 3] {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(&size.to_be_bytes()).expect("write prefix");
+        let _ = s.write_all(&[0u8; 64]);
+        if closed_within(&mut s, Duration::from_secs(5)) {
+            bad_prefix_closed += 1;
+        } else {
+            panic!("a connection sending length prefix {size} was not closed");
+        }
+    }
+
+    // Huge-but-allowed declared frames (99 MiB) whose bytes never come: no memory committed.
+    let mut huge: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(&(99i32 << 20).to_be_bytes()).expect("prefix");
+            s.write_all(&[0, 18, 0, 3]).expect("a few bytes");
+            s
+        })
+        .collect();
+
+    // Garbage after a valid frame: the valid request is answered; garbage whose first four
+    // bytes are an invalid length gets the connection closed; garbage that happens to declare a
+    // plausible length is a frame still arriving (held like a slowloris, harmless to others).
+    let mut garbage_closed = 0;
+    let mut garbage_held = Vec::new();
+    for g in 0..10u8 {
+        let mut gc = Client::connect(addr);
+        let (_, mut frame) = gc.frame(3, &ApiVersionsRequest::default());
+        let prefix: [u8; 4] = if g % 2 == 0 { [0xff, 0xff, 0xff, 0xf0 | g] } else { [0, 0x10, 0, g] };
+        frame.extend(prefix);
+        frame.extend((0..200u32).map(|i| (i as u8).wrapping_mul(31).wrapping_add(g)));
+        gc.stream.write_all(&frame).expect("write");
+        gc.recv_raw().expect("the valid frame before the garbage is answered");
+        if g % 2 == 0 {
+            assert!(closed_within(&mut gc.stream, Duration::from_secs(5)), "garbage with an invalid length prefix: not closed");
+            garbage_closed += 1;
+        } else {
+            garbage_held.push(gc);
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Slowloris: half frames trickling one byte at a time.
+    let slow: Vec<_> = (0..SLOWLORIS)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("slowloris connect");
+                let _ = s.write_all(&1000i32.to_be_bytes());
+                for _ in 0..10_000 {
+                    if stop.load(Ordering::Acquire) || s.write_all(&[7]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        })
+        .collect();
+
+    // Never-readers: pipeline 1 MiB Fetch requests and never read a byte of the responses.
+    let sent_unread = Arc::new(AtomicU64::new(0));
+    let never: Vec<_> = (0..NEVER_READERS)
+        .map(|_| {
+            let (stop, sent_unread) = (stop.clone(), sent_unread.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.stream.set_write_timeout(Some(Duration::from_millis(200))).expect("timeout");
+                for i in 0..100_000 {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let (_, f) = c.frame(12, &fetch_req("big", (i % 64) * 64, 1 << 20));
+                    if c.stream.write_all(&f).is_err() {
+                        // Back-pressure reached the client: the broker stopped reading it.
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                    sent_unread.fetch_add(1, Ordering::Relaxed);
+                }
+                c
+            })
+        })
+        .collect();
+
+    // The good client: produce and fetch, each within GOOD_REQUEST_MAX, for a few seconds,
+    // sampling the broker's RSS meanwhile.
+    let mut good = Client::connect(addr);
+    let started = Instant::now();
+    let (mut ops, mut worst) = (0u64, Duration::ZERO);
+    let mut peak = baseline;
+    let mut peak_threads = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        let t = Instant::now();
+        let r = good.call(9, &produce_req("good", build::simple_batch(10, 100, ops as i64)));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        let base = r.responses[0].partition_responses[0].base_offset;
+        let f = good.call(12, &fetch_req("good", base, 1 << 20));
+        let recs = f.responses[0].partitions[0].records.clone().unwrap_or_default();
+        assert!(!recs.is_empty(), "good client's fetch at {base} returned nothing");
+        let took = t.elapsed();
+        worst = worst.max(took);
+        assert!(took < GOOD_REQUEST_MAX, "a good produce+fetch took {took:?} under attack");
+        ops += 1;
+        peak = peak.max(rss_kib(pid));
+        peak_threads = peak_threads.max(threads(pid));
+    }
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth < RSS_GROWTH_MAX_KIB,
+        "broker RSS grew by {growth} KiB under attack (baseline {baseline} KiB, peak {peak} KiB)"
+    );
+
+    // Let the attack go; the broker must still serve, and shed what the attackers held.
+    stop.store(true, Ordering::Release);
+    for t in slow {
+        t.join().expect("slowloris thread");
+    }
+    let never_clients: Vec<Client> = never.into_iter().map(|t| t.join().expect("never-reader thread")).collect();
+    drop(never_clients);
+    idle.clear();
+    huge.clear();
+    garbage_held.clear();
+    let after = Instant::now();
+    let mut settled = threads(pid);
+    while settled > baseline_threads + 10 && after.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        settled = threads(pid);
+    }
+    let r = good.call(9, &produce_req("good", build::simple_batch(1, 10, 0)));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert!(
+        settled <= baseline_threads + 10,
+        "connection threads not released after the hostile clients left: {settled} threads (baseline {baseline_threads})"
+    );
+    println!(
+        "fault_hostile: {IDLE_CONNECTIONS} idle + {SLOWLORIS} slowloris + 20 huge-declared + {NEVER_READERS} never-reading \
+         connections ({} Fetch requests written and never read), {bad_prefix_closed}/5 bad length prefixes closed, \
+         {garbage_closed}/5 invalid garbage-after-frame closed, 5 plausible ones held; good client {ops} produce+fetch, worst {worst:?} (bound {GOOD_REQUEST_MAX:?}); \
+         broker RSS baseline {baseline} KiB, peak {peak} KiB (+{growth} KiB), threads peak {peak_threads}, after {settled}",
+        sent_unread.load(Ordering::Relaxed)
+    );
+}
