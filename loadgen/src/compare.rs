@@ -473,7 +473,8 @@ pub fn environments_differ(base: &[Run], new: &[Run]) -> Option<String> {
             return Some(format!("environments differ ({} x{} vs {} x{})", b.0, b.1, n.0, n.1));
         }
     }
-    let ceilings: [(&str, fn(&Run) -> Option<f64>); 3] = [
+    type Ceiling = fn(&Run) -> Option<f64>;
+    let ceilings: [(&str, Ceiling); 3] = [
         ("disk_seq_write_bytes_per_s", |r| r.disk_bytes_per_s),
         ("loopback_bytes_per_s", |r| r.loopback_bytes_per_s),
         ("fdatasync p50", |r| r.fdatasync_p50_us),
@@ -807,10 +808,9 @@ pub fn render_table(rows: &[Comparison], d: &Decide) -> String {
     let regs: Vec<&Comparison> = rows.iter().filter(|r| r.verdict == Verdict::Regression).collect();
     let _ = writeln!(
         s,
-        "\nstatistic: {:?} (change = new/base - 1); {:.0}% {} interval, {} resamples, seed {}; threshold {:.1}%; method {:?}",
+        "\nstatistic: {:?} (change = new/base - 1); {:.0}% bootstrap interval, {} resamples, seed {}; threshold {:.1}%; method {:?}",
         d.stat,
         d.confidence * 100.0,
-        "bootstrap",
         d.resamples,
         d.seed,
         d.threshold * 100.0,
