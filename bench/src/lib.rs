@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// How long criterion measures: `BENCH_PROFILE=quick` or `full` (default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
-    /// 0.5 s warmup, 1.5 s measurement, 10 samples per benchmark.
+    /// 1 s warmup, 3 s measurement, 20 samples per benchmark.
     Quick,
     /// criterion's defaults.
     Full,
