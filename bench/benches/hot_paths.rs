@@ -16,6 +16,7 @@
 //! suite in about 1.5 minutes on 2 cores, plus the build). `cargo bench -p bench -- --test` runs each once (CI smoke).
 //! Output goes to `target/criterion` unless `CRITERION_HOME` says otherwise.
 
+use std::cell::OnceCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,17 +145,25 @@ fn append(c: &mut Criterion) {
     let mut batch = batch_of(16 << 10);
     let records = record::validate(&batch, MAX_BATCH).expect("valid").record_count as u64;
     g.throughput(Throughput::Bytes(batch.len() as u64));
+    // Logs are created on first use, so a filtered run (`… -- '^append/sim/never$'`) sets up only its own.
     for (io_name, uring) in [("sim", false), ("uring", true)] {
         for (mode_name, mode) in modes {
             // SimIo keeps everything in memory: 256 MiB per log; disk: 512 MiB per temp dir.
-            let mut log = AppendLog::new(uring, mode, if uring { 512 << 20 } else { 256 << 20 });
-            g.bench_function(BenchmarkId::new(io_name, mode_name), |b| b.iter_custom(|iters| log.run(iters, &mut batch)));
+            let bytes_max = if uring { 512 << 20 } else { 256 << 20 };
+            let mut log: Option<AppendLog> = None;
+            g.bench_function(BenchmarkId::new(io_name, mode_name), |b| {
+                let log = log.get_or_insert_with(|| AppendLog::new(uring, mode, bytes_max));
+                b.iter_custom(|iters| log.run(iters, &mut batch))
+            });
         }
     }
     let mut big = batch_of(1 << 20);
     g.throughput(Throughput::Bytes(big.len() as u64));
-    let mut log = AppendLog::new(true, Durability::Group, 512 << 20);
-    g.bench_function(BenchmarkId::new("uring", "group-1MiB"), |b| b.iter_custom(|iters| log.run(iters, &mut big)));
+    let mut log: Option<AppendLog> = None;
+    g.bench_function(BenchmarkId::new("uring", "group-1MiB"), |b| {
+        let log = log.get_or_insert_with(|| AppendLog::new(true, Durability::Group, 512 << 20));
+        b.iter_custom(|iters| log.run(iters, &mut big))
+    });
     g.finish();
     eprintln!("append: 16 KiB batch = {} B, {records} records of 100 B", batch.len());
 }
@@ -186,11 +195,13 @@ impl ReadLog {
 }
 
 fn read(c: &mut Criterion) {
-    let log = ReadLog::build();
+    // Built on first use: a filtered run that skips the read benchmarks does not write the log.
+    let cell: OnceCell<ReadLog> = OnceCell::new();
     let mut g = c.benchmark_group("read");
     g.throughput(Throughput::Elements(1));
     let mut i = 0usize;
     g.bench_function("index_lookup", |b| {
+        let log = cell.get_or_init(ReadLog::build);
         b.iter(|| {
             i = (i + 1) % log.offsets.len();
             black_box(log.partition.read(log.offsets[i], 0, false).expect("read"))
@@ -198,6 +209,7 @@ fn read(c: &mut Criterion) {
     });
     g.throughput(Throughput::Bytes(1 << 20));
     g.bench_function("fetch_range", |b| {
+        let log = cell.get_or_init(ReadLog::build);
         b.iter(|| {
             i = (i + 1) % log.offsets.len();
             let s = log.partition.read(log.offsets[i], 1 << 20, true).expect("read");
@@ -206,8 +218,10 @@ fn read(c: &mut Criterion) {
         })
     });
     g.finish();
-    eprintln!("read: log of {} segments, {} offsets", log.partition.segment_count(), log.partition.high_watermark());
-    log.manager.close().expect("close");
+    if let Some(log) = cell.get() {
+        eprintln!("read: log of {} segments, {} offsets", log.partition.segment_count(), log.partition.high_watermark());
+        log.manager.close().expect("close");
+    }
 }
 
 criterion_group! {
