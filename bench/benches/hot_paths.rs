@@ -15,11 +15,16 @@
 //! measurement, 100 samples) and `quick` (1 s warmup, 3 s measurement, 20 samples: the whole
 //! suite in about 1.5 minutes on 2 cores, plus the build). `cargo bench -p bench -- --test` runs each once (CI smoke).
 //! Output goes to `target/criterion` unless `CRITERION_HOME` says otherwise.
+//!
+//! Clock (env `BENCH_CLOCK`): `wall` (default) or `cpu` (CPU time of the benchmarking thread:
+//! excludes fdatasync waits and time descheduled; what the CI gate uses on shared machines).
 
 use std::cell::OnceCell;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use bench::BenchClock;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engine::io::{Io, SimIo, UringIo};
@@ -34,15 +39,15 @@ fn batch_of(bytes: usize) -> Vec<u8> {
     record::build::simple_batch(count, 100, 1_700_000_000_000)
 }
 
-fn config() -> Criterion {
-    let c = Criterion::default();
+fn config() -> Criterion<BenchClock> {
+    let c = Criterion::default().with_measurement(BenchClock::from_env());
     match bench::profile() {
         bench::Profile::Quick => c.warm_up_time(Duration::from_millis(1000)).measurement_time(Duration::from_millis(3000)).sample_size(20),
         bench::Profile::Full => c,
     }
 }
 
-fn crc32c(c: &mut Criterion) {
+fn crc32c(c: &mut Criterion<BenchClock>) {
     let mut g = c.benchmark_group("crc32c");
     for (name, size) in [("16KiB", 16usize << 10), ("1MiB", 1 << 20)] {
         let batch = batch_of(size);
@@ -54,7 +59,7 @@ fn crc32c(c: &mut Criterion) {
     g.finish();
 }
 
-fn batch_header(c: &mut Criterion) {
+fn batch_header(c: &mut Criterion<BenchClock>) {
     let mut g = c.benchmark_group("batch_header");
     let mut batch = batch_of(16 << 10);
     g.throughput(Throughput::Elements(1));
@@ -115,7 +120,7 @@ impl AppendLog {
     }
 
     /// Time `iters` durable appends of `batch`.
-    fn run(&mut self, iters: u64, batch: &mut [u8]) -> Duration {
+    fn run(&mut self, clock: &BenchClock, iters: u64, batch: &mut [u8]) -> Duration {
         let mut took = Duration::ZERO;
         let mut left = iters;
         while left > 0 {
@@ -125,11 +130,11 @@ impl AppendLog {
             let room = ((self.bytes_max - self.written) / batch.len() as u64).max(1);
             let n = left.min(room);
             let p = self.partition.as_ref().expect("partition");
-            let start = Instant::now();
+            let start = clock.now();
             for _ in 0..n {
                 black_box(p.append_durable(batch).expect("append"));
             }
-            took += start.elapsed();
+            took += clock.since(start);
             self.written += n * batch.len() as u64;
             left -= n;
         }
@@ -137,7 +142,8 @@ impl AppendLog {
     }
 }
 
-fn append(c: &mut Criterion) {
+fn append(c: &mut Criterion<BenchClock>) {
+    let clock = BenchClock::from_env();
     let mut g = c.benchmark_group("append");
     // Same iteration count in every sample: appends are long enough, and samples stay comparable.
     g.sampling_mode(criterion::SamplingMode::Flat);
@@ -153,7 +159,7 @@ fn append(c: &mut Criterion) {
             let mut log: Option<AppendLog> = None;
             g.bench_function(BenchmarkId::new(io_name, mode_name), |b| {
                 let log = log.get_or_insert_with(|| AppendLog::new(uring, mode, bytes_max));
-                b.iter_custom(|iters| log.run(iters, &mut batch))
+                b.iter_custom(|iters| log.run(&clock, iters, &mut batch))
             });
         }
     }
@@ -162,7 +168,7 @@ fn append(c: &mut Criterion) {
     let mut log: Option<AppendLog> = None;
     g.bench_function(BenchmarkId::new("uring", "group-1MiB"), |b| {
         let log = log.get_or_insert_with(|| AppendLog::new(true, Durability::Group, 512 << 20));
-        b.iter_custom(|iters| log.run(iters, &mut big))
+        b.iter_custom(|iters| log.run(&clock, iters, &mut big))
     });
     g.finish();
     eprintln!("append: 16 KiB batch = {} B, {records} records of 100 B", batch.len());
@@ -194,7 +200,7 @@ impl ReadLog {
     }
 }
 
-fn read(c: &mut Criterion) {
+fn read(c: &mut Criterion<BenchClock>) {
     // Built on first use: a filtered run that skips the read benchmarks does not write the log.
     let cell: OnceCell<ReadLog> = OnceCell::new();
     let mut g = c.benchmark_group("read");

@@ -65,3 +65,113 @@ mod tests {
         assert!((400..600).contains(&low_half), "{low_half}");
     }
 }
+
+/// Which clock the benchmarks read: `BENCH_CLOCK=wall` (default) or `cpu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockKind {
+    /// Elapsed real time: what a client waits (includes fdatasync waits and time descheduled).
+    Wall,
+    /// CPU time of the benchmarking thread (`/proc/thread-self/schedstat`): excludes time spent
+    /// waiting or descheduled, so it barely moves when neighbours load a shared machine. Work
+    /// done by other threads (the interval flusher, io-wq workers) is not counted.
+    Cpu,
+}
+
+/// The clock chosen by `BENCH_CLOCK`.
+pub fn clock_kind() -> ClockKind {
+    match std::env::var("BENCH_CLOCK").as_deref() {
+        Ok("cpu") => ClockKind::Cpu,
+        Ok("wall") | Ok("") | Err(_) => ClockKind::Wall,
+        Ok(other) => {
+            eprintln!("BENCH_CLOCK={other:?} is not wall or cpu: using wall");
+            ClockKind::Wall
+        }
+    }
+}
+
+/// CPU time consumed by the calling thread, in nanoseconds (Linux `/proc/thread-self/schedstat`,
+/// first field). Panics if the file is unreadable: a benchmark must not silently measure zero.
+pub fn thread_cpu_ns() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("read /proc/thread-self/schedstat");
+    s.split_whitespace().next().and_then(|x| x.parse().ok()).expect("schedstat: first field is CPU ns")
+}
+
+/// A criterion measurement reading the clock chosen by `BENCH_CLOCK`; values are `Duration`s
+/// either way, so reports and `loadgen compare --criterion` read the same units.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchClock {
+    pub kind: ClockKind,
+}
+
+/// A point on a [`BenchClock`].
+#[derive(Debug, Clone, Copy)]
+pub enum ClockStart {
+    Wall(std::time::Instant),
+    Cpu(u64),
+}
+
+impl BenchClock {
+    pub fn from_env() -> Self {
+        BenchClock { kind: clock_kind() }
+    }
+    pub fn now(&self) -> ClockStart {
+        match self.kind {
+            ClockKind::Wall => ClockStart::Wall(std::time::Instant::now()),
+            ClockKind::Cpu => ClockStart::Cpu(thread_cpu_ns()),
+        }
+    }
+    pub fn since(&self, start: ClockStart) -> std::time::Duration {
+        match start {
+            ClockStart::Wall(t) => t.elapsed(),
+            ClockStart::Cpu(ns) => std::time::Duration::from_nanos(thread_cpu_ns().saturating_sub(ns)),
+        }
+    }
+}
+
+static WALL: criterion::measurement::WallTime = criterion::measurement::WallTime;
+
+impl criterion::measurement::Measurement for BenchClock {
+    type Intermediate = ClockStart;
+    type Value = std::time::Duration;
+    fn start(&self) -> ClockStart {
+        self.now()
+    }
+    fn end(&self, i: ClockStart) -> std::time::Duration {
+        self.since(i)
+    }
+    fn add(&self, a: &std::time::Duration, b: &std::time::Duration) -> std::time::Duration {
+        *a + *b
+    }
+    fn zero(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+    fn to_f64(&self, v: &std::time::Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn criterion::measurement::ValueFormatter {
+        WALL.formatter()
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_clock_counts_work_not_sleep() {
+        let c = BenchClock { kind: ClockKind::Cpu };
+        let t = c.now();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let slept = c.since(t);
+        assert!(slept < std::time::Duration::from_millis(20), "sleep counted as CPU: {slept:?}");
+        let t = c.now();
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_millis(30);
+        let mut x = 0u64;
+        while std::time::Instant::now() < spin_until {
+            x = x.wrapping_add(1);
+        }
+        assert!(x > 0);
+        let spun = c.since(t);
+        assert!(spun >= std::time::Duration::from_millis(5), "spinning not counted: {spun:?}");
+    }
+}

@@ -66,6 +66,10 @@ pub struct CompareArgs {
     /// Normalize loadgen figures by the in-run calibration.
     #[arg(long, value_enum, default_value_t = Normalize::Auto)]
     pub normalize: Normalize,
+    /// Several inputs per side are rounds of an interleaved A/B run, paired by position
+    /// (--base A1 A2 A3 --new B1 B2 B3): compare per-round ratios B_i / A_i.
+    #[arg(long)]
+    pub paired: bool,
     /// Only compare figures / benchmarks whose name contains this string.
     #[arg(long)]
     pub filter: Option<String>,
@@ -281,30 +285,7 @@ pub fn compare_samples(group: &str, figure: &str, unit: &str, better: Better, ba
     let fig_seed = d.seed ^ fnv1a(group.as_bytes()) ^ fnv1a(figure.as_bytes()).rotate_left(17);
     let (ci_low, ci_high) = bootstrap_ci(base, new, d.stat, d.confidence, d.resamples, fig_seed);
     let (_, mwu_p) = mann_whitney(base, new);
-    let alpha = 1.0 - d.confidence;
-    let t = d.threshold;
-    // Signed so that positive = worse.
-    let (worse_lo, better_lo, point_worse) = match better {
-        Better::Lower => (ci_low > t, ci_high < -t, change > t),
-        Better::Higher => (ci_high < -t, ci_low > t, change < -t),
-    };
-    let point_better = match better {
-        Better::Lower => change < -t,
-        Better::Higher => change > t,
-    };
-    let significant = mwu_p < alpha;
-    let (is_reg, is_imp) = match d.method {
-        Method::Bootstrap => (worse_lo, better_lo),
-        Method::Mwu => (significant && point_worse, significant && point_better),
-        Method::Both => (worse_lo && significant, better_lo && significant),
-    };
-    let verdict = if is_reg {
-        Verdict::Regression
-    } else if is_imp {
-        Verdict::Improvement
-    } else {
-        Verdict::NoChange
-    };
+    let verdict = decide(better, change, ci_low, ci_high, mwu_p, d);
     Comparison {
         group: group.to_string(),
         figure: figure.to_string(),
@@ -314,6 +295,126 @@ pub fn compare_samples(group: &str, figure: &str, unit: &str, better: Better, ba
         new_n: new.len(),
         base_stat,
         new_stat,
+        change,
+        ci_low,
+        ci_high,
+        mwu_p,
+        verdict,
+    }
+}
+
+/// The decision rule shared by pooled and clustered comparisons.
+fn decide(better: Better, change: f64, ci_low: f64, ci_high: f64, mwu_p: f64, d: &Decide) -> Verdict {
+    let alpha = 1.0 - d.confidence;
+    let t = d.threshold;
+    let (worse_ci, better_ci, point_worse, point_better) = match better {
+        Better::Lower => (ci_low > t, ci_high < -t, change > t, change < -t),
+        Better::Higher => (ci_high < -t, ci_low > t, change < -t, change > t),
+    };
+    let significant = mwu_p < alpha;
+    let (is_reg, is_imp) = match d.method {
+        Method::Bootstrap => (worse_ci, better_ci),
+        Method::Mwu => (significant && point_worse, significant && point_better),
+        Method::Both => (worse_ci && significant, better_ci && significant),
+    };
+    if is_reg {
+        Verdict::Regression
+    } else if is_imp {
+        Verdict::Improvement
+    } else {
+        Verdict::NoChange
+    }
+}
+
+/// Compare samples that come in clusters (rounds: runs made minutes apart, whose samples share
+/// that moment's machine load). The bootstrap resamples whole rounds, and Mann–Whitney compares
+/// per-round statistics, so load that moved one round's samples together widens the interval
+/// instead of passing for a change. The point estimate is the statistic of all samples pooled.
+pub fn compare_clustered(group: &str, figure: &str, unit: &str, better: Better, base: &[Vec<f64>], new: &[Vec<f64>], d: &Decide) -> Comparison {
+    assert!(base.iter().all(|c| !c.is_empty()) && new.iter().all(|c| !c.is_empty()) && !base.is_empty() && !new.is_empty());
+    let pooled = |cs: &[Vec<f64>]| cs.iter().flatten().copied().collect::<Vec<f64>>();
+    let (pb, pn) = (pooled(base), pooled(new));
+    let base_stat = stat_of(d.stat, &pb);
+    let new_stat = stat_of(d.stat, &pn);
+    let change = if base_stat != 0.0 { new_stat / base_stat - 1.0 } else { f64::NAN };
+    let mut rng = StdRng::seed_from_u64(d.seed ^ fnv1a(group.as_bytes()) ^ fnv1a(figure.as_bytes()).rotate_left(17));
+    let mut ratios = Vec::with_capacity(d.resamples);
+    let mut buf = Vec::new();
+    for _ in 0..d.resamples.max(100) {
+        let mut side = |cs: &[Vec<f64>]| {
+            buf.clear();
+            for _ in 0..cs.len() {
+                buf.extend_from_slice(&cs[rng.gen_range(0..cs.len())]);
+            }
+            stat_of(d.stat, &buf)
+        };
+        let sb = side(base);
+        let sn = side(new);
+        if sb != 0.0 && sb.is_finite() && sn.is_finite() {
+            ratios.push(sn / sb - 1.0);
+        }
+    }
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let alpha = (1.0 - d.confidence).clamp(0.0, 1.0);
+    let at = |q: f64| ratios.get(((q * (ratios.len().max(1) - 1) as f64).round() as usize).min(ratios.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let (ci_low, ci_high) = (at(alpha / 2.0), at(1.0 - alpha / 2.0));
+    let per_round = |cs: &[Vec<f64>]| cs.iter().map(|c| stat_of(d.stat, c)).collect::<Vec<f64>>();
+    let (_, mwu_p) = mann_whitney(&per_round(base), &per_round(new));
+    let verdict = decide(better, change, ci_low, ci_high, mwu_p, d);
+    Comparison {
+        group: group.to_string(),
+        figure: figure.to_string(),
+        unit: unit.to_string(),
+        better,
+        base_n: base.len(),
+        new_n: new.len(),
+        base_stat,
+        new_stat,
+        change,
+        ci_low,
+        ci_high,
+        mwu_p,
+        verdict,
+    }
+}
+
+/// Compare rounds of an interleaved A/B run pairwise: round i of `new` ran right next to round i
+/// of `base`, under the same load. The change is the statistic of the per-round ratios
+/// stat(new_i) / stat(base_i) - 1; the bootstrap resamples rounds; Mann–Whitney compares the
+/// per-round statistics. With few rounds the interval spans all of them: a regression then means
+/// every round saw it.
+pub fn compare_paired(group: &str, figure: &str, unit: &str, better: Better, base: &[Vec<f64>], new: &[Vec<f64>], d: &Decide) -> Comparison {
+    assert!(base.len() == new.len() && !base.is_empty(), "paired comparison needs the same number of rounds per side");
+    let per_round = |cs: &[Vec<f64>]| cs.iter().map(|c| stat_of(d.stat, c)).collect::<Vec<f64>>();
+    let (rb, rn) = (per_round(base), per_round(new));
+    let ratios: Vec<f64> = rb.iter().zip(&rn).map(|(b, n)| n / b - 1.0).filter(|x| x.is_finite()).collect();
+    let change = if ratios.is_empty() { f64::NAN } else { stat_of(d.stat, &ratios) };
+    let mut rng = StdRng::seed_from_u64(d.seed ^ fnv1a(group.as_bytes()) ^ fnv1a(figure.as_bytes()).rotate_left(17));
+    let mut boot = Vec::with_capacity(d.resamples);
+    let mut buf = vec![0.0; ratios.len()];
+    if !ratios.is_empty() {
+        for _ in 0..d.resamples.max(100) {
+            for x in buf.iter_mut() {
+                *x = ratios[rng.gen_range(0..ratios.len())];
+            }
+            boot.push(stat_of(d.stat, &buf));
+        }
+    }
+    boot.sort_by(|a, b| a.total_cmp(b));
+    let alpha = (1.0 - d.confidence).clamp(0.0, 1.0);
+    let at = |q: f64| boot.get(((q * (boot.len().max(1) - 1) as f64).round() as usize).min(boot.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let (ci_low, ci_high) = (at(alpha / 2.0), at(1.0 - alpha / 2.0));
+    let (_, mwu_p) = mann_whitney(&rb, &rn);
+    let verdict = decide(better, change, ci_low, ci_high, mwu_p, d);
+    Comparison {
+        group: group.to_string(),
+        figure: figure.to_string(),
+        unit: unit.to_string(),
+        better,
+        base_n: base.len(),
+        new_n: new.len(),
+        base_stat: stat_of(d.stat, &rb),
+        new_stat: stat_of(d.stat, &rn),
         change,
         ci_low,
         ci_high,
@@ -690,12 +791,17 @@ fn parse_criterion(new_dir: &Path, root: &Path) -> Result<CriterionBench, InputE
     Ok(CriterionBench { id, ns_per_iter, throughput })
 }
 
-/// Compare criterion runs (samples of several directories per side are pooled).
-pub fn compare_criterion(base: &[CriterionBench], new: &[CriterionBench], d: &Decide, filter: Option<&str>, notes: &mut Vec<String>) -> Result<Vec<Comparison>, InputError> {
+/// Compare criterion runs. With one directory per side every sample is an observation; with
+/// several per side (rounds of an interleaved A/B run) each directory is a cluster
+/// ([`compare_clustered`]) and the `n` column counts rounds.
+pub fn compare_criterion(base: &[CriterionBench], new: &[CriterionBench], d: &Decide, paired: bool, filter: Option<&str>, notes: &mut Vec<String>) -> Result<Vec<Comparison>, InputError> {
+    // One cluster (round) per input directory.
     let pool = |v: &[CriterionBench]| {
-        let mut m: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut m: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
         for b in v {
-            m.entry(b.id.clone()).or_default().extend(&b.ns_per_iter);
+            if !b.ns_per_iter.is_empty() {
+                m.entry(b.id.clone()).or_default().push(b.ns_per_iter.clone());
+            }
         }
         m
     };
@@ -706,8 +812,14 @@ pub fn compare_criterion(base: &[CriterionBench], new: &[CriterionBench], d: &De
             continue;
         }
         match pn.get(id) {
-            Some(ns) if !bs.is_empty() && !ns.is_empty() => out.push(compare_samples("criterion", id, "ns/iter", Better::Lower, bs, ns, d)),
-            _ => notes.push(format!("benchmark {id:?} only in base: not compared")),
+            Some(ns) if paired && bs.len() == ns.len() => out.push(compare_paired("criterion", id, "ns/iter", Better::Lower, bs, ns, d)),
+            Some(ns) if paired => notes.push(format!("{id}: {} base rounds vs {} new rounds: cannot pair, not compared", bs.len(), ns.len())),
+            Some(ns) if bs.len() >= 2 && ns.len() >= 2 => out.push(compare_clustered("criterion", id, "ns/iter", Better::Lower, bs, ns, d)),
+            Some(ns) => {
+                let flat = |cs: &Vec<Vec<f64>>| cs.iter().flatten().copied().collect::<Vec<f64>>();
+                out.push(compare_samples("criterion", id, "ns/iter", Better::Lower, &flat(bs), &flat(ns), d))
+            }
+            None => notes.push(format!("benchmark {id:?} only in base: not compared")),
         }
     }
     for id in pn.keys() {
@@ -876,7 +988,7 @@ pub fn evaluate(args: &CompareArgs) -> Result<(Vec<Comparison>, Vec<String>, Dec
             Ok(v)
         };
         let (b, n) = (load(&base_paths)?, load(&new_paths)?);
-        compare_criterion(&b, &n, &d, args.filter.as_deref(), &mut notes)?
+        compare_criterion(&b, &n, &d, args.paired, args.filter.as_deref(), &mut notes)?
     } else {
         let b = load_runs(&base_paths, &mut notes)?;
         let n = load_runs(&new_paths, &mut notes)?;
@@ -1088,6 +1200,7 @@ mod tests {
             method: Method::Bootstrap,
             stat: Stat::Median,
             normalize: Normalize::Auto,
+            paired: false,
             filter: None,
             json_out: None,
         };
@@ -1128,6 +1241,47 @@ mod tests {
         assert_eq!(run(args(vec![bdir, ndir])), 0);
     }
 
+    #[test]
+    fn rounds_that_moved_together_do_not_pass_for_a_change() {
+        // Three rounds per side; within a round samples are tight, but each round sits at its own
+        // load level (here new's rounds happened to be the busier ones). Pooled, that looks like a
+        // certain +15%; by rounds it is not.
+        let base: Vec<Vec<f64>> = [100.0, 112.0, 95.0].iter().enumerate().map(|(i, c)| noisy(*c, 0.01, 10, i as u64)).collect();
+        let new: Vec<Vec<f64>> = [118.0, 104.0, 126.0].iter().enumerate().map(|(i, c)| noisy(*c, 0.01, 10, 10 + i as u64)).collect();
+        let flat = |cs: &[Vec<f64>]| cs.iter().flatten().copied().collect::<Vec<f64>>();
+        let pooled = compare_samples("g", "t", "ns/iter", Better::Lower, &flat(&base), &flat(&new), &decide());
+        assert_eq!(pooled.verdict, Verdict::Regression, "{pooled:?}");
+        let by_round = compare_clustered("g", "t", "ns/iter", Better::Lower, &base, &new, &decide());
+        assert_eq!(by_round.verdict, Verdict::NoChange, "{by_round:?}");
+        // Unpaired, a consistent 20% shift drowns in the rounds' spread; paired with the round it
+        // ran next to, it is caught, and the noisy no-shift rounds still are not flagged.
+        let slow: Vec<Vec<f64>> = [120.0, 134.0, 114.0].iter().enumerate().map(|(i, c)| noisy(*c, 0.01, 10, 20 + i as u64)).collect();
+        let c = compare_paired("g", "t", "ns/iter", Better::Lower, &base, &slow, &decide());
+        assert_eq!(c.verdict, Verdict::Regression, "{c:?}");
+        assert!(c.ci_low > 0.15 && c.ci_high < 0.25, "{c:?}");
+        let c = compare_paired("g", "t", "ns/iter", Better::Lower, &base, &new, &decide());
+        assert_eq!(c.verdict, Verdict::NoChange, "{c:?}");
+    }
+
+    #[test]
+    fn paired_rounds_with_eight_percent_noise_do_not_flag_and_twenty_percent_does() {
+        // Each round at its own load level (+-30%), B within +-8% of its A round.
+        let mut rng = StdRng::seed_from_u64(99);
+        let mut false_flags = 0;
+        for trial in 0..20u64 {
+            let levels: Vec<f64> = (0..5).map(|_| 100.0 * (1.0 + rng.gen_range(-0.3..0.3))).collect();
+            let a: Vec<Vec<f64>> = levels.iter().enumerate().map(|(i, l)| noisy(*l, 0.08, 10, trial * 100 + i as u64)).collect();
+            let same: Vec<Vec<f64>> = levels.iter().enumerate().map(|(i, l)| noisy(*l, 0.08, 10, trial * 100 + 50 + i as u64)).collect();
+            let slow: Vec<Vec<f64>> = levels.iter().enumerate().map(|(i, l)| noisy(l * 1.2, 0.08, 10, trial * 100 + 70 + i as u64)).collect();
+            if compare_paired("g", "t", "ns/iter", Better::Lower, &a, &same, &decide()).verdict == Verdict::Regression {
+                false_flags += 1;
+            }
+            let c = compare_paired("g", "t", "ns/iter", Better::Lower, &a, &slow, &decide());
+            assert_eq!(c.verdict, Verdict::Regression, "trial {trial}: {c:?}");
+        }
+        assert_eq!(false_flags, 0);
+    }
+
     fn write_criterion(root: &Path, id: &str, ns: &[f64]) {
         let d = root.join(id).join("new");
         std::fs::create_dir_all(&d).unwrap();
@@ -1155,9 +1309,9 @@ mod tests {
         assert_eq!(loaded.len(), 2);
         assert_eq!(loaded[0].throughput, Some(("bytes".to_string(), 16384.0)));
         let mut notes = Vec::new();
-        let rows = compare_criterion(&loaded, &load_criterion_dir(&b).unwrap(), &decide(), None, &mut notes).unwrap();
+        let rows = compare_criterion(&loaded, &load_criterion_dir(&b).unwrap(), &decide(), false, None, &mut notes).unwrap();
         assert!(rows.iter().all(|r| r.verdict != Verdict::Regression), "{rows:#?}");
-        let rows = compare_criterion(&loaded, &load_criterion_dir(&c).unwrap(), &decide(), None, &mut notes).unwrap();
+        let rows = compare_criterion(&loaded, &load_criterion_dir(&c).unwrap(), &decide(), false, None, &mut notes).unwrap();
         let reg: Vec<&str> = rows.iter().filter(|r| r.verdict == Verdict::Regression).map(|r| r.figure.as_str()).collect();
         assert_eq!(reg, vec!["append/sim/never"]);
         assert!(load_criterion_dir(&dir.path().join("nope")).is_err());
