@@ -70,6 +70,10 @@ pub struct CompareArgs {
     /// (--base A1 A2 A3 --new B1 B2 B3): compare per-round ratios B_i / A_i.
     #[arg(long)]
     pub paired: bool,
+    /// Figures / benchmarks whose name contains this string are reported but never fail the
+    /// comparison (e.g. fdatasync-bound benchmarks on a shared disk). Repeatable.
+    #[arg(long, value_name = "SUBSTRING")]
+    pub informational: Vec<String>,
     /// Only compare figures / benchmarks whose name contains this string.
     #[arg(long)]
     pub filter: Option<String>,
@@ -618,7 +622,7 @@ pub fn normalized(run: &Run) -> Option<Run> {
 }
 
 /// Compare loadgen runs workload by workload.
-pub fn compare_runs(base: &[Run], new: &[Run], normalize: Normalize, d: &Decide, filter: Option<&str>, notes: &mut Vec<String>) -> Result<Vec<Comparison>, InputError> {
+pub fn compare_runs(base: &[Run], new: &[Run], normalize: Normalize, d: &Decide, paired: bool, filter: Option<&str>, notes: &mut Vec<String>) -> Result<Vec<Comparison>, InputError> {
     let group = |runs: &[Run]| {
         let mut m: BTreeMap<String, Vec<Run>> = BTreeMap::new();
         for r in runs {
@@ -664,6 +668,10 @@ pub fn compare_runs(base: &[Run], new: &[Run], normalize: Normalize, d: &Decide,
         } else {
             (b_runs.clone(), n_runs.clone())
         };
+        let pair = paired && b_runs.len() == n_runs.len();
+        if paired && !pair {
+            notes.push(format!("{w}: {} base vs {} new runs: cannot pair, comparing unpaired", b_runs.len(), n_runs.len()));
+        }
         if b_runs.len() < 3 || n_runs.len() < 3 {
             notes.push(format!(
                 "{w}: {} base / {} new runs: with fewer than 3 runs per side the interval mostly reflects single samples; run the suite with --runs 3 or more",
@@ -691,7 +699,13 @@ pub fn compare_runs(base: &[Run], new: &[Run], normalize: Normalize, d: &Decide,
                 notes.push(format!("{w}: {name} missing on one side"));
                 continue;
             }
-            out.push(compare_samples(w, &name, unit, better, &bs, &ns, d));
+            if pair && bs.len() == ns.len() {
+                // Runs in file-name (= start time) order: run i of each side ran next to each other.
+                let one = |xs: &[f64]| xs.iter().map(|x| vec![*x]).collect::<Vec<Vec<f64>>>();
+                out.push(compare_paired(w, &name, unit, better, &one(&bs), &one(&ns), d));
+            } else {
+                out.push(compare_samples(w, &name, unit, better, &bs, &ns, d));
+            }
         }
     }
     for w in gn.keys() {
@@ -879,6 +893,20 @@ fn pct(x: f64) -> String {
 
 /// Render the comparison table.
 pub fn render_table(rows: &[Comparison], d: &Decide) -> String {
+    render_table_with(rows, d, &[])
+}
+
+fn is_informational(r: &Comparison, informational: &[String]) -> bool {
+    informational.iter().any(|i| !i.is_empty() && (r.figure.contains(i.as_str()) || r.group.contains(i.as_str())))
+}
+
+/// Regressions that fail the comparison (not informational).
+pub fn gating_regressions<'a>(rows: &'a [Comparison], informational: &[String]) -> Vec<&'a Comparison> {
+    rows.iter().filter(|r| r.verdict == Verdict::Regression && !is_informational(r, informational)).collect()
+}
+
+/// [`render_table`], marking informational figures.
+pub fn render_table_with(rows: &[Comparison], d: &Decide, informational: &[String]) -> String {
     let mut s = String::new();
     let header = ["group", "figure", "base", "new", "change", "CI", "MWU p", "n", "verdict"];
     let mut table: Vec<[String; 9]> = vec![header.map(String::from)];
@@ -888,6 +916,7 @@ pub fn render_table(rows: &[Comparison], d: &Decide) -> String {
             Better::Lower => "lower is better",
         };
         let verdict = match r.verdict {
+            Verdict::Regression if is_informational(r, informational) => format!("regression? (informational, {better})"),
             Verdict::Regression => format!("REGRESSION ({better})"),
             Verdict::Improvement => "improved".to_string(),
             Verdict::NoChange => "no significant change".to_string(),
@@ -917,7 +946,7 @@ pub fn render_table(rows: &[Comparison], d: &Decide) -> String {
             let _ = writeln!(s, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
         }
     }
-    let regs: Vec<&Comparison> = rows.iter().filter(|r| r.verdict == Verdict::Regression).collect();
+    let regs = gating_regressions(rows, informational);
     let _ = writeln!(
         s,
         "\nstatistic: {:?} (change = new/base - 1); {:.0}% bootstrap interval, {} resamples, seed {}; threshold {:.1}%; method {:?}",
@@ -995,7 +1024,7 @@ pub fn evaluate(args: &CompareArgs) -> Result<(Vec<Comparison>, Vec<String>, Dec
         if b.is_empty() || n.is_empty() {
             return Err(bad("no complete runs on one side"));
         }
-        compare_runs(&b, &n, args.normalize, &d, args.filter.as_deref(), &mut notes)?
+        compare_runs(&b, &n, args.normalize, &d, args.paired, args.filter.as_deref(), &mut notes)?
     };
     Ok((rows, notes, d))
 }
@@ -1011,11 +1040,12 @@ pub fn run(args: CompareArgs) -> i32 {
             for n in &notes {
                 println!("note: {n}");
             }
-            print!("{}", render_table(&rows, &d));
+            print!("{}", render_table_with(&rows, &d, &args.informational));
             if let Some(path) = &args.json_out {
                 let doc = serde_json::json!({
                     "threshold": d.threshold, "confidence": d.confidence, "seed": d.seed,
-                    "regression": rows.iter().any(|r| r.verdict == Verdict::Regression),
+                    "regression": !gating_regressions(&rows, &args.informational).is_empty(),
+                    "informational": args.informational,
                     "figures": rows,
                 });
                 let written = serde_json::to_vec_pretty(&doc).map_err(|e| e.to_string()).and_then(|b| std::fs::write(path, b).map_err(|e| e.to_string()));
@@ -1024,7 +1054,7 @@ pub fn run(args: CompareArgs) -> i32 {
                     return 2;
                 }
             }
-            if rows.iter().any(|r| r.verdict == Verdict::Regression) {
+            if !gating_regressions(&rows, &args.informational).is_empty() {
                 1
             } else {
                 0
@@ -1149,7 +1179,7 @@ mod tests {
         let base = runs(1e6, 1000.0, "cpu A", 6e8, 6, 1);
         let same = runs(1e6, 1000.0, "cpu A", 6e8, 6, 2);
         let mut notes = Vec::new();
-        let rows = compare_runs(&base, &same, Normalize::Auto, &decide(), None, &mut notes).unwrap();
+        let rows = compare_runs(&base, &same, Normalize::Auto, &decide(), false, None, &mut notes).unwrap();
         assert!(rows.iter().any(|r| r.figure == "publish.records_per_s"));
         assert!(rows.iter().any(|r| r.figure == "end_to_end.latency p99.9"));
         assert!(rows.iter().any(|r| r.figure == "efficiency.disk_write_fraction"));
@@ -1157,11 +1187,28 @@ mod tests {
 
         // Throughput 20% down and p99 latency 20% up: both flagged.
         let worse = runs(8e5, 1200.0, "cpu A", 6e8, 6, 3);
-        let rows = compare_runs(&base, &worse, Normalize::Auto, &decide(), None, &mut notes).unwrap();
+        let rows = compare_runs(&base, &worse, Normalize::Auto, &decide(), false, None, &mut notes).unwrap();
         let get = |f: &str| rows.iter().find(|r| r.figure == f).unwrap().verdict;
         assert_eq!(get("publish.records_per_s"), Verdict::Regression);
         assert_eq!(get("publish.latency p99"), Verdict::Regression);
         assert!(render_table(&rows, &decide()).contains("REGRESSION: max-throughput-100b publish.records_per_s"));
+    }
+
+    #[test]
+    fn interleaved_loadgen_runs_compare_paired() {
+        // Five A/B pairs whose machine load drifts from pair to pair (+-25%); B is 20% slower.
+        let levels = [1.0, 0.8, 1.2, 0.9, 1.1];
+        let mk = |f: f64, seed: u64| -> Vec<Run> {
+            let jitter = noisy(1.0, 0.03, 5, seed);
+            levels.iter().zip(&jitter).enumerate().map(|(i, (l, j))| parse_run(&result_json("smoke", 1e6 * l * j * f, 1000.0, "A", 6e8), &format!("{i}.json")).unwrap()).collect()
+        };
+        let (a, same, slow) = (mk(1.0, 1), mk(1.0, 2), mk(0.8, 3));
+        let mut notes = Vec::new();
+        let get = |rows: &[Comparison]| rows.iter().find(|r| r.figure == "publish.records_per_s").unwrap().verdict;
+        assert_eq!(get(&compare_runs(&a, &slow, Normalize::Never, &decide(), true, None, &mut notes).unwrap()), Verdict::Regression);
+        assert_eq!(get(&compare_runs(&a, &same, Normalize::Never, &decide(), true, None, &mut notes).unwrap()), Verdict::NoChange);
+        // Unpaired, the drift hides the 20% drop.
+        assert_eq!(get(&compare_runs(&a, &slow, Normalize::Never, &decide(), false, None, &mut notes).unwrap()), Verdict::NoChange);
     }
 
     #[test]
@@ -1171,14 +1218,14 @@ mod tests {
         let base = runs(1e6, 1000.0, "cpu A", 6e8, 6, 1);
         let new = runs(2e6, 1000.0, "cpu B", 12e8, 6, 2);
         let mut notes = Vec::new();
-        let rows = compare_runs(&base, &new, Normalize::Auto, &decide(), None, &mut notes).unwrap();
+        let rows = compare_runs(&base, &new, Normalize::Auto, &decide(), false, None, &mut notes).unwrap();
         assert!(notes.iter().any(|n| n.contains("normalizing")), "{notes:?}");
         let tput = rows.iter().find(|r| r.figure == "publish.records_per_s/ceiling").unwrap();
         assert_eq!(tput.verdict, Verdict::NoChange, "{tput:?}");
         assert!(tput.change.abs() < 0.1);
         // Same faster machine but throughput only equal to the old one: efficiency halved -> regression.
         let new_bad = runs(1e6, 1000.0, "cpu B", 12e8, 6, 2);
-        let rows = compare_runs(&base, &new_bad, Normalize::Auto, &decide(), None, &mut notes).unwrap();
+        let rows = compare_runs(&base, &new_bad, Normalize::Auto, &decide(), false, None, &mut notes).unwrap();
         let tput = rows.iter().find(|r| r.figure == "publish.records_per_s/ceiling").unwrap();
         assert_eq!(tput.verdict, Verdict::Regression);
         let eff = rows.iter().find(|r| r.figure == "efficiency.disk_write_fraction").unwrap();
@@ -1201,6 +1248,7 @@ mod tests {
             stat: Stat::Median,
             normalize: Normalize::Auto,
             paired: false,
+            informational: vec![],
             filter: None,
             json_out: None,
         };
@@ -1223,6 +1271,10 @@ mod tests {
             std::fs::write(wdir.join(format!("{i}.json")), result_json("smoke", n * 0.75, 1000.0, "A", 6e8).to_string()).unwrap();
         }
         assert_eq!(run(args(vec![bdir.clone(), ndir.clone()])), 0);
+        // Informational figures are reported but do not fail.
+        let mut info = args(vec![bdir.clone(), wdir.clone()]);
+        info.informational = vec!["records_per_s".into(), "efficiency".into()];
+        assert_eq!(run(info), 0);
         let mut grouped = args(vec![]);
         grouped.base = vec![bdir.clone()];
         grouped.new = vec![wdir.clone()];
