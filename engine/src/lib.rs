@@ -5,7 +5,9 @@
 //! * [`log`]: segments, indexes, partitions, group commit, recovery, retention (no sockets).
 //! * [`wire`]: Kafka framing and the hand-framed zero-copy Fetch response.
 //! * [`broker`]: the server and one handler per API.
+//! * [`groups`]: the consumer-group coordinator (group, offset and producer-id APIs).
 pub mod broker;
+pub mod groups;
 pub mod io;
 pub mod log;
 pub mod record;

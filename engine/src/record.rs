@@ -108,6 +108,16 @@ pub fn declared_size(buf: &[u8]) -> Option<i64> {
 /// Parse the header of the batch at the start of `buf` without checking the CRC.
 /// `buf` may hold more bytes after the batch.
 pub fn parse_header(buf: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
+    let info = parse_header_only(buf, max_batch_bytes)?;
+    if buf.len() < info.size_bytes {
+        return Err(BatchError::Truncated { have: buf.len(), need: info.size_bytes });
+    }
+    Ok(info)
+}
+
+/// Parse and check the fixed 61-byte header at the start of `buf` (magic, length bounds, count)
+/// without requiring the rest of the batch to be present. Used to walk stored batches by header.
+pub fn parse_header_only(buf: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
     if buf.len() < BATCH_HEADER_BYTES {
         return Err(BatchError::Truncated { have: buf.len(), need: BATCH_HEADER_BYTES });
     }
@@ -120,9 +130,6 @@ pub fn parse_header(buf: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, Bat
         return Err(BatchError::BadLength(size));
     }
     let size = size as usize;
-    if buf.len() < size {
-        return Err(BatchError::Truncated { have: buf.len(), need: size });
-    }
     let info = BatchInfo {
         base_offset: be_i64(buf, 0),
         size_bytes: size,

@@ -18,6 +18,7 @@ use std::sync::Arc;
 pub use sim::{CrashMode, SimIo};
 
 /// A file as the log uses it: positional writes and reads, durability barrier, truncate.
+#[allow(clippy::len_without_is_empty)]
 pub trait IoFile: Send + Sync + std::fmt::Debug {
     /// Write all of `buf` at `pos` (into the page cache; not durable until [`IoFile::sync_data`]).
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
@@ -26,9 +27,16 @@ pub trait IoFile: Send + Sync + std::fmt::Debug {
     /// fdatasync: every write completed before this call is durable when it returns Ok.
     fn sync_data(&self) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The OS file descriptor, for zero-copy `sendfile`. `None` for simulated files.
     fn raw_fd(&self) -> Option<RawFd>;
+    /// Hint: start writing `[pos, pos + len)` back to the disk now (no durability promise).
+    fn start_writeback(&self, _pos: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 
     /// Read exactly `buf.len()` bytes at `pos`.
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
@@ -96,6 +104,9 @@ impl IoFile for OsFile {
     }
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
+    }
+    fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {
+        sys::uring_start_writeback(self.file.as_raw_fd(), pos, len)
     }
 }
 

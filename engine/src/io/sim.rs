@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -64,10 +64,20 @@ struct Shared {
     space_left: AtomicU64,
     /// Fail every write with EIO while non-zero.
     write_eio: AtomicU64,
+    /// Held shared by every operation that changes a file and exclusively by [`SimIo::crash`],
+    /// so a crash image is one instant across all files (not file by file while syncs go on).
+    gate: RwLock<()>,
+}
+
+impl Shared {
+    fn enter(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl IoFile for SimFile {
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let _gate = self.fs.enter();
         if self.fs.write_eio.load(Ordering::SeqCst) != 0 {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -99,11 +109,16 @@ impl IoFile for SimFile {
         Ok(n)
     }
     fn sync_data(&self) -> io::Result<()> {
+        let _gate = self.fs.enter();
         let n = self.fs.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut c = self.contents.lock().expect("sim file lock");
         if self.fs.fail_sync_at.load(Ordering::SeqCst) == n {
+            // As Linux does after a writeback error ("fsyncgate"): the dirty pages are marked
+            // clean, so the unsynced writes stay visible but will never reach the disk, and a
+            // later successful sync does not bring them back.
+            c.pending.clear();
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        let mut c = self.contents.lock().expect("sim file lock");
         let ops = std::mem::take(&mut c.pending);
         for op in &ops {
             apply(&mut c.durable, op);
@@ -114,6 +129,7 @@ impl IoFile for SimFile {
         Ok(self.contents.lock().expect("sim file lock").volatile.len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        let _gate = self.fs.enter();
         let mut c = self.contents.lock().expect("sim file lock");
         let op = Pending::SetLen(len);
         apply(&mut c.volatile, &op);
@@ -168,7 +184,8 @@ impl SimIo {
         SimIo { ns: Arc::new(Mutex::new(ns)), shared: Arc::new(shared) }
     }
 
-    /// Make the `n`-th sync from now (1 = the next one) fail with EIO.
+    /// Make the `n`-th sync from now (1 = the next one) fail with EIO; the writes it would have
+    /// made durable are lost for good (they stay readable until a crash).
     pub fn fail_sync_in(&self, n: u64) {
         let now = self.shared.syncs.load(Ordering::SeqCst);
         self.shared.fail_sync_at.store(now + n, Ordering::SeqCst);
@@ -209,6 +226,7 @@ impl SimIo {
     /// (it keeps running for as long as the test wants, e.g. to let concurrent appenders finish).
     pub fn crash(&self, mode: CrashMode, seed: u64) -> SimIo {
         let mut rng = StdRng::seed_from_u64(seed);
+        let _frozen = self.shared.gate.write().unwrap_or_else(|p| p.into_inner());
         let ns = self.ns.lock().expect("sim ns lock");
         let out = SimIo::new();
         {

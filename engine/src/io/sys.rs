@@ -92,6 +92,27 @@ pub fn uring_fdatasync(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// Start writeback of `[pos, pos + len)` without waiting for it (sync_file_range with
+/// SYNC_FILE_RANGE_WRITE). Not a durability barrier: only lets the transfer of a large write
+/// overlap with other work, so the fdatasync that follows has less left to do.
+pub fn uring_start_writeback(fd: RawFd, pos: u64, len: u64) -> io::Result<()> {
+    let len32 = len.min(u32::MAX as u64) as u32;
+    let flags = libc::SYNC_FILE_RANGE_WRITE;
+    let entry = opcode::SyncFileRange::new(types::Fd(fd), len32).offset(pos).flags(flags).build();
+    match run_one(entry) {
+        Some(r) => r.map(|_| ()),
+        None => {
+            // SAFETY: sync_file_range takes only integers; a bad descriptor yields EBADF, not UB.
+            let rc = unsafe { libc::sync_file_range(fd, pos as libc::off64_t, len as libc::off64_t, flags) };
+            if rc < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Send `len` bytes of file `file_fd` starting at `pos` to socket `sock_fd` with sendfile(2),
 /// without copying them through user space. Blocks until all are sent or an error occurs.
 pub fn sendfile_all(sock_fd: RawFd, file_fd: RawFd, pos: u64, len: usize) -> io::Result<()> {
@@ -143,5 +164,149 @@ pub fn slow_append_penalty(append_took: std::time::Duration) {
     let until = std::time::Instant::now() + append_took / 5;
     while std::time::Instant::now() < until {
         std::hint::spin_loop();
+    }
+}
+
+/// Block SIGINT and SIGTERM in the calling thread (and every thread it spawns afterwards), so
+/// that [`wait_for_termination_signal`] can receive them synchronously. Call first in `main`.
+pub fn block_termination_signals() -> io::Result<()> {
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use; the pointers
+    // passed are valid for the calls; a null old-set pointer is allowed by pthread_sigmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+    }
+    Ok(())
+}
+
+/// Wait until SIGINT or SIGTERM arrives (they must be blocked: [`block_termination_signals`]).
+/// Returns the signal number.
+pub fn wait_for_termination_signal() -> io::Result<i32> {
+    // SAFETY: as above; `sig` is a valid out-pointer for sigwait.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let mut sig: libc::c_int = 0;
+        let rc = libc::sigwait(&set, &mut sig);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(sig)
+    }
+}
+
+/// Allocations at least this large are served by `mmap(MAP_NORESERVE)` (see [`GuardedAlloc`]).
+pub const HUGE_ALLOC_BYTES: usize = 1 << 30;
+const PAGE_BYTES: usize = 4096;
+
+/// The process allocator: the system one, except that allocations of [`HUGE_ALLOC_BYTES`] or
+/// more reserve address space with `mmap(MAP_NORESERVE)` instead of committing memory.
+///
+/// Why: the protocol crate's decoders pre-size a `Vec` from an array count read off the wire
+/// (`Vec::with_capacity(n)`, n up to 2^31), which with the system allocator fails and aborts
+/// the process (a remote crash from a 20-byte request). With address space merely reserved,
+/// that allocation succeeds, the decoder runs out of input after at most a frame's worth of
+/// elements (frames are bounded by `frame_bytes_max`), fails with an error, and the mapping is
+/// released. Only touched pages ever use memory.
+pub struct GuardedAlloc;
+
+fn is_huge(size: usize, align: usize) -> bool {
+    size >= HUGE_ALLOC_BYTES && align <= PAGE_BYTES
+}
+
+fn map_noreserve(size: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping with a null hint has no preconditions; failure is
+    // reported as MAP_FAILED, which we turn into null (allocation failure).
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        std::ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+// SAFETY: every method upholds GlobalAlloc's contract: huge blocks come from mmap (page-aligned,
+// which satisfies any align <= PAGE_BYTES, and zero-filled) and are returned with munmap of the
+// same size (the layout given back to dealloc/realloc is the one used to allocate); all other
+// blocks are delegated to `System` unchanged.
+unsafe impl std::alloc::GlobalAlloc for GuardedAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if is_huge(layout.size(), layout.align()) {
+            map_noreserve(layout.size())
+        } else {
+            // SAFETY: forwarded with the caller's guarantees (non-zero size layout).
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if is_huge(layout.size(), layout.align()) {
+            map_noreserve(layout.size()) // anonymous mappings are zero-filled
+        } else {
+            // SAFETY: as in `alloc`.
+            unsafe { std::alloc::System.alloc_zeroed(layout) }
+        }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if is_huge(layout.size(), layout.align()) {
+            // SAFETY: `ptr` came from `map_noreserve(layout.size())` (same layout ⇒ same branch).
+            unsafe { libc::munmap(ptr.cast(), layout.size()) };
+        } else {
+            // SAFETY: `ptr` came from System with this layout.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if !is_huge(layout.size(), layout.align()) && !is_huge(new_size, layout.align()) {
+            // SAFETY: both old and new blocks belong to System.
+            return unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        }
+        // SAFETY: the caller guarantees `new_size` with `layout.align()` is a valid layout.
+        let new_layout = unsafe { std::alloc::Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: fresh allocation through our own `alloc`.
+        let new = unsafe { self.alloc(new_layout) };
+        if !new.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least min(old, new) bytes long.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            // SAFETY: `ptr` was allocated by us with `layout`.
+            unsafe { self.dealloc(ptr, layout) };
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static GLOBAL: GuardedAlloc = GuardedAlloc;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn huge_wire_sized_reservation_does_not_abort() {
+        // What the protocol crate does with a hostile array count: ~150 GB of capacity.
+        let mut v: Vec<[u8; 72]> = Vec::with_capacity(i32::MAX as usize);
+        assert!(v.capacity() >= i32::MAX as usize);
+        for i in 0..1000u32 {
+            v.push([i as u8; 72]);
+        }
+        assert_eq!(v[999][0], (999u32 & 0xff) as u8);
+        drop(v);
+        let z = vec![0u8; 2 << 30]; // zeroed huge block: untouched pages read as zero
+        assert_eq!(z[(1 << 30) + 12345], 0);
     }
 }

@@ -18,6 +18,8 @@ use crate::record::{self, BatchInfo};
 
 const RECOVERY_POINT: &str = "recovery-point";
 const RP_MAGIC: u32 = 0x5250_0001;
+/// Group-mode appends at least this large start their writeback at once (sync_file_range).
+const WRITEBACK_KICK_BYTES: u64 = 256 << 10;
 /// Batches remembered per producer for duplicate detection (Kafka keeps 5).
 const PRODUCER_RECENT_BATCHES: usize = 5;
 
@@ -78,7 +80,7 @@ struct State {
     segments: Vec<Segment>,
     /// In group mode: position in the active segment up to which data is durable (servable).
     hw_pos: u64,
-    producers: HashMap<i64, ProducerState>,
+    producers: HashMap<i64, Option<ProducerState>>,
     rp_file: Arc<dyn IoFile>,
 }
 
@@ -116,6 +118,9 @@ pub struct Partition {
     sync: Mutex<SyncState>,
     sync_cv: Condvar,
     poisoned: AtomicBool,
+    /// Group-commit fdatasyncs completed, and microseconds spent in them (for benchmarks).
+    syncs: AtomicU64,
+    sync_us: AtomicU64,
     high_watermark: AtomicU64,
     log_start: AtomicU64,
     notifier: Arc<Notifier>,
@@ -212,23 +217,40 @@ impl Partition {
             let interval = cfg.index_interval_bytes;
             let max = cfg.batch_bytes_max;
             let mut track = |info: &BatchInfo| track_producer(&mut producers, info);
-            let end = if sealed_below_rp && seg.load_indexes(&*io, file_len).map_err(&e)? {
-                // Trust the checkpointed index; scan headers only from its last entry.
+            let mut trusted = None;
+            if sealed_below_rp && seg.load_indexes(&*io, file_len).map_err(&e)? {
+                // Trust the checkpointed index; scan headers only from its last entry. If that
+                // tail does not check out, the index is stale or damaged: rebuild it below.
                 let last = *seg.index.last().expect("non-empty index");
                 let (index, time_index) = (seg.index.clone(), seg.time_index.clone());
                 let end = seg
                     .scan(last.position as u64, base + last.rel_offset as u64, false, max, u32::MAX, |_| {})
                     .map_err(&e)?;
-                seg.index = index;
-                seg.time_index = time_index;
-                seg.max_timestamp = seg.time_index.last().map_or(-1, |t| t.timestamp).max(seg.max_timestamp);
-                end
-            } else {
-                let end = seg.scan(0, base, true, max, interval, &mut track).map_err(&e)?;
-                if !is_last && end.stopped.is_none() {
-                    seg.write_indexes(&*io).map_err(&e)?;
+                if end.stopped.is_none() {
+                    seg.index = index;
+                    seg.time_index = time_index;
+                    seg.max_timestamp = seg.time_index.last().map_or(-1, |t| t.timestamp).max(seg.max_timestamp);
+                    // Idempotent producer state lives in the batch headers. A header that
+                    // does not parse sends the segment to the full (CRC-checking) scan below,
+                    // which reports where the damage is.
+                    match seg.walk_headers(end.valid_end, max, &mut track) {
+                        Ok(()) => trusted = Some(end),
+                        Err(err) => tracing::warn!(path = %seg_path.display(), "{err}; rescanning"),
+                    }
+                } else {
+                    tracing::warn!(path = %seg_path.display(), "index inconsistent with the log; rebuilding");
                 }
-                end
+            }
+            let end = match trusted {
+                Some(end) => end,
+                None => {
+                    seg.reset_indexes();
+                    let end = seg.scan(0, base, true, max, interval, &mut track).map_err(&e)?;
+                    if !is_last && end.stopped.is_none() {
+                        seg.write_indexes(&*io).map_err(&e)?;
+                    }
+                    end
+                }
             };
             if let Some((position, reason)) = end.stopped {
                 if end.next_offset < recovery_point || !is_last {
@@ -279,6 +301,8 @@ impl Partition {
             sync: Mutex::new(SyncState { in_flight: false, durable: next, poison: None }),
             sync_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+            sync_us: AtomicU64::new(0),
             high_watermark: AtomicU64::new(next),
             log_start: AtomicU64::new(log_start),
             notifier,
@@ -304,6 +328,10 @@ impl Partition {
     }
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
+    }
+    /// Group-commit fdatasyncs completed so far and the total microseconds they took.
+    pub fn sync_stats(&self) -> (u64, u64) {
+        (self.syncs.load(Ordering::Relaxed), self.sync_us.load(Ordering::Relaxed))
     }
     pub fn segment_count(&self) -> usize {
         lock(&self.state).segments.len()
@@ -343,25 +371,45 @@ impl Partition {
             return Err(self.poison_error());
         }
         let mut st = lock(&self.state);
-        // Idempotent producers: check sequences against the state as of now.
-        let mut producer_updates: Vec<(usize, i64)> = Vec::new();
-        for (i, info) in infos.iter().enumerate() {
-            if info.producer_id >= 0 && info.base_sequence >= 0 {
-                if let Some(dup_offset) = check_sequence(&st.producers, info)? {
-                    if infos.len() == 1 {
-                        let next = st.next_offset();
-                        return Ok(AppendInfo {
-                            base_offset: dup_offset,
-                            last_offset: dup_offset + info.last_offset_delta as u64,
-                            next_offset: next,
-                            log_start_offset: st.log_start(),
-                            duplicate: true,
-                        });
-                    }
-                    return Err(AppendError::DuplicateSequence(dup_offset as i64));
-                }
-                producer_updates.push((i, info.producer_id));
+        // Re-checked under the lock: a sync may have failed while we waited for it.
+        if self.is_poisoned() {
+            return Err(self.poison_error());
+        }
+        // Assign offsets (rolling does not change them), then check idempotent producers'
+        // sequences batch by batch against the state as it will be after the earlier batches.
+        let base = st.next_offset();
+        let mut assigned = Vec::with_capacity(infos.len());
+        let mut next = base;
+        for info in &infos {
+            let mut a = *info;
+            a.base_offset = next as i64;
+            next += info.offset_count();
+            assigned.push(a);
+        }
+        let mut touched: HashMap<i64, Option<ProducerState>> = HashMap::new();
+        for a in &assigned {
+            if a.producer_id < 0 || a.base_sequence < 0 {
+                continue;
             }
+            let current = match touched.get(&a.producer_id) {
+                Some(p) => p.clone(),
+                None => st.producers.get(&a.producer_id).cloned().flatten(),
+            };
+            if let Some(dup_offset) = check_sequence(current.as_ref(), a)? {
+                if assigned.len() == 1 {
+                    return Ok(AppendInfo {
+                        base_offset: dup_offset,
+                        last_offset: dup_offset + a.last_offset_delta as u64,
+                        next_offset: base,
+                        log_start_offset: st.log_start(),
+                        duplicate: true,
+                    });
+                }
+                return Err(AppendError::DuplicateSequence(dup_offset as i64));
+            }
+            let mut p = current;
+            track_producer_one(&mut p, a);
+            touched.insert(a.producer_id, p);
         }
         let total = buf.len() as u64;
         let roll_for_age = self
@@ -371,20 +419,23 @@ impl Partition {
         if st.active().size > 0 && (st.active().size + total > self.cfg.segment_bytes_max || roll_for_age) {
             self.roll(&mut st)?;
         }
-        let base = st.next_offset();
         let position = st.active().size;
-        let mut next = base;
+        let window = self.cfg.preallocate_bytes;
+        if window > 0 && total <= window / 4 && position + total > st.active().prealloc_end {
+            let seg = st.active_mut();
+            let from = seg.prealloc_end.max(position);
+            let to = (position + total + window).min(self.cfg.segment_bytes_max.max(position + total));
+            let zeros = vec![0u8; (to - from) as usize];
+            // Zeros past the last batch: recovery stops there (batchLength 0) and truncates.
+            seg.file.write_at(&zeros, from).map_err(AppendError::Storage)?;
+            seg.prealloc_end = to;
+        }
         let mut at = 0usize;
-        let mut assigned = Vec::with_capacity(infos.len());
-        for info in &infos {
-            let b = &mut buf[at..at + info.size_bytes];
-            record::patch_base_offset(b, next as i64);
-            record::patch_leader_epoch(b, 0);
-            let mut a = *info;
-            a.base_offset = next as i64;
-            assigned.push((position + at as u64, a));
-            next += info.offset_count();
-            at += info.size_bytes;
+        for a in &assigned {
+            let b = &mut buf[at..at + a.size_bytes];
+            record::patch_base_offset(b, a.base_offset);
+            record::patch_leader_epoch(b, segment::LEADER_EPOCH_MAX);
+            at += a.size_bytes;
         }
         if let Err(e) = st.active().file.write_at(buf, position) {
             // Nothing is tracked: the bytes past `size` are garbage that the next write
@@ -392,19 +443,30 @@ impl Partition {
             return Err(AppendError::Storage(e));
         }
         let interval = self.cfg.index_interval_bytes;
-        for (pos, a) in &assigned {
-            st.active_mut().track_batch(*pos, a, interval);
+        let mut pos = position;
+        for a in &assigned {
+            st.active_mut().track_batch(pos, a, interval);
+            pos += a.size_bytes as u64;
         }
-        for (i, _) in producer_updates {
-            track_producer(&mut st.producers, &assigned[i].1);
+        for (pid, p) in touched {
+            if p.is_some() {
+                st.producers.insert(pid, p);
+            }
         }
         let log_start = st.log_start();
         if self.cfg.durability != Durability::Group {
             st.hw_pos = st.active().size;
-        }
-        drop(st);
-        if self.cfg.durability != Durability::Group {
+            // Under the state lock, so a reader never sees `hw_pos` and the high watermark disagree.
             self.advance_hw(next);
+        }
+        let kick = (self.cfg.durability == Durability::Group && total >= WRITEBACK_KICK_BYTES)
+            .then(|| st.active().file.clone());
+        drop(st);
+        if let Some(file) = kick {
+            // Outside the lock: lets this batch's transfer overlap the fdatasync in flight and
+            // other appenders' writes (see PERF_NOTES.md). A failure here only loses the hint;
+            // durability is decided by the fdatasync alone.
+            let _ = file.start_writeback(position, total);
         }
         #[cfg(feature = "slow-append")]
         crate::io::sys::slow_append_penalty(started.elapsed());
@@ -473,7 +535,10 @@ impl Partition {
             let a = st.active();
             (a.file.clone(), a.next_offset, a.base_offset, a.size)
         };
+        let started = std::time::Instant::now();
         file.sync_data()?;
+        self.sync_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = lock(&self.state);
             if st.active().base_offset == base {
@@ -481,13 +546,20 @@ impl Partition {
             }
             // Not synced: a stale recovery point only weakens mid-log corruption detection.
             let _ = st.rp_file.write_at(&encode_recovery_point(offset), 0);
+            // Under the state lock, consistent with `hw_pos` for readers.
+            self.advance_hw(offset);
         }
-        self.advance_hw(offset);
         Ok(offset)
     }
 
     /// Seal the active segment (sync it, write its indexes) and start a new one.
     fn roll(&self, st: &mut MutexGuard<'_, State>) -> Result<(), AppendError> {
+        if self.is_poisoned() {
+            return Err(self.poison_error());
+        }
+        // A sealed segment ends exactly after its last batch (trim made durable by the sync
+        // below, before the next segment exists), or recovery would refuse it.
+        st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
         let old = st.active();
         let next = old.next_offset;
         if let Err(e) = old.file.sync_data() {
@@ -496,7 +568,10 @@ impl Partition {
         }
         old.write_indexes(&*self.io).map_err(AppendError::Storage)?;
         let new = Segment::create(&*self.io, &self.dir, next).map_err(AppendError::Storage)?;
-        self.io.sync_dir(&self.dir).map_err(AppendError::Storage)?;
+        if let Err(e) = self.io.sync_dir(&self.dir) {
+            self.poison(format!("fsync of the partition directory failed while rolling: {e}"));
+            return Err(self.poison_error());
+        }
         st.rp_file.write_at(&encode_recovery_point(next), 0).map_err(AppendError::Storage)?;
         if let Err(e) = st.rp_file.sync_data() {
             self.poison(format!("fdatasync of recovery point failed: {e}"));
@@ -658,7 +733,14 @@ impl Partition {
             return Err(self.poison_error());
         }
         self.flush()?;
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
+        if st.active().prealloc_end > st.active().size {
+            st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
+            if let Err(e) = st.active().file.sync_data() {
+                self.poison(format!("fdatasync failed while closing: {e}"));
+                return Err(self.poison_error());
+            }
+        }
         st.active().write_indexes(&*self.io).map_err(AppendError::Storage)?;
         Ok(())
     }
@@ -674,14 +756,14 @@ impl Partition {
 
     /// Current producer (epoch, last sequence) for tests and InitProducerId.
     pub fn producer_state(&self, producer_id: i64) -> Option<(i16, i32)> {
-        lock(&self.state).producers.get(&producer_id).map(|p| (p.epoch, p.last_seq))
+        lock(&self.state).producers.get(&producer_id).and_then(|p| p.as_ref()).map(|p| (p.epoch, p.last_seq))
     }
 }
 
 /// Sequence check for an idempotent batch. `Ok(Some(offset))` = duplicate of a stored batch.
-fn check_sequence(producers: &HashMap<i64, ProducerState>, info: &BatchInfo) -> Result<Option<u64>, AppendError> {
+fn check_sequence(producer: Option<&ProducerState>, info: &BatchInfo) -> Result<Option<u64>, AppendError> {
     let last_seq_of = |i: &BatchInfo| i.base_sequence.wrapping_add(i.last_offset_delta);
-    match producers.get(&info.producer_id) {
+    match producer {
         None => {
             if info.base_sequence != 0 {
                 return Err(AppendError::UnknownProducer(info.producer_id));
@@ -713,14 +795,17 @@ fn check_sequence(producers: &HashMap<i64, ProducerState>, info: &BatchInfo) -> 
 }
 
 /// Record a stored idempotent batch in the producer state (append and recovery).
-fn track_producer(producers: &mut HashMap<i64, ProducerState>, info: &BatchInfo) {
+fn track_producer(producers: &mut HashMap<i64, Option<ProducerState>>, info: &BatchInfo) {
     if info.producer_id < 0 || info.base_sequence < 0 {
         return;
     }
+    track_producer_one(producers.entry(info.producer_id).or_default(), info);
+}
+
+/// Record a stored idempotent batch in one producer's state (`None` = not seen yet).
+fn track_producer_one(slot: &mut Option<ProducerState>, info: &BatchInfo) {
     let last = info.base_sequence.wrapping_add(info.last_offset_delta);
-    let p = producers
-        .entry(info.producer_id)
-        .or_insert(ProducerState { epoch: info.producer_epoch, last_seq: -1, recent: VecDeque::new() });
+    let p = slot.get_or_insert_with(|| ProducerState { epoch: info.producer_epoch, last_seq: -1, recent: VecDeque::new() });
     if info.producer_epoch != p.epoch {
         p.epoch = info.producer_epoch;
         p.recent.clear();

@@ -15,6 +15,10 @@ use std::sync::Arc;
 use crate::io::{Io, IoFile};
 use crate::record::{self, BatchError, BatchInfo, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
 
+/// Largest partitionLeaderEpoch a stored batch may carry. This single-node log stamps every
+/// batch with epoch 0; replication would raise this bound as epochs advance.
+pub const LEADER_EPOCH_MAX: i32 = 0;
+
 pub fn log_name(base: u64) -> String {
     format!("{base:020}.log")
 }
@@ -52,6 +56,10 @@ pub struct Segment {
     pub time_index: Vec<TimeEntry>,
     bytes_since_index: u64,
     pub created: std::time::Instant,
+    /// End of the zero-filled (allocated) region of the file; `>= size`. Bytes in
+    /// `[size, prealloc_end)` are zeros written ahead so that fdatasync overwrites allocated
+    /// blocks instead of journaling a size change (see PERF_NOTES.md).
+    pub prealloc_end: u64,
 }
 
 /// Outcome of scanning a segment's bytes.
@@ -83,6 +91,7 @@ impl Segment {
             time_index: Vec::new(),
             bytes_since_index: 0,
             created: std::time::Instant::now(),
+            prealloc_end: 0,
         }
     }
 
@@ -104,6 +113,7 @@ impl Segment {
         }
         self.bytes_since_index += info.size_bytes as u64;
         self.size = position + info.size_bytes as u64;
+        self.prealloc_end = self.prealloc_end.max(self.size);
         self.next_offset = info.base_offset as u64 + info.offset_count();
         self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
     }
@@ -135,14 +145,48 @@ impl Segment {
         if n < BATCH_HEADER_BYTES {
             return Ok(Err(BatchError::Truncated { have: n, need: BATCH_HEADER_BYTES }));
         }
-        // parse_header wants the whole batch present; check only header fields here.
-        let size = record::declared_size(&hdr).unwrap_or(0);
-        if size < BATCH_HEADER_BYTES as i64 || size > batch_bytes_max as i64 {
-            return Ok(Err(BatchError::BadLength(size)));
+        Ok(record::parse_header_only(&hdr, batch_bytes_max))
+    }
+
+    /// Cut the zero-filled tail off (sealing or clean close): a sealed segment ends exactly
+    /// after its last batch. Durable with the next `sync_data`.
+    pub fn trim_prealloc(&mut self) -> io::Result<()> {
+        if self.prealloc_end > self.size {
+            self.file.set_len(self.size)?;
+            self.prealloc_end = self.size;
         }
-        let mut fake = hdr.to_vec();
-        fake.resize(size as usize, 0);
-        Ok(record::parse_header(&fake, batch_bytes_max))
+        Ok(())
+    }
+
+    /// Forget the in-memory indexes (before a rebuilding scan).
+    pub fn reset_indexes(&mut self) {
+        self.index.clear();
+        self.time_index.clear();
+        self.bytes_since_index = 0;
+        self.max_timestamp = -1;
+    }
+
+    /// Call `f` with the header of every batch in `[0, end)`, reading headers only
+    /// (used to rebuild producer state from segments whose checkpointed index is trusted).
+    /// Batches must tile `[0, end)` exactly with
+    /// contiguous offsets, or this fails with `InvalidData`.
+    pub fn walk_headers(&self, end: u64, batch_bytes_max: usize, mut f: impl FnMut(&BatchInfo)) -> io::Result<()> {
+        let bad = |pos: u64, why: String| io::Error::new(io::ErrorKind::InvalidData, format!("batch at {pos}: {why}"));
+        let mut pos = 0;
+        let mut expected = self.base_offset;
+        while pos < end {
+            let info = self.read_header(pos, batch_bytes_max)?.map_err(|e| bad(pos, e.to_string()))?;
+            if info.base_offset < 0 || info.base_offset as u64 != expected {
+                return Err(bad(pos, format!("offset discontinuity: expected {expected}, found {}", info.base_offset)));
+            }
+            if pos + info.size_bytes as u64 > end {
+                return Err(bad(pos, format!("batch of {} bytes runs past the end {end}", info.size_bytes)));
+            }
+            f(&info);
+            expected = info.base_offset as u64 + info.offset_count();
+            pos += info.size_bytes as u64;
+        }
+        Ok(())
     }
 
     /// Find the position of the batch containing `offset` (scanning headers from the index
@@ -226,6 +270,12 @@ impl Segment {
                 Ok(i) => i,
                 Err(e) => break Some((pos, e.to_string())),
             };
+            // partitionLeaderEpoch is outside the CRC: a flipped bit there is caught only by
+            // knowing which epochs this log can hold.
+            let epoch = i32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+            if !(-1..=LEADER_EPOCH_MAX).contains(&epoch) {
+                break Some((pos, format!("partition leader epoch {epoch} out of range")));
+            }
             if info.base_offset < 0 || info.base_offset as u64 != expected {
                 break Some((pos, format!("offset discontinuity: expected {expected}, found {}", info.base_offset)));
             }
@@ -249,7 +299,10 @@ impl Segment {
             tidx.extend_from_slice(&e.timestamp.to_be_bytes());
             tidx.extend_from_slice(&e.rel_offset.to_be_bytes());
         }
-        for (name, bytes) in [(index_name(self.base_offset), idx), (time_index_name(self.base_offset), tidx)] {
+        for (name, mut bytes) in [(index_name(self.base_offset), idx), (time_index_name(self.base_offset), tidx)] {
+            let crc = crc32c::crc32c(&bytes);
+            bytes.extend_from_slice(&INDEX_FOOTER_MAGIC.to_be_bytes());
+            bytes.extend_from_slice(&crc.to_be_bytes());
             let f = io.open(&self.dir.join(name), true)?;
             f.set_len(0)?;
             f.write_at(&bytes, 0)?;
@@ -276,7 +329,14 @@ impl Segment {
         let (Some(idx), Some(tidx)) = (read_all(index_name(self.base_offset))?, read_all(time_index_name(self.base_offset))?) else {
             return Ok(false);
         };
+        let (Some(idx), Some(tidx)) = (strip_footer(&idx), strip_footer(&tidx)) else {
+            return Ok(false);
+        };
         if idx.len() % 8 != 0 || tidx.len() % 12 != 0 || (idx.is_empty() && file_len > 0) {
+            return Ok(false);
+        }
+        // The first entry always describes the segment's first batch.
+        if idx.len() >= 8 && idx[0..8] != [0u8; 8] {
             return Ok(false);
         }
         let mut last: Option<IndexEntry> = None;
@@ -323,6 +383,18 @@ impl Segment {
         }
         self.index_floor(self.base_offset + self.time_index[i - 1].rel_offset as u64)
     }
+}
+
+/// Trailer of `.index`/`.timeindex` files: magic, then CRC-32C of the entries. A torn or
+/// bit-rotten index fails the check and is rebuilt from the log.
+const INDEX_FOOTER_MAGIC: u32 = 0x4958_0001;
+
+fn strip_footer(b: &[u8]) -> Option<&[u8]> {
+    let body_len = b.len().checked_sub(8)?;
+    let (body, footer) = b.split_at(body_len);
+    let magic = u32::from_be_bytes(footer[0..4].try_into().ok()?);
+    let crc = u32::from_be_bytes(footer[4..8].try_into().ok()?);
+    (magic == INDEX_FOOTER_MAGIC && crc32c::crc32c(body) == crc).then_some(body)
 }
 
 /// Read as many bytes as available into `buf` at `pos` (short only at end of file).

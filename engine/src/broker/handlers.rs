@@ -1,0 +1,622 @@
+//! One handler per API. Each takes the decoded header and the body and returns a [`Reply`].
+//! A request that cannot be parsed, an unknown API key or an unsupported version (other than
+//! for ApiVersions) closes the connection with a logged reason, as Kafka does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use super::{Reply, Shared, FETCH_WAIT_MS_MAX};
+use crate::log::{AppendError, FetchError, Partition, TopicError};
+use crate::wire::{self, error, fetch, HeaderError};
+
+/// API keys routed to the group coordinator (`crate::groups::handle`).
+pub const GROUP_API_KEYS: [i16; 10] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22];
+
+/// (api key, min version, max version) served by the broker itself.
+pub const BROKER_APIS: &[(i16, i16, i16)] = &[
+    (0, 0, 11), // Produce (0–2 advertised for librdkafka's compression check, answered with UNSUPPORTED_VERSION)
+    (1, 4, 12), // Fetch
+    (2, 1, 7),  // ListOffsets
+    (3, 0, 12), // Metadata
+    (18, 0, 4), // ApiVersions
+    (19, 2, 7), // CreateTopics
+    (20, 1, 6), // DeleteTopics
+];
+
+fn version_range(api_key: i16) -> Option<(i16, i16)> {
+    BROKER_APIS
+        .iter()
+        .chain(crate::groups::SUPPORTED_APIS.iter())
+        .find(|(k, _, _)| *k == api_key)
+        .map(|&(_, lo, hi)| (lo, hi))
+}
+
+/// Decode the frame's header and run the API's handler.
+pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
+    let mut body = Bytes::from(frame);
+    let (key, header) = match wire::parse_request_header(&mut body) {
+        Ok(h) => h,
+        Err(HeaderError::UnknownApiKey(k)) => return Reply::Close(format!("unknown API key {k}")),
+        Err(e) => return Reply::Close(e.to_string()),
+    };
+    let version = header.request_api_version;
+    let raw_key = key as i16;
+    if key == ApiKey::ApiVersions {
+        return api_versions(&header, body);
+    }
+    if GROUP_API_KEYS.contains(&raw_key) {
+        return crate::groups::handle(&shared.groups, raw_key, version, &header, &mut body);
+    }
+    match version_range(raw_key) {
+        Some((lo, hi)) if (lo..=hi).contains(&version) => {}
+        _ => return Reply::Close(format!("unsupported version {version} of API {key:?} ({raw_key})")),
+    }
+    let cid = header.correlation_id;
+    drop(header); // releases its references into the frame (Produce reuses the frame in place)
+    let r = match key {
+        ApiKey::Produce if version <= 2 => produce_legacy(cid, version, body),
+        ApiKey::Produce => produce(shared, cid, version, body),
+        ApiKey::Fetch => fetch(shared, cid, version, body),
+        ApiKey::Metadata => metadata(shared, cid, version, body),
+        ApiKey::ListOffsets => list_offsets(shared, cid, version, body),
+        ApiKey::CreateTopics => create_topics(shared, cid, version, body),
+        ApiKey::DeleteTopics => delete_topics(shared, cid, version, body),
+        _ => Err(format!("API {key:?} is not served")),
+    };
+    r.unwrap_or_else(|reason| Reply::Close(format!("{key:?} v{version}: {reason}")))
+}
+
+type Handled = Result<Reply, String>;
+
+// ---------------------------------------------------------------------------------------------
+// ApiVersions
+
+fn api_versions(header: &RequestHeader, mut body: Bytes) -> Reply {
+    let version = header.request_api_version;
+    let api_keys: Vec<ApiVersion> = BROKER_APIS
+        .iter()
+        .chain(crate::groups::SUPPORTED_APIS.iter())
+        .map(|&(k, lo, hi)| ApiVersion::default().with_api_key(k).with_min_version(lo).with_max_version(hi))
+        .collect();
+    if !(0..=4).contains(&version) {
+        // As Kafka: UNSUPPORTED_VERSION with a v0 body listing what we support.
+        let resp = ApiVersionsResponse::default().with_error_code(error::UNSUPPORTED_VERSION).with_api_keys(api_keys);
+        return Reply::Now(wire::encode_response(header.correlation_id, ApiKey::ApiVersions, 0, &resp));
+    }
+    let code = match wire::decode_body::<ApiVersionsRequest>(&mut body, version) {
+        Ok(_) => error::NONE,
+        Err(_) => error::INVALID_REQUEST,
+    };
+    // Defaults for the v3+ tagged fields (features, epoch -1) are omitted by the encoder, which
+    // librdkafka 2.0.2 needs.
+    let resp = ApiVersionsResponse::default().with_error_code(code).with_api_keys(api_keys);
+    Reply::Now(wire::encode_response(header.correlation_id, ApiKey::ApiVersions, version, &resp))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Produce
+
+fn append_error_code(e: &AppendError) -> i16 {
+    match e {
+        AppendError::Corrupt(_) => error::CORRUPT_MESSAGE,
+        AppendError::Poisoned(_) | AppendError::Storage(_) => error::KAFKA_STORAGE_ERROR,
+        AppendError::DuplicateSequence(_) => error::DUPLICATE_SEQUENCE_NUMBER,
+        AppendError::OutOfOrderSequence { .. } => error::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        AppendError::ProducerFenced { .. } => error::INVALID_PRODUCER_EPOCH,
+        AppendError::UnknownProducer(_) => error::UNKNOWN_PRODUCER_ID,
+    }
+}
+
+fn topic_error_code(e: &TopicError) -> i16 {
+    match e {
+        TopicError::InvalidName(_) => error::INVALID_TOPIC_EXCEPTION,
+        TopicError::AlreadyExists(_) => error::TOPIC_ALREADY_EXISTS,
+        TopicError::Unknown(_) => error::UNKNOWN_TOPIC_OR_PARTITION,
+        TopicError::InvalidPartitions(_) => error::INVALID_PARTITIONS,
+        TopicError::Recovery(_) | TopicError::Io(_) => error::KAFKA_STORAGE_ERROR,
+    }
+}
+
+/// Find a partition, creating the topic when allowed. Err = Kafka error code.
+fn resolve_partition(shared: &Shared, topic: &str, partition: i32, create: bool) -> Result<Arc<Partition>, i16> {
+    let t = match shared.logs.topic(topic) {
+        Some(t) => t,
+        None if create && shared.cfg.auto_create_topics => {
+            shared.logs.get_or_create(topic, shared.cfg.default_partitions).map_err(|e| {
+                tracing::warn!(topic, "auto-create failed: {e}");
+                topic_error_code(&e)
+            })?
+        }
+        None => return Err(error::UNKNOWN_TOPIC_OR_PARTITION),
+    };
+    usize::try_from(partition).ok().and_then(|i| t.get(i).cloned()).ok_or(error::UNKNOWN_TOPIC_OR_PARTITION)
+}
+
+/// A partition of a Produce request: index and its records' byte range within the frame body.
+type PartitionRecords = (i32, Option<std::ops::Range<usize>>);
+
+struct ProducedPartition {
+    index: i32,
+    error_code: i16,
+    base_offset: i64,
+    log_start_offset: i64,
+    /// Wait for this to be durable before answering (group durability).
+    wait: Option<(Arc<Partition>, u64)>,
+}
+
+fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
+    let body_start = body.as_ptr() as usize;
+    // Decode from a clone so that, once the request is dropped, `body` is the only reference
+    // to the frame and can be turned back into a mutable buffer without copying.
+    let req: ProduceRequest = wire::decode_body(&mut body.clone(), version)?;
+    let acks = req.acks;
+    if req.transactional_id.is_some() {
+        tracing::debug!("transactional produce is stored as plain batches (no transaction coordinator)");
+    }
+    // (topic, [(partition, record byte range within body)])
+    let mut plan: Vec<(String, Vec<PartitionRecords>)> = Vec::with_capacity(req.topic_data.len());
+    for t in req.topic_data {
+        let parts = t
+            .partition_data
+            .into_iter()
+            .map(|p| {
+                let range = p.records.as_ref().and_then(|r| {
+                    let start = (r.as_ptr() as usize).checked_sub(body_start)?;
+                    Some(start..start.checked_add(r.len())?)
+                });
+                (p.index, range)
+            })
+            .collect();
+        plan.push((t.name.0.to_string(), parts));
+    }
+    let mut buf: BytesMut = match body.try_into_mut() {
+        Ok(b) => b,
+        Err(shared_body) => BytesMut::from(&shared_body[..]),
+    };
+    let mut results: Vec<(String, Vec<ProducedPartition>)> = Vec::with_capacity(plan.len());
+    for (topic, parts) in plan {
+        let mut out = Vec::with_capacity(parts.len());
+        for (index, range) in parts {
+            let mut r = ProducedPartition { index, error_code: 0, base_offset: -1, log_start_offset: -1, wait: None };
+            let part = match resolve_partition(shared, &topic, index, true) {
+                Ok(p) => p,
+                Err(code) => {
+                    r.error_code = code;
+                    out.push(r);
+                    continue;
+                }
+            };
+            let records = match range.and_then(|rg| buf.get_mut(rg)) {
+                Some(b) => b,
+                None => {
+                    r.error_code = error::CORRUPT_MESSAGE;
+                    out.push(r);
+                    continue;
+                }
+            };
+            match part.append(records) {
+                Ok(info) => {
+                    r.base_offset = info.base_offset as i64;
+                    r.log_start_offset = info.log_start_offset as i64;
+                    r.wait = Some((part, info.next_offset));
+                }
+                Err(AppendError::DuplicateSequence(off)) => {
+                    // A retried batch already stored: acknowledged with its original offset.
+                    r.base_offset = off;
+                    r.log_start_offset = part.log_start_offset() as i64;
+                    r.wait = Some((part.clone(), part.log_end_offset()));
+                }
+                Err(e) => {
+                    tracing::debug!(topic, index, "produce refused: {e}");
+                    r.error_code = append_error_code(&e);
+                }
+            }
+            out.push(r);
+        }
+        results.push((topic, out));
+    }
+    if acks == 0 {
+        // No response to carry an error: as Kafka does, close the connection so the producer
+        // notices (and refreshes its metadata).
+        let failed = results.iter().flat_map(|(t, ps)| ps.iter().map(move |p| (t, p))).find(|(_, p)| p.error_code != 0);
+        if let Some((t, p)) = failed {
+            return Ok(Reply::Close(format!("acks=0 produce to {t}-{} failed with error {}", p.index, p.error_code)));
+        }
+        return Ok(Reply::Nothing);
+    }
+    let finish = move |mut results: Vec<(String, Vec<ProducedPartition>)>| -> Vec<u8> {
+        let mut responses = Vec::with_capacity(results.len());
+        for (topic, parts) in results.drain(..) {
+            let mut prs = Vec::with_capacity(parts.len());
+            for mut p in parts {
+                if let Some((part, next)) = p.wait.take() {
+                    if let Err(e) = part.wait_durable(next) {
+                        tracing::warn!(topic, p.index, "durable wait failed: {e}");
+                        p.error_code = append_error_code(&e);
+                        p.base_offset = -1;
+                    }
+                }
+                prs.push(
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(p.error_code)
+                        .with_base_offset(p.base_offset)
+                        .with_log_start_offset(p.log_start_offset),
+                );
+            }
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from_string(topic)))
+                    .with_partition_responses(prs),
+            );
+        }
+        let resp = ProduceResponse::default().with_responses(responses);
+        wire::encode_response(cid, ApiKey::Produce, version, &resp)
+    };
+    let needs_wait = results.iter().any(|(_, ps)| ps.iter().any(|p| p.wait.is_some()))
+        && shared.cfg.log.durability == crate::log::Durability::Group;
+    if needs_wait {
+        Ok(Reply::Later(Box::new(move || finish(results))))
+    } else {
+        Ok(Reply::Now(finish(results)))
+    }
+}
+
+/// Produce v0–2 (old message formats): advertised only so that librdkafka enables
+/// compression; every partition is refused with UNSUPPORTED_VERSION. Hand-parsed because the
+/// protocol crate no longer carries these versions.
+fn produce_legacy(cid: i32, version: i16, mut body: Bytes) -> Handled {
+    struct R<'a>(&'a mut Bytes);
+    impl R<'_> {
+        fn take(&mut self, n: usize) -> Result<Bytes, String> {
+            if self.0.len() < n {
+                return Err("truncated request".into());
+            }
+            Ok(self.0.split_to(n))
+        }
+        fn i16(&mut self) -> Result<i16, String> {
+            let b = self.take(2)?;
+            Ok(i16::from_be_bytes([b[0], b[1]]))
+        }
+        fn i32(&mut self) -> Result<i32, String> {
+            let b = self.take(4)?;
+            Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        fn string(&mut self) -> Result<Bytes, String> {
+            let n = self.i16()?;
+            self.take(n.max(0) as usize)
+        }
+    }
+    let mut r = R(&mut body);
+    let acks = r.i16()?;
+    let _timeout = r.i32()?;
+    let topics = r.i32()?;
+    let mut out = Vec::new();
+    out.extend_from_slice(&cid.to_be_bytes());
+    out.extend_from_slice(&topics.max(0).to_be_bytes());
+    for _ in 0..topics.max(0) {
+        let name = r.string()?;
+        let parts = r.i32()?;
+        out.extend_from_slice(&(name.len() as i16).to_be_bytes());
+        out.extend_from_slice(&name);
+        out.extend_from_slice(&parts.max(0).to_be_bytes());
+        for _ in 0..parts.max(0) {
+            let index = r.i32()?;
+            let n = r.i32()?;
+            r.take(n.max(0) as usize)?;
+            out.extend_from_slice(&index.to_be_bytes());
+            out.extend_from_slice(&error::UNSUPPORTED_VERSION.to_be_bytes());
+            out.extend_from_slice(&(-1i64).to_be_bytes()); // base_offset
+            if version >= 2 {
+                out.extend_from_slice(&(-1i64).to_be_bytes()); // log_append_time
+            }
+        }
+    }
+    if version >= 1 {
+        out.extend_from_slice(&0i32.to_be_bytes()); // throttle_time_ms
+    }
+    if acks == 0 {
+        return Ok(Reply::Nothing);
+    }
+    Ok(Reply::Now(out))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fetch
+
+/// Largest record bytes in one Fetch response (Kafka's max_bytes is an i32; leave room for the
+/// framing and the first-batch-may-exceed rule).
+const FETCH_RESPONSE_BYTES_MAX: u64 = 1 << 30;
+
+struct FetchPlanPartition {
+    partition: i32,
+    fetch_offset: i64,
+    max_bytes: u64,
+    log: Result<Arc<Partition>, i16>,
+}
+
+fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handled {
+    let req: FetchRequest = wire::decode_body(&mut body, version)?;
+    let mut topics: Vec<(String, Vec<FetchPlanPartition>)> = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.topic.0.to_string();
+        let parts = t
+            .partitions
+            .into_iter()
+            .map(|p| FetchPlanPartition {
+                partition: p.partition,
+                fetch_offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes.max(0) as u64,
+                log: resolve_partition(shared, &name, p.partition, false),
+            })
+            .collect();
+        topics.push((name, parts));
+    }
+    let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
+    let min_bytes = req.min_bytes.max(0) as u64;
+    // Capped so the framed size (records + overhead) always fits the i32 size prefix.
+    let max_bytes = if req.max_bytes <= 0 { FETCH_RESPONSE_BYTES_MAX } else { (req.max_bytes as u64).min(FETCH_RESPONSE_BYTES_MAX) };
+    let shared = shared.clone();
+    Ok(Reply::Stream(Box::new(move |stream| {
+        let deadline = Instant::now() + max_wait;
+        let notifier = shared.logs.notifier().clone();
+        loop {
+            let seen = notifier.epoch();
+            let (data, bytes, any_error) = collect_fetch(&topics, max_bytes);
+            if bytes >= min_bytes.max(1) || any_error || Instant::now() >= deadline || min_bytes == 0 || shared.stopping() {
+                let frame = fetch::build(cid, version, error::NONE, data);
+                return frame.send(std::os::fd::AsRawFd::as_raw_fd(stream));
+            }
+            notifier.wait_past(seen, deadline);
+        }
+    })))
+}
+
+/// Read every requested partition once. Returns the response data, record bytes, and whether
+/// any partition has an error (which answers at once, as Kafka does).
+fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -> (Vec<fetch::TopicData>, u64, bool) {
+    let mut out = Vec::with_capacity(topics.len());
+    let mut total = 0u64;
+    let mut any_error = false;
+    for (name, parts) in topics {
+        let mut pd = Vec::with_capacity(parts.len());
+        for p in parts {
+            let mut d = fetch::PartitionData {
+                partition: p.partition,
+                error_code: error::NONE,
+                high_watermark: -1,
+                log_start_offset: -1,
+                records: Vec::new(),
+            };
+            match &p.log {
+                Err(code) => {
+                    d.error_code = *code;
+                    any_error = true;
+                }
+                Ok(log) => {
+                    let budget = p.max_bytes.min(max_bytes.saturating_sub(total));
+                    match log.read(p.fetch_offset, budget, total == 0) {
+                        Ok(slice) => {
+                            d.high_watermark = slice.high_watermark as i64;
+                            d.log_start_offset = slice.log_start_offset as i64;
+                            total += slice.bytes();
+                            d.records = slice.ranges;
+                        }
+                        Err(FetchError::OffsetOutOfRange { log_start, log_end, .. }) => {
+                            d.error_code = error::OFFSET_OUT_OF_RANGE;
+                            d.high_watermark = log_end as i64;
+                            d.log_start_offset = log_start as i64;
+                            any_error = true;
+                        }
+                        Err(FetchError::Storage(e)) => {
+                            tracing::warn!(topic = %name, partition = p.partition, "fetch read failed: {e}");
+                            d.error_code = error::KAFKA_STORAGE_ERROR;
+                            any_error = true;
+                        }
+                    }
+                }
+            }
+            pd.push(d);
+        }
+        out.push(fetch::TopicData { name: name.clone(), partitions: pd });
+    }
+    (out, total, any_error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata
+
+fn metadata(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+    let req: MetadataRequest = wire::decode_body(&mut body, version)?;
+    let local = super::current_connection_local_addr();
+    let host = match local {
+        Some(a) if !a.ip().is_unspecified() => a.ip().to_string(),
+        _ => "127.0.0.1".to_string(),
+    };
+    let port = local.map_or(shared.cfg.listen.port(), |a| a.port()) as i32;
+    let broker = MetadataResponseBroker::default().with_node_id(BrokerId(0)).with_host(StrBytes::from_string(host)).with_port(port);
+    let allow_create = version < 4 || req.allow_auto_topic_creation;
+    let names: Vec<Option<String>> = match req.topics {
+        None => shared.logs.topic_names().into_iter().map(Some).collect(),
+        Some(ts) if ts.is_empty() && version == 0 => shared.logs.topic_names().into_iter().map(Some).collect(),
+        Some(ts) => ts.into_iter().map(|t| t.name.map(|n| n.0.to_string())).collect(),
+    };
+    let mut topics = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(name) = name else {
+            // Lookup by topic id: this broker does not assign topic ids.
+            topics.push(MetadataResponseTopic::default().with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION));
+            continue;
+        };
+        // Internal logs (e.g. the group coordinator's offsets log) are named "__…", as in Kafka.
+        let mut t = MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+            .with_is_internal(name.starts_with("__"));
+        let found = match shared.logs.topic(&name) {
+            Some(t) => Ok(t),
+            None if allow_create && shared.cfg.auto_create_topics => {
+                shared.logs.get_or_create(&name, shared.cfg.default_partitions).map_err(|e| topic_error_code(&e))
+            }
+            None => Err(error::UNKNOWN_TOPIC_OR_PARTITION),
+        };
+        match found {
+            Ok(parts) => {
+                let ps = (0..parts.len() as i32)
+                    .map(|i| {
+                        MetadataResponsePartition::default()
+                            .with_partition_index(i)
+                            .with_leader_id(BrokerId(0))
+                            .with_leader_epoch(0)
+                            .with_replica_nodes(vec![BrokerId(0)])
+                            .with_isr_nodes(vec![BrokerId(0)])
+                    })
+                    .collect();
+                t = t.with_partitions(ps);
+            }
+            Err(code) => t = t.with_error_code(code),
+        }
+        topics.push(t);
+    }
+    let resp = MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id(Some(StrBytes::from_static_str("zero-copy-log")))
+        .with_controller_id(BrokerId(0))
+        .with_topics(topics);
+    Ok(Reply::Now(wire::encode_response(cid, ApiKey::Metadata, version, &resp)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// ListOffsets
+
+const LATEST_TIMESTAMP: i64 = -1;
+const EARLIEST_TIMESTAMP: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+fn list_offsets(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+    let req: ListOffsetsRequest = wire::decode_body(&mut body, version)?;
+    let epoch = if version >= 4 { 0 } else { -1 };
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut parts = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let mut r = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1)
+                .with_leader_epoch(epoch);
+            match resolve_partition(shared, &name, p.partition_index, false) {
+                Err(code) => r = r.with_error_code(code),
+                Ok(log) => match p.timestamp {
+                    LATEST_TIMESTAMP => r = r.with_offset(log.high_watermark() as i64),
+                    EARLIEST_TIMESTAMP => r = r.with_offset(log.log_start_offset() as i64),
+                    MAX_TIMESTAMP => {
+                        let ts = log.max_timestamp();
+                        if ts >= 0 {
+                            // Batch granularity: the offset of the batch holding the max timestamp.
+                            if let Ok(Some((off, _))) = log.offset_for_timestamp(ts) {
+                                r = r.with_offset(off as i64).with_timestamp(ts);
+                            }
+                        }
+                    }
+                    ts if ts >= 0 => match log.offset_for_timestamp(ts) {
+                        Ok(Some((off, found_ts))) => r = r.with_offset(off as i64).with_timestamp(found_ts),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(topic = %name, "offset_for_timestamp failed: {e}");
+                            r = r.with_error_code(error::KAFKA_STORAGE_ERROR);
+                        }
+                    },
+                    _ => r = r.with_error_code(error::INVALID_REQUEST),
+                },
+            }
+            parts.push(r);
+        }
+        topics.push(ListOffsetsTopicResponse::default().with_name(TopicName(StrBytes::from_string(name))).with_partitions(parts));
+    }
+    let resp = ListOffsetsResponse::default().with_topics(topics);
+    Ok(Reply::Now(wire::encode_response(cid, ApiKey::ListOffsets, version, &resp)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// CreateTopics / DeleteTopics
+
+fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+    let req: CreateTopicsRequest = wire::decode_body(&mut body, version)?;
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let partitions = if t.num_partitions == -1 {
+            if t.assignments.is_empty() { shared.cfg.default_partitions } else { t.assignments.len() as i32 }
+        } else {
+            t.num_partitions
+        };
+        let mut r = CreatableTopicResult::default().with_name(t.name.clone());
+        let outcome = if !(t.replication_factor == -1 || t.replication_factor == 1) {
+            Err((error::INVALID_REPLICATION_FACTOR, format!("replication factor {} > 1 brokers", t.replication_factor)))
+        } else if req.validate_only {
+            if !crate::log::manager::valid_topic_name(&name) {
+                Err((error::INVALID_TOPIC_EXCEPTION, format!("invalid topic name {name:?}")))
+            } else if shared.logs.topic(&name).is_some() {
+                Err((error::TOPIC_ALREADY_EXISTS, format!("topic {name:?} already exists")))
+            } else if !(1..=100_000).contains(&partitions) {
+                Err((error::INVALID_PARTITIONS, format!("invalid partition count {partitions}")))
+            } else {
+                Ok(())
+            }
+        } else {
+            shared.logs.create_topic(&name, partitions, None).map(|_| ()).map_err(|e| (topic_error_code(&e), e.to_string()))
+        };
+        match outcome {
+            Ok(()) => {
+                if version >= 5 {
+                    r = r.with_num_partitions(partitions).with_replication_factor(1);
+                }
+            }
+            Err((code, msg)) => {
+                r = r.with_error_code(code).with_error_message(Some(StrBytes::from_string(msg)));
+            }
+        }
+        results.push(r);
+    }
+    let resp = CreateTopicsResponse::default().with_topics(results);
+    Ok(Reply::Now(wire::encode_response(cid, ApiKey::CreateTopics, version, &resp)))
+}
+
+fn delete_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+    let req: DeleteTopicsRequest = wire::decode_body(&mut body, version)?;
+    let names: Vec<Option<TopicName>> = if version >= 6 {
+        req.topics.into_iter().map(|t| t.name).collect()
+    } else {
+        req.topic_names.into_iter().map(Some).collect()
+    };
+    let mut results = Vec::with_capacity(names.len());
+    for name in names {
+        let mut r = DeletableTopicResult::default();
+        match name {
+            None => r = r.with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION),
+            Some(n) => {
+                if let Err(e) = shared.logs.delete_topic(&n.0) {
+                    r = r.with_error_code(topic_error_code(&e));
+                    if version >= 5 {
+                        r = r.with_error_message(Some(StrBytes::from_string(e.to_string())));
+                    }
+                }
+                r = r.with_name(Some(n));
+            }
+        }
+        results.push(r);
+    }
+    let resp = DeleteTopicsResponse::default().with_responses(results);
+    Ok(Reply::Now(wire::encode_response(cid, ApiKey::DeleteTopics, version, &resp)))
+}

@@ -1,0 +1,60 @@
+//! What each durability mode promises across a power cut (SimIo crash image).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use engine::io::{CrashMode, SimIo};
+use engine::log::{Durability, LogManager};
+
+#[test]
+fn interval_mode_acks_at_once_and_the_background_flusher_makes_it_durable() {
+    let sim = SimIo::new();
+    let cfg = small_cfg(Durability::Interval { ms: 20 }, 1 << 20);
+    let m = LogManager::open(Path::new("/data"), sim_io(&sim), cfg.clone()).unwrap();
+    let t = m.create_topic("t", 1, None).unwrap();
+    let syncs = sim.sync_count();
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let b = tagged_batch(i, 2, 20, 1);
+        sent.push((t[0].append_durable(&mut b.clone()).unwrap().base_offset, b));
+    }
+    assert_eq!(sim.sync_count(), syncs, "interval mode acknowledges without syncing");
+    assert_eq!(t[0].high_watermark(), t[0].log_end_offset(), "readable at once");
+    // Within a few intervals the flusher has synced everything.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let image = loop {
+        let image = sim.crash(CrashMode::DropUnsynced, 1);
+        let m2 = LogManager::open(Path::new("/data"), sim_io(&image), cfg.clone()).unwrap();
+        let n = m2.topic("t").map_or(0, |t| read_all(&t[0]).len());
+        if n == sent.len() {
+            break image;
+        }
+        assert!(Instant::now() < deadline, "interval flusher never made the appends durable");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let m2 = LogManager::open(Path::new("/data"), sim_io(&image), cfg).unwrap();
+    let stored = read_all(&m2.topic("t").unwrap()[0]);
+    assert!(stored.iter().zip(&sent).all(|(s, (b, bytes))| s.0.base_offset as u64 == *b && same_except_patched(&s.1, bytes)));
+}
+
+#[test]
+fn never_mode_is_durable_only_after_flush_or_close() {
+    let sim = SimIo::new();
+    let dir = Path::new("/d/t-0");
+    let cfg = small_cfg(Durability::Never, 1 << 20);
+    let p = open(&sim_io(&sim), dir, &cfg).unwrap();
+    let syncs = sim.sync_count();
+    for i in 0..10 {
+        p.append_durable(&mut tagged_batch(i, 2, 20, 1)).unwrap();
+    }
+    assert_eq!(sim.sync_count(), syncs);
+    let lost = open(&sim_io(&sim.crash(CrashMode::DropUnsynced, 1)), dir, &cfg).unwrap();
+    assert_eq!(lost.log_end_offset(), 0, "a power cut loses never-mode appends that were not flushed");
+    p.close().unwrap();
+    let kept = open(&sim_io(&sim.crash(CrashMode::DropUnsynced, 1)), dir, &cfg).unwrap();
+    assert_eq!(kept.log_end_offset(), p.log_end_offset());
+    assert_eq!(read_all(&kept).len(), 10);
+}

@@ -1,0 +1,125 @@
+//! A failed fdatasync poisons the partition ("fsyncgate"): waiters fail, later appends fail
+//! fast, and nothing is acknowledged after the failure.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use engine::io::{CrashMode, SimIo};
+use engine::log::{AppendError, Durability};
+
+#[test]
+fn injected_fdatasync_failure_poisons_concurrent_group_commit() {
+    for seed in 0..40u64 {
+        let sim = SimIo::new();
+        let dir = Path::new("/d/t-0");
+        let cfg = small_cfg(Durability::Group, 1 << 20);
+        let p = open(&sim_io(&sim), dir, &cfg).unwrap();
+        for i in 0..5 {
+            p.append_durable(&mut tagged_batch(i, 2, 20, 1)).unwrap();
+        }
+        // Fail one of the next few syncs while 4 threads append.
+        sim.fail_sync_in(1 + seed % 6);
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (p, acked) = (p.clone(), acked.clone());
+                std::thread::spawn(move || {
+                    for i in 0..50u64 {
+                        let sent = tagged_batch(t << 32 | i, 2, 30, 1);
+                        match p.append_durable(&mut sent.clone()) {
+                            Ok(info) => acked.lock().unwrap().push((info.base_offset, sent)),
+                            Err(AppendError::Poisoned(_)) => return true,
+                            Err(e) => panic!("unexpected error {e}"),
+                        }
+                    }
+                    false
+                })
+            })
+            .collect();
+        let poisoned_seen: Vec<bool> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        assert!(poisoned_seen.iter().all(|&x| x), "seed {seed}: every appender is told about the poison");
+        assert!(p.is_poisoned());
+        // Later appends fail fast without touching the disk.
+        let syncs = sim.sync_count();
+        let end = p.log_end_offset();
+        for _ in 0..3 {
+            assert!(matches!(p.append(&mut tagged_batch(7, 1, 8, 1)), Err(AppendError::Poisoned(_))));
+            assert!(matches!(p.append_durable(&mut tagged_batch(7, 1, 8, 1)), Err(AppendError::Poisoned(_))));
+        }
+        assert!(matches!(p.flush(), Err(AppendError::Poisoned(_))));
+        assert!(matches!(p.close(), Err(AppendError::Poisoned(_))));
+        assert_eq!(sim.sync_count(), syncs, "no sync is retried after the failure");
+        assert_eq!(p.log_end_offset(), end, "nothing appended after the poison");
+        // Every acknowledged batch was covered by a sync that succeeded: it survives a crash.
+        // (SimIo drops the writes of a failed sync for good, as Linux does.)
+        let image = sim.crash(CrashMode::DropUnsynced, seed);
+        let r = open(&sim_io(&image), dir, &cfg).unwrap();
+        let stored = read_all(&r);
+        let acked = acked.lock().unwrap();
+        for (base, sent) in acked.iter() {
+            let s = stored.iter().find(|(i, _)| i.base_offset as u64 == *base);
+            let s = s.unwrap_or_else(|| panic!("seed {seed}: acknowledged batch at {base} not durable"));
+            assert!(same_except_patched(&s.1, sent));
+        }
+        // Acknowledged offsets are below what recovery found durable.
+        let max_acked = acked.iter().map(|(b, _)| *b).max().unwrap_or(0);
+        assert!(acked.is_empty() || max_acked < r.log_end_offset());
+    }
+}
+
+#[test]
+fn sync_failure_while_rolling_poisons_and_reopen_recovers() {
+    let sim = SimIo::new();
+    let dir = Path::new("/d/t-0");
+    let cfg = small_cfg(Durability::Group, 1024);
+    let p = open(&sim_io(&sim), dir, &cfg).unwrap();
+    let mut durable = 0;
+    while p.segment_count() == 1 || p.size_bytes() < 800 {
+        durable = p.append_durable(&mut tagged_batch(1, 3, 60, 1)).unwrap().next_offset;
+        if p.segment_count() > 1 {
+            break;
+        }
+    }
+    // The next append that rolls syncs the old segment, and that sync fails.
+    sim.fail_sync_in(1);
+    let mut result = Ok(());
+    for _ in 0..20 {
+        if let Err(e) = p.append(&mut tagged_batch(2, 3, 60, 1)) {
+            result = Err(e);
+            break;
+        }
+    }
+    assert!(matches!(result, Err(AppendError::Poisoned(_))), "{result:?}");
+    assert!(matches!(p.append(&mut tagged_batch(3, 1, 8, 1)), Err(AppendError::Poisoned(_))));
+    drop(p);
+    // Reopening (the only way out of the poison) recovers the durable prefix.
+    let r = open(&sim_io(&sim.crash(CrashMode::DropUnsynced, 1)), dir, &cfg).unwrap();
+    assert!(r.log_end_offset() >= durable);
+    assert!(!r.is_poisoned());
+    r.append_durable(&mut tagged_batch(4, 1, 8, 1)).unwrap();
+}
+
+#[test]
+fn write_errors_fail_the_append_without_damaging_stored_data() {
+    let sim = SimIo::new();
+    let p = open(&sim_io(&sim), Path::new("/d/t-0"), &small_cfg(Durability::Group, 1 << 20)).unwrap();
+    for i in 0..10 {
+        p.append_durable(&mut tagged_batch(i, 2, 30, 1)).unwrap();
+    }
+    let before = read_all(&p);
+    let end = p.log_end_offset();
+    sim.set_write_eio(true);
+    assert!(matches!(p.append_durable(&mut tagged_batch(50, 2, 30, 1)), Err(AppendError::Storage(_))));
+    sim.set_write_eio(false);
+    sim.set_space_left(Some(10));
+    assert!(matches!(p.append_durable(&mut tagged_batch(51, 2, 30, 1)), Err(AppendError::Storage(_))));
+    sim.set_space_left(None);
+    assert_eq!(p.log_end_offset(), end);
+    assert_eq!(read_all(&p).iter().map(|b| &b.1).collect::<Vec<_>>(), before.iter().map(|b| &b.1).collect::<Vec<_>>());
+    // A transient write error is not a sync failure: the log keeps working.
+    let info = p.append_durable(&mut tagged_batch(52, 2, 30, 1)).unwrap();
+    assert_eq!(info.base_offset, end);
+}
