@@ -10,6 +10,7 @@
 //! * `read/index_lookup`: locate the batch holding a random offset in a 64-segment log
 //!   (`Partition::read` with a zero byte budget).
 //! * `read/fetch_range`: resolve a 1 MiB fetch at a random offset into file ranges.
+//! * `fetch/frame_v12_16p`: frame a Fetch v12 response of 16 partitions (`engine::wire::fetch`).
 //!
 //! Profiles (env `BENCH_PROFILE`): `full` (default; criterion's defaults: 3 s warmup, 5 s
 //! measurement, 100 samples) and `quick` (1 s warmup, 3 s measurement, 20 samples: the whole
@@ -221,6 +222,37 @@ fn read(c: &mut Criterion<BenchClock>) {
             let s = log.partition.read(log.offsets[i], 1 << 20, true).expect("read");
             assert!(!s.ranges.is_empty());
             black_box(s)
+        })
+    });
+    g.finish();
+
+    // Fetch response framing (engine::wire::fetch, v12): 16 partitions of pre-resolved 1 MiB
+    // ranges; the record bytes themselves are never touched (they go out with sendfile).
+    let mut g = c.benchmark_group("fetch");
+    const PARTITIONS: usize = 16;
+    g.throughput(Throughput::Elements(PARTITIONS as u64));
+    let mut ranges: Option<Vec<Vec<engine::log::FileRange>>> = None;
+    g.bench_function("frame_v12_16p", |b| {
+        let log = cell.get_or_init(ReadLog::build);
+        let ranges = ranges.get_or_insert_with(|| {
+            (0..PARTITIONS).map(|p| log.partition.read(log.offsets[p], 1 << 20, true).expect("read").ranges).collect()
+        });
+        let mut corr = 0i32;
+        b.iter(|| {
+            corr = corr.wrapping_add(1);
+            let partitions = ranges
+                .iter()
+                .enumerate()
+                .map(|(p, r)| engine::wire::fetch::PartitionData {
+                    partition: p as i32,
+                    error_code: 0,
+                    high_watermark: 1 << 20,
+                    log_start_offset: 0,
+                    records: r.clone(),
+                })
+                .collect();
+            let topics = vec![engine::wire::fetch::TopicData { name: "bench".to_string(), partitions }];
+            black_box(engine::wire::fetch::build(corr, 12, 0, topics).total_bytes)
         })
     });
     g.finish();
