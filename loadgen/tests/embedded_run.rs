@@ -21,7 +21,9 @@ fn loadgen_run_against_the_embedded_broker() {
     let r = loadgen::results::RunResult::load(&files[0]).unwrap();
     assert!(r.complete);
     assert_eq!(r.target.kind, "embedded");
-    assert_eq!(r.target.fsync, "never");
+    // The default workload runs with the engine's default durability: group commit, acks=all.
+    assert_eq!(r.target.fsync, "group");
+    assert_eq!(r.workload.acks, -1);
     assert!(r.target.bootstrap.starts_with("127.0.0.1:"));
     // 3 s at 5000 rec/s, all acknowledged without error and all consumed.
     assert!((r.publish.records_per_s - 5000.0).abs() < 500.0, "{}", r.publish.records_per_s);
