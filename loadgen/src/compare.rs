@@ -289,7 +289,7 @@ pub fn compare_samples(group: &str, figure: &str, unit: &str, better: Better, ba
     let fig_seed = d.seed ^ fnv1a(group.as_bytes()) ^ fnv1a(figure.as_bytes()).rotate_left(17);
     let (ci_low, ci_high) = bootstrap_ci(base, new, d.stat, d.confidence, d.resamples, fig_seed);
     let (_, mwu_p) = mann_whitney(base, new);
-    let verdict = decide(better, change, ci_low, ci_high, mwu_p, d);
+    let verdict = decide(better, change, ci_low, ci_high, mwu_p, base.len().min(new.len()), d);
     Comparison {
         group: group.to_string(),
         figure: figure.to_string(),
@@ -307,8 +307,16 @@ pub fn compare_samples(group: &str, figure: &str, unit: &str, better: Better, ba
     }
 }
 
-/// The decision rule shared by pooled and clustered comparisons.
-fn decide(better: Better, change: f64, ci_low: f64, ci_high: f64, mwu_p: f64, d: &Decide) -> Verdict {
+/// Fewer independent units (samples, rounds or pairs) per side than this never yield a verdict:
+/// a bootstrap over two values only restates them, and Mann–Whitney cannot reach p < 0.05.
+pub const MIN_UNITS_FOR_VERDICT: usize = 3;
+
+/// The decision rule shared by pooled, clustered and paired comparisons. `units` is the number
+/// of independent units on the smaller side.
+fn decide(better: Better, change: f64, ci_low: f64, ci_high: f64, mwu_p: f64, units: usize, d: &Decide) -> Verdict {
+    if units < MIN_UNITS_FOR_VERDICT {
+        return Verdict::NoChange;
+    }
     let alpha = 1.0 - d.confidence;
     let t = d.threshold;
     let (worse_ci, better_ci, point_worse, point_better) = match better {
@@ -364,7 +372,7 @@ pub fn compare_clustered(group: &str, figure: &str, unit: &str, better: Better, 
     let (ci_low, ci_high) = (at(alpha / 2.0), at(1.0 - alpha / 2.0));
     let per_round = |cs: &[Vec<f64>]| cs.iter().map(|c| stat_of(d.stat, c)).collect::<Vec<f64>>();
     let (_, mwu_p) = mann_whitney(&per_round(base), &per_round(new));
-    let verdict = decide(better, change, ci_low, ci_high, mwu_p, d);
+    let verdict = decide(better, change, ci_low, ci_high, mwu_p, base.len().min(new.len()), d);
     Comparison {
         group: group.to_string(),
         figure: figure.to_string(),
@@ -409,7 +417,7 @@ pub fn compare_paired(group: &str, figure: &str, unit: &str, better: Better, bas
     let at = |q: f64| boot.get(((q * (boot.len().max(1) - 1) as f64).round() as usize).min(boot.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
     let (ci_low, ci_high) = (at(alpha / 2.0), at(1.0 - alpha / 2.0));
     let (_, mwu_p) = mann_whitney(&rb, &rn);
-    let verdict = decide(better, change, ci_low, ci_high, mwu_p, d);
+    let verdict = decide(better, change, ci_low, ci_high, mwu_p, ratios.len(), d);
     Comparison {
         group: group.to_string(),
         figure: figure.to_string(),
@@ -1312,6 +1320,20 @@ mod tests {
         assert_eq!(c.verdict, Verdict::Regression, "{c:?}");
         assert!(c.ci_low > 0.15 && c.ci_high < 0.25, "{c:?}");
         let c = compare_paired("g", "t", "ns/iter", Better::Lower, &base, &new, &decide());
+        assert_eq!(c.verdict, Verdict::NoChange, "{c:?}");
+    }
+
+    #[test]
+    fn two_pairs_never_make_a_verdict_three_do() {
+        // Regression test: an A/A suite run with 2 runs per side flagged p99.9 (+18%, both pairs
+        // above the threshold by chance): a bootstrap over two ratios only restates them.
+        let base: Vec<Vec<f64>> = vec![vec![100.0], vec![100.0], vec![100.0]];
+        let slow: Vec<Vec<f64>> = vec![vec![120.0], vec![118.0], vec![121.0]];
+        let c = compare_paired("g", "p99.9", "us", Better::Lower, &base[..2], &slow[..2], &decide());
+        assert_eq!(c.verdict, Verdict::NoChange, "{c:?}");
+        let c = compare_paired("g", "p99.9", "us", Better::Lower, &base, &slow, &decide());
+        assert_eq!(c.verdict, Verdict::Regression, "{c:?}");
+        let c = compare_samples("g", "t", "ns/iter", Better::Lower, &[100.0, 100.0], &[130.0, 131.0], &decide());
         assert_eq!(c.verdict, Verdict::NoChange, "{c:?}");
     }
 
