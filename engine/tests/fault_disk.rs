@@ -385,9 +385,8 @@ fn broker_on_a_full_tmpfs_answers_kafka_storage_error_and_recovers() {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{FetchRequest, ProduceRequest, TopicName};
     use kafka_protocol::protocol::StrBytes;
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::net::{SocketAddr, TcpListener};
+    use std::process::Command;
 
     const KAFKA_STORAGE_ERROR: i16 = 56;
     let fs = match Tmpfs::mount("2m") {
@@ -400,23 +399,7 @@ fn broker_on_a_full_tmpfs_answers_kafka_storage_error_and_recovers() {
     let data = fs.dir.join("data");
     let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let start = || {
-        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen", &addr.to_string(), "--durability", "group"])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn broker");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "broker did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        child
-    };
+    let start = || common::spawn_broker_process(&data, addr, &["--durability", "group"], "error");
     let topic = || TopicName(StrBytes::from_static_str("full"));
     let produce = |c: &mut common::Client, b: &[u8]| {
         let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default()

@@ -257,7 +257,7 @@ mod broker_kill9 {
     use std::io::Write;
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::path::Path;
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Child, Command};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -290,21 +290,7 @@ mod broker_kill9 {
     }
 
     fn start(dir: &Path, addr: SocketAddr, durability: &str) -> Child {
-        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--listen", &addr.to_string(), "--durability", durability, "--default-partitions", "3"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn broker");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "broker did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        child
+        crate::common::spawn_broker_process(dir, addr, &["--durability", durability, "--default-partitions", "3"], "warn")
     }
 
     /// One response of request type R, or None if the connection failed.

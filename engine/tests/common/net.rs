@@ -158,3 +158,24 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Vec<u8> 
     out
 }
 
+
+/// Start the `broker` binary as a child process on `addr` with `args` after the data dir and
+/// listen address, and wait (bounded) until it accepts connections.
+pub fn spawn_broker_process(data_dir: &Path, addr: SocketAddr, args: &[&str], rust_log: &str) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &addr.to_string()])
+        .args(args)
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn broker");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "broker did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
