@@ -7,7 +7,15 @@
 //! * what is served is a gap-free run of valid batches identical to what was appended at those
 //!   offsets (nothing after a hole, nothing corrupt, nothing invented);
 //! * a poisoned partition acknowledges nothing after the failure and stays poisoned until reopen;
-//! * reopening never panics and never refuses a partition (damage is only in unsynced bytes).
+//! * reopening never panics and never refuses a partition (damage is only in unsynced bytes);
+//! * committed offsets never go backwards: standalone OffsetCommits (generation -1) of a few
+//!   groups, sent through `groups::handle` as a client would, interleave with the records
+//!   workload. After every crash a fresh `GroupCoordinator` on the recovered `LogManager` must
+//!   return, for every (group, topic, partition), the last acknowledged-durable commit or one
+//!   issued after it (never an older one, never none, never a value nobody committed), and the
+//!   recovered offsets as a whole must be the state after some prefix of the commit sequence
+//!   (a commit request is atomic and commits apply in order). Between crashes OffsetFetch must
+//!   return exactly the last acknowledged commit of each partition.
 //!
 //! Runs:
 //! * CI: `cargo test -p engine --test fault_simulation` — seeds 0..1000 (`FAULT_SEEDS=n` to change).
@@ -15,16 +23,27 @@
 //! * long profile: `FAULT_SECONDS=600 cargo test -p engine --test fault_simulation -- --nocapture`
 //!   (seeds from a random base, printed, for the given wall time).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+use engine::broker::Reply;
+use engine::groups::{self, err, store::OFFSETS_TOPIC, GroupCoordinator};
 use engine::io::{CrashMode, SimIo};
 use engine::log::{AppendError, Durability, LogConfig, LogManager, Partition};
 use engine::record::{self, build};
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+use kafka_protocol::messages::{
+    GroupId, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader,
+    ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 const DATA: &str = "/data";
@@ -55,6 +74,111 @@ struct Figures {
     eio_errors: u64,
     retention_deletes: u64,
     lost: u64,
+    /// OffsetCommit requests sent.
+    commit_requests: u64,
+    /// Partition commits answered with error 0.
+    commits_acked: u64,
+    /// ... of which acknowledged durable (`group` mode; plus those covered by a later flush).
+    commits_durable: u64,
+    /// OffsetCommit requests answered with COORDINATOR_NOT_AVAILABLE.
+    commit_failures: u64,
+    /// (group, topic, partition) values compared with the model (live and after crashes).
+    offsets_checked: u64,
+    /// Committed offsets lost, older than acknowledged, or never committed.
+    offset_regressions: u64,
+}
+
+/// (group, topic, partition) of a committed offset.
+type GKey = (String, String, i32);
+
+/// A committed offset as the test issues it: the metadata is unique per partition commit
+/// (`c<n>`), so a value read back names the exact commit that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CVal {
+    offset: i64,
+    meta: String,
+}
+
+/// One OffsetCommit request that may be in `__consumer_offsets` (acknowledged, or failed after
+/// its batch was appended: outcome unknown).
+#[derive(Debug, Clone)]
+struct CommitReq {
+    entries: Vec<(GKey, CVal)>,
+    acked: bool,
+}
+
+/// What the test knows about committed offsets.
+#[derive(Debug, Default)]
+struct OffsetsModel {
+    /// State recovered at the last crash (durable from then on).
+    base: BTreeMap<GKey, CVal>,
+    /// Commits since then that may be in the log, in the order they were appended.
+    history: Vec<CommitReq>,
+    /// `history[..durable]` is acknowledged durable.
+    durable: usize,
+    /// Last offset the simulated client committed per key (the next commit is usually >= it).
+    last_issued: BTreeMap<GKey, i64>,
+    seq: u64,
+}
+
+impl OffsetsModel {
+    fn apply(state: &mut BTreeMap<GKey, CVal>, req: &CommitReq) {
+        for (k, v) in &req.entries {
+            state.insert(k.clone(), v.clone());
+        }
+    }
+    /// What a running coordinator serves: the base plus every acknowledged commit.
+    fn live(&self) -> BTreeMap<GKey, CVal> {
+        let mut st = self.base.clone();
+        for r in self.history.iter().filter(|r| r.acked) {
+            Self::apply(&mut st, r);
+        }
+        st
+    }
+    /// The state every crash must keep at least: base plus the acknowledged-durable prefix.
+    fn durable_state(&self) -> BTreeMap<GKey, CVal> {
+        let mut st = self.base.clone();
+        for r in &self.history[..self.durable] {
+            Self::apply(&mut st, r);
+        }
+        st
+    }
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+/// Encode `req`, serve it through `groups::handle` as the broker does, decode the response.
+fn call<Req: Encodable, Resp: Decodable + HeaderVersion>(
+    c: &Arc<GroupCoordinator>,
+    key: i16,
+    v: i16,
+    req: &Req,
+) -> Result<Resp, String> {
+    let mut buf = BytesMut::new();
+    req.encode(&mut buf, v).map_err(|e| format!("encode api {key} v{v}: {e}"))?;
+    let header = RequestHeader::default()
+        .with_request_api_key(key)
+        .with_request_api_version(v)
+        .with_correlation_id(77)
+        .with_client_id(Some(s("fault-sim")));
+    let mut body = buf.freeze();
+    let out = match groups::handle(c, key, v, &header, &mut body) {
+        Reply::Now(b) => b,
+        Reply::Later(f) => f(),
+        other => return Err(format!("api {key} v{v} gave no response: {other:?}")),
+    };
+    let mut b = Bytes::from(out);
+    let h = ResponseHeader::decode(&mut b, Resp::header_version(v)).map_err(|e| format!("api {key} v{v} header: {e}"))?;
+    if h.correlation_id != 77 {
+        return Err(format!("api {key} v{v}: correlation id {}", h.correlation_id));
+    }
+    let r = Resp::decode(&mut b, v).map_err(|e| format!("api {key} v{v} body: {e}"))?;
+    if !b.is_empty() {
+        return Err(format!("api {key} v{v}: {} trailing bytes", b.len()));
+    }
+    Ok(r)
 }
 
 /// What the test knows about one partition.
@@ -81,6 +205,9 @@ struct Sim {
     models: BTreeMap<(String, usize), Model>,
     fault: Fault,
     figures: Figures,
+    coord: Arc<GroupCoordinator>,
+    groups: Vec<String>,
+    offsets: OffsetsModel,
 }
 
 fn replay_cmd(seed: u64) -> String {
@@ -122,7 +249,22 @@ impl Sim {
                 models.insert((name.clone(), p), Model::default());
             }
         }
-        Sim { seed, rng, io, mgr, cfg, topics, models, fault, figures: Figures::default() }
+        let groups = (0..rng.gen_range(1..=3)).map(|g| format!("g{g}")).collect();
+        let coord = GroupCoordinator::new(mgr.clone()).expect("open group coordinator");
+        Sim {
+            seed,
+            rng,
+            io,
+            mgr,
+            cfg,
+            topics,
+            models,
+            fault,
+            figures: Figures::default(),
+            coord,
+            groups,
+            offsets: OffsetsModel::default(),
+        }
     }
 
     fn fail(&self, msg: String) -> ! {
@@ -324,6 +466,227 @@ impl Sim {
         records
     }
 
+    fn offsets_part(&self) -> Arc<Partition> {
+        self.mgr.partition(OFFSETS_TOPIC, 0).unwrap_or_else(|| self.fail(format!("{OFFSETS_TOPIC}-0 missing")))
+    }
+
+    /// A consumer-group step: an OffsetCommit (70 %), a flush of `__consumer_offsets` (10 %) or
+    /// an OffsetFetch of every group checked against the model (20 %).
+    fn group_step(&mut self) {
+        match self.rng.gen_range(0..100) {
+            0..=69 => self.commit_step(),
+            70..=79 => {
+                let part = self.offsets_part();
+                let poisoned = part.is_poisoned();
+                let r = part.flush();
+                if trace() {
+                    eprintln!("flush {OFFSETS_TOPIC}: {r:?}");
+                }
+                match r {
+                    Ok(()) => {
+                        if poisoned {
+                            self.fail(format!("{OFFSETS_TOPIC}: flush succeeded after it was poisoned"));
+                        }
+                        // Everything appended so far is durable now.
+                        let o = &mut self.offsets;
+                        for r in &o.history[o.durable..] {
+                            if r.acked {
+                                self.figures.commits_durable += r.entries.len() as u64;
+                            }
+                        }
+                        o.durable = o.history.len();
+                    }
+                    Err(AppendError::Poisoned(_)) => {}
+                    Err(AppendError::Storage(e)) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EIO)) => {}
+                    Err(e) => self.fail(format!("{OFFSETS_TOPIC}: unexpected flush error {e}")),
+                }
+            }
+            _ => {
+                let v = [2i16, 5, 7, 8][self.rng.gen_range(0..4)];
+                let got = self.fetch_all(v);
+                let want = self.offsets.live();
+                self.figures.offsets_checked += want.len().max(got.len()) as u64;
+                if got != want {
+                    let bad = diff_keys(&want, &got);
+                    self.figures.offset_regressions += bad.len() as u64;
+                    self.fail(format!("OffsetFetch v{v} (no crash) differs from the acknowledged commits: {bad:?}"));
+                }
+            }
+        }
+    }
+
+    /// One standalone OffsetCommit (generation -1) of 1–3 partitions of one group.
+    fn commit_step(&mut self) {
+        let group = self.groups[self.rng.gen_range(0..self.groups.len())].clone();
+        let mut parts: Vec<(String, usize)> = self.models.keys().cloned().collect();
+        parts.shuffle(&mut self.rng);
+        parts.truncate(self.rng.gen_range(1..=3));
+        let mut entries = Vec::new();
+        for (topic, p) in parts {
+            let key: GKey = (group.clone(), topic.clone(), p as i32);
+            let prev = self.offsets.last_issued.get(&key).copied().unwrap_or(0);
+            let end = (self.models[&(topic, p)].next as i64).max(prev);
+            // Usually forward (up to the log end); sometimes lower, as after a seek back.
+            let offset = if prev > 0 && self.rng.gen_ratio(3, 20) {
+                self.rng.gen_range(0..prev)
+            } else {
+                self.rng.gen_range(prev..=end)
+            };
+            self.offsets.last_issued.insert(key.clone(), offset);
+            self.offsets.seq += 1;
+            entries.push((key, CVal { offset, meta: format!("c{}", self.offsets.seq) }));
+        }
+        let mut topics: Vec<OffsetCommitRequestTopic> = Vec::new();
+        for ((_, t, p), v) in &entries {
+            let part = OffsetCommitRequestPartition::default()
+                .with_partition_index(*p)
+                .with_committed_offset(v.offset)
+                .with_committed_metadata(Some(s(&v.meta)));
+            match topics.iter_mut().find(|x| x.name.as_str() == t.as_str()) {
+                Some(x) => x.partitions.push(part),
+                None => topics.push(OffsetCommitRequestTopic::default().with_name(TopicName(s(t))).with_partitions(vec![part])),
+            }
+        }
+        // The response lists partitions in request order (grouped by topic): reorder the model.
+        let order: Vec<(String, i32)> =
+            topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str().to_string(), p.partition_index))).collect();
+        entries.sort_by_key(|((_, t, p), _)| order.iter().position(|o| o.0 == *t && o.1 == *p));
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(s(""))
+            .with_topics(topics);
+        let v = [2i16, 5, 8][self.rng.gen_range(0..3)];
+        let part = self.offsets_part();
+        let poisoned = part.is_poisoned();
+        let end_before = part.log_end_offset();
+        let resp: OffsetCommitResponse = self.call_or_fail(8, v, &req);
+        let end_after = part.log_end_offset();
+        let codes: Vec<i16> = resp.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.error_code)).collect();
+        if trace() {
+            eprintln!("commit v{v} {group} {entries:?} -> {codes:?} ({OFFSETS_TOPIC} end {end_before} -> {end_after})");
+        }
+        self.figures.commit_requests += 1;
+        if codes.len() != entries.len() {
+            self.fail(format!("OffsetCommit of {} partitions answered {} codes", entries.len(), codes.len()));
+        }
+        let n = entries.len() as u64;
+        if codes.iter().all(|c| *c == err::NONE) {
+            if poisoned {
+                self.fail(format!("OffsetCommit acknowledged after {OFFSETS_TOPIC} was poisoned"));
+            }
+            if end_after <= end_before {
+                self.fail(format!("OffsetCommit acknowledged but {OFFSETS_TOPIC} did not grow"));
+            }
+            self.figures.commits_acked += n;
+            self.offsets.history.push(CommitReq { entries, acked: true });
+            if self.cfg.durability == Durability::Group {
+                self.figures.commits_durable += n;
+                self.offsets.durable = self.offsets.history.len();
+            }
+        } else if codes.iter().all(|c| *c == err::COORDINATOR_NOT_AVAILABLE) {
+            self.figures.commit_failures += 1;
+            if end_after != end_before {
+                // Appended, then the durability wait failed: it may or may not survive a crash.
+                self.offsets.history.push(CommitReq { entries, acked: false });
+            }
+        } else {
+            self.fail(format!("OffsetCommit answered unexpected error codes {codes:?}"));
+        }
+    }
+
+    fn call_or_fail<Req: Encodable, Resp: Decodable + HeaderVersion>(&self, key: i16, v: i16, req: &Req) -> Resp {
+        call(&self.coord, key, v, req).unwrap_or_else(|e| self.fail(e))
+    }
+
+    /// Every committed offset of every group, through OffsetFetch `v` (all topics: null list).
+    fn fetch_all(&self, v: i16) -> BTreeMap<GKey, CVal> {
+        let mut out = BTreeMap::new();
+        let mut put = |g: &str, t: &str, p: i32, offset: i64, meta: Option<&StrBytes>, code: i16| {
+            if code != err::NONE {
+                self.fail(format!("OffsetFetch v{v} {g} {t}-{p}: error {code}"));
+            }
+            if offset >= 0 {
+                let val = CVal { offset, meta: meta.map(|m| m.as_str().to_string()).unwrap_or_default() };
+                out.insert((g.to_string(), t.to_string(), p), val);
+            }
+        };
+        if v >= 8 {
+            let req = OffsetFetchRequest::default().with_groups(
+                self.groups.iter().map(|g| OffsetFetchRequestGroup::default().with_group_id(GroupId(s(g))).with_topics(None)).collect(),
+            );
+            let r: OffsetFetchResponse = self.call_or_fail(9, v, &req);
+            for rg in &r.groups {
+                if rg.error_code != err::NONE {
+                    self.fail(format!("OffsetFetch v{v} {}: error {}", rg.group_id.as_str(), rg.error_code));
+                }
+                for t in &rg.topics {
+                    for p in &t.partitions {
+                        let (g, tn) = (rg.group_id.as_str(), t.name.as_str());
+                        put(g, tn, p.partition_index, p.committed_offset, p.metadata.as_ref(), p.error_code);
+                    }
+                }
+            }
+        } else {
+            for g in &self.groups {
+                let req = OffsetFetchRequest::default().with_group_id(GroupId(s(g))).with_topics(None);
+                let r: OffsetFetchResponse = self.call_or_fail(9, v, &req);
+                if r.error_code != err::NONE {
+                    self.fail(format!("OffsetFetch v{v} {g}: error {}", r.error_code));
+                }
+                for t in &r.topics {
+                    for p in &t.partitions {
+                        put(g, t.name.as_str(), p.partition_index, p.committed_offset, p.metadata.as_ref(), p.error_code);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// After a crash: committed offsets never go backwards (see the module comment).
+    fn check_offsets_after_crash(&mut self, mode: CrashMode) {
+        let v = [2i16, 8][self.rng.gen_range(0..2)];
+        let got = self.fetch_all(v);
+        let o = &self.offsets;
+        let acked = o.durable_state();
+        let later = &o.history[o.durable..];
+        let keys: BTreeSet<GKey> = acked.keys().chain(got.keys()).cloned().collect();
+        let mut bad = Vec::new();
+        for k in &keys {
+            self.figures.offsets_checked += 1;
+            let want = acked.get(k);
+            let ok = match got.get(k) {
+                None => want.is_none(),
+                Some(g) => want == Some(g) || later.iter().any(|r| r.entries.iter().any(|(rk, rv)| rk == k && rv == g)),
+            };
+            if !ok {
+                bad.push(format!("{k:?}: acknowledged {want:?}, recovered {:?}", got.get(k)));
+            }
+        }
+        if !bad.is_empty() {
+            self.figures.offset_regressions += bad.len() as u64;
+            self.fail(format!("after {mode:?} crash, committed offsets went BACKWARDS (lost, older or invented): {bad:?}"));
+        }
+        // The log is a prefix: the recovered offsets are the state after base + history[..k]
+        // for some k >= durable (requests atomic, applied in order).
+        let mut st = acked;
+        let mut found = st == got;
+        for r in later {
+            OffsetsModel::apply(&mut st, r);
+            found |= st == got;
+        }
+        if !found {
+            self.fail(format!(
+                "after {mode:?} crash, recovered committed offsets are not the state after any prefix of the commits: {got:?}"
+            ));
+        }
+        self.offsets.last_issued = got.iter().map(|(k, v)| (k.clone(), v.offset)).collect();
+        self.offsets.base = got;
+        self.offsets.history.clear();
+        self.offsets.durable = 0;
+    }
+
     /// Crash (or not), reopen from what the disk holds, check every partition.
     fn crash_and_check(&mut self, mode: CrashMode) {
         let crash_seed = self.rng.gen();
@@ -369,13 +732,30 @@ impl Sim {
             *m = m_after;
         }
         self.io = image;
-        self.mgr = mgr;
+        self.mgr = mgr.clone();
+        // A fresh coordinator restores the committed offsets from the recovered log.
+        let coord = match catch_unwind(AssertUnwindSafe(|| GroupCoordinator::new(mgr))) {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => self.fail(format!("group coordinator failed to open after {mode:?} crash: {e}")),
+            Err(_) => self.fail(format!("group coordinator panicked opening after {mode:?} crash")),
+        };
+        self.coord = coord;
+        self.check_offsets_after_crash(mode);
     }
 }
 
 /// FAULT_TRACE=1 prints every step and fault (for replaying a failing seed).
 fn trace() -> bool {
     std::env::var_os("FAULT_TRACE").is_some()
+}
+
+/// Keys whose committed value differs between `want` and `got`.
+fn diff_keys(want: &BTreeMap<GKey, CVal>, got: &BTreeMap<GKey, CVal>) -> Vec<String> {
+    let keys: BTreeSet<&GKey> = want.keys().chain(got.keys()).collect();
+    keys.into_iter()
+        .filter(|k| want.get(*k) != got.get(*k))
+        .map(|k| format!("{k:?}: want {:?} got {:?}", want.get(k), got.get(k)))
+        .collect()
 }
 
 /// Stored bytes of `batch` as appended at `base`.
@@ -416,7 +796,11 @@ fn run_seed(seed: u64) -> Figures {
                 sim.io.set_space_left(None);
                 sim.io.set_write_eio(false);
             }
-            sim.step();
+            if sim.rng.gen_ratio(1, 5) {
+                sim.group_step();
+            } else {
+                sim.step();
+            }
         }
         sim.io.set_space_left(None);
         sim.io.set_write_eio(false);
@@ -456,6 +840,12 @@ fn add(total: &mut Figures, f: Figures) {
     total.eio_errors += f.eio_errors;
     total.retention_deletes += f.retention_deletes;
     total.lost += f.lost;
+    total.commit_requests += f.commit_requests;
+    total.commits_acked += f.commits_acked;
+    total.commits_durable += f.commits_durable;
+    total.commit_failures += f.commit_failures;
+    total.offsets_checked += f.offsets_checked;
+    total.offset_regressions += f.offset_regressions;
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -491,7 +881,8 @@ fn seeded_fault_simulation_sweep() {
     println!(
         "fault_simulation ({label}): seeds {}, crashes {}, batches checked {}, records checked {}, \
          acknowledged records at crash {}, fdatasync failures {}, rejected while poisoned {}, ENOSPC {}, EIO {}, \
-         segments deleted by retention {}, lost = {} ({:.1} s)",
+         segments deleted by retention {}, lost = {}; offset commits: {} requests, {} partition commits \
+         acknowledged ({} durable), {} requests failed, committed offsets checked {}, regressions = {} ({:.1} s)",
         f.seeds,
         f.crashes,
         f.batches_checked,
@@ -503,8 +894,15 @@ fn seeded_fault_simulation_sweep() {
         f.eio_errors,
         f.retention_deletes,
         f.lost,
+        f.commit_requests,
+        f.commits_acked,
+        f.commits_durable,
+        f.commit_failures,
+        f.offsets_checked,
+        f.offset_regressions,
         started.elapsed().as_secs_f64()
     );
     assert_eq!(f.lost, 0);
+    assert_eq!(f.offset_regressions, 0);
     assert!(f.seeds >= 1);
 }
