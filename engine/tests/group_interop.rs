@@ -90,7 +90,7 @@ fn two_consumers_split_four_partitions_and_one_takes_over_when_the_other_leaves(
     let dir = tempfile::tempdir().unwrap();
     let broker = start_broker(dir.path(), Durability::Never, 4);
     let addr = broker.local_addr().to_string();
-    python(&["produce", "--bootstrap", &addr, "--topic", "four", "--count", "400", "--plain"]);
+    python(&["produce", "--bootstrap", &addr, "--topic", "four", "--count", "400", "--plain", "--partitions", "4"]);
     let parts: Vec<u64> = (0..4).map(|p| broker.logs().partition("four", p).unwrap().log_end_offset()).collect();
     assert_eq!(parts.iter().sum::<u64>(), 400);
     assert!(parts.iter().all(|&n| n > 0), "every partition holds records: {parts:?}");
@@ -104,7 +104,7 @@ fn a_killed_consumer_is_expired_after_its_session_timeout_and_the_other_takes_ov
     let dir = tempfile::tempdir().unwrap();
     let broker = start_broker(dir.path(), Durability::Never, 4);
     let addr = broker.local_addr().to_string();
-    python(&["produce", "--bootstrap", &addr, "--topic", "four", "--count", "40", "--plain"]);
+    python(&["produce", "--bootstrap", &addr, "--topic", "four", "--count", "40", "--plain", "--partitions", "4"]);
     let said = python(&["kill", "--bootstrap", &addr, "--topic", "four", "--group", "victims", "--timeout", "60"]);
     assert!(said.contains("kill ok"), "{said}");
     // Expired by the session timeout (6 s), not at once and not never.

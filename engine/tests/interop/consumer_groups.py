@@ -51,7 +51,10 @@ def produce(args):
             delivered.append((msg.partition(), msg.offset(), msg.value().decode()))
 
     for i in range(args.first, args.first + args.count):
-        p.produce(args.topic, value=("v%d" % i).encode(), on_delivery=on_delivery)
+        # --partitions N spreads records round-robin explicitly: librdkafka's sticky partitioner
+        # may put (almost) every unkeyed record in one partition, depending on timing.
+        where = {"partition": (i - args.first) % args.partitions} if args.partitions else {}
+        p.produce(args.topic, value=("v%d" % i).encode(), on_delivery=on_delivery, **where)
         p.poll(0)
         if args.flush_every and (i - args.first) % args.flush_every == args.flush_every - 1:
             p.flush(30)  # one batch per flush (the replay test needs many batches)
@@ -223,6 +226,7 @@ def main():
     ap.add_argument("--linger", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=60)
     ap.add_argument("--plain", action="store_true")
+    ap.add_argument("--partitions", type=int, default=0)
     ap.add_argument("--flush-every", type=int, default=0)
     ap.add_argument("--out", default="/dev/null")
     args = ap.parse_args()
