@@ -174,10 +174,15 @@ pub fn bootstrap_ci(base: &[f64], new: &[f64], stat: Stat, confidence: f64, resa
         return (f64::NAN, f64::NAN);
     }
     ratios.sort_by(|a, b| a.total_cmp(b));
+    percentile_interval(&ratios, confidence)
+}
+
+/// The central `confidence` interval of sorted bootstrap replicates (NaN when there are none).
+fn percentile_interval(sorted: &[f64], confidence: f64) -> (f64, f64) {
     let alpha = (1.0 - confidence).clamp(0.0, 1.0);
     let at = |q: f64| {
-        let i = (q * (ratios.len() - 1) as f64).round() as usize;
-        ratios[i.min(ratios.len() - 1)]
+        let i = (q * (sorted.len().max(1) - 1) as f64).round() as usize;
+        sorted.get(i.min(sorted.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
     };
     (at(alpha / 2.0), at(1.0 - alpha / 2.0))
 }
@@ -367,9 +372,7 @@ pub fn compare_clustered(group: &str, figure: &str, unit: &str, better: Better, 
         }
     }
     ratios.sort_by(|a, b| a.total_cmp(b));
-    let alpha = (1.0 - d.confidence).clamp(0.0, 1.0);
-    let at = |q: f64| ratios.get(((q * (ratios.len().max(1) - 1) as f64).round() as usize).min(ratios.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
-    let (ci_low, ci_high) = (at(alpha / 2.0), at(1.0 - alpha / 2.0));
+    let (ci_low, ci_high) = percentile_interval(&ratios, d.confidence);
     let per_round = |cs: &[Vec<f64>]| cs.iter().map(|c| stat_of(d.stat, c)).collect::<Vec<f64>>();
     let (_, mwu_p) = mann_whitney(&per_round(base), &per_round(new));
     let verdict = decide(better, change, ci_low, ci_high, mwu_p, base.len().min(new.len()), d);
@@ -413,9 +416,7 @@ pub fn compare_paired(group: &str, figure: &str, unit: &str, better: Better, bas
         }
     }
     boot.sort_by(|a, b| a.total_cmp(b));
-    let alpha = (1.0 - d.confidence).clamp(0.0, 1.0);
-    let at = |q: f64| boot.get(((q * (boot.len().max(1) - 1) as f64).round() as usize).min(boot.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
-    let (ci_low, ci_high) = (at(alpha / 2.0), at(1.0 - alpha / 2.0));
+    let (ci_low, ci_high) = percentile_interval(&boot, d.confidence);
     let (_, mwu_p) = mann_whitney(&rb, &rn);
     let verdict = decide(better, change, ci_low, ci_high, mwu_p, ratios.len(), d);
     Comparison {
