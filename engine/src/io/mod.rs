@@ -33,6 +33,19 @@ pub trait IoFile: Send + Sync + std::fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The OS file descriptor, for zero-copy `sendfile`. `None` for simulated files.
     fn raw_fd(&self) -> Option<RawFd>;
+    /// Write `buf` at `pos` (may be empty), fdatasync, and then, only if both succeeded, write
+    /// `note` = (file, bytes, position) best effort (its failure is ignored). Returns the
+    /// write's or the sync's error. The real file does this as one io_uring submission.
+    fn write_sync_note(&self, buf: &[u8], pos: u64, note: Option<(&dyn IoFile, &[u8], u64)>) -> io::Result<()> {
+        if !buf.is_empty() {
+            self.write_at(buf, pos)?;
+        }
+        self.sync_data()?;
+        if let Some((file, bytes, at)) = note {
+            let _ = file.write_at(bytes, at);
+        }
+        Ok(())
+    }
     /// Hint: start writing `[pos, pos + len)` back to the disk now (no durability promise).
     fn start_writeback(&self, _pos: u64, _len: u64) -> io::Result<()> {
         Ok(())
@@ -104,6 +117,20 @@ impl IoFile for OsFile {
     }
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
+    }
+    fn write_sync_note(&self, buf: &[u8], pos: u64, note: Option<(&dyn IoFile, &[u8], u64)>) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        match note {
+            Some((file, bytes, at)) => match file.raw_fd() {
+                Some(nfd) => sys::uring_write_sync_note(fd, buf, pos, Some((nfd, bytes, at))),
+                None => {
+                    sys::uring_write_sync_note(fd, buf, pos, None)?;
+                    let _ = file.write_at(bytes, at);
+                    Ok(())
+                }
+            },
+            None => sys::uring_write_sync_note(fd, buf, pos, None),
+        }
     }
     fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {
         sys::uring_start_writeback(self.file.as_raw_fd(), pos, len)

@@ -57,6 +57,132 @@ fn run_one(entry: io_uring::squeue::Entry) -> Option<io::Result<i32>> {
     })
 }
 
+/// Completion tags for [`uring_write_sync_note`]'s chain.
+const TAG_WRITE: u64 = 1;
+const TAG_SYNC: u64 = 2;
+const TAG_NOTE: u64 = 3;
+
+/// Write `buf` at `pos` of `fd`, fdatasync `fd`, then (only if both succeeded) write `note` at
+/// its position in its file: one linked io_uring chain, one submission, so the group-commit
+/// leader pays one `io_uring_enter` for the batch of writes it covers plus its sync.
+///
+/// Returns the outcome of the write and the sync; the note is best effort (its error is
+/// dropped). A short write breaks the chain; the rest is then written and synced one call at a
+/// time. A negative sync completion is the sync's error (the caller poisons, never retries).
+pub fn uring_write_sync_note(fd: RawFd, buf: &[u8], pos: u64, note: Option<(RawFd, &[u8], u64)>) -> io::Result<()> {
+    if URING_UNAVAILABLE.load(Ordering::Relaxed) || buf.len() > (1 << 30) {
+        return write_sync_note_plain(fd, buf, pos, note);
+    }
+    let mut entries = Vec::with_capacity(3);
+    if !buf.is_empty() {
+        let w = opcode::Write::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32).offset(pos).build();
+        entries.push(w.flags(io_uring::squeue::Flags::IO_LINK).user_data(TAG_WRITE));
+    }
+    let sync = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(TAG_SYNC);
+    if let Some((nfd, nbuf, npos)) = note {
+        entries.push(sync.flags(io_uring::squeue::Flags::IO_LINK));
+        let len = nbuf.len().min(1 << 20) as u32;
+        entries.push(opcode::Write::new(types::Fd(nfd), nbuf.as_ptr(), len).offset(npos).build().user_data(TAG_NOTE));
+    } else {
+        entries.push(sync);
+    }
+    let Some(results) = run_chain(&entries) else {
+        return write_sync_note_plain(fd, buf, pos, note);
+    };
+    let results = results?;
+    let get = |tag: u64| results.iter().find(|(t, _)| *t == tag).map(|(_, r)| *r);
+    if !buf.is_empty() {
+        match get(TAG_WRITE) {
+            Some(n) if n < 0 => return Err(io::Error::from_raw_os_error(-n)),
+            Some(n) if (n as usize) < buf.len() => {
+                // Short write: the chain was cancelled after it. Finish one step at a time.
+                return write_sync_note_plain(fd, &buf[n as usize..], pos + n as u64, note);
+            }
+            Some(_) => {}
+            None => return Err(io::Error::other("io_uring: write completion missing")),
+        }
+    }
+    match get(TAG_SYNC) {
+        Some(r) if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+        Some(_) => Ok(()),
+        None => Err(io::Error::other("io_uring: fdatasync completion missing")),
+    }
+}
+
+/// [`uring_write_sync_note`] one call at a time.
+fn write_sync_note_plain(fd: RawFd, buf: &[u8], pos: u64, note: Option<(RawFd, &[u8], u64)>) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let n = uring_write(fd, &buf[done..], pos + done as u64)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+        }
+        done += n;
+    }
+    uring_fdatasync(fd)?;
+    if let Some((nfd, nbuf, npos)) = note {
+        let _ = uring_write(nfd, nbuf, npos);
+    }
+    Ok(())
+}
+
+/// Submit `entries` (a linked chain) on this thread's ring with one `io_uring_enter` and wait
+/// for all their completions; returns (user_data, result) pairs. `None` if io_uring is
+/// unavailable. Every entry's buffer must stay borrowed by the caller for the whole call.
+fn run_chain(entries: &[io_uring::squeue::Entry]) -> Option<io::Result<Vec<(u64, i32)>>> {
+    if URING_UNAVAILABLE.load(Ordering::Relaxed) {
+        return None;
+    }
+    RING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            match IoUring::new(8) {
+                Ok(r) => *slot = Some(r),
+                Err(e) => {
+                    tracing::warn!("io_uring unavailable ({e}); falling back to pwrite/fdatasync");
+                    URING_UNAVAILABLE.store(true, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        let ring = slot.as_mut().expect("ring initialised above");
+        if entries.len() > 8 {
+            return Some(Err(io::Error::other("io_uring chain longer than the queue")));
+        }
+        // SAFETY: every entry's buffer pointer refers to memory our caller borrows for the
+        // whole duration of this function, and we wait for all completions before returning,
+        // so the kernel never touches a buffer after it is released. Nothing else is in flight
+        // on this thread's ring (each call waits for all of its completions), and the queue
+        // has 8 slots, checked above, so the pushes cannot overflow.
+        let pushed = unsafe { ring.submission().push_multiple(entries) };
+        if pushed.is_err() {
+            return Some(Err(io::Error::other("io_uring submission queue full")));
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        while out.len() < entries.len() {
+            match ring.submit_and_wait(entries.len() - out.len()) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {
+                    std::thread::yield_now();
+                    continue;
+                }
+                Err(e) => {
+                    // io_uring_enter failed outright (an error return means it submitted
+                    // nothing): discard the ring so the pushed entries can never be submitted
+                    // after our caller's buffers are gone; the next call builds a fresh ring.
+                    *slot = None;
+                    return Some(Err(e));
+                }
+            }
+            for cqe in ring.completion() {
+                out.push((cqe.user_data(), cqe.result()));
+            }
+        }
+        Some(Ok(out))
+    })
+}
+
 /// Positional write through io_uring. Returns the number of bytes written (may be short).
 pub fn uring_write(fd: RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
     let len = buf.len().min(1 << 30) as u32;

@@ -1,9 +1,18 @@
 //! One topic-partition: an ordered list of segments, group commit, reads as file ranges,
 //! recovery, retention, idempotent-producer state.
 //!
-//! Locking: `state` (segments, producer state) is held while an append assigns offsets and
-//! writes; `sync` (durable offset, in-flight flag, poison) is held only briefly. Lock order is
-//! state → sync; the group-commit leader never holds either lock while it fdatasyncs.
+//! Locking: `state` (segments, producer state, staged bytes) is held while an append assigns
+//! offsets and writes or stages; `sync` (durable offset, in-flight flags, poison) is held only
+//! briefly. Lock order is state → sync; the group-commit leader never holds either lock while
+//! it writes and fdatasyncs.
+//!
+//! Write path in `group` mode: an append copies its (patched) batches into the partition's
+//! staging buffer under the state lock and issues no system call. The group-commit leader takes
+//! the staged bytes and submits write + fdatasync + recovery-point note as one io_uring chain,
+//! so one submission carries every append the sync covers. Nothing staged is servable (the high
+//! watermark only moves after the sync) or acknowledged. Staged bytes beyond
+//! [`STAGING_BYTES_MAX`] and those pending at a roll or close are written under the state lock.
+//! A failed staged write poisons the partition: its offsets were already handed out.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -18,8 +27,11 @@ use crate::record::{self, BatchInfo};
 
 const RECOVERY_POINT: &str = "recovery-point";
 const RP_MAGIC: u32 = 0x5250_0001;
-/// Group-mode appends at least this large start their writeback at once (sync_file_range).
-const WRITEBACK_KICK_BYTES: u64 = 256 << 10;
+/// Group mode: staged bytes past this are written by the appender (bounds the buffer when
+/// appends run ahead of the syncs, e.g. library users who append without waiting).
+pub const STAGING_BYTES_MAX: usize = 4 << 20;
+/// The leader keeps a spare staging buffer of at most this capacity for reuse.
+const SPARE_BYTES_MAX: usize = 8 << 20;
 /// Batches remembered per producer for duplicate detection (Kafka keeps 5).
 const PRODUCER_RECENT_BATCHES: usize = 5;
 
@@ -82,6 +94,12 @@ struct State {
     hw_pos: u64,
     producers: HashMap<i64, Option<ProducerState>>,
     rp_file: Arc<dyn IoFile>,
+    /// Group mode: bytes appended but not yet written, for `[staged_pos, active.size)` of the
+    /// active segment.
+    staged: Vec<u8>,
+    staged_pos: u64,
+    /// An emptied staging buffer kept for reuse.
+    spare: Vec<u8>,
 }
 
 impl State {
@@ -102,6 +120,8 @@ impl State {
 #[derive(Debug, Default)]
 struct SyncState {
     in_flight: bool,
+    /// The leader is writing bytes it took from the staging buffer (a roll waits for that).
+    writing: bool,
     durable: u64,
     poison: Option<String>,
 }
@@ -117,6 +137,8 @@ pub struct Partition {
     state: Mutex<State>,
     sync: Mutex<SyncState>,
     sync_cv: Condvar,
+    /// Signalled when a leader's staged write completes (`SyncState::writing` cleared).
+    write_cv: Condvar,
     poisoned: AtomicBool,
     /// Group-commit fdatasyncs completed, and microseconds spent in them (for benchmarks).
     syncs: AtomicU64,
@@ -298,9 +320,18 @@ impl Partition {
             dir: dir.to_path_buf(),
             io,
             cfg,
-            state: Mutex::new(State { segments, hw_pos, producers, rp_file }),
-            sync: Mutex::new(SyncState { in_flight: false, durable: next, poison: None }),
+            state: Mutex::new(State {
+                segments,
+                hw_pos,
+                producers,
+                rp_file,
+                staged: Vec::new(),
+                staged_pos: 0,
+                spare: Vec::new(),
+            }),
+            sync: Mutex::new(SyncState { in_flight: false, writing: false, durable: next, poison: None }),
             sync_cv: Condvar::new(),
+            write_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             sync_us: AtomicU64::new(0),
@@ -422,7 +453,9 @@ impl Partition {
         }
         let position = st.active().size;
         let window = self.cfg.preallocate_bytes;
-        if window > 0 && total <= window / 4 && position + total > st.active().prealloc_end {
+        // (In group mode the group-commit leader zero-fills, with its write: `sync_once`.)
+        let group = self.cfg.durability == Durability::Group;
+        if !group && window > 0 && total <= window / 4 && position + total > st.active().prealloc_end {
             let seg = st.active_mut();
             let from = seg.prealloc_end.max(position);
             let to = (position + total + window).min(self.cfg.segment_bytes_max.max(position + total));
@@ -438,7 +471,16 @@ impl Partition {
             record::patch_leader_epoch(b, segment::LEADER_EPOCH_MAX);
             at += a.size_bytes;
         }
-        if let Err(e) = st.active().file.write_at(buf, position) {
+        if self.cfg.durability == Durability::Group {
+            // Staged: the group-commit leader writes it with its sync (see the module notes).
+            if st.staged.is_empty() {
+                st.staged_pos = position;
+            }
+            st.staged.extend_from_slice(buf);
+            if st.staged.len() > STAGING_BYTES_MAX {
+                self.write_staged(&mut st)?;
+            }
+        } else if let Err(e) = st.active().file.write_at(buf, position) {
             // Nothing is tracked: the bytes past `size` are garbage that the next write
             // overwrites and recovery would truncate.
             return Err(AppendError::Storage(e));
@@ -460,15 +502,7 @@ impl Partition {
             // Under the state lock, so a reader never sees `hw_pos` and the high watermark disagree.
             self.advance_hw(next);
         }
-        let kick = (self.cfg.durability == Durability::Group && total >= WRITEBACK_KICK_BYTES)
-            .then(|| st.active().file.clone());
         drop(st);
-        if let Some(file) = kick {
-            // Outside the lock: lets this batch's transfer overlap the fdatasync in flight and
-            // other appenders' writes (see PERF_NOTES.md). A failure here only loses the hint;
-            // durability is decided by the fdatasync alone.
-            let _ = file.start_writeback(position, total);
-        }
         #[cfg(feature = "slow-append")]
         crate::io::sys::slow_append_penalty(started.elapsed());
         Ok(AppendInfo { base_offset: base, last_offset: next - 1, next_offset: next, log_start_offset: log_start, duplicate: false })
@@ -519,7 +553,7 @@ impl Partition {
             match result {
                 Ok(offset) => s.durable = s.durable.max(offset),
                 Err(e) => {
-                    let reason = format!("fdatasync failed: {e}");
+                    let reason = format!("write or fdatasync failed: {e}");
                     tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
                     s.poison.get_or_insert(reason);
                     self.poisoned.store(true, Ordering::Release);
@@ -529,28 +563,92 @@ impl Partition {
         }
     }
 
-    /// One fdatasync of the active segment; returns the offset it made durable.
+    /// Write the staged bytes and fdatasync the active segment (one io_uring chain, followed
+    /// by the recovery-point note); returns the offset made durable.
     fn sync_once(&self) -> io::Result<u64> {
-        let (file, offset, base, pos) = {
-            let st = lock(&self.state);
+        let (file, offset, base, pos, mut staged, staged_pos, rp_file) = {
+            let mut st = lock(&self.state);
+            let spare = std::mem::take(&mut st.spare);
+            let mut staged = std::mem::replace(&mut st.staged, spare);
+            let staged_pos = st.staged_pos;
+            st.staged_pos += staged.len() as u64;
+            self.zero_fill_ahead(&mut st, &mut staged);
+            if !staged.is_empty() {
+                // Set under the state lock: a roll that takes the lock after us waits for it.
+                lock(&self.sync).writing = true;
+            }
             let a = st.active();
-            (a.file.clone(), a.next_offset, a.base_offset, a.size)
+            (a.file.clone(), a.next_offset, a.base_offset, a.size, staged, staged_pos, st.rp_file.clone())
         };
+        // Written only after the sync succeeds; not synced itself: a stale recovery point only
+        // weakens mid-log corruption detection, and it never runs ahead of synced data.
+        let note = encode_recovery_point(offset);
         let started = std::time::Instant::now();
-        file.sync_data()?;
+        let result = file.write_sync_note(&staged, staged_pos, Some((&*rp_file, &note, 0)));
+        if !staged.is_empty() {
+            lock(&self.sync).writing = false;
+            self.write_cv.notify_all();
+        }
+        result?;
         self.sync_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = lock(&self.state);
+            if staged.capacity() <= SPARE_BYTES_MAX && staged.capacity() > st.spare.capacity() {
+                staged.clear();
+                st.spare = staged;
+            }
             if st.active().base_offset == base {
                 st.hw_pos = st.hw_pos.max(pos);
             }
-            // Not synced: a stale recovery point only weakens mid-log corruption detection.
-            let _ = st.rp_file.write_at(&encode_recovery_point(offset), 0);
             // Under the state lock, consistent with `hw_pos` for readers.
             self.advance_hw(offset);
         }
         Ok(offset)
+    }
+
+    /// Preallocation in group mode: when the zeros written ahead of the active segment's end
+    /// run short, append the next window of zeros to the leader's buffer (which ends at the
+    /// segment's end), so they are written and synced with it and later syncs overwrite
+    /// allocated blocks. Skipped for large writes (the window would not be reused).
+    fn zero_fill_ahead(&self, st: &mut State, buf: &mut Vec<u8>) {
+        let window = self.cfg.preallocate_bytes;
+        if window == 0 || buf.is_empty() || buf.len() as u64 > window / 4 {
+            return;
+        }
+        let max = self.cfg.segment_bytes_max;
+        let seg = st.active_mut();
+        let end = seg.size;
+        if seg.prealloc_end >= end + window / 2 || end >= max {
+            return;
+        }
+        let to = (end + window).min(max);
+        buf.resize(buf.len() + (to - end) as usize, 0);
+        // Zeros past the last batch: recovery stops there (batchLength 0) and truncates.
+        seg.prealloc_end = to;
+    }
+
+    /// Write the staged bytes now, under the state lock, after any leader's staged write has
+    /// completed (so a sync that follows covers every byte appended so far). A failure
+    /// poisons: the bytes' offsets were already handed out.
+    fn write_staged(&self, st: &mut State) -> Result<(), AppendError> {
+        {
+            let mut s = lock(&self.sync);
+            while s.writing {
+                s = self.write_cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        if st.staged.is_empty() {
+            return Ok(());
+        }
+        let result = st.active().file.write_at(&st.staged, st.staged_pos);
+        st.staged_pos += st.staged.len() as u64;
+        st.staged.clear();
+        if let Err(e) = result {
+            self.poison(format!("write of staged appends failed: {e}"));
+            return Err(self.poison_error());
+        }
+        Ok(())
     }
 
     /// Seal the active segment (sync it, write its indexes) and start a new one.
@@ -558,6 +656,7 @@ impl Partition {
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
+        self.write_staged(st)?;
         // A sealed segment ends exactly after its last batch (trim made durable by the sync
         // below, before the next segment exists), or recovery would refuse it.
         st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
@@ -674,12 +773,16 @@ impl Partition {
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>, FetchError> {
         let st = lock(&self.state);
         let hw = self.high_watermark();
-        for seg in &st.segments {
+        let n = st.segments.len();
+        let group = self.cfg.durability == Durability::Group;
+        for (i, seg) in st.segments.iter().enumerate() {
             if seg.max_timestamp < ts {
                 continue;
             }
+            // Staged bytes of the active segment are not in the file yet.
+            let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
             let mut pos = seg.time_floor_position(ts);
-            while pos < seg.size {
+            while pos < limit {
                 let h = match seg.read_header(pos, self.cfg.batch_bytes_max)? {
                     Ok(h) => h,
                     Err(e) => return Err(FetchError::Storage(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))),
@@ -740,7 +843,9 @@ impl Partition {
         }
         self.flush()?;
         let mut st = lock(&self.state);
-        if st.active().prealloc_end > st.active().size {
+        let staged = !st.staged.is_empty();
+        self.write_staged(&mut st)?;
+        if staged || st.active().prealloc_end > st.active().size {
             st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
             if let Err(e) = st.active().file.sync_data() {
                 self.poison(format!("fdatasync failed while closing: {e}"));
