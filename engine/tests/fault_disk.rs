@@ -135,16 +135,34 @@ fn regression_short_write_on_enospc_sealed_by_roll_blocks_reopen() {
         i += 1;
         acked.push((p.append_durable(&mut b).expect("append").base_offset, b));
     }
+    // Group mode reserves space ahead (to the end of the segment here), so appends keep
+    // succeeding until one needs a reservation that does not fit.
     io.set_space_left(Some(500));
-    let e = p.append_durable(&mut batch(500, 4, 200)).expect_err("does not fit");
-    assert_eq!(storage_errno(&e), Some(libc::ENOSPC), "got {e}");
+    let mut failed = false;
+    for k in 0..100 {
+        let mut b = batch(500 + k, 4, 200);
+        match p.append_durable(&mut b) {
+            Ok(info) => acked.push((info.base_offset, b)),
+            Err(e) => {
+                assert_eq!(storage_errno(&e), Some(libc::ENOSPC), "got {e}");
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the space limit was never hit");
     io.set_space_left(None);
     let mut small = batch(501, 1, 10);
     acked.push((p.append_durable(&mut small).expect("small append").base_offset, small));
     let segments = p.segment_count();
-    let mut big = batch(502, 10, 300);
-    acked.push((p.append_durable(&mut big).expect("big append").base_offset, big));
-    assert!(p.segment_count() > segments, "the big append rolls");
+    for k in 0..10 {
+        let mut big = batch(502 + k, 10, 300);
+        acked.push((p.append_durable(&mut big).expect("big append").base_offset, big));
+        if p.segment_count() > segments {
+            break;
+        }
+    }
+    assert!(p.segment_count() > segments, "the big appends roll");
     p.close().expect("close");
     let reopened =
         Partition::open("t", 0, Path::new("/d/t-0"), Arc::new(io.clone()), cfg(), Arc::new(Notifier::default()));
@@ -201,10 +219,16 @@ fn enospc_while_rolling_leaves_a_log_that_reopens() {
     }
 }
 
+/// `never` mode writes in the append itself: EIO fails that append and nothing else.
 #[test]
-fn eio_on_write_is_a_storage_error_and_does_not_poison() {
+fn eio_on_write_in_never_mode_is_a_storage_error_and_does_not_poison() {
     let io = SimIo::new();
-    let p = open(&io, "/d/t-0");
+    let never = LogConfig { durability: Durability::Never, ..cfg() };
+    let open_never = |io: &SimIo| {
+        Partition::open("t", 0, Path::new("/d/t-0"), Arc::new(io.clone()), never.clone(), Arc::new(Notifier::default()))
+            .expect("open")
+    };
+    let p = open_never(&io);
     let mut acked = Vec::new();
     for i in 0..5 {
         let mut b = batch(i, 2, 10);
@@ -218,7 +242,36 @@ fn eio_on_write_is_a_storage_error_and_does_not_poison() {
     let mut b = batch(100, 2, 10);
     acked.push((p.append_durable(&mut b).expect("append after EIO cleared").base_offset, b));
     assert_acked_present(&p, &acked);
-    assert_acked_present(&open(&io.crash(CrashMode::DropUnsynced, 1), "/d/t-0"), &acked);
+    p.flush().expect("flush");
+    assert_acked_present(&open_never(&io.crash(CrashMode::DropUnsynced, 1)), &acked);
+}
+
+/// `group` mode stages appends and the group-commit leader writes them: an EIO there comes
+/// after offsets were handed out, so the partition is poisoned (as for a failed fdatasync);
+/// nothing acknowledged is lost and a reopen recovers.
+#[test]
+fn eio_on_a_staged_group_write_poisons_and_reopen_recovers() {
+    let io = SimIo::new();
+    let p = open(&io, "/d/t-0");
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let mut b = batch(i, 2, 10);
+        acked.push((p.append_durable(&mut b).expect("append").base_offset, b));
+    }
+    io.set_write_eio(true);
+    let e = p.append_durable(&mut batch(99, 2, 10)).expect_err("EIO append must fail");
+    assert!(matches!(e, AppendError::Poisoned(_)), "got {e}");
+    assert!(p.is_poisoned());
+    io.set_write_eio(false);
+    assert!(matches!(p.append_durable(&mut batch(100, 2, 10)), Err(AppendError::Poisoned(_))));
+    assert_acked_present(&p, &acked);
+    drop(p);
+    let q = open(&io.crash(CrashMode::DropUnsynced, 1), "/d/t-0");
+    assert_acked_present(&q, &acked);
+    assert_eq!(q.log_end_offset(), 10, "the failed batch is not in the log");
+    let mut b = batch(101, 2, 10);
+    acked.push((q.append_durable(&mut b).expect("append after reopen").base_offset, b));
+    assert_acked_present(&q, &acked);
 }
 
 #[test]
@@ -356,10 +409,15 @@ fn enospc_on_a_real_tmpfs_through_uring_io() {
     let mut small = batch(1000, 2, 300);
     let info = p.append_durable(&mut small).expect("small append after space returned");
     acked.push((info.base_offset, small));
-    let mut big = batch(1001, 60, 4000);
-    let info = p.append_durable(&mut big).expect("large append after space returned");
-    acked.push((info.base_offset, big));
-    assert!(p.segment_count() > segments, "the large append should roll the log");
+    for k in 0..10 {
+        let mut big = batch(1001 + k, 60, 4000);
+        let info = p.append_durable(&mut big).expect("large append after space returned");
+        acked.push((info.base_offset, big));
+        if p.segment_count() > segments {
+            break;
+        }
+    }
+    assert!(p.segment_count() > segments, "the large appends should roll the log");
     assert_acked_present(&p, &acked);
     mgr.close().expect("clean close");
     drop(p);

@@ -102,10 +102,11 @@ fn sync_failure_while_rolling_poisons_and_reopen_recovers() {
     r.append_durable(&mut tagged_batch(4, 1, 8, 1)).unwrap();
 }
 
+/// `never` mode writes in the append: a write error (EIO, or ENOSPC) fails that append alone.
 #[test]
 fn write_errors_fail_the_append_without_damaging_stored_data() {
     let sim = SimIo::new();
-    let p = open(&sim_io(&sim), Path::new("/d/t-0"), &small_cfg(Durability::Group, 1 << 20)).unwrap();
+    let p = open(&sim_io(&sim), Path::new("/d/t-0"), &small_cfg(Durability::Never, 1 << 20)).unwrap();
     for i in 0..10 {
         p.append_durable(&mut tagged_batch(i, 2, 30, 1)).unwrap();
     }
@@ -122,4 +123,39 @@ fn write_errors_fail_the_append_without_damaging_stored_data() {
     // A transient write error is not a sync failure: the log keeps working.
     let info = p.append_durable(&mut tagged_batch(52, 2, 30, 1)).unwrap();
     assert_eq!(info.base_offset, end);
+}
+
+/// `group` mode reserves file space before it accepts an append: running out of space fails
+/// the append that needed the reservation, before any offset is handed out, and nothing else.
+#[test]
+fn enospc_in_group_mode_fails_at_reservation_without_poisoning() {
+    let sim = SimIo::new();
+    // Small segments: every roll needs a new reservation.
+    let p = open(&sim_io(&sim), Path::new("/d/t-0"), &small_cfg(Durability::Group, 2048)).unwrap();
+    for i in 0..10 {
+        p.append_durable(&mut tagged_batch(i, 2, 30, 1)).unwrap();
+    }
+    sim.set_space_left(Some(10));
+    let mut failed = None;
+    for i in 0..200 {
+        let end = p.log_end_offset();
+        match p.append_durable(&mut tagged_batch(100 + i, 2, 30, 1)) {
+            Ok(_) => {}
+            Err(e) => {
+                failed = Some((e, end));
+                break;
+            }
+        }
+    }
+    let (e, end) = failed.expect("the space limit was never hit");
+    assert!(matches!(&e, AppendError::Storage(io) if io.raw_os_error() == Some(libc::ENOSPC)), "got {e}");
+    assert_eq!(p.log_end_offset(), end, "a refused append takes no offsets");
+    assert!(!p.is_poisoned());
+    let before = read_all(&p);
+    sim.set_space_left(None);
+    let info = p.append_durable(&mut tagged_batch(999, 2, 30, 1)).unwrap();
+    assert_eq!(info.base_offset, end);
+    let after = read_all(&p);
+    assert_eq!(after.len(), before.len() + 1);
+    assert!(after.iter().zip(&before).all(|(a, b)| a.1 == b.1), "stored batches unchanged");
 }

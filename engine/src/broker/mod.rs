@@ -64,14 +64,8 @@ impl BrokerConfig {
         BrokerConfig {
             data_dir,
             listen: "127.0.0.1:9092".parse().expect("static addr"),
-            // In group mode, zero-fill 1 MiB ahead of the write position so each group-commit
-            // fdatasync overwrites allocated blocks instead of journaling a size change
-            // (PERF_NOTES.md: 1.07-1.5x small-append throughput in paired runs).
-            log: LogConfig {
-                durability,
-                preallocate_bytes: if durability == Durability::Group { 1 << 20 } else { 0 },
-                ..LogConfig::default()
-            },
+            // (In group mode the log zero-fills 1 MiB ahead by default: PERF_NOTES.md.)
+            log: LogConfig { durability, ..LogConfig::default() },
             auto_create_topics: true,
             default_partitions: 1,
             frame_bytes_max: 100 << 20,

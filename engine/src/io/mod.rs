@@ -33,18 +33,34 @@ pub trait IoFile: Send + Sync + std::fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The OS file descriptor, for zero-copy `sendfile`. `None` for simulated files.
     fn raw_fd(&self) -> Option<RawFd>;
-    /// Write `buf` at `pos` (may be empty), fdatasync, and then, only if both succeeded, write
-    /// `note` = (file, bytes, position) best effort (its failure is ignored). Returns the
-    /// write's or the sync's error. The real file does this as one io_uring submission.
-    fn write_sync_note(&self, buf: &[u8], pos: u64, note: Option<(&dyn IoFile, &[u8], u64)>) -> io::Result<()> {
-        if !buf.is_empty() {
-            self.write_at(buf, pos)?;
+    /// Write `buf` at `pos` (may be empty; only its first `must` bytes are required, the rest
+    /// is zero-fill written best effort), fdatasync, and then, only if both succeeded, write
+    /// `note` = (file, bytes, position) best effort. Returns the mandatory write's or the
+    /// sync's error, else whether all of `buf` was written. The real file does this as one
+    /// io_uring submission.
+    fn write_sync_note(
+        &self,
+        buf: &[u8],
+        must: usize,
+        pos: u64,
+        note: Option<(&dyn IoFile, &[u8], u64)>,
+    ) -> io::Result<bool> {
+        let must = must.min(buf.len());
+        if must > 0 {
+            self.write_at(&buf[..must], pos)?;
         }
+        let all = must == buf.len() || self.write_at(&buf[must..], pos + must as u64).is_ok();
         self.sync_data()?;
         if let Some((file, bytes, at)) = note {
             let _ = file.write_at(bytes, at);
         }
-        Ok(())
+        Ok(all)
+    }
+    /// Back `[pos, pos + len)` with allocated space, extending the file (the new bytes read as
+    /// zeros), so later writes there cannot fail with ENOSPC. The real file uses fallocate;
+    /// this default writes zeros.
+    fn reserve(&self, pos: u64, len: u64) -> io::Result<()> {
+        self.write_at(&vec![0u8; len as usize], pos)
     }
     /// Hint: start writing `[pos, pos + len)` back to the disk now (no durability promise).
     fn start_writeback(&self, _pos: u64, _len: u64) -> io::Result<()> {
@@ -118,18 +134,31 @@ impl IoFile for OsFile {
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
     }
-    fn write_sync_note(&self, buf: &[u8], pos: u64, note: Option<(&dyn IoFile, &[u8], u64)>) -> io::Result<()> {
+    fn write_sync_note(
+        &self,
+        buf: &[u8],
+        must: usize,
+        pos: u64,
+        note: Option<(&dyn IoFile, &[u8], u64)>,
+    ) -> io::Result<bool> {
         let fd = self.file.as_raw_fd();
         match note {
             Some((file, bytes, at)) => match file.raw_fd() {
-                Some(nfd) => sys::uring_write_sync_note(fd, buf, pos, Some((nfd, bytes, at))),
+                Some(nfd) => sys::uring_write_sync_note(fd, buf, must, pos, Some((nfd, bytes, at))),
                 None => {
-                    sys::uring_write_sync_note(fd, buf, pos, None)?;
+                    let all = sys::uring_write_sync_note(fd, buf, must, pos, None)?;
                     let _ = file.write_at(bytes, at);
-                    Ok(())
+                    Ok(all)
                 }
             },
-            None => sys::uring_write_sync_note(fd, buf, pos, None),
+            None => sys::uring_write_sync_note(fd, buf, must, pos, None),
+        }
+    }
+    fn reserve(&self, pos: u64, len: u64) -> io::Result<()> {
+        match sys::uring_fallocate(self.file.as_raw_fd(), pos, len) {
+            // Filesystems without fallocate: zeros reserve the space as well.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.write_at(&vec![0u8; len as usize], pos),
+            r => r,
         }
     }
     fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {

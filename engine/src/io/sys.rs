@@ -66,12 +66,21 @@ const TAG_NOTE: u64 = 3;
 /// its position in its file: one linked io_uring chain, one submission, so the group-commit
 /// leader pays one `io_uring_enter` for the batch of writes it covers plus its sync.
 ///
-/// Returns the outcome of the write and the sync; the note is best effort (its error is
-/// dropped). A short write breaks the chain; the rest is then written and synced one call at a
-/// time. A negative sync completion is the sync's error (the caller poisons, never retries).
-pub fn uring_write_sync_note(fd: RawFd, buf: &[u8], pos: u64, note: Option<(RawFd, &[u8], u64)>) -> io::Result<()> {
+/// Only the first `must` bytes of `buf` have to be written (the rest is zero-fill ahead, best
+/// effort). Returns the outcome of the mandatory write and of the sync; the note is best effort
+/// (its error is dropped). A short write breaks the chain; the rest of the mandatory part is
+/// then written and synced one call at a time. A negative sync completion is the sync's error
+/// (the caller poisons, never retries). `Ok(true)` when all of `buf` was written.
+pub fn uring_write_sync_note(
+    fd: RawFd,
+    buf: &[u8],
+    must: usize,
+    pos: u64,
+    note: Option<(RawFd, &[u8], u64)>,
+) -> io::Result<bool> {
+    let must = must.min(buf.len());
     if URING_UNAVAILABLE.load(Ordering::Relaxed) || buf.len() > (1 << 30) {
-        return write_sync_note_plain(fd, buf, pos, note);
+        return write_sync_note_plain(fd, buf, must, pos, note);
     }
     let mut entries = Vec::with_capacity(3);
     if !buf.is_empty() {
@@ -87,7 +96,7 @@ pub fn uring_write_sync_note(fd: RawFd, buf: &[u8], pos: u64, note: Option<(RawF
         entries.push(sync);
     }
     let Some(results) = run_chain(&entries) else {
-        return write_sync_note_plain(fd, buf, pos, note);
+        return write_sync_note_plain(fd, buf, must, pos, note);
     };
     let results = results?;
     let get = |tag: u64| results.iter().find(|(t, _)| *t == tag).map(|(_, r)| *r);
@@ -95,8 +104,11 @@ pub fn uring_write_sync_note(fd: RawFd, buf: &[u8], pos: u64, note: Option<(RawF
         match get(TAG_WRITE) {
             Some(n) if n < 0 => return Err(io::Error::from_raw_os_error(-n)),
             Some(n) if (n as usize) < buf.len() => {
-                // Short write: the chain was cancelled after it. Finish one step at a time.
-                return write_sync_note_plain(fd, &buf[n as usize..], pos + n as u64, note);
+                // Short write (e.g. no space for the zero-fill): the chain was cancelled after
+                // it. Finish the mandatory part, then sync, one step at a time.
+                let n = (n as usize).min(must);
+                write_sync_note_plain(fd, &buf[n..must], must - n, pos + n as u64, note)?;
+                return Ok(false);
             }
             Some(_) => {}
             None => return Err(io::Error::other("io_uring: write completion missing")),
@@ -104,26 +116,38 @@ pub fn uring_write_sync_note(fd: RawFd, buf: &[u8], pos: u64, note: Option<(RawF
     }
     match get(TAG_SYNC) {
         Some(r) if r < 0 => Err(io::Error::from_raw_os_error(-r)),
-        Some(_) => Ok(()),
+        Some(_) => Ok(true),
         None => Err(io::Error::other("io_uring: fdatasync completion missing")),
     }
 }
 
 /// [`uring_write_sync_note`] one call at a time.
-fn write_sync_note_plain(fd: RawFd, buf: &[u8], pos: u64, note: Option<(RawFd, &[u8], u64)>) -> io::Result<()> {
+fn write_sync_note_plain(
+    fd: RawFd,
+    buf: &[u8],
+    must: usize,
+    pos: u64,
+    note: Option<(RawFd, &[u8], u64)>,
+) -> io::Result<bool> {
     let mut done = 0usize;
+    let mut all = true;
     while done < buf.len() {
-        let n = uring_write(fd, &buf[done..], pos + done as u64)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+        match uring_write(fd, &buf[done..], pos + done as u64) {
+            Ok(0) if done < must => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
+            Ok(n) if n > 0 => done += n,
+            Err(e) if done < must => return Err(e),
+            // Past the mandatory part: the zero-fill is best effort.
+            _ => {
+                all = false;
+                break;
+            }
         }
-        done += n;
     }
     uring_fdatasync(fd)?;
     if let Some((nfd, nbuf, npos)) = note {
         let _ = uring_write(nfd, nbuf, npos);
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Submit `entries` (a linked chain) on this thread's ring with one `io_uring_enter` and wait
@@ -209,6 +233,24 @@ pub fn uring_fdatasync(fd: RawFd) -> io::Result<()> {
         None => {
             // SAFETY: fdatasync takes only a descriptor; an invalid one yields EBADF, not UB.
             let rc = unsafe { libc::fdatasync(fd) };
+            if rc < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Allocate `[pos, pos + len)` of `fd` (fallocate mode 0: blocks reserved, the file extended,
+/// contents read as zeros), so later writes there cannot fail for lack of space.
+pub fn uring_fallocate(fd: RawFd, pos: u64, len: u64) -> io::Result<()> {
+    let entry = opcode::Fallocate::new(types::Fd(fd), len).offset(pos).mode(0).build();
+    match run_one(entry) {
+        Some(r) => r.map(|_| ()),
+        None => {
+            // SAFETY: fallocate takes only integers; a bad descriptor yields EBADF, not UB.
+            let rc = unsafe { libc::fallocate(fd, 0, pos as libc::off_t, len as libc::off_t) };
             if rc < 0 {
                 Err(io::Error::last_os_error())
             } else {

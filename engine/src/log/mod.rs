@@ -72,9 +72,10 @@ pub struct LogConfig {
     pub index_interval_bytes: u32,
     /// Largest accepted batch (Kafka's max.message.bytes).
     pub batch_bytes_max: usize,
-    /// Zero-fill the active segment this far ahead of the write position for appends of at
-    /// most a quarter of it, so group-commit fdatasyncs overwrite allocated blocks instead of
-    /// journaling size changes (0 = off). See PERF_NOTES.md.
+    /// `group` mode only: zero-fill the active segment this far ahead of its end (written with
+    /// the group-commit leader's write, when at most a quarter of the window is being written),
+    /// so fdatasyncs overwrite allocated blocks instead of journaling size changes (0 = off).
+    /// Default 1 MiB. See engine/PERF_NOTES.md.
     pub preallocate_bytes: u64,
 }
 
@@ -88,7 +89,7 @@ impl Default for LogConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             index_interval_bytes: 4096,
             batch_bytes_max: 16 << 20,
-            preallocate_bytes: 0,
+            preallocate_bytes: 1 << 20,
         }
     }
 }

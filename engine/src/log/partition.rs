@@ -12,7 +12,10 @@
 //! so one submission carries every append the sync covers. Nothing staged is servable (the high
 //! watermark only moves after the sync) or acknowledged. Staged bytes beyond
 //! [`STAGING_BYTES_MAX`] and those pending at a roll or close are written under the state lock.
-//! A failed staged write poisons the partition: its offsets were already handed out.
+//! Before it stages, an append reserves the file space its bytes will occupy
+//! (`IoFile::reserve`: fallocate, in [`RESERVE_BYTES`] steps), so a full disk fails that append
+//! with ENOSPC and nothing else (the partition stays usable). A staged write that still fails
+//! (EIO) poisons the partition: its offsets were already handed out.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -30,6 +33,8 @@ const RP_MAGIC: u32 = 0x5250_0001;
 /// Group mode: staged bytes past this are written by the appender (bounds the buffer when
 /// appends run ahead of the syncs, e.g. library users who append without waiting).
 pub const STAGING_BYTES_MAX: usize = 4 << 20;
+/// Group mode reserves file space at least this far ahead of the appends it accepts.
+pub const RESERVE_BYTES: u64 = 1 << 20;
 /// The leader keeps a spare staging buffer of at most this capacity for reuse.
 const SPARE_BYTES_MAX: usize = 8 << 20;
 /// Batches remembered per producer for duplicate detection (Kafka keeps 5).
@@ -452,18 +457,6 @@ impl Partition {
             self.roll(&mut st)?;
         }
         let position = st.active().size;
-        let window = self.cfg.preallocate_bytes;
-        // (In group mode the group-commit leader zero-fills, with its write: `sync_once`.)
-        let group = self.cfg.durability == Durability::Group;
-        if !group && window > 0 && total <= window / 4 && position + total > st.active().prealloc_end {
-            let seg = st.active_mut();
-            let from = seg.prealloc_end.max(position);
-            let to = (position + total + window).min(self.cfg.segment_bytes_max.max(position + total));
-            let zeros = vec![0u8; (to - from) as usize];
-            // Zeros past the last batch: recovery stops there (batchLength 0) and truncates.
-            seg.file.write_at(&zeros, from).map_err(AppendError::Storage)?;
-            seg.prealloc_end = to;
-        }
         let mut at = 0usize;
         for a in &assigned {
             let b = &mut buf[at..at + a.size_bytes];
@@ -472,6 +465,16 @@ impl Partition {
             at += a.size_bytes;
         }
         if self.cfg.durability == Durability::Group {
+            // Reserve first: ENOSPC here fails this append alone, before anything is tracked.
+            let end = position + total;
+            if end > st.active().prealloc_end {
+                let seg_max = self.cfg.segment_bytes_max.max(end);
+                let seg = st.active_mut();
+                let from = seg.prealloc_end.max(position);
+                let to = (end + RESERVE_BYTES).min(seg_max);
+                seg.file.reserve(from, to - from).map_err(AppendError::Storage)?;
+                seg.prealloc_end = to;
+            }
             // Staged: the group-commit leader writes it with its sync (see the module notes).
             if st.staged.is_empty() {
                 st.staged_pos = position;
@@ -566,10 +569,11 @@ impl Partition {
     /// Write the staged bytes and fdatasync the active segment (one io_uring chain, followed
     /// by the recovery-point note); returns the offset made durable.
     fn sync_once(&self) -> io::Result<u64> {
-        let (file, offset, base, pos, mut staged, staged_pos, rp_file) = {
+        let (file, offset, base, pos, mut staged, must, staged_pos, rp_file) = {
             let mut st = lock(&self.state);
             let spare = std::mem::take(&mut st.spare);
             let mut staged = std::mem::replace(&mut st.staged, spare);
+            let must = staged.len();
             let staged_pos = st.staged_pos;
             st.staged_pos += staged.len() as u64;
             self.zero_fill_ahead(&mut st, &mut staged);
@@ -578,18 +582,26 @@ impl Partition {
                 lock(&self.sync).writing = true;
             }
             let a = st.active();
-            (a.file.clone(), a.next_offset, a.base_offset, a.size, staged, staged_pos, st.rp_file.clone())
+            (a.file.clone(), a.next_offset, a.base_offset, a.size, staged, must, staged_pos, st.rp_file.clone())
         };
         // Written only after the sync succeeds; not synced itself: a stale recovery point only
         // weakens mid-log corruption detection, and it never runs ahead of synced data.
         let note = encode_recovery_point(offset);
         let started = std::time::Instant::now();
-        let result = file.write_sync_note(&staged, staged_pos, Some((&*rp_file, &note, 0)));
+        let result = file.write_sync_note(&staged, must, staged_pos, Some((&*rp_file, &note, 0)));
+        let staged_len = staged.len();
         if !staged.is_empty() {
-            lock(&self.sync).writing = false;
+            let mut s = lock(&self.sync);
+            if let Err(e) = &result {
+                // Before `writing` clears: a roll waiting for this write must not seal a
+                // segment with a hole where these bytes should be.
+                s.poison.get_or_insert(format!("write or fdatasync failed: {e}"));
+                self.poisoned.store(true, Ordering::Release);
+            }
+            s.writing = false;
             self.write_cv.notify_all();
         }
-        result?;
+        let all_written = result?;
         self.sync_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         {
@@ -600,6 +612,13 @@ impl Partition {
             }
             if st.active().base_offset == base {
                 st.hw_pos = st.hw_pos.max(pos);
+                if all_written {
+                    // The zeros written ahead are allocated: appends landing there need no
+                    // reservation of their own.
+                    let zeros_end = staged_pos + staged_len as u64;
+                    let seg = st.active_mut();
+                    seg.prealloc_end = seg.prealloc_end.max(zeros_end);
+                }
             }
             // Under the state lock, consistent with `hw_pos` for readers.
             self.advance_hw(offset);
@@ -619,13 +638,14 @@ impl Partition {
         let max = self.cfg.segment_bytes_max;
         let seg = st.active_mut();
         let end = seg.size;
-        if seg.prealloc_end >= end + window / 2 || end >= max {
+        if seg.zeroed_end >= end + window / 2 || end >= max {
             return;
         }
         let to = (end + window).min(max);
         buf.resize(buf.len() + (to - end) as usize, 0);
-        // Zeros past the last batch: recovery stops there (batchLength 0) and truncates.
-        seg.prealloc_end = to;
+        // Zeros past the last batch: recovery stops there (batchLength 0) and truncates. Not a
+        // reservation (this write may still fail for lack of space; appends reserve their own).
+        seg.zeroed_end = to;
     }
 
     /// Write the staged bytes now, under the state lock, after any leader's staged write has
@@ -636,6 +656,9 @@ impl Partition {
             let mut s = lock(&self.sync);
             while s.writing {
                 s = self.write_cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if let Some(reason) = &s.poison {
+                return Err(AppendError::Poisoned(reason.clone()));
             }
         }
         if st.staged.is_empty() {
@@ -845,7 +868,8 @@ impl Partition {
         let mut st = lock(&self.state);
         let staged = !st.staged.is_empty();
         self.write_staged(&mut st)?;
-        if staged || st.active().prealloc_end > st.active().size {
+        let a = st.active();
+        if staged || a.prealloc_end.max(a.zeroed_end) > a.size {
             st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
             if let Err(e) = st.active().file.sync_data() {
                 self.poison(format!("fdatasync failed while closing: {e}"));

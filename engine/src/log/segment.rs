@@ -56,10 +56,13 @@ pub struct Segment {
     pub time_index: Vec<TimeEntry>,
     bytes_since_index: u64,
     pub created: std::time::Instant,
-    /// End of the zero-filled (allocated) region of the file; `>= size`. Bytes in
-    /// `[size, prealloc_end)` are zeros written ahead so that fdatasync overwrites allocated
-    /// blocks instead of journaling a size change (see PERF_NOTES.md).
+    /// End of the reserved region of the file; `>= size`. Bytes in `[size, prealloc_end)` are
+    /// allocated (fallocate or zeros) and read as zeros, so a later write there cannot fail
+    /// with ENOSPC (group mode reserves before it accepts an append; see partition.rs).
     pub prealloc_end: u64,
+    /// Group mode: end of the zeros the group-commit leader wrote ahead so that fdatasyncs
+    /// overwrite written blocks instead of journaling allocation (see PERF_NOTES.md).
+    pub zeroed_end: u64,
 }
 
 /// Outcome of scanning a segment's bytes.
@@ -92,6 +95,7 @@ impl Segment {
             bytes_since_index: 0,
             created: std::time::Instant::now(),
             prealloc_end: 0,
+            zeroed_end: 0,
         }
     }
 
@@ -151,9 +155,10 @@ impl Segment {
     /// Cut the zero-filled tail off (sealing or clean close): a sealed segment ends exactly
     /// after its last batch. Durable with the next `sync_data`.
     pub fn trim_prealloc(&mut self) -> io::Result<()> {
-        if self.prealloc_end > self.size {
+        if self.prealloc_end.max(self.zeroed_end) > self.size {
             self.file.set_len(self.size)?;
             self.prealloc_end = self.size;
+            self.zeroed_end = self.size;
         }
         Ok(())
     }
