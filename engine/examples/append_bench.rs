@@ -274,8 +274,13 @@ fn main() {
     }
     // (b) small batches, 8 appenders.
     if parts.contains('b') {
-        for prealloc in [0u64, 1 << 20, 4 << 20] {
-            let (rps, bps, mbs, per) = small_appends(&dir, 8, 3.0, prealloc);
+        // APPEND_BENCH_PREALLOC_KIB=1024 (comma list) and APPEND_BENCH_SECS pick the runs.
+        let preallocs: Vec<u64> = std::env::var("APPEND_BENCH_PREALLOC_KIB")
+            .map(|v| v.split(',').filter_map(|k| k.trim().parse::<u64>().ok()).map(|k| k << 10).collect())
+            .unwrap_or_else(|_| vec![0, 1 << 20, 4 << 20]);
+        let secs: f64 = std::env::var("APPEND_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3.0);
+        for prealloc in preallocs {
+            let (rps, bps, mbs, per) = small_appends(&dir, 8, secs, prealloc);
             println!(
             "(b) 8 appenders x 16 KiB batches ({per} x 100 B records), group, preallocate {} KiB: {:.2} M records/s, {bps:.0} batches/s, {mbs:.0} MiB/s (goal >= 3 M records/s)",
             prealloc >> 10,

@@ -30,6 +30,9 @@ use crate::record::{self, BatchInfo};
 
 const RECOVERY_POINT: &str = "recovery-point";
 const RP_MAGIC: u32 = 0x5250_0001;
+/// The group-commit leader refreshes the recovery point at most this often (it is not synced,
+/// so the kernel writes it back seconds later anyway; a roll and a clean close sync it).
+const RP_NOTE_INTERVAL_MS: u64 = 50;
 /// Group mode: staged bytes past this are written by the appender (bounds the buffer when
 /// appends run ahead of the syncs, e.g. library users who append without waiting).
 pub const STAGING_BYTES_MAX: usize = 4 << 20;
@@ -148,6 +151,9 @@ pub struct Partition {
     /// Group-commit fdatasyncs completed, and microseconds spent in them (for benchmarks).
     syncs: AtomicU64,
     sync_us: AtomicU64,
+    /// When the partition was opened, and when (ms after that) the recovery point was last noted.
+    opened: std::time::Instant,
+    last_note_ms: AtomicU64,
     high_watermark: AtomicU64,
     log_start: AtomicU64,
     notifier: Arc<Notifier>,
@@ -340,6 +346,8 @@ impl Partition {
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             sync_us: AtomicU64::new(0),
+            opened: std::time::Instant::now(),
+            last_note_ms: AtomicU64::new(0),
             high_watermark: AtomicU64::new(next),
             log_start: AtomicU64::new(log_start),
             notifier,
@@ -587,8 +595,14 @@ impl Partition {
         // Written only after the sync succeeds; not synced itself: a stale recovery point only
         // weakens mid-log corruption detection, and it never runs ahead of synced data.
         let note = encode_recovery_point(offset);
+        let now_ms = self.opened.elapsed().as_millis() as u64;
+        let note_due = now_ms.saturating_sub(self.last_note_ms.load(Ordering::Relaxed)) >= RP_NOTE_INTERVAL_MS;
+        if note_due {
+            self.last_note_ms.store(now_ms, Ordering::Relaxed);
+        }
+        let note = note_due.then_some((&*rp_file, &note[..], 0));
         let started = std::time::Instant::now();
-        let result = file.write_sync_note(&staged, must, staged_pos, Some((&*rp_file, &note, 0)));
+        let result = file.write_sync_note(&staged, must, staged_pos, note);
         let staged_len = staged.len();
         if !staged.is_empty() {
             let mut s = lock(&self.sync);
@@ -877,6 +891,13 @@ impl Partition {
             }
         }
         st.active().write_indexes(&*self.io).map_err(AppendError::Storage)?;
+        // Everything is synced: the recovery point is the log end.
+        let end = st.next_offset();
+        st.rp_file.write_at(&encode_recovery_point(end), 0).map_err(AppendError::Storage)?;
+        if let Err(e) = st.rp_file.sync_data() {
+            self.poison(format!("fdatasync of recovery point failed while closing: {e}"));
+            return Err(self.poison_error());
+        }
         Ok(())
     }
 
