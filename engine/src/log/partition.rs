@@ -10,8 +10,11 @@
 //! staging buffer under the state lock and issues no system call. The group-commit leader takes
 //! the staged bytes and submits write + fdatasync + recovery-point note as one io_uring chain,
 //! so one submission carries every append the sync covers. Nothing staged is servable (the high
-//! watermark only moves after the sync) or acknowledged. Staged bytes beyond
-//! [`STAGING_BYTES_MAX`] and those pending at a roll or close are written under the state lock.
+//! watermark only moves after the sync) or acknowledged. Appends of at least
+//! [`DIRECT_APPEND_BYTES`] are written by the appender under the state lock (their writeback
+//! kicked off at once, so it overlaps the sync in flight); so are staged bytes beyond
+//! [`STAGING_BYTES_MAX`] and those pending at a roll or close. A write under the lock never
+//! overlaps a leader's write in flight (the leader's zero-fill must land first).
 //! Before it stages, an append reserves the file space its bytes will occupy
 //! (`IoFile::reserve`: fallocate, in [`RESERVE_BYTES`] steps), so a full disk fails that append
 //! with ENOSPC and nothing else (the partition stays usable). A staged write that still fails
@@ -36,6 +39,9 @@ const RP_NOTE_INTERVAL_MS: u64 = 50;
 /// Group mode: staged bytes past this are written by the appender (bounds the buffer when
 /// appends run ahead of the syncs, e.g. library users who append without waiting).
 pub const STAGING_BYTES_MAX: usize = 4 << 20;
+/// Group-mode appends at least this large are written by the appender (not staged), with their
+/// writeback started at once (sync_file_range), so the transfer overlaps the sync in flight.
+const DIRECT_APPEND_BYTES: u64 = 256 << 10;
 /// Group mode reserves file space at least this far ahead of the appends it accepts.
 pub const RESERVE_BYTES: u64 = 1 << 20;
 /// The leader keeps a spare staging buffer of at most this capacity for reuse.
@@ -128,8 +134,10 @@ impl State {
 #[derive(Debug, Default)]
 struct SyncState {
     in_flight: bool,
-    /// The leader is writing bytes it took from the staging buffer (a roll waits for that).
-    writing: bool,
+    /// The leader is writing bytes it took from the staging buffer, (segment base, from, to)
+    /// including its zero-fill: a roll waits for that, and so does a write under the state
+    /// lock into that range (the zeros must land first).
+    writing: Option<(u64, u64, u64)>,
     durable: u64,
     poison: Option<String>,
 }
@@ -340,7 +348,7 @@ impl Partition {
                 staged_pos: 0,
                 spare: Vec::new(),
             }),
-            sync: Mutex::new(SyncState { in_flight: false, writing: false, durable: next, poison: None }),
+            sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None }),
             sync_cv: Condvar::new(),
             write_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
@@ -472,6 +480,7 @@ impl Partition {
             record::patch_leader_epoch(b, segment::LEADER_EPOCH_MAX);
             at += a.size_bytes;
         }
+        let mut kick = None;
         if self.cfg.durability == Durability::Group {
             // Reserve first: ENOSPC here fails this append alone, before anything is tracked.
             let end = position + total;
@@ -483,13 +492,22 @@ impl Partition {
                 seg.file.reserve(from, to - from).map_err(AppendError::Storage)?;
                 seg.prealloc_end = to;
             }
-            // Staged: the group-commit leader writes it with its sync (see the module notes).
-            if st.staged.is_empty() {
-                st.staged_pos = position;
-            }
-            st.staged.extend_from_slice(buf);
-            if st.staged.len() > STAGING_BYTES_MAX {
-                self.write_staged(&mut st)?;
+            if total >= DIRECT_APPEND_BYTES && st.staged.is_empty() {
+                // Large: written now (one copy fewer than staging), and its writeback started
+                // below, so its transfer overlaps the sync in flight. Nothing is tracked if this
+                // fails: the append fails alone.
+                self.wait_leader_write(Some((st.active().base_offset, position, end)))?;
+                st.active().file.write_at(buf, position).map_err(AppendError::Storage)?;
+                kick = Some(st.active().file.clone());
+            } else {
+                // Staged: the group-commit leader writes it with its sync (module notes).
+                if st.staged.is_empty() {
+                    st.staged_pos = position;
+                }
+                st.staged.extend_from_slice(buf);
+                if st.staged.len() > STAGING_BYTES_MAX || total >= DIRECT_APPEND_BYTES {
+                    self.write_staged(&mut st, false)?;
+                }
             }
         } else if let Err(e) = st.active().file.write_at(buf, position) {
             // Nothing is tracked: the bytes past `size` are garbage that the next write
@@ -514,6 +532,11 @@ impl Partition {
             self.advance_hw(next);
         }
         drop(st);
+        if let Some(file) = kick {
+            // Outside the lock. A hint only (its failure loses nothing): durability is decided
+            // by the fdatasync alone.
+            let _ = file.start_writeback(position, total);
+        }
         #[cfg(feature = "slow-append")]
         crate::io::sys::slow_append_penalty(started.elapsed());
         Ok(AppendInfo { base_offset: base, last_offset: next - 1, next_offset: next, log_start_offset: log_start, duplicate: false })
@@ -585,11 +608,11 @@ impl Partition {
             let staged_pos = st.staged_pos;
             st.staged_pos += staged.len() as u64;
             self.zero_fill_ahead(&mut st, &mut staged);
+            let a = st.active();
             if !staged.is_empty() {
                 // Set under the state lock: a roll that takes the lock after us waits for it.
-                lock(&self.sync).writing = true;
+                lock(&self.sync).writing = Some((a.base_offset, staged_pos, staged_pos + staged.len() as u64));
             }
-            let a = st.active();
             (a.file.clone(), a.next_offset, a.base_offset, a.size, staged, must, staged_pos, st.rp_file.clone())
         };
         // Written only after the sync succeeds; not synced itself: a stale recovery point only
@@ -612,7 +635,7 @@ impl Partition {
                 s.poison.get_or_insert(format!("write or fdatasync failed: {e}"));
                 self.poisoned.store(true, Ordering::Release);
             }
-            s.writing = false;
+            s.writing = None;
             self.write_cv.notify_all();
         }
         let all_written = result?;
@@ -662,19 +685,34 @@ impl Partition {
         seg.zeroed_end = to;
     }
 
-    /// Write the staged bytes now, under the state lock, after any leader's staged write has
-    /// completed (so a sync that follows covers every byte appended so far). A failure
-    /// poisons: the bytes' offsets were already handed out.
-    fn write_staged(&self, st: &mut State) -> Result<(), AppendError> {
-        {
-            let mut s = lock(&self.sync);
-            while s.writing {
-                s = self.write_cv.wait(s).unwrap_or_else(|p| p.into_inner());
+    /// Wait until no leader write is in flight (`range` None: before a sync that must cover
+    /// every byte appended so far), or none overlapping `range` = (segment base, from, to).
+    fn wait_leader_write(&self, range: Option<(u64, u64, u64)>) -> Result<(), AppendError> {
+        let mut s = lock(&self.sync);
+        loop {
+            let blocked = match (s.writing, range) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some((wb, wf, wt)), Some((b, f, t))) => wb == b && f < wt && wf < t,
+            };
+            if !blocked {
+                break;
             }
-            if let Some(reason) = &s.poison {
-                return Err(AppendError::Poisoned(reason.clone()));
-            }
+            s = self.write_cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
+        match &s.poison {
+            Some(reason) => Err(AppendError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Write the staged bytes now, under the state lock. With `for_sync`, first wait for any
+    /// leader write in flight (so a sync that follows covers every byte appended so far);
+    /// otherwise only for one overlapping these bytes. A failure poisons: the bytes' offsets
+    /// were already handed out.
+    fn write_staged(&self, st: &mut State, for_sync: bool) -> Result<(), AppendError> {
+        let range = (st.active().base_offset, st.staged_pos, st.staged_pos + st.staged.len() as u64);
+        self.wait_leader_write((!for_sync).then_some(range))?;
         if st.staged.is_empty() {
             return Ok(());
         }
@@ -693,7 +731,7 @@ impl Partition {
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
-        self.write_staged(st)?;
+        self.write_staged(st, true)?;
         // A sealed segment ends exactly after its last batch (trim made durable by the sync
         // below, before the next segment exists), or recovery would refuse it.
         st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
@@ -881,7 +919,7 @@ impl Partition {
         self.flush()?;
         let mut st = lock(&self.state);
         let staged = !st.staged.is_empty();
-        self.write_staged(&mut st)?;
+        self.write_staged(&mut st, true)?;
         let a = st.active();
         if staged || a.prealloc_end.max(a.zeroed_end) > a.size {
             st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
