@@ -268,7 +268,7 @@ fn main() {
             );
             let raw = raw_final.max(raw_each).max(direct.unwrap_or(0.0));
             let raw_durable = raw_each.max(direct_each.unwrap_or(0.0));
-            for threads in [1usize, 4, 8] {
+            for threads in [1usize, 4] {
                 let (bw, batches, took) = group_append(&dir, &format!("big{threads}"), &big, threads, total as u64);
                 println!(
                     "(a) round {round}: group append of {big_len} B batches, {threads} appender(s): {bw:.0} MiB/s ({batches} batches in {:.2} s) = {:.2}x best raw, {:.2}x best raw with fdatasync per MiB",

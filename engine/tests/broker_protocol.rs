@@ -88,18 +88,26 @@ fn pipelined_produce_requests_are_answered_in_order_and_appended_in_order() {
 }
 
 #[test]
-fn acks_zero_gets_no_response() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path(), Durability::Never, 1);
-    let mut c = Client::connect(broker.local_addr());
-    c.send(PRODUCE_V, &produce_req("quiet", vec![(0, build::simple_batch(3, 10, 0))], 0));
-    // The next response on the wire is the Metadata one.
-    let resp = c.call(9, &MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic("quiet")))])));
-    assert_eq!(resp.topics[0].error_code, 0);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while broker.logs().partition("quiet", 0).unwrap().high_watermark() < 3 {
-        assert!(Instant::now() < deadline, "acks=0 batch not stored");
-        std::thread::sleep(Duration::from_millis(10));
+fn acks_zero_gets_no_response_and_its_records_become_visible() {
+    // In `group` mode the append is only staged; with nobody waiting for acks, the broker must
+    // still drive the group commit that writes it and moves the high watermark.
+    for durability in [Durability::Never, Durability::Group] {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = start_broker(dir.path(), durability, 1);
+        let mut c = Client::connect(broker.local_addr());
+        c.send(PRODUCE_V, &produce_req("quiet", vec![(0, build::simple_batch(3, 10, 0))], 0));
+        // The next response on the wire is the Metadata one.
+        let resp = c.call(9, &MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic("quiet")))])));
+        assert_eq!(resp.topics[0].error_code, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while broker.logs().partition("quiet", 0).unwrap().high_watermark() < 3 {
+            assert!(Instant::now() < deadline, "{durability}: acks=0 batch not visible");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let resp = c.call(FETCH_V, &fetch_req("quiet", 0, 0, 0, 1));
+        let records = resp.responses[0].partitions[0].records.as_ref().map_or(0, |r| r.len());
+        assert!(records > 0, "{durability}: acks=0 records are served");
+        broker.shutdown().unwrap();
     }
 }
 

@@ -167,15 +167,23 @@ type Acked = (u64, Vec<u8>);
 
 /// One crash point: `threads` appenders run durable group-commit appends; at a random moment
 /// the filesystem is crashed; the crash image must recover with every acknowledged batch.
+/// With `mixed`, a quarter of the batches are large (written by the appender, not staged),
+/// interleaved with small staged ones, and the leader zero-fills ahead of them.
 /// Returns the number of acknowledged batches checked.
-fn crash_point(seed: u64, threads: usize, mode: CrashMode) -> usize {
+fn crash_point(seed: u64, threads: usize, mode: CrashMode, mixed: bool) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
     let sim = SimIo::new();
     let dir = Path::new("/data/t-0");
     // Tiny segments so crashes also land in the middle of rolls.
-    let mut cfg = small_cfg(Durability::Group, rng.gen_range(600..3000));
+    let mut cfg = if mixed {
+        small_cfg(Durability::Group, rng.gen_range(600_000..2_000_000))
+    } else {
+        small_cfg(Durability::Group, rng.gen_range(600..3000))
+    };
     // Half the points run with zero-filled preallocation ahead of the writes.
-    if rng.gen_bool(0.5) {
+    if mixed {
+        cfg.preallocate_bytes = rng.gen_range(16_384..65_536);
+    } else if rng.gen_bool(0.5) {
         cfg.preallocate_bytes = rng.gen_range(1024..8192);
     }
     let p = open(&sim_io(&sim), dir, &cfg).unwrap();
@@ -188,8 +196,15 @@ fn crash_point(seed: u64, threads: usize, mode: CrashMode) -> usize {
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let (p, acked, started) = (p.clone(), acked.clone(), started.clone());
-            let sizes: Vec<(usize, usize)> =
-                (0..per_thread).map(|_| (rng.gen_range(1..6), rng.gen_range(8..120))).collect();
+            let sizes: Vec<(usize, usize)> = (0..per_thread)
+                .map(|_| {
+                    if mixed && rng.gen_bool(0.25) {
+                        (1, rng.gen_range(262_144..300_000))
+                    } else {
+                        (rng.gen_range(1..6), rng.gen_range(8..120))
+                    }
+                })
+                .collect();
             std::thread::spawn(move || {
                 for (i, (records, len)) in sizes.into_iter().enumerate() {
                     let tag = (t as u64) << 32 | i as u64;
@@ -243,13 +258,17 @@ fn crash_sweep_group_commit_loses_no_acknowledged_batch() {
     let modes = [CrashMode::DropUnsynced, CrashMode::Tear, CrashMode::TearAndFlip];
     let started = std::time::Instant::now();
     let mut checked = 0usize;
+    let mut mixed_points = 0;
     for seed in 0..points {
         let threads = 2 + (seed % 3) as usize;
-        checked += crash_point(seed, threads, modes[(seed % 3) as usize]);
+        // Every 8th point mixes large appender-written batches with small staged ones.
+        let mixed = seed % 8 == 7;
+        mixed_points += mixed as u64;
+        checked += crash_point(seed, threads, modes[(seed % 3) as usize], mixed);
     }
     println!(
-        "crash sweep: {points} crash points (2-4 concurrent appenders, group commit, modes DropUnsynced/Tear/TearAndFlip), \
-         {checked} acknowledged batches checked, lost = 0, in {:.1} s",
+        "crash sweep: {points} crash points ({mixed_points} with large batches mixed in; 2-4 concurrent appenders, group commit, \
+         modes DropUnsynced/Tear/TearAndFlip), {checked} acknowledged batches checked, lost = 0, in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(checked > points as usize, "the sweep must actually acknowledge batches before crashing");

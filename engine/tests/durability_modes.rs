@@ -58,3 +58,40 @@ fn never_mode_is_durable_only_after_flush_or_close() {
     assert_eq!(kept.log_end_offset(), p.log_end_offset());
     assert_eq!(read_all(&kept).len(), 10);
 }
+
+/// Group mode stages an append until a group commit writes and syncs it: nothing staged is
+/// served, and a caller that never waits still sees its records written by the background
+/// group commit of the log manager.
+#[test]
+fn group_mode_serves_nothing_staged_and_commits_unwaited_appends_in_the_background() {
+    let sim = SimIo::new();
+    let cfg = small_cfg(Durability::Group, 1 << 20);
+    let m = LogManager::open(Path::new("/data"), sim_io(&sim), cfg.clone()).unwrap();
+    let p = m.create_topic("t", 1, None).unwrap()[0].clone();
+    let first = p.append_durable(&mut tagged_batch(0, 2, 20, 1)).unwrap();
+    let syncs = sim.sync_count();
+    let mut sent = Vec::new();
+    for i in 1..=10 {
+        let b = tagged_batch(i, 2, 20, 1);
+        sent.push((p.append(&mut b.clone()).unwrap().base_offset, b));
+    }
+    // Immediately after: staged, not written, not served.
+    if sim.sync_count() == syncs {
+        assert_eq!(p.high_watermark(), first.next_offset);
+        assert!(p.has_unsynced());
+        let slice = p.read(first.next_offset as i64, 1 << 20, true).unwrap();
+        assert_eq!(slice.bytes(), 0, "staged bytes are not served");
+    }
+    // Without anyone waiting, the background commit writes and syncs them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.has_unsynced() {
+        assert!(Instant::now() < deadline, "unwaited group-mode appends never became visible");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sim.sync_count() > syncs);
+    let image = sim.crash(CrashMode::DropUnsynced, 3);
+    let m2 = LogManager::open(Path::new("/data"), sim_io(&image), cfg).unwrap();
+    let stored = read_all(&m2.topic("t").unwrap()[0]);
+    assert_eq!(stored.len(), 11);
+    assert!(stored[1..].iter().zip(&sent).all(|(s, (b, bytes))| s.0.base_offset as u64 == *b && same_except_patched(&s.1, bytes)));
+}

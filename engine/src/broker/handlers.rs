@@ -232,7 +232,23 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
         if let Some((t, p)) = failed {
             return Ok(Reply::Close(format!("acks=0 produce to {t}-{} failed with error {}", p.index, p.error_code)));
         }
-        return Ok(Reply::Nothing);
+        if shared.cfg.log.durability != crate::log::Durability::Group {
+            return Ok(Reply::Nothing);
+        }
+        // Group mode: appends are staged until a group commit writes and syncs them; nobody
+        // else may be waiting, so this connection's writer thread drives it (no response).
+        let waits: Vec<(String, ProducedPartition)> =
+            results.into_iter().flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p))).collect();
+        return Ok(Reply::Background(Box::new(move || {
+            for (topic, mut p) in waits {
+                if let Some((part, next)) = p.wait.take() {
+                    if let Err(e) = part.wait_durable(next) {
+                        return Some(format!("acks=0 produce to {topic}-{} failed: {e}", p.index));
+                    }
+                }
+            }
+            None
+        })));
     }
     let finish = move |mut results: Vec<(String, Vec<ProducedPartition>)>| -> Vec<u8> {
         let mut responses = Vec::with_capacity(results.len());

@@ -88,6 +88,10 @@ pub enum Reply {
     Later(Box<dyn FnOnce() -> Vec<u8> + Send>),
     /// No response (Produce with acks=0).
     Nothing,
+    /// No response, but work for the writer thread, in order (acks=0 produce in `group` mode
+    /// still drives the group commit that makes its records visible). `Some(reason)` closes
+    /// the connection after the replies queued before it.
+    Background(Box<dyn FnOnce() -> Option<String> + Send>),
     /// Run on the writer thread, in order; writes a whole frame itself (zero-copy Fetch).
     Stream(StreamJob),
     /// Send the replies queued before this one, then close the connection, logging the reason.
@@ -100,6 +104,7 @@ impl std::fmt::Debug for Reply {
             Reply::Now(v) => write!(f, "Now({} bytes)", v.len()),
             Reply::Later(_) => write!(f, "Later"),
             Reply::Nothing => write!(f, "Nothing"),
+            Reply::Background(_) => write!(f, "Background"),
             Reply::Stream(_) => write!(f, "Stream"),
             Reply::Close(r) => write!(f, "Close({r})"),
         }
@@ -379,6 +384,13 @@ fn writer_loop(rx: channel::Receiver<Reply>, stream: Arc<TcpStream>, peer: Socke
                 write_frame(&mut out, &v)?
             }
             Reply::Nothing => {}
+            Reply::Background(job) => {
+                if let Some(reason) = job() {
+                    out.flush()?;
+                    tracing::warn!(%peer, "closing connection: {reason}");
+                    return Ok(());
+                }
+            }
             Reply::Stream(job) => {
                 out.flush()?;
                 job(&stream)?;

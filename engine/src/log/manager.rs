@@ -143,12 +143,24 @@ impl LogManager {
                 std::thread::sleep(Duration::from_millis(tick_ms));
                 let Some(m) = weak.upgrade() else { break };
                 let parts = m.all_partitions();
-                if let Durability::Interval { .. } = m.default_cfg.durability {
-                    for p in &parts {
-                        if let Err(e) = p.flush() {
-                            tracing::warn!("{}-{}: interval flush: {e}", p.topic, p.index);
+                match m.default_cfg.durability {
+                    Durability::Interval { .. } => {
+                        for p in &parts {
+                            if let Err(e) = p.flush() {
+                                tracing::warn!("{}-{}: interval flush: {e}", p.topic, p.index);
+                            }
                         }
                     }
+                    // Group mode stages appends until a waiter's group commit writes them; a
+                    // caller that never waits still gets its records written and visible.
+                    Durability::Group => {
+                        for p in parts.iter().filter(|p| p.has_unsynced() && !p.is_poisoned()) {
+                            if let Err(e) = p.flush() {
+                                tracing::warn!("{}-{}: background group commit: {e}", p.topic, p.index);
+                            }
+                        }
+                    }
+                    Durability::Never => {}
                 }
                 if last_retention.elapsed() >= Duration::from_secs(5) {
                     last_retention = Instant::now();

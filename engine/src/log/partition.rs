@@ -379,6 +379,10 @@ impl Partition {
     pub fn log_end_offset(&self) -> u64 {
         lock(&self.state).next_offset()
     }
+    /// Appended but not yet servable (in `group` mode: staged or awaiting its fdatasync).
+    pub fn has_unsynced(&self) -> bool {
+        self.log_end_offset() > self.high_watermark()
+    }
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
     }
