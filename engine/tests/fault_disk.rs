@@ -546,3 +546,48 @@ fn broker_on_a_full_tmpfs_answers_kafka_storage_error_and_recovers() {
         acked.len()
     );
 }
+
+/// Regression (found in review): after a roll, a large (appender-written) first append left the
+/// staging position of the *old* segment behind; the next group commit, with nothing staged,
+/// credited the new segment with "zeros written" up to that stale position, so later appends
+/// skipped their space reservation and a full disk poisoned the partition at the leader's write
+/// instead of failing one append with ENOSPC.
+#[test]
+fn regression_enospc_after_a_roll_by_a_large_append_does_not_poison() {
+    for preallocate in [0u64, 1 << 20] {
+        let io = SimIo::new();
+        let cfg = LogConfig { segment_bytes_max: 2 << 20, preallocate_bytes: preallocate, ..cfg() };
+        let p = Partition::open("t", 0, Path::new("/d/t-0"), Arc::new(io.clone()), cfg.clone(), Arc::new(Notifier::default()))
+            .expect("open");
+        let mut acked = Vec::new();
+        let mut i = 0;
+        while p.size_bytes() < 1_900_000 {
+            let mut b = batch(i, 20, 1000);
+            i += 1;
+            acked.push((p.append_durable(&mut b).expect("fill").base_offset, b));
+        }
+        let mut big = batch(10_000, 1, 300_000);
+        acked.push((p.append_durable(&mut big).expect("large append").base_offset, big));
+        assert_eq!(p.segment_count(), 2, "the large append rolled");
+        io.set_space_left(Some(0));
+        let mut failed = false;
+        for k in 0..400 {
+            let mut b = batch(20_000 + k, 20, 1000);
+            match p.append_durable(&mut b) {
+                Ok(info) => acked.push((info.base_offset, b)),
+                Err(e) => {
+                    assert_eq!(storage_errno(&e), Some(libc::ENOSPC), "preallocate {preallocate}: want ENOSPC, got {e}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "preallocate {preallocate}: the disk never filled");
+        assert!(!p.is_poisoned(), "preallocate {preallocate}: ENOSPC must not poison");
+        io.set_space_left(None);
+        let mut b = batch(30_000, 2, 10);
+        acked.push((p.append_durable(&mut b).expect("append after space returned").base_offset, b));
+        assert_acked_present(&p, &acked);
+        assert_acked_present(&open(&io.crash(CrashMode::DropUnsynced, 3), "/d/t-0"), &acked);
+    }
+}

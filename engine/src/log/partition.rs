@@ -653,11 +653,12 @@ impl Partition {
             }
             if st.active().base_offset == base {
                 st.hw_pos = st.hw_pos.max(pos);
-                if all_written {
-                    // The zeros written ahead are allocated: appends landing there need no
-                    // reservation of their own.
-                    let zeros_end = staged_pos + staged_len as u64;
-                    let seg = st.active_mut();
+                let zeros_end = staged_pos + staged_len as u64;
+                let seg = st.active_mut();
+                // The zeros this write carried are allocated: appends landing there need no
+                // reservation of their own. Only if there were zeros, all were written, and no
+                // trim (close) has cut them off since.
+                if all_written && staged_len > must && seg.zeroed_end >= zeros_end {
                     seg.prealloc_end = seg.prealloc_end.max(zeros_end);
                 }
             }
@@ -763,6 +764,8 @@ impl Partition {
         }
         st.segments.push(new);
         st.hw_pos = 0;
+        // Nothing is staged (written above); the next staged append sets its own position.
+        st.staged_pos = 0;
         {
             let mut s = lock(&self.sync);
             s.durable = s.durable.max(next);
