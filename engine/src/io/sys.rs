@@ -1,8 +1,9 @@
 //! The workspace's only `unsafe` code: io_uring submissions, `sendfile`, `send(MSG_MORE)`.
 //!
-//! Each thread that writes owns a small io_uring (created lazily). A submission is one SQE
-//! followed by `submit_and_wait(1)`: the caller blocks like it would on `pwrite`, but the kernel
-//! path is io_uring's, and group commit keeps at most one fdatasync in flight per log.
+//! Each thread that writes owns a small io_uring (created lazily). A submission is one SQE, or a
+//! linked chain (the group-commit leader's write → fdatasync → note), followed by waiting for
+//! every completion: the caller blocks like it would on `pwrite`, nothing is left in flight
+//! when a call returns, and group commit keeps at most one fdatasync in flight per log.
 
 use std::cell::RefCell;
 use std::io;
@@ -19,42 +20,12 @@ static URING_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 
 /// Run one SQE on this thread's ring and return the CQE result.
 fn run_one(entry: io_uring::squeue::Entry) -> Option<io::Result<i32>> {
-    if URING_UNAVAILABLE.load(Ordering::Relaxed) {
-        return None;
-    }
-    RING.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            match IoUring::new(8) {
-                Ok(r) => *slot = Some(r),
-                Err(e) => {
-                    tracing::warn!("io_uring unavailable ({e}); falling back to pwrite/fdatasync");
-                    URING_UNAVAILABLE.store(true, Ordering::Relaxed);
-                    return None;
-                }
-            }
-        }
-        let ring = slot.as_mut().expect("ring initialised above");
-        // SAFETY: the entry's buffer pointer (if any) refers to memory borrowed by our caller for
-        // the whole duration of this function, and we wait for the completion before returning,
-        // so the kernel never touches the buffer after it is released. The queue has 8 slots and
-        // we only ever have one entry in flight per ring, so the push cannot overflow.
-        let pushed = unsafe { ring.submission().push(&entry) };
-        if pushed.is_err() {
-            return Some(Err(io::Error::other("io_uring submission queue full")));
-        }
-        loop {
-            match ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Some(Err(e)),
-            }
-            if let Some(cqe) = ring.completion().next() {
-                let res = cqe.result();
-                return Some(if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res) });
-            }
-        }
-    })
+    let results = run_chain(std::slice::from_ref(&entry))?;
+    Some(results.and_then(|r| match r.first() {
+        Some(&(_, res)) if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+        Some(&(_, res)) => Ok(res),
+        None => Err(io::Error::other("io_uring: completion missing")),
+    }))
 }
 
 /// Completion tags for [`uring_write_sync_note`]'s chain.
@@ -191,10 +162,17 @@ fn run_chain(entries: &[io_uring::squeue::Entry]) -> Option<io::Result<Vec<(u64,
                     std::thread::yield_now();
                     continue;
                 }
+                Err(e) if ring.submission().is_empty() => {
+                    // The kernel took the entries: they are in flight and may still read our
+                    // caller's buffers, so we must not return before their completions arrive.
+                    tracing::warn!("io_uring wait failed ({e}); waiting for the completions");
+                    std::thread::yield_now();
+                    continue;
+                }
                 Err(e) => {
-                    // io_uring_enter failed outright (an error return means it submitted
-                    // nothing): discard the ring so the pushed entries can never be submitted
-                    // after our caller's buffers are gone; the next call builds a fresh ring.
+                    // Nothing was submitted: discard the ring so the pushed entries can never be
+                    // submitted after our caller's buffers are gone (a stale write would land
+                    // whatever that memory then holds); the next call builds a fresh ring.
                     *slot = None;
                     return Some(Err(e));
                 }

@@ -925,15 +925,13 @@ impl Partition {
         }
         self.flush()?;
         let mut st = lock(&self.state);
-        let staged = !st.staged.is_empty();
         self.write_staged(&mut st, true)?;
-        let a = st.active();
-        if staged || a.prealloc_end.max(a.zeroed_end) > a.size {
-            st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
-            if let Err(e) = st.active().file.sync_data() {
-                self.poison(format!("fdatasync failed while closing: {e}"));
-                return Err(self.poison_error());
-            }
+        st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
+        // Unconditionally: an append may have landed between the flush and the lock, and the
+        // recovery point written below must never run ahead of synced data.
+        if let Err(e) = st.active().file.sync_data() {
+            self.poison(format!("fdatasync failed while closing: {e}"));
+            return Err(self.poison_error());
         }
         st.active().write_indexes(&*self.io).map_err(AppendError::Storage)?;
         // Everything is synced: the recovery point is the log end.
