@@ -59,6 +59,9 @@ struct SimFile {
 struct Shared {
     /// Fail the sync whose ordinal (1-based, counted over all files) equals this; 0 = never.
     fail_sync_at: AtomicU64,
+    /// Milliseconds a failing sync waits (after the failure took effect) before it returns:
+    /// widens the window in which another sync of the same file succeeds first.
+    fail_report_delay_ms: AtomicU64,
     syncs: AtomicU64,
     /// Bytes of free space; writes that would grow past it fail with ENOSPC. u64::MAX = unlimited.
     space_left: AtomicU64,
@@ -125,6 +128,12 @@ impl IoFile for SimFile {
             // clean, so the unsynced writes stay visible but will never reach the disk, and a
             // later successful sync does not bring them back.
             c.pending.clear();
+            drop(c);
+            drop(_gate);
+            let delay = self.fs.fail_report_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(delay));
+            }
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let ops = std::mem::take(&mut c.pending);
@@ -190,6 +199,13 @@ impl SimIo {
         ns.dirs.insert(PathBuf::from("/"), ());
         ns.durable_dirs.insert(PathBuf::from("/"), ());
         SimIo { ns: Arc::new(Mutex::new(ns)), shared: Arc::new(shared) }
+    }
+
+    /// Let a failing sync (see [`SimIo::fail_sync_in`]) return its error only `ms` after the
+    /// failure took effect (the pages are already clean): as when the kernel reports a
+    /// writeback error to one fdatasync while another, on the same file, finds nothing to do.
+    pub fn set_sync_failure_report_delay_ms(&self, ms: u64) {
+        self.shared.fail_report_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Make the `n`-th sync from now (1 = the next one) fail with EIO; the writes it would have

@@ -427,12 +427,22 @@ impl Partition {
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
+        let total = buf.len() as u64;
         let mut st = lock(&self.state);
         // Re-checked under the lock: a sync may have failed while we waited for it.
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
-        // Assign offsets (rolling does not change them), then check idempotent producers'
+        // Roll first, as a sync of its own (see `roll_exclusive`), then re-take the lock.
+        while self.needs_roll(&st, total) {
+            drop(st);
+            self.roll_exclusive(total)?;
+            st = lock(&self.state);
+            if self.is_poisoned() {
+                return Err(self.poison_error());
+            }
+        }
+        // Assign offsets, then check idempotent producers'
         // sequences batch by batch against the state as it will be after the earlier batches.
         let base = st.next_offset();
         let mut assigned = Vec::with_capacity(infos.len());
@@ -467,14 +477,6 @@ impl Partition {
             let mut p = current;
             track_producer_one(&mut p, a);
             touched.insert(a.producer_id, p);
-        }
-        let total = buf.len() as u64;
-        let roll_for_age = self
-            .cfg
-            .segment_age_max_ms
-            .is_some_and(|ms| st.active().created.elapsed().as_millis() as u64 >= ms);
-        if st.active().size > 0 && (st.active().size + total > self.cfg.segment_bytes_max || roll_for_age) {
-            self.roll(&mut st)?;
         }
         let position = st.active().size;
         let mut at = 0usize;
@@ -731,7 +733,54 @@ impl Partition {
         Ok(())
     }
 
-    /// Seal the active segment (sync it, write its indexes) and start a new one.
+    /// Whether an append of `total` bytes must first roll the active segment (size or age).
+    fn needs_roll(&self, st: &State, total: u64) -> bool {
+        let a = st.active();
+        let old = self.cfg.segment_age_max_ms.is_some_and(|ms| a.created.elapsed().as_millis() as u64 >= ms);
+        a.size > 0 && (a.size + total > self.cfg.segment_bytes_max || old)
+    }
+
+    /// Run `f` as the partition's one sync in flight: wait for the group commit's leader to
+    /// finish, hold off the next one, and let them go after. A roll or close fdatasyncs outside
+    /// the group commit; run concurrently with a leader's fdatasync of the same file, only one
+    /// of the two would be told of a writeback error (Linux reports it once), and the other
+    /// could acknowledge or seal data the failed writeback dropped.
+    fn exclusive_sync<T>(&self, f: impl FnOnce() -> Result<T, AppendError>) -> Result<T, AppendError> {
+        {
+            let mut s = lock(&self.sync);
+            loop {
+                if let Some(reason) = &s.poison {
+                    return Err(AppendError::Poisoned(reason.clone()));
+                }
+                if !s.in_flight {
+                    s.in_flight = true;
+                    break;
+                }
+                s = self.sync_cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        let result = f();
+        let mut s = lock(&self.sync);
+        s.in_flight = false;
+        self.sync_cv.notify_all();
+        result
+    }
+
+    /// Roll the active segment if an append of `total` bytes still needs it, as the one sync in
+    /// flight. Called without the state lock (a leader in flight may need it to finish).
+    fn roll_exclusive(&self, total: u64) -> Result<(), AppendError> {
+        self.exclusive_sync(|| {
+            let mut st = lock(&self.state);
+            if self.needs_roll(&st, total) {
+                self.roll(&mut st)
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Seal the active segment (sync it, write its indexes) and start a new one. Only as the
+    /// one sync in flight ([`Partition::roll_exclusive`]).
     fn roll(&self, st: &mut MutexGuard<'_, State>) -> Result<(), AppendError> {
         if self.is_poisoned() {
             return Err(self.poison_error());
@@ -924,24 +973,26 @@ impl Partition {
             return Err(self.poison_error());
         }
         self.flush()?;
-        let mut st = lock(&self.state);
-        self.write_staged(&mut st, true)?;
-        st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
-        // Unconditionally: an append may have landed between the flush and the lock, and the
-        // recovery point written below must never run ahead of synced data.
-        if let Err(e) = st.active().file.sync_data() {
-            self.poison(format!("fdatasync failed while closing: {e}"));
-            return Err(self.poison_error());
-        }
-        st.active().write_indexes(&*self.io).map_err(AppendError::Storage)?;
-        // Everything is synced: the recovery point is the log end.
-        let end = st.next_offset();
-        st.rp_file.write_at(&encode_recovery_point(end), 0).map_err(AppendError::Storage)?;
-        if let Err(e) = st.rp_file.sync_data() {
-            self.poison(format!("fdatasync of recovery point failed while closing: {e}"));
-            return Err(self.poison_error());
-        }
-        Ok(())
+        self.exclusive_sync(|| {
+            let mut st = lock(&self.state);
+            self.write_staged(&mut st, true)?;
+            st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
+            // Unconditionally: an append may have landed between the flush and the lock, and
+            // the recovery point written below must never run ahead of synced data.
+            if let Err(e) = st.active().file.sync_data() {
+                self.poison(format!("fdatasync failed while closing: {e}"));
+                return Err(self.poison_error());
+            }
+            st.active().write_indexes(&*self.io).map_err(AppendError::Storage)?;
+            // Everything is synced: the recovery point is the log end.
+            let end = st.next_offset();
+            st.rp_file.write_at(&encode_recovery_point(end), 0).map_err(AppendError::Storage)?;
+            if let Err(e) = st.rp_file.sync_data() {
+                self.poison(format!("fdatasync of recovery point failed while closing: {e}"));
+                return Err(self.poison_error());
+            }
+            Ok(())
+        })
     }
 
     /// Remove this partition's directory (DeleteTopics). The caller drops it from its maps first.
