@@ -37,19 +37,22 @@ pub trait IoFile: Send + Sync + std::fmt::Debug {
     /// is zero-fill written best effort), fdatasync, and then, only if both succeeded, write
     /// `note` = (file, bytes, position) best effort. Returns the mandatory write's or the
     /// sync's error, else whether all of `buf` was written. The real file does this as one
-    /// io_uring submission.
+    /// io_uring submission. `written` runs once the writes are over and the mandatory part
+    /// succeeded, before the sync completes (not at all if the mandatory write failed).
     fn write_sync_note(
         &self,
         buf: &[u8],
         must: usize,
         pos: u64,
         note: Option<(&dyn IoFile, &[u8], u64)>,
+        written: &mut dyn FnMut(),
     ) -> io::Result<bool> {
         let must = must.min(buf.len());
         if must > 0 {
             self.write_at(&buf[..must], pos)?;
         }
         let all = must == buf.len() || self.write_at(&buf[must..], pos + must as u64).is_ok();
+        written();
         self.sync_data()?;
         if let Some((file, bytes, at)) = note {
             let _ = file.write_at(bytes, at);
@@ -140,18 +143,19 @@ impl IoFile for OsFile {
         must: usize,
         pos: u64,
         note: Option<(&dyn IoFile, &[u8], u64)>,
+        written: &mut dyn FnMut(),
     ) -> io::Result<bool> {
         let fd = self.file.as_raw_fd();
         match note {
             Some((file, bytes, at)) => match file.raw_fd() {
-                Some(nfd) => sys::uring_write_sync_note(fd, buf, must, pos, Some((nfd, bytes, at))),
+                Some(nfd) => sys::uring_write_sync_note(fd, buf, must, pos, Some((nfd, bytes, at)), written),
                 None => {
-                    let all = sys::uring_write_sync_note(fd, buf, must, pos, None)?;
+                    let all = sys::uring_write_sync_note(fd, buf, must, pos, None, written)?;
                     let _ = file.write_at(bytes, at);
                     Ok(all)
                 }
             },
-            None => sys::uring_write_sync_note(fd, buf, must, pos, None),
+            None => sys::uring_write_sync_note(fd, buf, must, pos, None, written),
         }
     }
     fn reserve(&self, pos: u64, len: u64) -> io::Result<()> {

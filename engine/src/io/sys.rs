@@ -20,7 +20,7 @@ static URING_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 
 /// Run one SQE on this thread's ring and return the CQE result.
 fn run_one(entry: io_uring::squeue::Entry) -> Option<io::Result<i32>> {
-    let results = run_chain(std::slice::from_ref(&entry))?;
+    let results = run_chain(std::slice::from_ref(&entry), &mut |_, _| {})?;
     Some(results.and_then(|r| match r.first() {
         Some(&(_, res)) if res < 0 => Err(io::Error::from_raw_os_error(-res)),
         Some(&(_, res)) => Ok(res),
@@ -42,16 +42,19 @@ const TAG_NOTE: u64 = 3;
 /// (its error is dropped). A short write breaks the chain; the rest of the mandatory part is
 /// then written and synced one call at a time. A negative sync completion is the sync's error
 /// (the caller poisons, never retries). `Ok(true)` when all of `buf` was written.
+/// `written` runs as soon as every write to `buf`'s range is over and the mandatory part
+/// succeeded (before the sync completes); not at all if the mandatory write failed.
 pub fn uring_write_sync_note(
     fd: RawFd,
     buf: &[u8],
     must: usize,
     pos: u64,
     note: Option<(RawFd, &[u8], u64)>,
+    written: &mut dyn FnMut(),
 ) -> io::Result<bool> {
     let must = must.min(buf.len());
     if URING_UNAVAILABLE.load(Ordering::Relaxed) || buf.len() > (1 << 30) {
-        return write_sync_note_plain(fd, buf, must, pos, note);
+        return write_sync_note_plain(fd, buf, must, pos, note, written);
     }
     let mut entries = Vec::with_capacity(3);
     if !buf.is_empty() {
@@ -66,8 +69,14 @@ pub fn uring_write_sync_note(
     } else {
         entries.push(sync);
     }
-    let Some(results) = run_chain(&entries) else {
-        return write_sync_note_plain(fd, buf, must, pos, note);
+    let full = buf.len() as i32;
+    let mut on_cqe = |tag: u64, res: i32| {
+        if tag == TAG_WRITE && res == full {
+            written();
+        }
+    };
+    let Some(results) = run_chain(&entries, &mut on_cqe) else {
+        return write_sync_note_plain(fd, buf, must, pos, note, written);
     };
     let results = results?;
     let get = |tag: u64| results.iter().find(|(t, _)| *t == tag).map(|(_, r)| *r);
@@ -78,7 +87,7 @@ pub fn uring_write_sync_note(
                 // Short write (e.g. no space for the zero-fill): the chain was cancelled after
                 // it. Finish the mandatory part, then sync, one step at a time.
                 let n = (n as usize).min(must);
-                write_sync_note_plain(fd, &buf[n..must], must - n, pos + n as u64, note)?;
+                write_sync_note_plain(fd, &buf[n..must], must - n, pos + n as u64, note, written)?;
                 return Ok(false);
             }
             Some(_) => {}
@@ -99,6 +108,7 @@ fn write_sync_note_plain(
     must: usize,
     pos: u64,
     note: Option<(RawFd, &[u8], u64)>,
+    written: &mut dyn FnMut(),
 ) -> io::Result<bool> {
     let mut done = 0usize;
     let mut all = true;
@@ -114,6 +124,7 @@ fn write_sync_note_plain(
             }
         }
     }
+    written();
     uring_fdatasync(fd)?;
     if let Some((nfd, nbuf, npos)) = note {
         let _ = uring_write(nfd, nbuf, npos);
@@ -124,7 +135,7 @@ fn write_sync_note_plain(
 /// Submit `entries` (a linked chain) on this thread's ring with one `io_uring_enter` and wait
 /// for all their completions; returns (user_data, result) pairs. `None` if io_uring is
 /// unavailable. Every entry's buffer must stay borrowed by the caller for the whole call.
-fn run_chain(entries: &[io_uring::squeue::Entry]) -> Option<io::Result<Vec<(u64, i32)>>> {
+fn run_chain(entries: &[io_uring::squeue::Entry], on_cqe: &mut dyn FnMut(u64, i32)) -> Option<io::Result<Vec<(u64, i32)>>> {
     if URING_UNAVAILABLE.load(Ordering::Relaxed) {
         return None;
     }
@@ -178,6 +189,7 @@ fn run_chain(entries: &[io_uring::squeue::Entry]) -> Option<io::Result<Vec<(u64,
                 }
             }
             for cqe in ring.completion() {
+                on_cqe(cqe.user_data(), cqe.result());
                 out.push((cqe.user_data(), cqe.result()));
             }
         }

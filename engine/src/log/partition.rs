@@ -135,8 +135,9 @@ impl State {
 struct SyncState {
     in_flight: bool,
     /// The leader is writing bytes it took from the staging buffer, (segment base, from, to)
-    /// including its zero-fill: a roll waits for that, and so does a write under the state
-    /// lock into that range (the zeros must land first).
+    /// including its zero-fill, until that write (not its fdatasync) is over: a write under the
+    /// state lock into that range waits for it (the zeros must land first), as do a roll and a
+    /// close (which also hold the one sync slot, `exclusive_sync`).
     writing: Option<(u64, u64, u64)>,
     durable: u64,
     poison: Option<String>,
@@ -631,7 +632,14 @@ impl Partition {
         }
         let note = note_due.then_some((&*rp_file, &note[..], 0));
         let started = std::time::Instant::now();
-        let result = file.write_sync_note(&staged, must, staged_pos, note);
+        // The write is over before the sync is: let writes that wait for it (large appends,
+        // an overfull staging buffer) go on while the fdatasync runs.
+        let mut written = || {
+            let mut s = lock(&self.sync);
+            s.writing = None;
+            self.write_cv.notify_all();
+        };
+        let result = file.write_sync_note(&staged, must, staged_pos, note, &mut written);
         let staged_len = staged.len();
         if !staged.is_empty() {
             let mut s = lock(&self.sync);
