@@ -95,3 +95,18 @@ fn group_mode_serves_nothing_staged_and_commits_unwaited_appends_in_the_backgrou
     assert_eq!(stored.len(), 11);
     assert!(stored[1..].iter().zip(&sent).all(|(s, (b, bytes))| s.0.base_offset as u64 == *b && same_except_patched(&s.1, bytes)));
 }
+
+/// The background group commit follows each partition's own durability: a topic created in
+/// `group` mode under a `never` default still gets its unwaited appends written and visible.
+#[test]
+fn background_group_commit_follows_a_per_topic_override() {
+    let sim = SimIo::new();
+    let m = LogManager::open(Path::new("/data"), sim_io(&sim), small_cfg(Durability::Never, 1 << 20)).unwrap();
+    let p = m.create_topic("g", 1, Some(small_cfg(Durability::Group, 1 << 20))).unwrap()[0].clone();
+    let info = p.append(&mut tagged_batch(1, 2, 20, 1)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.high_watermark() < info.next_offset {
+        assert!(Instant::now() < deadline, "a group-mode topic under a never default never became visible");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -232,13 +232,19 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
         if let Some((t, p)) = failed {
             return Ok(Reply::Close(format!("acks=0 produce to {t}-{} failed with error {}", p.index, p.error_code)));
         }
-        if shared.cfg.log.durability != crate::log::Durability::Group {
-            return Ok(Reply::Nothing);
-        }
         // Group mode: appends are staged until a group commit writes and syncs them; nobody
         // else may be waiting, so this connection's writer thread drives it (no response).
-        let waits: Vec<(String, ProducedPartition)> =
-            results.into_iter().flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p))).collect();
+        let is_group = |p: &ProducedPartition| {
+            p.wait.as_ref().is_some_and(|(part, _)| part.config().durability == crate::log::Durability::Group)
+        };
+        let waits: Vec<(String, ProducedPartition)> = results
+            .into_iter()
+            .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
+            .filter(|(_, p)| is_group(p))
+            .collect();
+        if waits.is_empty() {
+            return Ok(Reply::Nothing);
+        }
         return Ok(Reply::Background(Box::new(move || {
             for (topic, mut p) in waits {
                 if let Some((part, next)) = p.wait.take() {

@@ -143,24 +143,23 @@ impl LogManager {
                 std::thread::sleep(Duration::from_millis(tick_ms));
                 let Some(m) = weak.upgrade() else { break };
                 let parts = m.all_partitions();
-                match m.default_cfg.durability {
-                    Durability::Interval { .. } => {
-                        for p in &parts {
+                // Each partition by its own durability (a topic may override the default).
+                for p in &parts {
+                    match p.config().durability {
+                        Durability::Interval { .. } => {
                             if let Err(e) = p.flush() {
                                 tracing::warn!("{}-{}: interval flush: {e}", p.topic, p.index);
                             }
                         }
-                    }
-                    // Group mode stages appends until a waiter's group commit writes them; a
-                    // caller that never waits still gets its records written and visible.
-                    Durability::Group => {
-                        for p in parts.iter().filter(|p| p.has_unsynced() && !p.is_poisoned()) {
+                        // Group mode stages appends until a waiter's group commit writes them;
+                        // a caller that never waits still gets its records written and visible.
+                        Durability::Group if p.has_unsynced() && !p.is_poisoned() => {
                             if let Err(e) = p.flush() {
                                 tracing::warn!("{}-{}: background group commit: {e}", p.topic, p.index);
                             }
                         }
+                        _ => {}
                     }
-                    Durability::Never => {}
                 }
                 if last_retention.elapsed() >= Duration::from_secs(5) {
                     last_retention = Instant::now();
