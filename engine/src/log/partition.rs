@@ -405,9 +405,15 @@ impl Partition {
     }
 
     fn poison(&self, reason: String) {
-        tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
-        let mut s = lock(&self.sync);
-        s.poison.get_or_insert(reason);
+        self.poison_locked(&mut lock(&self.sync), reason);
+    }
+
+    /// [`Partition::poison`] with the sync lock held: the first reason wins; every waiter wakes.
+    fn poison_locked(&self, s: &mut SyncState, reason: String) {
+        if s.poison.is_none() {
+            tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
+            s.poison = Some(reason);
+        }
         self.poisoned.store(true, Ordering::Release);
         self.sync_cv.notify_all();
     }
@@ -593,12 +599,7 @@ impl Partition {
             s.in_flight = false;
             match result {
                 Ok(offset) => s.durable = s.durable.max(offset),
-                Err(e) => {
-                    let reason = format!("write or fdatasync failed: {e}");
-                    tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
-                    s.poison.get_or_insert(reason);
-                    self.poisoned.store(true, Ordering::Release);
-                }
+                Err(e) => self.poison_locked(&mut s, format!("write or fdatasync failed: {e}")),
             }
             self.sync_cv.notify_all();
         }
@@ -644,10 +645,9 @@ impl Partition {
         if !staged.is_empty() {
             let mut s = lock(&self.sync);
             if let Err(e) = &result {
-                // Before `writing` clears: a roll waiting for this write must not seal a
-                // segment with a hole where these bytes should be.
-                s.poison.get_or_insert(format!("write or fdatasync failed: {e}"));
-                self.poisoned.store(true, Ordering::Release);
+                // Before `writing` clears: a write waiting for this one must not go on beside a
+                // hole where these bytes should be.
+                self.poison_locked(&mut s, format!("write or fdatasync failed: {e}"));
             }
             s.writing = None;
             self.write_cv.notify_all();
@@ -980,20 +980,26 @@ impl Partition {
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
-        self.flush()?;
+        // One fdatasync covers everything: staged bytes are written first, the rest was
+        // written by its append (sealed segments were synced when they rolled).
         self.exclusive_sync(|| {
             let mut st = lock(&self.state);
             self.write_staged(&mut st, true)?;
             st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
-            // Unconditionally: an append may have landed between the flush and the lock, and
-            // the recovery point written below must never run ahead of synced data.
             if let Err(e) = st.active().file.sync_data() {
                 self.poison(format!("fdatasync failed while closing: {e}"));
                 return Err(self.poison_error());
             }
-            st.active().write_indexes(&*self.io).map_err(AppendError::Storage)?;
-            // Everything is synced: the recovery point is the log end.
+            // Everything is durable and servable (waiters wake when the sync slot is released).
             let end = st.next_offset();
+            st.hw_pos = st.active().size;
+            {
+                let mut s = lock(&self.sync);
+                s.durable = s.durable.max(end);
+            }
+            self.advance_hw(end);
+            st.active().write_indexes(&*self.io).map_err(AppendError::Storage)?;
+            // The recovery point is the log end.
             st.rp_file.write_at(&encode_recovery_point(end), 0).map_err(AppendError::Storage)?;
             if let Err(e) = st.rp_file.sync_data() {
                 self.poison(format!("fdatasync of recovery point failed while closing: {e}"));
