@@ -79,6 +79,29 @@ fn storage_errno(e: &AppendError) -> Option<i32> {
     }
 }
 
+/// `append_durable` the batches `make(0..max)` until one fails, which must be with ENOSPC
+/// (`case` names the test case in the message); acknowledged ones go to `acked`. Returns whether
+/// an append failed.
+fn append_until_enospc(
+    p: &Partition,
+    acked: &mut Vec<(u64, Vec<u8>)>,
+    max: u64,
+    case: &str,
+    mut make: impl FnMut(u64) -> Vec<u8>,
+) -> bool {
+    for k in 0..max {
+        let mut b = make(k);
+        match p.append_durable(&mut b) {
+            Ok(info) => acked.push((info.base_offset, b)),
+            Err(e) => {
+                assert_eq!(storage_errno(&e), Some(libc::ENOSPC), "{case}: want ENOSPC, got {e}");
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[test]
 fn enospc_on_append_is_a_storage_error_and_the_partition_recovers_when_space_returns() {
     let io = SimIo::new();
@@ -138,18 +161,7 @@ fn regression_short_write_on_enospc_sealed_by_roll_blocks_reopen() {
     // Group mode reserves space ahead (to the end of the segment here), so appends keep
     // succeeding until one needs a reservation that does not fit.
     io.set_space_left(Some(500));
-    let mut failed = false;
-    for k in 0..100 {
-        let mut b = batch(500 + k, 4, 200);
-        match p.append_durable(&mut b) {
-            Ok(info) => acked.push((info.base_offset, b)),
-            Err(e) => {
-                assert_eq!(storage_errno(&e), Some(libc::ENOSPC), "got {e}");
-                failed = true;
-                break;
-            }
-        }
-    }
+    let failed = append_until_enospc(&p, &mut acked, 100, "short write", |k| batch(500 + k, 4, 200));
     assert!(failed, "the space limit was never hit");
     io.set_space_left(None);
     let mut small = batch(501, 1, 10);
@@ -570,19 +582,9 @@ fn regression_enospc_after_a_roll_by_a_large_append_does_not_poison() {
         acked.push((p.append_durable(&mut big).expect("large append").base_offset, big));
         assert_eq!(p.segment_count(), 2, "the large append rolled");
         io.set_space_left(Some(0));
-        let mut failed = false;
-        for k in 0..400 {
-            let mut b = batch(20_000 + k, 20, 1000);
-            match p.append_durable(&mut b) {
-                Ok(info) => acked.push((info.base_offset, b)),
-                Err(e) => {
-                    assert_eq!(storage_errno(&e), Some(libc::ENOSPC), "preallocate {preallocate}: want ENOSPC, got {e}");
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        assert!(failed, "preallocate {preallocate}: the disk never filled");
+        let case = format!("preallocate {preallocate}");
+        let failed = append_until_enospc(&p, &mut acked, 400, &case, |k| batch(20_000 + k, 20, 1000));
+        assert!(failed, "{case}: the disk never filled");
         assert!(!p.is_poisoned(), "preallocate {preallocate}: ENOSPC must not poison");
         io.set_space_left(None);
         let mut b = batch(30_000, 2, 10);
