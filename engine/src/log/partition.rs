@@ -67,6 +67,9 @@ pub struct FileRange {
     pub file: Arc<dyn IoFile>,
     pub position: u64,
     pub len: u64,
+    /// Held while the range is in use: retention recycles a segment's file (which the next
+    /// roll overwrites) only when no read holds a range of it.
+    pub pin: Option<Arc<()>>,
 }
 
 /// Result of a read: file ranges plus the partition's offsets at the time of the read.
@@ -160,12 +163,19 @@ pub struct Partition {
     /// Group-commit fdatasyncs completed, and microseconds spent in them (for benchmarks).
     syncs: AtomicU64,
     sync_us: AtomicU64,
+    /// Rolls that started the new segment in a recycled file.
+    recycled_rolls: AtomicU64,
     /// When the partition was opened, and when (ms after that) the recovery point was last noted.
     opened: std::time::Instant,
     last_note_ms: AtomicU64,
     high_watermark: AtomicU64,
     log_start: AtomicU64,
     notifier: Arc<Notifier>,
+}
+
+/// See [`Partition::recycles`].
+fn recycles(cfg: &LogConfig) -> bool {
+    cfg.durability == Durability::Group && cfg.preallocate_bytes > 0
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> RecoveryError + '_ {
@@ -233,6 +243,11 @@ impl Partition {
             }
         }
         bases.sort_unstable();
+        let spare = dir.join(segment::SPARE_NAME);
+        if !recycles(&cfg) && io.exists(&spare) {
+            // Left by a run that recycled; this configuration never will.
+            io.remove_file(&spare).map_err(&e)?;
+        }
 
         let mut producers = HashMap::new();
         let mut segments: Vec<Segment> = Vec::new();
@@ -355,6 +370,7 @@ impl Partition {
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             sync_us: AtomicU64::new(0),
+            recycled_rolls: AtomicU64::new(0),
             opened: std::time::Instant::now(),
             last_note_ms: AtomicU64::new(0),
             high_watermark: AtomicU64::new(next),
@@ -390,6 +406,10 @@ impl Partition {
     /// Group-commit fdatasyncs completed so far and the total microseconds they took.
     pub fn sync_stats(&self) -> (u64, u64) {
         (self.syncs.load(Ordering::Relaxed), self.sync_us.load(Ordering::Relaxed))
+    }
+    /// Rolls so far that started the new segment in a file retention recycled.
+    pub fn recycled_rolls(&self) -> u64 {
+        self.recycled_rolls.load(Ordering::Relaxed)
     }
     pub fn segment_count(&self) -> usize {
         lock(&self.state).segments.len()
@@ -690,7 +710,7 @@ impl Partition {
         let max = self.cfg.segment_bytes_max;
         let seg = st.active_mut();
         let end = seg.size;
-        if seg.zeroed_end >= end + window / 2 || end >= max {
+        if seg.zeroed_end >= end + window / 8 || end >= max {
             return;
         }
         let to = (end + window).min(max);
@@ -739,6 +759,13 @@ impl Partition {
             return Err(self.poison_error());
         }
         Ok(())
+    }
+
+    /// Group mode with preallocation: retention keeps one deleted segment's file for the next
+    /// roll to start in ([`Segment::create_recycled`]), so a long-running log in steady state
+    /// appends over written blocks without writing zeros first.
+    fn recycles(&self) -> bool {
+        recycles(&self.cfg)
     }
 
     /// Whether an append of `total` bytes must first roll the active segment (size or age).
@@ -809,7 +836,17 @@ impl Partition {
             return Err(self.poison_error());
         }
         old.write_indexes(&*self.io).map_err(AppendError::Storage)?;
-        let new = Segment::create(&*self.io, &self.dir, next).map_err(AppendError::Storage)?;
+        let recycled = match self.recycles() {
+            true => Segment::create_recycled(&*self.io, &self.dir, next).map_err(AppendError::Storage)?,
+            false => None,
+        };
+        let new = match recycled {
+            Some(seg) => {
+                self.recycled_rolls.fetch_add(1, Ordering::Relaxed);
+                seg
+            }
+            None => Segment::create(&*self.io, &self.dir, next).map_err(AppendError::Storage)?,
+        };
         if let Err(e) = self.io.sync_dir(&self.dir) {
             self.poison(format!("fsync of the partition directory failed while rolling: {e}"));
             return Err(self.poison_error());
@@ -892,7 +929,12 @@ impl Partition {
                 end
             };
             if end > start {
-                slice.ranges.push(FileRange { file: seg.file.clone(), position: start, len: end - start });
+                slice.ranges.push(FileRange {
+                    file: seg.file.clone(),
+                    position: start,
+                    len: end - start,
+                    pin: Some(seg.readers.clone()),
+                });
                 total += end - start;
             }
             if end < limit {
@@ -965,7 +1007,14 @@ impl Partition {
             }
             let seg = st.segments.remove(0);
             total -= seg.size;
-            seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
+            // Recycle the file (one spare at most) unless a read still holds a range of it: a
+            // reader's sendfile must not see it overwritten. Ranges are pinned under this lock.
+            let spare = self.dir.join(segment::SPARE_NAME);
+            if self.recycles() && Arc::strong_count(&seg.readers) == 1 && !self.io.exists(&spare) {
+                seg.recycle_files(&*self.io).map_err(AppendError::Storage)?;
+            } else {
+                seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
+            }
             deleted += 1;
         }
         if deleted > 0 {
