@@ -400,6 +400,10 @@ impl Sim {
         if self.models[&key].poisoned && !part.is_poisoned() {
             self.fail(format!("{key:?}: partition no longer poisoned before reopen"));
         }
+        // A roll applies the retention that is due (to recycle the oldest file), so any step
+        // may move the log start.
+        let m = self.models.get_mut(&key).expect("model");
+        m.log_start = m.log_start.max(part.log_start_offset());
     }
 
     /// Read everything served by `part` and compare with the model. Returns records checked.

@@ -138,6 +138,11 @@ impl GroupCoordinator {
     pub fn with_config(logs: Arc<LogManager>, cfg: GroupConfig) -> io::Result<Arc<GroupCoordinator>> {
         let offsets_log = store::internal_partition(&logs, store::OFFSETS_TOPIC)?;
         let pid_log = store::internal_partition(&logs, store::PRODUCER_IDS_TOPIC)?;
+        // Size or time retention must not take records still needed: committed offsets nobody
+        // re-committed since, or the producer-id high-water mark. Until a snapshot of committed
+        // offsets exists nothing of the offsets topic may go; the producer-id topic never.
+        offsets_log.set_retention_floor(0);
+        pid_log.set_retention_floor(0);
         let restored = store::restore_offsets(&offsets_log)?;
         let block_end = store::restore_pid_block_end(&pid_log)?;
         let tick = Duration::from_millis(cfg.reaper_tick_ms.max(1));
@@ -242,11 +247,15 @@ impl GroupCoordinator {
         const PER_BATCH: usize = 1000;
         let mut last = None;
         let mut n = 0;
+        let floor;
         {
             let o = lock(&self.offsets);
             if o.in_flight > 0 {
                 return Ok(None);
             }
+            // No commit is in flight: every live value is in memory and is rewritten below, at
+            // or after this offset, so retention may drop everything before it.
+            floor = self.offsets_log.log_end_offset();
             for (group, offs) in &o.groups {
                 let entries: Vec<CommitEntry> = offs
                     .iter()
@@ -263,6 +272,7 @@ impl GroupCoordinator {
         if let Some(next) = last {
             self.offsets_log.wait_durable(next).map_err(|e| io::Error::other(e.to_string()))?;
         }
+        self.offsets_log.set_retention_floor(floor);
         tracing::info!(offsets = n, "committed offsets snapshot written");
         Ok(Some(n))
     }

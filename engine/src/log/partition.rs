@@ -165,6 +165,9 @@ pub struct Partition {
     sync_us: AtomicU64,
     /// Rolls that started the new segment in a recycled file.
     recycled_rolls: AtomicU64,
+    /// Retention deletes only segments whose batches all lie below this offset (see
+    /// [`Partition::set_retention_floor`]); `u64::MAX` = no floor.
+    retention_floor: AtomicU64,
     /// When the partition was opened, and when (ms after that) the recovery point was last noted.
     opened: std::time::Instant,
     last_note_ms: AtomicU64,
@@ -371,6 +374,7 @@ impl Partition {
             syncs: AtomicU64::new(0),
             sync_us: AtomicU64::new(0),
             recycled_rolls: AtomicU64::new(0),
+            retention_floor: AtomicU64::new(u64::MAX),
             opened: std::time::Instant::now(),
             last_note_ms: AtomicU64::new(0),
             high_watermark: AtomicU64::new(next),
@@ -406,6 +410,12 @@ impl Partition {
     /// Group-commit fdatasyncs completed so far and the total microseconds they took.
     pub fn sync_stats(&self) -> (u64, u64) {
         (self.syncs.load(Ordering::Relaxed), self.sync_us.load(Ordering::Relaxed))
+    }
+    /// Let retention (size or time) delete only segments whose batches all lie below `offset`.
+    /// The internal topics use it: `__consumer_offsets` is not compacted, so only what the last
+    /// snapshot of committed offsets superseded may go (see `groups`).
+    pub fn set_retention_floor(&self, offset: u64) {
+        self.retention_floor.store(offset, Ordering::Release);
     }
     /// Rolls so far that started the new segment in a file retention recycled.
     pub fn recycled_rolls(&self) -> u64 {
@@ -837,7 +847,18 @@ impl Partition {
         }
         old.write_indexes(&*self.io).map_err(AppendError::Storage)?;
         let recycled = match self.recycles() {
-            true => Segment::create_recycled(&*self.io, &self.dir, next).map_err(AppendError::Storage)?,
+            true => {
+                // Retention due now is done here, so the new segment can start in the file it
+                // frees (the maintenance tick may be seconds away). The directory fsync below
+                // covers both renames.
+                if !self.io.exists(&self.dir.join(segment::SPARE_NAME)) {
+                    if let Err(e) = self.retire_oldest(st, now_ms()) {
+                        // Retention is retried by the maintenance tick; the roll goes on.
+                        tracing::warn!(topic = %self.topic, partition = self.index, "retention at roll: {e}");
+                    }
+                }
+                Segment::create_recycled(&*self.io, &self.dir, next).map_err(AppendError::Storage)?
+            }
             false => None,
         };
         let new = match recycled {
@@ -988,40 +1009,44 @@ impl Partition {
     /// Delete whole old segments beyond the size or time retention. Returns how many.
     pub fn enforce_retention(&self) -> Result<usize, AppendError> {
         let mut st = lock(&self.state);
-        let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
         let now = now_ms();
         let mut deleted = 0;
-        while st.segments.len() > 1 {
-            let oldest = &st.segments[0];
-            let by_size = self.cfg.retention_bytes_max.is_some_and(|max| total > max);
-            let by_time = self
-                .cfg
-                .retention_ms
-                .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
-            if !(by_size || by_time) {
-                break;
-            }
-            // Never delete data not yet servable.
-            if st.segments[1].base_offset > self.high_watermark() {
-                break;
-            }
-            let seg = st.segments.remove(0);
-            total -= seg.size;
-            // Recycle the file (one spare at most) unless a read still holds a range of it: a
-            // reader's sendfile must not see it overwritten. Ranges are pinned under this lock.
-            let spare = self.dir.join(segment::SPARE_NAME);
-            if self.recycles() && Arc::strong_count(&seg.readers) == 1 && !self.io.exists(&spare) {
-                seg.recycle_files(&*self.io).map_err(AppendError::Storage)?;
-            } else {
-                seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
-            }
+        while self.retire_oldest(&mut st, now)? {
             deleted += 1;
         }
         if deleted > 0 {
             self.io.sync_dir(&self.dir).map_err(AppendError::Storage)?;
-            self.log_start.store(st.log_start(), Ordering::Release);
         }
         Ok(deleted)
+    }
+
+    /// Remove the oldest segment if size or time retention wants it gone (never the active one,
+    /// never data not yet servable or at or above the retention floor), keeping its file as the spare when recycling. The caller
+    /// fsyncs the directory.
+    fn retire_oldest(&self, st: &mut State, now: i64) -> Result<bool, AppendError> {
+        if st.segments.len() < 2 {
+            return Ok(false);
+        }
+        let total: u64 = st.segments.iter().map(|s| s.size).sum();
+        let oldest = &st.segments[0];
+        let by_size = self.cfg.retention_bytes_max.is_some_and(|max| total > max);
+        let by_time =
+            self.cfg.retention_ms.is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
+        let keep_from = self.high_watermark().min(self.retention_floor.load(Ordering::Acquire));
+        if !(by_size || by_time) || st.segments[1].base_offset > keep_from {
+            return Ok(false);
+        }
+        let seg = st.segments.remove(0);
+        // Recycle the file (one spare at most) unless a read still holds a range of it: a
+        // reader's sendfile must not see it overwritten. Ranges are pinned under this lock.
+        let spare = self.dir.join(segment::SPARE_NAME);
+        if self.recycles() && Arc::strong_count(&seg.readers) == 1 && !self.io.exists(&spare) {
+            seg.recycle_files(&*self.io).map_err(AppendError::Storage)?;
+        } else {
+            seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
+        }
+        self.log_start.store(st.log_start(), Ordering::Release);
+        Ok(true)
     }
 
     /// Sync everything and write the active segment's indexes (clean shutdown).
