@@ -33,12 +33,18 @@ use rand::{Rng, SeedableRng};
 const TOPIC: &str = "k9";
 const PARTITIONS: u32 = 3;
 
-fn cfg(durability: Durability) -> LogConfig {
+/// `FAULT_RETENTION_BYTES=n` gives the log size retention: in `group` mode rolls then start in
+/// segment files that retention recycled, whose old batches lie past the new end.
+fn retention_bytes() -> Option<u64> {
+    std::env::var("FAULT_RETENTION_BYTES").ok().and_then(|s| s.parse().ok())
+}
+
+fn cfg(durability: Durability, retention_bytes_max: Option<u64>) -> LogConfig {
     LogConfig {
         durability,
         segment_bytes_max: 256 * 1024,
         segment_age_max_ms: None,
-        retention_bytes_max: None,
+        retention_bytes_max,
         retention_ms: None,
         index_interval_bytes: 4096,
         batch_bytes_max: 1 << 20,
@@ -79,7 +85,7 @@ fn kill9_child_writer() {
     let acks_path = env_path("FAULT_ACKS");
     let durability: Durability = std::env::var("FAULT_DURABILITY").unwrap_or_else(|_| "group".into()).parse().expect("durability");
     let seconds: u64 = std::env::var("FAULT_WRITER_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
-    let mgr = LogManager::open(&dir, Arc::new(UringIo), cfg(durability)).expect("open");
+    let mgr = LogManager::open(&dir, Arc::new(UringIo), cfg(durability, retention_bytes())).expect("open");
     let failed = mgr.failed.lock().expect("failed").clone();
     assert!(failed.is_empty(), "partitions refused to open: {failed:?}");
     let topic = mgr.get_or_create(TOPIC, PARTITIONS as i32).expect("topic");
@@ -136,12 +142,14 @@ struct Checked {
     records: u64,
     batches: u64,
     acked_records: u64,
+    /// Records retention had deleted (log start offsets summed over partitions).
+    retained_away: u64,
 }
 
 /// Recover `dir` and check every acknowledged record is served, identical and in order.
-fn check_dir(dir: &Path, acks: &Path, io: Arc<dyn Io>) -> Checked {
+fn check_dir(dir: &Path, acks: &Path, io: Arc<dyn Io>, retention: Option<u64>) -> Checked {
     let (acked, _) = read_acks(acks);
-    let mgr = LogManager::open(dir, io, cfg(Durability::Group)).expect("reopen");
+    let mgr = LogManager::open(dir, io, cfg(Durability::Group, retention)).expect("reopen");
     let failed = mgr.failed.lock().expect("failed").clone();
     assert!(failed.is_empty(), "partitions refused to open after the crash: {failed:?}");
     let mut out = Checked::default();
@@ -154,8 +162,11 @@ fn check_dir(dir: &Path, acks: &Path, io: Arc<dyn Io>) -> Checked {
         let want = acked.get(&p).copied().unwrap_or(0);
         let hw = part.high_watermark();
         assert!(hw >= want, "LOST: partition {p} recovered to {hw}, {want} acknowledged (lost {})", want - hw);
-        assert_eq!(part.log_start_offset(), 0);
-        let mut at = 0u64;
+        let mut at = part.log_start_offset();
+        if retention.is_none() {
+            assert_eq!(at, 0);
+        }
+        out.retained_away += at;
         for _ in 0..1_000_000 {
             if at >= hw {
                 break;
@@ -187,7 +198,7 @@ fn check_dir(dir: &Path, acks: &Path, io: Arc<dyn Io>) -> Checked {
 #[test]
 #[ignore = "run by scripts/faults/powercut.sh"]
 fn kill9_child_check() {
-    let c = check_dir(&env_path("FAULT_DATA_DIR"), &env_path("FAULT_ACKS"), Arc::new(UringIo));
+    let c = check_dir(&env_path("FAULT_DATA_DIR"), &env_path("FAULT_ACKS"), Arc::new(UringIo), retention_bytes());
     println!(
         "powercut check: batches {} records {} acknowledged records {} lost = 0",
         c.batches, c.records, c.acked_records
@@ -205,15 +216,21 @@ fn kill9_under_load_loses_no_acknowledged_record() {
     let started = Instant::now();
     let mut total = Checked::default();
     let mut done = 0;
-    for (mode, n) in [("group", kills.div_ceil(2)), ("never", kills / 2)] {
+    // "recycle": group mode with 1 MiB size retention (256 KiB segments), so rolls start in
+    // recycled files.
+    let group = kills.div_ceil(3);
+    let recycle = (kills - group).div_ceil(2);
+    for (mode, n) in [("group", group), ("recycle", recycle), ("never", kills - group - recycle)] {
         let dir = tmp.path().join(format!("data-{mode}"));
         let acks = tmp.path().join(format!("acks-{mode}"));
+        let retention = if mode == "recycle" { "1048576" } else { "" };
         for k in 0..n {
             let mut child = Command::new(&exe)
                 .args(["--ignored", "--exact", "kill9_child_writer", "--nocapture", "--test-threads=1"])
                 .env("FAULT_DATA_DIR", &dir)
                 .env("FAULT_ACKS", &acks)
-                .env("FAULT_DURABILITY", mode)
+                .env("FAULT_DURABILITY", if mode == "never" { "never" } else { "group" })
+                .env("FAULT_RETENTION_BYTES", retention)
                 .env("FAULT_WRITER_SECONDS", "20")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -232,18 +249,21 @@ fn kill9_under_load_loses_no_acknowledged_record() {
             child.kill().expect("SIGKILL writer");
             let st = child.wait().expect("reap writer");
             assert!(!st.success(), "writer was supposed to die by SIGKILL, exited {st}");
-            let c = check_dir(&dir, &acks, Arc::new(UringIo));
+            let c = check_dir(&dir, &acks, Arc::new(UringIo), retention.parse().ok());
             assert!(c.acked_records > 0, "no acknowledged records after kill {k} ({mode})");
             total.records += c.records;
             total.batches += c.batches;
             total.acked_records = c.acked_records; // cumulative per directory: report the last
+            total.retained_away = total.retained_away.max(c.retained_away);
             done += 1;
         }
     }
     println!(
-        "fault_kill9: kills {done} (group and never), batches checked {}, records checked {}, lost = 0 ({:.1} s)",
+        "fault_kill9: kills {done} (group, group with recycled segments, never), batches checked {}, records checked {}, \
+         lost = 0; with retention, up to {} records deleted before the checked range ({:.1} s)",
         total.batches,
         total.records,
+        total.retained_away,
         started.elapsed().as_secs_f64()
     );
     assert_eq!(done, kills);
