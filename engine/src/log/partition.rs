@@ -144,6 +144,10 @@ struct SyncState {
     writing: Option<(u64, u64, u64)>,
     durable: u64,
     poison: Option<String>,
+    /// Number of the latest group-commit sync started, and the offset it makes durable
+    /// (`u64::MAX` until its leader has taken the staging buffer).
+    gen: u64,
+    covering: u64,
 }
 
 /// One topic-partition log.
@@ -156,7 +160,11 @@ pub struct Partition {
     cfg: LogConfig,
     state: Mutex<State>,
     sync: Mutex<SyncState>,
+    /// Signalled when the sync slot frees (roll, close) and on poison.
     sync_cv: Condvar,
+    /// Group-commit waiters, by the parity of the sync that covers them: a completing sync
+    /// wakes only the appends it covered, plus one of the next sync's to lead it.
+    gen_cv: [Condvar; 2],
     /// Signalled when a leader's staged write completes (`SyncState::writing` cleared).
     write_cv: Condvar,
     poisoned: AtomicBool,
@@ -367,8 +375,9 @@ impl Partition {
                 staged_pos: 0,
                 spare: Vec::new(),
             }),
-            sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None }),
+            sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None, gen: 0, covering: 0 }),
             sync_cv: Condvar::new(),
+            gen_cv: [Condvar::new(), Condvar::new()],
             write_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
@@ -445,7 +454,14 @@ impl Partition {
             s.poison = Some(reason);
         }
         self.poisoned.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Wake every waiter of the sync slot and of the group commit.
+    fn wake_all(&self) {
         self.sync_cv.notify_all();
+        self.gen_cv[0].notify_all();
+        self.gen_cv[1].notify_all();
     }
 
     fn advance_hw(&self, offset: u64) {
@@ -619,10 +635,16 @@ impl Partition {
                 return Ok(());
             }
             if s.in_flight {
-                s = self.sync_cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                // Covered by the sync in flight (its leader took our bytes), or by the next one.
+                // While the leader has not taken the buffer yet (`covering` MAX), wait for its
+                // end and look again.
+                let g = if target <= s.covering { s.gen } else { s.gen + 1 };
+                s = self.gen_cv[(g & 1) as usize].wait(s).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
             s.in_flight = true;
+            s.gen += 1;
+            s.covering = u64::MAX;
             drop(s);
             let result = self.sync_once();
             s = lock(&self.sync);
@@ -631,6 +653,10 @@ impl Partition {
                 Ok(offset) => s.durable = s.durable.max(offset),
                 Err(e) => self.poison_locked(&mut s, format!("write or fdatasync failed: {e}")),
             }
+            // The appends this sync covered, and one waiter for the next sync to lead it (it
+            // finds the slot free, or taken by someone who will wake the rest).
+            self.gen_cv[(s.gen & 1) as usize].notify_all();
+            self.gen_cv[((s.gen + 1) & 1) as usize].notify_one();
             self.sync_cv.notify_all();
         }
     }
@@ -647,9 +673,13 @@ impl Partition {
             st.staged_pos += staged.len() as u64;
             self.zero_fill_ahead(&mut st, &mut staged);
             let a = st.active();
-            if !staged.is_empty() {
-                // Set under the state lock: a roll that takes the lock after us waits for it.
-                lock(&self.sync).writing = Some((a.base_offset, staged_pos, staged_pos + staged.len() as u64));
+            {
+                let mut s = lock(&self.sync);
+                s.covering = a.next_offset;
+                if !staged.is_empty() {
+                    // Set under the state lock: a roll that takes the lock after us waits for it.
+                    s.writing = Some((a.base_offset, staged_pos, staged_pos + staged.len() as u64));
+                }
             }
             (a.file.clone(), a.next_offset, a.base_offset, a.size, staged, must, staged_pos, st.rp_file.clone())
         };
@@ -807,7 +837,8 @@ impl Partition {
         let result = f();
         let mut s = lock(&self.sync);
         s.in_flight = false;
-        self.sync_cv.notify_all();
+        // Appends that arrived meanwhile wait for a sync that has not started: one must lead it.
+        self.wake_all();
         result
     }
 
@@ -884,7 +915,7 @@ impl Partition {
         {
             let mut s = lock(&self.sync);
             s.durable = s.durable.max(next);
-            self.sync_cv.notify_all();
+            self.wake_all();
         }
         self.advance_hw(next);
         Ok(())
