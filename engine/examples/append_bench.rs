@@ -145,32 +145,12 @@ fn small_appends(
     threads: usize,
     secs: f64,
     preallocate_bytes: u64,
-    steady: bool,
 ) -> (f64, f64, f64, usize) {
     let batch = build::simple_batch(1, 100, 0);
     let per = batch.len() - record::BATCH_HEADER_BYTES; // bytes per record
     let records = (16 * 1024 - record::BATCH_HEADER_BYTES) / per;
     let batch = build::simple_batch(records, 100, 1_700_000_000_000);
-    // Steady state: a long-running log with 64 MiB segments and size retention (128 MiB), so
-    // rolls start in files retention recycled (retention runs at each roll; no maintenance
-    // thread here); measured after four segments' worth of appends.
-    const STEADY_SEGMENT: u64 = 64 << 20;
-    let p = if steady {
-        let d = dir.join("small");
-        let _ = std::fs::remove_dir_all(&d);
-        let cfg = LogConfig {
-            durability: Durability::Group,
-            segment_bytes_max: STEADY_SEGMENT,
-            retention_bytes_max: Some(2 * STEADY_SEGMENT),
-            retention_ms: None,
-            preallocate_bytes,
-            ..LogConfig::default()
-        };
-        let io: Arc<dyn Io> = Arc::new(UringIo);
-        Partition::open("small", 0, &d, io, cfg, Arc::new(Notifier::default())).unwrap()
-    } else {
-        open_partition(dir, "small", 1 << 30, preallocate_bytes)
-    };
+    let p = open_partition(dir, "small", 1 << 30, preallocate_bytes);
     // Diagnostic: APPEND_BENCH_PREZERO_MIB=N writes and syncs N MiB of zeros into the segment
     // before the clock starts (what the sync costs when no append allocates anything).
     if let Some(mib) = std::env::var("APPEND_BENCH_PREZERO_MIB").ok().and_then(|v| v.parse::<usize>().ok()) {
@@ -182,42 +162,30 @@ fn small_appends(
         f.sync_all().unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let appended = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (p, stop, batch, appended) = (p.clone(), stop.clone(), batch.clone(), appended.clone());
+            let (p, stop, batch) = (p.clone(), stop.clone(), batch.clone());
             std::thread::spawn(move || {
                 let mut buf = batch.clone();
+                let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     buf.copy_from_slice(&batch);
                     p.append_durable(&mut buf).unwrap();
-                    appended.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
                 }
+                n
             })
         })
         .collect();
-    if steady {
-        let warm = Instant::now();
-        while appended.load(Ordering::Relaxed) * batch.len() as u64 / STEADY_SEGMENT < 4 && warm.elapsed().as_secs() < 60 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    let (syncs0, sync_us0) = p.sync_stats();
-    let n0 = appended.load(Ordering::Relaxed);
-    let t = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(secs));
-    let batches = appended.load(Ordering::Relaxed) - n0;
-    let took = t.elapsed().as_secs_f64();
-    let (syncs1, sync_us1) = p.sync_stats();
     stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    let (syncs, sync_us) = (syncs1 - syncs0, sync_us1 - sync_us0);
+    let batches: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let took = t.elapsed().as_secs_f64();
+    let (syncs, sync_us) = p.sync_stats();
     println!(
-        "(b) preallocate {} KiB{}: {syncs} group syncs: {:.1} batches per sync, mean fdatasync {:.0} us, cycle {:.0} us",
+        "(b) preallocate {} KiB: {syncs} group syncs: {:.1} batches per sync, mean fdatasync {:.0} us, cycle {:.0} us",
         preallocate_bytes >> 10,
-        if steady { format!(", steady state ({} rolls into recycled files)", p.recycled_rolls()) } else { String::new() },
         batches as f64 / syncs.max(1) as f64,
         sync_us as f64 / syncs.max(1) as f64,
         took * 1e6 / syncs.max(1) as f64
@@ -341,18 +309,13 @@ fn main() {
             .map(|v| v.split(',').filter_map(|k| k.trim().parse::<u64>().ok()).map(|k| k << 10).collect())
             .unwrap_or_else(|_| vec![0, 1 << 20, 4 << 20]);
         let secs: f64 = std::env::var("APPEND_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3.0);
-        // APPEND_BENCH_STEADY=1 adds each run in steady state (recycled segments, see above).
-        let steady = std::env::var("APPEND_BENCH_STEADY").is_ok_and(|v| v == "1");
         for prealloc in preallocs {
-            for steady in [false, true].into_iter().filter(|&s| !s || steady) {
-                let (rps, bps, mbs, per) = small_appends(&dir, 8, secs, prealloc, steady);
-                println!(
-                    "(b) 8 appenders x 16 KiB batches ({per} x 100 B records), group, preallocate {} KiB{}: {:.2} M records/s, {bps:.0} batches/s, {mbs:.0} MiB/s (goal >= 3 M records/s)",
-                    prealloc >> 10,
-                    if steady { ", steady state" } else { "" },
-                    rps / 1e6
-                );
-            }
+            let (rps, bps, mbs, per) = small_appends(&dir, 8, secs, prealloc);
+            println!(
+            "(b) 8 appenders x 16 KiB batches ({per} x 100 B records), group, preallocate {} KiB: {:.2} M records/s, {bps:.0} batches/s, {mbs:.0} MiB/s (goal >= 3 M records/s)",
+            prealloc >> 10,
+            rps / 1e6
+        );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -400,10 +400,6 @@ impl Sim {
         if self.models[&key].poisoned && !part.is_poisoned() {
             self.fail(format!("{key:?}: partition no longer poisoned before reopen"));
         }
-        // A roll applies the retention that is due (to recycle the oldest file), so any step
-        // may move the log start.
-        let m = self.models.get_mut(&key).expect("model");
-        m.log_start = m.log_start.max(part.log_start_offset());
     }
 
     /// Read everything served by `part` and compare with the model. Returns records checked.
@@ -474,8 +470,8 @@ impl Sim {
         self.mgr.partition(OFFSETS_TOPIC, 0).unwrap_or_else(|| self.fail(format!("{OFFSETS_TOPIC}-0 missing")))
     }
 
-    /// A consumer-group step: an OffsetCommit (70 %), a flush of `__consumer_offsets` (10 %) or
-    /// an OffsetFetch of every group checked against the model (20 %).
+    /// A consumer-group step: an OffsetCommit (70 %), a flush of `__consumer_offsets` (10 %), its
+    /// retention (5 %) or an OffsetFetch of every group checked against the model (15 %).
     fn group_step(&mut self) {
         match self.rng.gen_range(0..100) {
             0..=69 => self.commit_step(),
@@ -503,6 +499,13 @@ impl Sim {
                     Err(AppendError::Poisoned(_)) => {}
                     Err(AppendError::Storage(e)) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EIO)) => {}
                     Err(e) => self.fail(format!("{OFFSETS_TOPIC}: unexpected flush error {e}")),
+                }
+            }
+            80..=84 => {
+                // Retention on the offsets topic as the log manager's tick applies it: only what
+                // a snapshot superseded may go (docs/FAULTS.md bug 8).
+                if let Ok(n) = self.offsets_part().enforce_retention() {
+                    self.figures.retention_deletes += n as u64;
                 }
             }
             _ => {

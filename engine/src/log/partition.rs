@@ -67,9 +67,6 @@ pub struct FileRange {
     pub file: Arc<dyn IoFile>,
     pub position: u64,
     pub len: u64,
-    /// Held while the range is in use: retention recycles a segment's file (which the next
-    /// roll overwrites) only when no read holds a range of it.
-    pub pin: Option<Arc<()>>,
 }
 
 /// Result of a read: file ranges plus the partition's offsets at the time of the read.
@@ -171,8 +168,6 @@ pub struct Partition {
     /// Group-commit fdatasyncs completed, and microseconds spent in them (for benchmarks).
     syncs: AtomicU64,
     sync_us: AtomicU64,
-    /// Rolls that started the new segment in a recycled file.
-    recycled_rolls: AtomicU64,
     /// Retention deletes only segments whose batches all lie below this offset (see
     /// [`Partition::set_retention_floor`]); `u64::MAX` = no floor.
     retention_floor: AtomicU64,
@@ -182,11 +177,6 @@ pub struct Partition {
     high_watermark: AtomicU64,
     log_start: AtomicU64,
     notifier: Arc<Notifier>,
-}
-
-/// See [`Partition::recycles`].
-fn recycles(cfg: &LogConfig) -> bool {
-    cfg.durability == Durability::Group && cfg.preallocate_bytes > 0
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> RecoveryError + '_ {
@@ -254,11 +244,6 @@ impl Partition {
             }
         }
         bases.sort_unstable();
-        let spare = dir.join(segment::SPARE_NAME);
-        if !recycles(&cfg) && io.exists(&spare) {
-            // Left by a run that recycled; this configuration never will.
-            io.remove_file(&spare).map_err(&e)?;
-        }
 
         let mut producers = HashMap::new();
         let mut segments: Vec<Segment> = Vec::new();
@@ -382,8 +367,10 @@ impl Partition {
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             sync_us: AtomicU64::new(0),
-            recycled_rolls: AtomicU64::new(0),
-            retention_floor: AtomicU64::new(u64::MAX),
+            // Kafka's convention: topics named `__*` are internal. Their records may be the
+            // only copy of state (committed offsets, the producer-id high-water mark), so
+            // retention takes nothing until their owner sets a floor (see `groups`).
+            retention_floor: AtomicU64::new(if topic.starts_with("__") { 0 } else { u64::MAX }),
             opened: std::time::Instant::now(),
             last_note_ms: AtomicU64::new(0),
             high_watermark: AtomicU64::new(next),
@@ -425,10 +412,6 @@ impl Partition {
     /// snapshot of committed offsets superseded may go (see `groups`).
     pub fn set_retention_floor(&self, offset: u64) {
         self.retention_floor.store(offset, Ordering::Release);
-    }
-    /// Rolls so far that started the new segment in a file retention recycled.
-    pub fn recycled_rolls(&self) -> u64 {
-        self.recycled_rolls.load(Ordering::Relaxed)
     }
     pub fn segment_count(&self) -> usize {
         lock(&self.state).segments.len()
@@ -801,13 +784,6 @@ impl Partition {
         Ok(())
     }
 
-    /// Group mode with preallocation: retention keeps one deleted segment's file for the next
-    /// roll to start in ([`Segment::create_recycled`]), so a long-running log in steady state
-    /// appends over written blocks without writing zeros first.
-    fn recycles(&self) -> bool {
-        recycles(&self.cfg)
-    }
-
     /// Whether an append of `total` bytes must first roll the active segment (size or age).
     fn needs_roll(&self, st: &State, total: u64) -> bool {
         let a = st.active();
@@ -877,28 +853,7 @@ impl Partition {
             return Err(self.poison_error());
         }
         old.write_indexes(&*self.io).map_err(AppendError::Storage)?;
-        let recycled = match self.recycles() {
-            true => {
-                // Retention due now is done here, so the new segment can start in the file it
-                // frees (the maintenance tick may be seconds away). The directory fsync below
-                // covers both renames.
-                if !self.io.exists(&self.dir.join(segment::SPARE_NAME)) {
-                    if let Err(e) = self.retire_oldest(st, now_ms()) {
-                        // Retention is retried by the maintenance tick; the roll goes on.
-                        tracing::warn!(topic = %self.topic, partition = self.index, "retention at roll: {e}");
-                    }
-                }
-                Segment::create_recycled(&*self.io, &self.dir, next).map_err(AppendError::Storage)?
-            }
-            false => None,
-        };
-        let new = match recycled {
-            Some(seg) => {
-                self.recycled_rolls.fetch_add(1, Ordering::Relaxed);
-                seg
-            }
-            None => Segment::create(&*self.io, &self.dir, next).map_err(AppendError::Storage)?,
-        };
+        let new = Segment::create(&*self.io, &self.dir, next).map_err(AppendError::Storage)?;
         if let Err(e) = self.io.sync_dir(&self.dir) {
             self.poison(format!("fsync of the partition directory failed while rolling: {e}"));
             return Err(self.poison_error());
@@ -981,12 +936,7 @@ impl Partition {
                 end
             };
             if end > start {
-                slice.ranges.push(FileRange {
-                    file: seg.file.clone(),
-                    position: start,
-                    len: end - start,
-                    pin: Some(seg.readers.clone()),
-                });
+                slice.ranges.push(FileRange { file: seg.file.clone(), position: start, len: end - start });
                 total += end - start;
             }
             if end < limit {
@@ -1051,9 +1001,9 @@ impl Partition {
         Ok(deleted)
     }
 
-    /// Remove the oldest segment if size or time retention wants it gone (never the active one,
-    /// never data not yet servable or at or above the retention floor), keeping its file as the spare when recycling. The caller
-    /// fsyncs the directory.
+    /// Delete the oldest segment if size or time retention wants it gone (never the active one,
+    /// never data not yet servable or at or above the retention floor). The caller fsyncs the
+    /// directory.
     fn retire_oldest(&self, st: &mut State, now: i64) -> Result<bool, AppendError> {
         if st.segments.len() < 2 {
             return Ok(false);
@@ -1068,15 +1018,10 @@ impl Partition {
             return Ok(false);
         }
         let seg = st.segments.remove(0);
-        // Recycle the file (one spare at most) unless a read still holds a range of it: a
-        // reader's sendfile must not see it overwritten. Ranges are pinned under this lock.
-        let spare = self.dir.join(segment::SPARE_NAME);
-        if self.recycles() && Arc::strong_count(&seg.readers) == 1 && !self.io.exists(&spare) {
-            seg.recycle_files(&*self.io).map_err(AppendError::Storage)?;
-        } else {
-            seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
-        }
+        // The log start moves first: were the deletion to fail, the segment is gone from the
+        // list all the same (its files are left for the next open to pick up or not).
         self.log_start.store(st.log_start(), Ordering::Release);
+        seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
         Ok(true)
     }
 

@@ -19,10 +19,6 @@ use crate::record::{self, BatchError, BatchInfo, BATCH_HEADER_BYTES, BATCH_LOG_O
 /// batch with epoch 0; replication would raise this bound as epochs advance.
 pub const LEADER_EPOCH_MAX: i32 = 0;
 
-/// The file retention keeps (group mode with preallocation) for the next roll to reuse.
-/// Not named `*.log`, so opening the partition does not take it for a segment.
-pub const SPARE_NAME: &str = "recycled.spare";
-
 pub fn log_name(base: u64) -> String {
     format!("{base:020}.log")
 }
@@ -61,16 +57,12 @@ pub struct Segment {
     bytes_since_index: u64,
     pub created: std::time::Instant,
     /// End of the reserved region of the file; `>= size`. Bytes in `[size, prealloc_end)` are
-    /// allocated (fallocate, zeros, or a recycled file's old bytes), so a later write there
-    /// cannot fail with ENOSPC (group mode reserves before it accepts an append; see
-    /// partition.rs). They are never served.
+    /// allocated (fallocate or zeros) and read as zeros, so a later write there cannot fail
+    /// with ENOSPC (group mode reserves before it accepts an append; see partition.rs).
     pub prealloc_end: u64,
-    /// Group mode: end of the bytes written ahead of `size` (the leader's zeros, or a recycled
-    /// file's old bytes) so that fdatasyncs overwrite written blocks instead of journaling
-    /// allocation (see PERF_NOTES.md).
+    /// Group mode: end of the zeros the group-commit leader wrote ahead so that fdatasyncs
+    /// overwrite written blocks instead of journaling allocation (see PERF_NOTES.md).
     pub zeroed_end: u64,
-    /// Cloned into every [`crate::log::FileRange`] read from this segment (see `pin`).
-    pub readers: Arc<()>,
 }
 
 /// Outcome of scanning a segment's bytes.
@@ -90,34 +82,6 @@ impl Segment {
         Ok(Segment::with_file(dir, base_offset, file))
     }
 
-    /// Start the segment at `base_offset` in the spare file that retention left behind
-    /// ([`Segment::recycle_files`]), if there is one (`Ok(None)` if not). Its old bytes stay:
-    /// appends overwrite blocks that are allocated and written, so a group commit's fdatasync
-    /// journals no allocation (as a zero-filled file, without writing the zeros). Nothing past
-    /// `size` is served; recovery stops at the first stale batch (its offsets are below this
-    /// segment's base: an offset discontinuity) and truncates there.
-    pub fn create_recycled(io: &dyn Io, dir: &Path, base_offset: u64) -> io::Result<Option<Segment>> {
-        let spare = dir.join(SPARE_NAME);
-        if !io.exists(&spare) {
-            return Ok(None);
-        }
-        let path = dir.join(log_name(base_offset));
-        io.rename(&spare, &path)?;
-        let file = io.open(&path, false)?;
-        let len = file.len()?;
-        let mut seg = Segment::with_file(dir, base_offset, file);
-        seg.prealloc_end = len;
-        seg.zeroed_end = len;
-        Ok(Some(seg))
-    }
-
-    /// Retention's alternative to [`Segment::delete_files`]: keep the log file as the spare
-    /// that the next roll starts in ([`Segment::create_recycled`]); delete the indexes.
-    pub fn recycle_files(&self, io: &dyn Io) -> io::Result<()> {
-        io.rename(&self.dir.join(log_name(self.base_offset)), &self.dir.join(SPARE_NAME))?;
-        self.delete_indexes(io)
-    }
-
     fn with_file(dir: &Path, base_offset: u64, file: Arc<dyn IoFile>) -> Segment {
         Segment {
             base_offset,
@@ -132,7 +96,6 @@ impl Segment {
             created: std::time::Instant::now(),
             prealloc_end: 0,
             zeroed_end: 0,
-            readers: Arc::default(),
         }
     }
 
@@ -407,10 +370,6 @@ impl Segment {
     /// Remove this segment's files.
     pub fn delete_files(&self, io: &dyn Io) -> io::Result<()> {
         io.remove_file(&self.dir.join(log_name(self.base_offset)))?;
-        self.delete_indexes(io)
-    }
-
-    fn delete_indexes(&self, io: &dyn Io) -> io::Result<()> {
         for name in [index_name(self.base_offset), time_index_name(self.base_offset)] {
             let p = self.dir.join(name);
             if io.exists(&p) {

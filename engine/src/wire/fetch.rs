@@ -253,8 +253,8 @@ mod tests {
         f.write_at(&batch, 4 + batch.len() as u64).unwrap();
         for version in FETCH_VERSION_MIN..=FETCH_VERSION_MAX {
             let ranges = vec![
-                FileRange { file: f.clone(), position: 4, len: batch.len() as u64, pin: None },
-                FileRange { file: f.clone(), position: 4 + batch.len() as u64, len: batch.len() as u64, pin: None },
+                FileRange { file: f.clone(), position: 4, len: batch.len() as u64 },
+                FileRange { file: f.clone(), position: 4 + batch.len() as u64, len: batch.len() as u64 },
             ];
             let topics = vec![
                 TopicData {
@@ -307,8 +307,8 @@ mod tests {
 
     fn frame_over(f: &Arc<dyn crate::io::IoFile>, batch: &[u8]) -> FetchFrame {
         let records = vec![
-            FileRange { file: f.clone(), position: 3, len: batch.len() as u64, pin: None },
-            FileRange { file: f.clone(), position: 3 + batch.len() as u64, len: batch.len() as u64, pin: None },
+            FileRange { file: f.clone(), position: 3, len: batch.len() as u64 },
+            FileRange { file: f.clone(), position: 3 + batch.len() as u64, len: batch.len() as u64 },
         ];
         let p = PartitionData { partition: 0, error_code: 0, high_watermark: 2, log_start_offset: 0, records };
         build(9, 12, 0, vec![TopicData { name: "t".into(), partitions: vec![p] }])
