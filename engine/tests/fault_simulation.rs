@@ -504,7 +504,12 @@ impl Sim {
             80..=84 => {
                 // Retention on the offsets topic as the log manager's tick applies it: only what
                 // a snapshot superseded may go (docs/FAULTS.md bug 8).
-                if let Ok(n) = self.offsets_part().enforce_retention() {
+                let part = self.offsets_part();
+                let r = part.enforce_retention();
+                if trace() {
+                    eprintln!("retention {OFFSETS_TOPIC}: {r:?}, log start {} end {}", part.log_start_offset(), part.log_end_offset());
+                }
+                if let Ok(n) = r {
                     self.figures.retention_deletes += n as u64;
                 }
             }

@@ -269,8 +269,10 @@ impl GroupCoordinator {
                 }
             }
         }
-        if let Some(next) = last {
-            self.offsets_log.wait_durable(next).map_err(|e| io::Error::other(e.to_string()))?;
+        if last.is_some() {
+            // Durable in every mode (`flush`, not `wait_durable`, which returns at once unless
+            // the log is in group mode) before retention may drop what the snapshot replaces.
+            self.offsets_log.flush().map_err(|e| io::Error::other(e.to_string()))?;
         }
         self.offsets_log.set_retention_floor(floor);
         tracing::info!(offsets = n, "committed offsets snapshot written");
