@@ -72,6 +72,16 @@ fn assert_acked_present(p: &Partition, acked: &[(u64, Vec<u8>)]) {
     }
 }
 
+/// Five small durable appends: (base offset, batch) of each, all acknowledged.
+fn append_five_acked(p: &Partition) -> Vec<(u64, Vec<u8>)> {
+    (0..5)
+        .map(|i| {
+            let mut b = batch(i, 2, 10);
+            (p.append_durable(&mut b).expect("append").base_offset, b)
+        })
+        .collect()
+}
+
 fn storage_errno(e: &AppendError) -> Option<i32> {
     match e {
         AppendError::Storage(io) => io.raw_os_error(),
@@ -241,11 +251,7 @@ fn eio_on_write_in_never_mode_is_a_storage_error_and_does_not_poison() {
             .expect("open")
     };
     let p = open_never(&io);
-    let mut acked = Vec::new();
-    for i in 0..5 {
-        let mut b = batch(i, 2, 10);
-        acked.push((p.append_durable(&mut b).expect("append").base_offset, b));
-    }
+    let mut acked = append_five_acked(&p);
     io.set_write_eio(true);
     let e = p.append_durable(&mut batch(99, 2, 10)).expect_err("EIO append must fail");
     assert_eq!(storage_errno(&e), Some(libc::EIO), "got {e}");
@@ -265,11 +271,7 @@ fn eio_on_write_in_never_mode_is_a_storage_error_and_does_not_poison() {
 fn eio_on_a_staged_group_write_poisons_and_reopen_recovers() {
     let io = SimIo::new();
     let p = open(&io, "/d/t-0");
-    let mut acked = Vec::new();
-    for i in 0..5 {
-        let mut b = batch(i, 2, 10);
-        acked.push((p.append_durable(&mut b).expect("append").base_offset, b));
-    }
+    let mut acked = append_five_acked(&p);
     io.set_write_eio(true);
     let e = p.append_durable(&mut batch(99, 2, 10)).expect_err("EIO append must fail");
     assert!(matches!(e, AppendError::Poisoned(_)), "got {e}");
@@ -290,11 +292,7 @@ fn eio_on_a_staged_group_write_poisons_and_reopen_recovers() {
 fn failed_fdatasync_poisons_until_reopen_and_loses_nothing_acknowledged() {
     let io = SimIo::new();
     let p = open(&io, "/d/t-0");
-    let mut acked = Vec::new();
-    for i in 0..5 {
-        let mut b = batch(i, 2, 10);
-        acked.push((p.append_durable(&mut b).expect("append").base_offset, b));
-    }
+    let acked = append_five_acked(&p);
     io.fail_sync_in(1);
     let e = p.append_durable(&mut batch(50, 2, 10)).expect_err("sync failure must fail the append");
     assert!(matches!(e, AppendError::Poisoned(_)), "got {e}");

@@ -138,11 +138,9 @@ impl GroupCoordinator {
     pub fn with_config(logs: Arc<LogManager>, cfg: GroupConfig) -> io::Result<Arc<GroupCoordinator>> {
         let offsets_log = store::internal_partition(&logs, store::OFFSETS_TOPIC)?;
         let pid_log = store::internal_partition(&logs, store::PRODUCER_IDS_TOPIC)?;
-        // Size or time retention must not take records still needed: committed offsets nobody
-        // re-committed since, or the producer-id high-water mark. Until a snapshot of committed
-        // offsets exists nothing of the offsets topic may go; the producer-id topic never.
-        offsets_log.set_retention_floor(0);
-        pid_log.set_retention_floor(0);
+        // Retention takes nothing of either (internal `__*` topics keep everything from open:
+        // `Partition::set_retention_floor`) until a snapshot of committed offsets raises the
+        // offsets topic's floor; the producer-id topic keeps its high-water mark for good.
         let restored = store::restore_offsets(&offsets_log)?;
         let block_end = store::restore_pid_block_end(&pid_log)?;
         let tick = Duration::from_millis(cfg.reaper_tick_ms.max(1));
@@ -245,7 +243,6 @@ impl GroupCoordinator {
     /// `None` if commits were in flight (try again).
     pub fn snapshot_offsets(&self) -> io::Result<Option<usize>> {
         const PER_BATCH: usize = 1000;
-        let mut last = None;
         let mut n = 0;
         let floor;
         {
@@ -262,14 +259,13 @@ impl GroupCoordinator {
                     .map(|((t, p), (c, _))| CommitEntry { topic: t.clone(), partition: *p, committed: c.clone() })
                     .collect();
                 for chunk in entries.chunks(PER_BATCH) {
-                    let info = store::append_commits(&self.offsets_log, group, chunk)
+                    store::append_commits(&self.offsets_log, group, chunk)
                         .map_err(|e| io::Error::other(e.to_string()))?;
-                    last = Some(info.next_offset);
                     n += chunk.len();
                 }
             }
         }
-        if last.is_some() {
+        if n > 0 {
             // Durable in every mode (`flush`, not `wait_durable`, which returns at once unless
             // the log is in group mode) before retention may drop what the snapshot replaces.
             self.offsets_log.flush().map_err(|e| io::Error::other(e.to_string()))?;

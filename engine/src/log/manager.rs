@@ -145,20 +145,15 @@ impl LogManager {
                 let parts = m.all_partitions();
                 // Each partition by its own durability (a topic may override the default).
                 for p in &parts {
-                    match p.config().durability {
-                        Durability::Interval { .. } => {
-                            if let Err(e) = p.flush() {
-                                tracing::warn!("{}-{}: interval flush: {e}", p.topic, p.index);
-                            }
-                        }
+                    let what = match p.config().durability {
+                        Durability::Interval { .. } => "interval flush",
                         // Group mode stages appends until a waiter's group commit writes them;
                         // a caller that never waits still gets its records written and visible.
-                        Durability::Group if p.has_unsynced() && !p.is_poisoned() => {
-                            if let Err(e) = p.flush() {
-                                tracing::warn!("{}-{}: background group commit: {e}", p.topic, p.index);
-                            }
-                        }
-                        _ => {}
+                        Durability::Group if p.has_unsynced() && !p.is_poisoned() => "background group commit",
+                        _ => continue,
+                    };
+                    if let Err(e) = p.flush() {
+                        tracing::warn!("{}-{}: {what}: {e}", p.topic, p.index);
                     }
                 }
                 if last_retention.elapsed() >= Duration::from_secs(5) {

@@ -990,39 +990,33 @@ impl Partition {
     /// Delete whole old segments beyond the size or time retention. Returns how many.
     pub fn enforce_retention(&self) -> Result<usize, AppendError> {
         let mut st = lock(&self.state);
+        let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
         let now = now_ms();
+        // Never data not yet servable, nor at or above the retention floor.
+        let keep_from = self.high_watermark().min(self.retention_floor.load(Ordering::Acquire));
         let mut deleted = 0;
-        while self.retire_oldest(&mut st, now)? {
+        while st.segments.len() > 1 {
+            let oldest = &st.segments[0];
+            let by_size = self.cfg.retention_bytes_max.is_some_and(|max| total > max);
+            let by_time = self
+                .cfg
+                .retention_ms
+                .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
+            if !(by_size || by_time) || st.segments[1].base_offset > keep_from {
+                break;
+            }
+            let seg = st.segments.remove(0);
+            total -= seg.size;
+            // The log start moves first: were the deletion to fail, the segment is gone from
+            // the list all the same (its files are left for the next open to pick up or not).
+            self.log_start.store(st.log_start(), Ordering::Release);
+            seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
             deleted += 1;
         }
         if deleted > 0 {
             self.io.sync_dir(&self.dir).map_err(AppendError::Storage)?;
         }
         Ok(deleted)
-    }
-
-    /// Delete the oldest segment if size or time retention wants it gone (never the active one,
-    /// never data not yet servable or at or above the retention floor). The caller fsyncs the
-    /// directory.
-    fn retire_oldest(&self, st: &mut State, now: i64) -> Result<bool, AppendError> {
-        if st.segments.len() < 2 {
-            return Ok(false);
-        }
-        let total: u64 = st.segments.iter().map(|s| s.size).sum();
-        let oldest = &st.segments[0];
-        let by_size = self.cfg.retention_bytes_max.is_some_and(|max| total > max);
-        let by_time =
-            self.cfg.retention_ms.is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
-        let keep_from = self.high_watermark().min(self.retention_floor.load(Ordering::Acquire));
-        if !(by_size || by_time) || st.segments[1].base_offset > keep_from {
-            return Ok(false);
-        }
-        let seg = st.segments.remove(0);
-        // The log start moves first: were the deletion to fail, the segment is gone from the
-        // list all the same (its files are left for the next open to pick up or not).
-        self.log_start.store(st.log_start(), Ordering::Release);
-        seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
-        Ok(true)
     }
 
     /// Sync everything and write the active segment's indexes (clean shutdown).
