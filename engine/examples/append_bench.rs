@@ -93,6 +93,8 @@ fn open_partition(
         segment_bytes_max,
         retention_ms: None,
         preallocate_bytes,
+        // APPEND_BENCH_DIRECT_IO=1: large appends bypass the page cache (`LogConfig::direct_io`).
+        direct_io: std::env::var("APPEND_BENCH_DIRECT_IO").is_ok_and(|v| v == "1"),
         ..LogConfig::default()
     };
     let io: Arc<dyn Io> = Arc::new(UringIo);

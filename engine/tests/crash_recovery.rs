@@ -186,6 +186,11 @@ fn crash_point(seed: u64, threads: usize, mode: CrashMode, mixed: bool) -> usize
     } else if rng.gen_bool(0.5) {
         cfg.preallocate_bytes = rng.gen_range(1024..8192);
     }
+    // Half the small-batch points write a share of their appends outside the partition lock,
+    // concurrently, as large appends are (syncs must not cover a write still in flight).
+    if !mixed && rng.gen_bool(0.5) {
+        cfg.appender_write_bytes = rng.gen_range(150..700);
+    }
     let p = open(&sim_io(&sim), dir, &cfg).unwrap();
     let per_thread: u64 = rng.gen_range(4..16);
     let crash_after: u64 = rng.gen_range(0..=per_thread * threads as u64);

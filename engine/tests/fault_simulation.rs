@@ -227,6 +227,9 @@ impl Sim {
             index_interval_bytes: rng.gen_range(64..1024),
             batch_bytes_max: 1 << 20,
             preallocate_bytes: if rng.gen_bool(0.5) { rng.gen_range(256..8_192) } else { 0 },
+            // Half the seeds write some appends outside the partition lock, concurrently.
+            appender_write_bytes: if rng.gen_bool(0.5) { rng.gen_range(64..1_024) } else { 256 << 10 },
+            direct_io: rng.gen_bool(0.5),
         };
         let fault = match rng.gen_range(0..10) {
             0..=3 => Fault::None,

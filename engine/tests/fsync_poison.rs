@@ -209,3 +209,35 @@ fn sync_failure_racing_a_roll_loses_no_acknowledged_batch() {
         }
     }
 }
+
+/// A large append is written by its appender after its offsets are handed out (outside the
+/// partition lock): a write error then poisons, like a failed fdatasync. The append is never
+/// acknowledged, nothing after it is served, later appends fail fast, and reopening recovers
+/// exactly the batches acknowledged before.
+#[test]
+fn failed_unlocked_write_poisons_and_is_never_acknowledged() {
+    let sim = SimIo::new();
+    let dir = Path::new("/d/t-0");
+    let mut cfg = small_cfg(Durability::Group, 1 << 20);
+    cfg.appender_write_bytes = 1_000;
+    let p = open(&sim_io(&sim), dir, &cfg).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..6 {
+        // Alternately small (staged for the leader) and large (written by the appender).
+        let b = tagged_batch(i, 2, if i % 2 == 0 { 30 } else { 900 }, 1);
+        acked.push(p.append_durable(&mut b.clone()).unwrap().base_offset);
+    }
+    let hw = p.high_watermark();
+    sim.set_write_eio(true);
+    // Accepted (offsets taken), but its write failed: waiting for durability reports poison.
+    let info = p.append(&mut tagged_batch(50, 2, 900, 1)).expect("accepted before its write");
+    sim.set_write_eio(false);
+    assert!(p.is_poisoned());
+    assert!(matches!(p.wait_durable(info.next_offset), Err(AppendError::Poisoned(_))));
+    assert!(matches!(p.append_durable(&mut tagged_batch(51, 2, 30, 1)), Err(AppendError::Poisoned(_))));
+    assert_eq!(p.high_watermark(), hw, "nothing past the failed write becomes servable");
+    drop(p);
+    let r = open(&sim_io(&sim.crash(CrashMode::DropUnsynced, 1)), dir, &cfg).unwrap();
+    let got: Vec<u64> = read_all(&r).iter().map(|b| b.0.base_offset as u64).collect();
+    assert_eq!(got, acked);
+}

@@ -34,6 +34,10 @@ struct Args {
     /// Largest request frame accepted; larger ones close the connection.
     #[arg(long, default_value_t = 100 << 20)]
     frame_bytes_max: usize,
+    /// Write large produce batches (>= 256 KiB, group durability) with O_DIRECT, bypassing the
+    /// page cache (consumers then read them from the disk). Measure before turning it on.
+    #[arg(long)]
+    direct_io: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
     cfg.default_partitions = args.default_partitions;
     cfg.auto_create_topics = !args.no_auto_create;
     cfg.frame_bytes_max = args.frame_bytes_max;
+    cfg.log.direct_io = args.direct_io;
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

@@ -69,6 +69,14 @@ pub trait IoFile: Send + Sync + std::fmt::Debug {
     fn start_writeback(&self, _pos: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// [`IoFile::write_at`] for a large write, bypassing the page cache (O_DIRECT) for its
+    /// [`DIRECT_ALIGN`]-aligned middle where the file system allows it; the unaligned ends go
+    /// through the page cache. Same contract: durable only after [`IoFile::sync_data`]. Writes
+    /// to disjoint ranges may run concurrently (no page is written both ways at once: the
+    /// middle's pages hold only this write's bytes). The default is `write_at`.
+    fn write_direct(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.write_at(buf, pos)
+    }
 
     /// Read exactly `buf.len()` bytes at `pos`.
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
@@ -104,10 +112,48 @@ pub trait Io: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct UringIo;
 
+/// Alignment of O_DIRECT positions, lengths and buffers (the page size; at least any logical
+/// block size in use).
+pub const DIRECT_ALIGN: u64 = 4096;
+/// [`IoFile::write_direct`] writes a middle smaller than this through the page cache.
+const DIRECT_MIN_BYTES: u64 = 64 << 10;
+
 #[derive(Debug)]
 struct OsFile {
     file: std::fs::File,
+    /// A second descriptor of the same file opened with O_DIRECT (opened on first use; `None`
+    /// where the file system refuses O_DIRECT).
+    direct: std::sync::OnceLock<Option<std::fs::File>>,
+    /// Cleared when an O_DIRECT write is refused (EINVAL): later writes use the page cache.
+    direct_ok: std::sync::atomic::AtomicBool,
 }
+
+impl OsFile {
+    fn new(file: std::fs::File) -> OsFile {
+        OsFile { file, direct: std::sync::OnceLock::new(), direct_ok: std::sync::atomic::AtomicBool::new(true) }
+    }
+
+    fn direct_fd(&self) -> Option<RawFd> {
+        if !self.direct_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let f = self.direct.get_or_init(|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Through /proc so that the new descriptor names this very file, even if it was
+            // renamed or unlinked since it was opened.
+            let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+            std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok()
+        });
+        f.as_ref().map(|f| f.as_raw_fd())
+    }
+}
+
+thread_local! {
+    /// Per-thread aligned copy buffer for O_DIRECT writes (callers' buffers are not aligned).
+    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+/// A thread keeps an O_DIRECT copy buffer of at most this capacity between writes.
+const DIRECT_BUF_KEEP: usize = 32 << 20;
 
 impl IoFile for OsFile {
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
@@ -168,12 +214,66 @@ impl IoFile for OsFile {
     fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {
         sys::uring_start_writeback(self.file.as_raw_fd(), pos, len)
     }
+    fn write_direct(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let end = pos + buf.len() as u64;
+        let from = pos.next_multiple_of(DIRECT_ALIGN);
+        let to = end / DIRECT_ALIGN * DIRECT_ALIGN;
+        let dfd = match self.direct_fd() {
+            Some(fd) if to >= from + DIRECT_MIN_BYTES => fd,
+            _ => return self.write_at(buf, pos),
+        };
+        let head = (from - pos) as usize;
+        let body = (to - from) as usize;
+        if head > 0 {
+            self.write_at(&buf[..head], pos)?;
+        }
+        if end > to {
+            self.write_at(&buf[head + body..], to)?;
+        }
+        let src = &buf[head..head + body];
+        let done = DIRECT_BUF.with(|cell| -> io::Result<usize> {
+            let mut v = cell.borrow_mut();
+            let need = body + DIRECT_ALIGN as usize;
+            if v.len() < need {
+                *v = vec![0u8; need];
+            }
+            let at = v.as_ptr().align_offset(DIRECT_ALIGN as usize);
+            let aligned = &mut v[at..at + body];
+            aligned.copy_from_slice(src);
+            let mut done = 0usize;
+            while done < body {
+                match sys::uring_write(dfd, &aligned[done..], from + done as u64) {
+                    Ok(0) => break,
+                    // A short write that ends off the alignment: the rest goes through the page cache.
+                    Ok(n) if n % DIRECT_ALIGN as usize != 0 => {
+                        done += n;
+                        break;
+                    }
+                    Ok(n) => done += n,
+                    Err(e) if done == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                        // Refused (alignment rules stricter than ours): nothing was written.
+                        self.direct_ok.store(false, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if v.len() > DIRECT_BUF_KEEP {
+                *v = Vec::new();
+            }
+            Ok(done)
+        })?;
+        if done < body {
+            self.write_at(&src[done..], from + done as u64)?;
+        }
+        Ok(())
+    }
 }
 
 impl Io for UringIo {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn IoFile>> {
         let file = std::fs::OpenOptions::new().read(true).write(true).create(create).open(path)?;
-        Ok(Arc::new(OsFile { file }))
+        Ok(Arc::new(OsFile::new(file)))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)

@@ -11,10 +11,14 @@
 //! the staged bytes and submits write + fdatasync + recovery-point note as one io_uring chain,
 //! so one submission carries every append the sync covers. Nothing staged is servable (the high
 //! watermark only moves after the sync) or acknowledged. Appends of at least
-//! [`DIRECT_APPEND_BYTES`] are written by the appender under the state lock (their writeback
-//! kicked off at once, so it overlaps the sync in flight); so are staged bytes beyond
-//! [`STAGING_BYTES_MAX`] and those pending at a roll or close. A write under the lock never
-//! overlaps a leader's write in flight (the leader's zero-fill must land first).
+//! `LogConfig::appender_write_bytes` are written by their appender *outside* the state lock,
+//! concurrently with each other (O_DIRECT for the aligned middle with `LogConfig::direct_io`,
+//! else the page cache plus a writeback kick): the offsets and position are assigned and the
+//! write registered in `SyncState::unlocked` under the lock; a sync waits for the writes
+//! registered before it took its snapshot, and a roll or close waits for them all. Staged bytes
+//! beyond [`STAGING_BYTES_MAX`] and those pending at a roll or close are written under the
+//! lock. A write never overlaps a leader's write in flight (the leader's zero-fill must land
+//! first).
 //! Before it stages, an append reserves the file space its bytes will occupy
 //! (`IoFile::reserve`: fallocate, in [`RESERVE_BYTES`] steps), so a full disk fails that append
 //! with ENOSPC and nothing else (the partition stays usable). A staged write that still fails
@@ -39,9 +43,6 @@ const RP_NOTE_INTERVAL_MS: u64 = 50;
 /// Group mode: staged bytes past this are written by the appender (bounds the buffer when
 /// appends run ahead of the syncs, e.g. library users who append without waiting).
 pub const STAGING_BYTES_MAX: usize = 4 << 20;
-/// Group-mode appends at least this large are written by the appender (not staged), with their
-/// writeback started at once (sync_file_range), so the transfer overlaps the sync in flight.
-const DIRECT_APPEND_BYTES: u64 = 256 << 10;
 /// Group mode reserves file space at least this far ahead of the appends it accepts.
 pub const RESERVE_BYTES: u64 = 1 << 20;
 /// The leader keeps a spare staging buffer of at most this capacity for reuse.
@@ -145,6 +146,10 @@ struct SyncState {
     /// (`u64::MAX` until its leader has taken the staging buffer).
     gen: u64,
     covering: u64,
+    /// Appender writes in flight outside the state lock: first offset → position (all in the
+    /// active segment). A sync waits for those below the offset it covers before its
+    /// fdatasync; a roll and a close wait for all of them.
+    unlocked: std::collections::BTreeMap<u64, u64>,
 }
 
 /// One topic-partition log.
@@ -162,7 +167,8 @@ pub struct Partition {
     /// Group-commit waiters, by the parity of the sync that covers them: a completing sync
     /// wakes only the appends it covered, plus one of the next sync's to lead it.
     gen_cv: [Condvar; 2],
-    /// Signalled when a leader's staged write completes (`SyncState::writing` cleared).
+    /// Signalled when a leader's staged write completes (`SyncState::writing` cleared), when an
+    /// appender's unlocked write completes, and on poison.
     write_cv: Condvar,
     poisoned: AtomicBool,
     /// Group-commit fdatasyncs completed, and microseconds spent in them (for benchmarks).
@@ -360,7 +366,7 @@ impl Partition {
                 staged_pos: 0,
                 spare: Vec::new(),
             }),
-            sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None, gen: 0, covering: 0 }),
+            sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None, gen: 0, covering: 0, unlocked: Default::default() }),
             sync_cv: Condvar::new(),
             gen_cv: [Condvar::new(), Condvar::new()],
             write_cv: Condvar::new(),
@@ -445,6 +451,7 @@ impl Partition {
         self.sync_cv.notify_all();
         self.gen_cv[0].notify_all();
         self.gen_cv[1].notify_all();
+        self.write_cv.notify_all();
     }
 
     fn advance_hw(&self, offset: u64) {
@@ -522,7 +529,7 @@ impl Partition {
             record::patch_leader_epoch(b, segment::LEADER_EPOCH_MAX);
             at += a.size_bytes;
         }
-        let mut kick = None;
+        let mut unlocked = None;
         if self.cfg.durability == Durability::Group {
             // Reserve first: ENOSPC here fails this append alone, before anything is tracked.
             let end = position + total;
@@ -534,20 +541,21 @@ impl Partition {
                 seg.file.reserve(from, to - from).map_err(AppendError::Storage)?;
                 seg.prealloc_end = to;
             }
-            if total >= DIRECT_APPEND_BYTES && st.staged.is_empty() {
-                // Large: written now (one copy fewer than staging), and its writeback started
-                // below, so its transfer overlaps the sync in flight. Nothing is tracked if this
-                // fails: the append fails alone.
+            let large = total >= self.cfg.appender_write_bytes.max(1);
+            if large && st.staged.is_empty() {
+                // Large: written by this appender after the lock is released (one copy fewer
+                // than staging, and concurrent with other appends). Registered first, so no
+                // sync covers it before its write is over.
                 self.wait_leader_write(Some((st.active().base_offset, position, end)))?;
-                st.active().file.write_at(buf, position).map_err(AppendError::Storage)?;
-                kick = Some(st.active().file.clone());
+                lock(&self.sync).unlocked.insert(base, position);
+                unlocked = Some(st.active().file.clone());
             } else {
                 // Staged: the group-commit leader writes it with its sync (module notes).
                 if st.staged.is_empty() {
                     st.staged_pos = position;
                 }
                 st.staged.extend_from_slice(buf);
-                if st.staged.len() > STAGING_BYTES_MAX || total >= DIRECT_APPEND_BYTES {
+                if st.staged.len() > STAGING_BYTES_MAX || large {
                     self.write_staged(&mut st, false)?;
                 }
             }
@@ -574,14 +582,51 @@ impl Partition {
             self.advance_hw(next);
         }
         drop(st);
-        if let Some(file) = kick {
-            // Outside the lock. A hint only (its failure loses nothing): durability is decided
-            // by the fdatasync alone.
-            let _ = file.start_writeback(position, total);
+        if let Some(file) = unlocked {
+            // As for a staged append whose leader write fails: the append was accepted (its
+            // offsets are taken), a failed write poisons, and waiting for durability reports it.
+            self.write_unlocked(&*file, buf, position, base);
         }
         #[cfg(feature = "slow-append")]
         crate::io::sys::slow_append_penalty(started.elapsed());
         Ok(AppendInfo { base_offset: base, last_offset: next - 1, next_offset: next, log_start_offset: log_start, duplicate: false })
+    }
+
+    /// An appender's write outside the state lock (registered in `SyncState::unlocked` at
+    /// `base`). Its offsets were handed out and later appends may follow it, so a failure
+    /// poisons the partition (a hole cannot be filled); no sync covers it either way.
+    fn write_unlocked(&self, file: &dyn IoFile, buf: &[u8], position: u64, base: u64) {
+        /// Deregisters the write however it ends; a write that never reported (its thread
+        /// unwound) poisons, or every later sync would wait for it forever.
+        struct Registered<'a> {
+            partition: &'a Partition,
+            base: u64,
+            result: Option<io::Result<()>>,
+        }
+        impl Drop for Registered<'_> {
+            fn drop(&mut self) {
+                let p = self.partition;
+                let mut s = lock(&p.sync);
+                s.unlocked.remove(&self.base);
+                match self.result.take() {
+                    // Waiters for the next sync may have been held back by this write.
+                    Some(Ok(())) => p.write_cv.notify_all(),
+                    // Poisoning wakes every waiter.
+                    Some(Err(e)) => p.poison_locked(&mut s, format!("write of an append failed: {e}")),
+                    None => p.poison_locked(&mut s, "an append's writer stopped before its write was over".into()),
+                }
+            }
+        }
+        let mut registered = Registered { partition: self, base, result: None };
+        registered.result = Some(if self.cfg.direct_io {
+            file.write_direct(buf, position)
+        } else {
+            file.write_at(buf, position).map(|()| {
+                // A hint only (its failure loses nothing): the transfer overlaps the sync in
+                // flight; durability is decided by the fdatasync alone.
+                let _ = file.start_writeback(position, buf.len() as u64);
+            })
+        });
     }
 
     /// Append and, in `group` mode, wait until an fdatasync covers it.
@@ -666,6 +711,21 @@ impl Partition {
             }
             (a.file.clone(), a.next_offset, a.base_offset, a.size, staged, must, staged_pos, st.rp_file.clone())
         };
+        // Appender writes registered before our snapshot (under the state lock, which we held)
+        // are covered by this sync: wait until they are over. They are in flight already, so
+        // this waits for the device, not for more appends; later ones are not waited for.
+        {
+            let mut s = lock(&self.sync);
+            while s.poison.is_none() && s.unlocked.first_key_value().is_some_and(|(&o, _)| o < offset) {
+                s = self.write_cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if let Some(reason) = &s.poison {
+                let e = io::Error::other(reason.clone());
+                s.writing = None;
+                self.write_cv.notify_all();
+                return Err(e);
+            }
+        }
         // Written only after the sync succeeds; not synced itself: a stale recovery point only
         // weakens mid-log corruption detection, and it never runs ahead of synced data.
         let note = encode_recovery_point(offset);
@@ -744,11 +804,13 @@ impl Partition {
     }
 
     /// Wait until no leader write is in flight (`range` None: before a sync that must cover
-    /// every byte appended so far), or none overlapping `range` = (segment base, from, to).
+    /// every byte appended so far; then no appender write either), or none overlapping
+    /// `range` = (segment base, from, to).
     fn wait_leader_write(&self, range: Option<(u64, u64, u64)>) -> Result<(), AppendError> {
         let mut s = lock(&self.sync);
         loop {
             let blocked = match (s.writing, range) {
+                (_, None) if !s.unlocked.is_empty() => true,
                 (None, _) => false,
                 (Some(_), None) => true,
                 (Some((wb, wf, wt)), Some((b, f, t))) => wb == b && f < wt && wf < t,

@@ -21,6 +21,8 @@ pub fn small_cfg(durability: Durability, segment_bytes_max: u64) -> LogConfig {
         index_interval_bytes: 256,
         batch_bytes_max: 1 << 20,
         preallocate_bytes: 0,
+        appender_write_bytes: 256 << 10,
+        direct_io: false,
     }
 }
 
