@@ -39,15 +39,23 @@ fn retention_bytes() -> Option<u64> {
     std::env::var("FAULT_RETENTION_BYTES").ok().and_then(|s| s.parse().ok())
 }
 
+/// `FAULT_DIRECT_IO=1`: batches ~60× larger (up to ~100 KiB), written by their appender outside
+/// the partition lock with O_DIRECT (`LogConfig::direct_io`, appends of 32 KiB and more).
+fn direct_io() -> bool {
+    std::env::var("FAULT_DIRECT_IO").is_ok_and(|v| v == "1")
+}
+
 fn cfg(durability: Durability, retention_bytes_max: Option<u64>) -> LogConfig {
     LogConfig {
         durability,
-        segment_bytes_max: 256 * 1024,
+        segment_bytes_max: if direct_io() { 4 << 20 } else { 256 * 1024 },
         segment_age_max_ms: None,
         retention_bytes_max,
         retention_ms: None,
         index_interval_bytes: 4096,
         batch_bytes_max: 1 << 20,
+        appender_write_bytes: if direct_io() { 32 << 10 } else { 256 << 10 },
+        direct_io: direct_io(),
         ..LogConfig::default()
     }
 }
@@ -60,7 +68,7 @@ fn workload_batch(p: u32, base: u64) -> Vec<u8> {
         .map(|i| {
             let off = base + i as u64;
             let mut v = format!("p{p}-o{off}-").into_bytes();
-            let pad = 20 + (off * 7 % 300) as usize;
+            let pad = (20 + (off * 7 % 300) as usize) * if direct_io() { 60 } else { 1 };
             v.extend((0..pad).map(|j| (off as usize + j) as u8));
             v
         })

@@ -240,6 +240,21 @@ fn direct_writes_at_unaligned_positions_read_back_exactly() {
 /// acknowledged batch is stored in offset order, byte-identical, and survives a reopen.
 #[test]
 fn concurrent_unlocked_large_appends_round_trip_on_disk() {
+    // A lost wakeup would hang the appenders: fail after a generous bound instead.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let body = std::thread::spawn(move || {
+        concurrent_unlocked_large_appends();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(std::time::Duration::from_secs(120)) {
+        Ok(()) => body.join().unwrap(),
+        // The body panicked (its sender dropped): report its panic.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => body.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("concurrent appends still waiting after 120 s"),
+    }
+}
+
+fn concurrent_unlocked_large_appends() {
     for direct_io in [true, false] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("t-0");

@@ -6,7 +6,9 @@
 #       producers (fault_kill9's powercut_broker_producer); after each cut the broker is restarted
 #       on the crash image and every acknowledged batch is fetched back (powercut_broker_check).
 #   FAULT_POWERCUT_TARGET=engine: the storage engine directly (fault_kill9's kill9_child_writer and
-#       kill9_child_check; FAULT_DURABILITY=never shows the method does cut the page cache).
+#       kill9_child_check; FAULT_DURABILITY=never shows the method does cut the page cache;
+#       FAULT_DIRECT_IO=1 writes batches of up to ~100 KiB outside the partition lock, O_DIRECT;
+#       FAULT_RETENTION_BYTES=n deletes segments as it writes).
 #
 # What it does, per cut (see docs/FAULTS.md, "Power cut", for what this proves and what not):
 #   outer.img (in $WORK) -> /dev/loopB -> ext4 "B" mounted at $WORK/B

@@ -85,7 +85,7 @@ pub struct LogConfig {
     /// Those appender writes bypass the page cache (O_DIRECT) for their 4 KiB-aligned middle:
     /// no page-cache copy and no writeback for the fdatasync to wait on, at the price of
     /// consumers reading those bytes from the disk instead of memory. Default off: on the
-    /// reference VM it lost ~15 % of durable 1 MiB-batch throughput with 4 appenders (it gained
+    /// reference VM it lost ~11 % of durable 1 MiB-batch throughput with 4 appenders (it gained
     /// ~10 % with one); see engine/PERF_NOTES.md, session 4.
     pub direct_io: bool,
 }

@@ -185,6 +185,31 @@ pub struct Partition {
     notifier: Arc<Notifier>,
 }
 
+/// An appender write registered in `SyncState::unlocked` (at offset `base`): deregisters it
+/// however the append ends. Its offsets were handed out and later appends may follow it, so a
+/// failed write poisons the partition (a hole cannot be filled), and so does a write that never
+/// reported (its thread unwound), or every later sync would wait for it forever.
+struct UnlockedWrite<'a> {
+    partition: &'a Partition,
+    base: u64,
+    result: Option<io::Result<()>>,
+}
+
+impl Drop for UnlockedWrite<'_> {
+    fn drop(&mut self) {
+        let p = self.partition;
+        let mut s = lock(&p.sync);
+        s.unlocked.remove(&self.base);
+        match self.result.take() {
+            // Waiters for the next sync may have been held back by this write.
+            Some(Ok(())) => p.write_cv.notify_all(),
+            // Poisoning wakes every waiter.
+            Some(Err(e)) => p.poison_locked(&mut s, format!("write of an append failed: {e}")),
+            None => p.poison_locked(&mut s, "an append stopped before its write was over".into()),
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl Fn(io::Error) -> RecoveryError + '_ {
     move |source| RecoveryError::Io { path: path.display().to_string(), source }
 }
@@ -537,7 +562,9 @@ impl Partition {
                 let seg_max = self.cfg.segment_bytes_max.max(end);
                 let seg = st.active_mut();
                 let from = seg.prealloc_end.max(position);
-                let to = (end + RESERVE_BYTES).min(seg_max);
+                // Several large appends' worth at a time: fallocate waits for every O_DIRECT
+                // write in flight on the file, and runs under the lock.
+                let to = (end + RESERVE_BYTES.max(4 * total)).min(seg_max);
                 seg.file.reserve(from, to - from).map_err(AppendError::Storage)?;
                 seg.prealloc_end = to;
             }
@@ -548,7 +575,8 @@ impl Partition {
                 // sync covers it before its write is over.
                 self.wait_leader_write(Some((st.active().base_offset, position, end)))?;
                 lock(&self.sync).unlocked.insert(base, position);
-                unlocked = Some(st.active().file.clone());
+                // From here on the guard deregisters it, however this append ends.
+                unlocked = Some((st.active().file.clone(), UnlockedWrite { partition: self, base, result: None }));
             } else {
                 // Staged: the group-commit leader writes it with its sync (module notes).
                 if st.staged.is_empty() {
@@ -582,43 +610,21 @@ impl Partition {
             self.advance_hw(next);
         }
         drop(st);
-        if let Some(file) = unlocked {
+        if let Some((file, mut guard)) = unlocked {
             // As for a staged append whose leader write fails: the append was accepted (its
-            // offsets are taken), a failed write poisons, and waiting for durability reports it.
-            self.write_unlocked(&*file, buf, position, base);
+            // offsets are taken), a failed write poisons (the guard, as it drops), and waiting
+            // for durability reports it.
+            guard.result = Some(self.write_unlocked(&*file, buf, position));
         }
         #[cfg(feature = "slow-append")]
         crate::io::sys::slow_append_penalty(started.elapsed());
         Ok(AppendInfo { base_offset: base, last_offset: next - 1, next_offset: next, log_start_offset: log_start, duplicate: false })
     }
 
-    /// An appender's write outside the state lock (registered in `SyncState::unlocked` at
-    /// `base`). Its offsets were handed out and later appends may follow it, so a failure
-    /// poisons the partition (a hole cannot be filled); no sync covers it either way.
-    fn write_unlocked(&self, file: &dyn IoFile, buf: &[u8], position: u64, base: u64) {
-        /// Deregisters the write however it ends; a write that never reported (its thread
-        /// unwound) poisons, or every later sync would wait for it forever.
-        struct Registered<'a> {
-            partition: &'a Partition,
-            base: u64,
-            result: Option<io::Result<()>>,
-        }
-        impl Drop for Registered<'_> {
-            fn drop(&mut self) {
-                let p = self.partition;
-                let mut s = lock(&p.sync);
-                s.unlocked.remove(&self.base);
-                match self.result.take() {
-                    // Waiters for the next sync may have been held back by this write.
-                    Some(Ok(())) => p.write_cv.notify_all(),
-                    // Poisoning wakes every waiter.
-                    Some(Err(e)) => p.poison_locked(&mut s, format!("write of an append failed: {e}")),
-                    None => p.poison_locked(&mut s, "an append's writer stopped before its write was over".into()),
-                }
-            }
-        }
-        let mut registered = Registered { partition: self, base, result: None };
-        registered.result = Some(if self.cfg.direct_io {
+    /// An appender's write outside the state lock (registered in `SyncState::unlocked`, with
+    /// an [`UnlockedWrite`] guard that deregisters it).
+    fn write_unlocked(&self, file: &dyn IoFile, buf: &[u8], position: u64) -> io::Result<()> {
+        if self.cfg.direct_io {
             file.write_direct(buf, position)
         } else {
             file.write_at(buf, position).map(|()| {
@@ -626,7 +632,7 @@ impl Partition {
                 // flight; durability is decided by the fdatasync alone.
                 let _ = file.start_writeback(position, buf.len() as u64);
             })
-        });
+        }
     }
 
     /// Append and, in `group` mode, wait until an fdatasync covers it.
@@ -699,7 +705,11 @@ impl Partition {
             let must = staged.len();
             let staged_pos = st.staged_pos;
             st.staged_pos += staged.len() as u64;
-            self.zero_fill_ahead(&mut st, &mut staged);
+            // Not while appender writes are in flight: this leader waits for them before it
+            // writes, and its zero range would hold off large appends landing there meanwhile.
+            if lock(&self.sync).unlocked.is_empty() {
+                self.zero_fill_ahead(&mut st, &mut staged);
+            }
             let a = st.active();
             {
                 let mut s = lock(&self.sync);
