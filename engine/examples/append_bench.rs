@@ -265,7 +265,7 @@ fn main() {
         let raw_file = dir.join("raw.bin");
         let big = build::simple_batch(MIB / 1100, 1024, 0);
         let big_len = big.len();
-        let rounds: usize = std::env::var("APPEND_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+        let rounds: usize = std::env::var("APPEND_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
         let mut ratios = Vec::new();
         let mut ratios_durable = Vec::new();
         for round in 1..=rounds {

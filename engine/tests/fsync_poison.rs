@@ -241,3 +241,32 @@ fn failed_unlocked_write_poisons_and_is_never_acknowledged() {
     let got: Vec<u64> = read_all(&r).iter().map(|b| b.0.base_offset as u64).collect();
     assert_eq!(got, acked);
 }
+
+/// A sync that unwinds (here SimIo panics inside fdatasync, standing in for a bug) frees the
+/// one sync slot and poisons the partition: the other appenders fail instead of waiting forever
+/// for a sync that will never end, and nothing more is acknowledged.
+#[test]
+fn a_sync_that_panics_poisons_instead_of_hanging_the_other_appenders() {
+    let sim = SimIo::new();
+    let p = open(&sim_io(&sim), Path::new("/d/t-0"), &small_cfg(Durability::Group, 1 << 20)).unwrap();
+    p.append_durable(&mut tagged_batch(0, 2, 30, 1)).unwrap();
+    let hw = p.high_watermark();
+    sim.set_sync_panic(true);
+    let leader = {
+        let p = p.clone();
+        std::thread::spawn(move || p.append_durable(&mut tagged_batch(1, 2, 30, 1)))
+    };
+    assert!(leader.join().is_err(), "the leader's sync panicked");
+    sim.set_sync_panic(false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let next = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(p.append_durable(&mut tagged_batch(2, 2, 30, 1)));
+        })
+    };
+    let got = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("an appender hung after a sync panicked");
+    next.join().unwrap();
+    assert!(matches!(got, Err(AppendError::Poisoned(_))), "{got:?}");
+    assert_eq!(p.high_watermark(), hw);
+}

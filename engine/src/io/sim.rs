@@ -67,6 +67,8 @@ struct Shared {
     space_left: AtomicU64,
     /// Fail every write with EIO while non-zero.
     write_eio: AtomicU64,
+    /// `sync_data` panics while set ([`SimIo::set_sync_panic`]).
+    sync_panic: std::sync::atomic::AtomicBool,
     /// Held shared by every operation that changes a file and exclusively by [`SimIo::crash`],
     /// so a crash image is one instant across all files (not file by file while syncs go on).
     gate: RwLock<()>,
@@ -120,6 +122,7 @@ impl IoFile for SimFile {
         Ok(n)
     }
     fn sync_data(&self) -> io::Result<()> {
+        assert!(!self.fs.sync_panic.load(Ordering::SeqCst), "SimIo: injected panic in sync_data");
         let _gate = self.fs.enter();
         let n = self.fs.syncs.fetch_add(1, Ordering::SeqCst) + 1;
         let mut c = self.contents.lock().expect("sim file lock");
@@ -225,6 +228,11 @@ impl SimIo {
     /// Make every write fail with EIO while `on`.
     pub fn set_write_eio(&self, on: bool) {
         self.shared.write_eio.store(on as u64, Ordering::SeqCst);
+    }
+    /// Make every `sync_data` panic while `on` (a bug in the caller's sync path, for tests that
+    /// the log does not hang its other waiters when a sync unwinds).
+    pub fn set_sync_panic(&self, on: bool) {
+        self.shared.sync_panic.store(on, Ordering::SeqCst);
     }
 
     /// Durable contents of a file (what a power cut right now would certainly keep).

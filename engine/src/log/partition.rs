@@ -210,6 +210,22 @@ impl Drop for UnlockedWrite<'_> {
     }
 }
 
+/// Held by whoever holds the one sync slot (`SyncState::in_flight`) while it syncs, and
+/// forgotten when it is done. Dropped only if the holder unwinds (a bug): it frees the slot and
+/// poisons, or every appender would wait forever for a sync that is gone.
+struct SyncSlot<'a>(&'a Partition);
+
+impl Drop for SyncSlot<'_> {
+    fn drop(&mut self) {
+        let p = self.0;
+        let mut s = lock(&p.sync);
+        s.in_flight = false;
+        // Its writes were synchronous: none is in flight any more.
+        s.writing = None;
+        p.poison_locked(&mut s, "a sync stopped before it finished (panicked)".into());
+    }
+}
+
 fn io_err(path: &Path) -> impl Fn(io::Error) -> RecoveryError + '_ {
     move |source| RecoveryError::Io { path: path.display().to_string(), source }
 }
@@ -680,7 +696,9 @@ impl Partition {
             s.gen += 1;
             s.covering = u64::MAX;
             drop(s);
+            let slot = SyncSlot(self);
             let result = self.sync_once();
+            std::mem::forget(slot);
             s = lock(&self.sync);
             s.in_flight = false;
             match result {
@@ -882,7 +900,9 @@ impl Partition {
                 s = self.sync_cv.wait(s).unwrap_or_else(|p| p.into_inner());
             }
         }
+        let slot = SyncSlot(self);
         let result = f();
+        std::mem::forget(slot);
         let mut s = lock(&self.sync);
         s.in_flight = false;
         // Appends that arrived meanwhile wait for a sync that has not started: one must lead it.
