@@ -135,6 +135,33 @@ fn missing_or_corrupt_index_files_are_rebuilt() {
     assert!(std::fs::metadata(&idx[1]).unwrap().len() > 0, "empty index rewritten");
 }
 
+/// A crash between deleting a retired segment's `.log` and its index files leaves the indexes
+/// behind: the next open removes them (and keeps everything else).
+#[test]
+fn index_files_of_a_deleted_segment_are_removed_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let io: Arc<dyn Io> = Arc::new(UringIo);
+    let cfg = small_cfg(Durability::Group, 4096);
+    {
+        let p = open(&io, &dir, &cfg).unwrap();
+        for i in 0..100 {
+            p.append_durable(&mut tagged_batch(i, 2, 30, 1)).unwrap();
+        }
+        p.close().unwrap();
+    }
+    let logs = log_files(&dir, "log");
+    assert!(logs.len() >= 3);
+    // As retention of the oldest segment would, stopped after its first deletion.
+    std::fs::remove_file(&logs[0]).unwrap();
+    let (index, timeindex) = (logs[0].with_extension("index"), logs[0].with_extension("timeindex"));
+    assert!(index.exists() && timeindex.exists());
+    let p = open(&io, &dir, &cfg).unwrap();
+    assert!(!index.exists() && !timeindex.exists(), "the deleted segment's indexes are gone");
+    assert_eq!(log_files(&dir, "index").len(), logs.len() - 1, "the other segments keep theirs");
+    assert_eq!(p.log_end_offset(), 200, "100 batches of 2 records");
+}
+
 #[test]
 fn log_manager_reopens_topics_from_a_crash_image() {
     let sim = SimIo::new();

@@ -291,6 +291,17 @@ impl Partition {
             }
         }
         bases.sort_unstable();
+        // Index files whose segment is gone: left by a crash (or an error) between deleting a
+        // retired segment's `.log` and its indexes. Best effort: they are never read.
+        for name in io.list_dir(dir).map_err(&e)? {
+            let stem = name.strip_suffix(".index").or_else(|| name.strip_suffix(".timeindex"));
+            if let Some(base) = stem.filter(|s| s.len() == 20).and_then(|s| s.parse::<u64>().ok()) {
+                if bases.binary_search(&base).is_err() {
+                    tracing::info!(topic, partition = index, file = %name, "removing the index of a deleted segment");
+                    let _ = io.remove_file(&dir.join(&name));
+                }
+            }
+        }
 
         let mut producers = HashMap::new();
         let mut segments: Vec<Segment> = Vec::new();
