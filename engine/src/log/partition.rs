@@ -514,7 +514,10 @@ impl Partition {
 
     /// Validate `buf` (one or more whole batches), assign offsets and write it to the active
     /// segment (page cache). In `group` mode the append is not yet durable: call
-    /// [`Partition::wait_durable`] (or use [`Partition::append_durable`]).
+    /// [`Partition::wait_durable`] (or use [`Partition::append_durable`]). In `group` mode a
+    /// write that fails after the offsets were handed out (a staged write in the leader's
+    /// chain, or a large append's own write) does not fail this call: it poisons the
+    /// partition, and waiting for durability reports that.
     pub fn append(&self, buf: &mut [u8]) -> Result<AppendInfo, AppendError> {
         #[cfg(feature = "slow-append")]
         let started = std::time::Instant::now();
