@@ -160,6 +160,20 @@ fn enospc_in_group_mode_fails_at_reservation_without_poisoning() {
     assert!(after.iter().zip(&before).all(|(a, b)| a.1 == b.1), "stored batches unchanged");
 }
 
+/// Large appends reserve space several appends ahead, but on a nearly full disk only what the
+/// append needs plus the usual 1 MiB step: an append that fits is not refused for the extra.
+#[test]
+fn large_appends_on_a_nearly_full_disk_reserve_only_what_fits() {
+    let sim = SimIo::new();
+    let p = open(&sim_io(&sim), Path::new("/d/t-0"), &small_cfg(Durability::Group, 64 << 20)).unwrap();
+    // 2 MiB free: 600 KB + the 1 MiB step fits, 4 × 600 KB ahead does not.
+    sim.set_space_left(Some(2 << 20));
+    let info = p.append_durable(&mut tagged_batch(1, 1, 600_000, 1)).expect("an append that fits is accepted");
+    assert_eq!(info.base_offset, 0);
+    assert!(!p.is_poisoned());
+    assert_eq!(read_all(&p).len(), 1);
+}
+
 /// A roll syncs the sealed segment outside the group commit, possibly while the leader's
 /// fdatasync on the same file is in flight; SimIo (like Linux) reports a writeback error to one
 /// of them only. With tiny segments (a roll every few appends), one injected sync failure that

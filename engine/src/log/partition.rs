@@ -291,12 +291,13 @@ impl Partition {
             }
         }
         bases.sort_unstable();
-        // Index files whose segment is gone: left by a crash (or an error) between deleting a
-        // retired segment's `.log` and its indexes. Best effort: they are never read.
+        // Index files of segments below the first one: left by a crash (or an error) between
+        // deleting a retired segment's `.log` and its indexes (retention deletes from the
+        // front). Best effort: they are never read. Any other stray index is left as evidence.
         for name in io.list_dir(dir).map_err(&e)? {
             let stem = name.strip_suffix(".index").or_else(|| name.strip_suffix(".timeindex"));
             if let Some(base) = stem.filter(|s| s.len() == 20).and_then(|s| s.parse::<u64>().ok()) {
-                if bases.binary_search(&base).is_err() {
+                if bases.first().is_some_and(|&first| base < first) {
                     tracing::info!(topic, partition = index, file = %name, "removing the index of a deleted segment");
                     let _ = io.remove_file(&dir.join(&name));
                 }
@@ -592,10 +593,19 @@ impl Partition {
                 let seg_max = self.cfg.segment_bytes_max.max(end);
                 let seg = st.active_mut();
                 let from = seg.prealloc_end.max(position);
-                // Several large appends' worth at a time: fallocate waits for every O_DIRECT
-                // write in flight on the file, and runs under the lock.
-                let to = (end + RESERVE_BYTES.max(4 * total)).min(seg_max);
-                seg.file.reserve(from, to - from).map_err(AppendError::Storage)?;
+                // Several large appends' worth at a time (fallocate waits for every O_DIRECT
+                // write in flight on the file, and runs under the lock), but on a nearly full
+                // disk no more than this append needs plus the usual step.
+                let least = (end + RESERVE_BYTES).min(seg_max);
+                let want = (end + RESERVE_BYTES.max(4 * total)).min(seg_max);
+                let to = match seg.file.reserve(from, want - from) {
+                    Ok(()) => want,
+                    Err(e) if want > least && e.raw_os_error() == Some(libc::ENOSPC) => {
+                        seg.file.reserve(from, least - from).map_err(AppendError::Storage)?;
+                        least
+                    }
+                    Err(e) => return Err(AppendError::Storage(e)),
+                };
                 seg.prealloc_end = to;
             }
             let large = total >= self.cfg.appender_write_bytes.max(1);
