@@ -266,6 +266,9 @@ fn main() {
         let big = build::simple_batch(MIB / 1100, 1024, 0);
         let big_len = big.len();
         let rounds: usize = std::env::var("APPEND_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+        if std::env::var("APPEND_BENCH_DIRECT_IO").is_ok_and(|v| v == "1") {
+            println!("(a) group appends with LogConfig::direct_io (O_DIRECT for large appends)");
+        }
         let mut ratios = Vec::new();
         let mut ratios_durable = Vec::new();
         for round in 1..=rounds {
