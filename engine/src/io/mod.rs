@@ -69,6 +69,12 @@ pub trait IoFile: Send + Sync + std::fmt::Debug {
     fn start_writeback(&self, _pos: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// [`IoFile::read_at`], but only from memory: `Ok(None)` when the bytes would have to be
+    /// read from the disk (the caller may then read a larger range at once). The default
+    /// always reads.
+    fn read_cached(&self, buf: &mut [u8], pos: u64) -> io::Result<Option<usize>> {
+        self.read_at(buf, pos).map(Some)
+    }
     /// [`IoFile::write_at`] for a large write, bypassing the page cache (O_DIRECT) for its
     /// [`DIRECT_ALIGN`]-aligned middle where the file system allows it; the unaligned ends go
     /// through the page cache. Same contract: durable only after [`IoFile::sync_data`]. Writes
@@ -213,6 +219,9 @@ impl IoFile for OsFile {
     }
     fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {
         sys::uring_start_writeback(self.file.as_raw_fd(), pos, len)
+    }
+    fn read_cached(&self, buf: &mut [u8], pos: u64) -> io::Result<Option<usize>> {
+        sys::pread_cached(self.file.as_raw_fd(), buf, pos)
     }
     fn write_direct(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         let end = pos + buf.len() as u64;

@@ -69,6 +69,8 @@ struct Shared {
     write_eio: AtomicU64,
     /// `sync_data` panics while set ([`SimIo::set_sync_panic`]).
     sync_panic: std::sync::atomic::AtomicBool,
+    /// `read_cached` finds nothing in memory while set ([`SimIo::set_cold_cache`]).
+    cold_cache: std::sync::atomic::AtomicBool,
     /// Held shared by every operation that changes a file and exclusively by [`SimIo::crash`],
     /// so a crash image is one instant across all files (not file by file while syncs go on).
     gate: RwLock<()>,
@@ -110,6 +112,12 @@ impl IoFile for SimFile {
         apply(&mut c.volatile, &op);
         c.pending.push(op);
         Ok(())
+    }
+    fn read_cached(&self, buf: &mut [u8], pos: u64) -> io::Result<Option<usize>> {
+        if self.fs.cold_cache.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        self.read_at(buf, pos).map(Some)
     }
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         let c = self.contents.lock().expect("sim file lock");
@@ -228,6 +236,10 @@ impl SimIo {
     /// Make every write fail with EIO while `on`.
     pub fn set_write_eio(&self, on: bool) {
         self.shared.write_eio.store(on as u64, Ordering::SeqCst);
+    }
+    /// Make `read_cached` report every read as needing the disk while `on` (a cold page cache).
+    pub fn set_cold_cache(&self, on: bool) {
+        self.shared.cold_cache.store(on, Ordering::SeqCst);
     }
     /// Make every `sync_data` panic while `on` (a bug in the caller's sync path, for tests that
     /// the log does not hang its other waiters when a sync unwinds).

@@ -271,6 +271,22 @@ pub fn uring_start_writeback(fd: RawFd, pos: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Read into `buf` at `pos` only if the data is in the page cache (preadv2 with RWF_NOWAIT):
+/// `Ok(None)` when it would have to wait for the disk (or RWF_NOWAIT is unsupported).
+pub fn pread_cached(fd: RawFd, buf: &mut [u8], pos: u64) -> io::Result<Option<usize>> {
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: `iov` describes `buf`, a valid writable slice that outlives the call.
+    let n = unsafe { libc::preadv2(fd, &iov, 1, pos as libc::off_t, libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(None),
+        _ => Err(e),
+    }
+}
+
 /// Send `len` bytes of file `file_fd` starting at `pos` to socket `sock_fd` with sendfile(2),
 /// without copying them through user space. Blocks until all are sent or an error occurs.
 pub fn sendfile_all(sock_fd: RawFd, file_fd: RawFd, pos: u64, len: usize) -> io::Result<()> {
