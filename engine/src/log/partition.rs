@@ -329,7 +329,6 @@ impl Partition {
             }
             let interval = cfg.index_interval_bytes;
             let max = cfg.batch_bytes_max;
-            let mut track = |info: &BatchInfo| track_producer(&mut producers, info);
             let mut trusted = None;
             if sealed_below_rp && seg.load_indexes(&*io, file_len).map_err(&e)? {
                 // Trust the checkpointed index; scan headers only from its last entry. If that
@@ -346,9 +345,14 @@ impl Partition {
                     // Idempotent producer state lives in the batch headers. A header that
                     // does not parse sends the segment to the full (CRC-checking) scan below,
                     // which reports where the damage is.
-                    match seg.walk_headers(end.valid_end, max, &mut track) {
+                    // A walk that fails partway is undone: the rescan below tracks every batch.
+                    let before = producers.clone();
+                    match seg.walk_headers(end.valid_end, max, |info| track_producer(&mut producers, info)) {
                         Ok(()) => trusted = Some(end),
-                        Err(err) => tracing::warn!(path = %seg_path.display(), "{err}; rescanning"),
+                        Err(err) => {
+                            producers = before;
+                            tracing::warn!(path = %seg_path.display(), "{err}; rescanning");
+                        }
                     }
                 } else {
                     tracing::warn!(path = %seg_path.display(), "index inconsistent with the log; rebuilding");
@@ -358,7 +362,9 @@ impl Partition {
                 Some(end) => end,
                 None => {
                     seg.reset_indexes();
-                    let end = seg.scan(0, base, true, max, interval, &mut track).map_err(&e)?;
+                    let end = seg
+                        .scan(0, base, true, max, interval, |info| track_producer(&mut producers, info))
+                        .map_err(&e)?;
                     if !is_last && end.stopped.is_none() {
                         seg.write_indexes(&*io).map_err(&e)?;
                     }
