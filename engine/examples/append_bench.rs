@@ -80,6 +80,11 @@ fn raw_direct(path: &Path, total: usize, block: usize, sync_each: bool) -> Optio
     Some(r)
 }
 
+/// APPEND_BENCH_DIRECT_IO=1: large appends bypass the page cache (`LogConfig::direct_io`).
+fn direct_io() -> bool {
+    std::env::var("APPEND_BENCH_DIRECT_IO").is_ok_and(|v| v == "1")
+}
+
 fn open_partition(
     dir: &Path,
     name: &str,
@@ -93,8 +98,7 @@ fn open_partition(
         segment_bytes_max,
         retention_ms: None,
         preallocate_bytes,
-        // APPEND_BENCH_DIRECT_IO=1: large appends bypass the page cache (`LogConfig::direct_io`).
-        direct_io: std::env::var("APPEND_BENCH_DIRECT_IO").is_ok_and(|v| v == "1"),
+        direct_io: direct_io(),
         ..LogConfig::default()
     };
     let io: Arc<dyn Io> = Arc::new(UringIo);
@@ -266,7 +270,7 @@ fn main() {
         let big = build::simple_batch(MIB / 1100, 1024, 0);
         let big_len = big.len();
         let rounds: usize = std::env::var("APPEND_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-        if std::env::var("APPEND_BENCH_DIRECT_IO").is_ok_and(|v| v == "1") {
+        if direct_io() {
             println!("(a) group appends with LogConfig::direct_io (O_DIRECT for large appends)");
         }
         let mut ratios = Vec::new();
@@ -317,10 +321,10 @@ fn main() {
         for prealloc in preallocs {
             let (rps, bps, mbs, per) = small_appends(&dir, 8, secs, prealloc);
             println!(
-            "(b) 8 appenders x 16 KiB batches ({per} x 100 B records), group, preallocate {} KiB: {:.2} M records/s, {bps:.0} batches/s, {mbs:.0} MiB/s (goal >= 3 M records/s)",
-            prealloc >> 10,
-            rps / 1e6
-        );
+                "(b) 8 appenders x 16 KiB batches ({per} x 100 B records), group, preallocate {} KiB: {:.2} M records/s, {bps:.0} batches/s, {mbs:.0} MiB/s (goal >= 3 M records/s)",
+                prealloc >> 10,
+                rps / 1e6
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -280,13 +280,14 @@ impl Partition {
         let rp_file = io.open(&rp_path, true).map_err(&e)?;
         let recovery_point = read_recovery_point(&*rp_file);
 
+        let names = io.list_dir(dir).map_err(&e)?;
         let mut bases = Vec::new();
-        for name in io.list_dir(dir).map_err(&e)? {
+        for name in &names {
             if let Some(stem) = name.strip_suffix(".log") {
                 match stem.parse::<u64>() {
                     // Kafka offsets are i64: a larger base (20 digits can hold one) is no segment of ours.
                     Ok(b) if stem.len() == 20 && b <= i64::MAX as u64 => bases.push(b),
-                    _ => return Err(RecoveryError::BadName(name)),
+                    _ => return Err(RecoveryError::BadName(name.clone())),
                 }
             }
         }
@@ -294,12 +295,12 @@ impl Partition {
         // Index files of segments below the first one: left by a crash (or an error) between
         // deleting a retired segment's `.log` and its indexes (retention deletes from the
         // front). Best effort: they are never read. Any other stray index is left as evidence.
-        for name in io.list_dir(dir).map_err(&e)? {
+        for name in &names {
             let stem = name.strip_suffix(".index").or_else(|| name.strip_suffix(".timeindex"));
             if let Some(base) = stem.filter(|s| s.len() == 20).and_then(|s| s.parse::<u64>().ok()) {
                 if bases.first().is_some_and(|&first| base < first) {
                     tracing::info!(topic, partition = index, file = %name, "removing the index of a deleted segment");
-                    let _ = io.remove_file(&dir.join(&name));
+                    let _ = io.remove_file(&dir.join(name));
                 }
             }
         }
@@ -753,20 +754,19 @@ impl Partition {
             let must = staged.len();
             let staged_pos = st.staged_pos;
             st.staged_pos += staged.len() as u64;
+            let mut s = lock(&self.sync);
             // Not while appender writes are in flight: this leader waits for them before it
             // writes, and its zero range would hold off large appends landing there meanwhile.
-            if lock(&self.sync).unlocked.is_empty() {
+            if s.unlocked.is_empty() {
                 self.zero_fill_ahead(&mut st, &mut staged);
             }
             let a = st.active();
-            {
-                let mut s = lock(&self.sync);
-                s.covering = a.next_offset;
-                if !staged.is_empty() {
-                    // Set under the state lock: a roll that takes the lock after us waits for it.
-                    s.writing = Some((a.base_offset, staged_pos, staged_pos + staged.len() as u64));
-                }
+            s.covering = a.next_offset;
+            if !staged.is_empty() {
+                // Set under the state lock: a roll that takes the lock after us waits for it.
+                s.writing = Some((a.base_offset, staged_pos, staged_pos + staged.len() as u64));
             }
+            drop(s);
             (a.file.clone(), a.next_offset, a.base_offset, a.size, staged, must, staged_pos, st.rp_file.clone())
         };
         // Appender writes registered before our snapshot (under the state lock, which we held)
