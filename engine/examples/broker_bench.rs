@@ -53,6 +53,10 @@ struct Args {
     /// Per-partition max bytes of a Fetch.
     #[arg(long, default_value_t = 8 << 20)]
     fetch_partition_bytes: i32,
+    /// Embedded broker: large produce batches (>= 256 KiB, group durability) with O_DIRECT
+    /// (the default) or, with `--direct-io false`, through the page cache.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    direct_io: bool,
     /// Data directory for the embedded broker (default: a temporary one).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -262,6 +266,7 @@ fn main() {
             let mut cfg = BrokerConfig::new(dir, args.durability);
             cfg.listen = "127.0.0.1:0".parse().expect("addr");
             cfg.default_partitions = args.partitions;
+            cfg.log.direct_io = args.direct_io;
             let b = Broker::start(cfg).expect("broker");
             (b.local_addr(), Some(b))
         }
@@ -269,8 +274,9 @@ fn main() {
     println!("# broker_bench: {}", machine());
     let per_batch = (args.batch_bytes / (args.record_bytes + 8)).max(1);
     println!(
-        "# durability={} connections={} partitions={} records/batch={} record_bytes={} inflight={} (embedded={})",
+        "# durability={} direct_io={} connections={} partitions={} records/batch={} record_bytes={} inflight={} (embedded={})",
         args.durability,
+        args.direct_io,
         args.connections,
         args.partitions,
         per_batch,

@@ -84,9 +84,10 @@ pub struct LogConfig {
     pub appender_write_bytes: u64,
     /// Those appender writes bypass the page cache (O_DIRECT) for their 4 KiB-aligned middle:
     /// no page-cache copy and no writeback for the fdatasync to wait on, at the price of
-    /// consumers reading those bytes from the disk instead of memory. Default off: on the
-    /// reference VM it lost ~11 % of durable 1 MiB-batch throughput with 4 appenders (it gained
-    /// ~10 % with one); see engine/PERF_NOTES.md, session 4.
+    /// consumers reading those bytes from the disk instead of memory. Default on: at sustained
+    /// volume (4 GiB per run) on the reference VM it gave 1.25-1.5x the durable 1 MiB-batch
+    /// throughput of buffered writes with 4 appenders and ~2x with one (a 1 GiB run, which the
+    /// page cache absorbs, had buffered ~10 % ahead); see engine/PERF_NOTES.md, session 5.
     pub direct_io: bool,
 }
 
@@ -102,7 +103,7 @@ impl Default for LogConfig {
             batch_bytes_max: 16 << 20,
             preallocate_bytes: 1 << 20,
             appender_write_bytes: 256 << 10,
-            direct_io: false,
+            direct_io: true,
         }
     }
 }
