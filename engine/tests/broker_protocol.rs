@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{start_broker, start_broker_with, Client};
+use engine::broker::BrokerConfig;
 use engine::log::Durability;
 use engine::record::build;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -554,4 +555,60 @@ fn idempotent_batches_map_sequence_errors_to_kafka_codes() {
     assert_eq!(send(batch(2000, 0, 7)), (0, 9), "a producer without state");
     assert_eq!(send(batch(2000, 0, 7)), (0, 9), "and its retry is a duplicate");
     assert_eq!(broker.logs().partition("idem", 0).unwrap().high_watermark(), 12, "duplicates stored once");
+}
+
+#[test]
+fn large_durable_batches_take_the_default_direct_io_path_and_read_back_exactly() {
+    // The broker's defaults: group durability writes batches of >= 256 KiB with O_DIRECT (their
+    // aligned middle), smaller ones through the staging buffer and the page cache. Mixed, at
+    // positions that are not page-aligned, they must read back byte for byte, before and after
+    // a restart.
+    assert!(BrokerConfig::new(std::path::PathBuf::new(), Durability::Group).log.direct_io, "direct_io is the default");
+    let dir = tempfile::tempdir().unwrap();
+    let mut sent = Vec::new();
+    for i in 0..8i64 {
+        sent.push(if i % 2 == 0 {
+            build::simple_batch(2_000 + 37 * i as usize, 200, 1_000 + i) // ~420 KiB: direct
+        } else {
+            build::simple_batch(3 + i as usize, 50, 1_000 + i) // small: staged
+        });
+    }
+    assert!(sent[0].len() >= 256 << 10 && sent[1].len() < 4096);
+    let fetch_all = |c: &mut Client| -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < sent.iter().map(Vec::len).sum::<usize>() {
+            let offset = common::split_batches(&got).last().map_or(0, |(i, _)| i.last_offset() + 1);
+            let r = c.call(FETCH_V, &fetch_req("big", 0, offset, 0, 1));
+            let p = &r.responses[0].partitions[0];
+            assert_eq!(p.error_code, 0);
+            let b = p.records.clone().unwrap_or_default();
+            assert!(!b.is_empty(), "fetch at {offset} returned nothing");
+            got.extend_from_slice(&b);
+        }
+        got
+    };
+    let check = |got: &[u8]| {
+        let batches = common::split_batches(got);
+        assert_eq!(batches.len(), sent.len());
+        let mut next = 0i64;
+        for ((info, stored), s) in batches.iter().zip(&sent) {
+            assert_eq!(info.base_offset, next);
+            assert!(common::same_except_patched(stored, s), "batch at {next} differs from what was produced");
+            next = info.last_offset() + 1;
+        }
+    };
+    {
+        let broker = start_broker(dir.path(), Durability::Group, 1);
+        let mut c = Client::connect(broker.local_addr());
+        for b in &sent {
+            let r = c.call(PRODUCE_V, &produce_req("big", vec![(0, b.clone())], -1));
+            assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        }
+        check(&fetch_all(&mut c));
+        broker.shutdown().unwrap();
+    }
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let mut c = Client::connect(broker.local_addr());
+    check(&fetch_all(&mut c));
+    broker.shutdown().unwrap();
 }
