@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use sim::{CrashMode, SimIo};
 
@@ -154,12 +154,39 @@ impl OsFile {
     }
 }
 
-thread_local! {
-    /// Per-thread aligned copy buffer for O_DIRECT writes (callers' buffers are not aligned).
-    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Copy buffers for O_DIRECT writes (callers' buffers are not aligned), shared by every writer:
+/// a broker runs a thread per connection, and a buffer per thread would keep memory in
+/// proportion to the connections that ever sent a large batch. Kept between writes: at most
+/// [`DIRECT_POOL_MAX`] buffers of at most [`DIRECT_BUF_KEEP`] bytes each.
+static DIRECT_BUFS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+const DIRECT_POOL_MAX: usize = 8;
+const DIRECT_BUF_KEEP: usize = 17 << 20;
+
+/// A pooled copy buffer of at least `need` bytes.
+fn take_direct_buf(need: usize) -> Vec<u8> {
+    let mut pool = DIRECT_BUFS.lock().unwrap_or_else(|p| p.into_inner());
+    let v = match pool.iter().position(|v| v.len() >= need) {
+        Some(i) => pool.swap_remove(i),
+        None => pool.pop().unwrap_or_default(),
+    };
+    drop(pool);
+    if v.len() >= need {
+        v
+    } else {
+        // Whole MiBs: a batch's aligned middle varies by a page with its position, and a buffer
+        // sized exactly would be replaced at every slightly larger one.
+        vec![0u8; need.next_multiple_of(1 << 20)]
+    }
 }
-/// A thread keeps an O_DIRECT copy buffer of at most this capacity between writes.
-const DIRECT_BUF_KEEP: usize = 32 << 20;
+
+fn give_direct_buf(v: Vec<u8>) {
+    if v.len() <= DIRECT_BUF_KEEP {
+        let mut pool = DIRECT_BUFS.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < DIRECT_POOL_MAX {
+            pool.push(v);
+        }
+    }
+}
 
 impl IoFile for OsFile {
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
@@ -240,38 +267,36 @@ impl IoFile for OsFile {
             self.write_at(&buf[head + body..], to)?;
         }
         let src = &buf[head..head + body];
-        let done = DIRECT_BUF.with(|cell| -> io::Result<usize> {
-            let mut v = cell.borrow_mut();
-            let need = body + DIRECT_ALIGN as usize;
-            if v.len() < need {
-                *v = vec![0u8; need];
-            }
-            let at = v.as_ptr().align_offset(DIRECT_ALIGN as usize);
-            let aligned = &mut v[at..at + body];
-            aligned.copy_from_slice(src);
-            let mut done = 0usize;
-            while done < body {
-                match sys::uring_write(dfd, &aligned[done..], from + done as u64) {
-                    Ok(0) => break,
-                    // A short write that ends off the alignment: the rest goes through the page cache.
-                    Ok(n) if n % DIRECT_ALIGN as usize != 0 => {
-                        done += n;
-                        break;
-                    }
-                    Ok(n) => done += n,
-                    Err(e) if done == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
-                        // Refused (alignment rules stricter than ours): nothing was written.
-                        self.direct_ok.store(false, std::sync::atomic::Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => return Err(e),
+        let mut v = take_direct_buf(body + DIRECT_ALIGN as usize);
+        let at = v.as_ptr().align_offset(DIRECT_ALIGN as usize);
+        let aligned = &mut v[at..at + body];
+        aligned.copy_from_slice(src);
+        let mut done = 0usize;
+        let mut failed = None;
+        while done < body {
+            match sys::uring_write(dfd, &aligned[done..], from + done as u64) {
+                Ok(0) => break,
+                // A short write that ends off the alignment: the rest goes through the page cache.
+                Ok(n) if n % DIRECT_ALIGN as usize != 0 => {
+                    done += n;
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if done == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                    // Refused (alignment rules stricter than ours): nothing was written.
+                    self.direct_ok.store(false, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
-            if v.len() > DIRECT_BUF_KEEP {
-                *v = Vec::new();
-            }
-            Ok(done)
-        })?;
+        }
+        give_direct_buf(v);
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if done < body {
             self.write_at(&src[done..], from + done as u64)?;
         }
@@ -315,4 +340,26 @@ impl Io for UringIo {
 /// Join helper used by the log for sibling files.
 pub fn sibling(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_copy_buffers_are_pooled_within_bounds() {
+        // Many writers returning buffers (one oversized) leave at most DIRECT_POOL_MAX of them,
+        // none over DIRECT_BUF_KEEP; a buffer that is taken is large enough.
+        let mut taken: Vec<Vec<u8>> = (0..3 * DIRECT_POOL_MAX).map(|i| take_direct_buf(4096 * (i + 1))).collect();
+        taken.push(vec![0u8; DIRECT_BUF_KEEP + 1]);
+        for (i, v) in taken.iter().enumerate().take(3 * DIRECT_POOL_MAX) {
+            assert!(v.len() >= 4096 * (i + 1));
+        }
+        for v in taken {
+            give_direct_buf(v);
+        }
+        let pool = DIRECT_BUFS.lock().unwrap();
+        assert!(!pool.is_empty() && pool.len() <= DIRECT_POOL_MAX, "pool holds {}", pool.len());
+        assert!(pool.iter().all(|v| v.len() <= DIRECT_BUF_KEEP));
+    }
 }
