@@ -54,8 +54,8 @@ struct Args {
     #[arg(long, default_value_t = 8 << 20)]
     fetch_partition_bytes: i32,
     /// Embedded broker: large produce batches (>= 256 KiB, group durability) with O_DIRECT
-    /// (the default) or, with `--direct-io false`, through the page cache.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// (`--direct-io true`) or through the page cache (the default).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     direct_io: bool,
     /// Data directory for the embedded broker (default: a temporary one).
     #[arg(long)]

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{start_broker, start_broker_with, Client};
-use engine::broker::BrokerConfig;
 use engine::log::Durability;
 use engine::record::build;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -558,12 +557,26 @@ fn idempotent_batches_map_sequence_errors_to_kafka_codes() {
 }
 
 #[test]
-fn large_durable_batches_take_the_default_direct_io_path_and_read_back_exactly() {
-    // The broker's defaults: group durability writes batches of >= 256 KiB with O_DIRECT (their
-    // aligned middle), smaller ones through the staging buffer and the page cache. Mixed, at
-    // positions that are not page-aligned, they must read back byte for byte, before and after
-    // a restart.
-    assert!(BrokerConfig::new(std::path::PathBuf::new(), Durability::Group).log.direct_io, "direct_io is the default");
+fn large_durable_batches_read_back_exactly_with_and_without_direct_io() {
+    // Group durability: batches of >= 256 KiB are written by their appender (with
+    // `direct_io`, their aligned middle with O_DIRECT), smaller ones through the staging buffer.
+    // Mixed, at positions that are not page-aligned, they must read back byte for byte, before
+    // and after a restart.
+    for direct_io in [true, false] {
+        large_durable_batches_round_trip(direct_io);
+    }
+}
+
+fn large_durable_batches_round_trip(direct_io: bool) {
+    let start = |dir: &std::path::Path| {
+        start_broker_with(
+            |c| {
+                c.log.durability = Durability::Group;
+                c.log.direct_io = direct_io;
+            },
+            dir,
+        )
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut sent = Vec::new();
     for i in 0..8i64 {
@@ -593,12 +606,12 @@ fn large_durable_batches_take_the_default_direct_io_path_and_read_back_exactly()
         let mut next = 0i64;
         for ((info, stored), s) in batches.iter().zip(&sent) {
             assert_eq!(info.base_offset, next);
-            assert!(common::same_except_patched(stored, s), "batch at {next} differs from what was produced");
+            assert!(common::same_except_patched(stored, s), "direct_io {direct_io}: batch at {next} differs from what was produced");
             next = info.last_offset() + 1;
         }
     };
     {
-        let broker = start_broker(dir.path(), Durability::Group, 1);
+        let broker = start(dir.path());
         let mut c = Client::connect(broker.local_addr());
         for b in &sent {
             let r = c.call(PRODUCE_V, &produce_req("big", vec![(0, b.clone())], -1));
@@ -607,7 +620,7 @@ fn large_durable_batches_take_the_default_direct_io_path_and_read_back_exactly()
         check(&fetch_all(&mut c));
         broker.shutdown().unwrap();
     }
-    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let broker = start(dir.path());
     let mut c = Client::connect(broker.local_addr());
     check(&fetch_all(&mut c));
     broker.shutdown().unwrap();

@@ -166,6 +166,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
             let mut cfg = engine::broker::BrokerConfig::new(tmp.path().join("data"), durability);
             cfg.listen = "127.0.0.1:0".parse().expect("static addr");
             cfg.default_partitions = w.partitions_per_topic as i32;
+            cfg.log.direct_io = w.direct_io;
             let h = engine::broker::Broker::start(cfg)
                 .map_err(|e| RunError::Usage(format!("embedded broker failed to start: {e}")))?;
             let addr = h.local_addr();

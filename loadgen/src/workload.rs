@@ -6,7 +6,7 @@
 //! `keyDistributor`, `subscriptionsPerTopic`, `producersPerTopic`, `consumerPerSubscription`,
 //! `producerRate`, `consumerBacklogSizeGB`, `testDurationMinutes`, `warmupDurationMinutes`,
 //! `useRandomizedPayloads`, `randomBytesRatio`, `randomizedPayloadPoolSize`.
-//! Ours: `acks`, `durability`, `durationSeconds`, `warmupSeconds`, `drainSeconds`, `batchSize`,
+//! Ours: `acks`, `durability`, `directIo`, `durationSeconds`, `warmupSeconds`, `drainSeconds`, `batchSize`,
 //! `lingerMs`, `maxInFlight`, `keySpace`, `zipfExponent`, `p99BoundMs`, `searchStepSeconds`.
 
 use std::path::Path;
@@ -78,6 +78,10 @@ pub struct Workload {
     /// Broker durability for the embedded engine: never | group | interval=<ms>.
     #[serde(default = "default_durability")]
     pub durability: String,
+    /// Embedded engine: write produce batches of >= 256 KiB in `group` durability with O_DIRECT
+    /// (`true`) or through the page cache (`false`, the engine's default).
+    #[serde(default = "default_direct_io")]
+    pub direct_io: bool,
     /// Measured phase length in seconds (wins over `testDurationMinutes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
@@ -129,6 +133,9 @@ fn default_acks() -> i16 {
 }
 fn default_durability() -> String {
     "never".into()
+}
+fn default_direct_io() -> bool {
+    engine::log::LogConfig::default().direct_io
 }
 fn default_drain() -> f64 {
     10.0
@@ -347,6 +354,9 @@ pub struct Overrides {
     /// Embedded broker durability: never | group | interval=<ms>.
     #[arg(long)]
     pub durability: Option<String>,
+    /// Embedded broker: large durable batches with O_DIRECT (true) or buffered (false, default).
+    #[arg(long)]
+    pub direct_io: Option<bool>,
     /// p99 bound for the rate search, in ms.
     #[arg(long)]
     pub p99_bound_ms: Option<f64>,
@@ -393,6 +403,9 @@ impl Overrides {
         }
         if let Some(v) = &self.durability {
             w.durability = v.clone();
+        }
+        if let Some(v) = self.direct_io {
+            w.direct_io = v;
         }
         if let Some(v) = self.p99_bound_ms {
             w.p99_bound_ms = v;
@@ -443,5 +456,17 @@ mod tests {
         assert!(Workload::from_yaml("name: x\nmessageSize: 1000000000\n").unwrap_err().contains("messageSize"));
         assert!(Workload::from_yaml("name: x\ndurability: sometimes\n").unwrap_err().contains("durability"));
         assert!(Workload::from_yaml("name: x\nacks: 3\n").unwrap_err().contains("acks"));
+    }
+
+    #[test]
+    fn direct_io_follows_the_engine_default_the_yaml_and_the_flag() {
+        let w = Workload::from_yaml("name: x\n").unwrap();
+        assert_eq!(w.direct_io, engine::log::LogConfig::default().direct_io);
+        let mut w = Workload::from_yaml("name: x\ndirectIo: false\n").unwrap();
+        assert!(!w.direct_io);
+        Overrides { direct_io: Some(true), ..Default::default() }.apply(&mut w).unwrap();
+        assert!(w.direct_io);
+        // Recorded with the workload in every result.
+        assert_eq!(serde_json::to_value(&w).unwrap()["directIo"], serde_json::json!(true));
     }
 }

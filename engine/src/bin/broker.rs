@@ -35,9 +35,9 @@ struct Args {
     #[arg(long, default_value_t = 100 << 20)]
     frame_bytes_max: usize,
     /// Write large produce batches (>= 256 KiB, group durability) with O_DIRECT, bypassing the
-    /// page cache (consumers then read them from the disk). `--direct-io false` writes them
-    /// through the page cache (faster for short bursts that fit in memory; see PERF_NOTES).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// page cache: more throughput with many concurrent large-batch producers, more latency with
+    /// few, and consumers read those batches from the disk (engine/PERF_NOTES.md, session 5).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     direct_io: bool,
 }
 

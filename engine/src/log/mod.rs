@@ -83,11 +83,12 @@ pub struct LogConfig {
     /// Default 256 KiB.
     pub appender_write_bytes: u64,
     /// Those appender writes bypass the page cache (O_DIRECT) for their 4 KiB-aligned middle:
-    /// no page-cache copy and no writeback for the fdatasync to wait on, at the price of
-    /// consumers reading those bytes from the disk instead of memory. Default on: at sustained
-    /// volume (4 GiB per run) on the reference VM it gave 1.25-1.5x the durable 1 MiB-batch
-    /// throughput of buffered writes with 4 appenders and ~2x with one (a 1 GiB run, which the
-    /// page cache absorbs, had buffered ~10 % ahead); see engine/PERF_NOTES.md, session 5.
+    /// no page-cache copy and no writeback for the fdatasync to wait on, at the price of the
+    /// device write in the append itself (the caller waits for it) and of consumers reading
+    /// those bytes from the disk. Default off. On the reference VM it gave 1.25-2x the durable
+    /// 1 MiB-batch throughput of closed-loop appenders at sustained volume and 1.25-1.45x with 4
+    /// producer connections at the broker, but one producer over 4 partitions lost 12 % of its
+    /// peak and ~30 % of median latency; see engine/PERF_NOTES.md, session 5.
     pub direct_io: bool,
 }
 
@@ -103,7 +104,7 @@ impl Default for LogConfig {
             batch_bytes_max: 16 << 20,
             preallocate_bytes: 1 << 20,
             appender_write_bytes: 256 << 10,
-            direct_io: true,
+            direct_io: false,
         }
     }
 }
