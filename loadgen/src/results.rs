@@ -109,6 +109,10 @@ pub struct Target {
     /// True when no broker was involved (discarding sink: measures the generator only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sink: bool,
+    /// The embedded engine's `LogConfig::direct_io` (large `group` appends with O_DIRECT);
+    /// absent for external brokers and the sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_io: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

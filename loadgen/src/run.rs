@@ -891,6 +891,7 @@ fn build_result(
             bootstrap: s.bootstrap.clone(),
             fsync: s.fsync.clone(),
             sink: s.kind == "sink",
+            direct_io: (s.kind == "embedded").then_some(w.direct_io),
         },
         environment: crate::env::environment(),
         calibration: s.calibration.clone(),

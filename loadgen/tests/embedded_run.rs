@@ -23,6 +23,8 @@ fn loadgen_run_against_the_embedded_broker() {
     assert_eq!(r.target.kind, "embedded");
     // The default workload runs with the engine's default durability: group commit, acks=all.
     assert_eq!(r.target.fsync, "group");
+    // Which write path large durable appends took is part of the target's description.
+    assert_eq!(r.target.direct_io, Some(engine::log::LogConfig::default().direct_io));
     assert_eq!(r.workload.acks, -1);
     assert!(r.target.bootstrap.starts_with("127.0.0.1:"));
     // 3 s at 5000 rec/s, all acknowledged without error and all consumed.
@@ -49,6 +51,8 @@ fn durable_acks_wait_for_fdatasync() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let r = loadgen::results::RunResult::load(&dir.path().join("r.json")).unwrap();
     assert_eq!(r.target.fsync, "group");
+    // Which write path large durable appends took is part of the target's description.
+    assert_eq!(r.target.direct_io, Some(engine::log::LogConfig::default().direct_io));
     assert_eq!(r.publish.errors, 0);
     assert!(r.publish.records > 3000);
 }

@@ -24,6 +24,7 @@ fn bootstrap_drives_a_running_broker_twice() {
         validate_against_schema(&json);
         let r = loadgen::results::RunResult::load(&json).unwrap();
         assert_eq!(r.target.kind, "external");
+        assert_eq!(r.target.direct_io, None, "unknown for an external broker");
         assert_eq!(r.target.bootstrap, addr);
         assert!(r.calibration.is_none(), "no calibration by default for external targets");
         assert_eq!(r.publish.errors, 0);
