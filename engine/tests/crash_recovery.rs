@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use engine::io::{CrashMode, Io, SimIo, UringIo};
-use engine::log::{Durability, LogManager, RecoveryError};
+use engine::log::{Durability, LogConfig, LogManager, RecoveryError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -21,6 +21,16 @@ fn log_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// `batches` durable appends (tags 0..) of `records` records of `value_len` bytes, then a
+/// clean close.
+fn write_closed_log(io: &Arc<dyn Io>, dir: &Path, cfg: &LogConfig, batches: u64, records: usize, value_len: usize) {
+    let p = open(io, dir, cfg).unwrap();
+    for i in 0..batches {
+        p.append_durable(&mut tagged_batch(i, records, value_len, 1)).unwrap();
+    }
+    p.close().unwrap();
 }
 
 #[test]
@@ -57,13 +67,7 @@ fn mid_log_corruption_below_the_recovery_point_refuses_to_open() {
     let cfg = small_cfg(Durability::Group, 4096);
     for case in ["active", "sealed-without-index", "sealed-header"] {
         let dir = tmp.path().join(format!("{case}-0"));
-        {
-            let p = open(&io, &dir, &cfg).unwrap();
-            for i in 0..60 {
-                p.append_durable(&mut tagged_batch(i, 3, 40, 1)).unwrap();
-            }
-            p.close().unwrap();
-        }
+        write_closed_log(&io, &dir, &cfg, 60, 3, 40);
         let logs = log_files(&dir, "log");
         assert!(logs.len() >= 3);
         let victim = match case {
@@ -143,13 +147,7 @@ fn index_files_of_a_deleted_segment_are_removed_at_open() {
     let dir = tmp.path().join("t-0");
     let io: Arc<dyn Io> = Arc::new(UringIo);
     let cfg = small_cfg(Durability::Group, 4096);
-    {
-        let p = open(&io, &dir, &cfg).unwrap();
-        for i in 0..100 {
-            p.append_durable(&mut tagged_batch(i, 2, 30, 1)).unwrap();
-        }
-        p.close().unwrap();
-    }
+    write_closed_log(&io, &dir, &cfg, 100, 2, 30);
     let logs = log_files(&dir, "log");
     assert!(logs.len() >= 3);
     // As retention of the oldest segment would, stopped after its first deletion.

@@ -346,14 +346,20 @@ impl Partition {
                     // Idempotent producer state lives in the batch headers. A header that
                     // does not parse sends the segment to the full (CRC-checking) scan below,
                     // which reports where the damage is.
-                    // A walk that fails partway is undone: the rescan below tracks every batch.
-                    let before = producers.clone();
-                    match seg.walk_headers(end.valid_end, max, |info| track_producer(&mut producers, info)) {
-                        Ok(()) => trusted = Some(end),
-                        Err(err) => {
-                            producers = before;
-                            tracing::warn!(path = %seg_path.display(), "{err}; rescanning");
+                    // Tracked once the walk is through: one that fails partway leaves the state
+                    // as it was, and the rescan below tracks every batch.
+                    let mut walked = Vec::new();
+                    let walk = seg.walk_headers(end.valid_end, max, |info| {
+                        if is_idempotent(info) {
+                            walked.push(*info);
                         }
+                    });
+                    match walk {
+                        Ok(()) => {
+                            walked.iter().for_each(|info| track_producer(&mut producers, info));
+                            trusted = Some(end);
+                        }
+                        Err(err) => tracing::warn!(path = %seg_path.display(), "{err}; rescanning"),
                     }
                 } else {
                     tracing::warn!(path = %seg_path.display(), "index inconsistent with the log; rebuilding");
@@ -561,7 +567,7 @@ impl Partition {
         }
         let mut touched: HashMap<i64, Option<ProducerState>> = HashMap::new();
         for a in &assigned {
-            if a.producer_id < 0 || a.base_sequence < 0 {
+            if !is_idempotent(a) {
                 continue;
             }
             let current = match touched.get(&a.producer_id) {
@@ -1222,9 +1228,14 @@ fn check_sequence(producer: Option<&ProducerState>, info: &BatchInfo) -> Result<
     }
 }
 
+/// A batch from an idempotent producer (one whose sequence the log tracks).
+fn is_idempotent(info: &BatchInfo) -> bool {
+    info.producer_id >= 0 && info.base_sequence >= 0
+}
+
 /// Record a stored idempotent batch in the producer state (append and recovery).
 fn track_producer(producers: &mut HashMap<i64, Option<ProducerState>>, info: &BatchInfo) {
-    if info.producer_id < 0 || info.base_sequence < 0 {
+    if !is_idempotent(info) {
         return;
     }
     track_producer_one(producers.entry(info.producer_id).or_default(), info);
