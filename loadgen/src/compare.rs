@@ -1,7 +1,7 @@
 //! `loadgen compare BASE NEW…`: statistical comparison of result sets (the regression gate).
 //!
 //! Two kinds of input:
-//! * loadgen results (`loadgen-result/1` JSON, see `shared/contracts/result.schema.json`): files or
+//! * loadgen results (`loadgen-result/1` JSON, see `loadgen/schema/result.schema.json`): files or
 //!   directories of them, grouped by workload name. Each run contributes one sample per figure
 //!   (records/s, publish and end-to-end p50/p99/p99.9, efficiency ratios), so several runs per
 //!   side (interleaved A/B runs from `scripts/suite`) are needed for a meaningful interval.

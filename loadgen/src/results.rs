@@ -1,4 +1,4 @@
-//! Result JSON (`loadgen-result/1`, `../shared/contracts/result.schema.json`): the types the
+//! Result JSON (`loadgen-result/1`, `loadgen/schema/result.schema.json`): the types the
 //! `compare`, `size` and `report` commands deserialize. Times in microseconds, rates per second,
 //! sizes in bytes. Fields beyond the schema are allowed by it and all have serde defaults, so
 //! older files still load.

@@ -1,4 +1,4 @@
-//! A produced result follows ../shared/contracts/result.schema.json, on disk in the documented
+//! A produced result follows loadgen/schema/result.schema.json, on disk in the documented
 //! layout, with its interval log beside it.
 
 mod common;

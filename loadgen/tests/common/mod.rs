@@ -12,22 +12,15 @@ pub fn run_cli(args: &[&str]) -> Output {
     bin().args(args).output().expect("spawn loadgen")
 }
 
-/// The shared result schema: CI has `../shared` beside the repo clone.
+/// The result schema, versioned with the loadgen (`loadgen/schema/result.schema.json`).
+/// Nothing outside the repository is consulted.
 pub fn schema_path() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var("LOADGEN_RESULT_SCHEMA").map(PathBuf::from).unwrap_or_default(),
-        dir.join("../../shared/contracts/result.schema.json"),
-        dir.join("../../../shared/contracts/result.schema.json"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| panic!("result.schema.json not found (looked at {candidates:?}); set LOADGEN_RESULT_SCHEMA"))
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schema/result.schema.json");
+    assert!(p.is_file(), "result schema missing at {}", p.display());
+    p
 }
 
-/// Validate a JSON file against the shared schema with python3 `jsonschema` (Draft 2020-12).
+/// Validate a JSON file against the result schema with python3 `jsonschema` (Draft 2020-12).
 pub fn validate_against_schema(json: &std::path::Path) {
     let script = r#"
 import json, sys
