@@ -49,6 +49,8 @@ pub enum TopicError {
     Unknown(String),
     #[error("invalid partition count {0}: want 1..=100000")]
     InvalidPartitions(i64),
+    #[error("cannot lock the data directory: {0}; refusing to start (two brokers on one directory lose acknowledged records)")]
+    Locked(std::io::Error),
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
     #[error("I/O error: {0}")]
@@ -76,13 +78,18 @@ pub struct LogManager {
     stop: Arc<AtomicBool>,
     /// Partitions that failed recovery, with the reason (they are not served).
     pub failed: Mutex<Vec<String>>,
+    /// The data directory's exclusive lock (`Io::lock_dir`), held until `close` or drop.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl LogManager {
     /// Open every partition under `dir` (recovering each), creating `dir` if needed.
     /// A partition that fails recovery is left out and reported, not silently repaired.
+    /// The directory is locked first: a second LogManager (another broker process) on the
+    /// same directory gets [`TopicError::Locked`] and opens nothing.
     pub fn open(dir: &Path, io: Arc<dyn Io>, cfg: LogConfig) -> Result<Arc<LogManager>, TopicError> {
         io.create_dir_all(dir)?;
+        let lock = io.lock_dir(dir).map_err(TopicError::Locked)?;
         let notifier = Arc::new(Notifier::default());
         let mut found: BTreeMap<String, BTreeMap<u32, PathBuf>> = BTreeMap::new();
         for name in io.list_dir(dir)? {
@@ -125,6 +132,7 @@ impl LogManager {
             notifier,
             stop: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(failed),
+            lock: Mutex::new(lock),
         });
         m.start_background();
         Ok(m)
@@ -255,6 +263,8 @@ impl LogManager {
                 }
             }
         }
+        // Everything is flushed: another broker may open the directory now.
+        drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
         first
     }
 }

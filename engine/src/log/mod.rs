@@ -7,6 +7,7 @@
 pub mod manager;
 pub mod partition;
 pub mod segment;
+pub mod time_seek;
 
 use std::io;
 use std::str::FromStr;

@@ -26,6 +26,7 @@ pub mod error {
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
@@ -111,11 +112,17 @@ pub fn parse_request_header(buf: &mut Bytes) -> Result<(ApiKey, RequestHeader), 
     Ok((key, header))
 }
 
-/// Decode a request body of type `T` at `version`, refusing trailing garbage.
+/// Decode a request body of type `T` at `version`. Bytes after the body are ignored, as
+/// Kafka's generated decoders do (`RequestContext::parseRequest` reads the fields a version
+/// defines and never checks what remains): librdkafka 2.16 sends its all-topics Metadata v12 as
+/// `00 00 00 00 01 00 00` (a 4-byte array-count placeholder of which the first byte is read as
+/// the null compact array, then allow_auto_topic_creation 0, include_topic_authorized_operations
+/// 0, no tagged fields, and 3 bytes Kafka never reads); refusing them made every current
+/// librdkafka client's `list_topics()` fail.
 pub fn decode_body<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, String> {
     let v = T::decode(body, version).map_err(|e| e.to_string())?;
     if body.has_remaining() {
-        return Err(format!("{} trailing bytes after the request body", body.remaining()));
+        tracing::debug!(version, trailing = body.remaining(), "bytes after the request body ignored (as Kafka does)");
     }
     Ok(v)
 }
@@ -211,6 +218,24 @@ mod tests {
         assert_eq!(&a[0..4], &5i32.to_be_bytes());
         assert_eq!(a[4], 0, "flexible response header: empty tagged fields");
         assert!(encode_response(5, 9999i16, 0, &r).is_empty());
+    }
+
+    #[test]
+    fn librdkafka_2_16_all_topics_metadata_v12_decodes_as_kafka_does() {
+        use kafka_protocol::messages::MetadataRequest;
+        // Captured from confluent-kafka 2.16.2 (librdkafka 2.16.0) AdminClient.list_topics().
+        let frame: &[u8] = &[
+            0, 0, 0, 0x19, 0, 3, 0, 0x0c, 0, 0, 0, 3, 0, 7, b'r', b'd', b'k', b'a', b'f', b'k', b'a', 0, //
+            0, 0, 0, 0, 1, 0, 0,
+        ];
+        let raw = read_frame(&mut &frame[..], 1 << 20).unwrap();
+        let mut body = Bytes::from(raw);
+        let (key, header) = parse_request_header(&mut body).unwrap();
+        assert_eq!((key, header.request_api_version), (ApiKey::Metadata, 12));
+        let req: MetadataRequest = decode_body(&mut body, 12).expect("decodes as Kafka's decoder does");
+        assert_eq!(req.topics, None, "all topics");
+        assert!(!req.allow_auto_topic_creation);
+        assert!(!req.include_topic_authorized_operations);
     }
 
     #[test]
