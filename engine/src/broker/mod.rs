@@ -11,6 +11,7 @@
 //! does not read its responses stops being read (backpressure).
 
 mod handlers;
+pub use handlers::BROKER_APIS;
 
 use std::cell::Cell;
 use std::collections::HashMap;

@@ -511,7 +511,7 @@ pub fn handle(
 /// OffsetCommit v0/v1 (not in kafka-protocol 0.18):
 /// v0 `group_id topics[name partitions[index offset metadata]]`;
 /// v1 `group_id generation member_id topics[name partitions[index offset timestamp metadata]]`.
-fn decode_offset_commit_v0_v1(body: &mut Bytes, v: i16) -> Option<OffsetCommitRequest> {
+pub(crate) fn decode_offset_commit_v0_v1(body: &mut Bytes, v: i16) -> Option<OffsetCommitRequest> {
     fn string(b: &mut Bytes) -> Option<Option<StrBytes>> {
         if b.remaining() < 2 {
             return None;

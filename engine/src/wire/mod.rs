@@ -127,6 +127,44 @@ pub fn decode_body<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, St
     Ok(v)
 }
 
+/// Decode a request body the way the broker's dispatch does, for tests and tools (the client
+/// fixtures in `engine/fuzz/seeds/request_decode`): the protocol crate's decoder for each API
+/// the broker serves, or the hand decoder of OffsetCommit v0/v1. Returns the bytes left after
+/// the body, which the broker ignores as Kafka does ([`decode_body`]). Produce v0–2 is answered
+/// UNSUPPORTED_VERSION without a decode, and an API the broker does not serve is refused.
+pub fn decode_request_body(api: ApiKey, version: i16, body: &mut Bytes) -> Result<usize, String> {
+    use kafka_protocol::messages as m;
+    fn d<T: Decodable>(body: &mut Bytes, version: i16) -> Result<(), String> {
+        T::decode(body, version).map(drop).map_err(|e| e.to_string())
+    }
+    match api {
+        ApiKey::Produce if version <= 2 => Err(format!("Produce v{version} is answered UNSUPPORTED_VERSION without a decode"))?,
+        ApiKey::OffsetCommit if version < 2 => {
+            crate::groups::decode_offset_commit_v0_v1(body, version).ok_or("malformed OffsetCommit v0/v1")?;
+        }
+        ApiKey::Produce => d::<m::ProduceRequest>(body, version)?,
+        ApiKey::Fetch => d::<m::FetchRequest>(body, version)?,
+        ApiKey::ListOffsets => d::<m::ListOffsetsRequest>(body, version)?,
+        ApiKey::Metadata => d::<m::MetadataRequest>(body, version)?,
+        ApiKey::ApiVersions => d::<m::ApiVersionsRequest>(body, version)?,
+        ApiKey::CreateTopics => d::<m::CreateTopicsRequest>(body, version)?,
+        ApiKey::DeleteTopics => d::<m::DeleteTopicsRequest>(body, version)?,
+        ApiKey::OffsetCommit => d::<m::OffsetCommitRequest>(body, version)?,
+        ApiKey::OffsetFetch => d::<m::OffsetFetchRequest>(body, version)?,
+        ApiKey::FindCoordinator => d::<m::FindCoordinatorRequest>(body, version)?,
+        ApiKey::JoinGroup => d::<m::JoinGroupRequest>(body, version)?,
+        ApiKey::Heartbeat => d::<m::HeartbeatRequest>(body, version)?,
+        ApiKey::LeaveGroup => d::<m::LeaveGroupRequest>(body, version)?,
+        ApiKey::SyncGroup => d::<m::SyncGroupRequest>(body, version)?,
+        ApiKey::DescribeGroups => d::<m::DescribeGroupsRequest>(body, version)?,
+        ApiKey::ListGroups => d::<m::ListGroupsRequest>(body, version)?,
+        ApiKey::InitProducerId => d::<m::InitProducerIdRequest>(body, version)?,
+        ApiKey::ConsumerGroupHeartbeat => d::<m::ConsumerGroupHeartbeatRequest>(body, version)?,
+        other => Err(format!("API {other:?} is not served by this broker"))?,
+    }
+    Ok(body.remaining())
+}
+
 /// Encode a response: header (version from `api_key`/`version`) + body, without the size
 /// prefix (the connection writer adds it). On an encoding error (a bug: a field set that the
 /// version cannot carry) the error is logged and an empty Vec returned, which the writer turns
