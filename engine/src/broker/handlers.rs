@@ -173,9 +173,10 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
     // to the frame and can be turned back into a mutable buffer without copying.
     let req: ProduceRequest = wire::decode_body(&mut body.clone(), version)?;
     let acks = req.acks;
-    if req.transactional_id.is_some() {
-        tracing::debug!("transactional produce is stored as plain batches (no transaction coordinator)");
-    }
+    // Transactions are not supported (groups::TRANSACTIONS_UNSUPPORTED): a transactional
+    // Produce is refused whole, as Kafka refuses one whose transactional id is not authorized,
+    // so no transactional batch (which would wait for a commit marker that never comes) is stored.
+    let transactional = req.transactional_id.is_some();
     // (topic, [(partition, record byte range within body)])
     let mut plan: Vec<(String, Vec<PartitionRecords>)> = Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
@@ -201,6 +202,11 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
         let mut out = Vec::with_capacity(parts.len());
         for (index, range) in parts {
             let mut r = ProducedPartition { index, error_code: 0, base_offset: -1, log_start_offset: -1, wait: None };
+            if transactional {
+                r.error_code = error::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+                out.push(r);
+                continue;
+            }
             if is_internal_topic(&topic) {
                 // As Kafka's ReplicaManager: "Cannot append to internal topic".
                 tracing::debug!(topic, index, "produce to an internal topic refused");
