@@ -1,7 +1,7 @@
 //! Issue 15 through real clients: confluent-kafka (PyPI, librdkafka 2.x) driven by
 //! `tests/interop/safety.py`, and Debian's kcat (librdkafka 2.0.2).
-//! * current librdkafka's all-topics Metadata v12 is answered (list_topics works) and
-//!   `__producer_ids` is not listed;
+//! * current librdkafka's all-topics Metadata v12 is answered (list_topics and a regex
+//!   subscription work) and `__producer_ids` is not listed;
 //! * the internal topics cannot be deleted (TOPIC_AUTHORIZATION_FAILED) or produced to
 //!   (INVALID_TOPIC_EXCEPTION, as Kafka's ReplicaManager);
 //! * seek by timestamp is exact to the record inside one 100-record batch (uncompressed and lz4)
@@ -48,6 +48,10 @@ fn current_librdkafka_lists_topics_without_producer_ids() {
         assert!(names.contains(&"visible"), "{who}: {names:?}");
         assert!(!names.contains(&"__producer_ids"), "{who} lists __producer_ids: {names:?}");
     }
+    // A regex subscription lists all topics too.
+    let r = safety(&["regex-subscribe", "--bootstrap", &addr, "--topic", "rx", "--timeout", "30"]);
+    assert_eq!(r["got"]["value"], "by-regex", "{r:?}");
+    assert_eq!(r["got"]["topic"], "rx-1", "{r:?}");
     broker.shutdown().unwrap();
 }
 

@@ -3,6 +3,7 @@
 Each command prints one JSON object on stdout; every wait is bounded.
 
 list-topics        AdminClient.list_topics() and Producer.list_topics() (all-topics Metadata v12)
+regex-subscribe    a Consumer subscribed to "^<--topic>.*" (all-topics Metadata) reads one record
 delete-internal    AdminClient.delete_topics() of the broker's internal topics: error per topic
 produce-times      one Producer batch of --count records with timestamps --ts0 + i * --step
 offsets-for-times  Consumer.offsets_for_times(--ts), then the record at that offset (its timestamp)
@@ -31,6 +32,26 @@ def list_topics(a):
         "admin": sorted(admin.list_topics(timeout=10).topics.keys()),
         "producer": sorted(p.list_topics(timeout=10).topics.keys()),
     })
+
+
+def regex_subscribe(a):
+    p = Producer({"bootstrap.servers": a.bootstrap, "acks": "all"})
+    p.produce(a.topic + "-1", value=b"by-regex")
+    left = p.flush(20)
+    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": "safety-regex", "auto.offset.reset": "earliest"})
+    c.subscribe(["^" + a.topic + ".*"])
+    got, error = None, None
+    t0 = time.time()
+    while time.time() - t0 < a.timeout and got is None:
+        m = c.poll(0.2)
+        if m is None:
+            continue
+        if m.error():
+            error = str(m.error())
+            break
+        got = {"topic": m.topic(), "value": m.value().decode()}
+    c.close()
+    out({"unflushed": left, "got": got, "error": error})
 
 
 def delete_internal(a):
@@ -123,10 +144,11 @@ def main():
     ap.add_argument("--step", type=int, default=10)
     ap.add_argument("--ts", type=int, default=0)
     ap.add_argument("--compression", default="none")
-    ap.add_argument("--timeout", type=float, default=10, help="transactional/kip848: seconds to wait for the error")
+    ap.add_argument("--timeout", type=float, default=10, help="transactional/kip848/regex-subscribe: seconds to wait")
     a = ap.parse_args()
     {
         "list-topics": list_topics,
+        "regex-subscribe": regex_subscribe,
         "delete-internal": delete_internal,
         "produce-times": produce_times,
         "offsets-for-times": offsets_for_times,
