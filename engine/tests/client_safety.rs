@@ -48,6 +48,10 @@ fn current_librdkafka_lists_topics_without_producer_ids() {
         assert!(names.contains(&"visible"), "{who}: {names:?}");
         assert!(!names.contains(&"__producer_ids"), "{who} lists __producer_ids: {names:?}");
     }
+    // kcat (librdkafka 2.0.2, Metadata v4) does not list it either.
+    let listing = run(Command::new(require_tool("kcat")).args(["-L", "-b", &addr]), None, Duration::from_secs(60));
+    let listing = String::from_utf8_lossy(&listing);
+    assert!(listing.contains("topic \"visible\"") && !listing.contains("__producer_ids"), "{listing}");
     // A regex subscription lists all topics too.
     let r = safety(&["regex-subscribe", "--bootstrap", &addr, "--topic", "rx", "--timeout", "30"]);
     assert_eq!(r["got"]["value"], "by-regex", "{r:?}");
