@@ -109,6 +109,16 @@ fn main() {
                             c.memcpy_bytes_per_s / 1e6,
                             c.took_s
                         );
+                        if let Some(sp) = &c.spread {
+                            println!(
+                                "spread over {} repeats: disk {:.0}%  fdatasync p50 {:.0}%  loopback {:.0}%  memcpy {:.0}% (compare does not normalize by a ceiling that spread > 10%)",
+                                sp.repeats,
+                                sp.disk_seq_write * 100.0,
+                                sp.fdatasync_p50 * 100.0,
+                                sp.loopback * 100.0,
+                                sp.memcpy * 100.0
+                            );
+                        }
                     }
                     0
                 }

@@ -140,6 +140,19 @@ pub struct Calibration {
     pub data_dir: String,
     #[serde(default)]
     pub took_s: f64,
+    /// How far the repeated measurements of each ceiling spread; absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<CalibrationSpread>,
+}
+
+/// (max - min) / median of a calibration's repeated measurements, per ceiling.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CalibrationSpread {
+    pub repeats: u32,
+    pub disk_seq_write: f64,
+    pub fdatasync_p50: f64,
+    pub loopback: f64,
+    pub memcpy: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
