@@ -89,7 +89,17 @@ pub fn decode_response<R: Decodable + HeaderVersion>(key: ApiKey, version: i16, 
     if header.correlation_id != corr {
         return Err(format!("{key:?}: correlation id {} but expected {corr}", header.correlation_id));
     }
-    R::decode(&mut frame, version).map_err(|e| format!("decode {key:?} v{version} response: {e}"))
+    let body = frame.clone();
+    match R::decode(&mut frame, version) {
+        Ok(r) => Ok(r),
+        // The crate rejects some tagged fields Kafka's decoders skip: drop them and retry.
+        Err(e) => match crate::tagged::strip_tagged_fields(key, version, &body) {
+            Some(Ok(mut clean)) => R::decode(&mut clean, version)
+                .map_err(|e2| format!("decode {key:?} v{version} response: {e} (without its tagged fields: {e2})")),
+            Some(Err(why)) => Err(format!("decode {key:?} v{version} response: {e} ({why})")),
+            None => Err(format!("decode {key:?} v{version} response: {e}")),
+        },
+    }
 }
 
 /// A request/response connection with negotiated versions.
