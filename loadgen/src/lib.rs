@@ -6,6 +6,8 @@ pub mod compare;
 pub mod consumer;
 pub mod encode;
 pub mod env;
+pub mod external;
+pub mod hlog;
 pub mod html;
 pub mod producer;
 pub mod rate;

@@ -80,9 +80,12 @@ struct RunArgs {
     /// No live line or progress bar.
     #[arg(short, long)]
     quiet: bool,
-    /// Print the result JSON to stdout as well.
+    /// Print the result JSON to stdout; stdout then holds only the JSON (the human summary goes
+    /// to stderr, or nowhere with --quiet).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    topics: loadgen::external::TopicOptions,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -167,14 +170,24 @@ fn cmd_run(a: RunArgs) -> i32 {
     opts.write = !a.no_write;
     opts.data_dir = a.data_dir;
     opts.quiet = a.quiet;
+    opts.topics = a.topics;
+    if opts.topics.topic_prefix.is_empty() {
+        opts.topics.topic_prefix = "loadgen".into();
+    }
     match run(&opts) {
         Ok(o) => {
-            println!("{}", summary_table(&o.result));
+            let mut human = format!("{}\n", summary_table(&o.result));
             if let Some(p) = &o.path {
-                println!("results: {} (+ {})", p.display(), o.result.hlog.clone().unwrap_or_default());
+                human.push_str(&format!("results: {} (+ {})\n", p.display(), o.result.hlog.clone().unwrap_or_default()));
             }
             if a.json {
+                // stdout is the JSON document alone, so `loadgen run --json | jq` works.
+                if !a.quiet {
+                    eprint!("{human}");
+                }
                 println!("{}", serde_json::to_string_pretty(&o.result).unwrap_or_default());
+            } else {
+                print!("{human}");
             }
             o.exit_code
         }
