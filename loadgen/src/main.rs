@@ -30,8 +30,17 @@ enum Cmd {
     /// Render result files into one self-contained HTML page with SVG charts.
     Report {
         /// Result JSON files.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "base")]
         files: Vec<PathBuf>,
+        /// Baseline runs (files or directories): adds the base-vs-new view of `loadgen compare`.
+        #[arg(long, num_args = 1.., requires = "new", value_name = "PATH")]
+        base: Vec<PathBuf>,
+        /// New runs (files or directories), with --base.
+        #[arg(long, num_args = 1.., requires = "base", value_name = "PATH")]
+        new: Vec<PathBuf>,
+        /// With --base/--new: compare runs whose workload parameters differ.
+        #[arg(long)]
+        force: bool,
         /// Output HTML file.
         #[arg(short, long, default_value = "report.html")]
         output: PathBuf,
@@ -131,7 +140,11 @@ fn main() {
                 }
             }
         }
-        Cmd::Report { files, output } => match loadgen::html::report_files(&files, &output) {
+        Cmd::Report { files, base, new, force, output } => match loadgen::html::report_files_with(
+            &files,
+            (!base.is_empty()).then_some((&base[..], &new[..], force)),
+            &output,
+        ) {
             Ok(()) => {
                 eprintln!("wrote {}", output.display());
                 0
