@@ -1176,6 +1176,15 @@ pub fn render_table_with(rows: &[Comparison], d: &Decide, informational: &[Strin
         );
     } else if regs.is_empty() {
         let _ = writeln!(s, "no regression: no figure's interval lies beyond the {:.1}% threshold in the bad direction", d.threshold * 100.0);
+        let wide = inconclusive(rows, d, informational);
+        if !wide.is_empty() {
+            let _ = writeln!(
+                s,
+                "inconclusive: {} figure(s) have intervals reaching beyond the threshold in the bad direction, so a regression of that size is not excluded (more runs narrow it): {}",
+                wide.len(),
+                wide.iter().map(|r| format!("{} {}", r.figure, fmt_interval(r))).collect::<Vec<_>>().join(", ")
+            );
+        }
     } else {
         for r in &regs {
             let _ = writeln!(
@@ -1192,6 +1201,22 @@ pub fn render_table_with(rows: &[Comparison], d: &Decide, informational: &[Strin
         }
     }
     s
+}
+
+/// Gating figures without a regression verdict whose interval still reaches beyond the
+/// threshold in the bad direction: too noisy to exclude a regression of that size.
+pub fn inconclusive<'a>(rows: &'a [Comparison], d: &Decide, informational: &[String]) -> Vec<&'a Comparison> {
+    rows.iter()
+        .filter(|r| r.gating && r.verdict == Verdict::NoChange && !is_informational(r, informational))
+        .filter(|r| match r.better {
+            Better::Higher => r.ci_low < -d.threshold,
+            Better::Lower => r.ci_high > d.threshold,
+        })
+        .collect()
+}
+
+fn fmt_interval(r: &Comparison) -> String {
+    format!("[{}, {}]", pct(r.ci_low), pct(r.ci_high))
 }
 
 /// Run the comparison; prints the table; returns (rows, notes) or bad input.
@@ -1265,6 +1290,7 @@ pub fn run(args: CompareArgs) -> i32 {
                     "outcome": outcome,
                     "regression": outcome == Outcome::Regression,
                     "notes": notes,
+                    "inconclusive": inconclusive(&rows, &d, &args.informational).iter().map(|r| format!("{} {}", r.group, r.figure)).collect::<Vec<_>>(),
                     "informational": args.informational,
                     "figures": rows,
                 });
@@ -1565,6 +1591,17 @@ mod tests {
         let tput = rows.iter().find(|r| r.figure == "publish.records_per_s").unwrap();
         assert!((tput.change - 0.015).abs() < 0.005, "{tput:?}");
         assert_eq!(outcome(&rows, &[]), Outcome::NoRegression);
+    }
+
+    #[test]
+    fn a_wide_interval_is_called_inconclusive_not_silently_passed() {
+        let base: Vec<Run> = [1.0e6, 0.6e6, 1.2e6].iter().map(|r| parse_run(&result_json("smoke", *r, 1000.0, "A", 6e8), "b").unwrap()).collect();
+        let new: Vec<Run> = [0.9e6, 1.1e6, 0.62e6].iter().map(|r| parse_run(&result_json("smoke", *r, 1000.0, "A", 6e8), "n").unwrap()).collect();
+        let mut notes = Vec::new();
+        let rows = compare_runs(&base, &new, Normalize::Never, &decide(), false, None, false, &mut notes).unwrap();
+        assert_eq!(outcome(&rows, &[]), Outcome::NoRegression);
+        let table = render_table(&rows, &decide());
+        assert!(table.contains("inconclusive: ") && table.contains("publish.records_per_s ["), "{table}");
     }
 
     #[test]
