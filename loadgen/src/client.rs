@@ -122,10 +122,16 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
 
 impl Conn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        Conn::connect_with_read_timeout(addr, timeout, Duration::from_secs(30))
+    }
+
+    /// [`Conn::connect`] with a bound on each response wait (a stopped broker accepts the TCP
+    /// connection but never answers).
+    pub fn connect_with_read_timeout(addr: SocketAddr, timeout: Duration, read_timeout: Duration) -> Result<Conn, String> {
         let stream =
             TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to broker {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| format!("{addr}: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| format!("{addr}: {e}"))?;
+        stream.set_read_timeout(Some(read_timeout)).map_err(|e| format!("{addr}: {e}"))?;
         let mut c = Conn { addr, stream, corr: 0, versions: HashMap::new() };
         let r: ApiVersionsResponse = c
             .call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default())

@@ -89,7 +89,8 @@ impl TopicCleanup {
 
 impl Drop for TopicCleanup {
     fn drop(&mut self) {
-        let r = Conn::connect(self.addr, Duration::from_secs(3)).and_then(|mut c| c.delete_topics(&self.names));
+        // Bounded: a stalled broker must not hold the end of the run for long.
+        let r = Conn::connect_with_read_timeout(self.addr, Duration::from_secs(3), Duration::from_secs(5)).and_then(|mut c| c.delete_topics(&self.names));
         match r {
             Ok(()) if !self.quiet => eprintln!("deleted topics {}", self.names.join(", ")),
             Ok(()) => {}
