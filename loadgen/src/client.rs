@@ -222,14 +222,17 @@ impl Conn {
     /// names the topics left behind).
     pub fn delete_topics(&mut self, topics: &[String]) -> Result<(), String> {
         let v = self.need(ApiKey::DeleteTopics)?;
-        let req = DeleteTopicsRequest::default().with_topic_names(topics.iter().map(|t| topic_name(t)).collect()).with_timeout_ms(10_000);
+        let req = DeleteTopicsRequest::default().with_topic_names(topics.iter().map(|t| topic_name(t)).collect()).with_timeout_ms(4_000);
         let r: DeleteTopicsResponse = self.call(ApiKey::DeleteTopics, v, &req)?;
         let failed: Vec<String> = r
             .responses
             .iter()
             // 3 = UNKNOWN_TOPIC_OR_PARTITION: already gone.
             .filter(|t| t.error_code != 0 && t.error_code != 3)
-            .map(|t| format!("{} (error code {})", t.name.as_ref().map(str_of).unwrap_or_default(), t.error_code))
+            .map(|t| {
+                let why = if t.error_code == 7 { ": REQUEST_TIMED_OUT, deletion requested but not confirmed within 4 s" } else { "" };
+                format!("{} (error code {}{why})", t.name.as_ref().map(str_of).unwrap_or_default(), t.error_code)
+            })
             .collect();
         if failed.is_empty() {
             Ok(())
