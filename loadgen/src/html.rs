@@ -347,8 +347,10 @@ fn compare_section(c: &CompareView) -> String {
         .iter()
         .flat_map(|r| [r.ci_low.abs(), r.ci_high.abs(), r.change.abs()])
         .filter(|x| x.is_finite())
-        .fold(c.threshold * 2.0, f64::max)
-        .min(10.0)
+        .fold(c.threshold * 3.0, f64::max)
+        // Beyond ±50% the axis would squeeze the changes that matter near the threshold:
+        // longer intervals are clipped at the edge (an arrow) and given in full in the table.
+        .min(0.5_f64.max(c.threshold * 3.0))
         * 1.1;
     let px = |v: f64| ml + (v.clamp(-span, span) + span) / (2.0 * span) * (w - ml - mr);
     let _ = write!(html, r#"<svg id="chart-compare" class="chart" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="change with interval per figure">"#);
@@ -378,6 +380,13 @@ fn compare_section(c: &CompareView) -> String {
         let _ = write!(html, r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{} · {}{basis}</text>"#, ml - 6.0, y + 4.0, esc(&r.group), esc(&r.figure));
         if r.ci_low.is_finite() && r.ci_high.is_finite() {
             let _ = write!(html, r#"<line class="interval" x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{color}" stroke-width="3"/>"#, px(r.ci_low), px(r.ci_high));
+            let limit = span / 1.1;
+            if r.ci_high > limit {
+                let _ = write!(html, r#"<text x="{:.1}" y="{:.1}" font-size="11" fill="{color}" text-anchor="end">▶ {}</text>"#, px(limit), y - 4.0, pct(r.ci_high));
+            }
+            if r.ci_low < -limit {
+                let _ = write!(html, r#"<text x="{:.1}" y="{:.1}" font-size="11" fill="{color}">◀ {}</text>"#, px(-limit), y - 4.0, pct(r.ci_low));
+            }
         }
         if r.change.is_finite() {
             let _ = write!(html, r#"<circle cx="{:.1}" cy="{y:.1}" r="4" fill="{color}"><title>{} {}</title></circle>"#, px(r.change), esc(&r.figure), pct(r.change));
