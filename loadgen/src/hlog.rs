@@ -27,11 +27,28 @@ pub fn tag(metric: &str, phase: &str) -> &'static str {
                     ($m, "backlog") => concat!($m, ".backlog"),
                     ($m, "search") => concat!($m, ".search"),
                 )*
-                _ => "other",
+                _ => interned(metric, phase),
             }
         };
     }
     tags!("publish", "delay", "e2e")
+}
+
+/// A tag for a metric/phase pair not listed above (a phase added later): interned once, at
+/// most 64 of them (then "other"), so the log never loses the phase of a new kind of interval.
+fn interned(metric: &str, phase: &str) -> &'static str {
+    static TAGS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let want = format!("{}.{}", crate::workload::sanitize(metric), crate::workload::sanitize(phase));
+    let Ok(mut tags) = TAGS.lock() else { return "other" };
+    if let Some(t) = tags.iter().find(|t| **t == want) {
+        return t;
+    }
+    if tags.len() >= 64 {
+        return "other";
+    }
+    let t: &'static str = Box::leak(want.into_boxed_str());
+    tags.push(t);
+    t
 }
 
 /// The phase of a tag written by [`tag`].
@@ -63,7 +80,8 @@ mod tests {
                 assert_eq!(phase_of(tag(m, p)), p);
             }
         }
-        assert_eq!(tag("publish", "nonsense"), "other");
+        assert_eq!(tag("publish", "confirm"), "publish.confirm");
+        assert_eq!(tag("publish", "confirm").as_ptr(), tag("publish", "confirm").as_ptr(), "interned once");
     }
 
     #[test]
