@@ -416,7 +416,7 @@ fn commit_v0_v1(c: &Arc<GroupCoordinator>, v: i16, group: &str, topic: &str, par
 #[test]
 fn committed_offsets_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    let a_id = {
         let logs = open_logs(dir.path());
         logs.create_topic("t", 4, None).unwrap();
         let c = coordinator(&logs);
@@ -434,7 +434,8 @@ fn committed_offsets_survive_a_reopen() {
         assert_eq!(fetch_v1(&c, "standalone", "t", &[0, 1, 2]), vec![10, 21, -1]);
         drop(c);
         logs.close().unwrap();
-    }
+        a_id
+    };
     let logs = open_logs(dir.path());
     let c = coordinator(&logs);
     assert_eq!(fetch_v1(&c, "standalone", "t", &[0, 1, 2, 3]), vec![10, 21, -1, -1]);
@@ -450,13 +451,14 @@ fn committed_offsets_survive_a_reopen() {
         .flat_map(|t| t.partitions.iter().map(move |p| (t.name.as_str().to_string(), p.partition_index, p.committed_offset)))
         .collect();
     assert_eq!(all, vec![("t".into(), 0, 10), ("t".into(), 1, 21)]);
-    // Restored groups are listed (Empty) and can be committed to again.
+    // Restored groups are listed and can be committed to again: the standalone ones Empty, the
+    // managed one Stable with its member (its group metadata record), which commits as before.
     let r: ListGroupsResponse = call(&c, 16, 4, &ListGroupsRequest::default());
-    let names: Vec<&str> = r.groups.iter().map(|g| g.group_id.as_str()).collect();
-    assert_eq!(names, vec!["managed", "old", "standalone"]);
-    assert!(r.groups.iter().all(|g| g.group_state.as_str() == "Empty"));
-    assert_eq!(commit(&c, 8, "managed", "", -1, &[("t", 3, 100)]), vec![0]);
+    let listed: Vec<(&str, &str)> = r.groups.iter().map(|g| (g.group_id.as_str(), g.group_state.as_str())).collect();
+    assert_eq!(listed, vec![("managed", "Stable"), ("old", "Empty"), ("standalone", "Empty")]);
+    assert_eq!(commit(&c, 8, "managed", &a_id, 1, &[("t", 3, 100)]), vec![0]);
     assert_eq!(fetch_v1(&c, "managed", "t", &[3]), vec![100]);
+    assert_eq!(commit(&c, 8, "standalone", "", -1, &[("t", 0, 11)]), vec![0]);
 }
 
 #[test]

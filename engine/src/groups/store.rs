@@ -3,6 +3,10 @@
 //! * `__consumer_offsets` (1 partition): committed offsets, one record per partition, in
 //!   Kafka's own key/value layout (offset-commit key version 1, value version 3), so the log
 //!   reads like Kafka's. The latest record for a key wins; a null value deletes.
+//!   Group metadata too (group-metadata key version 2, value version 3): written when a
+//!   rebalance completes (SyncGroup of the leader: generation, protocol, leader and every
+//!   member with its subscription and assignment) and when the group becomes Empty (a record
+//!   with no members), so a restart restores each group as it was last Stable or Empty.
 //! * `__producer_ids` (1 partition): producer-id blocks. Each record's value is the (exclusive)
 //!   end of a block of ids reserved before any id of it is handed out, so ids stay unique across
 //!   restarts (a restart skips the rest of the last block).
@@ -14,6 +18,12 @@
 //! offset key   : i16 version=1 | str16 group | str16 topic | i32 partition
 //! offset value : i16 version=3 | i64 offset | i32 leader_epoch | str16 metadata
 //!                | i64 commit_timestamp
+//! group key    : i16 version=2 | str16 group
+//! group value  : i16 version=3 | str16 protocol_type | i32 generation | nstr16 protocol
+//!                | nstr16 leader | i64 current_state_timestamp | i32 n | n × member
+//! member       : str16 member_id | nstr16 group_instance_id | str16 client_id
+//!                | str16 client_host | i32 rebalance_timeout | i32 session_timeout
+//!                | bytes32 subscription | bytes32 assignment
 //! pid value    : i16 version=0 | i64 block_end
 //! ```
 //!
@@ -24,6 +34,8 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::log::{now_ms, LogManager, Partition, TopicError};
 use crate::record::{self, build};
 
@@ -32,6 +44,9 @@ pub const PRODUCER_IDS_TOPIC: &str = "__producer_ids";
 
 const OFFSET_KEY_VERSION: i16 = 1;
 const OFFSET_VALUE_VERSION: i16 = 3;
+const GROUP_KEY_VERSION: i16 = 2;
+/// Kafka's GroupMetadataValue v3 (the last non-flexible version; what Kafka writes since 2.3).
+const GROUP_VALUE_VERSION: i16 = 3;
 const PID_VALUE_VERSION: i16 = 0;
 /// Bytes read per step while restoring.
 const RESTORE_READ_BYTES: u64 = 1 << 20;
@@ -56,6 +71,31 @@ pub struct CommitEntry {
 }
 
 pub type GroupOffsets = HashMap<(String, i32), Committed>;
+
+/// One member in a group-metadata record (Kafka's `MemberMetadata` of GroupMetadataValue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    /// The member's metadata for the group's selected protocol.
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
+/// A group as persisted: Stable (members with assignments) or Empty (no members).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub state_timestamp_ms: i64,
+    pub members: Vec<MemberRecord>,
+}
 
 fn topic_err(e: TopicError) -> io::Error {
     match e {
@@ -99,6 +139,102 @@ pub fn offset_value(c: &Committed) -> Vec<u8> {
     put_str(&mut v, Some(c.metadata.as_deref().unwrap_or("")));
     v.extend_from_slice(&c.commit_timestamp_ms.to_be_bytes());
     v
+}
+
+fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
+    // Bounded by the coordinator's member_metadata_bytes_max (far below i32::MAX).
+    let n = b.len().min(i32::MAX as usize);
+    out.extend_from_slice(&(n as i32).to_be_bytes());
+    out.extend_from_slice(&b[..n]);
+}
+
+pub fn group_key(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + group.len());
+    k.extend_from_slice(&GROUP_KEY_VERSION.to_be_bytes());
+    put_str(&mut k, Some(group));
+    k
+}
+
+pub fn group_value(g: &GroupRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    v.extend_from_slice(&GROUP_VALUE_VERSION.to_be_bytes());
+    put_str(&mut v, Some(&g.protocol_type));
+    v.extend_from_slice(&g.generation.to_be_bytes());
+    put_str(&mut v, g.protocol.as_deref());
+    put_str(&mut v, g.leader.as_deref());
+    v.extend_from_slice(&g.state_timestamp_ms.to_be_bytes());
+    v.extend_from_slice(&(g.members.len() as i32).to_be_bytes());
+    for m in &g.members {
+        put_str(&mut v, Some(&m.member_id));
+        put_str(&mut v, m.instance_id.as_deref());
+        put_str(&mut v, Some(&m.client_id));
+        put_str(&mut v, Some(&m.client_host));
+        v.extend_from_slice(&m.rebalance_timeout_ms.to_be_bytes());
+        v.extend_from_slice(&m.session_timeout_ms.to_be_bytes());
+        put_bytes32(&mut v, &m.subscription);
+        put_bytes32(&mut v, &m.assignment);
+    }
+    v
+}
+
+/// The group of a group-metadata key; `None` for other key types.
+pub fn parse_group_key(k: &[u8]) -> Option<String> {
+    let mut c = Cur(k);
+    if c.i16()? != GROUP_KEY_VERSION {
+        return None;
+    }
+    let g = c.str16()??;
+    c.0.is_empty().then_some(g)
+}
+
+/// A group-metadata value of version 0–3 (Kafka's non-flexible versions); `None` if malformed.
+pub fn parse_group_value(v: &[u8]) -> Option<GroupRecord> {
+    let mut c = Cur(v);
+    let ver = c.i16()?;
+    if !(0..=3).contains(&ver) {
+        return None;
+    }
+    let protocol_type = c.str16()??;
+    let generation = c.i32()?;
+    let protocol = c.str16()?;
+    let leader = c.str16()?;
+    let state_timestamp_ms = if ver >= 2 { c.i64()? } else { -1 };
+    let n = c.i32()?;
+    // Each member takes at least 20 bytes: a count larger than the rest could hold is malformed.
+    if n < 0 || (n as usize).saturating_mul(20) > c.0.len() {
+        return None;
+    }
+    let mut members = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let member_id = c.str16()??;
+        let instance_id = if ver >= 3 { c.str16()? } else { None };
+        let client_id = c.str16()??;
+        let client_host = c.str16()??;
+        let session;
+        let rebalance;
+        if ver >= 1 {
+            rebalance = c.i32()?;
+            session = c.i32()?;
+        } else {
+            session = c.i32()?;
+            rebalance = session;
+        }
+        let sub_len = usize::try_from(c.i32()?).ok()?;
+        let subscription = Bytes::copy_from_slice(c.take(sub_len)?);
+        let asg_len = usize::try_from(c.i32()?).ok()?;
+        let assignment = Bytes::copy_from_slice(c.take(asg_len)?);
+        members.push(MemberRecord {
+            member_id,
+            instance_id,
+            client_id,
+            client_host,
+            rebalance_timeout_ms: rebalance,
+            session_timeout_ms: session,
+            subscription,
+            assignment,
+        });
+    }
+    Some(GroupRecord { protocol_type, generation, protocol, leader, state_timestamp_ms, members })
 }
 
 /// Cursor over big-endian fields; every getter is bounds-checked.
@@ -252,6 +388,43 @@ pub fn restore_offsets(part: &Partition) -> io::Result<HashMap<String, GroupOffs
     Ok(all)
 }
 
+/// The latest metadata record of every group in `__consumer_offsets` (a tombstone removes it;
+/// a record that does not parse is skipped with a warning, leaving the previous one).
+pub fn restore_groups(part: &Partition) -> io::Result<HashMap<String, GroupRecord>> {
+    let mut all = HashMap::new();
+    scan_records(part, |k, v| {
+        let Some(g) = k.and_then(parse_group_key) else { return };
+        match v {
+            None => {
+                all.remove(&g);
+            }
+            Some(v) => match parse_group_value(v) {
+                Some(r) => {
+                    all.insert(g, r);
+                }
+                None => tracing::warn!(group = %g, "skipping unreadable group metadata record"),
+            },
+        }
+    })?;
+    Ok(all)
+}
+
+/// Append one batch of group-metadata records (`None` = tombstone). Not yet durable: the
+/// caller waits with [`Partition::wait_durable`]`(info.next_offset)`.
+pub fn append_groups(
+    part: &Partition,
+    groups: &[(String, Option<Vec<u8>>)],
+) -> Result<crate::log::AppendInfo, crate::log::AppendError> {
+    let keys: Vec<Vec<u8>> = groups.iter().map(|(g, _)| group_key(g)).collect();
+    let recs: Vec<build::Rec<'_>> = keys
+        .iter()
+        .zip(groups)
+        .map(|(k, (_, v))| build::Rec { key: Some(k), value: v.as_deref(), timestamp_delta: 0 })
+        .collect();
+    let mut batch = build::batch_with(&recs, now_ms(), -1, -1, -1);
+    part.append(&mut batch)
+}
+
 /// Append one batch holding the commits of one OffsetCommit request (atomic: all or none).
 /// Not yet durable: the caller waits with [`Partition::wait_durable`]`(info.next_offset)`.
 pub fn append_commits(
@@ -307,6 +480,43 @@ mod tests {
         let c = Committed { offset: 42, leader_epoch: 3, metadata: Some("m".into()), commit_timestamp_ms: 9 };
         assert_eq!(parse_offset_value(&offset_value(&c)), Some(c));
         assert_eq!(parse_offset_key(&k[..k.len() - 1]), None);
+    }
+
+    #[test]
+    fn group_key_and_value_round_trip_and_reject_garbage() {
+        let k = group_key("g1");
+        assert_eq!(parse_group_key(&k), Some("g1".into()));
+        assert_eq!(parse_offset_key(&k), None, "a group key is not an offset key");
+        assert_eq!(parse_group_key(&offset_key("g", "t", 0)), None);
+        let r = GroupRecord {
+            protocol_type: "consumer".into(),
+            generation: 7,
+            protocol: Some("range".into()),
+            leader: Some("m1".into()),
+            state_timestamp_ms: 123,
+            members: vec![MemberRecord {
+                member_id: "m1".into(),
+                instance_id: Some("i1".into()),
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                rebalance_timeout_ms: 3000,
+                session_timeout_ms: 6000,
+                subscription: Bytes::from_static(b"sub"),
+                assignment: Bytes::from_static(b"asg"),
+            }],
+        };
+        let v = group_value(&r);
+        assert_eq!(parse_group_value(&v), Some(r.clone()));
+        for n in 0..v.len() {
+            assert_eq!(parse_group_value(&v[..n]), None, "truncated at {n}");
+        }
+        let mut huge = v.clone();
+        // Member count of 2^31-1: refused without allocating.
+        let at = 2 + 2 + 8 + 4 + 2 + 5 + 2 + 2 + 8;
+        huge[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(parse_group_value(&huge), None);
+        let empty = GroupRecord { members: vec![], protocol: None, leader: None, ..r };
+        assert_eq!(parse_group_value(&group_value(&empty)), Some(empty));
     }
 
     #[test]
