@@ -7,6 +7,11 @@
 //! OffsetCommit (its member id and generation) succeed and DescribeGroups shows it; a member that
 //! does not come back expires after its session timeout and the group rebalances, then empties,
 //! and the Empty group (with its generation) survives the next restart too.
+//!
+//! A real client too: a confluent-kafka group consumer (`tests/interop/group_restart.py`) reads N
+//! records, keeps running while the broker is restarted, then commits them and reads M new ones:
+//! exactly the M new records arrive, no duplicate (before: its commit failed with
+//! UNKNOWN_MEMBER_ID, it rejoined and read the N again).
 
 mod common;
 
@@ -16,7 +21,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{spawn_broker_process, Client};
+use common::{require_tool, run, spawn_broker_process, Client};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
@@ -269,4 +274,94 @@ fn group_membership_survives_a_graceful_restart() {
 #[test]
 fn group_membership_survives_kill9() {
     membership_survives_a_restart(Stop::Kill9);
+}
+
+fn script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/group_restart.py")
+}
+
+fn python_produce(addr: SocketAddr, prefix: &str, count: usize) {
+    let out = run(
+        Command::new(require_tool("python3")).arg(script()).args([
+            "produce",
+            "--bootstrap",
+            &addr.to_string(),
+            "--prefix",
+            prefix,
+            "--count",
+            &count.to_string(),
+        ]),
+        None,
+        Duration::from_secs(60),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("produce output");
+    assert_eq!(v["unflushed"], 0, "{v}");
+}
+
+fn client_keeps_its_place_across_a_restart(how: Stop) {
+    const N: usize = 10;
+    const M: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let go = dir.path().join("go");
+    let data = dir.path().join("data");
+    let mut broker = Some(start(&data, addr));
+    python_produce(addr, "old", N);
+    let mut consumer = Command::new(require_tool("python3"))
+        .arg(script())
+        .args(["consume", "--bootstrap", &addr.to_string(), "--first", &N.to_string(), "--then", &M.to_string()])
+        .arg("--go")
+        .arg(&go)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn consumer");
+    let stdout = consumer.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let result = (|| {
+        let first = rx.recv_timeout(Duration::from_secs(90)).map_err(|e| format!("no 'consumed' line: {e}"))?;
+        if first != format!("consumed {N}") {
+            return Err(format!("consumer: {first}"));
+        }
+        stop(broker.take().unwrap(), how);
+        broker = Some(start(&data, addr));
+        std::fs::write(&go, b"go").unwrap();
+        python_produce(addr, "new", M);
+        let line = rx.recv_timeout(Duration::from_secs(150)).map_err(|e| format!("no result line: {e}"))?;
+        serde_json::from_str::<serde_json::Value>(&line).map_err(|e| format!("{e}: {line}"))
+    })();
+    let _ = consumer.kill();
+    let _ = consumer.wait();
+    if let Some(b) = broker {
+        stop(b, Stop::Graceful);
+    }
+    let r = result.unwrap_or_else(|e| panic!("{how:?}: {e}"));
+    let old: Vec<String> = (0..N).map(|i| format!("old-{i}")).collect();
+    let new: Vec<String> = (0..M).map(|i| format!("new-{i}")).collect();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().expect("array").iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect()
+    };
+    assert_eq!(strings(&r["before"]), old, "{how:?}: {r}");
+    assert_eq!(r["committed"], true, "{how:?}: the commit after the restart: {r}");
+    // Exactly the M new records, each once: no record read before the restart again.
+    assert_eq!(strings(&r["after"]), new, "{how:?}: {r}");
+}
+
+#[test]
+fn confluent_consumer_keeps_its_place_across_kill9() {
+    client_keeps_its_place_across_a_restart(Stop::Kill9);
+}
+
+#[test]
+fn confluent_consumer_keeps_its_place_across_a_graceful_restart() {
+    client_keeps_its_place_across_a_restart(Stop::Graceful);
 }
