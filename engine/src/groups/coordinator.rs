@@ -44,9 +44,9 @@ pub struct GroupConfig {
     pub offset_metadata_bytes_max: usize,
     /// How often the reaper checks sessions and rebalance deadlines.
     pub reaper_tick_ms: u64,
-    /// How often every live committed offset is rewritten at the end of `__consumer_offsets`
-    /// (when it has more than one segment), so segment retention never deletes the only record
-    /// of an offset that is still current.
+    /// How often every live committed offset and the latest metadata record of every group are
+    /// rewritten at the end of `__consumer_offsets` (when it has more than one segment), so
+    /// segment retention never deletes the only record of one that is still current.
     pub offsets_snapshot_interval_ms: u64,
     /// Node id, host and port returned by FindCoordinator.
     pub node_id: i32,

@@ -3,8 +3,9 @@
 //!
 //! * [`coordinator`]: the classic group state machine (join/sync/heartbeat/leave, session
 //!   expiry by a reaper thread, generation checks).
-//! * [`store`]: the durable part: committed offsets in `__consumer_offsets`, producer-id blocks
-//!   in `__producer_ids`, both appended through the [`LogManager`] and restored at start.
+//! * [`store`]: the durable part: committed offsets and group metadata (each completed
+//!   rebalance, each group gone Empty) in `__consumer_offsets`, producer-id blocks in
+//!   `__producer_ids`, all appended through the [`LogManager`] and restored at start.
 //! * this module: [`handle`], the Kafka wire mapping (decode with `kafka-protocol`, encode the
 //!   response header + body), and [`GroupCoordinator`], which owns the above.
 //!
