@@ -187,29 +187,31 @@ pub fn parse_group_key(k: &[u8]) -> Option<String> {
     c.0.is_empty().then_some(g)
 }
 
-/// A group-metadata value of version 0–3 (Kafka's non-flexible versions); `None` if malformed.
+/// A group-metadata value of version 0–4 (4 is Kafka's first flexible version: compact strings,
+/// arrays and bytes, tagged fields); `None` if malformed.
 pub fn parse_group_value(v: &[u8]) -> Option<GroupRecord> {
     let mut c = Cur(v);
     let ver = c.i16()?;
-    if !(0..=3).contains(&ver) {
+    if !(0..=4).contains(&ver) {
         return None;
     }
-    let protocol_type = c.str16()??;
+    let flex = ver >= 4;
+    let protocol_type = c.gstr(flex)??;
     let generation = c.i32()?;
-    let protocol = c.str16()?;
-    let leader = c.str16()?;
+    let protocol = c.gstr(flex)?;
+    let leader = c.gstr(flex)?;
     let state_timestamp_ms = if ver >= 2 { c.i64()? } else { -1 };
-    let n = c.i32()?;
-    // Each member takes at least 20 bytes: a count larger than the rest could hold is malformed.
-    if n < 0 || (n as usize).saturating_mul(20) > c.0.len() {
+    let n = if flex { c.uvarint()?.checked_sub(1)? as i64 } else { c.i32()? as i64 };
+    // Each member takes at least 12 bytes: a count larger than the rest could hold is malformed.
+    if n < 0 || (n as usize).saturating_mul(12) > c.0.len() {
         return None;
     }
     let mut members = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let member_id = c.str16()??;
-        let instance_id = if ver >= 3 { c.str16()? } else { None };
-        let client_id = c.str16()??;
-        let client_host = c.str16()??;
+        let member_id = c.gstr(flex)??;
+        let instance_id = if ver >= 3 { c.gstr(flex)? } else { None };
+        let client_id = c.gstr(flex)??;
+        let client_host = c.gstr(flex)??;
         let session;
         let rebalance;
         if ver >= 1 {
@@ -219,10 +221,11 @@ pub fn parse_group_value(v: &[u8]) -> Option<GroupRecord> {
             session = c.i32()?;
             rebalance = session;
         }
-        let sub_len = usize::try_from(c.i32()?).ok()?;
-        let subscription = Bytes::copy_from_slice(c.take(sub_len)?);
-        let asg_len = usize::try_from(c.i32()?).ok()?;
-        let assignment = Bytes::copy_from_slice(c.take(asg_len)?);
+        let subscription = c.gbytes(flex)?;
+        let assignment = c.gbytes(flex)?;
+        if flex {
+            c.skip_tags()?;
+        }
         members.push(MemberRecord {
             member_id,
             instance_id,
@@ -233,6 +236,9 @@ pub fn parse_group_value(v: &[u8]) -> Option<GroupRecord> {
             subscription,
             assignment,
         });
+    }
+    if flex {
+        c.skip_tags()?;
     }
     Some(GroupRecord { protocol_type, generation, protocol, leader, state_timestamp_ms, members })
 }
@@ -265,6 +271,44 @@ impl<'a> Cur<'a> {
         }
         let b = self.take(n as usize)?;
         Some(Some(String::from_utf8(b.to_vec()).ok()?))
+    }
+    /// Unsigned varint (flexible versions' lengths), at most 32 bits.
+    fn uvarint(&mut self) -> Option<u32> {
+        let mut z: u32 = 0;
+        for i in 0..5 {
+            let b = *self.take(1)?.first()?;
+            z |= ((b & 0x7f) as u32).checked_shl(7 * i)?;
+            if b < 0x80 {
+                return Some(z);
+            }
+        }
+        None
+    }
+    /// A string: str16 or, in flexible versions, compact (uvarint length + 1; 0 = null).
+    fn gstr(&mut self, flex: bool) -> Option<Option<String>> {
+        if !flex {
+            return self.str16();
+        }
+        let n = self.uvarint()?;
+        if n == 0 {
+            return Some(None);
+        }
+        let b = self.take(n as usize - 1)?;
+        Some(Some(String::from_utf8(b.to_vec()).ok()?))
+    }
+    /// Non-null bytes: i32 length or, in flexible versions, compact (uvarint length + 1).
+    fn gbytes(&mut self, flex: bool) -> Option<Bytes> {
+        let n = if flex { usize::try_from(self.uvarint()?.checked_sub(1)?).ok()? } else { usize::try_from(self.i32()?).ok()? };
+        Some(Bytes::copy_from_slice(self.take(n)?))
+    }
+    /// Skip a tagged-field section (flexible versions).
+    fn skip_tags(&mut self) -> Option<()> {
+        for _ in 0..self.uvarint()? {
+            self.uvarint()?;
+            let n = self.uvarint()?;
+            self.take(n as usize)?;
+        }
+        Some(())
     }
     fn varlong(&mut self) -> Option<i64> {
         let mut z: u64 = 0;
@@ -515,8 +559,38 @@ mod tests {
         let at = 2 + 2 + 8 + 4 + 2 + 5 + 2 + 2 + 8;
         huge[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
         assert_eq!(parse_group_value(&huge), None);
-        let empty = GroupRecord { members: vec![], protocol: None, leader: None, ..r };
+        let empty = GroupRecord { members: vec![], protocol: None, leader: None, ..r.clone() };
         assert_eq!(parse_group_value(&group_value(&empty)), Some(empty));
+
+        // Version 4 (flexible), as a newer Kafka writes it, with a tagged field in a member.
+        let cs = |v: &mut Vec<u8>, s: Option<&str>| match s {
+            None => v.push(0),
+            Some(s) => {
+                v.push(s.len() as u8 + 1);
+                v.extend_from_slice(s.as_bytes());
+            }
+        };
+        let mut v4 = 4i16.to_be_bytes().to_vec();
+        cs(&mut v4, Some("consumer"));
+        v4.extend_from_slice(&7i32.to_be_bytes());
+        cs(&mut v4, Some("range"));
+        cs(&mut v4, Some("m1"));
+        v4.extend_from_slice(&123i64.to_be_bytes());
+        v4.push(2); // one member
+        cs(&mut v4, Some("m1"));
+        cs(&mut v4, Some("i1"));
+        cs(&mut v4, Some("c"));
+        cs(&mut v4, Some("/127.0.0.1"));
+        v4.extend_from_slice(&3000i32.to_be_bytes());
+        v4.extend_from_slice(&6000i32.to_be_bytes());
+        cs(&mut v4, Some("sub"));
+        cs(&mut v4, Some("asg"));
+        v4.extend_from_slice(&[1, 9, 2, 0xaa, 0xbb]); // one unknown tagged field
+        v4.push(0); // no top-level tagged fields
+        assert_eq!(parse_group_value(&v4), Some(r));
+        for n in 0..v4.len() {
+            assert_eq!(parse_group_value(&v4[..n]), None, "v4 truncated at {n}");
+        }
     }
 
     #[test]
