@@ -256,26 +256,37 @@ impl GroupCoordinator {
         Ok(id)
     }
 
-    /// Append (durably, per the log's mode) the group records the state machine queued.
-    /// Errors are logged and returned; the state in memory stays as it is.
+    /// Append (durably, per the log's mode) the group records the state machine queued, one
+    /// batch each. A storage failure is logged and returned (the state in memory stays as it
+    /// is). A record the log refuses as a batch (larger than its batch limit) is skipped with
+    /// an error logged: that group then restores as its previous record says.
     fn persist_groups(&self) -> io::Result<()> {
         let mut saved = lock(&self.group_records);
         let recs = self.sm.take_records();
-        if recs.is_empty() {
-            return Ok(());
-        }
-        let values: Vec<(String, Option<Vec<u8>>)> =
-            recs.iter().map(|(g, r)| (g.clone(), Some(store::group_value(r)))).collect();
-        let r = store::append_groups(&self.offsets_log, &values).and_then(|info| {
-            for (g, v) in values {
-                saved.insert(g, v.unwrap_or_default());
+        let mut last = None;
+        for (g, r) in recs {
+            let v = store::group_value(&r);
+            match store::append_groups(&self.offsets_log, &[(g.clone(), Some(v.clone()))]) {
+                Ok(info) => {
+                    last = Some(info.next_offset);
+                    saved.insert(g, v);
+                }
+                Err(crate::log::AppendError::Corrupt(e)) => {
+                    tracing::error!(group = %g, bytes = v.len(), "group metadata not persisted: {e}");
+                }
+                Err(e) => {
+                    tracing::error!(group = %g, "cannot persist group metadata: {e}");
+                    return Err(io::Error::other(e.to_string()));
+                }
             }
-            self.offsets_log.wait_durable(info.next_offset)
-        });
-        r.map_err(|e| {
-            tracing::error!(groups = recs.len(), "cannot persist group metadata: {e}");
-            io::Error::other(e.to_string())
-        })
+        }
+        if let Some(next) = last {
+            self.offsets_log.wait_durable(next).map_err(|e| {
+                tracing::error!("cannot persist group metadata: {e}");
+                io::Error::other(e.to_string())
+            })?;
+        }
+        Ok(())
     }
 
     /// Rewrite every live committed offset at the end of `__consumer_offsets` if the log has
