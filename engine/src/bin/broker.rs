@@ -34,6 +34,10 @@ struct Args {
     /// Largest request frame accepted; larger ones close the connection.
     #[arg(long, default_value_t = 100 << 20)]
     frame_bytes_max: usize,
+    /// Largest record batch a Produce may carry (Kafka's message.max.bytes); a larger one is
+    /// answered MESSAGE_TOO_LARGE.
+    #[arg(long, default_value_t = engine::broker::MESSAGE_MAX_BYTES_DEFAULT)]
+    message_max_bytes: usize,
     /// Write large produce batches (>= 256 KiB, group durability) with O_DIRECT, bypassing the
     /// page cache: more throughput with many concurrent large-batch producers, more latency with
     /// few, and consumers read those batches from the disk (engine/PERF_NOTES.md, session 5).
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
     cfg.auto_create_topics = !args.no_auto_create;
     cfg.frame_bytes_max = args.frame_bytes_max;
     cfg.log.direct_io = args.direct_io;
+    cfg.message_max_bytes = args.message_max_bytes;
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

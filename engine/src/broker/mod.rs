@@ -42,6 +42,8 @@ pub const CONNECTION_IDLE_MS_MAX: u64 = 600_000;
 /// A response that cannot be written for this long (the client stopped reading) closes the
 /// connection instead of parking its writer forever.
 pub const SEND_STALL_MS_MAX: u64 = 120_000;
+/// Kafka's default message.max.bytes (1 MiB + the 12-byte log overhead).
+pub const MESSAGE_MAX_BYTES_DEFAULT: usize = 1_048_588;
 /// How long `BrokerHandle::shutdown` waits for connection threads to finish.
 const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -54,6 +56,10 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub frame_bytes_max: usize,
+    /// Largest record batch a Produce may carry (Kafka's message.max.bytes, default 1048588);
+    /// a larger one is refused with MESSAGE_TOO_LARGE. The log's `batch_bytes_max` is raised
+    /// to it if lower.
+    pub message_max_bytes: usize,
     /// Largest partition count CreateTopics accepts (each partition costs files, fsyncs and a
     /// lock hold while it is created; Kafka answers INVALID_PARTITIONS past such a limit).
     pub partitions_per_topic_max: i32,
@@ -69,6 +75,7 @@ impl BrokerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             frame_bytes_max: 100 << 20,
+            message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
             partitions_per_topic_max: 1_000,
         }
     }
@@ -173,7 +180,8 @@ impl Broker {
 
     /// [`Broker::start`] over another storage backend (tests: `SimIo` with injected faults;
     /// its files have no descriptor, so Fetch copies with `read_at` instead of sendfile).
-    pub fn start_with_io(cfg: BrokerConfig, storage: Arc<dyn Io>) -> io::Result<BrokerHandle> {
+    pub fn start_with_io(mut cfg: BrokerConfig, storage: Arc<dyn Io>) -> io::Result<BrokerHandle> {
+        cfg.log.batch_bytes_max = cfg.log.batch_bytes_max.max(cfg.message_max_bytes);
         if cfg.default_partitions < 1 || cfg.default_partitions > cfg.partitions_per_topic_max {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -90,6 +90,10 @@ pub struct LogConfig {
     /// producer connections at the broker, but one producer over 4 partitions lost 12 % of its
     /// peak and ~30 % of median latency; see engine/PERF_NOTES.md, session 5.
     pub direct_io: bool,
+    /// Walk every record of an appended batch (decompressing it) and refuse one a consumer
+    /// could not parse, as Kafka's LogValidator does ([`crate::record::validate_records`]).
+    /// Default on; off only to measure what it costs.
+    pub validate_records: bool,
 }
 
 impl Default for LogConfig {
@@ -105,6 +109,7 @@ impl Default for LogConfig {
             preallocate_bytes: 1 << 20,
             appender_write_bytes: 256 << 10,
             direct_io: false,
+            validate_records: true,
         }
     }
 }

@@ -535,7 +535,7 @@ impl Partition {
     pub fn append(&self, buf: &mut [u8]) -> Result<AppendInfo, AppendError> {
         #[cfg(feature = "slow-append")]
         let started = std::time::Instant::now();
-        let infos = record::validate_all(buf, self.cfg.batch_bytes_max)?;
+        let infos = record::validate_all_with(buf, self.cfg.batch_bytes_max, self.cfg.validate_records)?;
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
