@@ -227,7 +227,7 @@ pub const DECOMPRESSED_BYTES_MAX: u64 = 64 << 20;
 /// a larger one would make the decoder allocate it.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 /// Window of the streaming decompressors' output.
-const WALK_WINDOW_BYTES: usize = 16 << 10;
+const WALK_WINDOW_BYTES: usize = 256 << 10;
 
 /// Why the walk stopped early.
 enum Stop {

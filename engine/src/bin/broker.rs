@@ -57,6 +57,16 @@ struct Args {
     /// answered MESSAGE_TOO_LARGE.
     #[arg(long, default_value_t = engine::broker::MESSAGE_MAX_BYTES_DEFAULT)]
     message_max_bytes: usize,
+    /// Repair damaged logs on start: a partition whose log is damaged below its recovery point
+    /// (or in a sealed segment) is truncated at its first invalid batch, and exactly what is
+    /// dropped (segment, byte position, offsets, bytes) is logged. Without it such a partition
+    /// is not opened and the error says where the damage is.
+    #[arg(long)]
+    repair: bool,
+    /// Read rate (MiB/s) of the background scrub that CRC-checks sealed segments once an hour
+    /// and fences a damaged batch (Fetch answers KAFKA_STORAGE_ERROR there); 0 = off.
+    #[arg(long, default_value_t = engine::broker::SCRUB_RATE_MIB_DEFAULT)]
+    scrub_rate_mib: u64,
     /// Write large produce batches (>= 256 KiB, group durability) with O_DIRECT, bypassing the
     /// page cache: more throughput with many concurrent large-batch producers, more latency with
     /// few, and consumers read those batches from the disk (engine/PERF_NOTES.md, session 5).
@@ -88,6 +98,8 @@ fn main() -> ExitCode {
     cfg.connections_per_ip_max = args.max_connections_per_ip;
     cfg.log.direct_io = args.direct_io;
     cfg.message_max_bytes = args.message_max_bytes;
+    cfg.log.repair = args.repair;
+    cfg.log.scrub_rate_mib = args.scrub_rate_mib;
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

@@ -65,6 +65,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A response that cannot be written for this long (the client stopped reading) closes the
 /// connection instead of parking its writer forever.
 pub const SEND_STALL_MS_MAX: u64 = 120_000;
+/// Default read rate of the background scrub of sealed segments (`LogConfig::scrub_rate_mib`).
+pub const SCRUB_RATE_MIB_DEFAULT: u64 = 8;
 /// Kafka's default message.max.bytes (1 MiB + the 12-byte log overhead).
 pub const MESSAGE_MAX_BYTES_DEFAULT: usize = 1_048_588;
 /// How long `BrokerHandle::shutdown` waits for connection threads to finish.
@@ -107,7 +109,7 @@ impl BrokerConfig {
             data_dir,
             listen: "127.0.0.1:9092".parse().expect("static addr"),
             // (In group mode the log zero-fills 1 MiB ahead by default: PERF_NOTES.md.)
-            log: LogConfig { durability, ..LogConfig::default() },
+            log: LogConfig { durability, scrub_rate_mib: SCRUB_RATE_MIB_DEFAULT, ..LogConfig::default() },
             auto_create_topics: true,
             default_partitions: 1,
             frame_bytes_max: 100 << 20,

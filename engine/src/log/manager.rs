@@ -106,6 +106,8 @@ pub struct LogManager {
     stop: Arc<AtomicBool>,
     /// Partitions that failed recovery, with the reason (they are not served).
     pub failed: Mutex<Vec<String>>,
+    /// What the background scrub checked and found ([`super::scrub`]).
+    pub scrub: Arc<super::scrub::ScrubReport>,
 }
 
 impl LogManager {
@@ -155,8 +157,10 @@ impl LogManager {
             notifier,
             stop: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(failed),
+            scrub: Default::default(),
         });
         m.start_background();
+        super::scrub::start(Arc::downgrade(&m), m.stop.clone(), m.scrub.clone(), m.default_cfg.scrub_rate_mib);
         Ok(m)
     }
 

@@ -24,6 +24,8 @@ pub fn small_cfg(durability: Durability, segment_bytes_max: u64) -> LogConfig {
         appender_write_bytes: 256 << 10,
         direct_io: false,
         validate_records: true,
+        repair: false,
+        scrub_rate_mib: 0,
     }
 }
 
