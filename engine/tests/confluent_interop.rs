@@ -90,4 +90,5 @@ fn confluent_kafka_too_large_record_fails_fast_with_msg_size_too_large() {
     assert!(lines[0].starts_with("error MSG_SIZE_TOO_LARGE "), "{out}");
     assert_eq!(lines[1], "small ok 0", "{out}");
     assert_eq!(broker.logs().partition("large", 0).unwrap().log_end_offset(), 1);
+    println!("confluent_interop: 20 MiB record: {}", lines[0]);
 }
