@@ -226,8 +226,14 @@ pub const DECOMPRESSED_BYTES_MAX: u64 = 64 << 20;
 /// Largest zstd window accepted (2^23 = 8 MiB: what zstd levels up to 19 use): a frame declaring
 /// a larger one would make the decoder allocate it.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
-/// Window of the streaming decompressors' output.
-const WALK_WINDOW_BYTES: usize = 256 << 10;
+/// Window of the streaming decompressors' output: the 64 KiB block size Kafka's clients use for
+/// lz4, so the decoder writes straight into it instead of through its own buffer. Kept per
+/// thread and reused (not zeroed and freed per batch).
+const WALK_WINDOW_BYTES: usize = 64 << 10;
+
+thread_local! {
+    static WALK_WINDOW: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// Why the walk stopped early.
 enum Stop {
@@ -295,7 +301,9 @@ struct ReadSource<R: std::io::Read> {
 
 impl<R: std::io::Read> ReadSource<R> {
     fn new(r: R, codec: &'static str) -> Self {
-        ReadSource { r, codec, buf: vec![0; WALK_WINDOW_BYTES], lo: 0, hi: 0, produced: 0 }
+        let mut buf = WALK_WINDOW.with(|w| w.take());
+        buf.resize(WALK_WINDOW_BYTES, 0);
+        ReadSource { r, codec, buf, lo: 0, hi: 0, produced: 0 }
     }
     /// Refill the window; false at the end of the stream.
     fn fill(&mut self) -> Result<bool, Stop> {
@@ -317,6 +325,12 @@ impl<R: std::io::Read> ReadSource<R> {
                 }
             }
         }
+    }
+}
+
+impl<R: std::io::Read> Drop for ReadSource<R> {
+    fn drop(&mut self) {
+        WALK_WINDOW.with(|w| w.set(std::mem::take(&mut self.buf)));
     }
 }
 
