@@ -773,3 +773,43 @@ fn scrub_reports_a_damaged_sealed_segment_and_fences_it() {
     assert!(log.lines().filter(|l| l.contains("REPAIR: removing")).count() >= 3, "later segments not reported:\n{log}");
     assert!(!log.contains("scrub: damaged"), "{log}");
 }
+
+/// A sealed segment missing from the middle of the log (an operator's slip): without --repair
+/// the partition is not opened; with it the log ends where the gap starts, the segments after
+/// the gap are removed and reported, and everything before is served.
+#[test]
+fn repair_drops_the_segments_after_a_missing_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let stored = write_real_log(&data, 12, 16 * 1024);
+    let dir = data.join("t-0");
+    let mut bases: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_suffix(".log").and_then(|s| s.parse().ok()))
+        .collect();
+    bases.sort_unstable();
+    assert!(bases.len() >= 4, "{bases:?}");
+    let gone = bases[2];
+    std::fs::remove_file(dir.join(format!("{gone:020}.log"))).unwrap();
+
+    let ((code, _, _), log) = broker_binary(&data, &[], |a| fetch_t0(a, 0));
+    assert_ne!(code, 0, "a partition with a missing segment was served");
+    assert!(log.contains("--repair"), "{log}");
+
+    let (served_batches, log) = broker_binary(&data, &["--repair"], |a| {
+        let mut all = Vec::new();
+        let mut at = 0i64;
+        for _ in 0..100 {
+            let (code, batches, crc_ok) = fetch_t0(a, at);
+            assert_eq!((code, crc_ok), (0, true));
+            let Some(&(last, n)) = batches.last() else { break };
+            all.extend(batches);
+            at = last + n as i64;
+        }
+        all
+    });
+    let expected: Vec<(i64, i32)> = stored.iter().take_while(|(o, _)| *o < gone).map(|(o, _)| (*o as i64, 20)).collect();
+    assert_eq!(served_batches, expected, "{log}");
+    assert!(log.contains(&format!("segment starts at {}", bases[3])), "{log}");
+    println!("fault_disk: missing segment {gone}: repaired to offsets 0..{gone}");
+}

@@ -315,6 +315,14 @@ impl Partition {
         let last_i = bases.len().saturating_sub(1);
         let mut repaired = false;
         for (i, &base) in bases.iter().enumerate() {
+            if let Some(prev) = segments.last().filter(|p| cfg.repair && !repaired && p.next_offset != base) {
+                tracing::error!(
+                    topic, partition = index, segment = %dir.join(segment::log_name(base)).display(), offset = prev.next_offset,
+                    "REPAIR: segment starts at {base} but the previous one ends at {}: it and every later segment are dropped",
+                    prev.next_offset
+                );
+                repaired = true;
+            }
             if repaired {
                 // Everything after a repaired (truncated) segment goes.
                 for name in [segment::log_name(base), segment::index_name(base), segment::time_index_name(base)] {
@@ -435,6 +443,15 @@ impl Partition {
                 seg.file.set_len(end.valid_end).map_err(&e)?;
             }
             segments.push(seg);
+        }
+        if cfg.repair && !repaired && segments.last().expect("segment").next_offset < recovery_point {
+            let seg = segments.last().expect("segment");
+            tracing::error!(
+                topic, partition = index, segment = %dir.join(segment::log_name(seg.base_offset)).display(),
+                "REPAIR: the log ends at offset {} before its recovery point {recovery_point} (synced data is missing); continuing from {}",
+                seg.next_offset, seg.next_offset
+            );
+            repaired = true;
         }
         if segments.last().expect("segment").next_offset < recovery_point && !repaired {
             let seg = segments.last().expect("segment");
