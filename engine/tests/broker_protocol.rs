@@ -348,6 +348,15 @@ fn list_offsets_earliest_latest_and_by_timestamp() {
     assert_eq!(query(&mut c, 2_500), (20, 3_000));
     assert_eq!(query(&mut c, -3), (40, 5_000));
     assert_eq!(query(&mut c, 99_999).0, -1);
+    // Exact to the record inside one batch (Kafka: the first offset whose record timestamp is
+    // >= the target): 100 records with timestamps 10_000 + 10 i at offsets 50..150.
+    let recs: Vec<build::Rec> = (0..100).map(|i| build::Rec { key: None, value: Some(b"v"), timestamp_delta: i * 10 }).collect();
+    c.call(PRODUCE_V, &produce_req("ts", vec![(0, build::batch_with(&recs, 10_000, -1, -1, -1))], 1));
+    assert_eq!(query(&mut c, 10_300), (80, 10_300));
+    assert_eq!(query(&mut c, 10_295), (80, 10_300));
+    assert_eq!(query(&mut c, 10_990), (149, 10_990));
+    assert_eq!(query(&mut c, -3), (149, 10_990), "MAX_TIMESTAMP: the record carrying it");
+    assert_eq!(query(&mut c, 10_991).0, -1);
 }
 
 #[test]

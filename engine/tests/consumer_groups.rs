@@ -483,7 +483,7 @@ fn producer_ids_stay_unique_across_reopens() {
             1,
             &InitProducerIdRequest::default().with_transactional_id(Some(TransactionalId(s("tx")))),
         );
-        assert_eq!(r.error_code, err::INVALID_REQUEST);
+        assert_eq!(r.error_code, err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
         drop(c);
         logs.close().unwrap();
     }

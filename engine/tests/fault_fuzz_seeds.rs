@@ -151,8 +151,9 @@ fn decode_body(api: ApiKey, buf: &mut Bytes, v: i16) {
     r.unwrap_or_else(|e| panic!("{api:?} v{v}: seed does not decode: {e}"));
 }
 
-/// Record batches from the Produce requests of real clients (kcat, confluent-kafka: none, lz4,
-/// zstd) captured into engine/fuzz/seeds/request_decode by scripts/faults/capture_requests.py.
+/// Record batches from the Produce requests of real clients (kcat, confluent-kafka, kafka-python,
+/// aiokafka, kafkajs: none, gzip, lz4, zstd) captured into engine/fuzz/seeds/request_decode by
+/// scripts/faults/capture_requests.py.
 fn captured_produce_batches() -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/request_decode");
     let mut names: Vec<_> = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();

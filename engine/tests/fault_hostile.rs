@@ -568,3 +568,185 @@ fn descriptor_limits_refuse_topics_whole_and_accept_backs_off() {
     assert!(flooded > 400, "the flood did not get past the descriptors left ({flooded} connections)");
     println!("fault_hostile: restart under nofile=1000: 50 clients served, {flooded}-connection flood, {failed} 'accept failed' log line(s), 50 new clients served after");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15: ordinary requests that used to lose acknowledged data, and an operator's slip.
+
+/// The 7-byte all-topics Metadata v12 body of confluent-kafka 2.16 (librdkafka 2.16.0),
+/// header included, exactly as captured.
+const LIBRDKAFKA_2_16_ALL_TOPICS_METADATA: &[u8] = &[
+    0, 0, 0, 0x19, 0, 3, 0, 0x0c, 0, 0, 0, 3, 0, 7, b'r', b'd', b'k', b'a', b'f', b'k', b'a', 0, 0, 0, 0, 0, 1, 0, 0,
+];
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn committed(c: &mut Client, group: &str, topic_name: &str) -> i64 {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{GroupId, OffsetFetchRequest};
+    let r = c.call(
+        5,
+        &OffsetFetchRequest::default().with_group_id(GroupId(StrBytes::from_string(group.into()))).with_topics(Some(vec![
+            OffsetFetchRequestTopic::default().with_name(topic(topic_name)).with_partition_indexes(vec![0]),
+        ])),
+    );
+    r.topics[0].partitions[0].committed_offset
+}
+
+fn producer_id(c: &mut Client) -> i64 {
+    use kafka_protocol::messages::InitProducerIdRequest;
+    let r = c.call(4, &InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000));
+    assert_eq!(r.error_code, 0);
+    r.producer_id.0
+}
+
+/// Forged records, deletes and re-creates of the internal topics, a second broker on the same
+/// data directory, and librdkafka 2.16's Metadata frame — then a kill -9 and restart: committed
+/// offsets and the producer-id sequence are intact.
+#[test]
+fn internal_topics_and_the_data_directory_resist_client_requests_and_a_second_broker() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    use kafka_protocol::messages::{DeleteTopicsRequest, GroupId, MetadataRequest, MetadataResponse, OffsetCommitRequest};
+    use kafka_protocol::protocol::Decodable;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = start_broker(dir.path());
+    let mut c = Client::connect(broker.addr);
+    let r = c.call(
+        7,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default().with_name(topic("t")).with_num_partitions(1).with_replication_factor(1)]),
+    );
+    assert_eq!(r.topics[0].error_code, 0);
+    let r = c.call(
+        8,
+        &OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(topic("t"))
+                .with_partitions(vec![OffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(100)])]),
+    );
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let pid_before = producer_id(&mut c);
+
+    // Produce into the internal topics: INVALID_TOPIC_EXCEPTION (17), as Kafka's ReplicaManager.
+    // (Before: accepted; a forged offset record rewrote "g"'s offset at the next restart, and
+    // one in __producer_ids made later producer ids negative.)
+    let mut refused = 0;
+    for t in ["__consumer_offsets", "__producer_ids"] {
+        let r = c.call(9, &produce_req(t, build::simple_batch(3, 40, 0)));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 17, "produce to {t}");
+        refused += 1;
+    }
+    // A transactional Produce (transactions are not supported): TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    // (53), nothing stored. (Before: stored as plain batches.)
+    let tx = produce_req("t", build::simple_batch(2, 10, 0))
+        .with_transactional_id(Some(kafka_protocol::messages::TransactionalId(StrBytes::from_static_str("tx"))));
+    assert_eq!(c.call(9, &tx).responses[0].partition_responses[0].error_code, 53, "transactional produce");
+    let r = c.call(9, &produce_req("t", build::simple_batch(1, 10, 0)));
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 0, "the refused transactional batch was not stored");
+    // acks=0: no response to carry the error, so the connection is closed (as Kafka).
+    let mut c0 = Client::connect(broker.addr);
+    c0.send(9, &produce_req("__consumer_offsets", build::simple_batch(1, 40, 0)).with_acks(0));
+    assert!(c0.closed_by_peer(), "acks=0 produce to an internal topic must close the connection");
+    // Delete: TOPIC_AUTHORIZATION_FAILED (29) with a message naming why (v5+).
+    // (Before: deleted; producer ids restarted at 0 and acknowledged records were lost.)
+    for v in [1, 4, 6] {
+        let req = if v >= 6 {
+            DeleteTopicsRequest::default().with_topics(vec![
+                DeleteTopicState::default().with_name(Some(topic("__consumer_offsets"))),
+                DeleteTopicState::default().with_name(Some(topic("__producer_ids"))),
+            ])
+        } else {
+            DeleteTopicsRequest::default().with_topic_names(vec![topic("__consumer_offsets"), topic("__producer_ids")])
+        };
+        let r = c.call(v, &req.with_timeout_ms(5_000));
+        for t in &r.responses {
+            assert_eq!(t.error_code, 29, "DeleteTopics v{v} {:?}", t.name);
+            if v >= 5 {
+                assert!(t.error_message.as_ref().is_some_and(|m| m.contains("cannot be deleted")), "{:?}", t.error_message);
+            }
+        }
+    }
+    // __producer_ids is not shown: not listed, unknown by name, its creation prohibited.
+    let m = c.call(12, &MetadataRequest::default().with_topics(None));
+    let names: Vec<String> = m.topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect();
+    assert!(names.contains(&"__consumer_offsets".to_string()) && !names.contains(&"__producer_ids".to_string()), "{names:?}");
+    let m = c.call(
+        12,
+        &MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic("__producer_ids")))])),
+    );
+    assert_eq!(m.topics[0].error_code, 3);
+    let r = c.call(
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(topic("__producer_ids"))
+            .with_num_partitions(1)
+            .with_replication_factor(1)]),
+    );
+    assert_eq!(r.topics[0].error_code, 42);
+
+    // librdkafka 2.16's all-topics Metadata v12 (3 bytes after the body, which Kafka ignores):
+    // answered. (Before: the connection was closed.)
+    let mut raw = TcpStream::connect(broker.addr).expect("connect");
+    raw.write_all(LIBRDKAFKA_2_16_ALL_TOPICS_METADATA).expect("write");
+    raw.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut size = [0u8; 4];
+    raw.read_exact(&mut size).expect("the librdkafka 2.16 Metadata request is answered");
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    raw.read_exact(&mut body).expect("response");
+    let mut b = Bytes::from(body);
+    assert_eq!(&b[..4], &3i32.to_be_bytes(), "correlation id");
+    let _ = b.split_to(5); // correlation id + empty tagged fields (response header v1)
+    let m = MetadataResponse::decode(&mut b, 12).expect("Metadata v12 response");
+    assert!(m.topics.iter().any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "__consumer_offsets")));
+
+    // A second broker on the same data directory refuses to start, clearly, non-zero.
+    // (Before: both started; each acknowledged its own record at the same offset.)
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the second broker");
+    let status = wait_exit(&mut second, Duration::from_secs(30)).unwrap_or_else(|| {
+        let _ = second.kill();
+        panic!("a second broker on a locked data directory kept running");
+    });
+    let mut err = String::new();
+    second.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
+    assert!(!status.success(), "second broker exited with {status}");
+    assert!(err.contains("another broker is using this data directory"), "{err}");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the second broker must not serve");
+    assert_eq!(producer_id(&mut c), pid_before + 1, "the first broker still serves");
+
+    // kill -9 (the kernel drops the lock) and restart on the same directory.
+    drop(c);
+    let _ = broker.child.kill();
+    let _ = broker.child.wait();
+    broker = start_broker(dir.path());
+    let mut c = Client::connect(broker.addr);
+    assert_eq!(committed(&mut c, "g", "t"), 100, "committed offset intact after the forged records");
+    let pid_after = producer_id(&mut c);
+    assert!(pid_after > pid_before + 1, "producer ids must not be re-granted: {pid_before} then {pid_after}");
+    println!(
+        "fault_hostile internal topics: {refused} forged produces refused (17), DeleteTopics v1/v4/v6 of both refused (29), \
+         __producer_ids hidden, librdkafka 2.16 Metadata v12 answered, second broker refused ({status}): {}, \
+         after kill -9: offset 100 kept, producer id {pid_before} -> {pid_after}",
+        err.lines().last().unwrap_or_default().trim()
+    );
+}

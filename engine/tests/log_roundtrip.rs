@@ -302,3 +302,24 @@ fn concurrent_unlocked_large_appends() {
         check(&p);
     }
 }
+
+/// A data directory is locked by its LogManager (`<dir>/.lock`, flock): a second open is
+/// refused with `TopicError::Locked` and opens nothing; once the first is closed, it opens.
+#[test]
+fn a_data_directory_is_locked_while_a_log_manager_has_it_open() {
+    use engine::log::{LogConfig, LogManager, TopicError};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { durability: Durability::Group, ..LogConfig::default() };
+    let first = LogManager::open(dir.path(), Arc::new(UringIo), cfg.clone()).expect("first open");
+    first.create_topic("t", 1, None).unwrap();
+    match LogManager::open(dir.path(), Arc::new(UringIo), cfg.clone()) {
+        Err(TopicError::Locked(e)) => {
+            assert!(e.to_string().contains(&format!("held by pid {}", std::process::id())), "{e}");
+        }
+        other => panic!("second open of a locked directory: {:?}", other.map(|_| ())),
+    }
+    first.close().unwrap();
+    let second = LogManager::open(dir.path(), Arc::new(UringIo), cfg).expect("open after close");
+    assert!(second.topic("t").is_some());
+    second.close().unwrap();
+}

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::results::Calibration;
+use crate::results::{Calibration, CalibrationSpread};
 use crate::stats::{new_hist, summarize};
 
 /// Time budgets per measurement.
@@ -34,21 +34,68 @@ impl Default for Budget {
     }
 }
 
+/// Each ceiling is measured this many times (interleaved, each with a third of the budget); the
+/// result is the median and `spread` the (max - min) / median of the repeats. `loadgen compare`
+/// does not normalize by a ceiling that spread more than 10%.
+pub const REPEATS: usize = 3;
+
 pub fn calibrate(data_dir: &Path, budget: &Budget) -> std::io::Result<Calibration> {
     let t0 = Instant::now();
     std::fs::create_dir_all(data_dir)?;
-    let disk = disk_seq_write(data_dir, budget)?;
-    let fsync = fdatasync_latency(data_dir, budget)?;
-    let loopback = loopback_bandwidth(budget.loopback_time)?;
-    let memcpy = memcpy_bandwidth(budget.memcpy_time);
+    let part = Budget {
+        disk_bytes_max: budget.disk_bytes_max / REPEATS as u64,
+        disk_time: budget.disk_time / REPEATS as u32,
+        fsync_time: budget.fsync_time / REPEATS as u32,
+        fsync_count_max: (budget.fsync_count_max / REPEATS as u32).max(5),
+        loopback_time: budget.loopback_time / REPEATS as u32,
+        memcpy_time: budget.memcpy_time / REPEATS as u32,
+    };
+    let (mut disk, mut fsync, mut loopback, mut memcpy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..REPEATS {
+        disk.push(disk_seq_write(data_dir, &part)?);
+        fsync.push(fdatasync_latency(data_dir, &part)?);
+        loopback.push(loopback_bandwidth(part.loopback_time)?);
+        memcpy.push(memcpy_bandwidth(part.memcpy_time));
+    }
+    let fsync_p50: Vec<f64> = fsync.iter().map(|l| l.p50).collect();
+    // The fdatasync summary reported is the repeat with the median p50.
+    let mid = {
+        let mut idx: Vec<usize> = (0..fsync.len()).collect();
+        idx.sort_by(|a, b| fsync_p50[*a].total_cmp(&fsync_p50[*b]));
+        idx[idx.len() / 2]
+    };
     Ok(Calibration {
-        disk_seq_write_bytes_per_s: disk,
-        fdatasync_us: fsync,
-        loopback_bytes_per_s: loopback,
-        memcpy_bytes_per_s: memcpy,
+        disk_seq_write_bytes_per_s: median(&disk),
+        fdatasync_us: fsync[mid].clone(),
+        loopback_bytes_per_s: median(&loopback),
+        memcpy_bytes_per_s: median(&memcpy),
         data_dir: data_dir.display().to_string(),
         took_s: t0.elapsed().as_secs_f64(),
+        spread: Some(CalibrationSpread {
+            repeats: REPEATS as u32,
+            disk_seq_write: spread(&disk),
+            fdatasync_p50: spread(&fsync_p50),
+            loopback: spread(&loopback),
+            memcpy: spread(&memcpy),
+        }),
     })
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// (max - min) / median of the repeats.
+pub fn spread(xs: &[f64]) -> f64 {
+    let m = median(xs);
+    let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    if m > 0.0 {
+        (hi - lo) / m
+    } else {
+        f64::INFINITY
+    }
 }
 
 /// Write 1 MiB chunks until the byte or time budget runs out, then fdatasync; bandwidth counts

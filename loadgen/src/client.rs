@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse,
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
@@ -43,6 +44,7 @@ const OURS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 1, 12),
     (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
 ];
 
 pub fn topic_name(s: &str) -> TopicName {
@@ -89,7 +91,17 @@ pub fn decode_response<R: Decodable + HeaderVersion>(key: ApiKey, version: i16, 
     if header.correlation_id != corr {
         return Err(format!("{key:?}: correlation id {} but expected {corr}", header.correlation_id));
     }
-    R::decode(&mut frame, version).map_err(|e| format!("decode {key:?} v{version} response: {e}"))
+    let body = frame.clone();
+    match R::decode(&mut frame, version) {
+        Ok(r) => Ok(r),
+        // The crate rejects some tagged fields Kafka's decoders skip: drop them and retry.
+        Err(e) => match crate::tagged::strip_tagged_fields(key, version, &body) {
+            Some(Ok(mut clean)) => R::decode(&mut clean, version)
+                .map_err(|e2| format!("decode {key:?} v{version} response: {e} (without its tagged fields: {e2})")),
+            Some(Err(why)) => Err(format!("decode {key:?} v{version} response: {e} ({why})")),
+            None => Err(format!("decode {key:?} v{version} response: {e}")),
+        },
+    }
 }
 
 /// A request/response connection with negotiated versions.
@@ -110,10 +122,16 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
 
 impl Conn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        Conn::connect_with_read_timeout(addr, timeout, Duration::from_secs(30))
+    }
+
+    /// [`Conn::connect`] with a bound on each response wait (a stopped broker accepts the TCP
+    /// connection but never answers).
+    pub fn connect_with_read_timeout(addr: SocketAddr, timeout: Duration, read_timeout: Duration) -> Result<Conn, String> {
         let stream =
             TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to broker {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| format!("{addr}: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| format!("{addr}: {e}"))?;
+        stream.set_read_timeout(Some(read_timeout)).map_err(|e| format!("{addr}: {e}"))?;
         let mut c = Conn { addr, stream, corr: 0, versions: HashMap::new() };
         let r: ApiVersionsResponse = c
             .call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default())
@@ -137,6 +155,13 @@ impl Conn {
         let (blo, bhi) = self.versions.get(&(key as i16))?;
         let v = (*hi).min(*bhi);
         (v >= *lo && v >= *blo).then_some(v)
+    }
+
+    /// The API versions the broker advertised: (api key, min, max), by key.
+    pub fn advertised(&self) -> Vec<(i16, i16, i16)> {
+        let mut v: Vec<(i16, i16, i16)> = self.versions.iter().map(|(k, (lo, hi))| (*k, *lo, *hi)).collect();
+        v.sort();
+        v
     }
 
     fn need(&self, key: ApiKey) -> Result<i16, String> {
@@ -164,15 +189,17 @@ impl Conn {
         self.call(ApiKey::Metadata, v, &req)
     }
 
-    /// CreateTopics if the broker offers it; "already exists" is fine. Returns false if the API
+    /// CreateTopics if the broker offers it; "already exists" is fine. `replication_factor` -1 =
+    /// the broker's default (CreateTopics v4+; 1 for older versions). Returns false if the API
     /// is not offered (the caller then relies on auto-creation).
-    pub fn create_topics(&mut self, topics: &[String], partitions: i32) -> Result<bool, String> {
+    pub fn create_topics(&mut self, topics: &[String], partitions: i32, replication_factor: i16) -> Result<bool, String> {
         let Some(v) = self.version(ApiKey::CreateTopics) else { return Ok(false) };
+        let rf = if replication_factor == -1 && v < 4 { 1 } else { replication_factor };
         let req = CreateTopicsRequest::default()
             .with_topics(
                 topics
                     .iter()
-                    .map(|t| CreatableTopic::default().with_name(topic_name(t)).with_num_partitions(partitions).with_replication_factor(-1))
+                    .map(|t| CreatableTopic::default().with_name(topic_name(t)).with_num_partitions(partitions).with_replication_factor(rf))
                     .collect(),
             )
             .with_timeout_ms(10_000);
@@ -189,6 +216,29 @@ impl Conn {
             }
         }
         Ok(true)
+    }
+
+    /// DeleteTopics. Err when the broker does not offer it or refuses a topic (the message
+    /// names the topics left behind).
+    pub fn delete_topics(&mut self, topics: &[String]) -> Result<(), String> {
+        let v = self.need(ApiKey::DeleteTopics)?;
+        let req = DeleteTopicsRequest::default().with_topic_names(topics.iter().map(|t| topic_name(t)).collect()).with_timeout_ms(4_000);
+        let r: DeleteTopicsResponse = self.call(ApiKey::DeleteTopics, v, &req)?;
+        let failed: Vec<String> = r
+            .responses
+            .iter()
+            // 3 = UNKNOWN_TOPIC_OR_PARTITION: already gone.
+            .filter(|t| t.error_code != 0 && t.error_code != 3)
+            .map(|t| {
+                let why = if t.error_code == 7 { ": REQUEST_TIMED_OUT, deletion requested but not confirmed within 4 s" } else { "" };
+                format!("{} (error code {}{why})", t.name.as_ref().map(str_of).unwrap_or_default(), t.error_code)
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("DeleteTopics refused: {}", failed.join(", ")))
+        }
     }
 
     /// ListOffsets: `timestamp` -1 = latest, -2 = earliest.
@@ -251,8 +301,14 @@ pub struct TopicLayout {
 }
 
 /// Create (or auto-create) the topics and wait until every partition has a leader.
-pub fn prepare_topics(boot: &mut Conn, topics: &[String], partitions: u32, timeout: Duration) -> Result<Vec<TopicLayout>, String> {
-    let created = boot.create_topics(topics, partitions as i32)?;
+/// `replication_factor`: Some(rf) = create them (-1 = the broker's default), None = they must
+/// already exist (`--topic`): never created here.
+pub fn prepare_topics(boot: &mut Conn, topics: &[String], partitions: u32, replication_factor: Option<i16>, timeout: Duration) -> Result<Vec<TopicLayout>, String> {
+    let existing = replication_factor.is_none();
+    let created = match replication_factor {
+        Some(rf) => boot.create_topics(topics, partitions as i32, rf)?,
+        None => true, // no auto-creation either
+    };
     let deadline = Instant::now() + timeout;
     loop {
         let md = boot.metadata(Some(topics), !created)?;
@@ -265,6 +321,10 @@ pub fn prepare_topics(boot: &mut Conn, topics: &[String], partitions: u32, timeo
                 missing = Some(format!("topic {name} missing from metadata"));
                 break;
             };
+            // 3 = UNKNOWN_TOPIC_OR_PARTITION
+            if existing && t.error_code == 3 {
+                return Err(format!("topic {name} does not exist (--topic reuses existing topics; without it the run creates its own)"));
+            }
             if t.error_code != 0 {
                 missing = Some(format!("topic {name}: metadata error code {}", t.error_code));
                 continue;

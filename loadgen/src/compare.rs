@@ -14,12 +14,24 @@
 //! the threshold (default 5%) in the bad direction: throughput down, latency or time up.
 //! Noise widens the interval instead of firing the gate.
 //!
-//! When the two sides ran in different environments (CPU model, core count, or calibrated
-//! ceilings more than 10% apart), loadgen figures are normalized by the in-run calibration
-//! (throughput / ceiling, durable latency / fdatasync p50) and efficiency ratios are compared as
-//! they are.
+//! No verdict without evidence: a figure with fewer than [`MIN_UNITS_FOR_VERDICT`] independent
+//! runs (or rounds, or pairs) on a side is shown with its interval and the verdict `undecided`.
 //!
-//! Exit codes: 0 no regression, 1 regression, 2 bad input (one-line error on stderr).
+//! Runs are matched by a fingerprint of every workload parameter (`workload.*` except its name
+//! and the searched `target_rate`, plus the target's kind, durability, sink and direct I/O);
+//! runs whose fingerprints differ are refused (the differences are printed) unless `--force`.
+//!
+//! Calibration (`--normalize auto`): when both sides share the environment fingerprint (CPU
+//! model, cores, memory, kernel) the raw figures are compared: two calibrations of one machine
+//! differ more than the figures they would normalize. When the environments differ, throughput is
+//! also normalized by the in-run calibration (throughput / ceiling, durable latency / fdatasync
+//! p50) and printed beside the raw figure; the normalized row decides, the raw one is shown. A
+//! calibration whose repeated measurements spread more than [`CALIBRATION_SPREAD_MAX`] (or that
+//! has no repeated measurements) is not used; across environments the raw figures then get no
+//! verdict.
+//!
+//! Exit codes: 0 no regression, 1 regression, 2 bad input or refused match (message on stderr),
+//! 3 undecided (no regression found, but some gating figure had too few runs for a verdict).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,7 +43,7 @@ use serde_json::Value;
 
 /// Arguments of `loadgen compare`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(about = "Compare benchmark runs with a confidence interval; exit 1 on regression, 2 on bad input")]
+#[command(about = "Compare benchmark runs with a confidence interval; exit 1 on regression, 2 on bad input, 3 undecided (fewer than 3 runs per side)")]
 pub struct CompareArgs {
     /// BASE then NEW… : the first path is the baseline, the rest the new runs (files or directories).
     #[arg(value_name = "PATH")]
@@ -80,6 +92,9 @@ pub struct CompareArgs {
     /// Also write the verdicts as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
+    /// Compare runs whose workload fingerprints differ (the differences are still printed).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,7 +115,7 @@ pub enum Stat {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Normalize {
-    /// Only when the two sides' environments or calibrations differ.
+    /// Only when the two sides' environment fingerprints (CPU model, cores, memory, kernel) differ.
     Auto,
     Always,
     Never,
@@ -245,6 +260,8 @@ pub enum Verdict {
     Improvement,
     /// The interval reaches inside the threshold: no decision either way.
     NoChange,
+    /// Too few independent runs (or no usable basis) for any verdict: figures only.
+    Undecided,
 }
 
 /// One compared figure.
@@ -265,6 +282,10 @@ pub struct Comparison {
     pub ci_high: f64,
     pub mwu_p: f64,
     pub verdict: Verdict,
+    /// "raw" or "normalized" (by the in-run calibration).
+    pub basis: &'static str,
+    /// False for a raw figure shown beside its normalized form: it never fails the comparison.
+    pub gating: bool,
 }
 
 /// Settings of the decision, independent of the CLI.
@@ -309,6 +330,8 @@ pub fn compare_samples(group: &str, figure: &str, unit: &str, better: Better, ba
         ci_high,
         mwu_p,
         verdict,
+        basis: "raw",
+        gating: true,
     }
 }
 
@@ -320,7 +343,7 @@ pub const MIN_UNITS_FOR_VERDICT: usize = 3;
 /// of independent units on the smaller side.
 fn decide(better: Better, change: f64, ci_low: f64, ci_high: f64, mwu_p: f64, units: usize, d: &Decide) -> Verdict {
     if units < MIN_UNITS_FOR_VERDICT {
-        return Verdict::NoChange;
+        return Verdict::Undecided;
     }
     let alpha = 1.0 - d.confidence;
     let t = d.threshold;
@@ -390,6 +413,8 @@ pub fn compare_clustered(group: &str, figure: &str, unit: &str, better: Better, 
         ci_high,
         mwu_p,
         verdict,
+        basis: "raw",
+        gating: true,
     }
 }
 
@@ -433,6 +458,8 @@ pub fn compare_paired(group: &str, figure: &str, unit: &str, better: Better, bas
         ci_high,
         mwu_p,
         verdict,
+        basis: "raw",
+        gating: true,
     }
 }
 
@@ -462,7 +489,19 @@ pub struct Run {
     pub disk_bytes_per_s: Option<f64>,
     pub loopback_bytes_per_s: Option<f64>,
     pub fdatasync_p50_us: Option<f64>,
+    /// Every workload parameter (and the target's kind/durability), as `name=value` text.
+    pub fingerprint: BTreeMap<String, String>,
+    /// CPU model, cores, memory, kernel.
+    pub environment: String,
+    /// Relative spread (max-min)/median of the calibration's repeated measurements, per
+    /// ceiling; None when the calibration has no repeated measurements.
+    pub disk_spread: Option<f64>,
+    pub loopback_spread: Option<f64>,
+    pub fdatasync_spread: Option<f64>,
 }
+
+/// A calibration whose repeated measurements spread more than this is not used.
+pub const CALIBRATION_SPREAD_MAX: f64 = 0.10;
 
 impl Run {
     pub fn durable(&self) -> bool {
@@ -488,6 +527,41 @@ fn text(v: &Value, path: &[&str]) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// Workload fingerprint of a result: every `workload.*` field except `name` and `target_rate`
+/// (the rate a search found is an outcome, not a parameter), plus `target.kind`, `target.fsync`,
+/// `target.sink` and `target.direct_io`. Numbers are printed so that 2000000 and 2000000.0 match.
+pub fn fingerprint(v: &Value) -> BTreeMap<String, String> {
+    let show = |x: &Value| match x {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            Some(f) => format!("{f}"),
+            None => n.to_string(),
+        },
+        other => other.to_string(),
+    };
+    let mut fp = BTreeMap::new();
+    if let Some(Value::Object(w)) = v.get("workload") {
+        for (k, x) in w {
+            if k == "name" || k == "target_rate" || x.is_null() {
+                continue;
+            }
+            fp.insert(format!("workload.{k}"), show(x));
+        }
+    }
+    let target = v.get("target");
+    for k in ["kind", "fsync", "sink", "direct_io"] {
+        let x = target.and_then(|t| t.get(k)).cloned().unwrap_or(Value::Null);
+        let shown = match (k, &x) {
+            ("sink", Value::Null) => "false".to_string(),
+            (_, Value::Null) => "-".to_string(),
+            _ => show(&x),
+        };
+        fp.insert(format!("target.{k}"), shown);
+    }
+    fp
 }
 
 /// Parse one `loadgen-result/1` document.
@@ -516,6 +590,14 @@ pub fn parse_run(v: &Value, path: &str) -> Result<Run, InputError> {
             }
         }
     }
+    let environment = format!(
+        "{} x{}, {} GiB, kernel {}",
+        text(v, &["environment", "cpu_model"]).unwrap_or_default(),
+        num(v, &["environment", "cores"]).unwrap_or(0.0),
+        (num(v, &["environment", "memory_bytes"]).unwrap_or(0.0) / (1u64 << 30) as f64).round(),
+        text(v, &["environment", "kernel"]).unwrap_or_default()
+    );
+    let spread = |k: &str| num(v, &["calibration", "spread", k]).filter(|x| x.is_finite() && *x >= 0.0);
     Ok(Run {
         path: path.to_string(),
         workload: text(v, &["workload", "name"]).ok_or_else(|| bad(format!("{path}: missing workload.name")))?,
@@ -526,6 +608,11 @@ pub fn parse_run(v: &Value, path: &str) -> Result<Run, InputError> {
         disk_bytes_per_s: num(v, &["calibration", "disk_seq_write_bytes_per_s"]).filter(|x| *x > 0.0),
         loopback_bytes_per_s: num(v, &["calibration", "loopback_bytes_per_s"]).filter(|x| *x > 0.0),
         fdatasync_p50_us: num(v, &["calibration", "fdatasync_us", "p50"]).filter(|x| *x > 0.0),
+        fingerprint: fingerprint(v),
+        environment,
+        disk_spread: spread("disk_seq_write"),
+        loopback_spread: spread("loopback"),
+        fdatasync_spread: spread("fdatasync_p50"),
     })
 }
 
@@ -576,62 +663,85 @@ fn push_run(runs: &mut Vec<Run>, v: &Value, p: &Path, notes: &mut Vec<String>) -
     Ok(())
 }
 
-/// Whether the two sides ran in different environments (CPU model, cores, or a calibrated
-/// ceiling more than 10% apart).
+/// The parameters whose values differ between the runs (base and new pooled), one line each:
+/// `workload.producer_rate: base 2000000, new 1500000`. Empty when all runs match.
+pub fn fingerprint_differences(base: &[Run], new: &[Run]) -> Vec<String> {
+    let mut keys: Vec<&String> = base.iter().chain(new).flat_map(|r| r.fingerprint.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let values = |runs: &[Run], k: &str| {
+        let mut vs: Vec<String> = runs.iter().map(|r| r.fingerprint.get(k).cloned().unwrap_or_else(|| "(absent)".into())).collect();
+        vs.sort();
+        vs.dedup();
+        vs
+    };
+    let mut out = Vec::new();
+    for k in keys {
+        let (b, n) = (values(base, k), values(new, k));
+        if b.len() > 1 || n.len() > 1 || b != n {
+            out.push(format!("{k}: base {}, new {}", b.join(" | "), n.join(" | ")));
+        }
+    }
+    out
+}
+
+/// Whether the two sides ran in different environments (CPU model, cores, memory, kernel).
+/// Calibrated ceilings are not part of it: two calibrations of one machine can differ by more
+/// than 2x (loopback 1.5 vs 3.7 GB/s was seen), far more than the figures they would correct.
 pub fn environments_differ(base: &[Run], new: &[Run]) -> Option<String> {
-    let sig = |r: &Run| (r.cpu_model.clone(), r.cores as i64);
-    let bs: Vec<_> = base.iter().map(sig).collect();
-    let ns: Vec<_> = new.iter().map(sig).collect();
-    if let (Some(b), Some(n)) = (bs.first(), ns.first()) {
-        if bs.iter().chain(ns.iter()).any(|s| s != b) {
-            return Some(format!("environments differ ({} x{} vs {} x{})", b.0, b.1, n.0, n.1));
-        }
-    }
-    type Ceiling = fn(&Run) -> Option<f64>;
-    let ceilings: [(&str, Ceiling); 3] = [
-        ("disk_seq_write_bytes_per_s", |r| r.disk_bytes_per_s),
-        ("loopback_bytes_per_s", |r| r.loopback_bytes_per_s),
-        ("fdatasync p50", |r| r.fdatasync_p50_us),
-    ];
-    for (name, get) in ceilings {
-        let b: Vec<f64> = base.iter().filter_map(get).collect();
-        let n: Vec<f64> = new.iter().filter_map(get).collect();
-        if b.is_empty() || n.is_empty() {
-            continue;
-        }
-        let ratio = median(&n) / median(&b);
-        if !(0.9..=1.1).contains(&ratio) {
-            return Some(format!("calibrated {name} differs by {:+.1}%", (ratio - 1.0) * 100.0));
-        }
-    }
-    None
+    let first = base.first().or(new.first())?;
+    let other = base.iter().chain(new).find(|r| r.environment != first.environment)?;
+    Some(format!("environments differ ({} vs {})", first.environment, other.environment))
 }
 
 /// Normalize a run's figures by its calibration: throughput / ceiling (disk for durable runs,
-/// loopback otherwise), durable latency / fdatasync p50. Efficiency ratios are kept.
-/// Returns None when the run lacks the calibration needed.
-pub fn normalized(run: &Run) -> Option<Run> {
-    let ceiling = if run.durable() { run.disk_bytes_per_s.or(run.loopback_bytes_per_s) } else { run.loopback_bytes_per_s.or(run.disk_bytes_per_s) }?;
+/// loopback otherwise), durable latency / fdatasync p50. Efficiency ratios are kept. Only the
+/// figures that have a normalized form are returned. Err says why the calibration is unusable:
+/// missing, without repeated measurements, or spread beyond [`CALIBRATION_SPREAD_MAX`].
+pub fn normalized(run: &Run) -> Result<Run, String> {
+    let usable = |name: &str, x: Option<f64>, spread: Option<f64>| -> Result<f64, String> {
+        let x = x.ok_or_else(|| format!("{}: no calibrated {name}", run.path))?;
+        match spread {
+            None => Err(format!("{}: calibrated {name} has no repeated measurements", run.path)),
+            Some(s) if s > CALIBRATION_SPREAD_MAX => Err(format!(
+                "{}: calibrated {name} spread {:.0}% over its repeats (> {:.0}%): not used",
+                run.path,
+                s * 100.0,
+                CALIBRATION_SPREAD_MAX * 100.0
+            )),
+            Some(_) => Ok(x),
+        }
+    };
+    let ceiling = if run.durable() {
+        usable("disk write bandwidth", run.disk_bytes_per_s, run.disk_spread)?
+    } else {
+        usable("loopback bandwidth", run.loopback_bytes_per_s, run.loopback_spread)?
+    };
+    let fsync = if run.durable() { Some(usable("fdatasync p50", run.fdatasync_p50_us, run.fdatasync_spread)?) } else { None };
     let mut out = run.clone();
     out.figures = Vec::new();
-    for (name, unit, better, x) in &run.figures {
+    for (name, _unit, better, x) in &run.figures {
         if name.ends_with("records_per_s") {
             // Records per second per GB/s of ceiling.
             out.figures.push((format!("{name}/ceiling"), "rec/s per GB/s", *better, x / (ceiling / 1e9)));
         } else if name.contains("latency") {
-            match (run.durable(), run.fdatasync_p50_us) {
-                (true, Some(f)) => out.figures.push((format!("{name}/fdatasync"), "x fdatasync", *better, x / f)),
-                _ => out.figures.push((name.clone(), unit, *better, *x)),
+            if let Some(f) = fsync {
+                out.figures.push((format!("{name}/fdatasync"), "x fdatasync", *better, x / f));
             }
-        } else {
-            out.figures.push((name.clone(), unit, *better, *x));
         }
     }
-    Some(out)
+    Ok(out)
 }
 
-/// Compare loadgen runs workload by workload.
-pub fn compare_runs(base: &[Run], new: &[Run], normalize: Normalize, d: &Decide, paired: bool, filter: Option<&str>, notes: &mut Vec<String>) -> Result<Vec<Comparison>, InputError> {
+/// The raw figure a normalized figure derives from.
+fn raw_name(normalized: &str) -> &str {
+    normalized.trim_end_matches("/ceiling").trim_end_matches("/fdatasync")
+}
+
+/// Compare loadgen runs workload by workload. Runs whose workload fingerprints differ are
+/// refused (bad input listing the differences) unless `force`.
+#[allow(clippy::too_many_arguments)]
+pub fn compare_runs(base: &[Run], new: &[Run], normalize: Normalize, d: &Decide, paired: bool, filter: Option<&str>, force: bool, notes: &mut Vec<String>) -> Result<Vec<Comparison>, InputError> {
     let group = |runs: &[Run]| {
         let mut m: BTreeMap<String, Vec<Run>> = BTreeMap::new();
         for r in runs {
@@ -643,47 +753,63 @@ pub fn compare_runs(base: &[Run], new: &[Run], normalize: Normalize, d: &Decide,
     let mut gn = group(new);
     if gb.len() == 1 && gn.len() == 1 && gb.keys().next() != gn.keys().next() {
         let (kb, kn) = (gb.keys().next().cloned().unwrap_or_default(), gn.keys().next().cloned().unwrap_or_default());
-        notes.push(format!("comparing different workloads {kb:?} (base) and {kn:?} (new)"));
+        notes.push(format!("comparing different workload names {kb:?} (base) and {kn:?} (new): matched by their parameters"));
         let runs = gn.remove(&kn).unwrap_or_default();
         gn.insert(kb, runs);
     }
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for (w, b_runs) in &mut gb {
         let Some(n_runs) = gn.get_mut(w) else {
             notes.push(format!("workload {w:?} only in base: not compared"));
             continue;
         };
+        let diffs = fingerprint_differences(b_runs, n_runs);
+        if !diffs.is_empty() {
+            if force {
+                notes.push(format!("{w}: runs differ in workload parameters (compared anyway: --force): {}", diffs.join("; ")));
+            } else {
+                refused.push(format!("{w}: runs differ in workload parameters:\n  {}", diffs.join("\n  ")));
+                continue;
+            }
+        }
+        let env_differ = environments_differ(b_runs, n_runs);
         let norm = match normalize {
             Normalize::Never => false,
             Normalize::Always => true,
-            Normalize::Auto => match environments_differ(b_runs, n_runs) {
-                Some(why) => {
-                    notes.push(format!("{w}: {why}: normalizing by in-run calibration"));
-                    true
-                }
-                None => false,
-            },
+            Normalize::Auto => env_differ.is_some(),
         };
-        let (b_runs, n_runs): (Vec<Run>, Vec<Run>) = if norm {
-            let b: Option<Vec<Run>> = b_runs.iter().map(normalized).collect();
-            let n: Option<Vec<Run>> = n_runs.iter().map(normalized).collect();
-            match (b, n) {
-                (Some(b), Some(n)) => (b, n),
-                _ => {
-                    notes.push(format!("{w}: some runs lack calibration: comparing raw figures"));
-                    (b_runs.clone(), n_runs.clone())
-                }
+        if let Some(why) = &env_differ {
+            notes.push(format!("{w}: {why}"));
+        }
+        // Normalized runs, or why they cannot be had.
+        type Sides = (Vec<Run>, Vec<Run>);
+        let normed: Option<Result<Sides, String>> = norm.then(|| {
+            let b: Result<Vec<Run>, String> = b_runs.iter().map(normalized).collect();
+            let n: Result<Vec<Run>, String> = n_runs.iter().map(normalized).collect();
+            Ok((b?, n?))
+        });
+        let raw_decides = match &normed {
+            None => true,
+            Some(Ok(_)) => {
+                notes.push(format!("{w}: normalized by the in-run calibration; raw figures shown beside the normalized ones, which decide"));
+                env_differ.is_none()
             }
-        } else {
-            (b_runs.clone(), n_runs.clone())
+            Some(Err(why)) => {
+                notes.push(format!("{w}: cannot normalize ({why})"));
+                if env_differ.is_some() {
+                    notes.push(format!("{w}: raw figures from different environments: no verdict"));
+                }
+                env_differ.is_none()
+            }
         };
         let pair = paired && b_runs.len() == n_runs.len();
         if paired && !pair {
             notes.push(format!("{w}: {} base vs {} new runs: cannot pair, comparing unpaired", b_runs.len(), n_runs.len()));
         }
-        if b_runs.len() < 3 || n_runs.len() < 3 {
+        if b_runs.len() < MIN_UNITS_FOR_VERDICT || n_runs.len() < MIN_UNITS_FOR_VERDICT {
             notes.push(format!(
-                "{w}: {} base / {} new runs: with fewer than 3 runs per side the interval mostly reflects single samples; run the suite with --runs 3 or more",
+                "{w}: {} base / {} new runs: fewer than {MIN_UNITS_FOR_VERDICT} independent runs per side give figures and intervals but no verdict; run each side {MIN_UNITS_FOR_VERDICT} or more times (scripts/suite --runs 3)",
                 b_runs.len(),
                 n_runs.len()
             ));
@@ -696,31 +822,59 @@ pub fn compare_runs(base: &[Run], new: &[Run], normalize: Normalize, d: &Decide,
                 }
             }
         }
+        let one_figure = |b_runs: &[Run], n_runs: &[Run], name: &str, unit: &'static str, better: Better, notes: &mut Vec<String>| -> Option<Comparison> {
+            let pick = |runs: &[Run]| -> Vec<f64> {
+                runs.iter().filter_map(|r| r.figures.iter().find(|f| f.0 == name).map(|f| f.3)).filter(|x| x.is_finite()).collect()
+            };
+            let (bs, ns) = (pick(b_runs), pick(n_runs));
+            if bs.is_empty() || ns.is_empty() {
+                notes.push(format!("{w}: {name} missing on one side"));
+                return None;
+            }
+            Some(if pair && bs.len() == ns.len() {
+                // Runs in file-name (= start time) order: run i of each side ran next to each other.
+                let one = |xs: &[f64]| xs.iter().map(|x| vec![*x]).collect::<Vec<Vec<f64>>>();
+                compare_paired(w, name, unit, better, &one(&bs), &one(&ns), d)
+            } else {
+                compare_samples(w, name, unit, better, &bs, &ns, d)
+            })
+        };
+        let normed_runs = match &normed {
+            Some(Ok((b, n))) => Some((b, n)),
+            _ => None,
+        };
         for (name, unit, better) in names {
             if filter.is_some_and(|f| !name.contains(f) && !w.contains(f)) {
                 continue;
             }
-            let pick = |runs: &[Run]| -> Vec<f64> {
-                runs.iter().filter_map(|r| r.figures.iter().find(|f| f.0 == name).map(|f| f.3)).filter(|x| x.is_finite()).collect()
-            };
-            let (bs, ns) = (pick(&b_runs), pick(&n_runs));
-            if bs.is_empty() || ns.is_empty() {
-                notes.push(format!("{w}: {name} missing on one side"));
-                continue;
+            let norm_row = normed_runs.and_then(|(nb, nn)| {
+                let nf = nb.first()?.figures.iter().find(|f| raw_name(&f.0) == name)?;
+                let (nname, nunit, nbetter) = (nf.0.clone(), nf.1, nf.2);
+                let mut c = one_figure(nb, nn, &nname, nunit, nbetter, notes)?;
+                c.basis = "normalized";
+                Some(c)
+            });
+            let Some(mut raw) = one_figure(b_runs, n_runs, &name, unit, better, notes) else { continue };
+            if norm_row.is_some() {
+                raw.gating = false;
+            } else if !raw_decides && !name.starts_with("efficiency.") {
+                // Different environments without a usable calibration: figures only.
+                raw.verdict = Verdict::Undecided;
             }
-            if pair && bs.len() == ns.len() {
-                // Runs in file-name (= start time) order: run i of each side ran next to each other.
-                let one = |xs: &[f64]| xs.iter().map(|x| vec![*x]).collect::<Vec<Vec<f64>>>();
-                out.push(compare_paired(w, &name, unit, better, &one(&bs), &one(&ns), d));
-            } else {
-                out.push(compare_samples(w, &name, unit, better, &bs, &ns, d));
-            }
+            out.push(raw);
+            out.extend(norm_row);
         }
     }
     for w in gn.keys() {
         if !gb.contains_key(w) {
             notes.push(format!("workload {w:?} only in new: not compared"));
         }
+    }
+    if !refused.is_empty() {
+        return Err(bad(format!(
+            "refusing to compare runs of different workloads (use --force to compare them anyway):\n{}",
+            refused.join("\n")
+        )));
     }
     if out.is_empty() {
         return Err(bad("nothing to compare: no workload with figures on both sides"));
@@ -909,9 +1063,48 @@ fn is_informational(r: &Comparison, informational: &[String]) -> bool {
     informational.iter().any(|i| !i.is_empty() && (r.figure.contains(i.as_str()) || r.group.contains(i.as_str())))
 }
 
-/// Regressions that fail the comparison (not informational).
+/// Regressions that fail the comparison (not informational, not a raw figure shown beside its
+/// normalized form).
 pub fn gating_regressions<'a>(rows: &'a [Comparison], informational: &[String]) -> Vec<&'a Comparison> {
-    rows.iter().filter(|r| r.verdict == Verdict::Regression && !is_informational(r, informational)).collect()
+    rows.iter().filter(|r| r.verdict == Verdict::Regression && r.gating && !is_informational(r, informational)).collect()
+}
+
+/// Gating figures that got no verdict (too few runs, or no usable basis).
+pub fn gating_undecided<'a>(rows: &'a [Comparison], informational: &[String]) -> Vec<&'a Comparison> {
+    rows.iter().filter(|r| r.verdict == Verdict::Undecided && r.gating && !is_informational(r, informational)).collect()
+}
+
+/// What the comparison as a whole decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every gating figure was decided and none regressed. Exit 0.
+    NoRegression,
+    /// At least one gating figure regressed. Exit 1.
+    Regression,
+    /// No regression among the decided figures, but some gating figure could not be decided.
+    /// Exit 3: not a pass.
+    Undecided,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::NoRegression => 0,
+            Outcome::Regression => 1,
+            Outcome::Undecided => 3,
+        }
+    }
+}
+
+pub fn outcome(rows: &[Comparison], informational: &[String]) -> Outcome {
+    if !gating_regressions(rows, informational).is_empty() {
+        Outcome::Regression
+    } else if !gating_undecided(rows, informational).is_empty() {
+        Outcome::Undecided
+    } else {
+        Outcome::NoRegression
+    }
 }
 
 /// [`render_table`], marking informational figures.
@@ -925,13 +1118,15 @@ pub fn render_table_with(rows: &[Comparison], d: &Decide, informational: &[Strin
             Better::Lower => "lower is better",
         };
         let verdict = match r.verdict {
+            Verdict::Regression if !r.gating => format!("regression? (raw, shown beside the normalized figure, {better})"),
             Verdict::Regression if is_informational(r, informational) => format!("regression? (informational, {better})"),
             Verdict::Regression => format!("REGRESSION ({better})"),
             Verdict::Improvement => "improved".to_string(),
             Verdict::NoChange => "no significant change".to_string(),
+            Verdict::Undecided => "undecided (no verdict)".to_string(),
         };
         table.push([
-            r.group.clone(),
+            if r.basis == "normalized" { format!("{} (normalized)", r.group) } else { r.group.clone() },
             r.figure.clone(),
             fmt_value(r.base_stat, &r.unit),
             fmt_value(r.new_stat, &r.unit),
@@ -966,8 +1161,30 @@ pub fn render_table_with(rows: &[Comparison], d: &Decide, informational: &[Strin
         d.threshold * 100.0,
         d.method
     );
-    if regs.is_empty() {
+    let undecided = gating_undecided(rows, informational);
+    if regs.is_empty() && !undecided.is_empty() {
+        let min_n = undecided.iter().map(|r| r.base_n.min(r.new_n)).min().unwrap_or(0);
+        let why = if min_n < MIN_UNITS_FOR_VERDICT {
+            format!("fewer than {MIN_UNITS_FOR_VERDICT} independent runs per side")
+        } else {
+            "no usable basis for comparison (see the notes)".to_string()
+        };
+        let _ = writeln!(
+            s,
+            "UNDECIDED: no verdict for {} figure(s): {why}. The figures and intervals above are descriptive only; this is not a pass.",
+            undecided.len()
+        );
+    } else if regs.is_empty() {
         let _ = writeln!(s, "no regression: no figure's interval lies beyond the {:.1}% threshold in the bad direction", d.threshold * 100.0);
+        let wide = inconclusive(rows, d, informational);
+        if !wide.is_empty() {
+            let _ = writeln!(
+                s,
+                "inconclusive: {} figure(s) have intervals reaching beyond the threshold in the bad direction, so a regression of that size is not excluded (more runs narrow it): {}",
+                wide.len(),
+                wide.iter().map(|r| format!("{} {}", r.figure, fmt_interval(r))).collect::<Vec<_>>().join(", ")
+            );
+        }
     } else {
         for r in &regs {
             let _ = writeln!(
@@ -984,6 +1201,22 @@ pub fn render_table_with(rows: &[Comparison], d: &Decide, informational: &[Strin
         }
     }
     s
+}
+
+/// Gating figures without a regression verdict whose interval still reaches beyond the
+/// threshold in the bad direction: too noisy to exclude a regression of that size.
+pub fn inconclusive<'a>(rows: &'a [Comparison], d: &Decide, informational: &[String]) -> Vec<&'a Comparison> {
+    rows.iter()
+        .filter(|r| r.gating && r.verdict == Verdict::NoChange && !is_informational(r, informational))
+        .filter(|r| match r.better {
+            Better::Higher => r.ci_low < -d.threshold,
+            Better::Lower => r.ci_high > d.threshold,
+        })
+        .collect()
+}
+
+fn fmt_interval(r: &Comparison) -> String {
+    format!("[{}, {}]", pct(r.ci_low), pct(r.ci_high))
 }
 
 /// Run the comparison; prints the table; returns (rows, notes) or bad input.
@@ -1033,12 +1266,12 @@ pub fn evaluate(args: &CompareArgs) -> Result<(Vec<Comparison>, Vec<String>, Dec
         if b.is_empty() || n.is_empty() {
             return Err(bad("no complete runs on one side"));
         }
-        compare_runs(&b, &n, args.normalize, &d, args.paired, args.filter.as_deref(), &mut notes)?
+        compare_runs(&b, &n, args.normalize, &d, args.paired, args.filter.as_deref(), args.force, &mut notes)?
     };
     Ok((rows, notes, d))
 }
 
-/// `loadgen compare`: exit code 0 (no regression), 1 (regression), 2 (bad input).
+/// `loadgen compare`: exit code 0 (no regression), 1 (regression), 2 (bad input), 3 (undecided).
 pub fn run(args: CompareArgs) -> i32 {
     match evaluate(&args) {
         Err(e) => {
@@ -1050,10 +1283,14 @@ pub fn run(args: CompareArgs) -> i32 {
                 println!("note: {n}");
             }
             print!("{}", render_table_with(&rows, &d, &args.informational));
+            let outcome = outcome(&rows, &args.informational);
             if let Some(path) = &args.json_out {
                 let doc = serde_json::json!({
                     "threshold": d.threshold, "confidence": d.confidence, "seed": d.seed,
-                    "regression": !gating_regressions(&rows, &args.informational).is_empty(),
+                    "outcome": outcome,
+                    "regression": outcome == Outcome::Regression,
+                    "notes": notes,
+                    "inconclusive": inconclusive(&rows, &d, &args.informational).iter().map(|r| format!("{} {}", r.group, r.figure)).collect::<Vec<_>>(),
                     "informational": args.informational,
                     "figures": rows,
                 });
@@ -1063,11 +1300,7 @@ pub fn run(args: CompareArgs) -> i32 {
                     return 2;
                 }
             }
-            if !gating_regressions(&rows, &args.informational).is_empty() {
-                1
-            } else {
-                0
-            }
+            outcome.exit_code()
         }
     }
 }
@@ -1169,7 +1402,8 @@ mod tests {
             "workload": {"name": workload, "topics": 1, "partitions_per_topic": 1, "message_size": 100, "producer_rate": 0},
             "target": {"kind": "embedded", "bootstrap": "127.0.0.1:9092", "fsync": "group"},
             "environment": {"cpu_model": cpu, "cores": 2, "memory_bytes": 1u64 << 34, "kernel": "6.1", "git_commit": "abc"},
-            "calibration": {"disk_seq_write_bytes_per_s": disk, "loopback_bytes_per_s": 4e9, "fdatasync_us": lat(190.0, 400.0)},
+            "calibration": {"disk_seq_write_bytes_per_s": disk, "loopback_bytes_per_s": 4e9, "fdatasync_us": lat(190.0, 400.0),
+                "spread": {"disk_seq_write": 0.03, "loopback": 0.04, "fdatasync_p50": 0.05}},
             "publish": {"records": 1000, "bytes": 100000, "errors": 0, "records_per_s": rps, "bytes_per_s": rps * 100.0, "latency_us": lat(p99 / 4.0, p99), "delay_us": lat(1.0, 2.0)},
             "end_to_end": {"records": 1000, "records_per_s": rps, "latency_us": lat(p99 / 3.0, p99 * 1.2)},
             "efficiency": {"disk_write_fraction": rps * 100.0 / disk},
@@ -1188,7 +1422,7 @@ mod tests {
         let base = runs(1e6, 1000.0, "cpu A", 6e8, 6, 1);
         let same = runs(1e6, 1000.0, "cpu A", 6e8, 6, 2);
         let mut notes = Vec::new();
-        let rows = compare_runs(&base, &same, Normalize::Auto, &decide(), false, None, &mut notes).unwrap();
+        let rows = compare_runs(&base, &same, Normalize::Auto, &decide(), false, None, false, &mut notes).unwrap();
         assert!(rows.iter().any(|r| r.figure == "publish.records_per_s"));
         assert!(rows.iter().any(|r| r.figure == "end_to_end.latency p99.9"));
         assert!(rows.iter().any(|r| r.figure == "efficiency.disk_write_fraction"));
@@ -1196,7 +1430,7 @@ mod tests {
 
         // Throughput 20% down and p99 latency 20% up: both flagged.
         let worse = runs(8e5, 1200.0, "cpu A", 6e8, 6, 3);
-        let rows = compare_runs(&base, &worse, Normalize::Auto, &decide(), false, None, &mut notes).unwrap();
+        let rows = compare_runs(&base, &worse, Normalize::Auto, &decide(), false, None, false, &mut notes).unwrap();
         let get = |f: &str| rows.iter().find(|r| r.figure == f).unwrap().verdict;
         assert_eq!(get("publish.records_per_s"), Verdict::Regression);
         assert_eq!(get("publish.latency p99"), Verdict::Regression);
@@ -1214,10 +1448,10 @@ mod tests {
         let (a, same, slow) = (mk(1.0, 1), mk(1.0, 2), mk(0.8, 3));
         let mut notes = Vec::new();
         let get = |rows: &[Comparison]| rows.iter().find(|r| r.figure == "publish.records_per_s").unwrap().verdict;
-        assert_eq!(get(&compare_runs(&a, &slow, Normalize::Never, &decide(), true, None, &mut notes).unwrap()), Verdict::Regression);
-        assert_eq!(get(&compare_runs(&a, &same, Normalize::Never, &decide(), true, None, &mut notes).unwrap()), Verdict::NoChange);
+        assert_eq!(get(&compare_runs(&a, &slow, Normalize::Never, &decide(), true, None, false, &mut notes).unwrap()), Verdict::Regression);
+        assert_eq!(get(&compare_runs(&a, &same, Normalize::Never, &decide(), true, None, false, &mut notes).unwrap()), Verdict::NoChange);
         // Unpaired, the drift hides the 20% drop.
-        assert_eq!(get(&compare_runs(&a, &slow, Normalize::Never, &decide(), false, None, &mut notes).unwrap()), Verdict::NoChange);
+        assert_eq!(get(&compare_runs(&a, &slow, Normalize::Never, &decide(), false, None, false, &mut notes).unwrap()), Verdict::NoChange);
     }
 
     #[test]
@@ -1227,18 +1461,170 @@ mod tests {
         let base = runs(1e6, 1000.0, "cpu A", 6e8, 6, 1);
         let new = runs(2e6, 1000.0, "cpu B", 12e8, 6, 2);
         let mut notes = Vec::new();
-        let rows = compare_runs(&base, &new, Normalize::Auto, &decide(), false, None, &mut notes).unwrap();
-        assert!(notes.iter().any(|n| n.contains("normalizing")), "{notes:?}");
+        let rows = compare_runs(&base, &new, Normalize::Auto, &decide(), false, None, false, &mut notes).unwrap();
+        assert!(notes.iter().any(|n| n.contains("normalized by the in-run calibration")), "{notes:?}");
         let tput = rows.iter().find(|r| r.figure == "publish.records_per_s/ceiling").unwrap();
         assert_eq!(tput.verdict, Verdict::NoChange, "{tput:?}");
         assert!(tput.change.abs() < 0.1);
+        // The raw figure is printed beside it (+100%), but does not decide.
+        let raw = rows.iter().find(|r| r.figure == "publish.records_per_s").unwrap();
+        assert!(!raw.gating && raw.change > 0.5, "{raw:?}");
+        assert_eq!(outcome(&rows, &[]), Outcome::NoRegression);
         // Same faster machine but throughput only equal to the old one: efficiency halved -> regression.
         let new_bad = runs(1e6, 1000.0, "cpu B", 12e8, 6, 2);
-        let rows = compare_runs(&base, &new_bad, Normalize::Auto, &decide(), false, None, &mut notes).unwrap();
+        let rows = compare_runs(&base, &new_bad, Normalize::Auto, &decide(), false, None, false, &mut notes).unwrap();
         let tput = rows.iter().find(|r| r.figure == "publish.records_per_s/ceiling").unwrap();
         assert_eq!(tput.verdict, Verdict::Regression);
         let eff = rows.iter().find(|r| r.figure == "efficiency.disk_write_fraction").unwrap();
         assert_eq!(eff.verdict, Verdict::Regression);
+    }
+
+    fn write_runs(dir: &Path, docs: &[Value]) -> Vec<PathBuf> {
+        std::fs::create_dir_all(dir).unwrap();
+        docs.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let p = dir.join(format!("{i}.json"));
+                std::fs::write(&p, v.to_string()).unwrap();
+                p
+            })
+            .collect()
+    }
+
+    fn cli(paths: Vec<PathBuf>) -> CompareArgs {
+        CompareArgs {
+            paths,
+            base: vec![],
+            new: vec![],
+            criterion: false,
+            threshold_pct: 5.0,
+            confidence: 0.95,
+            resamples: 2000,
+            seed: 1,
+            method: Method::Bootstrap,
+            stat: Stat::Median,
+            normalize: Normalize::Auto,
+            paired: false,
+            informational: vec![],
+            filter: None,
+            json_out: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn one_base_run_against_two_new_runs_is_undecided_not_a_pass() {
+        // Regression test: `compare BASE.json NEW1.json NEW2.json` with throughput -27.9% and p99
+        // +1400% printed "no regression" and exited 0.
+        let dir = tempfile::tempdir().unwrap();
+        let base = write_runs(&dir.path().join("b"), &[result_json("smoke", 1e6, 1000.0, "A", 6e8)]);
+        let new = write_runs(&dir.path().join("n"), &[result_json("smoke", 7.1e5, 15000.0, "A", 6e8), result_json("smoke", 7.3e5, 15000.0, "A", 6e8)]);
+        let mut args = cli(vec![base[0].clone(), new[0].clone(), new[1].clone()]);
+        let (rows, notes, d) = evaluate(&args).unwrap();
+        assert!(rows.iter().all(|r| r.verdict == Verdict::Undecided), "{rows:#?}");
+        let tput = rows.iter().find(|r| r.figure == "publish.records_per_s").unwrap();
+        assert!((tput.change + 0.28).abs() < 0.01, "the figures are still given: {tput:?}");
+        assert!(notes.iter().any(|n| n.contains("no verdict")), "{notes:?}");
+        let table = render_table(&rows, &d);
+        assert!(table.contains("UNDECIDED") && !table.contains("no regression"), "{table}");
+        let out = dir.path().join("v.json");
+        args.json_out = Some(out.clone());
+        assert_eq!(run(args), 3);
+        let v: Value = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+        assert_eq!(v["outcome"], "undecided");
+        assert_eq!(v["regression"], false);
+        // Three runs per side decide.
+        write_runs(&dir.path().join("b3"), &(0..3).map(|i| result_json("smoke", 1e6 + i as f64 * 1e3, 1000.0, "A", 6e8)).collect::<Vec<_>>());
+        write_runs(&dir.path().join("n3"), &(0..3).map(|i| result_json("smoke", 7.2e5 + i as f64 * 1e3, 15000.0, "A", 6e8)).collect::<Vec<_>>());
+        assert_eq!(run(cli(vec![dir.path().join("b3"), dir.path().join("n3")])), 1);
+    }
+
+    #[test]
+    fn runs_with_different_parameters_are_refused_unless_forced() {
+        // Regression test: a --rate 1500000 run was flagged -25% against the 2M default with no
+        // word that the targets differ.
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |rate: f64, rps: f64| {
+            let mut v = result_json("max-throughput-100b", rps, 1000.0, "A", 6e8);
+            v["workload"]["producer_rate"] = serde_json::json!(rate);
+            v["workload"]["target_rate"] = serde_json::json!(rate);
+            v
+        };
+        write_runs(&dir.path().join("b"), &[mk(2e6, 2e6), mk(2e6, 2e6), mk(2e6, 2e6)]);
+        write_runs(&dir.path().join("n"), &[mk(1.5e6, 1.5e6), mk(1.5e6, 1.5e6), mk(1.5e6, 1.5e6)]);
+        let args = cli(vec![dir.path().join("b"), dir.path().join("n")]);
+        let err = evaluate(&args).unwrap_err().to_string();
+        assert!(err.contains("workload.producer_rate: base 2000000, new 1500000"), "{err}");
+        assert!(err.contains("--force"), "{err}");
+        assert_eq!(run(args.clone()), 2);
+        let forced = CompareArgs { force: true, ..args };
+        let (rows, notes, _) = evaluate(&forced).unwrap();
+        assert!(notes.iter().any(|n| n.contains("producer_rate")), "{notes:?}");
+        assert_eq!(outcome(&rows, &[]), Outcome::Regression);
+        // Every parameter counts: acks, durability, target kind.
+        for (path, val) in [(["workload", "acks"], serde_json::json!(1)), (["target", "fsync"], serde_json::json!("never")), (["target", "kind"], serde_json::json!("external"))] {
+            let mut a = result_json("smoke", 1e6, 1000.0, "A", 6e8);
+            a["workload"]["acks"] = serde_json::json!(-1);
+            let mut b = a.clone();
+            b[path[0]][path[1]] = val;
+            let diffs = fingerprint_differences(&[parse_run(&a, "a").unwrap()], &[parse_run(&b, "b").unwrap()]);
+            assert_eq!(diffs.len(), 1, "{path:?}: {diffs:?}");
+            assert!(diffs[0].starts_with(&format!("{}.{}", path[0], path[1])), "{diffs:?}");
+        }
+    }
+
+    #[test]
+    fn same_environment_is_not_normalized_even_when_calibrations_disagree() {
+        // Regression test: `--normalize auto` turned +1.5% raw throughput into -58.5% because two
+        // calibrations of one machine's loopback read 1,506 vs 3,683 MB/s.
+        let mk = |rps: f64, loopback: f64| {
+            let mut v = result_json("smoke", rps, 1000.0, "A", 6e8);
+            v["target"]["fsync"] = serde_json::json!("never");
+            v["calibration"]["loopback_bytes_per_s"] = serde_json::json!(loopback);
+            parse_run(&v, "x").unwrap()
+        };
+        let base: Vec<Run> = (0..3).map(|i| mk(1e6 + i as f64 * 1e3, 1.506e9)).collect();
+        let new: Vec<Run> = (0..3).map(|i| mk(1.015e6 + i as f64 * 1e3, 3.683e9)).collect();
+        let mut notes = Vec::new();
+        let rows = compare_runs(&base, &new, Normalize::Auto, &decide(), false, None, false, &mut notes).unwrap();
+        assert!(rows.iter().all(|r| r.basis == "raw" && r.gating), "{rows:#?}");
+        let tput = rows.iter().find(|r| r.figure == "publish.records_per_s").unwrap();
+        assert!((tput.change - 0.015).abs() < 0.005, "{tput:?}");
+        assert_eq!(outcome(&rows, &[]), Outcome::NoRegression);
+    }
+
+    #[test]
+    fn a_wide_interval_is_called_inconclusive_not_silently_passed() {
+        let base: Vec<Run> = [1.0e6, 0.6e6, 1.2e6].iter().map(|r| parse_run(&result_json("smoke", *r, 1000.0, "A", 6e8), "b").unwrap()).collect();
+        let new: Vec<Run> = [0.9e6, 1.1e6, 0.62e6].iter().map(|r| parse_run(&result_json("smoke", *r, 1000.0, "A", 6e8), "n").unwrap()).collect();
+        let mut notes = Vec::new();
+        let rows = compare_runs(&base, &new, Normalize::Never, &decide(), false, None, false, &mut notes).unwrap();
+        assert_eq!(outcome(&rows, &[]), Outcome::NoRegression);
+        let table = render_table(&rows, &decide());
+        assert!(table.contains("inconclusive: ") && table.contains("publish.records_per_s ["), "{table}");
+    }
+
+    #[test]
+    fn a_calibration_that_spread_over_ten_percent_is_not_used() {
+        let mk = |cpu: &str, rps: f64, spread: f64| {
+            let mut v = result_json("smoke", rps, 1000.0, cpu, 6e8);
+            v["calibration"]["spread"]["disk_seq_write"] = serde_json::json!(spread);
+            parse_run(&v, cpu).unwrap()
+        };
+        let base: Vec<Run> = (0..3).map(|i| mk("cpu A", 1e6 + i as f64 * 1e3, 0.02)).collect();
+        let noisy_cal: Vec<Run> = (0..3).map(|i| mk("cpu B", 1e6 + i as f64 * 1e3, 0.25)).collect();
+        assert!(normalized(&noisy_cal[0]).unwrap_err().contains("spread 25%"));
+        let mut notes = Vec::new();
+        let rows = compare_runs(&base, &noisy_cal, Normalize::Auto, &decide(), false, None, false, &mut notes).unwrap();
+        assert!(notes.iter().any(|n| n.contains("cannot normalize") && n.contains("spread 25%")), "{notes:?}");
+        assert!(rows.iter().all(|r| r.basis == "raw"), "{rows:#?}");
+        let tput = rows.iter().find(|r| r.figure == "publish.records_per_s").unwrap();
+        assert_eq!(tput.verdict, Verdict::Undecided, "raw figures of two environments decide nothing");
+        assert_eq!(outcome(&rows, &[]), Outcome::Undecided);
+        // A calibration without repeated measurements (older results) is not used either.
+        let mut v = result_json("smoke", 1e6, 1000.0, "cpu B", 6e8);
+        v["calibration"].as_object_mut().unwrap().remove("spread");
+        assert!(normalized(&parse_run(&v, "old").unwrap()).unwrap_err().contains("no repeated measurements"));
     }
 
     #[test]
@@ -1260,6 +1646,7 @@ mod tests {
             informational: vec![],
             filter: None,
             json_out: None,
+            force: false,
         };
         assert_eq!(run(args(vec![dir.path().join("missing.json"), dir.path().join("x.json")])), 2);
         let garbage = dir.path().join("garbage.json");
@@ -1331,11 +1718,11 @@ mod tests {
         let base: Vec<Vec<f64>> = vec![vec![100.0], vec![100.0], vec![100.0]];
         let slow: Vec<Vec<f64>> = vec![vec![120.0], vec![118.0], vec![121.0]];
         let c = compare_paired("g", "p99.9", "us", Better::Lower, &base[..2], &slow[..2], &decide());
-        assert_eq!(c.verdict, Verdict::NoChange, "{c:?}");
+        assert_eq!(c.verdict, Verdict::Undecided, "{c:?}");
         let c = compare_paired("g", "p99.9", "us", Better::Lower, &base, &slow, &decide());
         assert_eq!(c.verdict, Verdict::Regression, "{c:?}");
         let c = compare_samples("g", "t", "ns/iter", Better::Lower, &[100.0, 100.0], &[130.0, 131.0], &decide());
-        assert_eq!(c.verdict, Verdict::NoChange, "{c:?}");
+        assert_eq!(c.verdict, Verdict::Undecided, "{c:?}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Environment stamp for results: CPU model, cores, memory, kernel, git commit, hostname.
+//! Environment stamp for results: CPU model, cores, memory, kernel, build commit, hostname.
 
 use crate::results::Environment;
 
@@ -38,30 +38,26 @@ fn read_trim(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }
 
-/// `LOADGEN_GIT_COMMIT` if set, else `git rev-parse HEAD` (+ "-dirty"), else "unknown".
+/// The commit this binary was built from, captured by `build.rs` at build time (`<sha>` or
+/// `<sha>-dirty`; `unknown` when built outside a git checkout, e.g. from a source tarball). Not
+/// the repository of the current directory: a binary run elsewhere still names its own source.
 pub fn git_commit() -> String {
-    if let Ok(c) = std::env::var("LOADGEN_GIT_COMMIT") {
-        return c;
-    }
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    env!("LOADGEN_BUILD_COMMIT").to_string()
+}
+
+/// Build provenance for the result's `provenance` block.
+pub fn provenance() -> crate::results::Provenance {
+    let c = git_commit();
+    let (commit, dirty) = match c.strip_suffix("-dirty") {
+        Some(sha) => (sha.to_string(), Some(true)),
+        None if c == "unknown" => (c, None),
+        None => (c, Some(false)),
     };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(c) if !c.is_empty() => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{c}-dirty")
-            } else {
-                c
-            }
-        }
-        _ => "unknown".into(),
+    crate::results::Provenance {
+        build_commit: commit,
+        build_dirty: dirty,
+        loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
+        source: "build".into(),
     }
 }
 
@@ -101,6 +97,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_build_commit_is_fixed_at_build_time() {
+        let c = super::git_commit();
+        let p = super::provenance();
+        assert!(!c.is_empty());
+        assert_eq!(p.build_commit == "unknown", p.build_dirty.is_none());
+        if c != "unknown" {
+            assert!(p.build_commit.len() >= 7 && p.build_commit.chars().all(|x| x.is_ascii_hexdigit()), "{c}");
+        }
+    }
+
     #[test]
     fn rfc3339_known_instant() {
         // 2026-11-24T20:10:10.123Z

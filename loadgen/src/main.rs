@@ -30,8 +30,17 @@ enum Cmd {
     /// Render result files into one self-contained HTML page with SVG charts.
     Report {
         /// Result JSON files.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "base")]
         files: Vec<PathBuf>,
+        /// Baseline runs (files or directories): adds the base-vs-new view of `loadgen compare`.
+        #[arg(long, num_args = 1.., requires = "new", value_name = "PATH")]
+        base: Vec<PathBuf>,
+        /// New runs (files or directories), with --base.
+        #[arg(long, num_args = 1.., requires = "base", value_name = "PATH")]
+        new: Vec<PathBuf>,
+        /// With --base/--new: compare runs whose workload parameters differ.
+        #[arg(long)]
+        force: bool,
         /// Output HTML file.
         #[arg(short, long, default_value = "report.html")]
         output: PathBuf,
@@ -80,9 +89,12 @@ struct RunArgs {
     /// No live line or progress bar.
     #[arg(short, long)]
     quiet: bool,
-    /// Print the result JSON to stdout as well.
+    /// Print the result JSON to stdout; stdout then holds only the JSON (the human summary goes
+    /// to stderr, or nowhere with --quiet).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    topics: loadgen::external::TopicOptions,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -109,6 +121,16 @@ fn main() {
                             c.memcpy_bytes_per_s / 1e6,
                             c.took_s
                         );
+                        if let Some(sp) = &c.spread {
+                            println!(
+                                "spread over {} repeats: disk {:.0}%  fdatasync p50 {:.0}%  loopback {:.0}%  memcpy {:.0}% (compare does not normalize by a ceiling that spread > 10%)",
+                                sp.repeats,
+                                sp.disk_seq_write * 100.0,
+                                sp.fdatasync_p50 * 100.0,
+                                sp.loopback * 100.0,
+                                sp.memcpy * 100.0
+                            );
+                        }
                     }
                     0
                 }
@@ -118,7 +140,11 @@ fn main() {
                 }
             }
         }
-        Cmd::Report { files, output } => match loadgen::html::report_files(&files, &output) {
+        Cmd::Report { files, base, new, force, output } => match loadgen::html::report_files_with(
+            &files,
+            (!base.is_empty()).then_some((&base[..], &new[..], force)),
+            &output,
+        ) {
             Ok(()) => {
                 eprintln!("wrote {}", output.display());
                 0
@@ -157,14 +183,24 @@ fn cmd_run(a: RunArgs) -> i32 {
     opts.write = !a.no_write;
     opts.data_dir = a.data_dir;
     opts.quiet = a.quiet;
+    opts.topics = a.topics;
+    if opts.topics.topic_prefix.is_empty() {
+        opts.topics.topic_prefix = "loadgen".into();
+    }
     match run(&opts) {
         Ok(o) => {
-            println!("{}", summary_table(&o.result));
+            let mut human = format!("{}\n", summary_table(&o.result));
             if let Some(p) = &o.path {
-                println!("results: {} (+ {})", p.display(), o.result.hlog.clone().unwrap_or_default());
+                human.push_str(&format!("results: {} (+ {})\n", p.display(), o.result.hlog.clone().unwrap_or_default()));
             }
             if a.json {
+                // stdout is the JSON document alone, so `loadgen run --json | jq` works.
+                if !a.quiet {
+                    eprint!("{human}");
+                }
                 println!("{}", serde_json::to_string_pretty(&o.result).unwrap_or_default());
+            } else {
+                print!("{human}");
             }
             o.exit_code
         }

@@ -62,6 +62,51 @@ pub struct RunResult {
     /// File name of the HdrHistogram interval log written beside this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hlog: Option<String>,
+    /// Where the numbers come from: the loadgen build. Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+/// The loadgen build that produced a result (captured at build time, see `loadgen/build.rs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Commit of the source tree the binary was built from; "unknown" outside a git checkout.
+    pub build_commit: String,
+    /// Tracked files differed from `build_commit` at build time; absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_dirty: Option<bool>,
+    pub loadgen_version: String,
+    /// "build": captured by build.rs when the binary was compiled.
+    pub source: String,
+}
+
+/// What the target broker said about itself (ApiVersions, Metadata); absent for the sink.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetIdentity {
+    /// Metadata cluster id (null when the broker reports none).
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    /// Metadata controller id (-1 when the broker reports none).
+    pub controller_id: i32,
+    /// Broker ids, sorted.
+    pub broker_ids: Vec<i32>,
+    pub broker_count: u32,
+    /// Each broker as `id@host:port` (with `rack` when reported).
+    pub brokers: Vec<String>,
+    /// The API versions the bootstrap broker advertised: (api key, name, min, max).
+    pub api_versions: Vec<ApiVersionRange>,
+    /// Software name/version of the broker, when it reports one. Kafka's ApiVersions carries
+    /// software name/version only in the request (v3+), so no broker reports one today: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApiVersionRange {
+    pub key: i16,
+    pub name: String,
+    pub min: i16,
+    pub max: i16,
 }
 
 fn yes() -> bool {
@@ -113,6 +158,12 @@ pub struct Target {
     /// absent for external brokers and the sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_io: Option<bool>,
+    /// What the broker reported about itself (ApiVersions, Metadata); absent for the sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<TargetIdentity>,
+    /// The topics the run produced to (per-run names on external clusters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -140,6 +191,19 @@ pub struct Calibration {
     pub data_dir: String,
     #[serde(default)]
     pub took_s: f64,
+    /// How far the repeated measurements of each ceiling spread; absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<CalibrationSpread>,
+}
+
+/// (max - min) / median of a calibration's repeated measurements, per ceiling.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CalibrationSpread {
+    pub repeats: u32,
+    pub disk_seq_write: f64,
+    pub fdatasync_p50: f64,
+    pub loopback: f64,
+    pub memcpy: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

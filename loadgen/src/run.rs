@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub record_latency: bool,
     /// Sink only: stall the sink at (seconds after start, for seconds).
     pub sink_stall: Option<(f64, f64)>,
+    /// External cluster: per-run or existing topics (see `external.rs`).
+    pub topics: crate::external::TopicOptions,
 }
 
 impl RunOptions {
@@ -79,6 +81,7 @@ impl RunOptions {
             quiet: false,
             record_latency: true,
             sink_stall: None,
+            topics: crate::external::TopicOptions { topic_prefix: "loadgen".into(), replication_factor: -1, ..Default::default() },
         }
     }
 }
@@ -111,6 +114,9 @@ struct Setup {
     layouts: Vec<TopicLayout>,
     calibration: Option<Calibration>,
     embedded: Embedded,
+    identity: Option<crate::results::TargetIdentity>,
+    /// Deletes the per-run topics of an external cluster when the run ends.
+    _cleanup: Option<crate::external::TopicCleanup>,
 }
 
 fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
@@ -139,6 +145,8 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
                 .collect(),
             calibration,
             embedded: Embedded::None,
+            identity: None,
+            _cleanup: None,
         });
     }
     let (kind, boot_addrs, fsync, embedded, cal_dir) = match &opts.bootstrap {
@@ -199,8 +207,16 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
         }
     }
     let mut boot = boot.ok_or(RunError::Usage(last_err))?;
-    let layouts = prepare_topics(&mut boot, &topics, w.partitions_per_topic, Duration::from_secs(15)).map_err(RunError::Usage)?;
-    Ok(Setup { kind, bootstrap, fsync, layouts, calibration, embedded })
+    let identity = Some(crate::external::identify(&mut boot).map_err(RunError::Usage)?);
+    let (topics, rf, cleanup) = if kind == "external" {
+        let plan = crate::external::plan(&opts.topics, &w.name, w.topics, &crate::external::run_id()).map_err(RunError::Usage)?;
+        let cleanup = plan.delete.then(|| crate::external::TopicCleanup::new(boot.addr, plan.names.clone(), opts.quiet));
+        (plan.names, plan.create_with_rf, cleanup)
+    } else {
+        (topics, Some(-1), None)
+    };
+    let layouts = prepare_topics(&mut boot, &topics, w.partitions_per_topic, rf, Duration::from_secs(15)).map_err(RunError::Usage)?;
+    Ok(Setup { kind, bootstrap, fsync, layouts, calibration, embedded, identity, _cleanup: cleanup })
 }
 
 /// Per-second bookkeeping: interval histograms, counters, the time series and the .hlog.
@@ -330,7 +346,7 @@ impl Collector {
         }
         for (tag, h) in [("publish", &publish), ("delay", &delay), ("e2e", &e2e)] {
             if !h.is_empty() {
-                self.hlog.push(LoggedInterval { tag, start_s, duration_s: dur_s, hist: h.clone() });
+                self.hlog.push(LoggedInterval { tag: crate::hlog::tag(tag, phase), start_s, duration_s: dur_s, hist: h.clone() });
             }
         }
         self.series.push(sec);
@@ -732,10 +748,19 @@ struct SetupSummary {
     bootstrap: String,
     fsync: String,
     calibration: Option<Calibration>,
+    identity: Option<crate::results::TargetIdentity>,
+    topics: Vec<String>,
 }
 
 fn setup_summary(s: &Setup) -> SetupSummary {
-    SetupSummary { kind: s.kind.into(), bootstrap: s.bootstrap.clone(), fsync: s.fsync.clone(), calibration: s.calibration.clone() }
+    SetupSummary {
+        kind: s.kind.into(),
+        bootstrap: s.bootstrap.clone(),
+        fsync: s.fsync.clone(),
+        calibration: s.calibration.clone(),
+        identity: s.identity.clone(),
+        topics: s.layouts.iter().map(|l| l.topic.clone()).collect(),
+    }
 }
 
 /// The `producerRate: 0` search: ramp (doubling from 2,000 rec/s) until a rate fails, bisect
@@ -892,6 +917,8 @@ fn build_result(
             fsync: s.fsync.clone(),
             sink: s.kind == "sink",
             direct_io: (s.kind == "embedded").then_some(w.direct_io),
+            identity: s.identity.clone(),
+            topics: s.topics.clone(),
         },
         environment: crate::env::environment(),
         calibration: s.calibration.clone(),
@@ -918,6 +945,7 @@ fn build_result(
         search,
         drain,
         hlog: None,
+        provenance: Some(crate::env::provenance()),
     }
 }
 

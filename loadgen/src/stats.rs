@@ -211,12 +211,16 @@ pub fn write_hlog(path: &std::path::Path, start_wall_us: u64, intervals: &[Logge
     let mut ser = V2DeflateSerializer::new();
     let start = std::time::UNIX_EPOCH + Duration::from_micros(start_wall_us);
     let mut b = IntervalLogWriterBuilder::new();
-    b.add_comment("loadgen interval log; values in microseconds; tags: publish, delay, e2e")
+    b.add_comment("loadgen interval log; values in microseconds; tags <metric>.<phase>: metric publish, delay, e2e; phase setup, warmup, measure, drain, backlog, search (see loadgen/src/hlog.rs)")
         .with_start_time(start)
         .with_base_time(start)
         .with_max_value_divisor(1e3);
     let mut w = b.begin_log_with(&mut file, &mut ser)?;
+    let mut phase = String::new();
     for iv in intervals {
+        if let Some(c) = crate::hlog::phase_marker(&mut phase, iv) {
+            w.write_comment(&c)?;
+        }
         w.write_histogram(
             &iv.hist,
             Duration::from_secs_f64(iv.start_s),

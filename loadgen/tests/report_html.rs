@@ -4,33 +4,61 @@
 mod common;
 use common::*;
 
-fn make_results(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for (i, rate) in ["20000", "40000"].iter().enumerate() {
-        let p = dir.join(format!("run{i}.json"));
-        let out = run_cli(&["run", "--sink", "--quiet", "--rate", rate, "--duration", "2", "--warmup", "0", "-o", p.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        files.push(p);
-    }
-    files
+fn sink_run(dir: &std::path::Path, sub: &str, rate: &str) -> std::path::PathBuf {
+    // Same file name in different folders: labels must still differ.
+    let p = dir.join(sub).join("run.json");
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let out = run_cli(&["run", "--sink", "--quiet", "--rate", rate, "--duration", "1.5", "--warmup", "0.5", "-o", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    p
 }
 
 #[test]
 fn report_renders_charts_and_headless_chromium_shows_them() {
     let dir = tempfile::tempdir().unwrap();
-    let files = make_results(dir.path());
+    let base = [sink_run(dir.path(), "base/a", "20000"), sink_run(dir.path(), "base/b", "20000")];
+    let new = [sink_run(dir.path(), "new/a", "20000"), sink_run(dir.path(), "new/b", "20000")];
+    let big = sink_run(dir.path(), "big", "2000000");
     let html_path = dir.path().join("report.html");
-    let out = run_cli(&["report", files[0].to_str().unwrap(), files[1].to_str().unwrap(), "-o", html_path.to_str().unwrap()]);
+    let out = run_cli(&[
+        "report", big.to_str().unwrap(), "--base", base[0].to_str().unwrap(), base[1].to_str().unwrap(), "--new", new[0].to_str().unwrap(),
+        new[1].to_str().unwrap(), "-o", html_path.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let html = std::fs::read_to_string(&html_path).unwrap();
+    if let Ok(keep) = std::env::var("LOADGEN_KEEP_REPORT") {
+        std::fs::copy(&html_path, keep).unwrap();
+    }
     // Self-contained: no scripts, no external references.
     assert!(!html.contains("<script") && !html.contains("src=\"http") && !html.contains("href=\"http"));
-    for id in ["chart-spectrum", "chart-throughput", "chart-p99"] {
+    for id in ["chart-spectrum", "chart-throughput", "chart-p99", "chart-compare", "chart-run-1", "chart-run-5"] {
         assert!(html.contains(&format!("<svg id=\"{id}\"")), "missing {id}");
     }
-    // Two runs overlaid on the spectrum.
+    // Five runs overlaid on the spectrum, each under its own key; nothing cut off.
     let spectrum = &html[html.find("chart-spectrum").unwrap()..html.find("chart-throughput").unwrap()];
-    assert_eq!(spectrum.matches("<polyline class=\"series\"").count(), 2);
+    assert_eq!(spectrum.matches("<polyline class=\"series\"").count(), 5);
+    for k in 1..=5 {
+        assert!(spectrum.contains(&format!(">R{k} publish<")), "R{k} missing from the legend");
+    }
+    assert!(!html.contains('…'), "a label was cut off");
+    // The summary names each file uniquely (same file name, different folders).
+    for label in [">base/a/run.json<", ">base/b/run.json<", ">new/a/run.json<", ">new/b/run.json<", "/big/run.json<"] {
+        assert_eq!(html.matches(label).count(), 1, "{label}");
+    }
+    // Target vs achieved, send delay, consume rate, workload parameters.
+    for col in ["target rec/s", "achieved rec/s", "of target", "consume rec/s", "send delay p99 ms", "topics × partitions", "linger ms"] {
+        assert!(html.contains(&format!("<th>{col}</th>")), "{col}");
+    }
+    // Phase boundaries on each run's panel (warmup → measure at least).
+    let panel = &html[html.find("chart-run-1").unwrap()..html.find("chart-run-2").unwrap()];
+    assert!(panel.contains("class=\"phase\"") && panel.contains(">measure<"), "no phase boundary in the run panel");
+    // Throughput overlay on a log axis: 20 k and 2 M both readable.
+    let thr = &html[html.find("chart-throughput").unwrap()..html.find("chart-p99").unwrap()];
+    assert!(thr.contains("records/s (log scale)"));
+    // Base vs new: 2 runs per side are figures with intervals, and no verdict.
+    assert!(html.contains("id=\"compare-outcome\" class=\"warn\"><b>UNDECIDED"), "compare outcome missing");
+    assert!(html.contains("undecided (no verdict)"));
+    assert!(html.matches("class=\"interval\"").count() >= 2);
 
     let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
     let Some(chromium) = chromium else {
@@ -70,6 +98,7 @@ fn report_renders_charts_and_headless_chromium_shows_them() {
     for id in ["chart-spectrum", "chart-throughput", "chart-p99"] {
         assert!(dom.contains(&format!("id=\"{id}\"")), "{id} not in the rendered DOM");
     }
-    assert!(dom.matches("<polyline").count() >= 6, "series missing from the DOM");
+    assert!(dom.matches("<polyline").count() >= 15, "series missing from the DOM");
+    assert!(dom.contains("id=\"chart-compare\""), "compare chart not in the DOM");
     assert!(dom.contains("99.99%"), "percentile axis labels missing");
 }

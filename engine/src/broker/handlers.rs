@@ -20,7 +20,7 @@ use crate::log::{AppendError, FetchError, Partition, TopicError};
 use crate::wire::{self, error, fetch, HeaderError};
 
 /// API keys routed to the group coordinator (`crate::groups::handle`).
-pub const GROUP_API_KEYS: [i16; 10] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22];
+pub const GROUP_API_KEYS: [i16; 11] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 68];
 
 /// (api key, min version, max version) served by the broker itself.
 pub const BROKER_APIS: &[(i16, i16, i16)] = &[
@@ -78,6 +78,19 @@ pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
 
 type Handled = Result<Reply, String>;
 
+/// Topics the broker owns (`crate::groups::INTERNAL_TOPICS`): clients may read
+/// `__consumer_offsets` but never write, delete or re-create them — a forged or lost record
+/// there rewrites committed offsets or re-grants producer ids, and so loses acknowledged data.
+fn is_internal_topic(name: &str) -> bool {
+    crate::groups::INTERNAL_TOPICS.contains(&name)
+}
+
+/// Internal topics not shown to clients at all (Kafka clients do not know them): Metadata
+/// answers UNKNOWN_TOPIC_OR_PARTITION for them, as Kafka does for its `__cluster_metadata`.
+fn is_hidden_topic(name: &str) -> bool {
+    name == crate::groups::store::PRODUCER_IDS_TOPIC
+}
+
 // ---------------------------------------------------------------------------------------------
 // ApiVersions
 
@@ -123,7 +136,7 @@ fn topic_error_code(e: &TopicError) -> i16 {
         TopicError::AlreadyExists(_) => error::TOPIC_ALREADY_EXISTS,
         TopicError::Unknown(_) => error::UNKNOWN_TOPIC_OR_PARTITION,
         TopicError::InvalidPartitions(_) => error::INVALID_PARTITIONS,
-        TopicError::Recovery(_) | TopicError::Io(_) => error::KAFKA_STORAGE_ERROR,
+        TopicError::Recovery(_) | TopicError::Io(_) | TopicError::Locked(_) => error::KAFKA_STORAGE_ERROR,
     }
 }
 
@@ -176,9 +189,10 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
     // to the frame and can be turned back into a mutable buffer without copying.
     let req: ProduceRequest = wire::decode_body(&mut body.clone(), version)?;
     let acks = req.acks;
-    if req.transactional_id.is_some() {
-        tracing::debug!("transactional produce is stored as plain batches (no transaction coordinator)");
-    }
+    // Transactions are not supported (groups::TRANSACTIONS_UNSUPPORTED): a transactional
+    // Produce is refused whole, as Kafka refuses one whose transactional id is not authorized,
+    // so no transactional batch (which would wait for a commit marker that never comes) is stored.
+    let transactional = req.transactional_id.is_some();
     // (topic, [(partition, record byte range within body)])
     let mut plan: Vec<(String, Vec<PartitionRecords>)> = Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
@@ -204,6 +218,18 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
         let mut out = Vec::with_capacity(parts.len());
         for (index, range) in parts {
             let mut r = ProducedPartition { index, error_code: 0, base_offset: -1, log_start_offset: -1, wait: None };
+            if transactional {
+                r.error_code = error::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+                out.push(r);
+                continue;
+            }
+            if is_internal_topic(&topic) {
+                // As Kafka's ReplicaManager: "Cannot append to internal topic".
+                tracing::debug!(topic, index, "produce to an internal topic refused");
+                r.error_code = error::INVALID_TOPIC_EXCEPTION;
+                out.push(r);
+                continue;
+            }
             let part = match resolve_partition(shared, &topic, index, true) {
                 Ok(p) => p,
                 Err(code) => {
@@ -502,9 +528,10 @@ fn metadata(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled
     let port = local.map_or(shared.cfg.listen.port(), |a| a.port()) as i32;
     let broker = MetadataResponseBroker::default().with_node_id(BrokerId(0)).with_host(StrBytes::from_string(host)).with_port(port);
     let allow_create = version < 4 || req.allow_auto_topic_creation;
+    let all = || shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(Some).collect();
     let names: Vec<Option<String>> = match req.topics {
-        None => shared.logs.topic_names().into_iter().map(Some).collect(),
-        Some(ts) if ts.is_empty() && version == 0 => shared.logs.topic_names().into_iter().map(Some).collect(),
+        None => all(),
+        Some(ts) if ts.is_empty() && version == 0 => all(),
         Some(ts) => ts.into_iter().map(|t| t.name.map(|n| n.0.to_string())).collect(),
     };
     let mut topics = Vec::with_capacity(names.len());
@@ -519,6 +546,7 @@ fn metadata(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled
             .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
             .with_is_internal(name.starts_with("__"));
         let found = match shared.logs.topic(&name) {
+            _ if is_hidden_topic(&name) => Err(error::UNKNOWN_TOPIC_OR_PARTITION),
             Some(t) => Ok(t),
             None if allow_create && shared.cfg.auto_create_topics => {
                 shared.logs.get_or_create(&name, shared.cfg.default_partitions).map_err(|e| topic_error_code(&e))
@@ -579,7 +607,7 @@ fn list_offsets(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Han
                     MAX_TIMESTAMP => {
                         let ts = log.max_timestamp();
                         if ts >= 0 {
-                            // Batch granularity: the offset of the batch holding the max timestamp.
+                            // The first record carrying the max timestamp.
                             if let Ok(Some((off, _))) = log.offset_for_timestamp(ts) {
                                 r = r.with_offset(off as i64).with_timestamp(ts);
                             }
@@ -623,6 +651,9 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
                 error::INVALID_PARTITIONS,
                 format!("{partitions} partitions exceed this broker's limit of {}", shared.cfg.partitions_per_topic_max),
             ))
+        } else if is_hidden_topic(&name) {
+            // As Kafka for its __cluster_metadata.
+            Err((error::INVALID_REQUEST, format!("Creation of internal topic {name} is prohibited.")))
         } else if !(t.replication_factor == -1 || t.replication_factor == 1) {
             Err((error::INVALID_REPLICATION_FACTOR, format!("replication factor {} > 1 brokers", t.replication_factor)))
         } else if req.validate_only {
@@ -666,6 +697,21 @@ fn delete_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
         let mut r = DeletableTopicResult::default();
         match name {
             None => r = r.with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION),
+            Some(n) if is_internal_topic(&n.0) => {
+                // Kafka leaves this to its authorizer (only a cluster admin may delete internal
+                // topics); here nobody may: deleting __producer_ids re-grants producer ids after
+                // a restart (acknowledged records then lost as duplicates), deleting
+                // __consumer_offsets loses every group's committed offsets.
+                tracing::warn!(topic = %n.0, "client tried to delete an internal topic: refused");
+                r = r.with_error_code(error::TOPIC_AUTHORIZATION_FAILED);
+                if version >= 5 {
+                    r = r.with_error_message(Some(StrBytes::from_string(format!(
+                        "internal topic {} holds the broker's state and cannot be deleted",
+                        n.0
+                    ))));
+                }
+                r = r.with_name(Some(n));
+            }
             Some(n) => {
                 if let Err(e) = shared.logs.delete_topic(&n.0) {
                     r = r.with_error_code(topic_error_code(&e));

@@ -66,6 +66,7 @@ pub mod err {
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const FENCED_INSTANCE_ID: i16 = 82;
@@ -83,7 +84,22 @@ pub const SUPPORTED_APIS: &[(i16, i16, i16)] = &[
     (15, 0, 5), // DescribeGroups
     (16, 0, 4), // ListGroups
     (22, 0, 4), // InitProducerId
+    (68, 0, 1), // ConsumerGroupHeartbeat: advertised only to answer UNSUPPORTED_VERSION (KIP-848 not served)
 ];
+
+/// What a transactional client is told (FindCoordinator key type 1, InitProducerId with a
+/// transactional id): TRANSACTIONAL_ID_AUTHORIZATION_FAILED is non-retriable in every client
+/// (librdkafka raises it as a fatal error carrying this message at once); the retriable
+/// COORDINATOR_NOT_AVAILABLE made clients retry for 15–60 s.
+pub const TRANSACTIONS_UNSUPPORTED: &str =
+    "transactions are not supported by this broker (transactional.id / transactional producers); use an idempotent producer";
+
+/// What a KIP-848 consumer (`group.protocol=consumer`) is told in its ConsumerGroupHeartbeat.
+/// UNSUPPORTED_VERSION is what Kafka answers when its new group coordinator is disabled, and
+/// librdkafka treats it as fatal; not advertising the API instead made librdkafka re-query the
+/// coordinator silently forever.
+pub const KIP848_UNSUPPORTED: &str =
+    "the consumer group protocol of KIP-848 (group.protocol=consumer) is not supported by this broker; use group.protocol=classic";
 
 /// Topics this module owns. Metadata should mark them `is_internal` (as Kafka does for
 /// `__consumer_offsets`) so clients leave them out of pattern subscriptions and listings.
@@ -474,6 +490,18 @@ pub fn handle(
             let req = decode::<InitProducerIdRequest>(body, v, "InitProducerId");
             later(corr, v, move || init_producer_id(&c, req))
         }
+        68 => {
+            let req = decode::<ConsumerGroupHeartbeatRequest>(body, v, "ConsumerGroupHeartbeat");
+            later(corr, v, move || {
+                let mut r = ConsumerGroupHeartbeatResponse::default();
+                r.error_code = err::UNSUPPORTED_VERSION;
+                r.error_message = Some(s(KIP848_UNSUPPORTED));
+                if let Some(req) = req {
+                    tracing::info!(group = req.group_id.as_str(), "KIP-848 ConsumerGroupHeartbeat refused: not supported");
+                }
+                r
+            })
+        }
         _ => Reply::Close(format!("API key {api_key} is not a group API")),
     }
 }
@@ -483,7 +511,7 @@ pub fn handle(
 /// OffsetCommit v0/v1 (not in kafka-protocol 0.18):
 /// v0 `group_id topics[name partitions[index offset metadata]]`;
 /// v1 `group_id generation member_id topics[name partitions[index offset timestamp metadata]]`.
-fn decode_offset_commit_v0_v1(body: &mut Bytes, v: i16) -> Option<OffsetCommitRequest> {
+pub(crate) fn decode_offset_commit_v0_v1(body: &mut Bytes, v: i16) -> Option<OffsetCommitRequest> {
     fn string(b: &mut Bytes) -> Option<Option<StrBytes>> {
         if b.remaining() < 2 {
             return None;
@@ -685,8 +713,16 @@ fn find_coordinator(
         }
         return resp;
     };
-    // Key type 1 = transaction coordinator: transactions are not supported.
-    let code = if req.key_type == 0 { err::NONE } else { err::COORDINATOR_NOT_AVAILABLE };
+    // Key type 1 = transaction coordinator: transactions are not supported, and the answer must
+    // not be retriable (see TRANSACTIONS_UNSUPPORTED). Other key types do not exist here.
+    let (code, message) = match req.key_type {
+        0 => (err::NONE, ""),
+        1 => (err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED, TRANSACTIONS_UNSUPPORTED),
+        _ => (err::INVALID_REQUEST, "unknown coordinator key type"),
+    };
+    if code == err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED {
+        tracing::info!("transaction coordinator requested: refused (transactions are not supported)");
+    }
     if v >= 4 {
         for key in req.coordinator_keys {
             let mut co = Coordinator::default();
@@ -698,7 +734,7 @@ fn find_coordinator(
                 co.port = port;
             } else {
                 co.node_id = BrokerId(-1);
-                co.error_message = Some(s("transactions are not supported"));
+                co.error_message = Some(s(message));
             }
             resp.coordinators.push(co);
         }
@@ -711,7 +747,7 @@ fn find_coordinator(
         } else {
             resp.node_id = BrokerId(-1);
             if v >= 1 {
-                resp.error_message = Some(s("transactions are not supported"));
+                resp.error_message = Some(s(message));
             }
         }
     }
@@ -892,8 +928,8 @@ fn init_producer_id(c: &GroupCoordinator, req: Option<InitProducerIdRequest>) ->
         return r;
     };
     if req.transactional_id.is_some() {
-        // Transactions are not implemented: refuse clearly rather than half-support them.
-        r.error_code = err::INVALID_REQUEST;
+        // Transactions are not implemented: refuse clearly (non-retriable), as FindCoordinator.
+        r.error_code = err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
         return r;
     }
     let (pid, epoch) = (req.producer_id.0, req.producer_epoch);

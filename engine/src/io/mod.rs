@@ -111,7 +111,16 @@ pub trait Io: Send + Sync + std::fmt::Debug {
     fn exists(&self, path: &Path) -> bool;
     /// fsync a directory, making creations, renames and removals in it durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Take the exclusive lock of a data directory (`<dir>/.lock`, as Kafka's log directories),
+    /// held until the returned file is dropped. `Ok(None)` where there is nothing to lock (the
+    /// simulator). Err with kind `WouldBlock` when another holder has it.
+    fn lock_dir(&self, _dir: &Path) -> io::Result<Option<std::fs::File>> {
+        Ok(None)
+    }
 }
+
+/// Name of a data directory's lock file.
+pub const LOCK_FILE: &str = ".lock";
 
 /// The real filesystem; writes and fdatasync go through a per-thread io_uring
 /// (falling back to pwrite/fdatasync where io_uring is unavailable).
@@ -334,6 +343,33 @@ impl Io for UringIo {
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         std::fs::File::open(path)?.sync_all()
+    }
+    /// flock(LOCK_EX | LOCK_NB) through std's `File::try_lock`: released by the kernel when the
+    /// process dies (no stale lock after kill -9), and conflicting between two open file
+    /// descriptions even in one process. The holder's pid is written into the file for the
+    /// message a second broker prints.
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<std::fs::File>> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join(LOCK_FILE);
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = f.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let who = if holder.is_empty() { String::new() } else { format!(" (held by pid {holder})") };
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is locked{who}: another broker is using this data directory", path.display()),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        f.set_len(0)?;
+        f.rewind()?;
+        writeln!(f, "{}", std::process::id())?;
+        Ok(Some(f))
     }
 }
 

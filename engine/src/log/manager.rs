@@ -49,6 +49,8 @@ pub enum TopicError {
     Unknown(String),
     #[error("invalid partition count {0}: want 1..=100000")]
     InvalidPartitions(i64),
+    #[error("cannot lock the data directory: {0}; refusing to start (two brokers on one directory lose acknowledged records)")]
+    Locked(std::io::Error),
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
     #[error("I/O error: {0}")]
@@ -108,13 +110,18 @@ pub struct LogManager {
     pub failed: Mutex<Vec<String>>,
     /// What the background scrub checked and found ([`super::scrub`]).
     pub scrub: Arc<super::scrub::ScrubReport>,
+    /// The data directory's exclusive lock (`Io::lock_dir`), held until `close` or drop.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl LogManager {
     /// Open every partition under `dir` (recovering each), creating `dir` if needed.
     /// A partition that fails recovery is left out and reported, not silently repaired.
+    /// The directory is locked first: a second LogManager (another broker process) on the
+    /// same directory gets [`TopicError::Locked`] and opens nothing.
     pub fn open(dir: &Path, io: Arc<dyn Io>, cfg: LogConfig) -> Result<Arc<LogManager>, TopicError> {
         io.create_dir_all(dir)?;
+        let lock = io.lock_dir(dir).map_err(TopicError::Locked)?;
         let notifier = Arc::new(Notifier::default());
         let mut found: BTreeMap<String, BTreeMap<u32, PathBuf>> = BTreeMap::new();
         for name in io.list_dir(dir)? {
@@ -158,6 +165,7 @@ impl LogManager {
             stop: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(failed),
             scrub: Default::default(),
+            lock: Mutex::new(lock),
         });
         m.start_background();
         super::scrub::start(Arc::downgrade(&m), m.stop.clone(), m.scrub.clone(), m.default_cfg.scrub_rate_mib);
@@ -302,6 +310,8 @@ impl LogManager {
                 }
             }
         }
+        // Everything is flushed: another broker may open the directory now.
+        drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
         first
     }
 }

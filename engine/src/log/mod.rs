@@ -8,6 +8,7 @@ pub mod manager;
 pub mod scrub;
 pub mod partition;
 pub mod segment;
+pub mod time_seek;
 
 use std::io;
 use std::str::FromStr;

@@ -1150,35 +1150,60 @@ impl Partition {
         Ok(self.read(offset, max_bytes, true)?.copy_out()?)
     }
 
-    /// Offset and timestamp of the first batch whose max timestamp is >= `ts`
-    /// (batch granularity), or `None` if there is none below the high watermark.
+    /// Offset and timestamp of the first record whose timestamp is >= `ts` (exact to the
+    /// record, as Kafka: the batch is found through the time index and batch headers, then its
+    /// records are walked, decompressed if need be), or `None` if there is none below the high
+    /// watermark.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>, FetchError> {
-        let st = lock(&self.state);
-        let hw = self.high_watermark();
-        let n = st.segments.len();
-        let group = self.cfg.durability == Durability::Group;
-        for (i, seg) in st.segments.iter().enumerate() {
-            if seg.max_timestamp < ts {
-                continue;
+        let bad = |e: String| FetchError::Storage(io::Error::new(io::ErrorKind::InvalidData, e));
+        // (segment base offset, position) to resume the batch search from, after a batch whose
+        // max timestamp reached `ts` but none of whose records did (a producer's max timestamp
+        // is not checked against its records).
+        let mut resume: Option<(u64, u64)> = None;
+        loop {
+            // Under the lock: the first batch at or after `resume` whose max timestamp >= ts.
+            let found = {
+                let st = lock(&self.state);
+                let hw = self.high_watermark();
+                let n = st.segments.len();
+                let group = self.cfg.durability == Durability::Group;
+                let mut found = None;
+                'segments: for (i, seg) in st.segments.iter().enumerate() {
+                    if seg.max_timestamp < ts || resume.is_some_and(|(base, _)| seg.base_offset < base) {
+                        continue;
+                    }
+                    // Staged bytes of the active segment are not in the file yet.
+                    let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
+                    let mut pos = match resume {
+                        Some((base, pos)) if base == seg.base_offset => pos,
+                        _ => seg.time_floor_position(ts),
+                    };
+                    while pos < limit {
+                        let h = seg.read_header(pos, self.cfg.batch_bytes_max)?.map_err(|e| bad(e.to_string()))?;
+                        if h.base_offset as u64 >= hw {
+                            break 'segments;
+                        }
+                        if h.max_timestamp >= ts {
+                            found = Some((seg.file.clone(), seg.base_offset, pos, h.size_bytes));
+                            break 'segments;
+                        }
+                        pos += h.size_bytes as u64;
+                    }
+                }
+                found
+            };
+            let Some((file, base, pos, size)) = found else { return Ok(None) };
+            // Outside the lock: read that batch and find the exact record, as Kafka does (the
+            // first offset whose record timestamp is >= ts, not the batch's base offset).
+            let mut batch = vec![0u8; size];
+            if super::segment::read_fully(&*file, &mut batch, pos)? < size {
+                return Err(bad(format!("batch at position {pos} is truncated")));
             }
-            // Staged bytes of the active segment are not in the file yet.
-            let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
-            let mut pos = seg.time_floor_position(ts);
-            while pos < limit {
-                let h = match seg.read_header(pos, self.cfg.batch_bytes_max)? {
-                    Ok(h) => h,
-                    Err(e) => return Err(FetchError::Storage(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))),
-                };
-                if h.base_offset as u64 >= hw {
-                    return Ok(None);
-                }
-                if h.max_timestamp >= ts {
-                    return Ok(Some((h.base_offset as u64, h.max_timestamp)));
-                }
-                pos += h.size_bytes as u64;
+            match super::time_seek::first_at_or_after(&batch, ts).map_err(bad)? {
+                Some(found) => return Ok(Some(found)),
+                None => resume = Some((base, pos + size as u64)),
             }
         }
-        Ok(None)
     }
 
     /// Largest timestamp in the log with the offset of its batch (ListOffsets MAX_TIMESTAMP).

@@ -27,6 +27,7 @@ pub mod error {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
@@ -35,6 +36,7 @@ pub mod error {
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNKNOWN_PRODUCER_ID: i16 = 59;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
@@ -112,13 +114,57 @@ pub fn parse_request_header(buf: &mut Bytes) -> Result<(ApiKey, RequestHeader), 
     Ok((key, header))
 }
 
-/// Decode a request body of type `T` at `version`, refusing trailing garbage.
+/// Decode a request body of type `T` at `version`. Bytes after the body are ignored, as
+/// Kafka's generated decoders do (`RequestContext::parseRequest` reads the fields a version
+/// defines and never checks what remains): librdkafka 2.16 sends its all-topics Metadata v12 as
+/// `00 00 00 00 01 00 00` (a 4-byte array-count placeholder of which the first byte is read as
+/// the null compact array, then allow_auto_topic_creation 0, include_topic_authorized_operations
+/// 0, no tagged fields, and 3 bytes Kafka never reads); refusing them made every current
+/// librdkafka client's `list_topics()` fail.
 pub fn decode_body<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, String> {
     let v = T::decode(body, version).map_err(|e| e.to_string())?;
     if body.has_remaining() {
-        return Err(format!("{} trailing bytes after the request body", body.remaining()));
+        tracing::debug!(version, trailing = body.remaining(), "bytes after the request body ignored (as Kafka does)");
     }
     Ok(v)
+}
+
+/// Decode a request body the way the broker's dispatch does, for tests and tools (the client
+/// fixtures in `engine/fuzz/seeds/request_decode`): the protocol crate's decoder for each API
+/// the broker serves, or the hand decoder of OffsetCommit v0/v1. Returns the bytes left after
+/// the body, which the broker ignores as Kafka does ([`decode_body`]). Produce v0–2 is answered
+/// UNSUPPORTED_VERSION without a decode, and an API the broker does not serve is refused.
+pub fn decode_request_body(api: ApiKey, version: i16, body: &mut Bytes) -> Result<usize, String> {
+    use kafka_protocol::messages as m;
+    fn d<T: Decodable>(body: &mut Bytes, version: i16) -> Result<(), String> {
+        T::decode(body, version).map(drop).map_err(|e| e.to_string())
+    }
+    match api {
+        ApiKey::Produce if version <= 2 => Err(format!("Produce v{version} is answered UNSUPPORTED_VERSION without a decode"))?,
+        ApiKey::OffsetCommit if version < 2 => {
+            crate::groups::decode_offset_commit_v0_v1(body, version).ok_or("malformed OffsetCommit v0/v1")?;
+        }
+        ApiKey::Produce => d::<m::ProduceRequest>(body, version)?,
+        ApiKey::Fetch => d::<m::FetchRequest>(body, version)?,
+        ApiKey::ListOffsets => d::<m::ListOffsetsRequest>(body, version)?,
+        ApiKey::Metadata => d::<m::MetadataRequest>(body, version)?,
+        ApiKey::ApiVersions => d::<m::ApiVersionsRequest>(body, version)?,
+        ApiKey::CreateTopics => d::<m::CreateTopicsRequest>(body, version)?,
+        ApiKey::DeleteTopics => d::<m::DeleteTopicsRequest>(body, version)?,
+        ApiKey::OffsetCommit => d::<m::OffsetCommitRequest>(body, version)?,
+        ApiKey::OffsetFetch => d::<m::OffsetFetchRequest>(body, version)?,
+        ApiKey::FindCoordinator => d::<m::FindCoordinatorRequest>(body, version)?,
+        ApiKey::JoinGroup => d::<m::JoinGroupRequest>(body, version)?,
+        ApiKey::Heartbeat => d::<m::HeartbeatRequest>(body, version)?,
+        ApiKey::LeaveGroup => d::<m::LeaveGroupRequest>(body, version)?,
+        ApiKey::SyncGroup => d::<m::SyncGroupRequest>(body, version)?,
+        ApiKey::DescribeGroups => d::<m::DescribeGroupsRequest>(body, version)?,
+        ApiKey::ListGroups => d::<m::ListGroupsRequest>(body, version)?,
+        ApiKey::InitProducerId => d::<m::InitProducerIdRequest>(body, version)?,
+        ApiKey::ConsumerGroupHeartbeat => d::<m::ConsumerGroupHeartbeatRequest>(body, version)?,
+        other => Err(format!("API {other:?} is not served by this broker"))?,
+    }
+    Ok(body.remaining())
 }
 
 /// Encode a response: header (version from `api_key`/`version`) + body, without the size
@@ -212,6 +258,24 @@ mod tests {
         assert_eq!(&a[0..4], &5i32.to_be_bytes());
         assert_eq!(a[4], 0, "flexible response header: empty tagged fields");
         assert!(encode_response(5, 9999i16, 0, &r).is_empty());
+    }
+
+    #[test]
+    fn librdkafka_2_16_all_topics_metadata_v12_decodes_as_kafka_does() {
+        use kafka_protocol::messages::MetadataRequest;
+        // Captured from confluent-kafka 2.16.2 (librdkafka 2.16.0) AdminClient.list_topics().
+        let frame: &[u8] = &[
+            0, 0, 0, 0x19, 0, 3, 0, 0x0c, 0, 0, 0, 3, 0, 7, b'r', b'd', b'k', b'a', b'f', b'k', b'a', 0, //
+            0, 0, 0, 0, 1, 0, 0,
+        ];
+        let raw = read_frame(&mut &frame[..], 1 << 20).unwrap();
+        let mut body = Bytes::from(raw);
+        let (key, header) = parse_request_header(&mut body).unwrap();
+        assert_eq!((key, header.request_api_version), (ApiKey::Metadata, 12));
+        let req: MetadataRequest = decode_body(&mut body, 12).expect("decodes as Kafka's decoder does");
+        assert_eq!(req.topics, None, "all topics");
+        assert!(!req.allow_auto_topic_creation);
+        assert!(!req.include_topic_authorized_operations);
     }
 
     #[test]
