@@ -15,4 +15,5 @@ pub mod selftest;
 pub mod sink;
 pub mod size;
 pub mod stats;
+pub mod versus;
 pub mod workload;
