@@ -10,6 +10,7 @@ pub mod html;
 pub mod producer;
 pub mod rate;
 pub mod results;
+pub mod retry;
 pub mod run;
 pub mod selftest;
 pub mod sink;
