@@ -297,6 +297,9 @@ pub fn run_versus(a: VersusArgs) -> i32 {
     crate::run::install_ctrlc();
     let base_name = w.name.clone();
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); targets.len()];
+    // Runs that ended early (e.g. the broker closed the connection): shown, marked, only for a
+    // target that has no complete run at all.
+    let mut incomplete: Vec<Vec<RunResult>> = vec![Vec::new(); targets.len()];
     let mut failures = Vec::new();
     let mut paths = Vec::new();
     for round in 0..a.rounds {
@@ -326,6 +329,7 @@ pub fn run_versus(a: VersusArgs) -> i32 {
                     }
                     if !o.result.complete || o.exit_code != 0 {
                         failures.push(format!("{} round {}: incomplete or failed (exit {})", t.name, round + 1, o.exit_code));
+                        incomplete[i].push(o.result);
                     } else {
                         results[i].push(o.result);
                     }
@@ -345,7 +349,14 @@ pub fn run_versus(a: VersusArgs) -> i32 {
         }
     }
     let title = a.title.clone().unwrap_or_else(|| base_name.clone());
-    let rows = compare(&title, &base_name, a.rounds, &targets, &results);
+    let mut shown = targets.clone();
+    for i in 0..targets.len() {
+        if results[i].is_empty() && !incomplete[i].is_empty() {
+            results[i] = std::mem::take(&mut incomplete[i]);
+            shown[i].name = format!("{} (incomplete runs)", targets[i].name);
+        }
+    }
+    let rows = compare(&title, &base_name, a.rounds, &shown, &results);
     let v = Versus {
         title,
         workload: base_name,
