@@ -562,7 +562,10 @@ fn list_offsets(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Han
                         }
                     }
                     ts if ts >= 0 => match log.offset_for_timestamp(ts) {
-                        Ok(Some((off, found_ts))) => r = r.with_offset(off as i64).with_timestamp(found_ts),
+                        Ok(Some((off, found_ts))) => {
+                            let (o, t) = first_record_at_or_after(&log, off, ts).unwrap_or((off as i64, found_ts));
+                            r = r.with_offset(o).with_timestamp(t)
+                        }
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(topic = %name, "offset_for_timestamp failed: {e}");
@@ -578,6 +581,29 @@ fn list_offsets(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Han
     }
     let resp = ListOffsetsResponse::default().with_topics(topics);
     Ok(Reply::Now(wire::encode_response(cid, ApiKey::ListOffsets, version, &resp)))
+}
+
+/// Kafka answers ListOffsets by timestamp at record level: the first record whose timestamp is at
+/// or after `ts`. The log's time index finds the batch (`Partition::offset_for_timestamp`); this reads
+/// that one batch and decodes its records (decompressing it; not a hot path) to find the record.
+/// None (the caller keeps the batch-level answer, with a warning) if the batch cannot be read or
+/// decoded.
+fn first_record_at_or_after(log: &Partition, batch_offset: u64, ts: i64) -> Option<(i64, i64)> {
+    let bytes = match log.read_copy(batch_offset as i64, 1) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("ListOffsets by time: cannot read the batch at {batch_offset}: {e}");
+            return None;
+        }
+    };
+    let mut buf = Bytes::from(bytes);
+    match kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
+        Ok(set) => set.records.iter().find(|r| r.offset >= batch_offset as i64 && r.timestamp >= ts).map(|r| (r.offset, r.timestamp)),
+        Err(e) => {
+            tracing::warn!("ListOffsets by time: cannot decode the batch at {batch_offset}: {e}");
+            None
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

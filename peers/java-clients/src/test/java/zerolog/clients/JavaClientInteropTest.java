@@ -304,8 +304,8 @@ class JavaClientInteropTest {
         TopicPartition tp = new TopicPartition(topic, 0);
         long base = System.currentTimeMillis() - 100_000;
         try (KafkaProducer<String, String> p = producer(Map.of())) {
-            // One record per batch (each send waits for its acknowledgement): our broker answers
-            // offsetsForTimes at batch granularity (see offsetsForTimesInsideABatch below).
+            // One record per batch (each send waits for its acknowledgement); records inside one
+            // batch: offsetsForTimesInsideABatch below.
             for (int i = 0; i < 100; i++) {
                 sendAll(p, List.of(new ProducerRecord<>(topic, 0, base + i * 1000L, "k" + i, "v" + i)));
             }
@@ -334,20 +334,18 @@ class JavaClientInteropTest {
     }
 
     /**
-     * KNOWN GAP (issue 16 finding): Kafka answers ListOffsets by timestamp at record level (the
-     * first record with timestamp >= t); our broker answers with the first batch whose max
-     * timestamp is >= t, giving that batch's base offset paired with its max timestamp. With 100
-     * records in one batch, offsetsForTimes(t of record 42) returns offset 0. Fixing it needs
-     * record-level decoding (and decompression) of one batch in Partition::offset_for_timestamp.
+     * Kafka answers ListOffsets by timestamp at record level (the first record with timestamp >= t),
+     * also inside a compressed batch of many records: 100 records in one lz4 batch, the lookup of
+     * record 42's time gives offset 42 and its timestamp.
      */
     @Test
-    @org.junit.jupiter.api.Disabled("known gap: ListOffsets by timestamp is batch-granular in our broker (issue 16)")
     void offsetsForTimesInsideABatch() throws Exception {
         String topic = "seek-times-batched";
         createTopic(topic, 1);
         TopicPartition tp = new TopicPartition(topic, 0);
         long base = System.currentTimeMillis() - 100_000;
-        try (KafkaProducer<String, String> p = producer(Map.of(ProducerConfig.LINGER_MS_CONFIG, 50))) {
+        try (KafkaProducer<String, String> p = producer(Map.of(ProducerConfig.LINGER_MS_CONFIG, 50,
+                ProducerConfig.COMPRESSION_TYPE_CONFIG, "lz4"))) {
             List<ProducerRecord<String, String>> rs = new ArrayList<>();
             for (int i = 0; i < 100; i++) {
                 rs.add(new ProducerRecord<>(topic, 0, base + i * 1000L, "k" + i, "v" + i));
