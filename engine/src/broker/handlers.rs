@@ -656,6 +656,14 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
             Err((error::INVALID_REQUEST, format!("Creation of internal topic {name} is prohibited.")))
         } else if !(t.replication_factor == -1 || t.replication_factor == 1) {
             Err((error::INVALID_REPLICATION_FACTOR, format!("replication factor {} > 1 brokers", t.replication_factor)))
+        } else if !t.configs.is_empty() {
+            // Topic configs are not honoured (every topic uses the broker's log settings):
+            // refuse rather than create a topic without what the client asked for.
+            let names: Vec<&str> = t.configs.iter().map(|c| c.name.as_str()).collect();
+            Err((
+                error::INVALID_CONFIG,
+                format!("topic configs are not supported by this broker: {}", names.join(", ")),
+            ))
         } else if req.validate_only {
             if !crate::log::manager::valid_topic_name(&name) {
                 Err((error::INVALID_TOPIC_EXCEPTION, format!("invalid topic name {name:?}")))
