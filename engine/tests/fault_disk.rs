@@ -813,3 +813,22 @@ fn repair_drops_the_segments_after_a_missing_one() {
     assert!(log.contains(&format!("segment starts at {}", bases[3])), "{log}");
     println!("fault_disk: missing segment {gone}: repaired to offsets 0..{gone}");
 }
+
+/// Issue 15 (8): a topic whose creation fails part-way (here an fdatasync failing while its
+/// 10 partitions are created) is refused whole: no directory of it is left, it is not listed,
+/// and creating it again succeeds.
+#[test]
+fn a_topic_that_fails_part_way_is_refused_whole_and_leaves_nothing() {
+    let sim = SimIo::new();
+    let dir = Path::new("/data");
+    let m = LogManager::open(dir, Arc::new(sim.clone()), cfg()).expect("open");
+    // A few syncs in: after some partitions exist.
+    sim.fail_sync_in(7);
+    let err = m.create_topic("half", 10, None).expect_err("a failed sync must fail the creation");
+    let left: Vec<String> = sim.list_dir(dir).unwrap().into_iter().filter(|n| n.starts_with("half-")).collect();
+    assert!(left.is_empty(), "left behind after '{err}': {left:?}");
+    assert!(m.topic("half").is_none());
+    let t = m.create_topic("half", 10, None).expect("created once the disk works");
+    assert_eq!(t.len(), 10);
+    println!("fault_disk: part-way failure ({err}) left 0 directories; re-created with 10 partitions");
+}

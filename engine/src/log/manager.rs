@@ -260,7 +260,7 @@ impl LogManager {
                     // Refused whole: close what was opened and remove every directory made.
                     drop(v);
                     for q in 0..=p {
-                        let _ = std::fs::remove_dir_all(self.dir.join(format!("{name}-{q}")));
+                        let _ = self.io.remove_dir_all(&self.dir.join(format!("{name}-{q}")));
                     }
                     let _ = self.io.sync_dir(&self.dir);
                     tracing::warn!(topic = name, partitions, "topic creation failed at partition {p}, removed what was created: {e}");
