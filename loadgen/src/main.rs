@@ -1,5 +1,6 @@
 //! `loadgen`: run | calibrate | report | selftest | compare | size.
-//! Exit codes: 0 ok, 1 run failed part-way or regression (compare), 2 bad input, 130 Ctrl-C.
+//! Exit codes: 0 ok, 1 run failed part-way or regression (compare), 2 bad input, 4 records lost
+//! (run), 5 target rate missed (run), 130 Ctrl-C. `loadgen run --help` lists them.
 
 use std::path::PathBuf;
 
@@ -44,7 +45,20 @@ enum Cmd {
     Size(loadgen::size::SizeArgs),
 }
 
+const RUN_EXIT_CODES: &str = "Exit status:
+  0    every scheduled record of the measured window was acknowledged and at least 97 % of the
+       target rate was acknowledged within the window + grace (a search: its rate was confirmed)
+  1    the run failed part-way (lost connection, broker error, no search rate passed);
+       a result is written with \"complete\": false when the measured phase had started
+  2    bad input (unreachable broker, bad workload, impossible rate); nothing written
+  4    records lost: some scheduled record of the measured window was not acknowledged (failed,
+       timed out at the drain deadline, or never sent); \"complete\": false
+  5    target missed: all acknowledged, but fewer than 97 % of the target rate within the window
+       + grace (\"target_met\": false), or the search's rate failed its full-length confirmation
+  130  interrupted (Ctrl-C); result written with \"complete\": false";
+
 #[derive(clap::Args, Default)]
+#[command(after_help = RUN_EXIT_CODES)]
 struct RunArgs {
     /// Built-in workload name or YAML file (built-ins: smoke, max-throughput-100b, throughput-1kb,
     /// many-partitions-1000, durable-fsync, backlog-drain, max-rate-search).

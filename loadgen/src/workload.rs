@@ -284,6 +284,9 @@ impl Workload {
         if !self.drain_seconds.is_finite() || self.drain_seconds < 0.0 {
             return Err("drainSeconds must be >= 0".into());
         }
+        if !self.search_step_seconds.is_finite() || self.search_step_seconds < 0.1 || self.search_step_seconds > 3600.0 {
+            return Err(format!("searchStepSeconds must be in [0.1, 3600], got {}", self.search_step_seconds));
+        }
         Ok(())
     }
 
@@ -363,6 +366,12 @@ pub struct Overrides {
     /// Max unacknowledged requests per partition.
     #[arg(long)]
     pub max_in_flight: Option<u32>,
+    /// Seconds after the measured window to wait for outstanding acks (drainSeconds).
+    #[arg(long)]
+    pub drain: Option<f64>,
+    /// Judged seconds of each max-rate search trial (searchStepSeconds).
+    #[arg(long)]
+    pub search_step: Option<f64>,
 }
 
 impl Overrides {
@@ -382,6 +391,12 @@ impl Overrides {
         }
         if let Some(v) = self.duration {
             w.duration_seconds = Some(v);
+        }
+        if let Some(v) = self.drain {
+            w.drain_seconds = v;
+        }
+        if let Some(v) = self.search_step {
+            w.search_step_seconds = v;
         }
         if let Some(v) = self.warmup {
             w.warmup_seconds = Some(v);
