@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a workload (default: the smoke workload against an embedded engine).
+    /// Run a workload (default: max-sustainable, the max-rate search against an embedded engine).
     Run(Box<RunArgs>),
     /// Measure hardware ceilings: disk write + fdatasync, loopback TCP, memory copy.
     Calibrate {
@@ -60,9 +60,9 @@ const RUN_EXIT_CODES: &str = "Exit status:
 #[derive(clap::Args, Default)]
 #[command(after_help = RUN_EXIT_CODES)]
 struct RunArgs {
-    /// Built-in workload name or YAML file (built-ins: smoke, max-throughput-100b, throughput-1kb,
-    /// many-partitions-1000, durable-fsync, backlog-drain, max-rate-search).
-    #[arg(short, long, default_value = "smoke")]
+    /// Built-in workload name or YAML file (built-ins: max-sustainable, smoke, max-throughput-100b,
+    /// throughput-1kb, many-partitions-1000, durable-fsync, backlog-drain, max-rate-search).
+    #[arg(short, long, default_value = "max-sustainable")]
     workload: String,
     /// Drive external brokers instead of the embedded engine: host:port[,host:port…].
     #[arg(long)]
@@ -76,8 +76,9 @@ struct RunArgs {
     /// Skip calibration.
     #[arg(long)]
     no_calibrate: bool,
-    /// Results root folder.
-    #[arg(long, default_value = "results")]
+    /// Results root folder (default results/local, ignored by git: copy a run you want to keep
+    /// into results/).
+    #[arg(long, default_value = "results/local")]
     out_dir: PathBuf,
     /// Sub-folder label (default: host name).
     #[arg(long)]
@@ -103,7 +104,7 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let code = match cli.cmd.unwrap_or(Cmd::Run(Box::new(RunArgs { workload: "smoke".into(), out_dir: "results".into(), ..Default::default() }))) {
+    let code = match cli.cmd.unwrap_or(Cmd::Run(Box::new(RunArgs { workload: "max-sustainable".into(), out_dir: "results/local".into(), ..Default::default() }))) {
         Cmd::Run(a) => cmd_run(*a),
         Cmd::Calibrate { dir, json } => {
             match loadgen::calibrate::calibrate(&dir, &loadgen::calibrate::Budget::default()) {

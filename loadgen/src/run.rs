@@ -56,7 +56,8 @@ pub struct RunOptions {
     pub sink: bool,
     /// None = calibrate for the embedded engine only.
     pub calibrate: Option<bool>,
-    /// Results root (`results/`); the file goes to `<out_dir>/<label or host>/<date>-<name>.json`.
+    /// Results root (default `results/local`, git-ignored); the file goes to
+    /// `<out_dir>/<label or host>/<date>-<name>.json`.
     pub out_dir: PathBuf,
     pub label: Option<String>,
     /// Exact result path (overrides the layout). `None` with `write` false = do not write.
@@ -77,7 +78,7 @@ impl RunOptions {
             bootstrap: None,
             sink: false,
             calibrate: None,
-            out_dir: PathBuf::from("results"),
+            out_dir: PathBuf::from("results/local"),
             label: None,
             output: None,
             write: true,
@@ -772,11 +773,11 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
         let full = |rate: f64| PhaseSpec { rate, warm_s: w.warmup_s(), dur_s: w.duration_s(), drain_s: w.drain_seconds, search: false };
         if w.producer_rate == 0.0 {
             let mut s = search_max_rate(&ctx, &mut col)?;
-            // Confirm the found rate with a full-length run; step down 10 % (at most 3 times)
-            // until one passes.
+            // Confirm the found rate with a full-length run; step down 20 % (at most 4 times)
+            // until one passes: a full-length run meets stalls a short trial may not.
             let bound_us = s.p99_bound_us;
             let mut rate = s.max_rate;
-            for _ in 0..4 {
+            for _ in 0..5 {
                 let (ph, cpu) = ctx.run_phase(&mut col, &full(rate), n_consumers)?;
                 producer_cpu_s += cpu;
                 let ok = ph.complete() && ph.passes(bound_us);
@@ -804,7 +805,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
                 if stop {
                     break;
                 }
-                rate *= 0.9;
+                rate *= 0.8;
             }
             if s.confirmed && !ctx.halted() {
                 let (ph, cpu) = ctx.run_phase(&mut col, &full(s.max_rate / 2.0), n_consumers)?;
@@ -1017,9 +1018,9 @@ fn print_trial(ctx: &Ctx<'_>, t: &Trial) {
 }
 
 /// The rule a rate's verdict follows (stated in the result).
-pub const SEARCH_RULE: &str = "a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass; ramp x4 from 2,000 rec/s, geometric bisection to 5 %, then full-length confirmation runs stepping down 10 % until one passes";
+pub const SEARCH_RULE: &str = "a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass; ramp x4 from searchStartRate (default 2,000 rec/s), geometric bisection to 5 %, then full-length confirmation runs stepping down 20 % (at most 4 times) until one passes";
 
-/// The `producerRate: 0` search: ramp (×4 from 2,000 rec/s) until a rate fails, then bisect
+/// The `producerRate: 0` search: ramp (×4 from `searchStartRate`) until a rate fails, then bisect
 /// (geometric) between the last pass and the first failure down to 5 %. A rate's verdict is the
 /// majority of up to 3 trials. The caller confirms the answer with a full-length run.
 fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String> {
@@ -1031,8 +1032,9 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
         let (mut pass, mut fail) = (0, 0);
         while pass < 2 && fail < 2 && !ctx.halted() {
             // Each trial: its own warmup (a third of the trial, at most 1 s), the judged window,
-            // then at most grace + 1 s of drain.
-            let spec = PhaseSpec { rate, warm_s: (secs / 3.0).min(1.0), dur_s: secs, drain_s: ack_grace_s(secs) + 1.0, search: true };
+            // then a drain until every ack is in (at most grace + 5 s): only acks by the window's
+            // end + grace count, but the next trial must not queue behind this one's backlog.
+            let spec = PhaseSpec { rate, warm_s: (secs / 3.0).min(1.0), dur_s: secs, drain_s: ack_grace_s(secs) + 5.0, search: true };
             let (ph, _) = ctx.run_phase(col, &spec, 0)?;
             let ok = ph.passes(bound_us);
             if ok {
@@ -1059,7 +1061,7 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
     };
     let mut lo = 0.0f64;
     let mut hi = f64::INFINITY;
-    let mut r = 2_000.0;
+    let mut r = w.search_start_rate;
     while r <= crate::workload::PRODUCER_RATE_MAX && !ctx.halted() {
         if rate_passes("ramp", r, col)? {
             lo = r;
@@ -1080,7 +1082,7 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
         steps += 1;
     }
     if lo <= 0.0 && !ctx.halted() {
-        return Err(format!("no rate kept p99 publish latency within {} ms (lowest tried 2000 rec/s)", w.p99_bound_ms));
+        return Err(format!("no rate kept p99 publish latency within {} ms (lowest tried {} rec/s)", w.p99_bound_ms, w.search_start_rate));
     }
     Ok(Search {
         p99_bound_us: bound_us,

@@ -111,6 +111,13 @@ pub struct Workload {
     /// For `producerRate: 0`: length of each trial of the search.
     #[serde(default = "default_search_step")]
     pub search_step_seconds: f64,
+    /// For `producerRate: 0`: the first rate of the search's ramp (x4 per step).
+    #[serde(default = "default_search_start")]
+    pub search_start_rate: f64,
+}
+
+fn default_search_start() -> f64 {
+    2_000.0
 }
 
 fn one() -> u32 {
@@ -176,6 +183,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("durable-fsync", include_str!("../workloads/durable-fsync.yaml")),
     ("backlog-drain", include_str!("../workloads/backlog-drain.yaml")),
     ("max-rate-search", include_str!("../workloads/max-rate-search.yaml")),
+    ("max-sustainable", include_str!("../workloads/max-sustainable.yaml")),
 ];
 
 impl Workload {
@@ -286,6 +294,9 @@ impl Workload {
         }
         if !self.search_step_seconds.is_finite() || self.search_step_seconds < 0.1 || self.search_step_seconds > 3600.0 {
             return Err(format!("searchStepSeconds must be in [0.1, 3600], got {}", self.search_step_seconds));
+        }
+        if !self.search_start_rate.is_finite() || self.search_start_rate < 1.0 || self.search_start_rate > PRODUCER_RATE_MAX {
+            return Err(format!("searchStartRate must be in [1, {PRODUCER_RATE_MAX:e}], got {}", self.search_start_rate));
         }
         Ok(())
     }

@@ -78,7 +78,7 @@ fn run_with_stall(broker: &Broker, args: &[&str], nth: usize, stall: Option<Dura
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.json");
     let mut child = bin()
-        .args(["run", "--bootstrap", &broker.addr, "--no-calibrate", "-o"])
+        .args(["run", "-w", "smoke", "--bootstrap", &broker.addr, "--no-calibrate", "-o"])
         .arg(&out)
         .args(args)
         .stdout(Stdio::piped())

@@ -21,7 +21,11 @@ fn search_ramps_bisects_confirms_and_measures_at_the_answer() {
     let out = run(&o).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(out.exit_code, 0);
     let r = out.result;
-    let s = r.search.expect("search section");
+    // The report shows the trace: one row per trial, and the confirmed answer.
+    let html = loadgen::html::search_tables(&[(std::path::PathBuf::from("search.json"), r.clone())]);
+    let s = r.search.clone().expect("search section");
+    assert_eq!(html.matches("<tr><td>").count(), s.trials.len(), "{html}");
+    assert!(html.contains("confirmed by a full-length run") && html.contains("at half of it"), "{html}");
     let stages: Vec<&str> = s.trials.iter().map(|t| t.stage.as_str()).collect();
     assert!(stages.first() == Some(&"ramp"), "{stages:?}");
     // Ramp x4 while passing.

@@ -8,7 +8,7 @@ use common::*;
 fn sink_run_writes_a_schema_valid_result_and_hlog() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_cli(&[
-        "run", "--sink", "--quiet", "--rate", "20000", "--duration", "2", "--warmup", "0.5", "--calibrate",
+        "run", "-w", "smoke", "--sink", "--quiet", "--rate", "20000", "--duration", "2", "--warmup", "0.5", "--calibrate",
         "--data-dir", dir.path().to_str().unwrap(),
         "--out-dir", dir.path().join("results").to_str().unwrap(), "--label", "ci",
     ]);
