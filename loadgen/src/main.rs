@@ -48,13 +48,15 @@ enum Cmd {
 const RUN_EXIT_CODES: &str = "Exit status:
   0    every scheduled record of the measured window was acknowledged and at least 97 % of the
        target rate was acknowledged within the window + grace (a search: its rate was confirmed)
-  1    the run failed part-way (lost connection, broker error, no search rate passed);
+  1    the run failed part-way (lost connection, broker error);
        a result is written with \"complete\": false when the measured phase had started
   2    bad input (unreachable broker, bad workload, impossible rate); nothing written
   4    records lost: some scheduled record of the measured window was not acknowledged (failed,
        timed out at the drain deadline, or never sent); \"complete\": false
   5    target missed: all acknowledged, but fewer than 97 % of the target rate within the window
        + grace (\"target_met\": false), or the search's rate failed its full-length confirmation
+       and every step down, or no rate passed the search (then the result is a full-length run
+       at the first rate tried, \"search\": {\"confirmed\": false, \"max_rate\": 0})
   130  interrupted (Ctrl-C); result written with \"complete\": false";
 
 #[derive(clap::Args, Default)]
