@@ -336,6 +336,9 @@ pub struct KafkaTransport {
     version: i16,
     /// Set by `close`: the readers' connections end on purpose (not a lost broker).
     closing: Arc<AtomicBool>,
+    clock: Clock,
+    /// Writes give up at this clock reading (the drain deadline).
+    deadline_ns: u64,
 }
 
 impl KafkaTransport {
@@ -383,6 +386,8 @@ impl KafkaTransport {
             acks,
             version,
             closing,
+            clock,
+            deadline_ns: u64::MAX,
         })
     }
 
@@ -521,6 +526,11 @@ impl Transport for KafkaTransport {
             }
             self.outstanding.fetch_add(1, Ordering::SeqCst);
             conn.tx.send(Pending { corr, batches: metas }).map_err(|_| format!("ack reader for {} is gone", conn.addr))?;
+            if self.deadline_ns != u64::MAX {
+                // A broker that stops reading must not block this write past the deadline.
+                let left = self.deadline_ns.saturating_sub(self.clock.now_ns()).max(1_000_000);
+                conn.stream.set_write_timeout(Some(Duration::from_nanos(left))).map_err(|e| format!("{}: {e}", conn.addr))?;
+            }
             conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
         }
         Ok(())
@@ -528,5 +538,9 @@ impl Transport for KafkaTransport {
 
     fn idle(&self) -> bool {
         self.outstanding.load(Ordering::SeqCst) == 0
+    }
+
+    fn set_deadline(&mut self, deadline_ns: u64) {
+        self.deadline_ns = deadline_ns;
     }
 }

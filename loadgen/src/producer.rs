@@ -55,6 +55,9 @@ pub trait Transport {
     fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String>;
     /// Nothing is in flight any more (all sent batches acknowledged or failed).
     fn idle(&self) -> bool;
+    /// The drain deadline (clock ns): a send blocked by a broker that stopped reading must
+    /// give up by then (the producer accounts what was not sent).
+    fn set_deadline(&mut self, _deadline_ns: u64) {}
 }
 
 /// What one producer does.
@@ -119,6 +122,7 @@ pub fn run_producer<T: Transport>(
     let mut halted = false;
     let mut failure = None;
     let (from, until) = metrics.window();
+    transport.set_deadline(spec.drain_deadline_ns);
     loop {
         let now = clock.now_ns();
         if !halted && (metrics.stopped() || spec.halt.load(Ordering::Relaxed)) {
@@ -211,8 +215,12 @@ pub fn run_producer<T: Transport>(
                 }
                 if let Err(e) = transport.send(out, &mut spare) {
                     // The batches handed over are in the transport's pending list (timed out
-                    // when it closes); stop here and account the rest.
-                    failure = Some(e);
+                    // when it closes); stop here and account the rest. A send cut off by the
+                    // drain deadline (a broker that stopped reading) is no failure of its own:
+                    // its records time out.
+                    if clock.now_ns() < spec.drain_deadline_ns {
+                        failure = Some(e);
+                    }
                     break;
                 }
                 sent_any = true;

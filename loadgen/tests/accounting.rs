@@ -195,3 +195,28 @@ fn broker_frozen_across_the_window_end_misses_the_target_but_loses_nothing() {
     assert!(r.publish.latency_us.max >= 1.0e6, "max {} µs", r.publish.latency_us.max);
     assert!(stdout.contains("[TARGET MISSED]"), "{stdout}");
 }
+
+#[test]
+fn a_broker_that_stops_reading_cannot_hold_the_run_past_its_drain_deadline() {
+    let broker = Broker::start();
+    // Far more bytes in flight than the sockets buffer (8 partitions x 8 requests x up to 1 MiB):
+    // once the broker is frozen, the producer's writes block; they must give up at the drain
+    // deadline, with the broker still frozen.
+    let started = Instant::now();
+    let (code, stdout, r) = run_with_stall(
+        &broker,
+        &[
+            "--rate", "50000", "--message-size", "1000", "--partitions", "8", "--batch-size", "1048576",
+            "--max-in-flight", "8", "--linger-ms", "5", "--warmup", "0.5", "--duration", "3", "--drain", "1",
+        ],
+        1,
+        None,
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "loadgen took {took:?} with the broker frozen");
+    assert_eq!(code, 4, "{stdout}");
+    let a = r.accounting.as_ref().expect("accounting");
+    assert_adds_up(&a.measure);
+    assert!(a.measure.timed_out > 0 && a.measure.not_sent > 0, "{:?}", a.measure);
+    assert!((149_990..=150_010).contains(&a.measure.scheduled), "{:?}", a.measure);
+}
