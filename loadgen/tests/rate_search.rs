@@ -2,6 +2,8 @@
 //! Against the discarding sink the limit is the generator's own capacity in this (debug) build.
 //! The trace, the majority rule, the full-length confirmation and the half-rate run are checked.
 
+mod common;
+
 use loadgen::run::{run, RunOptions};
 use loadgen::workload::Workload;
 
@@ -16,10 +18,13 @@ fn search_ramps_bisects_confirms_and_measures_at_the_answer() {
     w.partitions_per_topic = 2;
     let mut o = RunOptions::new(w);
     o.sink = true;
-    o.write = false;
+    let dir = tempfile::tempdir().unwrap();
+    o.output = Some(dir.path().join("search.json"));
     o.quiet = true;
     let out = run(&o).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(out.exit_code, 0);
+    // The search block (trials, rule, confirmation, half rate) follows the schema.
+    common::validate_against_schema(&dir.path().join("search.json"));
     let r = out.result;
     // The report shows the trace: one row per trial, and the confirmed answer.
     let html = loadgen::html::search_tables(&[(std::path::PathBuf::from("search.json"), r.clone())]);
