@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,9 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use crate::producer::{record_ack, Ready, Spare, Transport};
+use crate::producer::{record_ack, record_unacked, Ready, Spare, Transport, Unacked};
 use crate::rate::Clock;
-use crate::stats::{LocalRecorder, Metrics};
+use crate::stats::{AckRecorder, Metrics};
 
 /// Largest response frame we accept.
 const FRAME_BYTES_MAX: usize = 256 << 20;
@@ -394,6 +394,11 @@ pub struct KafkaTransport {
     max_in_flight: u32,
     acks: i16,
     version: i16,
+    /// Set by `close`: the readers' connections end on purpose (not a lost broker).
+    closing: Arc<AtomicBool>,
+    clock: Clock,
+    /// Writes give up at this clock reading (the drain deadline).
+    deadline_ns: u64,
 }
 
 impl KafkaTransport {
@@ -412,6 +417,7 @@ impl KafkaTransport {
         }
         let in_flight: Arc<Vec<AtomicU32>> = Arc::new(layout.leaders.iter().map(|_| AtomicU32::new(0)).collect());
         let outstanding = Arc::new(AtomicU64::new(0));
+        let closing = Arc::new(AtomicBool::new(false));
         let mut conns = Vec::new();
         let mut version = i16::MAX;
         for addr in addrs {
@@ -421,11 +427,11 @@ impl KafkaTransport {
             let rstream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
             rstream.set_read_timeout(None).map_err(|e| format!("{addr}: {e}"))?;
             let (tx, rx) = crossbeam::channel::unbounded::<Pending>();
-            let (inf, out, m) = (in_flight.clone(), outstanding.clone(), metrics.clone());
+            let (inf, out, m, cl) = (in_flight.clone(), outstanding.clone(), metrics.clone(), closing.clone());
             let pv = version;
             let reader = std::thread::Builder::new()
                 .name(format!("ack-{addr}"))
-                .spawn(move || ack_reader(addr, rstream, rx, pv, clock, m, inf, out))
+                .spawn(move || ack_reader(addr, rstream, rx, pv, clock, m, inf, out, cl))
                 .map_err(|e| format!("spawn: {e}"))?;
             conns.push(ProduceConn { addr, stream, corr: c.corr, tx, reader: Some(reader) });
         }
@@ -439,11 +445,16 @@ impl KafkaTransport {
             max_in_flight,
             acks,
             version,
+            closing,
+            clock,
+            deadline_ns: u64::MAX,
         })
     }
 
-    /// Close the connections and join the readers.
+    /// Close the connections and join the readers; requests still unanswered are accounted as
+    /// timed out.
     pub fn close(mut self) {
+        self.closing.store(true, Ordering::SeqCst);
         for c in &mut self.conns {
             let _ = c.stream.shutdown(Shutdown::Both);
             if let Some(r) = c.reader.take() {
@@ -463,29 +474,38 @@ fn ack_reader(
     metrics: Arc<Metrics>,
     in_flight: Arc<Vec<AtomicU32>>,
     outstanding: Arc<AtomicU64>,
+    closing: Arc<AtomicBool>,
 ) {
-    let mut rec = LocalRecorder::new();
-    ack_loop(addr, &mut stream, rx, version, clock, &metrics, &in_flight, &outstanding, &mut rec);
-    rec.maybe_flush(&metrics.publish, 0, true);
+    let mut rec = AckRecorder::new();
+    ack_loop(addr, &mut stream, &rx, version, clock, &metrics, &in_flight, &outstanding, &closing, &mut rec);
+    rec.maybe_flush(&metrics, 0, true);
+    // Requests never answered (deadline reached, connection lost): their records are timed out.
+    let now = clock.now_ns();
+    while let Ok(p) = rx.try_recv() {
+        for (_, _, intended, _) in &p.batches {
+            record_unacked(&metrics, Unacked::TimedOut, now, intended.iter().copied());
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn ack_loop(
     addr: SocketAddr,
     stream: &mut TcpStream,
-    rx: crossbeam::channel::Receiver<Pending>,
+    rx: &crossbeam::channel::Receiver<Pending>,
     version: i16,
     clock: Clock,
     metrics: &Arc<Metrics>,
     in_flight: &Arc<Vec<AtomicU32>>,
     outstanding: &Arc<AtomicU64>,
-    rec: &mut LocalRecorder,
+    closing: &AtomicBool,
+    rec: &mut AckRecorder,
 ) {
     loop {
         let frame = match read_frame(stream) {
             Ok(f) => f,
             Err(e) => {
-                if outstanding.load(Ordering::SeqCst) > 0 && !metrics.stopped() {
+                if outstanding.load(Ordering::SeqCst) > 0 && !metrics.stopped() && !closing.load(Ordering::SeqCst) {
                     metrics.fail(format!("connection to broker {addr} lost: {e}"));
                 }
                 return;
@@ -500,6 +520,9 @@ fn ack_loop(
             Ok(r) => r,
             Err(e) => {
                 metrics.fail(format!("broker {addr}: {e}"));
+                for (_, _, intended, _) in &p.batches {
+                    record_unacked(metrics, Unacked::TimedOut, ack_ns, intended.iter().copied());
+                }
                 return;
             }
         };
@@ -512,13 +535,11 @@ fn ack_loop(
         for (idx, pid, intended, value_bytes) in &p.batches {
             match codes.get(pid) {
                 Some(0) => record_ack(metrics, rec, ack_ns, intended, *value_bytes),
-                _ => {
-                    metrics.errors.fetch_add(intended.len() as u64, Ordering::Relaxed);
-                }
+                code => record_unacked(metrics, Unacked::Failed(code.copied().unwrap_or(-1)), ack_ns, intended.iter().copied()),
             }
             in_flight[*idx as usize].fetch_sub(1, Ordering::SeqCst);
         }
-        rec.maybe_flush(&metrics.publish, ack_ns, false);
+        rec.maybe_flush(metrics, ack_ns, false);
         outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -565,6 +586,11 @@ impl Transport for KafkaTransport {
             }
             self.outstanding.fetch_add(1, Ordering::SeqCst);
             conn.tx.send(Pending { corr, batches: metas }).map_err(|_| format!("ack reader for {} is gone", conn.addr))?;
+            if self.deadline_ns != u64::MAX {
+                // A broker that stops reading must not block this write past the deadline.
+                let left = self.deadline_ns.saturating_sub(self.clock.now_ns()).max(1_000_000);
+                conn.stream.set_write_timeout(Some(Duration::from_nanos(left))).map_err(|e| format!("{}: {e}", conn.addr))?;
+            }
             conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
         }
         Ok(())
@@ -572,5 +598,9 @@ impl Transport for KafkaTransport {
 
     fn idle(&self) -> bool {
         self.outstanding.load(Ordering::SeqCst) == 0
+    }
+
+    fn set_deadline(&mut self, deadline_ns: u64) {
+        self.deadline_ns = deadline_ns;
     }
 }

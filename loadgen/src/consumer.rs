@@ -29,6 +29,8 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
     let mut offsets = spec.partitions.clone();
     let mut part_max: i32 = 8 << 20;
     let mut rec = LocalRecorder::new();
+    let mut rec_other = LocalRecorder::new();
+    let mut flush_seen = metrics.flush_req.load(Ordering::SeqCst);
     while !metrics.stopped() && !done.load(Ordering::Relaxed) {
         let resp = match conn.fetch(&spec.topic, &offsets, spec.max_wait_ms, part_max) {
             Ok(r) => r,
@@ -41,6 +43,9 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
         };
         let now_ns = clock.now_ns();
         let now_us = clock.wall_us(now_ns);
+        // Records stamped inside the measured window go to the measured histogram.
+        let (from, until) = metrics.window();
+        let (from_us, until_us) = (clock.wall_us(from), if until == u64::MAX { u64::MAX } else { clock.wall_us(until) });
         let mut got = 0u64;
         let mut bytes = 0u64;
         let mut stuck = false;
@@ -61,7 +66,8 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
                         bytes += v.len() as u64;
                         if metrics.record_latency && v.len() >= 8 {
                             let stamp = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-                            rec.record_us(now_us.saturating_sub(stamp));
+                            let r = if stamp >= from_us && stamp < until_us { &mut rec } else { &mut rec_other };
+                            r.record_us(now_us.saturating_sub(stamp));
                         }
                     });
                     got += n;
@@ -77,9 +83,20 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
         if stuck && part_max < (256 << 20) {
             part_max *= 2; // a batch larger than the partition limit: ask for more
         }
-        rec.maybe_flush(&metrics.e2e, now_ns, false);
-        metrics.consumed.fetch_add(got, Ordering::Relaxed);
+        // Counts first, then samples: whoever sees the count caught up and then asks for a
+        // flush (flush_req) gets every sample of those records.
+        metrics.consumed.fetch_add(got, Ordering::SeqCst);
         metrics.consumed_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let req = metrics.flush_req.load(Ordering::SeqCst);
+        let force = req != flush_seen;
+        rec.maybe_flush(&metrics.e2e, now_ns, force);
+        rec_other.maybe_flush(&metrics.e2e_other, now_ns, force);
+        if force {
+            flush_seen = req;
+            metrics.flush_acks.fetch_add(1, Ordering::SeqCst);
+        }
     }
     rec.maybe_flush(&metrics.e2e, 0, true);
+    rec_other.maybe_flush(&metrics.e2e_other, 0, true);
+    metrics.flush_acks.fetch_add(1, Ordering::SeqCst);
 }

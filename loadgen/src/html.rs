@@ -674,7 +674,69 @@ pub fn render_with(runs: &[(PathBuf, RunResult)], compare: Option<&CompareView>)
             c.and_then(|c| c.spread.as_ref()).map(|s| format!("{:.0}% / {:.0}%", s.disk_seq_write * 100.0, s.loopback * 100.0)).unwrap_or_else(|| "–".into()),
         );
     }
-    html.push_str("</table>\n</body></html>\n");
+    html.push_str("</table>\n");
+    html.push_str(&search_tables(runs, &labels));
+    html.push_str("</body></html>\n");
+    html
+}
+
+/// The max-rate search trace of every run that searched: each trial's target, achieved rate,
+/// p99 and verdict, then the confirmed answer and the latency at half of it.
+/// `labels`: the runs' file labels (`file_labels`), shown after their keys R1, R2, ….
+pub fn search_tables(runs: &[(PathBuf, RunResult)], labels: &[String]) -> String {
+    let mut html = String::new();
+    for (i, (_, r)) in runs.iter().enumerate() {
+        let Some(s) = &r.search else { continue };
+        let _ = writeln!(
+            html,
+            "<h2 id=\"search\">Max-rate search: {}</h2><p>p99 bound {} ms; trials of {} s, acks counted up to {} s after the window; {}</p>",
+            esc(&format!("{} {}", key(i), labels.get(i).map_or("", String::as_str))),
+            trim(s.p99_bound_us / 1e3),
+            trim(s.trial_seconds),
+            trim(s.ack_grace_s),
+            esc(&s.rule)
+        );
+        html.push_str("<table class=\"search\"><tr><th>#</th><th>stage</th><th>attempt</th><th>target rec/s</th><th>achieved rec/s</th><th>achieved %</th><th>p99 ms</th><th>unacked</th><th>trial</th><th>rate verdict</th></tr>\n");
+        for (i, t) in s.trials.iter().enumerate() {
+            let _ = writeln!(
+                html,
+                "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+                i + 1,
+                esc(&t.stage),
+                t.attempt,
+                t.target_rate,
+                t.achieved_rate,
+                100.0 * t.achieved_rate / t.target_rate.max(1e-9),
+                fmt_num(t.p99_us / 1e3),
+                t.unacknowledged,
+                if t.ok { "pass" } else { "fail" },
+                esc(t.verdict.as_deref().unwrap_or(""))
+            );
+        }
+        html.push_str("</table>\n");
+        let _ = writeln!(
+            html,
+            "<p>{}</p>",
+            if s.confirmed {
+                format!("max sustainable rate {:.0} rec/s = {:.3e} events/day (confirmed by a full-length run)", s.max_rate, s.max_rate * 86_400.0)
+            } else {
+                "no rate confirmed by a full-length run".into()
+            }
+        );
+        if let Some(h) = &s.half_rate {
+            let _ = writeln!(
+                html,
+                "<p>at half of it, {:.0} rec/s = {:.3e} events/day: publish p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms; end-to-end p99 {} ms</p>",
+                h.target_rate,
+                h.events_per_day,
+                fmt_num(h.latency_us.p50 / 1e3),
+                fmt_num(h.latency_us.p99 / 1e3),
+                fmt_num(h.latency_us.p999 / 1e3),
+                fmt_num(h.latency_us.max / 1e3),
+                fmt_num(h.end_to_end_latency_us.p99 / 1e3)
+            );
+        }
+    }
     html
 }
 

@@ -1,5 +1,7 @@
 //! `loadgen`: run | calibrate | report | selftest | compare | size | versus.
-//! Exit codes: 0 ok, 1 run failed part-way or regression (compare), 2 bad input, 130 Ctrl-C.
+//! Exit codes: 0 ok, 1 run failed part-way or regression (compare), 2 bad input, 3 undecided
+//! (compare), 4 records lost (run), 5 target rate missed (run), 130 Ctrl-C. `loadgen run --help`
+//! lists the run's.
 
 use std::path::PathBuf;
 
@@ -16,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a workload (default: the smoke workload against an embedded engine).
+    /// Run a workload (default: max-sustainable, the max-rate search against an embedded engine).
     Run(Box<RunArgs>),
     /// Measure hardware ceilings: disk write + fdatasync, loopback TCP, memory copy.
     Calibrate {
@@ -55,11 +57,26 @@ enum Cmd {
     Versus(Box<loadgen::versus::VersusArgs>),
 }
 
+const RUN_EXIT_CODES: &str = "Exit status:
+  0    every scheduled record of the measured window was acknowledged and at least 97 % of the
+       target rate was acknowledged within the window + grace (a search: its rate was confirmed)
+  1    the run failed part-way (lost connection, broker error);
+       a result is written with \"complete\": false when the measured phase had started
+  2    bad input (unreachable broker, bad workload, impossible rate); nothing written
+  4    records lost: some scheduled record of the measured window was not acknowledged (failed,
+       timed out at the drain deadline, or never sent); \"complete\": false
+  5    target missed: all acknowledged, but fewer than 97 % of the target rate within the window
+       + grace (\"target_met\": false), or the search's rate failed its full-length confirmation
+       and every step down, or no rate passed the search (then the result is a full-length run
+       at the first rate tried, \"search\": {\"confirmed\": false, \"max_rate\": 0})
+  130  interrupted (Ctrl-C); result written with \"complete\": false";
+
 #[derive(clap::Args, Default)]
+#[command(after_help = RUN_EXIT_CODES)]
 struct RunArgs {
-    /// Built-in workload name or YAML file (built-ins: smoke, max-throughput-100b, throughput-1kb,
-    /// many-partitions-1000, durable-fsync, backlog-drain, max-rate-search).
-    #[arg(short, long, default_value = "smoke")]
+    /// Built-in workload name or YAML file (built-ins: max-sustainable, smoke, max-throughput-100b,
+    /// throughput-1kb, many-partitions-1000, durable-fsync, backlog-drain, max-rate-search).
+    #[arg(short, long, default_value = "max-sustainable")]
     workload: String,
     /// Drive external brokers instead of the embedded engine: host:port[,host:port…].
     #[arg(long)]
@@ -73,8 +90,9 @@ struct RunArgs {
     /// Skip calibration.
     #[arg(long)]
     no_calibrate: bool,
-    /// Results root folder.
-    #[arg(long, default_value = "results")]
+    /// Results root folder (default results/local, ignored by git: copy a run you want to keep
+    /// into results/).
+    #[arg(long, default_value = "results/local")]
     out_dir: PathBuf,
     /// Sub-folder label (default: host name).
     #[arg(long)]
@@ -103,7 +121,7 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let code = match cli.cmd.unwrap_or(Cmd::Run(Box::new(RunArgs { workload: "smoke".into(), out_dir: "results".into(), ..Default::default() }))) {
+    let code = match cli.cmd.unwrap_or(Cmd::Run(Box::new(RunArgs { workload: "max-sustainable".into(), out_dir: "results/local".into(), ..Default::default() }))) {
         Cmd::Run(a) => cmd_run(*a),
         Cmd::Calibrate { dir, json } => {
             match loadgen::calibrate::calibrate(&dir, &loadgen::calibrate::Budget::default()) {

@@ -35,6 +35,13 @@ pub struct RunResult {
     /// what was measured before that.
     #[serde(default = "yes")]
     pub complete: bool,
+    /// False when fewer than 97 % of the target rate were acknowledged within the measured
+    /// window plus its grace (see [`Accounting`]).
+    #[serde(default = "yes")]
+    pub target_met: bool,
+    /// Where every scheduled record went (absent in files from before accounting existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounting: Option<Accounting>,
     pub workload: WorkloadInfo,
     pub target: Target,
     pub environment: Environment,
@@ -285,20 +292,112 @@ pub struct Spectra {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Search {
     pub p99_bound_us: f64,
+    /// Every trial in order, including the full-length confirmation runs (stage "confirm").
     pub trials: Vec<Trial>,
-    /// Highest target rate that passed, confirmed by a repeat trial.
+    /// The rate the search settled on: the highest rate whose trials passed (majority rule),
+    /// confirmed by a passing full-length run at that rate (see `confirmed`).
     pub max_rate: f64,
+    /// How a rate's verdict is reached from its trials.
+    #[serde(default)]
+    pub rule: String,
+    /// Judged seconds of a search trial (after its own warmup).
+    #[serde(default)]
+    pub trial_seconds: f64,
+    /// Acks of records scheduled in a trial's window count only if they arrive by the window's
+    /// end plus this grace.
+    #[serde(default)]
+    pub ack_grace_s: f64,
+    /// True when a full-length run at `max_rate` passed; false: no step-down passed (the
+    /// result's figures are those of the last, failed, confirmation run).
+    #[serde(default)]
+    pub confirmed: bool,
+    /// The latency at half the max rate (a full-length run), when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_rate: Option<HalfRate>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Trial {
-    /// "ramp" | "bisect" | "confirm".
+    /// "ramp" | "bisect" | "confirm" (a full-length run at the found rate).
     pub stage: String,
+    /// 1-based attempt at this rate (majority rule: up to 3).
+    #[serde(default)]
+    pub attempt: u32,
     pub target_rate: f64,
+    /// Records scheduled inside the window and acknowledged by its end + grace, per second of
+    /// the window.
     pub achieved_rate: f64,
+    /// p99 of publish latency over every record scheduled in the window: acknowledged ones and
+    /// (censored) unacknowledged ones.
     pub p99_us: f64,
     pub errors: u64,
+    /// Records scheduled in the window and not acknowledged (failed, timed out, not sent).
+    #[serde(default)]
+    pub unacknowledged: u64,
+    /// achieved >= 97 % of target, p99 within the bound, no errors.
     pub ok: bool,
+    /// The rate's verdict once decided by this trial ("pass" / "fail"), else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+}
+
+/// A full-length run at half the found max rate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HalfRate {
+    pub target_rate: f64,
+    pub records_per_s: f64,
+    pub events_per_day: f64,
+    pub latency_us: Latency,
+    pub end_to_end_latency_us: Latency,
+    pub complete: bool,
+    pub accounting: PhaseAccounting,
+}
+
+/// Where every scheduled record went: per phase, `scheduled = acknowledged + failed +
+/// timed_out + not_sent` and `sent = acknowledged + failed + timed_out`, exactly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Accounting {
+    /// Acks of measured records count as in time (towards `target_met`) up to the end of the
+    /// measured window plus this many seconds.
+    pub ack_grace_s: f64,
+    pub warmup: PhaseAccounting,
+    pub measure: PhaseAccounting,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseAccounting {
+    /// Records the open-loop schedule intended in this phase.
+    pub scheduled: u64,
+    /// Records written to the broker.
+    pub sent: u64,
+    /// Acknowledged without error (at any time before the drain deadline).
+    pub acknowledged: u64,
+    /// Acknowledged by the end of the window + `ack_grace_s`.
+    pub acknowledged_in_time: u64,
+    /// Answered with an error.
+    pub failed: u64,
+    /// Failed records by Kafka error code (-1: partition missing from the answer).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failed_by_code: std::collections::BTreeMap<String, u64>,
+    /// Sent, still unanswered when the producer gave up (drain deadline or lost connection).
+    pub timed_out: u64,
+    /// Never sent: the generator was late or blocked when the drain deadline came.
+    pub not_sent: u64,
+    /// Censored latency of the records not acknowledged: intended time → error answer, or →
+    /// the moment the producer gave up. Its count = failed + timed_out + not_sent.
+    pub unacknowledged_latency_us: Latency,
+}
+
+impl PhaseAccounting {
+    pub fn unacknowledged(&self) -> u64 {
+        self.failed + self.timed_out + self.not_sent
+    }
+    /// The identities every accounting must satisfy.
+    pub fn adds_up(&self) -> bool {
+        self.scheduled == self.acknowledged + self.unacknowledged()
+            && self.sent == self.acknowledged + self.failed + self.timed_out
+            && self.unacknowledged_latency_us.count == self.unacknowledged()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

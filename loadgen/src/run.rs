@@ -3,8 +3,14 @@
 //! collector (live line, progress bar, interval log), and the result file.
 //!
 //! Exit codes: 0 ok; 2 bad input (unreachable broker, bad workload, impossible rate/size) with
-//! no result file; 1 failure part-way (result written with `"complete": false`); 130 Ctrl-C
-//! (result written with `"complete": false`).
+//! no result file; 1 failure part-way (result written with `"complete": false`); 4 records of
+//! the measured window not acknowledged (`"complete": false`); 5 target rate missed
+//! (`"target_met": false`) or a search's rate not confirmed; 130 Ctrl-C (result written with
+//! `"complete": false`).
+//!
+//! Accounting: every record the open-loop schedule intends is, per phase, acknowledged, failed
+//! (by error code), timed out (sent, unanswered at the drain deadline) or not sent (the
+//! generator was late or blocked when the deadline came) -- see [`crate::stats::PhaseAcct`].
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -50,7 +56,8 @@ pub struct RunOptions {
     pub sink: bool,
     /// None = calibrate for the embedded engine only.
     pub calibrate: Option<bool>,
-    /// Results root (`results/`); the file goes to `<out_dir>/<label or host>/<date>-<name>.json`.
+    /// Results root (default `results/local`, git-ignored); the file goes to
+    /// `<out_dir>/<label or host>/<date>-<name>.json`.
     pub out_dir: PathBuf,
     pub label: Option<String>,
     /// Exact result path (overrides the layout). `None` with `write` false = do not write.
@@ -73,7 +80,7 @@ impl RunOptions {
             bootstrap: None,
             sink: false,
             calibrate: None,
-            out_dir: PathBuf::from("results"),
+            out_dir: PathBuf::from("results/local"),
             label: None,
             output: None,
             write: true,
@@ -233,7 +240,6 @@ struct Collector {
     total_publish: Hist,
     total_delay: Hist,
     total_e2e: Hist,
-    measured_acked: u64,
     measured_consumed: u64,
     measured_s: f64,
     subscriptions: u64,
@@ -241,11 +247,6 @@ struct Collector {
     bar: Option<ProgressBar>,
 }
 
-struct Tick {
-    publish: Hist,
-    acked: u64,
-    errors: u64,
-}
 
 impl Collector {
     fn new(clock: Clock, metrics: Arc<Metrics>, subscriptions: u64, quiet: bool) -> Collector {
@@ -263,7 +264,6 @@ impl Collector {
             total_publish: new_hist(),
             total_delay: new_hist(),
             total_e2e: new_hist(),
-            measured_acked: 0,
             measured_consumed: 0,
             measured_s: 0.0,
             subscriptions,
@@ -289,29 +289,39 @@ impl Collector {
         self.bar = Some(b);
     }
 
-    /// Close the interval ending now. `measured`: its latencies count in the result; `rate_counted`:
+    /// Close the interval ending now. `measured`: its send delays count in the result (publish and
+    /// end-to-end samples of measured-window records always do); `rate_counted`:
     /// its acks count towards the measured throughput.
-    fn tick(&mut self, phase: &str, measured: bool, rate_counted: bool) -> Tick {
+    fn tick(&mut self, phase: &str, measured: bool, rate_counted: bool) {
         let now = self.clock.now_ns();
         let dur_s = ((now - self.last_ns) as f64 / 1e9).max(1e-9);
         let start_s = (self.last_ns - self.t0_ns) as f64 / 1e9;
         let m = &self.metrics;
+        // Measured-window records in `publish` / `e2e` (the totals), the others beside them
+        // (the per-second series shows both).
         let publish = take(&m.publish);
+        let publish_other = take(&m.publish_other);
         let delay = take(&m.delay);
         let e2e = take(&m.e2e);
+        let e2e_other = take(&m.e2e_other);
+        let mut publish_all = publish.clone();
+        let _ = publish_all.add(&publish_other);
+        let mut e2e_all = e2e.clone();
+        let _ = e2e_all.add(&e2e_other);
         let acked = m.acked.load(Ordering::Relaxed);
         let consumed = m.consumed.load(Ordering::Relaxed);
         let errors = m.errors.load(Ordering::Relaxed);
         let d_acked = acked - self.last_acked;
         let d_consumed = consumed - self.last_consumed;
         let d_errors = errors - self.last_errors;
+        // `publish` and `e2e` hold only records of the measured window, whenever this tick runs
+        // (a late tick must not drop them); `delay` is not split, so it counts by tick.
+        let _ = self.total_publish.add(&publish);
+        let _ = self.total_e2e.add(&e2e);
         if measured {
-            let _ = self.total_publish.add(&publish);
             let _ = self.total_delay.add(&delay);
-            let _ = self.total_e2e.add(&e2e);
         }
         if rate_counted {
-            self.measured_acked += d_acked;
             self.measured_consumed += d_consumed;
             self.measured_s += dur_s;
         }
@@ -322,8 +332,8 @@ impl Collector {
             phase: phase.to_string(),
             publish_records_per_s: d_acked as f64 / dur_s,
             consume_records_per_s: d_consumed as f64 / dur_s,
-            publish_p99_us: if publish.is_empty() { 0.0 } else { publish.value_at_quantile(0.99) as f64 },
-            e2e_p99_us: if e2e.is_empty() { 0.0 } else { e2e.value_at_quantile(0.99) as f64 },
+            publish_p99_us: if publish_all.is_empty() { 0.0 } else { publish_all.value_at_quantile(0.99) as f64 },
+            e2e_p99_us: if e2e_all.is_empty() { 0.0 } else { e2e_all.value_at_quantile(0.99) as f64 },
             errors: d_errors,
             backlog,
         };
@@ -344,7 +354,7 @@ impl Collector {
                 None => eprintln!("{line}"),
             }
         }
-        for (tag, h) in [("publish", &publish), ("delay", &delay), ("e2e", &e2e)] {
+        for (tag, h) in [("publish", &publish_all), ("delay", &delay), ("e2e", &e2e_all)] {
             if !h.is_empty() {
                 self.hlog.push(LoggedInterval { tag: crate::hlog::tag(tag, phase), start_s, duration_s: dur_s, hist: h.clone() });
             }
@@ -354,7 +364,6 @@ impl Collector {
         self.last_acked = acked;
         self.last_consumed = consumed;
         self.last_errors = errors;
-        Tick { publish, acked: d_acked, errors: d_errors }
     }
 
     /// Sleep until the next tick (1 s after the last, or `boundary_ns` if sooner), updating the bar.
@@ -370,6 +379,15 @@ impl Collector {
             let step = (target - self.clock.now_ns().min(target)).min(100_000_000);
             sleep_until(&self.clock, self.clock.now_ns() + step);
         }
+    }
+
+    /// Start a phase's totals afresh (the series and the .hlog continue).
+    fn reset_totals(&mut self) {
+        self.total_publish.reset();
+        self.total_delay.reset();
+        self.total_e2e.reset();
+        self.measured_consumed = 0;
+        self.measured_s = 0.0;
     }
 
     fn due(&self, boundary_ns: u64) -> bool {
@@ -553,6 +571,189 @@ impl Ctx<'_> {
     }
 }
 
+/// Share of the target rate a run or trial must reach (acks in time / window) to meet it.
+pub const TARGET_FRACTION: f64 = 0.97;
+
+/// Grace after a measured window within which acks of its records still count as in time:
+/// 10 % of the window, at most 1 s.
+pub fn ack_grace_s(window_s: f64) -> f64 {
+    (window_s * 0.1).min(1.0)
+}
+
+/// One phase at a fixed rate: its own warmup, the measured window, then the drain.
+struct PhaseSpec {
+    rate: f64,
+    warm_s: f64,
+    dur_s: f64,
+    drain_s: f64,
+    /// A search trial: labelled "search" in the series, does not wait for consumers.
+    search: bool,
+}
+
+/// What one phase measured.
+struct PhaseRun {
+    rate: f64,
+    window_s: f64,
+    grace_s: f64,
+    warmup: PhaseAccounting,
+    measure: PhaseAccounting,
+    /// Publish latency of the window's acknowledged records.
+    publish: Hist,
+    /// Censored latency of the window's unacknowledged records.
+    censored: Hist,
+    delay: Hist,
+    e2e: Hist,
+    consumed: u64,
+    consumed_s: f64,
+    /// The measured window began (false: stopped during the warmup).
+    measured: bool,
+    /// Stopped early (fatal error or Ctrl-C).
+    halted: bool,
+}
+
+impl PhaseRun {
+    /// Records of the window acknowledged by its end + grace, per second of the window.
+    fn achieved(&self) -> f64 {
+        self.measure.acknowledged_in_time as f64 / self.window_s.max(1e-9)
+    }
+    fn target_met(&self) -> bool {
+        self.achieved() >= TARGET_FRACTION * self.rate
+    }
+    /// Every scheduled record of the window acknowledged, and the phase ran to its end.
+    fn complete(&self) -> bool {
+        !self.halted && self.measure.scheduled > 0 && self.measure.unacknowledged() == 0
+    }
+    /// p99 over every record of the window: acknowledged, and (censored) not acknowledged.
+    fn p99_all_us(&self) -> f64 {
+        let mut h = self.publish.clone();
+        let _ = h.add(&self.censored);
+        if h.is_empty() {
+            f64::INFINITY
+        } else {
+            h.value_at_quantile(0.99) as f64
+        }
+    }
+    /// A search verdict: target met, p99 within the bound, nothing failed.
+    fn passes(&self, bound_us: f64) -> bool {
+        !self.halted && self.target_met() && self.p99_all_us() <= bound_us && self.measure.failed == 0
+    }
+}
+
+fn snapshot_acct(m: &Metrics, i: usize) -> (PhaseAccounting, Hist) {
+    let a = &m.acct[i];
+    let censored = stats::lock(&m.censored[i]).clone();
+    let failed_by_code = if i == 1 {
+        m.failed_codes.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(c, n)| (c.to_string(), *n)).collect()
+    } else {
+        Default::default()
+    };
+    let pa = PhaseAccounting {
+        scheduled: a.scheduled.load(Ordering::SeqCst),
+        sent: a.sent.load(Ordering::SeqCst),
+        acknowledged: a.acked.load(Ordering::SeqCst),
+        acknowledged_in_time: a.acked_in_time.load(Ordering::SeqCst),
+        failed: a.failed.load(Ordering::SeqCst),
+        failed_by_code,
+        timed_out: a.timed_out.load(Ordering::SeqCst),
+        not_sent: a.not_sent.load(Ordering::SeqCst),
+        unacknowledged_latency_us: summarize(&censored),
+    };
+    (pa, censored)
+}
+
+impl Ctx<'_> {
+    /// Ask every consumer to flush its latency recorder and wait (at most 1 s) until they have,
+    /// so samples of records already counted are in the totals.
+    fn flush_consumers(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let m = &self.metrics;
+        let before = m.flush_acks.load(Ordering::SeqCst);
+        m.flush_req.fetch_add(1, Ordering::SeqCst);
+        let deadline = self.clock.now_ns() + 1_000_000_000;
+        while m.flush_acks.load(Ordering::SeqCst) < before + n as u64 && self.clock.now_ns() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Run one phase; returns when its producers (and their transports) have ended, so the
+    /// accounting is final.
+    fn run_phase(&self, col: &mut Collector, p: &PhaseSpec, n_consumers: usize) -> Result<(PhaseRun, f64), String> {
+        let clock = self.clock;
+        let m = &self.metrics;
+        let s0 = clock.now_ns() + if p.search { 20_000_000 } else { 50_000_000 };
+        let warm_end = s0 + (p.warm_s * 1e9) as u64;
+        let meas_end = warm_end + (p.dur_s * 1e9) as u64;
+        let grace_s = ack_grace_s(p.dur_s);
+        let deadline = meas_end + (p.drain_s.max(grace_s) * 1e9) as u64;
+        m.start_window(warm_end, meas_end, meas_end + (grace_s * 1e9) as u64);
+        col.reset_totals();
+        let (lw, lm, ld) = if p.search { ("search", "search", "search") } else { ("warmup", "measure", "drain") };
+        let prods = self.spawn_producers(p.rate, s0, meas_end, deadline)?;
+        if !p.search {
+            sleep_until(&clock, s0);
+            col.tick("setup", false, false);
+        }
+        col.set_phase_bar(lw, p.warm_s + if p.search { p.dur_s } else { 0.0 });
+        while !self.halted() && clock.now_ns() < warm_end {
+            col.wait(warm_end);
+            if col.due(warm_end) {
+                col.tick(lw, false, false);
+            }
+        }
+        let measured = !self.halted();
+        let mut window_s = 0.0;
+        if measured {
+            if !p.search {
+                col.set_phase_bar(lm, p.dur_s);
+            }
+            while !self.halted() && clock.now_ns() < meas_end {
+                col.wait(meas_end);
+                if col.due(meas_end) {
+                    col.tick(lm, true, true);
+                }
+            }
+            // An interrupted window covers only what ran.
+            window_s = (clock.now_ns().min(meas_end).saturating_sub(warm_end)) as f64 / 1e9;
+            if !p.search {
+                col.set_phase_bar(ld, p.drain_s);
+            }
+            while !(self.halted() || prods.finished() && (p.search || self.consumers_caught_up())) && clock.now_ns() < deadline {
+                col.wait(deadline);
+                if col.due(deadline) {
+                    col.tick(ld, true, false);
+                }
+            }
+        } else {
+            prods.halt.store(true, Ordering::SeqCst);
+        }
+        let cpu = prods.join(m);
+        if !p.search {
+            self.flush_consumers(n_consumers);
+        }
+        col.tick(ld, measured, false);
+        let (warmup, _) = snapshot_acct(m, 0);
+        let (measure, censored) = snapshot_acct(m, 1);
+        let run = PhaseRun {
+            rate: p.rate,
+            window_s,
+            grace_s,
+            warmup,
+            measure,
+            publish: col.total_publish.clone(),
+            censored,
+            delay: col.total_delay.clone(),
+            e2e: col.total_e2e.clone(),
+            consumed: col.measured_consumed,
+            consumed_s: col.measured_s,
+            measured,
+            halted: self.halted(),
+        };
+        Ok((run, cpu))
+    }
+}
+
 /// Run one benchmark.
 pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     let w = &opts.workload;
@@ -574,7 +775,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     let mut producer_cpu_s = 0.0;
     let mut search: Option<Search> = None;
     let mut drain: Option<Drain> = None;
-    let mut measure_started = false;
+    let mut main: Option<PhaseRun> = None;
     let mut target_rate = w.producer_rate;
 
     let body = (|| -> Result<(), String> {
@@ -583,15 +784,73 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
         if !backlog_mode {
             consumers = ctx.spawn_consumers(&start_offsets, &done);
         }
+        let n_consumers = consumers.len();
+        let full = |rate: f64| PhaseSpec { rate, warm_s: w.warmup_s(), dur_s: w.duration_s(), drain_s: w.drain_seconds, search: false };
         if w.producer_rate == 0.0 {
-            let s = search_max_rate(&ctx, &mut col)?;
-            target_rate = s.max_rate;
+            let mut s = search_max_rate(&ctx, &mut col)?;
+            // Confirm the found rate with a full-length run; step down 20 % (at most 4 times)
+            // until one passes: a full-length run meets stalls a short trial may not.
+            // No rate passed: one full-length run at the first rate tried, so the result shows
+            // what the machine did there (not confirmed; exit 5).
+            let bound_us = s.p99_bound_us;
+            let (mut rate, tries) = if s.max_rate > 0.0 { (s.max_rate, 5) } else { (w.search_start_rate, 1) };
+            if s.max_rate <= 0.0 && !ctx.opts.quiet {
+                eprintln!("no rate kept p99 publish latency within {} ms; measuring {} rec/s full-length", w.p99_bound_ms, rate);
+            }
+            for _ in 0..tries {
+                let (ph, cpu) = ctx.run_phase(&mut col, &full(rate), n_consumers)?;
+                producer_cpu_s += cpu;
+                let ok = ph.complete() && ph.passes(bound_us);
+                let tr = Trial {
+                    stage: "confirm".into(),
+                    attempt: 1,
+                    target_rate: rate,
+                    achieved_rate: ph.achieved(),
+                    p99_us: ph.p99_all_us().min(1e12),
+                    errors: ph.measure.failed,
+                    unacknowledged: ph.measure.unacknowledged(),
+                    ok,
+                    verdict: Some(if ok { "pass" } else { "fail" }.into()),
+                };
+                print_trial(&ctx, &tr);
+                s.trials.push(tr);
+                let stop = ph.halted || !ph.measured;
+                target_rate = rate;
+                main = Some(ph);
+                if ok {
+                    s.confirmed = true;
+                    s.max_rate = rate;
+                    break;
+                }
+                if stop {
+                    break;
+                }
+                rate *= 0.8;
+            }
+            if s.confirmed && !ctx.halted() {
+                let (ph, cpu) = ctx.run_phase(&mut col, &full(s.max_rate / 2.0), n_consumers)?;
+                producer_cpu_s += cpu;
+                if ph.measured && !ph.halted {
+                    s.half_rate = Some(HalfRate {
+                        target_rate: ph.rate,
+                        records_per_s: ph.measure.acknowledged as f64 / ph.window_s,
+                        events_per_day: ph.measure.acknowledged as f64 / ph.window_s * 86_400.0,
+                        latency_us: summarize(&ph.publish),
+                        end_to_end_latency_us: summarize(&ph.e2e),
+                        complete: ph.complete(),
+                        accounting: ph.measure.clone(),
+                    });
+                }
+            }
+            if !s.confirmed {
+                s.max_rate = 0.0;
+            }
             search = Some(s);
-        }
-        if ctx.halted() {
             return Ok(());
         }
         if backlog_mode {
+            // Every produced record is accounted (the window is the whole run).
+            metrics.start_window(0, u64::MAX, u64::MAX);
             let backlog_bytes = (w.consumer_backlog_size_gb * 1e9) as u64;
             let s0 = clock.now_ns() + 50_000_000;
             let prods = ctx.spawn_producers(target_rate, s0, u64::MAX / 4, u64::MAX / 4)?;
@@ -610,7 +869,6 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
             let backlog_records = metrics.acked.load(Ordering::Relaxed);
             let backlog_bytes = metrics.acked_bytes.load(Ordering::Relaxed);
             col.tick("backlog", false, false);
-            measure_started = true;
             let d0 = clock.now_ns();
             let c0 = metrics.consumed.load(Ordering::Relaxed);
             let cb0 = metrics.consumed_bytes.load(Ordering::Relaxed);
@@ -644,48 +902,33 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
                 bytes_per_s: (metrics.consumed_bytes.load(Ordering::Relaxed) - cb0) as f64 / drain_s,
                 caught_up,
             });
+            let produced_s = (clock.now_ns().saturating_sub(s0)) as f64 / 1e9;
             producer_cpu_s += prods.join(&metrics);
+            col.tick("drain", true, false);
+            let (warmup, _) = snapshot_acct(&metrics, 0);
+            let (measure, censored) = snapshot_acct(&metrics, 1);
+            // The producers' window is the whole run (backlog + drain): publish figures and
+            // accounting cover every record produced; the drain rate is in `drain`.
+            main = Some(PhaseRun {
+                rate: target_rate,
+                window_s: produced_s,
+                grace_s: 0.0,
+                warmup,
+                measure,
+                publish: col.total_publish.clone(),
+                censored,
+                delay: col.total_delay.clone(),
+                e2e: col.total_e2e.clone(),
+                consumed: col.measured_consumed,
+                consumed_s: col.measured_s,
+                measured: true,
+                halted: ctx.halted(),
+            });
             return Ok(());
         }
-        // warmup → measure → drain
-        let s0 = clock.now_ns() + 50_000_000;
-        let warm_end = s0 + (w.warmup_s() * 1e9) as u64;
-        let meas_end = warm_end + (w.duration_s() * 1e9) as u64;
-        let drain_deadline = meas_end + (w.drain_seconds * 1e9) as u64;
-        let prods = ctx.spawn_producers(target_rate, s0, meas_end, drain_deadline)?;
-        sleep_until(&clock, s0);
-        col.tick("setup", false, false);
-        if warm_end > s0 {
-            col.set_phase_bar("warmup", w.warmup_s());
-            while !ctx.halted() && clock.now_ns() < warm_end {
-                col.wait(warm_end);
-                if col.due(warm_end) {
-                    col.tick("warmup", false, false);
-                }
-            }
-        }
-        if ctx.halted() {
-            prods.halt.store(true, Ordering::SeqCst);
-            producer_cpu_s += prods.join(&metrics);
-            return Ok(());
-        }
-        measure_started = true;
-        col.set_phase_bar("measure", w.duration_s());
-        while !ctx.halted() && clock.now_ns() < meas_end {
-            col.wait(meas_end);
-            if col.due(meas_end) {
-                col.tick("measure", true, true);
-            }
-        }
-        col.set_phase_bar("drain", w.drain_seconds);
-        while !(ctx.halted() || prods.finished() && ctx.consumers_caught_up()) && clock.now_ns() < drain_deadline {
-            col.wait(drain_deadline);
-            if col.due(drain_deadline) {
-                col.tick("drain", true, false);
-            }
-        }
-        col.tick("drain", true, false);
-        producer_cpu_s += prods.join(&metrics);
+        let (ph, cpu) = ctx.run_phase(&mut col, &full(target_rate), n_consumers)?;
+        producer_cpu_s += cpu;
+        main = Some(ph);
         Ok(())
     })();
     if let Err(e) = body {
@@ -695,8 +938,16 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     if let Some(b) = col.bar.take() {
         b.finish_and_clear();
     }
+    // A consumer long-polling a frozen broker sits in its read timeout: give consumers 2 s to
+    // notice `done`, then leave the stuck ones behind (their samples are not needed any more).
+    let deadline = clock.now_ns() + 2_000_000_000;
+    while consumers.iter().any(|c| !c.is_finished()) && clock.now_ns() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for c in consumers {
-        let _ = c.join();
+        if c.is_finished() {
+            let _ = c.join();
+        }
     }
     let fatal = metrics.fatal();
     let interrupted = INTERRUPTED.load(Ordering::Relaxed);
@@ -708,21 +959,31 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
         }
         drop(tmp);
     }
-    if !measure_started {
-        // Nothing measured: no result file.
-        if interrupted {
-            return Err(RunError::Usage("interrupted before the measured phase; no result written".into()));
+    let main = match main {
+        Some(m) if m.measured => m,
+        _ => {
+            // Nothing measured: no result file.
+            if interrupted {
+                return Err(RunError::Usage("interrupted before the measured phase; no result written".into()));
+            }
+            let msg = fatal.unwrap_or_else(|| "run ended before the measured phase".into());
+            // Connection problems before measuring are bad input (unreachable broker); others failed runs.
+            return Err(if msg.contains("no rate kept") { RunError::Failed(msg) } else { RunError::Usage(msg) });
         }
-        let msg = fatal.unwrap_or_else(|| "run ended before the measured phase".into());
-        // Connection problems before measuring are bad input (unreachable broker); others failed runs.
-        return Err(if msg.contains("no rate kept") { RunError::Failed(msg) } else { RunError::Usage(msg) });
-    }
-    let complete = fatal.is_none() && !interrupted;
-    let result = build_result(opts, &summary, &col, started_wall_us, complete, target_rate, search, drain);
+    };
+    let fatal = metrics.fatal();
+    let complete = fatal.is_none() && !interrupted && main.complete();
+    let target_met = main.target_met();
+    let confirmed = search.as_ref().map(|s| s.confirmed).unwrap_or(true);
+    let result = build_result(opts, &summary, &col, started_wall_us, complete, target_met, target_rate, &main, search, drain);
     let exit_code = if interrupted {
         130
     } else if fatal.is_some() {
         1
+    } else if !complete {
+        EXIT_RECORDS_LOST
+    } else if !target_met || !confirmed {
+        EXIT_TARGET_MISSED
     } else {
         0
     };
@@ -741,6 +1002,14 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     }
     Ok(Outcome { result, path, exit_code, producer_cpu_s })
 }
+
+/// Exit status: some scheduled record of the measured phase was not acknowledged (failed, timed
+/// out, or never sent); the result says `"complete": false`.
+pub const EXIT_RECORDS_LOST: i32 = 4;
+/// Exit status: every record was acknowledged, but fewer than 97 % of the target rate within the
+/// window + grace (`"target_met": false`), or the search's found rate failed its full-length
+/// confirmation and every step down.
+pub const EXIT_TARGET_MISSED: i32 = 5;
 
 struct SetupSummary {
     kind: String,
@@ -762,104 +1031,96 @@ fn setup_summary(s: &Setup) -> SetupSummary {
     }
 }
 
-/// The `producerRate: 0` search: ramp (doubling from 2,000 rec/s) until a rate fails, bisect
-/// (geometric) between the last pass and the first failure down to 10%, then confirm the answer
-/// with a repeat trial (stepping down 10% if it fails). A rate fails when a trial and its retry
-/// both fail.
+fn print_trial(ctx: &Ctx<'_>, t: &Trial) {
+    if !ctx.opts.quiet {
+        eprintln!(
+            "search {:<7} #{} target {:>10.0} rec/s  achieved {:>10.0}  p99 {:>9}  unacked {:>6}  -> {}{}",
+            t.stage,
+            t.attempt,
+            t.target_rate,
+            t.achieved_rate,
+            fmt_us(t.p99_us),
+            t.unacknowledged,
+            if t.ok { "pass" } else { "fail" },
+            t.verdict.as_deref().map(|v| format!(" (rate {v})")).unwrap_or_default()
+        );
+    }
+}
+
+/// The rule a rate's verdict follows (stated in the result).
+pub const SEARCH_RULE: &str = "a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass; ramp x4 from searchStartRate (default 2,000 rec/s), geometric bisection to 5 %, then full-length confirmation runs stepping down 20 % (at most 4 times) until one passes";
+
+/// The `producerRate: 0` search: ramp (×4 from `searchStartRate`) until a rate fails, then bisect
+/// (geometric) between the last pass and the first failure down to 5 %. A rate's verdict is the
+/// majority of up to 3 trials. The caller confirms the answer with a full-length run.
 fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String> {
     let w = &ctx.opts.workload;
     let bound_us = w.p99_bound_ms * 1000.0;
+    let secs = w.search_step_seconds;
     let mut trials: Vec<Trial> = Vec::new();
-    let mut trial = |stage: &str, rate: f64, col: &mut Collector| -> Result<Trial, String> {
-        // Each trial: 1 s (at most a third of the trial) of its own warmup, excluded from its
-        // p99 and achieved rate, then the judged part.
-        let secs = w.search_step_seconds;
-        let warm = (secs / 3.0).min(1.0);
-        let s0 = ctx.clock.now_ns() + 20_000_000;
-        let judged_from = s0 + (warm * 1e9) as u64;
-        let end = judged_from + (secs * 1e9) as u64;
-        let drain = end + 2_000_000_000;
-        col.set_phase_bar("search", secs + warm);
-        let prods = ctx.spawn_producers(rate, s0, end, drain)?;
-        let mut h = new_hist();
-        let mut acked = 0;
-        let mut errors = 0;
-        let mut judged = false;
-        while !(ctx.halted() || prods.finished() && ctx.clock.now_ns() >= end) {
-            let now = ctx.clock.now_ns();
-            let boundary = if now < judged_from { judged_from } else if now < end { end } else { drain };
-            col.wait(boundary);
-            if col.due(boundary) || prods.finished() {
-                let t = col.tick("search", false, false);
-                if judged {
-                    let _ = h.add(&t.publish);
-                    acked += t.acked;
-                    errors += t.errors;
-                }
-                judged = ctx.clock.now_ns() >= judged_from;
+    let mut rate_passes = |stage: &str, rate: f64, col: &mut Collector| -> Result<bool, String> {
+        let (mut pass, mut fail) = (0, 0);
+        while pass < 2 && fail < 2 && !ctx.halted() {
+            // Each trial: its own warmup (a third of the trial, at most 1 s), the judged window,
+            // then a drain until every ack is in (at most grace + 5 s): only acks by the window's
+            // end + grace count, but the next trial must not queue behind this one's backlog.
+            let spec = PhaseSpec { rate, warm_s: (secs / 3.0).min(1.0), dur_s: secs, drain_s: ack_grace_s(secs) + 5.0, search: true };
+            let (ph, _) = ctx.run_phase(col, &spec, 0)?;
+            let ok = ph.passes(bound_us);
+            if ok {
+                pass += 1;
+            } else {
+                fail += 1;
             }
+            let decided = pass == 2 || fail == 2;
+            let tr = Trial {
+                stage: stage.into(),
+                attempt: pass + fail,
+                target_rate: rate,
+                achieved_rate: ph.achieved(),
+                p99_us: ph.p99_all_us().min(1e12),
+                errors: ph.measure.failed,
+                unacknowledged: ph.measure.unacknowledged(),
+                ok,
+                verdict: decided.then(|| if pass == 2 { "pass" } else { "fail" }.to_string()),
+            };
+            print_trial(ctx, &tr);
+            trials.push(tr);
         }
-        let t = col.tick("search", false, false);
-        let _ = h.add(&t.publish);
-        acked += t.acked;
-        errors += t.errors;
-        prods.join(&ctx.metrics);
-        let achieved = acked as f64 / secs;
-        let p99 = if h.is_empty() { f64::INFINITY } else { h.value_at_quantile(0.99) as f64 };
-        let ok = p99 <= bound_us && achieved >= 0.95 * rate && errors == 0;
-        let tr = Trial { stage: stage.into(), target_rate: rate, achieved_rate: achieved, p99_us: p99.min(1e12), errors, ok };
-        if !ctx.opts.quiet {
-            eprintln!(
-                "search {stage:<7} target {rate:>10.0} rec/s  achieved {achieved:>10.0}  p99 {}  -> {}",
-                fmt_us(tr.p99_us),
-                if ok { "pass" } else { "fail" }
-            );
-        }
-        trials.push(tr.clone());
-        Ok(tr)
+        Ok(pass == 2)
     };
     let mut lo = 0.0f64;
     let mut hi = f64::INFINITY;
-    let mut r = 2_000.0;
-    // A failure counts only if a retry at the same rate fails too: one noisy second on a shared
-    // machine must not end the search.
-    let mut passes = |stage: &str, rate: f64, col: &mut Collector| -> Result<bool, String> {
-        Ok(trial(stage, rate, col)?.ok || (!ctx.halted() && trial(&format!("{stage}-retry"), rate, col)?.ok))
-    };
+    let mut r = w.search_start_rate;
     while r <= crate::workload::PRODUCER_RATE_MAX && !ctx.halted() {
-        if passes("ramp", r, col)? {
+        if rate_passes("ramp", r, col)? {
             lo = r;
-            r *= 2.0;
+            r *= 4.0;
         } else {
             hi = r;
             break;
         }
     }
     let mut steps = 0;
-    while lo > 0.0 && hi.is_finite() && hi / lo > 1.1 && steps < 5 && !ctx.halted() {
+    while lo > 0.0 && hi.is_finite() && hi / lo > 1.05 && steps < 8 && !ctx.halted() {
         let mid = (lo * hi).sqrt();
-        if passes("bisect", mid, col)? {
+        if rate_passes("bisect", mid, col)? {
             lo = mid;
         } else {
             hi = mid;
         }
         steps += 1;
     }
-    let mut confirmed = false;
-    for _ in 0..3 {
-        if lo <= 0.0 || ctx.halted() {
-            break;
-        }
-        if passes("confirm", lo, col)? {
-            confirmed = true;
-            break;
-        }
-        lo *= 0.9;
-    }
-    if !confirmed && !ctx.halted() {
-        return Err(format!("no rate kept p99 publish latency within {} ms (lowest tried 2000 rec/s)", w.p99_bound_ms));
-    }
-    Ok(Search { p99_bound_us: bound_us, trials, max_rate: lo })
+    Ok(Search {
+        p99_bound_us: bound_us,
+        trials,
+        max_rate: lo,
+        rule: SEARCH_RULE.into(),
+        trial_seconds: secs,
+        ack_grace_s: ack_grace_s(secs),
+        confirmed: false,
+        half_rate: None,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -869,18 +1130,20 @@ fn build_result(
     col: &Collector,
     started_wall_us: u64,
     complete: bool,
+    target_met: bool,
     target_rate: f64,
+    main: &PhaseRun,
     search: Option<Search>,
     drain: Option<Drain>,
 ) -> RunResult {
     let w = &opts.workload;
-    let dur = col.measured_s.max(1e-9);
+    let dur = main.window_s.max(1e-9);
     let msg = w.message_size as u64;
-    let records = col.measured_acked;
+    let records = main.measure.acknowledged;
     let records_per_s = records as f64 / dur;
     let bytes_per_s = records_per_s * msg as f64;
-    let consume_rps = col.measured_consumed as f64 / dur;
-    let e2e = summarize(&col.total_e2e);
+    let consume_rps = main.consumed as f64 / main.consumed_s.max(1e-9);
+    let e2e = summarize(&main.e2e);
     let efficiency = match &s.calibration {
         Some(c) => Efficiency {
             disk_write_fraction: Some(bytes_per_s / c.disk_seq_write_bytes_per_s),
@@ -892,8 +1155,10 @@ fn build_result(
     RunResult {
         schema: SCHEMA.into(),
         started_at: crate::env::rfc3339(started_wall_us),
-        duration_s: col.measured_s,
+        duration_s: main.window_s,
         complete,
+        target_met,
+        accounting: Some(Accounting { ack_grace_s: main.grace_s, warmup: main.warmup.clone(), measure: main.measure.clone() }),
         workload: WorkloadInfo {
             name: w.name.clone(),
             topics: w.topics,
@@ -924,23 +1189,23 @@ fn build_result(
         publish: Publish {
             records,
             bytes: records * msg,
-            errors: col.series.iter().filter(|x| x.phase == "measure" || x.phase == "drain").map(|x| x.errors).sum(),
+            errors: main.measure.failed,
             records_per_s,
             bytes_per_s,
-            latency_us: summarize(&col.total_publish),
-            delay_us: summarize(&col.total_delay),
+            latency_us: summarize(&main.publish),
+            delay_us: summarize(&main.delay),
         },
         end_to_end: EndToEnd { records: e2e.count, records_per_s: consume_rps, latency_us: e2e },
         consume: Consume {
-            records: col.measured_consumed,
-            bytes: col.measured_consumed * msg,
+            records: main.consumed,
+            bytes: main.consumed * msg,
             records_per_s: consume_rps,
             bytes_per_s: consume_rps * msg as f64,
         },
         efficiency,
         projection: Projection { events_per_day: records_per_s * 86_400.0, bytes_per_day: bytes_per_s * 86_400.0 },
         timeseries: col.series.clone(),
-        spectrum: Spectra { publish: stats::spectrum(&col.total_publish), end_to_end: stats::spectrum(&col.total_e2e) },
+        spectrum: Spectra { publish: stats::spectrum(&main.publish), end_to_end: stats::spectrum(&main.e2e) },
         search,
         drain,
         hlog: None,
@@ -1010,8 +1275,40 @@ pub fn summary_table(r: &RunResult) -> String {
         r.target.kind,
         r.target.bootstrap,
         r.target.fsync,
-        if r.complete { "" } else { "  [INCOMPLETE]" }
+        match (r.complete, r.target_met) {
+            (true, true) => "",
+            (true, false) => "  [TARGET MISSED]",
+            (false, true) => "  [INCOMPLETE]",
+            (false, false) => "  [INCOMPLETE, TARGET MISSED]",
+        }
     ));
+    if let Some(a) = &r.accounting {
+        let m = &a.measure;
+        let codes: Vec<String> = m.failed_by_code.iter().map(|(c, n)| format!("{n} with code {c}")).collect();
+        s.push_str(&format!(
+            "records of the measured window: scheduled {}, acknowledged {} ({} within {:.1} s of its end = {:.0} rec/s, {:.1} % of target), failed {}{}, timed out {}, not sent {}{}\n",
+            m.scheduled,
+            m.acknowledged,
+            m.acknowledged_in_time,
+            a.ack_grace_s,
+            m.acknowledged_in_time as f64 / r.duration_s.max(1e-9),
+            100.0 * m.acknowledged_in_time as f64 / (r.workload.target_rate * r.duration_s).max(1e-9),
+            m.failed,
+            if codes.is_empty() { String::new() } else { format!(" ({})", codes.join(", ")) },
+            m.timed_out,
+            m.not_sent,
+            if m.unacknowledged() > 0 {
+                format!(
+                    " -- {} RECORDS NOT ACKNOWLEDGED (censored latency p50 {} max {})",
+                    m.unacknowledged(),
+                    fmt_us(m.unacknowledged_latency_us.p50),
+                    fmt_us(m.unacknowledged_latency_us.max)
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
     s.push_str(&format!(
         "measured {:.1} s: publish {:.0} rec/s ({:.1} MB/s), consume {:.0} rec/s, errors {}, {:.3e} events/day\n",
         r.duration_s,
@@ -1046,7 +1343,34 @@ pub fn summary_table(r: &RunResult) -> String {
         ));
     }
     if let Some(se) = &r.search {
-        s.push_str(&format!("max rate within p99 {}: {:.0} rec/s ({} trials)\n", fmt_us(se.p99_bound_us), se.max_rate, se.trials.len()));
+        if se.confirmed {
+            s.push_str(&format!(
+                "max sustainable rate within p99 {}: {:.0} rec/s = {:.3e} events/day (confirmed by a full-length run; {} trials)\n",
+                fmt_us(se.p99_bound_us),
+                se.max_rate,
+                se.max_rate * 86_400.0,
+                se.trials.len()
+            ));
+        } else {
+            s.push_str(&format!(
+                "max rate search: NOT CONFIRMED -- no full-length run kept p99 within {} ({} trials)\n",
+                fmt_us(se.p99_bound_us),
+                se.trials.len()
+            ));
+        }
+        if let Some(h) = &se.half_rate {
+            s.push_str(&format!(
+                "at half that rate ({:.0} rec/s = {:.3e} events/day{}): publish p50 {} p99 {} p99.9 {} max {}; end-to-end p99 {}\n",
+                h.target_rate,
+                h.events_per_day,
+                if h.complete { "" } else { ", INCOMPLETE" },
+                fmt_us(h.latency_us.p50),
+                fmt_us(h.latency_us.p99),
+                fmt_us(h.latency_us.p999),
+                fmt_us(h.latency_us.max),
+                fmt_us(h.end_to_end_latency_us.p99)
+            ));
+        }
     }
     if let Some(d) = &r.drain {
         s.push_str(&format!(

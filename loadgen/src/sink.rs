@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::producer::{record_ack, Ready, Spare, Transport};
 use crate::rate::{sleep_until, Clock};
-use crate::stats::{LocalRecorder, Metrics};
+use crate::stats::{AckRecorder, Metrics};
 
 pub struct SinkTransport {
     pub clock: Clock,
@@ -16,12 +16,12 @@ pub struct SinkTransport {
     pub stall: Option<(u64, u64)>,
     pub batches: u64,
     pub bytes: u64,
-    publish: LocalRecorder,
+    publish: AckRecorder,
 }
 
 impl SinkTransport {
     pub fn new(clock: Clock, metrics: Arc<Metrics>) -> SinkTransport {
-        SinkTransport { clock, metrics, stall: None, batches: 0, bytes: 0, publish: LocalRecorder::new() }
+        SinkTransport { clock, metrics, stall: None, batches: 0, bytes: 0, publish: AckRecorder::new() }
     }
 }
 
@@ -45,7 +45,7 @@ impl Transport for SinkTransport {
             spare.put_buf(r.batch);
             spare.put_intended(r.intended);
         }
-        self.publish.maybe_flush(&self.metrics.publish, ack, false);
+        self.publish.maybe_flush(&self.metrics, ack, false);
         Ok(())
     }
     fn idle(&self) -> bool {
@@ -55,6 +55,6 @@ impl Transport for SinkTransport {
 
 impl Drop for SinkTransport {
     fn drop(&mut self) {
-        self.publish.maybe_flush(&self.metrics.publish, 0, true);
+        self.publish.maybe_flush(&self.metrics, 0, true);
     }
 }

@@ -127,11 +127,89 @@ pub fn spectrum(h: &Hist) -> Vec<(f64, f64)> {
     out
 }
 
+/// Where each scheduled record of a phase ended up. Index 0 of [`Metrics::acct`] holds the
+/// records intended outside the measured window (warmup, a trial's own warmup), index 1 those
+/// intended inside it (`[window_from_ns, window_until_ns)`). Once every thread of the phase has
+/// ended: `scheduled = acked + failed + timed_out + not_sent` and `sent = acked + failed +
+/// timed_out`, exactly.
+#[derive(Default)]
+pub struct PhaseAcct {
+    /// Records the schedule intended (cut short only by a deliberate halt or Ctrl-C).
+    pub scheduled: AtomicU64,
+    /// Records written to the transport (in a request).
+    pub sent: AtomicU64,
+    /// Acknowledged without error.
+    pub acked: AtomicU64,
+    /// Acknowledged without error by the window's end + grace ([`Metrics::ack_cutoff_ns`]).
+    pub acked_in_time: AtomicU64,
+    /// Answered with an error (any code), total; by code in [`Metrics::failed_codes`].
+    pub failed: AtomicU64,
+    /// Sent but unanswered when the producer gave up (drain deadline, lost connection).
+    pub timed_out: AtomicU64,
+    /// Never written to the transport (the generator was late or blocked at the deadline).
+    pub not_sent: AtomicU64,
+}
+
+impl PhaseAcct {
+    pub fn reset(&self) {
+        for c in [&self.scheduled, &self.sent, &self.acked, &self.acked_in_time, &self.failed, &self.timed_out, &self.not_sent] {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A thread's recorders for acknowledged records: records intended inside the measured window
+/// and the others (so the measured latency covers exactly the measured records).
+pub struct AckRecorder {
+    pub window: LocalRecorder,
+    pub other: LocalRecorder,
+}
+
+impl Default for AckRecorder {
+    fn default() -> Self {
+        AckRecorder::new()
+    }
+}
+
+impl AckRecorder {
+    pub fn new() -> AckRecorder {
+        AckRecorder { window: LocalRecorder::new(), other: LocalRecorder::new() }
+    }
+    /// Merge into the shared interval histograms if [`FLUSH_NS`] passed (or `force`).
+    pub fn maybe_flush(&mut self, m: &Metrics, now_ns: u64, force: bool) {
+        self.window.maybe_flush(&m.publish, now_ns, force);
+        self.other.maybe_flush(&m.publish_other, now_ns, force);
+    }
+}
+
 /// Counters and interval histograms shared by producers, ack readers, consumers and the collector.
 pub struct Metrics {
+    /// Publish latency of acknowledged records intended inside the measured window.
     pub publish: Mutex<Hist>,
+    /// Publish latency of the other acknowledged records (warmup).
+    pub publish_other: Mutex<Hist>,
+    /// Censored latency (intended time → error answer, or → the producer giving up) of records
+    /// never acknowledged, by [`PhaseAcct`] index.
+    pub censored: [Mutex<Hist>; 2],
+    /// Per-phase accounting (index 1 = the measured window).
+    pub acct: [PhaseAcct; 2],
+    /// Failed records of the measured window by Kafka error code (-1: partition missing from
+    /// the answer).
+    pub failed_codes: Mutex<std::collections::BTreeMap<i16, u64>>,
+    /// The measured window: records intended in `[from, until)` (clock ns) are measured.
+    pub window_from_ns: AtomicU64,
+    pub window_until_ns: AtomicU64,
+    /// Acks after this clock reading do not count as `acked_in_time`.
+    pub ack_cutoff_ns: AtomicU64,
+    /// Bumped by the collector to ask consumers to flush their recorders now; each consumer
+    /// adds 1 to `flush_acks` when it has.
+    pub flush_req: AtomicU64,
+    pub flush_acks: AtomicU64,
     pub delay: Mutex<Hist>,
+    /// End-to-end latency of records intended inside the measured window.
     pub e2e: Mutex<Hist>,
+    /// End-to-end latency of the other records.
+    pub e2e_other: Mutex<Hist>,
     /// Records handed to the client (appended to a batch).
     pub sent: AtomicU64,
     pub acked: AtomicU64,
@@ -150,8 +228,18 @@ impl Metrics {
     pub fn new(record_latency: bool) -> Metrics {
         Metrics {
             publish: Mutex::new(new_hist()),
+            publish_other: Mutex::new(new_hist()),
+            censored: [Mutex::new(new_hist()), Mutex::new(new_hist())],
+            acct: [PhaseAcct::default(), PhaseAcct::default()],
+            failed_codes: Mutex::new(Default::default()),
+            window_from_ns: AtomicU64::new(0),
+            window_until_ns: AtomicU64::new(u64::MAX),
+            ack_cutoff_ns: AtomicU64::new(u64::MAX),
+            flush_req: AtomicU64::new(0),
+            flush_acks: AtomicU64::new(0),
             delay: Mutex::new(new_hist()),
             e2e: Mutex::new(new_hist()),
+            e2e_other: Mutex::new(new_hist()),
             sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             acked_bytes: AtomicU64::new(0),
@@ -171,6 +259,28 @@ impl Metrics {
             *f = Some(msg);
         }
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Start a new measured window: records intended in `[from, until)` are measured, acks after
+    /// `cutoff` are late. Resets the per-phase accounting and censored histograms; call only when
+    /// no producer or ack reader of the previous phase is running.
+    pub fn start_window(&self, from_ns: u64, until_ns: u64, cutoff_ns: u64) {
+        self.window_from_ns.store(from_ns, Ordering::SeqCst);
+        self.window_until_ns.store(until_ns, Ordering::SeqCst);
+        self.ack_cutoff_ns.store(cutoff_ns, Ordering::SeqCst);
+        for a in &self.acct {
+            a.reset();
+        }
+        for h in &self.censored {
+            lock(h).reset();
+        }
+        self.failed_codes.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The measured window `(from, until)`.
+    #[inline]
+    pub fn window(&self) -> (u64, u64) {
+        (self.window_from_ns.load(Ordering::Relaxed), self.window_until_ns.load(Ordering::Relaxed))
     }
 
     pub fn stopped(&self) -> bool {

@@ -111,6 +111,13 @@ pub struct Workload {
     /// For `producerRate: 0`: length of each trial of the search.
     #[serde(default = "default_search_step")]
     pub search_step_seconds: f64,
+    /// For `producerRate: 0`: the first rate of the search's ramp (x4 per step).
+    #[serde(default = "default_search_start")]
+    pub search_start_rate: f64,
+}
+
+fn default_search_start() -> f64 {
+    2_000.0
 }
 
 fn one() -> u32 {
@@ -176,6 +183,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("durable-fsync", include_str!("../workloads/durable-fsync.yaml")),
     ("backlog-drain", include_str!("../workloads/backlog-drain.yaml")),
     ("max-rate-search", include_str!("../workloads/max-rate-search.yaml")),
+    ("max-sustainable", include_str!("../workloads/max-sustainable.yaml")),
 ];
 
 impl Workload {
@@ -284,6 +292,12 @@ impl Workload {
         if !self.drain_seconds.is_finite() || self.drain_seconds < 0.0 {
             return Err("drainSeconds must be >= 0".into());
         }
+        if !self.search_step_seconds.is_finite() || self.search_step_seconds < 0.1 || self.search_step_seconds > 3600.0 {
+            return Err(format!("searchStepSeconds must be in [0.1, 3600], got {}", self.search_step_seconds));
+        }
+        if !self.search_start_rate.is_finite() || self.search_start_rate < 1.0 || self.search_start_rate > PRODUCER_RATE_MAX {
+            return Err(format!("searchStartRate must be in [1, {PRODUCER_RATE_MAX:e}], got {}", self.search_start_rate));
+        }
         Ok(())
     }
 
@@ -363,6 +377,12 @@ pub struct Overrides {
     /// Max unacknowledged requests per partition.
     #[arg(long)]
     pub max_in_flight: Option<u32>,
+    /// Seconds after the measured window to wait for outstanding acks (drainSeconds).
+    #[arg(long)]
+    pub drain: Option<f64>,
+    /// Judged seconds of each max-rate search trial (searchStepSeconds).
+    #[arg(long)]
+    pub search_step: Option<f64>,
 }
 
 impl Overrides {
@@ -382,6 +402,12 @@ impl Overrides {
         }
         if let Some(v) = self.duration {
             w.duration_seconds = Some(v);
+        }
+        if let Some(v) = self.drain {
+            w.drain_seconds = v;
+        }
+        if let Some(v) = self.search_step {
+            w.search_step_seconds = v;
         }
         if let Some(v) = self.warmup {
             w.warmup_seconds = Some(v);

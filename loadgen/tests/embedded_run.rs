@@ -8,7 +8,7 @@ use common::*;
 fn loadgen_run_against_the_embedded_broker() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_cli(&[
-        "run", "--quiet", "--duration", "3", "--warmup", "1", "--rate", "5000",
+        "run", "--workload", "smoke", "--quiet", "--duration", "3", "--warmup", "1", "--rate", "5000",
         "--data-dir", dir.path().to_str().unwrap(),
         "--out-dir", dir.path().join("results").to_str().unwrap(), "--label", "e2e",
     ]);
@@ -33,6 +33,17 @@ fn loadgen_run_against_the_embedded_broker() {
     assert!(r.end_to_end.latency_us.count > 10_000, "{:?}", r.end_to_end);
     assert!(r.end_to_end.latency_us.p50 > 0.0 && r.end_to_end.latency_us.p50 < 1_000_000.0);
     assert!(r.publish.latency_us.p50 > 0.0);
+    // Every scheduled record of the window accounted for, and acknowledged.
+    let a = r.accounting.as_ref().expect("accounting");
+    assert!(a.measure.adds_up() && a.warmup.adds_up(), "{a:?}");
+    assert!((14_990..=15_010).contains(&a.measure.scheduled), "{:?}", a.measure);
+    assert_eq!(a.measure.acknowledged, a.measure.scheduled);
+    assert_eq!(r.publish.records, a.measure.acknowledged);
+    assert_eq!(r.publish.latency_us.count, a.measure.acknowledged);
+    assert!(r.target_met);
+    // End-to-end: one sample per consumed record of the window, none lost at the end of the
+    // drain (the consumers flush before the totals are taken).
+    assert_eq!(r.end_to_end.latency_us.count, a.measure.acknowledged, "{:?}", r.end_to_end);
     // Calibration ran by default for the embedded engine, and efficiency ratios came with it.
     assert!(r.calibration.is_some());
     assert!(r.efficiency.disk_write_fraction.unwrap() > 0.0);

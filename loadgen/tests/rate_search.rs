@@ -1,5 +1,8 @@
 //! `producerRate: 0` runs a real search (ramp, bisect, confirm) and then measures at the answer.
 //! Against the discarding sink the limit is the generator's own capacity in this (debug) build.
+//! The trace, the majority rule, the full-length confirmation and the half-rate run are checked.
+
+mod common;
 
 use loadgen::run::{run, RunOptions};
 use loadgen::workload::Workload;
@@ -8,32 +11,67 @@ use loadgen::workload::Workload;
 fn search_ramps_bisects_confirms_and_measures_at_the_answer() {
     let mut w = Workload::load("max-rate-search").unwrap();
     w.producer_rate = 0.0;
-    w.search_step_seconds = 0.6;
+    w.search_step_seconds = 0.3;
     w.p99_bound_ms = 200.0;
     w.duration_seconds = Some(1.0);
     w.warmup_seconds = Some(0.0);
     w.partitions_per_topic = 2;
     let mut o = RunOptions::new(w);
     o.sink = true;
-    o.write = false;
+    let dir = tempfile::tempdir().unwrap();
+    o.output = Some(dir.path().join("search.json"));
     o.quiet = true;
     let out = run(&o).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(out.exit_code, 0);
+    // The search block (trials, rule, confirmation, half rate) follows the schema.
+    common::validate_against_schema(&dir.path().join("search.json"));
     let r = out.result;
-    let s = r.search.expect("search section");
+    // The report shows the trace: one row per trial, and the confirmed answer.
+    let html = loadgen::html::search_tables(&[(std::path::PathBuf::from("search.json"), r.clone())], &["search.json".to_string()]);
+    let s = r.search.clone().expect("search section");
+    assert_eq!(html.matches("<tr><td>").count(), s.trials.len(), "{html}");
+    assert!(html.contains("confirmed by a full-length run") && html.contains("at half of it"), "{html}");
     let stages: Vec<&str> = s.trials.iter().map(|t| t.stage.as_str()).collect();
     assert!(stages.first() == Some(&"ramp"), "{stages:?}");
-    assert!(stages.iter().any(|s| s.starts_with("confirm")), "{stages:?}");
-    // Ramp doubles while passing.
-    let ramps: Vec<f64> = s.trials.iter().filter(|t| t.stage == "ramp").map(|t| t.target_rate).collect();
-    assert!(ramps.windows(2).all(|w| (w[1] / w[0] - 2.0).abs() < 1e-9), "{ramps:?}");
-    // The answer passed its confirmation, and some higher rate failed (a real limit was found).
-    assert!(s.max_rate >= 2_000.0);
-    let confirmed = s.trials.iter().rev().find(|t| t.stage.starts_with("confirm")).unwrap();
-    assert!(confirmed.ok && (confirmed.target_rate - s.max_rate).abs() < 1e-6, "{confirmed:?}");
-    assert!(s.trials.iter().any(|t| !t.ok && t.target_rate > s.max_rate), "no failing trial above {}", s.max_rate);
-    // The measured phase ran at the answer.
+    // Ramp x4 while passing.
+    let mut ramp_rates: Vec<f64> = s.trials.iter().filter(|t| t.stage == "ramp").map(|t| t.target_rate).collect();
+    ramp_rates.dedup();
+    assert!(ramp_rates.windows(2).all(|w| (w[1] / w[0] - 4.0).abs() < 1e-9), "{ramp_rates:?}");
+    // Majority rule: every rate's verdict is on its last trial, after 2 passes or 2 failures.
+    let mut i = 0;
+    while i < s.trials.len() {
+        let t = &s.trials[i];
+        if t.stage == "confirm" {
+            assert_eq!(t.verdict.as_deref(), Some(if t.ok { "pass" } else { "fail" }), "{t:?}");
+            i += 1;
+            continue;
+        }
+        let same: Vec<_> = s.trials[i..].iter().take_while(|x| x.target_rate == t.target_rate && x.stage == t.stage).collect();
+        let passes = same.iter().filter(|x| x.ok).count();
+        let last = same.last().unwrap();
+        assert!(same.len() >= 2 && same.len() <= 3, "{same:?}");
+        assert_eq!(last.verdict.as_deref(), Some(if passes >= 2 { "pass" } else { "fail" }), "{same:?}");
+        assert!(same[..same.len() - 1].iter().all(|x| x.verdict.is_none()));
+        // A passing trial really met the stated rule.
+        for x in &same {
+            assert_eq!(x.ok, x.achieved_rate >= 0.97 * x.target_rate && x.p99_us <= s.p99_bound_us && x.errors == 0, "{x:?}");
+        }
+        i += same.len();
+    }
+    // Some higher rate failed: a real limit was found.
+    assert!(s.trials.iter().any(|t| t.verdict.as_deref() == Some("fail") && t.target_rate > s.max_rate), "{:?}", s.trials);
+    // The answer was confirmed by a full-length run at that rate, which passed, and it is the
+    // measured phase of the result.
+    assert!(s.confirmed && s.max_rate >= 2_000.0);
+    let confirm = s.trials.iter().rev().find(|t| t.stage == "confirm").unwrap();
+    assert!(confirm.ok && (confirm.target_rate - s.max_rate).abs() < 1e-6, "{confirm:?}");
     assert_eq!(r.workload.producer_rate, 0.0);
     assert!((r.workload.target_rate - s.max_rate).abs() < 1e-6);
-    assert!(r.publish.records_per_s > 0.5 * s.max_rate, "{} vs {}", r.publish.records_per_s, s.max_rate);
+    assert!(r.complete && r.target_met);
+    let acc = r.accounting.as_ref().unwrap();
+    assert!(acc.measure.adds_up() && acc.measure.acknowledged == acc.measure.scheduled, "{acc:?}");
+    // And the latency at half of it was measured.
+    let h = s.half_rate.as_ref().expect("half-rate run");
+    assert!((h.target_rate - s.max_rate / 2.0).abs() < 1e-6);
+    assert!(h.accounting.adds_up() && h.latency_us.count == h.accounting.acknowledged);
 }

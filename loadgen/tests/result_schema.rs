@@ -8,7 +8,7 @@ use common::*;
 fn sink_run_writes_a_schema_valid_result_and_hlog() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_cli(&[
-        "run", "--sink", "--quiet", "--rate", "20000", "--duration", "2", "--warmup", "0.5", "--calibrate",
+        "run", "-w", "smoke", "--sink", "--quiet", "--rate", "20000", "--duration", "2", "--warmup", "0.5", "--calibrate",
         "--data-dir", dir.path().to_str().unwrap(),
         "--out-dir", dir.path().join("results").to_str().unwrap(), "--label", "ci",
     ]);
@@ -24,6 +24,12 @@ fn sink_run_writes_a_schema_valid_result_and_hlog() {
     assert_eq!(r.schema, "loadgen-result/1");
     assert!(r.publish.records > 30_000, "{}", r.publish.records);
     assert!(r.publish.latency_us.count > 30_000);
+    // The accounting block (schema $defs/phase_accounting): 20,000 rec/s x 2 s, all acknowledged.
+    let acc = r.accounting.as_ref().expect("accounting");
+    assert!(acc.measure.adds_up() && acc.warmup.adds_up(), "{acc:?}");
+    assert_eq!(acc.measure.scheduled, 40_000, "{acc:?}");
+    assert_eq!(acc.measure.acknowledged, 40_000);
+    assert!(r.target_met);
     assert!((r.projection.events_per_day - r.publish.records_per_s * 86_400.0).abs() < 1.0);
     let cal = r.calibration.as_ref().expect("calibration requested");
     assert!(cal.disk_seq_write_bytes_per_s > 1e6 && cal.loopback_bytes_per_s > 1e6 && cal.memcpy_bytes_per_s > 1e8);
