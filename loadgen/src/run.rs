@@ -354,10 +354,32 @@ impl Collector {
                 None => eprintln!("{line}"),
             }
         }
-        for (tag, h) in [("publish", &publish_all), ("delay", &delay), ("e2e", &e2e_all)] {
-            if !h.is_empty() {
-                self.hlog.push(LoggedInterval { tag: crate::hlog::tag(tag, phase), start_s, duration_s: dur_s, hist: h.clone() });
+        // The .hlog tags a latency by the phase its record was *intended* in, as the totals count
+        // it: records of the measured window under the current phase, the others (warmup records
+        // acknowledged late, during the measured phase or the drain) under `warmup`, so that
+        // `<metric>.measure` + `<metric>.drain` hold exactly the result's measured records.
+        // `delay` is not split (it counts by tick).
+        let logged = [
+            ("publish", phase, &publish),
+            ("publish", "warmup", &publish_other),
+            ("delay", phase, &delay),
+            ("e2e", phase, &e2e),
+            ("e2e", "warmup", &e2e_other),
+        ];
+        let mut merged: Vec<(&str, &str, stats::Hist)> = Vec::new();
+        for (metric, ph, h) in logged {
+            if h.is_empty() {
+                continue;
             }
+            match merged.iter_mut().find(|(m2, p2, _)| *m2 == metric && *p2 == ph) {
+                Some((_, _, acc)) => {
+                    let _ = acc.add(h);
+                }
+                None => merged.push((metric, ph, h.clone())),
+            }
+        }
+        for (metric, ph, h) in merged {
+            self.hlog.push(LoggedInterval { tag: crate::hlog::tag(metric, ph), start_s, duration_s: dur_s, hist: h });
         }
         self.series.push(sec);
         self.last_ns = now;

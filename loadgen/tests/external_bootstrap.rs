@@ -27,7 +27,7 @@ fn bootstrap_drives_a_running_broker_with_per_run_topics() {
     let broker = engine::broker::Broker::start(cfg).unwrap();
     let addr = broker.local_addr().to_string();
     let out_dir = tempfile::tempdir().unwrap();
-    let common = ["run", "--quiet", "--bootstrap", &addr, "--rate", "3000", "--duration", "2", "--warmup", "0", "--partitions", "3"];
+    let common = ["run", "-w", "smoke", "--quiet", "--bootstrap", &addr, "--rate", "3000", "--duration", "2", "--warmup", "0", "--partitions", "3"];
     let check = |json: &std::path::Path, stdout: &[u8]| {
         validate_against_schema(json);
         let r = loadgen::results::RunResult::load(json).unwrap();
