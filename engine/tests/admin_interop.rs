@@ -1,0 +1,177 @@
+//! Admin APIs (DeleteGroups, OffsetDelete, DescribeConfigs, CreatePartitions) against the real
+//! broker: confluent-kafka's AdminClient through `tests/interop/admin.py`, and wire-level
+//! requests (kafka-protocol) where that client has no call (OffsetDelete) or to check codes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use bytes::Bytes;
+use common::{require_tool, start_broker, Client};
+use engine::log::Durability;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use kafka_protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+fn python(args: &[&str]) -> serde_json::Value {
+    let py = require_tool("python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/admin.py");
+    let out = Command::new("timeout").arg("120").arg(py).arg(script).args(args).output().expect("run python3");
+    assert!(
+        out.status.success(),
+        "admin.py {args:?} failed ({}):\n{}\n(needs `pip install confluent-kafka`)",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("admin.py output {stdout:?}: {e}"))
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+
+#[test]
+fn delete_groups_with_confluent_kafka_is_durable_and_refuses_active_and_unknown_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let addr = broker.local_addr().to_string();
+    let r = python(&["groups-setup", "--bootstrap", &addr, "--topic", "t"]);
+    assert_eq!(r["read"], 10, "{r}");
+    assert_eq!(r["committed"], serde_json::json!([10]), "{r}");
+    assert_eq!(r["deleted"]["gone"], "ok", "{r}");
+    assert_eq!(r["deleted"]["busy"], "NON_EMPTY_GROUP", "{r}");
+    assert_eq!(r["deleted"]["never"], "GROUP_ID_NOT_FOUND", "{r}");
+
+    // After a restart the deleted group stays deleted: no offsets, not listed, unknown.
+    broker.shutdown().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let addr = broker.local_addr().to_string();
+    let r = python(&["groups-check", "--bootstrap", &addr]);
+    assert_eq!(r["deleted_again"]["gone"], "GROUP_ID_NOT_FOUND", "{r}");
+    let groups: Vec<&str> = r["groups"].as_array().unwrap().iter().map(|g| g.as_str().unwrap()).collect();
+    assert!(!groups.contains(&"gone"), "{r}");
+    assert!(groups.contains(&"busy"), "{r}");
+    let mut c = Client::connect(broker.local_addr());
+    assert_eq!(committed(&mut c, "gone", "t", 0), -1);
+    broker.shutdown().unwrap();
+}
+
+fn committed(c: &mut Client, group: &str, topic: &str, partition: i32) -> i64 {
+    let req = OffsetFetchRequest::default().with_group_id(GroupId(s(group))).with_topics(Some(vec![
+        OffsetFetchRequestTopic::default().with_name(TopicName(s(topic))).with_partition_indexes(vec![partition]),
+    ]));
+    let resp = c.call(5, &req);
+    assert_eq!(resp.error_code, 0);
+    resp.topics[0].partitions[0].committed_offset
+}
+
+fn commit(c: &mut Client, group: &str, generation: i32, member: &str, topic: &str, parts: &[(i32, i64)]) -> Vec<i16> {
+    let req = OffsetCommitRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(s(member))
+        .with_topics(vec![OffsetCommitRequestTopic::default().with_name(TopicName(s(topic))).with_partitions(
+            parts
+                .iter()
+                .map(|&(p, o)| OffsetCommitRequestPartition::default().with_partition_index(p).with_committed_offset(o))
+                .collect(),
+        )]);
+    let resp = c.call(7, &req);
+    resp.topics[0].partitions.iter().map(|p| p.error_code).collect()
+}
+
+fn offset_delete(c: &mut Client, group: &str, topic: &str, parts: &[i32]) -> OffsetDeleteResponse {
+    let req = OffsetDeleteRequest::default().with_group_id(GroupId(s(group))).with_topics(vec![
+        OffsetDeleteRequestTopic::default()
+            .with_name(TopicName(s(topic)))
+            .with_partitions(parts.iter().map(|&p| OffsetDeleteRequestPartition::default().with_partition_index(p)).collect()),
+    ]);
+    c.call(0, &req)
+}
+
+/// A consumer-protocol subscription (version 0) to `topics`.
+fn subscription(topics: &[&str]) -> Bytes {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0i16.to_be_bytes());
+    v.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+    for t in topics {
+        v.extend_from_slice(&(t.len() as i16).to_be_bytes());
+        v.extend_from_slice(t.as_bytes());
+    }
+    v.extend_from_slice(&(-1i32).to_be_bytes()); // user data: null
+    Bytes::from(v)
+}
+
+#[test]
+fn offset_delete_wire_level_deletes_durably_and_refuses_subscribed_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 2);
+    let mut c = Client::connect(broker.local_addr());
+    for t in ["t", "other"] {
+        let req = CreateTopicsRequest::default().with_topics(vec![
+            kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                .with_name(TopicName(s(t)))
+                .with_num_partitions(2)
+                .with_replication_factor(1),
+        ]);
+        assert_eq!(c.call(4, &req).topics[0].error_code, 0);
+    }
+    // A standalone (Empty) group with offsets on t/0, t/1 and other/0.
+    assert_eq!(commit(&mut c, "solo", -1, "", "t", &[(0, 5), (1, 7)]), vec![0, 0]);
+    assert_eq!(commit(&mut c, "solo", -1, "", "other", &[(0, 3)]), vec![0]);
+    // Unknown group, invalid group.
+    assert_eq!(offset_delete(&mut c, "nobody", "t", &[0]).error_code, 69); // GROUP_ID_NOT_FOUND
+    assert_eq!(offset_delete(&mut c, "", "t", &[0]).error_code, 24); // INVALID_GROUP_ID
+    // Empty group: t/0 deleted, t/1 kept; a partition without an offset is no error.
+    let r = offset_delete(&mut c, "solo", "t", &[0, 9]);
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.topics[0].partitions.iter().map(|p| p.error_code).collect::<Vec<_>>(), vec![0, 0]);
+    assert_eq!(committed(&mut c, "solo", "t", 0), -1);
+    assert_eq!(committed(&mut c, "solo", "t", 1), 7);
+
+    // An active consumer group subscribed to t: t's offsets are in use, other's are not.
+    let join = JoinGroupRequest::default()
+        .with_group_id(GroupId(s("live")))
+        .with_session_timeout_ms(30_000)
+        .with_rebalance_timeout_ms(30_000)
+        .with_protocol_type(s("consumer"))
+        .with_protocols(vec![JoinGroupRequestProtocol::default().with_name(s("range")).with_metadata(subscription(&["t"]))]);
+    let j = c.call(3, &join);
+    assert_eq!(j.error_code, 0);
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(s("live")))
+        .with_generation_id(j.generation_id)
+        .with_member_id(j.member_id.clone());
+    assert_eq!(c.call(3, &sync).error_code, 0);
+    let member = j.member_id.to_string();
+    assert_eq!(commit(&mut c, "live", j.generation_id, &member, "t", &[(0, 4)]), vec![0]);
+    assert_eq!(commit(&mut c, "live", j.generation_id, &member, "other", &[(0, 2), (1, 2)]), vec![0, 0]);
+    let r = offset_delete(&mut c, "live", "t", &[0]);
+    assert_eq!((r.error_code, r.topics[0].partitions[0].error_code), (0, 86)); // GROUP_SUBSCRIBED_TO_TOPIC
+    let r = offset_delete(&mut c, "live", "other", &[1]);
+    assert_eq!((r.error_code, r.topics[0].partitions[0].error_code), (0, 0));
+    assert_eq!(committed(&mut c, "live", "t", 0), 4);
+    assert_eq!(committed(&mut c, "live", "other", 1), -1);
+    // DeleteGroups on the live group: NON_EMPTY_GROUP (wire level, v2).
+    let d = c.call(2, &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("live")), GroupId(s("zzz"))]));
+    assert_eq!(d.results.iter().map(|r| r.error_code).collect::<Vec<_>>(), vec![68, 69]);
+
+    // Deletions survive a restart.
+    drop(c);
+    broker.shutdown().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 2);
+    let mut c = Client::connect(broker.local_addr());
+    assert_eq!(committed(&mut c, "solo", "t", 0), -1);
+    assert_eq!(committed(&mut c, "solo", "t", 1), 7);
+    assert_eq!(committed(&mut c, "solo", "other", 0), 3);
+    assert_eq!(committed(&mut c, "live", "t", 0), 4);
+    assert_eq!(committed(&mut c, "live", "other", 0), 2);
+    assert_eq!(committed(&mut c, "live", "other", 1), -1);
+    broker.shutdown().unwrap();
+}

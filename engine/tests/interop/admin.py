@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""confluent-kafka (librdkafka 2.x from PyPI) AdminClient calls, driven by
+engine/tests/admin_interop.rs. Every wait is bounded. Each subcommand prints one JSON object.
+
+groups-setup   --topic: produce 10 records to partition 0; group "gone" consumes and commits
+               then closes (Empty, with offsets); a consumer of group "busy" stays subscribed
+               while delete_consumer_groups(["gone", "busy", "never"]) runs; prints each
+               group's outcome ("ok" or the error name) and "gone"'s offsets before deletion.
+groups-check   delete_consumer_groups(["gone"]) again and list_consumer_groups(); prints them.
+"""
+import argparse
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+
+def out(obj):
+    print(json.dumps(obj))
+    sys.stdout.flush()
+
+
+def outcome(fut, timeout=30):
+    try:
+        r = fut.result(timeout=timeout)
+        return "ok" if r is None or not hasattr(r, "error") else r
+    except KafkaException as e:
+        return e.args[0].name()
+
+
+def consumer(a, group):
+    return Consumer({
+        "bootstrap.servers": a.bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 30000,
+        "heartbeat.interval.ms": 500,
+    })
+
+
+def consume_n(c, n, timeout):
+    got, deadline = 0, time.time() + timeout
+    while got < n and time.time() < deadline:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            got += 1
+    return got
+
+
+def groups_setup(a):
+    p = Producer({"bootstrap.servers": a.bootstrap, "acks": "all"})
+    for i in range(10):
+        p.produce(a.topic, value=b"v%d" % i, partition=0)
+    assert p.flush(30) == 0, "records not flushed"
+    gone = consumer(a, "gone")
+    gone.subscribe([a.topic])
+    read = consume_n(gone, 10, 30)
+    gone.commit(asynchronous=False)
+    committed = [tp.offset for tp in gone.committed([TopicPartition(a.topic, 0)], timeout=10)]
+    gone.close()
+    busy = consumer(a, "busy")
+    busy.subscribe([a.topic])
+    consume_n(busy, 1, 30)  # joined and assigned once it has read a record
+    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    futs = admin.delete_consumer_groups(["gone", "busy", "never"], request_timeout=30)
+    res = {g: outcome(f) for g, f in futs.items()}
+    busy.close()
+    out({"read": read, "committed": committed, "deleted": res})
+
+
+def groups_check(a):
+    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    again = {g: outcome(f) for g, f in admin.delete_consumer_groups(["gone"], request_timeout=30).items()}
+    listed = admin.list_consumer_groups(request_timeout=30).result(timeout=30)
+    out({"deleted_again": again, "groups": sorted(g.group_id for g in listed.valid)})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd")
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--topic", default="t")
+    a = ap.parse_args()
+    {"groups-setup": groups_setup, "groups-check": groups_check}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
