@@ -175,3 +175,76 @@ fn offset_delete_wire_level_deletes_durably_and_refuses_subscribed_topics() {
     assert_eq!(committed(&mut c, "live", "other", 1), -1);
     broker.shutdown().unwrap();
 }
+
+#[test]
+fn describe_configs_with_confluent_kafka_answers_what_the_broker_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start_broker_with(
+        |c| {
+            c.log.retention_ms = Some(3_600_000);
+            c.log.segment_bytes_max = 8 << 20;
+        },
+        dir.path(),
+    );
+    let addr = broker.local_addr().to_string();
+    let r = python(&["configs", "--bootstrap", &addr, "--topic", "cfg"]);
+    let t = &r["topic:cfg"];
+    assert_eq!(t["retention.ms"], serde_json::json!(["3600000", "STATIC_BROKER_CONFIG", true]), "{r}");
+    assert_eq!(t["segment.bytes"], serde_json::json!([(8 << 20).to_string(), "STATIC_BROKER_CONFIG", true]), "{r}");
+    assert_eq!(t["retention.bytes"], serde_json::json!(["-1", "DEFAULT_CONFIG", true]), "{r}");
+    assert_eq!(t["cleanup.policy"][0], "delete", "{r}");
+    assert_eq!(t["max.message.bytes"][0], (16 << 20).to_string(), "{r}");
+    assert_eq!(t["min.insync.replicas"][0], "1", "{r}");
+    assert_eq!(t["segment.ms"][0], i64::MAX.to_string(), "{r}");
+    assert_eq!(r["topic:missing"], "UNKNOWN_TOPIC_OR_PART", "{r}");
+    let b = &r["broker:0"];
+    assert_eq!(b["log.retention.ms"], serde_json::json!(["3600000", "STATIC_BROKER_CONFIG", true]), "{r}");
+    assert_eq!(b["message.max.bytes"][0], (16 << 20).to_string(), "{r}");
+    assert_eq!(b["num.partitions"][0], "1", "{r}");
+
+    // Wire level: the requested keys only, with synonyms; a foreign broker id is refused.
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    let mut c = Client::connect(broker.local_addr());
+    let req = DescribeConfigsRequest::default().with_include_synonyms(true).with_resources(vec![
+        DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s("cfg"))
+            .with_configuration_keys(Some(vec![s("retention.ms")])),
+        DescribeConfigsResource::default().with_resource_type(4).with_resource_name(s("7")),
+    ]);
+    let resp = c.call(4, &req);
+    let cfg = &resp.results[0];
+    assert_eq!(cfg.error_code, 0);
+    assert_eq!(cfg.configs.len(), 1);
+    assert_eq!(cfg.configs[0].name.as_str(), "retention.ms");
+    assert_eq!(cfg.configs[0].synonyms[0].name.as_str(), "log.retention.ms");
+    assert_eq!(cfg.configs[0].synonyms[0].value.as_deref(), Some("3600000"));
+    assert_eq!(resp.results[1].error_code, 42); // INVALID_REQUEST
+    broker.shutdown().unwrap();
+}
+
+#[test]
+fn create_partitions_with_confluent_kafka_grows_durably_and_refuses_shrink_and_internal() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let addr = broker.local_addr().to_string();
+    let r = python(&["partitions", "--bootstrap", &addr, "--topic", "grow"]);
+    let o = &r["outcomes"];
+    assert_eq!(o["grow"], "ok", "{r}");
+    assert_eq!(o["shrink"], "INVALID_PARTITIONS", "{r}");
+    assert_eq!(o["same"], "INVALID_PARTITIONS", "{r}");
+    assert_eq!(o["unknown"], "UNKNOWN_TOPIC_OR_PART", "{r}");
+    assert_eq!(o["internal"], "TOPIC_AUTHORIZATION_FAILED", "{r}");
+    assert_eq!(r["partitions"], serde_json::json!([0, 1, 2]), "{r}");
+    assert_eq!(r["unflushed"], 0, "{r}");
+    assert_eq!(r["consumed"], serde_json::json!([2, 0, "in-p2"]), "{r}");
+    assert_eq!(broker.logs().topic("__consumer_offsets").unwrap().len(), 1);
+
+    // After a restart the topic has its 3 partitions, with the record in partition 2.
+    broker.shutdown().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let t = broker.logs().topic("grow").expect("topic survives");
+    assert_eq!(t.len(), 3);
+    assert_eq!(t[2].high_watermark(), 1);
+    broker.shutdown().unwrap();
+}

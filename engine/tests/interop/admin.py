@@ -7,6 +7,11 @@ groups-setup   --topic: produce 10 records to partition 0; group "gone" consumes
                while delete_consumer_groups(["gone", "busy", "never"]) runs; prints each
                group's outcome ("ok" or the error name) and "gone"'s offsets before deletion.
 groups-check   delete_consumer_groups(["gone"]) again and list_consumer_groups(); prints them.
+configs        describe_configs of topic --topic (created with 2 partitions), an unknown topic and
+               broker 0; prints {resource: {name: [value, source, read_only]}} or the error name.
+partitions     create --topic with 1 partition, grow it to 3, then try 2 (shrink), 3 (same),
+               an unknown topic and __consumer_offsets; produce to and consume from partition 2;
+               prints the outcomes and what Metadata and the consumer saw.
 """
 import argparse
 import json
@@ -14,7 +19,7 @@ import sys
 import time
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewPartitions, NewTopic
 
 
 def out(obj):
@@ -78,13 +83,57 @@ def groups_check(a):
     out({"deleted_again": again, "groups": sorted(g.group_id for g in listed.valid)})
 
 
+def create_topic(admin, name, partitions):
+    futs = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)], request_timeout=30)
+    assert outcome(futs[name]) == "ok", "create_topics failed"
+
+
+def configs(a):
+    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    create_topic(admin, a.topic, 2)
+    res = [ConfigResource("topic", a.topic), ConfigResource("topic", "missing"), ConfigResource("broker", "0")]
+    got = {}
+    for r, f in admin.describe_configs(res, request_timeout=30).items():
+        key = "%s:%s" % (r.restype.name.lower(), r.name)
+        try:
+            entries = f.result(timeout=30)
+            got[key] = {n: [e.value, ConfigSource(e.source).name, e.is_read_only] for n, e in entries.items()}
+        except KafkaException as e:
+            got[key] = e.args[0].name()
+    out(got)
+
+
+def partitions(a):
+    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    create_topic(admin, a.topic, 1)
+    res = {}
+    for label, name, n in [("grow", a.topic, 3), ("shrink", a.topic, 2), ("same", a.topic, 3),
+                           ("unknown", "missing", 4), ("internal", "__consumer_offsets", 5)]:
+        res[label] = outcome(admin.create_partitions([NewPartitions(name, n)], request_timeout=30)[name])
+    md = admin.list_topics(topic=a.topic, timeout=30)
+    parts = sorted(md.topics[a.topic].partitions.keys())
+    p = Producer({"bootstrap.servers": a.bootstrap, "acks": "all"})
+    p.produce(a.topic, value=b"in-p2", partition=2)
+    unflushed = p.flush(30)
+    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": "cp", "enable.auto.commit": False})
+    c.assign([TopicPartition(a.topic, 2, 0)])
+    seen, deadline = None, time.time() + 30
+    while seen is None and time.time() < deadline:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            seen = [m.partition(), m.offset(), m.value().decode()]
+    c.close()
+    out({"outcomes": res, "partitions": parts, "unflushed": unflushed, "consumed": seen})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd")
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", default="t")
     a = ap.parse_args()
-    {"groups-setup": groups_setup, "groups-check": groups_check}[a.cmd](a)
+    {"groups-setup": groups_setup, "groups-check": groups_check, "configs": configs,
+     "partitions": partitions}[a.cmd](a)
 
 
 if __name__ == "__main__":
