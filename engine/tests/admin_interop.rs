@@ -248,3 +248,38 @@ fn create_partitions_with_confluent_kafka_grows_durably_and_refuses_shrink_and_i
     assert_eq!(t[2].high_watermark(), 1);
     broker.shutdown().unwrap();
 }
+
+/// The same APIs through kafka-python's KafkaAdminClient (a second client, pure Python).
+#[test]
+fn admin_apis_with_kafka_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let py = require_tool("python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/admin_kafka_python.py");
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(py)
+        .arg(script)
+        .args(["--bootstrap", &broker.local_addr().to_string(), "--topic", "kp"])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "admin_kafka_python.py failed ({}):\n{}\n(needs `pip install kafka-python`)",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(r["delete_offsets"]["kp-0"], "NoError", "{r}");
+    assert_eq!(r["left"], serde_json::json!(["kp-1:6"]), "{r}");
+    assert_eq!(r["delete_groups"]["kpg"], "OK", "{r}");
+    assert_eq!(r["delete_groups"]["nope"], "GroupIdNotFoundError", "{r}");
+    assert_eq!(r["delete_again"]["kpg"], "GroupIdNotFoundError", "{r}");
+    assert_eq!(r["configs"]["retention.ms"], serde_json::json!(["604800000", "DEFAULT_CONFIG"]), "{r}");
+    assert_eq!(r["configs"]["max.message.bytes"][0], (16 << 20).to_string(), "{r}");
+    assert_eq!(r["grow"], serde_json::json!([0]), "{r}");
+    assert_eq!(r["shrink"], serde_json::json!([37]), "{r}"); // INVALID_PARTITIONS
+    assert_eq!(r["partitions"], 4, "{r}");
+    assert_eq!(broker.logs().topic("kp").unwrap().len(), 4);
+    broker.shutdown().unwrap();
+}
