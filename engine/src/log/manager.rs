@@ -275,8 +275,16 @@ impl LogManager {
             Ok::<(), TopicError>(())
         });
         if let Err(e) = opened.and_then(|()| self.io.sync_dir(&self.dir).map_err(TopicError::from)) {
-            // Leave no partial partition set behind: a restart would serve it.
-            for p in &v[old.len()..] {
+            // Leave no partial partition set behind (a restart would serve it): the directory
+            // of the partition that failed to open, then the opened ones, highest first, so
+            // what is on disk stays a gap-free prefix (a gap fails the whole topic at start).
+            let failed = self.dir.join(format!("{name}-{}", v.len()));
+            if self.io.exists(&failed) {
+                if let Err(d) = self.io.remove_dir_all(&failed).and_then(|()| self.io.sync_dir(&self.dir)) {
+                    tracing::error!("{}: cannot remove after a failed CreatePartitions: {d}", failed.display());
+                }
+            }
+            for p in v[old.len()..].iter().rev() {
                 if let Err(d) = p.delete() {
                     tracing::error!("{name}-{}: cannot remove after a failed CreatePartitions: {d}", p.index);
                 }
