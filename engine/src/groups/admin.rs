@@ -98,6 +98,9 @@ impl GroupCoordinator {
     /// Delete committed offsets of a group. Returns the group-level error code and, per
     /// requested partition, its error code (in request order).
     pub fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> (i16, Vec<i16>) {
+        // Checked under the offsets cache lock (order: offsets, then the state machine), so no
+        // commit is appended between the check and the tombstones.
+        let mut o = lock(&self.offsets);
         let except = match self.sm.offset_delete_check(group) {
             OffsetDeleteCheck::Error(code) => return (code, vec![err::NONE; partitions.len()]),
             OffsetDeleteCheck::All => Some(Vec::new()),
@@ -107,7 +110,6 @@ impl GroupCoordinator {
         let codes: Vec<i16> =
             partitions.iter().map(|(t, _)| if in_use(t) { err::GROUP_SUBSCRIBED_TO_TOPIC } else { err::NONE }).collect();
         let wait_for = {
-            let mut o = lock(&self.offsets);
             let Some(offs) = o.groups.get(group) else { return (err::NONE, codes) };
             let mut keys: Vec<(String, i32)> = Vec::new();
             for (k, code) in partitions.iter().zip(&codes) {
@@ -141,6 +143,7 @@ impl GroupCoordinator {
                 }
             }
         };
+        drop(o);
         match self.offsets_log.wait_durable(wait_for) {
             Ok(()) => (err::NONE, codes),
             Err(e) => {

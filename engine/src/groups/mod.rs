@@ -6,6 +6,7 @@
 //! * [`store`]: the durable part: committed offsets and group metadata (each completed
 //!   rebalance, each group gone Empty) in `__consumer_offsets`, producer-id blocks in
 //!   `__producer_ids`, all appended through the [`LogManager`] and restored at start.
+//! * `admin`: DeleteGroups and OffsetDelete (tombstones in `__consumer_offsets`).
 //! * this module: [`handle`], the Kafka wire mapping (decode with `kafka-protocol`, encode the
 //!   response header + body), and [`GroupCoordinator`], which owns the above.
 //!
