@@ -280,6 +280,8 @@ fn admin_apis_with_kafka_python() {
     assert_eq!(r["grow"], serde_json::json!([0]), "{r}");
     assert_eq!(r["shrink"], serde_json::json!([37]), "{r}"); // INVALID_PARTITIONS
     assert_eq!(r["partitions"], 4, "{r}");
+    let port = broker.local_addr().port();
+    assert_eq!(r["cluster"], serde_json::json!(["zero-copy-log", 0, [[0, "127.0.0.1", port]]]), "{r}");
     assert_eq!(broker.logs().topic("kp").unwrap().len(), 4);
     broker.shutdown().unwrap();
 }
@@ -305,4 +307,18 @@ fn added_partitions_survive_a_power_cut() {
         assert!(logs2.failed.lock().unwrap().is_empty(), "{mode:?}: {:?}", logs2.failed.lock().unwrap());
         assert_eq!(logs2.topic("t").map(|t| t.len()), Some(5), "{mode:?}");
     }
+}
+
+#[test]
+fn describe_cluster_with_confluent_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Never, 1);
+    let r = python(&["cluster", "--bootstrap", &broker.local_addr().to_string()]);
+    let port = broker.local_addr().port();
+    assert_eq!(r, serde_json::json!({"cluster_id": "zero-copy-log", "controller": 0, "nodes": [[0, "127.0.0.1", port]]}));
+    // Wire level: controllers asked of a broker endpoint → MISMATCHED_ENDPOINT_TYPE (v1+).
+    let mut c = Client::connect(broker.local_addr());
+    let resp = c.call(1, &DescribeClusterRequest::default().with_endpoint_type(2));
+    assert_eq!(resp.error_code, 114);
+    broker.shutdown().unwrap();
 }

@@ -35,6 +35,7 @@ pub const BROKER_APIS: &[(i16, i16, i16)] = &[
     (20, 1, 6), // DeleteTopics
     (32, 1, 4), // DescribeConfigs
     (37, 0, 3), // CreatePartitions
+    (60, 0, 2), // DescribeCluster
 ];
 
 fn version_range(api_key: i16) -> Option<(i16, i16)> {
@@ -77,6 +78,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
         ApiKey::DeleteTopics => delete_topics(shared, cid, version, body),
         ApiKey::DescribeConfigs => admin::describe_configs(shared, cid, version, body),
         ApiKey::CreatePartitions => admin::create_partitions(shared, cid, version, body),
+        ApiKey::DescribeCluster => admin::describe_cluster(shared, cid, version, body),
         _ => Err(format!("API {key:?} is not served")),
     };
     r.unwrap_or_else(|reason| Reply::Close(format!("{key:?} v{version}: {reason}")))

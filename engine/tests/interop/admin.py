@@ -12,6 +12,7 @@ configs        describe_configs of topic --topic (created with 2 partitions), an
 partitions     create --topic with 1 partition, grow it to 3, then try 2 (shrink), 3 (same),
                an unknown topic and __consumer_offsets; produce to and consume from partition 2;
                prints the outcomes and what Metadata and the consumer saw.
+cluster        describe_cluster(); prints the cluster id, controller and nodes.
 """
 import argparse
 import json
@@ -126,6 +127,13 @@ def partitions(a):
     out({"outcomes": res, "partitions": parts, "unflushed": unflushed, "consumed": seen})
 
 
+def cluster(a):
+    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    d = admin.describe_cluster(request_timeout=30).result(timeout=30)
+    out({"cluster_id": d.cluster_id, "controller": d.controller.id if d.controller else None,
+         "nodes": [[n.id, n.host, n.port] for n in d.nodes]})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd")
@@ -133,7 +141,7 @@ def main():
     ap.add_argument("--topic", default="t")
     a = ap.parse_args()
     {"groups-setup": groups_setup, "groups-check": groups_check, "configs": configs,
-     "partitions": partitions}[a.cmd](a)
+     "partitions": partitions, "cluster": cluster}[a.cmd](a)
 
 
 if __name__ == "__main__":

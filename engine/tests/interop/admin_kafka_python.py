@@ -42,6 +42,8 @@ def main():
     res["grow"] = [t.error_code for t in admin.create_partitions({a.topic: 4}, raise_errors=False).results]
     res["shrink"] = [t.error_code for t in admin.create_partitions({a.topic: 3}, raise_errors=False).results]
     res["partitions"] = len(admin.describe_topics([a.topic])[0]["partitions"])
+    c = admin.describe_cluster()
+    res["cluster"] = [c["cluster_id"], c["controller_id"], [[b["broker_id"], b["host"], b["port"]] for b in c["brokers"]]]
     print(json.dumps(res, default=str))
     sys.stdout.flush()
 

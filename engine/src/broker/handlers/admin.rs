@@ -1,5 +1,6 @@
-//! Admin APIs served by the broker itself: DescribeConfigs (key 32) and CreatePartitions
-//! (key 37). (DeleteGroups and OffsetDelete belong to the group coordinator.)
+//! Admin APIs served by the broker itself: DescribeConfigs (key 32), CreatePartitions (key 37)
+//! and DescribeCluster (key 60). (DeleteGroups and OffsetDelete belong to the group
+//! coordinator.)
 //!
 //! DescribeConfigs answers the configuration the broker really applies — read from the
 //! partition's own [`LogConfig`] and the [`super::super::BrokerConfig`] — never a value it does
@@ -12,6 +13,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
@@ -296,4 +298,44 @@ fn check_create_partitions(
         }
     }
     Ok(())
+}
+
+/// Kafka error codes of DescribeCluster v1+ (KIP-919).
+const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
+const UNSUPPORTED_ENDPOINT_TYPE: i16 = 115;
+
+/// DescribeCluster: this single node (id 0, at the address the client connected to, as
+/// Metadata advertises it), which is also the controller.
+pub(super) fn describe_cluster(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+    let req: DescribeClusterRequest = wire::decode_body(&mut body, version)?;
+    let mut resp = DescribeClusterResponse::default();
+    resp.endpoint_type = req.endpoint_type;
+    match req.endpoint_type {
+        1 => {
+            let local = crate::broker::current_connection_local_addr();
+            let host = match local {
+                Some(a) if !a.ip().is_unspecified() => a.ip().to_string(),
+                _ => "127.0.0.1".to_string(),
+            };
+            let port = local.map_or(shared.cfg.listen.port(), |a| a.port()) as i32;
+            let mut b = DescribeClusterBroker::default();
+            b.broker_id = BrokerId(0);
+            b.host = s(&host);
+            b.port = port;
+            resp.brokers.push(b);
+            // The cluster id Metadata reports.
+            resp.cluster_id = StrBytes::from_static_str("zero-copy-log");
+            resp.controller_id = BrokerId(0);
+        }
+        // As a Kafka broker listener asked for controllers.
+        2 => {
+            resp.error_code = MISMATCHED_ENDPOINT_TYPE;
+            resp.error_message = Some(s("this broker has no separate controller endpoint; ask for brokers (endpoint type 1)"));
+        }
+        t => {
+            resp.error_code = UNSUPPORTED_ENDPOINT_TYPE;
+            resp.error_message = Some(s(&format!("unsupported endpoint type {t}")));
+        }
+    }
+    Ok(Reply::Now(wire::encode_response(cid, ApiKey::DescribeCluster, version, &resp)))
 }
