@@ -1,6 +1,8 @@
-//! Admin APIs (DeleteGroups, OffsetDelete, DescribeConfigs, CreatePartitions) against the real
-//! broker: confluent-kafka's AdminClient through `tests/interop/admin.py`, and wire-level
-//! requests (kafka-protocol) where that client has no call (OffsetDelete) or to check codes.
+//! Admin APIs (DeleteGroups, OffsetDelete, DescribeConfigs, CreatePartitions, DescribeLogDirs,
+//! DescribeCluster) against the real broker: confluent-kafka's AdminClient through
+//! `tests/interop/admin.py`, kafka-python's KafkaAdminClient through
+//! `tests/interop/admin_kafka_python.py`, and wire-level requests (kafka-protocol) where
+//! confluent-kafka has no call (OffsetDelete) or to check codes.
 
 mod common;
 
@@ -280,6 +282,10 @@ fn admin_apis_with_kafka_python() {
     assert_eq!(r["grow"], serde_json::json!([0]), "{r}");
     assert_eq!(r["shrink"], serde_json::json!([37]), "{r}"); // INVALID_PARTITIONS
     assert_eq!(r["partitions"], 4, "{r}");
+    let size = broker.logs().partition("kp", 1).unwrap().size_bytes();
+    assert!(size > 100, "{size}");
+    let data_dir = dir.path().display().to_string();
+    assert_eq!(r["log_dirs"], serde_json::json!([[data_dir, 0, [["kp", 1, size]]]]), "{r}");
     let port = broker.local_addr().port();
     assert_eq!(r["cluster"], serde_json::json!(["zero-copy-log", 0, [[0, "127.0.0.1", port]]]), "{r}");
     assert_eq!(broker.logs().topic("kp").unwrap().len(), 4);

@@ -34,6 +34,7 @@ pub const BROKER_APIS: &[(i16, i16, i16)] = &[
     (19, 2, 7), // CreateTopics
     (20, 1, 6), // DeleteTopics
     (32, 1, 4), // DescribeConfigs
+    (35, 1, 4), // DescribeLogDirs
     (37, 0, 3), // CreatePartitions
     (60, 0, 2), // DescribeCluster
 ];
@@ -78,6 +79,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
         ApiKey::DeleteTopics => delete_topics(shared, cid, version, body),
         ApiKey::DescribeConfigs => admin::describe_configs(shared, cid, version, body),
         ApiKey::CreatePartitions => admin::create_partitions(shared, cid, version, body),
+        ApiKey::DescribeLogDirs => admin::describe_log_dirs(shared, cid, version, body),
         ApiKey::DescribeCluster => admin::describe_cluster(shared, cid, version, body),
         _ => Err(format!("API {key:?} is not served")),
     };

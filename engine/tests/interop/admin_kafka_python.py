@@ -4,13 +4,14 @@ driven by engine/tests/admin_interop.rs. Prints one JSON object with what each c
 
 A topic --topic with 2 partitions; a standalone group "kpg" with offsets on both partitions;
 delete_group_offsets of partition 0; delete_groups(["kpg", "nope"]); describe_configs of the
-topic (all keys); create_partitions to 4, then to 3 (shrink).
+topic (all keys); create_partitions to 4, then to 3 (shrink); one record to partition 1 and
+describe_log_dirs of it; describe_cluster.
 """
 import argparse
 import json
 import sys
 
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource
 from kafka.structs import OffsetAndMetadata
 
@@ -42,6 +43,13 @@ def main():
     res["grow"] = [t.error_code for t in admin.create_partitions({a.topic: 4}, raise_errors=False).results]
     res["shrink"] = [t.error_code for t in admin.create_partitions({a.topic: 3}, raise_errors=False).results]
     res["partitions"] = len(admin.describe_topics([a.topic])[0]["partitions"])
+    p = KafkaProducer(bootstrap_servers=a.bootstrap, acks="all")
+    p.send(a.topic, b"x" * 100, partition=1).get(30)
+    p.close()
+    dirs = admin.describe_log_dirs({a.topic: [1]})
+    res["log_dirs"] = [[d["log_dir"], d["error_code"], [[t["name"], p["partition_index"], p["partition_size"]]
+                                                        for t in d["topics"] for p in t["partitions"]]]
+                       for b in dirs for d in b["log_dirs"]]
     c = admin.describe_cluster()
     res["cluster"] = [c["cluster_id"], c["controller_id"], [[b["broker_id"], b["host"], b["port"]] for b in c["brokers"]]]
     print(json.dumps(res, default=str))

@@ -1,5 +1,5 @@
-//! Admin APIs served by the broker itself: DescribeConfigs (key 32), CreatePartitions (key 37)
-//! and DescribeCluster (key 60). (DeleteGroups and OffsetDelete belong to the group
+//! Admin APIs served by the broker itself: DescribeConfigs (key 32), DescribeLogDirs (key 35),
+//! CreatePartitions (key 37) and DescribeCluster (key 60). (DeleteGroups and OffsetDelete belong to the group
 //! coordinator.)
 //!
 //! DescribeConfigs answers the configuration the broker really applies — read from the
@@ -14,6 +14,9 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_log_dirs_response::{
+    DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+};
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
@@ -338,4 +341,44 @@ pub(super) fn describe_cluster(shared: &Shared, cid: i32, version: i16, mut body
         }
     }
     Ok(Reply::Now(wire::encode_response(cid, ApiKey::DescribeCluster, version, &resp)))
+}
+
+/// DescribeLogDirs: the one data directory with each partition's size (the bytes of its
+/// segments). Every requested topic that exists (all topics but the hidden `__producer_ids`
+/// when none is named); unknown topics and partitions are left out, as Kafka does. Disk total
+/// and usable bytes (v4) are answered -1 (unknown): the broker does not query the filesystem.
+pub(super) fn describe_log_dirs(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+    let req: DescribeLogDirsRequest = wire::decode_body(&mut body, version)?;
+    let wanted: Vec<(String, Option<Vec<i32>>)> = match req.topics {
+        None => shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(|n| (n, None)).collect(),
+        Some(ts) => ts.into_iter().map(|t| (t.topic.0.to_string(), Some(t.partitions))).collect(),
+    };
+    let mut dir = DescribeLogDirsResult::default();
+    dir.log_dir = s(&shared.logs.dir().display().to_string());
+    dir.total_bytes = -1;
+    dir.usable_bytes = -1;
+    for (name, parts) in wanted {
+        if is_hidden_topic(&name) {
+            continue;
+        }
+        let Some(topic) = shared.logs.topic(&name) else { continue };
+        let mut t = DescribeLogDirsTopic::default();
+        t.name = TopicName(s(&name));
+        for (i, p) in topic.iter().enumerate() {
+            let index = i as i32;
+            if parts.as_ref().is_some_and(|ps| !ps.contains(&index)) {
+                continue;
+            }
+            let mut r = DescribeLogDirsPartition::default();
+            r.partition_index = index;
+            r.partition_size = i64::try_from(p.size_bytes()).unwrap_or(i64::MAX);
+            r.offset_lag = 0;
+            t.partitions.push(r);
+        }
+        if !t.partitions.is_empty() {
+            dir.topics.push(t);
+        }
+    }
+    let resp = DescribeLogDirsResponse::default().with_results(vec![dir]);
+    Ok(Reply::Now(wire::encode_response(cid, ApiKey::DescribeLogDirs, version, &resp)))
 }
