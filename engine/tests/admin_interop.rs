@@ -328,3 +328,60 @@ fn describe_cluster_with_confluent_kafka() {
     assert_eq!(resp.error_code, 114);
     broker.shutdown().unwrap();
 }
+
+/// DeleteGroups and OffsetDelete are durable when answered: a power cut right after (the
+/// simulated disk drops, tears or flips whatever was not fsynced) does not bring back what
+/// they deleted, and keeps what they did not.
+#[test]
+fn group_deletions_survive_a_power_cut() {
+    use bytes::BytesMut;
+    use engine::broker::Reply;
+    use engine::groups::{self, GroupConfig, GroupCoordinator};
+    use engine::io::{CrashMode, SimIo};
+    use engine::log::{LogConfig, LogManager};
+    use kafka_protocol::protocol::Encodable;
+    use std::sync::Arc;
+
+    fn commit_standalone(c: &Arc<GroupCoordinator>, group: &str, parts: &[(i32, i64)]) {
+        let req = OffsetCommitRequest::default().with_group_id(GroupId(s(group))).with_generation_id_or_member_epoch(-1).with_topics(
+            vec![OffsetCommitRequestTopic::default().with_name(TopicName(s("t"))).with_partitions(
+                parts
+                    .iter()
+                    .map(|&(p, o)| OffsetCommitRequestPartition::default().with_partition_index(p).with_committed_offset(o))
+                    .collect(),
+            )],
+        );
+        let mut buf = BytesMut::new();
+        req.encode(&mut buf, 2).unwrap();
+        let header = RequestHeader::default().with_request_api_key(8).with_request_api_version(2).with_correlation_id(1);
+        match groups::handle(c, 8, 2, &header, &mut buf.freeze()) {
+            Reply::Later(f) => assert!(!f().is_empty()),
+            _ => panic!("OffsetCommit gave no deferred reply"),
+        }
+    }
+
+    let dir = Path::new("/data");
+    let cfg = LogConfig { durability: Durability::Group, ..LogConfig::default() };
+    let gcfg = || GroupConfig { reaper_tick_ms: 10, ..GroupConfig::default() };
+    for (i, mode) in [CrashMode::DropUnsynced, CrashMode::Tear, CrashMode::TearAndFlip].into_iter().enumerate() {
+        let sim = SimIo::new();
+        let logs = LogManager::open(dir, Arc::new(sim.clone()), cfg.clone()).unwrap();
+        logs.create_topic("t", 2, None).unwrap();
+        let c = GroupCoordinator::with_config(logs.clone(), gcfg()).unwrap();
+        commit_standalone(&c, "gone", &[(0, 10), (1, 11)]);
+        commit_standalone(&c, "kept", &[(0, 20), (1, 21)]);
+        assert_eq!(c.committed("kept", "t", 1).map(|x| x.offset), Some(21));
+        assert_eq!(c.delete_offsets("kept", &[("t".to_string(), 1)]), (0, vec![0]));
+        assert_eq!(c.delete_group("gone"), 0);
+        c.shutdown();
+        let image = sim.crash(mode, 21 + i as u64);
+        let logs2 = LogManager::open(dir, Arc::new(image), cfg.clone()).unwrap();
+        let c2 = GroupCoordinator::with_config(logs2, gcfg()).unwrap();
+        assert!(c2.group_summary("gone").is_none(), "{mode:?}: deleted group restored");
+        assert_eq!(c2.delete_group("gone"), 69, "{mode:?}"); // GROUP_ID_NOT_FOUND
+        assert_eq!(c2.committed("gone", "t", 0), None, "{mode:?}");
+        assert_eq!(c2.committed("kept", "t", 0).map(|x| x.offset), Some(20), "{mode:?}");
+        assert_eq!(c2.committed("kept", "t", 1), None, "{mode:?}");
+        c2.shutdown();
+    }
+}
