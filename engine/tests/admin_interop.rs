@@ -385,3 +385,39 @@ fn group_deletions_survive_a_power_cut() {
         c2.shutdown();
     }
 }
+
+#[test]
+fn create_partitions_wire_level_validate_only_assignments_duplicates_and_advertised() {
+    use kafka_protocol::messages::create_partitions_request::{CreatePartitionsAssignment, CreatePartitionsTopic};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Never, 1);
+    let mut c = Client::connect(broker.local_addr());
+    let versions = c.call(3, &ApiVersionsRequest::default());
+    for (key, lo, hi) in [(32, 1, 4), (35, 1, 4), (37, 0, 3), (42, 0, 2), (47, 0, 0), (60, 0, 2)] {
+        let v = versions.api_keys.iter().find(|k| k.api_key == key).unwrap_or_else(|| panic!("API {key} not advertised"));
+        assert_eq!((v.min_version, v.max_version), (lo, hi), "API {key}");
+    }
+    broker.logs().create_topic("w", 1, None).unwrap();
+    let topic = |n: i32| CreatePartitionsTopic::default().with_name(TopicName(s("w"))).with_count(n).with_assignments(None);
+    let codes = |r: CreatePartitionsResponse| r.results.iter().map(|t| t.error_code).collect::<Vec<_>>();
+    let r = c.call(3, &CreatePartitionsRequest::default().with_validate_only(true).with_topics(vec![topic(3)]));
+    assert_eq!(codes(r), vec![0]);
+    assert_eq!(broker.logs().topic("w").unwrap().len(), 1, "validate_only created partitions");
+    let bad = topic(3).with_assignments(Some(vec![
+        CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(0)]),
+        CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(1)]),
+    ]));
+    assert_eq!(codes(c.call(3, &CreatePartitionsRequest::default().with_topics(vec![bad]))), vec![39]);
+    let short = topic(3).with_assignments(Some(vec![CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(0)])]));
+    assert_eq!(codes(c.call(3, &CreatePartitionsRequest::default().with_topics(vec![short]))), vec![39]);
+    assert_eq!(codes(c.call(3, &CreatePartitionsRequest::default().with_topics(vec![topic(2), topic(3)]))), vec![42, 42]);
+    assert_eq!(codes(c.call(3, &CreatePartitionsRequest::default().with_topics(vec![topic(1_001)]))), vec![37]);
+    assert_eq!(broker.logs().topic("w").unwrap().len(), 1);
+    let ok = topic(3).with_assignments(Some(vec![
+        CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(0)]),
+        CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(0)]),
+    ]));
+    assert_eq!(codes(c.call(0, &CreatePartitionsRequest::default().with_topics(vec![ok]))), vec![0]);
+    assert_eq!(broker.logs().topic("w").unwrap().len(), 3);
+    broker.shutdown().unwrap();
+}
