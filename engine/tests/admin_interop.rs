@@ -195,13 +195,13 @@ fn describe_configs_with_confluent_kafka_answers_what_the_broker_applies() {
     assert_eq!(t["segment.bytes"], serde_json::json!([(8 << 20).to_string(), "STATIC_BROKER_CONFIG", true]), "{r}");
     assert_eq!(t["retention.bytes"], serde_json::json!(["-1", "DEFAULT_CONFIG", true]), "{r}");
     assert_eq!(t["cleanup.policy"][0], "delete", "{r}");
-    assert_eq!(t["max.message.bytes"][0], (16 << 20).to_string(), "{r}");
+    assert_eq!(t["max.message.bytes"][0], engine::broker::MESSAGE_MAX_BYTES_DEFAULT.to_string(), "{r}");
     assert_eq!(t["min.insync.replicas"][0], "1", "{r}");
     assert_eq!(t["segment.ms"][0], i64::MAX.to_string(), "{r}");
     assert_eq!(r["topic:missing"], "UNKNOWN_TOPIC_OR_PART", "{r}");
     let b = &r["broker:0"];
     assert_eq!(b["log.retention.ms"], serde_json::json!(["3600000", "STATIC_BROKER_CONFIG", true]), "{r}");
-    assert_eq!(b["message.max.bytes"][0], (16 << 20).to_string(), "{r}");
+    assert_eq!(b["message.max.bytes"][0], engine::broker::MESSAGE_MAX_BYTES_DEFAULT.to_string(), "{r}");
     assert_eq!(b["num.partitions"][0], "1", "{r}");
 
     // Wire level: the requested keys only, with synonyms; a foreign broker id is refused.
@@ -278,7 +278,7 @@ fn admin_apis_with_kafka_python() {
     assert_eq!(r["delete_groups"]["nope"], "GroupIdNotFoundError", "{r}");
     assert_eq!(r["delete_again"]["kpg"], "GroupIdNotFoundError", "{r}");
     assert_eq!(r["configs"]["retention.ms"], serde_json::json!(["604800000", "DEFAULT_CONFIG"]), "{r}");
-    assert_eq!(r["configs"]["max.message.bytes"][0], (16 << 20).to_string(), "{r}");
+    assert_eq!(r["configs"]["max.message.bytes"][0], engine::broker::MESSAGE_MAX_BYTES_DEFAULT.to_string(), "{r}");
     assert_eq!(r["grow"], serde_json::json!([0]), "{r}");
     assert_eq!(r["shrink"], serde_json::json!([37]), "{r}"); // INVALID_PARTITIONS
     assert_eq!(r["partitions"], 4, "{r}");

@@ -75,7 +75,9 @@ fn roll_ms(v: Option<u64>) -> String {
 }
 
 /// The log-level entries (topic key, broker key, type, value) of a configuration.
-fn log_values(c: &LogConfig) -> Vec<(&'static str, &'static str, i8, String)> {
+/// `message_max` is the broker's Produce limit (`BrokerConfig::message_max_bytes`): a batch
+/// must pass it and then the log's `batch_bytes_max`, so the smaller one applies.
+fn log_values(c: &LogConfig, message_max: usize) -> Vec<(&'static str, &'static str, i8, String)> {
     vec![
         ("cleanup.policy", "log.cleanup.policy", TYPE_LIST, "delete".to_string()),
         ("retention.ms", "log.retention.ms", TYPE_LONG, opt_ms(c.retention_ms)),
@@ -83,7 +85,7 @@ fn log_values(c: &LogConfig) -> Vec<(&'static str, &'static str, i8, String)> {
         ("segment.bytes", "log.segment.bytes", TYPE_INT, c.segment_bytes_max.to_string()),
         ("segment.ms", "log.roll.ms", TYPE_LONG, roll_ms(c.segment_age_max_ms)),
         ("index.interval.bytes", "log.index.interval.bytes", TYPE_INT, c.index_interval_bytes.to_string()),
-        ("max.message.bytes", "message.max.bytes", TYPE_INT, c.batch_bytes_max.to_string()),
+        ("max.message.bytes", "message.max.bytes", TYPE_INT, c.batch_bytes_max.min(message_max).to_string()),
         // Single node: acks=all waits for the one replica.
         ("min.insync.replicas", "min.insync.replicas", TYPE_INT, "1".to_string()),
         // Batches are stored as the producer sent them: its compression, its timestamps.
@@ -92,10 +94,17 @@ fn log_values(c: &LogConfig) -> Vec<(&'static str, &'static str, i8, String)> {
     ]
 }
 
-fn topic_entries(topic_cfg: &LogConfig, broker_cfg: &LogConfig) -> Vec<Entry> {
-    let builtin = log_values(&LogConfig::default());
-    let broker = log_values(broker_cfg);
-    log_values(topic_cfg)
+/// The broker's built-in defaults (what it runs with when started without options).
+fn builtin(cfg: &crate::broker::BrokerConfig) -> crate::broker::BrokerConfig {
+    crate::broker::BrokerConfig::new(cfg.data_dir.clone(), cfg.log.durability)
+}
+
+fn topic_entries(shared: &Shared, topic_cfg: &LogConfig) -> Vec<Entry> {
+    let cfg = &shared.cfg;
+    let d = builtin(cfg);
+    let builtin = log_values(&d.log, d.message_max_bytes);
+    let broker = log_values(shared.logs.config(), cfg.message_max_bytes);
+    log_values(topic_cfg, cfg.message_max_bytes)
         .into_iter()
         .zip(broker)
         .zip(builtin)
@@ -109,8 +118,9 @@ fn topic_entries(topic_cfg: &LogConfig, broker_cfg: &LogConfig) -> Vec<Entry> {
 
 fn broker_entries(shared: &Shared) -> Vec<Entry> {
     let cfg = &shared.cfg;
-    let builtin_log = log_values(&LogConfig::default());
-    let mut out: Vec<Entry> = log_values(&cfg.log)
+    let builtin = builtin(cfg);
+    let builtin_log = log_values(&builtin.log, builtin.message_max_bytes);
+    let mut out: Vec<Entry> = log_values(shared.logs.config(), cfg.message_max_bytes)
         .into_iter()
         .zip(builtin_log)
         .map(|((_, bname, ty, value), (_, _, _, dvalue))| {
@@ -118,7 +128,6 @@ fn broker_entries(shared: &Shared) -> Vec<Entry> {
             Entry { name: bname, value, ty, source, synonym: None }
         })
         .collect();
-    let builtin = crate::broker::BrokerConfig::new(cfg.data_dir.clone(), cfg.log.durability);
     let mut add = |name, ty, value: String, default: String| {
         let source = if value == default { SOURCE_DEFAULT } else { SOURCE_STATIC_BROKER };
         out.push(Entry { name, value, ty, source, synonym: None });
@@ -133,6 +142,19 @@ fn broker_entries(shared: &Shared) -> Vec<Entry> {
         builtin.auto_create_topics.to_string(),
     );
     add("socket.request.max.bytes", TYPE_INT, cfg.frame_bytes_max.to_string(), builtin.frame_bytes_max.to_string());
+    add(
+        "connections.max.idle.ms",
+        TYPE_LONG,
+        cfg.connection_idle_ms.to_string(),
+        builtin.connection_idle_ms.to_string(),
+    );
+    add("max.connections", TYPE_INT, cfg.connections_max.to_string(), builtin.connections_max.to_string());
+    add(
+        "max.connections.per.ip",
+        TYPE_INT,
+        cfg.connections_per_ip_max.to_string(),
+        builtin.connections_per_ip_max.to_string(),
+    );
     add("default.replication.factor", TYPE_INT, "1".to_string(), "1".to_string());
     add("offsets.topic.num.partitions", TYPE_INT, "1".to_string(), "1".to_string());
     // The data directory is always given at start.
@@ -187,7 +209,6 @@ fn result_entries(entries: Vec<Entry>, keys: &Option<Vec<StrBytes>>, synonyms: b
 pub(super) fn describe_configs(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: DescribeConfigsRequest = wire::decode_body(&mut body, version)?;
     let mut results = Vec::with_capacity(req.resources.len());
-    let broker_log = shared.logs.config();
     for res in req.resources {
         let mut r = DescribeConfigsResult::default();
         r.resource_type = res.resource_type;
@@ -198,7 +219,7 @@ pub(super) fn describe_configs(shared: &Shared, cid: i32, version: i16, mut body
                 Err((error::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name:?} does not exist")))
             }
             RESOURCE_TOPIC => match shared.logs.topic(name).and_then(|t| t.first().cloned()) {
-                Some(p) => Ok(topic_entries(p.config(), broker_log)),
+                Some(p) => Ok(topic_entries(shared, p.config())),
                 None => Err((error::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name:?} does not exist"))),
             },
             RESOURCE_BROKER if name.is_empty() || name == NODE_ID => Ok(broker_entries(shared)),
