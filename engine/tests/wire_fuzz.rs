@@ -66,6 +66,44 @@ fn seeds(c: &mut Client) -> Vec<Vec<u8>> {
     for v in 1..=5 {
         out.push(c.frame(v, &DeleteTopicsRequest::default().with_topic_names(vec![name("fz2")])).1);
     }
+    out.extend(admin_seeds(c));
+    out
+}
+
+/// The admin APIs: DescribeConfigs, DescribeLogDirs, CreatePartitions, DescribeCluster,
+/// DeleteGroups, OffsetDelete.
+fn admin_seeds(c: &mut Client) -> Vec<Vec<u8>> {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+    use kafka_protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+    let mut out = Vec::new();
+    for v in 1..=4 {
+        let req = DescribeConfigsRequest::default().with_include_synonyms(true).with_resources(vec![
+            DescribeConfigsResource::default().with_resource_type(2).with_resource_name(StrBytes::from_static_str("fz")),
+            DescribeConfigsResource::default().with_resource_type(4).with_resource_name(StrBytes::from_static_str("0")),
+        ]);
+        out.push(c.frame(v, &req).1);
+        let req = DescribeLogDirsRequest::default()
+            .with_topics(Some(vec![DescribableLogDirTopic::default().with_topic(name("fz")).with_partitions(vec![0])]));
+        out.push(c.frame(v, &req).1);
+    }
+    for v in 0..=3 {
+        let req = CreatePartitionsRequest::default()
+            .with_validate_only(v % 2 == 0)
+            .with_topics(vec![CreatePartitionsTopic::default().with_name(name("fz")).with_count(2)]);
+        out.push(c.frame(v, &req).1);
+    }
+    for v in 0..=2 {
+        out.push(c.frame(v, &DescribeClusterRequest::default()).1);
+        out.push(c.frame(v, &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(StrBytes::from_static_str("fzg"))])).1);
+    }
+    let req = OffsetDeleteRequest::default().with_group_id(GroupId(StrBytes::from_static_str("fzg"))).with_topics(vec![
+        OffsetDeleteRequestTopic::default()
+            .with_name(name("fz"))
+            .with_partitions(vec![OffsetDeleteRequestPartition::default().with_partition_index(0)]),
+    ]);
+    out.push(c.frame(0, &req).1);
     out
 }
 

@@ -19,8 +19,10 @@ use super::{Reply, Shared, FETCH_WAIT_MS_MAX};
 use crate::log::{AppendError, FetchError, Partition, TopicError};
 use crate::wire::{self, error, fetch, HeaderError};
 
+mod admin;
+
 /// API keys routed to the group coordinator (`crate::groups::handle`).
-pub const GROUP_API_KEYS: [i16; 11] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 68];
+pub const GROUP_API_KEYS: [i16; 13] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68];
 
 /// (api key, min version, max version) served by the broker itself.
 pub const BROKER_APIS: &[(i16, i16, i16)] = &[
@@ -31,6 +33,10 @@ pub const BROKER_APIS: &[(i16, i16, i16)] = &[
     (18, 0, 4), // ApiVersions
     (19, 2, 7), // CreateTopics
     (20, 1, 6), // DeleteTopics
+    (32, 1, 4), // DescribeConfigs
+    (35, 1, 4), // DescribeLogDirs
+    (37, 0, 3), // CreatePartitions
+    (60, 0, 2), // DescribeCluster
 ];
 
 fn version_range(api_key: i16) -> Option<(i16, i16)> {
@@ -71,6 +77,10 @@ pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
         ApiKey::ListOffsets => list_offsets(shared, cid, version, body),
         ApiKey::CreateTopics => create_topics(shared, cid, version, body),
         ApiKey::DeleteTopics => delete_topics(shared, cid, version, body),
+        ApiKey::DescribeConfigs => admin::describe_configs(shared, cid, version, body),
+        ApiKey::CreatePartitions => admin::create_partitions(shared, cid, version, body),
+        ApiKey::DescribeLogDirs => admin::describe_log_dirs(shared, cid, version, body),
+        ApiKey::DescribeCluster => admin::describe_cluster(shared, cid, version, body),
         _ => Err(format!("API {key:?} is not served")),
     };
     r.unwrap_or_else(|reason| Reply::Close(format!("{key:?} v{version}: {reason}")))

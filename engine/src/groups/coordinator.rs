@@ -997,3 +997,91 @@ impl StateMachine {
         }
     }
 }
+
+// ---------------------------------------------------------------- DeleteGroups / OffsetDelete
+
+/// What [`StateMachine::offset_delete_check`] found for an OffsetDelete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetDeleteCheck {
+    /// A group-level error (GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP, INVALID_GROUP_ID).
+    Error(i16),
+    /// Empty group: every requested partition may be deleted.
+    All,
+    /// Consumer group with members: offsets of these topics are in use
+    /// (GROUP_SUBSCRIBED_TO_TOPIC); `None` = subscriptions unknown, treat every topic as used.
+    ExceptTopics(Option<Vec<String>>),
+}
+
+/// Topics of a consumer-protocol subscription (`i16 version | i32 n | n × str16 topic | ...`,
+/// the same prefix in every version); `None` if it does not parse.
+fn subscription_topics(meta: &[u8]) -> Option<Vec<String>> {
+    let mut at = 2usize;
+    let n = i32::from_be_bytes(meta.get(at..at + 4)?.try_into().ok()?);
+    at += 4;
+    if n < 0 {
+        return None;
+    }
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let len = i16::from_be_bytes(meta.get(at..at + 2)?.try_into().ok()?);
+        at += 2;
+        let len = usize::try_from(len).ok()?;
+        out.push(std::str::from_utf8(meta.get(at..at + len)?).ok()?.to_string());
+        at += len;
+    }
+    Some(out)
+}
+
+impl StateMachine {
+    /// DeleteGroups for one group (Kafka's `GroupCoordinator.handleDeleteGroups`): an Empty group
+    /// is removed (with any group record not yet persisted) and NONE returned — the caller then
+    /// writes its tombstones; a group with members or rebalancing gets NON_EMPTY_GROUP; an
+    /// unknown or Dead group GROUP_ID_NOT_FOUND.
+    pub fn remove_empty_group(&self, group_id: &str) -> i16 {
+        if group_id.is_empty() {
+            return err::INVALID_GROUP_ID;
+        }
+        let mut g = self.lock();
+        let code = match g.groups.get(group_id) {
+            None => err::GROUP_ID_NOT_FOUND,
+            Some(grp) if grp.state == GroupState::Dead => err::GROUP_ID_NOT_FOUND,
+            Some(grp) if grp.state != GroupState::Empty || !grp.members.is_empty() => err::NON_EMPTY_GROUP,
+            Some(_) => err::NONE,
+        };
+        if code == err::NONE {
+            g.groups.remove(group_id);
+            // A queued record persisted after the tombstone would bring the group back.
+            g.records.retain(|(id, _)| id != group_id);
+        }
+        code
+    }
+
+    /// OffsetDelete's group check (Kafka's `GroupCoordinator.handleDeleteOffsets`).
+    pub fn offset_delete_check(&self, group_id: &str) -> OffsetDeleteCheck {
+        if group_id.is_empty() {
+            return OffsetDeleteCheck::Error(err::INVALID_GROUP_ID);
+        }
+        let g = self.lock();
+        let Some(grp) = g.groups.get(group_id) else { return OffsetDeleteCheck::Error(err::GROUP_ID_NOT_FOUND) };
+        match grp.state {
+            GroupState::Dead => OffsetDeleteCheck::Error(err::GROUP_ID_NOT_FOUND),
+            GroupState::Empty if grp.members.is_empty() => OffsetDeleteCheck::All,
+            _ if grp.protocol_type.as_deref() != Some("consumer") => OffsetDeleteCheck::Error(err::NON_EMPTY_GROUP),
+            _ => {
+                // The union of the members' subscriptions for the selected protocol; unknown
+                // while no protocol is selected (a rebalance) or if one does not parse.
+                let Some(protocol) = grp.protocol.as_deref() else { return OffsetDeleteCheck::ExceptTopics(None) };
+                let mut topics = Vec::new();
+                for m in grp.members.values() {
+                    match subscription_topics(&m.metadata_for(protocol)) {
+                        Some(ts) => topics.extend(ts),
+                        None => return OffsetDeleteCheck::ExceptTopics(None),
+                    }
+                }
+                topics.sort();
+                topics.dedup();
+                OffsetDeleteCheck::ExceptTopics(Some(topics))
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! * [`store`]: the durable part: committed offsets and group metadata (each completed
 //!   rebalance, each group gone Empty) in `__consumer_offsets`, producer-id blocks in
 //!   `__producer_ids`, all appended through the [`LogManager`] and restored at start.
+//! * `admin`: DeleteGroups and OffsetDelete (tombstones in `__consumer_offsets`).
 //! * this module: [`handle`], the Kafka wire mapping (decode with `kafka-protocol`, encode the
 //!   response header + body), and [`GroupCoordinator`], which owns the above.
 //!
@@ -22,6 +23,7 @@
 //! in on ([`crate::broker::current_connection_local_addr`], read in [`handle`] on the reader
 //! thread), falling back to [`GroupConfig::host`]/[`GroupConfig::port`].
 
+mod admin;
 pub mod coordinator;
 pub mod store;
 
@@ -71,6 +73,9 @@ pub mod err {
     pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const FENCED_INSTANCE_ID: i16 = 82;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 }
 
 /// (api key, min version, max version) of the APIs served here.
@@ -85,6 +90,8 @@ pub const SUPPORTED_APIS: &[(i16, i16, i16)] = &[
     (15, 0, 5), // DescribeGroups
     (16, 0, 4), // ListGroups
     (22, 0, 4), // InitProducerId
+    (42, 0, 2), // DeleteGroups
+    (47, 0, 0), // OffsetDelete
     (68, 0, 1), // ConsumerGroupHeartbeat: advertised only to answer UNSUPPORTED_VERSION (KIP-848 not served)
 ];
 
@@ -122,6 +129,11 @@ struct Offsets {
     /// Commits appended but not yet applied (waiting for durability). A snapshot waits for
     /// zero, or it could write an older value after a newer in-flight one.
     in_flight: usize,
+    /// Offsets deleted (DeleteGroups: partition `None` = the whole group; OffsetDelete) while
+    /// commits were in flight, with the `__consumer_offsets` offset of the tombstone: an
+    /// in-flight commit appended before it must not be applied after it. Cleared when
+    /// `in_flight` returns to zero (so bounded by the commits in flight).
+    deleted: Vec<admin::Deleted>,
 }
 
 struct Pids {
@@ -190,7 +202,7 @@ impl GroupCoordinator {
             sm,
             offsets_log,
             pid_log,
-            offsets: Mutex::new(Offsets { groups, in_flight: 0 }),
+            offsets: Mutex::new(Offsets { groups, in_flight: 0, deleted: Vec::new() }),
             group_records: Mutex::new(group_records),
             pids: Mutex::new(Pids { next: block_end, block_end }),
             stop: Arc::new(AtomicBool::new(false)),
@@ -399,12 +411,22 @@ impl GroupCoordinator {
         }
         match result {
             Ok(info) => {
+                let deleted = std::mem::take(&mut o.deleted);
                 let g = o.groups.entry(group.to_string()).or_default();
                 for e in batch {
                     let k = (e.topic, e.partition);
+                    if admin::deleted_after(&deleted, group, &k, info.base_offset) {
+                        continue;
+                    }
                     if g.get(&k).is_none_or(|(_, at)| *at <= info.base_offset) {
                         g.insert(k, (e.committed, info.base_offset));
                     }
+                }
+                if g.is_empty() {
+                    o.groups.remove(group);
+                }
+                if o.in_flight > 0 {
+                    o.deleted = deleted;
                 }
             }
             Err(e) => {
@@ -559,6 +581,14 @@ pub fn handle(
         22 => {
             let req = decode::<InitProducerIdRequest>(body, v, "InitProducerId");
             later(corr, v, move || init_producer_id(&c, req))
+        }
+        42 => {
+            let req = decode::<DeleteGroupsRequest>(body, v, "DeleteGroups");
+            later(corr, v, move || admin::delete_groups(&c, req))
+        }
+        47 => {
+            let req = decode::<OffsetDeleteRequest>(body, v, "OffsetDelete");
+            later(corr, v, move || admin::offset_delete(&c, req))
         }
         68 => {
             let req = decode::<ConsumerGroupHeartbeatRequest>(body, v, "ConsumerGroupHeartbeat");

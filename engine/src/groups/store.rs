@@ -420,6 +420,11 @@ pub fn restore_offsets(part: &Partition) -> io::Result<HashMap<String, GroupOffs
             None => {
                 if let Some(m) = all.get_mut(&g) {
                     m.remove(&(t, p));
+                    if m.is_empty() {
+                        // No offsets left (OffsetDelete, DeleteGroups): the group is known
+                        // only if it has a metadata record.
+                        all.remove(&g);
+                    }
                 }
             }
             Some(v) => {
@@ -483,6 +488,25 @@ pub fn append_commits(
         .zip(&values)
         .map(|(k, v)| build::Rec { key: Some(k), value: Some(v), timestamp_delta: 0 })
         .collect();
+    let mut batch = build::batch_with(&recs, now_ms(), -1, -1, -1);
+    part.append(&mut batch)
+}
+
+/// Append one batch of tombstones (null values) for the given committed offsets of `group`,
+/// and for the group's metadata record too when `group_too` (DeleteGroups / OffsetDelete).
+/// Not yet durable: the caller waits with [`Partition::wait_durable`]`(info.next_offset)`.
+pub fn append_tombstones(
+    part: &Partition,
+    group: &str,
+    offsets: &[(String, i32)],
+    group_too: bool,
+) -> Result<crate::log::AppendInfo, crate::log::AppendError> {
+    let mut keys: Vec<Vec<u8>> = offsets.iter().map(|(t, p)| offset_key(group, t, *p)).collect();
+    if group_too {
+        keys.push(group_key(group));
+    }
+    let recs: Vec<build::Rec<'_>> =
+        keys.iter().map(|k| build::Rec { key: Some(k), value: None, timestamp_delta: 0 }).collect();
     let mut batch = build::batch_with(&recs, now_ms(), -1, -1, -1);
     part.append(&mut batch)
 }

@@ -104,6 +104,9 @@ pub struct LogManager {
     io: Arc<dyn Io>,
     default_cfg: LogConfig,
     topics: RwLock<BTreeMap<String, Topic>>,
+    /// Serializes changes of a topic's partition set that open files outside the `topics`
+    /// lock ([`LogManager::add_partitions`]) with topic creation and deletion.
+    topic_changes: Mutex<()>,
     notifier: Arc<Notifier>,
     stop: Arc<AtomicBool>,
     /// Partitions that failed recovery, with the reason (they are not served).
@@ -161,6 +164,7 @@ impl LogManager {
             io,
             default_cfg: cfg,
             topics: RwLock::new(topics),
+            topic_changes: Mutex::new(()),
             notifier,
             stop: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(failed),
@@ -245,6 +249,7 @@ impl LogManager {
         if !(1..=100_000).contains(&partitions) {
             return Err(TopicError::InvalidPartitions(partitions as i64));
         }
+        let _changes = self.topic_changes.lock().unwrap_or_else(|p| p.into_inner());
         let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
         if topics.contains_key(name) {
             return Err(TopicError::AlreadyExists(name.to_string()));
@@ -286,6 +291,7 @@ impl LogManager {
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
+        let _changes = self.topic_changes.lock().unwrap_or_else(|p| p.into_inner());
         let t = self
             .topics
             .write()
@@ -296,6 +302,47 @@ impl LogManager {
             p.delete()?;
         }
         Ok(())
+    }
+
+    /// Grow `name` to `count` partitions (CreatePartitions), durable before it returns: the new
+    /// partitions (with the topic's configuration) are opened and the data directory fsynced
+    /// without the `topics` lock, so produce and fetch on every topic go on meanwhile; the
+    /// grown topic is swapped in at the end. `count` must exceed the current count.
+    pub fn add_partitions(&self, name: &str, count: i32) -> Result<Topic, TopicError> {
+        let _changes = self.topic_changes.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.topic(name).ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        if !(1..=100_000).contains(&count) || (count as usize) <= old.len() {
+            return Err(TopicError::InvalidPartitions(count as i64));
+        }
+        descriptor_headroom((count as usize - old.len()) as u64)?;
+        let cfg = old.first().map(|p| p.config().clone()).unwrap_or_else(|| self.default_cfg.clone());
+        let mut v: Vec<Arc<Partition>> = old.iter().cloned().collect();
+        let opened = (old.len() as u32..count as u32).try_for_each(|p| {
+            let path = self.dir.join(format!("{name}-{p}"));
+            v.push(Partition::open(name, p, &path, self.io.clone(), cfg.clone(), self.notifier.clone())?);
+            Ok::<(), TopicError>(())
+        });
+        if let Err(e) = opened.and_then(|()| self.io.sync_dir(&self.dir).map_err(TopicError::from)) {
+            // Leave no partial partition set behind (a restart would serve it): the directory
+            // of the partition that failed to open, then the opened ones, highest first, so
+            // what is on disk stays a gap-free prefix (a gap fails the whole topic at start).
+            let failed = self.dir.join(format!("{name}-{}", v.len()));
+            if self.io.exists(&failed) {
+                if let Err(d) = self.io.remove_dir_all(&failed).and_then(|()| self.io.sync_dir(&self.dir)) {
+                    tracing::error!("{}: cannot remove after a failed CreatePartitions: {d}", failed.display());
+                }
+            }
+            for p in v[old.len()..].iter().rev() {
+                if let Err(d) = p.delete() {
+                    tracing::error!("{name}-{}: cannot remove after a failed CreatePartitions: {d}", p.index);
+                }
+            }
+            return Err(e);
+        }
+        let t: Topic = Arc::new(v);
+        self.topics.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), t.clone());
+        tracing::info!(topic = name, from = old.len(), to = count, "partitions added");
+        Ok(t)
     }
 
     /// Flush and checkpoint every partition (clean shutdown). Returns the first error.

@@ -1,0 +1,110 @@
+package zerolog.clients;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.Set;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.Config;
+import org.apache.kafka.clients.admin.ConfigEntry;
+import org.apache.kafka.clients.admin.LogDirDescription;
+import org.apache.kafka.clients.admin.NewPartitions;
+import org.apache.kafka.clients.admin.NewTopic;
+import org.apache.kafka.clients.consumer.OffsetAndMetadata;
+import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.config.ConfigResource;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+
+/**
+ * The Java AdminClient (kafka-clients 4.x) against the broker's admin APIs: DeleteGroups,
+ * OffsetDelete, DescribeConfigs, CreatePartitions, DescribeLogDirs. Its own broker process.
+ */
+@Timeout(value = 120, unit = TimeUnit.SECONDS)
+class JavaAdminInteropTest {
+    private static OurBroker broker;
+
+    @BeforeAll
+    static void start() throws Exception {
+        broker = new OurBroker("--durability", "group");
+    }
+
+    @AfterAll
+    static void stop() throws Exception {
+        if (broker != null) {
+            broker.close();
+        }
+    }
+
+    static Admin admin() {
+        Properties p = new Properties();
+        p.put("bootstrap.servers", broker.bootstrap());
+        p.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
+        return Admin.create(p);
+    }
+
+    static String cause(ExecutionException e) {
+        return e.getCause().getClass().getSimpleName();
+    }
+
+    @Test
+    void groupOffsetsAndGroupsAreDeleted() throws Exception {
+        try (Admin a = admin()) {
+            a.createTopics(List.of(new NewTopic("jadm", 2, (short) 1))).all().get(30, TimeUnit.SECONDS);
+            TopicPartition p0 = new TopicPartition("jadm", 0);
+            TopicPartition p1 = new TopicPartition("jadm", 1);
+            a.alterConsumerGroupOffsets("jg", Map.of(p0, new OffsetAndMetadata(5), p1, new OffsetAndMetadata(6)))
+                    .all().get(30, TimeUnit.SECONDS);
+            a.deleteConsumerGroupOffsets("jg", Set.of(p0)).all().get(30, TimeUnit.SECONDS);
+            Map<TopicPartition, OffsetAndMetadata> left =
+                    a.listConsumerGroupOffsets("jg").partitionsToOffsetAndMetadata().get(30, TimeUnit.SECONDS);
+            assertFalse(left.containsKey(p0) && left.get(p0) != null, "deleted offset still listed: " + left);
+            assertEquals(6, left.get(p1).offset());
+
+            a.deleteConsumerGroups(List.of("jg")).all().get(30, TimeUnit.SECONDS);
+            ExecutionException again = assertThrows(ExecutionException.class,
+                    () -> a.deleteConsumerGroups(List.of("jg")).all().get(30, TimeUnit.SECONDS));
+            assertEquals("GroupIdNotFoundException", cause(again));
+        }
+    }
+
+    @Test
+    void configsArePartitionsGrowAndLogDirsAreDescribed() throws Exception {
+        try (Admin a = admin()) {
+            a.createTopics(List.of(new NewTopic("jcfg", 1, (short) 1))).all().get(30, TimeUnit.SECONDS);
+            ConfigResource r = new ConfigResource(ConfigResource.Type.TOPIC, "jcfg");
+            Config c = a.describeConfigs(List.of(r)).all().get(30, TimeUnit.SECONDS).get(r);
+            ConfigEntry retention = c.get("retention.ms");
+            assertEquals("604800000", retention.value());
+            assertEquals(ConfigEntry.ConfigSource.DEFAULT_CONFIG, retention.source());
+            assertEquals("delete", c.get("cleanup.policy").value());
+            ConfigResource missing = new ConfigResource(ConfigResource.Type.TOPIC, "jmissing");
+            ExecutionException unknown = assertThrows(ExecutionException.class,
+                    () -> a.describeConfigs(List.of(missing)).all().get(30, TimeUnit.SECONDS));
+            assertEquals("UnknownTopicOrPartitionException", cause(unknown));
+
+            a.createPartitions(Map.of("jcfg", NewPartitions.increaseTo(3))).all().get(30, TimeUnit.SECONDS);
+            assertEquals(3, a.describeTopics(List.of("jcfg")).allTopicNames().get(30, TimeUnit.SECONDS)
+                    .get("jcfg").partitions().size());
+            ExecutionException shrink = assertThrows(ExecutionException.class,
+                    () -> a.createPartitions(Map.of("jcfg", NewPartitions.increaseTo(2))).all().get(30, TimeUnit.SECONDS));
+            assertEquals("InvalidPartitionsException", cause(shrink));
+
+            Map<String, LogDirDescription> dirs = a.describeLogDirs(List.of(0)).allDescriptions()
+                    .get(30, TimeUnit.SECONDS).get(0);
+            assertEquals(1, dirs.size());
+            LogDirDescription d = dirs.values().iterator().next();
+            assertTrue(d.replicaInfos().containsKey(new TopicPartition("jcfg", 2)), "log dirs: " + d.replicaInfos().keySet());
+        }
+    }
+}
