@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, InitProducerIdRequest, InitProducerIdResponse, ProducerId,
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
@@ -45,6 +45,7 @@ const OURS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Metadata, 1, 12),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 pub fn topic_name(s: &str) -> TopicName {
@@ -241,6 +242,24 @@ impl Conn {
         }
     }
 
+    /// InitProducerId for an idempotent (non-transactional) producer: (producer id, epoch).
+    pub fn init_producer_id(&mut self) -> Result<(i64, i16), String> {
+        let v = self.need(ApiKey::InitProducerId)?;
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(-1)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let r: InitProducerIdResponse = self.call(ApiKey::InitProducerId, v, &req)?;
+        if r.error_code != 0 {
+            return Err(format!("InitProducerId refused by broker {}: error code {}", self.addr, r.error_code));
+        }
+        if r.producer_id.0 < 0 || r.producer_epoch < 0 {
+            return Err(format!("InitProducerId from broker {}: invalid producer id {} epoch {}", self.addr, r.producer_id.0, r.producer_epoch));
+        }
+        Ok((r.producer_id.0, r.producer_epoch))
+    }
+
     /// ListOffsets: `timestamp` -1 = latest, -2 = earliest.
     pub fn list_offsets(&mut self, topic: &str, partitions: &[i32], timestamp: i64) -> Result<HashMap<i32, i64>, String> {
         let v = self.need(ApiKey::ListOffsets)?;
@@ -365,10 +384,22 @@ pub fn prepare_topics(boot: &mut Conn, topics: &[String], partitions: u32, repli
     }
 }
 
+/// One batch of an in-flight produce request.
+struct PendingBatch {
+    /// Index into the transport's partition list.
+    idx: u32,
+    pid: i32,
+    intended: Vec<u64>,
+    value_bytes: u64,
+    /// Idempotent producer: the batch bytes, kept to send again unchanged (same sequence), and
+    /// the sends so far.
+    retry: Option<(Bytes, u32)>,
+}
+
 /// Metadata for an in-flight produce request, queued to the connection's reader.
 struct Pending {
     corr: i32,
-    batches: Vec<(u32, i32, Vec<u64>, u64)>,
+    batches: Vec<PendingBatch>,
 }
 
 struct ProduceConn {
@@ -377,11 +408,39 @@ struct ProduceConn {
     corr: i32,
     tx: crossbeam::channel::Sender<Pending>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Batches the reader wants sent again (idempotent producer), written by the producer
+    /// thread — the only writer of the socket — on its next [`Transport::poll`].
+    retries: Arc<std::sync::Mutex<Vec<PendingBatch>>>,
+    retry_waiting: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Sends of one batch at most (the first included) before it counts as failed.
+const SENDS_MAX: u32 = 10;
+
+/// Error codes after which the idempotent producer sends a batch again (same sequence): only
+/// conditions a later try can clear.
+fn retriable(code: i16) -> bool {
+    // UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT,
+    // NETWORK_EXCEPTION, NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND, KAFKA_STORAGE_ERROR.
+    matches!(code, 3 | 5 | 6 | 7 | 13 | 19 | 20 | 56)
+}
+
+const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 
 /// Pipelined Produce to the partition leaders of one topic: the producer thread writes requests
 /// without waiting; one reader thread per connection records acks. At most `max_in_flight`
 /// requests per partition are unacknowledged.
+///
+/// acks=0: the broker sends no response, so nothing is in flight: records written are counted
+/// in `metrics.producer.written_unacknowledged`, never as acknowledged, and the reader only
+/// watches for the connection being closed (how a broker reports a failed acks=0 produce).
+///
+/// Idempotent producer: batches carry the producer id/epoch and per-partition sequences (see
+/// [`crate::encode::BatchFormat`]); a batch refused with a retriable error is sent again with
+/// its bytes unchanged (so the same sequence) and its partition takes no new batch until the
+/// retries are settled; DUPLICATE_SEQUENCE_NUMBER means the broker already has it (counted as
+/// acknowledged); OUT_OF_ORDER_SEQUENCE_NUMBER outside a retry fails the run.
 pub struct KafkaTransport {
     topic: TopicName,
     /// index → partition id.
@@ -390,14 +449,48 @@ pub struct KafkaTransport {
     conn_of: Vec<usize>,
     conns: Vec<ProduceConn>,
     in_flight: Arc<Vec<AtomicU32>>,
+    /// index → batches waiting to be sent again or being sent again.
+    retrying: Arc<Vec<AtomicU32>>,
     outstanding: Arc<AtomicU64>,
     max_in_flight: u32,
     acks: i16,
     version: i16,
+    identity: Option<(i64, i16)>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+/// What the ack reader of one connection shares with the transport.
+struct ReaderCtx {
+    addr: SocketAddr,
+    version: i16,
+    acks: i16,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<Vec<AtomicU32>>,
+    retrying: Arc<Vec<AtomicU32>>,
+    outstanding: Arc<AtomicU64>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    retries: Arc<std::sync::Mutex<Vec<PendingBatch>>>,
+    retry_waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KafkaTransport {
     pub fn connect(layout: &TopicLayout, acks: i16, max_in_flight: u32, clock: Clock, metrics: Arc<Metrics>) -> Result<KafkaTransport, String> {
+        let settings = crate::produce::ProducerSettings { acks, ..Default::default() };
+        KafkaTransport::connect_with(layout, &settings, max_in_flight, clock, metrics)
+    }
+
+    /// As [`KafkaTransport::connect`], with the producer settings (acks, idempotence: an
+    /// idempotent producer asks the first partition leader for its producer id).
+    pub fn connect_with(
+        layout: &TopicLayout,
+        settings: &crate::produce::ProducerSettings,
+        max_in_flight: u32,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<KafkaTransport, String> {
+        let acks = settings.acks;
         let mut addrs: Vec<SocketAddr> = Vec::new();
         let mut conn_of = Vec::new();
         for (_, a) in &layout.leaders {
@@ -411,23 +504,44 @@ impl KafkaTransport {
             conn_of.push(i);
         }
         let in_flight: Arc<Vec<AtomicU32>> = Arc::new(layout.leaders.iter().map(|_| AtomicU32::new(0)).collect());
+        let retrying: Arc<Vec<AtomicU32>> = Arc::new(layout.leaders.iter().map(|_| AtomicU32::new(0)).collect());
         let outstanding = Arc::new(AtomicU64::new(0));
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut conns = Vec::new();
         let mut version = i16::MAX;
+        let mut identity = None;
         for addr in addrs {
-            let c = Conn::connect(addr, Duration::from_secs(5))?;
+            let mut c = Conn::connect(addr, Duration::from_secs(5))?;
             version = version.min(c.need(ApiKey::Produce)?);
+            if settings.idempotent && identity.is_none() {
+                let id = c.init_producer_id()?;
+                metrics.producer.producer_id.store(id.0 as u64, Ordering::Relaxed);
+                identity = Some(id);
+            }
             let stream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
             let rstream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
             rstream.set_read_timeout(None).map_err(|e| format!("{addr}: {e}"))?;
             let (tx, rx) = crossbeam::channel::unbounded::<Pending>();
-            let (inf, out, m) = (in_flight.clone(), outstanding.clone(), metrics.clone());
-            let pv = version;
+            let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let retry_waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ctx = ReaderCtx {
+                addr,
+                version,
+                acks,
+                clock,
+                metrics: metrics.clone(),
+                in_flight: in_flight.clone(),
+                retrying: retrying.clone(),
+                outstanding: outstanding.clone(),
+                closing: closing.clone(),
+                retries: retries.clone(),
+                retry_waiting: retry_waiting.clone(),
+            };
             let reader = std::thread::Builder::new()
                 .name(format!("ack-{addr}"))
-                .spawn(move || ack_reader(addr, rstream, rx, pv, clock, m, inf, out))
+                .spawn(move || ack_reader(ctx, rstream, rx))
                 .map_err(|e| format!("spawn: {e}"))?;
-            conns.push(ProduceConn { addr, stream, corr: c.corr, tx, reader: Some(reader) });
+            conns.push(ProduceConn { addr, stream, corr: c.corr, tx, reader: Some(reader), retries, retry_waiting });
         }
         Ok(KafkaTransport {
             topic: topic_name(&layout.topic),
@@ -435,15 +549,20 @@ impl KafkaTransport {
             conn_of,
             conns,
             in_flight,
+            retrying,
             outstanding,
             max_in_flight,
             acks,
             version,
+            identity,
+            closing,
+            metrics,
         })
     }
 
     /// Close the connections and join the readers.
     pub fn close(mut self) {
+        self.closing.store(true, Ordering::SeqCst);
         for c in &mut self.conns {
             let _ = c.stream.shutdown(Shutdown::Both);
             if let Some(r) = c.reader.take() {
@@ -451,52 +570,112 @@ impl KafkaTransport {
             }
         }
     }
+
+    /// Write one Produce request with these batches on connection `ci`. Returns the request's
+    /// records (for acks=0 accounting) and hands the batch buffers it no longer needs to `spare`.
+    fn write_request(&mut self, ci: usize, batches: Vec<(PendingBatch, Bytes)>, spare: &mut Spare) -> Result<(), String> {
+        let conn = &mut self.conns[ci];
+        conn.corr = conn.corr.wrapping_add(1);
+        let corr = conn.corr;
+        let mut parts = Vec::with_capacity(batches.len());
+        let mut metas = Vec::with_capacity(batches.len());
+        for (m, bytes) in batches {
+            parts.push(PartitionProduceData::default().with_index(m.pid).with_records(Some(bytes)));
+            metas.push(m);
+        }
+        let mut req = ProduceRequest::default()
+            .with_acks(self.acks)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(parts)]);
+        let frame = encode_request(ApiKey::Produce, self.version, corr, &req)?;
+        // The frame holds a copy: take the batch buffers back for reuse (not those kept for a
+        // retry: they are shared).
+        for t in &mut req.topic_data {
+            for p in &mut t.partition_data {
+                if let Some(b) = p.records.take() {
+                    if b.is_unique() {
+                        spare.put_buf(Vec::from(b));
+                    }
+                }
+            }
+        }
+        if self.acks == 0 {
+            conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
+            let n: u64 = metas.iter().map(|m| m.intended.len() as u64).sum();
+            self.metrics.producer.written_unacknowledged.fetch_add(n, Ordering::Relaxed);
+            for m in metas {
+                spare.put_intended(m.intended);
+            }
+            return Ok(());
+        }
+        for m in &metas {
+            if m.retry.as_ref().is_none_or(|(_, sends)| *sends == 1) {
+                self.in_flight[m.idx as usize].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        conn.tx.send(Pending { corr, batches: metas }).map_err(|_| format!("ack reader for {} is gone", conn.addr))?;
+        conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
+        Ok(())
+    }
+
+    /// Send the batches the readers queued for another try (one request per connection, in the
+    /// order they were queued; at most one batch per partition per request).
+    fn send_retries(&mut self, spare: &mut Spare) -> Result<(), String> {
+        for ci in 0..self.conns.len() {
+            if !self.conns[ci].retry_waiting.swap(false, Ordering::SeqCst) {
+                continue;
+            }
+            let mut queued: Vec<PendingBatch> = std::mem::take(&mut *self.conns[ci].retries.lock().unwrap_or_else(|p| p.into_inner()));
+            while !queued.is_empty() {
+                let mut this = Vec::new();
+                let mut later = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for mut m in queued {
+                    if seen.insert(m.idx) {
+                        let Some((bytes, sends)) = m.retry.as_mut() else { continue };
+                        *sends += 1;
+                        let b = bytes.clone();
+                        self.metrics.producer.retried_batches.fetch_add(1, Ordering::Relaxed);
+                        this.push((m, b));
+                    } else {
+                        later.push(m);
+                    }
+                }
+                self.write_request(ci, this, spare)?;
+                queued = later;
+            }
+        }
+        Ok(())
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn ack_reader(
-    addr: SocketAddr,
-    mut stream: TcpStream,
-    rx: crossbeam::channel::Receiver<Pending>,
-    version: i16,
-    clock: Clock,
-    metrics: Arc<Metrics>,
-    in_flight: Arc<Vec<AtomicU32>>,
-    outstanding: Arc<AtomicU64>,
-) {
+fn ack_reader(ctx: ReaderCtx, mut stream: TcpStream, rx: crossbeam::channel::Receiver<Pending>) {
     let mut rec = LocalRecorder::new();
-    ack_loop(addr, &mut stream, rx, version, clock, &metrics, &in_flight, &outstanding, &mut rec);
-    rec.maybe_flush(&metrics.publish, 0, true);
+    ack_loop(&ctx, &mut stream, rx, &mut rec);
+    rec.maybe_flush(&ctx.metrics.publish, 0, true);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn ack_loop(
-    addr: SocketAddr,
-    stream: &mut TcpStream,
-    rx: crossbeam::channel::Receiver<Pending>,
-    version: i16,
-    clock: Clock,
-    metrics: &Arc<Metrics>,
-    in_flight: &Arc<Vec<AtomicU32>>,
-    outstanding: &Arc<AtomicU64>,
-    rec: &mut LocalRecorder,
-) {
+fn ack_loop(ctx: &ReaderCtx, stream: &mut TcpStream, rx: crossbeam::channel::Receiver<Pending>, rec: &mut LocalRecorder) {
+    let (addr, metrics) = (ctx.addr, &ctx.metrics);
     loop {
         let frame = match read_frame(stream) {
             Ok(f) => f,
             Err(e) => {
-                if outstanding.load(Ordering::SeqCst) > 0 && !metrics.stopped() {
-                    metrics.fail(format!("connection to broker {addr} lost: {e}"));
+                let closing = ctx.closing.load(Ordering::SeqCst);
+                if (ctx.outstanding.load(Ordering::SeqCst) > 0 || ctx.acks == 0 && !closing) && !metrics.stopped() {
+                    let why = if ctx.acks == 0 { " (with acks=0 a broker closes the connection when a produce fails)" } else { "" };
+                    metrics.fail(format!("connection to broker {addr} lost: {e}{why}"));
                 }
                 return;
             }
         };
-        let ack_ns = clock.now_ns();
+        let ack_ns = ctx.clock.now_ns();
         let Ok(p) = rx.try_recv() else {
             metrics.fail(format!("broker {addr} sent a response nobody asked for"));
             return;
         };
-        let resp: ProduceResponse = match decode_response(ApiKey::Produce, version, p.corr, frame) {
+        let resp: ProduceResponse = match decode_response(ApiKey::Produce, ctx.version, p.corr, frame) {
             Ok(r) => r,
             Err(e) => {
                 metrics.fail(format!("broker {addr}: {e}"));
@@ -509,68 +688,96 @@ fn ack_loop(
                 codes.insert(pr.index, pr.error_code);
             }
         }
-        for (idx, pid, intended, value_bytes) in &p.batches {
-            match codes.get(pid) {
-                Some(0) => record_ack(metrics, rec, ack_ns, intended, *value_bytes),
-                _ => {
-                    metrics.errors.fetch_add(intended.len() as u64, Ordering::Relaxed);
+        let mut again = Vec::new();
+        for b in p.batches {
+            let code = codes.get(&b.pid).copied();
+            let idx = b.idx as usize;
+            let sends = b.retry.as_ref().map(|(_, s)| *s);
+            match code {
+                Some(0) => record_ack(metrics, rec, ack_ns, &b.intended, b.value_bytes),
+                Some(DUPLICATE_SEQUENCE_NUMBER) if sends.is_some() => {
+                    // The broker already has this batch (an earlier send of it was written).
+                    metrics.producer.duplicate_batches.fetch_add(1, Ordering::Relaxed);
+                    record_ack(metrics, rec, ack_ns, &b.intended, b.value_bytes);
+                }
+                Some(c) if sends.is_some_and(|s| s < SENDS_MAX)
+                    && (retriable(c) || c == OUT_OF_ORDER_SEQUENCE_NUMBER && ctx.retrying[idx].load(Ordering::SeqCst) > 0) =>
+                {
+                    // Sent again unchanged; a later batch of the partition refused as out of
+                    // order because an earlier one is being retried follows it.
+                    if sends == Some(1) {
+                        ctx.retrying[idx].fetch_add(1, Ordering::SeqCst);
+                    }
+                    again.push(b);
+                    continue;
+                }
+                Some(OUT_OF_ORDER_SEQUENCE_NUMBER) if sends.is_some() => {
+                    metrics.errors.fetch_add(b.intended.len() as u64, Ordering::Relaxed);
+                    metrics.fail(format!(
+                        "broker {addr}: partition {} refused a batch with OUT_OF_ORDER_SEQUENCE_NUMBER (45): the broker lost or \
+                         skipped records of this idempotent producer",
+                        b.pid
+                    ));
+                }
+                other => {
+                    if sends.is_some() && other.is_some_and(retriable) {
+                        metrics.fail(format!("broker {addr}: partition {} still refuses a batch after {SENDS_MAX} sends (error code {})", b.pid, other.unwrap_or(-1)));
+                    }
+                    metrics.errors.fetch_add(b.intended.len() as u64, Ordering::Relaxed);
                 }
             }
-            in_flight[*idx as usize].fetch_sub(1, Ordering::SeqCst);
+            if sends.is_some_and(|s| s > 1) {
+                ctx.retrying[idx].fetch_sub(1, Ordering::SeqCst);
+            }
+            ctx.in_flight[idx].fetch_sub(1, Ordering::SeqCst);
+        }
+        if !again.is_empty() {
+            ctx.retries.lock().unwrap_or_else(|p| p.into_inner()).extend(again);
+            ctx.retry_waiting.store(true, Ordering::SeqCst);
         }
         rec.maybe_flush(&metrics.publish, ack_ns, false);
-        outstanding.fetch_sub(1, Ordering::SeqCst);
+        ctx.outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Transport for KafkaTransport {
     fn can_send(&self, p: u32) -> bool {
         self.in_flight[p as usize].load(Ordering::Acquire) < self.max_in_flight
+            && self.retrying[p as usize].load(Ordering::Acquire) == 0
     }
 
     fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String> {
-        let mut by_conn: Vec<Vec<Ready>> = (0..self.conns.len()).map(|_| Vec::new()).collect();
+        self.send_retries(spare)?;
+        let keep = self.identity.is_some();
+        let mut by_conn: Vec<Vec<(PendingBatch, Bytes)>> = (0..self.conns.len()).map(|_| Vec::new()).collect();
         for r in batches {
-            by_conn[self.conn_of[r.partition as usize]].push(r);
+            let bytes = Bytes::from(r.batch);
+            let m = PendingBatch {
+                idx: r.partition,
+                pid: self.partition_ids[r.partition as usize],
+                intended: r.intended,
+                value_bytes: r.value_bytes,
+                retry: keep.then(|| (bytes.clone(), 1)),
+            };
+            by_conn[self.conn_of[r.partition as usize]].push((m, bytes));
         }
         for (ci, rs) in by_conn.into_iter().enumerate() {
-            if rs.is_empty() {
-                continue;
+            if !rs.is_empty() {
+                self.write_request(ci, rs, spare)?;
             }
-            let conn = &mut self.conns[ci];
-            conn.corr = conn.corr.wrapping_add(1);
-            let corr = conn.corr;
-            let mut parts = Vec::with_capacity(rs.len());
-            let mut metas = Vec::with_capacity(rs.len());
-            for r in rs {
-                let pid = self.partition_ids[r.partition as usize];
-                parts.push(PartitionProduceData::default().with_index(pid).with_records(Some(Bytes::from(r.batch))));
-                metas.push((r.partition, pid, r.intended, r.value_bytes));
-            }
-            let mut req = ProduceRequest::default()
-                .with_acks(self.acks)
-                .with_timeout_ms(30_000)
-                .with_topic_data(vec![TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(parts)]);
-            let frame = encode_request(ApiKey::Produce, self.version, corr, &req)?;
-            // The frame holds a copy: take the batch buffers back for reuse.
-            for t in &mut req.topic_data {
-                for p in &mut t.partition_data {
-                    if let Some(b) = p.records.take() {
-                        spare.put_buf(Vec::from(b));
-                    }
-                }
-            }
-            for m in &metas {
-                self.in_flight[m.0 as usize].fetch_add(1, Ordering::SeqCst);
-            }
-            self.outstanding.fetch_add(1, Ordering::SeqCst);
-            conn.tx.send(Pending { corr, batches: metas }).map_err(|_| format!("ack reader for {} is gone", conn.addr))?;
-            conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
         }
         Ok(())
     }
 
+    fn poll(&mut self, spare: &mut Spare) -> Result<(), String> {
+        self.send_retries(spare)
+    }
+
     fn idle(&self) -> bool {
-        self.outstanding.load(Ordering::SeqCst) == 0
+        self.outstanding.load(Ordering::SeqCst) == 0 && self.conns.iter().all(|c| !c.retry_waiting.load(Ordering::SeqCst))
+    }
+
+    fn producer_identity(&self) -> Option<(i64, i16)> {
+        self.identity
     }
 }

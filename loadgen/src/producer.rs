@@ -55,6 +55,15 @@ pub trait Transport {
     fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String>;
     /// Nothing is in flight any more (all sent batches acknowledged or failed).
     fn idle(&self) -> bool;
+    /// Work the transport has to do on the producer thread besides `send` (the idempotent
+    /// producer's retries); called on every iteration of the producer loop.
+    fn poll(&mut self, _spare: &mut Spare) -> Result<(), String> {
+        Ok(())
+    }
+    /// The idempotent producer's (id, epoch) granted by the broker, if any.
+    fn producer_identity(&self) -> Option<(i64, i16)> {
+        None
+    }
 }
 
 /// What one producer does.
@@ -71,6 +80,8 @@ pub struct ProducerSpec {
     /// Set to stop generating early (backlog built, search trial over); the batches already
     /// made are still sent and acknowledged.
     pub halt: Arc<std::sync::atomic::AtomicBool>,
+    /// Compression, acks, idempotence, headers ([`ProducerSettings::default`] = none of them).
+    pub settings: crate::produce::ProducerSettings,
 }
 
 const BURST_MAX: u64 = 4096;
@@ -86,7 +97,17 @@ pub fn run_producer<T: Transport>(
     transport: &mut T,
 ) -> Result<u64, String> {
     let n_parts = spec.partitions as usize;
-    let mut open: Vec<BatchBuilder> = (0..n_parts).map(|_| BatchBuilder::new(spec.batch_bytes.min(1 << 20))).collect();
+    let format = crate::encode::BatchFormat {
+        codec: spec.settings.codec,
+        headers: spec.settings.headers_section(),
+        producer_id: transport.producer_identity().map_or(-1, |(id, _)| id),
+        producer_epoch: transport.producer_identity().map_or(-1, |(_, e)| e),
+    };
+    if spec.settings.idempotent && format.producer_id < 0 && !metrics.stopped() {
+        return Err("idempotent producer: the transport has no producer id (InitProducerId was not done)".into());
+    }
+    let mut open: Vec<BatchBuilder> =
+        (0..n_parts).map(|_| BatchBuilder::with_format(spec.batch_bytes.min(1 << 20), format.clone())).collect();
     // Partitions with an open batch, in the order their batch was opened (oldest first).
     let mut open_order: VecDeque<(u32, u64)> = VecDeque::new();
     let mut ready: VecDeque<Ready> = VecDeque::new();
@@ -107,11 +128,15 @@ pub fn run_producer<T: Transport>(
         let next = spare.bufs.pop().unwrap_or_else(|| Vec::with_capacity(buf_cap));
         let next_intended = spare.intended.pop().unwrap_or_default();
         let (batch, intended, value_bytes) = open[p as usize].finish_into(next, next_intended);
+        if let Some(c) = open[p as usize].last_compression {
+            metrics.producer.add_compression(c.records, c.raw_bytes, c.compressed_bytes, c.ns);
+        }
         *queued_bytes += batch.len();
         ready.push_back(Ready { partition: p, batch, intended, value_bytes });
     };
 
     loop {
+        transport.poll(&mut spare)?;
         let now = clock.now_ns();
         let producing = now < spec.end_ns && !metrics.stopped() && !spec.halt.load(Ordering::Relaxed);
         let mut generated = 0u64;

@@ -448,6 +448,7 @@ impl Ctx<'_> {
                     linger_ns: (w.linger_ms * 1e6) as u64,
                     queued_bytes_max: 64 << 20,
                     halt: halt.clone(),
+                    settings: crate::produce::ProducerSettings::of(w),
                 };
                 let (clock, metrics, pool) = (self.clock, self.metrics.clone(), self.pool.clone());
                 let h = if self.opts.sink {
@@ -462,7 +463,7 @@ impl Ctx<'_> {
                         (r, thread_cpu_s().unwrap_or(0.0) - c0)
                     })
                 } else {
-                    let mut t = KafkaTransport::connect(layout, w.acks, w.max_in_flight, clock, metrics.clone())?;
+                    let mut t = KafkaTransport::connect_with(layout, &spec.settings, w.max_in_flight, clock, metrics.clone())?;
                     std::thread::Builder::new().name(format!("producer-{ti}-{j}")).spawn(move || {
                         let c0 = thread_cpu_s().unwrap_or(0.0);
                         let r = run_producer(&spec, &mut keys, &pool, &clock, &metrics, &mut t);
@@ -946,6 +947,16 @@ fn build_result(
         drain,
         hlog: None,
         provenance: Some(crate::env::provenance()),
+        producer: Some(col.metrics.producer.summary(
+            &crate::produce::ProducerSettings::of(w),
+            crate::results::KeysInfo {
+                distribution: w.key_distributor.name().into(),
+                count: if w.key_distributor == crate::workload::KeyDistributor::NoKey { 0 } else { w.key_space },
+                zipf_s: (w.key_distributor == crate::workload::KeyDistributor::Zipf).then_some(w.zipf_exponent),
+            },
+            col.metrics.sent.load(Ordering::Relaxed),
+            col.metrics.acked.load(Ordering::Relaxed),
+        )),
     }
 }
 
@@ -1026,9 +1037,26 @@ pub fn summary_table(r: &RunResult) -> String {
         "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
         "latency", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean"
     ));
-    s.push_str(&format!("{:<14} {}\n", "publish", l(&r.publish.latency_us)));
+    if let Some(p) = r.producer.as_ref().filter(|p| !p.acknowledged) {
+        s.push_str(&format!(
+            "acks=0: {} records written to the socket, none acknowledged: no publish throughput or latency exists\n",
+            p.records_written_unacknowledged
+        ));
+    } else {
+        s.push_str(&format!("{:<14} {}\n", "publish", l(&r.publish.latency_us)));
+    }
     s.push_str(&format!("{:<14} {}\n", "send delay", l(&r.publish.delay_us)));
     s.push_str(&format!("{:<14} {}\n", "end-to-end", l(&r.end_to_end.latency_us)));
+    if let Some(c) = r.producer.as_ref().map(|p| &p.compression).filter(|c| c.codec != "none") {
+        s.push_str(&format!(
+            "compression {}: ratio {:.2}, {:.0} ns/batch, {:.1} ns/record, {:.3} s on producer threads (apart from send)\n",
+            c.codec,
+            c.ratio,
+            c.ns_per_batch,
+            c.ns_per_record,
+            c.cpu_ns_total as f64 / 1e9
+        ));
+    }
     if let Some(c) = &r.calibration {
         s.push_str(&format!(
             "calibration: disk {:.0} MB/s, fdatasync p50 {} p99 {}, loopback {:.0} MB/s, memcpy {:.0} MB/s\n",

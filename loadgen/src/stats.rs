@@ -144,6 +144,8 @@ pub struct Metrics {
     /// Set on the first fatal error or Ctrl-C; every loop checks it.
     pub stop: AtomicBool,
     pub fatal: Mutex<Option<String>>,
+    /// Producer-settings counters (compression, acks=0 writes, idempotent retries).
+    pub producer: crate::produce::ProducerTotals,
 }
 
 impl Metrics {
@@ -161,6 +163,7 @@ impl Metrics {
             record_latency,
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            producer: Default::default(),
         }
     }
 
