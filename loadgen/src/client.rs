@@ -781,3 +781,148 @@ impl Transport for KafkaTransport {
         self.identity
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The idempotent producer's retries against a scripted broker on loopback: the real
+    //! transport, sockets and ack reader; the broker answers each Produce with the next error
+    //! code of its script and records the batches it was sent.
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+    use kafka_protocol::messages::RequestHeader;
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+
+    const PRODUCE_V: i16 = 8;
+
+    fn respond<R: Encodable + HeaderVersion>(s: &mut TcpStream, corr: i32, version: i16, r: &R) {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0, 0, 0, 0]);
+        ResponseHeader::default().with_correlation_id(corr).encode(&mut buf, R::header_version(version)).unwrap();
+        r.encode(&mut buf, version).unwrap();
+        let n = (buf.len() - 4) as u32;
+        buf[0..4].copy_from_slice(&n.to_be_bytes());
+        s.write_all(&buf).unwrap();
+    }
+
+    /// Serve one connection (plus the ApiVersions-only ones before it): Produce answers follow
+    /// `script` (then 0). Returns the address and the batches received, in order.
+    fn scripted_broker(script: Vec<i16>) -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                while let Ok(mut frame) = read_frame(&mut s) {
+                    let key = i16::from_be_bytes([frame[0], frame[1]]);
+                    let v = i16::from_be_bytes([frame[2], frame[3]]);
+                    if key == ApiKey::ApiVersions as i16 {
+                        let h = RequestHeader::decode(&mut frame, ApiVersionsRequest::header_version(v)).unwrap();
+                        let r = ApiVersionsResponse::default().with_api_keys(vec![
+                            ApiVersion::default().with_api_key(ApiKey::Produce as i16).with_min_version(3).with_max_version(PRODUCE_V),
+                            ApiVersion::default().with_api_key(ApiKey::InitProducerId as i16).with_min_version(0).with_max_version(1),
+                        ]);
+                        respond(&mut s, h.correlation_id, v, &r);
+                    } else if key == ApiKey::InitProducerId as i16 {
+                        let h = RequestHeader::decode(&mut frame, InitProducerIdRequest::header_version(v)).unwrap();
+                        let r = InitProducerIdResponse::default().with_producer_id(ProducerId(77)).with_producer_epoch(3);
+                        respond(&mut s, h.correlation_id, v, &r);
+                    } else if key == ApiKey::Produce as i16 {
+                        let h = RequestHeader::decode(&mut frame, ProduceRequest::header_version(v)).unwrap();
+                        let req = ProduceRequest::decode(&mut frame, v).unwrap();
+                        let t = &req.topic_data[0];
+                        let p = &t.partition_data[0];
+                        g.lock().unwrap().push(p.records.clone().unwrap());
+                        let code = script.next().unwrap_or(0);
+                        let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+                            .with_name(t.name.clone())
+                            .with_partition_responses(vec![PartitionProduceResponse::default().with_index(p.index).with_error_code(code)])]);
+                        respond(&mut s, h.correlation_id, v, &r);
+                    }
+                }
+            }
+        });
+        (addr, got)
+    }
+
+    /// Produce one 10-record batch through an idempotent transport; wait (bounded) until
+    /// nothing is in flight or the run failed.
+    fn produce_once(script: Vec<i16>) -> (Arc<Metrics>, Vec<Bytes>) {
+        let (addr, got) = scripted_broker(script);
+        let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
+        let metrics = Arc::new(Metrics::new(true));
+        let settings = crate::produce::ProducerSettings { acks: -1, idempotent: true, ..Default::default() };
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        assert_eq!(t.producer_identity(), Some((77, 3)));
+        let format = crate::encode::BatchFormat { producer_id: 77, producer_epoch: 3, ..Default::default() };
+        let mut b = crate::encode::BatchBuilder::with_format(4096, format);
+        for i in 0..10 {
+            b.append(None, &[i as u8; 20], 0, i, 0, 1000);
+        }
+        let (batch, intended, vb) = b.finish();
+        let mut spare = Spare::default();
+        t.send(vec![Ready { partition: 0, batch, intended, value_bytes: vb }], &mut spare).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(t.idle() || metrics.stopped()) {
+            assert!(Instant::now() < deadline, "transport never went idle");
+            t.poll(&mut spare).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t.close();
+        let got = got.lock().unwrap().clone();
+        (metrics, got)
+    }
+
+    fn base_sequence(batch: &[u8]) -> (i64, i16, i32) {
+        (
+            i64::from_be_bytes(batch[43..51].try_into().unwrap()),
+            i16::from_be_bytes(batch[51..53].try_into().unwrap()),
+            i32::from_be_bytes(batch[53..57].try_into().unwrap()),
+        )
+    }
+
+    #[test]
+    fn a_retried_batch_keeps_its_sequence() {
+        // NOT_LEADER_OR_FOLLOWER, then REQUEST_TIMED_OUT, then success.
+        let (m, got) = produce_once(vec![6, 7, 0]);
+        assert_eq!(m.fatal(), None);
+        assert_eq!(got.len(), 3, "sent three times");
+        assert!(got.iter().all(|b| b == &got[0]), "byte for byte the same batch each time");
+        assert_eq!(base_sequence(&got[0]), (77, 3, 0));
+        assert_eq!(m.acked.load(Ordering::SeqCst), 10, "acknowledged once");
+        assert_eq!(m.errors.load(Ordering::SeqCst), 0);
+        assert_eq!(m.producer.retried_batches.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn duplicate_sequence_counts_as_acknowledged() {
+        let (m, got) = produce_once(vec![7, DUPLICATE_SEQUENCE_NUMBER]);
+        assert_eq!(m.fatal(), None);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], got[1]);
+        assert_eq!(m.acked.load(Ordering::SeqCst), 10);
+        assert_eq!(m.producer.duplicate_batches.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn out_of_order_sequence_fails_the_run() {
+        let (m, got) = produce_once(vec![OUT_OF_ORDER_SEQUENCE_NUMBER]);
+        assert_eq!(got.len(), 1, "not retried");
+        let f = m.fatal().expect("the run failed");
+        assert!(f.contains("OUT_OF_ORDER_SEQUENCE_NUMBER"), "{f}");
+        assert_eq!(m.acked.load(Ordering::SeqCst), 0);
+        assert_eq!(m.errors.load(Ordering::SeqCst), 10);
+    }
+
+    #[test]
+    fn a_refusal_that_never_clears_fails_after_the_bounded_sends() {
+        let (m, got) = produce_once(vec![6; 50]);
+        assert_eq!(got.len(), SENDS_MAX as usize);
+        assert!(m.fatal().expect("failed").contains("still refuses"));
+        assert_eq!(m.acked.load(Ordering::SeqCst), 0);
+    }
+}

@@ -622,6 +622,34 @@ mod tests {
     }
 
     #[test]
+    fn producer_settings_parse_and_override() {
+        let w = Workload::from_yaml("name: x\nacks: all\ncompression: zstd\nidempotent: true\nkeys: {distribution: zipf, count: 50, zipfS: 1.3}\nheaders: 2\n").unwrap();
+        assert_eq!((w.acks, w.compression, w.idempotent, w.headers), (-1, crate::produce::Codec::Zstd, true, 2));
+        assert_eq!((w.key_distributor, w.key_space, w.zipf_exponent), (KeyDistributor::Zipf, 50, 1.3));
+        assert_eq!(Workload::from_yaml("name: x\nacks: 0\n").unwrap().acks, 0);
+        let e = Workload::from_yaml("name: x\nkeys: {distribution: zipf}\nkeySpace: 5\n").unwrap_err();
+        assert!(e.contains("either keys or keySpace"), "{e}");
+        assert!(Workload::from_yaml("name: x\nkeys: {distribution: hashed}\n").unwrap_err().contains("keys.distribution"));
+        assert!(Workload::from_yaml("name: x\nidempotent: true\nacks: 1\n").unwrap_err().contains("idempotent requires acks all"));
+        assert!(Workload::from_yaml("name: x\ncompression: brotli\n").is_err());
+        let mut w = Workload::from_yaml("name: x\nacks: -1\n").unwrap();
+        Overrides {
+            compression: Some(crate::produce::Codec::Lz4),
+            idempotent: true,
+            keys: Some(Keys::parse_cli("round-robin:7").unwrap()),
+            headers: Some("4:32".into()),
+            ..Default::default()
+        }
+        .apply(&mut w)
+        .unwrap();
+        assert_eq!((w.compression, w.idempotent, w.key_distributor, w.key_space), (crate::produce::Codec::Lz4, true, KeyDistributor::RoundRobin, 7));
+        assert_eq!((w.headers, w.header_value_bytes), (4, 32));
+        assert!(Overrides { headers: Some("x".into()), ..Default::default() }.apply(&mut w).unwrap_err().contains("--headers"));
+        assert_eq!(parse_acks("all"), Ok(-1));
+        assert!(parse_acks("2").is_err());
+    }
+
+    #[test]
     fn direct_io_follows_the_engine_default_the_yaml_and_the_flag() {
         let w = Workload::from_yaml("name: x\n").unwrap();
         assert_eq!(w.direct_io, engine::log::LogConfig::default().direct_io);
