@@ -622,8 +622,12 @@ impl KafkaTransport {
     /// Send the batches the readers queued for another try (one request per connection, in the
     /// order they were queued; at most one batch per partition per request).
     fn send_retries(&mut self, spare: &mut Spare) -> Result<(), String> {
+        if self.identity.is_none() {
+            return Ok(()); // only the idempotent producer retries
+        }
         for ci in 0..self.conns.len() {
-            if !self.conns[ci].retry_waiting.swap(false, Ordering::SeqCst) {
+            // A plain load first: this runs on every producer loop iteration.
+            if !self.conns[ci].retry_waiting.load(Ordering::Acquire) || !self.conns[ci].retry_waiting.swap(false, Ordering::SeqCst) {
                 continue;
             }
             let mut queued: Vec<PendingBatch> = std::mem::take(&mut *self.conns[ci].retries.lock().unwrap_or_else(|p| p.into_inner()));
