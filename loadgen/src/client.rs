@@ -841,6 +841,14 @@ mod tests {
                         let t = &req.topic_data[0];
                         let p = &t.partition_data[0];
                         g.lock().unwrap().push(p.records.clone().unwrap());
+                        if req.acks == 0 {
+                            // No response; a refused acks=0 produce closes the connection.
+                            if script.next().unwrap_or(0) != 0 {
+                                let _ = s.shutdown(Shutdown::Both);
+                                break;
+                            }
+                            continue;
+                        }
                         let code = script.next().unwrap_or(0);
                         let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
                             .with_name(t.name.clone())
@@ -920,6 +928,43 @@ mod tests {
         assert!(f.contains("OUT_OF_ORDER_SEQUENCE_NUMBER"), "{f}");
         assert_eq!(m.acked.load(Ordering::SeqCst), 0);
         assert_eq!(m.errors.load(Ordering::SeqCst), 10);
+    }
+
+    /// acks=0: written records are counted as written, never acknowledged, nothing waits for a
+    /// response; a broker closing the connection (how it reports a failed acks=0 produce)
+    /// fails the run.
+    #[test]
+    fn acks_zero_counts_writes_and_a_closed_connection_fails_the_run() {
+        for (script, fails) in [(vec![0, 0], false), (vec![0, 6], true)] {
+            let (addr, got) = scripted_broker(script);
+            let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
+            let metrics = Arc::new(Metrics::new(true));
+            let settings = crate::produce::ProducerSettings { acks: 0, ..Default::default() };
+            let mut t = KafkaTransport::connect_with(&layout, &settings, 1, Clock::new(), metrics.clone()).unwrap();
+            let mut spare = Spare::default();
+            for _ in 0..2 {
+                let mut b = crate::encode::BatchBuilder::new(4096);
+                for i in 0..10 {
+                    b.append(None, &[1; 20], 0, i, 0, 1000);
+                }
+                let (batch, intended, vb) = b.finish();
+                assert!(t.can_send(0), "acks=0 has no in-flight window to fill");
+                t.send(vec![Ready { partition: 0, batch, intended, value_bytes: vb }], &mut spare).unwrap();
+                assert!(t.idle(), "nothing in flight with acks=0");
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while got.lock().unwrap().len() < 2 || fails && !metrics.stopped() {
+                assert!(Instant::now() < deadline, "broker got {} requests", got.lock().unwrap().len());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            t.close();
+            assert_eq!(metrics.producer.written_unacknowledged.load(Ordering::SeqCst), 20);
+            assert_eq!(metrics.acked.load(Ordering::SeqCst), 0);
+            match metrics.fatal() {
+                Some(f) => assert!(fails && f.contains("acks=0"), "{f}"),
+                None => assert!(!fails, "a closed acks=0 connection must fail the run"),
+            }
+        }
     }
 
     #[test]
