@@ -1,6 +1,9 @@
 //! Criterion benchmarks of the engine's hot paths, each with `Throughput` set.
 //!
 //! * `crc32c/validate/{16KiB,1MiB}`: `record::validate` (header checks + CRC32C) of one batch.
+//! * `validate/{crc,records}/{none,lz4}/{16KiB,1MiB}`: `record::validate_all_with` of a batch of
+//!   100 B records, header + CRC only (`crc`) or with every record walked (`records`, what
+//!   Produce does), uncompressed and lz4 (throughput in uncompressed bytes).
 //! * `batch_header/parse_patch`: header parse + `baseOffset` patch (the per-batch append cost
 //!   without the CRC).
 //! * `append/{sim,uring}/{never,group,interval}`: `Partition::append_durable` of 16 KiB batches of
@@ -56,6 +59,26 @@ fn crc32c(c: &mut Criterion<BenchClock>) {
         g.bench_with_input(BenchmarkId::new("validate", name), &batch, |b, batch| {
             b.iter(|| record::validate(black_box(batch), MAX_BATCH).expect("valid batch"))
         });
+    }
+    g.finish();
+}
+
+/// What Produce's record walk costs (issue 15): `validate_all` of a batch of 100-byte records,
+/// header + CRC only (`crc`) against header + CRC + every record walked (`records`), for an
+/// uncompressed and an lz4 batch (the lz4 one is decompressed through the walk's window).
+fn validate_records(c: &mut Criterion<BenchClock>) {
+    let mut g = c.benchmark_group("validate");
+    for (name, size) in [("16KiB", 16usize << 10), ("1MiB", 1 << 20)] {
+        let plain = batch_of(size);
+        for (codec_name, batch) in [("none", plain.clone()), ("lz4", record::build::compressed(&plain, 3))] {
+            // Throughput in uncompressed bytes, so both codecs compare per record.
+            g.throughput(Throughput::Bytes(plain.len() as u64));
+            for (what, records) in [("crc", false), ("records", true)] {
+                g.bench_with_input(BenchmarkId::new(format!("{what}/{codec_name}"), name), &batch, |b, batch| {
+                    b.iter(|| record::validate_all_with(black_box(batch), MAX_BATCH, records).expect("valid batch"))
+                });
+            }
+        }
     }
     g.finish();
 }
@@ -265,6 +288,6 @@ fn read(c: &mut Criterion<BenchClock>) {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = crc32c, batch_header, append, read
+    targets = crc32c, validate_records, batch_header, append, read
 }
 criterion_main!(hot_paths);

@@ -57,6 +57,13 @@ struct Args {
     /// (`--direct-io true`) or through the page cache (the default).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     direct_io: bool,
+    /// Embedded broker: walk every produced record (the default, as the broker does) or only
+    /// check batch headers and CRCs (`--validate-records false`: measures what the walk costs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    validate_records: bool,
+    /// Codec of the produced batches: none or lz4 (built once per connection).
+    #[arg(long, default_value = "none")]
+    compression: String,
     /// Data directory for the embedded broker (default: a temporary one).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -93,7 +100,12 @@ fn produce_conn(addr: SocketAddr, conn: usize, args: Arc<Args>, stop: Arc<Atomic
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let per_batch = (args.batch_bytes / (args.record_bytes + 8)).max(1);
-    let batch = Bytes::from(build::simple_batch(per_batch, args.record_bytes, engine::log::now_ms()));
+    let plain = build::simple_batch(per_batch, args.record_bytes, engine::log::now_ms());
+    let batch = Bytes::from(match args.compression.as_str() {
+        "none" => plain,
+        "lz4" => build::compressed(&plain, 3),
+        other => panic!("--compression {other}: none or lz4"),
+    });
     // Pre-encode one request per partition this connection writes to.
     let parts: Vec<i32> = (0..args.partitions).filter(|p| *p as usize % args.connections == conn % args.connections).collect();
     let parts = if parts.is_empty() { vec![(conn as i32) % args.partitions] } else { parts };
@@ -267,6 +279,7 @@ fn main() {
             cfg.listen = "127.0.0.1:0".parse().expect("addr");
             cfg.default_partitions = args.partitions;
             cfg.log.direct_io = args.direct_io;
+            cfg.log.validate_records = args.validate_records;
             let b = Broker::start(cfg).expect("broker");
             (b.local_addr(), Some(b))
         }
@@ -274,9 +287,11 @@ fn main() {
     println!("# broker_bench: {}", machine());
     let per_batch = (args.batch_bytes / (args.record_bytes + 8)).max(1);
     println!(
-        "# durability={} direct_io={} connections={} partitions={} records/batch={} record_bytes={} inflight={} (embedded={})",
+        "# durability={} direct_io={} validate_records={} compression={} connections={} partitions={} records/batch={} record_bytes={} inflight={} (embedded={})",
         args.durability,
         args.direct_io,
+        args.validate_records,
+        args.compression,
         args.connections,
         args.partitions,
         per_batch,

@@ -1,7 +1,9 @@
 //! Kafka record batch v2: header parsing, validation and offset assignment.
 //!
-//! Pure code: no I/O, no allocation on the validation path. Records inside a batch are never
-//! iterated on the append path (compressed batches are stored exactly as produced).
+//! Pure code: no I/O. Batches are stored exactly as produced (compressed ones too), but before
+//! that [`validate_records`] walks every record (decompressing a compressed batch into a small
+//! window, never into one large buffer), as Kafka's LogValidator does: a batch whose CRC is
+//! right but whose contents a consumer cannot parse is refused, never stored.
 //!
 //! ```text
 //! offset  size  field                  covered by CRC
@@ -42,6 +44,16 @@ pub enum BatchError {
     CountMismatch { count: i32, last_offset_delta: i32 },
     #[error("empty batch list")]
     Empty,
+    #[error("record {index}: {reason}")]
+    BadRecord { index: i32, reason: &'static str },
+    #[error("{extra} bytes after the last of {count} records")]
+    TrailingBytes { count: i32, extra: u64 },
+    #[error("{codec} payload cannot be decompressed: {reason}")]
+    BadCompression { codec: &'static str, reason: String },
+    #[error("records decompress to more than {limit} bytes")]
+    DecompressedTooLarge { limit: u64 },
+    #[error("unknown compression codec {0}")]
+    UnknownCodec(u8),
 }
 
 /// Fields of a validated batch header that the log needs.
@@ -169,13 +181,23 @@ pub fn validate(buf: &[u8], max_batch_bytes: usize) -> Result<BatchInfo, BatchEr
     Ok(info)
 }
 
-/// Validate every batch in `buf` (which must consist of whole batches only).
-/// Returns the batches' infos in order. Nothing is modified.
+/// Validate every batch in `buf` (which must consist of whole batches only): header, CRC and
+/// every record ([`validate_records`]). Returns the batches' infos in order. Nothing is modified.
 pub fn validate_all(buf: &[u8], max_batch_bytes: usize) -> Result<Vec<BatchInfo>, BatchError> {
+    validate_all_with(buf, max_batch_bytes, true)
+}
+
+/// [`validate_all`], with the record walk optional (`records = false`: header and CRC only; for
+/// measuring what the walk costs).
+pub fn validate_all_with(buf: &[u8], max_batch_bytes: usize, records: bool) -> Result<Vec<BatchInfo>, BatchError> {
     let mut out = Vec::with_capacity(1);
     let mut at = 0;
     while at < buf.len() {
         let info = validate(&buf[at..], max_batch_bytes)?;
+        if records {
+            // Right after the CRC: the batch is still in the cache.
+            validate_records(&buf[at..at + info.size_bytes], &info)?;
+        }
         at += info.size_bytes;
         out.push(info);
     }
@@ -183,6 +205,330 @@ pub fn validate_all(buf: &[u8], max_batch_bytes: usize) -> Result<Vec<BatchInfo>
         return Err(BatchError::Empty);
     }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Record walk (Kafka's DefaultRecord layout, the same for compressed and uncompressed batches):
+//
+//   length:varint · attributes:i8 · timestampDelta:varlong · offsetDelta:varint
+//   · keyLength:varint · key · valueLength:varint · value
+//   · headerCount:varint · [headerKeyLength:varint · key · headerValueLength:varint · value]
+//
+// Hand-written rather than through kafka-protocol's record decoder: this runs on every produced
+// batch (the hot path), and the crate's decoder allocates a `Record` (with `Bytes` and a header
+// map) per record and decompresses into one unbounded buffer. This walk allocates nothing for an
+// uncompressed batch and reads a compressed one through a fixed window.
+
+/// Largest size one batch's records may decompress to: a decompression bomb is refused once it
+/// has produced this much, without holding it (the walk reads through a small window). Far
+/// above what producers send (librdkafka's `batch.size` is 1 MB of uncompressed records).
+pub const DECOMPRESSED_BYTES_MAX: u64 = 64 << 20;
+/// Largest zstd window accepted (2^23 = 8 MiB: what zstd levels up to 19 use): a frame declaring
+/// a larger one would make the decoder allocate it.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// Window of the streaming decompressors' output, kept per thread and reused (not zeroed and
+/// freed per batch). 16 KiB: a 64 KiB window (lz4's block size) measured slower for large lz4
+/// batches (the decoder then saves its 64 KiB history out of our buffer after each block).
+const WALK_WINDOW_BYTES: usize = 16 << 10;
+
+thread_local! {
+    static WALK_WINDOW: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Why the walk stopped early.
+enum Stop {
+    /// The records ended before the walk did.
+    Eof,
+    Fail(BatchError),
+}
+
+impl From<BatchError> for Stop {
+    fn from(e: BatchError) -> Stop {
+        Stop::Fail(e)
+    }
+}
+
+/// Where the walk reads records from: the batch itself, or a decompressor.
+trait Source {
+    fn byte(&mut self) -> Result<u8, Stop>;
+    fn skip(&mut self, n: u64) -> Result<(), Stop>;
+    /// Bytes consumed so far.
+    fn pos(&self) -> u64;
+    /// Bytes left after the walk (0 = ended exactly); counts at most up to the decompression cap.
+    fn rest(&mut self) -> Result<u64, Stop>;
+}
+
+struct SliceSource<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Source for SliceSource<'_> {
+    #[inline]
+    fn byte(&mut self) -> Result<u8, Stop> {
+        let v = *self.b.get(self.at).ok_or(Stop::Eof)?;
+        self.at += 1;
+        Ok(v)
+    }
+    #[inline]
+    fn skip(&mut self, n: u64) -> Result<(), Stop> {
+        let left = (self.b.len() - self.at) as u64;
+        if n > left {
+            return Err(Stop::Eof);
+        }
+        self.at += n as usize;
+        Ok(())
+    }
+    #[inline]
+    fn pos(&self) -> u64 {
+        self.at as u64
+    }
+    fn rest(&mut self) -> Result<u64, Stop> {
+        Ok((self.b.len() - self.at) as u64)
+    }
+}
+
+/// A decompressor read through a fixed window; counts what it produced against
+/// [`DECOMPRESSED_BYTES_MAX`].
+struct ReadSource<R: std::io::Read> {
+    r: R,
+    codec: &'static str,
+    buf: Vec<u8>,
+    lo: usize,
+    hi: usize,
+    produced: u64,
+}
+
+impl<R: std::io::Read> ReadSource<R> {
+    fn new(r: R, codec: &'static str) -> Self {
+        let mut buf = WALK_WINDOW.with(|w| w.take());
+        buf.resize(WALK_WINDOW_BYTES, 0);
+        ReadSource { r, codec, buf, lo: 0, hi: 0, produced: 0 }
+    }
+    /// Refill the window; false at the end of the stream.
+    fn fill(&mut self) -> Result<bool, Stop> {
+        loop {
+            match self.r.read(&mut self.buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.lo = 0;
+                    self.hi = n;
+                    self.produced += n as u64;
+                    if self.produced > DECOMPRESSED_BYTES_MAX {
+                        return Err(Stop::Fail(BatchError::DecompressedTooLarge { limit: DECOMPRESSED_BYTES_MAX }));
+                    }
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Stop::Fail(BatchError::BadCompression { codec: self.codec, reason: e.to_string() }))
+                }
+            }
+        }
+    }
+}
+
+impl<R: std::io::Read> Drop for ReadSource<R> {
+    fn drop(&mut self) {
+        WALK_WINDOW.with(|w| w.set(std::mem::take(&mut self.buf)));
+    }
+}
+
+impl<R: std::io::Read> Source for ReadSource<R> {
+    #[inline]
+    fn byte(&mut self) -> Result<u8, Stop> {
+        if self.lo == self.hi && !self.fill()? {
+            return Err(Stop::Eof);
+        }
+        let v = self.buf[self.lo];
+        self.lo += 1;
+        Ok(v)
+    }
+    fn skip(&mut self, mut n: u64) -> Result<(), Stop> {
+        while n > 0 {
+            if self.lo == self.hi && !self.fill()? {
+                return Err(Stop::Eof);
+            }
+            let step = n.min((self.hi - self.lo) as u64);
+            self.lo += step as usize;
+            n -= step;
+        }
+        Ok(())
+    }
+    fn pos(&self) -> u64 {
+        self.produced - (self.hi - self.lo) as u64
+    }
+    fn rest(&mut self) -> Result<u64, Stop> {
+        let mut extra = (self.hi - self.lo) as u64;
+        self.lo = self.hi;
+        while self.fill()? {
+            extra += (self.hi - self.lo) as u64;
+            self.lo = self.hi;
+        }
+        Ok(extra)
+    }
+}
+
+/// A zigzag varint of at most `max_bytes` bytes (5 for Kafka's varint, 10 for its varlong).
+#[inline]
+fn read_varint<S: Source>(s: &mut S, max_bytes: u32) -> Result<i64, Stop> {
+    let mut raw: u64 = 0;
+    let mut shift = 0u32;
+    loop {
+        let b = s.byte()?;
+        raw |= ((b & 0x7f) as u64) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift >= 7 * max_bytes {
+            return Err(Stop::Fail(BatchError::BadRecord { index: -1, reason: "varint too long" }));
+        }
+    }
+    if max_bytes <= 5 {
+        let raw = raw as u32;
+        return Ok(((raw >> 1) as i32 ^ -((raw & 1) as i32)) as i64);
+    }
+    Ok((raw >> 1) as i64 ^ -((raw & 1) as i64))
+}
+
+/// Walk `count` records; Ok(()) only if each parses, its fields fit in its declared length
+/// exactly, offset deltas are 0, 1, 2, ... and nothing follows the last record.
+fn walk_records<S: Source>(s: &mut S, count: i32, base_timestamp: i64) -> Result<(), BatchError> {
+    let mut index = 0;
+    let result = (|| -> Result<(), Stop> {
+        let bad = |index: i32, reason: &'static str| Stop::Fail(BatchError::BadRecord { index, reason });
+        while index < count {
+            let len = read_varint(s, 5)?;
+            if len < 0 {
+                return Err(bad(index, "negative record length"));
+            }
+            let start = s.pos();
+            let end = start + len as u64;
+            let _attributes = s.byte()?;
+            let ts_delta = read_varint(s, 10)?;
+            if base_timestamp.checked_add(ts_delta).is_none() {
+                return Err(bad(index, "timestamp delta overflows"));
+            }
+            if read_varint(s, 5)? != index as i64 {
+                return Err(bad(index, "offset delta is not the record's index in the batch"));
+            }
+            for negative in ["negative key length", "negative value length"] {
+                let n = read_varint(s, 5)?;
+                if n < -1 {
+                    return Err(bad(index, negative));
+                }
+                if n > 0 {
+                    if s.pos() + n as u64 > end {
+                        return Err(bad(index, "key or value runs past the record's length"));
+                    }
+                    s.skip(n as u64)?;
+                }
+            }
+            let headers = read_varint(s, 5)?;
+            if headers < 0 {
+                return Err(bad(index, "negative header count"));
+            }
+            for _ in 0..headers {
+                let k = read_varint(s, 5)?;
+                if k < 0 {
+                    return Err(bad(index, "negative header key length"));
+                }
+                s.skip(k as u64)?;
+                let v = read_varint(s, 5)?;
+                if v < -1 {
+                    return Err(bad(index, "negative header value length"));
+                }
+                if v > 0 {
+                    s.skip(v as u64)?;
+                }
+                if s.pos() > end {
+                    return Err(bad(index, "headers run past the record's length"));
+                }
+            }
+            if s.pos() != end {
+                return Err(bad(index, "record length does not match its contents"));
+            }
+            index += 1;
+        }
+        let extra = s.rest()?;
+        if extra != 0 {
+            return Err(Stop::Fail(BatchError::TrailingBytes { count, extra }));
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(()),
+        Err(Stop::Eof) => Err(BatchError::BadRecord { index, reason: "records end inside this record" }),
+        Err(Stop::Fail(BatchError::BadRecord { index: -1, reason })) => Err(BatchError::BadRecord { index, reason }),
+        Err(Stop::Fail(e)) => Err(e),
+    }
+}
+
+/// xerial snappy-java framing (what Kafka's Java clients write): a 16-byte header, then blocks
+/// of `length:u32 · raw snappy`. Kafka also accepts plain raw snappy (librdkafka writes it).
+const SNAPPY_JAVA_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
+
+/// Snappy has no streaming raw format: each block is decompressed whole, after checking its
+/// declared length against what is left of [`DECOMPRESSED_BYTES_MAX`].
+fn snappy_decompress(data: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let bad = |reason: String| BatchError::BadCompression { codec: "snappy", reason };
+    let mut out = Vec::new();
+    let block = |b: &[u8], out: &mut Vec<u8>| -> Result<(), BatchError> {
+        let n = snap::raw::decompress_len(b).map_err(|e| bad(e.to_string()))?;
+        if (out.len() + n) as u64 > DECOMPRESSED_BYTES_MAX {
+            return Err(BatchError::DecompressedTooLarge { limit: DECOMPRESSED_BYTES_MAX });
+        }
+        let at = out.len();
+        out.resize(at + n, 0);
+        let got = snap::raw::Decoder::new().decompress(b, &mut out[at..]).map_err(|e| bad(e.to_string()))?;
+        out.truncate(at + got);
+        Ok(())
+    };
+    if data.len() >= 16 && &data[..8] == SNAPPY_JAVA_MAGIC {
+        let mut at = 16;
+        while at < data.len() {
+            let Some(len) = data.get(at..at + 4).map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize) else {
+                return Err(bad("truncated block length".into()));
+            };
+            at += 4;
+            let Some(b) = data.get(at..at.saturating_add(len)) else {
+                return Err(bad("truncated block".into()));
+            };
+            block(b, &mut out)?;
+            at += len;
+        }
+    } else {
+        block(data, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Walk every record of the complete batch `batch` (whose header `info` was validated),
+/// decompressing it if needed. See the module documentation.
+pub fn validate_records(batch: &[u8], info: &BatchInfo) -> Result<(), BatchError> {
+    let recs = &batch[BATCH_HEADER_BYTES..info.size_bytes];
+    let count = info.record_count;
+    let ts = info.base_timestamp;
+    let bad = |codec: &'static str| move |e: std::io::Error| BatchError::BadCompression { codec, reason: e.to_string() };
+    match info.compression() {
+        0 => walk_records(&mut SliceSource { b: recs, at: 0 }, count, ts),
+        1 => walk_records(&mut ReadSource::new(flate2::read::MultiGzDecoder::new(recs), "gzip"), count, ts),
+        2 => {
+            let plain = snappy_decompress(recs)?;
+            walk_records(&mut SliceSource { b: &plain, at: 0 }, count, ts)
+        }
+        3 => {
+            let d = lz4::Decoder::new(recs).map_err(bad("lz4"))?;
+            walk_records(&mut ReadSource::new(d, "lz4"), count, ts)
+        }
+        4 => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(recs).map_err(bad("zstd"))?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(bad("zstd"))?;
+            walk_records(&mut ReadSource::new(d, "zstd"), count, ts)
+        }
+        c => Err(BatchError::UnknownCodec(c)),
+    }
 }
 
 /// Set `baseOffset` (outside the CRC: the CRC stays valid).
@@ -271,6 +617,48 @@ pub mod build {
         out
     }
 
+    /// Compress `data` with Kafka codec `codec` (1 gzip, 2 snappy (raw, as librdkafka writes
+    /// it), 3 lz4 (frame format), 4 zstd).
+    pub fn compress(codec: u8, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match codec {
+            1 => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).expect("in-memory gzip");
+                e.finish().expect("in-memory gzip")
+            }
+            2 => snap::raw::Encoder::new().compress_vec(data).expect("in-memory snappy"),
+            3 => {
+                let mut e = lz4::EncoderBuilder::new().build(Vec::new()).expect("lz4 encoder");
+                e.write_all(data).expect("in-memory lz4");
+                let (out, r) = e.finish();
+                r.expect("in-memory lz4");
+                out
+            }
+            4 => zstd::encode_all(data, 3).expect("in-memory zstd"),
+            c => panic!("no such codec {c}"),
+        }
+    }
+
+    /// The batch `plain` (built above) with `payload` as its records section and codec `codec`
+    /// in its attributes, length and CRC recomputed: a well-formed header over any payload.
+    pub fn reframe(plain: &[u8], codec: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = plain[..BATCH_HEADER_BYTES].to_vec();
+        out.extend_from_slice(payload);
+        let batch_length = (out.len() - BATCH_LOG_OVERHEAD) as i32;
+        out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        let attributes = (be_i16(&out, 21) & !0x7) | codec as i16;
+        out[21..23].copy_from_slice(&attributes.to_be_bytes());
+        let crc = compute_crc(&out);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// The uncompressed batch `plain` compressed with `codec`.
+    pub fn compressed(plain: &[u8], codec: u8) -> Vec<u8> {
+        reframe(plain, codec, &compress(codec, &plain[BATCH_HEADER_BYTES..]))
+    }
+
     /// `count` records of `value_len` bytes each (value byte = i as u8), no key, no producer id.
     pub fn simple_batch(count: usize, value_len: usize, base_timestamp: i64) -> Vec<u8> {
         let values: Vec<Vec<u8>> = (0..count).map(|i| vec![i as u8; value_len]).collect();
@@ -319,6 +707,97 @@ mod tests {
         bad_count[57..61].copy_from_slice(&5i32.to_be_bytes());
         assert!(matches!(validate(&bad_count, 1 << 20), Err(BatchError::CountMismatch { .. })));
         assert_eq!(validate_all(&[], 1 << 20), Err(BatchError::Empty));
+    }
+
+    #[test]
+    fn records_of_every_codec_validate() {
+        let plain = build::batch_with(
+            &[
+                build::Rec { key: Some(b"k1"), value: Some(&[7; 100]), timestamp_delta: 0 },
+                build::Rec { key: None, value: None, timestamp_delta: 5 },
+                build::Rec { key: Some(b""), value: Some(b"v"), timestamp_delta: -3 },
+            ],
+            1_000,
+            -1,
+            -1,
+            -1,
+        );
+        validate_all(&plain, 1 << 20).unwrap();
+        for codec in 1..=4 {
+            let b = build::compressed(&plain, codec);
+            let infos = validate_all(&b, 1 << 20).unwrap_or_else(|e| panic!("codec {codec}: {e}"));
+            assert_eq!(infos[0].compression(), codec);
+            assert_eq!(infos[0].record_count, 3);
+        }
+        // Java's snappy framing (xerial): header, then length-prefixed raw blocks.
+        let raw = build::compress(2, &plain[BATCH_HEADER_BYTES..]);
+        let mut framed = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01".to_vec();
+        framed.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&raw);
+        validate_all(&build::reframe(&plain, 2, &framed), 1 << 20).unwrap();
+    }
+
+    /// A batch with a valid CRC whose records a consumer cannot parse.
+    #[test]
+    fn broken_records_under_a_valid_crc_are_refused() {
+        let plain = build::simple_batch(5, 10, 0);
+        let recs = &plain[BATCH_HEADER_BYTES..];
+        // Each record: len(1) attr(1) ts(1) off(1) key=-1 (1) vlen(1) value(10) headers(1) = 16 + 1.
+        assert_eq!(recs.len(), 5 * 17);
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut r = recs.to_vec();
+            f(&mut r);
+            build::reframe(&plain, 0, &r)
+        };
+        let refused = |b: &[u8]| validate_all(b, 1 << 20).unwrap_err();
+        // Record length one too large / too small.
+        assert!(matches!(refused(&with(&|r| r[0] = 34)), BatchError::BadRecord { index: 0, .. }));
+        assert!(matches!(refused(&with(&|r| r[17] = 30)), BatchError::BadRecord { index: 1, .. }));
+        // Key length 5 (zigzag 10) where the key is null: runs into the value.
+        assert!(matches!(refused(&with(&|r| r[4] = 10)), BatchError::BadRecord { index: 0, .. }));
+        // Key length -2.
+        assert!(matches!(refused(&with(&|r| r[4] = 3)), BatchError::BadRecord { index: 0, .. }));
+        // Offset delta 3 in record 1.
+        assert!(matches!(refused(&with(&|r| r[17 + 3] = 6)), BatchError::BadRecord { index: 1, .. }));
+        // Negative header count.
+        assert!(matches!(refused(&with(&|r| r[16] = 1)), BatchError::BadRecord { index: 0, .. }));
+        // Varint too long.
+        assert!(matches!(refused(&with(&|r| r[2..8].fill(0xff))), BatchError::BadRecord { index: 0, .. }));
+        // Fewer records than the header says; bytes after the last one.
+        assert!(matches!(refused(&with(&|r| r.truncate(4 * 17))), BatchError::BadRecord { index: 4, .. }));
+        assert!(matches!(refused(&with(&|r| r.push(0))), BatchError::TrailingBytes { count: 5, extra: 1 }));
+        // Garbage under every codec; an unknown codec.
+        for codec in 1..=4 {
+            let e = refused(&build::reframe(&plain, codec, b"this is not compressed at all, not even a little"));
+            assert!(matches!(e, BatchError::BadCompression { .. } | BatchError::BadRecord { .. }), "codec {codec}: {e}");
+            // Well compressed, broken records inside.
+            let inner = with(&|r| r[0] = 34);
+            let e = refused(&build::compressed(&inner, codec));
+            assert!(matches!(e, BatchError::BadRecord { index: 0, .. }), "codec {codec}: {e}");
+        }
+        assert_eq!(refused(&build::reframe(&plain, 5, recs)), BatchError::UnknownCodec(5));
+    }
+
+    /// 100 MiB of zeros compress to ~100 KiB: refused once 64 MiB came out, holding only a window.
+    #[test]
+    fn decompression_bombs_are_refused() {
+        let plain = build::simple_batch(1, 10, 0);
+        let zeros = vec![0u8; (DECOMPRESSED_BYTES_MAX + (1 << 20)) as usize];
+        for codec in 1..=4 {
+            let bomb = build::reframe(&plain, codec, &build::compress(codec, &zeros));
+            assert!(bomb.len() < 8 << 20, "codec {codec}: {} bytes", bomb.len());
+            let e = validate_all(&bomb, 16 << 20).unwrap_err();
+            // Zeros parse as records (length 0 is refused first) or hit the cap.
+            assert!(matches!(e, BatchError::DecompressedTooLarge { .. } | BatchError::BadRecord { .. }), "codec {codec}: {e}");
+        }
+        // A record stream that is valid until the cap: one record whose value is 70 MiB.
+        let big = vec![1u8; (DECOMPRESSED_BYTES_MAX + (6 << 20)) as usize];
+        let plain = build::batch_with(&[build::Rec { key: None, value: Some(&big), timestamp_delta: 0 }], 0, -1, -1, -1);
+        for codec in 1..=4 {
+            let bomb = build::compressed(&plain, codec);
+            let e = validate_all(&bomb, 16 << 20).unwrap_err();
+            assert_eq!(e, BatchError::DecompressedTooLarge { limit: DECOMPRESSED_BYTES_MAX }, "codec {codec}");
+        }
     }
 
     #[test]

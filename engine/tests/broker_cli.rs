@@ -47,3 +47,35 @@ fn broker_binary_serves_and_shuts_down_cleanly_on_sigterm() {
     assert!(exit.success(), "exit {exit}: {err}");
     assert!(err.contains("logs flushed"), "{err}");
 }
+
+/// Issue 15: every resource limit has a flag with its default in `broker --help`, and an
+/// in-flight budget below the frame limit is refused at start with a clear message.
+#[test]
+fn broker_help_lists_every_limit_with_its_default() {
+    let out = Command::new(env!("CARGO_BIN_EXE_broker")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, default) in [
+        ("--frame-bytes-max", "104857600"),
+        ("--max-request-bytes-in-flight", "268435456"),
+        ("--request-timeout-ms", "30000"),
+        ("--connections-max-idle-ms", "600000"),
+        ("--max-connections ", "4096"),
+        ("--max-connections-per-ip", "4096"),
+        ("--message-max-bytes", "1048588"),
+        ("--scrub-rate-mib", "8"),
+        ("--repair", ""),
+    ] {
+        let at = help.find(flag).unwrap_or_else(|| panic!("{flag} not in --help:\n{help}"));
+        let section = &help[at..];
+        let end = section[2..].find("\n  --").map_or(section.len(), |e| e + 2);
+        assert!(section[..end].contains(&format!("[default: {default}]")) || default.is_empty(), "{flag}: no default {default}:\n{}", &section[..end]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["--data-dir", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--max-request-bytes-in-flight", "1000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least frame_bytes_max"));
+}

@@ -634,3 +634,80 @@ fn large_durable_batches_round_trip(direct_io: bool) {
     check(&fetch_all(&mut c));
     broker.shutdown().unwrap();
 }
+
+/// Issue 15 (5): batches whose CRC is right but whose records cannot be parsed (garbage under
+/// every codec, a wrong record length, a wrong key length, a decompression bomb) are refused
+/// with CORRUPT_MESSAGE and store nothing; the connection stays up and the next good batch is
+/// stored at offset 0 and read back whole.
+#[test]
+fn poison_batches_with_a_valid_crc_are_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let mut c = Client::connect(broker.local_addr());
+    create_topic(&mut c, "poison", 1);
+    let plain = build::simple_batch(5, 10, 1_000);
+    let recs = &plain[engine::record::BATCH_HEADER_BYTES..];
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut r = recs.to_vec();
+        f(&mut r);
+        build::reframe(&plain, 0, &r)
+    };
+    let mut poisons: Vec<(String, Vec<u8>)> = Vec::new();
+    for (codec, name) in [(1u8, "gzip"), (2, "snappy"), (3, "lz4"), (4, "zstd")] {
+        poisons.push((format!("garbage {name}"), build::reframe(&plain, codec, &[0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9])));
+        poisons.push((format!("{name} of a bad record length"), build::compressed(&with(&|r| r[0] = 40), codec)));
+        // Snappy compresses at most ~21:1, so its bomb is a raw block declaring 1 GiB.
+        let bomb = if codec == 2 { vec![0x80, 0x80, 0x80, 0x80, 0x04, 0, 0, 0] } else { build::compress(codec, &vec![0u8; 80 << 20]) };
+        assert!(bomb.len() < 1 << 20, "{name} bomb of {} bytes", bomb.len());
+        poisons.push((format!("{name} bomb"), build::reframe(&plain, codec, &bomb)));
+    }
+    poisons.push(("record length too large".into(), with(&|r| r[0] = 34)));
+    poisons.push(("key length into the value".into(), with(&|r| r[4] = 10)));
+    for (what, batch) in poisons {
+        engine::record::validate(&batch, 16 << 20).unwrap_or_else(|e| panic!("{what}: the CRC must be valid: {e}"));
+        let r = c.call(PRODUCE_V, &produce_req("poison", vec![(0, batch)], -1));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 2, "{what}: CORRUPT_MESSAGE");
+        assert_eq!(broker.logs().partition("poison", 0).unwrap().log_end_offset(), 0, "{what}: nothing stored");
+    }
+    for codec in [0u8, 3] {
+        let good = if codec == 0 { plain.clone() } else { build::compressed(&plain, codec) };
+        let r = c.call(PRODUCE_V, &produce_req("poison", vec![(0, good.clone())], -1));
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, if codec == 0 { 0 } else { 5 }));
+    }
+    let f = c.call(FETCH_V, &fetch_req("poison", 0, 0, 0, 0));
+    let got = f.responses[0].partitions[0].records.clone().unwrap();
+    let infos = engine::record::validate_all(&got, 16 << 20).unwrap();
+    assert_eq!(infos.iter().map(|i| (i.base_offset, i.record_count, i.compression())).collect::<Vec<_>>(), vec![(0, 5, 0), (5, 5, 3)]);
+}
+
+/// Issue 15 (6): a batch above message.max.bytes is answered MESSAGE_TOO_LARGE (10), which
+/// clients do not retry, not CORRUPT_MESSAGE; one at the limit is stored.
+#[test]
+fn batch_above_message_max_bytes_gets_message_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    assert_eq!(engine::broker::MESSAGE_MAX_BYTES_DEFAULT, 1_048_588);
+    let mut c = Client::connect(broker.local_addr());
+    create_topic(&mut c, "big", 1);
+    let too_large = build::simple_batch(1, 2 << 20, 0);
+    let r = c.call(PRODUCE_V, &produce_req("big", vec![(0, too_large)], -1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 10, "MESSAGE_TOO_LARGE");
+    // 20 MiB: above the log's own 16 MiB bound too; still MESSAGE_TOO_LARGE.
+    let huge = build::simple_batch(1, 20 << 20, 0);
+    let r = c.call(PRODUCE_V, &produce_req("big", vec![(0, huge)], -1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 10, "MESSAGE_TOO_LARGE");
+    assert_eq!(broker.logs().partition("big", 0).unwrap().log_end_offset(), 0);
+    // Exactly at the limit (the 12-byte log overhead included): stored.
+    let fit = ((1 << 20) - 100..).map(|n| build::simple_batch(1, n, 0)).find(|b| b.len() >= 1_048_588).unwrap();
+    assert_eq!(fit.len(), 1_048_588);
+    let r = c.call(PRODUCE_V, &produce_req("big", vec![(0, fit)], -1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    // The limit is configurable.
+    drop(c);
+    broker.shutdown().unwrap();
+    let broker = start_broker_with(|c| c.message_max_bytes = 4 << 20, dir.path());
+    let mut c = Client::connect(broker.local_addr());
+    let r = c.call(PRODUCE_V, &produce_req("big", vec![(0, build::simple_batch(1, 2 << 20, 0))], -1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+}

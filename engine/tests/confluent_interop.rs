@@ -69,3 +69,26 @@ fn confluent_kafka_acks_all_records_survive_a_broker_restart() {
     assert_eq!(seen, RECORDS, "every acknowledged record is read back after the restart");
     broker.shutdown().unwrap();
 }
+
+/// Issue 15 (6): librdkafka producing a record above the broker's message.max.bytes gets
+/// MSG_SIZE_TOO_LARGE from its first attempt (MESSAGE_TOO_LARGE is not retried) instead of
+/// retrying a "corrupt" batch until its 300 s delivery timeout; the next record is delivered.
+#[test]
+fn confluent_kafka_too_large_record_fails_fast_with_msg_size_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let addr = broker.local_addr().to_string();
+    let py = require_tool("python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/confluent_too_large.py");
+    let out = run(
+        Command::new(py).arg(&script).args(["--bootstrap", &addr, "--topic", "large", "--bytes", &(20 << 20).to_string()]),
+        None,
+        Duration::from_secs(120),
+    );
+    let out = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("error MSG_SIZE_TOO_LARGE "), "{out}");
+    assert_eq!(lines[1], "small ok 0", "{out}");
+    assert_eq!(broker.logs().partition("large", 0).unwrap().log_end_offset(), 1);
+    println!("confluent_interop: 20 MiB record: {}", lines[0]);
+}

@@ -416,7 +416,7 @@ fn commit_v0_v1(c: &Arc<GroupCoordinator>, v: i16, group: &str, topic: &str, par
 #[test]
 fn committed_offsets_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    let a_id = {
         let logs = open_logs(dir.path());
         logs.create_topic("t", 4, None).unwrap();
         let c = coordinator(&logs);
@@ -434,7 +434,8 @@ fn committed_offsets_survive_a_reopen() {
         assert_eq!(fetch_v1(&c, "standalone", "t", &[0, 1, 2]), vec![10, 21, -1]);
         drop(c);
         logs.close().unwrap();
-    }
+        a_id
+    };
     let logs = open_logs(dir.path());
     let c = coordinator(&logs);
     assert_eq!(fetch_v1(&c, "standalone", "t", &[0, 1, 2, 3]), vec![10, 21, -1, -1]);
@@ -450,13 +451,14 @@ fn committed_offsets_survive_a_reopen() {
         .flat_map(|t| t.partitions.iter().map(move |p| (t.name.as_str().to_string(), p.partition_index, p.committed_offset)))
         .collect();
     assert_eq!(all, vec![("t".into(), 0, 10), ("t".into(), 1, 21)]);
-    // Restored groups are listed (Empty) and can be committed to again.
+    // Restored groups are listed and can be committed to again: the standalone ones Empty, the
+    // managed one Stable with its member (its group metadata record), which commits as before.
     let r: ListGroupsResponse = call(&c, 16, 4, &ListGroupsRequest::default());
-    let names: Vec<&str> = r.groups.iter().map(|g| g.group_id.as_str()).collect();
-    assert_eq!(names, vec!["managed", "old", "standalone"]);
-    assert!(r.groups.iter().all(|g| g.group_state.as_str() == "Empty"));
-    assert_eq!(commit(&c, 8, "managed", "", -1, &[("t", 3, 100)]), vec![0]);
+    let listed: Vec<(&str, &str)> = r.groups.iter().map(|g| (g.group_id.as_str(), g.group_state.as_str())).collect();
+    assert_eq!(listed, vec![("managed", "Stable"), ("old", "Empty"), ("standalone", "Empty")]);
+    assert_eq!(commit(&c, 8, "managed", &a_id, 1, &[("t", 3, 100)]), vec![0]);
     assert_eq!(fetch_v1(&c, "managed", "t", &[3]), vec![100]);
+    assert_eq!(commit(&c, 8, "standalone", "", -1, &[("t", 0, 11)]), vec![0]);
 }
 
 #[test]
@@ -626,6 +628,21 @@ fn static_member_restart_takes_its_place_without_a_rebalance() {
     assert_eq!(static_join(&a_id, "inst-a").error_code, err::FENCED_INSTANCE_ID);
     // B never noticed.
     assert_eq!(heartbeat(&c, "g", &b_id, 2), err::NONE);
+
+    // The replacement was persisted: after a reopen the group is Stable with A's new id, and
+    // the old incarnation is still fenced.
+    drop(c);
+    logs.close().unwrap();
+    let logs = open_logs(dir.path());
+    let c = coordinator(&logs);
+    let (st, gen, mut ids) = state(&c, "g");
+    ids.sort();
+    let mut want = vec![a3_id.clone(), b_id.clone()];
+    want.sort();
+    assert_eq!((st, gen, ids), (GroupState::Stable, 2, want));
+    assert_eq!(heartbeat(&c, "g", &a3_id, 2), err::NONE);
+    let r: HeartbeatResponse = call(&c, 12, 3, &hb);
+    assert_eq!(r.error_code, err::FENCED_INSTANCE_ID);
 }
 
 #[test]
@@ -747,6 +764,46 @@ fn offsets_snapshot_keeps_quiet_offsets_through_segment_retention() {
     let (got, deleted) = run(true);
     assert_eq!(got, 7, "the quiet offset survives the retention the snapshot allowed");
     assert!(deleted > 0, "segments below the snapshot were deleted");
+}
+
+/// Group metadata records are rewritten by the snapshot too: retention after it keeps a quiet
+/// Stable group (its record was in the deleted segments), and a malformed group record written
+/// after it is skipped at restore (the previous record stays).
+#[test]
+fn group_metadata_survives_snapshot_retention_and_malformed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        durability: Durability::Never,
+        segment_bytes_max: 2048,
+        retention_bytes_max: Some(8 << 10),
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    let open = || LogManager::open(dir.path(), Arc::new(UringIo), cfg.clone()).unwrap();
+    let logs = open();
+    let _ = logs.create_topic("t", 4, None);
+    let c = coordinator(&logs);
+    let long_join = |member: &str| join_with(&c, "quiet", join_req("quiet", member, 60_000, b"m"));
+    let a = long_join("");
+    let a_id = a.member_id.as_str().to_string();
+    assert_eq!(sync(&c, "quiet", &a_id, a.generation_id, &[(&a_id, b"asg")]).error_code, err::NONE);
+    for i in 0..300 {
+        assert_eq!(commit(&c, 8, "busy", "", -1, &[("t", (i % 4) as i32, i)]), vec![err::NONE]);
+    }
+    let part = logs.partition("__consumer_offsets", 0).unwrap();
+    assert!(part.segment_count() > 3);
+    assert_eq!(c.snapshot_offsets().unwrap(), Some(4 + 1), "4 offsets and the group record");
+    assert!(part.enforce_retention().unwrap() > 0, "segments below the snapshot were deleted");
+    // A group record that does not parse (garbage value), after the good one.
+    groups::store::append_groups(&part, &[("quiet".to_string(), Some(vec![0, 3, 0xff, 0xff, 1]))]).unwrap();
+    drop(c);
+    logs.close().unwrap();
+    let logs = open();
+    let c = coordinator(&logs);
+    assert_eq!(state(&c, "quiet"), (GroupState::Stable, a.generation_id, vec![a_id.clone()]));
+    assert_eq!(heartbeat(&c, "quiet", &a_id, a.generation_id), err::NONE);
+    let r: DescribeGroupsResponse = call(&c, 15, 5, &DescribeGroupsRequest::default().with_groups(vec![GroupId(s("quiet"))]));
+    assert_eq!(&r.groups[0].members[0].member_assignment[..], b"asg");
 }
 
 #[test]

@@ -591,3 +591,225 @@ fn regression_enospc_after_a_roll_by_a_large_append_does_not_poison() {
         assert_acked_present(&open(&io.crash(CrashMode::DropUnsynced, 3), "/d/t-0"), &acked);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15 (12): a way out of corruption — `--repair` and the scrub — on real files.
+
+/// Write `batches` batches of 20 x 200 B records to `t-0` under `dir` (real files, group mode,
+/// closed cleanly: the recovery point covers everything). Returns each batch's (offset, bytes).
+fn write_real_log(dir: &Path, batches: u64, segment_bytes_max: u64) -> Vec<(u64, Vec<u8>)> {
+    let cfg = LogConfig { segment_bytes_max, ..cfg() };
+    let m = LogManager::open(dir, Arc::new(UringIo), cfg).expect("open");
+    let p = m.create_topic("t", 1, None).expect("create")[0].clone();
+    for tag in 0..batches {
+        p.append_durable(&mut batch(tag, 20, 200)).expect("append");
+    }
+    let stored = served(&p);
+    m.close().expect("close");
+    stored
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open segment");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read byte");
+    f.write_all_at(&[b[0] ^ 0x40], at).expect("write byte");
+    f.sync_all().expect("sync");
+}
+
+/// The broker binary on `data` with `args`; returns its stderr once it has listened and been
+/// asked `fetch` (a closure over its address) — then it is killed.
+fn broker_binary<T>(data: &Path, args: &[&str], fetch: impl FnOnce(std::net::SocketAddr) -> T) -> (T, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = data.with_extension("stderr");
+    // Plain text (no ANSI colours) so tests can match `field=value`.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", &addr.to_string(), "--no-auto-create"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn broker");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "broker exited: {}", std::fs::read_to_string(&log).unwrap());
+        assert!(std::time::Instant::now() < deadline, "broker did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = fetch(addr);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    // Strip ANSI colour sequences (ESC [ ... m).
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    (out, plain)
+}
+
+/// Fetch `t-0` from `offset`: (error code, batches' (base offset, record count), every served
+/// batch's CRC right).
+fn fetch_t0(addr: std::net::SocketAddr, offset: i64) -> (i16, Vec<(i64, i32)>, bool) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let mut c = common::Client::connect(addr);
+    let req = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(10 << 20).with_session_epoch(-1).with_topics(vec![
+        FetchTopic::default().with_topic(TopicName(StrBytes::from_static_str("t"))).with_partitions(vec![FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(offset)
+            .with_partition_max_bytes(10 << 20)]),
+    ]);
+    let r = c.call(12, &req);
+    let p = &r.responses[0].partitions[0];
+    let recs = p.records.clone().unwrap_or_default();
+    let (mut at, mut batches, mut crc_ok) = (0, Vec::new(), true);
+    while at < recs.len() {
+        let info = record::parse_header(&recs[at..], 1 << 20).expect("served batch headers are valid");
+        crc_ok &= record::validate(&recs[at..], 1 << 20).is_ok();
+        batches.push((info.base_offset, info.record_count));
+        at += info.size_bytes;
+    }
+    (p.error_code, batches, crc_ok)
+}
+
+/// A byte flipped in the active segment below the recovery point: without --repair the
+/// partition is not opened and the log says where and how to repair; with --repair it is
+/// truncated at the damaged batch, the log names the segment, position, offset and bytes
+/// dropped, and every batch before it is served intact.
+#[test]
+fn repair_truncates_at_the_first_invalid_batch_and_reports_what_it_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let stored = write_real_log(&data, 10, 1 << 30);
+    let seg = data.join("t-0/00000000000000000000.log");
+    // Batch 6 starts after six batches; flip a byte inside its records.
+    let batch_len = stored[0].1.len() as u64;
+    let at = 6 * batch_len + 100;
+    flip_byte(&seg, at);
+
+    let ((code, _, _), log) = broker_binary(&data, &[], |a| fetch_t0(a, 0));
+    assert_ne!(code, 0, "a damaged partition was served");
+    assert!(log.contains("corruption in the middle of the log") && log.contains("--repair"), "unclear report:\n{log}");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), 10 * batch_len, "nothing may be truncated without --repair");
+
+    let ((code, batches, crc_ok), log) = broker_binary(&data, &["--repair"], |a| fetch_t0(a, 0));
+    assert_eq!((code, crc_ok), (0, true));
+    assert_eq!(batches, (0..6).map(|i| (i * 20, 20)).collect::<Vec<_>>(), "everything before the damage is served");
+    let line = log.lines().find(|l| l.contains("REPAIR")).unwrap_or_else(|| panic!("no REPAIR line:\n{log}"));
+    for want in ["00000000000000000000.log", &format!("position={}", 6 * batch_len), "offset=120", &format!("dropped_bytes_in_segment={}", 4 * batch_len)] {
+        assert!(line.contains(want), "REPAIR line lacks {want:?}: {line}");
+    }
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), 6 * batch_len);
+    // The served bytes are the stored ones.
+    let m = LogManager::open(&data, Arc::new(UringIo), cfg()).unwrap();
+    let p = m.partition("t", 0).unwrap();
+    assert_eq!(served(&p), stored[..6].to_vec());
+    println!("fault_disk: repair: {line}");
+}
+
+/// A byte flipped in a sealed segment is not caught by recovery (it trusts checkpointed
+/// indexes and headers); the scrub finds it, reports segment/position/offset, and the batch is
+/// no longer served: Fetch from before it stops short of it, Fetch at it answers
+/// KAFKA_STORAGE_ERROR (56) — never the corrupt value.
+#[test]
+fn scrub_reports_a_damaged_sealed_segment_and_fences_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // ~4.5 KiB batches, 16 KiB segments: 3 batches per segment, several sealed segments.
+    let stored = write_real_log(&data, 12, 16 * 1024);
+    let batch_len = stored[0].1.len() as u64;
+    let seg = data.join("t-0/00000000000000000000.log");
+    flip_byte(&seg, batch_len + 200); // inside batch 1 (offsets 20..39)
+
+    // Without the scrub (--scrub-rate-mib 0) the corrupt batch is served as if nothing happened.
+    let ((code, batches, crc_ok), _) = broker_binary(&data, &["--scrub-rate-mib", "0"], |a| fetch_t0(a, 0));
+    assert_eq!(code, 0);
+    assert!(batches.len() > 1 && !crc_ok, "without the scrub the damaged batch is served");
+
+    let ((before, at, after), log) = broker_binary(&data, &["--scrub-rate-mib", "64"], |a| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let at = fetch_t0(a, 20);
+            if at.0 != 0 || std::time::Instant::now() >= deadline {
+                return (fetch_t0(a, 0), at, fetch_t0(a, 60));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    assert_eq!(at.0, 56, "Fetch at the damaged batch: KAFKA_STORAGE_ERROR\n{log}");
+    assert_eq!(before, (0, vec![(0, 20)], true), "Fetch from before the damage stops short of it");
+    assert_eq!(after.0, 56, "offsets after the damage are fenced too");
+    let line = log.lines().find(|l| l.contains("scrub: damaged batch")).unwrap_or_else(|| panic!("no scrub line:\n{log}"));
+    for want in ["00000000000000000000.log", &format!("position={batch_len}"), "offset=20", "CRC mismatch"] {
+        assert!(line.contains(want), "scrub line lacks {want:?}: {line}");
+    }
+    println!("fault_disk: scrub: {line}");
+
+    // The way out: --repair truncates at the damaged batch (dropping the later segments) and
+    // serves what is before it; the scrub then finds nothing.
+    let ((code, batches, crc_ok), log) = broker_binary(&data, &["--repair", "--scrub-rate-mib", "64"], |a| {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        fetch_t0(a, 0)
+    });
+    assert_eq!((code, batches, crc_ok), (0, vec![(0, 20)], true), "{log}");
+    let line = log.lines().find(|l| l.contains("REPAIR: truncating")).unwrap_or_else(|| panic!("no REPAIR line:\n{log}"));
+    assert!(line.contains("offset=20") && line.contains(&format!("position={batch_len}")), "{line}");
+    assert!(log.lines().filter(|l| l.contains("REPAIR: removing")).count() >= 3, "later segments not reported:\n{log}");
+    assert!(!log.contains("scrub: damaged"), "{log}");
+}
+
+/// A sealed segment missing from the middle of the log (an operator's slip): without --repair
+/// the partition is not opened; with it the log ends where the gap starts, the segments after
+/// the gap are removed and reported, and everything before is served.
+#[test]
+fn repair_drops_the_segments_after_a_missing_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let stored = write_real_log(&data, 12, 16 * 1024);
+    let dir = data.join("t-0");
+    let mut bases: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_suffix(".log").and_then(|s| s.parse().ok()))
+        .collect();
+    bases.sort_unstable();
+    assert!(bases.len() >= 4, "{bases:?}");
+    let gone = bases[2];
+    std::fs::remove_file(dir.join(format!("{gone:020}.log"))).unwrap();
+
+    let ((code, _, _), log) = broker_binary(&data, &[], |a| fetch_t0(a, 0));
+    assert_ne!(code, 0, "a partition with a missing segment was served");
+    assert!(log.contains("--repair"), "{log}");
+
+    let (served_batches, log) = broker_binary(&data, &["--repair"], |a| {
+        let mut all = Vec::new();
+        let mut at = 0i64;
+        for _ in 0..100 {
+            let (code, batches, crc_ok) = fetch_t0(a, at);
+            assert_eq!((code, crc_ok), (0, true));
+            let Some(&(last, n)) = batches.last() else { break };
+            all.extend(batches);
+            at = last + n as i64;
+        }
+        all
+    });
+    let expected: Vec<(i64, i32)> = stored.iter().take_while(|(o, _)| *o < gone).map(|(o, _)| (*o as i64, 20)).collect();
+    assert_eq!(served_batches, expected, "{log}");
+    assert!(log.contains(&format!("segment starts at {}", bases[3])), "{log}");
+    println!("fault_disk: missing segment {gone}: repaired to offsets 0..{gone}");
+}

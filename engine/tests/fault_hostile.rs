@@ -277,6 +277,299 @@ fn hostile_clients_do_not_stall_others_or_grow_memory_without_bound() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Issue 15 (7, 8): memory, time and connection bounds, against the `broker` binary.
+
+/// The broker binary with `args`, optionally under `prlimit` limits, its stderr (RUST_LOG=warn)
+/// to `log`. Waits (bounded) until it accepts connections.
+fn spawn_limited(dir: &std::path::Path, prlimits: &[&str], args: &[&str], log: &std::path::Path) -> Broker {
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let bin = env!("CARGO_BIN_EXE_broker");
+    let mut cmd = if prlimits.is_empty() {
+        std::process::Command::new(bin)
+    } else {
+        let mut c = std::process::Command::new(common::require_tool("prlimit"));
+        c.args(prlimits).arg("--").arg(bin);
+        c
+    };
+    cmd.arg("--data-dir").arg(dir).args(["--listen", &addr.to_string(), "--durability", "group"]).args(args);
+    let err = std::fs::File::create(log).expect("log file");
+    let child = cmd.env("RUST_LOG", "warn").stdout(std::process::Stdio::null()).stderr(err).spawn().expect("spawn broker");
+    let mut b = Broker { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        if let Some(status) = b.child.try_wait().expect("try_wait") {
+            panic!("broker exited before listening: {status}\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        assert!(Instant::now() < deadline, "broker did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    b
+}
+
+/// One good produce + fetch, within GOOD_REQUEST_MAX.
+fn good_round_trip(addr: SocketAddr, topic_name: &str) {
+    let t = Instant::now();
+    let mut c = Client::connect(addr);
+    let r = c.call(9, &produce_req(topic_name, build::simple_batch(10, 100, 0)));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    let base = r.responses[0].partition_responses[0].base_offset;
+    let f = c.call(12, &fetch_req(topic_name, base, 1 << 20));
+    assert!(!f.responses[0].partitions[0].records.clone().unwrap_or_default().is_empty());
+    assert!(t.elapsed() < GOOD_REQUEST_MAX, "a good produce+fetch took {:?}", t.elapsed());
+}
+
+/// `conns` clients each declaring a 90 MiB frame and sending 89 MiB of it (1 MiB writes with a
+/// short write timeout, so a client the broker stopped reading gives up), all within `within`.
+/// Returns the bytes each client got written, and the broker's peak RSS sampled meanwhile.
+fn big_frame_attack(addr: SocketAddr, pid: u32, conns: usize, within: Duration) -> (Vec<u64>, u64) {
+    const DECLARED: i32 = 90 << 20;
+    const SENT: u64 = 89 << 20;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..conns)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.set_write_timeout(Some(Duration::from_millis(500))).expect("timeout");
+                s.write_all(&DECLARED.to_be_bytes()).expect("prefix");
+                let chunk = vec![0x5au8; 1 << 20];
+                let mut sent = 0u64;
+                while sent < SENT && !stop.load(Ordering::Acquire) {
+                    match s.write(&chunk) {
+                        Ok(n) => sent += n as u64,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => break,
+                    }
+                }
+                (s, sent)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut peak = 0;
+    while started.elapsed() < within && !clients.iter().all(|c| c.is_finished()) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Release);
+    peak = peak.max(rss_kib(pid));
+    let done: Vec<(TcpStream, u64)> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    peak = peak.max(rss_kib(pid));
+    let sent = done.iter().map(|(_, n)| *n).collect();
+    drop(done);
+    (sent, peak)
+}
+
+/// 10 connections each sending 89 MiB of a declared 90 MiB frame held 1,073 MiB of broker RSS
+/// before the in-flight budget; now at most the budget (256 MiB: two such frames) is read, the
+/// others wait unread (their clients see backpressure), and a good client is served meanwhile.
+#[test]
+fn big_frames_are_bounded_by_the_request_bytes_in_flight_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("broker.log");
+    let data = dir.path().join("data");
+    let broker = spawn_limited(&data, &[], &["--default-partitions", "1"], &log);
+    let pid = broker.child.id();
+    good_round_trip(broker.addr, "good");
+    let baseline = rss_kib(pid);
+    let (sent, peak) = big_frame_attack(broker.addr, pid, 10, Duration::from_secs(8));
+    good_round_trip(broker.addr, "good");
+    let growth = peak.saturating_sub(baseline);
+    let budget_kib = (engine::broker::REQUEST_BYTES_IN_FLIGHT_DEFAULT >> 10) as u64;
+    println!(
+        "fault_hostile: 10 x 89 MiB of declared 90 MiB frames: client bytes written {:?} MiB; broker RSS baseline {baseline} KiB, \
+         peak {peak} KiB (+{growth} KiB; budget {budget_kib} KiB)",
+        sent.iter().map(|n| n >> 20).collect::<Vec<_>>()
+    );
+    assert!(growth < budget_kib + 64 * 1024, "RSS grew by {growth} KiB, over the {budget_kib} KiB budget");
+    assert!(broker_alive(&broker), "broker died");
+}
+
+fn broker_alive(b: &Broker) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/status", b.child.id()))
+        .map(|s| !s.lines().any(|l| l.starts_with("State:") && l.contains("zombie")))
+        .unwrap_or(false)
+}
+
+/// Under a 1 GiB address-space limit, 12 such connections made the broker abort ("memory
+/// allocation of 94371840 bytes failed"); with the budget it stays up and serves.
+#[test]
+fn big_frames_under_an_address_space_limit_do_not_abort_the_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("broker.log");
+    let data = dir.path().join("data");
+    let mut broker = spawn_limited(&data, &["--as=1073741824"], &[], &log);
+    let pid = broker.child.id();
+    good_round_trip(broker.addr, "good");
+    let (sent, peak) = big_frame_attack(broker.addr, pid, 12, Duration::from_secs(8));
+    assert!(broker.child.try_wait().expect("try_wait").is_none(), "broker exited: {}", std::fs::read_to_string(&log).unwrap());
+    good_round_trip(broker.addr, "good");
+    println!(
+        "fault_hostile: 12 big-frame connections under RLIMIT_AS 1 GiB: written {:?} MiB, broker peak RSS {peak} KiB, still serving",
+        sent.iter().map(|n| n >> 20).collect::<Vec<_>>()
+    );
+}
+
+/// Slowloris (a byte a second of a frame) is closed after --request-timeout-ms; a silent
+/// connection after --connections-max-idle-ms; a good client is served throughout.
+#[test]
+fn slowloris_and_idle_connections_are_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("broker.log");
+    let data = dir.path().join("data");
+    let broker = spawn_limited(&data, &[], &["--request-timeout-ms", "2000", "--connections-max-idle-ms", "3000"], &log);
+    let addr = broker.addr;
+    let started = Instant::now();
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_millis(1000))).expect("timeout");
+                let t = Instant::now();
+                let _ = s.write_all(&100i32.to_be_bytes()[..1]);
+                // One byte a second, for at most 30 s: closed (write or read fails) long before.
+                for _ in 0..30 {
+                    let mut b = [0u8; 1];
+                    match s.read(&mut b) {
+                        Ok(0) => return Some(t.elapsed()),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        _ => return Some(t.elapsed()),
+                    }
+                    if s.write_all(&[0]).is_err() {
+                        return Some(t.elapsed());
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    let mut idle = TcpStream::connect(addr).expect("connect");
+    let idle_started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        good_round_trip(addr, "good");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let closed: Vec<Option<Duration>> = slow.into_iter().map(|t| t.join().expect("slowloris")).collect();
+    assert!(closed.iter().all(|c| c.is_some()), "slowloris connections not closed: {closed:?}");
+    let worst = closed.iter().flatten().max().copied().unwrap();
+    assert!(closed_within(&mut idle, Duration::from_secs(10)), "idle connection not closed");
+    let idle_closed = idle_started.elapsed();
+    println!("fault_hostile: 20 slowloris (1 byte/s, request timeout 2 s) closed after at most {worst:?}; idle (3 s) closed after {idle_closed:?}");
+}
+
+/// Past --max-connections-per-ip / --max-connections, new connections are accepted and closed
+/// at once, with one log line per interval, not one per attempt; room frees when clients leave.
+#[test]
+fn connection_limits_refuse_cleanly_and_log_once() {
+    for (flag, limit) in [("--max-connections-per-ip", 30usize), ("--max-connections", 20)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("broker.log");
+        let data = dir.path().join("data");
+        let broker = spawn_limited(&data, &[], &[flag, &limit.to_string()], &log);
+        let mut held: Vec<Client> = Vec::new();
+        for _ in 0..limit {
+            let mut c = Client::connect(broker.addr);
+            c.call(3, &ApiVersionsRequest::default());
+            held.push(c);
+        }
+        let mut refused = 0;
+        for _ in 0..200 {
+            let mut s = TcpStream::connect(broker.addr).expect("connect is accepted");
+            assert!(closed_within(&mut s, Duration::from_secs(5)), "{flag} {limit}: connection over the limit not closed");
+            refused += 1;
+        }
+        // The held ones still work; one leaving makes room.
+        held[0].call(3, &ApiVersionsRequest::default());
+        held.pop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = Client::connect(broker.addr);
+            if c.send(3, &ApiVersionsRequest::default()) >= 0 && c.recv_raw().is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{flag}: no room after a client left");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines = text.lines().filter(|l| l.contains("connections refused")).count();
+        assert!((1..=3).contains(&lines), "{flag}: {lines} log lines for {refused} refusals:\n{text}");
+        println!("fault_hostile: {flag} {limit}: {refused} over-limit connections closed at once, {lines} log line(s)");
+    }
+}
+
+/// Under `nofile=1000` (prlimit): a 300-partition topic is created; a second one, whose
+/// descriptors would leave less than the reserve, is refused whole by CreateTopics with a clear
+/// message and leaves no directory behind. After a restart under the same limit the broker
+/// answers 50 new clients; clients past its descriptors are refused by accept failures that are
+/// backed off and logged once per interval, not once per attempt; when they leave, it serves again.
+#[test]
+fn descriptor_limits_refuse_topics_whole_and_accept_backs_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("broker.log");
+    let create = |addr: SocketAddr, name: &str, partitions: i32| {
+        let mut c = Client::connect(addr);
+        let r = c.call(
+            7,
+            &CreateTopicsRequest::default().with_timeout_ms(60_000).with_topics(vec![CreatableTopic::default()
+                .with_name(topic(name))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)]),
+        );
+        (r.topics[0].error_code, r.topics[0].error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
+    };
+    {
+        let broker = spawn_limited(&data, &["--nofile=1000"], &[], &log);
+        assert_eq!(create(broker.addr, "first", 300).0, 0);
+        let (code, msg) = create(broker.addr, "second", 300);
+        assert_ne!(code, 0, "a topic past the descriptor limit was created");
+        assert!(msg.contains("file descriptors"), "unclear refusal: {msg}");
+        let left: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("second-"))
+            .collect();
+        assert!(left.is_empty(), "{} directories of the refused topic left behind", left.len());
+        println!("fault_hostile: nofile=1000: 300-partition topic created, second refused whole: {msg}");
+    }
+    let broker = spawn_limited(&data, &["--nofile=1000"], &[], &log);
+    let mut fifty: Vec<Client> = (0..50).map(|_| Client::connect(broker.addr)).collect();
+    for c in &mut fifty {
+        c.call(3, &ApiVersionsRequest::default());
+    }
+    // Exhaust the descriptors (~340 are free): connect until 600 are held or 10 s passed (a
+    // connect times out while the accept backlog is full), then hold them 5 s more.
+    let mut flood: Vec<TcpStream> = Vec::new();
+    let flood_until = Instant::now() + Duration::from_secs(10);
+    while flood.len() < 600 && Instant::now() < flood_until {
+        if let Ok(s) = TcpStream::connect_timeout(&broker.addr, Duration::from_millis(500)) {
+            flood.push(s);
+        }
+    }
+    let flooded = flood.len();
+    std::thread::sleep(Duration::from_secs(5));
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut served = 0;
+    while served < 50 {
+        assert!(Instant::now() < deadline, "only {served} of 50 new clients served after the flood left");
+        let Ok(mut s) = TcpStream::connect_timeout(&broker.addr, Duration::from_secs(1)) else { continue };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        // ApiVersions v0, correlation id 1, null client id.
+        let mut size = [0u8; 4];
+        if s.write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff]).is_ok() && s.read_exact(&mut size).is_ok() {
+            served += 1;
+        }
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let failed = text.lines().filter(|l| l.contains("accept failed")).count();
+    assert!(failed <= 5, "{failed} 'accept failed' lines:\n{text}");
+    assert!(flooded > 400, "the flood did not get past the descriptors left ({flooded} connections)");
+    println!("fault_hostile: restart under nofile=1000: 50 clients served, {flooded}-connection flood, {failed} 'accept failed' log line(s), 50 new clients served after");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 15: ordinary requests that used to lose acknowledged data, and an operator's slip.
 
 /// The 7-byte all-topics Metadata v12 body of confluent-kafka 2.16 (librdkafka 2.16.0),

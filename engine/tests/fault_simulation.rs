@@ -230,6 +230,9 @@ impl Sim {
             // Half the seeds write some appends outside the partition lock, concurrently.
             appender_write_bytes: if rng.gen_bool(0.5) { rng.gen_range(64..1_024) } else { 256 << 10 },
             direct_io: rng.gen_bool(0.5),
+            validate_records: true,
+            repair: false,
+            scrub_rate_mib: 0,
         };
         let fault = match rng.gen_range(0..10) {
             0..=3 => Fault::None,

@@ -1,4 +1,4 @@
-//! `loadgen`: run | calibrate | report | selftest | compare | size.
+//! `loadgen`: run | calibrate | report | selftest | compare | size | versus.
 //! Exit codes: 0 ok, 1 run failed part-way or regression (compare), 2 bad input, 130 Ctrl-C.
 
 use std::path::PathBuf;
@@ -51,6 +51,8 @@ enum Cmd {
     Compare(loadgen::compare::CompareArgs),
     /// Size hardware for a target from measured results.
     Size(loadgen::size::SizeArgs),
+    /// One workload against several targets, interleaved, compared to the first (loadgen::versus).
+    Versus(Box<loadgen::versus::VersusArgs>),
 }
 
 #[derive(clap::Args, Default)]
@@ -157,6 +159,7 @@ fn main() {
         Cmd::Selftest(a) => loadgen::selftest::run(a),
         Cmd::Compare(a) => loadgen::compare::run(a),
         Cmd::Size(a) => loadgen::size::run(a),
+        Cmd::Versus(a) => loadgen::versus::run_versus(*a),
     };
     std::process::exit(code);
 }

@@ -527,8 +527,7 @@ impl Ctx<'_> {
             addrs.dedup();
             for a in addrs {
                 let parts: Vec<i32> = layout.leaders.iter().filter(|(_, x)| *x == a).map(|(p, _)| *p).collect();
-                let mut c = Conn::connect(a, Duration::from_secs(5))?;
-                let m = c.list_offsets(&layout.topic, &parts, -1)?;
+                let m = crate::retry::list_offsets_settled(a, &layout.topic, &parts, -1, Duration::from_secs(30))?;
                 offs.extend(m);
             }
             out.push(offs);

@@ -31,9 +31,42 @@ struct Args {
     /// Do not create topics on Metadata/Produce for unknown names.
     #[arg(long)]
     no_auto_create: bool,
-    /// Largest request frame accepted; larger ones close the connection.
-    #[arg(long, default_value_t = 100 << 20)]
+    /// Largest request frame accepted (Kafka's socket.request.max.bytes); a larger size prefix
+    /// closes the connection before anything is allocated.
+    #[arg(long, alias = "socket-request-max-bytes", default_value_t = 100 << 20)]
     frame_bytes_max: usize,
+    /// Bytes of request frames read or handled at once, broker-wide (at least
+    /// --frame-bytes-max). When full, connection readers stop reading until it has room
+    /// (backpressure): memory held by requests stays under it whatever clients send.
+    #[arg(long, default_value_t = engine::broker::REQUEST_BYTES_IN_FLIGHT_DEFAULT)]
+    max_request_bytes_in_flight: usize,
+    /// Once a request frame's first byte arrived, the whole frame must arrive within this
+    /// (slowloris clients are closed).
+    #[arg(long, default_value_t = engine::broker::REQUEST_TIMEOUT_MS_DEFAULT)]
+    request_timeout_ms: u64,
+    /// A connection with no request for this long is closed (Kafka's connections.max.idle.ms).
+    #[arg(long, default_value_t = engine::broker::CONNECTION_IDLE_MS_DEFAULT)]
+    connections_max_idle_ms: u64,
+    /// Connections open at once; more are accepted and closed at once (logged once per 10 s).
+    #[arg(long, default_value_t = engine::broker::CONNECTIONS_MAX_DEFAULT)]
+    max_connections: usize,
+    /// Connections open at once from one client IP address; more are accepted and closed.
+    #[arg(long, default_value_t = engine::broker::CONNECTIONS_PER_IP_MAX_DEFAULT)]
+    max_connections_per_ip: usize,
+    /// Largest record batch a Produce may carry (Kafka's message.max.bytes); a larger one is
+    /// answered MESSAGE_TOO_LARGE.
+    #[arg(long, default_value_t = engine::broker::MESSAGE_MAX_BYTES_DEFAULT)]
+    message_max_bytes: usize,
+    /// Repair damaged logs on start: a partition whose log is damaged below its recovery point
+    /// (or in a sealed segment) is truncated at its first invalid batch, and exactly what is
+    /// dropped (segment, byte position, offsets, bytes) is logged. Without it such a partition
+    /// is not opened and the error says where the damage is.
+    #[arg(long)]
+    repair: bool,
+    /// Read rate (MiB/s) of the background scrub that CRC-checks sealed segments once an hour
+    /// and fences a damaged batch (Fetch answers KAFKA_STORAGE_ERROR there); 0 = off.
+    #[arg(long, default_value_t = engine::broker::SCRUB_RATE_MIB_DEFAULT)]
+    scrub_rate_mib: u64,
     /// Write large produce batches (>= 256 KiB, group durability) with O_DIRECT, bypassing the
     /// page cache: more throughput with many concurrent large-batch producers, more latency with
     /// few, and consumers read those batches from the disk (engine/PERF_NOTES.md, session 5).
@@ -58,7 +91,15 @@ fn main() -> ExitCode {
     cfg.default_partitions = args.default_partitions;
     cfg.auto_create_topics = !args.no_auto_create;
     cfg.frame_bytes_max = args.frame_bytes_max;
+    cfg.request_bytes_in_flight_max = args.max_request_bytes_in_flight;
+    cfg.request_timeout_ms = args.request_timeout_ms;
+    cfg.connection_idle_ms = args.connections_max_idle_ms;
+    cfg.connections_max = args.max_connections;
+    cfg.connections_per_ip_max = args.max_connections_per_ip;
     cfg.log.direct_io = args.direct_io;
+    cfg.message_max_bytes = args.message_max_bytes;
+    cfg.log.repair = args.repair;
+    cfg.log.scrub_rate_mib = args.scrub_rate_mib;
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

@@ -155,6 +155,22 @@ fn resolve_partition(shared: &Shared, topic: &str, partition: i32, create: bool)
     usize::try_from(partition).ok().and_then(|i| t.get(i).cloned()).ok_or(error::UNKNOWN_TOPIC_OR_PARTITION)
 }
 
+/// The declared size of the first batch in `records` larger than `limit` (Kafka's
+/// message.max.bytes, checked per batch). A malformed list is left to the log's validation.
+fn batch_over(records: &[u8], limit: usize) -> Option<i64> {
+    let mut at = 0usize;
+    while let Some(size) = records.get(at..).and_then(crate::record::declared_size) {
+        if size > limit as i64 {
+            return Some(size);
+        }
+        if size <= 0 {
+            return None;
+        }
+        at = at.saturating_add(size as usize);
+    }
+    None
+}
+
 /// A partition of a Produce request: index and its records' byte range within the frame body.
 type PartitionRecords = (i32, Option<std::ops::Range<usize>>);
 
@@ -230,6 +246,14 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                     continue;
                 }
             };
+            if let Some(size) = batch_over(records, shared.cfg.message_max_bytes) {
+                // Kafka's message.max.bytes: answered MESSAGE_TOO_LARGE, which clients do not
+                // retry (CORRUPT_MESSAGE would be retried until their delivery timeout).
+                tracing::debug!(topic, index, size, limit = shared.cfg.message_max_bytes, "produce refused: batch too large");
+                r.error_code = error::MESSAGE_TOO_LARGE;
+                out.push(r);
+                continue;
+            }
             match part.append(records) {
                 Ok(info) => {
                     r.base_offset = info.base_offset as i64;
@@ -632,6 +656,14 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
             Err((error::INVALID_REQUEST, format!("Creation of internal topic {name} is prohibited.")))
         } else if !(t.replication_factor == -1 || t.replication_factor == 1) {
             Err((error::INVALID_REPLICATION_FACTOR, format!("replication factor {} > 1 brokers", t.replication_factor)))
+        } else if !t.configs.is_empty() {
+            // Topic configs are not honoured (every topic uses the broker's log settings):
+            // refuse rather than create a topic without what the client asked for.
+            let names: Vec<&str> = t.configs.iter().map(|c| c.name.as_str()).collect();
+            Err((
+                error::INVALID_CONFIG,
+                format!("topic configs are not supported by this broker: {}", names.join(", ")),
+            ))
         } else if req.validate_only {
             if !crate::log::manager::valid_topic_name(&name) {
                 Err((error::INVALID_TOPIC_EXCEPTION, format!("invalid topic name {name:?}")))

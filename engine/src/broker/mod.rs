@@ -9,18 +9,27 @@
 //! (sends [`Reply`]s strictly in request order; `Later`/`Stream` replies block only their own
 //! connection). Between them a bounded queue of [`CONNECTION_QUEUE_MAX`] replies: a client that
 //! does not read its responses stops being read (backpressure).
+//!
+//! Resource bounds (each a [`BrokerConfig`] field and a `broker` flag): a request frame's size
+//! (`frame_bytes_max`); the bytes of all request frames being read or handled at once
+//! (`request_bytes_in_flight_max`: a reader whose frame does not fit waits, without reading,
+//! until others finish); the time a frame may take to arrive once it started
+//! (`request_timeout_ms`) and a connection may stay without one (`connection_idle_ms`);
+//! connections in total and per client IP (`connections_max`, `connections_per_ip_max`: more
+//! are accepted and closed at once, logged once per interval).
 
 mod handlers;
 pub use handlers::BROKER_APIS;
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::io::{self, BufReader, BufWriter, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, TryRecvError};
 
@@ -37,12 +46,30 @@ const CONNECTION_BUFFER_BYTES: usize = 16 << 10;
 const CONNECTION_STACK_BYTES: usize = 256 << 10;
 /// Largest Fetch max_wait_ms honoured (bounds how long a writer can be parked).
 pub const FETCH_WAIT_MS_MAX: i32 = 60_000;
-/// A connection with no complete request for this long is closed (Kafka's
-/// connections.max.idle.ms): bounds what a stalled half-frame client holds.
-pub const CONNECTION_IDLE_MS_MAX: u64 = 600_000;
+/// Default of `connection_idle_ms`: a connection with no request for this long is closed
+/// (Kafka's connections.max.idle.ms default, 10 minutes).
+pub const CONNECTION_IDLE_MS_DEFAULT: u64 = 600_000;
+/// Default of `request_timeout_ms`: once a frame's first byte arrived, all of it must within
+/// this (a slowloris client sending a byte a second is closed).
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default of `request_bytes_in_flight_max`: request frames read or handled at once.
+pub const REQUEST_BYTES_IN_FLIGHT_DEFAULT: usize = 256 << 20;
+/// Default of `connections_max` (each connection costs two threads and a descriptor).
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4_096;
+/// Default of `connections_per_ip_max` (tests and load generators connect from one loopback
+/// address; lower it when clients come from many hosts).
+pub const CONNECTIONS_PER_IP_MAX_DEFAULT: usize = 4_096;
+/// Refused connections and accept failures are logged at most once per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest pause of the accept loop after accept fails (EMFILE: out of descriptors).
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A response that cannot be written for this long (the client stopped reading) closes the
 /// connection instead of parking its writer forever.
 pub const SEND_STALL_MS_MAX: u64 = 120_000;
+/// Default read rate of the background scrub of sealed segments (`LogConfig::scrub_rate_mib`).
+pub const SCRUB_RATE_MIB_DEFAULT: u64 = 8;
+/// Kafka's default message.max.bytes (1 MiB + the 12-byte log overhead).
+pub const MESSAGE_MAX_BYTES_DEFAULT: usize = 1_048_588;
 /// How long `BrokerHandle::shutdown` waits for connection threads to finish.
 const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -54,7 +81,24 @@ pub struct BrokerConfig {
     pub log: LogConfig,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
+    /// Largest request frame (Kafka's socket.request.max.bytes); a larger size prefix closes the
+    /// connection before anything is allocated.
     pub frame_bytes_max: usize,
+    /// Bytes of request frames being read or handled at once, broker-wide (Kafka's
+    /// queued.max.request.bytes). Must be >= `frame_bytes_max`.
+    pub request_bytes_in_flight_max: usize,
+    /// A frame must arrive whole within this once its first byte did.
+    pub request_timeout_ms: u64,
+    /// A connection with no request for this long is closed (connections.max.idle.ms).
+    pub connection_idle_ms: u64,
+    /// Connections open at once; more are accepted and closed (max.connections).
+    pub connections_max: usize,
+    /// Connections open at once from one IP address (max.connections.per.ip).
+    pub connections_per_ip_max: usize,
+    /// Largest record batch a Produce may carry (Kafka's message.max.bytes, default 1048588);
+    /// a larger one is refused with MESSAGE_TOO_LARGE. The log's `batch_bytes_max` is raised
+    /// to it if lower.
+    pub message_max_bytes: usize,
     /// Largest partition count CreateTopics accepts (each partition costs files, fsyncs and a
     /// lock hold while it is created; Kafka answers INVALID_PARTITIONS past such a limit).
     pub partitions_per_topic_max: i32,
@@ -66,10 +110,16 @@ impl BrokerConfig {
             data_dir,
             listen: "127.0.0.1:9092".parse().expect("static addr"),
             // (In group mode the log zero-fills 1 MiB ahead by default: PERF_NOTES.md.)
-            log: LogConfig { durability, ..LogConfig::default() },
+            log: LogConfig { durability, scrub_rate_mib: SCRUB_RATE_MIB_DEFAULT, ..LogConfig::default() },
             auto_create_topics: true,
             default_partitions: 1,
             frame_bytes_max: 100 << 20,
+            request_bytes_in_flight_max: REQUEST_BYTES_IN_FLIGHT_DEFAULT,
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            connection_idle_ms: CONNECTION_IDLE_MS_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            connections_per_ip_max: CONNECTIONS_PER_IP_MAX_DEFAULT,
+            message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
             partitions_per_topic_max: 1_000,
         }
     }
@@ -132,6 +182,57 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// Connection threads (readers and writers) still running.
     threads: AtomicUsize,
+    /// Open connections per client address (the registry's count is the total).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Request bytes being read or handled ([`BrokerConfig::request_bytes_in_flight_max`]).
+    in_flight: ByteBudget,
+}
+
+/// A broker-wide budget of bytes: `acquire` waits (bounded, re-checking the stop flag) until
+/// the bytes fit. Never over-committed, so memory held by request frames stays under it.
+pub(crate) struct ByteBudget {
+    used: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
+}
+
+/// Bytes held from a [`ByteBudget`]; given back on drop.
+pub(crate) struct BudgetPermit<'a> {
+    budget: &'a ByteBudget,
+    bytes: usize,
+}
+
+impl ByteBudget {
+    fn new(max: usize) -> ByteBudget {
+        ByteBudget { used: Mutex::new(0), freed: Condvar::new(), max }
+    }
+
+    /// Wait until `bytes` (<= max) fit; None if `stopping` became true first.
+    fn acquire(&self, bytes: usize, stopping: impl Fn() -> bool) -> Option<BudgetPermit<'_>> {
+        let bytes = bytes.min(self.max);
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used + bytes > self.max {
+            if stopping() {
+                return None;
+            }
+            used = self.freed.wait_timeout(used, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        *used += bytes;
+        Some(BudgetPermit { budget: self, bytes })
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for BudgetPermit<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            *self.budget.used.lock().unwrap_or_else(|p| p.into_inner()) -= self.bytes;
+            self.budget.freed.notify_all();
+        }
+    }
 }
 
 /// Counts a connection thread as running until dropped.
@@ -174,7 +275,20 @@ impl Broker {
 
     /// [`Broker::start`] over another storage backend (tests: `SimIo` with injected faults;
     /// its files have no descriptor, so Fetch copies with `read_at` instead of sendfile).
-    pub fn start_with_io(cfg: BrokerConfig, storage: Arc<dyn Io>) -> io::Result<BrokerHandle> {
+    pub fn start_with_io(mut cfg: BrokerConfig, storage: Arc<dyn Io>) -> io::Result<BrokerHandle> {
+        cfg.log.batch_bytes_max = cfg.log.batch_bytes_max.max(cfg.message_max_bytes);
+        if cfg.request_bytes_in_flight_max < cfg.frame_bytes_max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "request_bytes_in_flight_max ({}) must be at least frame_bytes_max ({}): a largest frame could never be read",
+                    cfg.request_bytes_in_flight_max, cfg.frame_bytes_max
+                ),
+            ));
+        }
+        if cfg.request_timeout_ms == 0 || cfg.connection_idle_ms == 0 || cfg.connections_max == 0 || cfg.connections_per_ip_max == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "timeouts and connection limits must be positive"));
+        }
         if cfg.default_partitions < 1 || cfg.default_partitions > cfg.partitions_per_topic_max {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -182,7 +296,14 @@ impl Broker {
             ));
         }
         let logs = LogManager::open(&cfg.data_dir, storage, cfg.log.clone()).map_err(io::Error::other)?;
+        if let Some((open, limit)) = crate::log::manager::descriptors() {
+            tracing::info!(open, limit, "file descriptors after opening the logs");
+            if open + crate::log::manager::DESCRIPTORS_RESERVED_MIN > limit {
+                tracing::warn!(open, limit, "few file descriptors left for connections: raise the limit (ulimit -n)");
+            }
+        }
         let listener = TcpListener::bind(cfg.listen)?;
+        let cfg_in_flight = cfg.request_bytes_in_flight_max;
         let addr = listener.local_addr()?;
         let groups = GroupCoordinator::new(logs.clone())?;
         let shared = Arc::new(Shared {
@@ -193,6 +314,8 @@ impl Broker {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             threads: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            in_flight: ByteBudget::new(cfg_in_flight),
         });
         let s = shared.clone();
         let accept = std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener))?;
@@ -211,6 +334,10 @@ impl BrokerHandle {
     /// Connections currently open.
     pub fn connection_count(&self) -> usize {
         self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+    /// Request bytes currently read or handled (under `request_bytes_in_flight_max`).
+    pub fn request_bytes_in_flight(&self) -> usize {
+        self.shared.in_flight.used()
     }
     /// Stop accepting, close connections, wait (bounded) for their threads so that no append
     /// races the close, then flush and checkpoint the logs.
@@ -263,7 +390,31 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Counts events and logs them at most once per [`REFUSAL_LOG_INTERVAL`].
+struct RateLog {
+    what: &'static str,
+    count: u64,
+    last: Option<Instant>,
+}
+
+impl RateLog {
+    fn new(what: &'static str) -> RateLog {
+        RateLog { what, count: 0, last: None }
+    }
+    fn hit(&mut self, detail: &dyn std::fmt::Display) {
+        self.count += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
+            tracing::warn!(count = self.count, "{} (latest: {detail}; logged at most every {:?})", self.what, REFUSAL_LOG_INTERVAL);
+            self.count = 0;
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
 fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut refused = RateLog::new("connections refused");
+    let mut failed = RateLog::new("accept failed");
+    let mut backoff = Duration::ZERO;
     for conn in listener.incoming() {
         if shared.stopping() {
             break;
@@ -271,12 +422,20 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                // EMFILE and friends: back off rather than spin.
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                failed.hit(&e);
+                // EMFILE and friends: back off (10 ms doubling to 1 s) rather than spin.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
+                std::thread::sleep(backoff);
                 continue;
             }
         };
+        backoff = Duration::ZERO;
+        if let Some(reason) = over_connection_limits(&shared, &stream) {
+            // Accepted and closed at once: the client sees the close instead of a hang.
+            refused.hit(&reason);
+            let _ = stream.shutdown(Shutdown::Both);
+            continue;
+        }
         if let Err(e) = start_connection(&shared, stream) {
             tracing::warn!("cannot start connection threads: {e}");
         }
@@ -284,11 +443,49 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     tracing::debug!("accept loop stopped");
 }
 
+/// Why a new connection must be refused, if it must; otherwise it is counted for its IP.
+fn over_connection_limits(shared: &Shared, stream: &TcpStream) -> Option<String> {
+    let ip = match stream.peer_addr() {
+        Ok(a) => a.ip(),
+        Err(e) => return Some(format!("no peer address: {e}")),
+    };
+    let open = shared.conns.lock().unwrap_or_else(|p| p.into_inner()).len();
+    if open >= shared.cfg.connections_max {
+        return Some(format!("{open} connections open (connections_max {})", shared.cfg.connections_max));
+    }
+    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+    let n = per_ip.entry(ip).or_insert(0);
+    if *n >= shared.cfg.connections_per_ip_max {
+        return Some(format!("{n} connections open from {ip} (connections_per_ip_max {})", shared.cfg.connections_per_ip_max));
+    }
+    *n += 1;
+    None
+}
+
+fn release_ip(shared: &Shared, ip: IpAddr) {
+    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
 fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    stream.set_read_timeout(Some(std::time::Duration::from_millis(CONNECTION_IDLE_MS_MAX)))?;
-    stream.set_write_timeout(Some(std::time::Duration::from_millis(SEND_STALL_MS_MAX)))?;
     let peer = stream.peer_addr()?;
+    let r = start_connection_threads(shared, stream, peer);
+    if r.is_err() {
+        release_ip(shared, peer.ip());
+    }
+    r
+}
+
+fn start_connection_threads(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    // Reads wake at least this often, to enforce the request deadline and the idle timeout.
+    stream.set_read_timeout(Some(read_tick(&shared.cfg)))?;
+    stream.set_write_timeout(Some(std::time::Duration::from_millis(SEND_STALL_MS_MAX)))?;
     let local = stream.local_addr()?;
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = channel::bounded::<Reply>(CONNECTION_QUEUE_MAX);
@@ -317,6 +514,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
             let _guard = rguard;
             reader_loop(&s, stream, tx, peer, local);
             s.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            release_ip(&s, peer.ip());
         });
     if let Err(e) = reader {
         // The writer exits when `tx` (moved into the failed closure) is dropped.
@@ -326,13 +524,103 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
     Ok(())
 }
 
+/// How often a blocked read wakes up: the request deadline is enforced within this.
+fn read_tick(cfg: &BrokerConfig) -> Duration {
+    Duration::from_millis(cfg.request_timeout_ms.min(cfg.connection_idle_ms).clamp(1, 1_000))
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// Read one request frame within the connection's bounds: the size prefix may take up to
+/// `connection_idle_ms` to start arriving; once it has, the whole frame must arrive within
+/// `request_timeout_ms`; the frame's bytes are taken from the broker-wide budget before they
+/// are allocated (waiting, without reading, while the budget is full). `Ok(None)`: the peer
+/// closed the connection between frames, or the broker is stopping.
+fn read_request<'s, R: Read>(shared: &'s Shared, r: &mut R) -> Result<Option<(Vec<u8>, BudgetPermit<'s>)>, FrameError> {
+    let idle = Duration::from_millis(shared.cfg.connection_idle_ms);
+    let deadline_after = Duration::from_millis(shared.cfg.request_timeout_ms);
+    let waiting = Instant::now();
+    let mut started: Option<Instant> = None;
+    let late = |started: Option<Instant>| -> Result<(), FrameError> {
+        match started {
+            Some(t) if t.elapsed() > deadline_after => Err(FrameError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("request not complete within {} ms (request_timeout_ms)", shared.cfg.request_timeout_ms),
+            ))),
+            _ => Ok(()),
+        }
+    };
+    let mut size_buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        if shared.stopping() {
+            return Ok(None);
+        }
+        match r.read(&mut size_buf[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => {
+                started.get_or_insert_with(Instant::now);
+                got += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => {
+                if started.is_none() && waiting.elapsed() >= idle {
+                    return Err(FrameError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("idle for {} ms (connection_idle_ms)", shared.cfg.connection_idle_ms),
+                    )));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        late(started)?;
+    }
+    let size = i32::from_be_bytes(size_buf);
+    if size < 0 || size as usize > shared.cfg.frame_bytes_max {
+        return Err(FrameError::TooLarge { size: size as i64, limit: shared.cfg.frame_bytes_max });
+    }
+    if size < wire::REQUEST_HEADER_BYTES_MIN {
+        return Err(FrameError::TooSmall(size));
+    }
+    let size = size as usize;
+    let Some(permit) = shared.in_flight.acquire(size, || shared.stopping()) else {
+        return Ok(None);
+    };
+    // Time spent waiting for the budget is the broker's, not the client's.
+    let started = Some(Instant::now());
+    // Zeroed: large frames come from calloc'd (untouched, lazily mapped) memory, small ones
+    // cost a memset of a few KiB.
+    let mut buf = vec![0u8; size];
+    let mut have = 0;
+    while have < size {
+        match r.read(&mut buf[have..]) {
+            Ok(0) => return Err(FrameError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-frame"))),
+            Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        late(started)?;
+        if shared.stopping() {
+            return Ok(None);
+        }
+    }
+    Ok(Some((buf, permit)))
+}
+
 fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
     CONN_LOCAL_ADDR.with(|c| c.set(Some(local)));
     let mut r = BufReader::with_capacity(CONNECTION_BUFFER_BYTES, &*stream);
     loop {
-        let frame = match wire::read_frame(&mut r, shared.cfg.frame_bytes_max) {
-            Ok(f) => f,
-            Err(FrameError::Closed) => break,
+        let (frame, permit) = match read_request(shared, &mut r) {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                tracing::info!(%peer, "closing connection: {e}");
+                break;
+            }
             Err(FrameError::Io(e)) => {
                 tracing::debug!(%peer, "connection read ended: {e}");
                 break;
@@ -343,6 +631,9 @@ fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender
             }
         };
         let reply = handlers::handle(shared, frame);
+        // The frame is consumed by its handler: its bytes go back to the budget before this
+        // reader may block on a full reply queue.
+        drop(permit);
         let closing = matches!(reply, Reply::Close(_));
         if tx.send(reply).is_err() || closing {
             break;

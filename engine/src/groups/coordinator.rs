@@ -11,7 +11,10 @@
 //! writer threads as `Reply::Later`) park on one condvar until the state machine posts their
 //! outcome under a ticket. A reaper thread expires sessions, pending members and rebalance
 //! deadlines. Architecture invariant: nothing here blocks while holding the mutex except the
-//! condvar wait itself; log appends happen outside it.
+//! condvar wait itself; log appends happen outside it. A transition that must be persisted
+//! (a completed rebalance, a group gone Empty, a static member replaced in a Stable group)
+//! queues the group's record; the caller drains the queue with [`StateMachine::take_records`]
+//! after the call returns and appends it to `__consumer_offsets`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::err;
+use super::store::{GroupRecord, MemberRecord};
 
 /// Tunables of the coordinator (Kafka's `group.*` broker settings).
 #[derive(Debug, Clone)]
@@ -40,9 +44,9 @@ pub struct GroupConfig {
     pub offset_metadata_bytes_max: usize,
     /// How often the reaper checks sessions and rebalance deadlines.
     pub reaper_tick_ms: u64,
-    /// How often every live committed offset is rewritten at the end of `__consumer_offsets`
-    /// (when it has more than one segment), so segment retention never deletes the only record
-    /// of an offset that is still current.
+    /// How often every live committed offset and the latest metadata record of every group are
+    /// rewritten at the end of `__consumer_offsets` (when it has more than one segment), so
+    /// segment retention never deletes the only record of one that is still current.
     pub offsets_snapshot_interval_ms: u64,
     /// Node id, host and port returned by FindCoordinator.
     pub node_id: i32,
@@ -124,6 +128,8 @@ pub struct Group {
     rebalance_deadline: Instant,
     /// The current rebalance is an initial delay: complete only at the deadline.
     initial_delay: bool,
+    /// Records of this group to persist, oldest first (moved to [`Groups`] by the public calls).
+    unsaved: Vec<GroupRecord>,
 }
 
 impl Group {
@@ -139,6 +145,7 @@ impl Group {
             pending: HashMap::new(),
             rebalance_deadline: Instant::now(),
             initial_delay: false,
+            unsaved: Vec::new(),
         }
     }
 
@@ -198,6 +205,32 @@ impl Group {
     fn max_rebalance_timeout_ms(&self) -> i32 {
         self.members.values().map(|m| m.rebalance_timeout_ms).max().unwrap_or(0)
     }
+
+    /// The group as persisted (meaningful when Stable or Empty).
+    fn record(&self) -> GroupRecord {
+        let protocol = self.protocol.clone().unwrap_or_default();
+        GroupRecord {
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            generation: self.generation,
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone(),
+            state_timestamp_ms: crate::log::now_ms(),
+            members: self
+                .members
+                .values()
+                .map(|m| MemberRecord {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: String::new(),
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    session_timeout_ms: m.session_timeout_ms,
+                    subscription: m.metadata_for(&protocol),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What a parked JoinGroup gets.
@@ -244,6 +277,8 @@ pub struct Groups {
     pub groups: HashMap<String, Group>,
     outcomes: HashMap<u64, Outcome>,
     next_ticket: u64,
+    /// Group records to persist, in the order of the transitions that made them.
+    records: Vec<(String, GroupRecord)>,
 }
 
 /// A JoinGroup as the state machine sees it.
@@ -335,6 +370,7 @@ impl StateMachine {
     pub fn join(&self, a: JoinArgs) -> JoinOutcome {
         let mut g = self.lock();
         let step = self.join_step(&mut g, &a);
+        Self::collect(&mut g, &a.group_id);
         self.cv.notify_all();
         match step {
             Step::Done(o) => o,
@@ -401,6 +437,9 @@ impl StateMachine {
                 if same && matches!(group.state, GroupState::Stable | GroupState::CompletingRebalance) {
                     // No rebalance: it gets the current generation (and keeps its assignment).
                     let o = Self::join_outcome(group, &id);
+                    if group.state == GroupState::Stable {
+                        group.unsaved.push(group.record());
+                    }
                     for (t, x) in fenced {
                         Self::post(g, Some(t), x);
                     }
@@ -560,6 +599,8 @@ impl StateMachine {
             group.state = GroupState::Empty;
             group.protocol = None;
             group.leader = None;
+            // As Kafka: an Empty group is persisted as a record without members.
+            group.unsaved.push(group.record());
             return;
         }
         group.protocol = group.select_protocol();
@@ -623,6 +664,7 @@ impl StateMachine {
         let mut g = self.lock();
         let step =
             self.sync_step(&mut g, group_id, member_id, instance_id, generation, protocol_type, protocol_name, assignments);
+        Self::collect(&mut g, group_id);
         self.cv.notify_all();
         match step {
             Step::Done(o) => o,
@@ -642,6 +684,7 @@ impl StateMachine {
                     for (t, o) in out {
                         Self::post(&mut g, Some(t), o);
                     }
+                    Self::collect(&mut g, group_id);
                     self.cv.notify_all();
                     SyncOutcome::error(err::REBALANCE_IN_PROGRESS)
                 }
@@ -728,6 +771,7 @@ impl StateMachine {
                         }
                     }
                     group.state = GroupState::Stable;
+                    group.unsaved.push(group.record());
                     tracing::info!(group = %group.id, generation = group.generation, "rebalance: stable");
                     let mine = group.members.get(member_id).map(|m| m.assignment.clone()).unwrap_or_default();
                     let o = ok(group, mine);
@@ -808,6 +852,7 @@ impl StateMachine {
         for (t, o) in out {
             Self::post(&mut g, Some(t), o);
         }
+        Self::collect(&mut g, group_id);
         self.cv.notify_all();
         codes
     }
@@ -853,6 +898,59 @@ impl StateMachine {
         }
     }
 
+    /// Move a group's unsaved records to the queue [`StateMachine::take_records`] drains.
+    fn collect(g: &mut Groups, group_id: &str) {
+        if let Some(group) = g.groups.get_mut(group_id) {
+            if !group.unsaved.is_empty() {
+                let recs = std::mem::take(&mut group.unsaved);
+                g.records.extend(recs.into_iter().map(|r| (group_id.to_string(), r)));
+            }
+        }
+    }
+
+    /// The group records queued since the last call, oldest first.
+    pub fn take_records(&self) -> Vec<(String, GroupRecord)> {
+        std::mem::take(&mut self.lock().records)
+    }
+
+    /// Restore a group from its last persisted record: Stable with its members (each with a
+    /// fresh session deadline), or Empty with its generation when the record has no members.
+    pub fn restore_group(&self, group_id: &str, r: GroupRecord) {
+        let now = Instant::now();
+        let mut g = self.lock();
+        let group = g.groups.entry(group_id.to_string()).or_insert_with(|| Group::new(group_id));
+        group.generation = r.generation;
+        group.protocol_type = (!r.protocol_type.is_empty()).then_some(r.protocol_type.clone());
+        group.members.clear();
+        if r.members.is_empty() {
+            group.state = GroupState::Empty;
+            group.protocol = None;
+            group.leader = None;
+            return;
+        }
+        let protocol = r.protocol.clone().unwrap_or_default();
+        for m in r.members {
+            let member = Member {
+                id: m.member_id.clone(),
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                session_timeout_ms: m.session_timeout_ms,
+                rebalance_timeout_ms: m.rebalance_timeout_ms,
+                protocol_type: r.protocol_type.clone(),
+                protocols: vec![(protocol.clone(), m.subscription)],
+                assignment: m.assignment,
+                join_ticket: None,
+                sync_ticket: None,
+                // A fresh session: a member that never comes back expires after its timeout.
+                last_heartbeat: now,
+            };
+            group.members.insert(m.member_id, member);
+        }
+        group.protocol = r.protocol;
+        group.leader = r.leader.filter(|l| group.members.contains_key(l)).or_else(|| group.members.keys().next().cloned());
+        group.state = GroupState::Stable;
+    }
+
     /// Note a group that exists only through restored offsets.
     pub fn ensure_group(&self, group_id: &str) {
         self.lock().groups.entry(group_id.to_string()).or_insert_with(|| Group::new(group_id));
@@ -885,6 +983,10 @@ impl StateMachine {
                 self.maybe_complete_join(group, now, &mut out);
             }
             self.maybe_complete_join(group, now, &mut out);
+        }
+        let ids: Vec<String> = g.groups.iter().filter(|(_, grp)| !grp.unsaved.is_empty()).map(|(id, _)| id.clone()).collect();
+        for id in ids {
+            Self::collect(&mut g, &id);
         }
         let changed = !out.is_empty();
         for (t, o) in out {

@@ -3,8 +3,9 @@
 //!
 //! * [`coordinator`]: the classic group state machine (join/sync/heartbeat/leave, session
 //!   expiry by a reaper thread, generation checks).
-//! * [`store`]: the durable part: committed offsets in `__consumer_offsets`, producer-id blocks
-//!   in `__producer_ids`, both appended through the [`LogManager`] and restored at start.
+//! * [`store`]: the durable part: committed offsets and group metadata (each completed
+//!   rebalance, each group gone Empty) in `__consumer_offsets`, producer-id blocks in
+//!   `__producer_ids`, all appended through the [`LogManager`] and restored at start.
 //! * this module: [`handle`], the Kafka wire mapping (decode with `kafka-protocol`, encode the
 //!   response header + body), and [`GroupCoordinator`], which owns the above.
 //!
@@ -105,6 +106,9 @@ pub const KIP848_UNSUPPORTED: &str =
 /// `__consumer_offsets`) so clients leave them out of pattern subscriptions and listings.
 pub const INTERNAL_TOPICS: &[&str] = &[store::OFFSETS_TOPIC, store::PRODUCER_IDS_TOPIC];
 
+/// Bytes of group records per batch in a snapshot (below the log's default batch limit).
+const GROUP_SNAPSHOT_BATCH_BYTES: usize = 256 << 10;
+
 /// Producer ids reserved durably per `__producer_ids` append.
 const PID_BLOCK: i64 = 1000;
 
@@ -132,6 +136,9 @@ pub struct GroupCoordinator {
     offsets_log: Arc<Partition>,
     pid_log: Arc<Partition>,
     offsets: Mutex<Offsets>,
+    /// The last group-metadata value appended for each group. Held while appending group
+    /// records, so they reach the log in transition order and a snapshot rewrites the latest.
+    group_records: Mutex<HashMap<String, Vec<u8>>>,
     pids: Mutex<Pids>,
     stop: Arc<AtomicBool>,
 }
@@ -158,9 +165,18 @@ impl GroupCoordinator {
         // `Partition::set_retention_floor`) until a snapshot of committed offsets raises the
         // offsets topic's floor; the producer-id topic keeps its high-water mark for good.
         let restored = store::restore_offsets(&offsets_log)?;
+        let restored_groups = store::restore_groups(&offsets_log)?;
         let block_end = store::restore_pid_block_end(&pid_log)?;
         let tick = Duration::from_millis(cfg.reaper_tick_ms.max(1));
         let sm = StateMachine::new(cfg);
+        let mut group_records = HashMap::new();
+        let mut members = 0usize;
+        for (g, r) in restored_groups {
+            members += r.members.len();
+            group_records.insert(g.clone(), store::group_value(&r));
+            sm.restore_group(&g, r);
+        }
+        tracing::info!(groups = group_records.len(), members, "group metadata restored");
         let mut groups = HashMap::new();
         let mut n = 0usize;
         for (g, offs) in restored {
@@ -175,6 +191,7 @@ impl GroupCoordinator {
             offsets_log,
             pid_log,
             offsets: Mutex::new(Offsets { groups, in_flight: 0 }),
+            group_records: Mutex::new(group_records),
             pids: Mutex::new(Pids { next: block_end, block_end }),
             stop: Arc::new(AtomicBool::new(false)),
         });
@@ -188,6 +205,7 @@ impl GroupCoordinator {
                 std::thread::sleep(tick);
                 let Some(c) = weak.upgrade() else { break };
                 c.sm.tick();
+                let _ = c.persist_groups();
                 // Retried every tick while commits are in flight.
                 if last_snapshot.elapsed() >= snapshot_every && c.maybe_snapshot_offsets() {
                     last_snapshot = std::time::Instant::now();
@@ -238,7 +256,40 @@ impl GroupCoordinator {
         Ok(id)
     }
 
-/// Rewrite every live committed offset at the end of `__consumer_offsets` if the log has
+    /// Append (durably, per the log's mode) the group records the state machine queued, one
+    /// batch each. A storage failure is logged and returned (the state in memory stays as it
+    /// is). A record the log refuses as a batch (larger than its batch limit) is skipped with
+    /// an error logged: that group then restores as its previous record says.
+    fn persist_groups(&self) -> io::Result<()> {
+        let mut saved = lock(&self.group_records);
+        let recs = self.sm.take_records();
+        let mut last = None;
+        for (g, r) in recs {
+            let v = store::group_value(&r);
+            match store::append_groups(&self.offsets_log, &[(g.clone(), Some(v.clone()))]) {
+                Ok(info) => {
+                    last = Some(info.next_offset);
+                    saved.insert(g, v);
+                }
+                Err(crate::log::AppendError::Corrupt(e)) => {
+                    tracing::error!(group = %g, bytes = v.len(), "group metadata not persisted: {e}");
+                }
+                Err(e) => {
+                    tracing::error!(group = %g, "cannot persist group metadata: {e}");
+                    return Err(io::Error::other(e.to_string()));
+                }
+            }
+        }
+        if let Some(next) = last {
+            self.offsets_log.wait_durable(next).map_err(|e| {
+                tracing::error!("cannot persist group metadata: {e}");
+                io::Error::other(e.to_string())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Rewrite every live committed offset at the end of `__consumer_offsets` if the log has
     /// sealed segments (which retention may delete). Kafka compacts the topic instead; here the
     /// latest value of every key is always in the segments written since the last snapshot.
     /// Returns false when it must be retried (commits in flight).
@@ -255,7 +306,8 @@ impl GroupCoordinator {
         }
     }
 
-    /// Append the current value of every committed offset (durably). Returns how many, or
+    /// Append the current value of every committed offset and the latest metadata record of
+    /// every group (durably). Returns how many records, or
     /// `None` if commits were in flight (try again).
     pub fn snapshot_offsets(&self) -> io::Result<Option<usize>> {
         const PER_BATCH: usize = 1000;
@@ -280,6 +332,24 @@ impl GroupCoordinator {
                     n += chunk.len();
                 }
             }
+            // The latest record of every group too (lock order: offsets, then group records).
+            let saved = lock(&self.group_records);
+            let mut batch: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+            let mut bytes = 0usize;
+            for (g, v) in saved.iter() {
+                if !batch.is_empty() && bytes + v.len() > GROUP_SNAPSHOT_BATCH_BYTES {
+                    store::append_groups(&self.offsets_log, &batch).map_err(|e| io::Error::other(e.to_string()))?;
+                    n += batch.len();
+                    batch.clear();
+                    bytes = 0;
+                }
+                bytes += v.len();
+                batch.push((g.clone(), Some(v.clone())));
+            }
+            if !batch.is_empty() {
+                store::append_groups(&self.offsets_log, &batch).map_err(|e| io::Error::other(e.to_string()))?;
+                n += batch.len();
+            }
         }
         if n > 0 {
             // Durable in every mode (`flush`, not `wait_durable`, which returns at once unless
@@ -287,7 +357,7 @@ impl GroupCoordinator {
             self.offsets_log.flush().map_err(|e| io::Error::other(e.to_string()))?;
         }
         self.offsets_log.set_retention_floor(floor);
-        tracing::info!(offsets = n, "committed offsets snapshot written");
+        tracing::info!(records = n, "committed offsets and group metadata snapshot written");
         Ok(Some(n))
     }
 
@@ -792,7 +862,10 @@ fn join_group(c: &GroupCoordinator, req: JoinGroupRequest, v: i16, client_id: St
         protocols: req.protocols.into_iter().map(|p| (p.name.as_str().to_string(), p.metadata)).collect(),
         require_known_member_id: v >= 4,
     };
-    join_response(c.sm.join(args), v)
+    let o = c.sm.join(args);
+    // A static member replaced in a Stable group is persisted (its new member id).
+    let _ = c.persist_groups();
+    join_response(o, v)
 }
 
 fn sync_group(c: &GroupCoordinator, req: Option<SyncGroupRequest>, v: i16) -> SyncGroupResponse {
@@ -811,6 +884,12 @@ fn sync_group(c: &GroupCoordinator, req: Option<SyncGroupRequest>, v: i16) -> Sy
         req.assignments.into_iter().map(|a| (a.member_id.as_str().to_string(), a.assignment)).collect(),
     );
     r.error_code = o.error;
+    // The leader's SyncGroup completed the rebalance: persist the Stable group before answering
+    // (Kafka answers COORDINATOR_NOT_AVAILABLE when that write fails; the member rejoins).
+    if c.persist_groups().is_err() && o.error == err::NONE {
+        r.error_code = err::COORDINATOR_NOT_AVAILABLE;
+        return r;
+    }
     if v >= 5 {
         r.protocol_type = o.protocol_type.map(|p| s(&p));
         r.protocol_name = o.protocol_name.map(|p| s(&p));
@@ -827,6 +906,7 @@ fn leave_group(c: &GroupCoordinator, req: Option<LeaveGroupRequest>, v: i16) -> 
     };
     if v < 3 {
         let codes = c.sm.leave(req.group_id.as_str(), &[(req.member_id.as_str().to_string(), None)]);
+        let _ = c.persist_groups();
         r.error_code = codes.first().copied().unwrap_or(err::NONE);
         return r;
     }
@@ -836,6 +916,7 @@ fn leave_group(c: &GroupCoordinator, req: Option<LeaveGroupRequest>, v: i16) -> 
         .map(|m| (m.member_id.as_str().to_string(), m.group_instance_id.as_ref().map(|i| i.as_str().to_string())))
         .collect();
     let codes = c.sm.leave(req.group_id.as_str(), &members);
+    let _ = c.persist_groups();
     for (m, code) in req.members.into_iter().zip(codes) {
         let mut mr = MemberResponse::default();
         mr.member_id = m.member_id;

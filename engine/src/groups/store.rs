@@ -3,6 +3,10 @@
 //! * `__consumer_offsets` (1 partition): committed offsets, one record per partition, in
 //!   Kafka's own key/value layout (offset-commit key version 1, value version 3), so the log
 //!   reads like Kafka's. The latest record for a key wins; a null value deletes.
+//!   Group metadata too (group-metadata key version 2, value version 3): written when a
+//!   rebalance completes (SyncGroup of the leader: generation, protocol, leader and every
+//!   member with its subscription and assignment) and when the group becomes Empty (a record
+//!   with no members), so a restart restores each group as it was last Stable or Empty.
 //! * `__producer_ids` (1 partition): producer-id blocks. Each record's value is the (exclusive)
 //!   end of a block of ids reserved before any id of it is handed out, so ids stay unique across
 //!   restarts (a restart skips the rest of the last block).
@@ -14,6 +18,12 @@
 //! offset key   : i16 version=1 | str16 group | str16 topic | i32 partition
 //! offset value : i16 version=3 | i64 offset | i32 leader_epoch | str16 metadata
 //!                | i64 commit_timestamp
+//! group key    : i16 version=2 | str16 group
+//! group value  : i16 version=3 | str16 protocol_type | i32 generation | nstr16 protocol
+//!                | nstr16 leader | i64 current_state_timestamp | i32 n | n × member
+//! member       : str16 member_id | nstr16 group_instance_id | str16 client_id
+//!                | str16 client_host | i32 rebalance_timeout | i32 session_timeout
+//!                | bytes32 subscription | bytes32 assignment
 //! pid value    : i16 version=0 | i64 block_end
 //! ```
 //!
@@ -24,6 +34,8 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::log::{now_ms, LogManager, Partition, TopicError};
 use crate::record::{self, build};
 
@@ -32,6 +44,9 @@ pub const PRODUCER_IDS_TOPIC: &str = "__producer_ids";
 
 const OFFSET_KEY_VERSION: i16 = 1;
 const OFFSET_VALUE_VERSION: i16 = 3;
+const GROUP_KEY_VERSION: i16 = 2;
+/// Kafka's GroupMetadataValue v3 (the last non-flexible version; what Kafka writes since 2.3).
+const GROUP_VALUE_VERSION: i16 = 3;
 const PID_VALUE_VERSION: i16 = 0;
 /// Bytes read per step while restoring.
 const RESTORE_READ_BYTES: u64 = 1 << 20;
@@ -56,6 +71,31 @@ pub struct CommitEntry {
 }
 
 pub type GroupOffsets = HashMap<(String, i32), Committed>;
+
+/// One member in a group-metadata record (Kafka's `MemberMetadata` of GroupMetadataValue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    /// The member's metadata for the group's selected protocol.
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
+/// A group as persisted: Stable (members with assignments) or Empty (no members).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub state_timestamp_ms: i64,
+    pub members: Vec<MemberRecord>,
+}
 
 fn topic_err(e: TopicError) -> io::Error {
     match e {
@@ -101,6 +141,108 @@ pub fn offset_value(c: &Committed) -> Vec<u8> {
     v
 }
 
+fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
+    // Bounded by the coordinator's member_metadata_bytes_max (far below i32::MAX).
+    let n = b.len().min(i32::MAX as usize);
+    out.extend_from_slice(&(n as i32).to_be_bytes());
+    out.extend_from_slice(&b[..n]);
+}
+
+pub fn group_key(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + group.len());
+    k.extend_from_slice(&GROUP_KEY_VERSION.to_be_bytes());
+    put_str(&mut k, Some(group));
+    k
+}
+
+pub fn group_value(g: &GroupRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    v.extend_from_slice(&GROUP_VALUE_VERSION.to_be_bytes());
+    put_str(&mut v, Some(&g.protocol_type));
+    v.extend_from_slice(&g.generation.to_be_bytes());
+    put_str(&mut v, g.protocol.as_deref());
+    put_str(&mut v, g.leader.as_deref());
+    v.extend_from_slice(&g.state_timestamp_ms.to_be_bytes());
+    v.extend_from_slice(&(g.members.len() as i32).to_be_bytes());
+    for m in &g.members {
+        put_str(&mut v, Some(&m.member_id));
+        put_str(&mut v, m.instance_id.as_deref());
+        put_str(&mut v, Some(&m.client_id));
+        put_str(&mut v, Some(&m.client_host));
+        v.extend_from_slice(&m.rebalance_timeout_ms.to_be_bytes());
+        v.extend_from_slice(&m.session_timeout_ms.to_be_bytes());
+        put_bytes32(&mut v, &m.subscription);
+        put_bytes32(&mut v, &m.assignment);
+    }
+    v
+}
+
+/// The group of a group-metadata key; `None` for other key types.
+pub fn parse_group_key(k: &[u8]) -> Option<String> {
+    let mut c = Cur(k);
+    if c.i16()? != GROUP_KEY_VERSION {
+        return None;
+    }
+    let g = c.str16()??;
+    c.0.is_empty().then_some(g)
+}
+
+/// A group-metadata value of version 0–4 (4 is Kafka's first flexible version: compact strings,
+/// arrays and bytes, tagged fields); `None` if malformed.
+pub fn parse_group_value(v: &[u8]) -> Option<GroupRecord> {
+    let mut c = Cur(v);
+    let ver = c.i16()?;
+    if !(0..=4).contains(&ver) {
+        return None;
+    }
+    let flex = ver >= 4;
+    let protocol_type = c.gstr(flex)??;
+    let generation = c.i32()?;
+    let protocol = c.gstr(flex)?;
+    let leader = c.gstr(flex)?;
+    let state_timestamp_ms = if ver >= 2 { c.i64()? } else { -1 };
+    let n = if flex { c.uvarint()?.checked_sub(1)? as i64 } else { c.i32()? as i64 };
+    // Each member takes at least 12 bytes: a count larger than the rest could hold is malformed.
+    if n < 0 || (n as usize).saturating_mul(12) > c.0.len() {
+        return None;
+    }
+    let mut members = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let member_id = c.gstr(flex)??;
+        let instance_id = if ver >= 3 { c.gstr(flex)? } else { None };
+        let client_id = c.gstr(flex)??;
+        let client_host = c.gstr(flex)??;
+        let session;
+        let rebalance;
+        if ver >= 1 {
+            rebalance = c.i32()?;
+            session = c.i32()?;
+        } else {
+            session = c.i32()?;
+            rebalance = session;
+        }
+        let subscription = c.gbytes(flex)?;
+        let assignment = c.gbytes(flex)?;
+        if flex {
+            c.skip_tags()?;
+        }
+        members.push(MemberRecord {
+            member_id,
+            instance_id,
+            client_id,
+            client_host,
+            rebalance_timeout_ms: rebalance,
+            session_timeout_ms: session,
+            subscription,
+            assignment,
+        });
+    }
+    if flex {
+        c.skip_tags()?;
+    }
+    Some(GroupRecord { protocol_type, generation, protocol, leader, state_timestamp_ms, members })
+}
+
 /// Cursor over big-endian fields; every getter is bounds-checked.
 struct Cur<'a>(&'a [u8]);
 
@@ -129,6 +271,44 @@ impl<'a> Cur<'a> {
         }
         let b = self.take(n as usize)?;
         Some(Some(String::from_utf8(b.to_vec()).ok()?))
+    }
+    /// Unsigned varint (flexible versions' lengths), at most 32 bits.
+    fn uvarint(&mut self) -> Option<u32> {
+        let mut z: u32 = 0;
+        for i in 0..5 {
+            let b = *self.take(1)?.first()?;
+            z |= ((b & 0x7f) as u32).checked_shl(7 * i)?;
+            if b < 0x80 {
+                return Some(z);
+            }
+        }
+        None
+    }
+    /// A string: str16 or, in flexible versions, compact (uvarint length + 1; 0 = null).
+    fn gstr(&mut self, flex: bool) -> Option<Option<String>> {
+        if !flex {
+            return self.str16();
+        }
+        let n = self.uvarint()?;
+        if n == 0 {
+            return Some(None);
+        }
+        let b = self.take(n as usize - 1)?;
+        Some(Some(String::from_utf8(b.to_vec()).ok()?))
+    }
+    /// Non-null bytes: i32 length or, in flexible versions, compact (uvarint length + 1).
+    fn gbytes(&mut self, flex: bool) -> Option<Bytes> {
+        let n = if flex { usize::try_from(self.uvarint()?.checked_sub(1)?).ok()? } else { usize::try_from(self.i32()?).ok()? };
+        Some(Bytes::copy_from_slice(self.take(n)?))
+    }
+    /// Skip a tagged-field section (flexible versions).
+    fn skip_tags(&mut self) -> Option<()> {
+        for _ in 0..self.uvarint()? {
+            self.uvarint()?;
+            let n = self.uvarint()?;
+            self.take(n as usize)?;
+        }
+        Some(())
     }
     fn varlong(&mut self) -> Option<i64> {
         let mut z: u64 = 0;
@@ -252,6 +432,43 @@ pub fn restore_offsets(part: &Partition) -> io::Result<HashMap<String, GroupOffs
     Ok(all)
 }
 
+/// The latest metadata record of every group in `__consumer_offsets` (a tombstone removes it;
+/// a record that does not parse is skipped with a warning, leaving the previous one).
+pub fn restore_groups(part: &Partition) -> io::Result<HashMap<String, GroupRecord>> {
+    let mut all = HashMap::new();
+    scan_records(part, |k, v| {
+        let Some(g) = k.and_then(parse_group_key) else { return };
+        match v {
+            None => {
+                all.remove(&g);
+            }
+            Some(v) => match parse_group_value(v) {
+                Some(r) => {
+                    all.insert(g, r);
+                }
+                None => tracing::warn!(group = %g, "skipping unreadable group metadata record"),
+            },
+        }
+    })?;
+    Ok(all)
+}
+
+/// Append one batch of group-metadata records (`None` = tombstone). Not yet durable: the
+/// caller waits with [`Partition::wait_durable`]`(info.next_offset)`.
+pub fn append_groups(
+    part: &Partition,
+    groups: &[(String, Option<Vec<u8>>)],
+) -> Result<crate::log::AppendInfo, crate::log::AppendError> {
+    let keys: Vec<Vec<u8>> = groups.iter().map(|(g, _)| group_key(g)).collect();
+    let recs: Vec<build::Rec<'_>> = keys
+        .iter()
+        .zip(groups)
+        .map(|(k, (_, v))| build::Rec { key: Some(k), value: v.as_deref(), timestamp_delta: 0 })
+        .collect();
+    let mut batch = build::batch_with(&recs, now_ms(), -1, -1, -1);
+    part.append(&mut batch)
+}
+
 /// Append one batch holding the commits of one OffsetCommit request (atomic: all or none).
 /// Not yet durable: the caller waits with [`Partition::wait_durable`]`(info.next_offset)`.
 pub fn append_commits(
@@ -307,6 +524,73 @@ mod tests {
         let c = Committed { offset: 42, leader_epoch: 3, metadata: Some("m".into()), commit_timestamp_ms: 9 };
         assert_eq!(parse_offset_value(&offset_value(&c)), Some(c));
         assert_eq!(parse_offset_key(&k[..k.len() - 1]), None);
+    }
+
+    #[test]
+    fn group_key_and_value_round_trip_and_reject_garbage() {
+        let k = group_key("g1");
+        assert_eq!(parse_group_key(&k), Some("g1".into()));
+        assert_eq!(parse_offset_key(&k), None, "a group key is not an offset key");
+        assert_eq!(parse_group_key(&offset_key("g", "t", 0)), None);
+        let r = GroupRecord {
+            protocol_type: "consumer".into(),
+            generation: 7,
+            protocol: Some("range".into()),
+            leader: Some("m1".into()),
+            state_timestamp_ms: 123,
+            members: vec![MemberRecord {
+                member_id: "m1".into(),
+                instance_id: Some("i1".into()),
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                rebalance_timeout_ms: 3000,
+                session_timeout_ms: 6000,
+                subscription: Bytes::from_static(b"sub"),
+                assignment: Bytes::from_static(b"asg"),
+            }],
+        };
+        let v = group_value(&r);
+        assert_eq!(parse_group_value(&v), Some(r.clone()));
+        for n in 0..v.len() {
+            assert_eq!(parse_group_value(&v[..n]), None, "truncated at {n}");
+        }
+        let mut huge = v.clone();
+        // Member count of 2^31-1: refused without allocating.
+        let at = 2 + 2 + 8 + 4 + 2 + 5 + 2 + 2 + 8;
+        huge[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(parse_group_value(&huge), None);
+        let empty = GroupRecord { members: vec![], protocol: None, leader: None, ..r.clone() };
+        assert_eq!(parse_group_value(&group_value(&empty)), Some(empty));
+
+        // Version 4 (flexible), as a newer Kafka writes it, with a tagged field in a member.
+        let cs = |v: &mut Vec<u8>, s: Option<&str>| match s {
+            None => v.push(0),
+            Some(s) => {
+                v.push(s.len() as u8 + 1);
+                v.extend_from_slice(s.as_bytes());
+            }
+        };
+        let mut v4 = 4i16.to_be_bytes().to_vec();
+        cs(&mut v4, Some("consumer"));
+        v4.extend_from_slice(&7i32.to_be_bytes());
+        cs(&mut v4, Some("range"));
+        cs(&mut v4, Some("m1"));
+        v4.extend_from_slice(&123i64.to_be_bytes());
+        v4.push(2); // one member
+        cs(&mut v4, Some("m1"));
+        cs(&mut v4, Some("i1"));
+        cs(&mut v4, Some("c"));
+        cs(&mut v4, Some("/127.0.0.1"));
+        v4.extend_from_slice(&3000i32.to_be_bytes());
+        v4.extend_from_slice(&6000i32.to_be_bytes());
+        cs(&mut v4, Some("sub"));
+        cs(&mut v4, Some("asg"));
+        v4.extend_from_slice(&[1, 9, 2, 0xaa, 0xbb]); // one unknown tagged field
+        v4.push(0); // no top-level tagged fields
+        assert_eq!(parse_group_value(&v4), Some(r));
+        for n in 0..v4.len() {
+            assert_eq!(parse_group_value(&v4[..n]), None, "v4 truncated at {n}");
+        }
     }
 
     #[test]

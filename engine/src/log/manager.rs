@@ -57,6 +57,36 @@ pub enum TopicError {
     Io(#[from] std::io::Error),
 }
 
+/// Descriptors a new partition holds open (its active segment and its recovery-point file).
+pub const DESCRIPTORS_PER_PARTITION: u64 = 2;
+/// Descriptors kept free for connections and segment rolls when creating topics: at least
+/// this many, or a tenth of the process's limit if more.
+pub const DESCRIPTORS_RESERVED_MIN: u64 = 256;
+
+/// Refuse to create `partitions` partitions when their descriptors would leave less than the
+/// reserve under RLIMIT_NOFILE (read from /proc/self/limits; skipped where that is unknown).
+fn descriptor_headroom(partitions: u64) -> Result<(), TopicError> {
+    let Some((open, limit)) = descriptors() else { return Ok(()) };
+    let reserve = DESCRIPTORS_RESERVED_MIN.max(limit / 10);
+    let need = partitions * DESCRIPTORS_PER_PARTITION;
+    if open + need + reserve > limit {
+        return Err(TopicError::Io(std::io::Error::other(format!(
+            "{partitions} partitions need {need} file descriptors; {open} of the limit {limit} (RLIMIT_NOFILE) are open and \
+             {reserve} are kept for connections: raise the limit (ulimit -n) or create fewer partitions"
+        ))));
+    }
+    Ok(())
+}
+
+/// (descriptors open, soft RLIMIT_NOFILE) of this process.
+pub fn descriptors() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let soft = limits.lines().find(|l| l.starts_with("Max open files"))?.split_whitespace().nth(3)?;
+    let limit = soft.parse::<u64>().ok()?; // "unlimited" -> None: nothing to check
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some((open, limit))
+}
+
 pub fn valid_topic_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 249
@@ -78,6 +108,8 @@ pub struct LogManager {
     stop: Arc<AtomicBool>,
     /// Partitions that failed recovery, with the reason (they are not served).
     pub failed: Mutex<Vec<String>>,
+    /// What the background scrub checked and found ([`super::scrub`]).
+    pub scrub: Arc<super::scrub::ScrubReport>,
     /// The data directory's exclusive lock (`Io::lock_dir`), held until `close` or drop.
     lock: Mutex<Option<std::fs::File>>,
 }
@@ -132,9 +164,11 @@ impl LogManager {
             notifier,
             stop: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(failed),
+            scrub: Default::default(),
             lock: Mutex::new(lock),
         });
         m.start_background();
+        super::scrub::start(Arc::downgrade(&m), m.stop.clone(), m.scrub.clone(), m.default_cfg.scrub_rate_mib);
         Ok(m)
     }
 
@@ -216,10 +250,23 @@ impl LogManager {
             return Err(TopicError::AlreadyExists(name.to_string()));
         }
         let cfg = cfg.unwrap_or_else(|| self.default_cfg.clone());
+        descriptor_headroom(partitions as u64)?;
         let mut v = Vec::with_capacity(partitions as usize);
         for p in 0..partitions as u32 {
             let path = self.dir.join(format!("{name}-{p}"));
-            v.push(Partition::open(name, p, &path, self.io.clone(), cfg.clone(), self.notifier.clone())?);
+            match Partition::open(name, p, &path, self.io.clone(), cfg.clone(), self.notifier.clone()) {
+                Ok(part) => v.push(part),
+                Err(e) => {
+                    // Refused whole: close what was opened and remove every directory made.
+                    drop(v);
+                    for q in 0..=p {
+                        let _ = std::fs::remove_dir_all(self.dir.join(format!("{name}-{q}")));
+                    }
+                    let _ = self.io.sync_dir(&self.dir);
+                    tracing::warn!(topic = name, partitions, "topic creation failed at partition {p}, removed what was created: {e}");
+                    return Err(e.into());
+                }
+            }
         }
         self.io.sync_dir(&self.dir)?;
         let t: Topic = Arc::new(v);

@@ -5,6 +5,7 @@
 //! `partitionLeaderEpoch`, both outside the CRC, are patched) and hands out file ranges.
 
 pub mod manager;
+pub mod scrub;
 pub mod partition;
 pub mod segment;
 pub mod time_seek;
@@ -91,6 +92,19 @@ pub struct LogConfig {
     /// producer connections at the broker, but one producer over 4 partitions lost 12 % of its
     /// peak and ~30 % of median latency; see engine/PERF_NOTES.md, session 5.
     pub direct_io: bool,
+    /// Walk every record of an appended batch (decompressing it) and refuse one a consumer
+    /// could not parse, as Kafka's LogValidator does ([`crate::record::validate_records`]).
+    /// Default on; off only to measure what it costs.
+    pub validate_records: bool,
+    /// Repair on open (`broker --repair`): a partition whose log is damaged below its recovery
+    /// point (or in a sealed segment) is truncated at the first invalid batch, every later
+    /// segment removed, and exactly what was dropped logged; without it such a partition is not
+    /// opened. Default off: truncating acknowledged data is the operator's decision.
+    pub repair: bool,
+    /// Read rate (MiB/s) of the background scrub that CRC-checks sealed segments
+    /// ([`scrub`]); 0 = no scrub. Default 0 here; the broker's default is
+    /// `broker::SCRUB_RATE_MIB_DEFAULT`.
+    pub scrub_rate_mib: u64,
 }
 
 impl Default for LogConfig {
@@ -106,6 +120,9 @@ impl Default for LogConfig {
             preallocate_bytes: 1 << 20,
             appender_write_bytes: 256 << 10,
             direct_io: false,
+            validate_records: true,
+            repair: false,
+            scrub_rate_mib: 0,
         }
     }
 }
@@ -146,7 +163,7 @@ pub enum RecoveryError {
     #[error(
         "corruption in the middle of the log {path} at byte {position} (offset ~{offset}, below the \
          recovery point {recovery_point}): {reason}; refusing to open this partition rather than \
-         silently truncating acknowledged data"
+         silently truncating acknowledged data (restart with --repair to truncate it there)"
     )]
     MidLogCorruption { path: String, position: u64, offset: u64, recovery_point: u64, reason: String },
     #[error("unexpected file name {0:?} in partition directory")]

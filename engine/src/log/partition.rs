@@ -115,6 +115,8 @@ struct State {
     staged_pos: u64,
     /// An emptied staging buffer kept for reuse.
     spare: Vec<u8>,
+    /// A damaged batch found by the scrub (offset, segment base, position): never served.
+    fence: Option<(u64, u64, u64)>,
 }
 
 impl State {
@@ -311,7 +313,28 @@ impl Partition {
             segments.push(Segment::create(&*io, dir, 0).map_err(&e)?);
         }
         let last_i = bases.len().saturating_sub(1);
+        let mut repaired = false;
         for (i, &base) in bases.iter().enumerate() {
+            if let Some(prev) = segments.last().filter(|p| cfg.repair && !repaired && p.next_offset != base) {
+                tracing::error!(
+                    topic, partition = index, segment = %dir.join(segment::log_name(base)).display(), offset = prev.next_offset,
+                    "REPAIR: segment starts at {base} but the previous one ends at {}: it and every later segment are dropped",
+                    prev.next_offset
+                );
+                repaired = true;
+            }
+            if repaired {
+                // Everything after a repaired (truncated) segment goes.
+                for name in [segment::log_name(base), segment::index_name(base), segment::time_index_name(base)] {
+                    let path = dir.join(&name);
+                    if io.exists(&path) {
+                        let len = io.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
+                        tracing::error!(topic, partition = index, file = %path.display(), bytes = len, "REPAIR: removing a segment file after the truncation point");
+                        io.remove_file(&path).map_err(&e)?;
+                    }
+                }
+                continue;
+            }
             let mut seg = Segment::open_existing(&*io, dir, base).map_err(&e)?;
             let seg_path = dir.join(segment::log_name(base));
             let file_len = seg.file.len().map_err(&e)?;
@@ -331,7 +354,9 @@ impl Partition {
             let interval = cfg.index_interval_bytes;
             let max = cfg.batch_bytes_max;
             let mut trusted = None;
-            if sealed_below_rp && seg.load_indexes(&*io, file_len).map_err(&e)? {
+            // Repair checks every batch's CRC (damage the scrub found in a sealed segment is
+            // invisible to the header-only walk of a trusted one).
+            if sealed_below_rp && !cfg.repair && seg.load_indexes(&*io, file_len).map_err(&e)? {
                 // Trust the checkpointed index; scan headers only from its last entry. If that
                 // tail does not check out, the index is stale or damaged: rebuild it below.
                 let last = *seg.index.last().expect("non-empty index");
@@ -379,6 +404,28 @@ impl Partition {
                 }
             };
             if let Some((position, reason)) = end.stopped {
+                if cfg.repair && (end.next_offset < recovery_point || !is_last) {
+                    let later: u64 = bases[i + 1..]
+                        .iter()
+                        .map(|b| io.open(&dir.join(segment::log_name(*b)), false).and_then(|f| f.len()).unwrap_or(0))
+                        .sum();
+                    tracing::error!(
+                        topic, partition = index, segment = %seg_path.display(), position, offset = end.next_offset, reason = %reason,
+                        dropped_bytes_in_segment = file_len - position, later_segments = bases.len() - 1 - i, later_bytes = later,
+                        "REPAIR: truncating the log at its first invalid batch: offsets from {} on are dropped: {} bytes of \
+                         this segment and {} later segment(s) of {} bytes",
+                        end.next_offset, file_len - position, bases.len() - 1 - i, later
+                    );
+                    seg.file.set_len(end.valid_end).map_err(&e)?;
+                    seg.file.sync_data().map_err(&e)?;
+                    if !is_last {
+                        let _ = io.remove_file(&dir.join(segment::index_name(base)));
+                        let _ = io.remove_file(&dir.join(segment::time_index_name(base)));
+                    }
+                    repaired = true;
+                    segments.push(seg);
+                    continue;
+                }
                 if end.next_offset < recovery_point || !is_last {
                     // Data below the recovery point was synced: damage there is not a torn tail.
                     return Err(RecoveryError::MidLogCorruption {
@@ -397,7 +444,16 @@ impl Partition {
             }
             segments.push(seg);
         }
-        if segments.last().expect("segment").next_offset < recovery_point {
+        if cfg.repair && !repaired && segments.last().expect("segment").next_offset < recovery_point {
+            let seg = segments.last().expect("segment");
+            tracing::error!(
+                topic, partition = index, segment = %dir.join(segment::log_name(seg.base_offset)).display(),
+                "REPAIR: the log ends at offset {} before its recovery point {recovery_point} (synced data is missing); continuing from {}",
+                seg.next_offset, seg.next_offset
+            );
+            repaired = true;
+        }
+        if segments.last().expect("segment").next_offset < recovery_point && !repaired {
             let seg = segments.last().expect("segment");
             return Err(RecoveryError::MidLogCorruption {
                 path: dir.join(segment::log_name(seg.base_offset)).display().to_string(),
@@ -431,6 +487,7 @@ impl Partition {
                 staged: Vec::new(),
                 staged_pos: 0,
                 spare: Vec::new(),
+                fence: None,
             }),
             sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None, gen: 0, covering: 0, unlocked: Default::default() }),
             sync_cv: Condvar::new(),
@@ -535,7 +592,7 @@ impl Partition {
     pub fn append(&self, buf: &mut [u8]) -> Result<AppendInfo, AppendError> {
         #[cfg(feature = "slow-append")]
         let started = std::time::Instant::now();
-        let infos = record::validate_all(buf, self.cfg.batch_bytes_max)?;
+        let infos = record::validate_all_with(buf, self.cfg.batch_bytes_max, self.cfg.validate_records)?;
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
@@ -1019,12 +1076,26 @@ impl Partition {
         if offset == hw {
             return Ok(slice);
         }
+        if let Some((bad, _, _)) = st.fence {
+            if offset >= bad {
+                return Err(FetchError::Storage(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}-{}: the batch at offset {bad} is damaged (found by the scrub): not served; stop the broker and run it with --repair", self.topic, self.index),
+                )));
+            }
+        }
         let group = self.cfg.durability == Durability::Group;
         let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
         let n = st.segments.len();
         let mut total = 0u64;
         for (i, seg) in st.segments.iter().enumerate().skip(first) {
             let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
+            // Nothing from the damaged batch on is served.
+            let limit = match st.fence {
+                Some((_, base, pos)) if base == seg.base_offset => limit.min(pos),
+                Some((_, base, _)) if base < seg.base_offset => 0,
+                _ => limit,
+            };
             let start = if i == first {
                 match seg.find_position(offset, limit, self.cfg.batch_bytes_max)? {
                     Some(p) => p,
@@ -1207,6 +1278,30 @@ impl Partition {
     }
 
     /// Remove this partition's directory (DeleteTopics). The caller drops it from its maps first.
+    /// Sealed segments (base offset, file, size, path) for the scrub.
+    pub fn sealed_segments(&self) -> Vec<(u64, Arc<dyn IoFile>, u64, PathBuf)> {
+        let st = lock(&self.state);
+        let n = st.segments.len();
+        st.segments[..n - 1]
+            .iter()
+            .map(|s| (s.base_offset, s.file.clone(), s.size, self.dir.join(segment::log_name(s.base_offset))))
+            .collect()
+    }
+
+    /// Stop serving from the damaged batch at `offset` (in the segment based at `base`, at
+    /// byte `position`) on: Fetch there answers a storage error instead of a corrupt value.
+    pub fn fence(&self, offset: u64, base: u64, position: u64) {
+        let mut st = lock(&self.state);
+        if st.fence.is_none_or(|(o, _, _)| offset < o) {
+            st.fence = Some((offset, base, position));
+        }
+    }
+
+    /// The damaged offset fenced by the scrub, if any.
+    pub fn fenced_at(&self) -> Option<u64> {
+        lock(&self.state).fence.map(|(o, _, _)| o)
+    }
+
     pub fn delete(&self) -> io::Result<()> {
         self.io.remove_dir_all(&self.dir)?;
         if let Some(parent) = self.dir.parent() {

@@ -23,6 +23,9 @@ pub fn small_cfg(durability: Durability, segment_bytes_max: u64) -> LogConfig {
         preallocate_bytes: 0,
         appender_write_bytes: 256 << 10,
         direct_io: false,
+        validate_records: true,
+        repair: false,
+        scrub_rate_mib: 0,
     }
 }
 

@@ -1,0 +1,406 @@
+//! `loadgen versus`: one workload against several targets, interleaved (A B A B …), and one
+//! comparison of the figures with intervals and the ratio to the first target.
+//!
+//! Every run goes through [`crate::run::run`] (the same machinery as `loadgen run`); its result
+//! JSON is kept under `<out>/runs/`. Targets are `NAME=embedded` (a fresh embedded engine per
+//! run) or `NAME=host:port[,host:port…]` (an external cluster, e.g. Apache Kafka started by
+//! `peers/kafka/kafka-peer`). Per target and figure the table gives the median over the rounds
+//! with the min–max range; the ratio to the first target is median/median with a bootstrap
+//! interval ([`crate::compare::compare_samples`]). Writes `versus.md`, `versus.json` and
+//! `versus.html` into `<out>`. Exit 1 if any run failed or was incomplete (the rest is still
+//! written), 2 on bad input.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::compare::{compare_samples, median, Better, Decide};
+use crate::results::RunResult;
+use crate::run::{run, RunError, RunOptions};
+use crate::workload::{Overrides, Workload};
+
+#[derive(clap::Args)]
+pub struct VersusArgs {
+    /// Built-in workload name or YAML file.
+    #[arg(short, long, default_value = "smoke")]
+    pub workload: String,
+    /// A target, NAME=embedded or NAME=host:port[,host:port…]; repeat it. The first is the base
+    /// of the ratios.
+    #[arg(long = "target", required = true)]
+    pub targets: Vec<String>,
+    /// Rounds; each round runs every target once, in the order given.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Output folder (versus.md, versus.json, versus.html, runs/).
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Parent directory of the embedded engine's temporary data dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A title for the table (default: the workload's name).
+    #[arg(long)]
+    pub title: Option<String>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    /// None = embedded engine.
+    pub bootstrap: Option<String>,
+}
+
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    let (name, what) = s.split_once('=').ok_or_else(|| format!("target {s:?} is not NAME=embedded or NAME=host:port[,…]"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        return Err(format!("target name {name:?} must be [A-Za-z0-9._-]+"));
+    }
+    let bootstrap = match what {
+        "embedded" => None,
+        "" => return Err(format!("target {name} has no bootstrap")),
+        b => Some(b.to_string()),
+    };
+    Ok(Target { name: name.to_string(), bootstrap })
+}
+
+/// A figure of a run: (key, label, unit, better, extractor).
+type Extract = fn(&RunResult) -> Option<f64>;
+pub const FIGURES: &[(&str, &str, &str, Better, Extract)] = &[
+    ("publish_rps", "publish rate", "records/s", Better::Higher, |r| Some(r.publish.records_per_s)),
+    ("publish_mbps", "publish throughput", "MB/s", Better::Higher, |r| Some(r.publish.bytes_per_s / 1e6)),
+    ("publish_p50", "publish p50", "ms", Better::Lower, |r| lat(r.publish.latency_us.count, r.publish.latency_us.p50)),
+    ("publish_p99", "publish p99", "ms", Better::Lower, |r| lat(r.publish.latency_us.count, r.publish.latency_us.p99)),
+    ("publish_p999", "publish p99.9", "ms", Better::Lower, |r| lat(r.publish.latency_us.count, r.publish.latency_us.p999)),
+    ("e2e_p50", "end-to-end p50", "ms", Better::Lower, |r| lat(r.end_to_end.latency_us.count, r.end_to_end.latency_us.p50)),
+    ("e2e_p99", "end-to-end p99", "ms", Better::Lower, |r| lat(r.end_to_end.latency_us.count, r.end_to_end.latency_us.p99)),
+    ("e2e_p999", "end-to-end p99.9", "ms", Better::Lower, |r| lat(r.end_to_end.latency_us.count, r.end_to_end.latency_us.p999)),
+    ("consume_mbps", "consume throughput", "MB/s", Better::Higher, |r| {
+        if r.consume.records > 0 {
+            Some(r.consume.bytes_per_s / 1e6)
+        } else {
+            None
+        }
+    }),
+    ("drain_mbps", "catch-up consume", "MB/s", Better::Higher, |r| r.drain.as_ref().map(|d| d.bytes_per_s / 1e6)),
+    ("publish_errors", "publish errors", "records", Better::Lower, |r| Some(r.publish.errors as f64)),
+];
+
+fn lat(count: u64, us: f64) -> Option<f64> {
+    (count > 0).then_some(us / 1000.0)
+}
+
+/// One cell of the comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub figure: String,
+    pub unit: String,
+    pub target: String,
+    pub samples: Vec<f64>,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// median / base median, with its bootstrap interval; None for the base or without samples.
+    pub ratio: Option<f64>,
+    pub ratio_low: Option<f64>,
+    pub ratio_high: Option<f64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Versus {
+    pub title: String,
+    pub workload: String,
+    pub rounds: u32,
+    pub targets: Vec<String>,
+    pub bootstraps: Vec<String>,
+    /// Runs that failed or were incomplete: "target round: reason".
+    pub failures: Vec<String>,
+    pub runs: Vec<String>,
+    pub rows: Vec<Row>,
+}
+
+/// Build the comparison from per-target results (index = target, in base-first order).
+pub fn compare(title: &str, workload: &str, rounds: u32, targets: &[Target], results: &[Vec<RunResult>]) -> Vec<Row> {
+    let d = Decide::default();
+    let mut rows = Vec::new();
+    for &(key, label, unit, better, get) in FIGURES {
+        let samples: Vec<Vec<f64>> =
+            results.iter().map(|rs| rs.iter().filter_map(get).filter(|x| x.is_finite()).collect()).collect();
+        if samples.iter().all(|s| s.is_empty()) {
+            continue;
+        }
+        if key == "publish_errors" && samples.iter().all(|s| s.iter().all(|&x| x == 0.0)) {
+            continue;
+        }
+        for (i, t) in targets.iter().enumerate() {
+            let s = &samples[i];
+            if s.is_empty() {
+                continue;
+            }
+            let med = median(s);
+            let (mut ratio, mut lo, mut hi) = (None, None, None);
+            if i > 0 && !samples[0].is_empty() {
+                let c = compare_samples(title, label, unit, better, &samples[0], s, &d);
+                if c.change.is_finite() {
+                    ratio = Some(c.change + 1.0);
+                    lo = Some(c.ci_low + 1.0);
+                    hi = Some(c.ci_high + 1.0);
+                }
+            }
+            rows.push(Row {
+                figure: label.to_string(),
+                unit: unit.to_string(),
+                target: t.name.clone(),
+                samples: s.clone(),
+                median: med,
+                min: s.iter().cloned().fold(f64::INFINITY, f64::min),
+                max: s.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                ratio,
+                ratio_low: lo,
+                ratio_high: hi,
+            });
+        }
+    }
+    let _ = (workload, rounds);
+    rows
+}
+
+fn num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 1000.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn ratio_text(r: &Row) -> String {
+    match (r.ratio, r.ratio_low, r.ratio_high) {
+        (Some(m), Some(l), Some(h)) => format!("{m:.2}× [{l:.2}–{h:.2}]"),
+        (Some(m), _, _) => format!("{m:.2}×"),
+        _ => "base".to_string(),
+    }
+}
+
+pub fn render_markdown(v: &Versus) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### {}\n", v.title);
+    let _ = writeln!(
+        s,
+        "workload `{}`, {} interleaved round(s); median [min–max] over the rounds; ratio = median / median of `{}` with a 95 % bootstrap interval\n",
+        v.workload,
+        v.rounds,
+        v.targets.first().cloned().unwrap_or_default()
+    );
+    let _ = writeln!(s, "| figure | target | median [min–max] | ratio to {} |", v.targets.first().cloned().unwrap_or_default());
+    let _ = writeln!(s, "| --- | --- | --- | --- |");
+    for r in &v.rows {
+        let _ = writeln!(
+            s,
+            "| {} ({}) | {} | {} [{}–{}] | {} |",
+            r.figure,
+            r.unit,
+            r.target,
+            num(r.median),
+            num(r.min),
+            num(r.max),
+            ratio_text(r)
+        );
+    }
+    if !v.failures.is_empty() {
+        let _ = writeln!(s, "\nFailed or incomplete runs (their figures are excluded):");
+        for f in &v.failures {
+            let _ = writeln!(s, "- {f}");
+        }
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+pub fn render_html(v: &Versus) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
+         body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}\
+         .bar{{display:inline-block;height:10px;background:#4a7}}</style></head><body><h1>{t}</h1>\
+         <p>workload <code>{w}</code>, {n} interleaved round(s); median [min–max]; ratio = median / median of <b>{b}</b> (95 % bootstrap interval).</p>\
+         <p>targets: {tg}</p><table><tr><th>figure</th><th>target</th><th>median</th><th>min–max</th><th>ratio</th><th></th></tr>",
+        t = esc(&v.title),
+        w = esc(&v.workload),
+        n = v.rounds,
+        b = esc(v.targets.first().map(String::as_str).unwrap_or("")),
+        tg = v.targets.iter().zip(&v.bootstraps).map(|(t, b)| format!("{} = {}", esc(t), esc(b))).collect::<Vec<_>>().join("; ")
+    );
+    for r in &v.rows {
+        let width = (r.ratio.unwrap_or(1.0).clamp(0.0, 5.0) * 60.0) as u32;
+        let _ = write!(
+            s,
+            "<tr><td>{} ({})</td><td>{}</td><td>{}</td><td>{}–{}</td><td>{}</td><td><span class=\"bar\" style=\"width:{}px\"></span></td></tr>",
+            esc(&r.figure),
+            esc(&r.unit),
+            esc(&r.target),
+            num(r.median),
+            num(r.min),
+            num(r.max),
+            esc(&ratio_text(r)),
+            width
+        );
+    }
+    s.push_str("</table>");
+    if !v.failures.is_empty() {
+        s.push_str("<h2>Failed or incomplete runs</h2><ul>");
+        for f in &v.failures {
+            let _ = write!(s, "<li>{}</li>", esc(f));
+        }
+        s.push_str("</ul>");
+    }
+    s.push_str("</body></html>\n");
+    s
+}
+
+pub fn run_versus(a: VersusArgs) -> i32 {
+    let mut w = match Workload::load(&a.workload) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = a.overrides.apply(&mut w) {
+        eprintln!("error: {e}");
+        return 2;
+    }
+    let targets: Vec<Target> = match a.targets.iter().map(|t| parse_target(t)).collect() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if a.rounds == 0 {
+        eprintln!("error: --rounds must be at least 1");
+        return 2;
+    }
+    let runs_dir = a.out.join("runs");
+    if let Err(e) = std::fs::create_dir_all(&runs_dir) {
+        eprintln!("error: cannot create {}: {e}", runs_dir.display());
+        return 2;
+    }
+    crate::run::install_ctrlc();
+    let base_name = w.name.clone();
+    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); targets.len()];
+    // Runs that ended early (e.g. the broker closed the connection): shown, marked, only for a
+    // target that has no complete run at all.
+    let mut incomplete: Vec<Vec<RunResult>> = vec![Vec::new(); targets.len()];
+    let mut failures = Vec::new();
+    let mut paths = Vec::new();
+    for round in 0..a.rounds {
+        for (i, t) in targets.iter().enumerate() {
+            let mut wr = w.clone();
+            // Fresh topics per run on external clusters: nothing left from an earlier round.
+            wr.name = format!("{base_name}-{}-r{round}", t.name);
+            let mut opts = RunOptions::new(wr);
+            opts.bootstrap = t.bootstrap.clone();
+            opts.calibrate = Some(false);
+            opts.quiet = true;
+            opts.data_dir = a.data_dir.clone();
+            let path = runs_dir.join(format!("{}-r{round}.json", t.name));
+            opts.output = Some(path.clone());
+            eprintln!("versus: round {}/{} target {} ({})", round + 1, a.rounds, t.name, t.bootstrap.as_deref().unwrap_or("embedded"));
+            match run(&opts) {
+                Ok(o) => {
+                    eprintln!(
+                        "versus:   publish {:.0} rec/s {:.1} MB/s, p99 {:.2} ms, errors {}",
+                        o.result.publish.records_per_s,
+                        o.result.publish.bytes_per_s / 1e6,
+                        o.result.publish.latency_us.p99 / 1000.0,
+                        o.result.publish.errors
+                    );
+                    if let Some(p) = &o.path {
+                        paths.push(p.display().to_string());
+                    }
+                    if !o.result.complete || o.exit_code != 0 {
+                        failures.push(format!("{} round {}: incomplete or failed (exit {})", t.name, round + 1, o.exit_code));
+                        incomplete[i].push(o.result);
+                    } else {
+                        results[i].push(o.result);
+                    }
+                }
+                Err(RunError::Usage(e)) | Err(RunError::Failed(e)) => {
+                    eprintln!("versus:   failed: {e}");
+                    failures.push(format!("{} round {}: {e}", t.name, round + 1));
+                }
+            }
+            if crate::run::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                failures.push("interrupted".into());
+                break;
+            }
+        }
+        if crate::run::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+    }
+    let title = a.title.clone().unwrap_or_else(|| base_name.clone());
+    let mut shown = targets.clone();
+    for i in 0..targets.len() {
+        if results[i].is_empty() && !incomplete[i].is_empty() {
+            results[i] = std::mem::take(&mut incomplete[i]);
+            shown[i].name = format!("{} (incomplete runs)", targets[i].name);
+        }
+    }
+    let rows = compare(&title, &base_name, a.rounds, &shown, &results);
+    let v = Versus {
+        title,
+        workload: base_name,
+        rounds: a.rounds,
+        targets: targets.iter().map(|t| t.name.clone()).collect(),
+        bootstraps: targets.iter().map(|t| t.bootstrap.clone().unwrap_or_else(|| "embedded".into())).collect(),
+        failures,
+        runs: paths,
+        rows,
+    };
+    let md = render_markdown(&v);
+    println!("{md}");
+    let writes = [
+        (a.out.join("versus.md"), md),
+        (a.out.join("versus.html"), render_html(&v)),
+        (a.out.join("versus.json"), serde_json::to_string_pretty(&v).unwrap_or_default()),
+    ];
+    for (p, text) in writes {
+        if let Err(e) = std::fs::write(&p, text) {
+            eprintln!("error: cannot write {}: {e}", p.display());
+            return 1;
+        }
+    }
+    println!("versus: {} (+ .md, .json, runs/)", a.out.join("versus.html").display());
+    if v.failures.is_empty() {
+        0
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_bad_ones_are_refused() {
+        let t = parse_target("ours=embedded").unwrap();
+        assert_eq!((t.name.as_str(), t.bootstrap), ("ours", None));
+        let t = parse_target("kafka3=127.0.0.1:19192,127.0.0.1:19193").unwrap();
+        assert_eq!(t.bootstrap.as_deref(), Some("127.0.0.1:19192,127.0.0.1:19193"));
+        assert!(parse_target("embedded").is_err());
+        assert!(parse_target("=embedded").is_err());
+        assert!(parse_target("a b=embedded").is_err());
+        assert!(parse_target("k=").is_err());
+    }
+}
