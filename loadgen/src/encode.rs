@@ -547,7 +547,7 @@ mod tests {
 
     /// Every codec, with keys, headers and producer id/epoch/sequences, decodes with an
     /// independent decoder (kafka-protocol's, which checks the CRC) to the records appended, and
-    /// with the engine's batch validation; sequences advance per partition batch by batch.
+    /// with the engine's Produce validation (header, CRC, every record decompressed and walked); sequences advance per partition batch by batch.
     #[test]
     fn compressed_idempotent_batches_with_headers_decode_independently() {
         use crate::produce::ProducerSettings;
@@ -565,7 +565,7 @@ mod tests {
                 }
                 let (batch, _, _) = b.finish();
                 assert_eq!(b.last_compression.is_some(), codec != Codec::None, "{codec:?}");
-                engine::record::validate(&batch, 1 << 20).unwrap_or_else(|e| panic!("{codec:?}: {e}"));
+                engine::record::validate_all(&batch, 1 << 20).unwrap_or_else(|e| panic!("{codec:?}: {e}"));
                 let attrs = i16::from_be_bytes([batch[21], batch[22]]);
                 assert_eq!(attrs & 7, codec as i16);
                 let mut buf = bytes::Bytes::from(batch.clone());
