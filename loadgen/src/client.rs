@@ -243,6 +243,9 @@ impl Conn {
     }
 
     /// InitProducerId for an idempotent (non-transactional) producer: (producer id, epoch).
+    /// Errors a coordinator clears by itself (COORDINATOR_LOAD_IN_PROGRESS 14, COORDINATOR_NOT_AVAILABLE
+    /// 15, NOT_COORDINATOR 16, CONCURRENT_TRANSACTIONS 51 — a freshly started Kafka answers 14
+    /// for a while) are retried every 100 ms for up to 30 s, as Kafka's producer does.
     pub fn init_producer_id(&mut self) -> Result<(i64, i16), String> {
         let v = self.need(ApiKey::InitProducerId)?;
         let req = InitProducerIdRequest::default()
@@ -250,7 +253,15 @@ impl Conn {
             .with_transaction_timeout_ms(-1)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
-        let r: InitProducerIdResponse = self.call(ApiKey::InitProducerId, v, &req)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r: InitProducerIdResponse = loop {
+            let r: InitProducerIdResponse = self.call(ApiKey::InitProducerId, v, &req)?;
+            if matches!(r.error_code, 14 | 15 | 16 | 51) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            break r;
+        };
         if r.error_code != 0 {
             return Err(format!("InitProducerId refused by broker {}: error code {}", self.addr, r.error_code));
         }
@@ -819,6 +830,7 @@ mod tests {
         let g = got.clone();
         std::thread::spawn(move || {
             let mut script = script.into_iter();
+            let mut init_calls = 0;
             for s in l.incoming() {
                 let Ok(mut s) = s else { return };
                 while let Ok(mut frame) = read_frame(&mut s) {
@@ -833,7 +845,10 @@ mod tests {
                         respond(&mut s, h.correlation_id, v, &r);
                     } else if key == ApiKey::InitProducerId as i16 {
                         let h = RequestHeader::decode(&mut frame, InitProducerIdRequest::header_version(v)).unwrap();
-                        let r = InitProducerIdResponse::default().with_producer_id(ProducerId(77)).with_producer_epoch(3);
+                        // A coordinator still loading first (Kafka answers 14 after a start).
+                        init_calls += 1;
+                        let code = if init_calls <= 2 { 14 } else { 0 };
+                        let r = InitProducerIdResponse::default().with_error_code(code).with_producer_id(ProducerId(77)).with_producer_epoch(3);
                         respond(&mut s, h.correlation_id, v, &r);
                     } else if key == ApiKey::Produce as i16 {
                         let h = RequestHeader::decode(&mut frame, ProduceRequest::header_version(v)).unwrap();
