@@ -541,7 +541,9 @@ impl Ctx<'_> {
             return true;
         }
         let m = &self.metrics;
-        m.consumed.load(Ordering::Relaxed) >= m.acked.load(Ordering::Relaxed) * w.subscriptions_per_topic as u64
+        // acks=0: nothing is acknowledged; consumers catch up with what was written.
+        let produced = m.acked.load(Ordering::Relaxed) + m.producer.written_unacknowledged.load(Ordering::Relaxed);
+        m.consumed.load(Ordering::Relaxed) >= produced * w.subscriptions_per_topic as u64
     }
 
     /// Stop requested (fatal error or Ctrl-C); on Ctrl-C also tells every thread to stop.

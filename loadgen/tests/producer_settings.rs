@@ -220,6 +220,8 @@ fn acks_zero_counts_records_as_written_not_acknowledged() {
     assert!(p.records_written_unacknowledged >= 2000, "{p:?}");
     assert!(stdout.contains("acks=0: ") && stdout.contains("none acknowledged"), "{stdout}");
     assert!(!stdout.lines().any(|l| l.starts_with("publish ")), "{stdout}");
+    // The run's consumers read the written records (measured window only, so not all of them).
+    assert!(r.consume.records * 100 >= p.records_written_unacknowledged * 95, "{} consumed", r.consume.records);
     // The broker stored what was written (poll: acks=0 appends are not confirmed to anyone).
     let topic = &r.target.topics[0];
     let mut c = Conn::connect(addr, Duration::from_secs(5)).unwrap();
