@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, InitProducerIdRequest, InitProducerIdResponse, ProducerId,
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
@@ -28,7 +28,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use crate::producer::{record_ack, record_unacked, Ready, Spare, Transport, Unacked};
+use crate::producer::{record_ack, record_unacked, record_written_no_ack, Ready, Spare, Transport, Unacked};
 use crate::rate::Clock;
 use crate::stats::{AckRecorder, Metrics};
 
@@ -45,6 +45,7 @@ const OURS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Metadata, 1, 12),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 pub fn topic_name(s: &str) -> TopicName {
@@ -241,6 +242,35 @@ impl Conn {
         }
     }
 
+    /// InitProducerId for an idempotent (non-transactional) producer: (producer id, epoch).
+    /// Errors a coordinator clears by itself (COORDINATOR_LOAD_IN_PROGRESS 14, COORDINATOR_NOT_AVAILABLE
+    /// 15, NOT_COORDINATOR 16, CONCURRENT_TRANSACTIONS 51 — a freshly started Kafka answers 14
+    /// for a while) are retried every 100 ms for up to 30 s, as Kafka's producer does.
+    pub fn init_producer_id(&mut self) -> Result<(i64, i16), String> {
+        let v = self.need(ApiKey::InitProducerId)?;
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(-1)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r: InitProducerIdResponse = loop {
+            let r: InitProducerIdResponse = self.call(ApiKey::InitProducerId, v, &req)?;
+            if matches!(r.error_code, 14 | 15 | 16 | 51) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            break r;
+        };
+        if r.error_code != 0 {
+            return Err(format!("InitProducerId refused by broker {}: error code {}", self.addr, r.error_code));
+        }
+        if r.producer_id.0 < 0 || r.producer_epoch < 0 {
+            return Err(format!("InitProducerId from broker {}: invalid producer id {} epoch {}", self.addr, r.producer_id.0, r.producer_epoch));
+        }
+        Ok((r.producer_id.0, r.producer_epoch))
+    }
+
     /// ListOffsets: `timestamp` -1 = latest, -2 = earliest.
     pub fn list_offsets(&mut self, topic: &str, partitions: &[i32], timestamp: i64) -> Result<HashMap<i32, i64>, String> {
         let v = self.need(ApiKey::ListOffsets)?;
@@ -365,10 +395,22 @@ pub fn prepare_topics(boot: &mut Conn, topics: &[String], partitions: u32, repli
     }
 }
 
+/// One batch of an in-flight produce request.
+struct PendingBatch {
+    /// Index into the transport's partition list.
+    idx: u32,
+    pid: i32,
+    intended: Vec<u64>,
+    value_bytes: u64,
+    /// Idempotent producer: the batch bytes, kept to send again unchanged (same sequence), and
+    /// the sends so far.
+    retry: Option<(Bytes, u32)>,
+}
+
 /// Metadata for an in-flight produce request, queued to the connection's reader.
 struct Pending {
     corr: i32,
-    batches: Vec<(u32, i32, Vec<u64>, u64)>,
+    batches: Vec<PendingBatch>,
 }
 
 struct ProduceConn {
@@ -377,11 +419,39 @@ struct ProduceConn {
     corr: i32,
     tx: crossbeam::channel::Sender<Pending>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Batches the reader wants sent again (idempotent producer), written by the producer
+    /// thread — the only writer of the socket — on its next [`Transport::poll`].
+    retries: Arc<std::sync::Mutex<Vec<PendingBatch>>>,
+    retry_waiting: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Sends of one batch at most (the first included) before it counts as failed.
+const SENDS_MAX: u32 = 10;
+
+/// Error codes after which the idempotent producer sends a batch again (same sequence): only
+/// conditions a later try can clear.
+fn retriable(code: i16) -> bool {
+    // UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT,
+    // NETWORK_EXCEPTION, NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND, KAFKA_STORAGE_ERROR.
+    matches!(code, 3 | 5 | 6 | 7 | 13 | 19 | 20 | 56)
+}
+
+const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 
 /// Pipelined Produce to the partition leaders of one topic: the producer thread writes requests
 /// without waiting; one reader thread per connection records acks. At most `max_in_flight`
 /// requests per partition are unacknowledged.
+///
+/// acks=0: the broker sends no response, so nothing is in flight: records written are counted
+/// in `metrics.producer.written_unacknowledged`, never as acknowledged, and the reader only
+/// watches for the connection being closed (how a broker reports a failed acks=0 produce).
+///
+/// Idempotent producer: batches carry the producer id/epoch and per-partition sequences (see
+/// [`crate::encode::BatchFormat`]); a batch refused with a retriable error is sent again with
+/// its bytes unchanged (so the same sequence) and its partition takes no new batch until the
+/// retries are settled; DUPLICATE_SEQUENCE_NUMBER means the broker already has it (counted as
+/// acknowledged); OUT_OF_ORDER_SEQUENCE_NUMBER outside a retry fails the run.
 pub struct KafkaTransport {
     topic: TopicName,
     /// index → partition id.
@@ -390,19 +460,52 @@ pub struct KafkaTransport {
     conn_of: Vec<usize>,
     conns: Vec<ProduceConn>,
     in_flight: Arc<Vec<AtomicU32>>,
+    /// index → batches waiting to be sent again or being sent again.
+    retrying: Arc<Vec<AtomicU32>>,
     outstanding: Arc<AtomicU64>,
     max_in_flight: u32,
     acks: i16,
     version: i16,
+    identity: Option<(i64, i16)>,
     /// Set by `close`: the readers' connections end on purpose (not a lost broker).
     closing: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
     clock: Clock,
     /// Writes give up at this clock reading (the drain deadline).
     deadline_ns: u64,
 }
 
+/// What the ack reader of one connection shares with the transport.
+struct ReaderCtx {
+    addr: SocketAddr,
+    version: i16,
+    acks: i16,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<Vec<AtomicU32>>,
+    retrying: Arc<Vec<AtomicU32>>,
+    outstanding: Arc<AtomicU64>,
+    closing: Arc<AtomicBool>,
+    retries: Arc<std::sync::Mutex<Vec<PendingBatch>>>,
+    retry_waiting: Arc<AtomicBool>,
+}
+
 impl KafkaTransport {
     pub fn connect(layout: &TopicLayout, acks: i16, max_in_flight: u32, clock: Clock, metrics: Arc<Metrics>) -> Result<KafkaTransport, String> {
+        let settings = crate::produce::ProducerSettings { acks, ..Default::default() };
+        KafkaTransport::connect_with(layout, &settings, max_in_flight, clock, metrics)
+    }
+
+    /// As [`KafkaTransport::connect`], with the producer settings (acks, idempotence: an
+    /// idempotent producer asks the first partition leader for its producer id).
+    pub fn connect_with(
+        layout: &TopicLayout,
+        settings: &crate::produce::ProducerSettings,
+        max_in_flight: u32,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<KafkaTransport, String> {
+        let acks = settings.acks;
         let mut addrs: Vec<SocketAddr> = Vec::new();
         let mut conn_of = Vec::new();
         for (_, a) in &layout.leaders {
@@ -416,24 +519,44 @@ impl KafkaTransport {
             conn_of.push(i);
         }
         let in_flight: Arc<Vec<AtomicU32>> = Arc::new(layout.leaders.iter().map(|_| AtomicU32::new(0)).collect());
+        let retrying: Arc<Vec<AtomicU32>> = Arc::new(layout.leaders.iter().map(|_| AtomicU32::new(0)).collect());
         let outstanding = Arc::new(AtomicU64::new(0));
         let closing = Arc::new(AtomicBool::new(false));
         let mut conns = Vec::new();
         let mut version = i16::MAX;
+        let mut identity = None;
         for addr in addrs {
-            let c = Conn::connect(addr, Duration::from_secs(5))?;
+            let mut c = Conn::connect(addr, Duration::from_secs(5))?;
             version = version.min(c.need(ApiKey::Produce)?);
+            if settings.idempotent && identity.is_none() {
+                let id = c.init_producer_id()?;
+                metrics.producer.producer_id.store(id.0 as u64, Ordering::Relaxed);
+                identity = Some(id);
+            }
             let stream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
             let rstream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
             rstream.set_read_timeout(None).map_err(|e| format!("{addr}: {e}"))?;
             let (tx, rx) = crossbeam::channel::unbounded::<Pending>();
-            let (inf, out, m, cl) = (in_flight.clone(), outstanding.clone(), metrics.clone(), closing.clone());
-            let pv = version;
+            let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let retry_waiting = Arc::new(AtomicBool::new(false));
+            let ctx = ReaderCtx {
+                addr,
+                version,
+                acks,
+                clock,
+                metrics: metrics.clone(),
+                in_flight: in_flight.clone(),
+                retrying: retrying.clone(),
+                outstanding: outstanding.clone(),
+                closing: closing.clone(),
+                retries: retries.clone(),
+                retry_waiting: retry_waiting.clone(),
+            };
             let reader = std::thread::Builder::new()
                 .name(format!("ack-{addr}"))
-                .spawn(move || ack_reader(addr, rstream, rx, pv, clock, m, inf, out, cl))
+                .spawn(move || ack_reader(ctx, rstream, rx))
                 .map_err(|e| format!("spawn: {e}"))?;
-            conns.push(ProduceConn { addr, stream, corr: c.corr, tx, reader: Some(reader) });
+            conns.push(ProduceConn { addr, stream, corr: c.corr, tx, reader: Some(reader), retries, retry_waiting });
         }
         Ok(KafkaTransport {
             topic: topic_name(&layout.topic),
@@ -441,11 +564,14 @@ impl KafkaTransport {
             conn_of,
             conns,
             in_flight,
+            retrying,
             outstanding,
             max_in_flight,
             acks,
             version,
+            identity,
             closing,
+            metrics,
             clock,
             deadline_ns: u64::MAX,
         })
@@ -462,66 +588,138 @@ impl KafkaTransport {
             }
         }
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-fn ack_reader(
-    addr: SocketAddr,
-    mut stream: TcpStream,
-    rx: crossbeam::channel::Receiver<Pending>,
-    version: i16,
-    clock: Clock,
-    metrics: Arc<Metrics>,
-    in_flight: Arc<Vec<AtomicU32>>,
-    outstanding: Arc<AtomicU64>,
-    closing: Arc<AtomicBool>,
-) {
-    let mut rec = AckRecorder::new();
-    ack_loop(addr, &mut stream, &rx, version, clock, &metrics, &in_flight, &outstanding, &closing, &mut rec);
-    rec.maybe_flush(&metrics, 0, true);
-    // Requests never answered (deadline reached, connection lost): their records are timed out.
-    let now = clock.now_ns();
-    while let Ok(p) = rx.try_recv() {
-        for (_, _, intended, _) in &p.batches {
-            record_unacked(&metrics, Unacked::TimedOut, now, intended.iter().copied());
+    /// Write one Produce request with these batches on connection `ci`. Returns the request's
+    /// records (for acks=0 accounting) and hands the batch buffers it no longer needs to `spare`.
+    fn write_request(&mut self, ci: usize, batches: Vec<(PendingBatch, Bytes)>, spare: &mut Spare) -> Result<(), String> {
+        let conn = &mut self.conns[ci];
+        conn.corr = conn.corr.wrapping_add(1);
+        let corr = conn.corr;
+        let mut parts = Vec::with_capacity(batches.len());
+        let mut metas = Vec::with_capacity(batches.len());
+        for (m, bytes) in batches {
+            parts.push(PartitionProduceData::default().with_index(m.pid).with_records(Some(bytes)));
+            metas.push(m);
         }
+        let mut req = ProduceRequest::default()
+            .with_acks(self.acks)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(parts)]);
+        let frame = encode_request(ApiKey::Produce, self.version, corr, &req)?;
+        // The frame holds a copy: take the batch buffers back for reuse (not those kept for a
+        // retry: they are shared).
+        for t in &mut req.topic_data {
+            for p in &mut t.partition_data {
+                if let Some(b) = p.records.take() {
+                    if b.is_unique() {
+                        spare.put_buf(Vec::from(b));
+                    }
+                }
+            }
+        }
+        if self.deadline_ns != u64::MAX {
+            // A broker that stops reading must not block this write past the deadline.
+            let left = self.deadline_ns.saturating_sub(self.clock.now_ns()).max(1_000_000);
+            conn.stream.set_write_timeout(Some(Duration::from_nanos(left))).map_err(|e| format!("{}: {e}", conn.addr))?;
+        }
+        if self.acks == 0 {
+            conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
+            let n: u64 = metas.iter().map(|m| m.intended.len() as u64).sum();
+            self.metrics.producer.written_unacknowledged.fetch_add(n, Ordering::Relaxed);
+            for m in metas {
+                record_written_no_ack(&self.metrics, &m.intended);
+                spare.put_intended(m.intended);
+            }
+            return Ok(());
+        }
+        for m in &metas {
+            if m.retry.as_ref().is_none_or(|(_, sends)| *sends == 1) {
+                self.in_flight[m.idx as usize].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        conn.tx.send(Pending { corr, batches: metas }).map_err(|_| format!("ack reader for {} is gone", conn.addr))?;
+        conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
+        Ok(())
+    }
+
+    /// Send the batches the readers queued for another try (one request per connection, in the
+    /// order they were queued; at most one batch per partition per request).
+    fn send_retries(&mut self, spare: &mut Spare) -> Result<(), String> {
+        if self.identity.is_none() {
+            return Ok(()); // only the idempotent producer retries
+        }
+        for ci in 0..self.conns.len() {
+            // A plain load first: this runs on every producer loop iteration.
+            if !self.conns[ci].retry_waiting.load(Ordering::Acquire) || !self.conns[ci].retry_waiting.swap(false, Ordering::SeqCst) {
+                continue;
+            }
+            let mut queued: Vec<PendingBatch> = std::mem::take(&mut *self.conns[ci].retries.lock().unwrap_or_else(|p| p.into_inner()));
+            while !queued.is_empty() {
+                let mut this = Vec::new();
+                let mut later = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for mut m in queued {
+                    if seen.insert(m.idx) {
+                        let Some((bytes, sends)) = m.retry.as_mut() else { continue };
+                        *sends += 1;
+                        let b = bytes.clone();
+                        self.metrics.producer.retried_batches.fetch_add(1, Ordering::Relaxed);
+                        this.push((m, b));
+                    } else {
+                        later.push(m);
+                    }
+                }
+                self.write_request(ci, this, spare)?;
+                queued = later;
+            }
+        }
+        Ok(())
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn ack_loop(
-    addr: SocketAddr,
-    stream: &mut TcpStream,
-    rx: &crossbeam::channel::Receiver<Pending>,
-    version: i16,
-    clock: Clock,
-    metrics: &Arc<Metrics>,
-    in_flight: &Arc<Vec<AtomicU32>>,
-    outstanding: &Arc<AtomicU64>,
-    closing: &AtomicBool,
-    rec: &mut AckRecorder,
-) {
+fn ack_reader(ctx: ReaderCtx, mut stream: TcpStream, rx: crossbeam::channel::Receiver<Pending>) {
+    let mut rec = AckRecorder::new();
+    ack_loop(&ctx, &mut stream, &rx, &mut rec);
+    rec.maybe_flush(&ctx.metrics, 0, true);
+    // Requests never answered (deadline reached, connection lost) and batches queued for a
+    // retry that will not be sent: their records are timed out.
+    let now = ctx.clock.now_ns();
+    while let Ok(p) = rx.try_recv() {
+        for b in &p.batches {
+            record_unacked(&ctx.metrics, Unacked::TimedOut, now, b.intended.iter().copied());
+        }
+    }
+    for b in std::mem::take(&mut *ctx.retries.lock().unwrap_or_else(|p| p.into_inner())) {
+        record_unacked(&ctx.metrics, Unacked::TimedOut, now, b.intended.iter().copied());
+    }
+}
+
+fn ack_loop(ctx: &ReaderCtx, stream: &mut TcpStream, rx: &crossbeam::channel::Receiver<Pending>, rec: &mut AckRecorder) {
+    let (addr, metrics) = (ctx.addr, &ctx.metrics);
     loop {
         let frame = match read_frame(stream) {
             Ok(f) => f,
             Err(e) => {
-                if outstanding.load(Ordering::SeqCst) > 0 && !metrics.stopped() && !closing.load(Ordering::SeqCst) {
-                    metrics.fail(format!("connection to broker {addr} lost: {e}"));
+                let closing = ctx.closing.load(Ordering::SeqCst);
+                if (ctx.outstanding.load(Ordering::SeqCst) > 0 || ctx.acks == 0) && !closing && !metrics.stopped() {
+                    let why = if ctx.acks == 0 { " (with acks=0 a broker closes the connection when a produce fails)" } else { "" };
+                    metrics.fail(format!("connection to broker {addr} lost: {e}{why}"));
                 }
                 return;
             }
         };
-        let ack_ns = clock.now_ns();
+        let ack_ns = ctx.clock.now_ns();
         let Ok(p) = rx.try_recv() else {
             metrics.fail(format!("broker {addr} sent a response nobody asked for"));
             return;
         };
-        let resp: ProduceResponse = match decode_response(ApiKey::Produce, version, p.corr, frame) {
+        let resp: ProduceResponse = match decode_response(ApiKey::Produce, ctx.version, p.corr, frame) {
             Ok(r) => r,
             Err(e) => {
                 metrics.fail(format!("broker {addr}: {e}"));
-                for (_, _, intended, _) in &p.batches {
-                    record_unacked(metrics, Unacked::TimedOut, ack_ns, intended.iter().copied());
+                for b in &p.batches {
+                    record_unacked(metrics, Unacked::TimedOut, ack_ns, b.intended.iter().copied());
                 }
                 return;
             }
@@ -532,75 +730,294 @@ fn ack_loop(
                 codes.insert(pr.index, pr.error_code);
             }
         }
-        for (idx, pid, intended, value_bytes) in &p.batches {
-            match codes.get(pid) {
-                Some(0) => record_ack(metrics, rec, ack_ns, intended, *value_bytes),
-                code => record_unacked(metrics, Unacked::Failed(code.copied().unwrap_or(-1)), ack_ns, intended.iter().copied()),
+        let mut again = Vec::new();
+        for b in p.batches {
+            let code = codes.get(&b.pid).copied();
+            let idx = b.idx as usize;
+            let sends = b.retry.as_ref().map(|(_, s)| *s);
+            match code {
+                Some(0) => record_ack(metrics, rec, ack_ns, &b.intended, b.value_bytes),
+                Some(DUPLICATE_SEQUENCE_NUMBER) if sends.is_some() => {
+                    // The broker already has this batch (an earlier send of it was written).
+                    metrics.producer.duplicate_batches.fetch_add(1, Ordering::Relaxed);
+                    record_ack(metrics, rec, ack_ns, &b.intended, b.value_bytes);
+                }
+                Some(c) if sends.is_some_and(|s| s < SENDS_MAX)
+                    && (retriable(c) || c == OUT_OF_ORDER_SEQUENCE_NUMBER && ctx.retrying[idx].load(Ordering::SeqCst) > 0) =>
+                {
+                    // Sent again unchanged; a later batch of the partition refused as out of
+                    // order because an earlier one is being retried follows it.
+                    if sends == Some(1) {
+                        ctx.retrying[idx].fetch_add(1, Ordering::SeqCst);
+                    }
+                    again.push(b);
+                    continue;
+                }
+                Some(OUT_OF_ORDER_SEQUENCE_NUMBER) if sends.is_some() => {
+                    record_unacked(metrics, Unacked::Failed(OUT_OF_ORDER_SEQUENCE_NUMBER), ack_ns, b.intended.iter().copied());
+                    metrics.fail(format!(
+                        "broker {addr}: partition {} refused a batch with OUT_OF_ORDER_SEQUENCE_NUMBER (45): the broker lost or \
+                         skipped records of this idempotent producer",
+                        b.pid
+                    ));
+                }
+                other => {
+                    if sends.is_some() && other.is_some_and(retriable) {
+                        metrics.fail(format!("broker {addr}: partition {} still refuses a batch after {SENDS_MAX} sends (error code {})", b.pid, other.unwrap_or(-1)));
+                    }
+                    record_unacked(metrics, Unacked::Failed(other.unwrap_or(-1)), ack_ns, b.intended.iter().copied());
+                }
             }
-            in_flight[*idx as usize].fetch_sub(1, Ordering::SeqCst);
+            if sends.is_some_and(|s| s > 1) {
+                ctx.retrying[idx].fetch_sub(1, Ordering::SeqCst);
+            }
+            ctx.in_flight[idx].fetch_sub(1, Ordering::SeqCst);
+        }
+        if !again.is_empty() {
+            ctx.retries.lock().unwrap_or_else(|p| p.into_inner()).extend(again);
+            ctx.retry_waiting.store(true, Ordering::SeqCst);
         }
         rec.maybe_flush(metrics, ack_ns, false);
-        outstanding.fetch_sub(1, Ordering::SeqCst);
+        ctx.outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Transport for KafkaTransport {
     fn can_send(&self, p: u32) -> bool {
         self.in_flight[p as usize].load(Ordering::Acquire) < self.max_in_flight
+            && self.retrying[p as usize].load(Ordering::Acquire) == 0
     }
 
     fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String> {
-        let mut by_conn: Vec<Vec<Ready>> = (0..self.conns.len()).map(|_| Vec::new()).collect();
+        self.send_retries(spare)?;
+        let keep = self.identity.is_some();
+        let mut by_conn: Vec<Vec<(PendingBatch, Bytes)>> = (0..self.conns.len()).map(|_| Vec::new()).collect();
         for r in batches {
-            by_conn[self.conn_of[r.partition as usize]].push(r);
+            let bytes = Bytes::from(r.batch);
+            let m = PendingBatch {
+                idx: r.partition,
+                pid: self.partition_ids[r.partition as usize],
+                intended: r.intended,
+                value_bytes: r.value_bytes,
+                retry: keep.then(|| (bytes.clone(), 1)),
+            };
+            by_conn[self.conn_of[r.partition as usize]].push((m, bytes));
         }
         for (ci, rs) in by_conn.into_iter().enumerate() {
-            if rs.is_empty() {
-                continue;
+            if !rs.is_empty() {
+                self.write_request(ci, rs, spare)?;
             }
-            let conn = &mut self.conns[ci];
-            conn.corr = conn.corr.wrapping_add(1);
-            let corr = conn.corr;
-            let mut parts = Vec::with_capacity(rs.len());
-            let mut metas = Vec::with_capacity(rs.len());
-            for r in rs {
-                let pid = self.partition_ids[r.partition as usize];
-                parts.push(PartitionProduceData::default().with_index(pid).with_records(Some(Bytes::from(r.batch))));
-                metas.push((r.partition, pid, r.intended, r.value_bytes));
-            }
-            let mut req = ProduceRequest::default()
-                .with_acks(self.acks)
-                .with_timeout_ms(30_000)
-                .with_topic_data(vec![TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(parts)]);
-            let frame = encode_request(ApiKey::Produce, self.version, corr, &req)?;
-            // The frame holds a copy: take the batch buffers back for reuse.
-            for t in &mut req.topic_data {
-                for p in &mut t.partition_data {
-                    if let Some(b) = p.records.take() {
-                        spare.put_buf(Vec::from(b));
-                    }
-                }
-            }
-            for m in &metas {
-                self.in_flight[m.0 as usize].fetch_add(1, Ordering::SeqCst);
-            }
-            self.outstanding.fetch_add(1, Ordering::SeqCst);
-            conn.tx.send(Pending { corr, batches: metas }).map_err(|_| format!("ack reader for {} is gone", conn.addr))?;
-            if self.deadline_ns != u64::MAX {
-                // A broker that stops reading must not block this write past the deadline.
-                let left = self.deadline_ns.saturating_sub(self.clock.now_ns()).max(1_000_000);
-                conn.stream.set_write_timeout(Some(Duration::from_nanos(left))).map_err(|e| format!("{}: {e}", conn.addr))?;
-            }
-            conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
         }
         Ok(())
     }
 
+    fn poll(&mut self, spare: &mut Spare) -> Result<(), String> {
+        self.send_retries(spare)
+    }
+
     fn idle(&self) -> bool {
-        self.outstanding.load(Ordering::SeqCst) == 0
+        self.outstanding.load(Ordering::SeqCst) == 0 && self.conns.iter().all(|c| !c.retry_waiting.load(Ordering::SeqCst))
+    }
+
+    fn producer_identity(&self) -> Option<(i64, i16)> {
+        self.identity
     }
 
     fn set_deadline(&mut self, deadline_ns: u64) {
         self.deadline_ns = deadline_ns;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The idempotent producer's retries against a scripted broker on loopback: the real
+    //! transport, sockets and ack reader; the broker answers each Produce with the next error
+    //! code of its script and records the batches it was sent.
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+    use kafka_protocol::messages::RequestHeader;
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+
+    const PRODUCE_V: i16 = 8;
+
+    fn respond<R: Encodable + HeaderVersion>(s: &mut TcpStream, corr: i32, version: i16, r: &R) {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0, 0, 0, 0]);
+        ResponseHeader::default().with_correlation_id(corr).encode(&mut buf, R::header_version(version)).unwrap();
+        r.encode(&mut buf, version).unwrap();
+        let n = (buf.len() - 4) as u32;
+        buf[0..4].copy_from_slice(&n.to_be_bytes());
+        s.write_all(&buf).unwrap();
+    }
+
+    /// Serve one connection (plus the ApiVersions-only ones before it): Produce answers follow
+    /// `script` (then 0). Returns the address and the batches received, in order.
+    fn scripted_broker(script: Vec<i16>) -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            let mut init_calls = 0;
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                while let Ok(mut frame) = read_frame(&mut s) {
+                    let key = i16::from_be_bytes([frame[0], frame[1]]);
+                    let v = i16::from_be_bytes([frame[2], frame[3]]);
+                    if key == ApiKey::ApiVersions as i16 {
+                        let h = RequestHeader::decode(&mut frame, ApiVersionsRequest::header_version(v)).unwrap();
+                        let r = ApiVersionsResponse::default().with_api_keys(vec![
+                            ApiVersion::default().with_api_key(ApiKey::Produce as i16).with_min_version(3).with_max_version(PRODUCE_V),
+                            ApiVersion::default().with_api_key(ApiKey::InitProducerId as i16).with_min_version(0).with_max_version(1),
+                        ]);
+                        respond(&mut s, h.correlation_id, v, &r);
+                    } else if key == ApiKey::InitProducerId as i16 {
+                        let h = RequestHeader::decode(&mut frame, InitProducerIdRequest::header_version(v)).unwrap();
+                        // A coordinator still loading first (Kafka answers 14 after a start).
+                        init_calls += 1;
+                        let code = if init_calls <= 2 { 14 } else { 0 };
+                        let r = InitProducerIdResponse::default().with_error_code(code).with_producer_id(ProducerId(77)).with_producer_epoch(3);
+                        respond(&mut s, h.correlation_id, v, &r);
+                    } else if key == ApiKey::Produce as i16 {
+                        let h = RequestHeader::decode(&mut frame, ProduceRequest::header_version(v)).unwrap();
+                        let req = ProduceRequest::decode(&mut frame, v).unwrap();
+                        let t = &req.topic_data[0];
+                        let p = &t.partition_data[0];
+                        g.lock().unwrap().push(p.records.clone().unwrap());
+                        if req.acks == 0 {
+                            // No response; a refused acks=0 produce closes the connection.
+                            if script.next().unwrap_or(0) != 0 {
+                                let _ = s.shutdown(Shutdown::Both);
+                                break;
+                            }
+                            continue;
+                        }
+                        let code = script.next().unwrap_or(0);
+                        let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+                            .with_name(t.name.clone())
+                            .with_partition_responses(vec![PartitionProduceResponse::default().with_index(p.index).with_error_code(code)])]);
+                        respond(&mut s, h.correlation_id, v, &r);
+                    }
+                }
+            }
+        });
+        (addr, got)
+    }
+
+    /// Produce one 10-record batch through an idempotent transport; wait (bounded) until
+    /// nothing is in flight or the run failed.
+    fn produce_once(script: Vec<i16>) -> (Arc<Metrics>, Vec<Bytes>) {
+        let (addr, got) = scripted_broker(script);
+        let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
+        let metrics = Arc::new(Metrics::new(true));
+        let settings = crate::produce::ProducerSettings { acks: -1, idempotent: true, ..Default::default() };
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        assert_eq!(t.producer_identity(), Some((77, 3)));
+        let format = crate::encode::BatchFormat { producer_id: 77, producer_epoch: 3, ..Default::default() };
+        let mut b = crate::encode::BatchBuilder::with_format(4096, format);
+        for i in 0..10 {
+            b.append(None, &[i as u8; 20], 0, i, 0, 1000);
+        }
+        let (batch, intended, vb) = b.finish();
+        let mut spare = Spare::default();
+        t.send(vec![Ready { partition: 0, batch, intended, value_bytes: vb }], &mut spare).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(t.idle() || metrics.stopped()) {
+            assert!(Instant::now() < deadline, "transport never went idle");
+            t.poll(&mut spare).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t.close();
+        let got = got.lock().unwrap().clone();
+        (metrics, got)
+    }
+
+    fn base_sequence(batch: &[u8]) -> (i64, i16, i32) {
+        (
+            i64::from_be_bytes(batch[43..51].try_into().unwrap()),
+            i16::from_be_bytes(batch[51..53].try_into().unwrap()),
+            i32::from_be_bytes(batch[53..57].try_into().unwrap()),
+        )
+    }
+
+    #[test]
+    fn a_retried_batch_keeps_its_sequence() {
+        // NOT_LEADER_OR_FOLLOWER, then REQUEST_TIMED_OUT, then success.
+        let (m, got) = produce_once(vec![6, 7, 0]);
+        assert_eq!(m.fatal(), None);
+        assert_eq!(got.len(), 3, "sent three times");
+        assert!(got.iter().all(|b| b == &got[0]), "byte for byte the same batch each time");
+        assert_eq!(base_sequence(&got[0]), (77, 3, 0));
+        assert_eq!(m.acked.load(Ordering::SeqCst), 10, "acknowledged once");
+        assert_eq!(m.errors.load(Ordering::SeqCst), 0);
+        assert_eq!(m.producer.retried_batches.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn duplicate_sequence_counts_as_acknowledged() {
+        let (m, got) = produce_once(vec![7, DUPLICATE_SEQUENCE_NUMBER]);
+        assert_eq!(m.fatal(), None);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], got[1]);
+        assert_eq!(m.acked.load(Ordering::SeqCst), 10);
+        assert_eq!(m.producer.duplicate_batches.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn out_of_order_sequence_fails_the_run() {
+        let (m, got) = produce_once(vec![OUT_OF_ORDER_SEQUENCE_NUMBER]);
+        assert_eq!(got.len(), 1, "not retried");
+        let f = m.fatal().expect("the run failed");
+        assert!(f.contains("OUT_OF_ORDER_SEQUENCE_NUMBER"), "{f}");
+        assert_eq!(m.acked.load(Ordering::SeqCst), 0);
+        assert_eq!(m.errors.load(Ordering::SeqCst), 10);
+    }
+
+    /// acks=0: written records are counted as written, never acknowledged, nothing waits for a
+    /// response; a broker closing the connection (how it reports a failed acks=0 produce)
+    /// fails the run.
+    #[test]
+    fn acks_zero_counts_writes_and_a_closed_connection_fails_the_run() {
+        for (script, fails) in [(vec![0, 0], false), (vec![0, 6], true)] {
+            let (addr, got) = scripted_broker(script);
+            let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
+            let metrics = Arc::new(Metrics::new(true));
+            let settings = crate::produce::ProducerSettings { acks: 0, ..Default::default() };
+            let mut t = KafkaTransport::connect_with(&layout, &settings, 1, Clock::new(), metrics.clone()).unwrap();
+            let mut spare = Spare::default();
+            for _ in 0..2 {
+                let mut b = crate::encode::BatchBuilder::new(4096);
+                for i in 0..10 {
+                    b.append(None, &[1; 20], 0, i, 0, 1000);
+                }
+                let (batch, intended, vb) = b.finish();
+                assert!(t.can_send(0), "acks=0 has no in-flight window to fill");
+                t.send(vec![Ready { partition: 0, batch, intended, value_bytes: vb }], &mut spare).unwrap();
+                assert!(t.idle(), "nothing in flight with acks=0");
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while got.lock().unwrap().len() < 2 || fails && !metrics.stopped() {
+                assert!(Instant::now() < deadline, "broker got {} requests", got.lock().unwrap().len());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            t.close();
+            assert_eq!(metrics.producer.written_unacknowledged.load(Ordering::SeqCst), 20);
+            assert_eq!(metrics.acked.load(Ordering::SeqCst), 0);
+            match metrics.fatal() {
+                Some(f) => assert!(fails && f.contains("acks=0"), "{f}"),
+                None => assert!(!fails, "a closed acks=0 connection must fail the run"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_refusal_that_never_clears_fails_after_the_bounded_sends() {
+        let (m, got) = produce_once(vec![6; 50]);
+        assert_eq!(got.len(), SENDS_MAX as usize);
+        assert!(m.fatal().expect("failed").contains("still refuses"));
+        assert_eq!(m.acked.load(Ordering::SeqCst), 0);
     }
 }

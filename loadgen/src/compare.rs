@@ -18,7 +18,7 @@
 //! runs (or rounds, or pairs) on a side is shown with its interval and the verdict `undecided`.
 //!
 //! Runs are matched by a fingerprint of every workload parameter (`workload.*` except its name
-//! and the searched `target_rate`, plus the target's kind, durability, sink and direct I/O);
+//! and the searched `target_rate`, plus the target's kind, durability, sink and direct I/O, and the producer's compression, idempotence and headers);
 //! runs whose fingerprints differ are refused (the differences are printed) unless `--force`.
 //!
 //! Calibration (`--normalize auto`): when both sides share the environment fingerprint (CPU
@@ -561,6 +561,20 @@ pub fn fingerprint(v: &Value) -> BTreeMap<String, String> {
         };
         fp.insert(format!("target.{k}"), shown);
     }
+    // Producer settings (results without a `producer` block ran with the defaults).
+    let p = v.get("producer");
+    let at = |path: &[&str], default: &str| {
+        let mut x = p;
+        for k in path {
+            x = x.and_then(|y| y.get(*k));
+        }
+        x.filter(|x| !x.is_null()).map_or_else(|| default.to_string(), show)
+    };
+    fp.insert("producer.compression".into(), at(&["compression", "codec"], "none"));
+    fp.insert("producer.idempotent".into(), at(&["idempotent"], "false"));
+    let headers = at(&["headers"], "0");
+    let headers = if headers == "0" { headers } else { format!("{headers} x {} B", at(&["header_value_bytes"], "?")) };
+    fp.insert("producer.headers".into(), headers);
     fp
 }
 
@@ -1307,6 +1321,21 @@ pub fn run(args: CompareArgs) -> i32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn producer_settings_are_part_of_the_fingerprint_with_defaults_for_old_results() {
+        let old = serde_json::json!({"workload": {"acks": 1}, "target": {"kind": "embedded"}});
+        let none = serde_json::json!({"workload": {"acks": 1}, "target": {"kind": "embedded"},
+            "producer": {"compression": {"codec": "none"}, "idempotent": false, "headers": 0}});
+        let lz4 = serde_json::json!({"workload": {"acks": 1}, "target": {"kind": "embedded"},
+            "producer": {"compression": {"codec": "lz4"}, "idempotent": true, "headers": 2, "header_value_bytes": 8}});
+        assert_eq!(fingerprint(&old), fingerprint(&none));
+        let f = fingerprint(&lz4);
+        assert_eq!(f["producer.compression"], "lz4");
+        assert_eq!(f["producer.idempotent"], "true");
+        assert_eq!(f["producer.headers"], "2 x 8 B");
+    }
+
     use super::*;
 
     /// `n` samples of `center * (1 + u)`, u uniform in [-noise, +noise].

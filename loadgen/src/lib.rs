@@ -9,6 +9,7 @@ pub mod env;
 pub mod external;
 pub mod hlog;
 pub mod html;
+pub mod produce;
 pub mod producer;
 pub mod rate;
 pub mod results;

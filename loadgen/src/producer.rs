@@ -58,6 +58,15 @@ pub trait Transport {
     /// The drain deadline (clock ns): a send blocked by a broker that stopped reading must
     /// give up by then (the producer accounts what was not sent).
     fn set_deadline(&mut self, _deadline_ns: u64) {}
+    /// Work the transport has to do on the producer thread besides `send` (the idempotent
+    /// producer's retries); called on every iteration of the producer loop.
+    fn poll(&mut self, _spare: &mut Spare) -> Result<(), String> {
+        Ok(())
+    }
+    /// The idempotent producer's (id, epoch) granted by the broker, if any.
+    fn producer_identity(&self) -> Option<(i64, i16)> {
+        None
+    }
 }
 
 /// What one producer does.
@@ -74,6 +83,8 @@ pub struct ProducerSpec {
     /// Set to stop generating early (backlog built, search trial over); the batches already
     /// made are still sent and acknowledged.
     pub halt: Arc<std::sync::atomic::AtomicBool>,
+    /// Compression, acks, idempotence, headers ([`ProducerSettings::default`] = none of them).
+    pub settings: crate::produce::ProducerSettings,
 }
 
 const BURST_MAX: u64 = 4096;
@@ -89,7 +100,17 @@ pub fn run_producer<T: Transport>(
     transport: &mut T,
 ) -> Result<u64, String> {
     let n_parts = spec.partitions as usize;
-    let mut open: Vec<BatchBuilder> = (0..n_parts).map(|_| BatchBuilder::new(spec.batch_bytes.min(1 << 20))).collect();
+    let format = crate::encode::BatchFormat {
+        codec: spec.settings.codec,
+        headers: spec.settings.headers_section(),
+        producer_id: transport.producer_identity().map_or(-1, |(id, _)| id),
+        producer_epoch: transport.producer_identity().map_or(-1, |(_, e)| e),
+    };
+    if spec.settings.idempotent && format.producer_id < 0 && !metrics.stopped() {
+        return Err("idempotent producer: the transport has no producer id (InitProducerId was not done)".into());
+    }
+    let mut open: Vec<BatchBuilder> =
+        (0..n_parts).map(|_| BatchBuilder::with_format(spec.batch_bytes.min(1 << 20), format.clone())).collect();
     // Partitions with an open batch, in the order their batch was opened (oldest first).
     let mut open_order: VecDeque<(u32, u64)> = VecDeque::new();
     let mut ready: VecDeque<Ready> = VecDeque::new();
@@ -110,6 +131,9 @@ pub fn run_producer<T: Transport>(
         let next = spare.bufs.pop().unwrap_or_else(|| Vec::with_capacity(buf_cap));
         let next_intended = spare.intended.pop().unwrap_or_default();
         let (batch, intended, value_bytes) = open[p as usize].finish_into(next, next_intended);
+        if let Some(c) = open[p as usize].last_compression {
+            metrics.producer.add_compression(c.records, c.raw_bytes, c.compressed_bytes, c.ns);
+        }
         *queued_bytes += batch.len();
         ready.push_back(Ready { partition: p, batch, intended, value_bytes });
     };
@@ -124,6 +148,7 @@ pub fn run_producer<T: Transport>(
     let (from, until) = metrics.window();
     transport.set_deadline(spec.drain_deadline_ns);
     loop {
+        transport.poll(&mut spare)?;
         let now = clock.now_ns();
         if !halted && (metrics.stopped() || spec.halt.load(Ordering::Relaxed)) {
             halted = true;
@@ -300,6 +325,19 @@ pub fn record_ack(metrics: &Metrics, rec: &mut AckRecorder, ack_ns: u64, intende
     }
     metrics.acked.fetch_add(n, Ordering::Relaxed);
     metrics.acked_bytes.fetch_add(value_bytes, Ordering::Relaxed);
+}
+
+/// Account records written with acks=0: the broker answers nothing, so they are neither
+/// acknowledged nor failed — counted apart (`written_no_ack`), with no latency.
+pub fn record_written_no_ack(metrics: &Metrics, intended: &[u64]) {
+    let (from, until) = metrics.window();
+    let inside = intended.iter().filter(|&&t| t >= from && t < until).count() as u64;
+    let n = intended.len() as u64;
+    for (a, k) in [(&metrics.acct[1], inside), (&metrics.acct[0], n - inside)] {
+        if k > 0 {
+            a.written_no_ack.fetch_add(k, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Which outcome a never-acknowledged record had.

@@ -72,6 +72,73 @@ pub struct RunResult {
     /// Where the numbers come from: the loadgen build. Absent in older results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
+    /// The producer settings of the run and what they cost (compression, acks, idempotence,
+    /// keys, headers). Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<ProducerInfo>,
+}
+
+/// The result's `producer` block (schema `$defs/producer`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProducerInfo {
+    /// 0, 1 or -1 (all).
+    pub acks: i16,
+    /// False for acks=0: no record was acknowledged; `publish` then counts nothing and has no
+    /// latency, and `records_written_unacknowledged` says what was written to the socket.
+    pub acknowledged: bool,
+    #[serde(default)]
+    pub records_written_unacknowledged: u64,
+    /// Whole run (warmup and drain included, unlike `publish`): records generated, and records
+    /// acknowledged — what the target must have stored.
+    #[serde(default)]
+    pub records_sent_total: u64,
+    #[serde(default)]
+    pub records_acknowledged_total: u64,
+    pub idempotent: bool,
+    /// Idempotent producer: batches sent again (same sequence) after a retriable error, and
+    /// batches the broker already had (DUPLICATE_SEQUENCE_NUMBER, counted as acknowledged).
+    #[serde(default)]
+    pub retried_batches: u64,
+    #[serde(default)]
+    pub duplicate_batches: u64,
+    pub compression: CompressionInfo,
+    pub keys: KeysInfo,
+    /// Headers per record and the bytes of each header value.
+    pub headers: u32,
+    #[serde(default)]
+    pub header_value_bytes: u32,
+}
+
+/// Compression of the loadgen's own batches over the whole run (warmup included).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompressionInfo {
+    /// none | gzip | snappy | lz4 | zstd.
+    pub codec: String,
+    pub batches: u64,
+    pub records: u64,
+    /// Records section bytes before and after compression.
+    pub uncompressed_bytes: u64,
+    pub compressed_bytes: u64,
+    /// Time in the compressor on the producer threads (monotonic clock around each call; the
+    /// thread is busy compressing, so this is its CPU time unless it was descheduled). Not part
+    /// of publish latency accounting by itself: the send path is measured separately.
+    pub cpu_ns_total: u64,
+    pub ns_per_batch: f64,
+    pub ns_per_record: f64,
+    /// uncompressed / compressed (1 when nothing was compressed).
+    pub ratio: f64,
+}
+
+/// How record keys were chosen.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeysInfo {
+    /// none | round-robin | random | zipf.
+    pub distribution: String,
+    /// Distinct keys (0 for none).
+    pub count: u32,
+    /// Zipf exponent (only for zipf).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zipf_s: Option<f64>,
 }
 
 /// The loadgen build that produced a result (captured at build time, see `loadgen/build.rs`).
@@ -383,6 +450,10 @@ pub struct PhaseAccounting {
     pub timed_out: u64,
     /// Never sent: the generator was late or blocked when the drain deadline came.
     pub not_sent: u64,
+    /// acks=0 only: written to the broker, which answers nothing — never acknowledged by
+    /// design, so not counted as acknowledged nor as lost.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub written_unacknowledged: u64,
     /// Censored latency of the records not acknowledged: intended time → error answer, or →
     /// the moment the producer gave up. Its count = failed + timed_out + not_sent.
     pub unacknowledged_latency_us: Latency,
@@ -394,8 +465,8 @@ impl PhaseAccounting {
     }
     /// The identities every accounting must satisfy.
     pub fn adds_up(&self) -> bool {
-        self.scheduled == self.acknowledged + self.unacknowledged()
-            && self.sent == self.acknowledged + self.failed + self.timed_out
+        self.scheduled == self.acknowledged + self.written_unacknowledged + self.unacknowledged()
+            && self.sent == self.acknowledged + self.written_unacknowledged + self.failed + self.timed_out
             && self.unacknowledged_latency_us.count == self.unacknowledged()
     }
 }
@@ -421,4 +492,8 @@ impl RunResult {
         }
         Ok(r)
     }
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }

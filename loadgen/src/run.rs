@@ -488,6 +488,7 @@ impl Ctx<'_> {
                     linger_ns: (w.linger_ms * 1e6) as u64,
                     queued_bytes_max: 64 << 20,
                     halt: halt.clone(),
+                    settings: crate::produce::ProducerSettings::of(w),
                 };
                 let (clock, metrics, pool) = (self.clock, self.metrics.clone(), self.pool.clone());
                 let h = if self.opts.sink {
@@ -502,7 +503,7 @@ impl Ctx<'_> {
                         (r, thread_cpu_s().unwrap_or(0.0) - c0)
                     })
                 } else {
-                    let mut t = KafkaTransport::connect(layout, w.acks, w.max_in_flight, clock, metrics.clone())?;
+                    let mut t = KafkaTransport::connect_with(layout, &spec.settings, w.max_in_flight, clock, metrics.clone())?;
                     std::thread::Builder::new().name(format!("producer-{ti}-{j}")).spawn(move || {
                         let c0 = thread_cpu_s().unwrap_or(0.0);
                         let r = run_producer(&spec, &mut keys, &pool, &clock, &metrics, &mut t);
@@ -580,7 +581,9 @@ impl Ctx<'_> {
             return true;
         }
         let m = &self.metrics;
-        m.consumed.load(Ordering::Relaxed) >= m.acked.load(Ordering::Relaxed) * w.subscriptions_per_topic as u64
+        // acks=0: nothing is acknowledged; consumers catch up with what was written.
+        let produced = m.acked.load(Ordering::Relaxed) + m.producer.written_unacknowledged.load(Ordering::Relaxed);
+        m.consumed.load(Ordering::Relaxed) >= produced * w.subscriptions_per_topic as u64
     }
 
     /// Stop requested (fatal error or Ctrl-C); on Ctrl-C also tells every thread to stop.
@@ -635,8 +638,9 @@ struct PhaseRun {
 
 impl PhaseRun {
     /// Records of the window acknowledged by its end + grace, per second of the window.
+    /// With acks=0 (nothing is answered) the records written count instead.
     fn achieved(&self) -> f64 {
-        self.measure.acknowledged_in_time as f64 / self.window_s.max(1e-9)
+        (self.measure.acknowledged_in_time + self.measure.written_unacknowledged) as f64 / self.window_s.max(1e-9)
     }
     fn target_met(&self) -> bool {
         self.achieved() >= TARGET_FRACTION * self.rate
@@ -678,6 +682,7 @@ fn snapshot_acct(m: &Metrics, i: usize) -> (PhaseAccounting, Hist) {
         failed_by_code,
         timed_out: a.timed_out.load(Ordering::SeqCst),
         not_sent: a.not_sent.load(Ordering::SeqCst),
+        written_unacknowledged: a.written_no_ack.load(Ordering::SeqCst),
         unacknowledged_latency_us: summarize(&censored),
     };
     (pa, censored)
@@ -1232,6 +1237,16 @@ fn build_result(
         drain,
         hlog: None,
         provenance: Some(crate::env::provenance()),
+        producer: Some(col.metrics.producer.summary(
+            &crate::produce::ProducerSettings::of(w),
+            crate::results::KeysInfo {
+                distribution: w.key_distributor.name().into(),
+                count: if w.key_distributor == crate::workload::KeyDistributor::NoKey { 0 } else { w.key_space },
+                zipf_s: (w.key_distributor == crate::workload::KeyDistributor::Zipf).then_some(w.zipf_exponent),
+            },
+            col.metrics.sent.load(Ordering::Relaxed),
+            col.metrics.acked.load(Ordering::Relaxed),
+        )),
     }
 }
 
@@ -1308,13 +1323,14 @@ pub fn summary_table(r: &RunResult) -> String {
         let m = &a.measure;
         let codes: Vec<String> = m.failed_by_code.iter().map(|(c, n)| format!("{n} with code {c}")).collect();
         s.push_str(&format!(
-            "records of the measured window: scheduled {}, acknowledged {} ({} within {:.1} s of its end = {:.0} rec/s, {:.1} % of target), failed {}{}, timed out {}, not sent {}{}\n",
+            "records of the measured window: scheduled {}, acknowledged {}{} ({} within {:.1} s of its end = {:.0} rec/s, {:.1} % of target), failed {}{}, timed out {}, not sent {}{}\n",
             m.scheduled,
             m.acknowledged,
+            if m.written_unacknowledged > 0 { format!(", written with acks=0 (never acknowledged) {}", m.written_unacknowledged) } else { String::new() },
             m.acknowledged_in_time,
             a.ack_grace_s,
-            m.acknowledged_in_time as f64 / r.duration_s.max(1e-9),
-            100.0 * m.acknowledged_in_time as f64 / (r.workload.target_rate * r.duration_s).max(1e-9),
+            (m.acknowledged_in_time + m.written_unacknowledged) as f64 / r.duration_s.max(1e-9),
+            100.0 * (m.acknowledged_in_time + m.written_unacknowledged) as f64 / (r.workload.target_rate * r.duration_s).max(1e-9),
             m.failed,
             if codes.is_empty() { String::new() } else { format!(" ({})", codes.join(", ")) },
             m.timed_out,
@@ -1344,9 +1360,26 @@ pub fn summary_table(r: &RunResult) -> String {
         "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
         "latency", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean"
     ));
-    s.push_str(&format!("{:<14} {}\n", "publish", l(&r.publish.latency_us)));
+    if let Some(p) = r.producer.as_ref().filter(|p| !p.acknowledged) {
+        s.push_str(&format!(
+            "acks=0: {} records written to the socket, none acknowledged: no publish throughput or latency exists\n",
+            p.records_written_unacknowledged
+        ));
+    } else {
+        s.push_str(&format!("{:<14} {}\n", "publish", l(&r.publish.latency_us)));
+    }
     s.push_str(&format!("{:<14} {}\n", "send delay", l(&r.publish.delay_us)));
     s.push_str(&format!("{:<14} {}\n", "end-to-end", l(&r.end_to_end.latency_us)));
+    if let Some(c) = r.producer.as_ref().map(|p| &p.compression).filter(|c| c.codec != "none") {
+        s.push_str(&format!(
+            "compression {}: ratio {:.2}, {:.0} ns/batch, {:.1} ns/record, {:.3} s on producer threads (apart from send)\n",
+            c.codec,
+            c.ratio,
+            c.ns_per_batch,
+            c.ns_per_record,
+            c.cpu_ns_total as f64 / 1e9
+        ));
+    }
     if let Some(c) = &r.calibration {
         s.push_str(&format!(
             "calibration: disk {:.0} MB/s, fdatasync p50 {} p99 {}, loopback {:.0} MB/s, memcpy {:.0} MB/s\n",

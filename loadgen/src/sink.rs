@@ -51,6 +51,11 @@ impl Transport for SinkTransport {
     fn idle(&self) -> bool {
         true
     }
+    /// No broker grants an id: an idempotent run against the sink encodes producer id 0, epoch
+    /// 0 and real sequences, so the generator's cost is the same as against a broker.
+    fn producer_identity(&self) -> Option<(i64, i16)> {
+        Some((0, 0))
+    }
 }
 
 impl Drop for SinkTransport {

@@ -130,8 +130,8 @@ pub fn spectrum(h: &Hist) -> Vec<(f64, f64)> {
 /// Where each scheduled record of a phase ended up. Index 0 of [`Metrics::acct`] holds the
 /// records intended outside the measured window (warmup, a trial's own warmup), index 1 those
 /// intended inside it (`[window_from_ns, window_until_ns)`). Once every thread of the phase has
-/// ended: `scheduled = acked + failed + timed_out + not_sent` and `sent = acked + failed +
-/// timed_out`, exactly.
+/// ended: `scheduled = acked + written_no_ack + failed + timed_out + not_sent` and `sent = acked
+/// + written_no_ack + failed + timed_out`, exactly (`written_no_ack` only with acks=0).
 #[derive(Default)]
 pub struct PhaseAcct {
     /// Records the schedule intended (cut short only by a deliberate halt or Ctrl-C).
@@ -148,11 +148,13 @@ pub struct PhaseAcct {
     pub timed_out: AtomicU64,
     /// Never written to the transport (the generator was late or blocked at the deadline).
     pub not_sent: AtomicU64,
+    /// Written with acks=0: no answer comes, so neither acknowledged nor failed.
+    pub written_no_ack: AtomicU64,
 }
 
 impl PhaseAcct {
     pub fn reset(&self) {
-        for c in [&self.scheduled, &self.sent, &self.acked, &self.acked_in_time, &self.failed, &self.timed_out, &self.not_sent] {
+        for c in [&self.scheduled, &self.sent, &self.acked, &self.acked_in_time, &self.failed, &self.timed_out, &self.not_sent, &self.written_no_ack] {
             c.store(0, Ordering::SeqCst);
         }
     }
@@ -222,6 +224,8 @@ pub struct Metrics {
     /// Set on the first fatal error or Ctrl-C; every loop checks it.
     pub stop: AtomicBool,
     pub fatal: Mutex<Option<String>>,
+    /// Producer-settings counters (compression, acks=0 writes, idempotent retries).
+    pub producer: crate::produce::ProducerTotals,
 }
 
 impl Metrics {
@@ -249,6 +253,7 @@ impl Metrics {
             record_latency,
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            producer: Default::default(),
         }
     }
 

@@ -8,6 +8,9 @@
 //! `useRandomizedPayloads`, `randomBytesRatio`, `randomizedPayloadPoolSize`.
 //! Ours: `acks`, `durability`, `directIo`, `durationSeconds`, `warmupSeconds`, `drainSeconds`, `batchSize`,
 //! `lingerMs`, `maxInFlight`, `keySpace`, `zipfExponent`, `p99BoundMs`, `searchStepSeconds`.
+//! Producer settings: `compression`, `idempotent`, `keys` (`{distribution, count, zipfS}`, an
+//! alternative spelling of `keyDistributor`/`keySpace`/`zipfExponent`), `headers`,
+//! `headerValueBytes`; `acks` is 0, 1, -1 or `all`.
 
 use std::path::Path;
 
@@ -72,8 +75,8 @@ pub struct Workload {
     pub randomized_payload_pool_size: u32,
 
     // ---- ours ----
-    /// 1 (leader) or -1 (all).
-    #[serde(default = "default_acks")]
+    /// 0 (no response), 1 (leader) or -1 / `all`.
+    #[serde(default = "default_acks", deserialize_with = "de_acks")]
     pub acks: i16,
     /// Broker durability for the embedded engine: never | group | interval=<ms>.
     #[serde(default = "default_durability")]
@@ -114,6 +117,104 @@ pub struct Workload {
     /// For `producerRate: 0`: the first rate of the search's ramp (x4 per step).
     #[serde(default = "default_search_start")]
     pub search_start_rate: f64,
+    /// Batch compression: none | gzip | snappy | lz4 | zstd.
+    #[serde(default)]
+    pub compression: crate::produce::Codec,
+    /// Idempotent producer (InitProducerId, sequence numbers, retries that never duplicate).
+    #[serde(default)]
+    pub idempotent: bool,
+    /// Key distribution, count and Zipf exponent in one place; when present it sets
+    /// `keyDistributor`, `keySpace` and `zipfExponent` (which must then be absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Keys>,
+    /// Headers per record.
+    #[serde(default)]
+    pub headers: u32,
+    /// Bytes of each header's value.
+    #[serde(default = "default_header_value_bytes")]
+    pub header_value_bytes: u32,
+}
+
+/// `keys: {distribution, count, zipfS}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Keys {
+    /// none | round-robin | random | zipf.
+    pub distribution: String,
+    #[serde(default = "default_key_space")]
+    pub count: u32,
+    #[serde(default = "default_zipf", rename = "zipfS")]
+    pub zipf_s: f64,
+}
+
+impl Keys {
+    /// Parse the CLI form `DIST[:COUNT[:S]]`, e.g. `zipf:1000:1.2`.
+    pub fn parse_cli(s: &str) -> Result<Keys, String> {
+        let mut it = s.split(':');
+        let distribution = it.next().unwrap_or_default().to_string();
+        let count = match it.next() {
+            Some(c) => c.parse().map_err(|_| format!("--keys {s:?}: count {c:?} is not a number"))?,
+            None => default_key_space(),
+        };
+        let zipf_s = match it.next() {
+            Some(z) => z.parse().map_err(|_| format!("--keys {s:?}: zipf exponent {z:?} is not a number"))?,
+            None => default_zipf(),
+        };
+        if it.next().is_some() {
+            return Err(format!("--keys {s:?}: want DIST[:COUNT[:S]]"));
+        }
+        Ok(Keys { distribution, count, zipf_s })
+    }
+
+    pub fn distributor(&self) -> Result<KeyDistributor, String> {
+        match self.distribution.as_str() {
+            "none" => Ok(KeyDistributor::NoKey),
+            "round-robin" => Ok(KeyDistributor::RoundRobin),
+            "random" => Ok(KeyDistributor::Random),
+            "zipf" => Ok(KeyDistributor::Zipf),
+            d => Err(format!("keys.distribution must be none, round-robin, random or zipf; got {d:?}")),
+        }
+    }
+}
+
+impl KeyDistributor {
+    /// The `keys.distribution` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyDistributor::NoKey => "none",
+            KeyDistributor::RoundRobin => "round-robin",
+            KeyDistributor::Random => "random",
+            KeyDistributor::Zipf => "zipf",
+        }
+    }
+}
+
+fn default_header_value_bytes() -> u32 {
+    16
+}
+
+/// acks as a number (0, 1, -1) or `all`.
+fn de_acks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i16, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum A {
+        N(i16),
+        S(String),
+    }
+    match A::deserialize(d)? {
+        A::N(n) => Ok(n),
+        A::S(s) => parse_acks(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `--acks` / `acks:` text: 0, 1, -1 or all.
+pub fn parse_acks(s: &str) -> Result<i16, String> {
+    match s {
+        "all" | "-1" => Ok(-1),
+        "0" => Ok(0),
+        "1" => Ok(1),
+        _ => Err(format!("acks must be 0, 1, -1 or all; got {s:?}")),
+    }
 }
 
 fn default_search_start() -> f64 {
@@ -189,7 +290,17 @@ pub const BUILTIN: &[(&str, &str)] = &[
 impl Workload {
     /// Parse and validate YAML text. The error is one line.
     pub fn from_yaml(text: &str) -> Result<Workload, String> {
-        let w: Workload = serde_yaml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+        let mut w: Workload = serde_yaml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+        if w.keys.is_some() {
+            // `keys` replaces the three OMB-style fields: refuse both spellings at once.
+            let v: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+            for f in ["keyDistributor", "keySpace", "zipfExponent"] {
+                if v.get(f).is_some() {
+                    return Err(format!("give either keys or {f}, not both"));
+                }
+            }
+        }
+        w.apply_keys()?;
         w.validate()?;
         Ok(w)
     }
@@ -209,6 +320,16 @@ impl Workload {
 
     pub fn smoke() -> Workload {
         Workload::load("smoke").expect("built-in smoke workload is valid")
+    }
+
+    /// Copy `keys` (when given) into `keyDistributor`, `keySpace` and `zipfExponent`.
+    pub fn apply_keys(&mut self) -> Result<(), String> {
+        if let Some(k) = &self.keys {
+            self.key_distributor = k.distributor()?;
+            self.key_space = k.count;
+            self.zipf_exponent = k.zipf_s;
+        }
+        Ok(())
     }
 
     /// Check ranges; an impossible rate or size is refused here, before any connection.
@@ -241,8 +362,20 @@ impl Workload {
         if self.consumer_per_subscription > 64 || self.subscriptions_per_topic > 16 {
             return Err("consumerPerSubscription must be <= 64 and subscriptionsPerTopic <= 16".into());
         }
-        if !(self.acks == 1 || self.acks == -1) {
-            return Err(format!("acks must be 1 or -1 (all), got {}", self.acks));
+        if !(self.acks == 0 || self.acks == 1 || self.acks == -1) {
+            return Err(format!("acks must be 0, 1 or -1 (all), got {}", self.acks));
+        }
+        if self.idempotent && self.acks != -1 {
+            return Err(format!("idempotent requires acks all (-1), got acks {}", self.acks));
+        }
+        if self.idempotent && self.max_in_flight > 5 {
+            return Err(format!("idempotent allows at most 5 requests in flight per partition (Kafka's bound), got maxInFlight {}", self.max_in_flight));
+        }
+        if self.headers > 1000 || self.header_value_bytes > 1 << 20 {
+            return Err(format!(
+                "headers must be <= 1000 and headerValueBytes <= 1048576, got {} and {}",
+                self.headers, self.header_value_bytes
+            ));
         }
         self.durability.parse::<engine::log::Durability>()?;
         for (field, v) in [
@@ -362,9 +495,21 @@ pub struct Overrides {
     /// Linger in ms.
     #[arg(long)]
     pub linger_ms: Option<f64>,
-    /// acks: 1 or -1.
-    #[arg(long, allow_hyphen_values = true)]
+    /// acks: 0 (no response), 1, or -1/all.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_acks)]
     pub acks: Option<i16>,
+    /// Batch compression: none | gzip | snappy | lz4 | zstd.
+    #[arg(long)]
+    pub compression: Option<crate::produce::Codec>,
+    /// Idempotent producer (needs acks all).
+    #[arg(long)]
+    pub idempotent: bool,
+    /// Keys: DIST[:COUNT[:S]], DIST = none | round-robin | random | zipf (e.g. zipf:1000:1.1).
+    #[arg(long, value_parser = Keys::parse_cli)]
+    pub keys: Option<Keys>,
+    /// Headers per record, optionally with each value's size: N[:BYTES] (e.g. 3:32).
+    #[arg(long)]
+    pub headers: Option<String>,
     /// Embedded broker durability: never | group | interval=<ms>.
     #[arg(long)]
     pub durability: Option<String>,
@@ -439,6 +584,24 @@ impl Overrides {
         if let Some(v) = self.max_in_flight {
             w.max_in_flight = v;
         }
+        if let Some(v) = self.compression {
+            w.compression = v;
+        }
+        if self.idempotent {
+            w.idempotent = true;
+        }
+        if let Some(k) = &self.keys {
+            w.keys = Some(k.clone());
+            w.apply_keys()?;
+        }
+        if let Some(h) = &self.headers {
+            let bad = || format!("--headers {h:?}: want N[:BYTES]");
+            let (n, b) = h.split_once(':').map_or((h.as_str(), None), |(n, b)| (n, Some(b)));
+            w.headers = n.parse().map_err(|_| bad())?;
+            if let Some(b) = b {
+                w.header_value_bytes = b.parse().map_err(|_| bad())?;
+            }
+        }
         w.validate()
     }
 }
@@ -482,6 +645,34 @@ mod tests {
         assert!(Workload::from_yaml("name: x\nmessageSize: 1000000000\n").unwrap_err().contains("messageSize"));
         assert!(Workload::from_yaml("name: x\ndurability: sometimes\n").unwrap_err().contains("durability"));
         assert!(Workload::from_yaml("name: x\nacks: 3\n").unwrap_err().contains("acks"));
+    }
+
+    #[test]
+    fn producer_settings_parse_and_override() {
+        let w = Workload::from_yaml("name: x\nacks: all\ncompression: zstd\nidempotent: true\nkeys: {distribution: zipf, count: 50, zipfS: 1.3}\nheaders: 2\n").unwrap();
+        assert_eq!((w.acks, w.compression, w.idempotent, w.headers), (-1, crate::produce::Codec::Zstd, true, 2));
+        assert_eq!((w.key_distributor, w.key_space, w.zipf_exponent), (KeyDistributor::Zipf, 50, 1.3));
+        assert_eq!(Workload::from_yaml("name: x\nacks: 0\n").unwrap().acks, 0);
+        let e = Workload::from_yaml("name: x\nkeys: {distribution: zipf}\nkeySpace: 5\n").unwrap_err();
+        assert!(e.contains("either keys or keySpace"), "{e}");
+        assert!(Workload::from_yaml("name: x\nkeys: {distribution: hashed}\n").unwrap_err().contains("keys.distribution"));
+        assert!(Workload::from_yaml("name: x\nidempotent: true\nacks: 1\n").unwrap_err().contains("idempotent requires acks all"));
+        assert!(Workload::from_yaml("name: x\ncompression: brotli\n").is_err());
+        let mut w = Workload::from_yaml("name: x\nacks: -1\n").unwrap();
+        Overrides {
+            compression: Some(crate::produce::Codec::Lz4),
+            idempotent: true,
+            keys: Some(Keys::parse_cli("round-robin:7").unwrap()),
+            headers: Some("4:32".into()),
+            ..Default::default()
+        }
+        .apply(&mut w)
+        .unwrap();
+        assert_eq!((w.compression, w.idempotent, w.key_distributor, w.key_space), (crate::produce::Codec::Lz4, true, KeyDistributor::RoundRobin, 7));
+        assert_eq!((w.headers, w.header_value_bytes), (4, 32));
+        assert!(Overrides { headers: Some("x".into()), ..Default::default() }.apply(&mut w).unwrap_err().contains("--headers"));
+        assert_eq!(parse_acks("all"), Ok(-1));
+        assert!(parse_acks("2").is_err());
     }
 
     #[test]

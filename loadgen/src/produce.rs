@@ -1,0 +1,301 @@
+//! Producer settings a production producer uses: batch compression (none, gzip, snappy, lz4,
+//! zstd — the codecs of record batch v2's attribute bits 0-2), acks 0/1/all, the idempotent
+//! producer (producer id, epoch and per-partition sequence numbers in the batch header) and record
+//! headers; plus the counters the result reports about them (`producer` block of the result).
+//!
+//! Compression uses the crates `kafka-protocol` already depends on (flate2, snap, lz4, zstd):
+//! well-kept codecs; only the framing Kafka expects is chosen here (lz4: the LZ4 frame format
+//! with independent 64 KiB blocks and no checksums, as Kafka's own `Lz4BlockOutputStream` writes;
+//! snappy: a raw block, which Kafka, librdkafka and the engine all read).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// A record batch compression codec; the discriminant is the batch attributes' codec bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    #[default]
+    None = 0,
+    Gzip = 1,
+    Snappy = 2,
+    Lz4 = 3,
+    Zstd = 4,
+}
+
+impl Codec {
+    pub const ALL: [Codec; 5] = [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Gzip => "gzip",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+
+    /// The batch attributes' codec bits.
+    pub fn attribute_bits(self) -> i16 {
+        self as i16
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Codec, String> {
+        Codec::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("compression must be one of none, gzip, snappy, lz4, zstd; got {s:?}"))
+    }
+}
+
+/// Compresses batch bodies (the records section) for one codec, reusing its state between
+/// batches where the crate allows it.
+pub struct Compressor {
+    codec: Codec,
+    snappy: Option<snap::raw::Encoder>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Compressor {
+    pub fn new(codec: Codec) -> Compressor {
+        Compressor {
+            codec,
+            snappy: (codec == Codec::Snappy).then(snap::raw::Encoder::new),
+            // Level 3 = zstd's (and Kafka's) default level.
+            zstd: if codec == Codec::Zstd { zstd::bulk::Compressor::new(3).ok() } else { None },
+        }
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Append the compressed form of `input` to `out`.
+    pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let err = |e: &dyn std::fmt::Display| format!("{} compression failed: {e}", self.codec.name());
+        match self.codec {
+            Codec::None => out.extend_from_slice(input),
+            Codec::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+                e.write_all(input).map_err(|e| err(&e))?;
+                e.finish().map_err(|e| err(&e))?;
+            }
+            Codec::Snappy => {
+                let enc = self.snappy.get_or_insert_with(snap::raw::Encoder::new);
+                let at = out.len();
+                out.resize(at + snap::raw::max_compress_len(input.len()), 0);
+                let n = enc.compress(input, &mut out[at..]).map_err(|e| err(&e))?;
+                out.truncate(at + n);
+            }
+            Codec::Lz4 => {
+                let mut e = lz4::EncoderBuilder::new()
+                    .block_size(lz4::BlockSize::Max64KB)
+                    .block_mode(lz4::BlockMode::Independent)
+                    .block_checksum(lz4::liblz4::BlockChecksum::NoBlockChecksum)
+                    .checksum(lz4::ContentChecksum::NoChecksum)
+                    .build(out)
+                    .map_err(|e| err(&e))?;
+                e.write_all(input).map_err(|e| err(&e))?;
+                let (_, r) = e.finish();
+                r.map_err(|e| err(&e))?;
+            }
+            Codec::Zstd => {
+                if self.zstd.is_none() {
+                    self.zstd = Some(zstd::bulk::Compressor::new(3).map_err(|e| err(&e))?);
+                }
+                let z = self.zstd.as_mut().expect("set above");
+                let at = out.len();
+                out.resize(at + zstd::zstd_safe::compress_bound(input.len()), 0);
+                let n = z.compress_to_buffer(input, &mut out[at..]).map_err(|e| err(&e))?;
+                out.truncate(at + n);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decompress a batch body (for tests and the loadgen's consumer).
+pub fn decompress(codec: Codec, input: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let err = |e: &dyn std::fmt::Display| format!("{} decompression failed: {e}", codec.name());
+    let mut out = Vec::new();
+    match codec {
+        Codec::None => out.extend_from_slice(input),
+        Codec::Gzip => {
+            flate2::read::GzDecoder::new(input).read_to_end(&mut out).map_err(|e| err(&e))?;
+        }
+        Codec::Snappy => {
+            out = snap::raw::Decoder::new().decompress_vec(input).map_err(|e| err(&e))?;
+        }
+        Codec::Lz4 => {
+            lz4::Decoder::new(input).map_err(|e| err(&e))?.read_to_end(&mut out).map_err(|e| err(&e))?;
+        }
+        Codec::Zstd => {
+            zstd::stream::read::Decoder::new(input).map_err(|e| err(&e))?.read_to_end(&mut out).map_err(|e| err(&e))?;
+        }
+    }
+    Ok(out)
+}
+
+/// The producer settings of a run (from the workload and its CLI overrides).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProducerSettings {
+    pub codec: Codec,
+    /// 0 (no response), 1 (leader) or -1 (all).
+    pub acks: i16,
+    pub idempotent: bool,
+    /// Headers per record and the size of each header's value.
+    pub headers: u32,
+    pub header_value_bytes: u32,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> ProducerSettings {
+        ProducerSettings { codec: Codec::None, acks: 1, idempotent: false, headers: 0, header_value_bytes: 0 }
+    }
+}
+
+impl ProducerSettings {
+    pub fn of(w: &crate::workload::Workload) -> ProducerSettings {
+        ProducerSettings {
+            codec: w.compression,
+            acks: w.acks,
+            idempotent: w.idempotent,
+            headers: w.headers,
+            header_value_bytes: w.header_value_bytes,
+        }
+    }
+
+    /// The records' encoded headers section (count, then key/value pairs), the same for every
+    /// record: keys `h0`, `h1`, …; values `header_value_bytes` bytes of a repeating pattern.
+    pub fn headers_section(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, self.headers as i64);
+        for i in 0..self.headers {
+            let key = format!("h{i}");
+            put_varint(&mut out, key.len() as i64);
+            out.extend_from_slice(key.as_bytes());
+            put_varint(&mut out, self.header_value_bytes as i64);
+            out.extend((0..self.header_value_bytes).map(|j| b'a' + ((i + j) % 26) as u8));
+        }
+        out
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// Run-wide producer counters (all producers, the whole run including warmup).
+#[derive(Debug, Default)]
+pub struct ProducerTotals {
+    /// Batches compressed, their records section before and after, and the time spent in the
+    /// compressor (monotonic clock read around each call on the producer thread).
+    pub compressed_batches: AtomicU64,
+    pub compressed_records: AtomicU64,
+    pub uncompressed_bytes: AtomicU64,
+    pub compressed_bytes: AtomicU64,
+    pub compress_ns: AtomicU64,
+    /// acks=0: records written to the socket (no acknowledgement will ever come).
+    pub written_unacknowledged: AtomicU64,
+    /// Idempotent producer: batches sent again after a retriable error (same sequence) and
+    /// batches the broker reported as already written (DUPLICATE_SEQUENCE_NUMBER, counted as
+    /// acknowledged).
+    pub retried_batches: AtomicU64,
+    pub duplicate_batches: AtomicU64,
+    /// The producer id(s) granted by InitProducerId (the last one; -1 = none).
+    pub producer_id: AtomicU64,
+}
+
+impl ProducerTotals {
+    pub fn add_compression(&self, records: u64, raw: u64, compressed: u64, ns: u64) {
+        self.compressed_batches.fetch_add(1, Ordering::Relaxed);
+        self.compressed_records.fetch_add(records, Ordering::Relaxed);
+        self.uncompressed_bytes.fetch_add(raw, Ordering::Relaxed);
+        self.compressed_bytes.fetch_add(compressed, Ordering::Relaxed);
+        self.compress_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The result's `producer` block.
+    pub fn summary(&self, s: &ProducerSettings, keys: crate::results::KeysInfo, sent: u64, acked: u64) -> crate::results::ProducerInfo {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let batches = l(&self.compressed_batches);
+        let records = l(&self.compressed_records);
+        let (raw, comp, ns) = (l(&self.uncompressed_bytes), l(&self.compressed_bytes), l(&self.compress_ns));
+        crate::results::ProducerInfo {
+            acks: s.acks,
+            acknowledged: s.acks != 0,
+            records_written_unacknowledged: l(&self.written_unacknowledged),
+            records_sent_total: sent,
+            records_acknowledged_total: acked,
+            idempotent: s.idempotent,
+            retried_batches: l(&self.retried_batches),
+            duplicate_batches: l(&self.duplicate_batches),
+            compression: crate::results::CompressionInfo {
+                codec: s.codec.name().into(),
+                batches,
+                records,
+                uncompressed_bytes: raw,
+                compressed_bytes: comp,
+                cpu_ns_total: ns,
+                ns_per_batch: if batches > 0 { ns as f64 / batches as f64 } else { 0.0 },
+                ns_per_record: if records > 0 { ns as f64 / records as f64 } else { 0.0 },
+                ratio: if comp > 0 { raw as f64 / comp as f64 } else { 1.0 },
+            },
+            keys,
+            headers: s.headers,
+            header_value_bytes: s.header_value_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_codec_round_trips() {
+        let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 ^ (i / 1000) as u8).collect();
+        for c in Codec::ALL {
+            let mut comp = Compressor::new(c);
+            let mut out = vec![9u8; 3]; // appends after what is there
+            comp.compress(&input, &mut out).unwrap();
+            assert_eq!(&out[..3], &[9, 9, 9]);
+            if c != Codec::None {
+                assert!(out.len() < input.len() / 2, "{c:?}: {}", out.len());
+            }
+            assert_eq!(decompress(c, &out[3..]).unwrap(), input, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn lz4_frame_is_the_kafka_flavour() {
+        let mut out = Vec::new();
+        Compressor::new(Codec::Lz4).compress(b"hello hello hello hello", &mut out).unwrap();
+        assert_eq!(&out[..4], &[0x04, 0x22, 0x4d, 0x18], "LZ4 frame magic");
+        let flg = out[4];
+        assert_eq!(flg >> 6, 1, "version 01");
+        assert_ne!(flg & 0x20, 0, "independent blocks");
+        assert_eq!(flg & 0x10, 0, "no block checksum");
+        assert_eq!(flg & 0x04, 0, "no content checksum");
+        assert_eq!(flg & 0x08, 0, "no content size");
+        assert_eq!((out[5] >> 4) & 0x7, 4, "64 KiB blocks");
+    }
+
+    #[test]
+    fn codec_names_parse() {
+        assert_eq!("LZ4".parse::<Codec>().unwrap(), Codec::Lz4);
+        assert!("brotli".parse::<Codec>().unwrap_err().contains("none, gzip, snappy, lz4, zstd"));
+    }
+}
