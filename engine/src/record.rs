@@ -668,6 +668,21 @@ pub mod build {
         }
     }
 
+    /// An LZ4 frame of `data` with 64 KiB blocks, linked or independent, with or without block
+    /// and content checksums (the frame's options a decoder must handle).
+    pub fn lz4_frame(data: &[u8], linked: bool, block_checksums: bool, content_checksum: bool) -> Vec<u8> {
+        use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+        use std::io::Write;
+        let info = FrameInfo::new()
+            .block_size(BlockSize::Max64KB)
+            .block_mode(if linked { BlockMode::Linked } else { BlockMode::Independent })
+            .block_checksums(block_checksums)
+            .content_checksum(content_checksum);
+        let mut e = FrameEncoder::with_frame_info(info, Vec::new());
+        e.write_all(data).expect("in-memory lz4");
+        e.finish().expect("in-memory lz4")
+    }
+
     /// The batch `plain` (built above) with `payload` as its records section and codec `codec`
     /// in its attributes, length and CRC recomputed: a well-formed header over any payload.
     pub fn reframe(plain: &[u8], codec: u8, payload: &[u8]) -> Vec<u8> {
@@ -828,43 +843,31 @@ mod tests {
         }
     }
 
-    /// LZ4 frames as Kafka's clients write them (Java: independent 64 KiB blocks with block
-    /// checksums; librdkafka: independent blocks) and as liblz4 defaults do (linked blocks with a
-    /// content checksum, what `build::compress` writes), several blocks each; a flipped checksum
-    /// byte is refused.
+    /// LZ4 frames with independent or linked 64 KiB blocks, with and without block and content
+    /// checksums (and liblz4's defaults: linked, content checksum, what `build::compress`
+    /// writes), several blocks each; a flipped checksum byte is refused.
     #[test]
     fn lz4_frame_variants_and_checksums() {
-        use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
-        use std::io::Write;
         let plain = build::simple_batch(2_000, 100, 0); // ~220 KiB: 4 blocks of 64 KiB
         let recs = &plain[BATCH_HEADER_BYTES..];
-        let frame = |mode: BlockMode, block_checksums: bool, content_checksum: bool| {
-            let info = FrameInfo::new()
-                .block_size(BlockSize::Max64KB)
-                .block_mode(mode)
-                .block_checksums(block_checksums)
-                .content_checksum(content_checksum);
-            let mut e = FrameEncoder::with_frame_info(info, Vec::new());
-            e.write_all(recs).unwrap();
-            e.finish().unwrap()
-        };
+        let frame = |linked, block_checksums, content_checksum| build::lz4_frame(recs, linked, block_checksums, content_checksum);
         for (name, payload) in [
-            ("java", frame(BlockMode::Independent, true, false)),
-            ("librdkafka", frame(BlockMode::Independent, false, false)),
-            ("linked+content", frame(BlockMode::Linked, false, true)),
+            ("independent+block", frame(false, true, false)),
+            ("independent", frame(false, false, false)),
+            ("linked+content", frame(true, false, true)),
             ("lz4 crate", build::compress(3, recs)),
         ] {
             validate_all(&build::reframe(&plain, 3, &payload), 1 << 20).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         // Last byte of a block-checksummed frame's first block checksum: header 7 bytes, then
         // block length (4), block, checksum (4).
-        let mut java = frame(BlockMode::Independent, true, false);
+        let mut java = frame(false, true, false);
         let first = u32::from_le_bytes(java[7..11].try_into().unwrap()) as usize & 0x7fff_ffff;
         java[7 + 4 + first + 3] ^= 1;
         let e = validate_all(&build::reframe(&plain, 3, &java), 1 << 20).unwrap_err();
         assert!(matches!(e, BatchError::BadCompression { codec: "lz4", .. }), "{e}");
         // Content checksum: the frame's last 4 bytes.
-        let mut content = frame(BlockMode::Linked, false, true);
+        let mut content = frame(true, false, true);
         *content.last_mut().unwrap() ^= 1;
         let e = validate_all(&build::reframe(&plain, 3, &content), 1 << 20).unwrap_err();
         assert!(matches!(e, BatchError::BadCompression { codec: "lz4", .. }), "{e}");
