@@ -32,7 +32,10 @@ fn stalled_sink_shows_in_publish_latency() {
     // ~1/6 of the records were intended during the stall and half of those waited > 250 ms: the
     // p99 must show it (measuring from the actual send, as a closed loop does, would not).
     assert!(lat.p99 >= 250_000.0, "p99 {} µs", lat.p99);
-    assert!(lat.p99 >= 5.0 * calm.publish.latency_us.p99.max(1_000.0), "stalled p99 {} vs calm {}", lat.p99, calm.publish.latency_us.p99);
+    // The stall, not the machine's noise, made that tail: the same run without it has a p99
+    // well below. (An absolute margin, not a ratio: on a loaded machine the calm p99 itself
+    // reaches 100-200 ms in this debug build, and the stall adds >= 250 ms to 1/12 of the records.)
+    assert!(lat.p99 >= calm.publish.latency_us.p99 + 150_000.0, "stalled p99 {} vs calm {}", lat.p99, calm.publish.latency_us.p99);
     // The generator itself was blocked, so records were handed over late: delay shows it too.
     assert!(r.publish.delay_us.max >= 200_000.0, "delay max {} µs", r.publish.delay_us.max);
     // Nothing was dropped: the schedule caught up after the stall.
