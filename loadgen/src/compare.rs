@@ -1659,24 +1659,7 @@ mod tests {
     #[test]
     fn bad_input_is_exit_2_and_regression_exit_1() {
         let dir = tempfile::tempdir().unwrap();
-        let args = |paths: Vec<PathBuf>| CompareArgs {
-            paths,
-            base: vec![],
-            new: vec![],
-            criterion: false,
-            threshold_pct: 5.0,
-            confidence: 0.95,
-            resamples: 2000,
-            seed: 1,
-            method: Method::Bootstrap,
-            stat: Stat::Median,
-            normalize: Normalize::Auto,
-            paired: false,
-            informational: vec![],
-            filter: None,
-            json_out: None,
-            force: false,
-        };
+        let args = cli;
         assert_eq!(run(args(vec![dir.path().join("missing.json"), dir.path().join("x.json")])), 2);
         let garbage = dir.path().join("garbage.json");
         std::fs::write(&garbage, b"{not json").unwrap();

@@ -176,25 +176,16 @@ impl ProducerSettings {
     /// record: keys `h0`, `h1`, …; values `header_value_bytes` bytes of a repeating pattern.
     pub fn headers_section(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        put_varint(&mut out, self.headers as i64);
+        crate::encode::put_varint(&mut out, self.headers as i64);
         for i in 0..self.headers {
             let key = format!("h{i}");
-            put_varint(&mut out, key.len() as i64);
+            crate::encode::put_varint(&mut out, key.len() as i64);
             out.extend_from_slice(key.as_bytes());
-            put_varint(&mut out, self.header_value_bytes as i64);
+            crate::encode::put_varint(&mut out, self.header_value_bytes as i64);
             out.extend((0..self.header_value_bytes).map(|j| b'a' + ((i + j) % 26) as u8));
         }
         out
     }
-}
-
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
 }
 
 /// Run-wide producer counters (all producers, the whole run including warmup).
