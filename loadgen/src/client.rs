@@ -510,7 +510,13 @@ pub struct KafkaTransport {
     known: Vec<SocketAddr>,
     next_refresh: Instant,
     backoff_ms: u64,
+    /// Since when no broker answered Metadata (None: the last lookup was answered).
+    unreachable_since: Option<Instant>,
 }
+
+/// No broker answering Metadata for this long fails the run (the whole cluster is gone, not a
+/// failover).
+const UNREACHABLE_MAX: Duration = Duration::from_secs(5);
 
 /// What the ack reader of one connection shares with the transport.
 struct ReaderCtx {
@@ -595,6 +601,7 @@ impl KafkaTransport {
             known: Vec::new(),
             next_refresh: Instant::now(),
             backoff_ms: REFRESH_BACKOFF_MS.0,
+            unreachable_since: None,
         };
         let mut first_err = None;
         for (i, (_, a)) in layout.leaders.iter().enumerate() {
@@ -759,6 +766,19 @@ impl KafkaTransport {
             }
         }
         let mut still = false;
+        if md.is_some() {
+            self.unreachable_since = None;
+        } else {
+            let since = *self.unreachable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= UNREACHABLE_MAX && !self.metrics.stopped() {
+                let list: Vec<String> = self.known.iter().map(|a| a.to_string()).collect();
+                self.metrics.fail(format!(
+                    "connection lost and no broker answers Metadata for {} s (tried {})",
+                    UNREACHABLE_MAX.as_secs(),
+                    list.join(", ")
+                ));
+            }
+        }
         if let Some(md) = md {
             let mut brokers: HashMap<i32, SocketAddr> = HashMap::new();
             for b in &md.brokers {

@@ -2,10 +2,11 @@
 //! partitions. End-to-end latency = receive time − the intended send time stamped in each
 //! value's first 8 bytes (same host clock).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::client::Conn;
 use crate::encode::for_each_value;
@@ -13,34 +14,79 @@ use crate::rate::Clock;
 use crate::stats::{LocalRecorder, Metrics};
 
 pub struct ConsumerSpec {
+    /// The partitions' leader at the start.
     pub addr: SocketAddr,
+    /// Brokers to ask for Metadata when a partition's leader is lost.
+    pub brokers: Vec<SocketAddr>,
     pub topic: String,
     /// (partition id, starting offset).
     pub partitions: Vec<(i32, i64)>,
     pub max_wait_ms: i32,
 }
 
-/// Fetch until `metrics.stop` (or `done`) is set. Errors are counted; a lost connection is fatal.
+/// Fetch until `metrics.stop` (or `done`) is set. Errors are counted. Failover: a lost
+/// connection or a leadership error (NOT_LEADER_OR_FOLLOWER...) counts one error and marks the
+/// partitions' leader unknown; Metadata (backoff 50 ms doubling to 1 s) names the new leader and
+/// the partitions are fetched from there, from the offsets reached.
 pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, done: Arc<std::sync::atomic::AtomicBool>) {
-    let mut conn = match Conn::connect(spec.addr, Duration::from_secs(5)) {
-        Ok(c) => c,
-        Err(e) => return metrics.fail(e),
-    };
+    let mut conns: HashMap<SocketAddr, Conn> = HashMap::new();
+    // partition id → leader (None: unknown, to look up).
+    let mut leader: HashMap<i32, Option<SocketAddr>> = spec.partitions.iter().map(|(p, _)| (*p, Some(spec.addr))).collect();
+    let mut brokers = spec.brokers.clone();
+    if !brokers.contains(&spec.addr) {
+        brokers.insert(0, spec.addr);
+    }
+    let mut backoff_ms = 50u64;
+    let mut unreachable_since = None;
     let mut offsets = spec.partitions.clone();
     let mut part_max: i32 = 8 << 20;
     let mut rec = LocalRecorder::new();
     let mut rec_other = LocalRecorder::new();
     let mut flush_seen = metrics.flush_req.load(Ordering::SeqCst);
     while !metrics.stopped() && !done.load(Ordering::Relaxed) {
-        let resp = match conn.fetch(&spec.topic, &offsets, spec.max_wait_ms, part_max) {
-            Ok(r) => r,
-            Err(e) => {
-                if !metrics.stopped() && !done.load(Ordering::Relaxed) {
-                    metrics.fail(format!("consumer: {e}"));
-                }
-                return;
+        if leader.values().any(|l| l.is_none()) && !refresh(&spec.topic, &brokers, &mut leader, &mut unreachable_since, &metrics) && leader.values().all(|l| l.is_none()) {
+            // Nothing to fetch meanwhile: wait (bounded) before asking again.
+            std::thread::sleep(Duration::from_millis(backoff_ms));
+            backoff_ms = (backoff_ms * 2).min(1000);
+        }
+        let mut addrs: Vec<SocketAddr> = leader.values().flatten().copied().collect();
+        addrs.sort();
+        addrs.dedup();
+        let mut responses = Vec::new();
+        let mut failed = false;
+        for a in addrs {
+            let parts: Vec<(i32, i64)> = offsets.iter().filter(|(p, _)| leader.get(p).copied().flatten() == Some(a)).copied().collect();
+            let had = conns.contains_key(&a);
+            let r = match conns.entry(a) {
+                std::collections::hash_map::Entry::Occupied(c) => Ok(c.into_mut()),
+                std::collections::hash_map::Entry::Vacant(v) => Conn::connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
             }
-        };
+            .and_then(|c| c.fetch(&spec.topic, &parts, spec.max_wait_ms, part_max));
+            match r {
+                Ok(resp) => responses.push(resp),
+                Err(_) => {
+                    if metrics.stopped() || done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    // Lost leader: one error; unreachable (not yet replaced in Metadata): none.
+                    // Either way find the leader again, after a (bounded) pause.
+                    if had {
+                        metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    failed = true;
+                    conns.remove(&a);
+                    for (p, _) in &parts {
+                        leader.insert(*p, None);
+                    }
+                }
+            }
+        }
+        if failed {
+            std::thread::sleep(Duration::from_millis(backoff_ms));
+            backoff_ms = (backoff_ms * 2).min(1000);
+        } else if !responses.is_empty() {
+            backoff_ms = 50;
+        }
         let now_ns = clock.now_ns();
         let now_us = clock.wall_us(now_ns);
         // Records stamped inside the measured window go to the measured histogram.
@@ -49,12 +95,17 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
         let mut got = 0u64;
         let mut bytes = 0u64;
         let mut stuck = false;
-        {
+        for resp in &responses {
             for t in &resp.responses {
                 for p in &t.partitions {
                     let Some(slot) = offsets.iter_mut().find(|(id, _)| *id == p.partition_index) else { continue };
                     if p.error_code != 0 {
                         metrics.errors.fetch_add(1, Ordering::Relaxed);
+                        // UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
+                        // FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH: the leader moved.
+                        if matches!(p.error_code, 3 | 5 | 6 | 74 | 75) {
+                            leader.insert(p.partition_index, None);
+                        }
                         if p.error_code == 1 {
                             // OFFSET_OUT_OF_RANGE: restart from the log start.
                             slot.1 = p.log_start_offset.max(0);
@@ -99,4 +150,38 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
     rec.maybe_flush(&metrics.e2e, 0, true);
     rec_other.maybe_flush(&metrics.e2e_other, 0, true);
     metrics.flush_acks.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Metadata from the first broker that answers; the partitions with no known leader get the
+/// one it names. Returns whether every partition has a leader again. No broker answering for
+/// 5 s fails the run (the cluster is gone, not failing over).
+fn refresh(
+    topic: &str,
+    brokers: &[SocketAddr],
+    leader: &mut HashMap<i32, Option<SocketAddr>>,
+    unreachable_since: &mut Option<Instant>,
+    metrics: &Metrics,
+) -> bool {
+    let t = [topic.to_string()];
+    let Some(md) = brokers.iter().find_map(|a| {
+        Conn::connect_with_read_timeout(*a, Duration::from_secs(1), Duration::from_secs(2)).and_then(|mut c| c.metadata(Some(&t), false)).ok()
+    }) else {
+        let since = *unreachable_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= Duration::from_secs(5) && !metrics.stopped() {
+            metrics.fail(format!("consumer: connection lost and no broker answers Metadata for 5 s (topic {topic})"));
+        }
+        return false;
+    };
+    *unreachable_since = None;
+    let addr_of: HashMap<i32, SocketAddr> =
+        md.brokers.iter().filter_map(|b| crate::client::resolve(&format!("{}:{}", b.host, b.port)).ok().map(|a| (b.node_id.0, a))).collect();
+    let Some(mt) = md.topics.iter().find(|x| x.name.as_ref().map(|n| n.0.as_str()) == Some(topic)) else { return false };
+    for p in &mt.partitions {
+        if let Some(slot @ None) = leader.get_mut(&p.partition_index) {
+            if p.error_code == 0 {
+                *slot = addr_of.get(&p.leader_id.0).copied();
+            }
+        }
+    }
+    leader.values().all(|l| l.is_some())
 }

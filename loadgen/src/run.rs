@@ -542,7 +542,10 @@ impl Ctx<'_> {
                         }
                     }
                     for (addr, partitions) in by_leader {
-                        let spec = ConsumerSpec { addr, topic: layout.topic.clone(), partitions, max_wait_ms: 100 };
+                        let mut brokers: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
+                        brokers.sort();
+                        brokers.dedup();
+                        let spec = ConsumerSpec { addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100 };
                         let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
                         if let Ok(h) = std::thread::Builder::new().name("consumer".into()).spawn(move || run_consumer(spec, clock, metrics, done)) {
                             hs.push(h);
