@@ -56,21 +56,24 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
         let mut failed = false;
         for a in addrs {
             let parts: Vec<(i32, i64)> = offsets.iter().filter(|(p, _)| leader.get(p).copied().flatten() == Some(a)).copied().collect();
-            let had = conns.contains_key(&a);
-            let r = match conns.entry(a) {
+            let conn = match conns.entry(a) {
                 std::collections::hash_map::Entry::Occupied(c) => Ok(c.into_mut()),
                 std::collections::hash_map::Entry::Vacant(v) => Conn::connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
-            }
-            .and_then(|c| c.fetch(&spec.topic, &parts, spec.max_wait_ms, part_max));
+            };
+            // Connected: a failed fetch is a lost leader (one error); unreachable (not yet
+            // replaced in Metadata): no error. Either way find the leader again, after a
+            // (bounded) pause.
+            let r = match conn {
+                Ok(c) => c.fetch(&spec.topic, &parts, spec.max_wait_ms, part_max).map_err(|e| (true, e)),
+                Err(e) => Err((false, e)),
+            };
             match r {
                 Ok(resp) => responses.push(resp),
-                Err(_) => {
+                Err((lost, _)) => {
                     if metrics.stopped() || done.load(Ordering::Relaxed) {
                         break;
                     }
-                    // Lost leader: one error; unreachable (not yet replaced in Metadata): none.
-                    // Either way find the leader again, after a (bounded) pause.
-                    if had {
+                    if lost {
                         metrics.errors.fetch_add(1, Ordering::Relaxed);
                     }
                     failed = true;
@@ -184,4 +187,130 @@ fn refresh(
         }
     }
     leader.values().all(|l| l.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Consumer failover against scripted brokers on loopback: the real consumer, sockets and
+    //! Fetch decoding. Broker A refuses (NOT_LEADER_OR_FOLLOWER, or closes the connection) and
+    //! its Metadata names broker B, which serves the records.
+    use super::*;
+    use crate::client::{read_frame, topic_name};
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+        RequestHeader, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+    use std::io::Write;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    const CLOSE: i16 = i16::MIN;
+
+    fn respond<R: Encodable + HeaderVersion>(s: &mut TcpStream, corr: i32, version: i16, r: &R) {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0, 0, 0, 0]);
+        ResponseHeader::default().with_correlation_id(corr).encode(&mut buf, R::header_version(version)).unwrap();
+        r.encode(&mut buf, version).unwrap();
+        let n = (buf.len() - 4) as u32;
+        buf[0..4].copy_from_slice(&n.to_be_bytes());
+        s.write_all(&buf).unwrap();
+    }
+
+    /// A broker whose Fetch of partition 0 answers `code` (0: `records` once from offset 0, then
+    /// nothing; [`CLOSE`]: closes the connection) and whose Metadata names `leader`.
+    fn broker(code: i16, records: Option<Bytes>, leader: Option<SocketAddr>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let leader = leader.unwrap_or(addr);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let records = records.clone();
+                std::thread::spawn(move || {
+                    while let Ok(mut frame) = read_frame(&mut s) {
+                        let key = i16::from_be_bytes([frame[0], frame[1]]);
+                        let v = i16::from_be_bytes([frame[2], frame[3]]);
+                        if key == ApiKey::ApiVersions as i16 {
+                            let h = RequestHeader::decode(&mut frame, ApiVersionsRequest::header_version(v)).unwrap();
+                            let r = ApiVersionsResponse::default().with_api_keys(vec![
+                                ApiVersion::default().with_api_key(ApiKey::Fetch as i16).with_min_version(4).with_max_version(12),
+                                ApiVersion::default().with_api_key(ApiKey::Metadata as i16).with_min_version(1).with_max_version(9),
+                            ]);
+                            respond(&mut s, h.correlation_id, v, &r);
+                        } else if key == ApiKey::Metadata as i16 {
+                            let h = RequestHeader::decode(&mut frame, MetadataRequest::header_version(v)).unwrap();
+                            let r = MetadataResponse::default()
+                                .with_brokers(vec![MetadataResponseBroker::default()
+                                    .with_node_id(BrokerId(2))
+                                    .with_host(StrBytes::from(leader.ip().to_string()))
+                                    .with_port(leader.port() as i32)])
+                                .with_topics(vec![MetadataResponseTopic::default().with_name(Some(topic_name("t"))).with_partitions(
+                                    vec![MetadataResponsePartition::default().with_partition_index(0).with_leader_id(BrokerId(2))],
+                                )]);
+                            respond(&mut s, h.correlation_id, v, &r);
+                        } else if key == ApiKey::Fetch as i16 {
+                            let h = RequestHeader::decode(&mut frame, FetchRequest::header_version(v)).unwrap();
+                            let req = FetchRequest::decode(&mut frame, v).unwrap();
+                            if code == CLOSE {
+                                let _ = s.shutdown(Shutdown::Both);
+                                return;
+                            }
+                            let off = req.topics[0].partitions[0].fetch_offset;
+                            let data = if code == 0 && off == 0 { records.clone() } else { None };
+                            if data.is_none() {
+                                std::thread::sleep(Duration::from_millis(10)); // a short long-poll
+                            }
+                            let r = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+                                .with_topic(topic_name("t"))
+                                .with_partitions(vec![PartitionData::default()
+                                    .with_partition_index(0)
+                                    .with_error_code(code)
+                                    .with_high_watermark(5)
+                                    .with_records(data)])]);
+                            respond(&mut s, h.correlation_id, v, &r);
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn five_records() -> Bytes {
+        let mut b = crate::encode::BatchBuilder::new(4096);
+        for i in 0..5 {
+            b.append(None, &[7; 20], 0, i, 0, 1000);
+        }
+        Bytes::from(b.finish().0)
+    }
+
+    #[test]
+    fn consumer_follows_the_leader_after_not_leader_or_a_lost_connection() {
+        for refusal in [6, CLOSE] {
+            let b = broker(0, Some(five_records()), None);
+            let a = broker(refusal, None, Some(b));
+            let metrics = Arc::new(Metrics::new(false));
+            let done = Arc::new(AtomicBool::new(false));
+            let spec = ConsumerSpec { addr: a, brokers: vec![a], topic: "t".into(), partitions: vec![(0, 0)], max_wait_ms: 10 };
+            let (m, d) = (metrics.clone(), done.clone());
+            let h = std::thread::spawn(move || run_consumer(spec, Clock::new(), m, d));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while metrics.consumed.load(Ordering::SeqCst) < 5 {
+                assert!(Instant::now() < deadline, "consumed {} of 5 (refusal {refusal})", metrics.consumed.load(Ordering::SeqCst));
+                assert_eq!(metrics.fatal(), None);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            done.store(true, Ordering::SeqCst);
+            h.join().unwrap();
+            assert_eq!(metrics.fatal(), None, "failover is not fatal");
+            assert_eq!(metrics.consumed.load(Ordering::SeqCst), 5, "each record once");
+            assert!(metrics.errors.load(Ordering::SeqCst) >= 1, "the refusal is counted");
+        }
+    }
 }
