@@ -1359,6 +1359,12 @@ pub fn summary_table(r: &RunResult) -> String {
         r.publish.errors,
         r.projection.events_per_day
     ));
+    if let Some(p) = r.producer.as_ref().filter(|p| p.connections_lost + p.leader_changes > 0) {
+        s.push_str(&format!(
+            "failover: {} producer connection(s) lost, {} Metadata lookup(s), {} partition(s) moved to a new leader, {} batch(es) sent again, {} already written\n",
+            p.connections_lost, p.metadata_refreshes, p.leader_changes, p.retried_batches, p.duplicate_batches
+        ));
+    }
     s.push_str(&format!(
         "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
         "latency", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean"
