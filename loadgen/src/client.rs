@@ -186,7 +186,8 @@ impl Conn {
         let v = self.need(ApiKey::Metadata)?;
         let req = MetadataRequest::default()
             .with_topics(topics.map(|ts| ts.iter().map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t)))).collect()))
-            .with_allow_auto_topic_creation(auto_create);
+            // Before v4 the field does not exist (the broker's setting decides).
+            .with_allow_auto_topic_creation(auto_create || v < 4);
         self.call(ApiKey::Metadata, v, &req)
     }
 
@@ -418,11 +419,12 @@ struct ProduceConn {
     stream: TcpStream,
     corr: i32,
     tx: crossbeam::channel::Sender<Pending>,
+    /// The producer thread's handle on the reader's queue: after the reader ended (connection
+    /// lost) the producer takes the unanswered requests back from it, with no race.
+    rx: crossbeam::channel::Receiver<Pending>,
     reader: Option<std::thread::JoinHandle<()>>,
-    /// Batches the reader wants sent again (idempotent producer), written by the producer
-    /// thread — the only writer of the socket — on its next [`Transport::poll`].
-    retries: Arc<std::sync::Mutex<Vec<PendingBatch>>>,
-    retry_waiting: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the reader when the connection is lost (not when closing on purpose).
+    dead: Arc<AtomicBool>,
 }
 
 /// Sends of one batch at most (the first included) before it counts as failed.
@@ -436,8 +438,21 @@ fn retriable(code: i16) -> bool {
     matches!(code, 3 | 5 | 6 | 7 | 13 | 19 | 20 | 56)
 }
 
+/// Error codes that mean the partition's leader is not where we sent it: the producer looks it
+/// up again (Metadata) before the partition takes another batch. UNKNOWN_TOPIC_OR_PARTITION,
+/// LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH.
+fn leadership(code: i16) -> bool {
+    matches!(code, 3 | 5 | 6 | 74 | 75)
+}
+
 const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+/// What a request unanswered on a lost connection counts as (non-idempotent producer).
+const NETWORK_EXCEPTION: i16 = 13;
+
+/// Metadata refresh backoff while a partition has no reachable leader: from the first to the
+/// last value, doubling.
+const REFRESH_BACKOFF_MS: (u64, u64) = (50, 1000);
 
 /// Pipelined Produce to the partition leaders of one topic: the producer thread writes requests
 /// without waiting; one reader thread per connection records acks. At most `max_in_flight`
@@ -452,16 +467,30 @@ const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 /// its bytes unchanged (so the same sequence) and its partition takes no new batch until the
 /// retries are settled; DUPLICATE_SEQUENCE_NUMBER means the broker already has it (counted as
 /// acknowledged); OUT_OF_ORDER_SEQUENCE_NUMBER outside a retry fails the run.
+///
+/// Failover (acks ≠ 0): a leadership error ([`leadership`]) or a lost connection marks the
+/// partition's leader unknown ("stale": it takes no batch); the producer thread, in
+/// [`Transport::poll`], asks any reachable broker for Metadata (backoff 50 ms doubling to 1 s),
+/// connects to the new leader and moves the partition there. Batches unanswered on a lost
+/// connection: the idempotent producer sends them again to the new leader byte for byte (same
+/// sequence; the broker deduplicates one that was written); a non-idempotent producer counts
+/// them failed with NETWORK_EXCEPTION (13) — sending them again could write them twice, which
+/// a non-idempotent Kafka producer with retries also risks; we count instead of duplicating. A
+/// partition with no reachable leader waits (its batches queue in the producer) until the drain
+/// deadline; what is still unsent then is `not_sent`, what is unanswered `timed_out`.
 pub struct KafkaTransport {
     topic: TopicName,
     /// index → partition id.
     partition_ids: Vec<i32>,
-    /// index → connection.
-    conn_of: Vec<usize>,
+    /// index → connection (None: no reachable leader yet).
+    conn_of: Vec<Option<usize>>,
     conns: Vec<ProduceConn>,
     in_flight: Arc<Vec<AtomicU32>>,
     /// index → batches waiting to be sent again or being sent again.
     retrying: Arc<Vec<AtomicU32>>,
+    /// index → the leader must be looked up again before the partition takes a batch.
+    stale: Arc<Vec<AtomicBool>>,
+    stale_any: Arc<AtomicBool>,
     outstanding: Arc<AtomicU64>,
     max_in_flight: u32,
     acks: i16,
@@ -473,7 +502,21 @@ pub struct KafkaTransport {
     clock: Clock,
     /// Writes give up at this clock reading (the drain deadline).
     deadline_ns: u64,
+    /// Batches to send again (idempotent producer), in the order they were queued; written by
+    /// the producer thread — the only writer of the sockets — in [`Transport::poll`].
+    retries: Arc<std::sync::Mutex<Vec<PendingBatch>>>,
+    retry_waiting: Arc<AtomicBool>,
+    /// Brokers to ask for Metadata (the first leaders, then every broker Metadata named).
+    known: Vec<SocketAddr>,
+    next_refresh: Instant,
+    backoff_ms: u64,
+    /// Since when no broker answered Metadata (None: the last lookup was answered).
+    unreachable_since: Option<Instant>,
 }
+
+/// No broker answering Metadata for this long fails the run (the whole cluster is gone, not a
+/// failover).
+const UNREACHABLE_MAX: Duration = Duration::from_secs(5);
 
 /// What the ack reader of one connection shares with the transport.
 struct ReaderCtx {
@@ -484,10 +527,37 @@ struct ReaderCtx {
     metrics: Arc<Metrics>,
     in_flight: Arc<Vec<AtomicU32>>,
     retrying: Arc<Vec<AtomicU32>>,
+    stale: Arc<Vec<AtomicBool>>,
+    stale_any: Arc<AtomicBool>,
     outstanding: Arc<AtomicU64>,
     closing: Arc<AtomicBool>,
     retries: Arc<std::sync::Mutex<Vec<PendingBatch>>>,
     retry_waiting: Arc<AtomicBool>,
+    dead: Arc<AtomicBool>,
+}
+
+/// A batch that will not be acknowledged: account it and release its partition's window.
+fn settle_unacked(m: &Metrics, in_flight: &[AtomicU32], retrying: &[AtomicU32], b: PendingBatch, how: Unacked, at_ns: u64) {
+    record_unacked(m, how, at_ns, b.intended.iter().copied());
+    if b.retry.as_ref().is_some_and(|(_, s)| *s > 1) {
+        retrying[b.idx as usize].fetch_sub(1, Ordering::SeqCst);
+    }
+    in_flight[b.idx as usize].fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Queue a batch to be sent again unchanged (idempotent producer); its partition takes no new
+/// batch meanwhile.
+fn requeue(retrying: &[AtomicU32], retries: &std::sync::Mutex<Vec<PendingBatch>>, waiting: &AtomicBool, bs: Vec<PendingBatch>) {
+    if bs.is_empty() {
+        return;
+    }
+    for b in &bs {
+        if b.retry.as_ref().is_some_and(|(_, s)| *s == 1) {
+            retrying[b.idx as usize].fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    retries.lock().unwrap_or_else(|p| p.into_inner()).extend(bs);
+    waiting.store(true, Ordering::SeqCst);
 }
 
 impl KafkaTransport {
@@ -497,7 +567,9 @@ impl KafkaTransport {
     }
 
     /// As [`KafkaTransport::connect`], with the producer settings (acks, idempotence: an
-    /// idempotent producer asks the first partition leader for its producer id).
+    /// idempotent producer asks the first reachable partition leader for its producer id).
+    /// Partitions whose leader cannot be reached start stale (they wait for a leader); at
+    /// least one leader must be reachable.
     pub fn connect_with(
         layout: &TopicLayout,
         settings: &crate::produce::ProducerSettings,
@@ -505,80 +577,113 @@ impl KafkaTransport {
         clock: Clock,
         metrics: Arc<Metrics>,
     ) -> Result<KafkaTransport, String> {
-        let acks = settings.acks;
-        let mut addrs: Vec<SocketAddr> = Vec::new();
-        let mut conn_of = Vec::new();
-        for (_, a) in &layout.leaders {
-            let i = match addrs.iter().position(|x| x == a) {
-                Some(i) => i,
-                None => {
-                    addrs.push(*a);
-                    addrs.len() - 1
-                }
-            };
-            conn_of.push(i);
-        }
-        let in_flight: Arc<Vec<AtomicU32>> = Arc::new(layout.leaders.iter().map(|_| AtomicU32::new(0)).collect());
-        let retrying: Arc<Vec<AtomicU32>> = Arc::new(layout.leaders.iter().map(|_| AtomicU32::new(0)).collect());
-        let outstanding = Arc::new(AtomicU64::new(0));
-        let closing = Arc::new(AtomicBool::new(false));
-        let mut conns = Vec::new();
-        let mut version = i16::MAX;
-        let mut identity = None;
-        for addr in addrs {
-            let mut c = Conn::connect(addr, Duration::from_secs(5))?;
-            version = version.min(c.need(ApiKey::Produce)?);
-            if settings.idempotent && identity.is_none() {
-                let id = c.init_producer_id()?;
-                metrics.producer.producer_id.store(id.0 as u64, Ordering::Relaxed);
-                identity = Some(id);
-            }
-            let stream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
-            let rstream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
-            rstream.set_read_timeout(None).map_err(|e| format!("{addr}: {e}"))?;
-            let (tx, rx) = crossbeam::channel::unbounded::<Pending>();
-            let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let retry_waiting = Arc::new(AtomicBool::new(false));
-            let ctx = ReaderCtx {
-                addr,
-                version,
-                acks,
-                clock,
-                metrics: metrics.clone(),
-                in_flight: in_flight.clone(),
-                retrying: retrying.clone(),
-                outstanding: outstanding.clone(),
-                closing: closing.clone(),
-                retries: retries.clone(),
-                retry_waiting: retry_waiting.clone(),
-            };
-            let reader = std::thread::Builder::new()
-                .name(format!("ack-{addr}"))
-                .spawn(move || ack_reader(ctx, rstream, rx))
-                .map_err(|e| format!("spawn: {e}"))?;
-            conns.push(ProduceConn { addr, stream, corr: c.corr, tx, reader: Some(reader), retries, retry_waiting });
-        }
-        Ok(KafkaTransport {
+        let n = layout.leaders.len();
+        let mut t = KafkaTransport {
             topic: topic_name(&layout.topic),
             partition_ids: layout.leaders.iter().map(|(p, _)| *p).collect(),
-            conn_of,
-            conns,
-            in_flight,
-            retrying,
-            outstanding,
+            conn_of: vec![None; n],
+            conns: Vec::new(),
+            in_flight: Arc::new((0..n).map(|_| AtomicU32::new(0)).collect()),
+            retrying: Arc::new((0..n).map(|_| AtomicU32::new(0)).collect()),
+            stale: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
+            stale_any: Arc::new(AtomicBool::new(false)),
+            outstanding: Arc::new(AtomicU64::new(0)),
             max_in_flight,
-            acks,
-            version,
-            identity,
-            closing,
+            acks: settings.acks,
+            version: i16::MAX,
+            identity: None,
+            closing: Arc::new(AtomicBool::new(false)),
             metrics,
             clock,
             deadline_ns: u64::MAX,
-        })
+            retries: Arc::new(std::sync::Mutex::new(Vec::new())),
+            retry_waiting: Arc::new(AtomicBool::new(false)),
+            known: Vec::new(),
+            next_refresh: Instant::now(),
+            backoff_ms: REFRESH_BACKOFF_MS.0,
+            unreachable_since: None,
+        };
+        let mut first_err = None;
+        for (i, (_, a)) in layout.leaders.iter().enumerate() {
+            if !t.known.contains(a) {
+                t.known.push(*a);
+            }
+            match t.conn_to(*a, settings.idempotent) {
+                Ok(ci) => t.conn_of[i] = Some(ci),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    t.stale[i].store(true, Ordering::SeqCst);
+                    t.stale_any.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        if (t.conns.is_empty() && n > 0) || (t.acks == 0 && first_err.is_some()) {
+            // acks=0 does not follow leaders (a lost acks=0 connection fails the run).
+            return Err(first_err.unwrap_or_else(|| "no partition leader reachable".into()));
+        }
+        Ok(t)
     }
 
-    /// Close the connections and join the readers; requests still unanswered are accounted as
-    /// timed out.
+    /// The live connection to `addr`, opened if needed (the first one negotiates the Produce
+    /// version and, for an idempotent producer, gets the producer id).
+    fn conn_to(&mut self, addr: SocketAddr, idempotent: bool) -> Result<usize, String> {
+        if let Some(i) = self.conns.iter().position(|c| c.addr == addr && !c.dead.load(Ordering::SeqCst)) {
+            return Ok(i);
+        }
+        let mut c = Conn::connect(addr, Duration::from_secs(5))?;
+        let v = c.need(ApiKey::Produce)?;
+        if self.conns.is_empty() && self.version == i16::MAX {
+            self.version = v;
+        } else if v < self.version || c.version(ApiKey::Produce).is_none() {
+            return Err(format!("broker {addr} speaks Produce up to v{v}, the other leaders v{}", self.version));
+        }
+        if idempotent && self.identity.is_none() {
+            let id = c.init_producer_id()?;
+            self.metrics.producer.producer_id.store(id.0 as u64, Ordering::Relaxed);
+            self.identity = Some(id);
+        }
+        let stream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
+        let rstream = c.try_clone_stream().map_err(|e| format!("{addr}: {e}"))?;
+        rstream.set_read_timeout(None).map_err(|e| format!("{addr}: {e}"))?;
+        let (tx, rx) = crossbeam::channel::unbounded::<Pending>();
+        let dead = Arc::new(AtomicBool::new(false));
+        let ctx = ReaderCtx {
+            addr,
+            version: self.version,
+            acks: self.acks,
+            clock: self.clock,
+            metrics: self.metrics.clone(),
+            in_flight: self.in_flight.clone(),
+            retrying: self.retrying.clone(),
+            stale: self.stale.clone(),
+            stale_any: self.stale_any.clone(),
+            outstanding: self.outstanding.clone(),
+            closing: self.closing.clone(),
+            retries: self.retries.clone(),
+            retry_waiting: self.retry_waiting.clone(),
+            dead: dead.clone(),
+        };
+        let rrx = rx.clone();
+        let reader = std::thread::Builder::new()
+            .name(format!("ack-{addr}"))
+            .spawn(move || ack_reader(ctx, rstream, rrx))
+            .map_err(|e| format!("spawn: {e}"))?;
+        let pc = ProduceConn { addr, stream, corr: c.corr, tx, rx, reader: Some(reader), dead };
+        // Reuse the slot of a dead connection to the same broker (already taken over).
+        match self.conns.iter().position(|c| c.addr == addr && c.reader.is_none()) {
+            Some(i) => {
+                self.conns[i] = pc;
+                Ok(i)
+            }
+            None => {
+                self.conns.push(pc);
+                Ok(self.conns.len() - 1)
+            }
+        }
+    }
+
+    /// Close the connections and join the readers; requests still unanswered and batches
+    /// still waiting to be sent again are accounted as timed out.
     pub fn close(mut self) {
         self.closing.store(true, Ordering::SeqCst);
         for c in &mut self.conns {
@@ -587,11 +692,154 @@ impl KafkaTransport {
                 let _ = r.join();
             }
         }
+        let now = self.clock.now_ns();
+        for c in &self.conns {
+            while let Ok(p) = c.rx.try_recv() {
+                for b in &p.batches {
+                    record_unacked(&self.metrics, Unacked::TimedOut, now, b.intended.iter().copied());
+                }
+            }
+        }
+        for b in std::mem::take(&mut *self.retries.lock().unwrap_or_else(|p| p.into_inner())) {
+            record_unacked(&self.metrics, Unacked::TimedOut, now, b.intended.iter().copied());
+        }
+    }
+
+    /// Batches that cannot go where they were headed (lost connection, no leader): sent again
+    /// later (idempotent) or failed with NETWORK_EXCEPTION; their partitions turn stale.
+    fn reroute(&mut self, batches: Vec<PendingBatch>) {
+        let now = self.clock.now_ns();
+        let mut again = Vec::new();
+        for b in batches {
+            self.stale[b.idx as usize].store(true, Ordering::SeqCst);
+            self.stale_any.store(true, Ordering::SeqCst);
+            match &b.retry {
+                Some((_, s)) if *s < SENDS_MAX => again.push(b),
+                _ => settle_unacked(&self.metrics, &self.in_flight, &self.retrying, b, Unacked::Failed(NETWORK_EXCEPTION), now),
+            }
+        }
+        requeue(&self.retrying, &self.retries, &self.retry_waiting, again);
+    }
+
+    /// Take over the connections whose reader ended on a lost connection: their unanswered
+    /// requests are rerouted and their partitions turn stale.
+    fn reap_dead(&mut self) {
+        for ci in 0..self.conns.len() {
+            if !self.conns[ci].dead.load(Ordering::SeqCst) || self.conns[ci].reader.is_none() {
+                continue;
+            }
+            if let Some(r) = self.conns[ci].reader.take() {
+                let _ = r.join();
+            }
+            let mut lost = Vec::new();
+            while let Ok(p) = self.conns[ci].rx.try_recv() {
+                self.outstanding.fetch_sub(1, Ordering::SeqCst);
+                lost.extend(p.batches);
+            }
+            for i in 0..self.conn_of.len() {
+                if self.conn_of[i] == Some(ci) {
+                    self.conn_of[i] = None;
+                    self.stale[i].store(true, Ordering::SeqCst);
+                    self.stale_any.store(true, Ordering::SeqCst);
+                }
+            }
+            self.metrics.producer.connections_lost.fetch_add(1, Ordering::Relaxed);
+            self.reroute(lost);
+        }
+    }
+
+    /// Look up the leaders of the stale partitions (bounded: one Metadata round per backoff
+    /// step) and move them to their new leader's connection.
+    fn refresh_leaders(&mut self) {
+        if !self.stale_any.load(Ordering::Acquire) || Instant::now() < self.next_refresh {
+            return;
+        }
+        self.metrics.producer.metadata_refreshes.fetch_add(1, Ordering::Relaxed);
+        let topic = self.topic.0.to_string();
+        let mut md = None;
+        for a in self.known.clone() {
+            let r = Conn::connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2))
+                .and_then(|mut c| c.metadata(Some(std::slice::from_ref(&topic)), false));
+            if let Ok(m) = r {
+                md = Some(m);
+                break;
+            }
+        }
+        let mut still = false;
+        if md.is_some() {
+            self.unreachable_since = None;
+        } else {
+            let since = *self.unreachable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= UNREACHABLE_MAX && !self.metrics.stopped() {
+                let list: Vec<String> = self.known.iter().map(|a| a.to_string()).collect();
+                self.metrics.fail(format!(
+                    "connection lost and no broker answers Metadata for {} s (tried {})",
+                    UNREACHABLE_MAX.as_secs(),
+                    list.join(", ")
+                ));
+            }
+        }
+        if let Some(md) = md {
+            let mut brokers: HashMap<i32, SocketAddr> = HashMap::new();
+            for b in &md.brokers {
+                if let Ok(a) = resolve(&format!("{}:{}", b.host, b.port)) {
+                    brokers.insert(b.node_id.0, a);
+                    if !self.known.contains(&a) {
+                        self.known.push(a);
+                    }
+                }
+            }
+            let t = md.topics.iter().find(|t| t.name.as_ref().map(str_of).as_deref() == Some(topic.as_str()));
+            for i in 0..self.partition_ids.len() {
+                if !self.stale[i].load(Ordering::SeqCst) {
+                    continue;
+                }
+                let leader = t
+                    .and_then(|t| t.partitions.iter().find(|p| p.partition_index == self.partition_ids[i]))
+                    .filter(|p| p.error_code == 0)
+                    .and_then(|p| brokers.get(&p.leader_id.0).copied());
+                let conn = leader.and_then(|a| self.conn_to(a, self.identity.is_some()).ok());
+                match conn {
+                    Some(ci) => {
+                        if self.conn_of[i] != Some(ci) {
+                            self.metrics.producer.leader_changes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.conn_of[i] = Some(ci);
+                        self.stale[i].store(false, Ordering::SeqCst);
+                    }
+                    None => still = true,
+                }
+            }
+        } else {
+            still = true;
+        }
+        if still {
+            self.next_refresh = Instant::now() + Duration::from_millis(self.backoff_ms);
+            self.backoff_ms = (self.backoff_ms * 2).min(REFRESH_BACKOFF_MS.1);
+        } else {
+            self.stale_any.store(false, Ordering::SeqCst);
+            // A reader may have marked another partition meanwhile.
+            if self.stale.iter().any(|s| s.load(Ordering::SeqCst)) {
+                self.stale_any.store(true, Ordering::SeqCst);
+            }
+            self.backoff_ms = REFRESH_BACKOFF_MS.0;
+            self.next_refresh = Instant::now();
+        }
     }
 
     /// Write one Produce request with these batches on connection `ci`. Returns the request's
     /// records (for acks=0 accounting) and hands the batch buffers it no longer needs to `spare`.
+    /// A connection found lost reroutes the batches (see [`KafkaTransport::reroute`]).
     fn write_request(&mut self, ci: usize, batches: Vec<(PendingBatch, Bytes)>, spare: &mut Spare) -> Result<(), String> {
+        if self.acks != 0 && self.conns[ci].dead.load(Ordering::SeqCst) {
+            for (m, _) in &batches {
+                if m.retry.as_ref().is_none_or(|(_, sends)| *sends == 1) {
+                    self.in_flight[m.idx as usize].fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            self.reroute(batches.into_iter().map(|(m, _)| m).collect());
+            return Ok(());
+        }
         let conn = &mut self.conns[ci];
         conn.corr = conn.corr.wrapping_add(1);
         let corr = conn.corr;
@@ -638,23 +886,58 @@ impl KafkaTransport {
             }
         }
         self.outstanding.fetch_add(1, Ordering::SeqCst);
+        // The reader holds a clone of the receiver until the producer takes the connection
+        // over (`reap_dead`), so this send cannot fail while the connection is ours.
         conn.tx.send(Pending { corr, batches: metas }).map_err(|_| format!("ack reader for {} is gone", conn.addr))?;
-        conn.stream.write_all(&frame).map_err(|e| format!("send Produce to broker {}: {e}", conn.addr))?;
+        if let Err(e) = conn.stream.write_all(&frame) {
+            if self.clock.now_ns() >= self.deadline_ns || e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut {
+                return Err(format!("send Produce to broker {}: {e}", conn.addr));
+            }
+            // Lost connection: the reader sees it end and the request is taken back from its
+            // queue by `reap_dead`.
+            let _ = conn.stream.shutdown(Shutdown::Both);
+        }
         Ok(())
     }
 
-    /// Send the batches the readers queued for another try (one request per connection, in the
-    /// order they were queued; at most one batch per partition per request).
+    /// Send the batches queued for another try (per connection, in the order they were
+    /// queued; at most one batch per partition per request). Batches of a stale partition, and
+    /// those behind them, wait.
     fn send_retries(&mut self, spare: &mut Spare) -> Result<(), String> {
+        if self.acks == 0 {
+            return Ok(());
+        }
+        self.reap_dead();
+        self.refresh_leaders();
         if self.identity.is_none() {
             return Ok(()); // only the idempotent producer retries
         }
-        for ci in 0..self.conns.len() {
-            // A plain load first: this runs on every producer loop iteration.
-            if !self.conns[ci].retry_waiting.load(Ordering::Acquire) || !self.conns[ci].retry_waiting.swap(false, Ordering::SeqCst) {
-                continue;
+        // A plain load first: this runs on every producer loop iteration.
+        if !self.retry_waiting.load(Ordering::Acquire) || !self.retry_waiting.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let queued: Vec<PendingBatch> = std::mem::take(&mut *self.retries.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut wait = Vec::new();
+        let mut held = std::collections::HashSet::new();
+        let mut by_conn: Vec<Vec<PendingBatch>> = (0..self.conns.len()).map(|_| Vec::new()).collect();
+        for m in queued {
+            let i = m.idx as usize;
+            match self.conn_of[i] {
+                Some(ci) if !held.contains(&m.idx) && !self.stale[i].load(Ordering::SeqCst) => by_conn[ci].push(m),
+                _ => {
+                    held.insert(m.idx);
+                    wait.push(m);
+                }
             }
-            let mut queued: Vec<PendingBatch> = std::mem::take(&mut *self.conns[ci].retries.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        if !wait.is_empty() {
+            let mut q = self.retries.lock().unwrap_or_else(|p| p.into_inner());
+            // Keep them ahead of anything a reader queued meanwhile (per-partition order).
+            wait.append(&mut q);
+            *q = wait;
+            self.retry_waiting.store(true, Ordering::SeqCst);
+        }
+        for (ci, mut queued) in by_conn.into_iter().enumerate() {
             while !queued.is_empty() {
                 let mut this = Vec::new();
                 let mut later = Vec::new();
@@ -682,16 +965,10 @@ fn ack_reader(ctx: ReaderCtx, mut stream: TcpStream, rx: crossbeam::channel::Rec
     let mut rec = AckRecorder::new();
     ack_loop(&ctx, &mut stream, &rx, &mut rec);
     rec.maybe_flush(&ctx.metrics, 0, true);
-    // Requests never answered (deadline reached, connection lost) and batches queued for a
-    // retry that will not be sent: their records are timed out.
-    let now = ctx.clock.now_ns();
-    while let Ok(p) = rx.try_recv() {
-        for b in &p.batches {
-            record_unacked(&ctx.metrics, Unacked::TimedOut, now, b.intended.iter().copied());
-        }
-    }
-    for b in std::mem::take(&mut *ctx.retries.lock().unwrap_or_else(|p| p.into_inner())) {
-        record_unacked(&ctx.metrics, Unacked::TimedOut, now, b.intended.iter().copied());
+    // Requests never answered stay in the queue: the transport takes them over (a lost
+    // connection, `reap_dead`) or times them out (`close`).
+    if !ctx.closing.load(Ordering::SeqCst) {
+        ctx.dead.store(true, Ordering::SeqCst);
     }
 }
 
@@ -701,10 +978,12 @@ fn ack_loop(ctx: &ReaderCtx, stream: &mut TcpStream, rx: &crossbeam::channel::Re
         let frame = match read_frame(stream) {
             Ok(f) => f,
             Err(e) => {
-                let closing = ctx.closing.load(Ordering::SeqCst);
-                if (ctx.outstanding.load(Ordering::SeqCst) > 0 || ctx.acks == 0) && !closing && !metrics.stopped() {
-                    let why = if ctx.acks == 0 { " (with acks=0 a broker closes the connection when a produce fails)" } else { "" };
-                    metrics.fail(format!("connection to broker {addr} lost: {e}{why}"));
+                // acks≠0: a lost connection is taken over by the producer thread (its requests
+                // rerouted to the partitions' new leaders, see `KafkaTransport::reap_dead`).
+                if ctx.acks == 0 && !ctx.closing.load(Ordering::SeqCst) && !metrics.stopped() {
+                    metrics.fail(format!(
+                        "connection to broker {addr} lost: {e} (with acks=0 a broker closes the connection when a produce fails)"
+                    ));
                 }
                 return;
             }
@@ -735,6 +1014,11 @@ fn ack_loop(ctx: &ReaderCtx, stream: &mut TcpStream, rx: &crossbeam::channel::Re
             let code = codes.get(&b.pid).copied();
             let idx = b.idx as usize;
             let sends = b.retry.as_ref().map(|(_, s)| *s);
+            if code.is_some_and(leadership) {
+                // The leader moved: look it up again before the partition takes a batch.
+                ctx.stale[idx].store(true, Ordering::SeqCst);
+                ctx.stale_any.store(true, Ordering::SeqCst);
+            }
             match code {
                 Some(0) => record_ack(metrics, rec, ack_ns, &b.intended, b.value_bytes),
                 Some(DUPLICATE_SEQUENCE_NUMBER) if sends.is_some() => {
@@ -786,12 +1070,14 @@ impl Transport for KafkaTransport {
     fn can_send(&self, p: u32) -> bool {
         self.in_flight[p as usize].load(Ordering::Acquire) < self.max_in_flight
             && self.retrying[p as usize].load(Ordering::Acquire) == 0
+            && !self.stale[p as usize].load(Ordering::Acquire)
     }
 
     fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String> {
         self.send_retries(spare)?;
         let keep = self.identity.is_some();
         let mut by_conn: Vec<Vec<(PendingBatch, Bytes)>> = (0..self.conns.len()).map(|_| Vec::new()).collect();
+        let mut lost = Vec::new();
         for r in batches {
             let bytes = Bytes::from(r.batch);
             let m = PendingBatch {
@@ -801,7 +1087,18 @@ impl Transport for KafkaTransport {
                 value_bytes: r.value_bytes,
                 retry: keep.then(|| (bytes.clone(), 1)),
             };
-            by_conn[self.conn_of[r.partition as usize]].push((m, bytes));
+            match self.conn_of[r.partition as usize] {
+                Some(ci) => by_conn[ci].push((m, bytes)),
+                None => lost.push((m, bytes)),
+            }
+        }
+        if !lost.is_empty() {
+            // No leader (stale partitions take no batch: only reached if one turned stale
+            // between `can_send` and here).
+            for (m, _) in &lost {
+                self.in_flight[m.idx as usize].fetch_add(1, Ordering::SeqCst);
+            }
+            self.reroute(lost.into_iter().map(|(m, _)| m).collect());
         }
         for (ci, rs) in by_conn.into_iter().enumerate() {
             if !rs.is_empty() {
@@ -816,7 +1113,7 @@ impl Transport for KafkaTransport {
     }
 
     fn idle(&self) -> bool {
-        self.outstanding.load(Ordering::SeqCst) == 0 && self.conns.iter().all(|c| !c.retry_waiting.load(Ordering::SeqCst))
+        self.outstanding.load(Ordering::SeqCst) == 0 && !self.retry_waiting.load(Ordering::SeqCst)
     }
 
     fn producer_identity(&self) -> Option<(i64, i16)> {
@@ -852,59 +1149,90 @@ mod tests {
         s.write_all(&buf).unwrap();
     }
 
-    /// Serve one connection (plus the ApiVersions-only ones before it): Produce answers follow
-    /// `script` (then 0). Returns the address and the batches received, in order.
-    fn scripted_broker(script: Vec<i16>) -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
+    /// A script entry that closes the connection instead of answering.
+    const CLOSE: i16 = i16::MIN;
+
+    /// Serve every connection (each on its own thread): Produce answers follow `script` (then
+    /// 0; [`CLOSE`] closes the connection unanswered); Metadata names `leader` (this broker
+    /// when None) as the leader of partition 0 of topic "t". Returns the address and the
+    /// batches received, in order.
+    fn scripted_broker_led(script: Vec<i16>, leader: Option<SocketAddr>) -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
+        let leader = leader.unwrap_or(addr);
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
+        let script = Arc::new(Mutex::new(script.into_iter()));
+        let init_calls = Arc::new(AtomicU32::new(0));
         std::thread::spawn(move || {
-            let mut script = script.into_iter();
-            let mut init_calls = 0;
             for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                while let Ok(mut frame) = read_frame(&mut s) {
-                    let key = i16::from_be_bytes([frame[0], frame[1]]);
-                    let v = i16::from_be_bytes([frame[2], frame[3]]);
-                    if key == ApiKey::ApiVersions as i16 {
-                        let h = RequestHeader::decode(&mut frame, ApiVersionsRequest::header_version(v)).unwrap();
-                        let r = ApiVersionsResponse::default().with_api_keys(vec![
-                            ApiVersion::default().with_api_key(ApiKey::Produce as i16).with_min_version(3).with_max_version(PRODUCE_V),
-                            ApiVersion::default().with_api_key(ApiKey::InitProducerId as i16).with_min_version(0).with_max_version(1),
-                        ]);
-                        respond(&mut s, h.correlation_id, v, &r);
-                    } else if key == ApiKey::InitProducerId as i16 {
-                        let h = RequestHeader::decode(&mut frame, InitProducerIdRequest::header_version(v)).unwrap();
-                        // A coordinator still loading first (Kafka answers 14 after a start).
-                        init_calls += 1;
-                        let code = if init_calls <= 2 { 14 } else { 0 };
-                        let r = InitProducerIdResponse::default().with_error_code(code).with_producer_id(ProducerId(77)).with_producer_epoch(3);
-                        respond(&mut s, h.correlation_id, v, &r);
-                    } else if key == ApiKey::Produce as i16 {
-                        let h = RequestHeader::decode(&mut frame, ProduceRequest::header_version(v)).unwrap();
-                        let req = ProduceRequest::decode(&mut frame, v).unwrap();
-                        let t = &req.topic_data[0];
-                        let p = &t.partition_data[0];
-                        g.lock().unwrap().push(p.records.clone().unwrap());
-                        if req.acks == 0 {
-                            // No response; a refused acks=0 produce closes the connection.
-                            if script.next().unwrap_or(0) != 0 {
-                                let _ = s.shutdown(Shutdown::Both);
-                                break;
-                            }
-                            continue;
-                        }
-                        let code = script.next().unwrap_or(0);
-                        let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
-                            .with_name(t.name.clone())
-                            .with_partition_responses(vec![PartitionProduceResponse::default().with_index(p.index).with_error_code(code)])]);
-                        respond(&mut s, h.correlation_id, v, &r);
-                    }
-                }
+                let Ok(s) = s else { return };
+                let (g, script, init_calls) = (g.clone(), script.clone(), init_calls.clone());
+                std::thread::spawn(move || serve_scripted(s, &g, &script, &init_calls, leader));
             }
         });
         (addr, got)
+    }
+
+    fn scripted_broker(script: Vec<i16>) -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
+        scripted_broker_led(script, None)
+    }
+
+    fn serve_scripted(mut s: TcpStream, g: &Mutex<Vec<Bytes>>, script: &Mutex<std::vec::IntoIter<i16>>, init_calls: &AtomicU32, leader: SocketAddr) {
+        use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+        while let Ok(mut frame) = read_frame(&mut s) {
+            let key = i16::from_be_bytes([frame[0], frame[1]]);
+            let v = i16::from_be_bytes([frame[2], frame[3]]);
+            if key == ApiKey::ApiVersions as i16 {
+                let h = RequestHeader::decode(&mut frame, ApiVersionsRequest::header_version(v)).unwrap();
+                let r = ApiVersionsResponse::default().with_api_keys(vec![
+                    ApiVersion::default().with_api_key(ApiKey::Produce as i16).with_min_version(3).with_max_version(PRODUCE_V),
+                    ApiVersion::default().with_api_key(ApiKey::InitProducerId as i16).with_min_version(0).with_max_version(1),
+                    ApiVersion::default().with_api_key(ApiKey::Metadata as i16).with_min_version(1).with_max_version(9),
+                ]);
+                respond(&mut s, h.correlation_id, v, &r);
+            } else if key == ApiKey::Metadata as i16 {
+                let h = RequestHeader::decode(&mut frame, MetadataRequest::header_version(v)).unwrap();
+                let r = MetadataResponse::default()
+                    .with_brokers(vec![MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(1))
+                        .with_host(StrBytes::from(leader.ip().to_string()))
+                        .with_port(leader.port() as i32)])
+                    .with_topics(vec![MetadataResponseTopic::default().with_name(Some(topic_name("t"))).with_partitions(vec![
+                        MetadataResponsePartition::default().with_partition_index(0).with_leader_id(BrokerId(1)),
+                    ])]);
+                respond(&mut s, h.correlation_id, v, &r);
+            } else if key == ApiKey::InitProducerId as i16 {
+                let h = RequestHeader::decode(&mut frame, InitProducerIdRequest::header_version(v)).unwrap();
+                // A coordinator still loading first (Kafka answers 14 after a start).
+                let code = if init_calls.fetch_add(1, Ordering::SeqCst) < 2 { 14 } else { 0 };
+                let r = InitProducerIdResponse::default().with_error_code(code).with_producer_id(ProducerId(77)).with_producer_epoch(3);
+                respond(&mut s, h.correlation_id, v, &r);
+            } else if key == ApiKey::Produce as i16 {
+                let h = RequestHeader::decode(&mut frame, ProduceRequest::header_version(v)).unwrap();
+                let req = ProduceRequest::decode(&mut frame, v).unwrap();
+                let t = &req.topic_data[0];
+                let p = &t.partition_data[0];
+                g.lock().unwrap().push(p.records.clone().unwrap());
+                let code = script.lock().unwrap().next().unwrap_or(0);
+                if req.acks == 0 {
+                    // No response; a refused acks=0 produce closes the connection.
+                    if code != 0 {
+                        let _ = s.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    continue;
+                }
+                if code == CLOSE {
+                    let _ = s.shutdown(Shutdown::Both);
+                    return;
+                }
+                let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partition_responses(vec![PartitionProduceResponse::default().with_index(p.index).with_error_code(code)])]);
+                respond(&mut s, h.correlation_id, v, &r);
+            }
+        }
     }
 
     /// Produce one 10-record batch through an idempotent transport; wait (bounded) until
@@ -1019,5 +1347,140 @@ mod tests {
         assert_eq!(got.len(), SENDS_MAX as usize);
         assert!(m.fatal().expect("failed").contains("still refuses"));
         assert_eq!(m.acked.load(Ordering::SeqCst), 0);
+    }
+
+    /// Send `n` 10-record batches of partition 0 one after the other through a transport
+    /// first led by `addr`, waiting (bounded) for each to settle. Checks the run accounting:
+    /// every record sent ends acknowledged, failed or timed out.
+    fn produce_batches(addr: SocketAddr, idempotent: bool, n: usize) -> Arc<Metrics> {
+        let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
+        let metrics = Arc::new(Metrics::new(true));
+        let settings = crate::produce::ProducerSettings { acks: -1, idempotent, ..Default::default() };
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        let format = match t.producer_identity() {
+            Some((id, e)) => crate::encode::BatchFormat { producer_id: id, producer_epoch: e, ..Default::default() },
+            None => crate::encode::BatchFormat::default(),
+        };
+        let mut spare = Spare::default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut b = crate::encode::BatchBuilder::with_format(4096, format);
+        for k in 0..n {
+            for i in 0..10 {
+                b.append(None, &[k as u8; 20], 0, i, 0, 1000);
+            }
+            let (batch, intended, vb) = b.finish();
+            while !t.can_send(0) {
+                assert!(Instant::now() < deadline, "partition 0 never took a batch again");
+                t.poll(&mut spare).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            t.send(vec![Ready { partition: 0, batch, intended, value_bytes: vb }], &mut spare).unwrap();
+            while !(t.idle() || metrics.stopped()) {
+                assert!(Instant::now() < deadline, "transport never went idle");
+                t.poll(&mut spare).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        t.close();
+        let a = &metrics.acct[1];
+        let l = |x: &AtomicU64| x.load(Ordering::SeqCst);
+        assert_eq!(l(&a.acked) + l(&a.failed) + l(&a.timed_out), 10 * n as u64, "every record accounted once");
+        assert_eq!(l(&metrics.acked), l(&a.acked));
+        metrics
+    }
+
+    /// NOT_LEADER_OR_FOLLOWER from the first leader, whose Metadata now names a second broker:
+    /// the idempotent producer sends the batch there unchanged and it is acknowledged there.
+    #[test]
+    fn not_leader_moves_the_partition_to_the_new_leader() {
+        let (b_addr, b_got) = scripted_broker(vec![]);
+        let (a_addr, a_got) = scripted_broker_led(vec![6], Some(b_addr));
+        let m = produce_batches(a_addr, true, 2);
+        assert_eq!(m.fatal(), None);
+        let (a_got, b_got) = (a_got.lock().unwrap().clone(), b_got.lock().unwrap().clone());
+        assert_eq!(a_got.len(), 1, "refused once by the old leader, then nothing more sent there");
+        assert_eq!(b_got.len(), 2, "the retried batch and the next one go to the new leader");
+        assert_eq!(b_got[0], a_got[0], "byte for byte the same batch (same sequence)");
+        assert_eq!(base_sequence(&b_got[1]).2, 10, "the next batch follows in sequence");
+        assert_eq!(m.acked.load(Ordering::SeqCst), 20);
+        assert_eq!(m.errors.load(Ordering::SeqCst), 0);
+        assert_eq!(m.producer.leader_changes.load(Ordering::SeqCst), 1);
+        assert_eq!(m.producer.retried_batches.load(Ordering::SeqCst), 1);
+    }
+
+    /// Without idempotence the refused batch counts as failed with its code (no resend that
+    /// could duplicate it) and the next batch goes to the new leader.
+    #[test]
+    fn not_leader_without_idempotence_fails_the_batch_and_follows_the_leader() {
+        let (b_addr, b_got) = scripted_broker(vec![]);
+        let (a_addr, a_got) = scripted_broker_led(vec![6], Some(b_addr));
+        let m = produce_batches(a_addr, false, 2);
+        assert_eq!(m.fatal(), None);
+        assert_eq!(a_got.lock().unwrap().len(), 1);
+        assert_eq!(b_got.lock().unwrap().len(), 1);
+        assert_eq!(m.acked.load(Ordering::SeqCst), 10);
+        assert_eq!(m.errors.load(Ordering::SeqCst), 10);
+        assert_eq!(m.failed_codes.lock().unwrap().get(&6).copied(), Some(10));
+        assert_eq!(m.producer.leader_changes.load(Ordering::SeqCst), 1);
+    }
+
+    /// The leader's connection closes with a request unanswered: the idempotent producer
+    /// reconnects to the leader Metadata names and sends the batch again unchanged; without
+    /// idempotence the batch counts as failed (NETWORK_EXCEPTION) and production goes on.
+    #[test]
+    fn a_lost_connection_is_taken_over_by_the_new_leader() {
+        for idempotent in [true, false] {
+            let (b_addr, b_got) = scripted_broker(vec![]);
+            let (a_addr, a_got) = scripted_broker_led(vec![CLOSE], Some(b_addr));
+            let m = produce_batches(a_addr, idempotent, 2);
+            assert_eq!(m.fatal(), None, "a lost connection is no longer fatal");
+            let (a_got, b_got) = (a_got.lock().unwrap().clone(), b_got.lock().unwrap().clone());
+            assert_eq!(a_got.len(), 1);
+            assert_eq!(m.producer.connections_lost.load(Ordering::SeqCst), 1);
+            if idempotent {
+                assert_eq!(b_got.len(), 2);
+                assert_eq!(b_got[0], a_got[0], "same bytes, same sequence");
+                assert_eq!(m.acked.load(Ordering::SeqCst), 20);
+                assert_eq!(m.errors.load(Ordering::SeqCst), 0);
+            } else {
+                assert_eq!(b_got.len(), 1);
+                assert_eq!(m.acked.load(Ordering::SeqCst), 10);
+                assert_eq!(m.failed_codes.lock().unwrap().get(&NETWORK_EXCEPTION).copied(), Some(10));
+            }
+        }
+    }
+
+    /// A leader unreachable at start: the partition waits (stale) and moves to the leader
+    /// Metadata names; the run does not fail at connect.
+    #[test]
+    fn an_unreachable_leader_at_start_is_waited_for() {
+        let (b_addr, b_got) = scripted_broker(vec![]);
+        let (a_addr, _a_got) = scripted_broker_led(vec![], Some(b_addr));
+        // A dead address first (bound then released), then the live broker A.
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, dead), (1, a_addr)] };
+        let metrics = Arc::new(Metrics::new(true));
+        let settings = crate::produce::ProducerSettings { acks: -1, ..Default::default() };
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        assert!(!t.can_send(0), "partition 0 has no reachable leader yet");
+        let mut spare = Spare::default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.can_send(0) {
+            assert!(Instant::now() < deadline, "partition 0 never got a leader");
+            t.poll(&mut spare).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut b = crate::encode::BatchBuilder::new(4096);
+        b.append(None, &[1; 20], 0, 0, 0, 1000);
+        let (batch, intended, vb) = b.finish();
+        t.send(vec![Ready { partition: 0, batch, intended, value_bytes: vb }], &mut spare).unwrap();
+        while !t.idle() {
+            assert!(Instant::now() < deadline, "never acknowledged");
+            t.poll(&mut spare).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t.close();
+        assert_eq!(b_got.lock().unwrap().len(), 1, "sent to the leader Metadata named");
+        assert_eq!(metrics.acked.load(Ordering::SeqCst), 1);
     }
 }

@@ -205,6 +205,11 @@ pub struct ProducerTotals {
     /// acknowledged).
     pub retried_batches: AtomicU64,
     pub duplicate_batches: AtomicU64,
+    /// Failover: produce connections lost, Metadata lookups of partitions whose leader was
+    /// unknown, and partitions moved to another leader's connection.
+    pub connections_lost: AtomicU64,
+    pub metadata_refreshes: AtomicU64,
+    pub leader_changes: AtomicU64,
     /// The producer id(s) granted by InitProducerId (the last one; -1 = none).
     pub producer_id: AtomicU64,
 }
@@ -233,6 +238,9 @@ impl ProducerTotals {
             idempotent: s.idempotent,
             retried_batches: l(&self.retried_batches),
             duplicate_batches: l(&self.duplicate_batches),
+            connections_lost: l(&self.connections_lost),
+            metadata_refreshes: l(&self.metadata_refreshes),
+            leader_changes: l(&self.leader_changes),
             compression: crate::results::CompressionInfo {
                 codec: s.codec.name().into(),
                 batches,

@@ -101,6 +101,14 @@ pub struct ProducerInfo {
     pub retried_batches: u64,
     #[serde(default)]
     pub duplicate_batches: u64,
+    /// Failover: produce connections lost, Metadata lookups for partitions with no known
+    /// leader, partitions moved to another leader.
+    #[serde(default)]
+    pub connections_lost: u64,
+    #[serde(default)]
+    pub metadata_refreshes: u64,
+    #[serde(default)]
+    pub leader_changes: u64,
     pub compression: CompressionInfo,
     pub keys: KeysInfo,
     /// Headers per record and the bytes of each header value.

@@ -542,7 +542,10 @@ impl Ctx<'_> {
                         }
                     }
                     for (addr, partitions) in by_leader {
-                        let spec = ConsumerSpec { addr, topic: layout.topic.clone(), partitions, max_wait_ms: 100 };
+                        let mut brokers: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
+                        brokers.sort();
+                        brokers.dedup();
+                        let spec = ConsumerSpec { addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100 };
                         let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
                         if let Ok(h) = std::thread::Builder::new().name("consumer".into()).spawn(move || run_consumer(spec, clock, metrics, done)) {
                             hs.push(h);
@@ -1356,6 +1359,12 @@ pub fn summary_table(r: &RunResult) -> String {
         r.publish.errors,
         r.projection.events_per_day
     ));
+    if let Some(p) = r.producer.as_ref().filter(|p| p.connections_lost + p.leader_changes > 0) {
+        s.push_str(&format!(
+            "failover: {} producer connection(s) lost, {} Metadata lookup(s), {} partition(s) moved to a new leader, {} batch(es) sent again, {} already written\n",
+            p.connections_lost, p.metadata_refreshes, p.leader_changes, p.retried_batches, p.duplicate_batches
+        ));
+    }
     s.push_str(&format!(
         "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
         "latency", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean"
