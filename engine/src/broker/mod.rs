@@ -592,8 +592,12 @@ fn read_request<'s, R: Read>(shared: &'s Shared, r: &mut R) -> Result<Option<(Ve
     // Time spent waiting for the budget is the broker's, not the client's.
     let started = Some(Instant::now());
     // Zeroed: large frames come from calloc'd (untouched, lazily mapped) memory, small ones
-    // cost a memset of a few KiB.
-    let mut buf = vec![0u8; size];
+    // cost a memset of a few KiB. Fallible: under an address-space or memory limit a frame the
+    // budget allows may still not be allocatable; that connection is closed, the broker lives
+    // (`vec![0u8; size]` aborted the process: "memory allocation of 94371840 bytes failed").
+    let Some(mut buf) = crate::io::sys::try_zeroed_vec(size) else {
+        return Err(FrameError::Io(io::Error::new(io::ErrorKind::OutOfMemory, format!("cannot allocate a {size}-byte request frame"))));
+    };
     let mut have = 0;
     while have < size {
         match r.read(&mut buf[have..]) {
@@ -619,6 +623,10 @@ fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender
             Ok(None) => break,
             Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
                 tracing::info!(%peer, "closing connection: {e}");
+                break;
+            }
+            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                tracing::warn!(%peer, "closing connection: {e}");
                 break;
             }
             Err(FrameError::Io(e)) => {

@@ -468,6 +468,26 @@ unsafe impl std::alloc::GlobalAlloc for GuardedAlloc {
 #[global_allocator]
 static GLOBAL: GuardedAlloc = GuardedAlloc;
 
+/// A zero-filled buffer of `len` bytes, or `None` when the memory cannot be had (an
+/// address-space or memory limit): `vec![0u8; len]` would abort the process instead. Large
+/// buffers come from `alloc_zeroed` (calloc / fresh mmap: pages are touched only as they are
+/// filled), as `vec![0u8; len]` does.
+pub fn try_zeroed_vec(len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
+    // SAFETY: `layout` has a non-zero size (checked above).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` was allocated by the global allocator with exactly `layout` (size `len`,
+    // align 1, as `Vec<u8>` with capacity `len` uses), and all `len` bytes are initialised
+    // (zeroed); ownership passes to the Vec, which frees it with the same layout.
+    Some(unsafe { Vec::from_raw_parts(p, len, len) })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
