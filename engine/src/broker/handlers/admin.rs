@@ -161,7 +161,9 @@ fn broker_entries(shared: &Shared) -> Vec<Entry> {
 }
 
 fn result_entries(entries: Vec<Entry>, keys: &Option<Vec<StrBytes>>, synonyms: bool) -> Vec<DescribeConfigsResourceResult> {
-    let wanted: Option<HashSet<&str>> = keys.as_ref().map(|ks| ks.iter().map(|k| k.as_str()).collect());
+    // Null or empty: every key (as Kafka's ConfigHelper).
+    let wanted: Option<HashSet<&str>> =
+        keys.as_ref().filter(|ks| !ks.is_empty()).map(|ks| ks.iter().map(|k| k.as_str()).collect());
     entries
         .into_iter()
         .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(e.name)))
