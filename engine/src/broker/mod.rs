@@ -19,6 +19,7 @@
 //! are accepted and closed at once, logged once per interval).
 
 mod handlers;
+pub mod properties;
 pub use handlers::BROKER_APIS;
 
 use std::cell::Cell;
