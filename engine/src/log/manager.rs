@@ -148,6 +148,7 @@ impl LogManager {
         // topic would otherwise run with settings nobody chose); one whose topic has no
         // partition directory is left by a crash inside a create or delete and is removed.
         let mut configs = BTreeMap::new();
+        topic_config::remove_temporaries(&*io, dir)?;
         for topic in topic_config::stored_topics(&*io, dir)? {
             if !found.contains_key(&topic) {
                 tracing::warn!(topic, "removing the configuration of a topic with no partitions (an interrupted create or delete)");

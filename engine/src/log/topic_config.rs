@@ -266,6 +266,21 @@ pub fn stored_topics(io: &dyn Io, data_dir: &Path) -> std::io::Result<Vec<String
     Ok(io.list_dir(&dir)?.into_iter().filter_map(|n| n.strip_suffix(SUFFIX).map(str::to_string)).collect())
 }
 
+/// Remove temporary files left by a crash inside [`store`] (the rename never happened: the
+/// previous file, if any, is the one in force).
+pub fn remove_temporaries(io: &dyn Io, data_dir: &Path) -> std::io::Result<()> {
+    let dir = data_dir.join(CONFIG_DIR);
+    if !io.exists(&dir) {
+        return Ok(());
+    }
+    for name in io.list_dir(&dir)? {
+        if name.ends_with(".tmp") {
+            io.remove_file(&dir.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Read a topic's overrides (`None`: no file). A file that cannot be read or parsed is an error
 /// naming it.
 pub fn load(io: &dyn Io, data_dir: &Path, topic: &str, batch_bytes_max: usize) -> Result<Option<TopicConfig>, String> {
