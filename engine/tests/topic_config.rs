@@ -48,6 +48,14 @@ fn create(c: &mut Client, name: &str, configs: &[(&str, &str)], validate_only: b
         .with_replication_factor(1)
         .with_configs(cfgs)]);
     let r = c.call(7, &req);
+    if r.topics[0].error_code == 0 {
+        // v5+: the created topic's configuration, each override as DYNAMIC_TOPIC_CONFIG.
+        let got = r.topics[0].configs.as_ref().expect("configs in a v7 response");
+        for (k, v) in configs {
+            assert!(got.iter().any(|e| e.name.as_str() == *k && e.value.as_deref() == Some(*v) && e.config_source == 1), "{k}={v} not in {got:?}");
+        }
+        assert!(got.iter().any(|e| e.name.as_str() == "cleanup.policy"));
+    }
     (r.topics[0].error_code, r.topics[0].error_message.as_ref().map_or(String::new(), |m| m.to_string()))
 }
 

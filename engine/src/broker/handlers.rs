@@ -725,14 +725,15 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
         } else {
             shared
                 .logs
-                .create_topic_with_config(&name, partitions, overrides.unwrap_or_default())
+                .create_topic_with_config(&name, partitions, overrides.clone().unwrap_or_default())
                 .map(|_| ())
                 .map_err(|e| (topic_error_code(&e), e.to_string()))
         };
         match outcome {
             Ok(()) => {
                 if version >= 5 {
-                    r = r.with_num_partitions(partitions).with_replication_factor(1);
+                    let configs = admin::created_topic_configs(shared, &overrides.unwrap_or_default());
+                    r = r.with_num_partitions(partitions).with_replication_factor(1).with_configs(Some(configs));
                 }
             }
             Err((code, msg)) => {

@@ -110,6 +110,25 @@ fn builtin(cfg: &crate::broker::BrokerConfig) -> crate::broker::BrokerConfig {
     b
 }
 
+/// CreateTopics v5+: the created topic's configuration, as DescribeConfigs would answer it.
+pub(super) fn created_topic_configs(
+    shared: &Shared,
+    overrides: &TopicConfig,
+) -> Vec<kafka_protocol::messages::create_topics_response::CreatableTopicConfigs> {
+    topic_entries(shared, overrides)
+        .into_iter()
+        .map(|e| {
+            let mut c = kafka_protocol::messages::create_topics_response::CreatableTopicConfigs::default();
+            c.name = s(e.name);
+            c.value = Some(s(&e.value));
+            c.read_only = e.read_only;
+            c.config_source = e.source;
+            c.is_sensitive = false;
+            c
+        })
+        .collect()
+}
+
 /// A topic's entries: its override (DYNAMIC_TOPIC_CONFIG) where it has one, else the broker's.
 fn topic_entries(shared: &Shared, overrides: &TopicConfig) -> Vec<Entry> {
     let d = builtin(&shared.cfg);

@@ -96,7 +96,10 @@ class JavaAdminInteropTest extends BrokerTestBase {
     void topicConfigsAreCreatedDescribedAndAlteredIncrementally() throws Exception {
         try (Admin a = admin()) {
             NewTopic t = new NewTopic("jtc", 1, (short) 1).configs(Map.of("segment.bytes", "2048", "max.message.bytes", "3000"));
-            a.createTopics(List.of(t)).all().get(30, TimeUnit.SECONDS);
+            org.apache.kafka.clients.admin.CreateTopicsResult created = a.createTopics(List.of(t));
+            created.all().get(30, TimeUnit.SECONDS);
+            // CreateTopics v5+ answers the created topic's configuration.
+            assertEquals("2048", created.config("jtc").get(30, TimeUnit.SECONDS).get("segment.bytes").value());
             Config c = describe(a, "jtc");
             assertEquals("2048", c.get("segment.bytes").value());
             assertEquals(ConfigEntry.ConfigSource.DYNAMIC_TOPIC_CONFIG, c.get("segment.bytes").source());
