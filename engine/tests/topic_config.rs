@@ -261,6 +261,15 @@ fn log_manager_persists_applies_and_refuses_damaged_configs() {
     }
     p.flush().unwrap();
     assert!(p.segment_count() >= 8, "{} segments", p.segment_count());
+    // retention.bytes altered live: the next retention pass deletes the oldest segments down to
+    // it (whole segments, never the active one), and the log start moves.
+    let before = p.segment_count();
+    let live = TopicConfig::from_pairs([("segment.bytes", "2048"), ("retention.bytes", "4096")], cfg.batch_bytes_max).unwrap();
+    m.alter_topic_config("small", live).unwrap();
+    assert!(p.enforce_retention().unwrap() > 0);
+    assert!(p.segment_count() < before && p.size_bytes() <= 4096 + 2048, "{} segments, {} bytes", p.segment_count(), p.size_bytes());
+    assert!(p.log_start_offset() > 0);
+    m.alter_topic_config("small", over.clone()).unwrap();
     m.create_topic("gone", 1, None).unwrap();
     m.alter_topic_config("gone", over.clone()).unwrap();
     m.delete_topic("gone").unwrap();
