@@ -294,7 +294,11 @@ impl LogManager {
         }
         let cfg = overrides.apply(base.as_ref().unwrap_or(&self.default_cfg));
         descriptor_headroom(partitions as u64)?;
-        if !overrides.is_empty() {
+        if overrides.is_empty() {
+            // A file left by a failed creation or deletion of this name must not configure
+            // the new topic (removed, durably, only when there is one).
+            topic_config::remove(&*self.io, &self.dir, name)?;
+        } else {
             topic_config::store(&*self.io, &self.dir, name, &overrides)?;
         }
         let mut v = Vec::with_capacity(partitions as usize);
