@@ -530,6 +530,36 @@ pub fn first_record_at_or_after(batch: &[u8], info: &BatchInfo, target: i64) -> 
     walk_batch(batch, info, Some(target))
 }
 
+/// The records section of the complete batch `batch` (header `info`), decompressed if need be
+/// (at most [`DECOMPRESSED_BYTES_MAX`] bytes; a larger one is refused). For the log cleaner,
+/// which rewrites records (the produce path walks them through a window instead).
+pub fn records_plain<'a>(batch: &'a [u8], info: &BatchInfo) -> Result<std::borrow::Cow<'a, [u8]>, BatchError> {
+    use std::io::Read;
+    let recs = &batch[BATCH_HEADER_BYTES..info.size_bytes];
+    let bad = |codec: &'static str| move |e: std::io::Error| BatchError::BadCompression { codec, reason: e.to_string() };
+    let mut out = Vec::new();
+    let read = |r: &mut dyn Read, out: &mut Vec<u8>, codec: &'static str| -> Result<(), BatchError> {
+        r.take(DECOMPRESSED_BYTES_MAX + 1).read_to_end(out).map_err(bad(codec))?;
+        if out.len() as u64 > DECOMPRESSED_BYTES_MAX {
+            return Err(BatchError::DecompressedTooLarge { limit: DECOMPRESSED_BYTES_MAX });
+        }
+        Ok(())
+    };
+    match info.compression() {
+        0 => return Ok(std::borrow::Cow::Borrowed(recs)),
+        1 => read(&mut flate2::read::MultiGzDecoder::new(recs), &mut out, "gzip")?,
+        2 => out = snappy_decompress(recs)?,
+        3 => read(&mut lz4_flex::frame::FrameDecoder::new(recs), &mut out, "lz4")?,
+        4 => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(recs).map_err(bad("zstd"))?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(bad("zstd"))?;
+            read(&mut d, &mut out, "zstd")?
+        }
+        c => return Err(BatchError::UnknownCodec(c)),
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
 /// The one decompressing record walk (Produce validation and seek by timestamp).
 fn walk_batch(batch: &[u8], info: &BatchInfo, until: Option<i64>) -> Result<Option<(i32, i64)>, BatchError> {
     let recs = &batch[BATCH_HEADER_BYTES..info.size_bytes];

@@ -32,6 +32,7 @@ pub const KEYS: &[&str] = &[
     "log.roll.ms",
     "log.roll.hours",
     "log.cleanup.policy",
+    "log.cleaner.delete.retention.ms",
     "log.message.timestamp.type",
     "min.insync.replicas",
     "compression.type",
@@ -122,7 +123,12 @@ pub fn apply(cfg: &mut BrokerConfig, text: &str) -> Result<(), String> {
                 }
             }
             "log.cleanup.policy" => {
-                log_key("cleanup.policy")?;
+                let v = log_key("cleanup.policy")?;
+                cfg.log.compact = v.contains("compact");
+                cfg.log.delete = v.contains("delete");
+            }
+            "log.cleaner.delete.retention.ms" => {
+                cfg.log.delete_retention_ms = log_key("delete.retention.ms")?.parse().map_err(|_| at(v.clone()))?
             }
             "log.message.timestamp.type" => cfg.log.log_append_time = log_key("message.timestamp.type")? == "LogAppendTime",
             "min.insync.replicas" => cfg.log.min_insync_replicas = log_key("min.insync.replicas")?.parse().map_err(|_| at(v.clone()))?,
@@ -183,7 +189,7 @@ mod tests {
     fn refuses_with_line_and_key() {
         for (text, want) in [
             ("num.partitions=2\nzookeeper.connect=x\n", "line 2: unknown or unsupported key zookeeper.connect"),
-            ("log.cleanup.policy=compact\n", "compaction is not supported"),
+            ("log.cleanup.policy=shred\n", "compact, delete"),
             ("log.segment.bytes=4294967296\n", "log.segment.bytes"),
             ("node.id=3\n", "node 0"),
             ("num.partitions=x\n", "num.partitions=x"),

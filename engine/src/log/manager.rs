@@ -199,6 +199,7 @@ impl LogManager {
         });
         m.start_background();
         super::scrub::start(Arc::downgrade(&m), m.stop.clone(), m.scrub.clone(), m.default_cfg.scrub_rate_mib);
+        super::cleaner::start(Arc::downgrade(&m), m.stop.clone());
         Ok(m)
     }
 
@@ -231,6 +232,10 @@ impl LogManager {
                 if last_retention.elapsed() >= Duration::from_secs(5) {
                     last_retention = Instant::now();
                     for p in &parts {
+                        // `cleanup.policy=compact` alone: no segment is deleted for its age or size.
+                        if !p.live().delete() {
+                            continue;
+                        }
                         if let Err(e) = p.enforce_retention() {
                             tracing::warn!("{}-{}: retention: {e}", p.topic, p.index);
                         }

@@ -4,6 +4,7 @@
 //! It stores record batch v2 bytes exactly as produced (only `baseOffset` and
 //! `partitionLeaderEpoch`, both outside the CRC, are patched) and hands out file ranges.
 
+pub mod cleaner;
 pub mod manager;
 pub mod scrub;
 pub mod partition;
@@ -120,6 +121,18 @@ pub struct LogConfig {
     /// ([`scrub`]); 0 = no scrub. Default 0 here; the broker's default is
     /// `broker::SCRUB_RATE_MIB_DEFAULT`.
     pub scrub_rate_mib: u64,
+    /// Kafka's `cleanup.policy`: `compact` (the log cleaner keeps the latest record per key,
+    /// [`cleaner`]) and/or `delete` (retention deletes old segments). Default delete only.
+    pub compact: bool,
+    pub delete: bool,
+    /// Kafka's `delete.retention.ms`: a compacted topic's tombstone (null value) is kept this
+    /// long after its timestamp, then the cleaner removes it. Default 1 day.
+    pub delete_retention_ms: u64,
+    /// The log cleaner's read + write rate, MiB/s (0 = unthrottled). Default 32.
+    pub cleaner_rate_mib: u64,
+    /// Memory bound of the cleaner's key map (Kafka's `log.cleaner.dedupe.buffer.size`).
+    /// Default 128 MiB.
+    pub cleaner_map_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -141,6 +154,11 @@ impl Default for LogConfig {
             validate_records: true,
             repair: false,
             scrub_rate_mib: 0,
+            compact: false,
+            delete: true,
+            delete_retention_ms: 24 * 3600 * 1000,
+            cleaner_rate_mib: 32,
+            cleaner_map_bytes: 128 << 20,
         }
     }
 }

@@ -297,6 +297,12 @@ impl Partition {
             }
         }
         bases.sort_unstable();
+        // A compaction's output not swapped in before a crash: the segment it was cleaning is
+        // whole (the swap is a rename), so the partial copy goes.
+        for name in names.iter().filter(|n| n.ends_with(super::cleaner::CLEANED_SUFFIX)) {
+            tracing::info!(topic, partition = index, file = %name, "removing an unfinished compaction output");
+            io.remove_file(&dir.join(name)).map_err(&e)?;
+        }
         // Index files of segments below the first one: left by a crash (or an error) between
         // deleting a retired segment's `.log` and its indexes (retention deletes from the
         // front). Best effort: they are never read. Any other stray index is left as evidence.
@@ -318,10 +324,10 @@ impl Partition {
         let last_i = bases.len().saturating_sub(1);
         let mut repaired = false;
         for (i, &base) in bases.iter().enumerate() {
-            if let Some(prev) = segments.last().filter(|p| cfg.repair && !repaired && p.next_offset != base) {
+            if let Some(prev) = segments.last().filter(|p| cfg.repair && !repaired && p.next_offset > base) {
                 tracing::error!(
                     topic, partition = index, segment = %dir.join(segment::log_name(base)).display(), offset = prev.next_offset,
-                    "REPAIR: segment starts at {base} but the previous one ends at {}: it and every later segment are dropped",
+                    "REPAIR: segment starts at {base}, below the end {} of the previous one: it and every later segment are dropped",
                     prev.next_offset
                 );
                 repaired = true;
@@ -339,18 +345,21 @@ impl Partition {
                 continue;
             }
             let mut seg = Segment::open_existing(&*io, dir, base).map_err(&e)?;
+            // A sealed segment may have been compacted: gaps, below the next segment's base.
+            seg.gap_limit = bases.get(i + 1).copied();
             let seg_path = dir.join(segment::log_name(base));
             let file_len = seg.file.len().map_err(&e)?;
             let is_last = i == last_i;
             let sealed_below_rp = !is_last && bases[i + 1] <= recovery_point;
             if let Some(prev) = segments.last() {
-                if prev.next_offset != base {
+                // A gap is allowed (compaction removed the previous segment's last batches).
+                if prev.next_offset > base {
                     return Err(RecoveryError::MidLogCorruption {
                         path: seg_path.display().to_string(),
                         position: 0,
                         offset: base,
                         recovery_point,
-                        reason: format!("segment starts at {base} but the previous one ends at {}", prev.next_offset),
+                        reason: format!("segment starts at {base}, below the end {} of the previous one", prev.next_offset),
                     });
                 }
             }
@@ -516,6 +525,10 @@ impl Partition {
     /// live are in [`Partition::live`].
     pub fn config(&self) -> &LogConfig {
         &self.cfg
+    }
+    /// The partition's storage.
+    pub fn io(&self) -> &Arc<dyn Io> {
+        &self.io
     }
     pub fn live(&self) -> &super::LiveConfig {
         &self.live
@@ -1295,6 +1308,47 @@ impl Partition {
             .iter()
             .map(|s| (s.base_offset, s.file.clone(), s.size, self.dir.join(segment::log_name(s.base_offset))))
             .collect()
+    }
+
+    /// Swap the compacted copy of the sealed segment based at `base` in: `Some((cleaned, new))`
+    /// = the synced file `cleaned` holding the batches `new` tracks; `None` = compaction left
+    /// nothing in it, so the segment goes (the first one: the log start moves, as by retention).
+    /// Only if that segment is still the one the cleaner read (`old`; retention may have deleted
+    /// it): else the copy is removed and false returned. Crash-safe order: the old indexes are
+    /// removed (durably) first, so no crash pairs them with the new log; the rename replaces the
+    /// log atomically and a directory fsync makes it durable; the new indexes are written last
+    /// (a crash before that rebuilds them by scanning). Under the state lock so that retention
+    /// cannot delete the segment in between (cleaning is rare; its directory fsyncs are the price).
+    pub(crate) fn swap_cleaned(&self, base: u64, old: &Arc<dyn IoFile>, cleaned: Option<(&Path, Segment)>) -> io::Result<bool> {
+        let same = |a: &Arc<dyn IoFile>| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(old));
+        let mut st = lock(&self.state);
+        let n = st.segments.len();
+        let Some(i) = st.segments[..n - 1].iter().position(|s| s.base_offset == base && same(&s.file)) else {
+            drop(st);
+            if let Some((path, _)) = cleaned {
+                self.io.remove_file(path)?;
+            }
+            return Ok(false);
+        };
+        let Some((path, new)) = cleaned else {
+            let seg = st.segments.remove(i);
+            self.log_start.store(st.log_start(), Ordering::Release);
+            seg.delete_files(&*self.io)?;
+            self.io.sync_dir(&self.dir)?;
+            return Ok(true);
+        };
+        for name in [segment::index_name(base), segment::time_index_name(base)] {
+            let p = self.dir.join(name);
+            if self.io.exists(&p) {
+                self.io.remove_file(&p)?;
+            }
+        }
+        self.io.sync_dir(&self.dir)?;
+        self.io.rename(path, &self.dir.join(segment::log_name(base)))?;
+        self.io.sync_dir(&self.dir)?;
+        new.write_indexes(&*self.io)?;
+        st.segments[i] = new;
+        Ok(true)
     }
 
     /// Stop serving from the damaged batch at `offset` (in the segment based at `base`, at

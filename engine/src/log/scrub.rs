@@ -55,11 +55,15 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>, report: Ar
             drop(m);
             let mut throttle = Throttle { rate, started: Instant::now(), bytes: 0 };
             for p in parts {
-                for (base, file, size, path) in p.sealed_segments() {
+                let sealed = p.sealed_segments();
+                // Each segment's batches lie below the next one's base (the last sealed one's,
+                // below the high watermark).
+                let limits: Vec<u64> = sealed.iter().skip(1).map(|s| s.0).chain([p.high_watermark()]).collect();
+                for ((base, file, size, path), limit) in sealed.into_iter().zip(limits) {
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
-                    match check_segment(&*file, base, size, max, &mut throttle, &stop) {
+                    match check_segment(&*file, base, limit, size, max, &mut throttle, &stop) {
                         Ok(None) => {}
                         Ok(Some((position, offset, reason))) => {
                             p.fence(offset, base, position);
@@ -97,14 +101,14 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>, report: Ar
 }
 
 /// Keeps the read rate at or under `rate` bytes/s over the pass.
-struct Throttle {
-    rate: u64,
-    started: Instant,
-    bytes: u64,
+pub(crate) struct Throttle {
+    pub(crate) rate: u64,
+    pub(crate) started: Instant,
+    pub(crate) bytes: u64,
 }
 
 impl Throttle {
-    fn read(&mut self, n: usize, stop: &AtomicBool) {
+    pub(crate) fn read(&mut self, n: usize, stop: &AtomicBool) {
         self.bytes += n as u64;
         let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
         while self.started.elapsed() < due && !stop.load(Ordering::Acquire) {
@@ -117,6 +121,7 @@ impl Throttle {
 fn check_segment(
     file: &dyn IoFile,
     base: u64,
+    gap_limit: u64,
     size: u64,
     batch_bytes_max: usize,
     throttle: &mut Throttle,
@@ -159,10 +164,11 @@ fn check_segment(
             return Ok(Some((pos, expected, "segment shorter than its batches".into())));
         };
         match record::validate(batch, batch_bytes_max) {
-            Ok(info) if info.base_offset >= 0 && info.base_offset as u64 == expected => {
-                expected = info.last_offset() as u64 + 1;
-            }
-            Ok(info) => return Ok(Some((pos, expected, format!("offset discontinuity: expected {expected}, found {}", info.base_offset)))),
+            // Offsets may skip forward (compaction), never back nor past the next segment.
+            Ok(info) => match super::segment::check_offsets(info.base_offset, info.last_offset(), expected, Some(gap_limit)) {
+                Ok(()) => expected = info.last_offset() as u64 + 1,
+                Err(why) => return Ok(Some((pos, expected, why))),
+            },
             Err(e) => return Ok(Some((pos, expected, e.to_string()))),
         }
         pos += bsize as u64;

@@ -63,6 +63,26 @@ pub struct Segment {
     /// Group mode: end of the zeros the group-commit leader wrote ahead so that fdatasyncs
     /// overwrite written blocks instead of journaling allocation (see PERF_NOTES.md).
     pub zeroed_end: u64,
+    /// Sealed segments: offsets may skip forward between batches (compaction removed the
+    /// batches in between), but every batch lies below this offset (the next segment's base).
+    /// `None` (the active segment, which the cleaner never touches): offsets are contiguous.
+    pub gap_limit: Option<u64>,
+}
+
+/// Whether a batch `[base, last]` may follow offset `expected` in a segment with `gap_limit`
+/// (see [`Segment::gap_limit`]); the reason if not. baseOffset is outside the CRC: these checks
+/// are what catches a flipped bit there.
+pub fn check_offsets(base: i64, last: i64, expected: u64, gap_limit: Option<u64>) -> Result<(), String> {
+    if base < 0 || (base as u64) < expected {
+        return Err(format!("offset goes backwards: expected at least {expected}, found {base}"));
+    }
+    match gap_limit {
+        None if base as u64 != expected => Err(format!("offset discontinuity: expected {expected}, found {base}")),
+        Some(limit) if last < 0 || last as u64 >= limit => {
+            Err(format!("batch [{base}, {last}] reaches the next segment's base offset {limit}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Outcome of scanning a segment's bytes.
@@ -82,7 +102,8 @@ impl Segment {
         Ok(Segment::with_file(dir, base_offset, file))
     }
 
-    fn with_file(dir: &Path, base_offset: u64, file: Arc<dyn IoFile>) -> Segment {
+    /// A segment of `file` (empty so far in memory: the caller tracks its batches).
+    pub fn with_file(dir: &Path, base_offset: u64, file: Arc<dyn IoFile>) -> Segment {
         Segment {
             base_offset,
             dir: dir.to_path_buf(),
@@ -96,6 +117,7 @@ impl Segment {
             created: std::time::Instant::now(),
             prealloc_end: 0,
             zeroed_end: 0,
+            gap_limit: None,
         }
     }
 
@@ -174,7 +196,7 @@ impl Segment {
     /// Call `f` with the header of every batch in `[0, end)`, reading headers only
     /// (used to rebuild producer state from segments whose checkpointed index is trusted).
     /// Batches must tile `[0, end)` exactly with
-    /// contiguous offsets, or this fails with `InvalidData`.
+    /// offsets as [`Segment::gap_limit`] allows, or this fails with `InvalidData`.
     ///
     /// A header the page cache holds is read alone. Otherwise small batches are read in windows
     /// of [`WALK_WINDOW_BYTES`] (one sequential read covers many headers; a 61-byte read per
@@ -206,9 +228,7 @@ impl Segment {
             let from = (pos - at) as usize;
             let info = record::parse_header_only(&window[from..have], batch_bytes_max).map_err(|e| bad(pos, e.to_string()))?;
             last_size = info.size_bytes;
-            if info.base_offset < 0 || info.base_offset as u64 != expected {
-                return Err(bad(pos, format!("offset discontinuity: expected {expected}, found {}", info.base_offset)));
-            }
+            check_offsets(info.base_offset, info.last_offset(), expected, self.gap_limit).map_err(|why| bad(pos, why))?;
             if pos + info.size_bytes as u64 > end {
                 return Err(bad(pos, format!("batch of {} bytes runs past the end {end}", info.size_bytes)));
             }
@@ -242,7 +262,9 @@ impl Segment {
 
     /// Scan batches from `start` (which must be a batch boundary holding `start_offset`),
     /// rebuilding the in-memory indexes. With `check_crc`, every batch's CRC is verified.
-    /// Stops at the first invalid or discontinuous batch.
+    /// Stops at the first invalid batch or one whose offsets [`Segment::gap_limit`] refuses
+    /// (offsets skip forward only in a sealed segment: compaction removes batches and keeps the
+    /// others' offsets).
     pub fn scan(
         &mut self,
         start: u64,
@@ -306,8 +328,8 @@ impl Segment {
             if !(-1..=LEADER_EPOCH_MAX).contains(&epoch) {
                 break Some((pos, format!("partition leader epoch {epoch} out of range")));
             }
-            if info.base_offset < 0 || info.base_offset as u64 != expected {
-                break Some((pos, format!("offset discontinuity: expected {expected}, found {}", info.base_offset)));
+            if let Err(why) = check_offsets(info.base_offset, info.last_offset(), expected, self.gap_limit) {
+                break Some((pos, why));
             }
             self.track_batch(pos, &info, interval);
             on_batch(&info);
@@ -366,8 +388,9 @@ impl Segment {
         if idx.len() % 8 != 0 || tidx.len() % 12 != 0 || idx.is_empty() {
             return Ok(false);
         }
-        // The first entry always describes the segment's first batch.
-        if idx.len() >= 8 && idx[0..8] != [0u8; 8] {
+        // The first entry always describes the segment's first batch (position 0; its offset
+        // is above the segment's base when compaction removed the first records).
+        if idx.len() >= 8 && idx[4..8] != [0u8; 4] {
             return Ok(false);
         }
         let mut last: Option<IndexEntry> = None;

@@ -4,8 +4,8 @@
 //!
 //! A topic's configuration is its overrides ([`TopicConfig`]) applied over the broker's
 //! defaults (a [`LogConfig`]): [`TopicConfig::apply`]. Only keys this broker honours are
-//! accepted; an unknown key, or one it cannot honour (`cleanup.policy=compact`: compaction is
-//! not implemented), is refused, never stored and ignored.
+//! accepted; an unknown key, or one it cannot honour, is refused, never stored and ignored.
+//! `cleanup.policy` takes `delete`, `compact` or both (compaction: [`super::cleaner`]).
 //!
 //! On disk: `<data>/topic-configs/<topic>.properties`, `key=value` lines of the overrides,
 //! replaced atomically (temp file, fdatasync, rename, directory fsync). A topic without the
@@ -47,6 +47,7 @@ pub struct Key {
 pub const KEYS: &[Key] = &[
     Key { name: "cleanup.policy", broker_key: "log.cleanup.policy", ty: KeyType::List, settable: true },
     Key { name: "retention.ms", broker_key: "log.retention.ms", ty: KeyType::Long, settable: true },
+    Key { name: "delete.retention.ms", broker_key: "log.cleaner.delete.retention.ms", ty: KeyType::Long, settable: true },
     Key { name: "retention.bytes", broker_key: "log.retention.bytes", ty: KeyType::Long, settable: true },
     Key { name: "segment.bytes", broker_key: "log.segment.bytes", ty: KeyType::Int, settable: true },
     Key { name: "segment.ms", broker_key: "log.roll.ms", ty: KeyType::Long, settable: true },
@@ -97,18 +98,19 @@ pub fn validate(name: &str, value: &str, batch_bytes_max: usize) -> Result<Strin
     let v = match name {
         "cleanup.policy" => {
             let items: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-            if items.contains(&"compact") {
+            if items.is_empty() || items.iter().any(|i| *i != "delete" && *i != "compact") {
                 return Err(ConfigError(format!(
-                    "Invalid value {value} for configuration cleanup.policy: log compaction is not supported yet by this broker (only delete)"
+                    "Invalid value {value} for configuration cleanup.policy: String must be one of: compact, delete"
                 )));
             }
-            if items.is_empty() || items.iter().any(|i| *i != "delete") {
-                return Err(ConfigError(format!(
-                    "Invalid value {value} for configuration cleanup.policy: String must be one of: delete"
-                )));
+            match (items.contains(&"compact"), items.contains(&"delete")) {
+                (true, true) => "compact,delete",
+                (true, false) => "compact",
+                _ => "delete",
             }
-            "delete".to_string()
+            .to_string()
         }
+        "delete.retention.ms" => long_in(name, value, 0, i64::MAX)?.to_string(),
         "retention.ms" | "retention.bytes" => long_in(name, value, -1, i64::MAX)?.to_string(),
         // Segment positions are u32 in the indexes: an int (as Kafka's) always fits.
         "segment.bytes" => long_in(name, value, SEGMENT_BYTES_MIN, i32::MAX as i64)?.to_string(),
@@ -212,6 +214,13 @@ impl TopicConfig {
         }
         if let Some(v) = self.get("message.timestamp.type") {
             c.log_append_time = v == "LogAppendTime";
+        }
+        if let Some(v) = self.get("cleanup.policy") {
+            c.compact = v.contains("compact");
+            c.delete = v.contains("delete");
+        }
+        if let Some(v) = num("delete.retention.ms") {
+            c.delete_retention_ms = v as u64;
         }
         c
     }
@@ -342,6 +351,9 @@ pub struct LiveConfig {
     message_max_bytes: AtomicU64,
     min_insync_replicas: AtomicU32,
     log_append_time: AtomicBool,
+    compact: AtomicBool,
+    delete: AtomicBool,
+    delete_retention_ms: AtomicU64,
 }
 
 fn opt(v: Option<u64>) -> u64 {
@@ -361,6 +373,9 @@ impl LiveConfig {
             message_max_bytes: AtomicU64::new(0),
             min_insync_replicas: AtomicU32::new(1),
             log_append_time: AtomicBool::new(false),
+            compact: AtomicBool::new(false),
+            delete: AtomicBool::new(true),
+            delete_retention_ms: AtomicU64::new(0),
         };
         l.set(c);
         l
@@ -374,6 +389,20 @@ impl LiveConfig {
         self.message_max_bytes.store(c.message_max_bytes as u64, r);
         self.min_insync_replicas.store(c.min_insync_replicas, r);
         self.log_append_time.store(c.log_append_time, r);
+        self.compact.store(c.compact, r);
+        self.delete.store(c.delete, r);
+        self.delete_retention_ms.store(c.delete_retention_ms, r);
+    }
+    /// `cleanup.policy` has `compact`: the cleaner compacts the sealed segments.
+    pub fn compact(&self) -> bool {
+        self.compact.load(Ordering::Relaxed)
+    }
+    /// `cleanup.policy` has `delete`: retention deletes old segments.
+    pub fn delete(&self) -> bool {
+        self.delete.load(Ordering::Relaxed)
+    }
+    pub fn delete_retention_ms(&self) -> u64 {
+        self.delete_retention_ms.load(Ordering::Relaxed)
     }
     pub fn segment_bytes(&self) -> u64 {
         self.segment_bytes.load(Ordering::Relaxed)
@@ -410,8 +439,10 @@ mod tests {
         let e = validate("segment.bytes", "4294967296", m).unwrap_err().0;
         assert!(e.contains("segment.bytes") && e.contains("4294967296") && e.contains("2147483647"), "{e}");
         assert!(validate("segment.bytes", "13", m).is_err());
-        assert!(validate("cleanup.policy", "compact", m).unwrap_err().0.contains("compaction is not supported"));
-        assert!(validate("cleanup.policy", "compact,delete", m).unwrap_err().0.contains("compaction"));
+        assert_eq!(validate("cleanup.policy", "compact", m).unwrap(), "compact");
+        assert_eq!(validate("cleanup.policy", "delete, compact", m).unwrap(), "compact,delete");
+        assert!(validate("cleanup.policy", "compact,shred", m).unwrap_err().0.contains("compact, delete"));
+        assert!(validate("delete.retention.ms", "-1", m).is_err());
         assert_eq!(validate("cleanup.policy", " delete ", m).unwrap(), "delete");
         assert!(validate("max.message.bytes", &(m + 1).to_string(), m).is_err());
         assert!(validate("no.such.key", "1", m).unwrap_err().0.contains("Unknown topic config name"));

@@ -14,7 +14,7 @@ partitions     create --topic with 1 partition, grow it to 3, then try 2 (shrink
                prints the outcomes and what Metadata and the consumer saw.
 cluster        describe_cluster(); prints the cluster id, controller and nodes.
 topic-configs  create --topic with configs (segment.bytes, retention.ms, max.message.bytes), refused
-               creations (compact, segment.bytes past an int, an unknown key; validate_only),
+               creations (cleanup.policy compact,shred, segment.bytes past an int, an unknown key; validate_only),
                describe_configs, incremental_alter_configs (SET/DELETE/APPEND, validate_only),
                alter_configs (replaces the set) and produce under max.message.bytes; prints
                each outcome as "ok" or [error name, message] and {name: [value, source]}.
@@ -164,7 +164,7 @@ def topic_configs(a):
         return detail(admin.create_topics([t], request_timeout=30, validate_only=validate_only)[name])
 
     res["create"] = create(a.topic, {"segment.bytes": "1024", "retention.ms": "3600000", "max.message.bytes": "3000"})
-    res["compact"] = create("compacted", {"cleanup.policy": "compact"})
+    res["compact"] = create("compacted", {"cleanup.policy": "compact,shred"})
     res["too_big"] = create("huge", {"segment.bytes": "4294967296"})
     res["unknown_key"] = create("unknown", {"no.such.config": "1"})
     res["validate_bad"] = create("vbad", {"retention.ms": "-5"}, validate_only=True)
@@ -193,7 +193,7 @@ def topic_configs(a):
     res["inc_append_int"] = incremental(a.topic, [E("segment.bytes", "1", incremental_operation=OP.APPEND)])
     res["inc_unknown_topic"] = incremental("missing", [E("retention.ms", "1", incremental_operation=OP.SET)])
     res["after_inc"] = described(admin, a.topic)
-    p.produce(a.topic, value=b"y" * 5000, partition=0, on_delivery=lambda e, m: errs.append(e.name() if e else "ok"))
+    p.produce(a.topic, key=b"k", value=b"y" * 5000, partition=0, on_delivery=lambda e, m: errs.append(e.name() if e else "ok"))
     p.flush(30)
     res["produce_after"] = errs[2:]
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": "tc", "enable.auto.commit": False})

@@ -6,7 +6,7 @@ A topic --topic with 2 partitions; a standalone group "kpg" with offsets on both
 delete_group_offsets of partition 0; delete_groups(["kpg", "nope"]); describe_configs of the
 topic (all keys); create_partitions to 4, then to 3 (shrink); one record to partition 1 and
 describe_log_dirs of it; describe_cluster. Topic configuration: create --topic-c with configs (and
-one with cleanup.policy=compact, refused), alter_configs incremental (SET, DELETE) and legacy,
+one with cleanup.policy=compact), alter_configs incremental (SET, DELETE) and legacy,
 describe_configs (modified only) after each.
 """
 import argparse

@@ -88,7 +88,13 @@ fn opt_ms(v: Option<u64>) -> String {
 /// expresses as Long.MAX_VALUE (its largest accepted value).
 fn log_value(key: &str, c: &LogConfig) -> String {
     match key {
-        "cleanup.policy" => "delete".to_string(),
+        "cleanup.policy" => match (c.compact, c.delete) {
+            (true, true) => "compact,delete",
+            (true, false) => "compact",
+            _ => "delete",
+        }
+        .to_string(),
+        "delete.retention.ms" => c.delete_retention_ms.to_string(),
         "retention.ms" => opt_ms(c.retention_ms),
         "retention.bytes" => opt_ms(c.retention_bytes_max),
         "segment.bytes" => c.segment_bytes_max.to_string(),

@@ -1,0 +1,304 @@
+//! Log compaction: the cleaner keeps the latest record per key with its offset, removes
+//! tombstones after `delete.retention.ms`, leaves the active segment alone, and a crash at any
+//! step of its swap leaves every segment whole (old or new) on SimIo.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use engine::io::{CrashMode, Io, IoFile, SimIo};
+use engine::log::cleaner::{clean_partition, records_of, CleanLimits};
+use engine::log::{Durability, LogConfig, Partition};
+use engine::record::build;
+
+type Value = Option<Vec<u8>>;
+type Model = BTreeMap<u64, (Vec<u8>, Value)>;
+
+fn limits() -> CleanLimits {
+    CleanLimits { rate_bytes: u64::MAX, map_bytes_max: 1 << 20, batch_bytes_max: 1 << 20, index_interval_bytes: 256 }
+}
+
+/// Every record from the log start to the high watermark (offsets may skip between batches).
+fn read_records(p: &Partition) -> Model {
+    let mut out = Model::new();
+    let mut next = p.log_start_offset();
+    let hw = p.high_watermark();
+    while next < hw {
+        let bytes = p.read_copy(next as i64, 1 << 20).expect("read below the high watermark");
+        assert!(!bytes.is_empty(), "read at {next} below hw {hw} returned nothing");
+        for (info, b) in split_batches(&bytes) {
+            assert!(info.last_offset() as u64 >= next, "batch [{}, {}] is below {next}", info.base_offset, info.last_offset());
+            for (o, k, v) in records_of(&b, MAX).expect("records parse") {
+                if o >= next {
+                    assert!(out.insert(o, (k.expect("keyed"), v)).is_none(), "offset {o} twice");
+                }
+            }
+            next = info.last_offset() as u64 + 1;
+        }
+    }
+    out
+}
+
+/// `n` batches of 3 keyed records over 7 keys, codecs none/gzip/zstd in turn; key "dead" is
+/// written, then deleted by a tombstone with an old timestamp. Returns the model.
+fn fill(p: &Partition, n: u64) -> Model {
+    let mut model = Model::new();
+    let now = engine::log::now_ms();
+    for i in 0..n {
+        let keys: Vec<Vec<u8>> = (0..3).map(|j| format!("k{}", (i * 3 + j) % 7).into_bytes()).collect();
+        let vals: Vec<Vec<u8>> = (0..3).map(|j| format!("v{i}-{j}-{}", "x".repeat(40)).into_bytes()).collect();
+        let (keys, vals, ts): (Vec<Vec<u8>>, Vec<Value>, i64) = match i {
+            10 => (vec![b"dead".to_vec()], vec![Some(b"alive".to_vec())], now),
+            50 => (vec![b"dead".to_vec()], vec![None], 1_000),
+            _ => (keys, vals.into_iter().map(Some).collect(), now),
+        };
+        let recs: Vec<build::Rec<'_>> =
+            keys.iter().zip(&vals).map(|(k, v)| build::Rec { key: Some(k), value: v.as_deref(), timestamp_delta: 0 }).collect();
+        let plain = build::batch_with(&recs, ts, -1, -1, -1);
+        let mut b = match i % 3 {
+            0 => plain,
+            1 => build::compressed(&plain, 1),
+            _ => build::compressed(&plain, 4),
+        };
+        let at = p.append_durable(&mut b).expect("append");
+        for (j, (k, v)) in keys.into_iter().zip(vals).enumerate() {
+            model.insert(at.base_offset + j as u64, (k, v));
+        }
+    }
+    model
+}
+
+/// What compaction of `model` below `end` must leave (tombstones kept or not).
+fn compacted(model: &Model, end: u64, keep_tombstones: bool) -> Model {
+    let mut latest: HashMap<&[u8], u64> = HashMap::new();
+    for (o, (k, _)) in model.range(..end) {
+        latest.insert(k, *o);
+    }
+    model
+        .iter()
+        .filter(|(o, (k, v))| **o >= end || (latest[k.as_slice()] == **o && (keep_tombstones || v.is_some())))
+        .map(|(o, kv)| (*o, kv.clone()))
+        .collect()
+}
+
+fn active_base(p: &Partition) -> u64 {
+    p.sealed_segments().last().map(|(b, _, s, _)| (*b, *s)).map_or(0, |_| {
+        // The active segment starts where the sealed ones end: the first offset not in them.
+        let mut end = 0;
+        for (_, f, size, _) in p.sealed_segments() {
+            let mut buf = vec![0u8; size as usize];
+            f.read_exact_at(&mut buf, 0).unwrap();
+            if let Some((info, _)) = split_batches(&buf).last() {
+                end = info.last_offset() as u64 + 1;
+            }
+        }
+        end
+    })
+}
+
+#[test]
+fn cleaner_keeps_the_latest_record_per_key_at_its_offset_and_removes_old_tombstones() {
+    let sim = SimIo::new();
+    let io = sim_io(&sim);
+    let dir = PathBuf::from("/data/t-0");
+    let cfg = small_cfg(Durability::Group, 4096);
+    let p = open(&io, &dir, &cfg).unwrap();
+    let model = fill(&p, 200);
+    assert!(p.sealed_segments().len() >= 5, "the test needs several sealed segments");
+    let end = active_base(&p);
+    assert_eq!(read_records(&p), model);
+    let stop = AtomicBool::new(false);
+
+    // Tombstones younger than delete.retention.ms stay (the "dead" one is at ts 1000: keep it
+    // with a retention reaching back before it).
+    let now = engine::log::now_ms();
+    let st = clean_partition(&p, now, now as u64, &limits(), &stop).unwrap();
+    assert!(st.segments_swapped > 0 && st.records_removed > 0, "{st:?}");
+    assert_eq!(st.tombstones_removed, 0);
+    let want = compacted(&model, end, true);
+    assert!(want.len() < model.len() / 4, "compaction removed too little to test anything");
+    assert_eq!(read_records(&p), want);
+    assert!(want.values().any(|(k, v)| k == b"dead" && v.is_none()), "the tombstone is kept");
+
+    // Then removed once older than delete.retention.ms.
+    let st = clean_partition(&p, now, 60_000, &limits(), &stop).unwrap();
+    assert_eq!(st.tombstones_removed, 1, "{st:?}");
+    let want = compacted(&model, end, false);
+    assert_eq!(read_records(&p), want);
+    // A read from an offset compaction removed starts at the next record.
+    let gap = (p.log_start_offset()..end).find(|o| !want.contains_key(o)).expect("a removed offset");
+    let next = *want.range(gap..).next().unwrap().0;
+    let bytes = p.read_copy(gap as i64, 1 << 20).unwrap();
+    let first = split_batches(&bytes)[0].1.clone();
+    assert_eq!(records_of(&first, MAX).unwrap()[0].0, next);
+
+    // Appends continue; the log reopens as it is, from checkpointed indexes and without them.
+    let mut more = Model::new();
+    for (o, kv) in fill(&p, 3) {
+        more.insert(o, kv);
+    }
+    let mut want = want;
+    want.extend(more);
+    assert_eq!(read_records(&p), want);
+    p.close().unwrap();
+    drop(p);
+    let p = open(&io, &dir, &cfg).unwrap();
+    assert_eq!(read_records(&p), want);
+    p.close().unwrap();
+    drop(p);
+    for name in io.list_dir(&dir).unwrap() {
+        if name.ends_with(".index") || name.ends_with(".timeindex") {
+            io.remove_file(&dir.join(name)).unwrap();
+        }
+    }
+    io.sync_dir(&dir).unwrap();
+    let p = open(&io, &dir, &cfg).unwrap();
+    assert_eq!(read_records(&p), want);
+}
+
+#[test]
+fn a_full_key_map_cleans_only_the_segments_it_covers() {
+    let sim = SimIo::new();
+    let io = sim_io(&sim);
+    let dir = PathBuf::from("/data/t-0");
+    let p = open(&io, &dir, &small_cfg(Durability::Group, 4096)).unwrap();
+    let model = fill(&p, 200);
+    let stop = AtomicBool::new(false);
+    // Room for a few keys only: the pass must stop at a segment boundary, not fail.
+    let lim = CleanLimits { map_bytes_max: 3 * 70, ..limits() };
+    let st = clean_partition(&p, engine::log::now_ms(), u64::MAX / 2, &lim, &stop).unwrap();
+    assert!(st.map_full, "{st:?}");
+    let got = read_records(&p);
+    for (o, kv) in &got {
+        assert_eq!(model.get(o), Some(kv), "offset {o} changed");
+    }
+    // Every key's latest record is still there.
+    let mut latest: HashMap<&[u8], u64> = HashMap::new();
+    for (o, (k, _)) in &model {
+        latest.insert(k, *o);
+    }
+    for o in latest.values() {
+        assert!(got.contains_key(o), "latest record at {o} removed");
+    }
+}
+
+/// An `Io` that takes the crash image a power cut would leave just before its `at`-th
+/// directory-level operation (open, create, remove, rename, directory fsync).
+#[derive(Debug)]
+struct CrashAt {
+    sim: SimIo,
+    ops: AtomicU64,
+    at: AtomicU64,
+    mode: CrashMode,
+    image: Mutex<Option<SimIo>>,
+}
+
+impl CrashAt {
+    fn op(&self) {
+        let n = self.ops.fetch_add(1, Ordering::SeqCst);
+        if n == self.at.load(Ordering::SeqCst) {
+            *self.image.lock().unwrap() = Some(self.sim.crash(self.mode, n));
+        }
+    }
+}
+
+impl Io for CrashAt {
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn IoFile>> {
+        self.op();
+        self.sim.open(path, create)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.op();
+        self.sim.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.op();
+        self.sim.rename(from, to)
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.sim.create_dir_all(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.op();
+        self.sim.remove_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.sim.list_dir(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.sim.exists(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.op();
+        self.sim.sync_dir(path)
+    }
+}
+
+/// A power cut before every directory-level step of a cleaning pass (and after the last):
+/// the log reopens, every record it serves is the one written at that offset, and every record
+/// compaction keeps is there (each segment is the old one or the new one, whole).
+#[test]
+fn crash_sweep_during_compaction_leaves_old_or_new_segments_whole() {
+    let dir = PathBuf::from("/data/t-0");
+    let cfg = small_cfg(Durability::Group, 4096);
+    let mut at = 0;
+    let mut points = 0;
+    loop {
+        let sim = SimIo::new();
+        let io = sim_io(&sim);
+        let p = open(&io, &dir, &cfg).unwrap();
+        let model = fill(&p, 60);
+        let end = active_base(&p);
+        p.close().unwrap();
+        drop(p);
+        let mode = if at % 2 == 0 { CrashMode::DropUnsynced } else { CrashMode::TearAndFlip };
+        let crash = Arc::new(CrashAt { sim: sim.clone(), ops: AtomicU64::new(0), at: AtomicU64::new(u64::MAX), mode, image: Mutex::new(None) });
+        let p = open(&(crash.clone() as Arc<dyn Io>), &dir, &cfg).unwrap();
+        // Armed among the cleaner's steps (those of opening are not swept here).
+        crash.at.store(crash.ops.load(Ordering::SeqCst) + at, Ordering::SeqCst);
+        let stop = AtomicBool::new(false);
+        let st = clean_partition(&p, engine::log::now_ms(), 60_000, &limits(), &stop).unwrap();
+        assert!(st.segments_swapped > 0);
+        let image = crash.image.lock().unwrap().take();
+        let done = image.is_none();
+        let image = image.unwrap_or_else(|| sim.crash(mode, at));
+        let io2: Arc<dyn Io> = Arc::new(image);
+        let p2 = open(&io2, &dir, &cfg).unwrap_or_else(|e| panic!("crash point {at}: reopen failed: {e}"));
+        let got = read_records(&p2);
+        for (o, kv) in &got {
+            assert_eq!(model.get(o), Some(kv), "crash point {at}: offset {o} is not what was written");
+        }
+        for o in compacted(&model, end, false).keys() {
+            assert!(got.contains_key(o), "crash point {at}: kept record at offset {o} lost");
+        }
+        assert!(
+            !io2.list_dir(&dir).unwrap().iter().any(|n| n.ends_with(".cleaned")),
+            "crash point {at}: a .cleaned file survived the reopen"
+        );
+        points += 1;
+        if done {
+            break;
+        }
+        at += 1;
+    }
+    assert!(points > 10, "only {points} crash points");
+}
+
+#[test]
+fn cleaner_never_touches_the_active_segment() {
+    let sim = SimIo::new();
+    let io = sim_io(&sim);
+    let dir = PathBuf::from("/data/t-0");
+    // One big segment: everything is in the active segment.
+    let cfg = LogConfig { ..small_cfg(Durability::Group, 1 << 20) };
+    let p = open(&io, &dir, &cfg).unwrap();
+    let model = fill(&p, 50);
+    assert!(p.sealed_segments().is_empty());
+    let st = clean_partition(&p, engine::log::now_ms(), 0, &limits(), &AtomicBool::new(false)).unwrap();
+    assert_eq!(st.segments_swapped, 0);
+    assert_eq!(read_records(&p), model);
+}
