@@ -77,6 +77,10 @@ struct Args {
     /// and fences a damaged batch (Fetch answers KAFKA_STORAGE_ERROR there); 0 = off.
     #[arg(long, default_value_t = engine::broker::SCRUB_RATE_MIB_DEFAULT)]
     scrub_rate_mib: u64,
+    /// Read + write rate (MiB/s) of the log cleaner that compacts topics with
+    /// cleanup.policy=compact; 0 = unthrottled.
+    #[arg(long, default_value_t = 32)]
+    cleaner_rate_mib: u64,
     /// Write large produce batches (>= 256 KiB, group durability) with O_DIRECT, bypassing the
     /// page cache: more throughput with many concurrent large-batch producers, more latency with
     /// few, and consumers read those batches from the disk (engine/PERF_NOTES.md, session 5).
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
     }
     cfg.log.repair = args.repair;
     cfg.log.scrub_rate_mib = args.scrub_rate_mib;
+    cfg.log.cleaner_rate_mib = args.cleaner_rate_mib;
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

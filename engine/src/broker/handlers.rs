@@ -159,6 +159,8 @@ fn topic_error_code(e: &TopicError) -> i16 {
 
 /// Kafka's NOT_ENOUGH_REPLICAS.
 const NOT_ENOUGH_REPLICAS: i16 = 19;
+/// Kafka's INVALID_RECORD (a record a topic cannot take: no key on a compacted topic).
+const INVALID_RECORD: i16 = 87;
 
 /// Find a partition, creating the topic when allowed. Err = Kafka error code.
 fn resolve_partition(shared: &Shared, topic: &str, partition: i32, create: bool) -> Result<Arc<Partition>, i16> {
@@ -290,6 +292,13 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                 // One replica is in sync (this broker): as Kafka, acks=all is refused below
                 // the topic's min.insync.replicas.
                 r.error_code = NOT_ENOUGH_REPLICAS;
+                out.push(r);
+                continue;
+            }
+            if live.compact() && crate::log::cleaner::has_null_key(records, part.config().batch_bytes_max) {
+                // As Kafka's LogValidator: "Compacted topic cannot accept message without key".
+                tracing::debug!(topic, index, "produce refused: a record without a key on a compacted topic");
+                r.error_code = INVALID_RECORD;
                 out.push(r);
                 continue;
             }

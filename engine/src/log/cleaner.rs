@@ -19,7 +19,8 @@
 //! 3. **Swap.** The copy is fsynced, then [`Partition::swap_cleaned`] renames it over the
 //!    segment (old indexes removed first, directory fsyncs around the rename, new indexes last).
 //!    A crash at any point leaves the old segment or the new one whole; an unfinished `.cleaned`
-//!    file is removed when the partition opens. A segment left with no batch is deleted.
+//!    file is removed when the partition opens. A segment left with no batch is deleted, except
+//!    the first (kept empty: compaction never moves the log start offset).
 //!
 //! I/O (reads and writes) runs at `LogConfig::cleaner_rate_mib` through the scrub's throttle.
 
@@ -162,6 +163,25 @@ pub fn records_of(batch: &[u8], batch_bytes_max: usize) -> Result<Vec<KeyedRecor
     let plain = record::records_plain(batch, &info).map_err(|e| e.to_string())?;
     let recs = parse_records(&plain, &info)?;
     Ok(recs.into_iter().map(|r| (r.offset, r.key.map(<[u8]>::to_vec), r.value.map(<[u8]>::to_vec))).collect())
+}
+
+/// Whether a record of the batches `buf` has no key (refused on a compacted topic). A batch
+/// that does not parse is left to the log's validation (false here).
+pub fn has_null_key(buf: &[u8], batch_bytes_max: usize) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        let Ok(info) = record::parse_header(&buf[at..], batch_bytes_max) else { return false };
+        let batch = &buf[at..at + info.size_bytes];
+        if compactable(&info) {
+            let Ok(plain) = record::records_plain(batch, &info) else { return false };
+            let Ok(recs) = parse_records(&plain, &info) else { return false };
+            if recs.iter().any(|r| r.key.is_none()) {
+                return true;
+            }
+        }
+        at += info.size_bytes;
+    }
+    false
 }
 
 /// A batch holding `recs` (consecutive offsets), with `orig`'s producer fields and codec.
@@ -318,7 +338,7 @@ pub fn clean_partition(
     stats.segments_cleaned = covered;
     // 2. Rewrite each covered segment.
     let horizon = now_ms.saturating_sub(delete_retention_ms.min(i64::MAX as u64) as i64);
-    for (base, file, size, path) in sealed.into_iter().take(covered) {
+    for (nth, (base, file, size, path)) in sealed.into_iter().take(covered).enumerate() {
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let cleaned_path = dir.join(format!("{}{CLEANED_SUFFIX}", super::segment::log_name(base)));
         let io = p.io();
@@ -397,7 +417,9 @@ pub fn clean_partition(
             }
             continue;
         }
-        let swapped = if new.size == 0 {
+        // An emptied segment goes, but the first one stays (empty): compaction never moves the
+        // log start offset (as Kafka's), which consumers reading from the earliest rely on.
+        let swapped = if new.size == 0 && nth > 0 {
             io.remove_file(&cleaned_path)?;
             p.swap_cleaned(base, &file, None)?
         } else {

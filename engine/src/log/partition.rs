@@ -1247,7 +1247,7 @@ impl Partition {
             let by_time = self
                 .live
                 .retention_ms()
-                .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
+                .is_some_and(|ms| oldest.size == 0 || (oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64));
             if !(by_size || by_time) || st.segments[1].base_offset > keep_from {
                 break;
             }
@@ -1330,7 +1330,7 @@ impl Partition {
             }
             return Ok(false);
         };
-        let Some((path, new)) = cleaned else {
+        let Some((path, mut new)) = cleaned else {
             let seg = st.segments.remove(i);
             self.log_start.store(st.log_start(), Ordering::Release);
             seg.delete_files(&*self.io)?;
@@ -1347,6 +1347,8 @@ impl Partition {
         self.io.rename(path, &self.dir.join(segment::log_name(base)))?;
         self.io.sync_dir(&self.dir)?;
         new.write_indexes(&*self.io)?;
+        // Retention by time counts from the newest record the segment was written with.
+        new.max_timestamp = new.max_timestamp.max(st.segments[i].max_timestamp);
         st.segments[i] = new;
         Ok(true)
     }
