@@ -354,3 +354,77 @@ fn confluent_kafka_sees_a_compacted_topic() {
     assert!(got.len() < produced.len() / 3, "{} of {} records left: not compacted", got.len(), produced.len());
     broker.shutdown().unwrap();
 }
+
+/// The producer state recovery rebuilds from batch headers survives compaction: the last batch
+/// of each idempotent producer is kept whole, so after a reopen the producer's next sequence is
+/// accepted and a retry of its last batch is still a duplicate.
+#[test]
+fn idempotent_producer_state_survives_compaction_and_reopen() {
+    let sim = SimIo::new();
+    let io = sim_io(&sim);
+    let dir = PathBuf::from("/data/t-0");
+    let cfg = small_cfg(Durability::Group, 4096);
+    let p = open(&io, &dir, &cfg).unwrap();
+    let keyed = |seq: i32, pid: i64| {
+        let k = format!("k{}", seq % 3).into_bytes();
+        let v = format!("v{seq}-{}", "x".repeat(60)).into_bytes();
+        build::batch_with(&[build::Rec { key: Some(&k), value: Some(&v), timestamp_delta: 0 }], 1_000, pid, 0, seq)
+    };
+    for seq in 0..60 {
+        p.append_durable(&mut keyed(seq, 7)).unwrap();
+    }
+    let last = keyed(59, 7);
+    // Another producer's records roll the idempotent producer's batches into sealed segments.
+    for seq in 0..120 {
+        p.append_durable(&mut keyed(seq, 8)).unwrap();
+    }
+    let before = p.producer_state(7);
+    assert_eq!(before, Some((0, 59)));
+    let st = clean_partition(&p, engine::log::now_ms(), 0, &limits(), &AtomicBool::new(false)).unwrap();
+    assert!(st.records_removed > 50, "{st:?}");
+    p.close().unwrap();
+    drop(p);
+    let p = open(&io, &dir, &cfg).unwrap();
+    assert_eq!(p.producer_state(7), before);
+    assert!(p.append_durable(&mut last.clone()).unwrap().duplicate, "a retry of the last batch is a duplicate");
+    p.append_durable(&mut keyed(60, 7)).expect("the next sequence is accepted");
+}
+
+/// The background cleaner of a LogManager compacts a `cleanup.policy=compact` topic on its own,
+/// and the scrub then checks the compacted segments (gaps between batches) without reporting
+/// damage or fencing anything.
+#[test]
+fn manager_cleaner_compacts_and_the_scrub_accepts_compacted_segments() {
+    use engine::log::{LogManager, TopicConfig};
+    let sim = SimIo::new();
+    let io = sim_io(&sim);
+    let data = PathBuf::from("/data");
+    let cfg = LogConfig { scrub_rate_mib: 1000, ..small_cfg(Durability::Group, 4096) };
+    let m = LogManager::open(&data, io.clone(), cfg.clone()).unwrap();
+    let overrides = TopicConfig::from_pairs([("cleanup.policy", "compact"), ("segment.bytes", "4096")], cfg.batch_bytes_max).unwrap();
+    m.create_topic_with_config("c", 1, overrides).unwrap();
+    let p = m.partition("c", 0).unwrap();
+    let model = fill(&p, 200);
+    let end = active_base(&p);
+    // The tombstone (timestamp 1000) is older than the default delete.retention.ms: removed too.
+    let want = compacted(&model, end, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while read_records(&p) != want {
+        assert!(std::time::Instant::now() < deadline, "the cleaner did not compact within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    m.close().unwrap();
+    drop((p, m));
+    // Reopened: the scrub's first pass runs right away over the compacted sealed segments.
+    let m = LogManager::open(&data, io.clone(), cfg).unwrap();
+    let p = m.partition("c", 0).unwrap();
+    let sealed = p.sealed_segments().len() as u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while m.scrub.segments_checked.load(Ordering::Relaxed) < sealed {
+        assert!(std::time::Instant::now() < deadline, "the scrub did not finish its pass within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(m.scrub.damage.lock().unwrap().is_empty(), "{:?}", m.scrub.damage.lock().unwrap());
+    assert_eq!(p.fenced_at(), None);
+    assert_eq!(read_records(&p), want);
+}
