@@ -5,7 +5,7 @@
 //! headers (a full CRC pass over every segment would make restarts slow), so a flipped byte
 //! inside a record would otherwise be served as a corrupt value. The scrub reads each sealed
 //! segment once per pass ([`SCRUB_PASS_INTERVAL`]) at `LogConfig::scrub_rate_mib`, checks each
-//! batch's length, CRC and offset continuity, and on damage: logs an error naming the segment
+//! batch's length, CRC and offsets (increasing; gaps only below the next segment), and on damage: logs an error naming the segment
 //! file, the byte position and the offset; counts it ([`ScrubReport`]); and fences the
 //! partition at that offset ([`Partition::fence`]): Fetch from there answers
 //! KAFKA_STORAGE_ERROR instead of serving the batch. The way out is `broker --repair`, which
