@@ -139,9 +139,9 @@ fn config_file_sets_defaults_and_the_command_line_overrides_it() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    std::fs::write(&file, "log.dirs=/nonexistent-unused\nlog.cleanup.policy=compact\n").unwrap();
+    std::fs::write(&file, "log.dirs=/nonexistent-unused\nlog.cleanup.policy=shred\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_broker")).args(["--config", file.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("server.properties") && err.contains("line 2") && err.contains("compaction is not supported"), "{err}");
+    assert!(err.contains("server.properties") && err.contains("line 2") && err.contains("compact, delete"), "{err}");
 }

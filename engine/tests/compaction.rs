@@ -72,16 +72,31 @@ fn fill(p: &Partition, n: u64) -> Model {
     model
 }
 
-/// What compaction of `model` below `end` must leave (tombstones kept or not).
-fn compacted(model: &Model, end: u64, keep_tombstones: bool) -> Model {
+/// What compaction of `model` below `end` must leave (tombstones kept or not). The last
+/// record of each sealed segment (`ends`) is always kept (segments stay contiguous).
+fn compacted(model: &Model, end: u64, keep_tombstones: bool, ends: &[u64]) -> Model {
     let mut latest: HashMap<&[u8], u64> = HashMap::new();
     for (o, (k, _)) in model.range(..end) {
         latest.insert(k, *o);
     }
     model
         .iter()
-        .filter(|(o, (k, v))| **o >= end || (latest[k.as_slice()] == **o && (keep_tombstones || v.is_some())))
+        .filter(|(o, (k, v))| {
+            **o >= end || ends.contains(o) || (latest[k.as_slice()] == **o && (keep_tombstones || v.is_some()))
+        })
         .map(|(o, kv)| (*o, kv.clone()))
+        .collect()
+}
+
+/// The last offset of each sealed segment.
+fn segment_ends(p: &Partition) -> Vec<u64> {
+    p.sealed_segments()
+        .into_iter()
+        .filter_map(|(_, f, size, _)| {
+            let mut buf = vec![0u8; size as usize];
+            f.read_exact_at(&mut buf, 0).unwrap();
+            split_batches(&buf).last().map(|(info, _)| info.last_offset() as u64)
+        })
         .collect()
 }
 
@@ -110,6 +125,7 @@ fn cleaner_keeps_the_latest_record_per_key_at_its_offset_and_removes_old_tombsto
     let model = fill(&p, 200);
     assert!(p.sealed_segments().len() >= 5, "the test needs several sealed segments");
     let end = active_base(&p);
+    let ends = segment_ends(&p);
     assert_eq!(read_records(&p), model);
     let stop = AtomicBool::new(false);
 
@@ -119,7 +135,7 @@ fn cleaner_keeps_the_latest_record_per_key_at_its_offset_and_removes_old_tombsto
     let st = clean_partition(&p, now, now as u64, &limits(), &stop).unwrap();
     assert!(st.segments_swapped > 0 && st.records_removed > 0, "{st:?}");
     assert_eq!(st.tombstones_removed, 0);
-    let want = compacted(&model, end, true);
+    let want = compacted(&model, end, true, &ends);
     assert!(want.len() < model.len() / 4, "compaction removed too little to test anything");
     assert_eq!(read_records(&p), want);
     assert!(want.values().any(|(k, v)| k == b"dead" && v.is_none()), "the tombstone is kept");
@@ -127,7 +143,7 @@ fn cleaner_keeps_the_latest_record_per_key_at_its_offset_and_removes_old_tombsto
     // Then removed once older than delete.retention.ms.
     let st = clean_partition(&p, now, 60_000, &limits(), &stop).unwrap();
     assert_eq!(st.tombstones_removed, 1, "{st:?}");
-    let want = compacted(&model, end, false);
+    let want = compacted(&model, end, false, &ends);
     assert_eq!(read_records(&p), want);
     // A read from an offset compaction removed starts at the next record.
     let gap = (p.log_start_offset()..end).find(|o| !want.contains_key(o)).expect("a removed offset");
@@ -253,6 +269,7 @@ fn crash_sweep_during_compaction_leaves_old_or_new_segments_whole() {
         let p = open(&io, &dir, &cfg).unwrap();
         let model = fill(&p, 60);
         let end = active_base(&p);
+    let ends = segment_ends(&p);
         p.close().unwrap();
         drop(p);
         let mode = if at % 2 == 0 { CrashMode::DropUnsynced } else { CrashMode::TearAndFlip };
@@ -272,7 +289,7 @@ fn crash_sweep_during_compaction_leaves_old_or_new_segments_whole() {
         for (o, kv) in &got {
             assert_eq!(model.get(o), Some(kv), "crash point {at}: offset {o} is not what was written");
         }
-        for o in compacted(&model, end, false).keys() {
+        for o in compacted(&model, end, false, &ends).keys() {
             assert!(got.contains_key(o), "crash point {at}: kept record at offset {o} lost");
         }
         assert!(
@@ -406,8 +423,9 @@ fn manager_cleaner_compacts_and_the_scrub_accepts_compacted_segments() {
     let p = m.partition("c", 0).unwrap();
     let model = fill(&p, 200);
     let end = active_base(&p);
+    let ends = segment_ends(&p);
     // The tombstone (timestamp 1000) is older than the default delete.retention.ms: removed too.
-    let want = compacted(&model, end, false);
+    let want = compacted(&model, end, false, &ends);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while read_records(&p) != want {
         assert!(std::time::Instant::now() < deadline, "the cleaner did not compact within 60 s");

@@ -7,7 +7,8 @@
 //!    the segments read completely before that (never aborts). The map also notes each idempotent
 //!    producer's last batch.
 //! 2. **Rewrite.** Each of those segments is copied into `<base>.log.cleaned` keeping a record
-//!    when its key's latest offset is its own (records without a key are kept), and dropping a
+//!    when its key's latest offset is its own (records without a key, and the segment's last
+//!    record so that segments stay contiguous, are kept), and dropping a
 //!    latest record that is a tombstone (null value) once its timestamp is older than
 //!    `delete.retention.ms`. Records keep their offsets: a batch whose records all survive is
 //!    copied byte for byte; otherwise each run of consecutive surviving offsets becomes one batch
@@ -19,8 +20,9 @@
 //! 3. **Swap.** The copy is fsynced, then [`Partition::swap_cleaned`] renames it over the
 //!    segment (old indexes removed first, directory fsyncs around the rename, new indexes last).
 //!    A crash at any point leaves the old segment or the new one whole; an unfinished `.cleaned`
-//!    file is removed when the partition opens. A segment left with no batch is deleted, except
-//!    the first (kept empty: compaction never moves the log start offset).
+//!    file is removed when the partition opens. (A segment is never left empty: its last record
+//!    stays. Were one, it would be deleted, but never the first: compaction never moves the log
+//!    start offset.)
 //!
 //! I/O (reads and writes) runs at `LogConfig::cleaner_rate_mib` through the scrub's throttle.
 
@@ -349,7 +351,12 @@ pub fn clean_partition(
         let mut tombstones = 0u64;
         let mut at = 0u64;
         let mut next_due: Option<i64> = None;
+        let mut read_bytes = 0u64;
         let done = for_each_batch(&*file, size, lim, &mut throttle, stop, |batch, info, throttle| {
+            read_bytes += batch.len() as u64;
+            // The segment's last record is always kept: the segment still ends at the next
+            // one's base, so a segment missing from the middle of the log is still detected.
+            let seg_last = (read_bytes == size).then(|| info.last_offset() as u64);
             let keep_whole = !compactable(info) || last_batch.get(&info.producer_id) == Some(&(info.base_offset as u64));
             let mut outs: Vec<Vec<u8>> = Vec::new();
             if keep_whole {
@@ -360,6 +367,10 @@ pub fn clean_partition(
                 let append_time = info.attributes & record::ATTR_LOG_APPEND_TIME != 0;
                 let mut keep: Vec<&Rec<'_>> = Vec::with_capacity(recs.len());
                 for r in &recs {
+                    if seg_last == Some(r.offset) {
+                        keep.push(r);
+                        continue;
+                    }
                     let Some(k) = r.key else {
                         keep.push(r);
                         continue;
@@ -485,10 +496,18 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>) {
                                 "compacted"
                             );
                         }
+                        if st.map_full {
+                            tracing::warn!(
+                                topic = %p.topic, partition = p.index, segments = st.segments_cleaned,
+                                "log cleaner: the key map (log cleaner map bytes) filled: only the first segments were cleaned"
+                            );
+                        }
                         // Re-read: a swap changed the sizes.
                         let sealed = p.sealed_segments();
                         let end = sealed.last().map_or(0, |(b, _, s, _)| b + s);
-                        let due = if st.map_full { Some(now) } else { st.next_tombstone_due_ms };
+                        // A full map: the next pass waits for new sealed segments (it would stop at the
+                        // same place); tombstones kept: it runs again when the first is due.
+                        let due = st.next_tombstone_due_ms;
                         last.insert(key, (end, sealed.len(), due));
                     }
                     Err(e) => {

@@ -324,10 +324,10 @@ impl Partition {
         let last_i = bases.len().saturating_sub(1);
         let mut repaired = false;
         for (i, &base) in bases.iter().enumerate() {
-            if let Some(prev) = segments.last().filter(|p| cfg.repair && !repaired && p.next_offset > base) {
+            if let Some(prev) = segments.last().filter(|p| cfg.repair && !repaired && p.next_offset != base) {
                 tracing::error!(
                     topic, partition = index, segment = %dir.join(segment::log_name(base)).display(), offset = prev.next_offset,
-                    "REPAIR: segment starts at {base}, below the end {} of the previous one: it and every later segment are dropped",
+                    "REPAIR: segment starts at {base} but the previous one ends at {}: it and every later segment are dropped",
                     prev.next_offset
                 );
                 repaired = true;
@@ -352,14 +352,15 @@ impl Partition {
             let is_last = i == last_i;
             let sealed_below_rp = !is_last && bases[i + 1] <= recovery_point;
             if let Some(prev) = segments.last() {
-                // A gap is allowed (compaction removed the previous segment's last batches).
-                if prev.next_offset > base {
+                // Compaction keeps each segment's last offset: no gap between segments (a
+                // missing segment is detected here).
+                if prev.next_offset != base {
                     return Err(RecoveryError::MidLogCorruption {
                         path: seg_path.display().to_string(),
                         position: 0,
                         offset: base,
                         recovery_point,
-                        reason: format!("segment starts at {base}, below the end {} of the previous one", prev.next_offset),
+                        reason: format!("segment starts at {base} but the previous one ends at {}", prev.next_offset),
                     });
                 }
             }
