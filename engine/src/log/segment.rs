@@ -465,3 +465,23 @@ pub fn read_fully(file: &dyn IoFile, buf: &mut [u8], pos: u64) -> io::Result<usi
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod offset_tests {
+    use super::check_offsets;
+
+    #[test]
+    fn offsets_skip_forward_only_in_a_sealed_segment_and_only_below_the_next_base() {
+        // Active segment: contiguous.
+        assert!(check_offsets(10, 12, 10, None).is_ok());
+        assert!(check_offsets(11, 12, 10, None).unwrap_err().contains("discontinuity"));
+        // Sealed (compacted): a gap forward, below the next segment's base.
+        assert!(check_offsets(15, 17, 10, Some(20)).is_ok());
+        assert!(check_offsets(15, 20, 10, Some(20)).unwrap_err().contains("next segment"));
+        // A flipped high bit of baseOffset is caught either way.
+        assert!(check_offsets(10 | (1 << 60), (10 | (1 << 60)) + 2, 10, Some(20)).is_err());
+        // Never backwards.
+        assert!(check_offsets(9, 9, 10, Some(20)).unwrap_err().contains("backwards"));
+        assert!(check_offsets(-1, 0, 0, Some(20)).is_err());
+    }
+}
