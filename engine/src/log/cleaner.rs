@@ -20,9 +20,8 @@
 //! 3. **Swap.** The copy is fsynced, then [`Partition::swap_cleaned`] renames it over the
 //!    segment (old indexes removed first, directory fsyncs around the rename, new indexes last).
 //!    A crash at any point leaves the old segment or the new one whole; an unfinished `.cleaned`
-//!    file is removed when the partition opens. (A segment is never left empty: its last record
-//!    stays. Were one, it would be deleted, but never the first: compaction never moves the log
-//!    start offset.)
+//!    file is removed when the partition opens. A segment is never left empty (its last record
+//!    stays), so compaction never moves the log start offset.
 //!
 //! I/O (reads and writes) runs at `LogConfig::cleaner_rate_mib` through the scrub's throttle.
 
@@ -340,7 +339,7 @@ pub fn clean_partition(
     stats.segments_cleaned = covered;
     // 2. Rewrite each covered segment.
     let horizon = now_ms.saturating_sub(delete_retention_ms.min(i64::MAX as u64) as i64);
-    for (nth, (base, file, size, path)) in sealed.into_iter().take(covered).enumerate() {
+    for (base, file, size, path) in sealed.into_iter().take(covered) {
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let cleaned_path = dir.join(format!("{}{CLEANED_SUFFIX}", super::segment::log_name(base)));
         let io = p.io();
@@ -428,18 +427,12 @@ pub fn clean_partition(
             }
             continue;
         }
-        // An emptied segment goes, but the first one stays (empty): compaction never moves the
-        // log start offset (as Kafka's), which consumers reading from the earliest rely on.
-        let swapped = if new.size == 0 && nth > 0 {
-            io.remove_file(&cleaned_path)?;
-            p.swap_cleaned(base, &file, None)?
-        } else {
-            if let Err(e) = out_file.sync_data() {
-                let _ = io.remove_file(&cleaned_path);
-                return Err(e);
-            }
-            p.swap_cleaned(base, &file, Some((&cleaned_path, new)))?
-        };
+        // Never empty (the segment's last record stays): the log start offset never moves.
+        if let Err(e) = out_file.sync_data() {
+            let _ = io.remove_file(&cleaned_path);
+            return Err(e);
+        }
+        let swapped = p.swap_cleaned(base, &file, &cleaned_path, new)?;
         if swapped {
             stats.segments_swapped += 1;
             stats.records_removed += removed;

@@ -286,6 +286,12 @@ impl Partition {
         let recovery_point = read_recovery_point(&*rp_file);
 
         let names = io.list_dir(dir).map_err(&e)?;
+        // A compaction's output not swapped in before a crash: the segment it was cleaning is
+        // whole (the swap is a rename), so the partial copy goes.
+        for name in names.iter().filter(|n| n.ends_with(super::cleaner::CLEANED_SUFFIX)) {
+            tracing::info!(topic, partition = index, file = %name, "removing an unfinished compaction output");
+            io.remove_file(&dir.join(name)).map_err(&e)?;
+        }
         let mut bases = Vec::new();
         for name in &names {
             if let Some(stem) = name.strip_suffix(".log") {
@@ -297,12 +303,6 @@ impl Partition {
             }
         }
         bases.sort_unstable();
-        // A compaction's output not swapped in before a crash: the segment it was cleaning is
-        // whole (the swap is a rename), so the partial copy goes.
-        for name in names.iter().filter(|n| n.ends_with(super::cleaner::CLEANED_SUFFIX)) {
-            tracing::info!(topic, partition = index, file = %name, "removing an unfinished compaction output");
-            io.remove_file(&dir.join(name)).map_err(&e)?;
-        }
         // Index files of segments below the first one: left by a crash (or an error) between
         // deleting a retired segment's `.log` and its indexes (retention deletes from the
         // front). Best effort: they are never read. Any other stray index is left as evidence.
@@ -1248,7 +1248,7 @@ impl Partition {
             let by_time = self
                 .live
                 .retention_ms()
-                .is_some_and(|ms| oldest.size == 0 || (oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64));
+                .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
             if !(by_size || by_time) || st.segments[1].base_offset > keep_from {
                 break;
             }
@@ -1311,32 +1311,22 @@ impl Partition {
             .collect()
     }
 
-    /// Swap the compacted copy of the sealed segment based at `base` in: `Some((cleaned, new))`
-    /// = the synced file `cleaned` holding the batches `new` tracks; `None` = compaction left
-    /// nothing in it, so the segment goes (the first one: the log start moves, as by retention).
-    /// Only if that segment is still the one the cleaner read (`old`; retention may have deleted
-    /// it): else the copy is removed and false returned. Crash-safe order: the old indexes are
-    /// removed (durably) first, so no crash pairs them with the new log; the rename replaces the
-    /// log atomically and a directory fsync makes it durable; the new indexes are written last
-    /// (a crash before that rebuilds them by scanning). Under the state lock so that retention
-    /// cannot delete the segment in between (cleaning is rare; its directory fsyncs are the price).
-    pub(crate) fn swap_cleaned(&self, base: u64, old: &Arc<dyn IoFile>, cleaned: Option<(&Path, Segment)>) -> io::Result<bool> {
+    /// Swap the compacted copy `cleaned` (a synced file holding the batches `new` tracks) in for
+    /// the sealed segment based at `base`, if that segment is still the one the cleaner read
+    /// (`old`; retention may have deleted it): else the copy is removed and false returned.
+    /// Crash-safe order: the old indexes are removed (durably) first, so no crash pairs them
+    /// with the new log; the rename replaces the log atomically and a directory fsync makes it
+    /// durable; the new indexes are written last (a crash before that rebuilds them by
+    /// scanning). Under the state lock so that retention cannot delete the segment in between
+    /// (cleaning is rare; its directory fsyncs are the price).
+    pub(crate) fn swap_cleaned(&self, base: u64, old: &Arc<dyn IoFile>, cleaned: &Path, mut new: Segment) -> io::Result<bool> {
         let same = |a: &Arc<dyn IoFile>| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(old));
         let mut st = lock(&self.state);
         let n = st.segments.len();
         let Some(i) = st.segments[..n - 1].iter().position(|s| s.base_offset == base && same(&s.file)) else {
             drop(st);
-            if let Some((path, _)) = cleaned {
-                self.io.remove_file(path)?;
-            }
+            self.io.remove_file(cleaned)?;
             return Ok(false);
-        };
-        let Some((path, mut new)) = cleaned else {
-            let seg = st.segments.remove(i);
-            self.log_start.store(st.log_start(), Ordering::Release);
-            seg.delete_files(&*self.io)?;
-            self.io.sync_dir(&self.dir)?;
-            return Ok(true);
         };
         for name in [segment::index_name(base), segment::time_index_name(base)] {
             let p = self.dir.join(name);
@@ -1345,7 +1335,7 @@ impl Partition {
             }
         }
         self.io.sync_dir(&self.dir)?;
-        self.io.rename(path, &self.dir.join(segment::log_name(base)))?;
+        self.io.rename(cleaned, &self.dir.join(segment::log_name(base)))?;
         self.io.sync_dir(&self.dir)?;
         new.write_indexes(&*self.io)?;
         // Retention by time counts from the newest record the segment was written with.
