@@ -46,6 +46,15 @@ const OURS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
+    // Consumer groups (`group.rs`): the classic protocol, before OffsetFetch's batched groups (v8)
+    // and FindCoordinator's batched keys (v4).
+    (ApiKey::FindCoordinator, 1, 3),
+    (ApiKey::JoinGroup, 2, 9),
+    (ApiKey::SyncGroup, 1, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
 ];
 
 pub fn topic_name(s: &str) -> TopicName {

@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod encode;
 pub mod env;
 pub mod external;
+pub mod group;
 pub mod hlog;
 pub mod html;
 pub mod produce;
