@@ -255,6 +255,15 @@ pub struct Ingest<'a> {
 }
 
 impl Ingest<'_> {
+    /// Take the receive time and the measured window now (after the Fetch answer arrived: a
+    /// window read before a long-poll may be the previous phase's).
+    pub fn refresh(&mut self, clock: &Clock) {
+        let (from, until) = self.metrics.window();
+        self.from_us = clock.wall_us(from);
+        self.until_us = if until == u64::MAX { u64::MAX } else { clock.wall_us(until) };
+        self.now_us = clock.wall_us(clock.now_ns());
+    }
+
     /// Returns (new records, their value bytes, a batch larger than the partition limit).
     pub fn partition(&mut self, sub: u32, topic: &str, p: &PartitionData, pos: &mut i64) -> (u64, u64, bool) {
         let m = self.metrics;
@@ -488,6 +497,7 @@ mod tests {
     //! its Metadata names broker B, which serves the records.
     use super::*;
     use crate::client::{read_frame, topic_name};
+    use crate::stats::LocalRecorder;
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::api_versions_response::ApiVersion;
     use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -580,6 +590,35 @@ mod tests {
             b.append(None, &[7; 20], 0, i, 0, 1000);
         }
         Bytes::from(b.finish().0)
+    }
+
+    /// Records 0..5 fetched by one member, then again (from an older committed offset) by another
+    /// while a third fetch brings 5..10: the re-delivered ones count as duplicates only.
+    #[test]
+    fn records_fetched_twice_count_once_and_as_duplicates() {
+        let metrics = Metrics::new(true);
+        metrics.consumer.init_partition(0, "t", 0, 0, true);
+        let batch = |base: i64| {
+            let mut b = crate::encode::BatchBuilder::new(4096);
+            for i in 0..5 {
+                b.append(None, &[7; 20], 0, i, 0, 1000);
+            }
+            let mut v = b.finish().0;
+            v[0..8].copy_from_slice(&base.to_be_bytes());
+            PartitionData::default().with_partition_index(0).with_high_watermark(10).with_records(Some(Bytes::from(v)))
+        };
+        let (mut rec, mut other) = (LocalRecorder::new(), LocalRecorder::new());
+        let mut ingest = Ingest { metrics: &metrics, rec: &mut rec, rec_other: &mut other, from_us: 0, until_us: u64::MAX, now_us: 2000 };
+        let (mut pos_a, mut pos_b) = (0i64, 0i64);
+        assert_eq!(ingest.partition(0, "t", &batch(0), &mut pos_a).0, 5);
+        assert_eq!(ingest.partition(0, "t", &batch(0), &mut pos_b).0, 0, "re-delivered: not new");
+        assert_eq!(metrics.consumer.duplicates.load(Ordering::SeqCst), 5);
+        assert_eq!(ingest.partition(0, "t", &batch(5), &mut pos_b).0, 5);
+        assert_eq!((pos_a, pos_b), (5, 10));
+        let mut h = crate::stats::new_hist();
+        rec.drain_into(&mut h);
+        assert_eq!(h.len(), 10, "one end-to-end sample per distinct record");
+        assert_eq!(metrics.consumer.lag(), (Some(0), Some(10)));
     }
 
     #[test]

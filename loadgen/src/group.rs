@@ -538,6 +538,7 @@ impl Member<'_> {
                 }
             };
             answered = true;
+            ingest.refresh(&self.clock);
             for t in &resp.responses {
                 let topic = t.topic.0.to_string();
                 for p in &t.partitions {
@@ -762,10 +763,7 @@ pub fn run_member(spec: MemberSpec, clock: Clock, metrics: Arc<Metrics>, done: A
                     continue;
                 }
             }
-            let now_ns = clock.now_ns();
-            let (from, until) = m.window();
-            let (from_us, until_us) = (clock.wall_us(from), if until == u64::MAX { u64::MAX } else { clock.wall_us(until) });
-            let mut ingest = Ingest { metrics: m, rec: &mut rec, rec_other: &mut rec_other, from_us, until_us, now_us: clock.wall_us(now_ns) };
+            let mut ingest = Ingest { metrics: m, rec: &mut rec, rec_other: &mut rec_other, from_us: 0, until_us: 0, now_us: 0 };
             let (got, bytes, answered) = me.fetch_once(&mut ingest, &mut part_max);
             m.consumed.fetch_add(got, Ordering::SeqCst);
             m.consumed_bytes.fetch_add(bytes, Ordering::Relaxed);
