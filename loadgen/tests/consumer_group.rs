@@ -138,4 +138,20 @@ fn a_member_joining_and_leaving_mid_run_rebalances_and_the_accounting_still_adds
     assert_eq!(g.rebalance_duration_us.count, g.member_rejoins, "{g:?}");
     assert!(g.rebalance_duration_us.max > 0.0);
     assert_eq!(g.extra_member_join_s, Some(0.7));
+
+    // The report shows the lag series and the consumers' table; headless Chromium renders it.
+    let json = dir.path().join("cg-churn.json");
+    let html_path = dir.path().join("report.html");
+    let out = run_cli(&["report", json.to_str().unwrap(), "-o", html_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert!(html.contains("<svg id=\"chart-lag\""), "no lag chart");
+    let lag = &html[html.find("chart-lag").unwrap()..html.find("id=\"consumers\"").unwrap()];
+    assert!(lag.contains(">R1 lag<") && lag.contains(">R1 committed lag<"), "lag series missing from the legend");
+    assert_eq!(lag.matches("<polyline class=\"series\"").count(), 2);
+    assert!(html.contains("<th>rebalances</th>") && html.contains("<th>commit p99 ms</th>"));
+    assert!(!html.contains('…'), "a label was cut off");
+    if let Some(dom) = chromium_dom(&html_path) {
+        assert!(dom.contains("id=\"chart-lag\"") && dom.contains("id=\"consumers\""), "lag chart or consumers table not in the rendered DOM");
+    }
 }
