@@ -1563,6 +1563,29 @@ pub fn summary_table(r: &RunResult) -> String {
             c.cpu_ns_total as f64 / 1e9
         ));
     }
+    if let Some(c) = &r.consumer {
+        let committed = c.lag.committed_max.map(|m| format!(", committed lag max {m} final {}", c.lag.committed_final.unwrap_or(0))).unwrap_or_default();
+        s.push_str(&format!(
+            "consumers ({}): {} records consumed, {} duplicate(s) (re-delivered, not counted), lag max {} final {}{committed}\n",
+            c.mode, c.records_consumed_total, c.duplicates, c.lag.max, c.lag.final_
+        ));
+        if let Some(g) = &c.group {
+            s.push_str(&format!(
+                "group {}: {} member(s), {} rebalance(s) while measuring ({} member rejoin(s), p50 {} max {}), {} commit(s) p50 {} p99 {}, {} commit error(s), errors by code {:?}\n",
+                g.group_ids.join(","),
+                g.members,
+                g.rebalances,
+                g.member_rejoins,
+                fmt_us(g.rebalance_duration_us.p50),
+                fmt_us(g.rebalance_duration_us.max),
+                g.commits,
+                fmt_us(g.commit_latency_us.p50),
+                fmt_us(g.commit_latency_us.p99),
+                g.commit_errors,
+                g.errors_by_code
+            ));
+        }
+    }
     if let Some(c) = &r.calibration {
         s.push_str(&format!(
             "calibration: disk {:.0} MB/s, fdatasync p50 {} p99 {}, loopback {:.0} MB/s, memcpy {:.0} MB/s\n",
