@@ -11,6 +11,9 @@
 //! Producer settings: `compression`, `idempotent`, `keys` (`{distribution, count, zipfS}`, an
 //! alternative spelling of `keyDistributor`/`keySpace`/`zipfExponent`), `headers`,
 //! `headerValueBytes`; `acks` is 0, 1, -1 or `all`.
+//! Consumers: `consumerMode` (`fetch` | `group`), `consumerGroup`, `commitIntervalMs`,
+//! `heartbeatIntervalMs`, `sessionTimeoutMs`, `groupAssignor`, `extraConsumerJoinSeconds`,
+//! `extraConsumerLeaveSeconds`.
 
 use std::path::Path;
 
