@@ -787,6 +787,23 @@ mod tests {
     }
 
     #[test]
+    fn consumer_settings_parse_validate_and_override() {
+        let w = Workload::from_yaml("name: x\n").unwrap();
+        assert_eq!((w.consumer_mode, w.commit_interval_ms, w.group_assignor), (ConsumerMode::Fetch, 1000, crate::group::Assignor::Range));
+        let w = Workload::from_yaml("name: x\nconsumerMode: group\ncommitIntervalMs: 250\ngroupAssignor: roundrobin\nextraConsumerJoinSeconds: 1\n").unwrap();
+        assert_eq!((w.consumer_mode, w.commit_interval_ms, w.group_assignor), (ConsumerMode::Group, 250, crate::group::Assignor::RoundRobin));
+        assert!(Workload::from_yaml("name: x\nconsumerGroup: g\n").unwrap_err().contains("consumerMode: group"));
+        assert!(Workload::from_yaml("name: x\nconsumerMode: group\nheartbeatIntervalMs: 20000\n").unwrap_err().contains("heartbeatIntervalMs"));
+        assert!(Workload::from_yaml("name: x\nconsumerMode: group\ncommitIntervalMs: 0\n").unwrap_err().contains("commitIntervalMs"));
+        let e = Workload::from_yaml("name: x\nconsumerMode: group\nextraConsumerJoinSeconds: 2\nextraConsumerLeaveSeconds: 1\n").unwrap_err();
+        assert!(e.contains("must be after"), "{e}");
+        assert!(Workload::from_yaml("name: x\nconsumerMode: groups\n").is_err());
+        let mut w = Workload::from_yaml("name: x\n").unwrap();
+        Overrides { consumer_group: Some("g1".into()), commit_interval_ms: Some(100), ..Default::default() }.apply(&mut w).unwrap();
+        assert_eq!((w.consumer_mode, w.consumer_group.as_deref(), w.commit_interval_ms), (ConsumerMode::Group, Some("g1"), 100));
+    }
+
+    #[test]
     fn direct_io_follows_the_engine_default_the_yaml_and_the_flag() {
         let w = Workload::from_yaml("name: x\n").unwrap();
         assert_eq!(w.direct_io, engine::log::LogConfig::default().direct_io);
