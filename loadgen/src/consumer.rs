@@ -496,92 +496,43 @@ mod tests {
     //! Fetch decoding. Broker A refuses (NOT_LEADER_OR_FOLLOWER, or closes the connection) and
     //! its Metadata names broker B, which serves the records.
     use super::*;
-    use crate::client::{read_frame, topic_name};
-    use crate::stats::LocalRecorder;
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::messages::api_versions_response::ApiVersion;
-    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-    use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
-    use kafka_protocol::messages::{
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-        RequestHeader, ResponseHeader,
-    };
-    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
-    use std::io::Write;
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    use std::sync::atomic::AtomicBool;
-    use std::time::Instant;
+    use crate::client::topic_name;
+    use crate::testbroker::{header, respond, serve, Served, CLOSE};
+    use bytes::Bytes;
+    use kafka_protocol::messages::fetch_response::FetchableTopicResponse;
+    use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
+    use kafka_protocol::protocol::Decodable;
+    use std::net::Shutdown;
 
-    const CLOSE: i16 = i16::MIN;
-
-    fn respond<R: Encodable + HeaderVersion>(s: &mut TcpStream, corr: i32, version: i16, r: &R) {
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0, 0, 0, 0]);
-        ResponseHeader::default().with_correlation_id(corr).encode(&mut buf, R::header_version(version)).unwrap();
-        r.encode(&mut buf, version).unwrap();
-        let n = (buf.len() - 4) as u32;
-        buf[0..4].copy_from_slice(&n.to_be_bytes());
-        s.write_all(&buf).unwrap();
-    }
-
-    /// A broker whose Fetch of partition 0 answers `code` (0: `records` once from offset 0, then
-    /// nothing; [`CLOSE`]: closes the connection) and whose Metadata names `leader`.
+    /// A scripted broker (`crate::testbroker`) whose Fetch of partition 0 answers `code` (0:
+    /// `records` once from offset 0, then nothing; [`CLOSE`]: closes the connection) and whose
+    /// Metadata names `leader`.
     fn broker(code: i16, records: Option<Bytes>, leader: Option<SocketAddr>) -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let leader = leader.unwrap_or(addr);
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                let records = records.clone();
-                std::thread::spawn(move || {
-                    while let Ok(mut frame) = read_frame(&mut s) {
-                        let key = i16::from_be_bytes([frame[0], frame[1]]);
-                        let v = i16::from_be_bytes([frame[2], frame[3]]);
-                        if key == ApiKey::ApiVersions as i16 {
-                            let h = RequestHeader::decode(&mut frame, ApiVersionsRequest::header_version(v)).unwrap();
-                            let r = ApiVersionsResponse::default().with_api_keys(vec![
-                                ApiVersion::default().with_api_key(ApiKey::Fetch as i16).with_min_version(4).with_max_version(12),
-                                ApiVersion::default().with_api_key(ApiKey::Metadata as i16).with_min_version(1).with_max_version(9),
-                            ]);
-                            respond(&mut s, h.correlation_id, v, &r);
-                        } else if key == ApiKey::Metadata as i16 {
-                            let h = RequestHeader::decode(&mut frame, MetadataRequest::header_version(v)).unwrap();
-                            let r = MetadataResponse::default()
-                                .with_brokers(vec![MetadataResponseBroker::default()
-                                    .with_node_id(BrokerId(2))
-                                    .with_host(StrBytes::from(leader.ip().to_string()))
-                                    .with_port(leader.port() as i32)])
-                                .with_topics(vec![MetadataResponseTopic::default().with_name(Some(topic_name("t"))).with_partitions(
-                                    vec![MetadataResponsePartition::default().with_partition_index(0).with_leader_id(BrokerId(2))],
-                                )]);
-                            respond(&mut s, h.correlation_id, v, &r);
-                        } else if key == ApiKey::Fetch as i16 {
-                            let h = RequestHeader::decode(&mut frame, FetchRequest::header_version(v)).unwrap();
-                            let req = FetchRequest::decode(&mut frame, v).unwrap();
-                            if code == CLOSE {
-                                let _ = s.shutdown(Shutdown::Both);
-                                return;
-                            }
-                            let off = req.topics[0].partitions[0].fetch_offset;
-                            let data = if code == 0 && off == 0 { records.clone() } else { None };
-                            if data.is_none() {
-                                std::thread::sleep(Duration::from_millis(10)); // a short long-poll
-                            }
-                            let r = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
-                                .with_topic(topic_name("t"))
-                                .with_partitions(vec![PartitionData::default()
-                                    .with_partition_index(0)
-                                    .with_error_code(code)
-                                    .with_high_watermark(5)
-                                    .with_records(data)])]);
-                            respond(&mut s, h.correlation_id, v, &r);
-                        }
-                    }
-                });
+        serve(vec![(ApiKey::Fetch, 4, 12)], leader, move |s, key, v, mut frame| {
+            if key != ApiKey::Fetch as i16 {
+                return Served::Continue;
             }
-        });
-        addr
+            let h = header::<FetchRequest>(&mut frame, v);
+            let req = FetchRequest::decode(&mut frame, v).unwrap();
+            if code == CLOSE {
+                let _ = s.shutdown(Shutdown::Both);
+                return Served::Close;
+            }
+            let off = req.topics[0].partitions[0].fetch_offset;
+            let data = if code == 0 && off == 0 { records.clone() } else { None };
+            if data.is_none() {
+                std::thread::sleep(Duration::from_millis(10)); // a short long-poll
+            }
+            let r = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+                .with_topic(topic_name("t"))
+                .with_partitions(vec![PartitionData::default()
+                    .with_partition_index(0)
+                    .with_error_code(code)
+                    .with_high_watermark(5)
+                    .with_records(data)])]);
+            respond(s, h.correlation_id, v, &r);
+            Served::Continue
+        })
     }
 
     fn five_records() -> Bytes {

@@ -21,5 +21,7 @@ pub mod sink;
 pub mod size;
 pub mod stats;
 pub mod tagged;
+#[cfg(test)]
+pub mod testbroker;
 pub mod versus;
 pub mod workload;
