@@ -654,10 +654,7 @@ pub fn run_member(spec: MemberSpec, clock: Clock, metrics: Arc<Metrics>, done: A
         }
         if me.coord.is_none() {
             match me.find_coordinator() {
-                Ok(()) => {
-                    no_coordinator_since = None;
-                    backoff_ms = 50;
-                }
+                Ok(()) => {}
                 Err(e) => {
                     if let GroupErr::Fatal(msg) = e {
                         fail(msg);
@@ -680,6 +677,8 @@ pub fn run_member(spec: MemberSpec, clock: Clock, metrics: Arc<Metrics>, done: A
             }
         }
         let mut result: Result<(), GroupErr> = Ok(());
+        // A Heartbeat or OffsetCommit was answered (the coordinator works again).
+        let mut contacted = false;
         if need_join {
             if unassigned_since.elapsed() > Duration::from_secs(60) {
                 fail(format!("consumer group {}: no assignment for 60 s (last: {last_err})", spec.group_id));
@@ -693,6 +692,8 @@ pub fn run_member(spec: MemberSpec, clock: Clock, metrics: Arc<Metrics>, done: A
             }
             .map(|parts| {
                 need_join = false;
+                no_coordinator_since = None;
+                backoff_ms = 50;
                 ct.generation_synced(&spec.group_id, me.generation);
                 locked_members(m).insert(spec.slot, (spec.group_id.clone(), me.generation, parts.len(), parts.is_empty()));
                 if parts.is_empty() {
@@ -708,10 +709,12 @@ pub fn run_member(spec: MemberSpec, clock: Clock, metrics: Arc<Metrics>, done: A
             if now >= next_hb {
                 next_hb = now + hb_every;
                 result = me.heartbeat();
+                contacted = true;
             }
             if result.is_ok() && now >= next_commit {
                 next_commit = now + commit_every;
                 result = me.commit();
+                contacted = true;
             }
         }
         if let Err(e) = result {
@@ -745,12 +748,24 @@ pub fn run_member(spec: MemberSpec, clock: Clock, metrics: Arc<Metrics>, done: A
                     ct.group_error(m, code);
                     last_err = format!("coordinator error code {code}");
                     me.coord = None;
+                    // Kafka answers NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS for a while
+                    // after creating __consumer_offsets: back off (50 ms doubling to 1 s).
+                    if no_coordinator_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(30) {
+                        fail(format!("consumer group {}: no usable coordinator for 30 s (last: {last_err})", spec.group_id));
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(backoff_ms));
+                    backoff_ms = (backoff_ms * 2).min(1000);
                     continue;
                 }
             }
         }
         if need_join {
             continue;
+        }
+        if contacted {
+            no_coordinator_since = None;
+            backoff_ms = 50;
         }
         unassigned_since = Instant::now();
         if me.positions.is_empty() {

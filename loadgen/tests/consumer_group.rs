@@ -108,13 +108,11 @@ fn check_accounting(r: &RunResult, addr: SocketAddr, group: &str) {
     assert_eq!(ch.iter().map(|(_, h)| *h as u64).sum::<u64>(), p.records_acknowledged_total);
 }
 
-#[test]
-fn a_group_consumes_every_record_once_and_commits_the_high_watermarks() {
-    let (_engine, addr) = start_engine();
-    let dir = tempfile::tempdir().unwrap();
-    let (r, code) = run_group(addr, dir.path(), "cg-steady", "", "2");
+/// 2 members on 4 partitions, nobody joins or leaves: every record once, no rebalance.
+fn steady(addr: SocketAddr, dir: &Path, group: &str) {
+    let (r, code) = run_group(addr, dir, group, "", "2");
     assert_eq!(code, Some(0), "{:?}", r.consumer);
-    check_accounting(&r, addr, "cg-steady");
+    check_accounting(&r, addr, group);
     let c = r.consumer.as_ref().unwrap();
     let g = c.group.as_ref().unwrap();
     // Nobody joined or left while measuring: no rebalance, nothing delivered twice.
@@ -124,13 +122,12 @@ fn a_group_consumes_every_record_once_and_commits_the_high_watermarks() {
     assert_eq!(c.duplicates, 0);
 }
 
-#[test]
-fn a_member_joining_and_leaving_mid_run_rebalances_and_the_accounting_still_adds_up() {
-    let (_engine, addr) = start_engine();
-    let dir = tempfile::tempdir().unwrap();
-    let (r, code) = run_group(addr, dir.path(), "cg-churn", "extraConsumerJoinSeconds: 0.7\nextraConsumerLeaveSeconds: 2\n", "3.5");
+/// A third member joins 0.7 s into the window and leaves at 2 s: two rebalances, measured, and
+/// the accounting still adds up. Returns the result file.
+fn churn(addr: SocketAddr, dir: &Path, group: &str) -> std::path::PathBuf {
+    let (r, code) = run_group(addr, dir, group, "extraConsumerJoinSeconds: 0.7\nextraConsumerLeaveSeconds: 2\n", "3.5");
     assert!(matches!(code, Some(0) | Some(5)), "exit {code:?}: {:?}", r.consumer);
-    check_accounting(&r, addr, "cg-churn");
+    check_accounting(&r, addr, group);
     let g = r.consumer.as_ref().unwrap().group.as_ref().unwrap();
     // The join and the leave each start a new generation; every member rejoins, timed.
     assert!(g.rebalances >= 2, "{g:?}");
@@ -138,9 +135,23 @@ fn a_member_joining_and_leaving_mid_run_rebalances_and_the_accounting_still_adds
     assert_eq!(g.rebalance_duration_us.count, g.member_rejoins, "{g:?}");
     assert!(g.rebalance_duration_us.max > 0.0);
     assert_eq!(g.extra_member_join_s, Some(0.7));
+    dir.join(format!("{group}.json"))
+}
+
+#[test]
+fn a_group_consumes_every_record_once_and_commits_the_high_watermarks() {
+    let (_engine, addr) = start_engine();
+    let dir = tempfile::tempdir().unwrap();
+    steady(addr, dir.path(), "cg-steady");
+}
+
+#[test]
+fn a_member_joining_and_leaving_mid_run_rebalances_and_the_accounting_still_adds_up() {
+    let (_engine, addr) = start_engine();
+    let dir = tempfile::tempdir().unwrap();
+    let json = churn(addr, dir.path(), "cg-churn");
 
     // The report shows the lag series and the consumers' table; headless Chromium renders it.
-    let json = dir.path().join("cg-churn.json");
     let html_path = dir.path().join("report.html");
     let out = run_cli(&["report", json.to_str().unwrap(), "-o", html_path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
@@ -154,4 +165,19 @@ fn a_member_joining_and_leaving_mid_run_rebalances_and_the_accounting_still_adds
     if let Some(dom) = chromium_dom(&html_path) {
         assert!(dom.contains("id=\"chart-lag\"") && dom.contains("id=\"consumers\""), "lag chart or consumers table not in the rendered DOM");
     }
+}
+
+/// The same two runs against Apache Kafka's group coordinator. Needs a Kafka:
+/// `KAFKA_PEER_PORT=25092 peers/kafka/kafka-peer start single`, then
+/// `LOADGEN_KAFKA_BOOTSTRAP=127.0.0.1:25092 cargo test -p loadgen --test consumer_group -- --ignored`.
+#[test]
+#[ignore = "needs Apache Kafka at LOADGEN_KAFKA_BOOTSTRAP (peers/kafka/kafka-peer start single)"]
+fn against_apache_kafka() {
+    let boot = std::env::var("LOADGEN_KAFKA_BOOTSTRAP").expect("LOADGEN_KAFKA_BOOTSTRAP=host:port of an Apache Kafka broker");
+    let addr: SocketAddr = boot.parse().expect("LOADGEN_KAFKA_BOOTSTRAP is host:port");
+    let dir = tempfile::tempdir().unwrap();
+    // Group ids unique per test run (a Kafka outlives the test).
+    let id = std::process::id();
+    steady(addr, dir.path(), &format!("cg-steady-{id}"));
+    churn(addr, dir.path(), &format!("cg-churn-{id}"));
 }
