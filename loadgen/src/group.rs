@@ -679,6 +679,7 @@ pub fn run_member(spec: MemberSpec, clock: Clock, metrics: Arc<Metrics>, done: A
         let mut result: Result<(), GroupErr> = Ok(());
         // A Heartbeat or OffsetCommit was answered (the coordinator works again).
         let mut contacted = false;
+        let mut commit_failed = false;
         if need_join {
             if unassigned_since.elapsed() > Duration::from_secs(60) {
                 fail(format!("consumer group {}: no assignment for 60 s (last: {last_err})", spec.group_id));
@@ -714,6 +715,7 @@ pub fn run_member(spec: MemberSpec, clock: Clock, metrics: Arc<Metrics>, done: A
             if result.is_ok() && now >= next_commit {
                 next_commit = now + commit_every;
                 result = me.commit();
+                commit_failed = result.is_err();
                 contacted = true;
             }
         }
@@ -734,8 +736,12 @@ pub fn run_member(spec: MemberSpec, clock: Clock, metrics: Arc<Metrics>, done: A
                     last_err = format!("error code {code}");
                     if !need_join {
                         // Commit what was consumed before giving the partitions up (accepted while
-                        // the group prepares the rebalance with this generation).
-                        let _ = me.commit();
+                        // the group prepares the rebalance with this generation; an error is
+                        // counted by `commit`, and the next owner re-reads from the older offset:
+                        // those records come back as duplicates).
+                        if code == 27 && !commit_failed {
+                            let _ = me.commit();
+                        }
                         need_join = true;
                     }
                     if code == 25 {

@@ -1322,7 +1322,14 @@ fn build_result(
             target_rate,
             key_distributor: format!("{:?}", w.key_distributor),
             producers: w.topics * w.producers_per_topic,
-            consumers: if opts.sink { 0 } else { w.topics * w.subscriptions_per_topic * w.consumer_per_subscription },
+            // Group mode: one group per subscription, subscribed to every topic.
+            consumers: if opts.sink {
+                0
+            } else if w.consumer_mode == crate::workload::ConsumerMode::Group {
+                w.subscriptions_per_topic * w.consumer_per_subscription
+            } else {
+                w.topics * w.subscriptions_per_topic * w.consumer_per_subscription
+            },
             batch_size: w.batch_size,
             linger_ms: w.linger_ms,
             max_in_flight: w.max_in_flight,
