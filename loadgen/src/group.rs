@@ -850,6 +850,192 @@ fn finish_rebalance(m: &Metrics, from: &mut Option<u64>, clock: Clock) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testbroker::{header, respond, serve, Served};
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+    use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+    use std::sync::Mutex;
+
+    /// What the scripted coordinator saw.
+    #[derive(Default)]
+    struct Seen {
+        joins: u32,
+        /// The records were served; the next Heartbeat answers ILLEGAL_GENERATION once.
+        served: bool,
+        illegal_sent: bool,
+        committed: Vec<i64>,
+        left: bool,
+    }
+
+    /// A scripted group coordinator (`crate::testbroker`) for one member of group "g" on topic
+    /// "t" (1 partition): JoinGroup answers follow `join` then 0 (each success a new
+    /// generation, the member its leader); the first Heartbeat after the records were served
+    /// answers ILLEGAL_GENERATION, the others 0; SyncGroup echoes the leader's assignment;
+    /// OffsetFetch knows no committed offset; Fetch serves 5 records at offset 0.
+    fn coordinator(join: Vec<i16>) -> (SocketAddr, Arc<Mutex<Seen>>) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let s2 = seen.clone();
+        let join = Mutex::new(join.into_iter());
+        let apis = vec![
+            (ApiKey::FindCoordinator, 0, 3),
+            (ApiKey::JoinGroup, 0, 7),
+            (ApiKey::SyncGroup, 0, 5),
+            (ApiKey::Heartbeat, 0, 4),
+            (ApiKey::LeaveGroup, 0, 4),
+            (ApiKey::OffsetCommit, 0, 8),
+            (ApiKey::OffsetFetch, 0, 7),
+            (ApiKey::Fetch, 4, 12),
+        ];
+        let addr_cell: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        let a2 = addr_cell.clone();
+        let addr = serve(apis, None, move |s, key, v, mut frame| {
+            let me = a2.lock().unwrap().expect("address set");
+            match ApiKey::try_from(key) {
+                Ok(ApiKey::FindCoordinator) => {
+                    let h = header::<FindCoordinatorRequest>(&mut frame, v);
+                    let r = FindCoordinatorResponse::default()
+                        .with_node_id(BrokerId(1))
+                        .with_host(StrBytes::from(me.ip().to_string()))
+                        .with_port(me.port() as i32);
+                    respond(s, h.correlation_id, v, &r);
+                }
+                Ok(ApiKey::JoinGroup) => {
+                    let h = header::<JoinGroupRequest>(&mut frame, v);
+                    let req = JoinGroupRequest::decode(&mut frame, v).unwrap();
+                    let code = join.lock().unwrap().next().unwrap_or(0);
+                    let mut seen = s2.lock().unwrap();
+                    let r = if code == 0 {
+                        seen.joins += 1;
+                        let m = StrBytes::from_static_str("m-1");
+                        JoinGroupResponse::default()
+                            .with_generation_id(seen.joins as i32)
+                            .with_protocol_name(Some(req.protocols[0].name.clone()))
+                            .with_leader(m.clone())
+                            .with_member_id(m.clone())
+                            .with_members(vec![JoinGroupResponseMember::default().with_member_id(m).with_metadata(req.protocols[0].metadata.clone())])
+                    } else {
+                        JoinGroupResponse::default().with_error_code(code)
+                    };
+                    respond(s, h.correlation_id, v, &r);
+                }
+                Ok(ApiKey::SyncGroup) => {
+                    let h = header::<SyncGroupRequest>(&mut frame, v);
+                    let req = SyncGroupRequest::decode(&mut frame, v).unwrap();
+                    let a = req.assignments.first().map(|a| a.assignment.clone()).unwrap_or_default();
+                    respond(s, h.correlation_id, v, &SyncGroupResponse::default().with_assignment(a));
+                }
+                Ok(ApiKey::Heartbeat) => {
+                    let h = header::<HeartbeatRequest>(&mut frame, v);
+                    let mut seen = s2.lock().unwrap();
+                    let code = if seen.served && !seen.illegal_sent {
+                        seen.illegal_sent = true;
+                        22
+                    } else {
+                        0
+                    };
+                    respond(s, h.correlation_id, v, &HeartbeatResponse::default().with_error_code(code));
+                }
+                Ok(ApiKey::OffsetFetch) => {
+                    let h = header::<OffsetFetchRequest>(&mut frame, v);
+                    // No committed offset (-1): the member starts at the run's start offset.
+                    use kafka_protocol::messages::offset_fetch_response::{OffsetFetchResponsePartition, OffsetFetchResponseTopic};
+                    let r = OffsetFetchResponse::default().with_topics(vec![OffsetFetchResponseTopic::default()
+                        .with_name(topic_name("t"))
+                        .with_partitions(vec![OffsetFetchResponsePartition::default().with_partition_index(0).with_committed_offset(-1)])]);
+                    respond(s, h.correlation_id, v, &r);
+                }
+                Ok(ApiKey::OffsetCommit) => {
+                    let h = header::<OffsetCommitRequest>(&mut frame, v);
+                    let req = OffsetCommitRequest::decode(&mut frame, v).unwrap();
+                    s2.lock().unwrap().committed.push(req.topics[0].partitions[0].committed_offset);
+                    let r = OffsetCommitResponse::default().with_topics(vec![OffsetCommitResponseTopic::default()
+                        .with_name(topic_name("t"))
+                        .with_partitions(vec![OffsetCommitResponsePartition::default().with_partition_index(0)])]);
+                    respond(s, h.correlation_id, v, &r);
+                }
+                Ok(ApiKey::LeaveGroup) => {
+                    let h = header::<LeaveGroupRequest>(&mut frame, v);
+                    s2.lock().unwrap().left = true;
+                    respond(s, h.correlation_id, v, &LeaveGroupResponse::default());
+                }
+                Ok(ApiKey::Fetch) => {
+                    let h = header::<FetchRequest>(&mut frame, v);
+                    let req = FetchRequest::decode(&mut frame, v).unwrap();
+                    let off = req.topics[0].partitions[0].fetch_offset;
+                    if off == 0 {
+                        s2.lock().unwrap().served = true;
+                    }
+                    let data = (off == 0).then(|| {
+                        let mut b = crate::encode::BatchBuilder::new(4096);
+                        for i in 0..5 {
+                            b.append(None, &[7; 20], 0, i, 0, 1000);
+                        }
+                        Bytes::from(b.finish().0)
+                    });
+                    if data.is_none() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let r = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+                        .with_topic(topic_name("t"))
+                        .with_partitions(vec![PartitionData::default().with_partition_index(0).with_high_watermark(5).with_records(data)])]);
+                    respond(s, h.correlation_id, v, &r);
+                }
+                _ => return Served::Close,
+            }
+            Served::Continue
+        });
+        *addr_cell.lock().unwrap() = Some(addr);
+        (addr, seen)
+    }
+
+    /// NOT_COORDINATOR on the first JoinGroup: find the coordinator again; ILLEGAL_GENERATION on
+    /// a Heartbeat after the records were consumed: rejoin (a new generation, timed) without a
+    /// commit (the generation is gone), so the records come again from the start offset: they
+    /// count as duplicates, not as consumed. Both codes counted, the final commit at the high
+    /// watermark, LeaveGroup at the end.
+    #[test]
+    fn a_member_refinds_the_coordinator_and_rejoins_on_the_error_codes() {
+        let (addr, seen) = coordinator(vec![16]);
+        let metrics = Arc::new(Metrics::new(true));
+        metrics.consumer.init_partition(0, "t", 0, 0, true);
+        metrics.consumer.started.store(true, Ordering::SeqCst);
+        let done = Arc::new(AtomicBool::new(false));
+        let spec = MemberSpec {
+            group_id: "g".into(),
+            sub: 0,
+            topics: vec![("t".into(), 1)],
+            brokers: vec![addr],
+            reset: [(("t".to_string(), 0), 0)].into_iter().collect(),
+            settings: GroupSettings { commit_interval_ms: 50, heartbeat_interval_ms: 30, session_timeout_ms: 6000, rebalance_timeout_ms: 6000, assignor: Assignor::Range },
+            max_wait_ms: 10,
+            join_after_s: None,
+            leave_after_s: None,
+            slot: 0,
+        };
+        let (m, d) = (metrics.clone(), done.clone());
+        let h = std::thread::spawn(move || run_member(spec, Clock::new(), m, d));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let dups = || metrics.consumer.duplicates.load(Ordering::SeqCst);
+        while !(seen.lock().unwrap().joins >= 2 && dups() >= 5) {
+            assert!(Instant::now() < deadline, "joins {} consumed {}", seen.lock().unwrap().joins, metrics.consumed.load(Ordering::SeqCst));
+            assert_eq!(metrics.fatal(), None);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        done.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        assert_eq!(metrics.fatal(), None);
+        assert_eq!(metrics.consumed.load(Ordering::SeqCst), 5, "each record once");
+        assert_eq!(dups(), 5, "the re-delivered records are duplicates");
+        let codes = crate::consumer::locked(&metrics.consumer.group.errors_by_code).clone();
+        assert_eq!(codes.get(&16), Some(&1), "{codes:?}");
+        assert_eq!(codes.get(&22), Some(&1), "{codes:?}");
+        assert_eq!(metrics.consumer.generation_counts(), (0, 2));
+        assert!(metrics.consumer.group.member_rejoins.load(Ordering::SeqCst) >= 2);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.committed.last(), Some(&5), "{:?}", seen.committed);
+        assert!(seen.left, "LeaveGroup at the end");
+        assert_eq!(metrics.consumer.lag(), (Some(0), Some(0)));
+    }
 
     fn members(n: usize, topics: &[&str]) -> Vec<(String, Vec<String>)> {
         (0..n).map(|i| (format!("m{i}"), topics.iter().map(|t| t.to_string()).collect())).collect()
