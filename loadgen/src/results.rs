@@ -294,8 +294,18 @@ pub struct Publish {
     pub records: u64,
     pub bytes: u64,
     pub errors: u64,
+    /// The throughput the target achieved: records scheduled in the measured window and
+    /// acknowledged by the window's end + `accounting.ack_grace_s`, per second of the window
+    /// (the figure `target_met` and the search judge). A target that falls behind the offered
+    /// rate shows its real rate here, not the offered one.
     pub records_per_s: f64,
     pub bytes_per_s: f64,
+    /// Records of the window acknowledged at any time (the drain included) per second of the
+    /// window: what `records_per_s` was before 2026-12-07. Equals `records_per_s` when the
+    /// target kept up; NOT a throughput when it fell behind (the drain's acks are counted
+    /// against the window's length). Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_per_s_incl_drain: Option<f64>,
     /// ack time − intended send time (coordinated-omission-correct).
     pub latency_us: Latency,
     /// actual send (hand-off to the client) − intended send time.
@@ -420,6 +430,7 @@ pub struct Trial {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HalfRate {
     pub target_rate: f64,
+    /// Records of the window acknowledged by its end + grace, per second (as `publish.records_per_s`).
     pub records_per_s: f64,
     pub events_per_day: f64,
     pub latency_us: Latency,
