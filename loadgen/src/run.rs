@@ -390,16 +390,28 @@ impl Collector {
 
     /// Sleep until the next tick (1 s after the last, or `boundary_ns` if sooner), updating the bar.
     fn wait(&self, boundary_ns: u64) {
+        self.wait_or(boundary_ns, || false)
+    }
+
+    /// [`Collector::wait`], returning as soon as `done()` holds (checked every 5 ms): a drain
+    /// ends when its last ack is in, not at the next whole second (a search's many trials would
+    /// otherwise idle ~0.5 s each).
+    fn wait_or(&self, boundary_ns: u64, done: impl Fn() -> bool) {
         let target = (self.last_ns + 1_000_000_000).min(boundary_ns.max(self.last_ns + 1_000_000));
+        let mut next_bar = self.clock.now_ns();
         while self.clock.now_ns() < target {
-            if self.metrics.stopped() || INTERRUPTED.load(Ordering::Relaxed) {
+            if self.metrics.stopped() || INTERRUPTED.load(Ordering::Relaxed) || done() {
                 return;
             }
-            if let Some(b) = &self.bar {
-                b.inc(1);
+            let now = self.clock.now_ns();
+            if now >= next_bar {
+                if let Some(b) = &self.bar {
+                    b.inc(1);
+                }
+                next_bar = now + 100_000_000;
             }
-            let step = (target - self.clock.now_ns().min(target)).min(100_000_000);
-            sleep_until(&self.clock, self.clock.now_ns() + step);
+            let step = (target - now.min(target)).min(5_000_000);
+            sleep_until(&self.clock, now + step);
         }
     }
 
@@ -749,8 +761,9 @@ impl Ctx<'_> {
             if !p.search {
                 col.set_phase_bar(ld, p.drain_s);
             }
-            while !(self.halted() || prods.finished() && (p.search || self.consumers_caught_up())) && clock.now_ns() < deadline {
-                col.wait(deadline);
+            let drained = || prods.finished() && (p.search || self.consumers_caught_up());
+            while !(self.halted() || drained()) && clock.now_ns() < deadline {
+                col.wait_or(deadline, drained);
                 if col.due(deadline) {
                     col.tick(ld, true, false);
                 }
@@ -818,15 +831,18 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
         let full = |rate: f64| PhaseSpec { rate, warm_s: w.warmup_s(), dur_s: w.duration_s(), drain_s: w.drain_seconds, search: false };
         if w.producer_rate == 0.0 {
             let mut s = search_max_rate(&ctx, &mut col)?;
-            // Confirm the found rate with a full-length run; step down 20 % (at most 4 times)
-            // until one passes: a full-length run meets stalls a short trial may not.
-            // No rate passed: one full-length run at the first rate tried, so the result shows
+            // Confirm the found rate with a full-length run; step down (CONFIRM_STEP_DOWN)
+            // until one passes: a full-length run meets stalls and backlogs a short trial may not.
+            // No rate passed: one full-length run at the lowest rate tried, so the result shows
             // what the machine did there (not confirmed; exit 5).
             let bound_us = s.p99_bound_us;
-            let (mut rate, tries) = if s.max_rate > 0.0 { (s.max_rate, 5) } else { (w.search_start_rate, 1) };
+            // (No rate passed: the lowest rate tried.)
+            let lowest = s.trials.iter().map(|t| t.target_rate).fold(w.search_start_rate, f64::min);
+            let (mut rate, tries) = if s.max_rate > 0.0 { (s.max_rate, CONFIRM_STEP_DOWN.len() + 1) } else { (lowest, 1) };
             if s.max_rate <= 0.0 && !ctx.opts.quiet {
                 eprintln!("no rate kept p99 publish latency within {} ms; measuring {} rec/s full-length", w.p99_bound_ms, rate);
             }
+            let mut steps = CONFIRM_STEP_DOWN.iter();
             for _ in 0..tries {
                 let (ph, cpu) = ctx.run_phase(&mut col, &full(rate), n_consumers)?;
                 producer_cpu_s += cpu;
@@ -852,10 +868,10 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
                     s.max_rate = rate;
                     break;
                 }
-                if stop {
-                    break;
+                match steps.next() {
+                    Some(f) if !stop => rate *= f,
+                    _ => break,
                 }
-                rate *= 0.8;
             }
             if s.confirmed && !ctx.halted() {
                 let (ph, cpu) = ctx.run_phase(&mut col, &full(s.max_rate / 2.0), n_consumers)?;
@@ -1078,7 +1094,16 @@ fn print_trial(ctx: &Ctx<'_>, t: &Trial) {
 }
 
 /// The rule a rate's verdict follows (stated in the result).
-pub const SEARCH_RULE: &str = "a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass; ramp x4 from searchStartRate (default 2,000 rec/s), geometric bisection to 5 %, then full-length confirmation runs stepping down 20 % (at most 4 times) until one passes";
+pub const SEARCH_RULE: &str = "a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass; ramp x4 up from searchStartRate (default 2,000 rec/s) while rates pass, or /4 down (at most 6 times) while they fail, geometric bisection to 5 %, then full-length confirmation runs stepping down 5 %, 5 %, 10 %, 20 % until one passes";
+
+/// Ramp steps down (/4 each) when the start rate fails.
+const SEARCH_RAMP_DOWN_MAX: u32 = 6;
+
+/// After a failed full-length confirmation, the next one is at this fraction of the failed rate
+/// (then the search gives up: not confirmed). Small first steps: a 1 s trial over-rates a
+/// full-length run by a few percent (a backlog growing 3 % a second stays under a 50 ms bound
+/// for 1 s, not for 8 s), and a 20 % step made the answer jump by 20 % between searches.
+pub const CONFIRM_STEP_DOWN: [f64; 4] = [0.95, 0.95, 0.9, 0.8];
 
 /// The `producerRate: 0` search: ramp (×4 from `searchStartRate`) until a rate fails, then bisect
 /// (geometric) between the last pass and the first failure down to 5 %. A rate's verdict is the
@@ -1119,16 +1144,26 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
         }
         Ok(pass == 2)
     };
+    // Ramp x4 up from the start rate while rates pass; if the start rate itself fails, /4 down
+    // (at most 6 times) until one passes: a start near the answer saves the slow low rates.
     let mut lo = 0.0f64;
     let mut hi = f64::INFINITY;
     let mut r = w.search_start_rate;
+    let mut down = 0;
     while r <= crate::workload::PRODUCER_RATE_MAX && !ctx.halted() {
         if rate_passes("ramp", r, col)? {
             lo = r;
+            if hi.is_finite() {
+                break;
+            }
             r *= 4.0;
         } else {
             hi = r;
-            break;
+            if lo > 0.0 || down == SEARCH_RAMP_DOWN_MAX || r / 4.0 < 1.0 {
+                break;
+            }
+            down += 1;
+            r /= 4.0;
         }
     }
     let mut steps = 0;
