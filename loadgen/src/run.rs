@@ -652,6 +652,28 @@ struct PhaseRun {
 }
 
 impl PhaseRun {
+    /// The phase's figures once its producers have ended: the accounting (final then), and the
+    /// collector's totals of the window.
+    fn collect(col: &Collector, m: &Metrics, rate: f64, window_s: f64, grace_s: f64, measured: bool, halted: bool) -> PhaseRun {
+        let (warmup, _) = snapshot_acct(m, 0);
+        let (measure, censored) = snapshot_acct(m, 1);
+        PhaseRun {
+            rate,
+            window_s,
+            grace_s,
+            warmup,
+            measure,
+            publish: col.total_publish.clone(),
+            censored,
+            delay: col.total_delay.clone(),
+            e2e: col.total_e2e.clone(),
+            consumed: col.measured_consumed,
+            consumed_s: col.measured_s,
+            measured,
+            halted,
+        }
+    }
+
     /// Records of the window acknowledged by its end + grace, per second of the window.
     /// With acks=0 (nothing is answered) the records written count instead.
     fn achieved(&self) -> f64 {
@@ -776,23 +798,7 @@ impl Ctx<'_> {
             self.flush_consumers(n_consumers);
         }
         col.tick(ld, measured, false);
-        let (warmup, _) = snapshot_acct(m, 0);
-        let (measure, censored) = snapshot_acct(m, 1);
-        let run = PhaseRun {
-            rate: p.rate,
-            window_s,
-            grace_s,
-            warmup,
-            measure,
-            publish: col.total_publish.clone(),
-            censored,
-            delay: col.total_delay.clone(),
-            e2e: col.total_e2e.clone(),
-            consumed: col.measured_consumed,
-            consumed_s: col.measured_s,
-            measured,
-            halted: self.halted(),
-        };
+        let run = PhaseRun::collect(col, m, p.rate, window_s, grace_s, measured, self.halted());
         Ok((run, cpu))
     }
 }
@@ -951,25 +957,9 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
             let produced_s = (clock.now_ns().saturating_sub(s0)) as f64 / 1e9;
             producer_cpu_s += prods.join(&metrics);
             col.tick("drain", true, false);
-            let (warmup, _) = snapshot_acct(&metrics, 0);
-            let (measure, censored) = snapshot_acct(&metrics, 1);
             // The producers' window is the whole run (backlog + drain): publish figures and
             // accounting cover every record produced; the drain rate is in `drain`.
-            main = Some(PhaseRun {
-                rate: target_rate,
-                window_s: produced_s,
-                grace_s: 0.0,
-                warmup,
-                measure,
-                publish: col.total_publish.clone(),
-                censored,
-                delay: col.total_delay.clone(),
-                e2e: col.total_e2e.clone(),
-                consumed: col.measured_consumed,
-                consumed_s: col.measured_s,
-                measured: true,
-                halted: ctx.halted(),
-            });
+            main = Some(PhaseRun::collect(&col, &metrics, target_rate, produced_s, 0.0, true, ctx.halted()));
             return Ok(());
         }
         let (ph, cpu) = ctx.run_phase(&mut col, &full(target_rate), n_consumers)?;
