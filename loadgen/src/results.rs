@@ -294,12 +294,22 @@ pub struct Publish {
     pub records: u64,
     pub bytes: u64,
     pub errors: u64,
-    /// The throughput the target achieved: records scheduled in the measured window and
-    /// acknowledged by the window's end + `accounting.ack_grace_s`, per second of the window
-    /// (the figure `target_met` and the search judge). A target that falls behind the offered
-    /// rate shows its real rate here, not the offered one.
+    /// The throughput the target achieved: when it kept up (`target_met`),
+    /// `records_in_time_per_s` (the offered rate it sustained); when it did not,
+    /// `acks_in_window_per_s` (its real rate). Never the offered rate of a target that fell
+    /// behind. Backlog runs: every acknowledged record over the producers' whole run.
     pub records_per_s: f64,
     pub bytes_per_s: f64,
+    /// Records scheduled in the window and acknowledged by its end + `accounting.ack_grace_s`,
+    /// per second of the window: the figure `target_met` (>= 97 % of the target) and the search
+    /// judge. Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_in_time_per_s: Option<f64>,
+    /// Acks the target delivered during the measured window (records of any phase: one behind
+    /// schedule spends the window's start on the warmup's backlog), per second of the window.
+    /// Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks_in_window_per_s: Option<f64>,
     /// Records of the window acknowledged at any time (the drain included) per second of the
     /// window: what `records_per_s` was before 2026-12-07. Equals `records_per_s` when the
     /// target kept up; NOT a throughput when it fell behind (the drain's acks are counted
