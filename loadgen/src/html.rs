@@ -550,7 +550,7 @@ pub fn render_with(runs: &[(PathBuf, RunResult)], compare: Option<&CompareView>)
         let l = &r.publish.latency_us;
         let target = if r.workload.target_rate > 0.0 { r.workload.target_rate } else { r.workload.producer_rate };
         let frac = if target > 0.0 { r.publish.records_per_s / target } else { f64::NAN };
-        let short = frac.is_finite() && frac < 0.97;
+        let short = frac.is_finite() && (frac < 0.97 || !r.target_met);
         let _ = writeln!(
             html,
             "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{} {} fsync={}</td><td class=\"{}\">{}</td><td>{:.1}</td><td>{}</td><td>{:.0}</td><td class=\"{}\">{}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3e}</td></tr>",

@@ -365,8 +365,28 @@ pub struct Publish {
     pub records: u64,
     pub bytes: u64,
     pub errors: u64,
+    /// The throughput the target achieved: when it kept up (`target_met`),
+    /// `records_in_time_per_s` (the offered rate it sustained); when it did not,
+    /// `acks_in_window_per_s` (its real rate). Never the offered rate of a target that fell
+    /// behind. Backlog runs: every acknowledged record over the producers' whole run.
     pub records_per_s: f64,
     pub bytes_per_s: f64,
+    /// Records scheduled in the window and acknowledged by its end + `accounting.ack_grace_s`,
+    /// per second of the window: the figure `target_met` (>= 97 % of the target) and the search
+    /// judge. Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_in_time_per_s: Option<f64>,
+    /// Acks the target delivered during the measured window (records of any phase: one behind
+    /// schedule spends the window's start on the warmup's backlog), per second of the window.
+    /// Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks_in_window_per_s: Option<f64>,
+    /// Records of the window acknowledged at any time (the drain included) per second of the
+    /// window: what `records_per_s` was before 2026-12-07. Equals `records_per_s` when the
+    /// target kept up; NOT a throughput when it fell behind (the drain's acks are counted
+    /// against the window's length). Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_per_s_incl_drain: Option<f64>,
     /// ack time − intended send time (coordinated-omission-correct).
     pub latency_us: Latency,
     /// actual send (hand-off to the client) − intended send time.
@@ -500,6 +520,7 @@ pub struct Trial {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HalfRate {
     pub target_rate: f64,
+    /// Records of the window acknowledged by its end + grace, per second (as `publish.records_per_s`).
     pub records_per_s: f64,
     pub events_per_day: f64,
     pub latency_us: Latency,
