@@ -133,6 +133,10 @@ pub struct Workload {
     /// Bytes of each header's value.
     #[serde(default = "default_header_value_bytes")]
     pub header_value_bytes: u32,
+    /// External brokers: TLS and SASL (`protocol`, `saslMechanism`, `saslCredentialsFile`,
+    /// `tlsCaFile`, `tlsCertFile`, `tlsKeyFile`, `tlsVerifyHostname`; see `security.rs`).
+    #[serde(default, skip_serializing_if = "crate::security::SecurityConfig::is_default")]
+    pub security: crate::security::SecurityConfig,
 }
 
 /// `keys: {distribution, count, zipfS}`.
@@ -334,6 +338,7 @@ impl Workload {
 
     /// Check ranges; an impossible rate or size is refused here, before any connection.
     pub fn validate(&self) -> Result<(), String> {
+        self.security.validate()?;
         if self.name.trim().is_empty() {
             return Err("name must not be empty".into());
         }
@@ -528,6 +533,8 @@ pub struct Overrides {
     /// Judged seconds of each max-rate search trial (searchStepSeconds).
     #[arg(long)]
     pub search_step: Option<f64>,
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
 }
 
 impl Overrides {
@@ -594,6 +601,7 @@ impl Overrides {
             w.keys = Some(k.clone());
             w.apply_keys()?;
         }
+        self.security.apply(&mut w.security);
         if let Some(h) = &self.headers {
             let bad = || format!("--headers {h:?}: want N[:BYTES]");
             let (n, b) = h.split_once(':').map_or((h.as_str(), None), |(n, b)| (n, Some(b)));
