@@ -944,6 +944,92 @@ mod tests {
         assert!(Credentials::parse("username=alice\n", "f").is_err());
     }
 
+    fn data(name: &str) -> String {
+        format!("{}/tests/data/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// A TLS server on loopback (certificate for `broker.test` only, signed by tests/data/tls/ca.pem)
+    /// that answers every size-prefixed frame with the same frame.
+    fn tls_echo_server() -> SocketAddr {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(data("server.pem")).unwrap().map(|c| c.unwrap()).collect();
+        let key = PrivateKeyDer::from_pem_file(data("server.key")).unwrap();
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for tcp in l.incoming().flatten() {
+                let cfg = cfg.clone();
+                std::thread::spawn(move || {
+                    let mut s = rustls::StreamOwned::new(rustls::ServerConnection::new(cfg).unwrap(), tcp);
+                    while let Ok(f) = crate::client::read_frame(&mut s) {
+                        let mut out = (f.len() as u32).to_be_bytes().to_vec();
+                        out.extend_from_slice(&f);
+                        if s.write_all(&out).and_then(|_| s.flush()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn ssl(ca: &str, verify_hostname: bool) -> Security {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(data(ca)).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        Security::with(Protocol::Ssl, Some(build_tls_config(roots, None, verify_hostname).unwrap()), None)
+    }
+
+    /// The certificate names broker.test: connecting to 127.0.0.1 fails the name check unless
+    /// it is switched off; the chain is checked either way; a remembered host name is used.
+    #[test]
+    fn hostname_verification_and_its_switch() {
+        let addr = tls_echo_server();
+        let t = Duration::from_secs(10);
+        let e = connect_stream(&ssl("ca.pem", true), addr, t, t).err().expect("name mismatch refused");
+        assert!(e.contains("not valid for name \"127.0.0.1\""), "{e}");
+        connect_stream(&ssl("ca.pem", false), addr, t, t).expect("name not checked");
+        let e = connect_stream(&ssl("other-ca.pem", false), addr, t, t).err().expect("unknown issuer refused");
+        assert!(e.contains("UnknownIssuer"), "{e}");
+        remember_host(addr, "broker.test");
+        connect_stream(&ssl("ca.pem", true), addr, t, t).expect("the host name the address came from is verified");
+    }
+
+    /// One thread writes requests (sizes from 10 B to 1 MiB) while another reads the answers on
+    /// a clone of the same TLS stream, as a produce connection does; every byte comes back.
+    #[test]
+    fn a_tls_stream_is_written_and_read_by_two_threads() {
+        let addr = tls_echo_server();
+        let t = Duration::from_secs(30);
+        let mut w = connect_stream(&ssl("ca.pem", false), addr, t, t).unwrap();
+        assert!(w.is_tls());
+        let mut r = w.try_clone().unwrap();
+        const N: usize = 120;
+        let size = |i: usize| [10, 1000, 70_000, 1 << 20][i % 4];
+        let reader = std::thread::spawn(move || {
+            for i in 0..N {
+                let f = crate::client::read_frame(&mut r).expect("answer");
+                assert_eq!(f.len(), size(i), "frame {i}");
+                assert!(f.iter().all(|b| *b == i as u8), "frame {i} content");
+            }
+        });
+        for i in 0..N {
+            let mut f = (size(i) as u32).to_be_bytes().to_vec();
+            f.resize(4 + size(i), i as u8);
+            w.write_all(&f).unwrap();
+        }
+        reader.join().unwrap();
+    }
+
     #[test]
     fn settings_that_do_not_fit_the_protocol_are_refused() {
         let mut c = SecurityConfig { tls_ca_file: Some("x".into()), ..Default::default() };
