@@ -1030,6 +1030,35 @@ mod tests {
         reader.join().unwrap();
     }
 
+    /// The workload's `security` block, its unknown fields refused, and the CLI overrides.
+    #[test]
+    fn workload_security_block_and_cli_overrides() {
+        let w = crate::workload::Workload::from_yaml(
+            "name: x\nsecurity:\n  protocol: SASL_SSL\n  saslMechanism: SCRAM-SHA-512\n  tlsCaFile: ca.pem\n  tlsVerifyHostname: false\n",
+        )
+        .unwrap();
+        assert_eq!(w.security.protocol, Protocol::SaslSsl);
+        assert_eq!(w.security.sasl_mechanism, Some(Mechanism::ScramSha512));
+        assert_eq!(w.security.tls_ca_file.as_deref(), Some("ca.pem"));
+        assert!(!w.security.tls_verify_hostname);
+        let e = crate::workload::Workload::from_yaml("name: x\nsecurity:\n  protocol: SSL\n  password: x\n").unwrap_err();
+        assert!(e.contains("unknown field `password`"), "{e}");
+        let mut w = crate::workload::Workload::from_yaml("name: x\n").unwrap();
+        assert!(w.security.is_default());
+        let o = crate::workload::Overrides {
+            security: SecurityArgs {
+                security_protocol: Some(Protocol::SaslPlaintext),
+                sasl_mechanism: Some(Mechanism::Plain),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        o.apply(&mut w).unwrap();
+        assert_eq!((w.security.protocol, w.security.sasl_mechanism), (Protocol::SaslPlaintext, Some(Mechanism::Plain)));
+        let o = crate::workload::Overrides { security: SecurityArgs { tls_no_verify_hostname: true, ..Default::default() }, ..Default::default() };
+        assert!(o.apply(&mut w).unwrap_err().contains("TLS settings"), "a TLS switch on a plaintext protocol is refused");
+    }
+
     #[test]
     fn settings_that_do_not_fit_the_protocol_are_refused() {
         let mut c = SecurityConfig { tls_ca_file: Some("x".into()), ..Default::default() };
