@@ -769,12 +769,16 @@ impl KafkaTransport {
         self.metrics.producer.metadata_refreshes.fetch_add(1, Ordering::Relaxed);
         let topic = self.topic.0.to_string();
         let mut md = None;
+        let mut last_err = String::new();
         for a in self.known.clone() {
             let r = Conn::connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2))
                 .and_then(|mut c| c.metadata(Some(std::slice::from_ref(&topic)), false));
-            if let Ok(m) = r {
-                md = Some(m);
-                break;
+            match r {
+                Ok(m) => {
+                    md = Some(m);
+                    break;
+                }
+                Err(e) => last_err = e,
             }
         }
         let mut still = false;
@@ -784,8 +788,9 @@ impl KafkaTransport {
             let since = *self.unreachable_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= UNREACHABLE_MAX && !self.metrics.stopped() {
                 let list: Vec<String> = self.known.iter().map(|a| a.to_string()).collect();
+                // The last error says why (e.g. "SASL authentication failed …" on reconnect).
                 self.metrics.fail(format!(
-                    "connection lost and no broker answers Metadata for {} s (tried {})",
+                    "connection lost and no broker answers Metadata for {} s (tried {}; last: {last_err})",
                     UNREACHABLE_MAX.as_secs(),
                     list.join(", ")
                 ));
