@@ -803,7 +803,6 @@ const SCRAM_ITERATIONS_MAX: u32 = 1 << 20;
 /// The client side of a SCRAM exchange (RFC 5802, RFC 7677), without channel binding (`n,,`).
 pub struct Scram {
     hash: ScramHash,
-    username: String,
     password: String,
     nonce: String,
     client_first_bare: String,
@@ -820,7 +819,6 @@ impl Scram {
         let client_first_bare = format!("n={},r={nonce}", saslname(&creds.username));
         Scram {
             hash,
-            username: creds.username.clone(),
             password: creds.password.clone(),
             nonce: nonce.into(),
             client_first_bare,
@@ -835,7 +833,6 @@ impl Scram {
     /// The client-final message for this server-first message; keeps the expected server
     /// signature.
     pub fn client_final(&mut self, server_first: &str) -> Result<String, String> {
-        let _ = &self.username;
         let (mut r, mut s, mut i) = (None, None, None);
         for attr in server_first.split(',') {
             match attr.split_once('=') {
