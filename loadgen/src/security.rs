@@ -892,6 +892,7 @@ impl Scram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
 
     /// RFC 7677 section 3: user "user", password "pencil".
     #[test]
@@ -1054,6 +1055,86 @@ mod tests {
         assert_eq!((w.security.protocol, w.security.sasl_mechanism), (Protocol::SaslPlaintext, Some(Mechanism::Plain)));
         let o = crate::workload::Overrides { security: SecurityArgs { tls_no_verify_hostname: true, ..Default::default() }, ..Default::default() };
         assert!(o.apply(&mut w).unwrap_err().contains("TLS settings"), "a TLS switch on a plaintext protocol is refused");
+    }
+
+    /// A SASL server on loopback (one connection): ApiVersions, SaslHandshake enabling only
+    /// `enabled`, then SCRAM-SHA-256 whose server-final is signed with the keys of `sign_with`
+    /// (the client's password: an honest broker; another: an impostor). It does not check the
+    /// client's proof: the test is about the client's check of the server.
+    fn sasl_server(enabled: &'static str, sign_with: &'static str) -> SocketAddr {
+        use bytes::{BufMut, BytesMut};
+        use kafka_protocol::messages::api_versions_response::ApiVersion;
+        use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
+        use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+        fn respond<R: Encodable + HeaderVersion>(s: &mut TcpStream, corr: i32, v: i16, r: &R) {
+            let mut b = BytesMut::new();
+            b.put_u32(0);
+            ResponseHeader::default().with_correlation_id(corr).encode(&mut b, R::header_version(v)).unwrap();
+            r.encode(&mut b, v).unwrap();
+            let n = (b.len() - 4) as u32;
+            b[0..4].copy_from_slice(&n.to_be_bytes());
+            s.write_all(&b).unwrap();
+        }
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut scram: Option<Scram> = None;
+            while let Ok(mut f) = crate::client::read_frame(&mut s) {
+                let key = i16::from_be_bytes([f[0], f[1]]);
+                let v = i16::from_be_bytes([f[2], f[3]]);
+                if key == ApiKey::ApiVersions as i16 {
+                    let h = RequestHeader::decode(&mut f, ApiVersionsRequest::header_version(v)).unwrap();
+                    let r = ApiVersionsResponse::default().with_api_keys(vec![
+                        ApiVersion::default().with_api_key(ApiKey::SaslHandshake as i16).with_min_version(0).with_max_version(1),
+                        ApiVersion::default().with_api_key(ApiKey::SaslAuthenticate as i16).with_min_version(0).with_max_version(2),
+                    ]);
+                    respond(&mut s, h.correlation_id, v, &r);
+                } else if key == ApiKey::SaslHandshake as i16 {
+                    let h = RequestHeader::decode(&mut f, SaslHandshakeRequest::header_version(v)).unwrap();
+                    let q = SaslHandshakeRequest::decode(&mut f, v).unwrap();
+                    let code = if q.mechanism.as_str() == enabled { 0 } else { 33 }; // UNSUPPORTED_SASL_MECHANISM
+                    let r = SaslHandshakeResponse::default().with_error_code(code).with_mechanisms(vec![StrBytes::from_static_str(enabled)]);
+                    respond(&mut s, h.correlation_id, v, &r);
+                } else if key == ApiKey::SaslAuthenticate as i16 {
+                    let h = RequestHeader::decode(&mut f, SaslAuthenticateRequest::header_version(v)).unwrap();
+                    let q = SaslAuthenticateRequest::decode(&mut f, v).unwrap();
+                    let msg = String::from_utf8(q.auth_bytes.to_vec()).unwrap();
+                    let out = match scram.as_mut() {
+                        None => {
+                            let cnonce = msg.split(",r=").nth(1).unwrap().to_string();
+                            let server_first = format!("r={cnonce}srv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096");
+                            let mut k = Scram::new(ScramHash::Sha256, &Credentials::new("u", sign_with), &cnonce);
+                            k.client_final(&server_first).unwrap();
+                            scram = Some(k);
+                            server_first
+                        }
+                        Some(k) => {
+                            use base64::Engine;
+                            format!("v={}", base64::engine::general_purpose::STANDARD.encode(k.server_signature.as_ref().unwrap()))
+                        }
+                    };
+                    respond(&mut s, h.correlation_id, v, &SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(out)));
+                }
+            }
+        });
+        addr
+    }
+
+    /// Through a real connection: the broker's signature checked (an impostor's refused), and a
+    /// mechanism the broker does not enable refused with the list it offers.
+    #[test]
+    fn sasl_over_the_wire_checks_the_server_and_names_enabled_mechanisms() {
+        let creds = Credentials::new("u", "right");
+        let t = Duration::from_secs(10);
+        let mut c = Conn::connect(sasl_server("SCRAM-SHA-256", "right"), t).unwrap();
+        authenticate(&mut c, Mechanism::ScramSha256, &creds).expect("an honest broker");
+        let mut c = Conn::connect(sasl_server("SCRAM-SHA-256", "other"), t).unwrap();
+        let e = authenticate(&mut c, Mechanism::ScramSha256, &creds).unwrap_err();
+        assert!(e.contains("signature does not match"), "{e}");
+        let mut c = Conn::connect(sasl_server("PLAIN", "right"), t).unwrap();
+        let e = authenticate(&mut c, Mechanism::ScramSha512, &creds).unwrap_err();
+        assert!(e.contains("refused SCRAM-SHA-512") && e.contains("offers: PLAIN"), "{e}");
     }
 
     #[test]
