@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod encode;
 pub mod env;
 pub mod external;
+pub mod group;
 pub mod hlog;
 pub mod html;
 pub mod produce;
@@ -21,5 +22,7 @@ pub mod sink;
 pub mod size;
 pub mod stats;
 pub mod tagged;
+#[cfg(test)]
+pub mod testbroker;
 pub mod versus;
 pub mod workload;

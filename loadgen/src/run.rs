@@ -336,6 +336,7 @@ impl Collector {
         }
         let sent = m.sent.load(Ordering::Relaxed);
         let backlog = if self.subscriptions > 0 { (sent * self.subscriptions) as i64 - consumed as i64 } else { 0 };
+        let (consumer_lag, committed_lag) = m.consumer.take_lag();
         let sec = Second {
             t_s: (now - self.t0_ns) as f64 / 1e9,
             phase: phase.to_string(),
@@ -345,6 +346,8 @@ impl Collector {
             e2e_p99_us: if e2e_all.is_empty() { 0.0 } else { e2e_all.value_at_quantile(0.99) as f64 },
             errors: d_errors,
             backlog,
+            consumer_lag,
+            committed_lag,
         };
         if !self.quiet {
             let line = format!(
@@ -475,6 +478,25 @@ struct Ctx<'a> {
     clock: Clock,
     metrics: Arc<Metrics>,
     pool: Arc<PayloadPool>,
+    /// Group mode: one group id per subscription (empty in fetch mode).
+    group_ids: Vec<String>,
+}
+
+/// Group mode: the group id of each subscription — `consumerGroup` (`<id>-<n>` for several
+/// subscriptions) or `loadgen-<run id>-<workload>-<n>`.
+fn group_ids(opts: &RunOptions) -> Vec<String> {
+    let w = &opts.workload;
+    if w.consumer_mode != crate::workload::ConsumerMode::Group || opts.sink || w.consumer_per_subscription == 0 {
+        return Vec::new();
+    }
+    let run = crate::external::run_id();
+    (0..w.subscriptions_per_topic)
+        .map(|s| match &w.consumer_group {
+            Some(g) if w.subscriptions_per_topic == 1 => g.clone(),
+            Some(g) => format!("{g}-{s}"),
+            None => format!("loadgen-{run}-{}-{s}", crate::workload::sanitize(&w.name)),
+        })
+        .collect()
 }
 
 impl Ctx<'_> {
@@ -528,14 +550,37 @@ impl Ctx<'_> {
         Ok(Producers { handles, halt })
     }
 
-    /// Start consumers for every subscription; partitions spread over a subscription's consumers.
+    /// Start consumers for every subscription; partitions spread over a subscription's consumers
+    /// (fetch mode), or the members of each subscription's group (group mode). Every partition's
+    /// start position is registered for the lag series and the duplicate accounting.
     fn spawn_consumers(&self, start: &[Vec<(i32, i64)>], done: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
         let w = &self.opts.workload;
         let mut hs = Vec::new();
         if self.opts.sink || w.consumer_per_subscription == 0 {
             return hs;
         }
-        for _s in 0..w.subscriptions_per_topic {
+        let group = !self.group_ids.is_empty();
+        for s in 0..w.subscriptions_per_topic {
+            for (ti, layout) in self.setup.layouts.iter().enumerate() {
+                for (pid, _) in &layout.leaders {
+                    let off = start[ti].iter().find(|(p, _)| p == pid).map(|x| x.1).unwrap_or(0);
+                    self.metrics.consumer.init_partition(s, &layout.topic, *pid, off, group);
+                }
+            }
+        }
+        let topics = self.setup.layouts.iter().map(|l| (l.topic.clone(), l.leaders.clone())).collect();
+        let (subs, metrics, d) = (w.subscriptions_per_topic, self.metrics.clone(), done.clone());
+        if let Ok(h) = std::thread::Builder::new()
+            .name("high-watermarks".into())
+            .spawn(move || crate::consumer::sample_high_watermarks(topics, subs, Duration::from_millis(250), metrics, d))
+        {
+            hs.push(h);
+        }
+        if group {
+            hs.extend(self.spawn_members(start, done));
+            return hs;
+        }
+        for s in 0..w.subscriptions_per_topic {
             for (ti, layout) in self.setup.layouts.iter().enumerate() {
                 for c in 0..w.consumer_per_subscription {
                     // group this consumer's partitions by leader
@@ -554,7 +599,7 @@ impl Ctx<'_> {
                         let mut brokers: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
                         brokers.sort();
                         brokers.dedup();
-                        let spec = ConsumerSpec { addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100 };
+                        let spec = ConsumerSpec { sub: s, addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100 };
                         let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
                         if let Ok(h) = std::thread::Builder::new().name("consumer".into()).spawn(move || run_consumer(spec, clock, metrics, done)) {
                             hs.push(h);
@@ -564,6 +609,80 @@ impl Ctx<'_> {
             }
         }
         hs
+    }
+
+    /// Group mode: `consumerPerSubscription` members per subscription's group, subscribed to
+    /// every topic (+ the extra member of `extraConsumerJoinSeconds` in the first group).
+    fn spawn_members(&self, start: &[Vec<(i32, i64)>], done: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
+        let w = &self.opts.workload;
+        let mut hs = Vec::new();
+        let topics: Vec<(String, i32)> = self.setup.layouts.iter().map(|l| (l.topic.clone(), l.leaders.len() as i32)).collect();
+        let mut brokers: Vec<SocketAddr> = self.setup.layouts.iter().flat_map(|l| l.leaders.iter().map(|(_, a)| *a)).collect();
+        brokers.sort();
+        brokers.dedup();
+        let reset: std::collections::HashMap<(String, i32), i64> = self
+            .setup
+            .layouts
+            .iter()
+            .enumerate()
+            .flat_map(|(ti, l)| start[ti].iter().map(move |(p, o)| ((l.topic.clone(), *p), *o)))
+            .collect();
+        let settings = crate::group::GroupSettings {
+            commit_interval_ms: w.commit_interval_ms,
+            heartbeat_interval_ms: w.heartbeat_interval_ms,
+            session_timeout_ms: w.session_timeout_ms as i32,
+            rebalance_timeout_ms: (w.session_timeout_ms as i32).max(20_000),
+            assignor: w.group_assignor,
+        };
+        let mut slot = 0usize;
+        for (s, gid) in self.group_ids.iter().enumerate() {
+            let extra = if s == 0 && w.extra_consumer_join_seconds.is_some() { 1 } else { 0 };
+            for c in 0..w.consumer_per_subscription + extra {
+                let is_extra = c == w.consumer_per_subscription;
+                let spec = crate::group::MemberSpec {
+                    group_id: gid.clone(),
+                    sub: s as u32,
+                    topics: topics.clone(),
+                    brokers: brokers.clone(),
+                    reset: reset.clone(),
+                    settings: settings.clone(),
+                    max_wait_ms: 100,
+                    join_after_s: if is_extra { w.extra_consumer_join_seconds } else { None },
+                    leave_after_s: if is_extra { w.extra_consumer_leave_seconds } else { None },
+                    slot,
+                };
+                slot += 1;
+                let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
+                if let Ok(h) = std::thread::Builder::new().name("group-member".into()).spawn(move || crate::group::run_member(spec, clock, metrics, done)) {
+                    hs.push(h);
+                }
+            }
+        }
+        hs
+    }
+
+    /// Group mode: wait (at most 60 s) until every group is stable — each member synced the same
+    /// generation and fetched once, every partition assigned — then mark the start (rebalances
+    /// after it are the run's). Err when a group does not settle.
+    fn wait_groups_stable(&self) -> Result<(), String> {
+        if self.group_ids.is_empty() {
+            return Ok(());
+        }
+        let w = &self.opts.workload;
+        let parts = (w.topics * w.partitions_per_topic) as usize;
+        let groups: Vec<(String, usize, usize)> = self.group_ids.iter().map(|g| (g.clone(), w.consumer_per_subscription as usize, parts)).collect();
+        let deadline = self.clock.now_ns() + 60_000_000_000;
+        while !self.metrics.consumer.groups_stable(&groups) {
+            if self.halted() {
+                return Err(self.metrics.fatal().unwrap_or_else(|| "interrupted while the consumer groups formed".into()));
+            }
+            if self.clock.now_ns() >= deadline {
+                return Err(format!("consumer groups {} did not become stable within 60 s", self.group_ids.join(", ")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.metrics.consumer.started.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Latest offsets of every partition (where consumers start).
@@ -805,7 +924,8 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     let setup = setup(opts)?;
     let clock = Clock::new();
     let metrics = Arc::new(Metrics::new(opts.record_latency));
-    let ctx = Ctx { opts, setup: &setup, clock, metrics: metrics.clone(), pool };
+    let ctx = Ctx { opts, setup: &setup, clock, metrics: metrics.clone(), pool, group_ids: group_ids(opts) };
+    crate::consumer::locked(&metrics.consumer.group_ids).clone_from(&ctx.group_ids);
     let subs = if opts.sink { 0 } else { (w.subscriptions_per_topic * w.consumer_per_subscription.min(1)) as u64 };
     let mut col = Collector::new(clock, metrics.clone(), subs, opts.quiet);
     let started_wall_us = clock.wall_us(col.t0_ns);
@@ -822,6 +942,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
         let backlog_mode = w.consumer_backlog_size_gb > 0.0;
         if !backlog_mode {
             consumers = ctx.spawn_consumers(&start_offsets, &done);
+            ctx.wait_groups_stable()?;
         }
         let n_consumers = consumers.len();
         let full = |rate: f64| PhaseSpec { rate, warm_s: w.warmup_s(), dur_s: w.duration_s(), drain_s: w.drain_seconds, search: false };
@@ -912,6 +1033,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
             let c0 = metrics.consumed.load(Ordering::Relaxed);
             let cb0 = metrics.consumed_bytes.load(Ordering::Relaxed);
             consumers = ctx.spawn_consumers(&start_offsets, &done);
+            ctx.wait_groups_stable()?;
             let deadline = d0 + (w.drain_seconds * 1e9) as u64;
             col.set_phase_bar("drain", w.drain_seconds);
             let mut caught_up = false;
@@ -988,6 +1110,8 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
             let _ = c.join();
         }
     }
+    // Lag once the consumers ended: group members committed their positions on the way out.
+    *crate::consumer::locked(&metrics.consumer.final_lag) = Some(metrics.consumer.lag());
     let fatal = metrics.fatal();
     let interrupted = INTERRUPTED.load(Ordering::Relaxed);
     let summary = setup_summary(&setup);
@@ -1207,7 +1331,14 @@ fn build_result(
             target_rate,
             key_distributor: format!("{:?}", w.key_distributor),
             producers: w.topics * w.producers_per_topic,
-            consumers: if opts.sink { 0 } else { w.topics * w.subscriptions_per_topic * w.consumer_per_subscription },
+            // Group mode: one group per subscription, subscribed to every topic.
+            consumers: if opts.sink {
+                0
+            } else if w.consumer_mode == crate::workload::ConsumerMode::Group {
+                w.subscriptions_per_topic * w.consumer_per_subscription
+            } else {
+                w.topics * w.subscriptions_per_topic * w.consumer_per_subscription
+            },
             batch_size: w.batch_size,
             linger_ms: w.linger_ms,
             max_in_flight: w.max_in_flight,
@@ -1260,7 +1391,57 @@ fn build_result(
             col.metrics.sent.load(Ordering::Relaxed),
             col.metrics.acked.load(Ordering::Relaxed),
         )),
+        consumer: consumer_info(opts, &col.metrics, &col.series),
     }
+}
+
+/// The result's `consumer` block (None without consumers).
+fn consumer_info(opts: &RunOptions, m: &Metrics, series: &[Second]) -> Option<ConsumerInfo> {
+    let group_ids = crate::consumer::locked(&m.consumer.group_ids).clone();
+    let w = &opts.workload;
+    if opts.sink || w.consumer_per_subscription == 0 {
+        return None;
+    }
+    let lags: Vec<i64> = series.iter().filter_map(|s| s.consumer_lag).collect();
+    let committed: Vec<i64> = series.iter().filter_map(|s| s.committed_lag).collect();
+    // Final: after the consumers ended (their last commits), else the last second's.
+    let (fin, fin_committed) = crate::consumer::locked(&m.consumer.final_lag).unwrap_or((lags.last().copied(), committed.last().copied()));
+    let lag = LagInfo {
+        max: lags.iter().copied().chain(fin).max().unwrap_or(0),
+        final_: fin.unwrap_or(0),
+        committed_max: committed.iter().copied().chain(fin_committed).max(),
+        committed_final: fin_committed,
+    };
+    let group = (!group_ids.is_empty()).then(|| {
+        let g = &m.consumer.group;
+        let (at_start, rebalances) = m.consumer.generation_counts();
+        GroupInfo {
+            group_ids: group_ids.to_vec(),
+            members: w.consumer_per_subscription,
+            assignor: w.group_assignor.name().into(),
+            commit_interval_ms: w.commit_interval_ms,
+            heartbeat_interval_ms: w.heartbeat_interval_ms,
+            session_timeout_ms: w.session_timeout_ms,
+            extra_member_join_s: w.extra_consumer_join_seconds,
+            extra_member_leave_s: w.extra_consumer_leave_seconds,
+            generations_at_start: at_start,
+            rebalances,
+            member_rejoins: g.member_rejoins.load(Ordering::Relaxed),
+            rebalance_duration_us: summarize(&stats::lock(&g.rebalance_us)),
+            commits: g.commits.load(Ordering::Relaxed),
+            commit_errors: g.commit_errors.load(Ordering::Relaxed),
+            commit_latency_us: summarize(&stats::lock(&g.commit_us)),
+            heartbeats: g.heartbeats.load(Ordering::Relaxed),
+            errors_by_code: crate::consumer::locked(&g.errors_by_code).iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+        }
+    });
+    Some(ConsumerInfo {
+        mode: w.consumer_mode.name().into(),
+        records_consumed_total: m.consumed.load(Ordering::SeqCst),
+        duplicates: m.consumer.duplicates.load(Ordering::Relaxed),
+        lag,
+        group,
+    })
 }
 
 fn hlog_name(json: &Path) -> String {
@@ -1398,6 +1579,29 @@ pub fn summary_table(r: &RunResult) -> String {
             c.ns_per_record,
             c.cpu_ns_total as f64 / 1e9
         ));
+    }
+    if let Some(c) = &r.consumer {
+        let committed = c.lag.committed_max.map(|m| format!(", committed lag max {m} final {}", c.lag.committed_final.unwrap_or(0))).unwrap_or_default();
+        s.push_str(&format!(
+            "consumers ({}): {} records consumed, {} duplicate(s) (re-delivered, not counted), lag max {} final {}{committed}\n",
+            c.mode, c.records_consumed_total, c.duplicates, c.lag.max, c.lag.final_
+        ));
+        if let Some(g) = &c.group {
+            s.push_str(&format!(
+                "group {}: {} member(s), {} rebalance(s) while measuring ({} member rejoin(s), p50 {} max {}), {} commit(s) p50 {} p99 {}, {} commit error(s), errors by code {:?}\n",
+                g.group_ids.join(","),
+                g.members,
+                g.rebalances,
+                g.member_rejoins,
+                fmt_us(g.rebalance_duration_us.p50),
+                fmt_us(g.rebalance_duration_us.max),
+                g.commits,
+                fmt_us(g.commit_latency_us.p50),
+                fmt_us(g.commit_latency_us.p99),
+                g.commit_errors,
+                g.errors_by_code
+            ));
+        }
     }
     if let Some(c) = &r.calibration {
         s.push_str(&format!(

@@ -60,41 +60,7 @@ fn report_renders_charts_and_headless_chromium_shows_them() {
     assert!(html.contains("undecided (no verdict)"));
     assert!(html.matches("class=\"interval\"").count() >= 2);
 
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
-    let Some(chromium) = chromium else {
-        if std::env::var_os("LOADGEN_SKIP_BROWSER").is_some() {
-            eprintln!("LOADGEN_SKIP_BROWSER set and no chromium: skipping the browser half");
-            return;
-        }
-        panic!("headless Chromium not found: apt-get install -y chromium (or set LOADGEN_SKIP_BROWSER=1)");
-    };
-    let profile = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(chromium)
-        .args([
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", html_path.display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn chromium");
-    // Bounded: kill the browser if it hangs.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("chromium did not finish in 60 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let Some(dom) = chromium_dom(&html_path) else { return };
     for id in ["chart-spectrum", "chart-throughput", "chart-p99"] {
         assert!(dom.contains(&format!("id=\"{id}\"")), "{id} not in the rendered DOM");
     }
