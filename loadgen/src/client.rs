@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::producer::{record_ack, record_unacked, record_written_no_ack, Ready, Spare, Transport, Unacked};
 use crate::rate::Clock;
+use crate::security::BrokerStream;
 use crate::stats::{AckRecorder, Metrics};
 
 /// Largest response frame we accept.
@@ -55,6 +56,8 @@ const OURS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 pub fn topic_name(s: &str) -> TopicName {
@@ -82,7 +85,7 @@ pub fn encode_request<R: Encodable + HeaderVersion>(key: ApiKey, version: i16, c
 }
 
 /// Read one response frame (without the size prefix).
-pub fn read_frame(s: &mut TcpStream) -> std::io::Result<Bytes> {
+pub fn read_frame<S: Read>(s: &mut S) -> std::io::Result<Bytes> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let len = i32::from_be_bytes(len);
@@ -117,17 +120,23 @@ pub fn decode_response<R: Decodable + HeaderVersion>(key: ApiKey, version: i16, 
 /// A request/response connection with negotiated versions.
 pub struct Conn {
     pub addr: SocketAddr,
-    stream: TcpStream,
+    stream: BrokerStream,
     corr: i32,
     versions: HashMap<i16, (i16, i16)>,
 }
 
-/// Resolve `host:port`; the error is one line.
+/// Resolve `host:port`; the error is one line. The host name is remembered for TLS (the
+/// broker's certificate is checked against it, see `security::remember_host`).
 pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    addr.to_socket_addrs()
+    let a = addr
+        .to_socket_addrs()
         .map_err(|e| format!("cannot resolve broker address {addr:?}: {e}"))?
         .next()
-        .ok_or_else(|| format!("broker address {addr:?} resolves to nothing"))
+        .ok_or_else(|| format!("broker address {addr:?} resolves to nothing"))?;
+    if let Some((host, _)) = addr.rsplit_once(':') {
+        crate::security::remember_host(a, host);
+    }
+    Ok(a)
 }
 
 impl Conn {
@@ -136,26 +145,29 @@ impl Conn {
     }
 
     /// [`Conn::connect`] with a bound on each response wait (a stopped broker accepts the TCP
-    /// connection but never answers).
+    /// connection but never answers). The one place broker connections are opened: with the
+    /// process's security settings (`security::current`): TLS handshake, ApiVersions, then SASL.
     pub fn connect_with_read_timeout(addr: SocketAddr, timeout: Duration, read_timeout: Duration) -> Result<Conn, String> {
-        let stream =
-            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to broker {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| format!("{addr}: {e}"))?;
-        stream.set_read_timeout(Some(read_timeout)).map_err(|e| format!("{addr}: {e}"))?;
+        let sec = crate::security::current();
+        let stream = crate::security::connect_stream(&sec, addr, timeout, read_timeout)?;
         let mut c = Conn { addr, stream, corr: 0, versions: HashMap::new() };
-        let r: ApiVersionsResponse = c
-            .call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default())
-            .map_err(|e| format!("broker {addr} did not answer ApiVersions: {e}"))?;
+        let r: ApiVersionsResponse = c.call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default()).map_err(|e| {
+            let hint = if sec.protocol.tls() { "" } else { " (a TLS listener? --security-protocol SSL or SASL_SSL)" };
+            format!("broker {addr} did not answer ApiVersions: {e}{hint}")
+        })?;
         if r.error_code != 0 {
             return Err(format!("broker {addr}: ApiVersions error code {}", r.error_code));
         }
         for k in r.api_keys {
             c.versions.insert(k.api_key, (k.min_version, k.max_version));
         }
+        if let Some((mechanism, creds)) = sec.sasl() {
+            crate::security::authenticate(&mut c, *mechanism, creds)?;
+        }
         Ok(c)
     }
 
-    pub fn try_clone_stream(&self) -> std::io::Result<TcpStream> {
+    pub fn try_clone_stream(&self) -> std::io::Result<BrokerStream> {
         self.stream.try_clone()
     }
 
@@ -425,7 +437,7 @@ struct Pending {
 
 struct ProduceConn {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: BrokerStream,
     corr: i32,
     tx: crossbeam::channel::Sender<Pending>,
     /// The producer thread's handle on the reader's queue: after the reader ended (connection
@@ -766,12 +778,16 @@ impl KafkaTransport {
         self.metrics.producer.metadata_refreshes.fetch_add(1, Ordering::Relaxed);
         let topic = self.topic.0.to_string();
         let mut md = None;
+        let mut last_err = String::new();
         for a in self.known.clone() {
             let r = Conn::connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2))
                 .and_then(|mut c| c.metadata(Some(std::slice::from_ref(&topic)), false));
-            if let Ok(m) = r {
-                md = Some(m);
-                break;
+            match r {
+                Ok(m) => {
+                    md = Some(m);
+                    break;
+                }
+                Err(e) => last_err = e,
             }
         }
         let mut still = false;
@@ -781,8 +797,9 @@ impl KafkaTransport {
             let since = *self.unreachable_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= UNREACHABLE_MAX && !self.metrics.stopped() {
                 let list: Vec<String> = self.known.iter().map(|a| a.to_string()).collect();
+                // The last error says why (e.g. "SASL authentication failed …" on reconnect).
                 self.metrics.fail(format!(
-                    "connection lost and no broker answers Metadata for {} s (tried {})",
+                    "connection lost and no broker answers Metadata for {} s (tried {}; last: {last_err})",
                     UNREACHABLE_MAX.as_secs(),
                     list.join(", ")
                 ));
@@ -970,7 +987,7 @@ impl KafkaTransport {
     }
 }
 
-fn ack_reader(ctx: ReaderCtx, mut stream: TcpStream, rx: crossbeam::channel::Receiver<Pending>) {
+fn ack_reader(ctx: ReaderCtx, mut stream: BrokerStream, rx: crossbeam::channel::Receiver<Pending>) {
     let mut rec = AckRecorder::new();
     ack_loop(&ctx, &mut stream, &rx, &mut rec);
     rec.maybe_flush(&ctx.metrics, 0, true);
@@ -981,7 +998,7 @@ fn ack_reader(ctx: ReaderCtx, mut stream: TcpStream, rx: crossbeam::channel::Rec
     }
 }
 
-fn ack_loop(ctx: &ReaderCtx, stream: &mut TcpStream, rx: &crossbeam::channel::Receiver<Pending>, rec: &mut AckRecorder) {
+fn ack_loop(ctx: &ReaderCtx, stream: &mut BrokerStream, rx: &crossbeam::channel::Receiver<Pending>, rec: &mut AckRecorder) {
     let (addr, metrics) = (ctx.addr, &ctx.metrics);
     loop {
         let frame = match read_frame(stream) {

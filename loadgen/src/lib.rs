@@ -16,6 +16,7 @@ pub mod rate;
 pub mod results;
 pub mod retry;
 pub mod run;
+pub mod security;
 pub mod selftest;
 pub mod sink;
 pub mod size;

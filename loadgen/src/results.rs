@@ -317,6 +317,10 @@ pub struct Target {
     /// The topics the run produced to (per-run names on external clusters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<String>,
+    /// External brokers: the security protocol, SASL mechanism and TLS switches used (never a
+    /// user name or password). Absent for the embedded engine, the sink and older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<crate::security::SecurityInfo>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

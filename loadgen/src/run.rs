@@ -129,6 +129,15 @@ struct Setup {
 fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
     let w = &opts.workload;
     let topics = w.topic_names();
+    // TLS/SASL for every connection of this run (certificates and credentials loaded now).
+    let security = crate::security::Security::resolve(&w.security).map_err(RunError::Usage)?;
+    if security.protocol != crate::security::Protocol::Plaintext && opts.bootstrap.is_none() {
+        return Err(RunError::Usage(format!(
+            "security protocol {} needs external brokers (--bootstrap): the embedded engine and the sink speak PLAINTEXT only",
+            security.protocol.name()
+        )));
+    }
+    crate::security::install(security);
     if opts.sink {
         let calibration = if opts.calibrate == Some(true) {
             let dir = opts.data_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -1392,6 +1401,7 @@ fn build_result(
             direct_io: (s.kind == "embedded").then_some(w.direct_io),
             identity: s.identity.clone(),
             topics: s.topics.clone(),
+            security: (s.kind == "external").then(|| crate::security::current().info()),
         },
         environment: crate::env::environment(),
         calibration: s.calibration.clone(),

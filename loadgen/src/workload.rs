@@ -164,6 +164,10 @@ pub struct Workload {
     /// (another rebalance); without it, it stays to the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_consumer_leave_seconds: Option<f64>,
+    /// External brokers: TLS and SASL (`protocol`, `saslMechanism`, `saslCredentialsFile`,
+    /// `tlsCaFile`, `tlsCertFile`, `tlsKeyFile`, `tlsVerifyHostname`; see `security.rs`).
+    #[serde(default, skip_serializing_if = "crate::security::SecurityConfig::is_default")]
+    pub security: crate::security::SecurityConfig,
 }
 
 /// `consumerMode`.
@@ -395,6 +399,7 @@ impl Workload {
 
     /// Check ranges; an impossible rate or size is refused here, before any connection.
     pub fn validate(&self) -> Result<(), String> {
+        self.security.validate()?;
         if self.name.trim().is_empty() {
             return Err("name must not be empty".into());
         }
@@ -629,6 +634,8 @@ pub struct Overrides {
     /// Group mode: OffsetCommit interval in ms (commitIntervalMs).
     #[arg(long)]
     pub commit_interval_ms: Option<u64>,
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
 }
 
 impl Overrides {
@@ -705,6 +712,7 @@ impl Overrides {
             w.keys = Some(k.clone());
             w.apply_keys()?;
         }
+        self.security.apply(&mut w.security);
         if let Some(h) = &self.headers {
             let bad = || format!("--headers {h:?}: want N[:BYTES]");
             let (n, b) = h.split_once(':').map_or((h.as_str(), None), |(n, b)| (n, Some(b)));
