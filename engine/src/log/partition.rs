@@ -31,12 +31,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::segment::{self, Segment};
-use super::{now_ms, AppendError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
+use super::{now_ms, AppendError, DeleteRecordsError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
 use crate::io::{Io, IoFile};
 use crate::record::{self, BatchInfo};
 
 const RECOVERY_POINT: &str = "recovery-point";
 const RP_MAGIC: u32 = 0x5250_0001;
+/// The log start offset checkpoint (DeleteRecords, retention): replaced atomically (a new file
+/// written and fsynced beside it, renamed over it, the directory fsynced), so after a crash it
+/// holds either the old or the new offset, whole.
+pub const LOG_START_CHECKPOINT: &str = "log-start-offset";
+const LOG_START_CHECKPOINT_TMP: &str = "log-start-offset.tmp";
+const LS_MAGIC: u32 = 0x4C53_0001;
 /// The group-commit leader refreshes the recovery point at most this often (it is not synced,
 /// so the kernel writes it back seconds later anyway; a roll and a clean close sync it).
 const RP_NOTE_INTERVAL_MS: u64 = 50;
@@ -117,6 +123,9 @@ struct State {
     spare: Vec<u8>,
     /// A damaged batch found by the scrub (offset, segment base, position): never served.
     fence: Option<(u64, u64, u64)>,
+    /// First offset served: the first segment's base, or above it after DeleteRecords (the
+    /// segment holding it may also hold earlier records, which are never served).
+    log_start: u64,
 }
 
 impl State {
@@ -130,7 +139,7 @@ impl State {
         self.active().next_offset
     }
     fn log_start(&self) -> u64 {
-        self.segments[0].base_offset
+        self.log_start
     }
 }
 
@@ -184,6 +193,10 @@ pub struct Partition {
     last_note_ms: AtomicU64,
     high_watermark: AtomicU64,
     log_start: AtomicU64,
+    /// The durable log start offset checkpoint (0 until one is written). Held while one is
+    /// written, so checkpoints are written one at a time and never move backwards. Lock order:
+    /// `start_checkpoint` → `state` → `sync`.
+    start_checkpoint: Mutex<u64>,
     notifier: Arc<Notifier>,
 }
 
@@ -251,6 +264,45 @@ fn read_recovery_point(f: &dyn IoFile) -> u64 {
     u64::from_be_bytes(b[4..12].try_into().expect("8"))
 }
 
+/// The log start checkpoint in `dir`: 0 when there is none; a file that is not exactly a valid
+/// checkpoint is an error (it is only ever replaced whole, so damage is not a torn write).
+fn read_start_checkpoint(io: &dyn Io, dir: &Path) -> Result<u64, RecoveryError> {
+    let path = dir.join(LOG_START_CHECKPOINT);
+    if !io.exists(&path) {
+        return Ok(0);
+    }
+    let bad = |reason: String| RecoveryError::BadCheckpoint { path: path.display().to_string(), reason };
+    let f = io.open(&path, false).map_err(|e| bad(e.to_string()))?;
+    let len = f.len().map_err(|e| bad(e.to_string()))?;
+    if len != 16 {
+        return Err(bad(format!("{len} bytes, want 16")));
+    }
+    let mut b = [0u8; 16];
+    f.read_exact_at(&mut b, 0).map_err(|e| bad(e.to_string()))?;
+    let magic = u32::from_be_bytes(b[0..4].try_into().expect("4"));
+    let crc = u32::from_be_bytes(b[12..16].try_into().expect("4"));
+    if magic != LS_MAGIC {
+        return Err(bad(format!("bad magic {magic:#x}")));
+    }
+    if crc32c::crc32c(&b[0..12]) != crc {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let offset = u64::from_be_bytes(b[4..12].try_into().expect("8"));
+    if offset > i64::MAX as u64 {
+        return Err(bad(format!("offset {offset} out of range")));
+    }
+    Ok(offset)
+}
+
+fn encode_start_checkpoint(offset: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&LS_MAGIC.to_be_bytes());
+    b[4..12].copy_from_slice(&offset.to_be_bytes());
+    let crc = crc32c::crc32c(&b[0..12]);
+    b[12..16].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
 fn encode_recovery_point(offset: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[0..4].copy_from_slice(&RP_MAGIC.to_be_bytes());
@@ -294,6 +346,24 @@ impl Partition {
             }
         }
         bases.sort_unstable();
+        // A checkpoint replacement a crash interrupted: the old checkpoint is still whole.
+        let tmp = dir.join(LOG_START_CHECKPOINT_TMP);
+        if io.exists(&tmp) {
+            io.remove_file(&tmp).map_err(&e)?;
+        }
+        let checkpoint = read_start_checkpoint(&*io, dir)?;
+        // Segments wholly below the log start (DeleteRecords deletes them after its checkpoint
+        // is durable; a crash may have come between): deleted before recovery reads them.
+        while bases.len() > 1 && bases[1] <= checkpoint {
+            let base = bases.remove(0);
+            tracing::info!(topic, partition = index, base, checkpoint, "removing a segment below the log start");
+            for name in [segment::log_name(base), segment::index_name(base), segment::time_index_name(base)] {
+                let path = dir.join(name);
+                if io.exists(&path) {
+                    io.remove_file(&path).map_err(&e)?;
+                }
+            }
+        }
         // Index files of segments below the first one: left by a crash (or an error) between
         // deleting a retired segment's `.log` and its indexes (retention deletes from the
         // front). Best effort: they are never read. Any other stray index is left as evidence.
@@ -463,6 +533,20 @@ impl Partition {
                 reason: "log ends before its recovery point: synced data is missing".into(),
             });
         }
+        if checkpoint > segments.last().expect("segment").next_offset {
+            // The log ends below its start (in `never`/`interval` mode a power cut can take
+            // back records DeleteRecords moved past): as Kafka, start over empty at the log
+            // start, which never moves backwards. Every record there was deleted already.
+            tracing::warn!(
+                topic, partition = index, log_end = segments.last().expect("segment").next_offset, checkpoint,
+                "the log ends below its log start offset checkpoint: starting empty at the checkpoint"
+            );
+            for seg in segments.drain(..) {
+                seg.delete_files(&*io).map_err(&e)?;
+            }
+            io.sync_dir(dir).map_err(&e)?;
+            segments.push(Segment::create(&*io, dir, checkpoint).map_err(&e)?);
+        }
         // Everything recovered is made durable before it is served.
         let active = segments.last().expect("segment");
         active.file.sync_data().map_err(&e)?;
@@ -472,7 +556,7 @@ impl Partition {
         io.sync_dir(dir).map_err(&e)?;
 
         let hw_pos = active.size;
-        let log_start = segments[0].base_offset;
+        let log_start = segments[0].base_offset.max(checkpoint);
         Ok(Arc::new(Partition {
             topic: topic.to_string(),
             index,
@@ -488,6 +572,7 @@ impl Partition {
                 staged_pos: 0,
                 spare: Vec::new(),
                 fence: None,
+                log_start,
             }),
             sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None, gen: 0, covering: 0, unlocked: Default::default() }),
             sync_cv: Condvar::new(),
@@ -504,6 +589,7 @@ impl Partition {
             last_note_ms: AtomicU64::new(0),
             high_watermark: AtomicU64::new(next),
             log_start: AtomicU64::new(log_start),
+            start_checkpoint: Mutex::new(checkpoint),
             notifier,
         }))
     }
@@ -1212,35 +1298,127 @@ impl Partition {
     }
 
     /// Delete whole old segments beyond the size or time retention. Returns how many.
+    ///
+    /// The segments are chosen under the state lock; the new log start is checkpointed when it
+    /// moves past the checkpoint (so it never moves backwards after a crash, even one before
+    /// the unlinks are durable); the unlinks and the directory fsync run outside the state
+    /// lock (appends and reads go on meanwhile).
     pub fn enforce_retention(&self) -> Result<usize, AppendError> {
-        let mut st = lock(&self.state);
-        let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
-        let now = now_ms();
-        // Never data not yet servable, nor at or above the retention floor.
-        let keep_from = self.high_watermark().min(self.retention_floor.load(Ordering::Acquire));
-        let mut deleted = 0;
-        while st.segments.len() > 1 {
-            let oldest = &st.segments[0];
-            let by_size = self.cfg.retention_bytes_max.is_some_and(|max| total > max);
-            let by_time = self
-                .cfg
-                .retention_ms
-                .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
-            if !(by_size || by_time) || st.segments[1].base_offset > keep_from {
-                break;
+        // Only holders of this lock remove segments (from the front); rolls only add at the back.
+        let mut checkpoint = lock(&self.start_checkpoint);
+        let (count, new_first) = {
+            let st = lock(&self.state);
+            let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
+            let now = now_ms();
+            // Never data not yet servable, nor at or above the retention floor.
+            let keep_from = self.high_watermark().min(self.retention_floor.load(Ordering::Acquire));
+            let mut count = 0;
+            while st.segments.len() - count > 1 {
+                let oldest = &st.segments[count];
+                let by_size = self.cfg.retention_bytes_max.is_some_and(|max| total > max);
+                let by_time = self
+                    .cfg
+                    .retention_ms
+                    .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
+                if !(by_size || by_time) || st.segments[count + 1].base_offset > keep_from {
+                    break;
+                }
+                total -= oldest.size;
+                count += 1;
             }
-            let seg = st.segments.remove(0);
-            total -= seg.size;
-            // The log start moves first: were the deletion to fail, the segment is gone from
-            // the list all the same (its files are left for the next open to pick up or not).
-            self.log_start.store(st.log_start(), Ordering::Release);
+            (count, st.segments[count].base_offset)
+        };
+        if count == 0 {
+            return Ok(0);
+        }
+        if new_first > *checkpoint && self.log_start_offset() < new_first {
+            self.write_start_checkpoint(new_first)?;
+            *checkpoint = new_first;
+        }
+        let removed: Vec<Segment> = {
+            let mut st = lock(&self.state);
+            let removed = st.segments.drain(..count).collect();
+            st.log_start = st.log_start.max(st.segments[0].base_offset);
+            self.log_start.store(st.log_start, Ordering::Release);
+            removed
+        };
+        for seg in &removed {
             seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
-            deleted += 1;
         }
-        if deleted > 0 {
-            self.io.sync_dir(&self.dir).map_err(AppendError::Storage)?;
+        self.io.sync_dir(&self.dir).map_err(AppendError::Storage)?;
+        Ok(count)
+    }
+
+    /// DeleteRecords: move the log start offset up to `offset` (at most the high watermark).
+    /// Returns the log start after it (unchanged when `offset` is not above it). The new start
+    /// is durable (checkpointed) before this returns Ok; segments wholly below it are then
+    /// deleted outside the state lock (a crash before that is finished by the next open). A
+    /// segment that also holds records at or above the new start is kept, but nothing below
+    /// the start is served from it.
+    pub fn delete_records(&self, offset: u64) -> Result<u64, DeleteRecordsError> {
+        if self.is_poisoned() {
+            return Err(self.poison_error().into());
         }
-        Ok(deleted)
+        let mut checkpoint = lock(&self.start_checkpoint);
+        let hw = self.high_watermark();
+        if offset > hw {
+            return Err(DeleteRecordsError::OffsetOutOfRange { requested: offset, high_watermark: hw });
+        }
+        let current = self.log_start_offset();
+        if offset <= current {
+            return Ok(current);
+        }
+        self.write_start_checkpoint(offset)?;
+        *checkpoint = offset;
+        let removed: Vec<Segment> = {
+            let mut st = lock(&self.state);
+            st.log_start = st.log_start.max(offset);
+            self.log_start.store(st.log_start, Ordering::Release);
+            let n = st.segments.len();
+            let below = (0..n - 1).take_while(|&i| st.segments[i + 1].base_offset <= offset).count();
+            let removed: Vec<Segment> = st.segments.drain(..below).collect();
+            let first = st.segments[0].base_offset;
+            if st.fence.is_some_and(|(_, base, _)| base < first) {
+                // The damaged batch was in a deleted segment.
+                st.fence = None;
+            }
+            assert!(st.log_start <= st.next_offset(), "log start {} above the log end {}", st.log_start, st.next_offset());
+            removed
+        };
+        // The start is durable already: a failed unlink leaves files the next open removes.
+        for seg in &removed {
+            if let Err(e) = seg.delete_files(&*self.io) {
+                tracing::warn!(topic = %self.topic, partition = self.index, base = seg.base_offset, "deleting a segment below the log start: {e}");
+            }
+        }
+        if !removed.is_empty() {
+            if let Err(e) = self.io.sync_dir(&self.dir) {
+                tracing::warn!(topic = %self.topic, partition = self.index, "directory fsync after deleting segments: {e}");
+            }
+        }
+        Ok(offset)
+    }
+
+    /// Replace the log start checkpoint with `offset`: a new file written and fsynced, renamed
+    /// over the old one, the directory fsynced. A failed fsync poisons the partition.
+    fn write_start_checkpoint(&self, offset: u64) -> Result<(), AppendError> {
+        let tmp = self.dir.join(LOG_START_CHECKPOINT_TMP);
+        if self.io.exists(&tmp) {
+            self.io.remove_file(&tmp).map_err(AppendError::Storage)?;
+        }
+        let f = self.io.open(&tmp, true).map_err(AppendError::Storage)?;
+        f.write_at(&encode_start_checkpoint(offset), 0).map_err(AppendError::Storage)?;
+        if let Err(e) = f.sync_data() {
+            self.poison(format!("fdatasync of the log start checkpoint failed: {e}"));
+            return Err(self.poison_error());
+        }
+        drop(f);
+        self.io.rename(&tmp, &self.dir.join(LOG_START_CHECKPOINT)).map_err(AppendError::Storage)?;
+        if let Err(e) = self.io.sync_dir(&self.dir) {
+            self.poison(format!("directory fsync of the log start checkpoint failed: {e}"));
+            return Err(self.poison_error());
+        }
+        Ok(())
     }
 
     /// Sync everything and write the active segment's indexes (clean shutdown).
