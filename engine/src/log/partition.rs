@@ -1254,8 +1254,13 @@ impl Partition {
                 let n = st.segments.len();
                 let group = self.cfg.durability == Durability::Group;
                 let mut found = None;
+                // Records below the log start are deleted: never an answer.
+                let start = st.log_start;
                 'segments: for (i, seg) in st.segments.iter().enumerate() {
-                    if seg.max_timestamp < ts || resume.is_some_and(|(base, _)| seg.base_offset < base) {
+                    if seg.max_timestamp < ts
+                        || seg.next_offset <= start
+                        || resume.is_some_and(|(base, _)| seg.base_offset < base)
+                    {
                         continue;
                     }
                     // Staged bytes of the active segment are not in the file yet.
@@ -1269,8 +1274,8 @@ impl Partition {
                         if h.base_offset as u64 >= hw {
                             break 'segments;
                         }
-                        if h.max_timestamp >= ts {
-                            found = Some((seg.file.clone(), seg.base_offset, pos, h.size_bytes));
+                        if h.max_timestamp >= ts && h.last_offset() as u64 >= start {
+                            found = Some((seg.file.clone(), seg.base_offset, pos, h.size_bytes, start));
                             break 'segments;
                         }
                         pos += h.size_bytes as u64;
@@ -1278,14 +1283,14 @@ impl Partition {
                 }
                 found
             };
-            let Some((file, base, pos, size)) = found else { return Ok(None) };
+            let Some((file, base, pos, size, start)) = found else { return Ok(None) };
             // Outside the lock: read that batch and find the exact record, as Kafka does (the
             // first offset whose record timestamp is >= ts, not the batch's base offset).
             let mut batch = vec![0u8; size];
             if super::segment::read_fully(&*file, &mut batch, pos)? < size {
                 return Err(bad(format!("batch at position {pos} is truncated")));
             }
-            match super::time_seek::first_at_or_after(&batch, ts).map_err(bad)? {
+            match super::time_seek::first_at_or_after_from(&batch, ts, start).map_err(bad)? {
                 Some(found) => return Ok(Some(found)),
                 None => resume = Some((base, pos + size as u64)),
             }
