@@ -241,7 +241,10 @@ impl LogManager {
         self.topics.read().unwrap_or_else(|p| p.into_inner()).values().flat_map(|t| t.iter().cloned()).collect()
     }
 
-    /// Create a topic with `partitions` partitions (durable before it returns).
+    /// Create a topic with `partitions` partitions (durable before it returns). The partitions
+    /// are created and fsynced without the `topics` lock (topic changes are serialized by
+    /// `topic_changes`), so produce and fetch on other topics go on meanwhile; the topic is
+    /// inserted, visible to them, once it is durable.
     pub fn create_topic(&self, name: &str, partitions: i32, cfg: Option<LogConfig>) -> Result<Topic, TopicError> {
         if !valid_topic_name(name) {
             return Err(TopicError::InvalidName(name.to_string()));
@@ -250,8 +253,7 @@ impl LogManager {
             return Err(TopicError::InvalidPartitions(partitions as i64));
         }
         let _changes = self.topic_changes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
-        if topics.contains_key(name) {
+        if self.topic(name).is_some() {
             return Err(TopicError::AlreadyExists(name.to_string()));
         }
         let cfg = cfg.unwrap_or_else(|| self.default_cfg.clone());
@@ -275,7 +277,7 @@ impl LogManager {
         }
         self.io.sync_dir(&self.dir)?;
         let t: Topic = Arc::new(v);
-        topics.insert(name.to_string(), t.clone());
+        self.topics.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), t.clone());
         Ok(t)
     }
 
