@@ -4,6 +4,8 @@
 //!   lookups, go on; the new topic becomes visible only once it is durable.
 //! * Retention and DeleteRecords unlink segments without the partition's state lock: while one
 //!   is held inside an unlink, appends and reads on that partition go on.
+//! * A read does its disk reads (batch headers) without the state lock: while one is held
+//!   inside a read of a segment file, appends to that partition go on.
 
 mod common;
 
@@ -23,6 +25,8 @@ struct ParkingIo {
     inner: SimIo,
     data: std::path::PathBuf,
     park_unlink: bool,
+    /// Park in `read_at` of `.log` files instead.
+    park_reads: std::sync::OnceLock<Arc<ParkingIo>>,
     armed: AtomicBool,
     parked: Mutex<bool>,
     release: Mutex<bool>,
@@ -31,7 +35,11 @@ struct ParkingIo {
 
 impl Io for ParkingIo {
     fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn IoFile>> {
-        self.inner.open(path, create)
+        let f = self.inner.open(path, create)?;
+        match self.park_reads.get() {
+            Some(me) if path.extension().is_some_and(|e| e == "log") => Ok(Arc::new(ParkingFile { inner: f, io: me.clone() })),
+            _ => Ok(f),
+        }
     }
     fn remove_file(&self, path: &Path) -> std::io::Result<()> {
         if self.park_unlink && path.extension().is_some_and(|e| e == "log") {
@@ -62,12 +70,55 @@ impl Io for ParkingIo {
     }
 }
 
+/// A segment file whose `read_at` parks while its `ParkingIo` is armed.
+#[derive(Debug)]
+struct ParkingFile {
+    inner: Arc<dyn IoFile>,
+    io: Arc<ParkingIo>,
+}
+
+impl IoFile for ParkingFile {
+    fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, pos)
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        self.io.park();
+        self.inner.read_at(buf, pos)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.raw_fd()
+    }
+    fn write_sync_note(
+        &self,
+        buf: &[u8],
+        must: usize,
+        pos: u64,
+        note: Option<(&dyn IoFile, &[u8], u64)>,
+        written: &mut dyn FnMut(),
+    ) -> std::io::Result<bool> {
+        self.inner.write_sync_note(buf, must, pos, note, written)
+    }
+    fn reserve(&self, pos: u64, len: u64) -> std::io::Result<()> {
+        self.inner.reserve(pos, len)
+    }
+}
+
 impl ParkingIo {
     fn new(data: &Path, park_unlink: bool) -> Arc<ParkingIo> {
         Arc::new(ParkingIo {
             inner: SimIo::new(),
             data: data.to_path_buf(),
             park_unlink,
+            park_reads: std::sync::OnceLock::new(),
             armed: AtomicBool::new(false),
             parked: Mutex::new(false),
             release: Mutex::new(false),
@@ -195,4 +246,35 @@ fn retention_unlinks_outside_the_state_lock() {
 #[test]
 fn delete_records_unlinks_outside_the_state_lock() {
     unlink_outside_the_state_lock(false);
+}
+
+#[test]
+fn a_read_does_its_disk_reads_outside_the_state_lock() {
+    let dir = Path::new("/data/t-0");
+    let io = ParkingIo::new(dir, false);
+    io.park_reads.set(io.clone()).unwrap();
+    let cfg = small_cfg(Durability::Group, 1 << 20);
+    let dyn_io: Arc<dyn Io> = io.clone();
+    let p = open(&dyn_io, dir, &cfg).unwrap();
+    for i in 0..30 {
+        p.append_durable(&mut tagged_batch(i, 3, 40, 1)).unwrap();
+    }
+    io.armed.store(true, Ordering::SeqCst);
+    let reader = {
+        let p = p.clone();
+        std::thread::spawn(move || p.read(40, 1 << 20, true).map(|s| s.bytes()))
+    };
+    io.wait_parked("read");
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(p.append_durable(&mut tagged_batch(100, 2, 20, 1)).map(|i| i.base_offset).ok());
+        });
+    }
+    let got = rx.recv_timeout(Duration::from_secs(30));
+    assert!(!reader.is_finished(), "the read finished early: the probe proves nothing");
+    io.unpark();
+    assert_eq!(got.expect("an append waited for a read's disk I/O"), Some(90));
+    assert!(reader.join().unwrap().unwrap() > 0);
 }

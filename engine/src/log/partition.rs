@@ -1150,40 +1150,76 @@ impl Partition {
     /// File ranges holding whole batches from the batch containing `offset`, up to `max_bytes`
     /// (at least one batch when `min_one_batch`, even if larger). Only offsets below the high
     /// watermark are served.
+    ///
+    /// The state lock is held only to check the offset and take what the read needs (the
+    /// segments' files and servable limits, the index floor): the batch headers are read
+    /// without it, so a read that misses the page cache does not hold up appends. (Bytes
+    /// below a segment's servable limit never change; a segment deleted meanwhile stays
+    /// readable through its open file.) A cut inside a segment looks up its in-memory index
+    /// under the lock again, briefly.
     pub fn read(&self, offset: i64, max_bytes: u64, min_one_batch: bool) -> Result<ReadSlice, FetchError> {
-        let st = lock(&self.state);
-        let hw = self.high_watermark();
-        let log_start = st.log_start();
-        let mut slice = ReadSlice { ranges: Vec::new(), high_watermark: hw, log_start_offset: log_start };
-        if offset < log_start as i64 || offset > hw as i64 {
-            return Err(FetchError::OffsetOutOfRange { requested: offset, log_start, log_end: hw });
+        /// One segment as the read sees it.
+        struct Part {
+            file: Arc<dyn IoFile>,
+            base: u64,
+            /// Servable bytes (high watermark, fence).
+            limit: u64,
         }
-        let offset = offset as u64;
-        if offset == hw {
-            return Ok(slice);
-        }
-        if let Some((bad, _, _)) = st.fence {
-            if offset >= bad {
-                return Err(FetchError::Storage(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}-{}: the batch at offset {bad} is damaged (found by the scrub): not served; stop the broker and run it with --repair", self.topic, self.index),
-                )));
+        let (mut slice, parts, floor, offset) = {
+            let st = lock(&self.state);
+            let hw = self.high_watermark();
+            let log_start = st.log_start();
+            let slice = ReadSlice { ranges: Vec::new(), high_watermark: hw, log_start_offset: log_start };
+            if offset < log_start as i64 || offset > hw as i64 {
+                return Err(FetchError::OffsetOutOfRange { requested: offset, log_start, log_end: hw });
             }
-        }
-        let group = self.cfg.durability == Durability::Group;
-        let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-        let n = st.segments.len();
+            let offset = offset as u64;
+            if offset == hw {
+                return Ok(slice);
+            }
+            if let Some((bad, _, _)) = st.fence {
+                if offset >= bad {
+                    return Err(FetchError::Storage(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}-{}: the batch at offset {bad} is damaged (found by the scrub): not served; stop the broker and run it with --repair", self.topic, self.index),
+                    )));
+                }
+            }
+            let group = self.cfg.durability == Durability::Group;
+            let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+            let n = st.segments.len();
+            if offset >= st.segments[first].next_offset && first + 1 == n {
+                return Ok(slice);
+            }
+            let floor = st.segments[first].index_floor(offset);
+            // The first segment, then the next ones until their bytes cover `max_bytes`.
+            let mut parts = Vec::new();
+            let mut covered = 0u64;
+            for (i, seg) in st.segments.iter().enumerate().skip(first) {
+                if i > first + 1 && covered >= max_bytes {
+                    break;
+                }
+                let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
+                // Nothing from the damaged batch on is served.
+                let limit = match st.fence {
+                    Some((_, base, pos)) if base == seg.base_offset => limit.min(pos),
+                    Some((_, base, _)) if base < seg.base_offset => 0,
+                    _ => limit,
+                };
+                if i > first {
+                    covered += limit;
+                }
+                // A segment the offset is past (it ends before it) serves nothing.
+                let limit = if i == first && offset >= seg.next_offset { 0 } else { limit };
+                parts.push(Part { file: seg.file.clone(), base: seg.base_offset, limit });
+            }
+            (slice, parts, floor, offset)
+        };
         let mut total = 0u64;
-        for (i, seg) in st.segments.iter().enumerate().skip(first) {
-            let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
-            // Nothing from the damaged batch on is served.
-            let limit = match st.fence {
-                Some((_, base, pos)) if base == seg.base_offset => limit.min(pos),
-                Some((_, base, _)) if base < seg.base_offset => 0,
-                _ => limit,
-            };
-            let start = if i == first {
-                match seg.find_position(offset, limit, self.cfg.batch_bytes_max)? {
+        for (i, part) in parts.iter().enumerate() {
+            let (file, limit) = (&*part.file, part.limit);
+            let start = if i == 0 {
+                match segment::find_position_from(file, offset, floor, limit, self.cfg.batch_bytes_max)? {
                     Some(p) => p,
                     None => continue,
                 }
@@ -1196,11 +1232,11 @@ impl Partition {
             let budget = max_bytes.saturating_sub(total);
             let end = if limit - start <= budget {
                 limit
-            } else if let Some(b) = seg.index_boundary_at_most(start, start + budget) {
+            } else if let Some(b) = self.index_boundary(part.base, start, start + budget) {
                 // Cut at a known batch boundary; then walk headers to get closer to the budget.
                 let mut end = b;
                 while end < limit {
-                    match seg.read_header(end, self.cfg.batch_bytes_max)? {
+                    match segment::read_header(file, end, self.cfg.batch_bytes_max)? {
                         Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
                         _ => break,
                     }
@@ -1209,7 +1245,7 @@ impl Partition {
             } else {
                 let mut end = start;
                 while end < limit {
-                    match seg.read_header(end, self.cfg.batch_bytes_max)? {
+                    match segment::read_header(file, end, self.cfg.batch_bytes_max)? {
                         Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
                         Ok(h) if end == start && total == 0 && min_one_batch => {
                             end += h.size_bytes as u64;
@@ -1221,7 +1257,7 @@ impl Partition {
                 end
             };
             if end > start {
-                slice.ranges.push(FileRange { file: seg.file.clone(), position: start, len: end - start });
+                slice.ranges.push(FileRange { file: part.file.clone(), position: start, len: end - start });
                 total += end - start;
             }
             if end < limit {
@@ -1229,6 +1265,14 @@ impl Partition {
             }
         }
         Ok(slice)
+    }
+
+    /// [`Segment::index_boundary_at_most`] of the segment based at `base` (under the state
+    /// lock; `None` if it is gone).
+    fn index_boundary(&self, base: u64, after: u64, limit: u64) -> Option<u64> {
+        let st = lock(&self.state);
+        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
+        st.segments[i].index_boundary_at_most(after, limit)
     }
 
     /// [`Partition::read`] copied into memory.
