@@ -3,8 +3,12 @@
 //!
 //! Locking: `state` (segments, producer state, staged bytes) is held while an append assigns
 //! offsets and writes or stages; `sync` (durable offset, in-flight flags, poison) is held only
-//! briefly. Lock order is state → sync; the group-commit leader never holds either lock while
-//! it writes and fdatasyncs.
+//! briefly. Lock order is start_checkpoint → state → sync; the group-commit leader never holds
+//! either lock while it writes and fdatasyncs. A read takes the state lock only to check its
+//! offset and collect the segments' files and servable limits: it reads batch headers without
+//! it. Retention and DeleteRecords (which hold `start_checkpoint`, the only lock under which
+//! segments leave the list) choose segments under the state lock and unlink them, and fsync the
+//! directory, without it.
 //!
 //! Write path in `group` mode: an append copies its (patched) batches into the partition's
 //! staging buffer under the state lock and issues no system call. The group-commit leader takes
