@@ -291,3 +291,33 @@ fn crash_sweep_the_log_start_is_old_or_new_and_never_below_an_acknowledged_one()
     println!("log start crash sweep: {points} points, {moved} recovered a moved start, {in_flight} one above the acknowledged start");
     assert!(moved > 0, "no crash point saw a moved start: the sweep tests nothing");
 }
+
+#[test]
+fn timestamp_lookups_never_answer_a_deleted_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let io: Arc<dyn Io> = Arc::new(UringIo);
+    let cfg = small_cfg(Durability::Group, 1024);
+    let p = open(&io, &dir, &cfg).unwrap();
+    // Batch i: 3 records at timestamp 1000 + i, except batch 13 (below the start, in the
+    // segment that will hold it) at 5000, and a last batch at 4500.
+    let mut base_of = Vec::new();
+    for i in 0..30u64 {
+        let ts = if i == 13 { 5000 } else { 1000 + i as i64 };
+        base_of.push(p.append_durable(&mut tagged_batch(i, 3, 40, ts)).unwrap().base_offset);
+    }
+    let last = p.append_durable(&mut tagged_batch(99, 3, 40, 4500)).unwrap().base_offset;
+    let bases = segment_bases(&dir);
+    // The start: inside batch 14 (offsets 42..45), in the segment that also holds batch 13.
+    let target = base_of[14] + 1;
+    let holder = *bases.iter().rev().find(|&&b| b <= target).unwrap();
+    assert!(holder <= base_of[13], "batch 13 must share the start's segment: {bases:?}");
+    p.delete_records(target).unwrap();
+    // Below every timestamp: the start itself (inside its batch), not a deleted record.
+    assert_eq!(p.offset_for_timestamp(0).unwrap().map(|x| x.0), Some(target));
+    assert_eq!(p.offset_for_timestamp(1014).unwrap().map(|x| x.0), Some(target));
+    assert_eq!(p.offset_for_timestamp(1015).unwrap().map(|x| x.0), Some(base_of[15]));
+    // Only the deleted batch 13 reaches 5000; 4000 is first reached after it at the end.
+    assert_eq!(p.offset_for_timestamp(5000).unwrap(), None);
+    assert_eq!(p.offset_for_timestamp(4000).unwrap().map(|x| x.0), Some(last));
+}

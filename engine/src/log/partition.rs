@@ -1292,48 +1292,49 @@ impl Partition {
         let bad = |e: String| FetchError::Storage(io::Error::new(io::ErrorKind::InvalidData, e));
         // (segment base offset, position) to resume the batch search from, after a batch whose
         // max timestamp reached `ts` but none of whose records did (a producer's max timestamp
-        // is not checked against its records).
+        // is not checked against its records), or after a segment without an answer.
         let mut resume: Option<(u64, u64)> = None;
         loop {
-            // Under the lock: the first batch at or after `resume` whose max timestamp >= ts.
-            let found = {
+            // Under the lock, no I/O: the first segment that may hold the answer.
+            let (file, base, limit, mut pos, start, hw) = {
                 let st = lock(&self.state);
                 let hw = self.high_watermark();
-                let n = st.segments.len();
-                let group = self.cfg.durability == Durability::Group;
-                let mut found = None;
                 // Records below the log start are deleted: never an answer.
                 let start = st.log_start;
-                'segments: for (i, seg) in st.segments.iter().enumerate() {
-                    if seg.max_timestamp < ts
-                        || seg.next_offset <= start
-                        || resume.is_some_and(|(base, _)| seg.base_offset < base)
-                    {
-                        continue;
-                    }
-                    // Staged bytes of the active segment are not in the file yet.
-                    let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
-                    let mut pos = match resume {
-                        Some((base, pos)) if base == seg.base_offset => pos,
-                        _ => seg.time_floor_position(ts),
-                    };
-                    while pos < limit {
-                        let h = seg.read_header(pos, self.cfg.batch_bytes_max)?.map_err(|e| bad(e.to_string()))?;
-                        if h.base_offset as u64 >= hw {
-                            break 'segments;
-                        }
-                        if h.max_timestamp >= ts && h.last_offset() as u64 >= start {
-                            found = Some((seg.file.clone(), seg.base_offset, pos, h.size_bytes, start));
-                            break 'segments;
-                        }
-                        pos += h.size_bytes as u64;
-                    }
-                }
-                found
+                let n = st.segments.len();
+                let group = self.cfg.durability == Durability::Group;
+                let found = st.segments.iter().enumerate().find(|(_, seg)| {
+                    seg.max_timestamp >= ts && seg.next_offset > start && resume.is_none_or(|(b, _)| seg.base_offset >= b)
+                });
+                let Some((i, seg)) = found else { return Ok(None) };
+                // Staged bytes of the active segment are not in the file yet.
+                let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
+                let pos = match resume {
+                    Some((b, pos)) if b == seg.base_offset => pos,
+                    _ => seg.time_floor_position(ts),
+                };
+                (seg.file.clone(), seg.base_offset, limit, pos, start, hw)
             };
-            let Some((file, base, pos, size, start)) = found else { return Ok(None) };
-            // Outside the lock: read that batch and find the exact record, as Kafka does (the
-            // first offset whose record timestamp is >= ts, not the batch's base offset).
+            // Without the lock: the first batch from there whose max timestamp reaches `ts`.
+            let mut found = None;
+            while pos < limit {
+                let h = segment::read_header(&*file, pos, self.cfg.batch_bytes_max)?.map_err(|e| bad(e.to_string()))?;
+                if h.base_offset as u64 >= hw {
+                    return Ok(None);
+                }
+                if h.max_timestamp >= ts && h.last_offset() as u64 >= start {
+                    found = Some((pos, h.size_bytes));
+                    break;
+                }
+                pos += h.size_bytes as u64;
+            }
+            let Some((pos, size)) = found else {
+                // Nothing in this segment: the next ones.
+                resume = Some((base + 1, 0));
+                continue;
+            };
+            // Read that batch and find the exact record, as Kafka does (the first offset whose
+            // record timestamp is >= ts, not the batch's base offset).
             let mut batch = vec![0u8; size];
             if super::segment::read_fully(&*file, &mut batch, pos)? < size {
                 return Err(bad(format!("batch at position {pos} is truncated")));
