@@ -161,3 +161,42 @@ fn delete_records_wire_level_versions_codes_fetch_and_list_offsets() {
     assert_eq!(fetch(&mut c, "w", 9).0, 1);
     broker.shutdown().unwrap();
 }
+
+/// A damaged checkpoint at start: that partition's topic is not served (the reason is logged
+/// and listed), and neither a CreateTopics nor an auto-create through Produce removes its data.
+#[test]
+fn a_damaged_checkpoint_keeps_the_topic_out_and_its_data_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    broker.logs().create_topic("w", 1, None).unwrap();
+    let p = broker.logs().partition("w", 0).unwrap();
+    for i in 0..5u64 {
+        p.append_durable(&mut engine::record::build::batch_with(
+            &[engine::record::build::Rec { key: None, value: Some(&i.to_be_bytes()), timestamp_delta: 0 }],
+            1000,
+            -1,
+            -1,
+            -1,
+        ))
+        .unwrap();
+    }
+    p.delete_records(2).unwrap();
+    drop(p);
+    broker.shutdown().unwrap();
+    let ck = dir.path().join("w-0").join(engine::log::partition::LOG_START_CHECKPOINT);
+    let mut bytes = std::fs::read(&ck).unwrap();
+    bytes[6] ^= 0x10;
+    std::fs::write(&ck, &bytes).unwrap();
+
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let failed = broker.logs().failed.lock().unwrap().clone();
+    assert!(failed.iter().any(|f| f.contains("w-0") && f.contains("log-start-offset")), "{failed:?}");
+    assert!(broker.logs().topic("w").is_none());
+    let err = broker.logs().create_topic("w", 1, None).unwrap_err().to_string();
+    assert!(err.contains("refusing to create over it"), "{err}");
+    // Auto-create through Metadata/Produce resolves to the same refusal: the data stays.
+    assert!(broker.logs().get_or_create("w", 1).is_err());
+    assert!(dir.path().join("w-0").join("00000000000000000000.log").exists());
+    assert_eq!(std::fs::read(&ck).unwrap(), bytes);
+    broker.shutdown().unwrap();
+}

@@ -256,6 +256,18 @@ impl LogManager {
         if self.topic(name).is_some() {
             return Err(TopicError::AlreadyExists(name.to_string()));
         }
+        // A directory of this name that is not a served topic is one whose recovery failed at
+        // start (a damaged log or checkpoint): creating over it would fail and then remove it.
+        if let Some(p) = (0..partitions).find(|p| self.io.exists(&self.dir.join(format!("{name}-{p}")))) {
+            return Err(TopicError::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{}: the directory of {name}-{p} exists but the topic is not served (its recovery failed at start, \
+                     see the log): refusing to create over it",
+                    self.dir.display()
+                ),
+            )));
+        }
         let cfg = cfg.unwrap_or_else(|| self.default_cfg.clone());
         descriptor_headroom(partitions as u64)?;
         let mut v = Vec::with_capacity(partitions as usize);
