@@ -1156,20 +1156,14 @@ impl Partition {
     /// watermark are served.
     ///
     /// The state lock is held only to check the offset and take what the read needs (the
-    /// segments' files and servable limits, the index floor): the batch headers are read
-    /// without it, so a read that misses the page cache does not hold up appends. (Bytes
-    /// below a segment's servable limit never change; a segment deleted meanwhile stays
-    /// readable through its open file.) A cut inside a segment looks up its in-memory index
-    /// under the lock again, briefly.
+    /// segment's file and servable end, the index floor, the active segment's servable end):
+    /// the batch headers are read without it, so a read that misses the page cache does not
+    /// hold up appends. (Bytes below a segment's servable end never change; a segment deleted
+    /// meanwhile stays readable through its open file.) A cut inside a segment looks up its
+    /// in-memory index, and a read spanning segments the next one, under the lock again,
+    /// briefly; nothing past the active segment's servable end as of the first lock is served.
     pub fn read(&self, offset: i64, max_bytes: u64, min_one_batch: bool) -> Result<ReadSlice, FetchError> {
-        /// One segment as the read sees it.
-        struct Part {
-            file: Arc<dyn IoFile>,
-            base: u64,
-            /// Servable bytes (high watermark, fence).
-            limit: u64,
-        }
-        let (mut slice, parts, floor, offset) = {
+        let (mut slice, first, floor, offset, active) = {
             let st = lock(&self.state);
             let hw = self.high_watermark();
             let log_start = st.log_start();
@@ -1189,86 +1183,96 @@ impl Partition {
                     )));
                 }
             }
-            let group = self.cfg.durability == Durability::Group;
-            let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-            let n = st.segments.len();
-            if offset >= st.segments[first].next_offset && first + 1 == n {
+            let i = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+            let seg = &st.segments[i];
+            if offset >= seg.next_offset {
+                // Only the last segment can end at or before the offset (below the high watermark).
                 return Ok(slice);
             }
-            let floor = st.segments[first].index_floor(offset);
-            // The first segment, then the next ones until their bytes cover `max_bytes`.
-            let mut parts = Vec::new();
-            let mut covered = 0u64;
-            for (i, seg) in st.segments.iter().enumerate().skip(first) {
-                if i > first + 1 && covered >= max_bytes {
-                    break;
-                }
-                let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
-                // Nothing from the damaged batch on is served.
-                let limit = match st.fence {
-                    Some((_, base, pos)) if base == seg.base_offset => limit.min(pos),
-                    Some((_, base, _)) if base < seg.base_offset => 0,
-                    _ => limit,
-                };
-                if i > first {
-                    covered += limit;
-                }
-                // A segment the offset is past (it ends before it) serves nothing.
-                let limit = if i == first && offset >= seg.next_offset { 0 } else { limit };
-                parts.push(Part { file: seg.file.clone(), base: seg.base_offset, limit });
-            }
-            (slice, parts, floor, offset)
+            // The active segment's servable end as of this lock, whatever happens after it
+            // (what is served must agree with the high watermark answered).
+            let active = st.active();
+            let group = self.cfg.durability == Durability::Group;
+            let active = (active.base_offset, if group { st.hw_pos.min(active.size) } else { active.size });
+            let first = self.read_part(&st, i, active);
+            (slice, first, seg.index_floor(offset), offset, active)
         };
         let mut total = 0u64;
-        for (i, part) in parts.iter().enumerate() {
-            let (file, limit) = (&*part.file, part.limit);
-            let start = if i == 0 {
-                match segment::find_position_from(file, offset, floor, limit, self.cfg.batch_bytes_max)? {
-                    Some(p) => p,
-                    None => continue,
-                }
+        let mut part = Some(first);
+        let mut at_first = true;
+        while let Some((file, base, limit)) = part.take() {
+            let start = if at_first {
+                segment::find_position_from(&*file, offset, floor, limit, self.cfg.batch_bytes_max)?
             } else {
-                0
+                Some(0)
             };
-            if start >= limit {
-                continue;
-            }
-            let budget = max_bytes.saturating_sub(total);
-            let end = if limit - start <= budget {
-                limit
-            } else if let Some(b) = self.index_boundary(part.base, start, start + budget) {
-                // Cut at a known batch boundary; then walk headers to get closer to the budget.
-                let mut end = b;
-                while end < limit {
-                    match segment::read_header(file, end, self.cfg.batch_bytes_max)? {
-                        Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
-                        _ => break,
-                    }
-                }
-                end
-            } else {
-                let mut end = start;
-                while end < limit {
-                    match segment::read_header(file, end, self.cfg.batch_bytes_max)? {
-                        Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
-                        Ok(h) if end == start && total == 0 && min_one_batch => {
-                            end += h.size_bytes as u64;
-                            break;
+            at_first = false;
+            if let Some(start) = start.filter(|&s| s < limit) {
+                let budget = max_bytes.saturating_sub(total);
+                let end = if limit - start <= budget {
+                    limit
+                } else if let Some(b) = self.index_boundary(base, start, start + budget) {
+                    // Cut at a known batch boundary; then walk headers to get closer to the budget.
+                    let mut end = b;
+                    while end < limit {
+                        match segment::read_header(&*file, end, self.cfg.batch_bytes_max)? {
+                            Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
+                            _ => break,
                         }
-                        _ => break,
+                    }
+                    end
+                } else {
+                    let mut end = start;
+                    while end < limit {
+                        match segment::read_header(&*file, end, self.cfg.batch_bytes_max)? {
+                            Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
+                            Ok(h) if end == start && total == 0 && min_one_batch => {
+                                end += h.size_bytes as u64;
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
+                    end
+                };
+                if end > start {
+                    total += end - start;
+                    slice.ranges.push(FileRange { file, position: start, len: end - start });
+                }
+                if end < limit {
+                    break;
+                }
+            }
+            // On into the next segment (a read spanning segments takes the lock once per segment).
+            if base < active.0 {
+                let st = lock(&self.state);
+                if let Ok(i) = st.segments.binary_search_by_key(&base, |s| s.base_offset) {
+                    if i + 1 < st.segments.len() {
+                        part = Some(self.read_part(&st, i + 1, active));
                     }
                 }
-                end
-            };
-            if end > start {
-                slice.ranges.push(FileRange { file: part.file.clone(), position: start, len: end - start });
-                total += end - start;
-            }
-            if end < limit {
-                break;
             }
         }
         Ok(slice)
+    }
+
+    /// Segment `i`'s file, base offset and servable end for a read planned when the active
+    /// segment was `active` = (base, servable end): the fence, and that end, apply.
+    fn read_part(&self, st: &State, i: usize, active: (u64, u64)) -> (Arc<dyn IoFile>, u64, u64) {
+        let seg = &st.segments[i];
+        let limit = match seg.base_offset.cmp(&active.0) {
+            std::cmp::Ordering::Less => seg.size,
+            std::cmp::Ordering::Equal => active.1.min(seg.size),
+            // Created after the read was planned: nothing there is covered by its high watermark.
+            std::cmp::Ordering::Greater => 0,
+        };
+        // Nothing from the damaged batch on is served.
+        let limit = match st.fence {
+            Some((_, base, pos)) if base == seg.base_offset => limit.min(pos),
+            Some((_, base, _)) if base < seg.base_offset => 0,
+            _ => limit,
+        };
+        (seg.file.clone(), seg.base_offset, limit)
     }
 
     /// [`Segment::index_boundary_at_most`] of the segment based at `base` (under the state
