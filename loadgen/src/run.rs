@@ -857,7 +857,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
                 }
                 rate *= 0.8;
             }
-            if s.confirmed && !ctx.halted() {
+            if s.confirmed && !ctx.halted() && w.search_half_rate {
                 let (ph, cpu) = ctx.run_phase(&mut col, &full(s.max_rate / 2.0), n_consumers)?;
                 producer_cpu_s += cpu;
                 if ph.measured && !ph.halted {
