@@ -90,6 +90,7 @@ pub fn start_offsets_following(
     for layout in layouts.iter_mut() {
         let mut offs: HashMap<i32, i64> = HashMap::new();
         let mut refreshes = 0u32;
+        let mut md_err: Option<String> = None;
         loop {
             let mut failed = None;
             let mut addrs: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
@@ -114,15 +115,17 @@ pub fn start_offsets_following(
             if !retry_after_refresh(&e) || Instant::now() >= deadline {
                 return Err(format!(
                     "start offsets of {} partition(s) {parts:?} from their leader {a}: {e} (after {:.1} s and {refreshes} metadata \
-                     refresh(es))",
+                     refresh(es){})",
                     layout.topic,
-                    started.elapsed().as_secs_f64()
+                    started.elapsed().as_secs_f64(),
+                    md_err.map(|m| format!("; the last refresh failed: {m}")).unwrap_or_default()
                 ));
             }
             std::thread::sleep(Duration::from_millis(250));
             refreshes += 1;
             match leaders_now(boot, &layout.topic) {
                 Ok(now) => {
+                    md_err = None;
                     for (p, addr) in layout.leaders.iter_mut() {
                         if let Some((_, n)) = now.iter().find(|(q, _)| q == p) {
                             *addr = *n;
@@ -130,11 +133,7 @@ pub fn start_offsets_following(
                     }
                 }
                 // No bootstrap broker answers yet: try the leaders again, within the deadline.
-                Err(me) => {
-                    if Instant::now() >= deadline {
-                        return Err(format!("start offsets of {}: {e}; then {me}", layout.topic));
-                    }
-                }
+                Err(me) => md_err = Some(me),
             }
         }
         let mut v: Vec<(i32, i64)> = offs.into_iter().collect();
