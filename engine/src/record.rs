@@ -571,6 +571,28 @@ pub fn patch_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[12..16].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Attribute bit of the timestamp type (set: LogAppendTime).
+pub const ATTR_LOG_APPEND_TIME: i16 = 0x08;
+
+/// Kafka's `message.timestamp.type=LogAppendTime`: stamp every batch of `buf` (whole batches)
+/// with `now` as its max timestamp and set the timestamp-type attribute bit, recomputing the
+/// CRC. Only a batch whose CRC checks is stamped: stamping stops at the first one that does
+/// not (or is malformed), which the log's own validation then refuses, so a corrupt batch is
+/// never given a valid CRC. Returns whether every batch was stamped.
+pub fn stamp_log_append_time(buf: &mut [u8], now: i64, max_batch_bytes: usize) -> bool {
+    let mut at = 0usize;
+    while at < buf.len() {
+        let Ok(info) = validate(&buf[at..], max_batch_bytes) else { return false };
+        let batch = &mut buf[at..at + info.size_bytes];
+        batch[21..23].copy_from_slice(&(info.attributes | ATTR_LOG_APPEND_TIME).to_be_bytes());
+        batch[35..43].copy_from_slice(&now.to_be_bytes());
+        let crc = compute_crc(batch);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        at += info.size_bytes;
+    }
+    true
+}
+
 /// Builds uncompressed v2 batches. Used by tests, benchmarks and the load generator's encoder.
 pub mod build {
     use super::*;
@@ -716,6 +738,23 @@ pub mod build {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_append_time_stamps_valid_batches_only() {
+        let mut two = build::simple_batch(3, 10, 1_000);
+        two.extend(build::simple_batch(2, 10, 2_000));
+        assert!(stamp_log_append_time(&mut two, 9_999, 1 << 20));
+        let infos = validate_all(&two, 1 << 20).expect("still valid");
+        for i in &infos {
+            assert_eq!(i.max_timestamp, 9_999);
+            assert_ne!(i.attributes & ATTR_LOG_APPEND_TIME, 0);
+        }
+        let mut bad = build::simple_batch(1, 10, 1_000);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(!stamp_log_append_time(&mut bad, 9_999, 1 << 20));
+        assert!(validate(&bad, 1 << 20).is_err(), "a corrupt batch keeps its bad CRC");
+    }
 
     #[test]
     fn built_batch_validates_and_patch_keeps_crc() {

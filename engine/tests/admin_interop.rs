@@ -191,9 +191,11 @@ fn describe_configs_with_confluent_kafka_answers_what_the_broker_applies() {
     let addr = broker.local_addr().to_string();
     let r = python(&["configs", "--bootstrap", &addr, "--topic", "cfg"]);
     let t = &r["topic:cfg"];
-    assert_eq!(t["retention.ms"], serde_json::json!(["3600000", "STATIC_BROKER_CONFIG", true]), "{r}");
-    assert_eq!(t["segment.bytes"], serde_json::json!([(8 << 20).to_string(), "STATIC_BROKER_CONFIG", true]), "{r}");
-    assert_eq!(t["retention.bytes"], serde_json::json!(["-1", "DEFAULT_CONFIG", true]), "{r}");
+    // Topic keys are alterable (read_only false) but index.interval.bytes; broker keys are static.
+    assert_eq!(t["retention.ms"], serde_json::json!(["3600000", "STATIC_BROKER_CONFIG", false]), "{r}");
+    assert_eq!(t["segment.bytes"], serde_json::json!([(8 << 20).to_string(), "STATIC_BROKER_CONFIG", false]), "{r}");
+    assert_eq!(t["retention.bytes"], serde_json::json!(["-1", "DEFAULT_CONFIG", false]), "{r}");
+    assert_eq!(t["index.interval.bytes"], serde_json::json!(["4096", "DEFAULT_CONFIG", true]), "{r}");
     assert_eq!(t["cleanup.policy"][0], "delete", "{r}");
     assert_eq!(t["max.message.bytes"][0], engine::broker::MESSAGE_MAX_BYTES_DEFAULT.to_string(), "{r}");
     assert_eq!(t["min.insync.replicas"][0], "1", "{r}");
@@ -219,8 +221,10 @@ fn describe_configs_with_confluent_kafka_answers_what_the_broker_applies() {
     assert_eq!(cfg.error_code, 0);
     assert_eq!(cfg.configs.len(), 1);
     assert_eq!(cfg.configs[0].name.as_str(), "retention.ms");
-    assert_eq!(cfg.configs[0].synonyms[0].name.as_str(), "log.retention.ms");
-    assert_eq!(cfg.configs[0].synonyms[0].value.as_deref(), Some("3600000"));
+    // Synonyms in precedence order: the static broker value, then the built-in default.
+    let syn: Vec<(&str, Option<&str>, i8)> =
+        cfg.configs[0].synonyms.iter().map(|y| (y.name.as_str(), y.value.as_deref(), y.source)).collect();
+    assert_eq!(syn, vec![("log.retention.ms", Some("3600000"), 4), ("log.retention.ms", Some("604800000"), 5)]);
     assert_eq!(resp.results[1].error_code, 42); // INVALID_REQUEST
     broker.shutdown().unwrap();
 }
@@ -289,6 +293,24 @@ fn admin_apis_with_kafka_python() {
     let port = broker.local_addr().port();
     assert_eq!(r["cluster"], serde_json::json!(["zero-copy-log", 0, [[0, "127.0.0.1", port]]]), "{r}");
     assert_eq!(broker.logs().topic("kp").unwrap().len(), 4);
+    // Topic configuration through kafka-python: created with configs (compaction refused),
+    // altered incrementally (SET + DELETE) and with the legacy AlterConfigs.
+    let codes: Vec<(String, i64)> = r["create_configs"]["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().to_string(), t["error_code"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(codes, vec![("kp-c".to_string(), 0), ("kpcompact".to_string(), 40)], "{r}");
+    assert!(broker.logs().topic("kpcompact").is_none());
+    let dynamic = |v: &str| serde_json::json!([v, "DYNAMIC_TOPIC_CONFIG"]);
+    assert_eq!(r["modified"], serde_json::json!({"retention.ms": dynamic("60000"), "segment.bytes": dynamic("2048")}), "{r}");
+    assert_eq!(r["incremental"]["topic"]["kp-c"], "OK", "{r}");
+    assert_eq!(r["after_incremental"], serde_json::json!({"segment.bytes": dynamic("2048"), "max.message.bytes": dynamic("5000")}), "{r}");
+    assert_eq!(r["legacy"]["topic"]["kp-c"], "OK", "{r}");
+    assert_eq!(r["after_legacy"]["retention.bytes"], dynamic("1000000"), "{r}");
+    let live = broker.logs().partition("kp-c", 0).unwrap();
+    assert_eq!((live.live().segment_bytes(), live.live().message_max_bytes(), live.live().retention_bytes()), (2048, 5000, Some(1_000_000)));
     broker.shutdown().unwrap();
 }
 

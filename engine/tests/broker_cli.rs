@@ -79,3 +79,69 @@ fn broker_help_lists_every_limit_with_its_default() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least frame_bytes_max"));
 }
+
+/// Issue 17: `--config FILE` (server.properties, Kafka's key names) sets the broker's defaults;
+/// a flag on the command line overrides the file; DescribeConfigs reports both as
+/// STATIC_BROKER_CONFIG and untouched keys as DEFAULT_CONFIG; a bad file refuses the start
+/// with the file, line and key.
+#[test]
+fn config_file_sets_defaults_and_the_command_line_overrides_it() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::{CreateTopicsRequest, DescribeConfigsRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let file = dir.path().join("server.properties");
+    std::fs::write(
+        &file,
+        format!(
+            "# Kafka's names\nlog.dirs={}\nlisteners=PLAINTEXT://{addr}\nnum.partitions=3\nlog.segment.bytes=2048\n\
+             message.max.bytes=5000\nlog.retention.hours=2\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["--config", file.to_str().unwrap(), "--message-max-bytes", "6000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "broker did not listen on the file's listener");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Client::connect(addr.parse().unwrap());
+    let s = |v: &str| StrBytes::from_string(v.to_string());
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default().with_name(TopicName(s("d"))).with_num_partitions(-1).with_replication_factor(-1)]);
+    let r = c.call(7, &req);
+    assert_eq!((r.topics[0].error_code, r.topics[0].num_partitions), (0, 3));
+    let req = DescribeConfigsRequest::default().with_resources(vec![
+        DescribeConfigsResource::default().with_resource_type(4).with_resource_name(s("0")),
+        DescribeConfigsResource::default().with_resource_type(2).with_resource_name(s("d")),
+    ]);
+    let r = c.call(4, &req);
+    let get = |i: usize, k: &str| {
+        let e = r.results[i].configs.iter().find(|e| e.name.as_str() == k).unwrap_or_else(|| panic!("no {k}"));
+        (e.value.as_deref().unwrap_or("").to_string(), e.config_source)
+    };
+    assert_eq!(get(0, "log.segment.bytes"), ("2048".into(), 4));
+    assert_eq!(get(0, "message.max.bytes"), ("6000".into(), 4), "the command line wins over the file");
+    assert_eq!(get(0, "log.retention.ms"), ("7200000".into(), 4));
+    assert_eq!(get(0, "num.partitions"), ("3".into(), 4));
+    assert_eq!(get(0, "log.retention.bytes"), ("-1".into(), 5));
+    assert_eq!(get(1, "segment.bytes"), ("2048".into(), 4));
+    assert_eq!(get(1, "max.message.bytes"), ("6000".into(), 4));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    std::fs::write(&file, "log.dirs=/nonexistent-unused\nlog.cleanup.policy=compact\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_broker")).args(["--config", file.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.properties") && err.contains("line 2") && err.contains("compaction is not supported"), "{err}");
+}

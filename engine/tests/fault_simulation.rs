@@ -233,6 +233,7 @@ impl Sim {
             validate_records: true,
             repair: false,
             scrub_rate_mib: 0,
+            ..LogConfig::default()
         };
         let fault = match rng.gen_range(0..10) {
             0..=3 => Fault::None,

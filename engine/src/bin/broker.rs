@@ -2,22 +2,32 @@
 //!
 //! ```text
 //! broker --data-dir /var/lib/zcl --listen 127.0.0.1:9092 --durability group
+//! broker --config server.properties --message-max-bytes 2097164
 //! ```
+//!
+//! Precedence: a flag given on the command line > the `--config` file (Kafka's key names,
+//! [`engine::broker::properties`]) > the built-in default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use engine::broker::{Broker, BrokerConfig};
 use engine::log::Durability;
 
 #[derive(Debug, Parser)]
 #[command(name = "broker", about = "Kafka-compatible zero-copy partitioned-log broker")]
 struct Args {
-    /// Directory holding the partitions (<topic>-<partition>/).
+    /// Directory holding the partitions (<topic>-<partition>/); or `log.dirs` in --config.
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    /// A server.properties-style file of broker settings under Kafka's key names
+    /// (log.retention.ms, log.segment.bytes, message.max.bytes, num.partitions, ...; see
+    /// docs/broker.md). Flags given on the command line override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:9092")]
     listen: SocketAddr,
@@ -81,23 +91,62 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
     // Block SIGINT/SIGTERM before any thread starts, so they are only received by sigwait below.
     if let Err(e) = engine::io::sys::block_termination_signals() {
         tracing::warn!("cannot block signals ({e}); shutdown on SIGTERM will not be clean");
     }
-    let mut cfg = BrokerConfig::new(args.data_dir, args.durability);
-    cfg.listen = args.listen;
-    cfg.default_partitions = args.default_partitions;
-    cfg.auto_create_topics = !args.no_auto_create;
-    cfg.frame_bytes_max = args.frame_bytes_max;
-    cfg.request_bytes_in_flight_max = args.max_request_bytes_in_flight;
+    let mut cfg = BrokerConfig::new(PathBuf::new(), args.durability);
+    if let Some(file) = &args.config {
+        if let Err(e) = engine::broker::properties::apply_file(&mut cfg, file) {
+            tracing::error!("cannot start broker: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match args.data_dir {
+        Some(d) => cfg.data_dir = d,
+        None if cfg.data_dir.as_os_str().is_empty() => {
+            tracing::error!("cannot start broker: no data directory: give --data-dir or log.dirs in --config");
+            return ExitCode::FAILURE;
+        }
+        None => {}
+    }
+    // Flags with a file key apply when given on the command line (else the file's value or
+    // the built-in default stays); the others always (their defaults are the built-in ones).
+    if given("listen") {
+        cfg.listen = args.listen;
+    }
+    if given("default_partitions") {
+        cfg.default_partitions = args.default_partitions;
+    }
+    if args.no_auto_create {
+        cfg.auto_create_topics = false;
+    }
+    if given("frame_bytes_max") {
+        cfg.frame_bytes_max = args.frame_bytes_max;
+    }
+    if given("max_request_bytes_in_flight") {
+        cfg.request_bytes_in_flight_max = args.max_request_bytes_in_flight;
+    }
     cfg.request_timeout_ms = args.request_timeout_ms;
-    cfg.connection_idle_ms = args.connections_max_idle_ms;
-    cfg.connections_max = args.max_connections;
-    cfg.connections_per_ip_max = args.max_connections_per_ip;
+    if given("connections_max_idle_ms") {
+        cfg.connection_idle_ms = args.connections_max_idle_ms;
+    }
+    if given("max_connections") {
+        cfg.connections_max = args.max_connections;
+    }
+    if given("max_connections_per_ip") {
+        cfg.connections_per_ip_max = args.max_connections_per_ip;
+    }
     cfg.log.direct_io = args.direct_io;
-    cfg.message_max_bytes = args.message_max_bytes;
+    if given("message_max_bytes") {
+        cfg.message_max_bytes = args.message_max_bytes;
+    }
     cfg.log.repair = args.repair;
     cfg.log.scrub_rate_mib = args.scrub_rate_mib;
     let broker = match Broker::start(cfg) {

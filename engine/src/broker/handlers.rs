@@ -34,8 +34,10 @@ pub const BROKER_APIS: &[(i16, i16, i16)] = &[
     (19, 2, 7), // CreateTopics
     (20, 1, 6), // DeleteTopics
     (32, 1, 4), // DescribeConfigs
+    (33, 0, 2), // AlterConfigs
     (35, 1, 4), // DescribeLogDirs
     (37, 0, 3), // CreatePartitions
+    (44, 0, 1), // IncrementalAlterConfigs
     (60, 0, 2), // DescribeCluster
 ];
 
@@ -78,6 +80,8 @@ pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
         ApiKey::CreateTopics => create_topics(shared, cid, version, body),
         ApiKey::DeleteTopics => delete_topics(shared, cid, version, body),
         ApiKey::DescribeConfigs => admin::describe_configs(shared, cid, version, body),
+        ApiKey::AlterConfigs => admin::alter_configs(shared, cid, version, body),
+        ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(shared, cid, version, body),
         ApiKey::CreatePartitions => admin::create_partitions(shared, cid, version, body),
         ApiKey::DescribeLogDirs => admin::describe_log_dirs(shared, cid, version, body),
         ApiKey::DescribeCluster => admin::describe_cluster(shared, cid, version, body),
@@ -146,9 +150,15 @@ fn topic_error_code(e: &TopicError) -> i16 {
         TopicError::AlreadyExists(_) => error::TOPIC_ALREADY_EXISTS,
         TopicError::Unknown(_) => error::UNKNOWN_TOPIC_OR_PARTITION,
         TopicError::InvalidPartitions(_) => error::INVALID_PARTITIONS,
-        TopicError::Recovery(_) | TopicError::Io(_) | TopicError::Locked(_) => error::KAFKA_STORAGE_ERROR,
+        TopicError::InvalidConfig(_) => error::INVALID_CONFIG,
+        TopicError::Recovery(_) | TopicError::Io(_) | TopicError::Locked(_) | TopicError::StoredConfig(_) => {
+            error::KAFKA_STORAGE_ERROR
+        }
     }
 }
+
+/// Kafka's NOT_ENOUGH_REPLICAS.
+const NOT_ENOUGH_REPLICAS: i16 = 19;
 
 /// Find a partition, creating the topic when allowed. Err = Kafka error code.
 fn resolve_partition(shared: &Shared, topic: &str, partition: i32, create: bool) -> Result<Arc<Partition>, i16> {
@@ -189,6 +199,8 @@ struct ProducedPartition {
     error_code: i16,
     base_offset: i64,
     log_start_offset: i64,
+    /// The time the batches were stamped with (message.timestamp.type=LogAppendTime), or -1.
+    log_append_time: i64,
     /// Wait for this to be durable before answering (group durability).
     wait: Option<(Arc<Partition>, u64)>,
 }
@@ -227,7 +239,14 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
     for (topic, parts) in plan {
         let mut out = Vec::with_capacity(parts.len());
         for (index, range) in parts {
-            let mut r = ProducedPartition { index, error_code: 0, base_offset: -1, log_start_offset: -1, wait: None };
+            let mut r = ProducedPartition {
+                index,
+                error_code: 0,
+                base_offset: -1,
+                log_start_offset: -1,
+                log_append_time: -1,
+                wait: None,
+            };
             if transactional {
                 r.error_code = error::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
                 out.push(r);
@@ -256,13 +275,31 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                     continue;
                 }
             };
-            if let Some(size) = batch_over(records, shared.cfg.message_max_bytes) {
-                // Kafka's message.max.bytes: answered MESSAGE_TOO_LARGE, which clients do not
-                // retry (CORRUPT_MESSAGE would be retried until their delivery timeout).
-                tracing::debug!(topic, index, size, limit = shared.cfg.message_max_bytes, "produce refused: batch too large");
+            let live = part.live();
+            let limit = live.message_max_bytes();
+            if let Some(size) = batch_over(records, limit) {
+                // The topic's max.message.bytes (default: the broker's message.max.bytes):
+                // answered MESSAGE_TOO_LARGE, which clients do not retry (CORRUPT_MESSAGE
+                // would be retried until their delivery timeout).
+                tracing::debug!(topic, index, size, limit, "produce refused: batch too large");
                 r.error_code = error::MESSAGE_TOO_LARGE;
                 out.push(r);
                 continue;
+            }
+            if acks == -1 && live.min_insync_replicas() > 1 {
+                // One replica is in sync (this broker): as Kafka, acks=all is refused below
+                // the topic's min.insync.replicas.
+                r.error_code = NOT_ENOUGH_REPLICAS;
+                out.push(r);
+                continue;
+            }
+            if live.log_append_time() {
+                // A second CRC pass (and a third in the log's validation), only for topics
+                // with message.timestamp.type=LogAppendTime.
+                let now = crate::log::now_ms();
+                if crate::record::stamp_log_append_time(records, now, part.config().batch_bytes_max) {
+                    r.log_append_time = now;
+                }
             }
             match part.append(records) {
                 Ok(info) => {
@@ -333,6 +370,7 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                         .with_index(p.index)
                         .with_error_code(p.error_code)
                         .with_base_offset(p.base_offset)
+                        .with_log_append_time_ms(p.log_append_time)
                         .with_log_start_offset(p.log_start_offset),
                 );
             }
@@ -656,6 +694,12 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
             t.num_partitions
         };
         let mut r = CreatableTopicResult::default().with_name(t.name.clone());
+        // The topic's configuration, validated whole (INVALID_CONFIG names the key, the value
+        // and what is allowed); honoured by the created topic, persisted with it.
+        let overrides = crate::log::TopicConfig::from_pairs(
+            t.configs.iter().map(|c| (c.name.as_str(), c.value.as_ref().map_or("", |v| v.as_str()))),
+            shared.logs.config().batch_bytes_max,
+        );
         let outcome = if partitions > shared.cfg.partitions_per_topic_max {
             Err((
                 error::INVALID_PARTITIONS,
@@ -666,14 +710,8 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
             Err((error::INVALID_REQUEST, format!("Creation of internal topic {name} is prohibited.")))
         } else if !(t.replication_factor == -1 || t.replication_factor == 1) {
             Err((error::INVALID_REPLICATION_FACTOR, format!("replication factor {} > 1 brokers", t.replication_factor)))
-        } else if !t.configs.is_empty() {
-            // Topic configs are not honoured (every topic uses the broker's log settings):
-            // refuse rather than create a topic without what the client asked for.
-            let names: Vec<&str> = t.configs.iter().map(|c| c.name.as_str()).collect();
-            Err((
-                error::INVALID_CONFIG,
-                format!("topic configs are not supported by this broker: {}", names.join(", ")),
-            ))
+        } else if let Err(e) = &overrides {
+            Err((error::INVALID_CONFIG, e.to_string()))
         } else if req.validate_only {
             if !crate::log::manager::valid_topic_name(&name) {
                 Err((error::INVALID_TOPIC_EXCEPTION, format!("invalid topic name {name:?}")))
@@ -685,12 +723,17 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
                 Ok(())
             }
         } else {
-            shared.logs.create_topic(&name, partitions, None).map(|_| ()).map_err(|e| (topic_error_code(&e), e.to_string()))
+            shared
+                .logs
+                .create_topic_with_config(&name, partitions, overrides.clone().unwrap_or_default())
+                .map(|_| ())
+                .map_err(|e| (topic_error_code(&e), e.to_string()))
         };
         match outcome {
             Ok(()) => {
                 if version >= 5 {
-                    r = r.with_num_partitions(partitions).with_replication_factor(1);
+                    let configs = admin::created_topic_configs(shared, &overrides.unwrap_or_default());
+                    r = r.with_num_partitions(partitions).with_replication_factor(1).with_configs(Some(configs));
                 }
             }
             Err((code, msg)) => {

@@ -19,6 +19,7 @@
 //! are accepted and closed at once, logged once per interval).
 
 mod handlers;
+pub mod properties;
 pub use handlers::BROKER_APIS;
 
 use std::cell::Cell;
@@ -69,7 +70,7 @@ pub const SEND_STALL_MS_MAX: u64 = 120_000;
 /// Default read rate of the background scrub of sealed segments (`LogConfig::scrub_rate_mib`).
 pub const SCRUB_RATE_MIB_DEFAULT: u64 = 8;
 /// Kafka's default message.max.bytes (1 MiB + the 12-byte log overhead).
-pub const MESSAGE_MAX_BYTES_DEFAULT: usize = 1_048_588;
+pub const MESSAGE_MAX_BYTES_DEFAULT: usize = crate::log::MESSAGE_MAX_BYTES_DEFAULT;
 /// How long `BrokerHandle::shutdown` waits for connection threads to finish.
 const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -277,6 +278,8 @@ impl Broker {
     /// its files have no descriptor, so Fetch copies with `read_at` instead of sendfile).
     pub fn start_with_io(mut cfg: BrokerConfig, storage: Arc<dyn Io>) -> io::Result<BrokerHandle> {
         cfg.log.batch_bytes_max = cfg.log.batch_bytes_max.max(cfg.message_max_bytes);
+        // The broker's message.max.bytes is every topic's default max.message.bytes.
+        cfg.log.message_max_bytes = cfg.message_max_bytes;
         if cfg.request_bytes_in_flight_max < cfg.frame_bytes_max {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::topic_config::{self, ConfigError, TopicConfig};
 use super::{Durability, LogConfig, Partition, RecoveryError};
 use crate::io::Io;
 
@@ -53,6 +54,11 @@ pub enum TopicError {
     Locked(std::io::Error),
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    #[error("{0}")]
+    InvalidConfig(#[from] ConfigError),
+    /// A stored topic configuration that cannot be read or parsed (refuses the start).
+    #[error("{0}")]
+    StoredConfig(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -104,6 +110,9 @@ pub struct LogManager {
     io: Arc<dyn Io>,
     default_cfg: LogConfig,
     topics: RwLock<BTreeMap<String, Topic>>,
+    /// Each topic's configuration overrides (absent: none), as persisted under
+    /// `<dir>/topic-configs/`. Changed under `topic_changes`.
+    configs: RwLock<BTreeMap<String, TopicConfig>>,
     /// Serializes changes of a topic's partition set that open files outside the `topics`
     /// lock ([`LogManager::add_partitions`]) with topic creation and deletion.
     topic_changes: Mutex<()>,
@@ -135,9 +144,25 @@ impl LogManager {
             }
             found.entry(topic.to_string()).or_default().insert(p, dir.join(&name));
         }
+        // Topic configurations: a file that cannot be read or parsed refuses the start (the
+        // topic would otherwise run with settings nobody chose); one whose topic has no
+        // partition directory is left by a crash inside a create or delete and is removed.
+        let mut configs = BTreeMap::new();
+        topic_config::remove_temporaries(&*io, dir)?;
+        for topic in topic_config::stored_topics(&*io, dir)? {
+            if !found.contains_key(&topic) {
+                tracing::warn!(topic, "removing the configuration of a topic with no partitions (an interrupted create or delete)");
+                topic_config::remove(&*io, dir, &topic)?;
+                continue;
+            }
+            if let Some(c) = topic_config::load(&*io, dir, &topic, cfg.batch_bytes_max).map_err(TopicError::StoredConfig)? {
+                configs.insert(topic, c);
+            }
+        }
         let mut topics = BTreeMap::new();
         let mut failed = Vec::new();
         for (topic, parts) in found {
+            let tcfg = configs.get(&topic).map_or_else(|| cfg.clone(), |c: &TopicConfig| c.apply(&cfg));
             let mut v = Vec::new();
             let mut ok = true;
             for (i, (p, path)) in parts.into_iter().enumerate() {
@@ -146,7 +171,7 @@ impl LogManager {
                     ok = false;
                     break;
                 }
-                match Partition::open(&topic, p, &path, io.clone(), cfg.clone(), notifier.clone()) {
+                match Partition::open(&topic, p, &path, io.clone(), tcfg.clone(), notifier.clone()) {
                     Ok(part) => v.push(part),
                     Err(e) => {
                         tracing::error!("{topic}-{p}: {e}");
@@ -164,6 +189,7 @@ impl LogManager {
             io,
             default_cfg: cfg,
             topics: RwLock::new(topics),
+            configs: RwLock::new(configs),
             topic_changes: Mutex::new(()),
             notifier,
             stop: Arc::new(AtomicBool::new(false)),
@@ -241,8 +267,20 @@ impl LogManager {
         self.topics.read().unwrap_or_else(|p| p.into_inner()).values().flat_map(|t| t.iter().cloned()).collect()
     }
 
-    /// Create a topic with `partitions` partitions (durable before it returns).
+    /// Create a topic with `partitions` partitions (durable before it returns), with `cfg`
+    /// (not persisted: tests of per-topic log settings) or else the broker's defaults.
     pub fn create_topic(&self, name: &str, partitions: i32, cfg: Option<LogConfig>) -> Result<Topic, TopicError> {
+        self.create(name, partitions, cfg, TopicConfig::default())
+    }
+
+    /// Create a topic with `partitions` partitions and the configuration overrides `overrides`
+    /// (durable before it returns: the configuration file is written first, so a crash leaves
+    /// either no topic or one with its configuration; a stray file is removed at the next open).
+    pub fn create_topic_with_config(&self, name: &str, partitions: i32, overrides: TopicConfig) -> Result<Topic, TopicError> {
+        self.create(name, partitions, None, overrides)
+    }
+
+    fn create(&self, name: &str, partitions: i32, base: Option<LogConfig>, overrides: TopicConfig) -> Result<Topic, TopicError> {
         if !valid_topic_name(name) {
             return Err(TopicError::InvalidName(name.to_string()));
         }
@@ -254,8 +292,15 @@ impl LogManager {
         if topics.contains_key(name) {
             return Err(TopicError::AlreadyExists(name.to_string()));
         }
-        let cfg = cfg.unwrap_or_else(|| self.default_cfg.clone());
+        let cfg = overrides.apply(base.as_ref().unwrap_or(&self.default_cfg));
         descriptor_headroom(partitions as u64)?;
+        if overrides.is_empty() {
+            // A file left by a failed creation or deletion of this name must not configure
+            // the new topic (removed, durably, only when there is one).
+            topic_config::remove(&*self.io, &self.dir, name)?;
+        } else {
+            topic_config::store(&*self.io, &self.dir, name, &overrides)?;
+        }
         let mut v = Vec::with_capacity(partitions as usize);
         for p in 0..partitions as u32 {
             let path = self.dir.join(format!("{name}-{p}"));
@@ -268,6 +313,7 @@ impl LogManager {
                         let _ = self.io.remove_dir_all(&self.dir.join(format!("{name}-{q}")));
                     }
                     let _ = self.io.sync_dir(&self.dir);
+                    let _ = topic_config::remove(&*self.io, &self.dir, name);
                     tracing::warn!(topic = name, partitions, "topic creation failed at partition {p}, removed what was created: {e}");
                     return Err(e.into());
                 }
@@ -276,6 +322,12 @@ impl LogManager {
         self.io.sync_dir(&self.dir)?;
         let t: Topic = Arc::new(v);
         topics.insert(name.to_string(), t.clone());
+        let mut configs = self.configs.write().unwrap_or_else(|p| p.into_inner());
+        if overrides.is_empty() {
+            configs.remove(name);
+        } else {
+            configs.insert(name.to_string(), overrides);
+        }
         Ok(t)
     }
 
@@ -301,6 +353,8 @@ impl LogManager {
         for p in t.iter() {
             p.delete()?;
         }
+        self.configs.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        topic_config::remove(&*self.io, &self.dir, name)?;
         Ok(())
     }
 
@@ -315,7 +369,7 @@ impl LogManager {
             return Err(TopicError::InvalidPartitions(count as i64));
         }
         descriptor_headroom((count as usize - old.len()) as u64)?;
-        let cfg = old.first().map(|p| p.config().clone()).unwrap_or_else(|| self.default_cfg.clone());
+        let cfg = self.topic_config(name).apply(&self.default_cfg);
         let mut v: Vec<Arc<Partition>> = old.iter().cloned().collect();
         let opened = (old.len() as u32..count as u32).try_for_each(|p| {
             let path = self.dir.join(format!("{name}-{p}"));
@@ -343,6 +397,27 @@ impl LogManager {
         self.topics.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), t.clone());
         tracing::info!(topic = name, from = old.len(), to = count, "partitions added");
         Ok(t)
+    }
+
+    /// A topic's configuration overrides (empty: none, or no such topic).
+    pub fn topic_config(&self, name: &str) -> TopicConfig {
+        self.configs.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned().unwrap_or_default()
+    }
+
+    /// Replace a topic's configuration overrides: persisted (atomically) first, then applied
+    /// to its running partitions. Validation is the caller's (a [`TopicConfig`] holds only
+    /// validated values).
+    pub fn alter_topic_config(&self, name: &str, overrides: TopicConfig) -> Result<(), TopicError> {
+        let _changes = self.topic_changes.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self.topic(name).ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        topic_config::store(&*self.io, &self.dir, name, &overrides)?;
+        let cfg = overrides.apply(&self.default_cfg);
+        self.configs.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), overrides);
+        for p in topic.iter() {
+            p.live().set(&cfg);
+        }
+        tracing::info!(topic = name, "topic configuration changed");
+        Ok(())
     }
 
     /// Flush and checkpoint every partition (clean shutdown). Returns the first error.

@@ -9,12 +9,14 @@ pub mod scrub;
 pub mod partition;
 pub mod segment;
 pub mod time_seek;
+pub mod topic_config;
 
 use std::io;
 use std::str::FromStr;
 
 pub use manager::{LogManager, Notifier, TopicError};
 pub use partition::{AppendInfo, FileRange, Partition, ReadSlice};
+pub use topic_config::{ConfigError, LiveConfig, TopicConfig};
 
 use crate::record::BatchError;
 
@@ -58,6 +60,9 @@ impl FromStr for Durability {
     }
 }
 
+/// Kafka's default message.max.bytes (1 MiB + the 12-byte log overhead).
+pub const MESSAGE_MAX_BYTES_DEFAULT: usize = 1_048_588;
+
 /// Per-log configuration.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -72,8 +77,18 @@ pub struct LogConfig {
     pub retention_ms: Option<u64>,
     /// One sparse index entry per this many bytes of batches.
     pub index_interval_bytes: u32,
-    /// Largest accepted batch (Kafka's max.message.bytes).
+    /// Largest batch the log stores or reads (a hard limit; the topic's `max.message.bytes`
+    /// may not exceed it).
     pub batch_bytes_max: usize,
+    /// Largest batch a Produce may append (Kafka's topic `max.message.bytes`, broker
+    /// `message.max.bytes`); a larger one is answered MESSAGE_TOO_LARGE by the broker.
+    pub message_max_bytes: usize,
+    /// Kafka's `min.insync.replicas`: with a single replica, a value above 1 makes every
+    /// acks=all Produce fail with NOT_ENOUGH_REPLICAS, as Kafka does.
+    pub min_insync_replicas: u32,
+    /// Kafka's `message.timestamp.type=LogAppendTime`: the broker stamps each appended batch
+    /// with its append time (max timestamp + the attribute bit, CRC recomputed).
+    pub log_append_time: bool,
     /// `group` mode only: zero-fill the active segment this far ahead of its end (written with
     /// the group-commit leader's write, when at most a quarter of the window is being written),
     /// so fdatasyncs overwrite allocated blocks instead of journaling size changes (0 = off).
@@ -117,6 +132,9 @@ impl Default for LogConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             index_interval_bytes: 4096,
             batch_bytes_max: 16 << 20,
+            message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
+            min_insync_replicas: 1,
+            log_append_time: false,
             preallocate_bytes: 1 << 20,
             appender_write_bytes: 256 << 10,
             direct_io: false,

@@ -162,6 +162,9 @@ pub struct Partition {
     dir: PathBuf,
     io: Arc<dyn Io>,
     cfg: LogConfig,
+    /// The topic's values that AlterConfigs changes live (segment roll, retention, ...): read
+    /// from here, not from `cfg`.
+    live: super::LiveConfig,
     state: Mutex<State>,
     sync: Mutex<SyncState>,
     /// Signalled when the sync slot frees (roll, close) and on poison.
@@ -478,6 +481,7 @@ impl Partition {
             index,
             dir: dir.to_path_buf(),
             io,
+            live: super::LiveConfig::new(&cfg),
             cfg,
             state: Mutex::new(State {
                 segments,
@@ -508,8 +512,13 @@ impl Partition {
         }))
     }
 
+    /// The configuration the partition was opened with; the topic-level values that change
+    /// live are in [`Partition::live`].
     pub fn config(&self) -> &LogConfig {
         &self.cfg
+    }
+    pub fn live(&self) -> &super::LiveConfig {
+        &self.live
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -660,7 +669,7 @@ impl Partition {
             // Reserve first: ENOSPC here fails this append alone, before anything is tracked.
             let end = position + total;
             if end > st.active().prealloc_end {
-                let seg_max = self.cfg.segment_bytes_max.max(end);
+                let seg_max = self.live.segment_bytes().max(end);
                 let seg = st.active_mut();
                 let from = seg.prealloc_end.max(position);
                 // Several large appends' worth at a time (fallocate waits for every O_DIRECT
@@ -911,7 +920,7 @@ impl Partition {
         if window == 0 || buf.is_empty() || buf.len() as u64 > window / 4 {
             return;
         }
-        let max = self.cfg.segment_bytes_max;
+        let max = self.live.segment_bytes();
         let seg = st.active_mut();
         let end = seg.size;
         if seg.zeroed_end >= end + window / 8 || end >= max {
@@ -970,8 +979,8 @@ impl Partition {
     /// Whether an append of `total` bytes must first roll the active segment (size or age).
     fn needs_roll(&self, st: &State, total: u64) -> bool {
         let a = st.active();
-        let old = self.cfg.segment_age_max_ms.is_some_and(|ms| a.created.elapsed().as_millis() as u64 >= ms);
-        a.size > 0 && (a.size + total > self.cfg.segment_bytes_max || old)
+        let old = self.live.segment_ms().is_some_and(|ms| a.created.elapsed().as_millis() as u64 >= ms);
+        a.size > 0 && (a.size + total > self.live.segment_bytes() || old)
     }
 
     /// Run `f` as the partition's one sync in flight: wait for the group commit's leader to
@@ -1221,10 +1230,10 @@ impl Partition {
         let mut deleted = 0;
         while st.segments.len() > 1 {
             let oldest = &st.segments[0];
-            let by_size = self.cfg.retention_bytes_max.is_some_and(|max| total > max);
+            let by_size = self.live.retention_bytes().is_some_and(|max| total > max);
             let by_time = self
-                .cfg
-                .retention_ms
+                .live
+                .retention_ms()
                 .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
             if !(by_size || by_time) || st.segments[1].base_offset > keep_from {
                 break;

@@ -14,7 +14,7 @@ use crate::record;
 pub fn first_at_or_after(batch: &[u8], target: i64) -> Result<Option<(u64, i64)>, String> {
     let info = record::parse_header(batch, batch.len()).map_err(|e| format!("stored batch: {e}"))?;
     let to_offset = |(index, ts): (i32, i64)| (info.base_offset.saturating_add(index as i64).max(0) as u64, ts);
-    if info.attributes & LOG_APPEND_TIME != 0 {
+    if info.attributes & record::ATTR_LOG_APPEND_TIME != 0 {
         // Every record carries the batch's max timestamp: the first record answers.
         if info.max_timestamp < target {
             return Ok(None);
@@ -24,9 +24,6 @@ pub fn first_at_or_after(batch: &[u8], target: i64) -> Result<Option<(u64, i64)>
     let found = record::first_record_at_or_after(batch, &info, target).map_err(|e| format!("stored batch: {e}"))?;
     Ok(found.map(to_offset))
 }
-
-/// Attribute bit 3: LogAppendTime (every record's timestamp is the batch's max timestamp).
-const LOG_APPEND_TIME: i16 = 1 << 3;
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,7 @@ pub fn small_cfg(durability: Durability, segment_bytes_max: u64) -> LogConfig {
         validate_records: true,
         repair: false,
         scrub_rate_mib: 0,
+        ..LogConfig::default()
     }
 }
 

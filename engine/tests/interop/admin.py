@@ -13,6 +13,11 @@ partitions     create --topic with 1 partition, grow it to 3, then try 2 (shrink
                an unknown topic and __consumer_offsets; produce to and consume from partition 2;
                prints the outcomes and what Metadata and the consumer saw.
 cluster        describe_cluster(); prints the cluster id, controller and nodes.
+topic-configs  create --topic with configs (segment.bytes, retention.ms, max.message.bytes), refused
+               creations (compact, segment.bytes past an int, an unknown key; validate_only),
+               describe_configs, incremental_alter_configs (SET/DELETE/APPEND, validate_only),
+               alter_configs (replaces the set) and produce under max.message.bytes; prints
+               each outcome as "ok" or [error name, message] and {name: [value, source]}.
 """
 import argparse
 import json
@@ -20,7 +25,8 @@ import sys
 import time
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewPartitions, NewTopic
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource,
+                                   NewPartitions, NewTopic)
 
 
 def out(obj):
@@ -134,6 +140,81 @@ def cluster(a):
          "nodes": [[n.id, n.host, n.port] for n in d.nodes]})
 
 
+def detail(fut, timeout=30):
+    """'ok', or [error name, message]."""
+    try:
+        fut.result(timeout=timeout)
+        return "ok"
+    except KafkaException as e:
+        return [e.args[0].name(), e.args[0].str()]
+
+
+def described(admin, topic):
+    r = ConfigResource("topic", topic)
+    entries = admin.describe_configs([r], request_timeout=30)[r].result(timeout=30)
+    return {n: [e.value, ConfigSource(e.source).name] for n, e in entries.items()}
+
+
+def topic_configs(a):
+    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    res = {}
+
+    def create(name, cfg, validate_only=False):
+        t = NewTopic(name, num_partitions=1, replication_factor=1, config=cfg)
+        return detail(admin.create_topics([t], request_timeout=30, validate_only=validate_only)[name])
+
+    res["create"] = create(a.topic, {"segment.bytes": "1024", "retention.ms": "3600000", "max.message.bytes": "3000"})
+    res["compact"] = create("compacted", {"cleanup.policy": "compact"})
+    res["too_big"] = create("huge", {"segment.bytes": "4294967296"})
+    res["unknown_key"] = create("unknown", {"no.such.config": "1"})
+    res["validate_bad"] = create("vbad", {"retention.ms": "-5"}, validate_only=True)
+    res["validate_ok"] = create("vok", {"retention.ms": "5"}, validate_only=True)
+    res["topics"] = sorted(t for t in admin.list_topics(timeout=30).topics if not t.startswith("__"))
+    res["described"] = described(admin, a.topic)
+
+    # Produce under the topic's max.message.bytes (3000): 2000 bytes pass, 5000 do not.
+    p = Producer({"bootstrap.servers": a.bootstrap, "acks": "all", "linger.ms": 0, "message.max.bytes": 100000})
+    errs = []
+    for n in (2000, 5000):
+        p.produce(a.topic, value=b"x" * n, partition=0, on_delivery=lambda e, m: errs.append(e.name() if e else "ok"))
+        p.flush(30)
+    res["produce"] = list(errs)
+
+    def incremental(name, entries, validate_only=False):
+        r = ConfigResource("topic", name, incremental_configs=entries)
+        return detail(admin.incremental_alter_configs([r], request_timeout=30, validate_only=validate_only)[r])
+
+    E, OP = ConfigEntry, AlterConfigOpType
+    res["inc_validate_only"] = incremental(a.topic, [E("retention.bytes", "1", incremental_operation=OP.SET)], True)
+    res["inc"] = incremental(a.topic, [E("max.message.bytes", "6000", incremental_operation=OP.SET),
+                                       E("retention.ms", None, incremental_operation=OP.DELETE),
+                                       E("message.timestamp.type", "LogAppendTime", incremental_operation=OP.SET)])
+    res["inc_append_compact"] = incremental(a.topic, [E("cleanup.policy", "compact", incremental_operation=OP.APPEND)])
+    res["inc_append_int"] = incremental(a.topic, [E("segment.bytes", "1", incremental_operation=OP.APPEND)])
+    res["inc_unknown_topic"] = incremental("missing", [E("retention.ms", "1", incremental_operation=OP.SET)])
+    res["after_inc"] = described(admin, a.topic)
+    p.produce(a.topic, value=b"y" * 5000, partition=0, on_delivery=lambda e, m: errs.append(e.name() if e else "ok"))
+    p.flush(30)
+    res["produce_after"] = errs[2:]
+    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": "tc", "enable.auto.commit": False})
+    c.assign([TopicPartition(a.topic, 0, 0)])
+    types, deadline = [], time.time() + 30
+    while len(types) < 2 and time.time() < deadline:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            types.append(m.timestamp()[0])
+    c.close()
+    res["timestamp_types"] = types
+
+    # Legacy AlterConfigs replaces the whole set: keys not named return to the broker's.
+    r = ConfigResource("topic", a.topic, set_config={"retention.bytes": "100000000"})
+    res["alter"] = detail(admin.alter_configs([r], request_timeout=30)[r])
+    r = ConfigResource("topic", a.topic, set_config={"segment.bytes": "12"})
+    res["alter_bad"] = detail(admin.alter_configs([r], request_timeout=30)[r])
+    res["after_alter"] = described(admin, a.topic)
+    out(res)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd")
@@ -141,7 +222,7 @@ def main():
     ap.add_argument("--topic", default="t")
     a = ap.parse_args()
     {"groups-setup": groups_setup, "groups-check": groups_check, "configs": configs,
-     "partitions": partitions, "cluster": cluster}[a.cmd](a)
+     "partitions": partitions, "cluster": cluster, "topic-configs": topic_configs}[a.cmd](a)
 
 
 if __name__ == "__main__":

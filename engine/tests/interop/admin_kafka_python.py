@@ -5,7 +5,9 @@ driven by engine/tests/admin_interop.rs. Prints one JSON object with what each c
 A topic --topic with 2 partitions; a standalone group "kpg" with offsets on both partitions;
 delete_group_offsets of partition 0; delete_groups(["kpg", "nope"]); describe_configs of the
 topic (all keys); create_partitions to 4, then to 3 (shrink); one record to partition 1 and
-describe_log_dirs of it; describe_cluster.
+describe_log_dirs of it; describe_cluster. Topic configuration: create --topic-c with configs (and
+one with cleanup.policy=compact, refused), alter_configs incremental (SET, DELETE) and legacy,
+describe_configs (modified only) after each.
 """
 import argparse
 import json
@@ -50,6 +52,25 @@ def main():
     res["log_dirs"] = [[d["log_dir"], d["error_code"], [[t["name"], p["partition_index"], p["partition_size"]]
                                                         for t in d["topics"] for p in t["partitions"]]]
                        for b in dirs for d in b["log_dirs"]]
+    tc = a.topic + "-c"
+    created = admin.create_topics({tc: {"num_partitions": 1, "replication_factor": 1,
+                                        "configs": {"retention.ms": "60000", "segment.bytes": "2048"}},
+                                   "kpcompact": {"num_partitions": 1, "replication_factor": 1,
+                                                 "configs": {"cleanup.policy": "compact"}}}, raise_errors=False)
+    res["create_configs"] = created
+
+    def modified():
+        d = admin.describe_configs([ConfigResource("TOPIC", tc)])
+        return {k: [v["value"], v["config_source"]] for k, v in d["topic"][tc].items()}
+
+    res["modified"] = modified()
+    alt = admin.alter_configs([ConfigResource("TOPIC", tc, {"retention.ms": ("DELETE", None),
+                                                             "max.message.bytes": "5000"})], incremental=True)
+    res["incremental"] = alt
+    res["after_incremental"] = modified()
+    alt = admin.alter_configs([ConfigResource("TOPIC", tc, {"retention.bytes": "1000000"})], incremental=False)
+    res["legacy"] = alt
+    res["after_legacy"] = modified()
     c = admin.describe_cluster()
     res["cluster"] = [c["cluster_id"], c["controller_id"], [[b["broker_id"], b["host"], b["port"]] for b in c["brokers"]]]
     print(json.dumps(res, default=str))

@@ -1,13 +1,14 @@
-//! Admin APIs served by the broker itself: DescribeConfigs (key 32), DescribeLogDirs (key 35),
-//! CreatePartitions (key 37) and DescribeCluster (key 60). (DeleteGroups and OffsetDelete belong to the group
-//! coordinator.)
+//! Admin APIs served by the broker itself: DescribeConfigs (key 32), AlterConfigs (key 33),
+//! DescribeLogDirs (key 35), CreatePartitions (key 37), IncrementalAlterConfigs (key 44) and
+//! DescribeCluster (key 60). (DeleteGroups and OffsetDelete belong to the group coordinator.)
 //!
-//! DescribeConfigs answers the configuration the broker really applies — read from the
-//! partition's own [`LogConfig`] and the [`super::super::BrokerConfig`] — never a value it does
-//! not honour. Sources: DEFAULT_CONFIG when a value is the built-in default,
-//! STATIC_BROKER_CONFIG when the broker was started with another value, TOPIC_CONFIG when a
-//! topic's value differs from the broker's. Every entry is read-only: this broker serves no
-//! AlterConfigs / IncrementalAlterConfigs.
+//! DescribeConfigs answers the configuration the broker really applies — the topic's overrides
+//! ([`TopicConfig`]) over the broker's [`LogConfig`] and [`super::super::BrokerConfig`] — never
+//! a value it does not honour. Sources: DYNAMIC_TOPIC_CONFIG for a topic's override,
+//! STATIC_BROKER_CONFIG when the broker was started with a value other than its built-in one
+//! (command line or `--config` file), DEFAULT_CONFIG otherwise. Topic keys are altered by
+//! AlterConfigs / IncrementalAlterConfigs (persisted, then applied to the running partitions);
+//! broker keys are read-only (static).
 
 use std::collections::HashSet;
 
@@ -25,7 +26,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{is_hidden_topic, is_internal_topic, topic_error_code, Handled};
 use crate::broker::{Reply, Shared};
-use crate::log::{LogConfig, TopicError};
+use crate::log::{topic_config, LogConfig, TopicConfig, TopicError};
 use crate::wire::{self, error};
 
 /// Kafka error code not in `wire::error`.
@@ -45,7 +46,6 @@ const TYPE_BOOLEAN: i8 = 1;
 const TYPE_STRING: i8 = 2;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
-const TYPE_LIST: i8 = 7;
 
 /// This broker's node id (a single-node cluster).
 const NODE_ID: &str = "0";
@@ -54,107 +54,117 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-/// One configuration entry: Kafka's key, the value applied, its type, and the broker-level key
-/// it derives from (a topic entry's synonym) with that key's source.
+/// One configuration entry: Kafka's key, the value applied, its type, whether it can be
+/// altered, its source, and its synonyms in precedence order (Kafka's: the topic's own value,
+/// then the static broker key, then the default).
 struct Entry {
     name: &'static str,
     value: String,
     ty: i8,
+    read_only: bool,
     source: i8,
-    synonym: Option<(&'static str, String, i8)>,
+    synonyms: Vec<(&'static str, String, i8)>,
+}
+
+/// A broker-level entry: `value` is what the broker runs with, `default` its built-in value.
+fn broker_entry(name: &'static str, ty: i8, value: String, default: String, read_only: bool) -> Entry {
+    let mut synonyms = Vec::new();
+    let source = if value == default {
+        SOURCE_DEFAULT
+    } else {
+        synonyms.push((name, value.clone(), SOURCE_STATIC_BROKER));
+        SOURCE_STATIC_BROKER
+    };
+    synonyms.push((name, default, SOURCE_DEFAULT));
+    Entry { name, value, ty, read_only, source, synonyms }
 }
 
 fn opt_ms(v: Option<u64>) -> String {
     v.map_or("-1".to_string(), |v| v.to_string())
 }
 
+/// The broker-level value of a topic key in a log configuration (its default for topics).
 /// `log.roll.ms`/`segment.ms`: without an age limit a segment rolls on size only, which Kafka
 /// expresses as Long.MAX_VALUE (its largest accepted value).
-fn roll_ms(v: Option<u64>) -> String {
-    v.map_or(i64::MAX.to_string(), |v| v.to_string())
-}
-
-/// The log-level entries (topic key, broker key, type, value) of a configuration.
-/// `message_max` is the broker's Produce limit (`BrokerConfig::message_max_bytes`): a batch
-/// must pass it and then the log's `batch_bytes_max`, so the smaller one applies.
-fn log_values(c: &LogConfig, message_max: usize) -> Vec<(&'static str, &'static str, i8, String)> {
-    vec![
-        ("cleanup.policy", "log.cleanup.policy", TYPE_LIST, "delete".to_string()),
-        ("retention.ms", "log.retention.ms", TYPE_LONG, opt_ms(c.retention_ms)),
-        ("retention.bytes", "log.retention.bytes", TYPE_LONG, opt_ms(c.retention_bytes_max)),
-        ("segment.bytes", "log.segment.bytes", TYPE_INT, c.segment_bytes_max.to_string()),
-        ("segment.ms", "log.roll.ms", TYPE_LONG, roll_ms(c.segment_age_max_ms)),
-        ("index.interval.bytes", "log.index.interval.bytes", TYPE_INT, c.index_interval_bytes.to_string()),
-        ("max.message.bytes", "message.max.bytes", TYPE_INT, c.batch_bytes_max.min(message_max).to_string()),
-        // Single node: acks=all waits for the one replica.
-        ("min.insync.replicas", "min.insync.replicas", TYPE_INT, "1".to_string()),
-        // Batches are stored as the producer sent them: its compression, its timestamps.
-        ("compression.type", "compression.type", TYPE_STRING, "producer".to_string()),
-        ("message.timestamp.type", "log.message.timestamp.type", TYPE_STRING, "CreateTime".to_string()),
-    ]
+fn log_value(key: &str, c: &LogConfig) -> String {
+    match key {
+        "cleanup.policy" => "delete".to_string(),
+        "retention.ms" => opt_ms(c.retention_ms),
+        "retention.bytes" => opt_ms(c.retention_bytes_max),
+        "segment.bytes" => c.segment_bytes_max.to_string(),
+        "segment.ms" => c.segment_age_max_ms.map_or(i64::MAX.to_string(), |v| v.to_string()),
+        "index.interval.bytes" => c.index_interval_bytes.to_string(),
+        "max.message.bytes" => c.message_max_bytes.to_string(),
+        "min.insync.replicas" => c.min_insync_replicas.to_string(),
+        // Batches are stored as the producer sent them: its compression.
+        "compression.type" => "producer".to_string(),
+        "message.timestamp.type" => if c.log_append_time { "LogAppendTime" } else { "CreateTime" }.to_string(),
+        k => unreachable!("topic_config::KEYS has no {k}"),
+    }
 }
 
 /// The broker's built-in defaults (what it runs with when started without options).
 fn builtin(cfg: &crate::broker::BrokerConfig) -> crate::broker::BrokerConfig {
-    crate::broker::BrokerConfig::new(cfg.data_dir.clone(), cfg.log.durability)
+    let mut b = crate::broker::BrokerConfig::new(cfg.data_dir.clone(), cfg.log.durability);
+    b.log.message_max_bytes = b.message_max_bytes;
+    b
 }
 
-fn topic_entries(shared: &Shared, topic_cfg: &LogConfig) -> Vec<Entry> {
-    let cfg = &shared.cfg;
-    let d = builtin(cfg);
-    let builtin = log_values(&d.log, d.message_max_bytes);
-    let broker = log_values(shared.logs.config(), cfg.message_max_bytes);
-    log_values(topic_cfg, cfg.message_max_bytes)
+/// CreateTopics v5+: the created topic's configuration, as DescribeConfigs would answer it.
+pub(super) fn created_topic_configs(
+    shared: &Shared,
+    overrides: &TopicConfig,
+) -> Vec<kafka_protocol::messages::create_topics_response::CreatableTopicConfigs> {
+    topic_entries(shared, overrides)
         .into_iter()
-        .zip(broker)
-        .zip(builtin)
-        .map(|(((name, bname, ty, value), (_, _, _, bvalue)), (_, _, _, dvalue))| {
-            let broker_source = if bvalue == dvalue { SOURCE_DEFAULT } else { SOURCE_STATIC_BROKER };
-            let source = if value != bvalue { SOURCE_TOPIC } else { broker_source };
-            Entry { name, value, ty, source, synonym: Some((bname, bvalue, broker_source)) }
+        .map(|e| {
+            let mut c = kafka_protocol::messages::create_topics_response::CreatableTopicConfigs::default();
+            c.name = s(e.name);
+            c.value = Some(s(&e.value));
+            c.read_only = e.read_only;
+            c.config_source = e.source;
+            c.is_sensitive = false;
+            c
         })
         .collect()
 }
 
+/// A topic's entries: its override (DYNAMIC_TOPIC_CONFIG) where it has one, else the broker's.
+fn topic_entries(shared: &Shared, overrides: &TopicConfig) -> Vec<Entry> {
+    let d = builtin(&shared.cfg);
+    topic_config::KEYS
+        .iter()
+        .map(|k| {
+            let b = broker_entry(k.broker_key, k.ty as i8, log_value(k.name, shared.logs.config()), log_value(k.name, &d.log), true);
+            let mut e = Entry { name: k.name, read_only: !k.settable, ..b };
+            if let Some(v) = overrides.get(k.name) {
+                e.value = v.to_string();
+                e.source = SOURCE_TOPIC;
+                e.synonyms.insert(0, (k.name, e.value.clone(), SOURCE_TOPIC));
+            }
+            e
+        })
+        .collect()
+}
+
+/// The broker's entries: read-only (its configuration is static: the command line and the
+/// `--config` file).
 fn broker_entries(shared: &Shared) -> Vec<Entry> {
     let cfg = &shared.cfg;
-    let builtin = builtin(cfg);
-    let builtin_log = log_values(&builtin.log, builtin.message_max_bytes);
-    let mut out: Vec<Entry> = log_values(shared.logs.config(), cfg.message_max_bytes)
-        .into_iter()
-        .zip(builtin_log)
-        .map(|((_, bname, ty, value), (_, _, _, dvalue))| {
-            let source = if value == dvalue { SOURCE_DEFAULT } else { SOURCE_STATIC_BROKER };
-            Entry { name: bname, value, ty, source, synonym: None }
-        })
+    let d = builtin(cfg);
+    let mut out: Vec<Entry> = topic_config::KEYS
+        .iter()
+        .map(|k| broker_entry(k.broker_key, k.ty as i8, log_value(k.name, shared.logs.config()), log_value(k.name, &d.log), true))
         .collect();
-    let mut add = |name, ty, value: String, default: String| {
-        let source = if value == default { SOURCE_DEFAULT } else { SOURCE_STATIC_BROKER };
-        out.push(Entry { name, value, ty, source, synonym: None });
-    };
+    let mut add = |name, ty, value: String, default: String| out.push(broker_entry(name, ty, value, default, true));
     add("node.id", TYPE_INT, NODE_ID.to_string(), NODE_ID.to_string());
     add("broker.id", TYPE_INT, NODE_ID.to_string(), NODE_ID.to_string());
-    add("num.partitions", TYPE_INT, cfg.default_partitions.to_string(), builtin.default_partitions.to_string());
-    add(
-        "auto.create.topics.enable",
-        TYPE_BOOLEAN,
-        cfg.auto_create_topics.to_string(),
-        builtin.auto_create_topics.to_string(),
-    );
-    add("socket.request.max.bytes", TYPE_INT, cfg.frame_bytes_max.to_string(), builtin.frame_bytes_max.to_string());
-    add(
-        "connections.max.idle.ms",
-        TYPE_LONG,
-        cfg.connection_idle_ms.to_string(),
-        builtin.connection_idle_ms.to_string(),
-    );
-    add("max.connections", TYPE_INT, cfg.connections_max.to_string(), builtin.connections_max.to_string());
-    add(
-        "max.connections.per.ip",
-        TYPE_INT,
-        cfg.connections_per_ip_max.to_string(),
-        builtin.connections_per_ip_max.to_string(),
-    );
+    add("num.partitions", TYPE_INT, cfg.default_partitions.to_string(), d.default_partitions.to_string());
+    add("auto.create.topics.enable", TYPE_BOOLEAN, cfg.auto_create_topics.to_string(), d.auto_create_topics.to_string());
+    add("socket.request.max.bytes", TYPE_INT, cfg.frame_bytes_max.to_string(), d.frame_bytes_max.to_string());
+    add("connections.max.idle.ms", TYPE_LONG, cfg.connection_idle_ms.to_string(), d.connection_idle_ms.to_string());
+    add("max.connections", TYPE_INT, cfg.connections_max.to_string(), d.connections_max.to_string());
+    add("max.connections.per.ip", TYPE_INT, cfg.connections_per_ip_max.to_string(), d.connections_per_ip_max.to_string());
     add("default.replication.factor", TYPE_INT, "1".to_string(), "1".to_string());
     add("offsets.topic.num.partitions", TYPE_INT, "1".to_string(), "1".to_string());
     // The data directory is always given at start.
@@ -162,14 +172,17 @@ fn broker_entries(shared: &Shared) -> Vec<Entry> {
         name: "log.dirs",
         value: cfg.data_dir.display().to_string(),
         ty: TYPE_STRING,
+        read_only: true,
         source: SOURCE_STATIC_BROKER,
-        synonym: None,
+        synonyms: vec![("log.dirs", cfg.data_dir.display().to_string(), SOURCE_STATIC_BROKER)],
     });
     out
 }
 
 fn result_entries(entries: Vec<Entry>, keys: &Option<Vec<StrBytes>>, synonyms: bool) -> Vec<DescribeConfigsResourceResult> {
-    let wanted: Option<HashSet<&str>> = keys.as_ref().map(|ks| ks.iter().map(|k| k.as_str()).collect());
+    // Null or empty: every key (as Kafka's ConfigHelper).
+    let wanted: Option<HashSet<&str>> =
+        keys.as_ref().filter(|ks| !ks.is_empty()).map(|ks| ks.iter().map(|k| k.as_str()).collect());
     entries
         .into_iter()
         .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(e.name)))
@@ -177,28 +190,17 @@ fn result_entries(entries: Vec<Entry>, keys: &Option<Vec<StrBytes>>, synonyms: b
             let mut r = DescribeConfigsResourceResult::default();
             r.name = s(e.name);
             r.value = Some(s(&e.value));
-            r.read_only = true;
+            r.read_only = e.read_only;
             r.config_source = e.source;
             r.is_sensitive = false;
             r.config_type = e.ty;
             if synonyms {
-                // In precedence order, as Kafka: the topic's own value if it has one, then the
-                // broker-level key it otherwise derives from.
-                let syn = |name: &str, value: &str, source| {
+                for (name, value, source) in &e.synonyms {
                     let mut y = DescribeConfigsSynonym::default();
                     y.name = s(name);
                     y.value = Some(s(value));
-                    y.source = source;
-                    y
-                };
-                match &e.synonym {
-                    Some((bname, bvalue, bsource)) => {
-                        if e.source == SOURCE_TOPIC {
-                            r.synonyms.push(syn(e.name, &e.value, e.source));
-                        }
-                        r.synonyms.push(syn(bname, bvalue, *bsource));
-                    }
-                    None => r.synonyms.push(syn(e.name, &e.value, e.source)),
+                    y.source = *source;
+                    r.synonyms.push(y);
                 }
             }
             r
@@ -219,7 +221,7 @@ pub(super) fn describe_configs(shared: &Shared, cid: i32, version: i16, mut body
                 Err((error::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name:?} does not exist")))
             }
             RESOURCE_TOPIC => match shared.logs.topic(name).and_then(|t| t.first().cloned()) {
-                Some(p) => Ok(topic_entries(shared, p.config())),
+                Some(_) => Ok(topic_entries(shared, &shared.logs.topic_config(name))),
                 None => Err((error::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name:?} does not exist"))),
             },
             RESOURCE_BROKER if name.is_empty() || name == NODE_ID => Ok(broker_entries(shared)),
@@ -402,4 +404,147 @@ pub(super) fn describe_log_dirs(shared: &Shared, cid: i32, version: i16, mut bod
     }
     let resp = DescribeLogDirsResponse::default().with_results(vec![dir]);
     Ok(Reply::Now(wire::encode_response(cid, ApiKey::DescribeLogDirs, version, &resp)))
+}
+
+/// Kafka's IncrementalAlterConfigs operations.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// Check one AlterConfigs / IncrementalAlterConfigs resource, compute the topic's new overrides
+/// from its current ones with `change`, and (unless `validate_only`) persist and apply them.
+fn alter_resource(
+    shared: &Shared,
+    resource_type: i8,
+    name: &str,
+    keys: &[&str],
+    validate_only: bool,
+    change: impl FnOnce(TopicConfig) -> Result<TopicConfig, (i16, String)>,
+) -> Result<(), (i16, String)> {
+    let mut seen = HashSet::new();
+    if let Some(k) = keys.iter().find(|k| !seen.insert(**k)) {
+        return Err((error::INVALID_REQUEST, format!("Error due to duplicate config keys: {k}")));
+    }
+    match resource_type {
+        RESOURCE_TOPIC => {}
+        RESOURCE_BROKER if name.is_empty() || name == NODE_ID => {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            return Err((
+                error::INVALID_REQUEST,
+                format!(
+                    "Cannot update these configs dynamically: {}: this broker's configuration is static (its command line \
+                     and --config file); topic configurations can be altered",
+                    keys.join(", ")
+                ),
+            ));
+        }
+        RESOURCE_BROKER => {
+            return Err((
+                error::INVALID_REQUEST,
+                format!("unexpected broker id, expected {NODE_ID} or empty string, but received {name}"),
+            ))
+        }
+        t => return Err((error::INVALID_REQUEST, format!("resource type {t} is not supported by this broker"))),
+    }
+    if is_hidden_topic(name) || shared.logs.topic(name).is_none() {
+        return Err((error::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name:?} does not exist")));
+    }
+    if is_internal_topic(name) {
+        return Err((error::TOPIC_AUTHORIZATION_FAILED, format!("the configuration of internal topic {name} is the broker's")));
+    }
+    let new = change(shared.logs.topic_config(name))?;
+    if validate_only {
+        return Ok(());
+    }
+    shared.logs.alter_topic_config(name, new).map_err(|e| (topic_error_code(&e), e.to_string()))
+}
+
+fn invalid(e: crate::log::ConfigError) -> (i16, String) {
+    (error::INVALID_CONFIG, e.to_string())
+}
+
+/// AlterConfigs (legacy): a topic's overrides are replaced by the request's whole set (keys not
+/// named return to the broker's defaults), as Kafka does.
+pub(super) fn alter_configs(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+    let req: AlterConfigsRequest = wire::decode_body(&mut body, version)?;
+    let max = shared.logs.config().batch_bytes_max;
+    let mut out = Vec::with_capacity(req.resources.len());
+    for res in req.resources {
+        let name = res.resource_name.to_string();
+        let keys: Vec<&str> = res.configs.iter().map(|c| c.name.as_str()).collect();
+        let outcome = alter_resource(shared, res.resource_type, &name, &keys, req.validate_only, |_| {
+            // A null value sets nothing (the key keeps the broker's default).
+            let pairs = res.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str(), v.as_str())));
+            TopicConfig::from_pairs(pairs, max).map_err(invalid)
+        });
+        let mut r = AlterConfigsResourceResponse::default();
+        r.resource_type = res.resource_type;
+        r.resource_name = res.resource_name.clone();
+        if let Err((code, msg)) = outcome {
+            r.error_code = code;
+            r.error_message = Some(s(&msg));
+        }
+        out.push(r);
+    }
+    let resp = AlterConfigsResponse::default().with_responses(out);
+    Ok(Reply::Now(wire::encode_response(cid, ApiKey::AlterConfigs, version, &resp)))
+}
+
+/// IncrementalAlterConfigs: SET and DELETE any topic key; APPEND and SUBTRACT list keys
+/// (`cleanup.policy`) starting from the value in force (the override, else the broker's).
+pub(super) fn incremental_alter_configs(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    let req: IncrementalAlterConfigsRequest = wire::decode_body(&mut body, version)?;
+    let max = shared.logs.config().batch_bytes_max;
+    let mut out = Vec::with_capacity(req.resources.len());
+    for res in req.resources {
+        let name = res.resource_name.to_string();
+        let keys: Vec<&str> = res.configs.iter().map(|c| c.name.as_str()).collect();
+        let outcome = alter_resource(shared, res.resource_type, &name, &keys, req.validate_only, |mut cfg| {
+            for c in &res.configs {
+                let key = c.name.as_str();
+                let value = c.value.as_ref().map(|v| v.as_str());
+                match c.config_operation {
+                    OP_SET => cfg.set(key, value.unwrap_or(""), max).map_err(invalid)?,
+                    OP_DELETE => cfg.delete(key).map_err(invalid)?,
+                    op @ (OP_APPEND | OP_SUBTRACT) => {
+                        let verb = if op == OP_APPEND { "append" } else { "subtract" };
+                        let Some(k) = topic_config::key(key) else {
+                            return Err(invalid(crate::log::ConfigError(format!("Unknown topic config name: {key}"))));
+                        };
+                        if k.ty != topic_config::KeyType::List {
+                            return Err((error::INVALID_CONFIG, format!("Config value {verb} is not allowed for config key: {key}")));
+                        }
+                        let current = cfg.get(key).map_or_else(|| log_value(key, shared.logs.config()), str::to_string);
+                        let mut items: Vec<String> =
+                            current.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_string).collect();
+                        for v in value.unwrap_or("").split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                            if op == OP_APPEND && !items.iter().any(|i| i == v) {
+                                items.push(v.to_string());
+                            } else if op == OP_SUBTRACT {
+                                items.retain(|i| i != v);
+                            }
+                        }
+                        cfg.set(key, &items.join(","), max).map_err(invalid)?;
+                    }
+                    op => return Err((error::INVALID_REQUEST, format!("unknown config operation {op} for {key}"))),
+                }
+            }
+            Ok(cfg)
+        });
+        let mut r = AlterConfigsResourceResponse::default();
+        r.resource_type = res.resource_type;
+        r.resource_name = res.resource_name.clone();
+        if let Err((code, msg)) = outcome {
+            r.error_code = code;
+            r.error_message = Some(s(&msg));
+        }
+        out.push(r);
+    }
+    let resp = IncrementalAlterConfigsResponse::default().with_responses(out);
+    Ok(Reply::Now(wire::encode_response(cid, ApiKey::IncrementalAlterConfigs, version, &resp)))
 }

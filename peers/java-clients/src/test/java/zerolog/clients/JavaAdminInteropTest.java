@@ -7,12 +7,12 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.util.List;
 import java.util.Map;
-import java.util.Properties;
 import java.util.Set;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.admin.Admin;
-import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.AlterConfigOp;
+import org.apache.kafka.clients.admin.AlterConfigsOptions;
 import org.apache.kafka.clients.admin.Config;
 import org.apache.kafka.clients.admin.ConfigEntry;
 import org.apache.kafka.clients.admin.LogDirDescription;
@@ -21,37 +21,16 @@ import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.config.ConfigResource;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 
 /**
  * The Java AdminClient (kafka-clients 4.x) against the broker's admin APIs: DeleteGroups,
- * OffsetDelete, DescribeConfigs, CreatePartitions, DescribeLogDirs. Its own broker process.
+ * OffsetDelete, DescribeConfigs, IncrementalAlterConfigs, CreatePartitions, DescribeLogDirs.
+ * Its own broker process.
  */
 @Timeout(value = 120, unit = TimeUnit.SECONDS)
-class JavaAdminInteropTest {
-    private static OurBroker broker;
-
-    @BeforeAll
-    static void start() throws Exception {
-        broker = new OurBroker("--durability", "group");
-    }
-
-    @AfterAll
-    static void stop() throws Exception {
-        if (broker != null) {
-            broker.close();
-        }
-    }
-
-    static Admin admin() {
-        Properties p = new Properties();
-        p.put("bootstrap.servers", broker.bootstrap());
-        p.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
-        return Admin.create(p);
-    }
+class JavaAdminInteropTest extends BrokerTestBase {
 
     static String cause(ExecutionException e) {
         return e.getCause().getClass().getSimpleName();
@@ -105,6 +84,53 @@ class JavaAdminInteropTest {
             assertEquals(1, dirs.size());
             LogDirDescription d = dirs.values().iterator().next();
             assertTrue(d.replicaInfos().containsKey(new TopicPartition("jcfg", 2)), "log dirs: " + d.replicaInfos().keySet());
+        }
+    }
+
+    static Config describe(Admin a, String topic) throws Exception {
+        ConfigResource r = new ConfigResource(ConfigResource.Type.TOPIC, topic);
+        return a.describeConfigs(List.of(r)).all().get(30, TimeUnit.SECONDS).get(r);
+    }
+
+    @Test
+    void topicConfigsAreCreatedDescribedAndAlteredIncrementally() throws Exception {
+        try (Admin a = admin()) {
+            NewTopic t = new NewTopic("jtc", 1, (short) 1).configs(Map.of("segment.bytes", "2048", "max.message.bytes", "3000"));
+            org.apache.kafka.clients.admin.CreateTopicsResult created = a.createTopics(List.of(t));
+            created.all().get(30, TimeUnit.SECONDS);
+            // CreateTopics v5+ answers the created topic's configuration.
+            assertEquals("2048", created.config("jtc").get(30, TimeUnit.SECONDS).get("segment.bytes").value());
+            Config c = describe(a, "jtc");
+            assertEquals("2048", c.get("segment.bytes").value());
+            assertEquals(ConfigEntry.ConfigSource.DYNAMIC_TOPIC_CONFIG, c.get("segment.bytes").source());
+            assertFalse(c.get("segment.bytes").isReadOnly());
+            assertEquals(ConfigEntry.ConfigSource.DEFAULT_CONFIG, c.get("retention.ms").source());
+
+            ConfigResource r = new ConfigResource(ConfigResource.Type.TOPIC, "jtc");
+            // validateOnly: checked, not applied.
+            a.incrementalAlterConfigs(Map.of(r, List.of(new AlterConfigOp(new ConfigEntry("retention.ms", "1"), AlterConfigOp.OpType.SET))),
+                    new AlterConfigsOptions().validateOnly(true)).all().get(30, TimeUnit.SECONDS);
+            assertEquals(ConfigEntry.ConfigSource.DEFAULT_CONFIG, describe(a, "jtc").get("retention.ms").source());
+            a.incrementalAlterConfigs(Map.of(r, List.of(
+                    new AlterConfigOp(new ConfigEntry("retention.ms", "60000"), AlterConfigOp.OpType.SET),
+                    new AlterConfigOp(new ConfigEntry("max.message.bytes", ""), AlterConfigOp.OpType.DELETE))))
+                    .all().get(30, TimeUnit.SECONDS);
+            c = describe(a, "jtc");
+            assertEquals("60000", c.get("retention.ms").value());
+            assertEquals(ConfigEntry.ConfigSource.DYNAMIC_TOPIC_CONFIG, c.get("retention.ms").source());
+            assertEquals("1048588", c.get("max.message.bytes").value());
+            assertEquals(ConfigEntry.ConfigSource.DEFAULT_CONFIG, c.get("max.message.bytes").source());
+
+            ExecutionException compact = assertThrows(ExecutionException.class, () -> a.incrementalAlterConfigs(Map.of(r, List.of(
+                    new AlterConfigOp(new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.APPEND))))
+                    .all().get(30, TimeUnit.SECONDS));
+            assertEquals("InvalidConfigurationException", cause(compact));
+            assertTrue(compact.getCause().getMessage().contains("compaction is not supported"), compact.getCause().getMessage());
+            ExecutionException badSize = assertThrows(ExecutionException.class, () -> a.incrementalAlterConfigs(Map.of(r, List.of(
+                    new AlterConfigOp(new ConfigEntry("segment.bytes", "4294967296"), AlterConfigOp.OpType.SET))))
+                    .all().get(30, TimeUnit.SECONDS));
+            assertEquals("InvalidConfigurationException", cause(badSize));
+            assertEquals("2048", describe(a, "jtc").get("segment.bytes").value());
         }
     }
 }

@@ -24,7 +24,6 @@ import java.util.concurrent.TimeUnit;
 import java.util.function.BooleanSupplier;
 import java.util.stream.Collectors;
 import org.apache.kafka.clients.admin.Admin;
-import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.ConsumerGroupDescription;
 import org.apache.kafka.clients.admin.DescribeClusterResult;
 import org.apache.kafka.clients.admin.ListOffsetsResult;
@@ -48,8 +47,6 @@ import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.header.internals.RecordHeader;
 import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.common.serialization.StringSerializer;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -60,27 +57,8 @@ import org.junit.jupiter.params.provider.ValueSource;
  * broker process for the class, one topic per test. Every wait polls a condition with a deadline.
  */
 @Timeout(value = 120, unit = TimeUnit.SECONDS)
-class JavaClientInteropTest {
+class JavaClientInteropTest extends BrokerTestBase {
     private static final Duration DEADLINE = Duration.ofSeconds(60);
-    private static OurBroker broker;
-
-    @BeforeAll
-    static void start() throws Exception {
-        broker = new OurBroker("--durability", "group");
-    }
-
-    @AfterAll
-    static void stop() throws Exception {
-        if (broker != null) {
-            broker.close();
-        }
-    }
-
-    static Properties common() {
-        Properties p = new Properties();
-        p.put("bootstrap.servers", broker.bootstrap());
-        return p;
-    }
 
     static KafkaProducer<String, String> producer(Map<String, Object> extra) {
         Properties p = common();
@@ -101,12 +79,6 @@ class JavaClientInteropTest {
         }
         p.putAll(extra);
         return new KafkaConsumer<>(p);
-    }
-
-    static Admin admin() {
-        Properties p = common();
-        p.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
-        return Admin.create(p);
     }
 
     static void createTopic(String name, int partitions) throws Exception {
@@ -422,16 +394,26 @@ class JavaClientInteropTest {
     }
 
     @Test
-    void createTopicsWithConfigsIsRefusedNotSilentlyDropped() throws Exception {
-        // Our broker does not honour topic configs (no DescribeConfigs/AlterConfigs either): a
-        // createTopics carrying configs fails with INVALID_CONFIG naming them, and no topic is made.
+    void createTopicsWithConfigsIsHonouredOrRefusedNotSilentlyDropped() throws Exception {
+        // A createTopics carrying configs: applied (described as the topic's own), or, for one
+        // the broker cannot honour (compaction), refused with INVALID_CONFIG saying why, and no
+        // topic is made.
         try (Admin a = admin()) {
             NewTopic t = new NewTopic("admin-configs", 1, (short) 1).configs(Map.of("retention.ms", "3600000"));
-            ExecutionException e = org.junit.jupiter.api.Assertions.assertThrows(ExecutionException.class,
-                    () -> a.createTopics(List.of(t)).all().get(30, TimeUnit.SECONDS));
-            assertTrue(e.getCause() instanceof org.apache.kafka.common.errors.InvalidConfigurationException, "cause: " + e.getCause());
-            assertTrue(e.getCause().getMessage().contains("retention.ms"), e.getCause().getMessage());
-            assertFalse(a.listTopics().names().get(30, TimeUnit.SECONDS).contains("admin-configs"));
+            a.createTopics(List.of(t)).all().get(30, TimeUnit.SECONDS);
+            org.apache.kafka.common.config.ConfigResource r =
+                    new org.apache.kafka.common.config.ConfigResource(org.apache.kafka.common.config.ConfigResource.Type.TOPIC, "admin-configs");
+            org.apache.kafka.clients.admin.ConfigEntry e =
+                    a.describeConfigs(List.of(r)).all().get(30, TimeUnit.SECONDS).get(r).get("retention.ms");
+            assertEquals("3600000", e.value());
+            assertEquals(org.apache.kafka.clients.admin.ConfigEntry.ConfigSource.DYNAMIC_TOPIC_CONFIG, e.source());
+
+            NewTopic c = new NewTopic("admin-compact", 1, (short) 1).configs(Map.of("cleanup.policy", "compact"));
+            ExecutionException x = org.junit.jupiter.api.Assertions.assertThrows(ExecutionException.class,
+                    () -> a.createTopics(List.of(c)).all().get(30, TimeUnit.SECONDS));
+            assertTrue(x.getCause() instanceof org.apache.kafka.common.errors.InvalidConfigurationException, "cause: " + x.getCause());
+            assertTrue(x.getCause().getMessage().contains("compaction is not supported"), x.getCause().getMessage());
+            assertFalse(a.listTopics().names().get(30, TimeUnit.SECONDS).contains("admin-compact"));
         }
     }
 
