@@ -119,6 +119,8 @@ struct Setup {
     bootstrap: String,
     fsync: String,
     layouts: Vec<TopicLayout>,
+    /// Latest offset of every partition at setup, per layout (empty for the sink).
+    start_offsets: Vec<Vec<(i32, i64)>>,
     calibration: Option<Calibration>,
     embedded: Embedded,
     identity: Option<crate::results::TargetIdentity>,
@@ -159,6 +161,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
                     leaders: (0..w.partitions_per_topic as i32).map(|p| (p, SocketAddr::from(([0, 0, 0, 0], 0)))).collect(),
                 })
                 .collect(),
+            start_offsets: topics.iter().map(|_| Vec::new()).collect(),
             calibration,
             embedded: Embedded::None,
             identity: None,
@@ -231,8 +234,13 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
     } else {
         (topics, Some(-1), None)
     };
-    let layouts = prepare_topics(&mut boot, &topics, w.partitions_per_topic, rf, Duration::from_secs(15)).map_err(RunError::Usage)?;
-    Ok(Setup { kind, bootstrap, fsync, layouts, calibration, embedded, identity, _cleanup: cleanup })
+    let mut layouts =
+        prepare_topics(&mut boot, &topics, w.partitions_per_topic, rf, Duration::from_secs(15)).map_err(RunError::Usage)?;
+    // Where consumers start; a cluster that has just lost a node may still name it as a leader
+    // (retried with Metadata refreshes, the layouts follow the new leaders).
+    let start_offsets = crate::retry::start_offsets_following(&boot_addrs, &mut layouts, Duration::from_secs(30))
+        .map_err(|e| RunError::Usage(format!("setup: {e}")))?;
+    Ok(Setup { kind, bootstrap, fsync, layouts, start_offsets, calibration, embedded, identity, _cleanup: cleanup })
 }
 
 /// Per-second bookkeeping: interval histograms, counters, the time series and the .hlog.
@@ -702,25 +710,10 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Latest offsets of every partition (where consumers start).
+    /// Latest offsets of every partition (where consumers start), taken at setup
+    /// ([`crate::retry::start_offsets_following`]).
     fn end_offsets(&self) -> Result<Vec<Vec<(i32, i64)>>, String> {
-        let mut out = Vec::new();
-        for layout in &self.setup.layouts {
-            if self.opts.sink {
-                out.push(Vec::new());
-                continue;
-            }
-            let mut offs = Vec::new();
-            let mut addrs: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
-            addrs.dedup();
-            for a in addrs {
-                let parts: Vec<i32> = layout.leaders.iter().filter(|(_, x)| *x == a).map(|(p, _)| *p).collect();
-                let m = crate::retry::list_offsets_settled(a, &layout.topic, &parts, -1, Duration::from_secs(30))?;
-                offs.extend(m);
-            }
-            out.push(offs);
-        }
-        Ok(out)
+        Ok(self.setup.start_offsets.clone())
     }
 
     fn consumers_caught_up(&self) -> bool {
@@ -1020,7 +1013,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
                     _ => break,
                 }
             }
-            if s.confirmed && !ctx.halted() {
+            if s.confirmed && !ctx.halted() && w.search_half_rate {
                 let (ph, cpu) = ctx.run_phase(&mut col, &full(s.max_rate / 2.0), n_consumers)?;
                 producer_cpu_s += cpu;
                 if ph.measured && !ph.halted {

@@ -7,7 +7,8 @@
 //! `producerRate`, `consumerBacklogSizeGB`, `testDurationMinutes`, `warmupDurationMinutes`,
 //! `useRandomizedPayloads`, `randomBytesRatio`, `randomizedPayloadPoolSize`.
 //! Ours: `acks`, `durability`, `directIo`, `durationSeconds`, `warmupSeconds`, `drainSeconds`, `batchSize`,
-//! `lingerMs`, `maxInFlight`, `keySpace`, `zipfExponent`, `p99BoundMs`, `searchStepSeconds`.
+//! `lingerMs`, `maxInFlight`, `keySpace`, `zipfExponent`, `p99BoundMs`, `searchStepSeconds`,
+//! `searchStartRate`, `searchHalfRate`.
 //! Producer settings: `compression`, `idempotent`, `keys` (`{distribution, count, zipfS}`, an
 //! alternative spelling of `keyDistributor`/`keySpace`/`zipfExponent`), `headers`,
 //! `headerValueBytes`; `acks` is 0, 1, -1 or `all`.
@@ -120,6 +121,11 @@ pub struct Workload {
     /// For `producerRate: 0`: the first rate of the search's ramp (x4 per step).
     #[serde(default = "default_search_start")]
     pub search_start_rate: f64,
+    /// For `producerRate: 0`: after the confirmed rate, a full-length run at half of it for the
+    /// latency with headroom (default true; `loadgen versus` workloads skip it: their latency
+    /// comparison runs both targets at one rate).
+    #[serde(default = "yes")]
+    pub search_half_rate: bool,
     /// Batch compression: none | gzip | snappy | lz4 | zstd.
     #[serde(default)]
     pub compression: crate::produce::Codec,
@@ -284,6 +290,10 @@ pub fn parse_acks(s: &str) -> Result<i16, String> {
 
 fn default_search_start() -> f64 {
     2_000.0
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u32 {
