@@ -394,14 +394,14 @@ fn read_varint<S: Source>(s: &mut S, max_bytes: u32) -> Result<i64, Stop> {
 }
 
 /// Walk `count` records; Ok(None) only if each parses, its fields fit in its declared length
-/// exactly, offset deltas are 0, 1, 2, ... and nothing follows the last record. With `until`,
-/// the walk stops at the first record whose timestamp is >= it (checked up to there): Ok(Some(
-/// (its index, its timestamp))).
+/// exactly, offset deltas are 0, 1, 2, ... and nothing follows the last record. With `until` =
+/// (timestamp, index), the walk stops at the first record at or after that index whose
+/// timestamp is >= it (checked up to there): Ok(Some((its index, its timestamp))).
 fn walk_records<S: Source>(
     s: &mut S,
     count: i32,
     base_timestamp: i64,
-    until: Option<i64>,
+    until: Option<(i64, i32)>,
 ) -> Result<Option<(i32, i64)>, BatchError> {
     let mut index = 0;
     let result = (|| -> Result<Option<(i32, i64)>, Stop> {
@@ -421,7 +421,7 @@ fn walk_records<S: Source>(
             if read_varint(s, 5)? != index as i64 {
                 return Err(bad(index, "offset delta is not the record's index in the batch"));
             }
-            if until.is_some_and(|t| ts >= t) {
+            if until.is_some_and(|(t, from)| ts >= t && index >= from) {
                 return Ok(Some((index, ts)));
             }
             for negative in ["negative key length", "negative value length"] {
@@ -527,7 +527,18 @@ pub fn validate_records(batch: &[u8], info: &BatchInfo) -> Result<(), BatchError
 /// by the decoder's window whatever the batch decompresses to) and the walk stops at the answer.
 /// Record timestamps only: LogAppendTime is the caller's business.
 pub fn first_record_at_or_after(batch: &[u8], info: &BatchInfo, target: i64) -> Result<Option<(i32, i64)>, BatchError> {
-    walk_batch(batch, info, Some(target))
+    walk_batch(batch, info, Some((target, 0)))
+}
+
+/// [`first_record_at_or_after`] among the records from index `from` on (records below a log
+/// start offset that falls inside the batch are not answers).
+pub fn first_record_at_or_after_from(
+    batch: &[u8],
+    info: &BatchInfo,
+    target: i64,
+    from: i32,
+) -> Result<Option<(i32, i64)>, BatchError> {
+    walk_batch(batch, info, Some((target, from)))
 }
 
 /// The records section of the complete batch `batch` (header `info`), decompressed if need be
@@ -561,7 +572,7 @@ pub fn records_plain<'a>(batch: &'a [u8], info: &BatchInfo) -> Result<std::borro
 }
 
 /// The one decompressing record walk (Produce validation and seek by timestamp).
-fn walk_batch(batch: &[u8], info: &BatchInfo, until: Option<i64>) -> Result<Option<(i32, i64)>, BatchError> {
+fn walk_batch(batch: &[u8], info: &BatchInfo, until: Option<(i64, i32)>) -> Result<Option<(i32, i64)>, BatchError> {
     let recs = &batch[BATCH_HEADER_BYTES..info.size_bytes];
     let count = info.record_count;
     let ts = info.base_timestamp;

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::producer::{record_ack, record_unacked, record_written_no_ack, Ready, Spare, Transport, Unacked};
 use crate::rate::Clock;
+use crate::security::BrokerStream;
 use crate::stats::{AckRecorder, Metrics};
 
 /// Largest response frame we accept.
@@ -46,6 +47,17 @@ const OURS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
+    // Consumer groups (`group.rs`): the classic protocol, before OffsetFetch's batched groups (v8)
+    // and FindCoordinator's batched keys (v4).
+    (ApiKey::FindCoordinator, 1, 3),
+    (ApiKey::JoinGroup, 2, 9),
+    (ApiKey::SyncGroup, 1, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 pub fn topic_name(s: &str) -> TopicName {
@@ -73,7 +85,7 @@ pub fn encode_request<R: Encodable + HeaderVersion>(key: ApiKey, version: i16, c
 }
 
 /// Read one response frame (without the size prefix).
-pub fn read_frame(s: &mut TcpStream) -> std::io::Result<Bytes> {
+pub fn read_frame<S: Read>(s: &mut S) -> std::io::Result<Bytes> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let len = i32::from_be_bytes(len);
@@ -108,17 +120,23 @@ pub fn decode_response<R: Decodable + HeaderVersion>(key: ApiKey, version: i16, 
 /// A request/response connection with negotiated versions.
 pub struct Conn {
     pub addr: SocketAddr,
-    stream: TcpStream,
+    stream: BrokerStream,
     corr: i32,
     versions: HashMap<i16, (i16, i16)>,
 }
 
-/// Resolve `host:port`; the error is one line.
+/// Resolve `host:port`; the error is one line. The host name is remembered for TLS (the
+/// broker's certificate is checked against it, see `security::remember_host`).
 pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    addr.to_socket_addrs()
+    let a = addr
+        .to_socket_addrs()
         .map_err(|e| format!("cannot resolve broker address {addr:?}: {e}"))?
         .next()
-        .ok_or_else(|| format!("broker address {addr:?} resolves to nothing"))
+        .ok_or_else(|| format!("broker address {addr:?} resolves to nothing"))?;
+    if let Some((host, _)) = addr.rsplit_once(':') {
+        crate::security::remember_host(a, host);
+    }
+    Ok(a)
 }
 
 impl Conn {
@@ -127,26 +145,29 @@ impl Conn {
     }
 
     /// [`Conn::connect`] with a bound on each response wait (a stopped broker accepts the TCP
-    /// connection but never answers).
+    /// connection but never answers). The one place broker connections are opened: with the
+    /// process's security settings (`security::current`): TLS handshake, ApiVersions, then SASL.
     pub fn connect_with_read_timeout(addr: SocketAddr, timeout: Duration, read_timeout: Duration) -> Result<Conn, String> {
-        let stream =
-            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to broker {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| format!("{addr}: {e}"))?;
-        stream.set_read_timeout(Some(read_timeout)).map_err(|e| format!("{addr}: {e}"))?;
+        let sec = crate::security::current();
+        let stream = crate::security::connect_stream(&sec, addr, timeout, read_timeout)?;
         let mut c = Conn { addr, stream, corr: 0, versions: HashMap::new() };
-        let r: ApiVersionsResponse = c
-            .call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default())
-            .map_err(|e| format!("broker {addr} did not answer ApiVersions: {e}"))?;
+        let r: ApiVersionsResponse = c.call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default()).map_err(|e| {
+            let hint = if sec.protocol.tls() { "" } else { " (a TLS listener? --security-protocol SSL or SASL_SSL)" };
+            format!("broker {addr} did not answer ApiVersions: {e}{hint}")
+        })?;
         if r.error_code != 0 {
             return Err(format!("broker {addr}: ApiVersions error code {}", r.error_code));
         }
         for k in r.api_keys {
             c.versions.insert(k.api_key, (k.min_version, k.max_version));
         }
+        if let Some((mechanism, creds)) = sec.sasl() {
+            crate::security::authenticate(&mut c, *mechanism, creds)?;
+        }
         Ok(c)
     }
 
-    pub fn try_clone_stream(&self) -> std::io::Result<TcpStream> {
+    pub fn try_clone_stream(&self) -> std::io::Result<BrokerStream> {
         self.stream.try_clone()
     }
 
@@ -416,7 +437,7 @@ struct Pending {
 
 struct ProduceConn {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: BrokerStream,
     corr: i32,
     tx: crossbeam::channel::Sender<Pending>,
     /// The producer thread's handle on the reader's queue: after the reader ended (connection
@@ -757,12 +778,16 @@ impl KafkaTransport {
         self.metrics.producer.metadata_refreshes.fetch_add(1, Ordering::Relaxed);
         let topic = self.topic.0.to_string();
         let mut md = None;
+        let mut last_err = String::new();
         for a in self.known.clone() {
             let r = Conn::connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2))
                 .and_then(|mut c| c.metadata(Some(std::slice::from_ref(&topic)), false));
-            if let Ok(m) = r {
-                md = Some(m);
-                break;
+            match r {
+                Ok(m) => {
+                    md = Some(m);
+                    break;
+                }
+                Err(e) => last_err = e,
             }
         }
         let mut still = false;
@@ -772,8 +797,9 @@ impl KafkaTransport {
             let since = *self.unreachable_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= UNREACHABLE_MAX && !self.metrics.stopped() {
                 let list: Vec<String> = self.known.iter().map(|a| a.to_string()).collect();
+                // The last error says why (e.g. "SASL authentication failed …" on reconnect).
                 self.metrics.fail(format!(
-                    "connection lost and no broker answers Metadata for {} s (tried {})",
+                    "connection lost and no broker answers Metadata for {} s (tried {}; last: {last_err})",
                     UNREACHABLE_MAX.as_secs(),
                     list.join(", ")
                 ));
@@ -961,7 +987,7 @@ impl KafkaTransport {
     }
 }
 
-fn ack_reader(ctx: ReaderCtx, mut stream: TcpStream, rx: crossbeam::channel::Receiver<Pending>) {
+fn ack_reader(ctx: ReaderCtx, mut stream: BrokerStream, rx: crossbeam::channel::Receiver<Pending>) {
     let mut rec = AckRecorder::new();
     ack_loop(&ctx, &mut stream, &rx, &mut rec);
     rec.maybe_flush(&ctx.metrics, 0, true);
@@ -972,7 +998,7 @@ fn ack_reader(ctx: ReaderCtx, mut stream: TcpStream, rx: crossbeam::channel::Rec
     }
 }
 
-fn ack_loop(ctx: &ReaderCtx, stream: &mut TcpStream, rx: &crossbeam::channel::Receiver<Pending>, rec: &mut AckRecorder) {
+fn ack_loop(ctx: &ReaderCtx, stream: &mut BrokerStream, rx: &crossbeam::channel::Receiver<Pending>, rec: &mut AckRecorder) {
     let (addr, metrics) = (ctx.addr, &ctx.metrics);
     loop {
         let frame = match read_frame(stream) {
@@ -1131,85 +1157,32 @@ mod tests {
     //! transport, sockets and ack reader; the broker answers each Produce with the next error
     //! code of its script and records the batches it was sent.
     use super::*;
-    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use crate::testbroker::{header, respond, serve, Served, CLOSE};
     use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-    use kafka_protocol::messages::RequestHeader;
-    use std::net::TcpListener;
     use std::sync::Mutex;
 
     const PRODUCE_V: i16 = 8;
 
-    fn respond<R: Encodable + HeaderVersion>(s: &mut TcpStream, corr: i32, version: i16, r: &R) {
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0, 0, 0, 0]);
-        ResponseHeader::default().with_correlation_id(corr).encode(&mut buf, R::header_version(version)).unwrap();
-        r.encode(&mut buf, version).unwrap();
-        let n = (buf.len() - 4) as u32;
-        buf[0..4].copy_from_slice(&n.to_be_bytes());
-        s.write_all(&buf).unwrap();
-    }
-
-    /// A script entry that closes the connection instead of answering.
-    const CLOSE: i16 = i16::MIN;
-
-    /// Serve every connection (each on its own thread): Produce answers follow `script` (then
-    /// 0; [`CLOSE`] closes the connection unanswered); Metadata names `leader` (this broker
-    /// when None) as the leader of partition 0 of topic "t". Returns the address and the
-    /// batches received, in order.
+    /// A scripted broker (`crate::testbroker`): Produce answers follow `script` (then 0;
+    /// [`CLOSE`] closes the connection unanswered); InitProducerId answers
+    /// COORDINATOR_LOAD_IN_PROGRESS twice, then producer 77 epoch 3; Metadata names `leader`
+    /// (this broker when None) as the leader of partition 0 of topic "t". Returns the address
+    /// and the batches received, in order.
     fn scripted_broker_led(script: Vec<i16>, leader: Option<SocketAddr>) -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let leader = leader.unwrap_or(addr);
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
-        let script = Arc::new(Mutex::new(script.into_iter()));
-        let init_calls = Arc::new(AtomicU32::new(0));
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(s) = s else { return };
-                let (g, script, init_calls) = (g.clone(), script.clone(), init_calls.clone());
-                std::thread::spawn(move || serve_scripted(s, &g, &script, &init_calls, leader));
-            }
-        });
-        (addr, got)
-    }
-
-    fn scripted_broker(script: Vec<i16>) -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
-        scripted_broker_led(script, None)
-    }
-
-    fn serve_scripted(mut s: TcpStream, g: &Mutex<Vec<Bytes>>, script: &Mutex<std::vec::IntoIter<i16>>, init_calls: &AtomicU32, leader: SocketAddr) {
-        use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
-        while let Ok(mut frame) = read_frame(&mut s) {
-            let key = i16::from_be_bytes([frame[0], frame[1]]);
-            let v = i16::from_be_bytes([frame[2], frame[3]]);
-            if key == ApiKey::ApiVersions as i16 {
-                let h = RequestHeader::decode(&mut frame, ApiVersionsRequest::header_version(v)).unwrap();
-                let r = ApiVersionsResponse::default().with_api_keys(vec![
-                    ApiVersion::default().with_api_key(ApiKey::Produce as i16).with_min_version(3).with_max_version(PRODUCE_V),
-                    ApiVersion::default().with_api_key(ApiKey::InitProducerId as i16).with_min_version(0).with_max_version(1),
-                    ApiVersion::default().with_api_key(ApiKey::Metadata as i16).with_min_version(1).with_max_version(9),
-                ]);
-                respond(&mut s, h.correlation_id, v, &r);
-            } else if key == ApiKey::Metadata as i16 {
-                let h = RequestHeader::decode(&mut frame, MetadataRequest::header_version(v)).unwrap();
-                let r = MetadataResponse::default()
-                    .with_brokers(vec![MetadataResponseBroker::default()
-                        .with_node_id(BrokerId(1))
-                        .with_host(StrBytes::from(leader.ip().to_string()))
-                        .with_port(leader.port() as i32)])
-                    .with_topics(vec![MetadataResponseTopic::default().with_name(Some(topic_name("t"))).with_partitions(vec![
-                        MetadataResponsePartition::default().with_partition_index(0).with_leader_id(BrokerId(1)),
-                    ])]);
-                respond(&mut s, h.correlation_id, v, &r);
-            } else if key == ApiKey::InitProducerId as i16 {
-                let h = RequestHeader::decode(&mut frame, InitProducerIdRequest::header_version(v)).unwrap();
+        let script = Mutex::new(script.into_iter());
+        let init_calls = AtomicU32::new(0);
+        let apis = vec![(ApiKey::Produce, 3, PRODUCE_V), (ApiKey::InitProducerId, 0, 1)];
+        let addr = serve(apis, leader, move |s, key, v, mut frame| {
+            if key == ApiKey::InitProducerId as i16 {
+                let h = header::<InitProducerIdRequest>(&mut frame, v);
                 // A coordinator still loading first (Kafka answers 14 after a start).
                 let code = if init_calls.fetch_add(1, Ordering::SeqCst) < 2 { 14 } else { 0 };
                 let r = InitProducerIdResponse::default().with_error_code(code).with_producer_id(ProducerId(77)).with_producer_epoch(3);
-                respond(&mut s, h.correlation_id, v, &r);
+                respond(s, h.correlation_id, v, &r);
             } else if key == ApiKey::Produce as i16 {
-                let h = RequestHeader::decode(&mut frame, ProduceRequest::header_version(v)).unwrap();
+                let h = header::<ProduceRequest>(&mut frame, v);
                 let req = ProduceRequest::decode(&mut frame, v).unwrap();
                 let t = &req.topic_data[0];
                 let p = &t.partition_data[0];
@@ -1219,20 +1192,26 @@ mod tests {
                     // No response; a refused acks=0 produce closes the connection.
                     if code != 0 {
                         let _ = s.shutdown(Shutdown::Both);
-                        return;
+                        return Served::Close;
                     }
-                    continue;
+                    return Served::Continue;
                 }
                 if code == CLOSE {
                     let _ = s.shutdown(Shutdown::Both);
-                    return;
+                    return Served::Close;
                 }
                 let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
                     .with_name(t.name.clone())
                     .with_partition_responses(vec![PartitionProduceResponse::default().with_index(p.index).with_error_code(code)])]);
-                respond(&mut s, h.correlation_id, v, &r);
+                respond(s, h.correlation_id, v, &r);
             }
-        }
+            Served::Continue
+        });
+        (addr, got)
+    }
+
+    fn scripted_broker(script: Vec<i16>) -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
+        scripted_broker_led(script, None)
     }
 
     /// Produce one 10-record batch through an idempotent transport; wait (bounded) until
@@ -1457,7 +1436,7 @@ mod tests {
         let (b_addr, b_got) = scripted_broker(vec![]);
         let (a_addr, _a_got) = scripted_broker_led(vec![], Some(b_addr));
         // A dead address first (bound then released), then the live broker A.
-        let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, dead), (1, a_addr)] };
         let metrics = Arc::new(Metrics::new(true));
         let settings = crate::produce::ProducerSettings { acks: -1, ..Default::default() };

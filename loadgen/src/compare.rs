@@ -575,6 +575,17 @@ pub fn fingerprint(v: &Value) -> BTreeMap<String, String> {
     let headers = at(&["headers"], "0");
     let headers = if headers == "0" { headers } else { format!("{headers} x {} B", at(&["header_value_bytes"], "?")) };
     fp.insert("producer.headers".into(), headers);
+    // Consumers: raw Fetch or a group (results without a `consumer` block consumed with Fetch),
+    // and the group's settings.
+    let c = v.get("consumer");
+    fp.insert("consumer.mode".into(), c.and_then(|c| c.get("mode")).filter(|x| !x.is_null()).map_or_else(|| "fetch".into(), show));
+    if let Some(g) = c.and_then(|c| c.get("group")) {
+        for k in ["assignor", "commit_interval_ms", "heartbeat_interval_ms", "session_timeout_ms", "extra_member_join_s", "extra_member_leave_s"] {
+            if let Some(x) = g.get(k).filter(|x| !x.is_null()) {
+                fp.insert(format!("consumer.group.{k}"), show(x));
+            }
+        }
+    }
     fp
 }
 
@@ -1334,6 +1345,11 @@ mod tests {
         assert_eq!(f["producer.compression"], "lz4");
         assert_eq!(f["producer.idempotent"], "true");
         assert_eq!(f["producer.headers"], "2 x 8 B");
+        assert_eq!(f["consumer.mode"], "fetch");
+        let group = serde_json::json!({"workload": {"acks": 1}, "target": {"kind": "embedded"},
+            "consumer": {"mode": "group", "group": {"commit_interval_ms": 500, "assignor": "range"}}});
+        let g = fingerprint(&group);
+        assert_eq!((g["consumer.mode"].as_str(), g["consumer.group.commit_interval_ms"].as_str()), ("group", "500"));
     }
 
     use super::*;

@@ -434,10 +434,12 @@ pub struct RecordView<'a> {
     pub key: Option<&'a [u8]>,
     pub value: &'a [u8],
     pub headers: u32,
+    /// The record's offset (batch base offset + its offset delta).
+    pub offset: i64,
 }
 
 /// Parse `count` records from a (decompressed) records section; stops at the first malformed one.
-fn walk_records(r: &[u8], count: u64, n: &mut u64, f: &mut impl FnMut(RecordView<'_>)) {
+fn walk_records(r: &[u8], base_offset: i64, count: u64, n: &mut u64, f: &mut impl FnMut(RecordView<'_>)) {
     let mut p = 0usize;
     for _ in 0..count {
         let Some((len, q)) = get_varint(r, p) else { return };
@@ -449,7 +451,7 @@ fn walk_records(r: &[u8], count: u64, n: &mut u64, f: &mut impl FnMut(RecordView
         // attributes(1), timestampDelta, offsetDelta, key, value, headers
         let mut at = q + 1;
         let Some((_, a)) = get_varint(rec, at) else { return };
-        let Some((_, a)) = get_varint(rec, a) else { return };
+        let Some((offset_delta, a)) = get_varint(rec, a) else { return };
         at = a;
         let Some((klen, a)) = get_varint(rec, at) else { return };
         let key = if klen >= 0 {
@@ -464,7 +466,7 @@ fn walk_records(r: &[u8], count: u64, n: &mut u64, f: &mut impl FnMut(RecordView
         let Some(value) = (vlen >= 0).then(|| rec.get(a..a + vlen as usize)).flatten() else { return };
         at = a + vlen as usize;
         let headers = get_varint(rec, at).map_or(0, |(h, _)| h.max(0) as u32);
-        f(RecordView { key, value, headers });
+        f(RecordView { key, value, headers, offset: base_offset + offset_delta });
         *n += 1;
         p = end;
     }
@@ -496,15 +498,34 @@ pub fn for_each_record(records: &[u8], mut f: impl FnMut(RecordView<'_>)) -> (u6
         } else if attributes & 0x7 != 0 {
             let codec = Codec::ALL.get((attributes & 0x7) as usize).copied();
             match codec.map(|c| crate::produce::decompress(c, body)) {
-                Some(Ok(plain)) => walk_records(&plain, count, &mut n, &mut f),
+                Some(Ok(plain)) => walk_records(&plain, base_offset, count, &mut n, &mut f),
                 _ => n += count,
             }
         } else {
-            walk_records(body, count, &mut n, &mut f);
+            walk_records(body, base_offset, count, &mut n, &mut f);
         }
         at += size;
     }
     (n, at as u64, next_offset)
+}
+
+/// The offset after the last whole batch in a Fetch answer's records (batch headers only; a
+/// trailing partial batch is ignored, as in [`for_each_record`]).
+pub fn next_offset(records: &[u8]) -> Option<i64> {
+    let mut at = 0usize;
+    let mut next = None;
+    while records.len() - at >= BATCH_HEADER_BYTES {
+        let b = &records[at..];
+        let size = i32::from_be_bytes([b[8], b[9], b[10], b[11]]) as usize + BATCH_LOG_OVERHEAD;
+        if size < BATCH_HEADER_BYTES || size > b.len() {
+            break;
+        }
+        let base_offset = i64::from_be_bytes(b[0..8].try_into().expect("8 bytes"));
+        let last_delta = i32::from_be_bytes(b[23..27].try_into().expect("4 bytes"));
+        next = Some(base_offset + last_delta as i64 + 1);
+        at += size;
+    }
+    next
 }
 
 /// [`for_each_record`] visiting values only.

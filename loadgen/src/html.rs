@@ -434,6 +434,7 @@ pub fn render_with(runs: &[(PathBuf, RunResult)], compare: Option<&CompareView>)
     let mut spectrum = Vec::new();
     let mut thr = Vec::new();
     let mut p99 = Vec::new();
+    let mut lag = Vec::new();
     let mut panels = String::new();
     for (i, (_, r)) in runs.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
@@ -496,6 +497,24 @@ pub fn render_with(runs: &[(PathBuf, RunResult)], compare: Option<&CompareView>)
             dashed: false,
             points: ts.iter().filter(|s| s.publish_p99_us > 0.0).map(|s| (s.t_s, s.publish_p99_us / 1000.0)).collect(),
         });
+        // Consumer lag (records): every second's value, including short intervals (a rebalance
+        // shows there), on a linear scale (0 is the value that matters most).
+        if r.timeseries.iter().any(|s| s.consumer_lag.is_some()) {
+            lag.push(Series {
+                name: format!("{name} lag"),
+                color: c,
+                dashed: false,
+                points: r.timeseries.iter().filter_map(|s| s.consumer_lag.map(|l| (s.t_s, l as f64))).collect(),
+            });
+        }
+        if r.timeseries.iter().any(|s| s.committed_lag.is_some()) {
+            lag.push(Series {
+                name: format!("{name} committed lag"),
+                color: c,
+                dashed: true,
+                points: r.timeseries.iter().filter_map(|s| s.committed_lag.map(|l| (s.t_s, l as f64))).collect(),
+            });
+        }
         if r.timeseries.iter().any(|s| s.e2e_p99_us > 0.0) {
             p99.push(Series {
                 name: format!("{name} e2e p99"),
@@ -531,7 +550,7 @@ pub fn render_with(runs: &[(PathBuf, RunResult)], compare: Option<&CompareView>)
         let l = &r.publish.latency_us;
         let target = if r.workload.target_rate > 0.0 { r.workload.target_rate } else { r.workload.producer_rate };
         let frac = if target > 0.0 { r.publish.records_per_s / target } else { f64::NAN };
-        let short = frac.is_finite() && frac < 0.97;
+        let short = frac.is_finite() && (frac < 0.97 || !r.target_met);
         let _ = writeln!(
             html,
             "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{} {} fsync={}</td><td class=\"{}\">{}</td><td>{:.1}</td><td>{}</td><td>{:.0}</td><td class=\"{}\">{}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3e}</td></tr>",
@@ -587,6 +606,19 @@ pub fn render_with(runs: &[(PathBuf, RunResult)], compare: Option<&CompareView>)
         &p99,
         &overlay_markers,
     ));
+    if !lag.is_empty() {
+        html.push_str(&line_chart_with(
+            "chart-lag",
+            "Consumer lag per second (records behind; vs committed offsets dashed)",
+            &Axis { label: "time since start (s)".into(), log: false, ticks: vec![] },
+            &Axis { label: "records behind".into(), log: false, ticks: vec![] },
+            &lag,
+            &overlay_markers,
+        ));
+    }
+    if runs.iter().any(|(_, r)| r.consumer.is_some()) {
+        html.push_str(&consumer_table(runs));
+    }
     html.push_str("<h2>Each run on its own scale</h2>\n");
     html.push_str(&panels);
     html.push_str("<h2>Workload parameters</h2><table id=\"workload\"><tr><th>key</th><th>workload</th><th>message B</th><th>topics × partitions</th><th>producers</th><th>consumers</th><th>batch B</th><th>linger ms</th><th>acks</th><th>max in flight</th><th>keys</th><th>durability</th><th>direct I/O</th><th>warmup s</th><th>rate (0 = search)</th></tr>\n");
@@ -683,6 +715,47 @@ pub fn render_with(runs: &[(PathBuf, RunResult)], compare: Option<&CompareView>)
 /// The max-rate search trace of every run that searched: each trial's target, achieved rate,
 /// p99 and verdict, then the confirmed answer and the latency at half of it.
 /// `labels`: the runs' file labels (`file_labels`), shown after their keys R1, R2, ….
+/// Consumers of each run: mode, lag, re-delivered records and the group protocol's figures.
+fn consumer_table(runs: &[(PathBuf, RunResult)]) -> String {
+    let mut html = String::from("<h2>Consumers</h2><table id=\"consumers\"><tr><th>key</th><th>mode</th><th>group</th><th>members</th><th>assignor</th><th>commit interval ms</th><th>rebalances</th><th>member rejoins</th><th>rebalance p50 ms</th><th>rebalance max ms</th><th>commits</th><th>commit p50 ms</th><th>commit p99 ms</th><th>commit errors</th><th>duplicates</th><th>lag max</th><th>lag final</th><th>committed lag max</th><th>committed lag final</th><th>group errors by code</th></tr>\n");
+    let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "–".into());
+    for (i, (_, r)) in runs.iter().enumerate() {
+        let Some(c) = &r.consumer else { continue };
+        let g = c.group.as_ref();
+        let ms = |f: &dyn Fn(&crate::results::GroupInfo) -> f64| g.map(|g| format!("{:.1}", f(g) / 1e3)).unwrap_or_else(|| "–".into());
+        let n = |f: &dyn Fn(&crate::results::GroupInfo) -> String| g.map(f).unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            html,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"{}\">{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+            key(i),
+            esc(&c.mode),
+            esc(&n(&|g| g.group_ids.join(", "))),
+            n(&|g| g.members.to_string()),
+            n(&|g| g.assignor.clone()),
+            n(&|g| g.commit_interval_ms.to_string()),
+            n(&|g| g.rebalances.to_string()),
+            n(&|g| g.member_rejoins.to_string()),
+            ms(&|g| g.rebalance_duration_us.p50),
+            ms(&|g| g.rebalance_duration_us.max),
+            n(&|g| g.commits.to_string()),
+            ms(&|g| g.commit_latency_us.p50),
+            ms(&|g| g.commit_latency_us.p99),
+            if g.is_some_and(|g| g.commit_errors > 0) { "warn" } else { "" },
+            n(&|g| g.commit_errors.to_string()),
+            if c.duplicates > 0 { "warn" } else { "" },
+            c.duplicates,
+            c.lag.max,
+            if c.lag.final_ > 0 { "warn" } else { "" },
+            c.lag.final_,
+            opt(c.lag.committed_max),
+            opt(c.lag.committed_final),
+            esc(&n(&|g| g.errors_by_code.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))),
+        );
+    }
+    html.push_str("</table>\n");
+    html
+}
+
 pub fn search_tables(runs: &[(PathBuf, RunResult)], labels: &[String]) -> String {
     let mut html = String::new();
     for (i, (_, r)) in runs.iter().enumerate() {

@@ -76,6 +76,77 @@ pub struct RunResult {
     /// keys, headers). Absent in older results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer: Option<ProducerInfo>,
+    /// How the consumers read (raw Fetch or a consumer group), their lag, re-delivered
+    /// records and the group protocol's figures. Absent without consumers and in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<ConsumerInfo>,
+}
+
+/// The result's `consumer` block (schema `$defs/consumer`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerInfo {
+    /// "fetch" | "group".
+    pub mode: String,
+    /// Distinct records consumed over the whole run (warmup and drain included), per
+    /// subscription summed: compare with `producer.records_acknowledged_total` × subscriptions.
+    pub records_consumed_total: u64,
+    /// Records fetched again at an offset their subscription had already consumed (after a
+    /// rebalance, from an older committed offset): never counted in `consume` or `end_to_end`.
+    pub duplicates: u64,
+    /// Consumer lag over the run (records; the per-second values are in `timeseries`).
+    pub lag: LagInfo,
+    /// Group mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LagInfo {
+    /// Largest and last per-second Σ(high watermark − consumed position).
+    pub max: i64,
+    #[serde(rename = "final")]
+    pub final_: i64,
+    /// Group mode: the same against the committed offsets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_max: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_final: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// One group per subscription.
+    pub group_ids: Vec<String>,
+    /// Members per group at the start (the extra member not included).
+    pub members: u32,
+    /// "range" | "roundrobin".
+    pub assignor: String,
+    pub commit_interval_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub session_timeout_ms: u32,
+    /// Seconds after the measured window began when the extra member joined / left, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_member_join_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_member_leave_s: Option<f64>,
+    /// Generations the groups went through while forming, before measuring started.
+    pub generations_at_start: u64,
+    /// Rebalances (new generations) after the groups were stable at the start.
+    pub rebalances: u64,
+    /// Member rejoins after the start and their duration: JoinGroup sent → first Fetch answer
+    /// after SyncGroup (µs).
+    pub member_rejoins: u64,
+    pub rebalance_duration_us: Latency,
+    /// OffsetCommit requests answered without error / with an error (or unanswered), and the
+    /// round trip of every answered one (µs).
+    pub commits: u64,
+    pub commit_errors: u64,
+    pub commit_latency_us: Latency,
+    pub heartbeats: u64,
+    /// Error answers of the group path by Kafka code (-1: connection lost or no answer);
+    /// REBALANCE_IN_PROGRESS (27) is the protocol announcing a rebalance.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub errors_by_code: std::collections::BTreeMap<String, u64>,
 }
 
 /// The result's `producer` block (schema `$defs/producer`).
@@ -246,6 +317,10 @@ pub struct Target {
     /// The topics the run produced to (per-run names on external clusters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<String>,
+    /// External brokers: the security protocol, SASL mechanism and TLS switches used (never a
+    /// user name or password). Absent for the embedded engine, the sink and older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<crate::security::SecurityInfo>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -294,8 +369,28 @@ pub struct Publish {
     pub records: u64,
     pub bytes: u64,
     pub errors: u64,
+    /// The throughput the target achieved: when it kept up (`target_met`),
+    /// `records_in_time_per_s` (the offered rate it sustained); when it did not,
+    /// `acks_in_window_per_s` (its real rate). Never the offered rate of a target that fell
+    /// behind. Backlog runs: every acknowledged record over the producers' whole run.
     pub records_per_s: f64,
     pub bytes_per_s: f64,
+    /// Records scheduled in the window and acknowledged by its end + `accounting.ack_grace_s`,
+    /// per second of the window: the figure `target_met` (>= 97 % of the target) and the search
+    /// judge. Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_in_time_per_s: Option<f64>,
+    /// Acks the target delivered during the measured window (records of any phase: one behind
+    /// schedule spends the window's start on the warmup's backlog), per second of the window.
+    /// Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks_in_window_per_s: Option<f64>,
+    /// Records of the window acknowledged at any time (the drain included) per second of the
+    /// window: what `records_per_s` was before 2026-12-07. Equals `records_per_s` when the
+    /// target kept up; NOT a throughput when it fell behind (the drain's acks are counted
+    /// against the window's length). Absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_per_s_incl_drain: Option<f64>,
     /// ack time − intended send time (coordinated-omission-correct).
     pub latency_us: Latency,
     /// actual send (hand-off to the client) − intended send time.
@@ -355,6 +450,15 @@ pub struct Second {
     pub errors: u64,
     /// Records produced but not yet consumed (0 without consumers).
     pub backlog: i64,
+    /// Consumer lag in this second: Σ over partitions (and subscriptions) of the high watermark
+    /// − the consumed position, the highest of the samples taken every 250 ms and at the tick
+    /// (high watermarks from ListOffsets and the consumers' Fetch answers). Absent without
+    /// consumers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_lag: Option<i64>,
+    /// Group mode: Σ of high watermark − the group's committed offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_lag: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -420,6 +524,7 @@ pub struct Trial {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HalfRate {
     pub target_rate: f64,
+    /// Records of the window acknowledged by its end + grace, per second (as `publish.records_per_s`).
     pub records_per_s: f64,
     pub events_per_day: f64,
     pub latency_us: Latency,

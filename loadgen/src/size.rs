@@ -80,6 +80,9 @@ pub struct Measured {
     pub disk_ceiling_bytes_per_s: Option<f64>,
     /// Producer rate the runs were limited to (0 = max search).
     pub producer_rate: f64,
+    /// Max-rate search results (the main job): the p99 publish latency bound their confirmed
+    /// rate holds (median over runs, µs).
+    pub p99_bound_us: Option<f64>,
 }
 
 /// The sizing, every intermediate figure kept for display and tests.
@@ -131,9 +134,21 @@ pub fn measured(results: &[Value], result_nodes: u32) -> Result<Measured, InputE
     let mut sizes = Vec::new();
     let mut ceilings = Vec::new();
     let mut rates = Vec::new();
+    let mut bounds = Vec::new();
     for (i, v) in results.iter().enumerate() {
         if v.get("schema").and_then(Value::as_str) != Some("loadgen-result/1") {
             return Err(InputError(format!("result {}: not a loadgen-result/1 document", i + 1)));
+        }
+        // A max-rate search (e.g. the main job, `max-sustainable`): its measured phase is the
+        // full-length run at the rate it found; only a confirmed rate is a sustainable one.
+        if let Some(se) = v.get("search").filter(|s| s.is_object()) {
+            if se.get("confirmed").and_then(Value::as_bool) != Some(true) {
+                return Err(InputError(format!(
+                    "result {}: its max-rate search was not confirmed by a full-length run: no sustainable rate to size from",
+                    i + 1
+                )));
+            }
+            bounds.push(field(se, &["p99_bound_us"]).unwrap_or(0.0));
         }
         let r = field(v, &["publish", "records_per_s"]).ok_or_else(|| InputError(format!("result {}: missing publish.records_per_s", i + 1)))?;
         let size = field(v, &["workload", "message_size"]).unwrap_or(0.0);
@@ -157,6 +172,7 @@ pub fn measured(results: &[Value], result_nodes: u32) -> Result<Measured, InputE
         message_size: median(&sizes),
         disk_ceiling_bytes_per_s: (ceilings.len() == results.len()).then(|| median(&ceilings)),
         producer_rate: median(&rates),
+        p99_bound_us: (bounds.len() == results.len()).then(|| median(&bounds)),
     })
 }
 
@@ -200,7 +216,20 @@ pub fn plan(a: &SizeArgs, m: &Measured) -> Plan {
             let eff = m.bytes_per_s / ceiling;
             (eff * target, format!("efficiency {eff:.3} (measured {} / calibrated disk {}) x target disk {}", bps(m.bytes_per_s), bps(ceiling), bps(target)))
         }
-        _ => (m.bytes_per_s, format!("measured publish throughput {} ({} records/s of {} B, median of {} run(s))", bps(m.bytes_per_s), si(m.records_per_s), m.message_size, m.runs)),
+        _ => (
+            m.bytes_per_s,
+            format!(
+                "measured publish throughput {} ({} records/s of {} B, median of {} run(s){})",
+                bps(m.bytes_per_s),
+                si(m.records_per_s),
+                m.message_size,
+                m.runs,
+                match m.p99_bound_us {
+                    Some(b) => format!("; max sustainable rate within p99 {:.0} ms, confirmed", b / 1000.0),
+                    None => String::new(),
+                }
+            ),
+        ),
     };
     // Leader and follower writes both land on some node's disk.
     let nodes_for_writes = ceil_u64(disk_write / (limit * usable));
@@ -384,6 +413,18 @@ mod tests {
     }
 
     #[test]
+    fn a_main_job_result_sizes_from_its_confirmed_rate() {
+        // The main job's result: producer_rate 0 (searched), the measured phase at the found rate.
+        let mut v = result(1.5e6, 100.0, None);
+        v["search"] = serde_json::json!({"confirmed": true, "max_rate": 1.5e6, "p99_bound_us": 50000});
+        let m = measured(&[v], 1).unwrap();
+        assert_eq!((m.records_per_s, m.p99_bound_us), (1.5e6, Some(50000.0)));
+        let text = render(&args(), &m, &plan(&args(), &m));
+        assert!(text.contains("max sustainable rate within p99 50 ms, confirmed"), "{text}");
+        assert!(!text.contains("fixed producer rate"), "{text}");
+    }
+
+    #[test]
     fn calibration_scales_the_node_limit_to_the_target_disk() {
         // Measured 100 MB/s on a 600 MB/s disk (efficiency 1/6); target disks write 3 GB/s -> 500 MB/s per node.
         let m = measured(&[result(1e6, 100.0, Some(6e8))], 1).unwrap();
@@ -427,6 +468,11 @@ mod tests {
         assert!(check_args(&args()).is_ok());
         assert!(measured(&[serde_json::json!({"schema": "x"})], 1).is_err());
         assert!(measured(&[result(0.0, 100.0, None)], 1).is_err());
+        // A search whose rate no full-length run confirmed has no sustainable rate.
+        let mut unconfirmed = result(1e6, 100.0, None);
+        unconfirmed["search"] = serde_json::json!({"confirmed": false, "max_rate": 0, "p99_bound_us": 50000});
+        let e = measured(&[unconfirmed], 1).unwrap_err();
+        assert!(e.0.contains("not confirmed"), "{}", e.0);
         let a = SizeArgs { results: vec![PathBuf::from("/nonexistent/r.json")], ..args() };
         assert_eq!(run(a), 2);
     }

@@ -226,6 +226,8 @@ pub struct Metrics {
     pub fatal: Mutex<Option<String>>,
     /// Producer-settings counters (compression, acks=0 writes, idempotent retries).
     pub producer: crate::produce::ProducerTotals,
+    /// Consumer positions, lag, duplicates and the group protocol's counters.
+    pub consumer: crate::consumer::ConsumerTotals,
 }
 
 impl Metrics {
@@ -254,6 +256,7 @@ impl Metrics {
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
             producer: Default::default(),
+            consumer: Default::default(),
         }
     }
 

@@ -66,6 +66,12 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
 /// A figure of a run: (key, label, unit, better, extractor).
 type Extract = fn(&RunResult) -> Option<f64>;
 pub const FIGURES: &[(&str, &str, &str, Better, Extract)] = &[
+    // A `producerRate: 0` workload: the rate its search found and a full-length run confirmed
+    // (absent when not confirmed); its other figures are those of that confirmation run.
+    ("max_rps", "max sustainable rate", "records/s", Better::Higher, |r| max_rate(r)),
+    ("max_mbps", "max sustainable throughput", "MB/s", Better::Higher, |r| {
+        max_rate(r).map(|x| x * r.workload.message_size as f64 / 1e6)
+    }),
     ("publish_rps", "publish rate", "records/s", Better::Higher, |r| Some(r.publish.records_per_s)),
     ("publish_mbps", "publish throughput", "MB/s", Better::Higher, |r| Some(r.publish.bytes_per_s / 1e6)),
     ("publish_p50", "publish p50", "ms", Better::Lower, |r| lat(r.publish.latency_us.count, r.publish.latency_us.p50)),
@@ -84,6 +90,21 @@ pub const FIGURES: &[(&str, &str, &str, Better, Extract)] = &[
     ("drain_mbps", "catch-up consume", "MB/s", Better::Higher, |r| r.drain.as_ref().map(|d| d.bytes_per_s / 1e6)),
     ("publish_errors", "publish errors", "records", Better::Lower, |r| Some(r.publish.errors as f64)),
 ];
+
+/// The confirmed max sustainable rate of a search run: a rate some search trial passed at, and a
+/// full-length run confirmed. (When even `searchStartRate` failed its trials, the run measures
+/// that rate full-length; its passing says the max is at least that, not what it is.)
+fn max_rate(r: &RunResult) -> Option<f64> {
+    r.search.as_ref().filter(|s| s.confirmed && s.max_rate > 0.0 && found(s)).map(|s| s.max_rate)
+}
+
+fn found(s: &crate::results::Search) -> bool {
+    s.trials.iter().any(|t| t.stage != "confirm" && t.verdict.as_deref() == Some("pass"))
+}
+
+/// Figures left out of a search workload's table: its publish rate is the confirmation run's,
+/// which the max sustainable rate states.
+const SEARCH_HIDES: [&str; 2] = ["publish_rps", "publish_mbps"];
 
 fn lat(count: u64, us: f64) -> Option<f64> {
     (count > 0).then_some(us / 1000.0)
@@ -109,6 +130,9 @@ pub struct Row {
 pub struct Versus {
     pub title: String,
     pub workload: String,
+    /// A `producerRate: 0` workload: the p99 publish latency bound of each target's search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_bound_ms: Option<f64>,
     pub rounds: u32,
     pub targets: Vec<String>,
     pub bootstraps: Vec<String>,
@@ -122,7 +146,11 @@ pub struct Versus {
 pub fn compare(title: &str, workload: &str, rounds: u32, targets: &[Target], results: &[Vec<RunResult>]) -> Vec<Row> {
     let d = Decide::default();
     let mut rows = Vec::new();
+    let search = results.iter().flatten().any(|r| r.search.is_some());
     for &(key, label, unit, better, get) in FIGURES {
+        if search && SEARCH_HIDES.contains(&key) {
+            continue;
+        }
         let samples: Vec<Vec<f64>> =
             results.iter().map(|rs| rs.iter().filter_map(get).filter(|x| x.is_finite()).collect()).collect();
         if samples.iter().all(|s| s.is_empty()) {
@@ -195,6 +223,9 @@ pub fn render_markdown(v: &Versus) -> String {
         v.rounds,
         v.targets.first().cloned().unwrap_or_default()
     );
+    if let Some(b) = v.p99_bound_ms {
+        let _ = writeln!(s, "{}\n", search_note(b));
+    }
     let _ = writeln!(s, "| figure | target | median [min–max] | ratio to {} |", v.targets.first().cloned().unwrap_or_default());
     let _ = writeln!(s, "| --- | --- | --- | --- |");
     for r in &v.rows {
@@ -219,6 +250,14 @@ pub fn render_markdown(v: &Versus) -> String {
     s
 }
 
+fn search_note(bound_ms: f64) -> String {
+    format!(
+        "max sustainable rate: per run, the highest rate whose publish p99 stayed within {bound_ms} ms (the loadgen's \
+         `producerRate: 0` search: short trials, then a full-length confirmation run); the latency and consume \
+         figures are those of that confirmation run, at each target's own rate"
+    )
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -239,6 +278,9 @@ pub fn render_html(v: &Versus) -> String {
         b = esc(v.targets.first().map(String::as_str).unwrap_or("")),
         tg = v.targets.iter().zip(&v.bootstraps).map(|(t, b)| format!("{} = {}", esc(t), esc(b))).collect::<Vec<_>>().join("; ")
     );
+    if let Some(b) = v.p99_bound_ms {
+        let _ = write!(s, "<p>{}</p>", esc(&search_note(b)));
+    }
     for r in &v.rows {
         let width = (r.ratio.unwrap_or(1.0).clamp(0.0, 5.0) * 60.0) as u32;
         let _ = write!(
@@ -317,6 +359,13 @@ pub fn run_versus(a: VersusArgs) -> i32 {
             eprintln!("versus: round {}/{} target {} ({})", round + 1, a.rounds, t.name, t.bootstrap.as_deref().unwrap_or("embedded"));
             match run(&opts) {
                 Ok(o) => {
+                    if let Some(se) = &o.result.search {
+                        eprintln!(
+                            "versus:   max sustainable rate {} ({} trials)",
+                            if se.confirmed { format!("{:.0} rec/s", se.max_rate) } else { "NOT CONFIRMED".into() },
+                            se.trials.len()
+                        );
+                    }
                     eprintln!(
                         "versus:   publish {:.0} rec/s {:.1} MB/s, p99 {:.2} ms, errors {}",
                         o.result.publish.records_per_s,
@@ -327,8 +376,22 @@ pub fn run_versus(a: VersusArgs) -> i32 {
                     if let Some(p) = &o.path {
                         paths.push(p.display().to_string());
                     }
-                    if !o.result.complete || o.exit_code != 0 {
-                        failures.push(format!("{} round {}: incomplete or failed (exit {})", t.name, round + 1, o.exit_code));
+                    let unfound = o.result.search.as_ref().filter(|se| se.confirmed && !found(se));
+                    if !o.result.complete || o.exit_code != 0 || unfound.is_some() {
+                        let why = match &o.result.search {
+                            Some(se) if !se.confirmed => format!(
+                                "max-rate search not confirmed: no full-length run kept p99 within {} ms (exit {})",
+                                se.p99_bound_us / 1000.0,
+                                o.exit_code
+                            ),
+                            Some(se) if !found(se) => format!(
+                                "max-rate search: even the first rate ({:.0} rec/s) failed its trials; its full-length run \
+                                 passed, so the max is at least that, not known (lower searchStartRate)",
+                                se.max_rate
+                            ),
+                            _ => format!("incomplete or failed (exit {})", o.exit_code),
+                        };
+                        failures.push(format!("{} round {}: {why}", t.name, round + 1));
                         incomplete[i].push(o.result);
                     } else {
                         results[i].push(o.result);
@@ -360,6 +423,7 @@ pub fn run_versus(a: VersusArgs) -> i32 {
     let v = Versus {
         title,
         workload: base_name,
+        p99_bound_ms: (w.producer_rate == 0.0).then_some(w.p99_bound_ms),
         rounds: a.rounds,
         targets: targets.iter().map(|t| t.name.clone()).collect(),
         bootstraps: targets.iter().map(|t| t.bootstrap.clone().unwrap_or_else(|| "embedded".into())).collect(),

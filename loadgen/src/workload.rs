@@ -7,10 +7,14 @@
 //! `producerRate`, `consumerBacklogSizeGB`, `testDurationMinutes`, `warmupDurationMinutes`,
 //! `useRandomizedPayloads`, `randomBytesRatio`, `randomizedPayloadPoolSize`.
 //! Ours: `acks`, `durability`, `directIo`, `durationSeconds`, `warmupSeconds`, `drainSeconds`, `batchSize`,
-//! `lingerMs`, `maxInFlight`, `keySpace`, `zipfExponent`, `p99BoundMs`, `searchStepSeconds`.
+//! `lingerMs`, `maxInFlight`, `keySpace`, `zipfExponent`, `p99BoundMs`, `searchStepSeconds`,
+//! `searchStartRate`, `searchHalfRate`.
 //! Producer settings: `compression`, `idempotent`, `keys` (`{distribution, count, zipfS}`, an
 //! alternative spelling of `keyDistributor`/`keySpace`/`zipfExponent`), `headers`,
 //! `headerValueBytes`; `acks` is 0, 1, -1 or `all`.
+//! Consumers: `consumerMode` (`fetch` | `group`), `consumerGroup`, `commitIntervalMs`,
+//! `heartbeatIntervalMs`, `sessionTimeoutMs`, `groupAssignor`, `extraConsumerJoinSeconds`,
+//! `extraConsumerLeaveSeconds`.
 
 use std::path::Path;
 
@@ -117,6 +121,11 @@ pub struct Workload {
     /// For `producerRate: 0`: the first rate of the search's ramp (x4 per step).
     #[serde(default = "default_search_start")]
     pub search_start_rate: f64,
+    /// For `producerRate: 0`: after the confirmed rate, a full-length run at half of it for the
+    /// latency with headroom (default true; `loadgen versus` workloads skip it: their latency
+    /// comparison runs both targets at one rate).
+    #[serde(default = "yes")]
+    pub search_half_rate: bool,
     /// Batch compression: none | gzip | snappy | lz4 | zstd.
     #[serde(default)]
     pub compression: crate::produce::Codec,
@@ -133,6 +142,68 @@ pub struct Workload {
     /// Bytes of each header's value.
     #[serde(default = "default_header_value_bytes")]
     pub header_value_bytes: u32,
+    /// How consumers read: `fetch` (raw Fetch of fixed partitions, the default) or `group` (a
+    /// consumer group per subscription: JoinGroup/SyncGroup/Heartbeat/OffsetCommit).
+    #[serde(default)]
+    pub consumer_mode: ConsumerMode,
+    /// Group mode: the group id (one subscription; `<id>-<n>` for several). Default: per run,
+    /// `loadgen-<run id>-<workload>-<n>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+    /// Group mode: OffsetCommit every this many ms (and before a rejoin and at the end).
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval_ms: u64,
+    /// Group mode: Heartbeat every this many ms.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval_ms: u64,
+    /// Group mode: the members' session timeout (brokers accept 6,000..=1,800,000 by default).
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_ms: u32,
+    /// Group mode: `range` (default) or `roundrobin`.
+    #[serde(default)]
+    pub group_assignor: crate::group::Assignor,
+    /// Group mode: an extra member joins the first subscription's group this many seconds
+    /// after the measured window begins (a rebalance under load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_consumer_join_seconds: Option<f64>,
+    /// Group mode: the extra member leaves this many seconds after the measured window begins
+    /// (another rebalance); without it, it stays to the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_consumer_leave_seconds: Option<f64>,
+    /// External brokers: TLS and SASL (`protocol`, `saslMechanism`, `saslCredentialsFile`,
+    /// `tlsCaFile`, `tlsCertFile`, `tlsKeyFile`, `tlsVerifyHostname`; see `security.rs`).
+    #[serde(default, skip_serializing_if = "crate::security::SecurityConfig::is_default")]
+    pub security: crate::security::SecurityConfig,
+}
+
+/// `consumerMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerMode {
+    #[default]
+    Fetch,
+    Group,
+}
+
+impl ConsumerMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsumerMode::Fetch => "fetch",
+            ConsumerMode::Group => "group",
+        }
+    }
+}
+
+fn default_commit_interval() -> u64 {
+    1000
+}
+
+fn default_heartbeat_interval() -> u64 {
+    1000
+}
+
+fn default_session_timeout() -> u32 {
+    10_000
 }
 
 /// `keys: {distribution, count, zipfS}`.
@@ -219,6 +290,10 @@ pub fn parse_acks(s: &str) -> Result<i16, String> {
 
 fn default_search_start() -> f64 {
     2_000.0
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u32 {
@@ -334,6 +409,7 @@ impl Workload {
 
     /// Check ranges; an impossible rate or size is refused here, before any connection.
     pub fn validate(&self) -> Result<(), String> {
+        self.security.validate()?;
         if self.name.trim().is_empty() {
             return Err("name must not be empty".into());
         }
@@ -417,6 +493,37 @@ impl Workload {
         if let Some(r) = self.random_bytes_ratio {
             if !(0.0..=1.0).contains(&r) {
                 return Err(format!("randomBytesRatio must be in [0, 1], got {r}"));
+            }
+        }
+        if self.consumer_mode == ConsumerMode::Group {
+            if self.commit_interval_ms == 0 || self.commit_interval_ms > 3_600_000 {
+                return Err(format!("commitIntervalMs must be in 1..=3600000, got {}", self.commit_interval_ms));
+            }
+            if self.session_timeout_ms < 1000 || self.session_timeout_ms > 1_800_000 {
+                return Err(format!("sessionTimeoutMs must be in 1000..=1800000, got {}", self.session_timeout_ms));
+            }
+            if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.session_timeout_ms as u64 {
+                return Err(format!(
+                    "heartbeatIntervalMs must be > 0 and below sessionTimeoutMs ({}), got {}",
+                    self.session_timeout_ms, self.heartbeat_interval_ms
+                ));
+            }
+            if let Some(g) = &self.consumer_group {
+                if g.is_empty() || g.len() > 200 {
+                    return Err("consumerGroup must be 1..=200 characters".into());
+                }
+            }
+        } else if self.consumer_group.is_some() || self.extra_consumer_join_seconds.is_some() || self.extra_consumer_leave_seconds.is_some() {
+            return Err("consumerGroup and extraConsumerJoinSeconds/LeaveSeconds need consumerMode: group".into());
+        }
+        for (field, v) in [("extraConsumerJoinSeconds", self.extra_consumer_join_seconds), ("extraConsumerLeaveSeconds", self.extra_consumer_leave_seconds)] {
+            if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return Err(format!("{field} must be >= 0"));
+            }
+        }
+        if let (Some(j), Some(l)) = (self.extra_consumer_join_seconds, self.extra_consumer_leave_seconds) {
+            if l <= j {
+                return Err(format!("extraConsumerLeaveSeconds ({l}) must be after extraConsumerJoinSeconds ({j})"));
             }
         }
         if !self.consumer_backlog_size_gb.is_finite() || self.consumer_backlog_size_gb < 0.0 {
@@ -528,6 +635,17 @@ pub struct Overrides {
     /// Judged seconds of each max-rate search trial (searchStepSeconds).
     #[arg(long)]
     pub search_step: Option<f64>,
+    /// Consumers: fetch (raw Fetch, default) or group (a consumer group per subscription).
+    #[arg(long, value_enum)]
+    pub consumer_mode: Option<ConsumerMode>,
+    /// Consumer group id (implies --consumer-mode group).
+    #[arg(long)]
+    pub consumer_group: Option<String>,
+    /// Group mode: OffsetCommit interval in ms (commitIntervalMs).
+    #[arg(long)]
+    pub commit_interval_ms: Option<u64>,
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
 }
 
 impl Overrides {
@@ -553,6 +671,16 @@ impl Overrides {
         }
         if let Some(v) = self.search_step {
             w.search_step_seconds = v;
+        }
+        if let Some(v) = self.consumer_mode {
+            w.consumer_mode = v;
+        }
+        if let Some(v) = &self.consumer_group {
+            w.consumer_mode = ConsumerMode::Group;
+            w.consumer_group = Some(v.clone());
+        }
+        if let Some(v) = self.commit_interval_ms {
+            w.commit_interval_ms = v;
         }
         if let Some(v) = self.warmup {
             w.warmup_seconds = Some(v);
@@ -594,6 +722,7 @@ impl Overrides {
             w.keys = Some(k.clone());
             w.apply_keys()?;
         }
+        self.security.apply(&mut w.security);
         if let Some(h) = &self.headers {
             let bad = || format!("--headers {h:?}: want N[:BYTES]");
             let (n, b) = h.split_once(':').map_or((h.as_str(), None), |(n, b)| (n, Some(b)));
@@ -673,6 +802,23 @@ mod tests {
         assert!(Overrides { headers: Some("x".into()), ..Default::default() }.apply(&mut w).unwrap_err().contains("--headers"));
         assert_eq!(parse_acks("all"), Ok(-1));
         assert!(parse_acks("2").is_err());
+    }
+
+    #[test]
+    fn consumer_settings_parse_validate_and_override() {
+        let w = Workload::from_yaml("name: x\n").unwrap();
+        assert_eq!((w.consumer_mode, w.commit_interval_ms, w.group_assignor), (ConsumerMode::Fetch, 1000, crate::group::Assignor::Range));
+        let w = Workload::from_yaml("name: x\nconsumerMode: group\ncommitIntervalMs: 250\ngroupAssignor: roundrobin\nextraConsumerJoinSeconds: 1\n").unwrap();
+        assert_eq!((w.consumer_mode, w.commit_interval_ms, w.group_assignor), (ConsumerMode::Group, 250, crate::group::Assignor::RoundRobin));
+        assert!(Workload::from_yaml("name: x\nconsumerGroup: g\n").unwrap_err().contains("consumerMode: group"));
+        assert!(Workload::from_yaml("name: x\nconsumerMode: group\nheartbeatIntervalMs: 20000\n").unwrap_err().contains("heartbeatIntervalMs"));
+        assert!(Workload::from_yaml("name: x\nconsumerMode: group\ncommitIntervalMs: 0\n").unwrap_err().contains("commitIntervalMs"));
+        let e = Workload::from_yaml("name: x\nconsumerMode: group\nextraConsumerJoinSeconds: 2\nextraConsumerLeaveSeconds: 1\n").unwrap_err();
+        assert!(e.contains("must be after"), "{e}");
+        assert!(Workload::from_yaml("name: x\nconsumerMode: groups\n").is_err());
+        let mut w = Workload::from_yaml("name: x\n").unwrap();
+        Overrides { consumer_group: Some("g1".into()), commit_interval_ms: Some(100), ..Default::default() }.apply(&mut w).unwrap();
+        assert_eq!((w.consumer_mode, w.consumer_group.as_deref(), w.commit_interval_ms), (ConsumerMode::Group, Some("g1"), 100));
     }
 
     #[test]

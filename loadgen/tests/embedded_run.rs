@@ -29,6 +29,8 @@ fn loadgen_run_against_the_embedded_broker() {
     assert!(r.target.bootstrap.starts_with("127.0.0.1:"));
     // 3 s at 5000 rec/s, all acknowledged without error and all consumed.
     assert!((r.publish.records_per_s - 5000.0).abs() < 500.0, "{}", r.publish.records_per_s);
+    // Target met: the throughput is the window's records acknowledged in time per second.
+    assert_eq!(Some(r.publish.records_per_s), r.publish.records_in_time_per_s);
     assert_eq!(r.publish.errors, 0);
     assert!(r.end_to_end.latency_us.count > 10_000, "{:?}", r.end_to_end);
     assert!(r.end_to_end.latency_us.p50 > 0.0 && r.end_to_end.latency_us.p50 < 1_000_000.0);

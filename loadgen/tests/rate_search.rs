@@ -33,10 +33,13 @@ fn search_ramps_bisects_confirms_and_measures_at_the_answer() {
     assert!(html.contains("confirmed by a full-length run") && html.contains("at half of it"), "{html}");
     let stages: Vec<&str> = s.trials.iter().map(|t| t.stage.as_str()).collect();
     assert!(stages.first() == Some(&"ramp"), "{stages:?}");
-    // Ramp x4 while passing.
+    // Ramp x4 up from the start rate while passing (or /4 down while failing).
     let mut ramp_rates: Vec<f64> = s.trials.iter().filter(|t| t.stage == "ramp").map(|t| t.target_rate).collect();
     ramp_rates.dedup();
-    assert!(ramp_rates.windows(2).all(|w| (w[1] / w[0] - 4.0).abs() < 1e-9), "{ramp_rates:?}");
+    assert_eq!(ramp_rates[0], 2_000.0);
+    let up = ramp_rates.windows(2).all(|w| (w[1] / w[0] - 4.0).abs() < 1e-9);
+    let down = ramp_rates.windows(2).all(|w| (w[0] / w[1] - 4.0).abs() < 1e-9);
+    assert!(up || down, "{ramp_rates:?}");
     // Majority rule: every rate's verdict is on its last trial, after 2 passes or 2 failures.
     let mut i = 0;
     while i < s.trials.len() {
@@ -58,6 +61,11 @@ fn search_ramps_bisects_confirms_and_measures_at_the_answer() {
         }
         i += same.len();
     }
+    // Confirmation runs step down by the stated fractions (5 %, 5 %, 10 %, 20 %).
+    let confirms: Vec<f64> = s.trials.iter().filter(|t| t.stage == "confirm").map(|t| t.target_rate).collect();
+    for (i, w) in confirms.windows(2).enumerate() {
+        assert!((w[1] / w[0] - loadgen::run::CONFIRM_STEP_DOWN[i]).abs() < 1e-9, "{confirms:?}");
+    }
     // Some higher rate failed: a real limit was found.
     assert!(s.trials.iter().any(|t| t.verdict.as_deref() == Some("fail") && t.target_rate > s.max_rate), "{:?}", s.trials);
     // The answer was confirmed by a full-length run at that rate, which passed, and it is the
@@ -74,4 +82,34 @@ fn search_ramps_bisects_confirms_and_measures_at_the_answer() {
     let h = s.half_rate.as_ref().expect("half-rate run");
     assert!((h.target_rate - s.max_rate / 2.0).abs() < 1e-6);
     assert!(h.accounting.adds_up() && h.latency_us.count == h.accounting.acknowledged);
+}
+
+#[test]
+fn search_ramps_down_from_a_start_rate_above_the_limit() {
+    // The sink's limit is the generator's (debug build: a few M rec/s at most); start far above.
+    let mut w = Workload::load("max-rate-search").unwrap();
+    w.producer_rate = 0.0;
+    w.search_start_rate = 16_000_000.0;
+    w.search_step_seconds = 0.3;
+    w.p99_bound_ms = 200.0;
+    w.duration_seconds = Some(1.0);
+    w.warmup_seconds = Some(0.0);
+    w.partitions_per_topic = 2;
+    let mut o = RunOptions::new(w);
+    o.sink = true;
+    o.write = false;
+    o.quiet = true;
+    let out = run(&o).unwrap_or_else(|e| panic!("{e:?}"));
+    let s = out.result.search.expect("search section");
+    let mut ramp: Vec<(f64, Option<String>)> =
+        s.trials.iter().filter(|t| t.stage == "ramp" && t.verdict.is_some()).map(|t| (t.target_rate, t.verdict.clone())).collect();
+    ramp.dedup();
+    // Failing rates /4 down from the start, then the first that passes ends the ramp.
+    assert_eq!(ramp[0], (16e6, Some("fail".into())), "{ramp:?}");
+    assert!(ramp.windows(2).all(|w| (w[0].0 / w[1].0 - 4.0).abs() < 1e-9), "{ramp:?}");
+    assert!(ramp[..ramp.len() - 1].iter().all(|r| r.1.as_deref() == Some("fail")), "{ramp:?}");
+    assert_eq!(ramp.last().unwrap().1.as_deref(), Some("pass"), "{ramp:?}");
+    // The bisection then stays between the last pass and the failure above it.
+    let (lo, hi) = (ramp.last().unwrap().0, ramp[ramp.len() - 2].0);
+    assert!(s.trials.iter().filter(|t| t.stage == "bisect").all(|t| t.target_rate > lo && t.target_rate < hi), "{:?}", s.trials);
 }

@@ -4,13 +4,23 @@
 mod common;
 use common::*;
 
-fn sink_run(dir: &std::path::Path, sub: &str, rate: &str) -> std::path::PathBuf {
+/// A sink run; returns its result path and whether its target was met (exit 0) or missed (exit
+/// 5, allowed only where `may_miss`: a debug-build generator on a busy 2-core machine may not
+/// reach 2 M rec/s, and the report must render — and flag — such a run too).
+fn sink_run_status(dir: &std::path::Path, sub: &str, rate: &str, may_miss: bool) -> (std::path::PathBuf, bool) {
     // Same file name in different folders: labels must still differ.
     let p = dir.join(sub).join("run.json");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     let out = run_cli(&["run", "--sink", "--quiet", "--rate", rate, "--duration", "1.5", "--warmup", "0.5", "-o", p.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    p
+    let code = out.status.code();
+    let ok = code == Some(0) || (may_miss && code == Some(5));
+    assert!(ok, "exit {code:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(p.exists(), "no result written");
+    (p, code == Some(0))
+}
+
+fn sink_run(dir: &std::path::Path, sub: &str, rate: &str) -> std::path::PathBuf {
+    sink_run_status(dir, sub, rate, false).0
 }
 
 #[test]
@@ -18,7 +28,7 @@ fn report_renders_charts_and_headless_chromium_shows_them() {
     let dir = tempfile::tempdir().unwrap();
     let base = [sink_run(dir.path(), "base/a", "20000"), sink_run(dir.path(), "base/b", "20000")];
     let new = [sink_run(dir.path(), "new/a", "20000"), sink_run(dir.path(), "new/b", "20000")];
-    let big = sink_run(dir.path(), "big", "2000000");
+    let (big, big_met) = sink_run_status(dir.path(), "big", "2000000", true);
     let html_path = dir.path().join("report.html");
     let out = run_cli(&[
         "report", big.to_str().unwrap(), "--base", base[0].to_str().unwrap(), base[1].to_str().unwrap(), "--new", new[0].to_str().unwrap(),
@@ -49,6 +59,8 @@ fn report_renders_charts_and_headless_chromium_shows_them() {
     for col in ["target rec/s", "achieved rec/s", "of target", "consume rec/s", "send delay p99 ms", "topics × partitions", "linger ms"] {
         assert!(html.contains(&format!("<th>{col}</th>")), "{col}");
     }
+    // A missed target is flagged, never shown as achieved.
+    assert_eq!(html.contains(" (short)"), !big_met, "missed-target mark does not match the run's exit status");
     // Phase boundaries on each run's panel (warmup → measure at least).
     let panel = &html[html.find("chart-run-1").unwrap()..html.find("chart-run-2").unwrap()];
     assert!(panel.contains("class=\"phase\"") && panel.contains(">measure<"), "no phase boundary in the run panel");
@@ -60,41 +72,7 @@ fn report_renders_charts_and_headless_chromium_shows_them() {
     assert!(html.contains("undecided (no verdict)"));
     assert!(html.matches("class=\"interval\"").count() >= 2);
 
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
-    let Some(chromium) = chromium else {
-        if std::env::var_os("LOADGEN_SKIP_BROWSER").is_some() {
-            eprintln!("LOADGEN_SKIP_BROWSER set and no chromium: skipping the browser half");
-            return;
-        }
-        panic!("headless Chromium not found: apt-get install -y chromium (or set LOADGEN_SKIP_BROWSER=1)");
-    };
-    let profile = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(chromium)
-        .args([
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", html_path.display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn chromium");
-    // Bounded: kill the browser if it hangs.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("chromium did not finish in 60 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let Some(dom) = chromium_dom(&html_path) else { return };
     for id in ["chart-spectrum", "chart-throughput", "chart-p99"] {
         assert!(dom.contains(&format!("id=\"{id}\"")), "{id} not in the rendered DOM");
     }

@@ -20,6 +20,7 @@ use crate::log::{AppendError, FetchError, Partition, TopicError};
 use crate::wire::{self, error, fetch, HeaderError};
 
 mod admin;
+mod delete_records;
 
 /// API keys routed to the group coordinator (`crate::groups::handle`).
 pub const GROUP_API_KEYS: [i16; 13] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68];
@@ -33,6 +34,7 @@ pub const BROKER_APIS: &[(i16, i16, i16)] = &[
     (18, 0, 4), // ApiVersions
     (19, 2, 7), // CreateTopics
     (20, 1, 6), // DeleteTopics
+    (21, 0, 2), // DeleteRecords
     (32, 1, 4), // DescribeConfigs
     (33, 0, 2), // AlterConfigs
     (35, 1, 4), // DescribeLogDirs
@@ -79,6 +81,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
         ApiKey::ListOffsets => list_offsets(shared, cid, version, body),
         ApiKey::CreateTopics => create_topics(shared, cid, version, body),
         ApiKey::DeleteTopics => delete_topics(shared, cid, version, body),
+        ApiKey::DeleteRecords => delete_records::delete_records(shared, cid, version, body),
         ApiKey::DescribeConfigs => admin::describe_configs(shared, cid, version, body),
         ApiKey::AlterConfigs => admin::alter_configs(shared, cid, version, body),
         ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(shared, cid, version, body),

@@ -273,7 +273,10 @@ impl LogManager {
     }
 
     /// Create a topic with `partitions` partitions (durable before it returns), with `cfg`
-    /// (not persisted: tests of per-topic log settings) or else the broker's defaults.
+    /// (not persisted: tests of per-topic log settings) or else the broker's defaults. The
+    /// partitions are created and fsynced without the `topics` lock (topic changes are
+    /// serialized by `topic_changes`), so produce and fetch on other topics go on meanwhile; the
+    /// topic is inserted, visible to them, once it is durable.
     pub fn create_topic(&self, name: &str, partitions: i32, cfg: Option<LogConfig>) -> Result<Topic, TopicError> {
         self.create(name, partitions, cfg, TopicConfig::default())
     }
@@ -293,9 +296,20 @@ impl LogManager {
             return Err(TopicError::InvalidPartitions(partitions as i64));
         }
         let _changes = self.topic_changes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
-        if topics.contains_key(name) {
+        if self.topic(name).is_some() {
             return Err(TopicError::AlreadyExists(name.to_string()));
+        }
+        // A directory of this name that is not a served topic is one whose recovery failed at
+        // start (a damaged log or checkpoint): creating over it would fail and then remove it.
+        if let Some(p) = (0..partitions).find(|p| self.io.exists(&self.dir.join(format!("{name}-{p}")))) {
+            return Err(TopicError::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{}: the directory of {name}-{p} exists but the topic is not served (its recovery failed at start, \
+                     see the log): refusing to create over it",
+                    self.dir.display()
+                ),
+            )));
         }
         let cfg = overrides.apply(base.as_ref().unwrap_or(&self.default_cfg));
         descriptor_headroom(partitions as u64)?;
@@ -326,13 +340,16 @@ impl LogManager {
         }
         self.io.sync_dir(&self.dir)?;
         let t: Topic = Arc::new(v);
-        topics.insert(name.to_string(), t.clone());
-        let mut configs = self.configs.write().unwrap_or_else(|p| p.into_inner());
-        if overrides.is_empty() {
-            configs.remove(name);
-        } else {
-            configs.insert(name.to_string(), overrides);
+        // Configuration first, then the topic: a reader that sees the topic sees its overrides.
+        {
+            let mut configs = self.configs.write().unwrap_or_else(|p| p.into_inner());
+            if overrides.is_empty() {
+                configs.remove(name);
+            } else {
+                configs.insert(name.to_string(), overrides);
+            }
         }
+        self.topics.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), t.clone());
         Ok(t)
     }
 

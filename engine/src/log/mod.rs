@@ -191,6 +191,15 @@ pub enum FetchError {
     Storage(#[from] io::Error),
 }
 
+/// Why DeleteRecords could not move a partition's log start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteRecordsError {
+    #[error("offset {requested} is above the high watermark {high_watermark}")]
+    OffsetOutOfRange { requested: u64, high_watermark: u64 },
+    #[error(transparent)]
+    Storage(#[from] AppendError),
+}
+
 /// Why a partition could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -204,6 +213,12 @@ pub enum RecoveryError {
     MidLogCorruption { path: String, position: u64, offset: u64, recovery_point: u64, reason: String },
     #[error("unexpected file name {0:?} in partition directory")]
     BadName(String),
+    #[error(
+        "the log start offset checkpoint {path} is damaged ({reason}); it is only ever replaced \
+         whole, so this is not a torn write: refusing to open this partition (restore the file, or \
+         remove it to serve the partition from its first segment again)"
+    )]
+    BadCheckpoint { path: String, reason: String },
 }
 
 /// Milliseconds since the Unix epoch.

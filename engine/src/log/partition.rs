@@ -3,8 +3,12 @@
 //!
 //! Locking: `state` (segments, producer state, staged bytes) is held while an append assigns
 //! offsets and writes or stages; `sync` (durable offset, in-flight flags, poison) is held only
-//! briefly. Lock order is state → sync; the group-commit leader never holds either lock while
-//! it writes and fdatasyncs.
+//! briefly. Lock order is start_checkpoint → state → sync; the group-commit leader never holds
+//! either lock while it writes and fdatasyncs. A read takes the state lock only to check its
+//! offset and collect the segments' files and servable limits: it reads batch headers without
+//! it. Retention and DeleteRecords (which hold `start_checkpoint`, the only lock under which
+//! segments leave the list) choose segments under the state lock and unlink them, and fsync the
+//! directory, without it.
 //!
 //! Write path in `group` mode: an append copies its (patched) batches into the partition's
 //! staging buffer under the state lock and issues no system call. The group-commit leader takes
@@ -31,12 +35,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::segment::{self, Segment};
-use super::{now_ms, AppendError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
+use super::{now_ms, AppendError, DeleteRecordsError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
 use crate::io::{Io, IoFile};
 use crate::record::{self, BatchInfo};
 
 const RECOVERY_POINT: &str = "recovery-point";
 const RP_MAGIC: u32 = 0x5250_0001;
+/// The log start offset checkpoint (DeleteRecords, retention): replaced atomically (a new file
+/// written and fsynced beside it, renamed over it, the directory fsynced), so after a crash it
+/// holds either the old or the new offset, whole.
+pub const LOG_START_CHECKPOINT: &str = "log-start-offset";
+const LOG_START_CHECKPOINT_TMP: &str = "log-start-offset.tmp";
+const LS_MAGIC: u32 = 0x4C53_0001;
 /// The group-commit leader refreshes the recovery point at most this often (it is not synced,
 /// so the kernel writes it back seconds later anyway; a roll and a clean close sync it).
 const RP_NOTE_INTERVAL_MS: u64 = 50;
@@ -117,6 +127,9 @@ struct State {
     spare: Vec<u8>,
     /// A damaged batch found by the scrub (offset, segment base, position): never served.
     fence: Option<(u64, u64, u64)>,
+    /// First offset served: the first segment's base, or above it after DeleteRecords (the
+    /// segment holding it may also hold earlier records, which are never served).
+    log_start: u64,
 }
 
 impl State {
@@ -130,7 +143,7 @@ impl State {
         self.active().next_offset
     }
     fn log_start(&self) -> u64 {
-        self.segments[0].base_offset
+        self.log_start
     }
 }
 
@@ -187,6 +200,10 @@ pub struct Partition {
     last_note_ms: AtomicU64,
     high_watermark: AtomicU64,
     log_start: AtomicU64,
+    /// The durable log start offset checkpoint (0 until one is written). Held while one is
+    /// written, so checkpoints are written one at a time and never move backwards. Lock order:
+    /// `start_checkpoint` → `state` → `sync`.
+    start_checkpoint: Mutex<u64>,
     notifier: Arc<Notifier>,
 }
 
@@ -254,6 +271,45 @@ fn read_recovery_point(f: &dyn IoFile) -> u64 {
     u64::from_be_bytes(b[4..12].try_into().expect("8"))
 }
 
+/// The log start checkpoint in `dir`: 0 when there is none; a file that is not exactly a valid
+/// checkpoint is an error (it is only ever replaced whole, so damage is not a torn write).
+fn read_start_checkpoint(io: &dyn Io, dir: &Path) -> Result<u64, RecoveryError> {
+    let path = dir.join(LOG_START_CHECKPOINT);
+    if !io.exists(&path) {
+        return Ok(0);
+    }
+    let bad = |reason: String| RecoveryError::BadCheckpoint { path: path.display().to_string(), reason };
+    let f = io.open(&path, false).map_err(|e| bad(e.to_string()))?;
+    let len = f.len().map_err(|e| bad(e.to_string()))?;
+    if len != 16 {
+        return Err(bad(format!("{len} bytes, want 16")));
+    }
+    let mut b = [0u8; 16];
+    f.read_exact_at(&mut b, 0).map_err(|e| bad(e.to_string()))?;
+    let magic = u32::from_be_bytes(b[0..4].try_into().expect("4"));
+    let crc = u32::from_be_bytes(b[12..16].try_into().expect("4"));
+    if magic != LS_MAGIC {
+        return Err(bad(format!("bad magic {magic:#x}")));
+    }
+    if crc32c::crc32c(&b[0..12]) != crc {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let offset = u64::from_be_bytes(b[4..12].try_into().expect("8"));
+    if offset > i64::MAX as u64 {
+        return Err(bad(format!("offset {offset} out of range")));
+    }
+    Ok(offset)
+}
+
+fn encode_start_checkpoint(offset: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&LS_MAGIC.to_be_bytes());
+    b[4..12].copy_from_slice(&offset.to_be_bytes());
+    let crc = crc32c::crc32c(&b[0..12]);
+    b[12..16].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
 fn encode_recovery_point(offset: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[0..4].copy_from_slice(&RP_MAGIC.to_be_bytes());
@@ -303,6 +359,24 @@ impl Partition {
             }
         }
         bases.sort_unstable();
+        // A checkpoint replacement a crash interrupted: the old checkpoint is still whole.
+        let tmp = dir.join(LOG_START_CHECKPOINT_TMP);
+        if io.exists(&tmp) {
+            io.remove_file(&tmp).map_err(&e)?;
+        }
+        let checkpoint = read_start_checkpoint(&*io, dir)?;
+        // Segments wholly below the log start (DeleteRecords deletes them after its checkpoint
+        // is durable; a crash may have come between): deleted before recovery reads them.
+        while bases.len() > 1 && bases[1] <= checkpoint {
+            let base = bases.remove(0);
+            tracing::info!(topic, partition = index, base, checkpoint, "removing a segment below the log start");
+            for name in [segment::log_name(base), segment::index_name(base), segment::time_index_name(base)] {
+                let path = dir.join(name);
+                if io.exists(&path) {
+                    io.remove_file(&path).map_err(&e)?;
+                }
+            }
+        }
         // Index files of segments below the first one: left by a crash (or an error) between
         // deleting a retired segment's `.log` and its indexes (retention deletes from the
         // front). Best effort: they are never read. Any other stray index is left as evidence.
@@ -476,6 +550,20 @@ impl Partition {
                 reason: "log ends before its recovery point: synced data is missing".into(),
             });
         }
+        if checkpoint > segments.last().expect("segment").next_offset {
+            // The log ends below its start (in `never`/`interval` mode a power cut can take
+            // back records DeleteRecords moved past): as Kafka, start over empty at the log
+            // start, which never moves backwards. Every record there was deleted already.
+            tracing::warn!(
+                topic, partition = index, log_end = segments.last().expect("segment").next_offset, checkpoint,
+                "the log ends below its log start offset checkpoint: starting empty at the checkpoint"
+            );
+            for seg in segments.drain(..) {
+                seg.delete_files(&*io).map_err(&e)?;
+            }
+            io.sync_dir(dir).map_err(&e)?;
+            segments.push(Segment::create(&*io, dir, checkpoint).map_err(&e)?);
+        }
         // Everything recovered is made durable before it is served.
         let active = segments.last().expect("segment");
         active.file.sync_data().map_err(&e)?;
@@ -485,7 +573,7 @@ impl Partition {
         io.sync_dir(dir).map_err(&e)?;
 
         let hw_pos = active.size;
-        let log_start = segments[0].base_offset;
+        let log_start = segments[0].base_offset.max(checkpoint);
         Ok(Arc::new(Partition {
             topic: topic.to_string(),
             index,
@@ -502,6 +590,7 @@ impl Partition {
                 staged_pos: 0,
                 spare: Vec::new(),
                 fence: None,
+                log_start,
             }),
             sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None, gen: 0, covering: 0, unlocked: Default::default() }),
             sync_cv: Condvar::new(),
@@ -518,6 +607,7 @@ impl Partition {
             last_note_ms: AtomicU64::new(0),
             high_watermark: AtomicU64::new(next),
             log_start: AtomicU64::new(log_start),
+            start_checkpoint: Mutex::new(checkpoint),
             notifier,
         }))
     }
@@ -1087,85 +1177,138 @@ impl Partition {
     /// File ranges holding whole batches from the batch containing `offset`, up to `max_bytes`
     /// (at least one batch when `min_one_batch`, even if larger). Only offsets below the high
     /// watermark are served.
+    ///
+    /// The state lock is held only to check the offset and take what the read needs (the
+    /// segment's file and servable end, the index floor, the active segment's servable end):
+    /// the batch headers are read without it, so a read that misses the page cache does not
+    /// hold up appends. (Bytes below a segment's servable end never change; a segment deleted
+    /// meanwhile stays readable through its open file.) A cut inside a segment looks up its
+    /// in-memory index, and a read spanning segments the next one, under the lock again,
+    /// briefly; nothing past the active segment's servable end as of the first lock is served.
     pub fn read(&self, offset: i64, max_bytes: u64, min_one_batch: bool) -> Result<ReadSlice, FetchError> {
-        let st = lock(&self.state);
-        let hw = self.high_watermark();
-        let log_start = st.log_start();
-        let mut slice = ReadSlice { ranges: Vec::new(), high_watermark: hw, log_start_offset: log_start };
-        if offset < log_start as i64 || offset > hw as i64 {
-            return Err(FetchError::OffsetOutOfRange { requested: offset, log_start, log_end: hw });
-        }
-        let offset = offset as u64;
-        if offset == hw {
-            return Ok(slice);
-        }
-        if let Some((bad, _, _)) = st.fence {
-            if offset >= bad {
-                return Err(FetchError::Storage(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}-{}: the batch at offset {bad} is damaged (found by the scrub): not served; stop the broker and run it with --repair", self.topic, self.index),
-                )));
+        let (mut slice, first, floor, offset, active) = {
+            let st = lock(&self.state);
+            let hw = self.high_watermark();
+            let log_start = st.log_start();
+            let slice = ReadSlice { ranges: Vec::new(), high_watermark: hw, log_start_offset: log_start };
+            if offset < log_start as i64 || offset > hw as i64 {
+                return Err(FetchError::OffsetOutOfRange { requested: offset, log_start, log_end: hw });
             }
-        }
-        let group = self.cfg.durability == Durability::Group;
-        let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-        let n = st.segments.len();
+            let offset = offset as u64;
+            if offset == hw {
+                return Ok(slice);
+            }
+            if let Some((bad, _, _)) = st.fence {
+                if offset >= bad {
+                    return Err(FetchError::Storage(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}-{}: the batch at offset {bad} is damaged (found by the scrub): not served; stop the broker and run it with --repair", self.topic, self.index),
+                    )));
+                }
+            }
+            let i = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+            let seg = &st.segments[i];
+            if offset >= seg.next_offset {
+                // Only the last segment can end at or before the offset (below the high watermark).
+                return Ok(slice);
+            }
+            // The active segment's servable end as of this lock, whatever happens after it
+            // (what is served must agree with the high watermark answered).
+            let active = st.active();
+            let group = self.cfg.durability == Durability::Group;
+            let active = (active.base_offset, if group { st.hw_pos.min(active.size) } else { active.size });
+            let first = self.read_part(&st, i, active);
+            (slice, first, seg.index_floor(offset), offset, active)
+        };
         let mut total = 0u64;
-        for (i, seg) in st.segments.iter().enumerate().skip(first) {
-            let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
-            // Nothing from the damaged batch on is served.
-            let limit = match st.fence {
-                Some((_, base, pos)) if base == seg.base_offset => limit.min(pos),
-                Some((_, base, _)) if base < seg.base_offset => 0,
-                _ => limit,
-            };
-            let start = if i == first {
-                match seg.find_position(offset, limit, self.cfg.batch_bytes_max)? {
-                    Some(p) => p,
-                    None => continue,
-                }
+        let mut part = Some(first);
+        let mut at_first = true;
+        while let Some((file, base, limit)) = part.take() {
+            let start = if at_first {
+                segment::find_position_from(&*file, offset, floor, limit, self.cfg.batch_bytes_max)?
             } else {
-                0
+                Some(0)
             };
-            if start >= limit {
-                continue;
-            }
-            let budget = max_bytes.saturating_sub(total);
-            let end = if limit - start <= budget {
-                limit
-            } else if let Some(b) = seg.index_boundary_at_most(start, start + budget) {
-                // Cut at a known batch boundary; then walk headers to get closer to the budget.
-                let mut end = b;
-                while end < limit {
-                    match seg.read_header(end, self.cfg.batch_bytes_max)? {
-                        Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
-                        _ => break,
-                    }
-                }
-                end
-            } else {
-                let mut end = start;
-                while end < limit {
-                    match seg.read_header(end, self.cfg.batch_bytes_max)? {
-                        Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
-                        Ok(h) if end == start && total == 0 && min_one_batch => {
-                            end += h.size_bytes as u64;
-                            break;
+            at_first = false;
+            if let Some(start) = start.filter(|&s| s < limit) {
+                let budget = max_bytes.saturating_sub(total);
+                let end = if limit - start <= budget {
+                    limit
+                } else if let Some(b) = self.index_boundary(base, &file, start, start + budget) {
+                    // Cut at a known batch boundary; then walk headers to get closer to the budget.
+                    let mut end = b;
+                    while end < limit {
+                        match segment::read_header(&*file, end, self.cfg.batch_bytes_max)? {
+                            Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
+                            _ => break,
                         }
-                        _ => break,
+                    }
+                    end
+                } else {
+                    let mut end = start;
+                    while end < limit {
+                        match segment::read_header(&*file, end, self.cfg.batch_bytes_max)? {
+                            Ok(h) if end + h.size_bytes as u64 <= start + budget => end += h.size_bytes as u64,
+                            Ok(h) if end == start && total == 0 && min_one_batch => {
+                                end += h.size_bytes as u64;
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
+                    end
+                };
+                if end > start {
+                    total += end - start;
+                    slice.ranges.push(FileRange { file, position: start, len: end - start });
+                }
+                if end < limit {
+                    break;
+                }
+            }
+            // On into the next segment (a read spanning segments takes the lock once per segment).
+            if base < active.0 {
+                let st = lock(&self.state);
+                if let Ok(i) = st.segments.binary_search_by_key(&base, |s| s.base_offset) {
+                    if i + 1 < st.segments.len() {
+                        part = Some(self.read_part(&st, i + 1, active));
                     }
                 }
-                end
-            };
-            if end > start {
-                slice.ranges.push(FileRange { file: seg.file.clone(), position: start, len: end - start });
-                total += end - start;
-            }
-            if end < limit {
-                break;
             }
         }
         Ok(slice)
+    }
+
+    /// Segment `i`'s file, base offset and servable end for a read planned when the active
+    /// segment was `active` = (base, servable end): the fence, and that end, apply.
+    fn read_part(&self, st: &State, i: usize, active: (u64, u64)) -> (Arc<dyn IoFile>, u64, u64) {
+        let seg = &st.segments[i];
+        let limit = match seg.base_offset.cmp(&active.0) {
+            std::cmp::Ordering::Less => seg.size,
+            std::cmp::Ordering::Equal => active.1.min(seg.size),
+            // Created after the read was planned: nothing there is covered by its high watermark.
+            std::cmp::Ordering::Greater => 0,
+        };
+        // Nothing from the damaged batch on is served.
+        let limit = match st.fence {
+            Some((_, base, pos)) if base == seg.base_offset => limit.min(pos),
+            Some((_, base, _)) if base < seg.base_offset => 0,
+            _ => limit,
+        };
+        (seg.file.clone(), seg.base_offset, limit)
+    }
+
+    /// [`Segment::index_boundary_at_most`] of the segment based at `base` (under the state
+    /// lock; `None` if it is gone).
+    fn index_boundary(&self, base: u64, file: &Arc<dyn IoFile>, after: u64, limit: u64) -> Option<u64> {
+        let st = lock(&self.state);
+        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
+        // Compaction may have swapped a new file in since the read was planned: its index
+        // describes that file, not the one being read.
+        if !std::ptr::addr_eq(Arc::as_ptr(&st.segments[i].file), Arc::as_ptr(file)) {
+            return None;
+        }
+        st.segments[i].index_boundary_at_most(after, limit)
     }
 
     /// [`Partition::read`] copied into memory.
@@ -1181,50 +1324,58 @@ impl Partition {
         let bad = |e: String| FetchError::Storage(io::Error::new(io::ErrorKind::InvalidData, e));
         // (segment base offset, position) to resume the batch search from, after a batch whose
         // max timestamp reached `ts` but none of whose records did (a producer's max timestamp
-        // is not checked against its records).
-        let mut resume: Option<(u64, u64)> = None;
+        // is not checked against its records), or after a segment without an answer.
+        // The position holds only in the same file (compaction may swap a new one in).
+        type Resume = (u64, u64, Option<Arc<dyn IoFile>>);
+        let mut resume: Option<Resume> = None;
         loop {
-            // Under the lock: the first batch at or after `resume` whose max timestamp >= ts.
-            let found = {
+            // Under the lock, no I/O: the first segment that may hold the answer.
+            let (file, base, limit, mut pos, start, hw) = {
                 let st = lock(&self.state);
                 let hw = self.high_watermark();
+                // Records below the log start are deleted: never an answer.
+                let start = st.log_start;
                 let n = st.segments.len();
                 let group = self.cfg.durability == Durability::Group;
-                let mut found = None;
-                'segments: for (i, seg) in st.segments.iter().enumerate() {
-                    if seg.max_timestamp < ts || resume.is_some_and(|(base, _)| seg.base_offset < base) {
-                        continue;
-                    }
-                    // Staged bytes of the active segment are not in the file yet.
-                    let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
-                    let mut pos = match resume {
-                        Some((base, pos)) if base == seg.base_offset => pos,
-                        _ => seg.time_floor_position(ts),
-                    };
-                    while pos < limit {
-                        let h = seg.read_header(pos, self.cfg.batch_bytes_max)?.map_err(|e| bad(e.to_string()))?;
-                        if h.base_offset as u64 >= hw {
-                            break 'segments;
-                        }
-                        if h.max_timestamp >= ts {
-                            found = Some((seg.file.clone(), seg.base_offset, pos, h.size_bytes));
-                            break 'segments;
-                        }
-                        pos += h.size_bytes as u64;
-                    }
-                }
-                found
+                let found = st.segments.iter().enumerate().find(|(_, seg)| {
+                    seg.max_timestamp >= ts && seg.next_offset > start && resume.as_ref().is_none_or(|(b, _, _)| seg.base_offset >= *b)
+                });
+                let Some((i, seg)) = found else { return Ok(None) };
+                // Staged bytes of the active segment are not in the file yet.
+                let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
+                let pos = match &resume {
+                    Some((b, pos, Some(f))) if *b == seg.base_offset && std::ptr::addr_eq(Arc::as_ptr(f), Arc::as_ptr(&seg.file)) => *pos,
+                    _ => seg.time_floor_position(ts),
+                };
+                (seg.file.clone(), seg.base_offset, limit, pos, start, hw)
             };
-            let Some((file, base, pos, size)) = found else { return Ok(None) };
-            // Outside the lock: read that batch and find the exact record, as Kafka does (the
-            // first offset whose record timestamp is >= ts, not the batch's base offset).
+            // Without the lock: the first batch from there whose max timestamp reaches `ts`.
+            let mut found = None;
+            while pos < limit {
+                let h = segment::read_header(&*file, pos, self.cfg.batch_bytes_max)?.map_err(|e| bad(e.to_string()))?;
+                if h.base_offset as u64 >= hw {
+                    return Ok(None);
+                }
+                if h.max_timestamp >= ts && h.last_offset() as u64 >= start {
+                    found = Some((pos, h.size_bytes));
+                    break;
+                }
+                pos += h.size_bytes as u64;
+            }
+            let Some((pos, size)) = found else {
+                // Nothing in this segment: the next ones.
+                resume = Some((base + 1, 0, None));
+                continue;
+            };
+            // Read that batch and find the exact record, as Kafka does (the first offset whose
+            // record timestamp is >= ts, not the batch's base offset).
             let mut batch = vec![0u8; size];
             if super::segment::read_fully(&*file, &mut batch, pos)? < size {
                 return Err(bad(format!("batch at position {pos} is truncated")));
             }
-            match super::time_seek::first_at_or_after(&batch, ts).map_err(bad)? {
+            match super::time_seek::first_at_or_after_from(&batch, ts, start).map_err(bad)? {
                 Some(found) => return Ok(Some(found)),
-                None => resume = Some((base, pos + size as u64)),
+                None => resume = Some((base, pos + size as u64, Some(file.clone()))),
             }
         }
     }
@@ -1235,35 +1386,127 @@ impl Partition {
     }
 
     /// Delete whole old segments beyond the size or time retention. Returns how many.
+    ///
+    /// The segments are chosen under the state lock; the new log start is checkpointed when it
+    /// moves past the checkpoint (so it never moves backwards after a crash, even one before
+    /// the unlinks are durable); the unlinks and the directory fsync run outside the state
+    /// lock (appends and reads go on meanwhile).
     pub fn enforce_retention(&self) -> Result<usize, AppendError> {
-        let mut st = lock(&self.state);
-        let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
-        let now = now_ms();
-        // Never data not yet servable, nor at or above the retention floor.
-        let keep_from = self.high_watermark().min(self.retention_floor.load(Ordering::Acquire));
-        let mut deleted = 0;
-        while st.segments.len() > 1 {
-            let oldest = &st.segments[0];
-            let by_size = self.live.retention_bytes().is_some_and(|max| total > max);
-            let by_time = self
-                .live
-                .retention_ms()
-                .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
-            if !(by_size || by_time) || st.segments[1].base_offset > keep_from {
-                break;
+        // Only holders of this lock remove segments (from the front); rolls only add at the back.
+        let mut checkpoint = lock(&self.start_checkpoint);
+        let (count, new_first) = {
+            let st = lock(&self.state);
+            let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
+            let now = now_ms();
+            // Never data not yet servable, nor at or above the retention floor.
+            let keep_from = self.high_watermark().min(self.retention_floor.load(Ordering::Acquire));
+            let mut count = 0;
+            while st.segments.len() - count > 1 {
+                let oldest = &st.segments[count];
+                let by_size = self.live.retention_bytes().is_some_and(|max| total > max);
+                let by_time = self
+                    .live
+                    .retention_ms()
+                    .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
+                if !(by_size || by_time) || st.segments[count + 1].base_offset > keep_from {
+                    break;
+                }
+                total -= oldest.size;
+                count += 1;
             }
-            let seg = st.segments.remove(0);
-            total -= seg.size;
-            // The log start moves first: were the deletion to fail, the segment is gone from
-            // the list all the same (its files are left for the next open to pick up or not).
-            self.log_start.store(st.log_start(), Ordering::Release);
+            (count, st.segments[count].base_offset)
+        };
+        if count == 0 {
+            return Ok(0);
+        }
+        if new_first > *checkpoint && self.log_start_offset() < new_first {
+            self.write_start_checkpoint(new_first)?;
+            *checkpoint = new_first;
+        }
+        let removed: Vec<Segment> = {
+            let mut st = lock(&self.state);
+            let removed = st.segments.drain(..count).collect();
+            st.log_start = st.log_start.max(st.segments[0].base_offset);
+            self.log_start.store(st.log_start, Ordering::Release);
+            removed
+        };
+        for seg in &removed {
             seg.delete_files(&*self.io).map_err(AppendError::Storage)?;
-            deleted += 1;
         }
-        if deleted > 0 {
-            self.io.sync_dir(&self.dir).map_err(AppendError::Storage)?;
+        self.io.sync_dir(&self.dir).map_err(AppendError::Storage)?;
+        Ok(count)
+    }
+
+    /// DeleteRecords: move the log start offset up to `offset` (at most the high watermark).
+    /// Returns the log start after it (unchanged when `offset` is not above it). The new start
+    /// is durable (checkpointed) before this returns Ok; segments wholly below it are then
+    /// deleted outside the state lock (a crash before that is finished by the next open). A
+    /// segment that also holds records at or above the new start is kept, but nothing below
+    /// the start is served from it.
+    pub fn delete_records(&self, offset: u64) -> Result<u64, DeleteRecordsError> {
+        if self.is_poisoned() {
+            return Err(self.poison_error().into());
         }
-        Ok(deleted)
+        let mut checkpoint = lock(&self.start_checkpoint);
+        let hw = self.high_watermark();
+        if offset > hw {
+            return Err(DeleteRecordsError::OffsetOutOfRange { requested: offset, high_watermark: hw });
+        }
+        let current = self.log_start_offset();
+        if offset <= current {
+            return Ok(current);
+        }
+        self.write_start_checkpoint(offset)?;
+        *checkpoint = offset;
+        let removed: Vec<Segment> = {
+            let mut st = lock(&self.state);
+            st.log_start = st.log_start.max(offset);
+            self.log_start.store(st.log_start, Ordering::Release);
+            let n = st.segments.len();
+            let below = (0..n - 1).take_while(|&i| st.segments[i + 1].base_offset <= offset).count();
+            let removed: Vec<Segment> = st.segments.drain(..below).collect();
+            let first = st.segments[0].base_offset;
+            if st.fence.is_some_and(|(_, base, _)| base < first) {
+                // The damaged batch was in a deleted segment.
+                st.fence = None;
+            }
+            assert!(st.log_start <= st.next_offset(), "log start {} above the log end {}", st.log_start, st.next_offset());
+            removed
+        };
+        // The start is durable already: a failed unlink leaves files the next open removes.
+        for seg in &removed {
+            if let Err(e) = seg.delete_files(&*self.io) {
+                tracing::warn!(topic = %self.topic, partition = self.index, base = seg.base_offset, "deleting a segment below the log start: {e}");
+            }
+        }
+        if !removed.is_empty() {
+            if let Err(e) = self.io.sync_dir(&self.dir) {
+                tracing::warn!(topic = %self.topic, partition = self.index, "directory fsync after deleting segments: {e}");
+            }
+        }
+        Ok(offset)
+    }
+
+    /// Replace the log start checkpoint with `offset`: a new file written and fsynced, renamed
+    /// over the old one, the directory fsynced. A failed fsync poisons the partition.
+    fn write_start_checkpoint(&self, offset: u64) -> Result<(), AppendError> {
+        let tmp = self.dir.join(LOG_START_CHECKPOINT_TMP);
+        if self.io.exists(&tmp) {
+            self.io.remove_file(&tmp).map_err(AppendError::Storage)?;
+        }
+        let f = self.io.open(&tmp, true).map_err(AppendError::Storage)?;
+        f.write_at(&encode_start_checkpoint(offset), 0).map_err(AppendError::Storage)?;
+        if let Err(e) = f.sync_data() {
+            self.poison(format!("fdatasync of the log start checkpoint failed: {e}"));
+            return Err(self.poison_error());
+        }
+        drop(f);
+        self.io.rename(&tmp, &self.dir.join(LOG_START_CHECKPOINT)).map_err(AppendError::Storage)?;
+        if let Err(e) = self.io.sync_dir(&self.dir) {
+            self.poison(format!("directory fsync of the log start checkpoint failed: {e}"));
+            return Err(self.poison_error());
+        }
+        Ok(())
     }
 
     /// Sync everything and write the active segment's indexes (clean shutdown).

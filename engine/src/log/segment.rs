@@ -85,6 +85,40 @@ pub fn check_offsets(base: i64, last: i64, expected: u64, gap_limit: Option<u64>
     }
 }
 
+/// Read the 61-byte header of the batch at `position` of `file` (a segment's `.log`).
+pub fn read_header(file: &dyn IoFile, position: u64, batch_bytes_max: usize) -> io::Result<Result<BatchInfo, BatchError>> {
+    let mut hdr = [0u8; BATCH_HEADER_BYTES];
+    let n = read_fully(file, &mut hdr, position)?;
+    if n < BATCH_HEADER_BYTES {
+        return Ok(Err(BatchError::Truncated { have: n, need: BATCH_HEADER_BYTES }));
+    }
+    Ok(record::parse_header_only(&hdr, batch_bytes_max))
+}
+
+/// The position of the batch of `file` holding `offset`, walking batch headers from the batch
+/// boundary `from` up to `limit`; `None` if none below `limit` holds it.
+pub fn find_position_from(
+    file: &dyn IoFile,
+    offset: u64,
+    from: u64,
+    limit: u64,
+    batch_bytes_max: usize,
+) -> io::Result<Option<u64>> {
+    let mut pos = from;
+    while pos < limit {
+        match read_header(file, pos, batch_bytes_max)? {
+            Ok(info) => {
+                if info.last_offset() as u64 >= offset {
+                    return Ok(Some(pos));
+                }
+                pos += info.size_bytes as u64;
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+    }
+    Ok(None)
+}
+
 /// Outcome of scanning a segment's bytes.
 #[derive(Debug)]
 pub struct ScanEnd {
@@ -166,12 +200,7 @@ impl Segment {
 
     /// Read the 61-byte header of the batch at `position`.
     pub fn read_header(&self, position: u64, batch_bytes_max: usize) -> io::Result<Result<BatchInfo, BatchError>> {
-        let mut hdr = [0u8; BATCH_HEADER_BYTES];
-        let n = read_fully(&*self.file, &mut hdr, position)?;
-        if n < BATCH_HEADER_BYTES {
-            return Ok(Err(BatchError::Truncated { have: n, need: BATCH_HEADER_BYTES }));
-        }
-        Ok(record::parse_header_only(&hdr, batch_bytes_max))
+        read_header(&*self.file, position, batch_bytes_max)
     }
 
     /// Cut the zero-filled tail off (sealing or clean close): a sealed segment ends exactly
@@ -245,19 +274,7 @@ impl Segment {
         if offset >= self.next_offset {
             return Ok(None);
         }
-        let mut pos = self.index_floor(offset);
-        while pos < limit {
-            match self.read_header(pos, batch_bytes_max)? {
-                Ok(info) => {
-                    if info.last_offset() as u64 >= offset {
-                        return Ok(Some(pos));
-                    }
-                    pos += info.size_bytes as u64;
-                }
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
-            }
-        }
-        Ok(None)
+        find_position_from(&*self.file, offset, self.index_floor(offset), limit, batch_bytes_max)
     }
 
     /// Scan batches from `start` (which must be a batch boundary holding `start_offset`),

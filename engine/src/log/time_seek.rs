@@ -12,16 +12,28 @@ use crate::record;
 /// The first record of `batch` (one whole v2 batch, as stored) whose timestamp is >= `target`:
 /// (its offset, its timestamp). `Ok(None)` when no record reaches it.
 pub fn first_at_or_after(batch: &[u8], target: i64) -> Result<Option<(u64, i64)>, String> {
+    first_at_or_after_from(batch, target, 0)
+}
+
+/// [`first_at_or_after`] among the records at offset `from` or later (the log start offset
+/// may fall inside a batch: the records below it are deleted).
+pub fn first_at_or_after_from(batch: &[u8], target: i64, from: u64) -> Result<Option<(u64, i64)>, String> {
     let info = record::parse_header(batch, batch.len()).map_err(|e| format!("stored batch: {e}"))?;
     let to_offset = |(index, ts): (i32, i64)| (info.base_offset.saturating_add(index as i64).max(0) as u64, ts);
+    // Index of the first record at or after `from` (0 when the batch starts there or later).
+    let first = from.saturating_sub(info.base_offset.max(0) as u64).min(i32::MAX as u64) as i32;
+    if first > info.last_offset_delta {
+        return Ok(None);
+    }
     if info.attributes & record::ATTR_LOG_APPEND_TIME != 0 {
         // Every record carries the batch's max timestamp: the first record answers.
         if info.max_timestamp < target {
             return Ok(None);
         }
-        return Ok(Some(to_offset((0, info.max_timestamp))));
+        return Ok(Some(to_offset((first, info.max_timestamp))));
     }
-    let found = record::first_record_at_or_after(batch, &info, target).map_err(|e| format!("stored batch: {e}"))?;
+    let found =
+        record::first_record_at_or_after_from(batch, &info, target, first).map_err(|e| format!("stored batch: {e}"))?;
     Ok(found.map(to_offset))
 }
 
@@ -43,6 +55,11 @@ mod tests {
         assert_eq!(first_at_or_after(&batch, 0).unwrap(), Some((500, 1000)));
         assert_eq!(first_at_or_after(&batch, 1990).unwrap(), Some((599, 1990)));
         assert_eq!(first_at_or_after(&batch, 1991).unwrap(), None);
+        // From a log start inside the batch: records below it are no answer.
+        assert_eq!(first_at_or_after_from(&batch, 0, 550).unwrap(), Some((550, 1500)));
+        assert_eq!(first_at_or_after_from(&batch, 1300, 520).unwrap(), Some((530, 1300)));
+        assert_eq!(first_at_or_after_from(&batch, 1300, 400).unwrap(), Some((530, 1300)));
+        assert_eq!(first_at_or_after_from(&batch, 0, 600).unwrap(), None);
         // Truncated records are an error, not a panic.
         assert!(first_at_or_after(&batch[..80], 1991).is_err());
     }

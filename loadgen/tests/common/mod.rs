@@ -64,3 +64,43 @@ pub fn json_files(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The DOM of `html` as headless Chromium renders it, or None when no Chromium is installed and
+/// `LOADGEN_SKIP_BROWSER` is set (without it, a missing Chromium fails the test). Bounded: the
+/// browser is killed after 60 s.
+pub fn chromium_dom(html: &std::path::Path) -> Option<String> {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let Some(chromium) = chromium else {
+        if std::env::var_os("LOADGEN_SKIP_BROWSER").is_some() {
+            eprintln!("LOADGEN_SKIP_BROWSER set and no chromium: skipping the browser half");
+            return None;
+        }
+        panic!("headless Chromium not found: apt-get install -y chromium (or set LOADGEN_SKIP_BROWSER=1)");
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn chromium");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish in 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
