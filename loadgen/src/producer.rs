@@ -288,11 +288,15 @@ pub fn run_producer<T: Transport>(
         if generated == 0 && !sent_any {
             // Idle until the next record is due, the oldest open batch lingers out, or (when
             // blocked on the window) a short while for acks.
-            let mut wake = if producing { spec.schedule.intended_ns(next_i) } else { now + 100_000 };
+            // With the queue of closed batches full, the next record is already due (the
+            // schedule runs ahead): waking at its time would spin on the clock until a window
+            // frees (measured: 40 % of the thread in clock_gettime); wait for acks instead.
+            let queue_full = queued_bytes >= spec.queued_bytes_max;
+            let mut wake = if producing && !queue_full { spec.schedule.intended_ns(next_i) } else { now + 100_000 };
             if let Some(&(_, opened)) = open_order.front() {
                 wake = wake.min(opened + spec.linger_ns);
             }
-            if !ready.is_empty() || queued_bytes >= spec.queued_bytes_max {
+            if !ready.is_empty() || queue_full {
                 wake = wake.min(now + 50_000);
             }
             wake = wake.min(now + 1_000_000).min(spec.drain_deadline_ns);
