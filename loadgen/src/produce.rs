@@ -212,9 +212,109 @@ pub struct ProducerTotals {
     pub leader_changes: AtomicU64,
     /// The producer id(s) granted by InitProducerId (the last one; -1 = none).
     pub producer_id: AtomicU64,
+    /// What each producer thread of each phase cost and how it kept up (the result's
+    /// `generator` block: who limited the run).
+    pub loads: std::sync::Mutex<Vec<ProducerLoad>>,
+}
+
+/// One producer thread's load in one phase (measured by `run_producer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProducerLoad {
+    /// Its schedule's start (clock ns) and rate: identifies the phase.
+    pub start_ns: u64,
+    pub rate: f64,
+    /// Thread CPU time (/proc/thread-self/schedstat) and wall time of the thread's loop.
+    pub cpu_s: f64,
+    pub wall_s: f64,
+    /// Closed, unsent batches (bytes): time-weighted mean, maximum, and the bound.
+    pub queue_mean_bytes: f64,
+    pub queue_max_bytes: u64,
+    pub queue_bound_bytes: u64,
+    /// Fraction of the loop's time some closed batch waited for its partition's in-flight
+    /// window (the target's back-pressure).
+    pub window_wait_fraction: f64,
+    /// Generation lag (now − intended time of the next record not yet generated): largest,
+    /// and at the end of the schedule (its last intended record's time).
+    pub send_delay_max_ns: u64,
+    pub send_delay_end_ns: u64,
+}
+
+/// A producer thread above this fraction of a core was the limit.
+pub const GENERATOR_CPU_LIMIT: f64 = 0.9;
+/// Generation this late at the end of the schedule, with the target not pushing back,
+/// means the generator could not keep up.
+pub const GENERATOR_LAG_LIMIT_NS: u64 = 100_000_000;
+
+/// Whether the generator (not the target) limited these producers, and why (one reason per
+/// producer and cause). The target pushed back when batches waited on in-flight windows for
+/// half the time or the queue of closed batches averaged a quarter of its bound; then a late
+/// schedule is the target's doing.
+pub fn generator_verdict(loads: &[ProducerLoad]) -> Vec<String> {
+    let mut why = Vec::new();
+    for (i, l) in loads.iter().enumerate() {
+        let core = if l.wall_s > 0.0 { l.cpu_s / l.wall_s } else { 0.0 };
+        if core >= GENERATOR_CPU_LIMIT {
+            why.push(format!("producer {i} used {:.0} % of a core", core * 100.0));
+        }
+        let pushed_back = l.window_wait_fraction >= 0.5 || l.queue_mean_bytes >= 0.25 * l.queue_bound_bytes as f64;
+        if l.send_delay_end_ns >= GENERATOR_LAG_LIMIT_NS && !pushed_back {
+            why.push(format!(
+                "producer {i} fell {:.0} ms behind its schedule while the target took its batches (window wait {:.0} %, queue mean {:.0} KiB)",
+                l.send_delay_end_ns as f64 / 1e6,
+                l.window_wait_fraction * 100.0,
+                l.queue_mean_bytes / 1024.0
+            ));
+        }
+    }
+    why
 }
 
 impl ProducerTotals {
+    pub fn add_load(&self, l: ProducerLoad) {
+        let mut v = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a long search runs many phases; the measured one is among the latest.
+        if v.len() >= 4096 {
+            v.drain(..2048);
+        }
+        v.push(l);
+    }
+
+    /// The result's `generator` block for the phase run at `rate` (the latest such phase: a
+    /// search's confirming run, not its half-rate run).
+    pub fn generator(&self, rate: f64) -> Option<crate::results::GeneratorInfo> {
+        let v = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        let near = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+        // Producers of one phase share the schedule start (within 1 ms: they are offset by
+        // less than one inter-record gap) and their rates add up to the phase's.
+        let mut groups: Vec<Vec<ProducerLoad>> = Vec::new();
+        for l in v.iter() {
+            match groups.iter_mut().find(|g| g[0].start_ns.abs_diff(l.start_ns) < 1_000_000) {
+                Some(g) => g.push(*l),
+                None => groups.push(vec![*l]),
+            }
+        }
+        let g = groups.into_iter().rev().find(|g| near(g.iter().map(|l| l.rate).sum(), rate))?;
+        let reasons = generator_verdict(&g);
+        Some(crate::results::GeneratorInfo {
+            limited: !reasons.is_empty(),
+            reasons,
+            producers: g
+                .iter()
+                .map(|l| crate::results::GeneratorProducer {
+                    cpu_s: l.cpu_s,
+                    wall_s: l.wall_s,
+                    cpu_core_fraction: if l.wall_s > 0.0 { l.cpu_s / l.wall_s } else { 0.0 },
+                    queue_mean_bytes: l.queue_mean_bytes,
+                    queue_max_bytes: l.queue_max_bytes,
+                    queue_bound_bytes: l.queue_bound_bytes,
+                    window_wait_fraction: l.window_wait_fraction,
+                    send_delay_max_ms: l.send_delay_max_ns as f64 / 1e6,
+                    send_delay_end_ms: l.send_delay_end_ns as f64 / 1e6,
+                })
+                .collect(),
+        })
+    }
+
     pub fn add_compression(&self, records: u64, raw: u64, compressed: u64, ns: u64) {
         self.compressed_batches.fetch_add(1, Ordering::Relaxed);
         self.compressed_records.fetch_add(records, Ordering::Relaxed);

@@ -113,19 +113,23 @@ pub fn run_producer<T: Transport>(
         (0..n_parts).map(|_| BatchBuilder::with_format(spec.batch_bytes.min(1 << 20), format.clone())).collect();
     // Partitions with an open batch, in the order their batch was opened (oldest first).
     let mut open_order: VecDeque<(u32, u64)> = VecDeque::new();
-    let mut ready: VecDeque<Ready> = VecDeque::new();
+    // Closed batches waiting to be sent, one FIFO per partition, and the partitions that have
+    // one (each listed once). Hand-written on the measured hot path (issue 19): the send pass
+    // visits only partitions with a waiting batch and takes at most one batch from each, so a
+    // partition whose in-flight window is full costs one check per iteration however many of
+    // its batches wait — the former single queue was popped and re-pushed whole on every
+    // iteration (O(queued batches), up to 64 MiB / batch size of them under load).
+    let mut ready = ReadyQueues::new(n_parts);
     let mut queued_bytes = 0usize;
     let mut next_i: u64 = 0;
     let mut delay = LocalRecorder::new();
     let mut pool_i: u64 = 0;
-    let mut seen: Vec<u32> = vec![0; n_parts];
-    let mut scan_epoch: u32 = 0;
 
     let mut spare = Spare::default();
     let buf_cap = spec.batch_bytes.min(1 << 20) + 1024;
     let close = |p: u32,
                  open: &mut Vec<BatchBuilder>,
-                 ready: &mut VecDeque<Ready>,
+                 ready: &mut ReadyQueues,
                  queued_bytes: &mut usize,
                  spare: &mut Spare| {
         let next = spare.bufs.pop().unwrap_or_else(|| Vec::with_capacity(buf_cap));
@@ -135,7 +139,7 @@ pub fn run_producer<T: Transport>(
             metrics.producer.add_compression(c.records, c.raw_bytes, c.compressed_bytes, c.ns);
         }
         *queued_bytes += batch.len();
-        ready.push_back(Ready { partition: p, batch, intended, value_bytes });
+        ready.push(Ready { partition: p, batch, intended, value_bytes });
     };
 
     // Records the schedule intends before `end_ns`; a halt (or Ctrl-C, or a fatal error) cuts
@@ -147,9 +151,29 @@ pub fn run_producer<T: Transport>(
     let mut failure = None;
     let (from, until) = metrics.window();
     transport.set_deadline(spec.drain_deadline_ns);
-    loop {
+    // Who limits the run (the result's `generator` block): thread CPU, queue depth and
+    // window waits (time-weighted, one multiply-add per iteration), generation lag.
+    let cpu0 = crate::run::thread_cpu_s();
+    let t0 = clock.now_ns();
+    let mut load = crate::produce::ProducerLoad {
+        start_ns: spec.schedule.intended_ns(0),
+        rate: spec.schedule.rate,
+        queue_bound_bytes: spec.queued_bytes_max as u64,
+        ..Default::default()
+    };
+    let (mut last_t, mut queue_area, mut wait_ns) = (t0, 0f64, 0u64);
+    let mut lag_end_taken = false;
+    // The last send pass left a batch whose in-flight window was full (target back-pressure).
+    let mut refused = false;
+    'gen: loop {
         transport.poll(&mut spare)?;
         let now = clock.now_ns();
+        let dt = now.saturating_sub(last_t);
+        last_t = now;
+        queue_area += queued_bytes as f64 * dt as f64;
+        if refused {
+            wait_ns += dt; // a batch waited on its window since the last send pass
+        }
         if !halted && (metrics.stopped() || spec.halt.load(Ordering::Relaxed)) {
             halted = true;
             limit = next_i;
@@ -191,6 +215,13 @@ pub fn run_producer<T: Transport>(
             }
         }
         let producing = next_i < limit;
+        let lag = if producing { now.saturating_sub(spec.schedule.intended_ns(next_i)) } else { 0 };
+        load.send_delay_max_ns = load.send_delay_max_ns.max(lag);
+        if !lag_end_taken && (now >= spec.end_ns || !producing) {
+            lag_end_taken = true;
+            load.send_delay_end_ns = lag;
+        }
+        load.queue_max_bytes = load.queue_max_bytes.max(queued_bytes as u64);
         // Linger: close batches that have waited long enough (or all, once production ended).
         while let Some(&(p, opened)) = open_order.front() {
             let b = &open[p as usize];
@@ -207,49 +238,43 @@ pub fn run_producer<T: Transport>(
                 keys.advance_sticky();
             }
         }
-        // Send what the in-flight windows allow, keeping per-partition order.
+        // Send what the in-flight windows allow, keeping per-partition order: one request per
+        // pass, passes until no waiting batch's window has room (each pass takes at least one
+        // batch, so at most `ready`'s batch count of them) — a batch sendable now never waits
+        // for the next loop iteration.
         let mut sent_any = false;
-        if !ready.is_empty() {
-            let mut out = Vec::new();
-            let mut keep = VecDeque::with_capacity(ready.len());
-            // Per-partition marks for this pass (epoch-stamped: no clearing, O(1) checks).
-            scan_epoch = scan_epoch.wrapping_add(1);
-            while let Some(r) = ready.pop_front() {
-                let p = r.partition as usize;
-                // One batch per partition per request; a partition's later batches wait behind
-                // its first (order is kept), as do all batches of a partition whose window is full.
-                if seen[p] == scan_epoch || !transport.can_send(r.partition) {
-                    seen[p] = scan_epoch;
-                    keep.push_back(r);
-                } else {
-                    seen[p] = scan_epoch;
-                    queued_bytes -= r.batch.len();
-                    out.push(r);
+        refused = false;
+        while !ready.is_empty() {
+            // One batch per partition per request; a partition's later batches wait behind its
+            // first (order is kept), as do all batches of a partition whose window is full.
+            let (out, refused_now) = ready.take_sendable(|p| transport.can_send(p));
+            refused = refused_now;
+            if out.is_empty() {
+                break;
+            }
+            for r in &out {
+                queued_bytes -= r.batch.len();
+            }
+            let mut n = [0u64; 2];
+            for r in &out {
+                for &t in &r.intended {
+                    n[(t >= from && t < until) as usize] += 1;
                 }
             }
-            ready = keep;
-            if !out.is_empty() {
-                let mut n = [0u64; 2];
-                for r in &out {
-                    for &t in &r.intended {
-                        n[(t >= from && t < until) as usize] += 1;
-                    }
-                }
-                for (i, a) in metrics.acct.iter().enumerate() {
-                    a.sent.fetch_add(n[i], Ordering::Relaxed);
-                }
-                if let Err(e) = transport.send(out, &mut spare) {
-                    // The batches handed over are in the transport's pending list (timed out
-                    // when it closes); stop here and account the rest. A send cut off by the
-                    // drain deadline (a broker that stopped reading) is no failure of its own:
-                    // its records time out.
-                    if clock.now_ns() < spec.drain_deadline_ns {
-                        failure = Some(e);
-                    }
-                    break;
-                }
-                sent_any = true;
+            for (i, a) in metrics.acct.iter().enumerate() {
+                a.sent.fetch_add(n[i], Ordering::Relaxed);
             }
+            if let Err(e) = transport.send(out, &mut spare) {
+                // The batches handed over are in the transport's pending list (timed out
+                // when it closes); stop here and account the rest. A send cut off by the
+                // drain deadline (a broker that stopped reading) is no failure of its own:
+                // its records time out.
+                if clock.now_ns() < spec.drain_deadline_ns {
+                    failure = Some(e);
+                }
+                break 'gen;
+            }
+            sent_any = true;
         }
         delay.maybe_flush(&metrics.delay, now, false);
         if !producing && ready.is_empty() && open_order.is_empty() {
@@ -263,11 +288,15 @@ pub fn run_producer<T: Transport>(
         if generated == 0 && !sent_any {
             // Idle until the next record is due, the oldest open batch lingers out, or (when
             // blocked on the window) a short while for acks.
-            let mut wake = if producing { spec.schedule.intended_ns(next_i) } else { now + 100_000 };
+            // With the queue of closed batches full, the next record is already due (the
+            // schedule runs ahead): waking at its time would spin on the clock until a window
+            // frees (measured: 40 % of the thread in clock_gettime); wait for acks instead.
+            let queue_full = queued_bytes >= spec.queued_bytes_max;
+            let mut wake = if producing && !queue_full { spec.schedule.intended_ns(next_i) } else { now + 100_000 };
             if let Some(&(_, opened)) = open_order.front() {
                 wake = wake.min(opened + spec.linger_ns);
             }
-            if !ready.is_empty() || queued_bytes >= spec.queued_bytes_max {
+            if !ready.is_empty() || queue_full {
                 wake = wake.min(now + 50_000);
             }
             wake = wake.min(now + 1_000_000).min(spec.drain_deadline_ns);
@@ -275,6 +304,15 @@ pub fn run_producer<T: Transport>(
         }
     }
     delay.maybe_flush(&metrics.delay, 0, true);
+    let wall = clock.now_ns().saturating_sub(t0).max(1);
+    load.wall_s = wall as f64 / 1e9;
+    load.cpu_s = match (cpu0, crate::run::thread_cpu_s()) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    };
+    load.queue_mean_bytes = queue_area / wall as f64;
+    load.window_wait_fraction = wait_ns as f64 / wall as f64;
+    metrics.producer.add_load(load);
     // Account the schedule: every record intended is acknowledged, failed, timed out (counted
     // by the transport when it closes) or, from here, not sent.
     let end = clock.now_ns();
@@ -287,7 +325,7 @@ pub fn run_producer<T: Transport>(
             close(p, &mut open, &mut ready, &mut queued_bytes, &mut spare);
         }
     }
-    for r in &ready {
+    for r in ready.iter() {
         record_unacked(metrics, Unacked::NotSent, end, r.intended.iter().copied());
     }
     if next_i < limit {
@@ -296,6 +334,65 @@ pub fn run_producer<T: Transport>(
     match failure {
         Some(e) => Err(e),
         None => Ok(next_i),
+    }
+}
+
+/// Closed, unsent batches: a FIFO per partition plus the list of partitions that have one.
+struct ReadyQueues {
+    queues: Vec<VecDeque<Ready>>,
+    /// Partitions with a non-empty queue, each once (`listed[p]`).
+    active: Vec<u32>,
+    listed: Vec<bool>,
+    batches: usize,
+}
+
+impl ReadyQueues {
+    fn new(n_parts: usize) -> ReadyQueues {
+        ReadyQueues { queues: (0..n_parts).map(|_| VecDeque::new()).collect(), active: Vec::new(), listed: vec![false; n_parts], batches: 0 }
+    }
+    fn is_empty(&self) -> bool {
+        self.batches == 0
+    }
+    fn push(&mut self, r: Ready) {
+        let p = r.partition as usize;
+        if !self.listed[p] {
+            self.listed[p] = true;
+            self.active.push(r.partition);
+        }
+        self.queues[p].push_back(r);
+        self.batches += 1;
+    }
+    /// The oldest batch of every listed partition `can_send` allows (at most one each).
+    /// O(partitions with a waiting batch); allocates only when something is sendable.
+    /// Also says whether some partition's window refused.
+    fn take_sendable(&mut self, mut can_send: impl FnMut(u32) -> bool) -> (Vec<Ready>, bool) {
+        let mut out = Vec::new();
+        let mut refused = false;
+        let mut k = 0;
+        while k < self.active.len() {
+            let p = self.active[k];
+            if !can_send(p) {
+                refused = true;
+                k += 1;
+                continue;
+            }
+            let q = &mut self.queues[p as usize];
+            if let Some(r) = q.pop_front() {
+                self.batches -= 1;
+                out.push(r);
+            }
+            if q.is_empty() {
+                self.listed[p as usize] = false;
+                self.active.swap_remove(k);
+            } else {
+                k += 1;
+            }
+        }
+        (out, refused)
+    }
+    /// Every waiting batch (any order).
+    fn iter(&self) -> impl Iterator<Item = &Ready> {
+        self.queues.iter().flatten()
     }
 }
 

@@ -80,6 +80,38 @@ pub struct RunResult {
     /// records and the group protocol's figures. Absent without consumers and in older results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<ConsumerInfo>,
+    /// Who limited the run: each producer thread's CPU, queue depth and lateness in the
+    /// measured phase, and whether the generator (not the target) was the limit. Absent in
+    /// older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorInfo>,
+}
+
+/// The result's `generator` block (schema `$defs/generator`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorInfo {
+    /// True when some producer thread, not the target, limited the run (`reasons` says how).
+    pub limited: bool,
+    pub reasons: Vec<String>,
+    pub producers: Vec<GeneratorProducer>,
+}
+
+/// One producer thread of the measured phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorProducer {
+    /// Thread CPU seconds and wall seconds of its loop; their ratio (1 = one core busy).
+    pub cpu_s: f64,
+    pub wall_s: f64,
+    pub cpu_core_fraction: f64,
+    /// Closed batches not yet sent (bytes): time-weighted mean, maximum, bound.
+    pub queue_mean_bytes: f64,
+    pub queue_max_bytes: u64,
+    pub queue_bound_bytes: u64,
+    /// Fraction of the time a closed batch waited for an in-flight window (target back-pressure).
+    pub window_wait_fraction: f64,
+    /// Generation lag behind the schedule: largest, and at the schedule's end (ms).
+    pub send_delay_max_ms: f64,
+    pub send_delay_end_ms: f64,
 }
 
 /// The result's `consumer` block (schema `$defs/consumer`).

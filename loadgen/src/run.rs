@@ -1436,6 +1436,7 @@ fn build_result(
             col.metrics.acked.load(Ordering::Relaxed),
         )),
         consumer: consumer_info(opts, &col.metrics, &col.series),
+        generator: col.metrics.producer.generator(main.rate),
     }
 }
 
@@ -1603,6 +1604,9 @@ pub fn summary_table(r: &RunResult) -> String {
         r.publish.errors,
         r.projection.events_per_day
     ));
+    if let Some(g) = r.generator.as_ref().filter(|g| g.limited) {
+        s.push_str(&format!("WARNING: the generator, not the target, limited this run: {}\n", g.reasons.join("; ")));
+    }
     if let Some(p) = r.producer.as_ref().filter(|p| p.connections_lost + p.leader_changes > 0) {
         s.push_str(&format!(
             "failover: {} producer connection(s) lost, {} Metadata lookup(s), {} partition(s) moved to a new leader, {} batch(es) sent again, {} already written\n",
