@@ -395,9 +395,8 @@ class JavaClientInteropTest extends BrokerTestBase {
 
     @Test
     void createTopicsWithConfigsIsHonouredOrRefusedNotSilentlyDropped() throws Exception {
-        // A createTopics carrying configs: applied (described as the topic's own), or, for one
-        // the broker cannot honour (compaction), refused with INVALID_CONFIG saying why, and no
-        // topic is made.
+        // A createTopics carrying configs: applied (described as the topic's own), or, for a
+        // value the broker refuses, INVALID_CONFIG saying why, and no topic is made.
         try (Admin a = admin()) {
             NewTopic t = new NewTopic("admin-configs", 1, (short) 1).configs(Map.of("retention.ms", "3600000"));
             a.createTopics(List.of(t)).all().get(30, TimeUnit.SECONDS);
@@ -409,11 +408,17 @@ class JavaClientInteropTest extends BrokerTestBase {
             assertEquals(org.apache.kafka.clients.admin.ConfigEntry.ConfigSource.DYNAMIC_TOPIC_CONFIG, e.source());
 
             NewTopic c = new NewTopic("admin-compact", 1, (short) 1).configs(Map.of("cleanup.policy", "compact"));
+            a.createTopics(List.of(c)).all().get(30, TimeUnit.SECONDS);
+            org.apache.kafka.common.config.ConfigResource rc =
+                    new org.apache.kafka.common.config.ConfigResource(org.apache.kafka.common.config.ConfigResource.Type.TOPIC, "admin-compact");
+            assertEquals("compact", a.describeConfigs(List.of(rc)).all().get(30, TimeUnit.SECONDS).get(rc).get("cleanup.policy").value());
+
+            NewTopic bad = new NewTopic("admin-bad-segment", 1, (short) 1).configs(Map.of("segment.bytes", "4294967296"));
             ExecutionException x = org.junit.jupiter.api.Assertions.assertThrows(ExecutionException.class,
-                    () -> a.createTopics(List.of(c)).all().get(30, TimeUnit.SECONDS));
+                    () -> a.createTopics(List.of(bad)).all().get(30, TimeUnit.SECONDS));
             assertTrue(x.getCause() instanceof org.apache.kafka.common.errors.InvalidConfigurationException, "cause: " + x.getCause());
-            assertTrue(x.getCause().getMessage().contains("compaction is not supported"), x.getCause().getMessage());
-            assertFalse(a.listTopics().names().get(30, TimeUnit.SECONDS).contains("admin-compact"));
+            assertTrue(x.getCause().getMessage().contains("segment.bytes"), x.getCause().getMessage());
+            assertFalse(a.listTopics().names().get(30, TimeUnit.SECONDS).contains("admin-bad-segment"));
         }
     }
 
