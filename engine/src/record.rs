@@ -634,18 +634,20 @@ pub fn stamp_log_append_time(buf: &mut [u8], now: i64, max_batch_bytes: usize) -
     true
 }
 
+/// Append `v` as a zigzag varint (Kafka's record fields): the one encoder the batch builder and
+/// the log cleaner's rewrite share.
+pub(crate) fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
 /// Builds uncompressed v2 batches. Used by tests, benchmarks and the load generator's encoder.
 pub mod build {
     use super::*;
-
-    fn put_varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            out.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        out.push(z as u8);
-    }
 
     /// A record: key, value and headers-less.
     pub struct Rec<'a> {

@@ -104,15 +104,6 @@ fn varint(b: &[u8], at: &mut usize, max_bytes: u32) -> Option<i64> {
     Some((raw >> 1) as i64 ^ -((raw & 1) as i64))
 }
 
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
 fn bytes_field<'a>(b: &'a [u8], at: &mut usize, end: usize) -> Option<Option<&'a [u8]>> {
     let n = varint(b, at, 5)?;
     if n < 0 {
@@ -195,19 +186,19 @@ fn rebuild_batch(orig: &[u8], info: &BatchInfo, recs: &[&Rec<'_>]) -> Vec<u8> {
     for (i, r) in recs.iter().enumerate() {
         body.clear();
         body.push(r.attributes);
-        put_varint(&mut body, r.timestamp - base_ts);
-        put_varint(&mut body, i as i64);
+        record::put_varint(&mut body, r.timestamp - base_ts);
+        record::put_varint(&mut body, i as i64);
         for f in [r.key, r.value] {
             match f {
                 Some(b) => {
-                    put_varint(&mut body, b.len() as i64);
+                    record::put_varint(&mut body, b.len() as i64);
                     body.extend_from_slice(b);
                 }
-                None => put_varint(&mut body, -1),
+                None => record::put_varint(&mut body, -1),
             }
         }
         body.extend_from_slice(r.headers);
-        put_varint(&mut plain, body.len() as i64);
+        record::put_varint(&mut plain, body.len() as i64);
         plain.extend_from_slice(&body);
         max_ts = max_ts.max(r.timestamp);
     }
