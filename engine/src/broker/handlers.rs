@@ -15,7 +15,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use super::{Reply, Shared, FETCH_WAIT_MS_MAX};
+use super::{ConnCtx, Reply, Shared, FETCH_WAIT_MS_MAX};
 use crate::log::{AppendError, FetchError, Partition, TopicError};
 use crate::wire::{self, error, fetch, HeaderError};
 
@@ -52,7 +52,7 @@ fn version_range(api_key: i16) -> Option<(i16, i16)> {
 }
 
 /// Decode the frame's header and run the API's handler.
-pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
+pub(crate) fn handle(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) -> Reply {
     let mut body = Bytes::from(frame);
     let (key, header) = match wire::parse_request_header(&mut body) {
         Ok(h) => h,
@@ -65,7 +65,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
         return api_versions(&header, body);
     }
     if GROUP_API_KEYS.contains(&raw_key) {
-        return crate::groups::handle(&shared.groups, raw_key, version, &header, &mut body);
+        return crate::groups::handle_at(&shared.groups, ctx.advertised(), raw_key, version, &header, &mut body);
     }
     match version_range(raw_key) {
         Some((lo, hi)) if (lo..=hi).contains(&version) => {}
@@ -77,7 +77,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
         ApiKey::Produce if version <= 2 => produce_legacy(cid, version, body),
         ApiKey::Produce => produce(shared, cid, version, body),
         ApiKey::Fetch => fetch(shared, cid, version, body),
-        ApiKey::Metadata => metadata(shared, cid, version, body),
+        ApiKey::Metadata => metadata(shared, ctx, cid, version, body),
         ApiKey::ListOffsets => list_offsets(shared, cid, version, body),
         ApiKey::CreateTopics => create_topics(shared, cid, version, body),
         ApiKey::DeleteTopics => delete_topics(shared, cid, version, body),
@@ -87,7 +87,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, frame: Vec<u8>) -> Reply {
         ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(shared, cid, version, body),
         ApiKey::CreatePartitions => admin::create_partitions(shared, cid, version, body),
         ApiKey::DescribeLogDirs => admin::describe_log_dirs(shared, cid, version, body),
-        ApiKey::DescribeCluster => admin::describe_cluster(shared, cid, version, body),
+        ApiKey::DescribeCluster => admin::describe_cluster(shared, ctx, cid, version, body),
         _ => Err(format!("API {key:?} is not served")),
     };
     r.unwrap_or_else(|reason| Reply::Close(format!("{key:?} v{version}: {reason}")))
@@ -578,9 +578,9 @@ fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -
 // ---------------------------------------------------------------------------------------------
 // Metadata
 
-fn metadata(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+fn metadata(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: MetadataRequest = wire::decode_body(&mut body, version)?;
-    let local = super::current_connection_local_addr();
+    let local = ctx.advertised();
     let host = match local {
         Some(a) if !a.ip().is_unspecified() => a.ip().to_string(),
         _ => "127.0.0.1".to_string(),

@@ -22,7 +22,6 @@ mod handlers;
 pub mod properties;
 pub use handlers::BROKER_APIS;
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -163,14 +162,23 @@ impl std::fmt::Debug for Reply {
     }
 }
 
-thread_local! {
-    static CONN_LOCAL_ADDR: Cell<Option<SocketAddr>> = const { Cell::new(None) };
+/// What a request handler knows of the connection it serves. One per connection, owned by
+/// whoever reads that connection's requests; handlers get it as `&mut` (per-connection
+/// state such as an authenticated session belongs here, never in a thread-local).
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address the client connected to (what Metadata and FindCoordinator advertise).
+    pub local: SocketAddr,
 }
 
-/// The local address of the connection whose request this thread is handling (the address a
-/// client used to reach us: what Metadata and FindCoordinator advertise).
-pub fn current_connection_local_addr() -> Option<SocketAddr> {
-    CONN_LOCAL_ADDR.with(|c| c.get())
+impl ConnCtx {
+    /// The local address to advertise (handlers fall back to the configured host when it is
+    /// the unspecified address).
+    pub fn advertised(&self) -> Option<SocketAddr> {
+        Some(self.local)
+    }
 }
 
 /// State shared by the accept thread and every connection.
@@ -618,7 +626,7 @@ fn read_request<'s, R: Read>(shared: &'s Shared, r: &mut R) -> Result<Option<(Ve
 }
 
 fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
-    CONN_LOCAL_ADDR.with(|c| c.set(Some(local)));
+    let mut ctx = ConnCtx { peer, local };
     let mut r = BufReader::with_capacity(CONNECTION_BUFFER_BYTES, &*stream);
     loop {
         let (frame, permit) = match read_request(shared, &mut r) {
@@ -641,7 +649,7 @@ fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender
                 break;
             }
         };
-        let reply = handlers::handle(shared, frame);
+        let reply = handlers::handle(shared, &mut ctx, frame);
         // The frame is consumed by its handler: its bytes go back to the budget before this
         // reader may block on a full reply queue.
         drop(permit);

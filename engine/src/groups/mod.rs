@@ -20,8 +20,8 @@
 //! list); decoding never panics.
 //!
 //! FindCoordinator answers with node 0 and the local address of the connection the request came
-//! in on ([`crate::broker::current_connection_local_addr`], read in [`handle`] on the reader
-//! thread), falling back to [`GroupConfig::host`]/[`GroupConfig::port`].
+//! in on (passed to [`handle_at`] by the broker), falling back to
+//! [`GroupConfig::host`]/[`GroupConfig::port`].
 
 mod admin;
 pub mod coordinator;
@@ -491,9 +491,23 @@ fn client_id(header: &RequestHeader) -> String {
     id[..end].to_string()
 }
 
-/// Serve one group-coordinator request. `body` is the request after its header.
+/// Serve one group-coordinator request. `body` is the request after its header. FindCoordinator
+/// answers with the configured host and port (see [`handle_at`]).
 pub fn handle(
     coord: &Arc<GroupCoordinator>,
+    api_key: i16,
+    api_version: i16,
+    header: &RequestHeader,
+    body: &mut Bytes,
+) -> Reply {
+    handle_at(coord, None, api_key, api_version, header, body)
+}
+
+/// [`handle`] for a request that arrived on a connection to `local`: FindCoordinator
+/// advertises that address (the one the client could reach).
+pub fn handle_at(
+    coord: &Arc<GroupCoordinator>,
+    local: Option<std::net::SocketAddr>,
     api_key: i16,
     api_version: i16,
     header: &RequestHeader,
@@ -534,8 +548,6 @@ pub fn handle(
         }
         10 => {
             let req = decode::<FindCoordinatorRequest>(body, v, "FindCoordinator");
-            // The thread-local is only set on the reader thread: read it here, not in `later`.
-            let local = crate::broker::current_connection_local_addr();
             later(corr, v, move || find_coordinator(&c, req, v, local))
         }
         11 => {

@@ -25,7 +25,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::{is_hidden_topic, is_internal_topic, topic_error_code, Handled};
-use crate::broker::{Reply, Shared};
+use crate::broker::{ConnCtx, Reply, Shared};
 use crate::log::{topic_config, LogConfig, TopicConfig, TopicError};
 use crate::wire::{self, error};
 
@@ -338,13 +338,13 @@ const UNSUPPORTED_ENDPOINT_TYPE: i16 = 115;
 
 /// DescribeCluster: this single node (id 0, at the address the client connected to, as
 /// Metadata advertises it), which is also the controller.
-pub(super) fn describe_cluster(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+pub(super) fn describe_cluster(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: DescribeClusterRequest = wire::decode_body(&mut body, version)?;
     let mut resp = DescribeClusterResponse::default();
     resp.endpoint_type = req.endpoint_type;
     match req.endpoint_type {
         1 => {
-            let local = crate::broker::current_connection_local_addr();
+            let local = ctx.advertised();
             let host = match local {
                 Some(a) if !a.ip().is_unspecified() => a.ip().to_string(),
                 _ => "127.0.0.1".to_string(),
