@@ -594,7 +594,13 @@ fn metadata(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: By
     let names: Vec<Result<String, Uuid>> = match req.topics {
         None => all(),
         Some(ts) if ts.is_empty() && version == 0 => all(),
-        Some(ts) => ts.into_iter().map(|t| t.name.map(|n| n.0.to_string()).ok_or(t.topic_id)).collect(),
+        Some(ts) => ts
+            .into_iter()
+            .map(|t| match t.name {
+                Some(n) if !n.is_empty() || t.topic_id.is_nil() => Ok(n.0.to_string()),
+                _ => Err(t.topic_id),
+            })
+            .collect(),
     };
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
