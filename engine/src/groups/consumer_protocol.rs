@@ -888,6 +888,43 @@ mod tests {
     }
 
     #[test]
+    fn regex_subscriptions_match_whole_names_and_bad_ones_are_refused() {
+        let g = groups();
+        let topics = Topics([("t".to_string(), 2), ("tx".to_string(), 1), ("__consumer_offsets".to_string(), 50)].into_iter().collect());
+        let mut j = join("a");
+        j.subscribed_topic_names = None;
+        j.subscribed_topic_regex = Some(s("t|__.*"));
+        let r = g.heartbeat(j.clone(), 1, "c", "", &topics, |_| true);
+        let names: Vec<Uuid> = r.assignment.unwrap().topic_partitions.iter().map(|t| t.topic_id).collect();
+        assert_eq!(names, vec![topic_id("t")], "only `t` matches whole, internal topics never");
+        j.member_id = s("b");
+        j.subscribed_topic_regex = Some(s("(unclosed"));
+        assert_eq!(g.heartbeat(j, 1, "c", "", &topics, |_| true).error_code, code::INVALID_REGULAR_EXPRESSION);
+    }
+
+    #[test]
+    fn a_member_that_does_not_revoke_in_time_is_removed() {
+        let g = groups();
+        let mut j = join("a");
+        j.rebalance_timeout_ms = 1;
+        send(&g, j);
+        send(&g, join("b"));
+        let a = send(&g, hb("a", 1, &[0, 1, 2, 3]));
+        assert_eq!(parts(&a).unwrap().len(), 2, "a must revoke two");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while g.describe("g").unwrap().members.len() == 2 {
+            assert!(Instant::now() < deadline, "a never removed");
+            std::thread::sleep(Duration::from_millis(5)); // the reaper's tick
+            g.tick();
+        }
+        assert_eq!(send(&g, hb("a", 1, &[0, 1])).error_code, err::UNKNOWN_MEMBER_ID);
+        let b = send(&g, hb("b", 2, &[]));
+        let b = send(&g, hb("b", b.member_epoch, &parts(&b).unwrap_or_default()));
+        assert_eq!(b.member_epoch, 3);
+        assert_eq!(g.describe("g").unwrap().members[0].assignment.len(), 4);
+    }
+
+    #[test]
     fn topic_ids_are_stable_and_distinct() {
         assert_eq!(topic_id("a"), topic_id("a"));
         assert_ne!(topic_id("a"), topic_id("b"));
