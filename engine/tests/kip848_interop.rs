@@ -136,3 +136,58 @@ fn committed_offsets_are_shared_with_classic_consumers_and_survive_a_restart() {
     assert_eq!(sorted(values(&work.path().join("c3"))), want(90, 20));
     b.shutdown().unwrap();
 }
+
+#[test]
+fn a_running_member_rejoins_after_a_broker_restart_and_reads_on() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let flag = work.path().join("restarted");
+    let b = broker(dir.path(), Durability::Group);
+    let addr = b.local_addr();
+    let mut child = Command::new("timeout")
+        .arg("150")
+        .arg(require_tool("python3"))
+        .arg(script("kip848.py"))
+        .args(["survive", "--bootstrap", &addr.to_string(), "--topic", "live", "--group", "live", "--count", "200"])
+        .arg("--flag")
+        .arg(&flag)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "phase1 read", "the member did not read phase 1");
+    // Restart on the same address: the member's group is gone from memory, its offsets are not.
+    b.shutdown().unwrap();
+    let b = start_broker_with(
+        |cfg: &mut BrokerConfig| {
+            cfg.listen = addr;
+            cfg.log.durability = Durability::Group;
+            cfg.default_partitions = 6;
+            cfg.consumer_session_timeout_ms = 6_000;
+            cfg.consumer_heartbeat_interval_ms = 500;
+        },
+        dir.path(),
+    );
+    std::fs::write(&flag, b"").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "survive failed ({status}): {err}");
+    let r: serde_json::Value = serde_json::from_str(rest.lines().last().unwrap_or_default()).unwrap();
+    println!("{r}");
+    assert_eq!((r["records"].as_u64(), r["partitions"].as_u64()), (Some(400), Some(6)), "{r}");
+    // The restarted broker knows the group only because the member rejoined it (then left).
+    let mut c = common::Client::connect(addr);
+    let mut d = kafka_protocol::messages::ConsumerGroupDescribeRequest::default();
+    d.group_ids = vec![kafka_protocol::messages::GroupId(kafka_protocol::protocol::StrBytes::from_static_str("live"))];
+    let g = &c.call(0, &d).groups[0];
+    assert_eq!((g.error_code, g.group_state.as_str(), g.group_epoch > 0), (0, "Empty", true), "{g:?}");
+    b.shutdown().unwrap();
+}

@@ -13,6 +13,9 @@ group:    consumers of one group on --topic (--partitions partitions, --count re
 kill:     A and B (B in a child process, committing after each record) split the partitions; B
           is SIGKILLed (no leave); A must get B's partitions after the coordinator's session
           timeout and read phase 2 entirely; across A and B every record exactly once.
+survive:  a member reads phase 1, prints "phase1 read", waits for the file --flag (the test
+          restarts the broker on the same address, then creates it), and must read phase 2:
+          every record committed exactly once.
 resume:   a consumer of --group reads --expect records from --topic (from the committed
           offsets), commits, closes; writes "partition offset value" lines to --out.
 Prints one JSON object on success; exits non-zero with a reason on stderr otherwise.
@@ -25,7 +28,7 @@ import signal
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 
 
 def fail(msg):
@@ -68,8 +71,9 @@ def consumer(args, name):
 class Reader:
     """A consumer that commits each record synchronously and remembers what it read."""
 
-    def __init__(self, args, name, seen):
+    def __init__(self, args, name, seen, tolerant=False):
         self.name, self.seen, self.c = name, seen, consumer(args, name)
+        self.tolerant, self.errors = tolerant, []
         self.c.subscribe([args.topic])
 
     def poll(self, t=0.1):
@@ -77,10 +81,21 @@ class Reader:
         if m is None:
             return
         if m.error() is not None:
-            fail("%s: %s" % (self.name, m.error()))
+            if not self.tolerant:
+                fail("%s: %s" % (self.name, m.error()))
+            self.errors.append(str(m.error()))
+            return
         v = m.value().decode()
+        try:
+            self.c.commit(message=m, asynchronous=False)
+        except KafkaException as e:
+            # Not committed: the record will be delivered again (at-least-once); only
+            # committed reads count. Allowed only while the broker restarts (--tolerant).
+            if not self.tolerant:
+                fail("%s: commit failed: %s" % (self.name, e))
+            self.errors.append(str(e))
+            return
         self.seen.append((v, self.name))
-        self.c.commit(message=m, asynchronous=False)
 
     def parts(self):
         return sorted(tp.partition for tp in self.c.assignment())
@@ -233,9 +248,30 @@ def resume(args):
     print(json.dumps({"records": len(seen)}))
 
 
+def survive(args):
+    """A member reads phase 1; the broker restarts on the same address (the test creates --flag
+    once it is back); the member rejoins and reads phase 2: every record committed once."""
+    deadline = time.time() + args.timeout
+    n, seen = args.count, []
+    produce_phase(args, 0, n)
+    r = Reader(args, "R", seen, tolerant=True)
+    wait(deadline, lambda: len(seen) >= n, r.poll, "phase 1 to be read")
+    print("phase1 read", flush=True)
+    wait(deadline, lambda: os.path.exists(args.flag), r.poll, "the broker to restart")
+    produce_phase(args, n, n)
+    wait(deadline, lambda: len(seen) >= 2 * n, r.poll, "phase 2 to be read after the restart")
+    end = time.time() + 1.0
+    while time.time() < end:
+        r.poll(0.1)
+    parts = len(r.c.assignment())
+    r.c.close()
+    check_once(seen, 2 * n)
+    print(json.dumps({"records": len(seen), "partitions": parts, "errors": r.errors[:5]}))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["produce", "group", "kill", "resume"])
+    ap.add_argument("mode", choices=["produce", "group", "kill", "resume", "survive"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--group", default="k848")
@@ -246,12 +282,13 @@ def main():
     ap.add_argument("--assignor", default="")
     ap.add_argument("--timeout", type=float, default=90)
     ap.add_argument("--out", default="/dev/null")
+    ap.add_argument("--flag", default="")
     args = ap.parse_args()
     if args.mode == "produce":
         produce_phase(args, args.first, args.count)
         print(json.dumps({"produced": args.count}))
     else:
-        {"group": group, "kill": kill, "resume": resume}[args.mode](args)
+        {"group": group, "kill": kill, "resume": resume, "survive": survive}[args.mode](args)
 
 
 if __name__ == "__main__":
