@@ -92,7 +92,9 @@ struct Member {
     state: MemberState,
     topic_names: BTreeSet<String>,
     regex: Option<String>,
-    /// Topics of `regex`, resolved at the last heartbeat.
+    /// `regex` compiled (anchored: a whole-name match).
+    regex_compiled: Option<regex::Regex>,
+    /// Topics of `regex`, resolved at each heartbeat (so new matching topics join).
     regex_topics: BTreeSet<String>,
     server_assignor: Option<String>,
     rebalance_timeout_ms: i32,
@@ -619,6 +621,7 @@ impl ConsumerGroups {
                 state: MemberState::Stable,
                 topic_names: BTreeSet::new(),
                 regex: None,
+                regex_compiled: None,
                 regex_topics: BTreeSet::new(),
                 server_assignor: None,
                 rebalance_timeout_ms: req.rebalance_timeout_ms,
@@ -640,6 +643,8 @@ impl ConsumerGroups {
                 m.previous_epoch = old.previous_epoch;
                 m.revoke_deadline = old.revoke_deadline;
                 m.topic_names = old.topic_names;
+                m.regex = old.regex;
+                m.regex_compiled = old.regex_compiled;
                 m.server_assignor = old.server_assignor;
                 if let Some(t) = grp.target.remove(&old.id) {
                     grp.target.insert(member_id.clone(), t);
@@ -690,15 +695,14 @@ impl ConsumerGroups {
             let r = regex.as_ref().map(|(r, _)| r.clone());
             changed |= r != m.regex;
             m.regex = r;
+            m.regex_compiled = regex.map(|(_, re)| re);
         }
-        if let Some((_, re)) = &regex {
-            let matched: BTreeSet<String> =
-                topics.names().into_iter().filter(|n| !n.starts_with("__") && re.is_match(n)).collect();
-            changed |= matched != m.regex_topics;
-            m.regex_topics = matched;
-        } else if m.regex.is_none() {
-            m.regex_topics.clear();
-        }
+        let matched: BTreeSet<String> = match &m.regex_compiled {
+            Some(re) => topics.names().into_iter().filter(|n| !n.starts_with("__") && re.is_match(n)).collect(),
+            None => BTreeSet::new(),
+        };
+        changed |= matched != m.regex_topics;
+        m.regex_topics = matched;
         if let Some(a) = &req.server_assignor {
             let a = a.as_str().to_string();
             changed |= m.server_assignor.as_deref() != Some(a.as_str());
@@ -897,6 +901,25 @@ mod tests {
         let r = g.heartbeat(j.clone(), 1, "c", "", &topics, |_| true);
         let names: Vec<Uuid> = r.assignment.unwrap().topic_partitions.iter().map(|t| t.topic_id).collect();
         assert_eq!(names, vec![topic_id("t")], "only `t` matches whole, internal topics never");
+        // A matching topic created later is picked up on a heartbeat that does not repeat the regex.
+        let more = Topics([("t".to_string(), 2), ("tx".to_string(), 1), ("__x".to_string(), 1)].into_iter().collect());
+        let mut h = hb("a", 1, &[0, 1]);
+        h.subscribed_topic_regex = None;
+        assert_eq!(g.heartbeat(h.clone(), 1, "c", "", &more, |_| true).member_epoch, 1, "`__x` never matches");
+        let mut j2 = join("r");
+        j2.group_id = GroupId(s("g2"));
+        j2.subscribed_topic_names = None;
+        j2.subscribed_topic_regex = Some(s("t.*"));
+        let before = Topics([("t".to_string(), 2)].into_iter().collect());
+        let r = g.heartbeat(j2, 1, "c", "", &before, |_| true);
+        assert_eq!(r.member_epoch, 1);
+        let after = Topics([("t".to_string(), 2), ("tz".to_string(), 1)].into_iter().collect());
+        let mut h = hb("r", 1, &[0, 1]);
+        h.group_id = GroupId(s("g2"));
+        let r = g.heartbeat(h, 1, "c", "", &after, |_| true);
+        assert_eq!(r.member_epoch, 2, "the new topic `tz` bumped the epoch");
+        let ids: Vec<Uuid> = r.assignment.unwrap().topic_partitions.iter().map(|t| t.topic_id).collect();
+        assert!(ids.contains(&topic_id("tz")), "{ids:?}");
         j.member_id = s("b");
         j.subscribed_topic_regex = Some(s("(unclosed"));
         assert_eq!(g.heartbeat(j, 1, "c", "", &topics, |_| true).error_code, code::INVALID_REGULAR_EXPRESSION);
