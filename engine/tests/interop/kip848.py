@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 
+import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, Producer
 
 
@@ -284,6 +285,11 @@ def main():
     ap.add_argument("--out", default="/dev/null")
     ap.add_argument("--flag", default="")
     args = ap.parse_args()
+    # group.protocol=consumer is generally available from librdkafka 2.12 (earlier: preview).
+    lib = confluent_kafka.libversion()[0]
+    if tuple(int(x) for x in lib.split(".")[:2]) < (2, 12):
+        fail("librdkafka %s is too old for group.protocol=consumer (need >= 2.12): "
+             "pip install -U confluent-kafka" % lib)
     if args.mode == "produce":
         produce_phase(args, args.first, args.count)
         print(json.dumps({"produced": args.count}))
