@@ -628,7 +628,7 @@ impl crate::log::HwWaiter for FetchWait {
     fn wake(&self) {
         // Called under the advancing partition's state lock: only post the re-read.
         if self.armed.swap(false, Ordering::AcqRel) {
-            super::FETCH_WAKEUPS.fetch_add(1, Ordering::Relaxed);
+            self.shared.fetch_wakeups.fetch_add(1, Ordering::Relaxed);
             if let Some(me) = self.me.upgrade() {
                 self.poster.run_on_thread(move || me.attempt());
             }

@@ -26,7 +26,7 @@ mod handlers;
 mod net;
 pub mod properties;
 pub use handlers::BROKER_APIS;
-pub use net::{Responder, CONNECTION_OUT_BYTES_MAX, FETCH_WAKEUPS};
+pub use net::{Responder, CONNECTION_OUT_BYTES_MAX};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -202,6 +202,9 @@ pub(crate) struct Shared {
     /// Work that blocks: group-coordinator requests, admin requests that fsync.
     pub(crate) pool: Arc<WorkPool>,
     net: OnceLock<Vec<Arc<net::NetThread>>>,
+    /// Fetch long-polls woken by a high-watermark advance (each wake-up re-reads that fetch's
+    /// partitions on its network thread): the wake-ups-per-produce measurement.
+    pub(crate) fetch_wakeups: AtomicU64,
 }
 
 /// A broker-wide budget of bytes, never over-committed, so memory held by request frames
@@ -316,6 +319,7 @@ impl Broker {
             in_flight: ByteBudget::new(cfg_in_flight),
             pool: WorkPool::new("broker-blocking", BLOCKING_THREADS_MAX),
             net: OnceLock::new(),
+            fetch_wakeups: AtomicU64::new(0),
         });
         let n = match shared.cfg.network_threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -349,9 +353,9 @@ impl BrokerHandle {
     pub fn connection_count(&self) -> usize {
         self.shared.open_conns.load(Ordering::Acquire)
     }
-    /// Fetch long-polls woken by a high-watermark advance so far (process-wide).
+    /// Fetch long-polls woken by a high-watermark advance so far.
     pub fn fetch_wakeups(&self) -> u64 {
-        FETCH_WAKEUPS.load(Ordering::Relaxed)
+        self.shared.fetch_wakeups.load(Ordering::Relaxed)
     }
     /// Request bytes currently read or handled (under `request_bytes_in_flight_max`).
     pub fn request_bytes_in_flight(&self) -> usize {
@@ -520,7 +524,7 @@ fn stats_loop(shared: Arc<Shared>) {
         let per_thread = shared.net.get().map(|t| net::per_thread(t)).unwrap_or_default();
         tracing::info!(
             connections = shared.open_conns.load(Ordering::Acquire),
-            fetch_wakeups = FETCH_WAKEUPS.load(Ordering::Relaxed),
+            fetch_wakeups = shared.fetch_wakeups.load(Ordering::Relaxed),
             blocking_threads = shared.pool.threads(),
             sync_threads = crate::log::pool::sync_pool().threads(),
             request_bytes = shared.in_flight.used(),

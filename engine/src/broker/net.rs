@@ -37,10 +37,6 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 const WRITEV_MAX: usize = 64;
 const WAKER: Token = Token(usize::MAX);
 
-/// Fetch long-polls woken by a high-watermark advance (each wake-up re-reads that fetch's
-/// partitions on its network thread). Exposed for the wake-ups-per-produce measurement.
-pub static FETCH_WAKEUPS: AtomicU64 = AtomicU64::new(0);
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
