@@ -154,6 +154,25 @@ pub enum Reply {
     Close(String),
 }
 
+impl Reply {
+    /// The response bytes (header + body) this reply comes to, waiting for it on this thread:
+    /// tests and tools that call handlers directly. None for `Nothing`, `Close` and a frame
+    /// that cannot be read.
+    pub fn wait_response(self) -> Option<Vec<u8>> {
+        match self {
+            Reply::Now(v) => Some(v),
+            Reply::Later(f) => Some(f()),
+            Reply::Nothing | Reply::Close(_) => None,
+            Reply::Frame(f) => f.to_vec().ok().map(|mut v| v.split_off(4)),
+            Reply::Pending(f) => {
+                let (r, rx) = Responder::channel();
+                f(r);
+                rx.recv().ok().and_then(Reply::wait_response)
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -92,54 +92,84 @@ impl NetThread {
 /// request order. Dropped without `send`, it closes the connection (a request must never go
 /// unanswered silently).
 pub struct Responder {
-    thread: Arc<NetThread>,
-    key: usize,
-    gen: u64,
-    seq: u64,
+    target: Target,
     sent: bool,
 }
 
+enum Target {
+    Net { thread: Arc<NetThread>, key: usize, gen: u64, seq: u64 },
+    /// Outside a network thread (tests and tools: [`Reply::wait_response`]).
+    Channel(std::sync::mpsc::Sender<Reply>),
+}
+
 impl Responder {
-    pub fn send(mut self, reply: Reply) {
-        self.sent = true;
-        self.thread.post(Msg::Reply { key: self.key, gen: self.gen, seq: self.seq, reply });
+    fn net(thread: Arc<NetThread>, key: usize, gen: u64, seq: u64) -> Responder {
+        Responder { target: Target::Net { thread, key, gen, seq }, sent: false }
     }
 
-    /// Run `job` on the connection's network thread.
-    pub fn run_on_thread(&self, job: impl FnOnce() + Send + 'static) {
-        self.thread.post(Msg::Job(Box::new(job)));
+    /// A responder whose reply arrives on a channel (tests and tools).
+    pub fn channel() -> (Responder, std::sync::mpsc::Receiver<Reply>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Responder { target: Target::Channel(tx), sent: false }, rx)
+    }
+
+    pub fn send(mut self, reply: Reply) {
+        self.sent = true;
+        self.deliver(reply);
+    }
+
+    fn deliver(&self, reply: Reply) {
+        match &self.target {
+            Target::Net { thread, key, gen, seq } => thread.post(Msg::Reply { key: *key, gen: *gen, seq: *seq, reply }),
+            Target::Channel(tx) => {
+                let _ = tx.send(reply);
+            }
+        }
     }
 
     /// Run `job` on the connection's network thread once `at` has passed.
     pub fn run_at(&self, at: Instant, job: impl FnOnce() + Send + 'static) {
-        self.thread.post(Msg::Timer(at, Box::new(job)));
+        match &self.target {
+            Target::Net { thread, .. } => thread.post(Msg::Timer(at, Box::new(job))),
+            Target::Channel(_) => {
+                // Tests and tools only: a thread of its own.
+                std::thread::spawn(move || {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    job()
+                });
+            }
+        }
     }
 
     /// A handle that can post jobs to this responder's thread without holding the responder.
     pub(crate) fn poster(&self) -> Poster {
-        Poster(self.thread.clone())
+        match &self.target {
+            Target::Net { thread, .. } => Poster(Some(thread.clone())),
+            Target::Channel(_) => Poster(None),
+        }
     }
 }
 
-/// Posts jobs to one network thread (see [`Responder::poster`]).
+/// Posts jobs to one network thread (see [`Responder::poster`]); without one (tests), runs
+/// them on a thread of their own.
 #[derive(Clone)]
-pub(crate) struct Poster(Arc<NetThread>);
+pub(crate) struct Poster(Option<Arc<NetThread>>);
 
 impl Poster {
     pub(crate) fn run_on_thread(&self, job: impl FnOnce() + Send + 'static) {
-        self.0.post(Msg::Job(Box::new(job)));
+        match &self.0 {
+            Some(t) => t.post(Msg::Job(Box::new(job))),
+            None => {
+                std::thread::spawn(job);
+            }
+        }
     }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
         if !self.sent {
-            self.thread.post(Msg::Reply {
-                key: self.key,
-                gen: self.gen,
-                seq: self.seq,
-                reply: Reply::Close("internal error: a request was dropped without a response".into()),
-            });
+            self.deliver(Reply::Close("internal error: a request was dropped without a response".into()));
         }
     }
 }
@@ -666,7 +696,7 @@ impl Worker {
             c.pool_seq = Some(seq);
             let mut ctx = c.ctx.clone();
             let shared = self.shared.clone();
-            let responder = Responder { thread: self.me.clone(), key, gen: c.gen, seq, sent: false };
+            let responder = Responder::net(self.me.clone(), key, c.gen, seq);
             self.shared.pool.spawn(move || {
                 let reply = handlers::handle(&shared, &mut ctx, frame);
                 shared.in_flight.release(size);
@@ -713,7 +743,7 @@ impl Worker {
                 Err(e) => Out::Close(format!("fetch read failed: {e}")),
             },
             Reply::Later(f) => {
-                let responder = Responder { thread: self.me.clone(), key, gen, seq, sent: false };
+                let responder = Responder::net(self.me.clone(), key, gen, seq);
                 self.shared.pool.spawn(move || {
                     let v = f();
                     responder.send(Reply::Now(v));
@@ -721,7 +751,7 @@ impl Worker {
                 return;
             }
             Reply::Pending(f) => {
-                let responder = Responder { thread: self.me.clone(), key, gen, seq, sent: false };
+                let responder = Responder::net(self.me.clone(), key, gen, seq);
                 f(responder);
                 return;
             }

@@ -553,10 +553,20 @@ pub fn handle_at(
         11 => {
             let req = decode::<JoinGroupRequest>(body, v, "JoinGroup");
             let client = client_id(header);
-            later(corr, v, move || match req {
-                Some(req) => join_group(&c, req, v, client),
-                None => join_response(coordinator::JoinOutcome::error(err::INVALID_REQUEST, ""), v),
-            })
+            // Waits for the rebalance as a registration: the outcome's completion answers.
+            let hv = JoinGroupResponse::header_version(v);
+            Reply::Pending(Box::new(move |responder| {
+                let c2 = c.clone();
+                c.sm.spawn(move || match req {
+                    Some(req) => join_group_with(&c2, req, v, client, move |r| responder.send(Reply::Now(encode(corr, v, hv, &r)))),
+                    None => responder.send(Reply::Now(encode(
+                        corr,
+                        v,
+                        hv,
+                        &join_response(coordinator::JoinOutcome::error(err::INVALID_REQUEST, ""), v),
+                    ))),
+                })
+            }))
         }
         12 => {
             let req = decode::<HeartbeatRequest>(body, v, "Heartbeat");
@@ -580,7 +590,11 @@ pub fn handle_at(
         }
         14 => {
             let req = decode::<SyncGroupRequest>(body, v, "SyncGroup");
-            later(corr, v, move || sync_group(&c, req, v))
+            let hv = SyncGroupResponse::header_version(v);
+            Reply::Pending(Box::new(move |responder| {
+                let c2 = c.clone();
+                c.sm.spawn(move || sync_group_with(&c2, req, v, move |r| responder.send(Reply::Now(encode(corr, v, hv, &r)))))
+            }))
         }
         15 => {
             let req = decode::<DescribeGroupsRequest>(body, v, "DescribeGroups");
@@ -892,8 +906,53 @@ fn join_response(o: coordinator::JoinOutcome, v: i16) -> JoinGroupResponse {
     r
 }
 
-fn join_group(c: &GroupCoordinator, req: JoinGroupRequest, v: i16, client_id: String) -> JoinGroupResponse {
-    let args = JoinArgs {
+/// JoinGroup without a waiting thread: the state machine's step runs on the blocking pool,
+/// and a wait for the rebalance is a registered completion ([`StateMachine::join_with`]); the
+/// response goes to `done` (persisting a changed group first, as [`join_group`]).
+fn join_group_with(
+    c: &Arc<GroupCoordinator>,
+    req: JoinGroupRequest,
+    v: i16,
+    client_id: String,
+    done: impl FnOnce(JoinGroupResponse) + Send + 'static,
+) {
+    let args = join_args(req, v, client_id);
+    let c2 = c.clone();
+    // Called on the completion pool (the step takes the state lock; a completion persists
+    // group records, an fsync): never on a network thread.
+    c.sm.join_with(args, move |o| {
+        let _ = c2.persist_groups();
+        done(join_response(o, v))
+    });
+}
+
+/// SyncGroup as [`join_group_with`].
+fn sync_group_with(c: &Arc<GroupCoordinator>, req: Option<SyncGroupRequest>, v: i16, done: impl FnOnce(SyncGroupResponse) + Send + 'static) {
+    let Some(req) = req else {
+        let mut r = SyncGroupResponse::default();
+        r.error_code = err::INVALID_REQUEST;
+        return done(r);
+    };
+    let c2 = c.clone();
+    let group_id = req.group_id.as_str().to_string();
+    let generation = req.generation_id;
+    c.sm.sync_with(
+        req.group_id.as_str(),
+        req.member_id.as_str(),
+        req.group_instance_id.as_ref().map(|i| i.as_str()),
+        req.generation_id,
+        req.protocol_type.as_ref().map(|p| p.as_str()),
+        req.protocol_name.as_ref().map(|p| p.as_str()),
+        req.assignments.into_iter().map(|a| (a.member_id.as_str().to_string(), a.assignment)).collect(),
+        move |o| {
+            let o = o.unwrap_or_else(|| c2.sm.sync_timed_out(&group_id, generation));
+            done(sync_response(&c2, o, v))
+        },
+    );
+}
+
+fn join_args(req: JoinGroupRequest, v: i16, client_id: String) -> JoinArgs {
+    JoinArgs {
         group_id: req.group_id.as_str().to_string(),
         member_id: req.member_id.as_str().to_string(),
         instance_id: req.group_instance_id.as_ref().map(|i| i.as_str().to_string()),
@@ -903,28 +962,11 @@ fn join_group(c: &GroupCoordinator, req: JoinGroupRequest, v: i16, client_id: St
         protocol_type: req.protocol_type.as_str().to_string(),
         protocols: req.protocols.into_iter().map(|p| (p.name.as_str().to_string(), p.metadata)).collect(),
         require_known_member_id: v >= 4,
-    };
-    let o = c.sm.join(args);
-    // A static member replaced in a Stable group is persisted (its new member id).
-    let _ = c.persist_groups();
-    join_response(o, v)
+    }
 }
 
-fn sync_group(c: &GroupCoordinator, req: Option<SyncGroupRequest>, v: i16) -> SyncGroupResponse {
+fn sync_response(c: &GroupCoordinator, o: coordinator::SyncOutcome, v: i16) -> SyncGroupResponse {
     let mut r = SyncGroupResponse::default();
-    let Some(req) = req else {
-        r.error_code = err::INVALID_REQUEST;
-        return r;
-    };
-    let o = c.sm.sync(
-        req.group_id.as_str(),
-        req.member_id.as_str(),
-        req.group_instance_id.as_ref().map(|i| i.as_str()),
-        req.generation_id,
-        req.protocol_type.as_ref().map(|p| p.as_str()),
-        req.protocol_name.as_ref().map(|p| p.as_str()),
-        req.assignments.into_iter().map(|a| (a.member_id.as_str().to_string(), a.assignment)).collect(),
-    );
     r.error_code = o.error;
     // The leader's SyncGroup completed the rebalance: persist the Stable group before answering
     // (Kafka answers COORDINATOR_NOT_AVAILABLE when that write fails; the member rejoins).
