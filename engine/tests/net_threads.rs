@@ -299,3 +299,74 @@ fn slowloris_and_idle_connections_are_closed_and_active_ones_are_not() {
     assert_eq!(active.call(3, &ApiVersionsRequest::default()).error_code, 0);
     wait_for("the closed connections to be counted out", Duration::from_secs(5), || broker.connection_count() == 1);
 }
+
+fn join_req(member: &str) -> JoinGroupRequest {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("waiters")))
+        .with_member_id(StrBytes::from_string(member.to_string()))
+        .with_session_timeout_ms(60_000)
+        .with_rebalance_timeout_ms(60_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![JoinGroupRequestProtocol::default()
+            .with_name(StrBytes::from_static_str("range"))
+            .with_metadata(Bytes::from_static(b"m"))])
+}
+
+#[test]
+fn joins_waiting_for_a_rebalance_hold_no_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let broker = Process(spawn_broker_process(dir.path(), addr, &["--durability", "never", "--network-threads", "2"], "warn"));
+    let pid = broker.0.id();
+    // Member A alone: joins, leads, syncs: the group is Stable.
+    let mut a = Client::connect(addr);
+    let ja = a.call(3, &join_req(""));
+    assert_eq!(ja.error_code, 0);
+    let a_id = ja.member_id.to_string();
+    let s = a.call(
+        3,
+        &SyncGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("waiters")))
+            .with_generation_id(ja.generation_id)
+            .with_member_id(ja.member_id.clone())
+            .with_assignments(vec![kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(ja.member_id.clone())
+                .with_assignment(Bytes::from_static(b"a"))]),
+    );
+    assert_eq!(s.error_code, 0);
+    let base = threads_of(pid);
+    // 200 new members join: each waits until A rejoins (up to A's 60 s rebalance timeout).
+    const N: usize = 200;
+    let mut waiting: Vec<(Client, i32)> = (0..N)
+        .map(|_| {
+            let mut c = Client::connect(addr);
+            let cid = c.send(3, &join_req(""));
+            (c, cid)
+        })
+        .collect();
+    // Every join was read and registered: the group lists them all, none answered yet.
+    let mut admin = Client::connect(addr);
+    wait_for("the joins to be registered", Duration::from_secs(30), || {
+        let d = admin.call(0, &DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from_static_str("waiters"))]));
+        d.groups[0].members.len() == N + 1
+    });
+    for (c, _) in waiting.iter() {
+        c.stream.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let r = c.stream.peek(&mut b);
+        c.stream.set_nonblocking(false).unwrap();
+        assert!(matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock), "a join was answered before the rebalance");
+    }
+    let during = threads_of(pid);
+    // A bounded pool may have started (group completions: at most 8), but no thread per join.
+    assert!(during <= base + 8, "{during} threads with {N} joins waiting, {base} before");
+    // A rejoins: the rebalance completes and every waiting join is answered.
+    let ra = a.call(3, &join_req(&a_id));
+    assert_eq!(ra.error_code, 0);
+    for (c, cid) in waiting.iter_mut() {
+        let r = c.recv::<JoinGroupRequest>(3, *cid);
+        assert_eq!(r.error_code, 0);
+        assert_eq!(r.generation_id, ra.generation_id);
+    }
+}
