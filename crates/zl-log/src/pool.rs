@@ -18,7 +18,7 @@ const WORKER_STACK_BYTES: usize = 512 << 10;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Largest number of group-commit driver threads ([`crate::log::Partition::on_durable`]):
+/// Largest number of group-commit driver threads ([`crate::Partition::on_durable`]):
 /// fdatasyncs of that many partitions run in parallel; more partitions wait for a driver.
 pub const SYNC_THREADS_MAX: usize = 16;
 

@@ -217,7 +217,7 @@ impl Group {
             generation: self.generation,
             protocol: self.protocol.clone(),
             leader: self.leader.clone(),
-            state_timestamp_ms: crate::log::now_ms(),
+            state_timestamp_ms: zl_log::now_ms(),
             members: self
                 .members
                 .values()
@@ -323,7 +323,7 @@ pub struct StateMachine {
     cv: Condvar,
     /// Runs registered completions (outside the state lock; they persist group records and
     /// build responses, which may wait for an fsync).
-    pool: std::sync::Arc<crate::log::pool::WorkPool>,
+    pool: std::sync::Arc<zl_log::pool::WorkPool>,
 }
 
 /// Threads running registered JoinGroup/SyncGroup completions at most.
@@ -348,7 +348,7 @@ impl StateMachine {
             cfg,
             inner: Mutex::new(Groups::default()),
             cv: Condvar::new(),
-            pool: crate::log::pool::WorkPool::new("group-completion", COMPLETION_THREADS_MAX),
+            pool: zl_log::pool::WorkPool::new("group-completion", COMPLETION_THREADS_MAX),
         }
     }
 
