@@ -186,6 +186,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: BrokerConfig,
     pub(crate) logs: Arc<LogManager>,
     pub(crate) groups: Arc<GroupCoordinator>,
+    /// The transaction coordinator (issue 20).
+    pub(crate) txn: Arc<crate::txn::TxnCoordinator>,
     stop: AtomicBool,
     conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
     next_conn: AtomicU64,
@@ -317,10 +319,12 @@ impl Broker {
         let cfg_in_flight = cfg.request_bytes_in_flight_max;
         let addr = listener.local_addr()?;
         let groups = GroupCoordinator::new(logs.clone())?;
+        let txn = crate::txn::TxnCoordinator::new(logs.clone(), groups.clone())?;
         let shared = Arc::new(Shared {
             cfg,
             logs: logs.clone(),
             groups,
+            txn,
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),

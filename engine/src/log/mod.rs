@@ -10,6 +10,7 @@ pub mod scrub;
 pub mod partition;
 pub mod segment;
 pub mod time_seek;
+pub mod txn_index;
 pub mod topic_config;
 
 use std::io;
