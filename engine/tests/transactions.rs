@@ -234,3 +234,76 @@ fn open_transactions_and_decisions_survive_a_restart() {
     assert_eq!((hw, lso, aborted), (7, 7, Some(vec![(pid, 4)])));
     broker.shutdown().unwrap();
 }
+
+fn offset_fetch(c: &mut Client, group: &str, topic: &str) -> i64 {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let r = c.call(
+        5,
+        &OffsetFetchRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default().with_name(TopicName(s(topic))).with_partition_indexes(vec![0])])),
+    );
+    r.topics[0].partitions[0].committed_offset
+}
+
+fn txn_offset_commit(c: &mut Client, id: &str, pid: i64, epoch: i16, group: &str, topic: &str, offset: i64) -> i16 {
+    use kafka_protocol::messages::txn_offset_commit_request::{TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic};
+    let add = c.call(
+        3,
+        &AddOffsetsToTxnRequest::default()
+            .with_transactional_id(TransactionalId(s(id)))
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_group_id(GroupId(s(group))),
+    );
+    assert_eq!(add.error_code, 0);
+    let r = c.call(
+        3,
+        &TxnOffsetCommitRequest::default()
+            .with_transactional_id(TransactionalId(s(id)))
+            .with_group_id(GroupId(s(group)))
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_generation_id(-1)
+            .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![TxnOffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(offset)])]),
+    );
+    r.topics[0].partitions[0].error_code
+}
+
+#[test]
+fn txn_offsets_are_visible_only_after_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    broker.logs().get_or_create("src", 1).unwrap();
+    let mut c = Client::connect(broker.local_addr());
+    let r = init(&mut c, "off", 60_000, -1, -1);
+    let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
+    // Aborted: never visible.
+    assert_eq!(txn_offset_commit(&mut c, "off", pid, epoch, "g1", "src", 7), 0);
+    assert_eq!(offset_fetch(&mut c, "g1", "src"), -1, "pending offsets are not visible");
+    assert_eq!(end(&mut c, "off", pid, epoch, false), 0);
+    assert_eq!(offset_fetch(&mut c, "g1", "src"), -1, "aborted offsets are never visible");
+    // Committed: visible after the commit.
+    assert_eq!(txn_offset_commit(&mut c, "off", pid, epoch, "g1", "src", 9), 0);
+    assert_eq!(offset_fetch(&mut c, "g1", "src"), -1);
+    assert_eq!(end(&mut c, "off", pid, epoch, true), 0);
+    assert_eq!(offset_fetch(&mut c, "g1", "src"), 9);
+    // A stale epoch cannot commit offsets.
+    init(&mut c, "off", 60_000, -1, -1);
+    assert_eq!(txn_offset_commit_fenced(&mut c, pid, epoch), 90);
+    broker.shutdown().unwrap();
+}
+
+fn txn_offset_commit_fenced(c: &mut Client, pid: i64, epoch: i16) -> i16 {
+    let r = c.call(
+        3,
+        &AddOffsetsToTxnRequest::default()
+            .with_transactional_id(TransactionalId(s("off")))
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_group_id(GroupId(s("g1"))),
+    );
+    r.error_code
+}

@@ -155,3 +155,24 @@ fn confluent_kafka_aborted_transaction_is_invisible_to_read_committed() {
     assert_eq!(p.last_stable_offset(), 102);
     broker.shutdown().unwrap();
 }
+
+/// kafka-python: a committed transaction with `send_offsets_to_transaction`, an aborted one,
+/// read_committed and read_uncommitted consumers, and the admin client's list_transactions /
+/// describe_transactions while the second is open.
+#[test]
+fn kafka_python_transactions_offsets_and_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    broker.logs().get_or_create("kp-in", 1).unwrap();
+    let addr = broker.local_addr().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/transactions_kafka_python.py");
+    let out = run(Command::new(require_tool("python3")).arg(script).args(["--bootstrap", &addr, "--topic", "kp"]), None, Duration::from_secs(180));
+    let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let committed: Vec<String> = (0..10).map(|i| format!("committed-{i}")).collect();
+    assert_eq!(r["read_committed"], serde_json::json!(committed), "{r}");
+    assert_eq!(r["read_uncommitted"], 20, "{r}");
+    assert_eq!(r["listed"], serde_json::json!([["kp-tx", "TransactionState.ONGOING"]]), "{r}");
+    assert_eq!(r["described"], serde_json::json!({"state": "TransactionState.ONGOING", "partitions": ["kp-0"]}), "{r}");
+    assert_eq!(r["group_offset"], 42, "the offset sent with the committed transaction: {r}");
+    broker.shutdown().unwrap();
+}
