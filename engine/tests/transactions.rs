@@ -307,3 +307,62 @@ fn txn_offset_commit_fenced(c: &mut Client, pid: i64, epoch: i16) -> i16 {
     );
     r.error_code
 }
+
+/// `__transaction_state` snapshot: after it, retention deletes the segments below it and a
+/// restart still restores every transactional id as it was.
+#[test]
+fn transaction_state_snapshot_lets_retention_delete_and_restores_every_id() {
+    use engine::groups::GroupCoordinator;
+    use engine::io::SimIo;
+    use engine::log::{LogConfig, LogManager};
+    use engine::txn::{TxnCoordinator, TxnState};
+    let cfg = LogConfig {
+        durability: Durability::Group,
+        segment_bytes_max: 1_000,
+        retention_bytes_max: Some(1),
+        preallocate_bytes: 0,
+        scrub_rate_mib: 0,
+        ..LogConfig::default()
+    };
+    let io = SimIo::new();
+    let open = || {
+        let mgr = LogManager::open(std::path::Path::new("/d"), std::sync::Arc::new(io.clone()), cfg.clone()).unwrap();
+        let groups = GroupCoordinator::new(mgr.clone()).unwrap();
+        let txn = TxnCoordinator::new(mgr.clone(), groups.clone()).unwrap();
+        (mgr, groups, txn)
+    };
+    let (mgr, groups, txn) = open();
+    mgr.create_topic("sn", 1, None).unwrap();
+    let mut want = Vec::new();
+    for i in 0..40 {
+        let id = format!("snap-{i}");
+        let (pid, _) = txn.init_producer_id(&id, 60_000, -1, -1).unwrap();
+        let (pid2, epoch) = txn.init_producer_id(&id, 60_000, pid, 0).unwrap();
+        assert_eq!(pid2, pid);
+        if i % 2 == 0 {
+            txn.add_partitions(&id, pid, epoch, &[("sn".to_string(), 0)]).unwrap();
+        }
+        want.push((id, pid, epoch, if i % 2 == 0 { TxnState::Ongoing } else { TxnState::Empty }));
+    }
+    let log = mgr.partition("__transaction_state", 0).unwrap();
+    let segments = log.segment_count();
+    assert!(segments > 2, "the state log rolled: {segments} segments");
+    // Internal topics keep everything until their owner sets a floor.
+    log.enforce_retention().unwrap();
+    assert_eq!(log.segment_count(), segments);
+    assert_eq!(txn.snapshot().unwrap(), 40);
+    log.enforce_retention().unwrap();
+    assert!(log.segment_count() < segments, "retention deleted what the snapshot superseded");
+    txn.shutdown();
+    groups.shutdown();
+    mgr.close().unwrap();
+    drop((txn, groups, mgr));
+    let (mgr, groups, txn) = open();
+    for (id, pid, epoch, state) in &want {
+        let m = txn.describe(id).unwrap_or_else(|| panic!("{id} lost"));
+        assert_eq!((m.producer_id, m.epoch, m.state), (*pid, *epoch, *state), "{id}");
+    }
+    txn.shutdown();
+    groups.shutdown();
+    mgr.close().unwrap();
+}

@@ -169,6 +169,8 @@ pub struct TxnConfig {
     pub partitions_per_txn_max: usize,
     /// Offset metadata bytes at most (as OffsetCommit).
     pub offset_metadata_bytes_max: usize,
+    /// How often `__transaction_state` is snapshotted when it has sealed segments (below).
+    pub snapshot_interval_ms: u64,
 }
 
 impl Default for TxnConfig {
@@ -179,6 +181,7 @@ impl Default for TxnConfig {
             ids_max: 100_000,
             partitions_per_txn_max: 10_000,
             offset_metadata_bytes_max: 4096,
+            snapshot_interval_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -235,14 +238,21 @@ impl TxnCoordinator {
             lock(&c.txns).insert(id, Arc::new(Mutex::new(m)));
         }
         tracing::info!(ids = lock(&c.txns).len(), open, completed, "transaction coordinator restored");
+        c.maybe_snapshot();
         let weak = Arc::downgrade(&c);
         let stop = c.stop.clone();
         let tick = Duration::from_millis(c.cfg.tick_ms.max(1));
+        let snapshot_every = Duration::from_millis(c.cfg.snapshot_interval_ms.max(1));
         std::thread::Builder::new().name("txn-reaper".into()).spawn(move || {
+            let mut last_snapshot = std::time::Instant::now();
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(tick);
                 let Some(c) = weak.upgrade() else { break };
                 c.tick();
+                if last_snapshot.elapsed() >= snapshot_every {
+                    c.maybe_snapshot();
+                    last_snapshot = std::time::Instant::now();
+                }
             }
         })?;
         Ok(c)
@@ -250,6 +260,37 @@ impl TxnCoordinator {
 
     pub fn config(&self) -> &TxnConfig {
         &self.cfg
+    }
+
+    /// [`TxnCoordinator::snapshot`] when the log has sealed segments (which retention may
+    /// then delete): `__transaction_state` is not compacted, as `__consumer_offsets` is not.
+    fn maybe_snapshot(&self) {
+        if self.log.segment_count() > 1 {
+            if let Err(e) = self.snapshot() {
+                tracing::error!("snapshot of the transaction state failed: {e}");
+            }
+        }
+    }
+
+    /// Rewrite the current state of every transactional id at the end of
+    /// `__transaction_state` (durably), then let retention delete what lies wholly below where
+    /// the snapshot began. Each record is appended under its id's lock, so a state change of
+    /// that id is appended after it (the latest record stays the state). Returns the records.
+    pub fn snapshot(&self) -> Result<usize, AppendError> {
+        let floor = self.log.log_end_offset();
+        let entries: Vec<(String, Entry)> = lock(&self.txns).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut n = 0;
+        for (id, e) in entries {
+            let m = lock(&e);
+            if m.producer_id >= 0 {
+                store::append(&self.log, &id, &m)?;
+                n += 1;
+            }
+        }
+        self.log.flush()?;
+        self.log.set_retention_floor(floor);
+        tracing::info!(records = n, "transaction state snapshot written");
+        Ok(n)
     }
 
     pub fn shutdown(&self) {
