@@ -12,11 +12,11 @@
 //! The last stable offset (LSO) is the first offset of the earliest open transaction, or the
 //! high watermark when none is open (min of the two). A marker a crash takes back before it was
 //! durable re-opens its transaction at recovery; the coordinator, whose decision was durable
-//! before any marker was written, writes it again (`crate::txn`).
+//! before any marker was written, writes it again (`engine::txn`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::record::{self, BatchInfo, BATCH_HEADER_BYTES};
+use zl_record::{self as record, BatchInfo, BATCH_HEADER_BYTES};
 
 /// A control record's type (the key: version i16, type i16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
