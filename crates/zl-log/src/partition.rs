@@ -401,8 +401,10 @@ impl Partition {
         }
 
         let mut producers = HashMap::new();
-        // Transactional batches (segment base, position, header), for the transaction index.
-        let mut txn_batches: Vec<(u64, u64, BatchInfo)> = Vec::new();
+        // The transaction index, folded in one segment at a time from its transactional
+        // batches (position, header), so recovery holds one segment's worth of them at most.
+        let mut txn = TxnIndex::default();
+        let mut txn_batches: Vec<(u64, BatchInfo)> = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
         if bases.is_empty() {
             segments.push(Segment::create(&*io, dir, 0).map_err(&e)?);
@@ -480,7 +482,7 @@ impl Partition {
                             walked.push(*info);
                         }
                         if info.is_transactional() {
-                            txns.push((base, at, *info));
+                            txns.push((at, *info));
                         }
                         at += info.size_bytes as u64;
                     });
@@ -505,7 +507,7 @@ impl Partition {
                         .scan(0, base, true, max, interval, |info| {
                             track_producer(&mut producers, info);
                             if info.is_transactional() {
-                                txn_batches.push((base, at, *info));
+                                txn_batches.push((at, *info));
                             }
                             at += info.size_bytes as u64;
                         })
@@ -536,6 +538,7 @@ impl Partition {
                         let _ = io.remove_file(&dir.join(segment::time_index_name(base)));
                     }
                     repaired = true;
+                    fold_txn_batches(&mut txn, &seg, &mut txn_batches, max).map_err(&e)?;
                     segments.push(seg);
                     continue;
                 }
@@ -555,6 +558,7 @@ impl Partition {
                 );
                 seg.file.set_len(end.valid_end).map_err(&e)?;
             }
+            fold_txn_batches(&mut txn, &seg, &mut txn_batches, max).map_err(&e)?;
             segments.push(seg);
         }
         if cfg.repair && !repaired && segments.last().expect("segment").next_offset < recovery_point {
@@ -587,7 +591,7 @@ impl Partition {
             for seg in segments.drain(..) {
                 seg.delete_files(&*io).map_err(&e)?;
             }
-            txn_batches.clear();
+            txn = TxnIndex::default();
             io.sync_dir(dir).map_err(&e)?;
             segments.push(Segment::create(&*io, dir, checkpoint).map_err(&e)?);
         }
@@ -601,7 +605,6 @@ impl Partition {
 
         let hw_pos = active.size;
         let log_start = segments[0].base_offset.max(checkpoint);
-        let txn = rebuild_txn_index(&segments, &txn_batches, cfg.batch_bytes_max).map_err(&e)?;
         let first_open_txn = txn.first_open().unwrap_or(u64::MAX);
         Ok(Arc::new(Partition {
             topic: topic.to_string(),
@@ -1778,25 +1781,23 @@ fn track_producer_one(slot: &mut Option<ProducerState>, info: &BatchInfo) {
     p.recent.push_back((info.base_sequence, last, info.base_offset as u64));
 }
 
-/// The transaction index of a recovered log, from its transactional batches (segment base,
-/// position, header) in log order; a control batch's marker type is read from its segment.
-fn rebuild_txn_index(segments: &[Segment], batches: &[(u64, u64, BatchInfo)], batch_bytes_max: usize) -> io::Result<TxnIndex> {
-    let mut txn = TxnIndex::default();
-    let end = segments.last().map_or(0, |s| s.next_offset);
-    for (base, pos, info) in batches {
-        if info.base_offset as u64 >= end {
+/// Fold a recovered segment's transactional batches (position, header; in log order, all valid)
+/// into the transaction index and clear them; a control batch's marker type is read from the
+/// segment.
+fn fold_txn_batches(txn: &mut TxnIndex, seg: &Segment, batches: &mut Vec<(u64, BatchInfo)>, batch_bytes_max: usize) -> io::Result<()> {
+    for (pos, info) in batches.drain(..) {
+        if info.base_offset as u64 >= seg.next_offset {
             break;
         }
         let marker = if info.is_control() {
-            let Ok(i) = segments.binary_search_by_key(base, |s| s.base_offset) else { continue };
             let size = info.size_bytes.min(batch_bytes_max);
             let mut b = vec![0u8; size];
-            segments[i].file.read_exact_at(&mut b, *pos)?;
-            txn_index::control_marker(&b, info)
+            seg.file.read_exact_at(&mut b, pos)?;
+            txn_index::control_marker(&b, &info)
         } else {
             None
         };
-        txn.on_batch(info, marker);
+        txn.on_batch(&info, marker);
     }
-    Ok(txn)
+    Ok(())
 }
