@@ -366,3 +366,25 @@ fn transaction_state_snapshot_lets_retention_delete_and_restores_every_id() {
     groups.shutdown();
     mgr.close().unwrap();
 }
+
+/// Ids and groups longer than a state record can hold (16-bit length) are refused, not cut
+/// short (two ids sharing their first 32,767 bytes would share one state).
+#[test]
+fn overlong_transactional_id_and_group_are_refused() {
+    use engine::groups::GroupCoordinator;
+    use engine::io::SimIo;
+    use engine::log::{LogConfig, LogManager};
+    use engine::txn::{code, TxnCoordinator};
+    let mgr = LogManager::open(std::path::Path::new("/d"), std::sync::Arc::new(SimIo::new()), LogConfig::default()).unwrap();
+    let groups = GroupCoordinator::new(mgr.clone()).unwrap();
+    let txn = TxnCoordinator::new(mgr.clone(), groups.clone()).unwrap();
+    let long = "x".repeat(40_000);
+    assert_eq!(txn.init_producer_id(&long, 60_000, -1, -1), Err(code::INVALID_REQUEST));
+    assert!(txn.describe(&long).is_none());
+    let (pid, epoch) = txn.init_producer_id("short", 60_000, -1, -1).unwrap();
+    assert_eq!(txn.add_offsets("short", pid, epoch, &long), code::INVALID_REQUEST);
+    assert_eq!(txn.add_offsets("short", pid, epoch, "g"), code::NONE);
+    txn.shutdown();
+    groups.shutdown();
+    mgr.close().unwrap();
+}

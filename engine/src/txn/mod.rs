@@ -390,7 +390,8 @@ impl TxnCoordinator {
     /// InitProducerId with a transactional id: (producer id, epoch) or an error code
     /// (PRODUCER_FENCED for a stale producer id/epoch).
     pub fn init_producer_id(&self, id: &str, timeout_ms: i32, pid: i64, epoch: i16) -> Result<(i64, i16), i16> {
-        if id.is_empty() {
+        // The state records hold ids as 16-bit-length strings (`store`).
+        if id.is_empty() || id.len() > store::STR_BYTES_MAX {
             return Err(code::INVALID_REQUEST);
         }
         if timeout_ms <= 0 || timeout_ms > self.cfg.max_timeout_ms {
@@ -524,6 +525,9 @@ impl TxnCoordinator {
         let mut m = lock(&entry);
         if let Err(c) = Self::check_producer(&m, pid, epoch) {
             return c;
+        }
+        if group.is_empty() || group.len() > store::STR_BYTES_MAX {
+            return code::INVALID_REQUEST;
         }
         if m.state == TxnState::Ongoing && m.groups.contains_key(group) {
             return code::NONE;

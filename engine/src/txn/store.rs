@@ -23,10 +23,14 @@ use crate::record::build;
 const KEY_VERSION: i16 = 0;
 const VALUE_VERSION: i16 = 0;
 
+/// The longest string a record holds (a 16-bit length); the coordinator refuses longer ids and
+/// groups, and topics and metadata are shorter (249 and 4,096 bytes at most).
+pub const STR_BYTES_MAX: usize = i16::MAX as usize;
+
 fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => {
-            let n = s.len().min(i16::MAX as usize);
+            let n = s.len().min(STR_BYTES_MAX);
             out.extend_from_slice(&(n as i16).to_be_bytes());
             out.extend_from_slice(&s.as_bytes()[..n]);
         }
