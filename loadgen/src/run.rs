@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::{prepare_topics, resolve, Conn, KafkaTransport, TopicLayout};
+use crate::client::{prepare_topics, resolve, Connector, KafkaTransport, TopicLayout};
 use crate::consumer::{run_consumer, ConsumerSpec};
 use crate::encode::{KeyGen, PayloadPool};
 use crate::producer::{run_producer, ProducerSpec};
@@ -150,6 +150,8 @@ struct Setup {
     calibration: Option<Calibration>,
     embedded: Embedded,
     identity: Option<crate::results::TargetIdentity>,
+    /// Opens every connection of the run, with its security settings.
+    connector: Connector,
     /// Deletes the per-run topics of an external cluster when the run ends.
     _cleanup: Option<crate::external::TopicCleanup>,
 }
@@ -165,7 +167,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
             security.protocol.name()
         )));
     }
-    crate::security::install(security);
+    let connector = Connector::new(security);
     if opts.sink {
         let calibration = if opts.calibrate == Some(true) {
             let dir = opts.data_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -193,6 +195,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
             calibration,
             embedded: Embedded::None,
             identity: None,
+            connector,
             _cleanup: None,
         });
     }
@@ -245,7 +248,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
     let mut last_err = String::new();
     let mut boot = None;
     for a in &boot_addrs {
-        match Conn::connect(*a, Duration::from_secs(3)) {
+        match connector.connect(*a, Duration::from_secs(3)) {
             Ok(c) => {
                 boot = Some(c);
                 break;
@@ -257,7 +260,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
     let identity = Some(crate::external::identify(&mut boot).map_err(RunError::Usage)?);
     let (topics, rf, cleanup) = if kind == "external" {
         let plan = crate::external::plan(&opts.topics, &w.name, w.topics, &crate::external::run_id()).map_err(RunError::Usage)?;
-        let cleanup = plan.delete.then(|| crate::external::TopicCleanup::new(boot.addr, plan.names.clone(), opts.quiet));
+        let cleanup = plan.delete.then(|| crate::external::TopicCleanup::new(connector.clone(), boot.addr, plan.names.clone(), opts.quiet));
         (plan.names, plan.create_with_rf, cleanup)
     } else {
         (topics, Some(-1), None)
@@ -266,10 +269,10 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
         prepare_topics(&mut boot, &topics, w.partitions_per_topic, rf, Duration::from_secs(15)).map_err(RunError::Usage)?;
     // Where consumers start; a cluster that has just lost a node may still name it as a leader
     // (retried with Metadata refreshes, the layouts follow the new leaders).
-    let mut start_offsets = crate::retry::start_offsets_following(&boot_addrs, &mut layouts, Duration::from_secs(30))
+    let mut start_offsets = crate::retry::start_offsets_following(&connector, &boot_addrs, &mut layouts, Duration::from_secs(30))
         .map_err(|e| RunError::Usage(format!("setup: {e}")))?;
     apply_share(opts.share, &mut layouts, &mut start_offsets);
-    Ok(Setup { kind, bootstrap, fsync, layouts, start_offsets, calibration, embedded, identity, _cleanup: cleanup })
+    Ok(Setup { kind, bootstrap, fsync, layouts, start_offsets, calibration, embedded, identity, connector, _cleanup: cleanup })
 }
 
 /// A worker of a distributed run keeps its share of every topic's partitions (`p % n == i`).
@@ -610,7 +613,7 @@ impl Ctx<'_> {
                         (r, thread_cpu_s().unwrap_or(0.0) - c0)
                     })
                 } else {
-                    let mut t = KafkaTransport::connect_with(layout, &spec.settings, w.max_in_flight, clock, metrics.clone())?;
+                    let mut t = KafkaTransport::connect_with(layout, &spec.settings, w.max_in_flight, clock, metrics.clone(), &self.setup.connector)?;
                     std::thread::Builder::new().name(format!("producer-{ti}-{j}")).spawn(move || {
                         let c0 = thread_cpu_s().unwrap_or(0.0);
                         let r = run_producer(&spec, &mut keys, &pool, &clock, &metrics, &mut t);
@@ -645,10 +648,10 @@ impl Ctx<'_> {
             }
         }
         let topics = self.setup.layouts.iter().map(|l| (l.topic.clone(), l.leaders.clone())).collect();
-        let (subs, metrics, d) = (w.subscriptions_per_topic, self.metrics.clone(), done.clone());
+        let (subs, metrics, d, connector) = (w.subscriptions_per_topic, self.metrics.clone(), done.clone(), self.setup.connector.clone());
         if let Ok(h) = std::thread::Builder::new()
             .name("high-watermarks".into())
-            .spawn(move || crate::consumer::sample_high_watermarks(topics, subs, Duration::from_millis(250), metrics, d))
+            .spawn(move || crate::consumer::sample_high_watermarks(connector, topics, subs, Duration::from_millis(250), metrics, d))
         {
             hs.push(h);
         }
@@ -675,7 +678,7 @@ impl Ctx<'_> {
                         let mut brokers: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
                         brokers.sort();
                         brokers.dedup();
-                        let spec = ConsumerSpec { sub: s, addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100 };
+                        let spec = ConsumerSpec { sub: s, addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100, connector: self.setup.connector.clone() };
                         let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
                         if let Ok(h) = std::thread::Builder::new().name("consumer".into()).spawn(move || run_consumer(spec, clock, metrics, done)) {
                             hs.push(h);
@@ -726,6 +729,7 @@ impl Ctx<'_> {
                     join_after_s: if is_extra { w.extra_consumer_join_seconds } else { None },
                     leave_after_s: if is_extra { w.extra_consumer_leave_seconds } else { None },
                     slot,
+                    connector: self.setup.connector.clone(),
                 };
                 slot += 1;
                 let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
@@ -1257,6 +1261,7 @@ struct SetupSummary {
     calibration: Option<Calibration>,
     identity: Option<crate::results::TargetIdentity>,
     topics: Vec<String>,
+    security: crate::security::SecurityInfo,
 }
 
 fn setup_summary(s: &Setup) -> SetupSummary {
@@ -1267,6 +1272,7 @@ fn setup_summary(s: &Setup) -> SetupSummary {
         calibration: s.calibration.clone(),
         identity: s.identity.clone(),
         topics: s.layouts.iter().map(|l| l.topic.clone()).collect(),
+        security: s.connector.security().info(),
     }
 }
 
@@ -1458,7 +1464,7 @@ fn build_result(
             direct_io: (s.kind == "embedded").then_some(w.direct_io),
             identity: s.identity.clone(),
             topics: s.topics.clone(),
-            security: (s.kind == "external").then(|| crate::security::current().info()),
+            security: (s.kind == "external").then(|| s.security.clone()),
         },
         environment: crate::env::environment(),
         calibration: s.calibration.clone(),

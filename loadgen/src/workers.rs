@@ -396,13 +396,12 @@ type Prepared = (Vec<String>, Option<crate::external::TopicCleanup>, Option<Targ
 fn prepare(opts: &RunOptions) -> Result<Prepared, RunError> {
     let w = &opts.workload;
     let Some(b) = &opts.bootstrap else { return Ok((w.topic_names(), None, None)) };
-    let security = crate::security::Security::resolve(&w.security).map_err(RunError::Usage)?;
-    crate::security::install(security);
+    let connector = crate::client::Connector::new(crate::security::Security::resolve(&w.security).map_err(RunError::Usage)?);
     let addrs: Vec<SocketAddr> = b.split(',').map(|a| crate::client::resolve(a.trim())).collect::<Result<_, _>>().map_err(RunError::Usage)?;
     let mut boot = None;
     let mut last = "--bootstrap is empty".to_string();
     for a in &addrs {
-        match crate::client::Conn::connect(*a, Duration::from_secs(3)) {
+        match connector.connect(*a, Duration::from_secs(3)) {
             Ok(c) => {
                 boot = Some(c);
                 break;
@@ -413,7 +412,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, RunError> {
     let mut boot = boot.ok_or(RunError::Usage(last))?;
     let identity = crate::external::identify(&mut boot).map_err(RunError::Usage)?;
     let plan = crate::external::plan(&opts.topics, &w.name, w.topics, &crate::external::run_id()).map_err(RunError::Usage)?;
-    let cleanup = plan.delete.then(|| crate::external::TopicCleanup::new(boot.addr, plan.names.clone(), opts.quiet));
+    let cleanup = plan.delete.then(|| crate::external::TopicCleanup::new(connector.clone(), boot.addr, plan.names.clone(), opts.quiet));
     crate::client::prepare_topics(&mut boot, &plan.names, w.partitions_per_topic, plan.create_with_rf, Duration::from_secs(15))
         .map_err(RunError::Usage)?;
     Ok((plan.names, cleanup, Some(identity)))
