@@ -35,13 +35,25 @@ use crate::workload::Workload;
 /// Set by the Ctrl-C handler.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// The embedded engine's temporary data dir while it exists: a second Ctrl-C (which leaves at
+/// once, without the normal clean-up) removes it first.
+static EMBEDDED_DIR: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// The embedded engine's segment size and per-partition retention (bytes), see `setup`.
+pub const EMBEDDED_SEGMENT_BYTES: u64 = 128 << 20;
+pub const EMBEDDED_RETENTION_BYTES: u64 = 256 << 20;
+
 /// Install the Ctrl-C handler once (later calls are no-ops).
 pub fn install_ctrlc() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = ctrlc::set_handler(|| {
             if INTERRUPTED.swap(true, Ordering::SeqCst) {
-                std::process::exit(130); // second Ctrl-C: leave now
+                // Second Ctrl-C: leave now, but not leaving the embedded engine's data behind.
+                if let Some(d) = EMBEDDED_DIR.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+                std::process::exit(130);
             }
         });
     });
@@ -194,10 +206,19 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
             cfg.listen = "127.0.0.1:0".parse().expect("static addr");
             cfg.default_partitions = w.partitions_per_topic as i32;
             cfg.log.direct_io = w.direct_io;
+            // Bounded disk use: a search writes many phases into the same topics (~20 GB on
+            // the main job before), so smaller segments with a size retention keep only the last
+            // few hundred MB per partition (enforced every 5 s by the engine). Consumers keep up
+            // (lag far below this); a backlog workload needs its whole backlog kept.
+            if w.consumer_backlog_size_gb <= 0.0 {
+                cfg.log.segment_bytes_max = EMBEDDED_SEGMENT_BYTES;
+                cfg.log.retention_bytes_max = Some(EMBEDDED_RETENTION_BYTES);
+            }
             let h = engine::broker::Broker::start(cfg)
                 .map_err(|e| RunError::Usage(format!("embedded broker failed to start: {e}")))?;
             let addr = h.local_addr();
             let dir = tmp.path().to_path_buf();
+            *EMBEDDED_DIR.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
             ("embedded", vec![addr], durability.to_string(), Embedded::Broker(h, tmp), dir)
         }
     };
@@ -1132,7 +1153,11 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
         if let Err(e) = h.shutdown() {
             metrics.fail(format!("embedded broker shutdown: {e}"));
         }
-        drop(tmp);
+        *EMBEDDED_DIR.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let path = tmp.path().to_path_buf();
+        if let Err(e) = tmp.close() {
+            eprintln!("warning: could not remove the embedded engine's data dir {}: {e}", path.display());
+        }
     }
     let main = match main {
         Some(m) if m.measured => m,
