@@ -66,9 +66,9 @@ const RUN_EXIT_CODES: &str = "Exit status:
   4    records lost: some scheduled record of the measured window was not acknowledged (failed,
        timed out at the drain deadline, or never sent); \"complete\": false
   5    target missed: all acknowledged, but fewer than 97 % of the target rate within the window
-       + grace (\"target_met\": false), or the search's rate failed its full-length confirmation
-       and every step down, or no rate passed the search (then the result is a full-length run
-       at the first rate tried, \"search\": {\"confirmed\": false, \"max_rate\": 0})
+       + grace (\"target_met\": false), or no full-length run of the search passed, or no
+       rate passed its short trials (then the result is a full-length run at the lowest rate
+       tried, \"search\": {\"confirmed\": false, \"max_rate\": 0})
   130  interrupted (Ctrl-C); result written with \"complete\": false";
 
 #[derive(clap::Args, Default)]
