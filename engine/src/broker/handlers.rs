@@ -65,7 +65,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) ->
         return api_versions(&header, body);
     }
     if GROUP_API_KEYS.contains(&raw_key) {
-        return crate::groups::handle_at(&shared.groups, ctx.advertised(), raw_key, version, &header, &mut body);
+        return crate::groups::handle_at(&shared.groups, ctx.advertised(), raw_key, version, &header, &mut body).into();
     }
     match version_range(raw_key) {
         Some((lo, hi)) if (lo..=hi).contains(&version) => {}
