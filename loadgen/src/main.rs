@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use loadgen::run::{run, summary_table, RunError, RunOptions};
-use loadgen::workload::{Overrides, Workload};
+use loadgen::workload::Overrides;
 
 #[derive(Parser)]
 #[command(name = "loadgen", version, about = "Open-loop, coordinated-omission-correct load generator for Kafka-protocol brokers")]
@@ -183,26 +183,19 @@ fn main() {
 }
 
 fn cmd_run(a: RunArgs) -> i32 {
-    let mut w = match Workload::load(&a.workload) {
-        Ok(w) => w,
+    let mut opts = match RunOptions::from_cli(&a.workload, &a.overrides, a.bootstrap, a.data_dir) {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
         }
     };
-    if let Err(e) = a.overrides.apply(&mut w) {
-        eprintln!("error: {e}");
-        return 2;
-    }
-    let mut opts = RunOptions::new(w);
-    opts.bootstrap = a.bootstrap;
     opts.sink = a.sink;
     opts.calibrate = if a.no_calibrate { Some(false) } else if a.calibrate { Some(true) } else { None };
     opts.out_dir = a.out_dir;
     opts.label = a.label;
     opts.output = a.output;
     opts.write = !a.no_write;
-    opts.data_dir = a.data_dir;
     opts.quiet = a.quiet;
     opts.topics = a.topics;
     if opts.topics.topic_prefix.is_empty() {

@@ -105,6 +105,25 @@ impl RunOptions {
     }
 }
 
+impl RunOptions {
+    /// The command line's run: workload `name` (built-in or YAML file) with `overrides` applied,
+    /// against `bootstrap` (None: the embedded engine, its data dir under `data_dir`). Used by
+    /// `loadgen run` and, per target, `loadgen versus`; a bad workload or override is an error.
+    pub fn from_cli(
+        name: &str,
+        overrides: &crate::workload::Overrides,
+        bootstrap: Option<String>,
+        data_dir: Option<PathBuf>,
+    ) -> Result<RunOptions, String> {
+        let mut w = Workload::load(name)?;
+        overrides.apply(&mut w)?;
+        let mut o = RunOptions::new(w);
+        o.bootstrap = bootstrap;
+        o.data_dir = data_dir;
+        Ok(o)
+    }
+}
+
 #[derive(Debug)]
 pub enum RunError {
     /// Bad input: exit code 2, nothing written.
