@@ -837,7 +837,7 @@ impl Ctx<'_> {
                     by_leader.entry(*a).or_default().push(*p);
                 }
                 for (a, parts) in by_leader {
-                    let offs = Conn::connect(a, Duration::from_secs(2)).and_then(|mut c| c.list_offsets(&l.topic, &parts, -1)).ok()?;
+                    let offs = self.setup.connector.connect(a, Duration::from_secs(2)).and_then(|mut c| c.list_offsets(&l.topic, &parts, -1)).ok()?;
                     sum += offs.values().sum::<i64>();
                 }
             }
