@@ -105,16 +105,16 @@ pub struct BrokerConfig {
     /// Largest partition count CreateTopics accepts (each partition costs files, fsyncs and a
     /// lock hold while it is created; Kafka answers INVALID_PARTITIONS past such a limit).
     pub partitions_per_topic_max: i32,
+    /// Network threads serving all connections (0 = the number of cores).
+    pub network_threads: usize,
+    /// Log a line of network counters (connections, threads, fetch wake-ups) this often; 0 = never.
+    pub stats_interval_ms: u64,
     /// Consumer group protocol (KIP-848): a member without a heartbeat for this long is
     /// removed (group.consumer.session.timeout.ms, default 45 s) ...
     pub consumer_session_timeout_ms: i32,
     /// ... and the heartbeat interval members are told (group.consumer.heartbeat.interval.ms,
     /// default 5 s; must be below the session timeout).
     pub consumer_heartbeat_interval_ms: i32,
-    /// Network threads serving all connections (0 = the number of cores).
-    pub network_threads: usize,
-    /// Log a line of network counters (connections, threads, fetch wake-ups) this often; 0 = never.
-    pub stats_interval_ms: u64,
 }
 
 impl BrokerConfig {
@@ -134,10 +134,10 @@ impl BrokerConfig {
             connections_per_ip_max: CONNECTIONS_PER_IP_MAX_DEFAULT,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
             partitions_per_topic_max: 1_000,
-            consumer_session_timeout_ms: 45_000,
-            consumer_heartbeat_interval_ms: 5_000,
             network_threads: 0,
             stats_interval_ms: 0,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }
@@ -231,6 +231,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: BrokerConfig,
     pub(crate) logs: Arc<LogManager>,
     pub(crate) groups: Arc<GroupCoordinator>,
+    /// The transaction coordinator (issue 20).
+    pub(crate) txn: Arc<crate::txn::TxnCoordinator>,
     stop: AtomicBool,
     /// Connections open (counted at accept, until closed).
     open_conns: AtomicUsize,
@@ -359,10 +361,12 @@ impl Broker {
             ..Default::default()
         };
         let groups = GroupCoordinator::with_config(logs.clone(), group_cfg)?;
+        let txn = crate::txn::TxnCoordinator::new(logs.clone(), groups.clone())?;
         let shared = Arc::new(Shared {
             cfg,
             logs: logs.clone(),
             groups,
+            txn,
             stop: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),
             next_conn: AtomicU64::new(0),
