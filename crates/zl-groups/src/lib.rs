@@ -434,9 +434,15 @@ impl GroupCoordinator {
         self.commit(group, entries)
     }
 
-    /// OffsetCommit's membership check (generation, member id, instance id) for TxnOffsetCommit.
+    /// OffsetCommit's membership check (generation or member epoch, member id, instance id)
+    /// for TxnOffsetCommit, in a classic or a consumer-protocol group. For the latter there is
+    /// no OffsetCommit version rule (Kafka checks it only for non-transactional commits): the
+    /// check is asked as for OffsetCommit v9.
     pub fn validate_offset_commit(&self, group: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
-        self.sm.validate_commit(group, member_id, instance_id, generation)
+        match self.consumer.validate_commit(group, member_id, generation, 9) {
+            consumer_protocol::Validation::Code(code) => code,
+            consumer_protocol::Validation::NotConsumerGroup => self.sm.validate_commit(group, member_id, instance_id, generation),
+        }
     }
 
     /// Validate and durably store the commits of one request; returns per-entry error codes.

@@ -25,6 +25,7 @@ import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.common.GroupType;
@@ -42,7 +43,9 @@ import org.junit.jupiter.api.Timeout;
  * group as a CONSUMER group with both members), one leaves and the other takes everything, one
  * in its own JVM is SIGKILLed (no leave) and the other gets its partitions after the broker's
  * session timeout. Every record is read
- * exactly once across the group (offsets committed synchronously after each poll).
+ * exactly once across the group (offsets committed synchronously after each poll). A
+ * read-process-write loop commits a member's offsets in its transactions
+ * (sendOffsetsToTransaction with the member's group metadata: its member id and epoch).
  */
 @Timeout(value = 180, unit = TimeUnit.SECONDS)
 class JavaConsumerProtocolInteropTest {
@@ -260,5 +263,94 @@ class JavaConsumerProtocolInteropTest {
         List<String> all = new ArrayList<>(seen);
         all.addAll(fromB);
         assertExactlyOnce(all, 2 * PER_PHASE);
+    }
+
+    @Test
+    void aMembersOffsetsCommitWithItsTransactions() throws Exception {
+        String topic = "j848-eos-in";
+        String out = "j848-eos-out";
+        String group = "j848-eos-group";
+        try (Admin a = admin()) {
+            a.createTopics(List.of(new NewTopic(topic, PARTITIONS, (short) 1), new NewTopic(out, 1, (short) 1)))
+                    .all().get(30, TimeUnit.SECONDS);
+        }
+        produce(topic, 0);
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(120);
+        Properties cp = new Properties();
+        cp.put("bootstrap.servers", broker.bootstrap());
+        cp.put(ConsumerConfig.GROUP_ID_CONFIG, group);
+        cp.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer");
+        cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+        cp.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
+        Properties pp = new Properties();
+        pp.put("bootstrap.servers", broker.bootstrap());
+        pp.put("transactional.id", "j848-eos");
+        List<String> seen = new ArrayList<>();
+        int aborted = 0;
+        try (KafkaConsumer<String, String> c = new KafkaConsumer<>(cp, new StringDeserializer(), new StringDeserializer());
+                KafkaProducer<String, String> p = new KafkaProducer<>(pp, new StringSerializer(), new StringSerializer())) {
+            p.initTransactions();
+            c.subscribe(List.of(topic));
+            while (seen.size() < PER_PHASE) {
+                assertTrue(System.nanoTime() < deadline, "timed out reading " + PER_PHASE + " records, read " + seen.size());
+                var recs = c.poll(Duration.ofMillis(100));
+                if (recs.isEmpty()) {
+                    continue;
+                }
+                Map<TopicPartition, OffsetAndMetadata> offsets = new HashMap<>();
+                for (TopicPartition tp : recs.partitions()) {
+                    offsets.put(tp, new OffsetAndMetadata(c.position(tp)));
+                }
+                p.beginTransaction();
+                for (ConsumerRecord<String, String> r : recs) {
+                    p.send(new ProducerRecord<>(out, "out:" + r.value()));
+                }
+                p.sendOffsetsToTransaction(offsets, c.groupMetadata());
+                if (aborted == 0) {
+                    // The first transaction is aborted: neither its records nor its offsets count.
+                    p.abortTransaction();
+                    aborted++;
+                    Map<TopicPartition, OffsetAndMetadata> committed = c.committed(offsets.keySet(), Duration.ofSeconds(30));
+                    for (TopicPartition tp : offsets.keySet()) {
+                        OffsetAndMetadata om = committed.get(tp);
+                        long at = om == null ? 0 : om.offset();
+                        assertEquals(0, at, "offset of an aborted transaction applied on " + tp);
+                        c.seek(tp, at);
+                    }
+                    continue;
+                }
+                p.commitTransaction();
+                for (ConsumerRecord<String, String> r : recs) {
+                    seen.add(r.value());
+                }
+            }
+            Set<TopicPartition> all = new HashSet<>();
+            for (int i = 0; i < PARTITIONS; i++) {
+                all.add(new TopicPartition(topic, i));
+            }
+            Map<TopicPartition, Long> ends = c.endOffsets(all, Duration.ofSeconds(30));
+            Map<TopicPartition, OffsetAndMetadata> committed = c.committed(all, Duration.ofSeconds(30));
+            for (TopicPartition tp : all) {
+                assertEquals(ends.get(tp), committed.get(tp) == null ? null : committed.get(tp).offset(), "committed offset of " + tp);
+            }
+        }
+        assertExactlyOnce(seen, PER_PHASE);
+        // The output holds each record once: the aborted transaction's records are not read.
+        Properties rp = new Properties();
+        rp.put("bootstrap.servers", broker.bootstrap());
+        rp.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
+        rp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        List<String> outs = new ArrayList<>();
+        try (KafkaConsumer<String, String> r = new KafkaConsumer<>(rp, new StringDeserializer(), new StringDeserializer())) {
+            TopicPartition tp = new TopicPartition(out, 0);
+            r.assign(List.of(tp));
+            long end = r.endOffsets(List.of(tp), Duration.ofSeconds(30)).get(tp);
+            while (r.position(tp) < end) {
+                assertTrue(System.nanoTime() < deadline, "timed out reading the output");
+                r.poll(Duration.ofMillis(100)).forEach(rec -> outs.add(rec.value().substring(4)));
+            }
+        }
+        assertExactlyOnce(outs, PER_PHASE);
     }
 }
