@@ -1,7 +1,8 @@
 //! The consumer group protocol (KIP-848) with an unchanged client: confluent-kafka (librdkafka
 //! 2.16) with `group.protocol=consumer`, through `tests/interop/kip848.py`: members joining,
 //! leaving and being killed, each record read exactly once across the group; both server-side
-//! assignors; committed offsets shared with classic consumers and kept across a restart.
+//! assignors; committed offsets shared with classic consumers and kept across a restart; a
+//! member's offsets committed in its transactions (read-process-write).
 
 mod common;
 
@@ -189,5 +190,18 @@ fn a_running_member_rejoins_after_a_broker_restart_and_reads_on() {
     d.group_ids = vec![kafka_protocol::messages::GroupId(kafka_protocol::protocol::StrBytes::from_static_str("live"))];
     let g = &c.call(0, &d).groups[0];
     assert_eq!((g.error_code, g.group_state.as_str(), g.group_epoch > 0), (0, "Empty", true), "{g:?}");
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_members_offsets_commit_with_its_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), Durability::Group);
+    let addr = b.local_addr().to_string();
+    let r = run("kip848.py", &["eos", "--bootstrap", &addr, "--topic", "eos-in", "--group", "eos", "--count", "300"]);
+    println!("{r}");
+    assert_eq!(r["records"], 300, "{r}");
+    assert_eq!(r["output"], 300, "{r}");
+    assert_eq!(r["aborted"], 1, "{r}");
     b.shutdown().unwrap();
 }

@@ -16,6 +16,11 @@ kill:     A and B (B in a child process, committing after each record) split the
 survive:  a member reads phase 1, prints "phase1 read", waits for the file --flag (the test
           restarts the broker on the same address, then creates it), and must read phase 2:
           every record committed exactly once.
+eos:      read-process-write: a member reads --count records of --topic and, per poll, writes
+          them to --topic + "-out" in a transaction with its offsets
+          (send_offsets_to_transaction with consumer_group_metadata(): member id and epoch); the
+          first transaction is aborted (its offsets must not apply). Committed offsets must reach
+          the ends and the output (read_committed) hold every record once.
 resume:   a consumer of --group reads --expect records from --topic (from the committed
           offsets), commits, closes; writes "partition offset value" lines to --out.
 Prints one JSON object on success; exits non-zero with a reason on stderr otherwise.
@@ -270,9 +275,76 @@ def survive(args):
     print(json.dumps({"records": len(seen), "partitions": parts, "errors": r.errors[:5]}))
 
 
+def eos(args):
+    from confluent_kafka import TopicPartition
+    deadline = time.time() + args.timeout
+    produce_phase(args, 0, args.count)
+    out = args.topic + "-out"
+    c = consumer(args, "eos")
+    c.subscribe([args.topic])
+    p = Producer({"bootstrap.servers": args.bootstrap, "transactional.id": args.group + "-txn", "linger.ms": 5})
+    p.init_transactions(30)
+    seen, aborted, txns = [], 0, 0
+    while len(seen) < args.count:
+        if time.time() > deadline:
+            fail("timed out: read %d of %d in transactions" % (len(seen), args.count))
+        msgs = c.consume(100, 0.2)
+        if not msgs:
+            continue
+        for m in msgs:
+            if m.error() is not None:
+                fail("eos consumer: %s" % m.error())
+        p.begin_transaction()
+        for m in msgs:
+            p.produce(out, value=b"out:" + m.value(), partition=0)  # one partition, read below
+        positions = c.position(c.assignment())
+        p.send_offsets_to_transaction(positions, c.consumer_group_metadata(), 30)
+        if aborted == 0:
+            p.abort_transaction(30)
+            aborted += 1
+            for tp in c.committed(positions, 30):
+                if tp.offset >= 0:
+                    fail("offset of an aborted transaction applied: %s" % tp)
+            # Nothing is committed yet: read the aborted records again from the start.
+            for tp in positions:
+                c.seek(TopicPartition(tp.topic, tp.partition, 0))
+            continue
+        p.commit_transaction(30)
+        txns += 1
+        seen.extend((m.value().decode(), "eos") for m in msgs)
+    parts = [TopicPartition(args.topic, i) for i in range(args.partitions)]
+    committed = {tp.partition: tp.offset for tp in c.committed(parts, 30)}
+    ends = {tp.partition: c.get_watermark_offsets(tp, 30)[1] for tp in parts}
+    c.close()
+    if committed != ends:
+        fail("committed offsets %s, partition ends %s" % (committed, ends))
+    check_once(seen, args.count)
+    r = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group + "-check",
+                  "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    r.assign([TopicPartition(out, 0, 0)])
+    outs = []
+    end = r.get_watermark_offsets(TopicPartition(out, 0), 30)[1]
+    while True:
+        if time.time() > deadline:
+            fail("timed out reading the output: %d records" % len(outs))
+        m = r.poll(0.2)
+        if m is not None:
+            if m.error() is not None:
+                if m.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                    continue
+                fail("output reader: %s" % m.error())
+            outs.append((m.value().decode()[4:], "out"))
+        if r.position([TopicPartition(out, 0)])[0].offset >= end:
+            break
+    r.close()
+    check_once(outs, args.count)
+    print(json.dumps({"records": len(seen), "transactions": txns, "aborted": aborted, "output": len(outs)}))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["produce", "group", "kill", "resume", "survive"])
+    ap.add_argument("mode", choices=["produce", "group", "kill", "resume", "survive", "eos"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--group", default="k848")
@@ -294,7 +366,7 @@ def main():
         produce_phase(args, args.first, args.count)
         print(json.dumps({"produced": args.count}))
     else:
-        {"group": group, "kill": kill, "resume": resume, "survive": survive}[args.mode](args)
+        {"group": group, "kill": kill, "resume": resume, "survive": survive, "eos": eos}[args.mode](args)
 
 
 if __name__ == "__main__":
