@@ -45,7 +45,9 @@ import org.junit.jupiter.api.Timeout;
  * session timeout. Every record is read
  * exactly once across the group (offsets committed synchronously after each poll). A
  * read-process-write loop commits a member's offsets in its transactions
- * (sendOffsetsToTransaction with the member's group metadata: its member id and epoch).
+ * (sendOffsetsToTransaction with the member's group metadata: its member id and epoch). A
+ * static member (group.instance.id) that closes keeps its partitions, and its next incarnation
+ * gets them back while the other member keeps its own.
  */
 @Timeout(value = 180, unit = TimeUnit.SECONDS)
 class JavaConsumerProtocolInteropTest {
@@ -95,7 +97,15 @@ class JavaConsumerProtocolInteropTest {
         final List<String> seen;
 
         Member(String group, String name, String topic, List<String> seen, String assignor) {
+            this(group, name, topic, seen, assignor, null);
+        }
+
+        /** With an instance id: a static member (KIP-345 as KIP-848 keeps it). */
+        Member(String group, String name, String topic, List<String> seen, String assignor, String instanceId) {
             Properties p = new Properties();
+            if (instanceId != null) {
+                p.put(ConsumerConfig.GROUP_INSTANCE_ID_CONFIG, instanceId);
+            }
             p.put("bootstrap.servers", broker.bootstrap());
             p.put(ConsumerConfig.GROUP_ID_CONFIG, group);
             p.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer");
@@ -352,5 +362,62 @@ class JavaConsumerProtocolInteropTest {
             }
         }
         assertExactlyOnce(outs, PER_PHASE);
+    }
+
+    /** Member id → partitions of the group as AdminClient describes it, keyed by instance id. */
+    private static Map<String, Set<Integer>> describedByInstance(String group) throws Exception {
+        try (Admin a = admin()) {
+            ConsumerGroupDescription d = a.describeConsumerGroups(List.of(group)).describedGroups().get(group)
+                    .get(30, TimeUnit.SECONDS);
+            Map<String, Set<Integer>> m = new HashMap<>();
+            d.members().forEach(x -> m.put(x.groupInstanceId().orElse("-"), x.assignment().topicPartitions().stream()
+                    .map(TopicPartition::partition).collect(Collectors.toCollection(TreeSet::new))));
+            return m;
+        }
+    }
+
+    @Test
+    void aStaticMemberGetsItsPartitionsBackAfterARestart() throws Exception {
+        String topic = "j848-static";
+        String group = "j848-static-group";
+        try (Admin a = admin()) {
+            a.createTopics(List.of(new NewTopic(topic, PARTITIONS, (short) 1))).all().get(30, TimeUnit.SECONDS);
+        }
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(120);
+        List<String> seen = new ArrayList<>();
+        produce(topic, 0);
+        try (Member mb = new Member(group, "B", topic, seen, "uniform", "b")) {
+            Set<Integer> aParts;
+            Set<Integer> bParts;
+            try (Member ma = new Member(group, "A", topic, seen, "uniform", "a")) {
+                Runnable both = () -> {
+                    ma.poll();
+                    mb.poll();
+                };
+                waitFor(deadline, () -> !ma.parts().isEmpty() && !mb.parts().isEmpty()
+                        && ma.parts().size() + mb.parts().size() == PARTITIONS, both, "A and B to split the partitions");
+                waitFor(deadline, () -> seen.size() >= PER_PHASE, both, "A and B to read phase 1");
+                aParts = ma.parts();
+                bParts = mb.parts();
+            } // A closes: a static member leaves temporarily (member epoch -2)
+            Map<String, Set<Integer>> described = describedByInstance(group);
+            assertEquals(Map.of("a", aParts, "b", bParts), described, "the closed static member keeps its partitions");
+            produce(topic, PER_PHASE);
+            try (Member ma2 = new Member(group, "A2", topic, seen, "uniform", "a")) {
+                Runnable both = () -> {
+                    ma2.poll();
+                    mb.poll();
+                };
+                waitFor(deadline, () -> !ma2.parts().isEmpty(), both, "A's next incarnation to get partitions");
+                assertEquals(aParts, ma2.parts(), "the static member's partitions come back to it");
+                assertEquals(bParts, mb.parts(), "the other member keeps its partitions");
+                waitFor(deadline, () -> seen.size() >= 2 * PER_PHASE, both, "phase 2 to be read");
+                long linger = System.nanoTime() + TimeUnit.SECONDS.toNanos(1);
+                while (System.nanoTime() < linger) {
+                    both.run(); // anything read twice would arrive now
+                }
+            }
+        }
+        assertExactlyOnce(seen, 2 * PER_PHASE);
     }
 }
