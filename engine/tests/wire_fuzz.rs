@@ -67,6 +67,38 @@ fn seeds(c: &mut Client) -> Vec<Vec<u8>> {
         out.push(c.frame(v, &DeleteTopicsRequest::default().with_topic_names(vec![name("fz2")])).1);
     }
     out.extend(admin_seeds(c));
+    out.extend(consumer_group_seeds(c));
+    out
+}
+
+/// The consumer group protocol (KIP-848): ConsumerGroupHeartbeat joins by names and by regex,
+/// a heartbeat naming owned partitions (by topic id), ConsumerGroupDescribe.
+fn consumer_group_seeds(c: &mut Client) -> Vec<Vec<u8>> {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    let mut out = Vec::new();
+    let group = || GroupId(StrBytes::from_static_str("fzc"));
+    for v in 0..=1 {
+        let mut join = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(group())
+            .with_member_id(StrBytes::from_string(if v == 0 { String::new() } else { format!("fz-member-{v}") }))
+            .with_rebalance_timeout_ms(1000)
+            .with_server_assignor(Some(StrBytes::from_static_str("range")))
+            .with_topic_partitions(Some(vec![]));
+        join = if v == 0 {
+            join.with_subscribed_topic_names(Some(vec![name("fz")]))
+        } else {
+            join.with_subscribed_topic_regex(Some(StrBytes::from_static_str("f[a-z]+")))
+        };
+        out.push(c.frame(v, &join).1);
+        let owned = TopicPartitions::default().with_topic_id(engine::groups::topic_id("fz")).with_partitions(vec![0]);
+        let hb = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(group())
+            .with_member_id(StrBytes::from_static_str("fz-member-1"))
+            .with_member_epoch(1)
+            .with_topic_partitions(Some(vec![owned]));
+        out.push(c.frame(v, &hb).1);
+        out.push(c.frame(v, &ConsumerGroupDescribeRequest::default().with_group_ids(vec![group()])).1);
+    }
     out
 }
 
