@@ -282,6 +282,9 @@ pub struct ConsumerConfig {
     pub max_size: usize,
 }
 
+/// See [`ConsumerGroups::claim_for_classic`]: the consumer groups' lock, held until dropped.
+pub struct ClassicClaim<'a>(#[allow(dead_code)] MutexGuard<'a, HashMap<String, Group>>);
+
 /// Every consumer-protocol group of the broker.
 pub struct ConsumerGroups {
     cfg: ConsumerConfig,
@@ -321,18 +324,22 @@ impl ConsumerGroups {
     }
 
     /// A classic JoinGroup may take over the id of an Empty consumer group (Kafka converts it);
-    /// one with members answers INCONSISTENT_GROUP_PROTOCOL. Returns true if the id is free
-    /// for the classic protocol.
-    pub fn yield_to_classic(&self, group: &str) -> bool {
+    /// one with members answers INCONSISTENT_GROUP_PROTOCOL (None). While the returned claim is
+    /// held, the classic join step (which creates the classic group) runs: a concurrent first
+    /// ConsumerGroupHeartbeat of the same id, which asks the classic side under the same lock,
+    /// then sees either no classic group or one with a member, never both kinds for one id.
+    /// Hold it only for a step that does not block (lock order: consumer groups, then the
+    /// classic state machine).
+    pub fn claim_for_classic(&self, group: &str) -> Option<ClassicClaim<'_>> {
         let mut g = self.lock();
         match g.get(group) {
-            None => true,
+            None => {}
             Some(grp) if grp.members.is_empty() => {
                 g.remove(group);
-                true
             }
-            Some(_) => false,
+            Some(_) => return None,
         }
+        Some(ClassicClaim(g))
     }
 
     /// DeleteGroups of a consumer group: Some(code) when the id is one (an Empty one is

@@ -936,19 +936,33 @@ fn join_group_with(
     client_id: String,
     done: impl FnOnce(JoinGroupResponse) + Send + 'static,
 ) {
-    if !c.consumer.yield_to_classic(req.group_id.as_str()) {
+    let Some(claim) = c.consumer.claim_for_classic(req.group_id.as_str()) else {
         // A consumer-protocol (KIP-848) group with members: the classic protocol may not join
         // it (Kafka's answer without the upgrade path).
         return done(join_response(coordinator::JoinOutcome::error(err::INCONSISTENT_GROUP_PROTOCOL, req.member_id.as_str()), v));
-    }
+    };
     let args = join_args(req, v, client_id);
     let c2 = c.clone();
+    // Set while the step runs under the claim: an outcome known at once is answered from the
+    // completion pool, not under the consumer groups' lock (persisting may fsync).
+    let in_step = Arc::new(AtomicBool::new(true));
+    let in_step2 = in_step.clone();
+    let finish = move |o| {
+        let _ = c2.persist_groups();
+        done(join_response(o, v))
+    };
+    let c3 = c.clone();
     // Called on the completion pool (the step takes the state lock; a completion persists
     // group records, an fsync): never on a network thread.
     c.sm.join_with(args, move |o| {
-        let _ = c2.persist_groups();
-        done(join_response(o, v))
+        if in_step2.load(Ordering::Acquire) {
+            c3.sm.spawn(move || finish(o));
+        } else {
+            finish(o);
+        }
     });
+    drop(claim);
+    in_step.store(false, Ordering::Release);
 }
 
 /// SyncGroup as [`join_group_with`].
