@@ -18,6 +18,7 @@
 //! connections in total and per client IP (`connections_max`, `connections_per_ip_max`: more
 //! are accepted and closed at once, logged once per interval).
 
+pub mod auth;
 mod handlers;
 pub mod properties;
 pub use handlers::BROKER_APIS;
@@ -102,9 +103,22 @@ pub struct BrokerConfig {
     /// Largest partition count CreateTopics accepts (each partition costs files, fsyncs and a
     /// lock hold while it is created; Kafka answers INVALID_PARTITIONS past such a limit).
     pub partitions_per_topic_max: i32,
+    /// Listeners (Kafka's `listeners`): empty = one PLAINTEXT listener on `listen`.
+    pub listeners: Vec<auth::Listener>,
+    /// SASL credentials, the authorizer, super users (`auth`).
+    pub security: auth::SecurityConfig,
 }
 
 impl BrokerConfig {
+    /// The listeners to bind: `listeners`, or PLAINTEXT on `listen` when none is given.
+    pub fn effective_listeners(&self) -> Vec<auth::Listener> {
+        if self.listeners.is_empty() {
+            vec![auth::Listener { protocol: auth::SecurityProtocol::Plaintext, addr: self.listen }]
+        } else {
+            self.listeners.clone()
+        }
+    }
+
     pub fn new(data_dir: PathBuf, durability: Durability) -> Self {
         BrokerConfig {
             data_dir,
@@ -121,6 +135,8 @@ impl BrokerConfig {
             connections_per_ip_max: CONNECTIONS_PER_IP_MAX_DEFAULT,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
             partitions_per_topic_max: 1_000,
+            listeners: Vec::new(),
+            security: auth::SecurityConfig::default(),
         }
     }
 }
@@ -165,12 +181,16 @@ impl std::fmt::Debug for Reply {
 /// What a request handler knows of the connection it serves. One per connection, owned by
 /// whoever reads that connection's requests; handlers get it as `&mut` (per-connection
 /// state such as an authenticated session belongs here, never in a thread-local).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnCtx {
     /// The client's address.
     pub peer: SocketAddr,
     /// The local address the client connected to (what Metadata and FindCoordinator advertise).
     pub local: SocketAddr,
+    /// The security protocol of the listener the client connected to.
+    pub protocol: auth::SecurityProtocol,
+    /// SASL progress and the authenticated principal.
+    pub session: auth::Session,
 }
 
 impl ConnCtx {
@@ -186,6 +206,7 @@ pub(crate) struct Shared {
     pub(crate) cfg: BrokerConfig,
     pub(crate) logs: Arc<LogManager>,
     pub(crate) groups: Arc<GroupCoordinator>,
+    pub(crate) security: Arc<auth::Security>,
     stop: AtomicBool,
     conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
     next_conn: AtomicU64,
@@ -270,9 +291,11 @@ pub struct Broker;
 
 pub struct BrokerHandle {
     addr: SocketAddr,
+    /// Every listener with its bound address (port 0 resolved).
+    listeners: Vec<auth::Listener>,
     logs: Arc<LogManager>,
     shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    accept: Vec<JoinHandle<()>>,
 }
 
 impl Broker {
@@ -306,21 +329,30 @@ impl Broker {
                 format!("default_partitions must be within 1..={}", cfg.partitions_per_topic_max),
             ));
         }
+        let wanted = cfg.effective_listeners();
+        auth::check_available(&wanted).map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
         let logs = LogManager::open(&cfg.data_dir, storage, cfg.log.clone()).map_err(io::Error::other)?;
+        let security = auth::Security::open(cfg.security.clone(), &cfg.data_dir).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if let Some((open, limit)) = crate::log::manager::descriptors() {
             tracing::info!(open, limit, "file descriptors after opening the logs");
             if open + crate::log::manager::DESCRIPTORS_RESERVED_MIN > limit {
                 tracing::warn!(open, limit, "few file descriptors left for connections: raise the limit (ulimit -n)");
             }
         }
-        let listener = TcpListener::bind(cfg.listen)?;
+        let mut bound = Vec::with_capacity(wanted.len());
+        for l in &wanted {
+            let listener = TcpListener::bind(l.addr).map_err(|e| io::Error::new(e.kind(), format!("cannot bind listener {l}: {e}")))?;
+            let addr = listener.local_addr()?;
+            bound.push((auth::Listener { protocol: l.protocol, addr }, listener));
+        }
         let cfg_in_flight = cfg.request_bytes_in_flight_max;
-        let addr = listener.local_addr()?;
+        let addr = bound[0].0.addr;
         let groups = GroupCoordinator::new(logs.clone())?;
         let shared = Arc::new(Shared {
             cfg,
             logs: logs.clone(),
             groups,
+            security,
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
@@ -328,16 +360,38 @@ impl Broker {
             per_ip: Mutex::new(HashMap::new()),
             in_flight: ByteBudget::new(cfg_in_flight),
         });
-        let s = shared.clone();
-        let accept = std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener))?;
-        tracing::info!(%addr, durability = %shared.cfg.log.durability, "broker listening");
-        Ok(BrokerHandle { addr, logs, shared, accept: Some(accept) })
+        let listeners: Vec<auth::Listener> = bound.iter().map(|(l, _)| l.clone()).collect();
+        let mut accept = Vec::with_capacity(bound.len());
+        for (l, listener) in bound {
+            let s = shared.clone();
+            let protocol = l.protocol;
+            match std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener, protocol)) {
+                Ok(h) => accept.push(h),
+                Err(e) => {
+                    // Stop the accept threads already started before failing.
+                    let mut h = BrokerHandle { addr, listeners: listeners.clone(), logs, shared, accept };
+                    h.stop_listening();
+                    return Err(e);
+                }
+            }
+            tracing::info!(listener = %l, durability = %shared.cfg.log.durability, "broker listening");
+        }
+        Ok(BrokerHandle { addr, listeners, logs, shared, accept })
     }
 }
 
 impl BrokerHandle {
+    /// The first listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+    /// Every listener with its bound address.
+    pub fn listeners(&self) -> &[auth::Listener] {
+        &self.listeners
+    }
+    /// The bound address of the first listener of `protocol`.
+    pub fn listener_addr(&self, protocol: auth::SecurityProtocol) -> Option<SocketAddr> {
+        self.listeners.iter().find(|l| l.protocol == protocol).map(|l| l.addr)
     }
     pub fn logs(&self) -> &Arc<LogManager> {
         &self.logs
@@ -370,9 +424,11 @@ impl BrokerHandle {
 
     fn stop_listening(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        // Wake the accept thread with a connection of our own.
-        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), std::time::Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
+        // Wake the accept threads with a connection of our own each.
+        for l in &self.listeners {
+            let _ = TcpStream::connect_timeout(&wake_addr(l.addr), std::time::Duration::from_secs(1));
+        }
+        for h in self.accept.drain(..) {
             let _ = h.join();
         }
         let conns: Vec<Arc<TcpStream>> =
@@ -387,7 +443,7 @@ impl BrokerHandle {
 
 impl Drop for BrokerHandle {
     fn drop(&mut self) {
-        if self.accept.is_some() {
+        if !self.accept.is_empty() {
             self.stop_listening();
         }
     }
@@ -422,7 +478,7 @@ impl RateLog {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: auth::SecurityProtocol) {
     let mut refused = RateLog::new("connections refused");
     let mut failed = RateLog::new("accept failed");
     let mut backoff = Duration::ZERO;
@@ -447,7 +503,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             let _ = stream.shutdown(Shutdown::Both);
             continue;
         }
-        if let Err(e) = start_connection(&shared, stream) {
+        if let Err(e) = start_connection(&shared, stream, protocol) {
             tracing::warn!("cannot start connection threads: {e}");
         }
     }
@@ -483,16 +539,16 @@ fn release_ip(shared: &Shared, ip: IpAddr) {
     }
 }
 
-fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
+fn start_connection(shared: &Arc<Shared>, stream: TcpStream, protocol: auth::SecurityProtocol) -> io::Result<()> {
     let peer = stream.peer_addr()?;
-    let r = start_connection_threads(shared, stream, peer);
+    let r = start_connection_threads(shared, stream, peer, protocol);
     if r.is_err() {
         release_ip(shared, peer.ip());
     }
     r
 }
 
-fn start_connection_threads(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+fn start_connection_threads(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, protocol: auth::SecurityProtocol) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     // Reads wake at least this often, to enforce the request deadline and the idle timeout.
     stream.set_read_timeout(Some(read_tick(&shared.cfg)))?;
@@ -523,7 +579,8 @@ fn start_connection_threads(shared: &Arc<Shared>, stream: TcpStream, peer: Socke
         .stack_size(CONNECTION_STACK_BYTES)
         .spawn(move || {
             let _guard = rguard;
-            reader_loop(&s, stream, tx, peer, local);
+            let ctx = ConnCtx { peer, local, protocol, session: auth::Session::new(protocol) };
+            reader_loop(&s, stream, tx, ctx);
             s.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             release_ip(&s, peer.ip());
         });
@@ -625,8 +682,8 @@ fn read_request<'s, R: Read>(shared: &'s Shared, r: &mut R) -> Result<Option<(Ve
     Ok(Some((buf, permit)))
 }
 
-fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
-    let mut ctx = ConnCtx { peer, local };
+fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, mut ctx: ConnCtx) {
+    let peer = ctx.peer;
     let mut r = BufReader::with_capacity(CONNECTION_BUFFER_BYTES, &*stream);
     loop {
         let (frame, permit) = match read_request(shared, &mut r) {
