@@ -26,8 +26,15 @@ pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
 pub const ILLEGAL_SASL_STATE: i16 = 34;
 pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
 
+/// Kafka's connection.failed.authentication.delay.ms default: the connection of a failed
+/// authentication is closed this long after its response is sent (KIP-306: slows down
+/// password guessing; and clients such as kafka-python read the error response before they
+/// see the close, instead of reporting a bare disconnection).
+pub const FAILED_AUTHENTICATION_DELAY_MS: u64 = 100;
+
 /// Send `payload` as one frame, then close the connection (a failed authentication: the
-/// client reads the error, the broker serves nothing more on this connection).
+/// client reads the error, the broker serves nothing more on this connection) after
+/// [`FAILED_AUTHENTICATION_DELAY_MS`].
 ///
 /// Written by the connection's writer in request order, like the zero-copy Fetch.
 pub fn respond_then_close(payload: Vec<u8>, reason: String) -> Reply {
@@ -37,6 +44,7 @@ pub fn respond_then_close(payload: Vec<u8>, reason: String) -> Reply {
         frame.extend_from_slice(&payload);
         stream.write_all(&frame)?;
         stream.flush()?;
+        std::thread::sleep(std::time::Duration::from_millis(FAILED_AUTHENTICATION_DELAY_MS));
         // An error ends the writer, which shuts the socket down (the reader then stops).
         Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason))
     }))

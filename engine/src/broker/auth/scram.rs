@@ -232,7 +232,12 @@ impl ScramServer {
         if cbind != Some(expected_cbind.as_str()) {
             return Err("SCRAM channel binding does not match".into());
         }
-        if nonce != Some(self.nonce.as_str()) {
+        // RFC 5802 wants the nonce echoed exactly. librdkafka 2.0.2 (Debian 12's kcat) sends its
+        // client nonce once more in front of it; Kafka accepted that for years (its server
+        // checked that the nonce ends with the server-first nonce), and so do we: the nonce
+        // still has to carry this exchange's fresh server nonce, and the proof covers the whole
+        // message as sent.
+        if !nonce.is_some_and(|n| n.ends_with(self.nonce.as_str())) {
             return Err("SCRAM nonce does not match".into());
         }
         let proof = B64.decode(proof).map_err(|_| "SCRAM proof is not base64".to_string())?;
