@@ -36,7 +36,7 @@ fn main() {
                     }
                 }
                 if let Some(t) = &top {
-                    for d in ["loadgen/src", "engine/src", "loadgen/Cargo.toml", "engine/Cargo.toml", "Cargo.lock"] {
+                    for d in ["loadgen/src", "engine/src", "crates", "loadgen/Cargo.toml", "engine/Cargo.toml", "Cargo.lock"] {
                         println!("cargo:rerun-if-changed={t}/{d}");
                     }
                 }

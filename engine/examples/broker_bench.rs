@@ -12,6 +12,11 @@
 //! (partitions rotate). Consumers: one thread per connection fetching its partitions from
 //! offset 0 to the end and around again, for `--fetch-seconds`.
 
+/// The broker's process allocator (`io::sys::GuardedAlloc`), installed by this binary as the broker
+/// binary does (a library never installs one): hostile array counts must not abort it.
+#[global_allocator]
+static GLOBAL: engine::io::sys::GuardedAlloc = engine::io::sys::GuardedAlloc;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -357,7 +357,7 @@ fn describe_cluster_with_confluent_kafka() {
 #[test]
 fn group_deletions_survive_a_power_cut() {
     use bytes::BytesMut;
-    use engine::broker::Reply;
+    use engine::groups::Reply;
     use engine::groups::{self, GroupConfig, GroupCoordinator};
     use engine::io::{CrashMode, SimIo};
     use engine::log::{LogConfig, LogManager};

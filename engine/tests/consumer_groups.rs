@@ -2,13 +2,18 @@
 //! as the broker calls it: join/sync/heartbeat/leave, session expiry, generation errors,
 //! committed offsets and producer ids surviving a reopen of the log manager.
 
+/// The broker's process allocator (`io::sys::GuardedAlloc`), installed by this test binary as the broker
+/// binary does (a library never installs one): hostile array counts must not abort it.
+#[global_allocator]
+static GLOBAL: engine::io::sys::GuardedAlloc = engine::io::sys::GuardedAlloc;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use engine::broker::Reply;
+use engine::groups::Reply;
 use engine::groups::{self, err, GroupConfig, GroupCoordinator, GroupState};
 use engine::io::UringIo;
 use engine::log::{Durability, LogConfig, LogManager};
@@ -57,7 +62,6 @@ fn call_raw_as<Resp: Decodable + HeaderVersion>(
         .with_client_id(Some(s("tester")));
     let mut body = body;
     let out = match groups::handle(c, key, v, &header, &mut body) {
-        Reply::Now(b) => b,
         Reply::Later(f) => f(),
         other => panic!("group API gave no response: {other:?}"),
     };

@@ -1,5 +1,10 @@
 //! Regression tests for inputs the fuzzers (engine/fuzz) found. Each is named after what broke.
 
+/// The broker's process allocator (`io::sys::GuardedAlloc`), installed by this test binary as the broker
+/// binary does (a library never installs one): hostile array counts must not abort it.
+#[global_allocator]
+static GLOBAL: engine::io::sys::GuardedAlloc = engine::io::sys::GuardedAlloc;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -5,6 +5,11 @@
 //! `FUZZ_SEED_DIR=engine/fuzz/corpus cargo test -p engine --test fault_fuzz_seeds` writes the
 //! seeds to `<dir>/<target>/seed-*` (scripts/faults/fuzz.sh does this for an empty corpus).
 
+/// The broker's process allocator (`io::sys::GuardedAlloc`), installed by this test binary as the broker
+/// binary does (a library never installs one): hostile array counts must not abort it.
+#[global_allocator]
+static GLOBAL: engine::io::sys::GuardedAlloc = engine::io::sys::GuardedAlloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -23,6 +23,11 @@
 //! * long profile: `FAULT_SECONDS=600 cargo test -p engine --test fault_simulation -- --nocapture`
 //!   (seeds from a random base, printed, for the given wall time).
 
+/// The broker's process allocator (`io::sys::GuardedAlloc`), installed by this test binary as the broker
+/// binary does (a library never installs one): hostile array counts must not abort it.
+#[global_allocator]
+static GLOBAL: engine::io::sys::GuardedAlloc = engine::io::sys::GuardedAlloc;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -30,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use engine::broker::Reply;
+use engine::groups::Reply;
 use engine::groups::{self, err, store::OFFSETS_TOPIC, GroupCoordinator};
 use engine::io::{CrashMode, SimIo};
 use engine::log::{AppendError, Durability, LogConfig, LogManager, Partition};
@@ -165,7 +170,6 @@ fn call<Req: Encodable, Resp: Decodable + HeaderVersion>(
         .with_client_id(Some(s("fault-sim")));
     let mut body = buf.freeze();
     let out = match groups::handle(c, key, v, &header, &mut body) {
-        Reply::Now(b) => b,
         Reply::Later(f) => f(),
         other => return Err(format!("api {key} v{v} gave no response: {other:?}")),
     };

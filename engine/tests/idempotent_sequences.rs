@@ -1,6 +1,11 @@
 //! Per-(producer, partition) sequence checks of the idempotent producer, against Kafka's
 //! `ProducerAppendInfo.checkSequence` / `ProducerStateEntry.findDuplicateBatch` semantics.
 
+/// The broker's process allocator (`io::sys::GuardedAlloc`), installed by this test binary as the broker
+/// binary does (a library never installs one): hostile array counts must not abort it.
+#[global_allocator]
+static GLOBAL: engine::io::sys::GuardedAlloc = engine::io::sys::GuardedAlloc;
+
 use std::sync::Arc;
 
 use engine::io::UringIo;

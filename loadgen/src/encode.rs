@@ -1,9 +1,9 @@
 //! Hot-path record generation: payload pool, keys, and a record batch v2 encoder that writes
 //! records straight into the batch buffer (no per-record allocation) and stamps each value's
 //! first 8 bytes with the record's intended send time (wall-clock µs, big-endian) for end-to-end
-//! latency. Output is byte-compatible with `engine::record::build` (tested below).
+//! latency. Output is byte-compatible with `zl_record::build` (tested below).
 
-use engine::record::{compute_crc, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
+use zl_record::{compute_crc, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
 use rand::{Rng, SeedableRng};
 
 use crate::produce::{Codec, Compressor};
@@ -536,7 +536,7 @@ pub fn for_each_value(records: &[u8], mut f: impl FnMut(&[u8])) -> (u64, u64, Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engine::record::build;
+    use zl_record::build;
 
     #[test]
     fn encoder_matches_engine_builder() {
@@ -559,7 +559,7 @@ mod tests {
             .collect();
         let theirs = build::batch_with(&recs, 1_000, -1, -1, -1);
         assert_eq!(ours, theirs);
-        engine::record::validate(&ours, 1 << 20).unwrap();
+        zl_record::validate(&ours, 1 << 20).unwrap();
         // decode it back
         let mut seen = Vec::new();
         let (n, bytes, next) = for_each_value(&ours, |v| seen.push(v.to_vec()));
@@ -587,7 +587,7 @@ mod tests {
                 }
                 let (batch, _, _) = b.finish();
                 assert_eq!(b.last_compression.is_some(), codec != Codec::None, "{codec:?}");
-                engine::record::validate_all(&batch, 1 << 20).unwrap_or_else(|e| panic!("{codec:?}: {e}"));
+                zl_record::validate_all(&batch, 1 << 20).unwrap_or_else(|e| panic!("{codec:?}: {e}"));
                 let attrs = i16::from_be_bytes([batch[21], batch[22]]);
                 assert_eq!(attrs & 7, codec as i16);
                 let mut buf = bytes::Bytes::from(batch.clone());

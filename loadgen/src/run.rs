@@ -111,6 +111,7 @@ pub struct Outcome {
 
 enum Embedded {
     None,
+    #[cfg(feature = "embedded")]
     Broker(engine::broker::BrokerHandle, tempfile::TempDir),
 }
 
@@ -122,6 +123,7 @@ struct Setup {
     /// Latest offset of every partition at setup, per layout (empty for the sink).
     start_offsets: Vec<Vec<(i32, i64)>>,
     calibration: Option<Calibration>,
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     embedded: Embedded,
     identity: Option<crate::results::TargetIdentity>,
     /// Deletes the per-run topics of an external cluster when the run ends.
@@ -181,6 +183,15 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
             let dir = opts.data_dir.clone().unwrap_or_else(|| opts.out_dir.clone());
             ("external", addrs, "unknown".to_string(), Embedded::None, dir)
         }
+        #[cfg(not(feature = "embedded"))]
+        None => {
+            return Err(RunError::Usage(
+                "no --bootstrap given: the embedded broker (the default target) is not built into this loadgen \
+                 (built without the `embedded` feature); pass --bootstrap host:port[,...] or rebuild with default features"
+                    .into(),
+            ))
+        }
+        #[cfg(feature = "embedded")]
         None => {
             let durability: engine::log::Durability = w.durability.parse().map_err(RunError::Usage)?;
             let parent = opts.data_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -1128,6 +1139,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     let interrupted = INTERRUPTED.load(Ordering::Relaxed);
     let summary = setup_summary(&setup);
     drop(ctx);
+    #[cfg(feature = "embedded")]
     if let Embedded::Broker(h, tmp) = setup.embedded {
         if let Err(e) = h.shutdown() {
             metrics.fail(format!("embedded broker shutdown: {e}"));

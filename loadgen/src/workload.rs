@@ -318,7 +318,7 @@ fn default_durability() -> String {
     "never".into()
 }
 fn default_direct_io() -> bool {
-    engine::log::LogConfig::default().direct_io
+    zl_log::LogConfig::default().direct_io
 }
 fn default_drain() -> f64 {
     10.0
@@ -453,7 +453,7 @@ impl Workload {
                 self.headers, self.header_value_bytes
             ));
         }
-        self.durability.parse::<engine::log::Durability>()?;
+        self.durability.parse::<zl_log::Durability>()?;
         for (field, v) in [
             ("durationSeconds", self.duration_seconds),
             ("warmupSeconds", self.warmup_seconds),
@@ -824,7 +824,7 @@ mod tests {
     #[test]
     fn direct_io_follows_the_engine_default_the_yaml_and_the_flag() {
         let w = Workload::from_yaml("name: x\n").unwrap();
-        assert_eq!(w.direct_io, engine::log::LogConfig::default().direct_io);
+        assert_eq!(w.direct_io, zl_log::LogConfig::default().direct_io);
         let mut w = Workload::from_yaml("name: x\ndirectIo: false\n").unwrap();
         assert!(!w.direct_io);
         Overrides { direct_io: Some(true), ..Default::default() }.apply(&mut w).unwrap();

@@ -2,7 +2,7 @@
 //! stream of length-prefixed frames (`wire::read_frame`), each parsed with
 //! `wire::parse_request_header` and, for a supported version, decoded with the protocol crate
 //! for its api key (what the handlers do with `wire::decode_body`). Must never panic or abort.
-//! Linking `engine` also links its process allocator (io::sys::GuardedAlloc), which the broker
+//! It installs the broker's process allocator (io::sys::GuardedAlloc), which the broker binary
 //! relies on to survive hostile array counts — so this target checks that defence too.
 #![no_main]
 use std::io::Cursor;
@@ -11,6 +11,9 @@ use bytes::Bytes;
 use engine::wire;
 use kafka_protocol::messages::RequestKind;
 use libfuzzer_sys::fuzz_target;
+
+#[global_allocator]
+static GLOBAL: engine::io::sys::GuardedAlloc = engine::io::sys::GuardedAlloc;
 
 fuzz_target!(|data: &[u8]| {
     let mut stream = Cursor::new(data);

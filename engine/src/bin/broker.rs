@@ -17,6 +17,11 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use engine::broker::{Broker, BrokerConfig};
 use engine::log::Durability;
 
+/// The process allocator (see `engine::io::sys::GuardedAlloc`): installed here, by the binary,
+/// never by a library.
+#[global_allocator]
+static GLOBAL: engine::io::sys::GuardedAlloc = engine::io::sys::GuardedAlloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "broker", about = "Kafka-compatible zero-copy partitioned-log broker")]
 struct Args {

@@ -178,6 +178,16 @@ impl std::fmt::Debug for Reply {
     }
 }
 
+/// The group coordinator's outcome (it knows nothing of connections) as a connection reply.
+impl From<crate::groups::Reply> for Reply {
+    fn from(r: crate::groups::Reply) -> Self {
+        match r {
+            crate::groups::Reply::Later(f) => Reply::Later(f),
+            crate::groups::Reply::Close(reason) => Reply::Close(reason),
+        }
+    }
+}
+
 /// What a request handler knows of the connection it serves. One per connection, owned by
 /// whoever reads that connection's requests; handlers get it as `&mut` (per-connection
 /// state such as an authenticated session belongs here, never in a thread-local).

@@ -1,6 +1,11 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+/// The broker's process allocator (`io::sys::GuardedAlloc`), installed by this test binary as the broker
+/// binary does (a library never installs one): hostile array counts must not abort it.
+#[global_allocator]
+static GLOBAL: engine::io::sys::GuardedAlloc = engine::io::sys::GuardedAlloc;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -462,7 +462,7 @@ pub(super) fn group_request(
     body: Bytes,
 ) -> Reply {
     let cid = header.correlation_id;
-    let forward = |mut b: Bytes, version: i16| crate::groups::handle_at(&shared.groups, ctx.advertised(), key, version, header, &mut b);
+    let forward = |mut b: Bytes, version: i16| crate::groups::handle_at(&shared.groups, ctx.advertised(), key, version, header, &mut b).into();
     let supported = crate::groups::SUPPORTED_APIS.iter().any(|&(k, lo, hi)| k == key && (lo..=hi).contains(&v));
     if !supported {
         // The coordinator closes the connection with its reason.
@@ -640,7 +640,7 @@ fn offset_commit(az: &Authz, cid: i32, v: i16, body: Bytes, forward: impl FnOnce
     let wire_v = v.max(2);
     let hv = OffsetCommitResponse::header_version(v);
     let req = if v < 2 {
-        crate::groups::decode_offset_commit_v0_v1(&mut body.clone(), v)
+        crate::wire::decode_offset_commit_v0_v1(&mut body.clone(), v)
     } else {
         OffsetCommitRequest::decode(&mut body.clone(), v).ok()
     };

@@ -121,7 +121,7 @@ class JavaAdminInteropTest extends BrokerTestBase {
             assertEquals("1048588", c.get("max.message.bytes").value());
             assertEquals(ConfigEntry.ConfigSource.DEFAULT_CONFIG, c.get("max.message.bytes").source());
 
-            // APPEND on a list key: compaction is served (engine/src/log/cleaner.rs) and joins delete.
+            // APPEND on a list key: compaction is served (crates/zl-log/src/cleaner.rs) and joins delete.
             a.incrementalAlterConfigs(Map.of(r, List.of(
                     new AlterConfigOp(new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.APPEND))))
                     .all().get(30, TimeUnit.SECONDS);

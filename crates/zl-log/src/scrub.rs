@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::manager::LogManager;
 use super::segment::read_fully;
-use crate::io::IoFile;
-use crate::record::{self, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
+use zl_io::IoFile;
+use zl_record::{self as record, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
 
 /// A pass starts at most this often (the first right after the logs are opened).
 pub const SCRUB_PASS_INTERVAL: Duration = Duration::from_secs(3600);

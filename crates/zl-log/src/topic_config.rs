@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::LogConfig;
-use crate::io::Io;
+use zl_io::Io;
 
 /// Directory (under the data directory) holding each topic's overrides. Its name has no `-`
 /// followed by digits, so it is never taken for a partition directory.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::topic_config::{self, ConfigError, TopicConfig};
 use super::{Durability, LogConfig, Partition, RecoveryError};
-use crate::io::Io;
+use zl_io::Io;
 
 /// Wakes long-polling readers when any partition's high watermark advances.
 #[derive(Debug, Default)]

@@ -19,8 +19,8 @@ use std::io;
 use std::os::fd::RawFd;
 
 use super::put_uvarint;
-use crate::io::sys;
-use crate::log::FileRange;
+use zl_io::sys;
+use zl_log::FileRange;
 
 /// Largest Fetch version framed here.
 pub const FETCH_VERSION_MAX: i16 = 12;
@@ -236,7 +236,7 @@ impl FetchFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{Io, SimIo};
+    use zl_io::{Io, SimIo};
     use bytes::Bytes;
     use kafka_protocol::messages::{FetchResponse, ResponseHeader};
     use kafka_protocol::protocol::Decodable;
@@ -247,7 +247,7 @@ mod tests {
     fn hand_framed_fetch_decodes_with_kafka_protocol_at_every_version() {
         let io = SimIo::new();
         let f = io.open(Path::new("/seg"), true).unwrap();
-        let batch = crate::record::build::simple_batch(3, 10, 1000);
+        let batch = zl_record::build::simple_batch(3, 10, 1000);
         f.write_at(b"xxxx", 0).unwrap();
         f.write_at(&batch, 4).unwrap();
         f.write_at(&batch, 4 + batch.len() as u64).unwrap();
@@ -305,7 +305,7 @@ mod tests {
         reader.join().unwrap()
     }
 
-    fn frame_over(f: &Arc<dyn crate::io::IoFile>, batch: &[u8]) -> FetchFrame {
+    fn frame_over(f: &Arc<dyn zl_io::IoFile>, batch: &[u8]) -> FetchFrame {
         let records = vec![
             FileRange { file: f.clone(), position: 3, len: batch.len() as u64 },
             FileRange { file: f.clone(), position: 3 + batch.len() as u64, len: batch.len() as u64 },
@@ -316,10 +316,10 @@ mod tests {
 
     #[test]
     fn send_matches_the_framed_bytes_with_sendfile_and_with_read_at_copies() {
-        let batch = crate::record::build::simple_batch(50, 100, 7);
+        let batch = zl_record::build::simple_batch(50, 100, 7);
         // Real file: records go out with sendfile.
         let dir = tempfile::tempdir().unwrap();
-        let real = crate::io::UringIo.open(&dir.path().join("seg"), true).unwrap();
+        let real = zl_io::UringIo.open(&dir.path().join("seg"), true).unwrap();
         // Simulated file: no descriptor, copied with read_at.
         let sim = SimIo::new().open(Path::new("/seg"), true).unwrap();
         for f in [real, sim] {

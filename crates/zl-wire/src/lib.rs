@@ -10,13 +10,14 @@
 //!
 //! Architecture invariant: nothing here trusts a length from the network before checking it
 //! against what is actually there (frame size against `frame_bytes_max` before allocating).
+#![forbid(unsafe_code)]
 
 pub mod fetch;
 
 use std::io::{self, Read};
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 /// Kafka error codes used by the broker.
@@ -143,7 +144,7 @@ pub fn decode_request_body(api: ApiKey, version: i16, body: &mut Bytes) -> Resul
     match api {
         ApiKey::Produce if version <= 2 => Err(format!("Produce v{version} is answered UNSUPPORTED_VERSION without a decode"))?,
         ApiKey::OffsetCommit if version < 2 => {
-            crate::groups::decode_offset_commit_v0_v1(body, version).ok_or("malformed OffsetCommit v0/v1")?;
+            decode_offset_commit_v0_v1(body, version).ok_or("malformed OffsetCommit v0/v1")?;
         }
         ApiKey::Produce => d::<m::ProduceRequest>(body, version)?,
         ApiKey::Fetch => d::<m::FetchRequest>(body, version)?,
@@ -205,6 +206,70 @@ impl AsApiKey for i16 {
     fn as_api_key(&self) -> Option<ApiKey> {
         ApiKey::try_from(*self).ok()
     }
+}
+
+/// OffsetCommit v0/v1 (not in kafka-protocol 0.18):
+/// v0 `group_id topics[name partitions[index offset metadata]]`;
+/// v1 `group_id generation member_id topics[name partitions[index offset timestamp metadata]]`.
+pub fn decode_offset_commit_v0_v1(body: &mut Bytes, v: i16) -> Option<OffsetCommitRequest> {
+    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    use kafka_protocol::messages::{GroupId, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    fn string(b: &mut Bytes) -> Option<Option<StrBytes>> {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let n = b.get_i16();
+        if n < 0 {
+            return Some(None);
+        }
+        if b.remaining() < n as usize {
+            return None;
+        }
+        StrBytes::from_utf8(b.split_to(n as usize)).ok().map(Some)
+    }
+    fn count(b: &mut Bytes, min_item_bytes: usize) -> Option<usize> {
+        if b.remaining() < 4 {
+            return None;
+        }
+        let n = b.get_i32();
+        // Bound the count by what the remaining bytes could hold (no huge allocations).
+        (n >= 0 && (n as usize).saturating_mul(min_item_bytes) <= b.remaining()).then_some(n as usize)
+    }
+    let mut r = OffsetCommitRequest::default();
+    r.group_id = GroupId(string(body)??);
+    r.generation_id_or_member_epoch = -1;
+    if v == 1 {
+        if body.remaining() < 4 {
+            return None;
+        }
+        r.generation_id_or_member_epoch = body.get_i32();
+        r.member_id = string(body)??;
+    }
+    let nt = count(body, 6)?;
+    for _ in 0..nt {
+        let mut t = OffsetCommitRequestTopic::default();
+        t.name = TopicName(string(body)??);
+        let np = count(body, 14)?;
+        for _ in 0..np {
+            let mut p = OffsetCommitRequestPartition::default();
+            if body.remaining() < 12 {
+                return None;
+            }
+            p.partition_index = body.get_i32();
+            p.committed_offset = body.get_i64();
+            if v == 1 {
+                if body.remaining() < 8 {
+                    return None;
+                }
+                body.get_i64(); // commit timestamp (ignored, as Kafka >= 2.1 does)
+            }
+            p.committed_metadata = string(body)?;
+            t.partitions.push(p);
+        }
+        r.topics.push(t);
+    }
+    Some(r)
 }
 
 /// Append a Kafka unsigned varint.

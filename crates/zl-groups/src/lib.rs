@@ -22,6 +22,7 @@
 //! FindCoordinator answers with node 0 and the local address of the connection the request came
 //! in on (passed to [`handle_at`] by the broker), falling back to
 //! [`GroupConfig::host`]/[`GroupConfig::port`].
+#![forbid(unsafe_code)]
 
 mod admin;
 pub mod coordinator;
@@ -33,13 +34,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
-use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
@@ -48,11 +48,31 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use crate::broker::Reply;
-use crate::log::{LogManager, Partition};
+use zl_log::{LogManager, Partition};
+use zl_wire::decode_offset_commit_v0_v1;
 pub use coordinator::{GroupConfig, GroupState};
 use coordinator::{JoinArgs, StateMachine};
 use store::{Committed, CommitEntry, GroupOffsets};
+
+/// What the coordinator answers a request with. It knows nothing of sockets or of the broker's
+/// connection threads: the broker maps it onto its own reply (`broker::Reply`).
+pub enum Reply {
+    /// Computed later, in request order (the work may wait for a rebalance or an fdatasync):
+    /// returns the response header + body, without the 4-byte size prefix. An empty result
+    /// means the response could not be encoded (the connection is closed).
+    Later(Box<dyn FnOnce() -> Vec<u8> + Send>),
+    /// No response: close the connection (after the replies queued before it), logging the reason.
+    Close(String),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Later(_) => write!(f, "Later"),
+            Reply::Close(r) => write!(f, "Close({r})"),
+        }
+    }
+}
 
 /// Kafka error codes used here.
 pub mod err {
@@ -283,7 +303,7 @@ impl GroupCoordinator {
                     last = Some(info.next_offset);
                     saved.insert(g, v);
                 }
-                Err(crate::log::AppendError::Corrupt(e)) => {
+                Err(zl_log::AppendError::Corrupt(e)) => {
                     tracing::error!(group = %g, bytes = v.len(), "group metadata not persisted: {e}");
                 }
                 Err(e) => {
@@ -620,67 +640,6 @@ pub fn handle_at(
 
 // ------------------------------------------------------------------ OffsetCommit
 
-/// OffsetCommit v0/v1 (not in kafka-protocol 0.18):
-/// v0 `group_id topics[name partitions[index offset metadata]]`;
-/// v1 `group_id generation member_id topics[name partitions[index offset timestamp metadata]]`.
-pub(crate) fn decode_offset_commit_v0_v1(body: &mut Bytes, v: i16) -> Option<OffsetCommitRequest> {
-    fn string(b: &mut Bytes) -> Option<Option<StrBytes>> {
-        if b.remaining() < 2 {
-            return None;
-        }
-        let n = b.get_i16();
-        if n < 0 {
-            return Some(None);
-        }
-        if b.remaining() < n as usize {
-            return None;
-        }
-        StrBytes::from_utf8(b.split_to(n as usize)).ok().map(Some)
-    }
-    fn count(b: &mut Bytes, min_item_bytes: usize) -> Option<usize> {
-        if b.remaining() < 4 {
-            return None;
-        }
-        let n = b.get_i32();
-        // Bound the count by what the remaining bytes could hold (no huge allocations).
-        (n >= 0 && (n as usize).saturating_mul(min_item_bytes) <= b.remaining()).then_some(n as usize)
-    }
-    let mut r = OffsetCommitRequest::default();
-    r.group_id = GroupId(string(body)??);
-    r.generation_id_or_member_epoch = -1;
-    if v == 1 {
-        if body.remaining() < 4 {
-            return None;
-        }
-        r.generation_id_or_member_epoch = body.get_i32();
-        r.member_id = string(body)??;
-    }
-    let nt = count(body, 6)?;
-    for _ in 0..nt {
-        let mut t = OffsetCommitRequestTopic::default();
-        t.name = TopicName(string(body)??);
-        let np = count(body, 14)?;
-        for _ in 0..np {
-            let mut p = OffsetCommitRequestPartition::default();
-            if body.remaining() < 12 {
-                return None;
-            }
-            p.partition_index = body.get_i32();
-            p.committed_offset = body.get_i64();
-            if v == 1 {
-                if body.remaining() < 8 {
-                    return None;
-                }
-                body.get_i64(); // commit timestamp (ignored, as Kafka >= 2.1 does)
-            }
-            p.committed_metadata = string(body)?;
-            t.partitions.push(p);
-        }
-        r.topics.push(t);
-    }
-    Some(r)
-}
-
 fn offset_commit(c: &GroupCoordinator, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = req.group_id.as_str();
     let code = c.sm.validate_commit(
@@ -689,7 +648,7 @@ fn offset_commit(c: &GroupCoordinator, req: OffsetCommitRequest) -> OffsetCommit
         req.group_instance_id.as_ref().map(|s| s.as_str()),
         req.generation_id_or_member_epoch,
     );
-    let now = crate::log::now_ms();
+    let now = zl_log::now_ms();
     let mut entries = Vec::new();
     for t in &req.topics {
         for p in &t.partitions {

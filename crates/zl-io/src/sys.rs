@@ -465,9 +465,6 @@ unsafe impl std::alloc::GlobalAlloc for GuardedAlloc {
     }
 }
 
-#[global_allocator]
-static GLOBAL: GuardedAlloc = GuardedAlloc;
-
 /// A zero-filled buffer of `len` bytes, or `None` when the memory cannot be had (an
 /// address-space or memory limit): `vec![0u8; len]` would abort the process instead. Large
 /// buffers come from `alloc_zeroed` (calloc / fresh mmap: pages are touched only as they are
@@ -487,6 +484,11 @@ pub fn try_zeroed_vec(len: usize) -> Option<Vec<u8>> {
     // (zeroed); ownership passes to the Vec, which frees it with the same layout.
     Some(unsafe { Vec::from_raw_parts(p, len, len) })
 }
+
+/// The unit tests below need the allocator installed (only the test binary; a library never does).
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: GuardedAlloc = GuardedAlloc;
 
 #[cfg(test)]
 mod tests {

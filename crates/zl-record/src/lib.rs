@@ -22,6 +22,7 @@
 //!     57     4  recordCount            yes
 //!     61     …  records                yes
 //! ```
+#![forbid(unsafe_code)]
 
 /// Size of the fixed batch header (through `recordCount`).
 pub const BATCH_HEADER_BYTES: usize = 61;
@@ -636,7 +637,7 @@ pub fn stamp_log_append_time(buf: &mut [u8], now: i64, max_batch_bytes: usize) -
 
 /// Append `v` as a zigzag varint (Kafka's record fields): the one encoder the batch builder and
 /// the log cleaner's rewrite share.
-pub(crate) fn put_varint(out: &mut Vec<u8>, v: i64) {
+pub fn put_varint(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);

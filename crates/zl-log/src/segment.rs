@@ -12,8 +12,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::io::{Io, IoFile};
-use crate::record::{self, BatchError, BatchInfo, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
+use zl_io::{Io, IoFile};
+use zl_record::{self as record, BatchError, BatchInfo, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD};
 
 /// Largest partitionLeaderEpoch a stored batch may carry. This single-node log stamps every
 /// batch with epoch 0; replication would raise this bound as epochs advance.

@@ -214,7 +214,7 @@ impl Group {
             generation: self.generation,
             protocol: self.protocol.clone(),
             leader: self.leader.clone(),
-            state_timestamp_ms: crate::log::now_ms(),
+            state_timestamp_ms: zl_log::now_ms(),
             members: self
                 .members
                 .values()

@@ -2,12 +2,12 @@
 //! first offset whose *record* timestamp is >= the target (`LogSegment.findOffsetByTimestamp`
 //! walks the records of the first batch whose max timestamp reaches it), not the batch's base
 //! offset. The batch holds the bytes exactly as the producer sent them; its records are walked
-//! by [`crate::record::first_record_at_or_after`], the same decompressing walk Produce validates
+//! by [`zl_record::first_record_at_or_after`], the same decompressing walk Produce validates
 //! with (same codecs, same decompression limits): memory stays at the decoder's window whatever
 //! the batch decompresses to (a batch with a valid CRC may still be a decompression bomb), and
 //! the walk stops at the first record that answers.
 
-use crate::record;
+use zl_record as record;
 
 /// The first record of `batch` (one whole v2 batch, as stored) whose timestamp is >= `target`:
 /// (its offset, its timestamp). `Ok(None)` when no record reaches it.
@@ -40,7 +40,7 @@ pub fn first_at_or_after_from(batch: &[u8], target: i64, from: u64) -> Result<Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::build;
+    use zl_record::build;
     use bytes::Bytes;
 
     #[test]
@@ -49,7 +49,7 @@ mod tests {
         let recs: Vec<build::Rec> =
             (0..100).map(|i| build::Rec { key: None, value: Some(b"v"), timestamp_delta: i * 10 }).collect();
         let mut batch = build::batch_with(&recs, 1000, -1, -1, -1);
-        crate::record::patch_base_offset(&mut batch, 500);
+        zl_record::patch_base_offset(&mut batch, 500);
         assert_eq!(first_at_or_after(&batch, 1300).unwrap(), Some((530, 1300)));
         assert_eq!(first_at_or_after(&batch, 1301).unwrap(), Some((531, 1310)));
         assert_eq!(first_at_or_after(&batch, 0).unwrap(), Some((500, 1000)));
@@ -93,9 +93,9 @@ mod tests {
             let mut buf = bytes::BytesMut::new();
             RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
             let mut batch = buf.to_vec();
-            let info = crate::record::validate(&batch, 1 << 20).unwrap_or_else(|e| panic!("{compression:?}: {e}"));
+            let info = zl_record::validate(&batch, 1 << 20).unwrap_or_else(|e| panic!("{compression:?}: {e}"));
             assert_eq!((info.record_count, info.size_bytes), (100, batch.len()), "{compression:?}: one batch");
-            crate::record::patch_base_offset(&mut batch, 1_000);
+            zl_record::patch_base_offset(&mut batch, 1_000);
             assert_eq!(first_at_or_after(&batch, 5_300).unwrap(), Some((1_030, 5_300)), "{compression:?}");
             assert_eq!(first_at_or_after(&batch, 5_291).unwrap(), Some((1_030, 5_300)), "{compression:?}");
             assert_eq!(first_at_or_after(&batch, 5_991).unwrap(), None, "{compression:?}");
@@ -107,10 +107,10 @@ mod tests {
             let big: u64 = mib << 20;
             let mut rec0 = vec![0u8, 0, 0, 1]; // attributes, ts delta 0, offset delta 0, key null (-1)
             let mut value_len = Vec::new();
-            crate::wire::put_uvarint(&mut value_len, big << 1); // zig-zag varint
+            zl_record::put_varint(&mut value_len, big as i64); // zig-zag varint
             rec0.extend(&value_len);
             let rec0_len = rec0.len() as u64 + big + 1; // + value + header count
-            crate::wire::put_uvarint(&mut plain, rec0_len << 1);
+            zl_record::put_varint(&mut plain, rec0_len as i64);
             plain.extend(&rec0);
             let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
             std::io::Write::write_all(&mut enc, &plain).unwrap();

@@ -3,6 +3,7 @@
 //! Architecture invariant: this module knows nothing about sockets or the Kafka wire protocol.
 //! It stores record batch v2 bytes exactly as produced (only `baseOffset` and
 //! `partitionLeaderEpoch`, both outside the CRC, are patched) and hands out file ranges.
+#![forbid(unsafe_code)]
 
 pub mod cleaner;
 pub mod manager;
@@ -19,7 +20,7 @@ pub use manager::{LogManager, Notifier, TopicError};
 pub use partition::{AppendInfo, FileRange, Partition, ReadSlice};
 pub use topic_config::{ConfigError, LiveConfig, TopicConfig};
 
-use crate::record::BatchError;
+use zl_record::BatchError;
 
 /// When an append is acknowledged relative to fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +110,7 @@ pub struct LogConfig {
     /// peak and ~30 % of median latency; see engine/PERF_NOTES.md, session 5.
     pub direct_io: bool,
     /// Walk every record of an appended batch (decompressing it) and refuse one a consumer
-    /// could not parse, as Kafka's LogValidator does ([`crate::record::validate_records`]).
+    /// could not parse, as Kafka's LogValidator does ([`zl_record::validate_records`]).
     /// Default on; off only to measure what it costs.
     pub validate_records: bool,
     /// Repair on open (`broker --repair`): a partition whose log is damaged below its recovery

@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::log::{now_ms, LogManager, Partition, TopicError};
-use crate::record::{self, build};
+use zl_log::{now_ms, LogManager, Partition, TopicError};
+use zl_record::{self as record, build};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const PRODUCER_IDS_TOPIC: &str = "__producer_ids";
@@ -463,7 +463,7 @@ pub fn restore_groups(part: &Partition) -> io::Result<HashMap<String, GroupRecor
 pub fn append_groups(
     part: &Partition,
     groups: &[(String, Option<Vec<u8>>)],
-) -> Result<crate::log::AppendInfo, crate::log::AppendError> {
+) -> Result<zl_log::AppendInfo, zl_log::AppendError> {
     let keys: Vec<Vec<u8>> = groups.iter().map(|(g, _)| group_key(g)).collect();
     let recs: Vec<build::Rec<'_>> = keys
         .iter()
@@ -480,7 +480,7 @@ pub fn append_commits(
     part: &Partition,
     group: &str,
     entries: &[CommitEntry],
-) -> Result<crate::log::AppendInfo, crate::log::AppendError> {
+) -> Result<zl_log::AppendInfo, zl_log::AppendError> {
     let keys: Vec<Vec<u8>> = entries.iter().map(|e| offset_key(group, &e.topic, e.partition)).collect();
     let values: Vec<Vec<u8>> = entries.iter().map(|e| offset_value(&e.committed)).collect();
     let recs: Vec<build::Rec<'_>> = keys
@@ -500,7 +500,7 @@ pub fn append_tombstones(
     group: &str,
     offsets: &[(String, i32)],
     group_too: bool,
-) -> Result<crate::log::AppendInfo, crate::log::AppendError> {
+) -> Result<zl_log::AppendInfo, zl_log::AppendError> {
     let mut keys: Vec<Vec<u8>> = offsets.iter().map(|(t, p)| offset_key(group, t, *p)).collect();
     if group_too {
         keys.push(group_key(group));
@@ -527,7 +527,7 @@ pub fn restore_pid_block_end(part: &Partition) -> io::Result<i64> {
 }
 
 /// Durably reserve producer ids below `block_end`.
-pub fn append_pid_block(part: &Partition, block_end: i64) -> Result<(), crate::log::AppendError> {
+pub fn append_pid_block(part: &Partition, block_end: i64) -> Result<(), zl_log::AppendError> {
     let mut v = Vec::with_capacity(10);
     v.extend_from_slice(&PID_VALUE_VERSION.to_be_bytes());
     v.extend_from_slice(&block_end.to_be_bytes());

@@ -36,8 +36,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::segment::{self, Segment};
 use super::{now_ms, AppendError, DeleteRecordsError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
-use crate::io::{Io, IoFile};
-use crate::record::{self, BatchInfo};
+use zl_io::{Io, IoFile};
+use zl_record::{self as record, BatchInfo};
 
 const RECOVERY_POINT: &str = "recovery-point";
 const RP_MAGIC: u32 = 0x5250_0001;
@@ -840,7 +840,7 @@ impl Partition {
             guard.result = Some(self.write_unlocked(&*file, buf, position));
         }
         #[cfg(feature = "slow-append")]
-        crate::io::sys::slow_append_penalty(started.elapsed());
+        zl_io::sys::slow_append_penalty(started.elapsed());
         Ok(AppendInfo { base_offset: base, last_offset: next - 1, next_offset: next, log_start_offset: log_start, duplicate: false })
     }
 

@@ -36,8 +36,8 @@ use super::manager::LogManager;
 use super::partition::Partition;
 use super::scrub::Throttle;
 use super::segment::{read_fully, Segment};
-use crate::io::IoFile;
-use crate::record::{self, build, BatchInfo, BATCH_HEADER_BYTES};
+use zl_io::IoFile;
+use zl_record::{self as record, build, BatchInfo, BATCH_HEADER_BYTES};
 
 /// Suffix of a compaction's output before it is renamed over its segment.
 pub const CLEANED_SUFFIX: &str = ".cleaned";
