@@ -191,7 +191,7 @@ impl From<crate::groups::Reply> for Reply {
 /// What a request handler knows of the connection it serves. One per connection, owned by
 /// whoever reads that connection's requests; handlers get it as `&mut` (per-connection
 /// state such as an authenticated session belongs here, never in a thread-local).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConnCtx {
     /// The client's address.
     pub peer: SocketAddr,

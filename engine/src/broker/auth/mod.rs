@@ -260,7 +260,7 @@ impl Authz {
 pub const SECURITY_DIR: &str = ".security";
 
 /// Where a SASL exchange stands on one connection.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub enum SaslState {
     /// No handshake yet.
     #[default]
@@ -277,7 +277,7 @@ pub enum SaslState {
 }
 
 /// The security side of one connection (in [`super::ConnCtx`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Session {
     /// The authenticated principal (`User:name`); None until SASL authentication succeeds.
     pub principal: Option<String>,

@@ -100,6 +100,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A SCRAM exchange in progress on one connection (after the client-first message).
+#[derive(Clone)]
 pub struct ScramServer {
     hash: ScramHash,
     user: String,
