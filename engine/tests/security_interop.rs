@@ -1,7 +1,8 @@
 //! SASL and ACLs with real clients over a SASL_PLAINTEXT listener (issue 18): confluent-kafka
-//! and kafka-python (`tests/interop/security.py`), kcat (Debian's librdkafka 2.0.2), and the
-//! broker's own wire checks (nothing served before authentication, v0 handshake raw tokens,
-//! a failed login answered SASL_AUTHENTICATION_FAILED and closed).
+//! and kafka-python (`tests/interop/security.py`), kafkajs (`tests/interop/js/security.js`),
+//! kcat (Debian's librdkafka 2.0.2), and the broker's own wire checks (nothing served before
+//! authentication, v0 handshake raw tokens, a failed login answered SASL_AUTHENTICATION_FAILED
+//! and closed).
 
 mod common;
 
@@ -393,4 +394,35 @@ fn tls_listeners_are_refused_clearly() {
     cfg.listeners = parse_listeners("PLAINTEXT://127.0.0.1:0,SASL_SSL://127.0.0.1:0").unwrap();
     let e = Broker::start(cfg).err().expect("refused");
     assert!(e.to_string().contains("SASL_SSL is not available yet"), "{e}");
+}
+
+#[test]
+fn kafkajs_sasl_plain_scram_and_acls() {
+    let node = require_tool("node");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/js");
+    assert!(
+        dir.join("node_modules/kafkajs").is_dir(),
+        "kafkajs is not installed: run `npm ci --prefix engine/tests/interop/js` (.ci/run does)"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let broker = start_secured(data.path(), work.path(), true);
+    let out = run(Command::new(node).arg(dir.join("security.js")).args([&sasl_addr(&broker), "allowed-js", "denied-js"]), None, Duration::from_secs(400));
+    let out = String::from_utf8(out).unwrap();
+    println!("kafkajs: {out}");
+    let r: serde_json::Value = serde_json::from_str(out.lines().last().expect("one JSON line")).unwrap();
+    assert_eq!(r["create_acls"], true, "{r}");
+    assert_eq!(r["describe_acls"], 9, "{r}");
+    for user in ["alice", "bob", "carol"] {
+        let u = &r[user];
+        assert_eq!(u["produce_allowed"], serde_json::json!({"delivered": 3, "error": null}), "{user}: {u}");
+        assert_eq!(u["produce_denied"]["error"], "TOPIC_AUTHORIZATION_FAILED", "{user}: {u}");
+        assert_eq!(u["consume_allowed"], serde_json::json!({"read": 3, "error": null}), "{user}: {u}");
+        assert_eq!(u["consume_denied"]["error"], "TOPIC_AUTHORIZATION_FAILED", "{user}: {u}");
+        assert_eq!(u["wrong_password"], "KafkaJSSASLAuthenticationError", "{user}: {u}");
+    }
+    assert_eq!(r["delete_acls"], 1, "{r}");
+    assert_eq!(r["alice_after_delete"]["error"], "TOPIC_AUTHORIZATION_FAILED", "{r}");
+    assert_eq!(broker.logs().partition("allowed-js", 0).unwrap().log_end_offset(), 9);
+    broker.shutdown().unwrap();
 }
