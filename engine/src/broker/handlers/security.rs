@@ -25,6 +25,7 @@ use crate::broker::auth::credentials::ScramChange;
 use crate::broker::auth::scram::{ScramCredential, ScramHash, ITERATIONS_MAX, ITERATIONS_MIN};
 use crate::broker::auth::{codes, Authz, Operation, ResourceType};
 use crate::broker::{ConnCtx, Reply, Shared};
+use crate::groups::Reply as GroupReply;
 use crate::wire::{self, error};
 
 fn s(v: &str) -> StrBytes {
@@ -418,7 +419,7 @@ fn reencode<R: Encodable>(req: &R, version: i16) -> Option<Bytes> {
 /// Rewrite the response the coordinator produces (`version`: the body's layout version,
 /// `header_version`: its header's).
 fn post<R: Decodable + Encodable + 'static>(
-    reply: Reply,
+    reply: GroupReply,
     cid: i32,
     version: i16,
     header_version: i16,
@@ -437,9 +438,8 @@ fn post<R: Decodable + Encodable + 'static>(
         encode_with(cid, version, header_version, &r)
     };
     match reply {
-        Reply::Now(v) => Reply::Now(rewrite(v)),
-        Reply::Later(g) => Reply::Later(Box::new(move || rewrite(g()))),
-        other => other,
+        GroupReply::Later(g) => Reply::Later(Box::new(move || rewrite(g()))),
+        GroupReply::Close(reason) => Reply::Close(reason),
     }
 }
 
@@ -462,11 +462,11 @@ pub(super) fn group_request(
     body: Bytes,
 ) -> Reply {
     let cid = header.correlation_id;
-    let forward = |mut b: Bytes, version: i16| crate::groups::handle_at(&shared.groups, ctx.advertised(), key, version, header, &mut b).into();
+    let forward = |mut b: Bytes, version: i16| crate::groups::handle_at(&shared.groups, ctx.advertised(), key, version, header, &mut b);
     let supported = crate::groups::SUPPORTED_APIS.iter().any(|&(k, lo, hi)| k == key && (lo..=hi).contains(&v));
     if !supported {
         // The coordinator closes the connection with its reason.
-        return forward(body, v);
+        return forward(body, v).into();
     }
     const DENIED_GROUP: i16 = codes::GROUP_AUTHORIZATION_FAILED;
     match key {
@@ -474,25 +474,25 @@ pub(super) fn group_request(
             Ok(req) if !group_ok(az, Operation::Read, &req.group_id) => {
                 respond(cid, v, &JoinGroupResponse::default().with_error_code(DENIED_GROUP).with_generation_id(-1))
             }
-            _ => forward(body, v),
+            _ => forward(body, v).into(),
         },
         14 => match SyncGroupRequest::decode(&mut body.clone(), v) {
             Ok(req) if !group_ok(az, Operation::Read, &req.group_id) => {
                 respond(cid, v, &SyncGroupResponse::default().with_error_code(DENIED_GROUP))
             }
-            _ => forward(body, v),
+            _ => forward(body, v).into(),
         },
         12 => match HeartbeatRequest::decode(&mut body.clone(), v) {
             Ok(req) if !group_ok(az, Operation::Read, &req.group_id) => {
                 respond(cid, v, &HeartbeatResponse::default().with_error_code(DENIED_GROUP))
             }
-            _ => forward(body, v),
+            _ => forward(body, v).into(),
         },
         13 => match LeaveGroupRequest::decode(&mut body.clone(), v) {
             Ok(req) if !group_ok(az, Operation::Read, &req.group_id) => {
                 respond(cid, v, &LeaveGroupResponse::default().with_error_code(DENIED_GROUP))
             }
-            _ => forward(body, v),
+            _ => forward(body, v).into(),
         },
         10 => {
             let az = az.clone();
@@ -536,7 +536,7 @@ pub(super) fn group_request(
         }
         16 => {
             if az.allows_cluster(Operation::Describe) {
-                return forward(body, v);
+                return forward(body, v).into();
             }
             let az = az.clone();
             post(forward(body, v), cid, v, ListGroupsResponse::header_version(v), move |r: &mut ListGroupsResponse| {
@@ -565,10 +565,10 @@ pub(super) fn group_request(
                             .with_producer_id(ProducerId(-1))
                             .with_producer_epoch(-1),
                     ),
-                    None => forward(body, v),
+                    None => forward(body, v).into(),
                 }
             }
-            Err(_) => forward(body, v),
+            Err(_) => forward(body, v).into(),
         },
         8 => offset_commit(az, cid, v, body, forward),
         9 => offset_fetch(az, cid, v, body, forward),
@@ -577,7 +577,7 @@ pub(super) fn group_request(
                 let denied: Vec<GroupId> =
                     req.groups_names.iter().filter(|g| !group_ok(az, Operation::Delete, g)).cloned().collect();
                 if denied.is_empty() {
-                    return forward(body, v);
+                    return forward(body, v).into();
                 }
                 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
                 let denied_results: Vec<DeletableGroupResult> =
@@ -593,7 +593,7 @@ pub(super) fn group_request(
                     None => Reply::Close("DeleteGroups: cannot re-encode the authorized part".into()),
                 }
             }
-            Err(_) => forward(body, v),
+            Err(_) => forward(body, v).into(),
         },
         47 => match OffsetDeleteRequest::decode(&mut body.clone(), v) {
             Ok(req) if !group_ok(az, Operation::Delete, &req.group_id) => {
@@ -603,7 +603,7 @@ pub(super) fn group_request(
                 use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
                 let (ok, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut req.topics).into_iter().partition(|t| topic_ok(az, Operation::Read, &t.name));
                 if denied.is_empty() {
-                    return forward(body, v);
+                    return forward(body, v).into();
                 }
                 let denied: Vec<OffsetDeleteResponseTopic> = denied
                     .into_iter()
@@ -628,13 +628,13 @@ pub(super) fn group_request(
                     None => Reply::Close("OffsetDelete: cannot re-encode the authorized part".into()),
                 }
             }
-            Err(_) => forward(body, v),
+            Err(_) => forward(body, v).into(),
         },
-        _ => forward(body, v),
+        _ => forward(body, v).into(),
     }
 }
 
-fn offset_commit(az: &Authz, cid: i32, v: i16, body: Bytes, forward: impl FnOnce(Bytes, i16) -> Reply) -> Reply {
+fn offset_commit(az: &Authz, cid: i32, v: i16, body: Bytes, forward: impl FnOnce(Bytes, i16) -> GroupReply) -> Reply {
     use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
     // v0/v1 are decoded by the coordinator's hand decoder and answered in v2's layout.
     let wire_v = v.max(2);
@@ -644,7 +644,7 @@ fn offset_commit(az: &Authz, cid: i32, v: i16, body: Bytes, forward: impl FnOnce
     } else {
         OffsetCommitRequest::decode(&mut body.clone(), v).ok()
     };
-    let Some(mut req) = req else { return forward(body, v) };
+    let Some(mut req) = req else { return forward(body, v).into() };
     let answer = |topics: &[kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic], code: i16| -> Vec<OffsetCommitResponseTopic> {
         topics
             .iter()
@@ -661,7 +661,7 @@ fn offset_commit(az: &Authz, cid: i32, v: i16, body: Bytes, forward: impl FnOnce
     }
     let (ok, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut req.topics).into_iter().partition(|t| topic_ok(az, Operation::Read, &t.name));
     if denied.is_empty() {
-        return forward(body, v);
+        return forward(body, v).into();
     }
     let denied = answer(&denied, codes::TOPIC_AUTHORIZATION_FAILED);
     if ok.is_empty() {
@@ -675,9 +675,9 @@ fn offset_commit(az: &Authz, cid: i32, v: i16, body: Bytes, forward: impl FnOnce
     }
 }
 
-fn offset_fetch(az: &Authz, cid: i32, v: i16, body: Bytes, forward: impl FnOnce(Bytes, i16) -> Reply) -> Reply {
+fn offset_fetch(az: &Authz, cid: i32, v: i16, body: Bytes, forward: impl FnOnce(Bytes, i16) -> GroupReply) -> Reply {
     use kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup;
-    let Ok(mut req) = OffsetFetchRequest::decode(&mut body.clone(), v) else { return forward(body, v) };
+    let Ok(mut req) = OffsetFetchRequest::decode(&mut body.clone(), v) else { return forward(body, v).into() };
     let hv = OffsetFetchResponse::header_version(v);
     let az2 = az.clone();
     if v < 8 {
