@@ -114,6 +114,13 @@ struct Args {
     /// iterations, random salt) with the password read from stdin, and exit.
     #[arg(long, value_name = "MECHANISM:USER")]
     scram_credential: Option<String>,
+    /// Network threads multiplexing every connection (epoll); 0 = the number of cores.
+    #[arg(long, default_value_t = 0)]
+    network_threads: usize,
+    /// Log a line of network counters (connections per network thread, fetch wake-ups,
+    /// blocking and sync pool threads) this often, in ms; 0 = never.
+    #[arg(long, default_value_t = 0)]
+    stats_interval_ms: u64,
 }
 
 /// `--scram-credential MECHANISM:USER`: the credentials-file line, password from stdin.
@@ -212,6 +219,8 @@ fn main() -> ExitCode {
         tracing::error!("cannot start broker: {e}");
         return ExitCode::FAILURE;
     }
+    cfg.network_threads = args.network_threads;
+    cfg.stats_interval_ms = args.stats_interval_ms;
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

@@ -10,8 +10,8 @@
 //!
 //! Re-authentication (KIP-368) is not offered: `session_lifetime_ms` is 0.
 
-use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
@@ -21,6 +21,7 @@ use super::scram::ScramServer;
 use super::{Mechanism, SaslState};
 use crate::broker::{ConnCtx, Reply, Shared};
 use crate::wire;
+use crate::wire::fetch::{FetchFrame, Piece};
 
 pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
 pub const ILLEGAL_SASL_STATE: i16 = 34;
@@ -29,25 +30,15 @@ pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
 /// Kafka's connection.failed.authentication.delay.ms default: the connection of a failed
 /// authentication is closed this long after its response is sent (KIP-306: slows down
 /// password guessing; and clients such as kafka-python read the error response before they
-/// see the close, instead of reporting a bare disconnection).
+/// see the close: with the close right behind the response, kafka-python 3 reported a bare
+/// disconnection).
 pub const FAILED_AUTHENTICATION_DELAY_MS: u64 = 100;
 
-/// Send `payload` as one frame, then close the connection (a failed authentication: the
-/// client reads the error, the broker serves nothing more on this connection) after
-/// [`FAILED_AUTHENTICATION_DELAY_MS`].
-///
-/// Written by the connection's writer in request order, like the zero-copy Fetch.
+/// Answer `payload`, then close the connection [`FAILED_AUTHENTICATION_DELAY_MS`] later (a
+/// failed authentication: the session is failed, nothing more is read or served). The delay
+/// is a timer on the connection's network thread: no thread waits.
 pub fn respond_then_close(payload: Vec<u8>, reason: String) -> Reply {
-    Reply::Stream(Box::new(move |mut stream: &std::net::TcpStream| {
-        let mut frame = Vec::with_capacity(4 + payload.len());
-        frame.extend_from_slice(&(payload.len() as i32).to_be_bytes());
-        frame.extend_from_slice(&payload);
-        stream.write_all(&frame)?;
-        stream.flush()?;
-        std::thread::sleep(std::time::Duration::from_millis(FAILED_AUTHENTICATION_DELAY_MS));
-        // An error ends the writer, which shuts the socket down (the reader then stops).
-        Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason))
-    }))
+    Reply::NowThenClose(payload, reason, Duration::from_millis(FAILED_AUTHENTICATION_DELAY_MS))
 }
 
 pub(crate) fn handshake(shared: &Arc<Shared>, ctx: &mut ConnCtx, cid: i32, version: i16, mut body: Bytes) -> Result<Reply, String> {
@@ -167,11 +158,13 @@ pub(crate) fn authenticate(shared: &Arc<Shared>, ctx: &mut ConnCtx, cid: i32, ve
 /// A raw token after a v0 handshake (the frame is the token, the reply is the token).
 pub(crate) fn raw_token(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) -> Reply {
     match step(shared, ctx, &frame) {
-        // An empty token is an empty frame (PLAIN's success), which `Reply::Now` cannot carry.
-        Step::Reply(token) if token.is_empty() => Reply::Stream(Box::new(|mut stream: &std::net::TcpStream| {
-            stream.write_all(&0i32.to_be_bytes())?;
-            stream.flush()
-        })),
+        // An empty token is an empty frame (PLAIN's success), which `Reply::Now` cannot carry
+        // (an empty response means one that could not be encoded): a frame of its size prefix.
+        Step::Reply(token) if token.is_empty() => Reply::Frame(FetchFrame {
+            pieces: vec![Piece::Bytes(0i32.to_be_bytes().to_vec())],
+            total_bytes: 4,
+            records_bytes: 0,
+        }),
         Step::Reply(token) => Reply::Now(token),
         Step::Fail(msg) => {
             tracing::info!(peer = %ctx.peer, "SASL authentication (v0 handshake) failed: {msg}");

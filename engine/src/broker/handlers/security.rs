@@ -439,6 +439,10 @@ fn post<R: Decodable + Encodable + 'static>(
     };
     match reply {
         GroupReply::Later(g) => Reply::Later(Box::new(move || rewrite(g()))),
+        GroupReply::Pending(g) => GroupReply::Pending(Box::new(move |respond: crate::groups::Respond| {
+            g(Box::new(move |bytes| respond(rewrite(bytes))))
+        }))
+        .into(),
         GroupReply::Close(reason) => Reply::Close(reason),
     }
 }
