@@ -15,12 +15,13 @@ use engine::broker::auth::{acl, credentials, parse_listeners, scram, Mechanism, 
 use engine::broker::{Broker, BrokerConfig, BrokerHandle};
 use engine::log::Durability;
 
-/// PLAIN admin (super user) and alice; SCRAM-SHA-256 bob; SCRAM-SHA-512 carol.
+/// PLAIN admin (super user), alice and u (password p: a 4-byte PLAIN token); SCRAM-SHA-256
+/// bob; SCRAM-SHA-512 carol.
 fn users_file(dir: &Path) -> std::path::PathBuf {
     let bob = scram::ScramCredential::from_password(scram::ScramHash::Sha256, "bob-secret", b"bob-salt-0123456", 4096);
     let carol = scram::ScramCredential::from_password(scram::ScramHash::Sha512, "carol-secret", b"carol-salt-01234", 4096);
     let text = format!(
-        "PLAIN admin admin-secret\nPLAIN alice alice-secret\n{}\n{}\n",
+        "PLAIN admin admin-secret\nPLAIN alice alice-secret\nPLAIN u p\n{}\n{}\n",
         credentials::scram_line(Mechanism::ScramSha256, "bob", &bob),
         credentials::scram_line(Mechanism::ScramSha512, "carol", &carol)
     );
@@ -317,6 +318,12 @@ fn sasl_handshake_v0_raw_tokens() {
     let mut c = sasl_client(&broker);
     assert_eq!(c.call(0, &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"))).error_code, 0);
     assert!(raw(&mut c, &plain_token("alice", "wrong-password")).is_err(), "v0: a failure closes the connection");
+
+    // A token shorter than any request header is still a token (not a too-small frame).
+    let mut c = sasl_client(&broker);
+    assert_eq!(c.call(0, &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"))).error_code, 0);
+    assert_eq!(raw(&mut c, &plain_token("u", "p")).unwrap(), Vec::<u8>::new(), "a 4-byte PLAIN token");
+    assert_eq!(c.call(12, &MetadataRequest::default()).brokers.len(), 1);
 
     // SCRAM-SHA-256 over raw frames, the client side computed here (RFC 5802).
     let mut c = sasl_client(&broker);
