@@ -370,3 +370,41 @@ fn joins_waiting_for_a_rebalance_hold_no_thread() {
         assert_eq!(r.generation_id, ra.generation_id);
     }
 }
+
+#[test]
+fn pipelined_group_requests_of_a_connection_are_handled_one_at_a_time() {
+    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), Durability::Group, 1);
+    let mut c = Client::connect(broker.local_addr());
+    create_topic(&mut c, "committed", 1);
+    let group = || GroupId(StrBytes::from_static_str("serial"));
+    // Each OffsetCommit is followed at once (pipelined, same write) by an OffsetFetch: as in
+    // Kafka, the fetch is handled after the commit completed, so it sees the offset.
+    let mut frames = Vec::new();
+    let mut cids = Vec::new();
+    for offset in 1..=20i64 {
+        let commit = OffsetCommitRequest::default().with_group_id(group()).with_generation_id_or_member_epoch(-1).with_topics(vec![
+            OffsetCommitRequestTopic::default()
+                .with_name(topic("committed"))
+                .with_partitions(vec![OffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(offset)]),
+        ]);
+        let (cc, f) = c.frame(7, &commit);
+        frames.extend_from_slice(&f);
+        let fetch = OffsetFetchRequest::default()
+            .with_group_id(group())
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default().with_name(topic("committed")).with_partition_indexes(vec![0])]));
+        let (fc, f) = c.frame(7, &fetch);
+        frames.extend_from_slice(&f);
+        cids.push((offset, cc, fc));
+    }
+    c.stream.write_all(&frames).unwrap();
+    for (offset, cc, fc) in cids {
+        let r = c.recv::<OffsetCommitRequest>(7, cc);
+        assert_eq!(r.topics[0].partitions[0].error_code, 0, "commit of {offset}");
+        let f = c.recv::<OffsetFetchRequest>(7, fc);
+        assert_eq!(f.error_code, 0);
+        assert_eq!(f.topics[0].partitions[0].committed_offset, offset, "the fetch pipelined behind the commit of {offset}");
+    }
+}

@@ -357,7 +357,14 @@ fn anonymous_plaintext_principal_under_the_authorizer() {
     use acl::{Operation::*, PatternType::*, ResourceType::*};
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    preset_acls(data.path(), &[("User:ANONYMOUS", Describe, Topic, Literal, "visible"), ("User:ANONYMOUS", Create, Topic, Literal, "visible")]);
+    preset_acls(
+        data.path(),
+        &[
+            ("User:ANONYMOUS", Describe, Topic, Literal, "visible"),
+            ("User:ANONYMOUS", Create, Topic, Literal, "visible"),
+            ("User:ANONYMOUS", Read, Group, Literal, "g848"),
+        ],
+    );
     let broker = start_secured(data.path(), work.path(), true);
     broker.logs().create_topic("hidden", 1, None).unwrap();
     let mut c = Client::connect(broker.listener_addr(SecurityProtocol::Plaintext).unwrap());
@@ -390,6 +397,28 @@ fn anonymous_plaintext_principal_under_the_authorizer() {
     assert_eq!(c.call(0, &DescribeClusterRequest::default()).error_code, 31);
     let acls = c.call(3, &DescribeAclsRequest::default().with_resource_type_filter(1).with_pattern_type_filter(1).with_operation(1).with_permission_type(1));
     assert_eq!(acls.error_code, 31, "ACLs are not shown to a principal without Describe on the cluster");
+
+    // KIP-848: ConsumerGroupHeartbeat needs Read on the group and Describe on each subscribed
+    // topic; ConsumerGroupDescribe needs Describe on the group.
+    let heartbeat = |group: &str, topic: &str| {
+        let mut r = ConsumerGroupHeartbeatRequest::default();
+        r.group_id = GroupId(StrBytes::from_string(group.into()));
+        r.member_id = StrBytes::from_static_str("member-1");
+        r.rebalance_timeout_ms = 30_000;
+        r.subscribed_topic_names = Some(vec![TopicName(StrBytes::from_string(topic.into()))]);
+        r.topic_partitions = Some(vec![]);
+        r
+    };
+    assert_eq!(c.call(1, &heartbeat("other", "visible")).error_code, 30);
+    let r = c.call(1, &heartbeat("g848", "hidden"));
+    assert_eq!(r.error_code, 29);
+    assert!(r.error_message.unwrap().contains("hidden"));
+    let r = c.call(1, &heartbeat("g848", "visible"));
+    assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+    assert_eq!(r.member_epoch, 1, "joined");
+    let d = c.call(0, &ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(StrBytes::from_static_str("g848")), GroupId(StrBytes::from_static_str("other"))]));
+    assert_eq!(d.groups.iter().map(|g| (g.group_id.to_string(), g.error_code)).collect::<Vec<_>>(), [("g848".to_string(), 0), ("other".to_string(), 30)]);
+    assert_eq!(d.groups[0].members.len(), 1, "Read on the group implies Describe");
     broker.shutdown().unwrap();
 }
 

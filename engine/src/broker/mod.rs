@@ -114,6 +114,12 @@ pub struct BrokerConfig {
     pub listeners: Vec<auth::Listener>,
     /// SASL credentials, the authorizer, super users (`auth`).
     pub security: auth::SecurityConfig,
+    /// Consumer group protocol (KIP-848): a member without a heartbeat for this long is
+    /// removed (group.consumer.session.timeout.ms, default 45 s) ...
+    pub consumer_session_timeout_ms: i32,
+    /// ... and the heartbeat interval members are told (group.consumer.heartbeat.interval.ms,
+    /// default 5 s; must be below the session timeout).
+    pub consumer_heartbeat_interval_ms: i32,
 }
 
 impl BrokerConfig {
@@ -146,6 +152,8 @@ impl BrokerConfig {
             stats_interval_ms: 0,
             listeners: Vec::new(),
             security: auth::SecurityConfig::default(),
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }
@@ -376,7 +384,18 @@ impl Broker {
         }
         let cfg_in_flight = cfg.request_bytes_in_flight_max;
         let addr = bound[0].0.addr;
-        let groups = GroupCoordinator::new(logs.clone())?;
+        if cfg.consumer_heartbeat_interval_ms < 1 || cfg.consumer_heartbeat_interval_ms >= cfg.consumer_session_timeout_ms {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the consumer group heartbeat interval must be positive and below the session timeout",
+            ));
+        }
+        let group_cfg = crate::groups::GroupConfig {
+            consumer_session_timeout_ms: cfg.consumer_session_timeout_ms,
+            consumer_heartbeat_interval_ms: cfg.consumer_heartbeat_interval_ms,
+            ..Default::default()
+        };
+        let groups = GroupCoordinator::with_config(logs.clone(), group_cfg)?;
         let shared = Arc::new(Shared {
             cfg,
             logs: logs.clone(),

@@ -724,7 +724,9 @@ impl Worker {
             return;
         }
         if c.pool_seq == Some(seq) {
+            // Its later requests may be handled now.
             c.pool_seq = None;
+            self.dirty.push(key);
         }
         let idx = (seq - c.head_seq) as usize;
         if idx >= c.slots.len() {
@@ -762,6 +764,10 @@ impl Worker {
                 Err(e) => Out::Close(format!("fetch read failed: {e}")),
             },
             Reply::Later(f) => {
+                // On the blocking pool; the connection's later requests wait for it (as in
+                // Kafka, one request of a connection is handled at a time: an OffsetFetch
+                // pipelined behind an OffsetCommit sees it, a LeaveGroup follows the commit).
+                c.pool_seq = Some(seq);
                 let responder = Responder::net(self.me.clone(), key, gen, seq);
                 self.shared.pool.spawn(move || {
                     let v = f();

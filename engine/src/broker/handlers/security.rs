@@ -10,7 +10,10 @@
 //! Describe group; ListGroups: Describe cluster, else only the groups the principal may
 //! Describe; DeleteGroups: Delete group; OffsetDelete: Delete group, Read topic;
 //! InitProducerId: Write transactional id, or IdempotentWrite on the cluster (or Write on some
-//! topic, KIP-679). A request filtered this way is re-encoded for the coordinator and its
+//! topic, KIP-679); ConsumerGroupHeartbeat (KIP-848): Read group, Describe on each subscribed
+//! topic name (else TOPIC_AUTHORIZATION_FAILED naming them; a regex subscription is resolved by
+//! the coordinator over every topic: the topics' Read is still checked at Fetch);
+//! ConsumerGroupDescribe: Describe group. A request filtered this way is re-encoded for the coordinator and its
 //! response merged with the refused parts.
 
 use std::sync::Arc;
@@ -574,6 +577,49 @@ pub(super) fn group_request(
             }
             Err(_) => forward(body, v).into(),
         },
+        68 => match ConsumerGroupHeartbeatRequest::decode(&mut body.clone(), v) {
+            // KIP-848, as KafkaApis: Read on the group; Describe on every subscribed topic name.
+            Ok(req) if !group_ok(az, Operation::Read, &req.group_id) => respond(
+                cid,
+                v,
+                &ConsumerGroupHeartbeatResponse::default()
+                    .with_error_code(DENIED_GROUP)
+                    .with_error_message(Some(s("Authorization failed."))),
+            ),
+            Ok(req) => {
+                let denied: Vec<String> = req
+                    .subscribed_topic_names
+                    .iter()
+                    .flatten()
+                    .filter(|t| !topic_ok(az, Operation::Describe, t))
+                    .map(|t| t.to_string())
+                    .collect();
+                if denied.is_empty() {
+                    forward(body, v).into()
+                } else {
+                    respond(
+                        cid,
+                        v,
+                        &ConsumerGroupHeartbeatResponse::default()
+                            .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
+                            .with_error_message(Some(s(&format!("Topics not authorized: {}", denied.join(", "))))),
+                    )
+                }
+            }
+            Err(_) => forward(body, v).into(),
+        },
+        69 => {
+            let az = az.clone();
+            post(forward(body, v), cid, v, ConsumerGroupDescribeResponse::header_version(v), move |r: &mut ConsumerGroupDescribeResponse| {
+                for g in r.groups.iter_mut().filter(|g| !group_ok(&az, Operation::Describe, &g.group_id)) {
+                    let id = g.group_id.clone();
+                    *g = kafka_protocol::messages::consumer_group_describe_response::DescribedGroup::default()
+                        .with_group_id(id)
+                        .with_error_code(DENIED_GROUP)
+                        .with_error_message(Some(s("Authorization failed.")));
+                }
+            })
+        }
         8 => offset_commit(az, cid, v, body, forward),
         9 => offset_fetch(az, cid, v, body, forward),
         42 => match DeleteGroupsRequest::decode(&mut body.clone(), v) {
