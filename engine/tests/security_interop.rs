@@ -432,6 +432,25 @@ fn tls_listeners_are_refused_clearly() {
     assert!(e.to_string().contains("SASL_SSL is not available yet"), "{e}");
 }
 
+/// The binary: `--listen` and `--listeners` together are refused; SSL listeners are refused
+/// with the reason; `--super-users` needs `--authorizer`.
+#[test]
+fn broker_binary_refuses_conflicting_security_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for (args, want) in [
+        (vec!["--listen", "127.0.0.1:0", "--listeners", "SASL_PLAINTEXT://127.0.0.1:0"], "not both"),
+        (vec!["--listeners", "SSL://127.0.0.1:0"], "SSL is not available yet"),
+        (vec!["--super-users", "User:admin"], "--super-users needs --authorizer"),
+        (vec!["--listeners", "KERBEROS://127.0.0.1:0"], "unknown security protocol"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_broker")).args(["--data-dir", data]).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn kafkajs_sasl_plain_scram_and_acls() {
     let node = require_tool("node");

@@ -192,8 +192,14 @@ fn main() -> ExitCode {
     }
     // Flags with a file key apply when given on the command line (else the file's value or
     // the built-in default stays); the others always (their defaults are the built-in ones).
+    if given("listen") && args.listeners.is_some() {
+        tracing::error!("cannot start broker: give --listen (one PLAINTEXT listener) or --listeners, not both");
+        return ExitCode::FAILURE;
+    }
     if given("listen") {
+        // The flag wins over the file's `listeners`, whatever they were.
         cfg.listen = args.listen;
+        cfg.listeners.clear();
     }
     if given("default_partitions") {
         cfg.default_partitions = args.default_partitions;
