@@ -363,6 +363,7 @@ fn anonymous_plaintext_principal_under_the_authorizer() {
             ("User:ANONYMOUS", Describe, Topic, Literal, "visible"),
             ("User:ANONYMOUS", Create, Topic, Literal, "visible"),
             ("User:ANONYMOUS", Read, Group, Literal, "g848"),
+            ("User:ANONYMOUS", Write, TransactionalId, Literal, "tx-ok"),
         ],
     );
     let broker = start_secured(data.path(), work.path(), true);
@@ -419,6 +420,40 @@ fn anonymous_plaintext_principal_under_the_authorizer() {
     let d = c.call(0, &ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(StrBytes::from_static_str("g848")), GroupId(StrBytes::from_static_str("other"))]));
     assert_eq!(d.groups.iter().map(|g| (g.group_id.to_string(), g.error_code)).collect::<Vec<_>>(), [("g848".to_string(), 0), ("other".to_string(), 30)]);
     assert_eq!(d.groups[0].members.len(), 1, "Read on the group implies Describe");
+
+    // Transactions: Write on the transactional id, Write on the topics added.
+    let init = |id: &str| {
+        InitProducerIdRequest::default()
+            .with_transactional_id(Some(kafka_protocol::messages::TransactionalId(StrBytes::from_string(id.into()))))
+            .with_transaction_timeout_ms(60_000)
+    };
+    assert_eq!(c.call(4, &init("tx-denied")).error_code, 53);
+    let ok = c.call(4, &init("tx-ok"));
+    assert_eq!(ok.error_code, 0);
+    let end = EndTxnRequest::default().with_transactional_id(kafka_protocol::messages::TransactionalId(StrBytes::from_static_str("tx-denied"))).with_committed(true);
+    assert_eq!(c.call(3, &end).error_code, 53);
+    let add = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(kafka_protocol::messages::TransactionalId(StrBytes::from_static_str("tx-ok")))
+        .with_v3_and_below_producer_id(ok.producer_id)
+        .with_v3_and_below_producer_epoch(ok.producer_epoch)
+        .with_v3_and_below_topics(vec![kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("visible")))
+            .with_partitions(vec![0])]);
+    let r = c.call(3, &add);
+    assert_eq!(r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, 29, "no Write on the topic");
+    // A transaction of the super user admin (over SASL): hidden from ANONYMOUS.
+    let mut a = sasl_client(&broker);
+    assert_eq!(a.call(1, &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"))).error_code, 0);
+    assert_eq!(a.call(2, &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(plain_token("admin", "admin-secret")))).error_code, 0);
+    assert_eq!(a.call(4, &init("tx-admin")).error_code, 0);
+    let d = c.call(0, &DescribeTransactionsRequest::default().with_transactional_ids(vec![
+        kafka_protocol::messages::TransactionalId(StrBytes::from_static_str("tx-admin")),
+        kafka_protocol::messages::TransactionalId(StrBytes::from_static_str("tx-ok")),
+    ]));
+    assert_eq!(d.transaction_states.iter().map(|t| t.error_code).collect::<Vec<_>>(), [53, 0]);
+    let listed = c.call(0, &ListTransactionsRequest::default());
+    let ids: Vec<String> = listed.transaction_states.iter().map(|t| t.transactional_id.to_string()).collect();
+    assert_eq!(ids, ["tx-ok"], "only the Describe-able (Write implies Describe) transactional ids are listed");
     broker.shutdown().unwrap();
 }
 

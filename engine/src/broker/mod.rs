@@ -257,6 +257,8 @@ pub(crate) struct Shared {
     pub(crate) logs: Arc<LogManager>,
     pub(crate) groups: Arc<GroupCoordinator>,
     pub(crate) security: Arc<auth::Security>,
+    /// The transaction coordinator (issue 20).
+    pub(crate) txn: Arc<crate::txn::TxnCoordinator>,
     stop: AtomicBool,
     /// Connections open (counted at accept, until closed).
     open_conns: AtomicUsize,
@@ -396,11 +398,13 @@ impl Broker {
             ..Default::default()
         };
         let groups = GroupCoordinator::with_config(logs.clone(), group_cfg)?;
+        let txn = crate::txn::TxnCoordinator::new(logs.clone(), groups.clone())?;
         let shared = Arc::new(Shared {
             cfg,
             logs: logs.clone(),
             groups,
             security,
+            txn,
             stop: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),
             next_conn: AtomicU64::new(0),

@@ -804,3 +804,171 @@ fn offset_fetch(az: &Authz, cid: i32, v: i16, body: Bytes, forward: impl FnOnce(
         None => Reply::Close("OffsetFetch: cannot re-encode the authorized part".into()),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Transaction APIs under an authorizer (KafkaApis' checks)
+
+/// Rewrite a broker reply's response (the transaction coordinator answers `Later`).
+fn post_reply<R: Decodable + Encodable + HeaderVersion + 'static>(
+    reply: Reply,
+    cid: i32,
+    version: i16,
+    f: impl FnOnce(&mut R) + Send + 'static,
+) -> Reply {
+    let hv = R::header_version(version);
+    let rewrite = move |bytes: Vec<u8>| -> Vec<u8> {
+        let mut b = Bytes::from(bytes);
+        if b.is_empty() || ResponseHeader::decode(&mut b, hv).is_err() {
+            return Vec::new();
+        }
+        let Ok(mut r) = R::decode(&mut b, version) else { return Vec::new() };
+        f(&mut r);
+        encode_with(cid, version, hv, &r)
+    };
+    match reply {
+        Reply::Now(v) => Reply::Now(rewrite(v)),
+        Reply::Later(g) => Reply::Later(Box::new(move || rewrite(g()))),
+        other => other,
+    }
+}
+
+/// The transaction APIs' authorization, before `crate::txn::route` (with an authorizer):
+/// InitProducerId with a transactional id, AddPartitionsToTxn, AddOffsetsToTxn, EndTxn:
+/// Write on the transactional id (TRANSACTIONAL_ID_AUTHORIZATION_FAILED); AddPartitionsToTxn:
+/// Write on each topic (denied ones TOPIC_AUTHORIZATION_FAILED, the others
+/// OPERATION_NOT_ATTEMPTED, nothing added); AddOffsetsToTxn: Read on the group;
+/// TxnOffsetCommit: Write on the transactional id, Read on the group, Read on each topic
+/// (denied topics answered 29, the others committed); DescribeTransactions /
+/// ListTransactions: Describe on each transactional id (refused / left out). `None`: not a
+/// transaction request, or allowed whole: route it as usual.
+pub(super) fn txn_request(shared: &Arc<Shared>, az: &Authz, key: i16, v: i16, header: &RequestHeader, body: &Bytes) -> Option<Reply> {
+    const TXN_DENIED: i16 = codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+    const OPERATION_NOT_ATTEMPTED: i16 = 55;
+    let cid = header.correlation_id;
+    let txn_ok = |id: &str| az.allows(Operation::Write, ResourceType::TransactionalId, id);
+    let supported = crate::txn::TXN_APIS.iter().any(|&(k, lo, hi)| k == key && (lo..=hi).contains(&v));
+    match key {
+        22 => {
+            let req = InitProducerIdRequest::decode(&mut body.clone(), v).ok()?;
+            let id = req.transactional_id.as_ref().map(|t| t.to_string()).filter(|t| !t.is_empty())?;
+            (!txn_ok(&id)).then(|| {
+                respond(cid, v, &InitProducerIdResponse::default().with_error_code(TXN_DENIED).with_producer_id(ProducerId(-1)).with_producer_epoch(-1))
+            })
+        }
+        _ if !supported => None,
+        24 => {
+            use kafka_protocol::messages::add_partitions_to_txn_response::{AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult};
+            let req = AddPartitionsToTxnRequest::decode(&mut body.clone(), v).ok()?;
+            let id_ok = txn_ok(&req.v3_and_below_transactional_id);
+            let topic_denied = |t: &str| !az.allows(Operation::Write, ResourceType::Topic, t);
+            if id_ok && !req.v3_and_below_topics.iter().any(|t| topic_denied(&t.name)) {
+                return None;
+            }
+            let results = req
+                .v3_and_below_topics
+                .iter()
+                .map(|t| {
+                    let code = if !id_ok {
+                        TXN_DENIED
+                    } else if topic_denied(&t.name) {
+                        codes::TOPIC_AUTHORIZATION_FAILED
+                    } else {
+                        OPERATION_NOT_ATTEMPTED
+                    };
+                    AddPartitionsToTxnTopicResult::default().with_name(t.name.clone()).with_results_by_partition(
+                        t.partitions
+                            .iter()
+                            .map(|&p| AddPartitionsToTxnPartitionResult::default().with_partition_index(p).with_partition_error_code(code))
+                            .collect(),
+                    )
+                })
+                .collect();
+            Some(respond(cid, v, &AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)))
+        }
+        25 => {
+            let req = AddOffsetsToTxnRequest::decode(&mut body.clone(), v).ok()?;
+            let code = if !txn_ok(&req.transactional_id) {
+                TXN_DENIED
+            } else if !group_ok(az, Operation::Read, &req.group_id) {
+                codes::GROUP_AUTHORIZATION_FAILED
+            } else {
+                return None;
+            };
+            Some(respond(cid, v, &AddOffsetsToTxnResponse::default().with_error_code(code)))
+        }
+        26 => {
+            let req = EndTxnRequest::decode(&mut body.clone(), v).ok()?;
+            (!txn_ok(&req.transactional_id)).then(|| {
+                respond(cid, v, &EndTxnResponse::default().with_error_code(TXN_DENIED).with_producer_id(ProducerId(-1)).with_producer_epoch(-1))
+            })
+        }
+        28 => {
+            use kafka_protocol::messages::txn_offset_commit_response::{TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic};
+            let mut req = TxnOffsetCommitRequest::decode(&mut body.clone(), v).ok()?;
+            let answer = |topics: &[kafka_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequestTopic], code: i16| {
+                topics
+                    .iter()
+                    .map(|t| {
+                        TxnOffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| TxnOffsetCommitResponsePartition::default().with_partition_index(p.partition_index).with_error_code(code))
+                                .collect(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let whole = if !txn_ok(&req.transactional_id) {
+                Some(TXN_DENIED)
+            } else if !group_ok(az, Operation::Read, &req.group_id) {
+                Some(codes::GROUP_AUTHORIZATION_FAILED)
+            } else {
+                None
+            };
+            if let Some(code) = whole {
+                return Some(respond(cid, v, &TxnOffsetCommitResponse::default().with_topics(answer(&req.topics, code))));
+            }
+            let (ok, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut req.topics).into_iter().partition(|t| topic_ok(az, Operation::Read, &t.name));
+            if denied.is_empty() {
+                return None;
+            }
+            let denied = answer(&denied, codes::TOPIC_AUTHORIZATION_FAILED);
+            if ok.is_empty() {
+                return Some(respond(cid, v, &TxnOffsetCommitResponse::default().with_topics(denied)));
+            }
+            req.topics = ok;
+            let Some(mut b) = reencode(&req, v) else {
+                return Some(Reply::Close("TxnOffsetCommit: cannot re-encode the authorized part".into()));
+            };
+            let reply = crate::txn::route(&shared.txn, key, v, header, &mut b)?;
+            Some(post_reply(reply, cid, v, move |r: &mut TxnOffsetCommitResponse| r.topics.extend(denied)))
+        }
+        65 => {
+            let req = DescribeTransactionsRequest::decode(&mut body.clone(), v).ok()?;
+            let describe_ok = |id: &str| az.allows(Operation::Describe, ResourceType::TransactionalId, id);
+            if req.transactional_ids.iter().all(|id| describe_ok(id)) {
+                return None;
+            }
+            let az = az.clone();
+            let reply = crate::txn::route(&shared.txn, key, v, header, &mut body.clone())?;
+            Some(post_reply(reply, cid, v, move |r: &mut DescribeTransactionsResponse| {
+                for st in r.transaction_states.iter_mut() {
+                    if !az.allows(Operation::Describe, ResourceType::TransactionalId, &st.transactional_id) {
+                        let id = st.transactional_id.clone();
+                        *st = kafka_protocol::messages::describe_transactions_response::TransactionState::default()
+                            .with_transactional_id(id)
+                            .with_error_code(TXN_DENIED);
+                    }
+                }
+            }))
+        }
+        66 => {
+            let az = az.clone();
+            let reply = crate::txn::route(&shared.txn, key, v, header, &mut body.clone())?;
+            Some(post_reply(reply, cid, v, move |r: &mut ListTransactionsResponse| {
+                r.transaction_states.retain(|st| az.allows(Operation::Describe, ResourceType::TransactionalId, &st.transactional_id));
+            }))
+        }
+        _ => None,
+    }
+}
