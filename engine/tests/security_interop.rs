@@ -86,6 +86,10 @@ fn confluent_kafka_sasl_plain_scram_and_acls() {
     assert_eq!(r["dave_512_after_delete"], "_AUTHENTICATION", "{r}");
     assert_eq!(r["delete_acls"], 1, "{r}");
     assert_eq!(r["alice_after_delete"]["error"], "TOPIC_AUTHORIZATION_FAILED", "{r}");
+    assert_eq!(r["txn_allowed"], "committed", "{r}");
+    assert_eq!(r["txn_denied"], "TRANSACTIONAL_ID_AUTHORIZATION_FAILED", "{r}");
+    // Two records and the commit marker.
+    assert_eq!(broker.logs().partition("allowed-ck-tx", 0).unwrap().log_end_offset(), 3);
     // Every record acknowledged to alice, bob and carol is stored; none for the denied topic.
     assert_eq!(broker.logs().partition("allowed-ck", 0).unwrap().log_end_offset(), 9);
     assert_eq!(broker.logs().partition("denied-ck", 0).unwrap().log_end_offset(), 0);

@@ -13,8 +13,9 @@ confluent   (confluent-kafka, current librdkafka)
   (records read), consume --denied (the error).
   A wrong password (each mechanism): the error the client reports.
   AlterUserScramCredentials (dave, SCRAM-SHA-256 and -512), DescribeUserScramCredentials, dave
-  logs in with each (list_topics) and is denied a produce (no ACL); then DeleteAcls of alice's
-  Write: alice's next produce is denied.
+  logs in with each (list_topics) and is denied a produce (no ACL); bob's transactional
+  producer commits with Write on its transactional id and is refused without; then DeleteAcls
+  of alice's Write: alice's next produce is denied.
 kafka-python (kafka-python) the same checks, CreateAcls/DescribeAcls/DeleteAcls through its
   KafkaAdminClient.
 """
@@ -112,6 +113,21 @@ def ck_login_error(a, user, password, mechanism):
     return "_AUTHENTICATION" if "_AUTHENTICATION" in errs else (errs[0] if errs else failed)
 
 
+def ck_txn(a, cred, txn_id, topic, n):
+    """A transactional producer: init, n records, commit. The outcome, or the error's name."""
+    from confluent_kafka import Producer, KafkaException
+    p = Producer(ck_conf(a, *cred, **{"transactional.id": txn_id, "transaction.timeout.ms": 30000}))
+    try:
+        p.init_transactions(30)
+        p.begin_transaction()
+        for i in range(n):
+            p.produce(topic, value=b"t%d" % i)
+        p.commit_transaction(30)
+        return "committed"
+    except KafkaException as e:
+        return e.args[0].name()
+
+
 def confluent(a):
     from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient,
                                        NewTopic, ResourcePatternType, ResourceType, ScramCredentialInfo, ScramMechanism,
@@ -165,6 +181,15 @@ def confluent(a):
     dels = [UserScramCredentialDeletion("dave", ScramMechanism.SCRAM_SHA_512)]
     res["delete_scram"] = [("ok" if f.result(timeout=30) is None else "?") for f in admin.alter_user_scram_credentials(dels).values()]
     res["dave_512_after_delete"] = ck_login_error(a, "dave", "dave-secret", "SCRAM-SHA-512")
+    # Transactions: Write on the transactional id (bob has Write on the topics).
+    txn_topic = a.allowed + "-tx"
+    for f in admin.create_topics([NewTopic(txn_topic, 1)]).values():
+        f.result(timeout=30)
+    tx_acl = AclBinding(ResourceType.TRANSACTIONAL_ID, "tx-bob", ResourcePatternType.LITERAL, "User:bob", "*",
+                        AclOperation.WRITE, AclPermissionType.ALLOW)
+    list(admin.create_acls([tx_acl]).values())[0].result(timeout=30)
+    res["txn_allowed"] = ck_txn(a, USERS[1], "tx-bob", txn_topic, 2)
+    res["txn_denied"] = ck_txn(a, USERS[1], "tx-other", txn_topic, 1)
     # DeleteAcls: alice's Write goes.
     dflt = AclBindingFilter(ResourceType.TOPIC, a.allowed, ResourcePatternType.PREFIXED, "User:alice", "*",
                             AclOperation.WRITE, AclPermissionType.ALLOW)
