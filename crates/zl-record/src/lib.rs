@@ -394,6 +394,16 @@ fn read_varint<S: Source>(s: &mut S, max_bytes: u32) -> Result<i64, Stop> {
     Ok((raw >> 1) as i64 ^ -((raw & 1) as i64))
 }
 
+/// A zigzag varint of at most `max_bytes` bytes (5 for Kafka's varint, 10 for its varlong) at
+/// `b[*at..]`, advancing `*at` past it: the record walk's own decoder, for code that parses
+/// records from a slice. None if the input ends first or the varint is too long.
+pub fn read_varint_at(b: &[u8], at: &mut usize, max_bytes: u32) -> Option<i64> {
+    let mut s = SliceSource { b, at: *at };
+    let v = read_varint(&mut s, max_bytes).ok()?;
+    *at = s.at;
+    Some(v)
+}
+
 /// Walk `count` records; Ok(None) only if each parses, its fields fit in its declared length
 /// exactly, offset deltas are 0, 1, 2, ... and nothing follows the last record. With `until` =
 /// (timestamp, index), the walk stops at the first record at or after that index whose
