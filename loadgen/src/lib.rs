@@ -26,4 +26,5 @@ pub mod tagged;
 #[cfg(test)]
 pub mod testbroker;
 pub mod versus;
+pub mod workers;
 pub mod workload;
