@@ -794,6 +794,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn read_varint_at_decodes_what_put_varint_writes_and_refuses_short_or_long_input() {
+        let values = [0i64, 1, -1, 63, -64, 64, 300, -300, i32::MAX as i64, i32::MIN as i64];
+        let mut buf = Vec::new();
+        for v in values {
+            put_varint(&mut buf, v);
+        }
+        put_varint(&mut buf, i64::MIN);
+        let mut at = 0;
+        for v in values {
+            assert_eq!(read_varint_at(&buf, &mut at, 5), Some(v));
+        }
+        assert_eq!(read_varint_at(&buf, &mut at, 10), Some(i64::MIN));
+        assert_eq!(at, buf.len());
+        // Input ending inside a varint, and a varint longer than allowed.
+        let mut at = 0;
+        assert_eq!(read_varint_at(&[0x80, 0x80], &mut at, 5), None);
+        let mut at = 0;
+        assert_eq!(read_varint_at(&[0x80; 6], &mut at, 5), None);
+        // A varlong (10 bytes) is too long for a varint.
+        let mut at = 0;
+        assert_eq!(read_varint_at(&buf[buf.len() - 10..], &mut at, 5), None);
+    }
+
+    #[test]
     fn log_append_time_stamps_valid_batches_only() {
         let mut two = build::simple_batch(3, 10, 1_000);
         two.extend(build::simple_batch(2, 10, 2_000));
