@@ -7,6 +7,7 @@
 //!
 //! Precedence: a flag given on the command line > the `--config` file (Kafka's key names,
 //! [`engine::broker::properties`]) > the built-in default.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
