@@ -10,8 +10,8 @@ group:    consumers of one group on --topic (--partitions partitions, --count re
           must hold every partition and read it. Offsets are committed synchronously after each
           record, so every record must be read exactly once across the group. --assignor picks
           the server-side assignor (group.remote.assignor).
-kill:     A and B (B in a child process, committing after each record) split the partitions; B
-          is SIGKILLed (no leave); A must get B's partitions after the coordinator's session
+kill:     A and B (B in a child process, committing after each record) split the partitions and
+          read phase 1 (produced once they have); B is SIGKILLed (no leave); A must get B's partitions after the coordinator's session
           timeout and read phase 2 entirely; across A and B every record exactly once.
 survive:  a member reads phase 1, prints "phase1 read", waits for the file --flag (the test
           restarts the broker on the same address, then creates it), and must read phase 2:
@@ -199,10 +199,9 @@ def _victim(args, ready, go, q):
 def kill(args):
     deadline = time.time() + args.timeout
     n, seen = args.count, []
-    produce_phase(args, 0, n)
+    # B is forked before this process makes any librdkafka client.
     ctx = multiprocessing.get_context("fork")
     ready, go, q = ctx.Event(), ctx.Event(), ctx.Queue()
-    a = Reader(args, "A", seen)
     child = ctx.Process(target=_victim, args=(args, ready, go, q), daemon=True)
     child.start()
     from_b = []
@@ -211,13 +210,21 @@ def kill(args):
         while not q.empty():
             from_b.append((q.get(), "B"))
 
-    def step():
-        a.poll(0.05)
-        drain()
-
     try:
-        wait(deadline, lambda: ready.is_set() and a.parts() and len(a.parts()) < args.partitions
-             and len(seen) + len(from_b) >= n, step, "A and B to split the group and read phase 1")
+        from confluent_kafka.admin import AdminClient, NewTopic
+        admin = AdminClient({"bootstrap.servers": args.bootstrap})
+        admin.create_topics([NewTopic(args.topic, args.partitions, 1)])[args.topic].result(timeout=20)
+        a = Reader(args, "A", seen)
+
+        def step():
+            a.poll(0.05)
+            drain()
+
+        wait(deadline, lambda: ready.is_set() and a.parts() and len(a.parts()) < args.partitions,
+             step, "A and B to split the group")
+        # Phase 1 is produced once both hold partitions, so both read some of it.
+        produce_phase(args, 0, n)
+        wait(deadline, lambda: len(seen) + len(from_b) >= n and from_b, step, "A and B to read phase 1")
         # Let B's last commits land, then kill it without a leave.
         end = time.time() + 1.0
         while time.time() < end:
