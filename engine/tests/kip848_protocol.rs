@@ -163,6 +163,7 @@ fn consumer_protocol_member_lifecycle_on_the_wire() {
     assert_eq!(r.groups[0].group_state.to_string(), "Stable");
     assert_eq!(r.groups[0].assignor_name.to_string(), "range");
     assert_eq!(r.groups[0].members.len(), 2);
+    assert!(r.groups[0].members.iter().all(|m| m.client_host.as_str() == "/127.0.0.1"), "{:?}", r.groups[0].members);
     assert_eq!(r.groups[1].error_code, GROUP_ID_NOT_FOUND);
     let mut l = ListGroupsRequest::default();
     l.types_filter = vec![s("consumer")];

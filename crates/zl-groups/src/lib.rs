@@ -585,6 +585,20 @@ pub fn handle_at(
     header: &RequestHeader,
     body: &mut Bytes,
 ) -> Reply {
+    handle_from(coord, local, None, api_key, api_version, header, body)
+}
+
+/// [`handle_at`] knowing the client's address `peer` too: a consumer-protocol member's
+/// client host (ConsumerGroupDescribe), "/<ip>" as Kafka shows it.
+pub fn handle_from(
+    coord: &Arc<GroupCoordinator>,
+    local: Option<std::net::SocketAddr>,
+    peer: Option<std::net::SocketAddr>,
+    api_key: i16,
+    api_version: i16,
+    header: &RequestHeader,
+    body: &mut Bytes,
+) -> Reply {
     let c = coord.clone();
     let corr = header.correlation_id;
     let v = api_version;
@@ -691,8 +705,9 @@ pub fn handle_at(
         68 => {
             let req = decode::<ConsumerGroupHeartbeatRequest>(body, v, "ConsumerGroupHeartbeat");
             let client = client_id(header);
+            let host = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
             later(corr, v, move || match req {
-                Some(req) => consumer_heartbeat(&c, req, v, &client),
+                Some(req) => consumer_heartbeat(&c, req, v, &client, &host),
                 None => {
                     let mut r = ConsumerGroupHeartbeatResponse::default();
                     r.error_code = err::INVALID_REQUEST;
@@ -1185,11 +1200,12 @@ fn consumer_heartbeat(
     req: ConsumerGroupHeartbeatRequest,
     v: i16,
     client: &str,
+    host: &str,
 ) -> ConsumerGroupHeartbeatResponse {
     let topics = LogTopics(&c.logs);
     // A new consumer group may take the id of an Empty classic group (one left by committed
     // offsets, or whose members all left), never of one with members.
-    c.consumer.heartbeat(req, v, client, "", &topics, |g| c.sm.remove_empty_group(g) != err::NON_EMPTY_GROUP)
+    c.consumer.heartbeat(req, v, client, host, &topics, |g| c.sm.remove_empty_group(g) != err::NON_EMPTY_GROUP)
 }
 
 /// ConsumerProtocolAssignment v0 (what DescribeGroups shows for a consumer-protocol member).

@@ -103,7 +103,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) ->
         if az.enabled() {
             return security::group_request(shared, ctx, &az, raw_key, version, &header, body);
         }
-        return crate::groups::handle_at(&shared.groups, ctx.advertised(), raw_key, version, &header, &mut body).into();
+        return crate::groups::handle_from(&shared.groups, ctx.advertised(), Some(ctx.peer), raw_key, version, &header, &mut body).into();
     }
     match version_range(raw_key) {
         Some((lo, hi)) if (lo..=hi).contains(&version) => {}

@@ -469,7 +469,7 @@ pub(super) fn group_request(
     body: Bytes,
 ) -> Reply {
     let cid = header.correlation_id;
-    let forward = |mut b: Bytes, version: i16| crate::groups::handle_at(&shared.groups, ctx.advertised(), key, version, header, &mut b);
+    let forward = |mut b: Bytes, version: i16| crate::groups::handle_from(&shared.groups, ctx.advertised(), Some(ctx.peer), key, version, header, &mut b);
     let supported = crate::groups::SUPPORTED_APIS.iter().any(|&(k, lo, hi)| k == key && (lo..=hi).contains(&v));
     if !supported {
         // The coordinator closes the connection with its reason.
