@@ -139,17 +139,39 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
-impl Conn {
-    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
-        Conn::connect_with_read_timeout(addr, timeout, Duration::from_secs(30))
+/// Opens broker connections with one run's security settings (TLS, SASL): the connection
+/// factory every part of a run holds (producers' transports, consumers, group members, setup,
+/// topic cleanup). A value, not a process-wide setting: a `loadgen worker` serving runs with
+/// different settings, or two runs in one process, each use their own.
+#[derive(Debug, Clone, Default)]
+pub struct Connector {
+    security: Arc<crate::security::Security>,
+}
+
+impl Connector {
+    pub fn new(security: crate::security::Security) -> Connector {
+        Connector { security: Arc::new(security) }
     }
 
-    /// [`Conn::connect`] with a bound on each response wait (a stopped broker accepts the TCP
-    /// connection but never answers). The one place broker connections are opened: with the
-    /// process's security settings (`security::current`): TLS handshake, ApiVersions, then SASL.
-    pub fn connect_with_read_timeout(addr: SocketAddr, timeout: Duration, read_timeout: Duration) -> Result<Conn, String> {
-        let sec = crate::security::current();
-        let stream = crate::security::connect_stream(&sec, addr, timeout, read_timeout)?;
+    /// PLAINTEXT, no SASL.
+    pub fn plaintext() -> Connector {
+        Connector::default()
+    }
+
+    pub fn security(&self) -> &crate::security::Security {
+        &self.security
+    }
+
+    pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        self.connect_with_read_timeout(addr, timeout, Duration::from_secs(30))
+    }
+
+    /// [`Connector::connect`] with a bound on each response wait (a stopped broker accepts the
+    /// TCP connection but never answers). The one place broker connections are opened: TLS
+    /// handshake, ApiVersions, then SASL, with this connector's settings.
+    pub fn connect_with_read_timeout(&self, addr: SocketAddr, timeout: Duration, read_timeout: Duration) -> Result<Conn, String> {
+        let sec = &*self.security;
+        let stream = crate::security::connect_stream(sec, addr, timeout, read_timeout)?;
         let mut c = Conn { addr, stream, corr: 0, versions: HashMap::new() };
         let r: ApiVersionsResponse = c.call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default()).map_err(|e| {
             let hint = if sec.protocol.tls() { "" } else { " (a TLS listener? --security-protocol SSL or SASL_SSL)" };
@@ -165,6 +187,14 @@ impl Conn {
             crate::security::authenticate(&mut c, *mechanism, creds)?;
         }
         Ok(c)
+    }
+}
+
+impl Conn {
+    /// A PLAINTEXT connection (tests and tools); a run's connections go through its
+    /// [`Connector`], which carries the run's security settings.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        Connector::plaintext().connect(addr, timeout)
     }
 
     pub fn try_clone_stream(&self) -> std::io::Result<BrokerStream> {
@@ -517,6 +547,8 @@ const REFRESH_BACKOFF_MS: (u64, u64) = (50, 1000);
 /// partition with no reachable leader waits (its batches queue in the producer) until the drain
 /// deadline; what is still unsent then is `not_sent`, what is unanswered `timed_out`.
 pub struct KafkaTransport {
+    /// Opens this transport's connections (the run's security settings).
+    connector: Connector,
     topic: TopicName,
     /// index → partition id.
     partition_ids: Vec<i32>,
@@ -601,7 +633,7 @@ fn requeue(retrying: &[AtomicU32], retries: &std::sync::Mutex<Vec<PendingBatch>>
 impl KafkaTransport {
     pub fn connect(layout: &TopicLayout, acks: i16, max_in_flight: u32, clock: Clock, metrics: Arc<Metrics>) -> Result<KafkaTransport, String> {
         let settings = crate::produce::ProducerSettings { acks, ..Default::default() };
-        KafkaTransport::connect_with(layout, &settings, max_in_flight, clock, metrics)
+        KafkaTransport::connect_with(layout, &settings, max_in_flight, clock, metrics, &Connector::plaintext())
     }
 
     /// As [`KafkaTransport::connect`], with the producer settings (acks, idempotence: an
@@ -614,9 +646,11 @@ impl KafkaTransport {
         max_in_flight: u32,
         clock: Clock,
         metrics: Arc<Metrics>,
+        connector: &Connector,
     ) -> Result<KafkaTransport, String> {
         let n = layout.leaders.len();
         let mut t = KafkaTransport {
+            connector: connector.clone(),
             topic: topic_name(&layout.topic),
             partition_ids: layout.leaders.iter().map(|(p, _)| *p).collect(),
             conn_of: vec![None; n],
@@ -668,7 +702,7 @@ impl KafkaTransport {
         if let Some(i) = self.conns.iter().position(|c| c.addr == addr && !c.dead.load(Ordering::SeqCst)) {
             return Ok(i);
         }
-        let mut c = Conn::connect(addr, Duration::from_secs(5))?;
+        let mut c = self.connector.connect(addr, Duration::from_secs(5))?;
         let v = c.need(ApiKey::Produce)?;
         if self.conns.is_empty() && self.version == i16::MAX {
             self.version = v;
@@ -797,7 +831,7 @@ impl KafkaTransport {
         let mut md = None;
         let mut last_err = String::new();
         for a in self.known.clone() {
-            let r = Conn::connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2))
+            let r = self.connector.connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2))
                 .and_then(|mut c| c.metadata(Some(std::slice::from_ref(&topic)), false));
             match r {
                 Ok(m) => {
@@ -1238,7 +1272,7 @@ mod tests {
         let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
         let metrics = Arc::new(Metrics::new(true));
         let settings = crate::produce::ProducerSettings { acks: -1, idempotent: true, ..Default::default() };
-        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone(), &Connector::plaintext()).unwrap();
         assert_eq!(t.producer_identity(), Some((77, 3)));
         let format = crate::encode::BatchFormat { producer_id: 77, producer_epoch: 3, ..Default::default() };
         let mut b = crate::encode::BatchBuilder::with_format(4096, format);
@@ -1310,7 +1344,7 @@ mod tests {
             let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
             let metrics = Arc::new(Metrics::new(true));
             let settings = crate::produce::ProducerSettings { acks: 0, ..Default::default() };
-            let mut t = KafkaTransport::connect_with(&layout, &settings, 1, Clock::new(), metrics.clone()).unwrap();
+            let mut t = KafkaTransport::connect_with(&layout, &settings, 1, Clock::new(), metrics.clone(), &Connector::plaintext()).unwrap();
             let mut spare = Spare::default();
             for _ in 0..2 {
                 let mut b = crate::encode::BatchBuilder::new(4096);
@@ -1352,7 +1386,7 @@ mod tests {
         let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
         let metrics = Arc::new(Metrics::new(true));
         let settings = crate::produce::ProducerSettings { acks: -1, idempotent, ..Default::default() };
-        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone(), &Connector::plaintext()).unwrap();
         let format = match t.producer_identity() {
             Some((id, e)) => crate::encode::BatchFormat { producer_id: id, producer_epoch: e, ..Default::default() },
             None => crate::encode::BatchFormat::default(),
@@ -1457,7 +1491,7 @@ mod tests {
         let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, dead), (1, a_addr)] };
         let metrics = Arc::new(Metrics::new(true));
         let settings = crate::produce::ProducerSettings { acks: -1, ..Default::default() };
-        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone(), &Connector::plaintext()).unwrap();
         assert!(!t.can_send(0), "partition 0 has no reachable leader yet");
         let mut spare = Spare::default();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -191,6 +191,8 @@ pub struct MemberSpec {
     pub leave_after_s: Option<f64>,
     /// Slot in [`crate::consumer::GroupCounters::members`].
     pub slot: usize,
+    /// Opens the connections (the run's security settings).
+    pub connector: crate::client::Connector,
 }
 
 /// Why a group call did not succeed.
@@ -246,7 +248,7 @@ impl Member<'_> {
         let mut last = GroupErr::Coordinator(-1);
         let read_timeout = Duration::from_millis(self.spec.settings.rebalance_timeout_ms.max(0) as u64 + 5_000);
         for b in &self.spec.brokers {
-            let Ok(mut c) = Conn::connect_with_read_timeout(*b, Duration::from_secs(2), Duration::from_secs(5)) else { continue };
+            let Ok(mut c) = self.spec.connector.connect_with_read_timeout(*b, Duration::from_secs(2), Duration::from_secs(5)) else { continue };
             let v = version(&c, ApiKey::FindCoordinator)?;
             let req = FindCoordinatorRequest::default().with_key(StrBytes::from(self.spec.group_id.clone())).with_key_type(0);
             let r: FindCoordinatorResponse = match c.call(ApiKey::FindCoordinator, v, &req) {
@@ -258,7 +260,7 @@ impl Member<'_> {
                 continue;
             }
             let Ok(addr) = crate::client::resolve(&format!("{}:{}", r.host, r.port)) else { continue };
-            match Conn::connect_with_read_timeout(addr, Duration::from_secs(2), read_timeout) {
+            match self.spec.connector.connect_with_read_timeout(addr, Duration::from_secs(2), read_timeout) {
                 Ok(cc) => {
                     self.coord = Some(cc);
                     return Ok(());
@@ -488,7 +490,7 @@ impl Member<'_> {
             return true;
         }
         let Some(md) = self.spec.brokers.iter().find_map(|a| {
-            Conn::connect_with_read_timeout(*a, Duration::from_secs(1), Duration::from_secs(2)).and_then(|mut c| c.metadata(Some(&topics), false)).ok()
+            self.spec.connector.connect_with_read_timeout(*a, Duration::from_secs(1), Duration::from_secs(2)).and_then(|mut c| c.metadata(Some(&topics), false)).ok()
         }) else {
             return false;
         };
@@ -522,7 +524,7 @@ impl Member<'_> {
             }
             let conn = match self.conns.entry(a) {
                 std::collections::hash_map::Entry::Occupied(c) => Ok(c.into_mut()),
-                std::collections::hash_map::Entry::Vacant(v) => Conn::connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
+                std::collections::hash_map::Entry::Vacant(v) => self.spec.connector.connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
             };
             let r = conn.and_then(|c| c.fetch_many(parts.iter().map(|(t, p, off)| (t.as_str(), *p, *off)), self.spec.max_wait_ms, *part_max));
             let resp = match r {
@@ -983,6 +985,7 @@ mod tests {
             join_after_s: None,
             leave_after_s: None,
             slot: 0,
+            connector: crate::client::Connector::plaintext(),
         };
         let (m, d) = (metrics.clone(), done.clone());
         let h = std::thread::spawn(move || run_member(spec, Clock::new(), m, d));

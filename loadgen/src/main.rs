@@ -55,6 +55,16 @@ enum Cmd {
     Size(loadgen::size::SizeArgs),
     /// One workload against several targets, interleaved, compared to the first (loadgen::versus).
     Versus(Box<loadgen::versus::VersusArgs>),
+    /// Serve distributed runs: a coordinator (`loadgen run --workers`) sends this host its share
+    /// of the workload (loadgen::workers).
+    Worker {
+        /// Address to listen on for the coordinator, host:port.
+        #[arg(long)]
+        listen: String,
+        /// Exit after serving this many coordinator connections (default: serve forever).
+        #[arg(long)]
+        runs: Option<u64>,
+    },
 }
 
 const RUN_EXIT_CODES: &str = "Exit status:
@@ -117,6 +127,17 @@ struct RunArgs {
     topics: loadgen::external::TopicOptions,
     #[command(flatten)]
     overrides: Overrides,
+    /// Distributed run: drive `loadgen worker`s at host:port[,host:port…]; they split the rate
+    /// and the partitions, start together and their histograms are merged into one result.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    workers: Vec<String>,
+    /// With --workers: time from the start message to the workers' common start instant (ms).
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    start_lead_ms: u64,
+    /// With --workers: refuse a worker whose clock is further than this from the coordinator's
+    /// (ms); a tenth of it warns.
+    #[arg(long, default_value_t = 50.0, value_name = "MS")]
+    max_clock_offset_ms: f64,
 }
 
 fn main() {
@@ -178,6 +199,7 @@ fn main() {
         Cmd::Compare(a) => loadgen::compare::run(a),
         Cmd::Size(a) => loadgen::size::run(a),
         Cmd::Versus(a) => loadgen::versus::run_versus(*a),
+        Cmd::Worker { listen, runs } => loadgen::workers::serve(&listen, runs),
     };
     std::process::exit(code);
 }
@@ -201,7 +223,17 @@ fn cmd_run(a: RunArgs) -> i32 {
     if opts.topics.topic_prefix.is_empty() {
         opts.topics.topic_prefix = "loadgen".into();
     }
-    match run(&opts) {
+    let outcome = if a.workers.is_empty() {
+        run(&opts)
+    } else {
+        let co = loadgen::workers::Coordination {
+            workers: a.workers.clone(),
+            start_lead_ms: a.start_lead_ms,
+            max_clock_offset_ms: a.max_clock_offset_ms,
+        };
+        loadgen::workers::coordinate(&opts, &co)
+    };
+    match outcome {
         Ok(o) => {
             let mut human = format!("{}\n", summary_table(&o.result));
             if let Some(p) = &o.path {

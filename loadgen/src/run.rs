@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::{prepare_topics, resolve, Conn, KafkaTransport, TopicLayout};
+use crate::client::{prepare_topics, resolve, Connector, KafkaTransport, TopicLayout};
 use crate::consumer::{run_consumer, ConsumerSpec};
 use crate::encode::{KeyGen, PayloadPool};
 use crate::producer::{run_producer, ProducerSpec};
@@ -83,6 +83,16 @@ pub struct RunOptions {
     pub sink_stall: Option<(f64, f64)>,
     /// External cluster: per-run or existing topics (see `external.rs`).
     pub topics: crate::external::TopicOptions,
+    /// Distributed run (`loadgen worker`): this worker's share of the partitions, `(i, n)` =
+    /// partitions `p` with `p % n == i` of every topic (producers and consumers use only those).
+    pub share: Option<(u32, u32)>,
+    /// Distributed run: the wall-clock instant (µs since the epoch, this host's clock) the
+    /// schedule starts at, common to every worker. The run fails if setup ends after it.
+    pub start_wall_us: Option<u64>,
+    /// Distributed run: every second of the time series, as the collector closes it.
+    pub ticks: Option<crossbeam::channel::Sender<Second>>,
+    /// Distributed run: set when the coordinator is gone (the run stops as on Ctrl-C).
+    pub abort: Option<Arc<AtomicBool>>,
 }
 
 impl RunOptions {
@@ -101,6 +111,10 @@ impl RunOptions {
             record_latency: true,
             sink_stall: None,
             topics: crate::external::TopicOptions { topic_prefix: "loadgen".into(), replication_factor: -1, ..Default::default() },
+            share: None,
+            start_wall_us: None,
+            ticks: None,
+            abort: None,
         }
     }
 }
@@ -138,6 +152,18 @@ pub struct Outcome {
     pub exit_code: i32,
     /// Generator CPU time (all producer threads), for selftests.
     pub producer_cpu_s: f64,
+    /// The measured window's histograms (merged losslessly by a distributed run's coordinator).
+    pub hists: Option<WindowHists>,
+}
+
+/// The measured window's latency histograms (µs): acknowledged records' publish latency, the
+/// unacknowledged ones' censored latency, send delay and end-to-end latency.
+#[derive(Debug, Clone)]
+pub struct WindowHists {
+    pub publish: Hist,
+    pub censored: Hist,
+    pub delay: Hist,
+    pub e2e: Hist,
 }
 
 enum Embedded {
@@ -157,6 +183,8 @@ struct Setup {
     #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     embedded: Embedded,
     identity: Option<crate::results::TargetIdentity>,
+    /// Opens every connection of the run, with its security settings.
+    connector: Connector,
     /// Deletes the per-run topics of an external cluster when the run ends.
     _cleanup: Option<crate::external::TopicCleanup>,
 }
@@ -172,7 +200,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
             security.protocol.name()
         )));
     }
-    crate::security::install(security);
+    let connector = Connector::new(security);
     if opts.sink {
         let calibration = if opts.calibrate == Some(true) {
             let dir = opts.data_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -183,21 +211,24 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
         } else {
             None
         };
+        let mut layouts: Vec<TopicLayout> = topics
+            .iter()
+            .map(|t| TopicLayout {
+                topic: t.clone(),
+                leaders: (0..w.partitions_per_topic as i32).map(|p| (p, SocketAddr::from(([0, 0, 0, 0], 0)))).collect(),
+            })
+            .collect();
+        apply_share(opts.share, &mut layouts, &mut []);
         return Ok(Setup {
             kind: "sink",
             bootstrap: "sink".into(),
             fsync: "n/a".into(),
-            layouts: topics
-                .iter()
-                .map(|t| TopicLayout {
-                    topic: t.clone(),
-                    leaders: (0..w.partitions_per_topic as i32).map(|p| (p, SocketAddr::from(([0, 0, 0, 0], 0)))).collect(),
-                })
-                .collect(),
+            layouts,
             start_offsets: topics.iter().map(|_| Vec::new()).collect(),
             calibration,
             embedded: Embedded::None,
             identity: None,
+            connector,
             _cleanup: None,
         });
     }
@@ -268,7 +299,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
     let mut last_err = String::new();
     let mut boot = None;
     for a in &boot_addrs {
-        match Conn::connect(*a, Duration::from_secs(3)) {
+        match connector.connect(*a, Duration::from_secs(3)) {
             Ok(c) => {
                 boot = Some(c);
                 break;
@@ -280,7 +311,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
     let identity = Some(crate::external::identify(&mut boot).map_err(RunError::Usage)?);
     let (topics, rf, cleanup) = if kind == "external" {
         let plan = crate::external::plan(&opts.topics, &w.name, w.topics, &crate::external::run_id()).map_err(RunError::Usage)?;
-        let cleanup = plan.delete.then(|| crate::external::TopicCleanup::new(boot.addr, plan.names.clone(), opts.quiet));
+        let cleanup = plan.delete.then(|| crate::external::TopicCleanup::new(connector.clone(), boot.addr, plan.names.clone(), opts.quiet));
         (plan.names, plan.create_with_rf, cleanup)
     } else {
         (topics, Some(-1), None)
@@ -289,9 +320,22 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
         prepare_topics(&mut boot, &topics, w.partitions_per_topic, rf, Duration::from_secs(15)).map_err(RunError::Usage)?;
     // Where consumers start; a cluster that has just lost a node may still name it as a leader
     // (retried with Metadata refreshes, the layouts follow the new leaders).
-    let start_offsets = crate::retry::start_offsets_following(&boot_addrs, &mut layouts, Duration::from_secs(30))
+    let mut start_offsets = crate::retry::start_offsets_following(&connector, &boot_addrs, &mut layouts, Duration::from_secs(30))
         .map_err(|e| RunError::Usage(format!("setup: {e}")))?;
-    Ok(Setup { kind, bootstrap, fsync, layouts, start_offsets, calibration, embedded, identity, _cleanup: cleanup })
+    apply_share(opts.share, &mut layouts, &mut start_offsets);
+    Ok(Setup { kind, bootstrap, fsync, layouts, start_offsets, calibration, embedded, identity, connector, _cleanup: cleanup })
+}
+
+/// A worker of a distributed run keeps its share of every topic's partitions (`p % n == i`).
+fn apply_share(share: Option<(u32, u32)>, layouts: &mut [TopicLayout], start_offsets: &mut [Vec<(i32, i64)>]) {
+    let Some((i, n)) = share else { return };
+    let mine = |p: i32| p.rem_euclid(n.max(1) as i32) == i as i32;
+    for l in layouts.iter_mut() {
+        l.leaders.retain(|(p, _)| mine(*p));
+    }
+    for s in start_offsets.iter_mut() {
+        s.retain(|(p, _)| mine(*p));
+    }
 }
 
 /// Per-second bookkeeping: interval histograms, counters, the time series and the .hlog.
@@ -315,6 +359,8 @@ struct Collector {
     subscriptions: u64,
     quiet: bool,
     bar: Option<ProgressBar>,
+    /// Distributed run: each closed second goes to the worker's connection too.
+    ticks: Option<crossbeam::channel::Sender<Second>>,
 }
 
 
@@ -340,6 +386,7 @@ impl Collector {
             subscriptions,
             quiet,
             bar: None,
+            ticks: None,
         }
     }
 
@@ -455,6 +502,10 @@ impl Collector {
         }
         for (metric, ph, h) in merged {
             self.hlog.push(LoggedInterval { tag: crate::hlog::tag(metric, ph), start_s, duration_s: dur_s, hist: h });
+        }
+        if let Some(t) = &self.ticks {
+            // Bounded channel: a stuck connection must not block the collector.
+            let _ = t.try_send(sec.clone());
         }
         self.series.push(sec);
         self.last_ns = now;
@@ -585,9 +636,12 @@ impl Ctx<'_> {
         for (ti, layout) in self.setup.layouts.iter().enumerate() {
             for j in 0..w.producers_per_topic {
                 let seed = 0x9e37_79b9_7f4a_7c15u64 ^ ((ti as u64) << 32) ^ j as u64 ^ start_ns;
-                let mut keys = KeyGen::new(w.key_distributor, w.key_space, w.zipf_exponent, w.partitions_per_topic, seed);
+                // A worker of a distributed run produces to its share of the partitions only
+                // (keys are partitioned over that share).
+                let parts = layout.leaders.len() as u32;
+                let mut keys = KeyGen::new(w.key_distributor, w.key_space, w.zipf_exponent, parts, seed);
                 let spec = ProducerSpec {
-                    partitions: w.partitions_per_topic,
+                    partitions: parts,
                     schedule: Schedule::new(start_ns + (j as f64 * 1e9 / rate) as u64 % 1_000_000, per),
                     end_ns,
                     drain_deadline_ns,
@@ -610,7 +664,7 @@ impl Ctx<'_> {
                         (r, thread_cpu_s().unwrap_or(0.0) - c0)
                     })
                 } else {
-                    let mut t = KafkaTransport::connect_with(layout, &spec.settings, w.max_in_flight, clock, metrics.clone())?;
+                    let mut t = KafkaTransport::connect_with(layout, &spec.settings, w.max_in_flight, clock, metrics.clone(), &self.setup.connector)?;
                     std::thread::Builder::new().name(format!("producer-{ti}-{j}")).spawn(move || {
                         let c0 = thread_cpu_s().unwrap_or(0.0);
                         let r = run_producer(&spec, &mut keys, &pool, &clock, &metrics, &mut t);
@@ -645,10 +699,10 @@ impl Ctx<'_> {
             }
         }
         let topics = self.setup.layouts.iter().map(|l| (l.topic.clone(), l.leaders.clone())).collect();
-        let (subs, metrics, d) = (w.subscriptions_per_topic, self.metrics.clone(), done.clone());
+        let (subs, metrics, d, connector) = (w.subscriptions_per_topic, self.metrics.clone(), done.clone(), self.setup.connector.clone());
         if let Ok(h) = std::thread::Builder::new()
             .name("high-watermarks".into())
-            .spawn(move || crate::consumer::sample_high_watermarks(topics, subs, Duration::from_millis(250), metrics, d))
+            .spawn(move || crate::consumer::sample_high_watermarks(connector, topics, subs, Duration::from_millis(250), metrics, d))
         {
             hs.push(h);
         }
@@ -675,7 +729,7 @@ impl Ctx<'_> {
                         let mut brokers: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
                         brokers.sort();
                         brokers.dedup();
-                        let spec = ConsumerSpec { sub: s, addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100 };
+                        let spec = ConsumerSpec { sub: s, addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100, connector: self.setup.connector.clone() };
                         let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
                         if let Ok(h) = std::thread::Builder::new().name("consumer".into()).spawn(move || run_consumer(spec, clock, metrics, done)) {
                             hs.push(h);
@@ -726,6 +780,7 @@ impl Ctx<'_> {
                     join_after_s: if is_extra { w.extra_consumer_join_seconds } else { None },
                     leave_after_s: if is_extra { w.extra_consumer_leave_seconds } else { None },
                     slot,
+                    connector: self.setup.connector.clone(),
                 };
                 slot += 1;
                 let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
@@ -782,7 +837,7 @@ impl Ctx<'_> {
                     by_leader.entry(*a).or_default().push(*p);
                 }
                 for (a, parts) in by_leader {
-                    let offs = Conn::connect(a, Duration::from_secs(2)).and_then(|mut c| c.list_offsets(&l.topic, &parts, -1)).ok()?;
+                    let offs = self.setup.connector.connect(a, Duration::from_secs(2)).and_then(|mut c| c.list_offsets(&l.topic, &parts, -1)).ok()?;
                     sum += offs.values().sum::<i64>();
                 }
             }
@@ -813,7 +868,7 @@ impl Ctx<'_> {
 
     /// Stop requested (fatal error or Ctrl-C); on Ctrl-C also tells every thread to stop.
     fn halted(&self) -> bool {
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if INTERRUPTED.load(Ordering::Relaxed) || self.opts.abort.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
             self.metrics.stop.store(true, Ordering::SeqCst);
             return true;
         }
@@ -988,7 +1043,18 @@ impl Ctx<'_> {
     fn run_phase(&self, col: &mut Collector, p: &PhaseSpec, n_consumers: usize) -> Result<(PhaseRun, f64), String> {
         let clock = self.clock;
         let m = &self.metrics;
-        let s0 = clock.now_ns() + if p.search { 20_000_000 } else { 50_000_000 };
+        let mut s0 = clock.now_ns() + if p.search { 20_000_000 } else { 50_000_000 };
+        if let Some(at) = self.opts.start_wall_us {
+            // Distributed run: every worker starts its schedule at the common instant.
+            let at_ns = at.saturating_sub(clock.origin_wall_us()) * 1000;
+            if at_ns < clock.now_ns() + 5_000_000 {
+                return Err(format!(
+                    "the common start instant passed {:.0} ms before this worker was ready (setup too slow, or clocks apart): raise --start-lead-ms",
+                    (clock.now_ns() as f64 - at_ns as f64) / 1e6
+                ));
+            }
+            s0 = at_ns;
+        }
         let warm_end = s0 + (p.warm_s * 1e9) as u64;
         let meas_end = warm_end + (p.dur_s * 1e9) as u64;
         let grace_s = ack_grace_s(p.dur_s);
@@ -1071,6 +1137,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     crate::consumer::locked(&metrics.consumer.group_ids).clone_from(&ctx.group_ids);
     let subs = if opts.sink { 0 } else { (w.subscriptions_per_topic * w.consumer_per_subscription.min(1)) as u64 };
     let mut col = Collector::new(clock, metrics.clone(), subs, opts.quiet);
+    col.ticks = opts.ticks.clone();
     let started_wall_us = clock.wall_us(col.t0_ns);
     let done = Arc::new(AtomicBool::new(false));
     let mut consumers = Vec::new();
@@ -1319,7 +1386,8 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     if let Some(p) = &path {
         result.hlog = Some(hlog_name(p));
     }
-    Ok(Outcome { result, path, exit_code, producer_cpu_s })
+    let hists = Some(WindowHists { publish: main.publish.clone(), censored: main.censored.clone(), delay: main.delay.clone(), e2e: main.e2e.clone() });
+    Ok(Outcome { result, path, exit_code, producer_cpu_s, hists })
 }
 
 /// Exit status: some scheduled record of the measured phase was not acknowledged (failed, timed
@@ -1336,6 +1404,7 @@ struct SetupSummary {
     calibration: Option<Calibration>,
     identity: Option<crate::results::TargetIdentity>,
     topics: Vec<String>,
+    security: crate::security::SecurityInfo,
 }
 
 fn setup_summary(s: &Setup) -> SetupSummary {
@@ -1346,6 +1415,7 @@ fn setup_summary(s: &Setup) -> SetupSummary {
         calibration: s.calibration.clone(),
         identity: s.identity.clone(),
         topics: s.layouts.iter().map(|l| l.topic.clone()).collect(),
+        security: s.connector.security().info(),
     }
 }
 
@@ -1596,7 +1666,7 @@ fn build_result(
             direct_io: (s.kind == "embedded").then_some(w.direct_io),
             identity: s.identity.clone(),
             topics: s.topics.clone(),
-            security: (s.kind == "external").then(|| crate::security::current().info()),
+            security: (s.kind == "external").then(|| s.security.clone()),
         },
         environment: crate::env::environment(),
         calibration: s.calibration.clone(),
@@ -1639,6 +1709,7 @@ fn build_result(
         )),
         consumer: consumer_info(opts, &col.metrics, &col.series),
         generator: col.metrics.producer.generator(main.rate),
+        workers: None,
     }
 }
 
@@ -1808,6 +1879,35 @@ pub fn summary_table(r: &RunResult) -> String {
     ));
     if let Some(g) = r.generator.as_ref().filter(|g| g.limited) {
         s.push_str(&format!("WARNING: the generator, not the target, limited this run: {}\n", g.reasons.join("; ")));
+    }
+    if let Some(ws) = &r.workers {
+        for (i, x) in ws.workers.iter().enumerate() {
+            let g = x.generator.as_ref();
+            let cpu = g.map(|g| g.producers.iter().map(|p| p.cpu_core_fraction).fold(0.0, f64::max)).unwrap_or(0.0);
+            let lag = g.map(|g| g.producers.iter().map(|p| p.send_delay_max_ms).fold(0.0, f64::max)).unwrap_or(0.0);
+            let queue = g.map(|g| g.producers.iter().map(|p| p.queue_mean_bytes).fold(0.0, f64::max)).unwrap_or(0.0);
+            s.push_str(&format!(
+                "worker {i} {} ({}): {} {} partition(s)/topic, target {:.0} rec/s, publish {:.0} rec/s ({:.0} in time), p99 {}, send delay p99 {}, producer CPU max {:.0} % of a core, queue mean {:.1} MiB, schedule lag max {:.0} ms, clock offset {:+.2} ms{}{}\n",
+                x.address,
+                x.host,
+                x.status,
+                x.partitions_per_topic,
+                x.target_rate,
+                x.records_per_s,
+                x.records_in_time_per_s,
+                fmt_us(x.publish_p99_us),
+                fmt_us(x.delay_p99_us),
+                cpu * 100.0,
+                queue / (1 << 20) as f64,
+                lag,
+                x.clock_offset_ms,
+                if g.is_some_and(|g| g.limited) { ", GENERATOR-LIMITED" } else { "" },
+                x.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            ));
+        }
+        if let Some(why) = &ws.incomplete_reason {
+            s.push_str(&format!("INCOMPLETE: {why}\n"));
+        }
     }
     if let Some(p) = r.producer.as_ref().filter(|p| p.connections_lost + p.leader_changes > 0) {
         s.push_str(&format!(

@@ -428,6 +428,17 @@ impl GroupCoordinator {
         Ok(Some(n))
     }
 
+    /// Durably commit offsets for `group` (the transaction coordinator, when a transaction
+    /// with TxnOffsetCommit offsets commits); per-entry error codes as OffsetCommit's.
+    pub fn commit_offsets(&self, group: &str, entries: Vec<CommitEntry>) -> Vec<i16> {
+        self.commit(group, entries)
+    }
+
+    /// OffsetCommit's membership check (generation, member id, instance id) for TxnOffsetCommit.
+    pub fn validate_offset_commit(&self, group: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
+        self.sm.validate_commit(group, member_id, instance_id, generation)
+    }
+
     /// Validate and durably store the commits of one request; returns per-entry error codes.
     fn commit(&self, group: &str, entries: Vec<CommitEntry>) -> Vec<i16> {
         let mut codes = vec![err::NONE; entries.len()];
@@ -846,16 +857,12 @@ fn find_coordinator(
         }
         return resp;
     };
-    // Key type 1 = transaction coordinator: transactions are not supported, and the answer must
-    // not be retriable (see TRANSACTIONS_UNSUPPORTED). Other key types do not exist here.
+    // Key type 1 = transaction coordinator: this broker too (`crate::txn`, issue 20). Other key
+    // types do not exist here.
     let (code, message) = match req.key_type {
-        0 => (err::NONE, ""),
-        1 => (err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED, TRANSACTIONS_UNSUPPORTED),
+        0 | 1 => (err::NONE, ""),
         _ => (err::INVALID_REQUEST, "unknown coordinator key type"),
     };
-    if code == err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED {
-        tracing::info!("transaction coordinator requested: refused (transactions are not supported)");
-    }
     if v >= 4 {
         for key in req.coordinator_keys {
             let mut co = Coordinator::default();
@@ -1271,7 +1278,8 @@ fn init_producer_id(c: &GroupCoordinator, req: Option<InitProducerIdRequest>) ->
         return r;
     };
     if req.transactional_id.is_some() {
-        // Transactions are not implemented: refuse clearly (non-retriable), as FindCoordinator.
+        // The broker routes InitProducerId with a transactional id to `crate::txn`; the group
+        // coordinator alone (tests, tools) refuses it clearly (non-retriable).
         r.error_code = err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
         return r;
     }

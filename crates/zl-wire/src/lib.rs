@@ -166,6 +166,12 @@ pub fn decode_request_body(api: ApiKey, version: i16, body: &mut Bytes) -> Resul
         ApiKey::InitProducerId => d::<m::InitProducerIdRequest>(body, version)?,
         ApiKey::ConsumerGroupHeartbeat => d::<m::ConsumerGroupHeartbeatRequest>(body, version)?,
         ApiKey::ConsumerGroupDescribe => d::<m::ConsumerGroupDescribeRequest>(body, version)?,
+        ApiKey::AddPartitionsToTxn => d::<m::AddPartitionsToTxnRequest>(body, version)?,
+        ApiKey::AddOffsetsToTxn => d::<m::AddOffsetsToTxnRequest>(body, version)?,
+        ApiKey::EndTxn => d::<m::EndTxnRequest>(body, version)?,
+        ApiKey::TxnOffsetCommit => d::<m::TxnOffsetCommitRequest>(body, version)?,
+        ApiKey::DescribeTransactions => d::<m::DescribeTransactionsRequest>(body, version)?,
+        ApiKey::ListTransactions => d::<m::ListTransactionsRequest>(body, version)?,
         other => Err(format!("API {other:?} is not served by this broker"))?,
     }
     Ok(body.remaining())

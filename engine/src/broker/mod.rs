@@ -231,6 +231,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: BrokerConfig,
     pub(crate) logs: Arc<LogManager>,
     pub(crate) groups: Arc<GroupCoordinator>,
+    /// The transaction coordinator (issue 20).
+    pub(crate) txn: Arc<crate::txn::TxnCoordinator>,
     stop: AtomicBool,
     /// Connections open (counted at accept, until closed).
     open_conns: AtomicUsize,
@@ -359,10 +361,12 @@ impl Broker {
             ..Default::default()
         };
         let groups = GroupCoordinator::with_config(logs.clone(), group_cfg)?;
+        let txn = crate::txn::TxnCoordinator::new(logs.clone(), groups.clone())?;
         let shared = Arc::new(Shared {
             cfg,
             logs: logs.clone(),
             groups,
+            txn,
             stop: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),
             next_conn: AtomicU64::new(0),
