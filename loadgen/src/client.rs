@@ -347,31 +347,48 @@ impl Conn {
         Ok(out)
     }
 
+    /// Fetch one topic's partitions: `parts` are (partition, offset).
     pub fn fetch(&mut self, topic: &str, parts: &[(i32, i64)], max_wait_ms: i32, partition_max_bytes: i32) -> Result<FetchResponse, String> {
-        let v = self.need(ApiKey::Fetch)?;
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(64 << 20)
-            .with_isolation_level(0)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(
-                parts
-                    .iter()
-                    .map(|&(p, off)| {
-                        FetchPartition::default()
-                            .with_partition(p)
-                            .with_fetch_offset(off)
-                            .with_partition_max_bytes(partition_max_bytes)
-                            .with_current_leader_epoch(-1)
-                            .with_log_start_offset(-1)
-                    })
-                    .collect(),
-            )]);
-        self.call(ApiKey::Fetch, v, &req)
+        self.fetch_many(parts.iter().map(|&(p, off)| (topic, p, off)), max_wait_ms, partition_max_bytes)
     }
+
+    /// Fetch several topics' partitions in one request: `parts` are (topic, partition, offset).
+    pub fn fetch_many<'a>(
+        &mut self,
+        parts: impl IntoIterator<Item = (&'a str, i32, i64)>,
+        max_wait_ms: i32,
+        partition_max_bytes: i32,
+    ) -> Result<FetchResponse, String> {
+        let v = self.need(ApiKey::Fetch)?;
+        self.call(ApiKey::Fetch, v, &fetch_request(parts, max_wait_ms, partition_max_bytes))
+    }
+}
+
+/// A consumer's FetchRequest (read_uncommitted, no fetch session, at most 64 MiB) for `parts`:
+/// (topic, partition, offset), grouped by topic in the order of their first appearance.
+pub fn fetch_request<'a>(parts: impl IntoIterator<Item = (&'a str, i32, i64)>, max_wait_ms: i32, partition_max_bytes: i32) -> FetchRequest {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (t, p, off) in parts {
+        let fp = FetchPartition::default()
+            .with_partition(p)
+            .with_fetch_offset(off)
+            .with_partition_max_bytes(partition_max_bytes)
+            .with_current_leader_epoch(-1)
+            .with_log_start_offset(-1);
+        match topics.iter_mut().find(|x| x.topic.0.as_str() == t) {
+            Some(x) => x.partitions.push(fp),
+            None => topics.push(FetchTopic::default().with_topic(topic_name(t)).with_partitions(vec![fp])),
+        }
+    }
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(64 << 20)
+        .with_isolation_level(0)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(topics)
 }
 
 /// Partition leadership of a topic, from Metadata.
@@ -1495,5 +1512,25 @@ mod tests {
         t.close();
         assert_eq!(b_got.lock().unwrap().len(), 1, "sent to the leader Metadata named");
         assert_eq!(metrics.acked.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[cfg(test)]
+mod fetch_request_tests {
+    use super::*;
+
+    #[test]
+    fn fetch_request_groups_partitions_by_topic_in_first_seen_order() {
+        let req = fetch_request([("b", 1, 10), ("a", 0, 5), ("b", 0, 7)], 100, 1 << 20);
+        let got: Vec<(String, Vec<(i32, i64)>)> = req
+            .topics
+            .iter()
+            .map(|t| (t.topic.0.to_string(), t.partitions.iter().map(|p| (p.partition, p.fetch_offset)).collect()))
+            .collect();
+        assert_eq!(got, vec![("b".to_string(), vec![(1, 10), (0, 7)]), ("a".to_string(), vec![(0, 5)])]);
+        assert_eq!(req.max_wait_ms, 100);
+        assert!(req.topics.iter().flat_map(|t| &t.partitions).all(|p| p.partition_max_bytes == 1 << 20 && p.log_start_offset == -1));
+        // A consumer's request: no replica, read_uncommitted, no session.
+        assert_eq!((req.replica_id, req.isolation_level, req.session_id, req.session_epoch), (BrokerId(-1), 0, 0, -1));
     }
 }

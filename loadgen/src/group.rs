@@ -23,14 +23,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ConsumerProtocolAssignment, ConsumerProtocolSubscription, FetchRequest, FetchResponse,
+    ApiKey, ConsumerProtocolAssignment, ConsumerProtocolSubscription,
     FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest, OffsetCommitResponse,
     OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
@@ -527,7 +526,7 @@ impl Member<'_> {
                 std::collections::hash_map::Entry::Occupied(c) => Ok(c.into_mut()),
                 std::collections::hash_map::Entry::Vacant(v) => self.spec.connector.connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
             };
-            let r = conn.and_then(|c| fetch_many(c, &parts, self.spec.max_wait_ms, *part_max));
+            let r = conn.and_then(|c| c.fetch_many(parts.iter().map(|(t, p, off)| (t.as_str(), *p, *off)), self.spec.max_wait_ms, *part_max));
             let resp = match r {
                 Ok(r) => r,
                 Err(_) => {
@@ -570,34 +569,6 @@ impl Member<'_> {
         }
         (got, bytes, answered)
     }
-}
-
-/// Fetch several topics' partitions in one request.
-fn fetch_many(c: &mut Conn, parts: &[(String, i32, i64)], max_wait_ms: i32, partition_max_bytes: i32) -> Result<FetchResponse, String> {
-    let v = c.version(ApiKey::Fetch).ok_or_else(|| format!("broker {} does not support a usable Fetch version", c.addr))?;
-    let mut topics: Vec<FetchTopic> = Vec::new();
-    for (t, p, off) in parts {
-        let fp = FetchPartition::default()
-            .with_partition(*p)
-            .with_fetch_offset(*off)
-            .with_partition_max_bytes(partition_max_bytes)
-            .with_current_leader_epoch(-1)
-            .with_log_start_offset(-1);
-        match topics.iter_mut().find(|x| x.topic.0.as_str() == t.as_str()) {
-            Some(x) => x.partitions.push(fp),
-            None => topics.push(FetchTopic::default().with_topic(topic_name(t)).with_partitions(vec![fp])),
-        }
-    }
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(max_wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(64 << 20)
-        .with_isolation_level(0)
-        .with_session_id(0)
-        .with_session_epoch(-1)
-        .with_topics(topics);
-    c.call(ApiKey::Fetch, v, &req)
 }
 
 /// Run one group member until `done` (or `metrics.stop`, or its leave time): see the module doc.
@@ -854,6 +825,7 @@ mod tests {
     use super::*;
     use crate::testbroker::{header, respond, serve, Served};
     use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
     use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
     use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
     use std::sync::Mutex;

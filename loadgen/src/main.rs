@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use loadgen::run::{run, summary_table, RunError, RunOptions};
-use loadgen::workload::{Overrides, Workload};
+use loadgen::workload::Overrides;
 
 #[derive(Parser)]
 #[command(name = "loadgen", version, about = "Open-loop, coordinated-omission-correct load generator for Kafka-protocol brokers")]
@@ -76,9 +76,9 @@ const RUN_EXIT_CODES: &str = "Exit status:
   4    records lost: some scheduled record of the measured window was not acknowledged (failed,
        timed out at the drain deadline, or never sent); \"complete\": false
   5    target missed: all acknowledged, but fewer than 97 % of the target rate within the window
-       + grace (\"target_met\": false), or the search's rate failed its full-length confirmation
-       and every step down, or no rate passed the search (then the result is a full-length run
-       at the first rate tried, \"search\": {\"confirmed\": false, \"max_rate\": 0})
+       + grace (\"target_met\": false), or no full-length run of the search passed, or no
+       rate passed its short trials (then the result is a full-length run at the lowest rate
+       tried, \"search\": {\"confirmed\": false, \"max_rate\": 0})
   130  interrupted (Ctrl-C); result written with \"complete\": false";
 
 #[derive(clap::Args, Default)]
@@ -205,26 +205,19 @@ fn main() {
 }
 
 fn cmd_run(a: RunArgs) -> i32 {
-    let mut w = match Workload::load(&a.workload) {
-        Ok(w) => w,
+    let mut opts = match RunOptions::from_cli(&a.workload, &a.overrides, a.bootstrap, a.data_dir) {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
         }
     };
-    if let Err(e) = a.overrides.apply(&mut w) {
-        eprintln!("error: {e}");
-        return 2;
-    }
-    let mut opts = RunOptions::new(w);
-    opts.bootstrap = a.bootstrap;
     opts.sink = a.sink;
     opts.calibrate = if a.no_calibrate { Some(false) } else if a.calibrate { Some(true) } else { None };
     opts.out_dir = a.out_dir;
     opts.label = a.label;
     opts.output = a.output;
     opts.write = !a.no_write;
-    opts.data_dir = a.data_dir;
     opts.quiet = a.quiet;
     opts.topics = a.topics;
     if opts.topics.topic_prefix.is_empty() {

@@ -567,8 +567,8 @@ pub struct Search {
     /// end plus this grace.
     #[serde(default)]
     pub ack_grace_s: f64,
-    /// True when a full-length run at `max_rate` passed; false: no step-down passed (the
-    /// result's figures are those of the last, failed, confirmation run).
+    /// True when a full-length run at `max_rate` passed; false: no full-length run passed (the
+    /// result's figures are those of the last, failed, one).
     #[serde(default)]
     pub confirmed: bool,
     /// The latency at half the max rate (a full-length run), when measured.
@@ -599,6 +599,13 @@ pub struct Trial {
     /// The rate's verdict once decided by this trial ("pass" / "fail"), else absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
+    /// Acks (records of any phase) per second of the window: what the target delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<f64>,
+    /// A full-length run whose backlog was still growing at the window's end (a failure even
+    /// with p99 within the bound).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backlog_growing: bool,
 }
 
 /// A full-length run at half the found max rate.

@@ -62,6 +62,15 @@ struct Args {
     /// A connection with no request for this long is closed (Kafka's connections.max.idle.ms).
     #[arg(long, default_value_t = engine::broker::CONNECTION_IDLE_MS_DEFAULT)]
     connections_max_idle_ms: u64,
+    /// Consumer group protocol (KIP-848, group.protocol=consumer): a member without a
+    /// heartbeat for this long is removed and its partitions reassigned
+    /// (group.consumer.session.timeout.ms).
+    #[arg(long, default_value_t = 45_000)]
+    group_consumer_session_timeout_ms: i32,
+    /// The heartbeat interval consumer-protocol members are told
+    /// (group.consumer.heartbeat.interval.ms); below the session timeout.
+    #[arg(long, default_value_t = 5_000)]
+    group_consumer_heartbeat_interval_ms: i32,
     /// Connections open at once; more are accepted and closed at once (logged once per 10 s).
     #[arg(long, default_value_t = engine::broker::CONNECTIONS_MAX_DEFAULT)]
     max_connections: usize,
@@ -91,6 +100,13 @@ struct Args {
     /// few, and consumers read those batches from the disk (engine/PERF_NOTES.md, session 5).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     direct_io: bool,
+    /// Network threads multiplexing every connection (epoll); 0 = the number of cores.
+    #[arg(long, default_value_t = 0)]
+    network_threads: usize,
+    /// Log a line of network counters (connections per network thread, fetch wake-ups,
+    /// blocking and sync pool threads) this often, in ms; 0 = never.
+    #[arg(long, default_value_t = 0)]
+    stats_interval_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -146,6 +162,12 @@ fn main() -> ExitCode {
     if given("connections_max_idle_ms") {
         cfg.connection_idle_ms = args.connections_max_idle_ms;
     }
+    if given("group_consumer_session_timeout_ms") {
+        cfg.consumer_session_timeout_ms = args.group_consumer_session_timeout_ms;
+    }
+    if given("group_consumer_heartbeat_interval_ms") {
+        cfg.consumer_heartbeat_interval_ms = args.group_consumer_heartbeat_interval_ms;
+    }
     if given("max_connections") {
         cfg.connections_max = args.max_connections;
     }
@@ -159,6 +181,8 @@ fn main() -> ExitCode {
     cfg.log.repair = args.repair;
     cfg.log.scrub_rate_mib = args.scrub_rate_mib;
     cfg.log.cleaner_rate_mib = args.cleaner_rate_mib;
+    cfg.network_threads = args.network_threads;
+    cfg.stats_interval_ms = args.stats_interval_ms;
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

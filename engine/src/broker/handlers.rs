@@ -2,6 +2,7 @@
 //! A request that cannot be parsed, an unknown API key or an unsupported version (other than
 //! for ApiVersions) closes the connection with a logged reason, as Kafka does.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
+use uuid::Uuid;
 use kafka_protocol::protocol::StrBytes;
 
 use super::{ConnCtx, Reply, Shared, FETCH_WAIT_MS_MAX};
@@ -23,7 +25,7 @@ mod admin;
 mod delete_records;
 
 /// API keys routed to the group coordinator (`crate::groups::handle`).
-pub const GROUP_API_KEYS: [i16; 13] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68];
+pub const GROUP_API_KEYS: [i16; 14] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68, 69];
 
 /// (api key, min version, max version) served by the broker itself.
 pub const BROKER_APIS: &[(i16, i16, i16)] = &[
@@ -47,6 +49,7 @@ fn version_range(api_key: i16) -> Option<(i16, i16)> {
     BROKER_APIS
         .iter()
         .chain(crate::groups::SUPPORTED_APIS.iter())
+        .chain(crate::txn::TXN_APIS.iter())
         .find(|(k, _, _)| *k == api_key)
         .map(|&(_, lo, hi)| (lo, hi))
 }
@@ -63,6 +66,11 @@ pub(crate) fn handle(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) ->
     let raw_key = key as i16;
     if key == ApiKey::ApiVersions {
         return api_versions(&header, body);
+    }
+    // Transaction APIs, and InitProducerId with a transactional id (without: the group
+    // coordinator's producer ids).
+    if let Some(reply) = crate::txn::route(&shared.txn, raw_key, version, &header, &mut body) {
+        return reply;
     }
     if GROUP_API_KEYS.contains(&raw_key) {
         return crate::groups::handle_at(&shared.groups, ctx.advertised(), raw_key, version, &header, &mut body).into();
@@ -99,13 +107,13 @@ type Handled = Result<Reply, String>;
 /// `__consumer_offsets` but never write, delete or re-create them — a forged or lost record
 /// there rewrites committed offsets or re-grants producer ids, and so loses acknowledged data.
 fn is_internal_topic(name: &str) -> bool {
-    crate::groups::INTERNAL_TOPICS.contains(&name)
+    crate::groups::INTERNAL_TOPICS.contains(&name) || name == crate::txn::TXN_STATE_TOPIC
 }
 
 /// Internal topics not shown to clients at all (Kafka clients do not know them): Metadata
 /// answers UNKNOWN_TOPIC_OR_PARTITION for them, as Kafka does for its `__cluster_metadata`.
 fn is_hidden_topic(name: &str) -> bool {
-    name == crate::groups::store::PRODUCER_IDS_TOPIC
+    name == crate::groups::store::PRODUCER_IDS_TOPIC || name == crate::txn::TXN_STATE_TOPIC
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,6 +124,7 @@ fn api_versions(header: &RequestHeader, mut body: Bytes) -> Reply {
     let api_keys: Vec<ApiVersion> = BROKER_APIS
         .iter()
         .chain(crate::groups::SUPPORTED_APIS.iter())
+        .chain(crate::txn::TXN_APIS.iter())
         .map(|&(k, lo, hi)| ApiVersion::default().with_api_key(k).with_min_version(lo).with_max_version(hi))
         .collect();
     if !(0..=4).contains(&version) {
@@ -196,6 +205,51 @@ fn batch_over(records: &[u8], limit: usize) -> Option<i64> {
     None
 }
 
+/// Kafka's INVALID_TXN_STATE.
+const INVALID_TXN_STATE: i16 = 48;
+
+/// The transaction checks of a Produce partition's batches, as Kafka's: no control batch from
+/// a client (INVALID_RECORD); a transactional batch only in a request with a transactional id
+/// (INVALID_TXN_STATE) and, with one, only transactional batches of one producer id and epoch
+/// (INVALID_RECORD). `Ok(Some((id, pid, epoch)))`: append through the transaction coordinator.
+/// Batches whose headers do not parse are left to the log's validation.
+fn txn_produce_check(txn_id: &Option<String>, records: &[u8], max: usize) -> Result<Option<(String, i64, i16)>, i16> {
+    let mut at = 0usize;
+    let mut producer: Option<(i64, i16)> = None;
+    let mut transactional = false;
+    let mut plain = false;
+    while at < records.len() {
+        let Ok(info) = crate::record::parse_header_only(&records[at..], max) else { break };
+        if info.is_control() {
+            return Err(INVALID_RECORD);
+        }
+        if info.is_transactional() {
+            transactional = true;
+            match producer {
+                None => producer = Some((info.producer_id, info.producer_epoch)),
+                Some(p) if p != (info.producer_id, info.producer_epoch) => return Err(INVALID_RECORD),
+                Some(_) => {}
+            }
+        } else {
+            plain = true;
+        }
+        if info.size_bytes == 0 {
+            break;
+        }
+        at = at.saturating_add(info.size_bytes);
+    }
+    match (txn_id, transactional) {
+        (None, true) => Err(INVALID_TXN_STATE),
+        (None, false) => Ok(None),
+        (Some(_), _) if plain => Err(INVALID_RECORD),
+        (Some(_), false) => Ok(None),
+        (Some(id), true) => {
+            let (pid, epoch) = producer.unwrap_or((-1, -1));
+            Ok(Some((id.clone(), pid, epoch)))
+        }
+    }
+}
+
 /// A partition of a Produce request: index and its records' byte range within the frame body.
 type PartitionRecords = (i32, Option<std::ops::Range<usize>>);
 
@@ -216,10 +270,8 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
     // to the frame and can be turned back into a mutable buffer without copying.
     let req: ProduceRequest = wire::decode_body(&mut body.clone(), version)?;
     let acks = req.acks;
-    // Transactions are not supported (groups::TRANSACTIONS_UNSUPPORTED): a transactional
-    // Produce is refused whole, as Kafka refuses one whose transactional id is not authorized,
-    // so no transactional batch (which would wait for a commit marker that never comes) is stored.
-    let transactional = req.transactional_id.is_some();
+    // Transactional batches are appended only within their transaction (`crate::txn`).
+    let txn_id: Option<String> = req.transactional_id.as_ref().map(|t| t.0.to_string());
     // (topic, [(partition, record byte range within body)])
     let mut plan: Vec<(String, Vec<PartitionRecords>)> = Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
@@ -252,11 +304,6 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                 log_append_time: -1,
                 wait: None,
             };
-            if transactional {
-                r.error_code = error::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-                out.push(r);
-                continue;
-            }
             if is_internal_topic(&topic) {
                 // As Kafka's ReplicaManager: "Cannot append to internal topic".
                 tracing::debug!(topic, index, "produce to an internal topic refused");
@@ -313,7 +360,27 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                     r.log_append_time = now;
                 }
             }
-            match part.append(records) {
+            let appended = match txn_produce_check(&txn_id, records, part.config().batch_bytes_max) {
+                Err(code) => {
+                    tracing::debug!(topic, index, code, "transactional produce refused");
+                    r.error_code = code;
+                    out.push(r);
+                    continue;
+                }
+                // The transaction's lock is held across the append: no batch of it lands
+                // after its marker.
+                Ok(Some((id, pid, epoch))) => match shared.txn.with_produce(&id, pid, epoch, &topic, index, || part.append(records)) {
+                    Ok(a) => a,
+                    Err(code) => {
+                        tracing::debug!(topic, index, code, "transactional produce refused by the coordinator");
+                        r.error_code = code;
+                        out.push(r);
+                        continue;
+                    }
+                },
+                Ok(None) => part.append(records),
+            };
+            match appended {
                 Ok(info) => {
                     r.base_offset = info.base_offset as i64;
                     r.log_start_offset = info.log_start_offset as i64;
@@ -354,15 +421,40 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
         if waits.is_empty() {
             return Ok(Reply::Nothing);
         }
-        return Ok(Reply::Background(Box::new(move || {
-            for (topic, mut p) in waits {
-                if let Some((part, next)) = p.wait.take() {
-                    if let Err(e) = part.wait_durable(next) {
-                        return Some(format!("acks=0 produce to {topic}-{} failed: {e}", p.index));
-                    }
-                }
+        // Registered completions: the connection's later responses wait behind this slot
+        // until the covering syncs are over; a failure closes the connection.
+        return Ok(Reply::Pending(Box::new(move |responder| {
+            struct Acks0 {
+                left: usize,
+                failed: Option<String>,
+                responder: Option<super::Responder>,
             }
-            None
+            let state = Arc::new(std::sync::Mutex::new(Acks0 { left: waits.len(), failed: None, responder: Some(responder) }));
+            for (topic, mut p) in waits {
+                let Some((part, next)) = p.wait.take() else { continue };
+                let st = state.clone();
+                let index = p.index;
+                part.on_durable(
+                    next,
+                    Box::new(move |r| {
+                        let mut g = st.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Err(e) = r {
+                            g.failed.get_or_insert_with(|| format!("acks=0 produce to {topic}-{index} failed: {e}"));
+                        }
+                        g.left -= 1;
+                        if g.left == 0 {
+                            let reply = match g.failed.take() {
+                                Some(reason) => Reply::Close(reason),
+                                None => Reply::Nothing,
+                            };
+                            if let Some(resp) = g.responder.take() {
+                                drop(g);
+                                resp.send(reply);
+                            }
+                        }
+                    }),
+                );
+            }
         })));
     }
     let finish = move |mut results: Vec<(String, Vec<ProducedPartition>)>| -> Vec<u8> {
@@ -398,7 +490,60 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
     let needs_wait = results.iter().any(|(_, ps)| ps.iter().any(|p| p.wait.is_some()))
         && shared.cfg.log.durability == crate::log::Durability::Group;
     if needs_wait {
-        Ok(Reply::Later(Box::new(move || finish(results))))
+        // Each partition's covering fdatasync completes a registration; the last one builds
+        // the response (no thread waits).
+        Ok(Reply::Pending(Box::new(move |responder| {
+            type Finish = Box<dyn FnOnce(Vec<(String, Vec<ProducedPartition>)>) -> Vec<u8> + Send>;
+            struct Waiting {
+                results: Vec<(String, Vec<ProducedPartition>)>,
+                left: usize,
+                finish: Option<Finish>,
+                responder: Option<super::Responder>,
+            }
+            let mut results = results;
+            let mut waits = Vec::new();
+            for (ti, (_, parts)) in results.iter_mut().enumerate() {
+                for (pi, p) in parts.iter_mut().enumerate() {
+                    if let Some(w) = p.wait.take() {
+                        waits.push((ti, pi, w));
+                    }
+                }
+            }
+            let state = Arc::new(std::sync::Mutex::new(Waiting {
+                results,
+                left: waits.len() + 1,
+                finish: Some(Box::new(finish) as Finish),
+                responder: Some(responder),
+            }));
+            let done = move |st: &Arc<std::sync::Mutex<Waiting>>| {
+                let mut g = st.lock().unwrap_or_else(|p| p.into_inner());
+                g.left -= 1;
+                if g.left == 0 {
+                    let results = std::mem::take(&mut g.results);
+                    let (Some(finish), Some(resp)) = (g.finish.take(), g.responder.take()) else { return };
+                    drop(g);
+                    resp.send(Reply::Now(finish(results)));
+                }
+            };
+            for (ti, pi, (part, next)) in waits {
+                let st = state.clone();
+                let topic = part.topic.clone();
+                part.on_durable(
+                    next,
+                    Box::new(move |r| {
+                        if let Err(e) = r {
+                            let mut g = st.lock().unwrap_or_else(|p| p.into_inner());
+                            let p = &mut g.results[ti].1[pi];
+                            tracing::warn!(topic, p.index, "durable wait failed: {e}");
+                            p.error_code = append_error_code(&e);
+                            p.base_offset = -1;
+                        }
+                        done(&st);
+                    }),
+                );
+            }
+            done(&state);
+        })))
     } else {
         Ok(Reply::Now(finish(results)))
     }
@@ -495,38 +640,128 @@ fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handl
         topics.push((name, parts));
     }
     let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
+    // isolation_level 1 = read_committed: up to the last stable offset, with the aborted
+    // transactions of what is returned (issue 20).
+    let committed = req.isolation_level == 1;
     let min_bytes = req.min_bytes.max(0) as u64;
     // Capped so the framed size (records + overhead) always fits the i32 size prefix.
     let max_bytes = if req.max_bytes <= 0 { FETCH_RESPONSE_BYTES_MAX } else { (req.max_bytes as u64).min(FETCH_RESPONSE_BYTES_MAX) };
     let shared = shared.clone();
-    Ok(Reply::Stream(Box::new(move |stream| {
+    Ok(Reply::Pending(Box::new(move |responder| {
         let deadline = Instant::now() + max_wait;
-        let notifier = shared.logs.notifier().clone();
-        // The notifier wakes every waiting fetch on any append; re-read only when one of this
-        // fetch's partitions has data past its fetch offset (atomic loads, no partition lock).
-        let mut read_now = true;
+        let poster = responder.poster();
+        let fw = Arc::new_cyclic(|me| FetchWait {
+            id: NEXT_FETCH_WAIT.fetch_add(1, Ordering::Relaxed),
+            me: me.clone(),
+            shared,
+            poster,
+            topics,
+            cid,
+            version,
+            max_bytes,
+            min_bytes,
+            committed,
+            deadline,
+            responder: std::sync::Mutex::new(Some(responder)),
+            armed: AtomicBool::new(false),
+            timer_set: AtomicBool::new(false),
+        });
+        fw.attempt();
+    })))
+}
+
+static NEXT_FETCH_WAIT: AtomicU64 = AtomicU64::new(1);
+
+/// A Fetch long-poll (min_bytes / max_wait_ms) as a registration, not a parked thread: it is
+/// registered on each of its partitions ([`Partition::watch_hw`]), so a high-watermark advance
+/// wakes only the fetches waiting on that partition, and on a timer of its network thread for
+/// max_wait_ms. Every (re-)read runs on the connection's network thread.
+struct FetchWait {
+    id: u64,
+    me: std::sync::Weak<FetchWait>,
+    shared: Arc<Shared>,
+    poster: super::net::Poster,
+    topics: Vec<(String, Vec<FetchPlanPartition>)>,
+    cid: i32,
+    version: i16,
+    max_bytes: u64,
+    min_bytes: u64,
+    /// read_committed: read up to the last stable offset (which only moves with a marker's
+    /// append, whose durability then advances the high watermark and wakes this wait).
+    committed: bool,
+    deadline: Instant,
+    /// Taken by the answer (None once answered).
+    responder: std::sync::Mutex<Option<super::Responder>>,
+    /// Registered and not woken yet (a wake-up posts one re-read).
+    armed: AtomicBool,
+    timer_set: AtomicBool,
+}
+
+impl crate::log::HwWaiter for FetchWait {
+    fn wake(&self) {
+        // Called under the advancing partition's state lock: only post the re-read.
+        if self.armed.swap(false, Ordering::AcqRel) {
+            self.shared.fetch_wakeups.fetch_add(1, Ordering::Relaxed);
+            if let Some(me) = self.me.upgrade() {
+                self.poster.run_on_thread(move || me.attempt());
+            }
+        }
+    }
+}
+
+impl FetchWait {
+    fn partitions(&self) -> impl Iterator<Item = (&FetchPlanPartition, &Arc<Partition>)> {
+        self.topics.iter().flat_map(|(_, ps)| ps.iter()).filter_map(|p| p.log.as_ref().ok().map(|l| (p, l)))
+    }
+
+    /// Read the partitions; answer if min_bytes is met, an error or the deadline came, else
+    /// (re-)register. Runs on the connection's network thread.
+    fn attempt(self: &Arc<Self>) {
         loop {
-            let seen = notifier.epoch();
-            let expired = Instant::now() >= deadline || shared.stopping();
-            if read_now || expired {
-                let (data, bytes, any_error) = collect_fetch(&topics, max_bytes);
-                if bytes >= min_bytes.max(1) || any_error || expired || min_bytes == 0 {
-                    let frame = fetch::build(cid, version, error::NONE, data);
-                    return frame.send(std::os::fd::AsRawFd::as_raw_fd(stream));
+            let mut slot = self.responder.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                return;
+            }
+            let seen: Vec<u64> = self.partitions().map(|(_, l)| readable_end(l, self.committed)).collect();
+            let expired = Instant::now() >= self.deadline || self.shared.stopping();
+            let (data, bytes, any_error) = collect_fetch(&self.topics, self.max_bytes, self.committed);
+            if bytes >= self.min_bytes.max(1) || any_error || expired || self.min_bytes == 0 {
+                let responder = slot.take();
+                drop(slot);
+                self.armed.store(false, Ordering::Release);
+                for (_, l) in self.partitions() {
+                    l.unwatch_hw(self.id);
+                }
+                if let Some(r) = responder {
+                    r.send(Reply::Frame(fetch::build(self.cid, self.version, error::NONE, data)));
+                }
+                return;
+            }
+            drop(data);
+            if !self.timer_set.swap(true, Ordering::AcqRel) {
+                let me = self.clone();
+                if let Some(r) = slot.as_ref() {
+                    r.run_at(self.deadline, move || me.attempt());
                 }
             }
-            notifier.wait_past(seen, deadline);
-            read_now = topics
-                .iter()
-                .flat_map(|(_, parts)| parts.iter())
-                .any(|p| matches!(&p.log, Ok(log) if log.high_watermark() as i64 > p.fetch_offset));
+            drop(slot);
+            self.armed.store(true, Ordering::Release);
+            let weak: std::sync::Weak<dyn crate::log::HwWaiter> = self.me.clone();
+            for (_, l) in self.partitions() {
+                l.watch_hw(self.id, weak.clone());
+            }
+            // An advance between the read and the registration would be missed: look again.
+            let moved = self.partitions().zip(seen).any(|((_, l), end)| readable_end(l, self.committed) != end);
+            if !moved || !self.armed.swap(false, Ordering::AcqRel) {
+                return;
+            }
         }
-    })))
+    }
 }
 
 /// Read every requested partition once. Returns the response data, record bytes, and whether
 /// any partition has an error (which answers at once, as Kafka does).
-fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -> (Vec<fetch::TopicData>, u64, bool) {
+fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64, committed: bool) -> (Vec<fetch::TopicData>, u64, bool) {
     let mut out = Vec::with_capacity(topics.len());
     let mut total = 0u64;
     let mut any_error = false;
@@ -537,7 +772,9 @@ fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -
                 partition: p.partition,
                 error_code: error::NONE,
                 high_watermark: -1,
+                last_stable_offset: -1,
                 log_start_offset: -1,
+                aborted: None,
                 records: Vec::new(),
             };
             match &p.log {
@@ -547,9 +784,14 @@ fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -
                 }
                 Ok(log) => {
                     let budget = p.max_bytes.min(max_bytes.saturating_sub(total));
-                    match log.read(p.fetch_offset, budget, total == 0) {
+                    match log.read_isolated(p.fetch_offset, budget, total == 0, committed) {
                         Ok(slice) => {
                             d.high_watermark = slice.high_watermark as i64;
+                            d.last_stable_offset = slice.last_stable_offset as i64;
+                            d.aborted = slice
+                                .aborted
+                                .as_ref()
+                                .map(|a| a.iter().map(|t| (t.producer_id, t.first_offset as i64)).collect());
                             d.log_start_offset = slice.log_start_offset as i64;
                             total += slice.bytes();
                             d.records = slice.ranges;
@@ -575,6 +817,12 @@ fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -
     (out, total, any_error)
 }
 
+/// The end of what a fetch may read: the last stable offset for read_committed, else the
+/// high watermark.
+fn readable_end(log: &Partition, committed: bool) -> u64 {
+    if committed { log.last_stable_offset() } else { log.high_watermark() }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metadata
 
@@ -588,23 +836,38 @@ fn metadata(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: By
     let port = local.map_or(shared.cfg.listen.port(), |a| a.port()) as i32;
     let broker = MetadataResponseBroker::default().with_node_id(BrokerId(0)).with_host(StrBytes::from_string(host)).with_port(port);
     let allow_create = version < 4 || req.allow_auto_topic_creation;
-    let all = || shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(Some).collect();
-    let names: Vec<Option<String>> = match req.topics {
+    let all = || shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(Ok).collect();
+    // A topic named, or asked for by id (v10+: the consumer group protocol hands out ids).
+    let names: Vec<Result<String, Uuid>> = match req.topics {
         None => all(),
         Some(ts) if ts.is_empty() && version == 0 => all(),
-        Some(ts) => ts.into_iter().map(|t| t.name.map(|n| n.0.to_string())).collect(),
+        Some(ts) => ts
+            .into_iter()
+            .map(|t| match t.name {
+                Some(n) if !n.is_empty() || t.topic_id.is_nil() => Ok(n.0.to_string()),
+                _ => Err(t.topic_id),
+            })
+            .collect(),
     };
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
-        let Some(name) = name else {
-            // Lookup by topic id: this broker does not assign topic ids.
-            topics.push(MetadataResponseTopic::default().with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION));
-            continue;
+        let name = match name {
+            Ok(n) => n,
+            Err(id) => match shared.logs.topic_names().into_iter().find(|n| !is_hidden_topic(n) && crate::groups::topic_id(n) == id) {
+                Some(n) => n,
+                None => {
+                    topics.push(MetadataResponseTopic::default().with_topic_id(id).with_error_code(error::UNKNOWN_TOPIC_ID));
+                    continue;
+                }
+            },
         };
         // Internal logs (e.g. the group coordinator's offsets log) are named "__…", as in Kafka.
         let mut t = MetadataResponseTopic::default()
             .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
             .with_is_internal(name.starts_with("__"));
+        if version >= 10 {
+            t = t.with_topic_id(crate::groups::topic_id(&name));
+        }
         let found = match shared.logs.topic(&name) {
             _ if is_hidden_topic(&name) => Err(error::UNKNOWN_TOPIC_OR_PARTITION),
             Some(t) => Ok(t),
@@ -662,7 +925,8 @@ fn list_offsets(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Han
             match resolve_partition(shared, &name, p.partition_index, false) {
                 Err(code) => r = r.with_error_code(code),
                 Ok(log) => match p.timestamp {
-                    LATEST_TIMESTAMP => r = r.with_offset(log.high_watermark() as i64),
+                    // read_committed (isolation level 1): the last stable offset, as Kafka.
+                    LATEST_TIMESTAMP => r = r.with_offset(readable_end(&log, req.isolation_level == 1) as i64),
                     EARLIEST_TIMESTAMP => r = r.with_offset(log.log_start_offset() as i64),
                     MAX_TIMESTAMP => {
                         let ts = log.max_timestamp();
