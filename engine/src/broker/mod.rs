@@ -1,4 +1,4 @@
-//! The Kafka-protocol broker: listener, per-connection reader/writer, one handler per API.
+//! The Kafka-protocol broker: listener, network threads (`net`), one handler per API.
 //!
 //! Contract used by the load generator (embedded mode) and tests:
 //! `Broker::start(BrokerConfig) -> io::Result<BrokerHandle>`, `BrokerHandle::local_addr()`,
