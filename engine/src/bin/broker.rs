@@ -98,6 +98,19 @@ struct Args {
     /// blocking and sync pool threads) this often, in ms; 0 = never.
     #[arg(long, default_value_t = 0)]
     stats_interval_ms: u64,
+    /// A second listener whose connections speak TLS (needs --tls-cert and --tls-key). Fetch
+    /// over it copies the records (no sendfile through TLS).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener (leaf first).
+    #[arg(long, requires = "tls_listen")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listener.
+    #[arg(long, requires = "tls_listen")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: TLS clients must present a certificate signed by one of them.
+    #[arg(long, requires = "tls_listen")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -168,6 +181,9 @@ fn main() -> ExitCode {
     cfg.log.cleaner_rate_mib = args.cleaner_rate_mib;
     cfg.network_threads = args.network_threads;
     cfg.stats_interval_ms = args.stats_interval_ms;
+    if let (Some(listen), Some(cert), Some(key)) = (args.tls_listen, args.tls_cert.clone(), args.tls_key.clone()) {
+        cfg.tls = Some(engine::broker::TlsListenConfig { listen, cert, key, client_ca: args.tls_client_ca.clone() });
+    }
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

@@ -25,6 +25,8 @@
 mod handlers;
 mod net;
 pub mod properties;
+mod transport;
+pub use transport::TlsListenConfig;
 pub use handlers::BROKER_APIS;
 pub use net::{Responder, CONNECTION_OUT_BYTES_MAX};
 
@@ -109,6 +111,8 @@ pub struct BrokerConfig {
     pub network_threads: usize,
     /// Log a line of network counters (connections, threads, fetch wake-ups) this often; 0 = never.
     pub stats_interval_ms: u64,
+    /// A second listener whose connections speak TLS (`--tls-listen`); none by default.
+    pub tls: Option<TlsListenConfig>,
 }
 
 impl BrokerConfig {
@@ -130,6 +134,7 @@ impl BrokerConfig {
             partitions_per_topic_max: 1_000,
             network_threads: 0,
             stats_interval_ms: 0,
+            tls: None,
         }
     }
 }
@@ -291,9 +296,11 @@ pub struct Broker;
 
 pub struct BrokerHandle {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     logs: Arc<LogManager>,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
+    tls_accept: Option<JoinHandle<()>>,
     net: Vec<JoinHandle<()>>,
     stats: Option<JoinHandle<()>>,
 }
@@ -329,6 +336,11 @@ impl Broker {
                 format!("default_partitions must be within 1..={}", cfg.partitions_per_topic_max),
             ));
         }
+        // TLS: certificates checked before anything is opened (a bad file fails the start).
+        let tls = match &cfg.tls {
+            Some(t) => Some((transport::server_config(t).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?, t.listen)),
+            None => None,
+        };
         let logs = LogManager::open(&cfg.data_dir, storage, cfg.log.clone()).map_err(io::Error::other)?;
         if let Some((open, limit)) = crate::log::manager::descriptors() {
             tracing::info!(open, limit, "file descriptors after opening the logs");
@@ -337,6 +349,13 @@ impl Broker {
             }
         }
         let listener = TcpListener::bind(cfg.listen)?;
+        let tls_listener = match &tls {
+            Some((tcfg, addr)) => {
+                let l = TcpListener::bind(addr)?;
+                Some((l.local_addr()?, l, tcfg.clone()))
+            }
+            None => None,
+        };
         let cfg_in_flight = cfg.request_bytes_in_flight_max;
         let addr = listener.local_addr()?;
         let groups = GroupCoordinator::new(logs.clone())?;
@@ -362,7 +381,16 @@ impl Broker {
         let _ = shared.in_flight.threads.set(threads.clone());
         let _ = shared.net.set(threads);
         let s = shared.clone();
-        let accept = std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener))?;
+        let accept = std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener, None))?;
+        let (tls_addr, tls_accept) = match tls_listener {
+            Some((a, l, tcfg)) => {
+                let s = shared.clone();
+                let h = std::thread::Builder::new().name("broker-accept-tls".into()).spawn(move || accept_loop(s, l, Some(tcfg)))?;
+                tracing::info!(addr = %a, client_auth = shared.cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "TLS listener");
+                (Some(a), Some(h))
+            }
+            None => (None, None),
+        };
         let stats = if shared.cfg.stats_interval_ms > 0 {
             let s = shared.clone();
             Some(std::thread::Builder::new().name("broker-stats".into()).spawn(move || stats_loop(s))?)
@@ -370,13 +398,17 @@ impl Broker {
             None
         };
         tracing::info!(%addr, durability = %shared.cfg.log.durability, network_threads = n, "broker listening");
-        Ok(BrokerHandle { addr, logs, shared, accept: Some(accept), net: joins, stats })
+        Ok(BrokerHandle { addr, tls_addr, logs, shared, accept: Some(accept), tls_accept, net: joins, stats })
     }
 }
 
 impl BrokerHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+    /// The TLS listener's address, if there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
     pub fn logs(&self) -> &Arc<LogManager> {
         &self.logs
@@ -418,6 +450,10 @@ impl BrokerHandle {
         // Wake the accept thread with a connection of our own.
         let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
         if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        if let (Some(a), Some(h)) = (self.tls_addr, self.tls_accept.take()) {
+            let _ = TcpStream::connect_timeout(&wake_addr(a), Duration::from_secs(1));
             let _ = h.join();
         }
         if let Some(threads) = self.shared.net.get() {
@@ -471,7 +507,7 @@ impl RateLog {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
     let mut refused = RateLog::new("connections refused");
     let mut failed = RateLog::new("accept failed");
     let mut backoff = Duration::ZERO;
@@ -502,7 +538,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         let threads = shared.net.get().expect("network threads start before the accept thread");
         let n = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        net::pick(threads, n).post(net::Msg::Conn(stream, peer));
+        net::pick(threads, n).post(net::Msg::Conn(stream, peer, tls.clone()));
     }
     tracing::debug!("accept loop stopped");
 }

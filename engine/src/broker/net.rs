@@ -12,7 +12,7 @@
 //! its next frame (resumed when bytes are given back, without parking a thread).
 
 use std::collections::{BinaryHeap, VecDeque};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::transport::{self, Transport};
 use super::{handlers, release_ip, ConnCtx, Reply, Shared, CONNECTION_QUEUE_MAX, SEND_STALL_MS_MAX};
 use crate::wire::fetch::FetchFrame;
 use crate::wire::{self, FrameError};
@@ -44,8 +45,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 type Job = Box<dyn FnOnce() + Send>;
 
 pub(crate) enum Msg {
-    /// A new connection for this thread (counted for its IP already).
-    Conn(std::net::TcpStream, SocketAddr),
+    /// A new connection for this thread (counted for its IP already), TLS with this config.
+    Conn(std::net::TcpStream, SocketAddr, Option<Arc<rustls::ServerConfig>>),
     /// The response to request `seq` of connection (`key`, `gen`).
     Reply { key: usize, gen: u64, seq: u64, reply: Reply },
     /// Work to run on this thread (a long-poll's re-check).
@@ -197,6 +198,8 @@ impl Out {
 
 struct Conn {
     sock: TcpStream,
+    /// Plaintext or TLS over `sock`.
+    transport: Box<dyn Transport>,
     gen: u64,
     ctx: ConnCtx,
     // ---- input
@@ -352,7 +355,7 @@ impl Worker {
             let mut stop = false;
             for m in msgs {
                 match m {
-                    Msg::Conn(s, peer) => self.add_conn(s, peer),
+                    Msg::Conn(s, peer, tls) => self.add_conn(s, peer, tls),
                     Msg::Reply { key, gen, seq, reply } => self.deliver(key, gen, seq, reply),
                     Msg::Job(job) => job(),
                     Msg::Timer(at, job) => {
@@ -387,7 +390,7 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, s: std::net::TcpStream, peer: SocketAddr) {
+    fn add_conn(&mut self, s: std::net::TcpStream, peer: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) {
         let local = match s.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -402,6 +405,17 @@ impl Worker {
             return;
         }
         let _ = s.set_nodelay(true);
+        let transport: Box<dyn Transport> = match tls {
+            None => Box::new(transport::Plain),
+            Some(cfg) => match transport::Tls::new(&cfg) {
+                Ok(t) => Box::new(t),
+                Err(e) => {
+                    tracing::warn!(%peer, "cannot start TLS: {e}");
+                    self.forget(peer);
+                    return;
+                }
+            },
+        };
         let mut sock = TcpStream::from_std(s);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -413,6 +427,7 @@ impl Worker {
         let now = Instant::now();
         entry.insert(Conn {
             sock,
+            transport,
             gen: NEXT_GEN.fetch_add(1, Ordering::Relaxed),
             ctx: ConnCtx { peer, local },
             stash: Vec::new(),
@@ -455,6 +470,7 @@ impl Worker {
             Closing::Info(r) => tracing::info!(%peer, "closing connection: {r}"),
             Closing::Warn(r) => tracing::warn!(%peer, "closing connection: {r}"),
         }
+        c.transport.close(&mut c.sock);
         let _ = self.poll.registry().deregister(&mut c.sock);
         let _ = c.sock.shutdown(Shutdown::Both);
         if !c.frame.is_empty() {
@@ -518,7 +534,11 @@ impl Worker {
                 }
                 // A large frame's body is read straight into the frame.
                 let direct = !c.frame.is_empty() && c.frame.len() - c.frame_got >= self.scratch.len();
-                let r = if direct { c.sock.read(&mut c.frame[c.frame_got..]) } else { c.sock.read(&mut self.scratch) };
+                let r = if direct {
+                    c.transport.read(&mut c.sock, &mut c.frame[c.frame_got..])
+                } else {
+                    c.transport.read(&mut c.sock, &mut self.scratch)
+                };
                 match r {
                     Ok(0) => {
                         c.read_eof = true;
@@ -734,9 +754,10 @@ impl Worker {
                 c.closing = true;
                 Out::Close(r)
             }
-            Reply::Frame(frame) if frame.zero_copy() => Out::Frame { frame, piece: 0, at: 0 },
+            Reply::Frame(frame) if frame.zero_copy() && c.transport.zero_copy() => Out::Frame { frame, piece: 0, at: 0 },
             Reply::Frame(frame) => match frame.to_vec() {
-                // SimIo files: copied (the frame carries its own size prefix).
+                // SimIo files and TLS connections: copied (the frame carries its own size
+                // prefix).
                 Ok(mut v) if v.len() >= 4 => {
                     let body = v.split_off(4);
                     Out::Bytes { size: [v[0], v[1], v[2], v[3]], body, at: 0 }
@@ -771,6 +792,22 @@ impl Worker {
 
     /// Send ready responses from the head, in order, as far as the socket takes them.
     fn write(&mut self, key: usize) -> Result<(), Closing> {
+        // What the transport still holds (TLS records) goes first.
+        if let Some(c) = self.conns.get_mut(key) {
+            if c.can_write {
+                match c.transport.flush(&mut c.sock) {
+                    // Writable and nothing held back: not stalled (any queued send below
+                    // records a new stall if the socket is full again).
+                    Ok(true) => c.blocked_since = None,
+                    Ok(false) => {
+                        c.can_write = false;
+                        c.blocked_since.get_or_insert_with(Instant::now);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(Closing::Quiet(format!("write failed: {e}"))),
+                }
+            }
+        }
         loop {
             let Some(c) = self.conns.get_mut(key) else { return Ok(()) };
             match c.slots.front() {
@@ -816,7 +853,7 @@ impl Worker {
                             slices.push(IoSlice::new(&body[*at - 4..]));
                         }
                     }
-                    let r = c.sock.write_vectored(&slices);
+                    let r = c.transport.write_vectored(&mut c.sock, &slices);
                     drop(slices);
                     match r {
                         Ok(mut n) => {
