@@ -277,7 +277,9 @@ fn read(c: &mut Criterion<BenchClock>) {
                     partition: p as i32,
                     error_code: 0,
                     high_watermark: 1 << 20,
+                    last_stable_offset: -1,
                     log_start_offset: 0,
+                    aborted: None,
                     records: r.clone(),
                 })
                 .collect();

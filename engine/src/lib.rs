@@ -8,8 +8,10 @@
 //! * [`wire`] (`zl-wire`): Kafka framing and the hand-framed zero-copy Fetch response.
 //! * [`groups`] (`zl-groups`): the group coordinator (consumer groups, committed offsets, producer ids).
 //! * [`broker`]: the server and one handler per API (this crate).
+//! * [`txn`]: the transaction coordinator (transactional producers, markers; issue 20).
 #![forbid(unsafe_code)]
 pub mod broker;
+pub mod txn;
 pub use zl_groups as groups;
 pub use zl_io as io;
 pub use zl_log as log;

@@ -662,11 +662,11 @@ fn internal_topics_and_the_data_directory_resist_client_requests_and_a_second_br
         assert_eq!(r.responses[0].partition_responses[0].error_code, 17, "produce to {t}");
         refused += 1;
     }
-    // A transactional Produce (transactions are not supported): TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-    // (53), nothing stored. (Before: stored as plain batches.)
+    // A Produce with a transactional id but plain (non-transactional) batches: INVALID_RECORD
+    // (87), nothing stored. (Before: stored as plain batches.)
     let tx = produce_req("t", build::simple_batch(2, 10, 0))
         .with_transactional_id(Some(kafka_protocol::messages::TransactionalId(StrBytes::from_static_str("tx"))));
-    assert_eq!(c.call(9, &tx).responses[0].partition_responses[0].error_code, 53, "transactional produce");
+    assert_eq!(c.call(9, &tx).responses[0].partition_responses[0].error_code, 87, "transactional produce");
     let r = c.call(9, &produce_req("t", build::simple_batch(1, 10, 0)));
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 0, "the refused transactional batch was not stored");
     // acks=0: no response to carry the error, so the connection is closed (as Kafka).

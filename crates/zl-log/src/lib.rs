@@ -12,6 +12,7 @@ pub mod partition;
 pub mod pool;
 pub mod segment;
 pub mod time_seek;
+pub mod txn_index;
 pub mod topic_config;
 
 use std::io;

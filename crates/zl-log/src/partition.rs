@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::segment::{self, Segment};
+use super::txn_index::{self, AbortedTxn, TxnIndex};
 use super::{now_ms, AppendError, DeleteRecordsError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
 use zl_io::{Io, IoFile};
 use zl_record::{self as record, BatchInfo};
@@ -86,6 +87,11 @@ pub struct ReadSlice {
     pub ranges: Vec<FileRange>,
     pub high_watermark: u64,
     pub log_start_offset: u64,
+    /// The last stable offset at the read (issue 20): first offset of the earliest open
+    /// transaction, or the high watermark.
+    pub last_stable_offset: u64,
+    /// read_committed reads: the aborted transactions of the range returned.
+    pub aborted: Option<Vec<AbortedTxn>>,
 }
 
 impl ReadSlice {
@@ -118,6 +124,8 @@ struct State {
     /// In group mode: position in the active segment up to which data is durable (servable).
     hw_pos: u64,
     producers: HashMap<i64, Option<ProducerState>>,
+    /// Open and aborted transactions (`txn_index`).
+    txn: TxnIndex,
     rp_file: Arc<dyn IoFile>,
     /// Group mode: bytes appended but not yet written, for `[staged_pos, active.size)` of the
     /// active segment.
@@ -225,6 +233,8 @@ pub struct Partition {
     opened: std::time::Instant,
     last_note_ms: AtomicU64,
     high_watermark: AtomicU64,
+    /// First offset of the earliest open transaction (`u64::MAX`: none), kept with `State::txn`.
+    first_open_txn: AtomicU64,
     log_start: AtomicU64,
     /// The durable log start offset checkpoint (0 until one is written). Held while one is
     /// written, so checkpoints are written one at a time and never move backwards. Lock order:
@@ -427,6 +437,10 @@ impl Partition {
         }
 
         let mut producers = HashMap::new();
+        // The transaction index, folded in one segment at a time from its transactional
+        // batches (position, header), so recovery holds one segment's worth of them at most.
+        let mut txn = TxnIndex::default();
+        let mut txn_batches: Vec<(u64, BatchInfo)> = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
         if bases.is_empty() {
             segments.push(Segment::create(&*io, dir, 0).map_err(&e)?);
@@ -497,14 +511,21 @@ impl Partition {
                     // Tracked once the walk is through: one that fails partway leaves the state
                     // as it was, and the rescan below tracks every batch.
                     let mut walked = Vec::new();
+                    let mut txns = Vec::new();
+                    let mut at = 0u64;
                     let walk = seg.walk_headers(end.valid_end, max, |info| {
                         if is_idempotent(info) {
                             walked.push(*info);
                         }
+                        if info.is_transactional() {
+                            txns.push((at, *info));
+                        }
+                        at += info.size_bytes as u64;
                     });
                     match walk {
                         Ok(()) => {
                             walked.iter().for_each(|info| track_producer(&mut producers, info));
+                            txn_batches.extend(txns);
                             trusted = Some(end);
                         }
                         Err(err) => tracing::warn!(path = %seg_path.display(), "{err}; rescanning"),
@@ -517,8 +538,15 @@ impl Partition {
                 Some(end) => end,
                 None => {
                     seg.reset_indexes();
+                    let mut at = 0u64;
                     let end = seg
-                        .scan(0, base, true, max, interval, |info| track_producer(&mut producers, info))
+                        .scan(0, base, true, max, interval, |info| {
+                            track_producer(&mut producers, info);
+                            if info.is_transactional() {
+                                txn_batches.push((at, *info));
+                            }
+                            at += info.size_bytes as u64;
+                        })
                         .map_err(&e)?;
                     if !is_last && end.stopped.is_none() {
                         seg.write_indexes(&*io).map_err(&e)?;
@@ -546,6 +574,7 @@ impl Partition {
                         let _ = io.remove_file(&dir.join(segment::time_index_name(base)));
                     }
                     repaired = true;
+                    fold_txn_batches(&mut txn, &seg, &mut txn_batches, max).map_err(&e)?;
                     segments.push(seg);
                     continue;
                 }
@@ -565,6 +594,7 @@ impl Partition {
                 );
                 seg.file.set_len(end.valid_end).map_err(&e)?;
             }
+            fold_txn_batches(&mut txn, &seg, &mut txn_batches, max).map_err(&e)?;
             segments.push(seg);
         }
         if cfg.repair && !repaired && segments.last().expect("segment").next_offset < recovery_point {
@@ -597,6 +627,7 @@ impl Partition {
             for seg in segments.drain(..) {
                 seg.delete_files(&*io).map_err(&e)?;
             }
+            txn = TxnIndex::default();
             io.sync_dir(dir).map_err(&e)?;
             segments.push(Segment::create(&*io, dir, checkpoint).map_err(&e)?);
         }
@@ -610,6 +641,7 @@ impl Partition {
 
         let hw_pos = active.size;
         let log_start = segments[0].base_offset.max(checkpoint);
+        let first_open_txn = txn.first_open().unwrap_or(u64::MAX);
         Ok(Arc::new(Partition {
             topic: topic.to_string(),
             index,
@@ -621,6 +653,7 @@ impl Partition {
                 segments,
                 hw_pos,
                 producers,
+                txn,
                 rp_file,
                 staged: Vec::new(),
                 staged_pos: 0,
@@ -642,6 +675,7 @@ impl Partition {
             opened: std::time::Instant::now(),
             last_note_ms: AtomicU64::new(0),
             high_watermark: AtomicU64::new(next),
+            first_open_txn: AtomicU64::new(first_open_txn),
             log_start: AtomicU64::new(log_start),
             start_checkpoint: Mutex::new(checkpoint),
             notifier,
@@ -887,9 +921,16 @@ impl Partition {
         }
         let interval = self.cfg.index_interval_bytes;
         let mut pos = position;
+        let mut at = 0usize;
         for a in &assigned {
             st.active_mut().track_batch(pos, a, interval);
+            if a.is_transactional() {
+                let marker = txn_index::control_marker(&buf[at..at + a.size_bytes], a);
+                st.txn.on_batch(a, marker);
+                self.first_open_txn.store(st.txn.first_open().unwrap_or(u64::MAX), Ordering::Release);
+            }
             pos += a.size_bytes as u64;
+            at += a.size_bytes;
         }
         for (pid, p) in touched {
             if p.is_some() {
@@ -1319,16 +1360,35 @@ impl Partition {
     /// in-memory index, and a read spanning segments the next one, under the lock again,
     /// briefly; nothing past the active segment's servable end as of the first lock is served.
     pub fn read(&self, offset: i64, max_bytes: u64, min_one_batch: bool) -> Result<ReadSlice, FetchError> {
-        let (mut slice, first, floor, offset, active) = {
+        self.read_isolated(offset, max_bytes, min_one_batch, false)
+    }
+
+    /// [`Partition::read`] with an isolation level: `committed` (read_committed) serves only
+    /// below the last stable offset and lists the aborted transactions of what it returns.
+    pub fn read_isolated(&self, offset: i64, max_bytes: u64, min_one_batch: bool, committed: bool) -> Result<ReadSlice, FetchError> {
+        let (mut slice, first, floor, offset, active, upto) = {
             let st = lock(&self.state);
             let hw = self.high_watermark();
             let log_start = st.log_start();
-            let slice = ReadSlice { ranges: Vec::new(), high_watermark: hw, log_start_offset: log_start };
+            let lso = st.txn.first_open().map_or(hw, |f| f.min(hw));
+            let mut slice = ReadSlice {
+                ranges: Vec::new(),
+                high_watermark: hw,
+                log_start_offset: log_start,
+                last_stable_offset: lso,
+                aborted: None,
+            };
             if offset < log_start as i64 || offset > hw as i64 {
                 return Err(FetchError::OffsetOutOfRange { requested: offset, log_start, log_end: hw });
             }
             let offset = offset as u64;
-            if offset == hw {
+            // read_committed: nothing at or past the LSO (a batch boundary: the first batch of
+            // the earliest open transaction, or the high watermark).
+            let upto = if committed { lso } else { hw };
+            if committed {
+                slice.aborted = Some(st.txn.aborted_between(offset, upto));
+            }
+            if offset >= upto {
                 return Ok(slice);
             }
             if let Some((bad, _, _)) = st.fence {
@@ -1351,12 +1411,30 @@ impl Partition {
             let group = self.cfg.durability == Durability::Group;
             let active = (active.base_offset, if group { st.hw_pos.min(active.size) } else { active.size });
             let first = self.read_part(&st, i, active);
-            (slice, first, seg.index_floor(offset), offset, active)
+            (slice, first, seg.index_floor(offset), offset, active, upto)
+        };
+        // The LSO cut, when it falls inside a segment the read reaches: the position of the
+        // batch at `upto` (found from the index floor, in the file being read).
+        let cut = |file: &Arc<dyn IoFile>, base: u64, limit: u64, next: Option<u64>| -> Result<u64, FetchError> {
+            if upto < base {
+                return Ok(0);
+            }
+            if next.is_some_and(|n| upto >= n) || upto >= self.high_watermark() {
+                return Ok(limit);
+            }
+            let floor = self.index_floor_in(base, file, upto).unwrap_or(0);
+            Ok(segment::find_position_from(&**file, upto, floor, limit, self.cfg.batch_bytes_max)?.map_or(limit, |p| p.min(limit)))
         };
         let mut total = 0u64;
         let mut part = Some(first);
         let mut at_first = true;
         while let Some((file, base, limit)) = part.take() {
+            let limit = if upto < slice.high_watermark {
+                let next = self.segment_end(base);
+                cut(&file, base, limit, next)?
+            } else {
+                limit
+            };
             let start = if at_first {
                 segment::find_position_from(&*file, offset, floor, limit, self.cfg.batch_bytes_max)?
             } else {
@@ -1442,6 +1520,34 @@ impl Partition {
             return None;
         }
         st.segments[i].index_boundary_at_most(after, limit)
+    }
+
+    /// The index floor of `offset` in the segment based at `base`, if `file` is still its file.
+    fn index_floor_in(&self, base: u64, file: &Arc<dyn IoFile>, offset: u64) -> Option<u64> {
+        let st = lock(&self.state);
+        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
+        if !std::ptr::addr_eq(Arc::as_ptr(&st.segments[i].file), Arc::as_ptr(file)) {
+            return None;
+        }
+        Some(st.segments[i].index_floor(offset))
+    }
+
+    /// The base of the segment after the one based at `base` (`None`: it is the last).
+    fn segment_end(&self, base: u64) -> Option<u64> {
+        let st = lock(&self.state);
+        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
+        st.segments.get(i + 1).map(|s| s.base_offset)
+    }
+
+    /// The last stable offset: the first offset of the earliest open transaction, or the high
+    /// watermark (issue 20).
+    pub fn last_stable_offset(&self) -> u64 {
+        self.first_open_txn.load(Ordering::Acquire).min(self.high_watermark())
+    }
+
+    /// Open transactions of the partition: (producer id, first offset).
+    pub fn open_transactions(&self) -> Vec<(i64, u64)> {
+        lock(&self.state).txn.open().collect()
     }
 
     /// [`Partition::read`] copied into memory.
@@ -1806,4 +1912,25 @@ fn track_producer_one(slot: &mut Option<ProducerState>, info: &BatchInfo) {
         p.recent.pop_front();
     }
     p.recent.push_back((info.base_sequence, last, info.base_offset as u64));
+}
+
+/// Fold a recovered segment's transactional batches (position, header; in log order, all valid)
+/// into the transaction index and clear them; a control batch's marker type is read from the
+/// segment.
+fn fold_txn_batches(txn: &mut TxnIndex, seg: &Segment, batches: &mut Vec<(u64, BatchInfo)>, batch_bytes_max: usize) -> io::Result<()> {
+    for (pos, info) in batches.drain(..) {
+        if info.base_offset as u64 >= seg.next_offset {
+            break;
+        }
+        let marker = if info.is_control() {
+            let size = info.size_bytes.min(batch_bytes_max);
+            let mut b = vec![0u8; size];
+            seg.file.read_exact_at(&mut b, pos)?;
+            txn_index::control_marker(&b, &info)
+        } else {
+            None
+        };
+        txn.on_batch(&info, marker);
+    }
+    Ok(())
 }

@@ -6,7 +6,8 @@
 //! · session_id:i32 (v7+) · topics:array{
 //!     name:string · partitions:array{
 //!       partition_index:i32 · error_code:i16 · high_watermark:i64 · last_stable_offset:i64
-//!       · log_start_offset:i64 (v5+) · aborted_transactions:nullable array (null)
+//!       · log_start_offset:i64 (v5+) · aborted_transactions:nullable array{producer_id:i64
+//!       · first_offset:i64 · [tags v12]} (null for read_uncommitted)
 //!       · preferred_read_replica:i32 (v11+) · records:nullable bytes ← sendfile'd ranges
 //!       · [tags v12] }
 //!     · [tags v12] }
@@ -33,7 +34,12 @@ pub struct PartitionData {
     pub partition: i32,
     pub error_code: i16,
     pub high_watermark: i64,
+    /// The last stable offset (`-1`: the high watermark is answered).
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// read_committed: (producer id, first offset) of the aborted transactions in the range
+    /// returned; `None` = null (read_uncommitted).
+    pub aborted: Option<Vec<(i64, i64)>>,
     /// Whole batches, one range per segment touched. Empty: no records.
     pub records: Vec<FileRange>,
 }
@@ -160,11 +166,21 @@ pub fn build(correlation_id: i32, version: i16, error_code: i16, topics: Vec<Top
             b.i32(p.partition);
             b.i16(p.error_code);
             b.i64(p.high_watermark);
-            b.i64(p.high_watermark); // last_stable_offset: no transactions
+            b.i64(if p.last_stable_offset < 0 { p.high_watermark } else { p.last_stable_offset });
             if version >= 5 {
                 b.i64(p.log_start_offset);
             }
-            b.null_array(); // aborted_transactions
+            match &p.aborted {
+                None => b.null_array(),
+                Some(list) => {
+                    b.array_len(list.len());
+                    for &(producer_id, first_offset) in list {
+                        b.i64(producer_id);
+                        b.i64(first_offset);
+                        b.no_tags();
+                    }
+                }
+            }
             if version >= 11 {
                 b.i32(-1); // preferred_read_replica
             }
@@ -307,8 +323,8 @@ mod tests {
                 TopicData {
                     name: "t".into(),
                     partitions: vec![
-                        PartitionData { partition: 0, error_code: 0, high_watermark: 6, log_start_offset: 0, records: ranges },
-                        PartitionData { partition: 1, error_code: 1, high_watermark: 0, log_start_offset: 0, records: vec![] },
+                        PartitionData { partition: 0, error_code: 0, high_watermark: 6, last_stable_offset: -1, log_start_offset: 0, aborted: None, records: ranges },
+                        PartitionData { partition: 1, error_code: 1, high_watermark: 0, last_stable_offset: -1, log_start_offset: 0, aborted: None, records: vec![] },
                     ],
                 },
                 TopicData { name: "other".into(), partitions: vec![] },
@@ -357,7 +373,7 @@ mod tests {
             FileRange { file: f.clone(), position: 3, len: batch.len() as u64 },
             FileRange { file: f.clone(), position: 3 + batch.len() as u64, len: batch.len() as u64 },
         ];
-        let p = PartitionData { partition: 0, error_code: 0, high_watermark: 2, log_start_offset: 0, records };
+        let p = PartitionData { partition: 0, error_code: 0, high_watermark: 2, last_stable_offset: -1, log_start_offset: 0, aborted: None, records };
         build(9, 12, 0, vec![TopicData { name: "t".into(), partitions: vec![p] }])
     }
 

@@ -14,6 +14,7 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
+use uuid::Uuid;
 use kafka_protocol::protocol::StrBytes;
 
 use super::{ConnCtx, Reply, Shared, FETCH_WAIT_MS_MAX};
@@ -24,7 +25,7 @@ mod admin;
 mod delete_records;
 
 /// API keys routed to the group coordinator (`crate::groups::handle`).
-pub const GROUP_API_KEYS: [i16; 13] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68];
+pub const GROUP_API_KEYS: [i16; 14] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68, 69];
 
 /// (api key, min version, max version) served by the broker itself.
 pub const BROKER_APIS: &[(i16, i16, i16)] = &[
@@ -48,6 +49,7 @@ fn version_range(api_key: i16) -> Option<(i16, i16)> {
     BROKER_APIS
         .iter()
         .chain(crate::groups::SUPPORTED_APIS.iter())
+        .chain(crate::txn::TXN_APIS.iter())
         .find(|(k, _, _)| *k == api_key)
         .map(|&(_, lo, hi)| (lo, hi))
 }
@@ -64,6 +66,11 @@ pub(crate) fn handle(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) ->
     let raw_key = key as i16;
     if key == ApiKey::ApiVersions {
         return api_versions(&header, body);
+    }
+    // Transaction APIs, and InitProducerId with a transactional id (without: the group
+    // coordinator's producer ids).
+    if let Some(reply) = crate::txn::route(&shared.txn, raw_key, version, &header, &mut body) {
+        return reply;
     }
     if GROUP_API_KEYS.contains(&raw_key) {
         return crate::groups::handle_at(&shared.groups, ctx.advertised(), raw_key, version, &header, &mut body).into();
@@ -100,13 +107,13 @@ type Handled = Result<Reply, String>;
 /// `__consumer_offsets` but never write, delete or re-create them — a forged or lost record
 /// there rewrites committed offsets or re-grants producer ids, and so loses acknowledged data.
 fn is_internal_topic(name: &str) -> bool {
-    crate::groups::INTERNAL_TOPICS.contains(&name)
+    crate::groups::INTERNAL_TOPICS.contains(&name) || name == crate::txn::TXN_STATE_TOPIC
 }
 
 /// Internal topics not shown to clients at all (Kafka clients do not know them): Metadata
 /// answers UNKNOWN_TOPIC_OR_PARTITION for them, as Kafka does for its `__cluster_metadata`.
 fn is_hidden_topic(name: &str) -> bool {
-    name == crate::groups::store::PRODUCER_IDS_TOPIC
+    name == crate::groups::store::PRODUCER_IDS_TOPIC || name == crate::txn::TXN_STATE_TOPIC
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,6 +124,7 @@ fn api_versions(header: &RequestHeader, mut body: Bytes) -> Reply {
     let api_keys: Vec<ApiVersion> = BROKER_APIS
         .iter()
         .chain(crate::groups::SUPPORTED_APIS.iter())
+        .chain(crate::txn::TXN_APIS.iter())
         .map(|&(k, lo, hi)| ApiVersion::default().with_api_key(k).with_min_version(lo).with_max_version(hi))
         .collect();
     if !(0..=4).contains(&version) {
@@ -197,6 +205,51 @@ fn batch_over(records: &[u8], limit: usize) -> Option<i64> {
     None
 }
 
+/// Kafka's INVALID_TXN_STATE.
+const INVALID_TXN_STATE: i16 = 48;
+
+/// The transaction checks of a Produce partition's batches, as Kafka's: no control batch from
+/// a client (INVALID_RECORD); a transactional batch only in a request with a transactional id
+/// (INVALID_TXN_STATE) and, with one, only transactional batches of one producer id and epoch
+/// (INVALID_RECORD). `Ok(Some((id, pid, epoch)))`: append through the transaction coordinator.
+/// Batches whose headers do not parse are left to the log's validation.
+fn txn_produce_check(txn_id: &Option<String>, records: &[u8], max: usize) -> Result<Option<(String, i64, i16)>, i16> {
+    let mut at = 0usize;
+    let mut producer: Option<(i64, i16)> = None;
+    let mut transactional = false;
+    let mut plain = false;
+    while at < records.len() {
+        let Ok(info) = crate::record::parse_header_only(&records[at..], max) else { break };
+        if info.is_control() {
+            return Err(INVALID_RECORD);
+        }
+        if info.is_transactional() {
+            transactional = true;
+            match producer {
+                None => producer = Some((info.producer_id, info.producer_epoch)),
+                Some(p) if p != (info.producer_id, info.producer_epoch) => return Err(INVALID_RECORD),
+                Some(_) => {}
+            }
+        } else {
+            plain = true;
+        }
+        if info.size_bytes == 0 {
+            break;
+        }
+        at = at.saturating_add(info.size_bytes);
+    }
+    match (txn_id, transactional) {
+        (None, true) => Err(INVALID_TXN_STATE),
+        (None, false) => Ok(None),
+        (Some(_), _) if plain => Err(INVALID_RECORD),
+        (Some(_), false) => Ok(None),
+        (Some(id), true) => {
+            let (pid, epoch) = producer.unwrap_or((-1, -1));
+            Ok(Some((id.clone(), pid, epoch)))
+        }
+    }
+}
+
 /// A partition of a Produce request: index and its records' byte range within the frame body.
 type PartitionRecords = (i32, Option<std::ops::Range<usize>>);
 
@@ -217,10 +270,8 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
     // to the frame and can be turned back into a mutable buffer without copying.
     let req: ProduceRequest = wire::decode_body(&mut body.clone(), version)?;
     let acks = req.acks;
-    // Transactions are not supported (groups::TRANSACTIONS_UNSUPPORTED): a transactional
-    // Produce is refused whole, as Kafka refuses one whose transactional id is not authorized,
-    // so no transactional batch (which would wait for a commit marker that never comes) is stored.
-    let transactional = req.transactional_id.is_some();
+    // Transactional batches are appended only within their transaction (`crate::txn`).
+    let txn_id: Option<String> = req.transactional_id.as_ref().map(|t| t.0.to_string());
     // (topic, [(partition, record byte range within body)])
     let mut plan: Vec<(String, Vec<PartitionRecords>)> = Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
@@ -253,11 +304,6 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                 log_append_time: -1,
                 wait: None,
             };
-            if transactional {
-                r.error_code = error::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-                out.push(r);
-                continue;
-            }
             if is_internal_topic(&topic) {
                 // As Kafka's ReplicaManager: "Cannot append to internal topic".
                 tracing::debug!(topic, index, "produce to an internal topic refused");
@@ -314,7 +360,27 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                     r.log_append_time = now;
                 }
             }
-            match part.append(records) {
+            let appended = match txn_produce_check(&txn_id, records, part.config().batch_bytes_max) {
+                Err(code) => {
+                    tracing::debug!(topic, index, code, "transactional produce refused");
+                    r.error_code = code;
+                    out.push(r);
+                    continue;
+                }
+                // The transaction's lock is held across the append: no batch of it lands
+                // after its marker.
+                Ok(Some((id, pid, epoch))) => match shared.txn.with_produce(&id, pid, epoch, &topic, index, || part.append(records)) {
+                    Ok(a) => a,
+                    Err(code) => {
+                        tracing::debug!(topic, index, code, "transactional produce refused by the coordinator");
+                        r.error_code = code;
+                        out.push(r);
+                        continue;
+                    }
+                },
+                Ok(None) => part.append(records),
+            };
+            match appended {
                 Ok(info) => {
                     r.base_offset = info.base_offset as i64;
                     r.log_start_offset = info.log_start_offset as i64;
@@ -574,6 +640,9 @@ fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handl
         topics.push((name, parts));
     }
     let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
+    // isolation_level 1 = read_committed: up to the last stable offset, with the aborted
+    // transactions of what is returned (issue 20).
+    let committed = req.isolation_level == 1;
     let min_bytes = req.min_bytes.max(0) as u64;
     // Capped so the framed size (records + overhead) always fits the i32 size prefix.
     let max_bytes = if req.max_bytes <= 0 { FETCH_RESPONSE_BYTES_MAX } else { (req.max_bytes as u64).min(FETCH_RESPONSE_BYTES_MAX) };
@@ -591,6 +660,7 @@ fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handl
             version,
             max_bytes,
             min_bytes,
+            committed,
             deadline,
             responder: std::sync::Mutex::new(Some(responder)),
             armed: AtomicBool::new(false),
@@ -616,6 +686,9 @@ struct FetchWait {
     version: i16,
     max_bytes: u64,
     min_bytes: u64,
+    /// read_committed: read up to the last stable offset (which only moves with a marker's
+    /// append, whose durability then advances the high watermark and wakes this wait).
+    committed: bool,
     deadline: Instant,
     /// Taken by the answer (None once answered).
     responder: std::sync::Mutex<Option<super::Responder>>,
@@ -649,9 +722,9 @@ impl FetchWait {
             if slot.is_none() {
                 return;
             }
-            let seen: Vec<u64> = self.partitions().map(|(_, l)| l.high_watermark()).collect();
+            let seen: Vec<u64> = self.partitions().map(|(_, l)| readable_end(l, self.committed)).collect();
             let expired = Instant::now() >= self.deadline || self.shared.stopping();
-            let (data, bytes, any_error) = collect_fetch(&self.topics, self.max_bytes);
+            let (data, bytes, any_error) = collect_fetch(&self.topics, self.max_bytes, self.committed);
             if bytes >= self.min_bytes.max(1) || any_error || expired || self.min_bytes == 0 {
                 let responder = slot.take();
                 drop(slot);
@@ -678,7 +751,7 @@ impl FetchWait {
                 l.watch_hw(self.id, weak.clone());
             }
             // An advance between the read and the registration would be missed: look again.
-            let moved = self.partitions().zip(seen).any(|((_, l), hw)| l.high_watermark() != hw);
+            let moved = self.partitions().zip(seen).any(|((_, l), end)| readable_end(l, self.committed) != end);
             if !moved || !self.armed.swap(false, Ordering::AcqRel) {
                 return;
             }
@@ -688,7 +761,7 @@ impl FetchWait {
 
 /// Read every requested partition once. Returns the response data, record bytes, and whether
 /// any partition has an error (which answers at once, as Kafka does).
-fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -> (Vec<fetch::TopicData>, u64, bool) {
+fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64, committed: bool) -> (Vec<fetch::TopicData>, u64, bool) {
     let mut out = Vec::with_capacity(topics.len());
     let mut total = 0u64;
     let mut any_error = false;
@@ -699,7 +772,9 @@ fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -
                 partition: p.partition,
                 error_code: error::NONE,
                 high_watermark: -1,
+                last_stable_offset: -1,
                 log_start_offset: -1,
+                aborted: None,
                 records: Vec::new(),
             };
             match &p.log {
@@ -709,9 +784,14 @@ fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -
                 }
                 Ok(log) => {
                     let budget = p.max_bytes.min(max_bytes.saturating_sub(total));
-                    match log.read(p.fetch_offset, budget, total == 0) {
+                    match log.read_isolated(p.fetch_offset, budget, total == 0, committed) {
                         Ok(slice) => {
                             d.high_watermark = slice.high_watermark as i64;
+                            d.last_stable_offset = slice.last_stable_offset as i64;
+                            d.aborted = slice
+                                .aborted
+                                .as_ref()
+                                .map(|a| a.iter().map(|t| (t.producer_id, t.first_offset as i64)).collect());
                             d.log_start_offset = slice.log_start_offset as i64;
                             total += slice.bytes();
                             d.records = slice.ranges;
@@ -737,6 +817,12 @@ fn collect_fetch(topics: &[(String, Vec<FetchPlanPartition>)], max_bytes: u64) -
     (out, total, any_error)
 }
 
+/// The end of what a fetch may read: the last stable offset for read_committed, else the
+/// high watermark.
+fn readable_end(log: &Partition, committed: bool) -> u64 {
+    if committed { log.last_stable_offset() } else { log.high_watermark() }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metadata
 
@@ -750,23 +836,38 @@ fn metadata(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: By
     let port = local.map_or(shared.cfg.listen.port(), |a| a.port()) as i32;
     let broker = MetadataResponseBroker::default().with_node_id(BrokerId(0)).with_host(StrBytes::from_string(host)).with_port(port);
     let allow_create = version < 4 || req.allow_auto_topic_creation;
-    let all = || shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(Some).collect();
-    let names: Vec<Option<String>> = match req.topics {
+    let all = || shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(Ok).collect();
+    // A topic named, or asked for by id (v10+: the consumer group protocol hands out ids).
+    let names: Vec<Result<String, Uuid>> = match req.topics {
         None => all(),
         Some(ts) if ts.is_empty() && version == 0 => all(),
-        Some(ts) => ts.into_iter().map(|t| t.name.map(|n| n.0.to_string())).collect(),
+        Some(ts) => ts
+            .into_iter()
+            .map(|t| match t.name {
+                Some(n) if !n.is_empty() || t.topic_id.is_nil() => Ok(n.0.to_string()),
+                _ => Err(t.topic_id),
+            })
+            .collect(),
     };
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
-        let Some(name) = name else {
-            // Lookup by topic id: this broker does not assign topic ids.
-            topics.push(MetadataResponseTopic::default().with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION));
-            continue;
+        let name = match name {
+            Ok(n) => n,
+            Err(id) => match shared.logs.topic_names().into_iter().find(|n| !is_hidden_topic(n) && crate::groups::topic_id(n) == id) {
+                Some(n) => n,
+                None => {
+                    topics.push(MetadataResponseTopic::default().with_topic_id(id).with_error_code(error::UNKNOWN_TOPIC_ID));
+                    continue;
+                }
+            },
         };
         // Internal logs (e.g. the group coordinator's offsets log) are named "__…", as in Kafka.
         let mut t = MetadataResponseTopic::default()
             .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
             .with_is_internal(name.starts_with("__"));
+        if version >= 10 {
+            t = t.with_topic_id(crate::groups::topic_id(&name));
+        }
         let found = match shared.logs.topic(&name) {
             _ if is_hidden_topic(&name) => Err(error::UNKNOWN_TOPIC_OR_PARTITION),
             Some(t) => Ok(t),
@@ -824,7 +925,8 @@ fn list_offsets(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Han
             match resolve_partition(shared, &name, p.partition_index, false) {
                 Err(code) => r = r.with_error_code(code),
                 Ok(log) => match p.timestamp {
-                    LATEST_TIMESTAMP => r = r.with_offset(log.high_watermark() as i64),
+                    // read_committed (isolation level 1): the last stable offset, as Kafka.
+                    LATEST_TIMESTAMP => r = r.with_offset(readable_end(&log, req.isolation_level == 1) as i64),
                     EARLIEST_TIMESTAMP => r = r.with_offset(log.log_start_offset() as i64),
                     MAX_TIMESTAMP => {
                         let ts = log.max_timestamp();

@@ -113,6 +113,12 @@ pub struct BrokerConfig {
     pub stats_interval_ms: u64,
     /// A second listener whose connections speak TLS (`--tls-listen`); none by default.
     pub tls: Option<TlsListenConfig>,
+    /// Consumer group protocol (KIP-848): a member without a heartbeat for this long is
+    /// removed (group.consumer.session.timeout.ms, default 45 s) ...
+    pub consumer_session_timeout_ms: i32,
+    /// ... and the heartbeat interval members are told (group.consumer.heartbeat.interval.ms,
+    /// default 5 s; must be below the session timeout).
+    pub consumer_heartbeat_interval_ms: i32,
 }
 
 impl BrokerConfig {
@@ -135,6 +141,8 @@ impl BrokerConfig {
             network_threads: 0,
             stats_interval_ms: 0,
             tls: None,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }
@@ -228,6 +236,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: BrokerConfig,
     pub(crate) logs: Arc<LogManager>,
     pub(crate) groups: Arc<GroupCoordinator>,
+    /// The transaction coordinator (issue 20).
+    pub(crate) txn: Arc<crate::txn::TxnCoordinator>,
     stop: AtomicBool,
     /// Connections open (counted at accept, until closed).
     open_conns: AtomicUsize,
@@ -358,11 +368,24 @@ impl Broker {
         };
         let cfg_in_flight = cfg.request_bytes_in_flight_max;
         let addr = listener.local_addr()?;
-        let groups = GroupCoordinator::new(logs.clone())?;
+        if cfg.consumer_heartbeat_interval_ms < 1 || cfg.consumer_heartbeat_interval_ms >= cfg.consumer_session_timeout_ms {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the consumer group heartbeat interval must be positive and below the session timeout",
+            ));
+        }
+        let group_cfg = crate::groups::GroupConfig {
+            consumer_session_timeout_ms: cfg.consumer_session_timeout_ms,
+            consumer_heartbeat_interval_ms: cfg.consumer_heartbeat_interval_ms,
+            ..Default::default()
+        };
+        let groups = GroupCoordinator::with_config(logs.clone(), group_cfg)?;
+        let txn = crate::txn::TxnCoordinator::new(logs.clone(), groups.clone())?;
         let shared = Arc::new(Shared {
             cfg,
             logs: logs.clone(),
             groups,
+            txn,
             stop: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),
             next_conn: AtomicU64::new(0),
