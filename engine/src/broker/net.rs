@@ -36,6 +36,11 @@ pub const CONNECTION_OUT_BYTES_MAX: usize = 4 << 20;
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Responses gathered into one writev.
 const WRITEV_MAX: usize = 64;
+/// A connection's turn: after this many requests handled or bytes read in one go, the thread
+/// serves its other ready connections before coming back to it (a producer streaming
+/// pipelined batches must not starve the consumers sharing its thread).
+const TURN_REQUESTS_MAX: usize = 16;
+const TURN_BYTES_MAX: usize = 1 << 20;
 const WAKER: Token = Token(usize::MAX);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -329,6 +334,10 @@ impl Worker {
             if let Some(t) = self.timers.peek() {
                 timeout = timeout.min(t.at.saturating_duration_since(now));
             }
+            if !self.dirty.is_empty() {
+                // Connections whose turn ended with work left: look for events, don't wait.
+                timeout = Duration::ZERO;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("network thread poll failed: {e}");
@@ -382,7 +391,9 @@ impl Worker {
             for key in dirty.drain(..) {
                 self.drive(key);
             }
-            self.dirty = dirty;
+            // Connections marked during the drives (a turn ended with input left): next round.
+            let mut marked = std::mem::replace(&mut self.dirty, dirty);
+            self.dirty.append(&mut marked);
             if Instant::now() >= next_sweep {
                 self.sweep();
                 next_sweep = Instant::now() + tick;
@@ -515,13 +526,18 @@ impl Worker {
     }
 
     /// Read frames and run their handlers while the connection may be read; returns how many
-    /// requests were handled.
+    /// requests were handled (0 also when its turn ended: it is marked for the next round).
     fn read(&mut self, key: usize) -> Result<usize, Closing> {
         let mut handled = 0;
+        let mut taken = 0;
         loop {
             let Some(c) = self.conns.get_mut(key) else { return Ok(handled) };
             if !c.reading_allowed() || self.shared.stopping() {
                 return Ok(handled);
+            }
+            if handled >= TURN_REQUESTS_MAX || taken >= TURN_BYTES_MAX {
+                self.dirty.push(key);
+                return Ok(0);
             }
             // Input: kept bytes first, then the socket.
             let from_stash = c.stash_at < c.stash.len();
@@ -548,6 +564,7 @@ impl Worker {
                         return Ok(handled);
                     }
                     Ok(k) if direct => {
+                        taken += k;
                         c.frame_got += k;
                         if c.frame_got == c.frame.len() {
                             self.handle_frame(key);
@@ -555,7 +572,10 @@ impl Worker {
                         }
                         continue;
                     }
-                    Ok(k) => n = k,
+                    Ok(k) => {
+                        taken += k;
+                        n = k;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         c.can_read = false;
                         return Ok(handled);
