@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{require_tool, run, start_broker_with};
-use engine::broker::TlsListenConfig;
+use engine::broker::auth::{Listener, SecurityProtocol};
+use engine::broker::{BrokerConfig, TlsConfig};
 use engine::log::Durability;
 
 struct Pki {
@@ -59,9 +60,16 @@ fn make_pki(dir: &Path) -> Pki {
     }
 }
 
-fn tls_cfg(pki: &Pki, client_ca: bool) -> TlsListenConfig {
-    TlsListenConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+/// A PLAINTEXT and an SSL listener (port 0 each) with the test certificate.
+fn with_tls(c: &mut BrokerConfig, pki: &Pki, client_ca: bool) {
+    let any = "127.0.0.1:0".parse().unwrap();
+    c.listeners =
+        vec![Listener { protocol: SecurityProtocol::Plaintext, addr: any }, Listener { protocol: SecurityProtocol::Ssl, addr: any }];
+    c.tls = Some(tls_cfg(pki, client_ca));
+}
+
+fn tls_cfg(pki: &Pki, client_ca: bool) -> TlsConfig {
+    TlsConfig {
         cert: pki.server_cert.clone(),
         key: pki.server_key.clone(),
         client_ca: client_ca.then(|| pki.ca.clone()),
@@ -95,11 +103,11 @@ fn kcat_produces_and_consumes_over_tls_and_the_records_match_the_plaintext_liste
         |c| {
             c.log.durability = Durability::Group;
             c.default_partitions = 2;
-            c.tls = Some(tls_cfg(&pki, false));
+            with_tls(c, &pki, false);
         },
         dir.path(),
     );
-    let tls_addr = broker.tls_local_addr().expect("TLS listener").to_string();
+    let tls_addr = broker.listener_addr(SecurityProtocol::Ssl).expect("TLS listener").to_string();
     let plain_addr = broker.local_addr().to_string();
     const N: usize = 20_000;
     let mut input = String::new();
@@ -135,11 +143,11 @@ fn confluent_kafka_produces_and_consumes_in_a_group_over_tls() {
         |c| {
             c.log.durability = Durability::Group;
             c.default_partitions = 3;
-            c.tls = Some(tls_cfg(&pki, true));
+            with_tls(c, &pki, true);
         },
         dir.path(),
     );
-    let tls_addr = broker.tls_local_addr().expect("TLS listener").to_string();
+    let tls_addr = broker.listener_addr(SecurityProtocol::Ssl).expect("TLS listener").to_string();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/confluent_tls.py");
     let mut c = Command::new(py);
     c.arg(&script).args(["--bootstrap", &tls_addr, "--topic", "tls-group-topic", "--count", "5000"]);
@@ -158,11 +166,11 @@ fn a_client_without_a_certificate_is_refused_when_the_listener_requires_one() {
     let broker = start_broker_with(
         |c| {
             c.log.durability = Durability::Never;
-            c.tls = Some(tls_cfg(&pki, true));
+            with_tls(c, &pki, true);
         },
         dir.path(),
     );
-    let tls_addr = broker.tls_local_addr().expect("TLS listener").to_string();
+    let tls_addr = broker.listener_addr(SecurityProtocol::Ssl).expect("TLS listener").to_string();
     // No client certificate: the handshake fails, kcat gets no metadata within its timeout.
     let mut c = kcat_tls(&kcat, &tls_addr, &pki, false);
     c.args(["-L", "-m", "5"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());

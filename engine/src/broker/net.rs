@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::auth::{SecurityProtocol, Session};
 use super::transport::{self, Transport};
 use super::{handlers, release_ip, ConnCtx, Reply, Shared, CONNECTION_QUEUE_MAX, SEND_STALL_MS_MAX};
 use crate::wire::fetch::FetchFrame;
@@ -50,8 +51,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 type Job = Box<dyn FnOnce() + Send>;
 
 pub(crate) enum Msg {
-    /// A new connection for this thread (counted for its IP already), TLS with this config.
-    Conn(std::net::TcpStream, SocketAddr, Option<Arc<rustls::ServerConfig>>),
+    /// A new connection for this thread (counted for its IP already), from a listener of
+    /// this security protocol (TLS with this config on SSL / SASL_SSL listeners).
+    Conn(std::net::TcpStream, SocketAddr, SecurityProtocol, Option<Arc<rustls::ServerConfig>>),
     /// The response to request `seq` of connection (`key`, `gen`).
     Reply { key: usize, gen: u64, seq: u64, reply: Reply },
     /// Work to run on this thread (a long-poll's re-check).
@@ -364,7 +366,7 @@ impl Worker {
             let mut stop = false;
             for m in msgs {
                 match m {
-                    Msg::Conn(s, peer, tls) => self.add_conn(s, peer, tls),
+                    Msg::Conn(s, peer, protocol, tls) => self.add_conn(s, peer, protocol, tls),
                     Msg::Reply { key, gen, seq, reply } => self.deliver(key, gen, seq, reply),
                     Msg::Job(job) => job(),
                     Msg::Timer(at, job) => {
@@ -401,7 +403,7 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, s: std::net::TcpStream, peer: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) {
+    fn add_conn(&mut self, s: std::net::TcpStream, peer: SocketAddr, protocol: SecurityProtocol, tls: Option<Arc<rustls::ServerConfig>>) {
         let local = match s.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -440,7 +442,7 @@ impl Worker {
             sock,
             transport,
             gen: NEXT_GEN.fetch_add(1, Ordering::Relaxed),
-            ctx: ConnCtx { peer, local },
+            ctx: ConnCtx { peer, local, protocol, session: Session::new(protocol) },
             stash: Vec::new(),
             stash_at: 0,
             hdr: [0; 4],
@@ -605,9 +607,11 @@ impl Worker {
                         c.hdr_got = 0;
                         let size = i32::from_be_bytes(c.hdr);
                         let cfg = &self.shared.cfg;
+                        // After a v0 SaslHandshake, frames are bare SASL tokens (no header).
+                        let min = if c.ctx.session.expects_raw_token() { 1 } else { wire::REQUEST_HEADER_BYTES_MIN };
                         let bad = if size < 0 || size as usize > cfg.frame_bytes_max {
                             Some(FrameError::TooLarge { size: size as i64, limit: cfg.frame_bytes_max })
-                        } else if size < wire::REQUEST_HEADER_BYTES_MIN {
+                        } else if size < min {
                             Some(FrameError::TooSmall(size))
                         } else {
                             None
@@ -729,8 +733,10 @@ impl Worker {
         c.idle_since = Instant::now();
         let seq = c.head_seq + c.slots.len() as u64;
         c.slots.push_back(None);
-        let api_key = i16::from_be_bytes([frame[0], frame[1]]);
-        if POOL_APIS.contains(&api_key) {
+        let pooled = !c.ctx.session.expects_raw_token()
+            && frame.len() >= 2
+            && POOL_APIS.contains(&i16::from_be_bytes([frame[0], frame[1]]));
+        if pooled {
             // Slow (fsyncs, many files): on the blocking pool; this connection's later
             // requests wait for it, so requests are still handled in order.
             c.pool_seq = Some(seq);
@@ -773,6 +779,19 @@ impl Worker {
             Reply::Close(r) => {
                 c.closing = true;
                 Out::Close(r)
+            }
+            Reply::NowThenClose(v, r, after) => {
+                // Nothing after this request is read. The close takes the next slot, filled
+                // by a timer `after` from now (a request read before this reply was ready has
+                // that slot already, and gets a Close: see `Reply::NowThenClose`).
+                c.closing = true;
+                if idx + 1 == c.slots.len() {
+                    c.slots.push_back(None);
+                    let responder = Responder::net(self.me.clone(), key, gen, seq + 1);
+                    let job = move || responder.send(Reply::Close(r));
+                    self.me.post(Msg::Timer(Instant::now() + after, Box::new(job)));
+                }
+                Out::Bytes { size: (v.len() as i32).to_be_bytes(), body: v, at: 0 }
             }
             Reply::Frame(frame) if frame.zero_copy() && c.transport.zero_copy() => Out::Frame { frame, piece: 0, at: 0 },
             Reply::Frame(frame) => match frame.to_vec() {
@@ -945,6 +964,9 @@ impl Worker {
 const POOL_APIS: &[i16] = &[
     19, // CreateTopics
     20, // DeleteTopics
+    30, // CreateAcls (the ACL file is replaced durably)
+    31, // DeleteAcls
+    51, // AlterUserScramCredentials (the credentials file is replaced durably)
     33, // AlterConfigs
     35, // DescribeLogDirs (walks every segment's size)
     37, // CreatePartitions

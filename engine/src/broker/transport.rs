@@ -1,5 +1,5 @@
 //! A connection's transport under the network threads: plaintext TCP, or TLS (rustls) on the
-//! `--tls-listen` listener. The network thread only sees this small trait on its non-blocking
+//! SSL / SASL_SSL listeners (`--listeners`, or `--tls-listen`). The network thread only sees this small trait on its non-blocking
 //! socket, so whatever runs above it (the handlers, SASL in `ConnCtx`) is the same over both.
 //!
 //! TLS: records are decrypted into rustls's bounded plaintext buffer and read from there; a
@@ -9,7 +9,6 @@
 //! thread copies their file ranges ([`Transport::zero_copy`] is false).
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -136,10 +135,9 @@ impl Transport for Tls {
     }
 }
 
-/// `--tls-listen`: a second listener whose connections speak TLS.
+/// The certificate and key of the SSL / SASL_SSL listeners.
 #[derive(Debug, Clone)]
-pub struct TlsListenConfig {
-    pub listen: SocketAddr,
+pub struct TlsConfig {
     /// PEM: the server's certificate chain (leaf first).
     pub cert: PathBuf,
     /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
@@ -150,7 +148,7 @@ pub struct TlsListenConfig {
 }
 
 /// The rustls server configuration for `t`, or a message naming what is wrong.
-pub(crate) fn server_config(t: &TlsListenConfig) -> Result<Arc<rustls::ServerConfig>, String> {
+pub(crate) fn server_config(t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = read_certs(&t.cert, "--tls-cert")?;
     let key = PrivateKeyDer::from_pem_file(&t.key)
         .map_err(|e| format!("--tls-key {}: no PEM private key ({e})", t.key.display()))?;
