@@ -191,3 +191,41 @@ fn a_client_without_a_certificate_is_refused_when_the_listener_requires_one() {
     let out = String::from_utf8(run(&mut c, None, Duration::from_secs(60))).unwrap();
     assert!(out.contains(&format!("broker 0 at {tls_addr}")), "metadata over TLS should advertise the TLS listener: {out}");
 }
+
+#[test]
+fn sasl_plain_over_tls_authenticates_on_a_sasl_ssl_listener() {
+    let kcat = require_tool("kcat");
+    let certs = tempfile::tempdir().unwrap();
+    let pki = make_pki(certs.path());
+    let users = certs.path().join("users");
+    std::fs::write(&users, "PLAIN alice alice-secret\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker_with(
+        |c| {
+            c.listeners = vec![Listener { protocol: SecurityProtocol::SaslSsl, addr: "127.0.0.1:0".parse().unwrap() }];
+            c.tls = Some(tls_cfg(&pki, false));
+            c.security.sasl_users_file = Some(users.clone());
+        },
+        dir.path(),
+    );
+    let addr = broker.listener_addr(SecurityProtocol::SaslSsl).expect("SASL_SSL listener").to_string();
+    let sasl = |c: &mut Command, password: &str| {
+        c.args(["-b", &addr, "-X", "security.protocol=sasl_ssl", "-X", "sasl.mechanisms=PLAIN", "-X", "sasl.username=alice"]);
+        c.arg("-X").arg(format!("sasl.password={password}"));
+        c.arg("-X").arg(format!("ssl.ca.location={}", pki.ca.display()));
+    };
+    let mut p = Command::new(&kcat);
+    sasl(&mut p, "alice-secret");
+    p.args(["-P", "-t", "sasl-tls", "-X", "acks=all"]);
+    run(&mut p, Some(b"one\ntwo\nthree\n"), Duration::from_secs(120));
+    let mut c = Command::new(&kcat);
+    sasl(&mut c, "alice-secret");
+    c.args(["-C", "-t", "sasl-tls", "-o", "beginning", "-e", "-f", "%s\n"]);
+    assert_eq!(String::from_utf8(run(&mut c, None, Duration::from_secs(120))).unwrap(), "one\ntwo\nthree\n");
+    // A wrong password over the same TLS listener: no metadata.
+    let mut c = Command::new(&kcat);
+    sasl(&mut c, "wrong");
+    c.args(["-L", "-m", "5"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = c.output().unwrap();
+    assert!(!out.status.success(), "metadata served with a wrong password: {}", String::from_utf8_lossy(&out.stdout));
+}
