@@ -102,7 +102,7 @@ struct Args {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     direct_io: bool,
     /// Listeners per Kafka's model, replacing --listen: PROTOCOL://host:port[,...] with
-    /// PLAINTEXT or SASL_PLAINTEXT (SSL and SASL_SSL are refused until the broker has TLS).
+    /// PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL (the TLS ones need --tls-cert and --tls-key).
     /// Metadata advertises the listener a client connected to.
     #[arg(long)]
     listeners: Option<String>,

@@ -1,7 +1,7 @@
 //! Authentication and authorization, per Kafka's model.
 //!
-//! * Listeners ([`Listener`]): `PLAINTEXT://host:port`, `SASL_PLAINTEXT://…` (and the `SSL`,
-//!   `SASL_SSL` names, refused until the network layer has TLS). Each connection knows the
+//! * Listeners ([`Listener`]): `PLAINTEXT://host:port`, `SASL_PLAINTEXT://…`, `SSL://…`,
+//!   `SASL_SSL://…` (TLS: `broker::transport`, with `BrokerConfig::tls`). Each connection knows the
 //!   [`SecurityProtocol`] of the listener it came in on ([`super::ConnCtx::protocol`]).
 //! * SASL ([`sasl`]): SaslHandshake v0–1 + SaslAuthenticate v0–2 (and v0's raw tokens), PLAIN
 //!   and SCRAM-SHA-256/512 ([`scram`], RFC 5802/7677). Credentials ([`credentials`]): a file
