@@ -164,7 +164,21 @@ fn accept(addr: SocketAddr, n: usize) {
 }
 
 fn last_wakeups(log: &Option<String>) -> Option<u64> {
-    let text = std::fs::read_to_string(log.as_ref()?).ok()?;
+    let raw = std::fs::read_to_string(log.as_ref()?).ok()?;
+    // The broker's log may be coloured: drop ANSI escape sequences (ESC [ ... letter).
+    let mut text = String::with_capacity(raw.len());
+    let mut it = raw.chars();
+    while let Some(ch) = it.next() {
+        if ch == '\x1b' {
+            for c in it.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            text.push(ch);
+        }
+    }
     let at = text.rfind("fetch_wakeups=")?;
     text[at + "fetch_wakeups=".len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }

@@ -461,25 +461,26 @@ fn anonymous_plaintext_principal_under_the_authorizer() {
     broker.shutdown().unwrap();
 }
 
-/// TLS listeners are parsed but refused until the broker has TLS, with a clear message.
+/// TLS listeners without the broker's certificate and key are refused with a clear message
+/// (TLS itself: `tests/tls_listener.rs`).
 #[test]
-fn tls_listeners_are_refused_clearly() {
+fn tls_listeners_without_a_certificate_are_refused_clearly() {
     let data = tempfile::tempdir().unwrap();
     let mut cfg = BrokerConfig::new(data.path().to_path_buf(), Durability::Never);
     cfg.listeners = parse_listeners("PLAINTEXT://127.0.0.1:0,SASL_SSL://127.0.0.1:0").unwrap();
     let e = Broker::start(cfg).err().expect("refused");
-    assert!(e.to_string().contains("SASL_SSL is not available yet"), "{e}");
+    assert!(e.to_string().contains("SASL_SSL://127.0.0.1:0 needs a certificate and key"), "{e}");
 }
 
-/// The binary: `--listen` and `--listeners` together are refused; SSL listeners are refused
-/// with the reason; `--super-users` needs `--authorizer`.
+/// The binary: `--listen` and `--listeners` together are refused; an SSL listener without a
+/// certificate is refused with the reason; `--super-users` needs `--authorizer`.
 #[test]
 fn broker_binary_refuses_conflicting_security_flags() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     for (args, want) in [
         (vec!["--listen", "127.0.0.1:0", "--listeners", "SASL_PLAINTEXT://127.0.0.1:0"], "not both"),
-        (vec!["--listeners", "SSL://127.0.0.1:0"], "SSL is not available yet"),
+        (vec!["--listeners", "SSL://127.0.0.1:0"], "needs a certificate and key"),
         (vec!["--super-users", "User:admin"], "--super-users needs --authorizer"),
         (vec!["--listeners", "KERBEROS://127.0.0.1:0"], "unknown security protocol"),
     ] {

@@ -102,7 +102,7 @@ struct Args {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     direct_io: bool,
     /// Listeners per Kafka's model, replacing --listen: PROTOCOL://host:port[,...] with
-    /// PLAINTEXT or SASL_PLAINTEXT (SSL and SASL_SSL are refused until the broker has TLS).
+    /// PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL (the TLS ones need --tls-cert and --tls-key).
     /// Metadata advertises the listener a client connected to.
     #[arg(long)]
     listeners: Option<String>,
@@ -131,6 +131,20 @@ struct Args {
     /// blocking and sync pool threads) this often, in ms; 0 = never.
     #[arg(long, default_value_t = 0)]
     stats_interval_ms: u64,
+    /// An SSL listener on this address besides the others (the same as adding
+    /// SSL://ADDR to --listeners; needs --tls-cert and --tls-key). Fetch over TLS copies the
+    /// records (no sendfile through TLS).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the SSL / SASL_SSL listeners (leaf first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the SSL / SASL_SSL listeners.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: TLS clients must present a certificate signed by one of them.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// `--scram-credential MECHANISM:USER`: the credentials-file line, password from stdin.
@@ -243,6 +257,14 @@ fn main() -> ExitCode {
     }
     cfg.network_threads = args.network_threads;
     cfg.stats_interval_ms = args.stats_interval_ms;
+    if let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) {
+        cfg.tls = Some(engine::broker::TlsConfig { cert, key, client_ca: args.tls_client_ca.clone() });
+    }
+    if let Some(addr) = args.tls_listen {
+        let mut l = cfg.effective_listeners();
+        l.push(engine::broker::auth::Listener { protocol: engine::broker::auth::SecurityProtocol::Ssl, addr });
+        cfg.listeners = l;
+    }
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

@@ -1,4 +1,4 @@
-//! The Kafka-protocol broker: listener, per-connection reader/writer, one handler per API.
+//! The Kafka-protocol broker: listeners, network threads (`net`), one handler per API.
 //!
 //! Contract used by the load generator (embedded mode) and tests:
 //! `Broker::start(BrokerConfig) -> io::Result<BrokerHandle>`, `BrokerHandle::local_addr()`,
@@ -26,6 +26,8 @@ pub mod auth;
 mod handlers;
 mod net;
 pub mod properties;
+mod transport;
+pub use transport::TlsConfig;
 pub use handlers::BROKER_APIS;
 pub use net::{Responder, CONNECTION_OUT_BYTES_MAX};
 
@@ -114,6 +116,9 @@ pub struct BrokerConfig {
     pub listeners: Vec<auth::Listener>,
     /// SASL credentials, the authorizer, super users (`auth`).
     pub security: auth::SecurityConfig,
+    /// Certificate and key of the SSL / SASL_SSL listeners (`--tls-cert`, `--tls-key`,
+    /// optional `--tls-client-ca`); required when there is such a listener.
+    pub tls: Option<TlsConfig>,
     /// Consumer group protocol (KIP-848): a member without a heartbeat for this long is
     /// removed (group.consumer.session.timeout.ms, default 45 s) ...
     pub consumer_session_timeout_ms: i32,
@@ -152,6 +157,7 @@ impl BrokerConfig {
             stats_interval_ms: 0,
             listeners: Vec::new(),
             security: auth::SecurityConfig::default(),
+            tls: None,
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
         }
@@ -369,7 +375,14 @@ impl Broker {
             ));
         }
         let wanted = cfg.effective_listeners();
-        auth::check_available(&wanted).map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+        // TLS: certificates checked before anything is opened (a bad file fails the start).
+        let tls = match (&cfg.tls, wanted.iter().find(|l| l.protocol.tls())) {
+            (Some(t), Some(_)) => Some(transport::server_config(t).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?),
+            (None, Some(l)) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("listener {l} needs a certificate and key (--tls-cert, --tls-key)")))
+            }
+            (_, None) => None,
+        };
         let logs = LogManager::open(&cfg.data_dir, storage, cfg.log.clone()).map_err(io::Error::other)?;
         let security = auth::Security::open(cfg.security.clone(), &cfg.data_dir).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if let Some((open, limit)) = crate::log::manager::descriptors() {
@@ -427,7 +440,8 @@ impl Broker {
         for (l, listener) in bound {
             let s = shared.clone();
             let protocol = l.protocol;
-            match std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener, protocol)) {
+            let tls = if protocol.tls() { tls.clone() } else { None };
+            match std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener, protocol, tls)) {
                 Ok(h) => handle.accept.push(h),
                 Err(e) => {
                     // Stop the threads already started before failing.
@@ -561,7 +575,7 @@ impl RateLog {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: auth::SecurityProtocol) {
+fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: auth::SecurityProtocol, tls: Option<Arc<rustls::ServerConfig>>) {
     let mut refused = RateLog::new("connections refused");
     let mut failed = RateLog::new("accept failed");
     let mut backoff = Duration::ZERO;
@@ -592,7 +606,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: auth::Secur
         };
         let threads = shared.net.get().expect("network threads start before the accept thread");
         let n = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        net::pick(threads, n).post(net::Msg::Conn(stream, peer, protocol));
+        net::pick(threads, n).post(net::Msg::Conn(stream, peer, protocol, tls.clone()));
     }
     tracing::debug!("accept loop stopped");
 }

@@ -12,7 +12,7 @@
 //! its next frame (resumed when bytes are given back, without parking a thread).
 
 use std::collections::{BinaryHeap, VecDeque};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,6 +23,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::auth::{SecurityProtocol, Session};
+use super::transport::{self, Transport};
 use super::{handlers, release_ip, ConnCtx, Reply, Shared, CONNECTION_QUEUE_MAX, SEND_STALL_MS_MAX};
 use crate::wire::fetch::FetchFrame;
 use crate::wire::{self, FrameError};
@@ -36,6 +37,11 @@ pub const CONNECTION_OUT_BYTES_MAX: usize = 4 << 20;
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Responses gathered into one writev.
 const WRITEV_MAX: usize = 64;
+/// A connection's turn: after this many requests handled or bytes read in one go, the thread
+/// serves its other ready connections before coming back to it (a producer streaming
+/// pipelined batches must not starve the consumers sharing its thread).
+const TURN_REQUESTS_MAX: usize = 16;
+const TURN_BYTES_MAX: usize = 1 << 20;
 const WAKER: Token = Token(usize::MAX);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -46,8 +52,8 @@ type Job = Box<dyn FnOnce() + Send>;
 
 pub(crate) enum Msg {
     /// A new connection for this thread (counted for its IP already), from a listener of
-    /// this security protocol.
-    Conn(std::net::TcpStream, SocketAddr, SecurityProtocol),
+    /// this security protocol (TLS with this config on SSL / SASL_SSL listeners).
+    Conn(std::net::TcpStream, SocketAddr, SecurityProtocol, Option<Arc<rustls::ServerConfig>>),
     /// The response to request `seq` of connection (`key`, `gen`).
     Reply { key: usize, gen: u64, seq: u64, reply: Reply },
     /// Work to run on this thread (a long-poll's re-check).
@@ -199,6 +205,8 @@ impl Out {
 
 struct Conn {
     sock: TcpStream,
+    /// Plaintext or TLS over `sock`.
+    transport: Box<dyn Transport>,
     gen: u64,
     ctx: ConnCtx,
     // ---- input
@@ -328,6 +336,10 @@ impl Worker {
             if let Some(t) = self.timers.peek() {
                 timeout = timeout.min(t.at.saturating_duration_since(now));
             }
+            if !self.dirty.is_empty() {
+                // Connections whose turn ended with work left: look for events, don't wait.
+                timeout = Duration::ZERO;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("network thread poll failed: {e}");
@@ -354,7 +366,7 @@ impl Worker {
             let mut stop = false;
             for m in msgs {
                 match m {
-                    Msg::Conn(s, peer, protocol) => self.add_conn(s, peer, protocol),
+                    Msg::Conn(s, peer, protocol, tls) => self.add_conn(s, peer, protocol, tls),
                     Msg::Reply { key, gen, seq, reply } => self.deliver(key, gen, seq, reply),
                     Msg::Job(job) => job(),
                     Msg::Timer(at, job) => {
@@ -381,7 +393,9 @@ impl Worker {
             for key in dirty.drain(..) {
                 self.drive(key);
             }
-            self.dirty = dirty;
+            // Connections marked during the drives (a turn ended with input left): next round.
+            let mut marked = std::mem::replace(&mut self.dirty, dirty);
+            self.dirty.append(&mut marked);
             if Instant::now() >= next_sweep {
                 self.sweep();
                 next_sweep = Instant::now() + tick;
@@ -389,7 +403,7 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, s: std::net::TcpStream, peer: SocketAddr, protocol: SecurityProtocol) {
+    fn add_conn(&mut self, s: std::net::TcpStream, peer: SocketAddr, protocol: SecurityProtocol, tls: Option<Arc<rustls::ServerConfig>>) {
         let local = match s.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -404,6 +418,17 @@ impl Worker {
             return;
         }
         let _ = s.set_nodelay(true);
+        let transport: Box<dyn Transport> = match tls {
+            None => Box::new(transport::Plain),
+            Some(cfg) => match transport::Tls::new(&cfg) {
+                Ok(t) => Box::new(t),
+                Err(e) => {
+                    tracing::warn!(%peer, "cannot start TLS: {e}");
+                    self.forget(peer);
+                    return;
+                }
+            },
+        };
         let mut sock = TcpStream::from_std(s);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -415,6 +440,7 @@ impl Worker {
         let now = Instant::now();
         entry.insert(Conn {
             sock,
+            transport,
             gen: NEXT_GEN.fetch_add(1, Ordering::Relaxed),
             ctx: ConnCtx { peer, local, protocol, session: Session::new(protocol) },
             stash: Vec::new(),
@@ -457,6 +483,7 @@ impl Worker {
             Closing::Info(r) => tracing::info!(%peer, "closing connection: {r}"),
             Closing::Warn(r) => tracing::warn!(%peer, "closing connection: {r}"),
         }
+        c.transport.close(&mut c.sock);
         let _ = self.poll.registry().deregister(&mut c.sock);
         let _ = c.sock.shutdown(Shutdown::Both);
         if !c.frame.is_empty() {
@@ -501,13 +528,18 @@ impl Worker {
     }
 
     /// Read frames and run their handlers while the connection may be read; returns how many
-    /// requests were handled.
+    /// requests were handled (0 also when its turn ended: it is marked for the next round).
     fn read(&mut self, key: usize) -> Result<usize, Closing> {
         let mut handled = 0;
+        let mut taken = 0;
         loop {
             let Some(c) = self.conns.get_mut(key) else { return Ok(handled) };
             if !c.reading_allowed() || self.shared.stopping() {
                 return Ok(handled);
+            }
+            if handled >= TURN_REQUESTS_MAX || taken >= TURN_BYTES_MAX {
+                self.dirty.push(key);
+                return Ok(0);
             }
             // Input: kept bytes first, then the socket.
             let from_stash = c.stash_at < c.stash.len();
@@ -520,7 +552,11 @@ impl Worker {
                 }
                 // A large frame's body is read straight into the frame.
                 let direct = !c.frame.is_empty() && c.frame.len() - c.frame_got >= self.scratch.len();
-                let r = if direct { c.sock.read(&mut c.frame[c.frame_got..]) } else { c.sock.read(&mut self.scratch) };
+                let r = if direct {
+                    c.transport.read(&mut c.sock, &mut c.frame[c.frame_got..])
+                } else {
+                    c.transport.read(&mut c.sock, &mut self.scratch)
+                };
                 match r {
                     Ok(0) => {
                         c.read_eof = true;
@@ -530,6 +566,7 @@ impl Worker {
                         return Ok(handled);
                     }
                     Ok(k) if direct => {
+                        taken += k;
                         c.frame_got += k;
                         if c.frame_got == c.frame.len() {
                             self.handle_frame(key);
@@ -537,7 +574,10 @@ impl Worker {
                         }
                         continue;
                     }
-                    Ok(k) => n = k,
+                    Ok(k) => {
+                        taken += k;
+                        n = k;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         c.can_read = false;
                         return Ok(handled);
@@ -753,9 +793,10 @@ impl Worker {
                 }
                 Out::Bytes { size: (v.len() as i32).to_be_bytes(), body: v, at: 0 }
             }
-            Reply::Frame(frame) if frame.zero_copy() => Out::Frame { frame, piece: 0, at: 0 },
+            Reply::Frame(frame) if frame.zero_copy() && c.transport.zero_copy() => Out::Frame { frame, piece: 0, at: 0 },
             Reply::Frame(frame) => match frame.to_vec() {
-                // SimIo files: copied (the frame carries its own size prefix).
+                // SimIo files and TLS connections: copied (the frame carries its own size
+                // prefix).
                 Ok(mut v) if v.len() >= 4 => {
                     let body = v.split_off(4);
                     Out::Bytes { size: [v[0], v[1], v[2], v[3]], body, at: 0 }
@@ -790,6 +831,22 @@ impl Worker {
 
     /// Send ready responses from the head, in order, as far as the socket takes them.
     fn write(&mut self, key: usize) -> Result<(), Closing> {
+        // What the transport still holds (TLS records) goes first.
+        if let Some(c) = self.conns.get_mut(key) {
+            if c.can_write {
+                match c.transport.flush(&mut c.sock) {
+                    // Writable and nothing held back: not stalled (any queued send below
+                    // records a new stall if the socket is full again).
+                    Ok(true) => c.blocked_since = None,
+                    Ok(false) => {
+                        c.can_write = false;
+                        c.blocked_since.get_or_insert_with(Instant::now);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(Closing::Quiet(format!("write failed: {e}"))),
+                }
+            }
+        }
         loop {
             let Some(c) = self.conns.get_mut(key) else { return Ok(()) };
             match c.slots.front() {
@@ -835,7 +892,7 @@ impl Worker {
                             slices.push(IoSlice::new(&body[*at - 4..]));
                         }
                     }
-                    let r = c.sock.write_vectored(&slices);
+                    let r = c.transport.write_vectored(&mut c.sock, &slices);
                     drop(slices);
                     match r {
                         Ok(mut n) => {

@@ -1,7 +1,7 @@
 //! Authentication and authorization, per Kafka's model.
 //!
-//! * Listeners ([`Listener`]): `PLAINTEXT://host:port`, `SASL_PLAINTEXT://…` (and the `SSL`,
-//!   `SASL_SSL` names, refused until the network layer has TLS). Each connection knows the
+//! * Listeners ([`Listener`]): `PLAINTEXT://host:port`, `SASL_PLAINTEXT://…`, `SSL://…`,
+//!   `SASL_SSL://…` (TLS: `broker::transport`, with `BrokerConfig::tls`). Each connection knows the
 //!   [`SecurityProtocol`] of the listener it came in on ([`super::ConnCtx::protocol`]).
 //! * SASL ([`sasl`]): SaslHandshake v0–1 + SaslAuthenticate v0–2 (and v0's raw tokens), PLAIN
 //!   and SCRAM-SHA-256/512 ([`scram`], RFC 5802/7677). Credentials ([`credentials`]): a file
@@ -93,8 +93,8 @@ impl std::fmt::Display for Listener {
 }
 
 /// Parse Kafka's `listeners` value: `PROTOCOL://host:port[,…]` (the listener name is the
-/// protocol name; an empty host binds every interface, as Kafka). TLS listeners are parsed but
-/// refused by [`check_available`] until the network layer serves TLS.
+/// protocol name; an empty host binds every interface, as Kafka). SSL / SASL_SSL listeners
+/// need the broker's TLS certificate and key (`BrokerConfig::tls`).
 pub fn parse_listeners(s: &str) -> Result<Vec<Listener>, String> {
     let mut out = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -118,14 +118,6 @@ pub fn parse_listeners(s: &str) -> Result<Vec<Listener>, String> {
         return Err("no listener given".into());
     }
     Ok(out)
-}
-
-/// Refuse listeners this broker cannot serve yet (TLS belongs to the network layer).
-pub fn check_available(listeners: &[Listener]) -> Result<(), String> {
-    match listeners.iter().find(|l| l.protocol.tls()) {
-        Some(l) => Err(format!("listener {l}: {} is not available yet (this broker has no TLS yet)", l.protocol.name())),
-        None => Ok(()),
-    }
 }
 
 /// SASL mechanisms.
@@ -319,8 +311,7 @@ mod tests {
         assert_eq!(l[1].protocol, SecurityProtocol::SaslPlaintext);
         assert_eq!(l[1].addr, "127.0.0.1:9093".parse().unwrap());
         assert_eq!(parse_listeners("sasl_ssl://:0").unwrap()[0].addr, "0.0.0.0:0".parse().unwrap());
-        let tls = parse_listeners("SSL://127.0.0.1:0").unwrap();
-        assert!(check_available(&tls).unwrap_err().contains("not available yet"), "TLS refused clearly");
+        assert_eq!(parse_listeners("SSL://127.0.0.1:0").unwrap()[0].protocol, SecurityProtocol::Ssl);
         assert!(parse_listeners("FOO://127.0.0.1:1").unwrap_err().contains("unknown security protocol"));
         assert!(parse_listeners("127.0.0.1:1").unwrap_err().contains("PROTOCOL://"));
         assert!(parse_listeners("PLAINTEXT://127.0.0.1:9,SASL_PLAINTEXT://127.0.0.1:9").is_err());
