@@ -232,10 +232,13 @@ class JavaClientInteropTest extends BrokerTestBase {
             Set<TopicPartition> union = new HashSet<>(ta.owned);
             union.addAll(tb.owned);
             assertEquals(4, union.size(), "the partitions are split, not shared");
-            await("all 400 first records consumed by the group", () -> {
+            // Each member's position on each partition it owns is at the end (100): a partition
+            // handed to b before a had a position there has no committed offset, so b starts it
+            // from the beginning, and commitSync commits only positions a member has.
+            await("all 400 first records consumed, each owner at the end of its partitions", () -> {
                 a.poll(Duration.ofMillis(50)).forEach(r -> seen.add(r.value()));
                 b.poll(Duration.ofMillis(50)).forEach(r -> seen.add(r.value()));
-                return seen.size() == 400;
+                return seen.size() == 400 && atEnd(a, ta.owned, 100) && atEnd(b, tb.owned, 100);
             });
             a.commitSync();
             b.commitSync();
@@ -266,6 +269,16 @@ class JavaClientInteropTest extends BrokerTestBase {
             assertTrue(got.stream().allMatch(r -> r.value().startsWith("second-")), "only records after the commit: " + got);
             assertEquals(40, got.stream().map(ConsumerRecord::value).collect(Collectors.toSet()).size());
         }
+    }
+
+    /** Every partition in {@code owned} has a position equal to {@code end} in {@code c}. */
+    private static boolean atEnd(KafkaConsumer<String, String> c, Set<TopicPartition> owned, long end) {
+        for (TopicPartition tp : owned) {
+            if (c.position(tp, Duration.ofSeconds(10)) != end) {
+                return false;
+            }
+        }
+        return true;
     }
 
     @Test
