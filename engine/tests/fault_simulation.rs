@@ -170,7 +170,7 @@ fn call<Req: Encodable, Resp: Decodable + HeaderVersion>(
         .with_client_id(Some(s("fault-sim")));
     let mut body = buf.freeze();
     let out = match groups::handle(c, key, v, &header, &mut body) {
-        Reply::Later(f) => f(),
+        r @ (Reply::Later(_) | Reply::Pending(_)) => r.wait_response().expect("a response"),
         other => return Err(format!("api {key} v{v} gave no response: {other:?}")),
     };
     let mut b = Bytes::from(out);

@@ -7,9 +7,12 @@
 //!                       └──── join of a new member / leave / session expiry ── Stable
 //! ```
 //!
-//! One mutex guards every group; waiting JoinGroup/SyncGroup calls (run on the connections'
-//! writer threads as `Reply::Later`) park on one condvar until the state machine posts their
-//! outcome under a ticket. A reaper thread expires sessions, pending members and rebalance
+//! One mutex guards every group; a JoinGroup/SyncGroup that must wait for the rebalance gets a
+//! ticket under which the state machine later posts its outcome. The broker registers a
+//! completion for the ticket ([`StateMachine::join_with`], [`StateMachine::sync_with`]: run on
+//! a small pool when the outcome is posted, or with none once the deadline passed): no thread
+//! waits. The blocking forms ([`StateMachine::join`], [`StateMachine::sync`]) park on one
+//! condvar instead (tests and tools). A reaper thread expires sessions, pending members and rebalance
 //! deadlines. Architecture invariant: nothing here blocks while holding the mutex except the
 //! condvar wait itself; log appends happen outside it. A transition that must be persisted
 //! (a completed rebalance, a group gone Empty, a static member replaced in a Stable group)
@@ -272,10 +275,22 @@ enum Outcome {
     Sync(SyncOutcome),
 }
 
+/// A registered completion of a waiting JoinGroup/SyncGroup: its deadline and the callback
+/// (called with the outcome, or None once the deadline passed).
+struct TicketWaiter(Instant, Box<dyn FnOnce(Option<Outcome>) + Send>);
+
+impl std::fmt::Debug for TicketWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TicketWaiter({:?})", self.0)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Groups {
     pub groups: HashMap<String, Group>,
     outcomes: HashMap<u64, Outcome>,
+    /// Completions registered for tickets (see the module notes).
+    waiters: HashMap<u64, TicketWaiter>,
     next_ticket: u64,
     /// Group records to persist, in the order of the transitions that made them.
     records: Vec<(String, GroupRecord)>,
@@ -306,7 +321,13 @@ pub struct StateMachine {
     pub cfg: GroupConfig,
     inner: Mutex<Groups>,
     cv: Condvar,
+    /// Runs registered completions (outside the state lock; they persist group records and
+    /// build responses, which may wait for an fsync).
+    pool: std::sync::Arc<zl_log::pool::WorkPool>,
 }
+
+/// Threads running registered JoinGroup/SyncGroup completions at most.
+const COMPLETION_THREADS_MAX: usize = 8;
 
 fn state_lock(m: &Mutex<Groups>) -> MutexGuard<'_, Groups> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -323,7 +344,12 @@ fn bounded(ms: i32) -> Duration {
 
 impl StateMachine {
     pub fn new(cfg: GroupConfig) -> StateMachine {
-        StateMachine { cfg, inner: Mutex::new(Groups::default()), cv: Condvar::new() }
+        StateMachine {
+            cfg,
+            inner: Mutex::new(Groups::default()),
+            cv: Condvar::new(),
+            pool: zl_log::pool::WorkPool::new("group-completion", COMPLETION_THREADS_MAX),
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Groups> {
@@ -349,29 +375,108 @@ impl StateMachine {
             let now = Instant::now();
             if now >= deadline {
                 // Nobody answered within the bound: forget the ticket so a late post is dropped.
-                for grp in g.groups.values_mut() {
-                    for m in grp.members.values_mut() {
-                        if m.join_ticket == Some(ticket) {
-                            m.join_ticket = None;
-                        }
-                        if m.sync_ticket == Some(ticket) {
-                            m.sync_ticket = None;
-                        }
-                    }
-                }
+                Self::forget_ticket(&mut g, ticket);
                 return None;
             }
             g = self.cv.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
+    /// Run `job` on the completion pool (JoinGroup/SyncGroup steps and their completions).
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        self.pool.spawn(job);
+    }
+
+    fn forget_ticket(g: &mut Groups, ticket: u64) {
+        for grp in g.groups.values_mut() {
+            for m in grp.members.values_mut() {
+                if m.join_ticket == Some(ticket) {
+                    m.join_ticket = None;
+                }
+                if m.sync_ticket == Some(ticket) {
+                    m.sync_ticket = None;
+                }
+            }
+        }
+    }
+
+    /// Wake the blocking waiters, and hand every posted outcome that has a registered
+    /// completion to the completion pool.
+    fn notify(&self, g: &mut Groups) {
+        self.cv.notify_all();
+        if g.waiters.is_empty() {
+            return;
+        }
+        let ready: Vec<u64> = g.waiters.keys().filter(|t| g.outcomes.contains_key(t)).copied().collect();
+        for t in ready {
+            if let (Some(w), Some(o)) = (g.waiters.remove(&t), g.outcomes.remove(&t)) {
+                self.pool.spawn(move || (w.1)(Some(o)));
+            }
+        }
+    }
+
+    /// Registered completions whose deadline passed are called with None (the reaper's tick).
+    fn expire_waiters(&self, g: &mut Groups) {
+        let now = Instant::now();
+        let expired: Vec<u64> = g.waiters.iter().filter(|(_, w)| w.0 <= now).map(|(t, _)| *t).collect();
+        for t in expired {
+            if let Some(w) = g.waiters.remove(&t) {
+                Self::forget_ticket(g, t);
+                self.pool.spawn(move || (w.1)(None));
+            }
+        }
+    }
+
+    /// Register `done` for `step`: called at once (on this thread, after the lock is released)
+    /// when there is an answer already, else from the completion pool when the outcome is
+    /// posted, or with None at the deadline.
+    fn register(&self, mut g: MutexGuard<'_, Groups>, step: Step<Outcome>, done: Box<dyn FnOnce(Option<Outcome>) + Send>) {
+        match step {
+            Step::Done(o) => {
+                drop(g);
+                done(Some(o));
+            }
+            Step::Wait(t, deadline) => {
+                if let Some(o) = g.outcomes.remove(&t) {
+                    drop(g);
+                    return done(Some(o));
+                }
+                g.waiters.insert(t, TicketWaiter(deadline, done));
+            }
+        }
+    }
+
     // ---------------------------------------------------------------- JoinGroup
+
+    /// [`StateMachine::join`] without waiting: `done` gets the outcome (see
+    /// [`StateMachine::register`]).
+    pub fn join_with(&self, a: JoinArgs, done: impl FnOnce(JoinOutcome) + Send + 'static) {
+        let mut g = self.lock();
+        let step = self.join_step(&mut g, &a);
+        Self::collect(&mut g, &a.group_id);
+        self.notify(&mut g);
+        let step = match step {
+            Step::Done(o) => Step::Done(Outcome::Join(o)),
+            Step::Wait(t, d) => Step::Wait(t, d),
+        };
+        let member = a.member_id;
+        self.register(
+            g,
+            step,
+            Box::new(move |o| {
+                done(match o {
+                    Some(Outcome::Join(o)) => o,
+                    _ => JoinOutcome::error(err::REBALANCE_IN_PROGRESS, &member),
+                })
+            }),
+        );
+    }
 
     pub fn join(&self, a: JoinArgs) -> JoinOutcome {
         let mut g = self.lock();
         let step = self.join_step(&mut g, &a);
         Self::collect(&mut g, &a.group_id);
-        self.cv.notify_all();
+        self.notify(&mut g);
         match step {
             Step::Done(o) => o,
             Step::Wait(t, deadline) => match self.wait(g, t, deadline) {
@@ -665,31 +770,69 @@ impl StateMachine {
         let step =
             self.sync_step(&mut g, group_id, member_id, instance_id, generation, protocol_type, protocol_name, assignments);
         Self::collect(&mut g, group_id);
-        self.cv.notify_all();
+        self.notify(&mut g);
         match step {
             Step::Done(o) => o,
             Step::Wait(t, deadline) => match self.wait(g, t, deadline) {
                 Some(Outcome::Sync(o)) => o,
-                _ => {
-                    // The leader never sent the assignment: start over, as Kafka does for
-                    // members stuck awaiting sync.
-                    let mut g = self.lock();
-                    let mut out = Vec::new();
-                    if let Some(group) = g.groups.get_mut(group_id) {
-                        if group.state == GroupState::CompletingRebalance && group.generation == generation {
-                            tracing::warn!(group = %group_id, "leader did not sync in time; rebalancing");
-                            self.prepare_rebalance(group, &mut out);
-                        }
-                    }
-                    for (t, o) in out {
-                        Self::post(&mut g, Some(t), o);
-                    }
-                    Self::collect(&mut g, group_id);
-                    self.cv.notify_all();
-                    SyncOutcome::error(err::REBALANCE_IN_PROGRESS)
-                }
+                _ => self.sync_timed_out(group_id, generation),
             },
         }
+    }
+
+    /// [`StateMachine::sync`] without waiting: `done` gets the outcome, or None if the leader
+    /// did not send the assignment in time (the caller then calls
+    /// [`StateMachine::sync_timed_out`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sync_with(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        protocol_type: Option<&str>,
+        protocol_name: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+        done: impl FnOnce(Option<SyncOutcome>) + Send + 'static,
+    ) {
+        let mut g = self.lock();
+        let step =
+            self.sync_step(&mut g, group_id, member_id, instance_id, generation, protocol_type, protocol_name, assignments);
+        Self::collect(&mut g, group_id);
+        self.notify(&mut g);
+        let step = match step {
+            Step::Done(o) => Step::Done(Outcome::Sync(o)),
+            Step::Wait(t, d) => Step::Wait(t, d),
+        };
+        self.register(
+            g,
+            step,
+            Box::new(move |o| {
+                done(match o {
+                    Some(Outcome::Sync(o)) => Some(o),
+                    _ => None,
+                })
+            }),
+        );
+    }
+
+    /// The leader never sent the assignment: start over, as Kafka does for members stuck
+    /// awaiting sync.
+    pub fn sync_timed_out(&self, group_id: &str, generation: i32) -> SyncOutcome {
+        let mut g = self.lock();
+        let mut out = Vec::new();
+        if let Some(group) = g.groups.get_mut(group_id) {
+            if group.state == GroupState::CompletingRebalance && group.generation == generation {
+                tracing::warn!(group = %group_id, "leader did not sync in time; rebalancing");
+                self.prepare_rebalance(group, &mut out);
+            }
+        }
+        for (t, o) in out {
+            Self::post(&mut g, Some(t), o);
+        }
+        Self::collect(&mut g, group_id);
+        self.notify(&mut g);
+        SyncOutcome::error(err::REBALANCE_IN_PROGRESS)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -853,7 +996,7 @@ impl StateMachine {
             Self::post(&mut g, Some(t), o);
         }
         Self::collect(&mut g, group_id);
-        self.cv.notify_all();
+        self.notify(&mut g);
         codes
     }
 
@@ -993,8 +1136,9 @@ impl StateMachine {
             Self::post(&mut g, Some(t), o);
         }
         if changed {
-            self.cv.notify_all();
+            self.notify(&mut g);
         }
+        self.expire_waiters(&mut g);
     }
 }
 

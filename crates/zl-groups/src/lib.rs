@@ -57,18 +57,46 @@ use store::{Committed, CommitEntry, GroupOffsets};
 /// What the coordinator answers a request with. It knows nothing of sockets or of the broker's
 /// connection threads: the broker maps it onto its own reply (`broker::Reply`).
 pub enum Reply {
-    /// Computed later, in request order (the work may wait for a rebalance or an fdatasync):
-    /// returns the response header + body, without the 4-byte size prefix. An empty result
-    /// means the response could not be encoded (the connection is closed).
+    /// Computed later, in request order (the work may wait for an fdatasync): returns the
+    /// response header + body, without the 4-byte size prefix. An empty result means the
+    /// response could not be encoded (the connection is closed).
     Later(Box<dyn FnOnce() -> Vec<u8> + Send>),
+    /// Completed without holding a thread (JoinGroup/SyncGroup waiting for a rebalance): called
+    /// at once with the [`Respond`] callback that delivers the response (header + body) when the
+    /// outcome is known.
+    Pending(Box<dyn FnOnce(Respond) + Send>),
     /// No response: close the connection (after the replies queued before it), logging the reason.
     Close(String),
+}
+
+/// Delivers a response (header + body, no size prefix) to the connection that asked, from any
+/// thread. Dropped without being called, the broker closes that connection (a request never
+/// goes unanswered silently).
+pub type Respond = Box<dyn FnOnce(Vec<u8>) + Send>;
+
+impl Reply {
+    /// The response bytes this reply comes to, waiting for it on this thread (tests and tools
+    /// that call [`handle`] directly). None for `Close` or a pending reply dropped unanswered.
+    pub fn wait_response(self) -> Option<Vec<u8>> {
+        match self {
+            Reply::Later(f) => Some(f()),
+            Reply::Pending(f) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                f(Box::new(move |v| {
+                    let _ = tx.send(v);
+                }));
+                rx.recv().ok()
+            }
+            Reply::Close(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reply::Later(_) => write!(f, "Later"),
+            Reply::Pending(_) => write!(f, "Pending"),
             Reply::Close(r) => write!(f, "Close({r})"),
         }
     }
@@ -584,10 +612,20 @@ pub fn handle_at(
         11 => {
             let req = decode::<JoinGroupRequest>(body, v, "JoinGroup");
             let client = client_id(header);
-            later(corr, v, move || match req {
-                Some(req) => join_group(&c, req, v, client),
-                None => join_response(coordinator::JoinOutcome::error(err::INVALID_REQUEST, ""), v),
-            })
+            // Waits for the rebalance as a registration: the outcome's completion answers.
+            let hv = JoinGroupResponse::header_version(v);
+            Reply::Pending(Box::new(move |responder| {
+                let c2 = c.clone();
+                c.sm.spawn(move || match req {
+                    Some(req) => join_group_with(&c2, req, v, client, move |r| responder(encode(corr, v, hv, &r))),
+                    None => responder(encode(
+                        corr,
+                        v,
+                        hv,
+                        &join_response(coordinator::JoinOutcome::error(err::INVALID_REQUEST, ""), v),
+                    )),
+                })
+            }))
         }
         12 => {
             let req = decode::<HeartbeatRequest>(body, v, "Heartbeat");
@@ -611,7 +649,11 @@ pub fn handle_at(
         }
         14 => {
             let req = decode::<SyncGroupRequest>(body, v, "SyncGroup");
-            later(corr, v, move || sync_group(&c, req, v))
+            let hv = SyncGroupResponse::header_version(v);
+            Reply::Pending(Box::new(move |responder| {
+                let c2 = c.clone();
+                c.sm.spawn(move || sync_group_with(&c2, req, v, move |r| responder(encode(corr, v, hv, &r))))
+            }))
         }
         15 => {
             let req = decode::<DescribeGroupsRequest>(body, v, "DescribeGroups");
@@ -858,8 +900,53 @@ fn join_response(o: coordinator::JoinOutcome, v: i16) -> JoinGroupResponse {
     r
 }
 
-fn join_group(c: &GroupCoordinator, req: JoinGroupRequest, v: i16, client_id: String) -> JoinGroupResponse {
-    let args = JoinArgs {
+/// JoinGroup without a waiting thread: the state machine's step runs on the blocking pool,
+/// and a wait for the rebalance is a registered completion ([`StateMachine::join_with`]); the
+/// response goes to `done` (persisting a changed group first, as [`join_group`]).
+fn join_group_with(
+    c: &Arc<GroupCoordinator>,
+    req: JoinGroupRequest,
+    v: i16,
+    client_id: String,
+    done: impl FnOnce(JoinGroupResponse) + Send + 'static,
+) {
+    let args = join_args(req, v, client_id);
+    let c2 = c.clone();
+    // Called on the completion pool (the step takes the state lock; a completion persists
+    // group records, an fsync): never on a network thread.
+    c.sm.join_with(args, move |o| {
+        let _ = c2.persist_groups();
+        done(join_response(o, v))
+    });
+}
+
+/// SyncGroup as [`join_group_with`].
+fn sync_group_with(c: &Arc<GroupCoordinator>, req: Option<SyncGroupRequest>, v: i16, done: impl FnOnce(SyncGroupResponse) + Send + 'static) {
+    let Some(req) = req else {
+        let mut r = SyncGroupResponse::default();
+        r.error_code = err::INVALID_REQUEST;
+        return done(r);
+    };
+    let c2 = c.clone();
+    let group_id = req.group_id.as_str().to_string();
+    let generation = req.generation_id;
+    c.sm.sync_with(
+        req.group_id.as_str(),
+        req.member_id.as_str(),
+        req.group_instance_id.as_ref().map(|i| i.as_str()),
+        req.generation_id,
+        req.protocol_type.as_ref().map(|p| p.as_str()),
+        req.protocol_name.as_ref().map(|p| p.as_str()),
+        req.assignments.into_iter().map(|a| (a.member_id.as_str().to_string(), a.assignment)).collect(),
+        move |o| {
+            let o = o.unwrap_or_else(|| c2.sm.sync_timed_out(&group_id, generation));
+            done(sync_response(&c2, o, v))
+        },
+    );
+}
+
+fn join_args(req: JoinGroupRequest, v: i16, client_id: String) -> JoinArgs {
+    JoinArgs {
         group_id: req.group_id.as_str().to_string(),
         member_id: req.member_id.as_str().to_string(),
         instance_id: req.group_instance_id.as_ref().map(|i| i.as_str().to_string()),
@@ -869,28 +956,11 @@ fn join_group(c: &GroupCoordinator, req: JoinGroupRequest, v: i16, client_id: St
         protocol_type: req.protocol_type.as_str().to_string(),
         protocols: req.protocols.into_iter().map(|p| (p.name.as_str().to_string(), p.metadata)).collect(),
         require_known_member_id: v >= 4,
-    };
-    let o = c.sm.join(args);
-    // A static member replaced in a Stable group is persisted (its new member id).
-    let _ = c.persist_groups();
-    join_response(o, v)
+    }
 }
 
-fn sync_group(c: &GroupCoordinator, req: Option<SyncGroupRequest>, v: i16) -> SyncGroupResponse {
+fn sync_response(c: &GroupCoordinator, o: coordinator::SyncOutcome, v: i16) -> SyncGroupResponse {
     let mut r = SyncGroupResponse::default();
-    let Some(req) = req else {
-        r.error_code = err::INVALID_REQUEST;
-        return r;
-    };
-    let o = c.sm.sync(
-        req.group_id.as_str(),
-        req.member_id.as_str(),
-        req.group_instance_id.as_ref().map(|i| i.as_str()),
-        req.generation_id,
-        req.protocol_type.as_ref().map(|p| p.as_str()),
-        req.protocol_name.as_ref().map(|p| p.as_str()),
-        req.assignments.into_iter().map(|a| (a.member_id.as_str().to_string(), a.assignment)).collect(),
-    );
     r.error_code = o.error;
     // The leader's SyncGroup completed the rebalance: persist the Stable group before answering
     // (Kafka answers COORDINATOR_NOT_AVAILABLE when that write fails; the member rejoins).

@@ -311,6 +311,46 @@ pub fn sendfile_all(sock_fd: RawFd, file_fd: RawFd, pos: u64, len: usize) -> io:
     Ok(())
 }
 
+/// One non-blocking sendfile(2) step for the network threads: sends up to `len` bytes of
+/// `file_fd` from `pos` to the (non-blocking) socket; returns how many were sent, or
+/// `WouldBlock` when the socket buffer is full (resume when writable).
+pub fn sendfile_some(sock_fd: RawFd, file_fd: RawFd, pos: u64, len: usize) -> io::Result<usize> {
+    loop {
+        let mut off: libc::off_t = pos as libc::off_t;
+        // SAFETY: `off` is a valid, exclusively borrowed off_t; both descriptors are plain ints
+        // (a stale one yields EBADF rather than UB).
+        let n = unsafe { libc::sendfile(sock_fd, file_fd, &mut off, len) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 && len > 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "sendfile: file shorter than range"));
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// One non-blocking send(2) step (`MSG_MORE` when `more`): bytes sent, or `WouldBlock`.
+pub fn send_some(sock_fd: RawFd, buf: &[u8], more: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
+    loop {
+        // SAFETY: the pointer/length pair describes the live `buf`.
+        let n = unsafe { libc::send(sock_fd, buf.as_ptr().cast(), buf.len(), flags) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(n as usize);
+    }
+}
+
 /// Send all of `buf` on a socket; with `more` set, pass MSG_MORE so the kernel coalesces it
 /// with the data that follows (the spliced record bytes of a Fetch response).
 pub fn send_all(sock_fd: RawFd, buf: &[u8], more: bool) -> io::Result<()> {

@@ -9,6 +9,7 @@ pub mod cleaner;
 pub mod manager;
 pub mod scrub;
 pub mod partition;
+pub mod pool;
 pub mod segment;
 pub mod time_seek;
 pub mod txn_index;
@@ -18,7 +19,7 @@ use std::io;
 use std::str::FromStr;
 
 pub use manager::{LogManager, Notifier, TopicError};
-pub use partition::{AppendInfo, FileRange, Partition, ReadSlice};
+pub use partition::{AppendInfo, DurableCallback, FileRange, HwWaiter, Partition, ReadSlice};
 pub use topic_config::{ConfigError, LiveConfig, TopicConfig};
 
 use zl_record::BatchError;

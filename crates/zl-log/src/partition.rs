@@ -173,6 +173,32 @@ struct SyncState {
     /// active segment). A sync waits for those below the offset it covers before its
     /// fdatasync; a roll and a close wait for all of them.
     unlocked: std::collections::BTreeMap<u64, u64>,
+    /// Registered completions ([`Partition::on_durable`]): (offset to cover, callback).
+    durable_waiters: DurableWaiters,
+    /// A driver job (on [`super::pool::sync_pool`]) is running the group commit for them.
+    driving: bool,
+}
+
+/// The registered completions of [`Partition::on_durable`].
+#[derive(Default)]
+struct DurableWaiters(Vec<(u64, DurableCallback)>);
+
+impl std::fmt::Debug for DurableWaiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} durable waiters", self.0.len())
+    }
+}
+
+/// Completion of [`Partition::on_durable`]: called once, from whichever thread finished the
+/// covering fdatasync (or at once), with the outcome.
+pub type DurableCallback = Box<dyn FnOnce(Result<(), AppendError>) + Send>;
+
+/// A long-poll waiting for a partition's high watermark to advance (the broker's Fetch).
+/// Registered with [`Partition::watch_hw`]; woken once per registration, from the thread that
+/// advanced the high watermark (under the partition's state lock: `wake` must only post work
+/// elsewhere, never take a partition lock).
+pub trait HwWaiter: Send + Sync {
+    fn wake(&self);
 }
 
 /// One topic-partition log.
@@ -215,6 +241,16 @@ pub struct Partition {
     /// `start_checkpoint` → `state` → `sync`.
     start_checkpoint: Mutex<u64>,
     notifier: Arc<Notifier>,
+    /// Fetches waiting for this partition's high watermark to move (id → waiter); woken and
+    /// cleared by the next advance.
+    hw_waiters: Mutex<HashMap<u64, std::sync::Weak<dyn HwWaiter>>>,
+    hw_waiter_count: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for dyn HwWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HwWaiter")
+    }
 }
 
 /// An appender write registered in `SyncState::unlocked` (at offset `base`): deregisters it
@@ -625,7 +661,7 @@ impl Partition {
                 fence: None,
                 log_start,
             }),
-            sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None, gen: 0, covering: 0, unlocked: Default::default() }),
+            sync: Mutex::new(SyncState { in_flight: false, writing: None, durable: next, poison: None, gen: 0, covering: 0, unlocked: Default::default(), durable_waiters: DurableWaiters::default(), driving: false }),
             sync_cv: Condvar::new(),
             gen_cv: [Condvar::new(), Condvar::new()],
             write_cv: Condvar::new(),
@@ -643,6 +679,8 @@ impl Partition {
             log_start: AtomicU64::new(log_start),
             start_checkpoint: Mutex::new(checkpoint),
             notifier,
+            hw_waiters: Mutex::new(HashMap::new()),
+            hw_waiter_count: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -727,7 +765,39 @@ impl Partition {
     fn advance_hw(&self, offset: u64) {
         if self.high_watermark.fetch_max(offset, Ordering::AcqRel) < offset {
             self.notifier.bump();
+            if self.hw_waiter_count.load(Ordering::Acquire) > 0 {
+                let waiters = {
+                    let mut w = lock(&self.hw_waiters);
+                    self.hw_waiter_count.store(0, Ordering::Release);
+                    std::mem::take(&mut *w)
+                };
+                for w in waiters.into_values().filter_map(|w| w.upgrade()) {
+                    w.wake();
+                }
+            }
         }
+    }
+
+    /// Wake `waiter` (once) at the next advance of the high watermark. Registering the same
+    /// `id` again replaces the earlier registration. The caller re-checks the high watermark
+    /// after registering (an advance between its read and this call would be missed).
+    pub fn watch_hw(&self, id: u64, waiter: std::sync::Weak<dyn HwWaiter>) {
+        let mut w = lock(&self.hw_waiters);
+        w.insert(id, waiter);
+        self.hw_waiter_count.store(w.len(), Ordering::Release);
+    }
+
+    /// Forget the registration `id` (the fetch was answered otherwise).
+    pub fn unwatch_hw(&self, id: u64) {
+        let mut w = lock(&self.hw_waiters);
+        if w.remove(&id).is_some() {
+            self.hw_waiter_count.store(w.len(), Ordering::Release);
+        }
+    }
+
+    /// Fetches registered with [`Partition::watch_hw`] and not woken yet.
+    pub fn hw_waiters(&self) -> usize {
+        self.hw_waiter_count.load(Ordering::Acquire)
     }
 
     /// Validate `buf` (one or more whole batches), assign offsets and write it to the active
@@ -913,6 +983,69 @@ impl Partition {
             return if self.is_poisoned() { Err(self.poison_error()) } else { Ok(()) };
         }
         self.sync_to(next_offset)
+    }
+
+    /// Call `done` once everything before `next_offset` is durable (group mode) — at once in
+    /// the other modes, or if it already is, or with the poison error. Never blocks the
+    /// caller: the group commit is driven by one job per partition on
+    /// [`super::pool::sync_pool`] (through [`Partition::wait_durable`]'s leader logic, so at
+    /// most one fdatasync is in flight per partition, and it starts at once: no added delay).
+    pub fn on_durable(self: &Arc<Self>, next_offset: u64, done: DurableCallback) {
+        if self.cfg.durability != Durability::Group {
+            let r = if self.is_poisoned() { Err(self.poison_error()) } else { Ok(()) };
+            return done(r);
+        }
+        let mut s = lock(&self.sync);
+        if let Some(reason) = &s.poison {
+            let e = AppendError::Poisoned(reason.clone());
+            drop(s);
+            return done(Err(e));
+        }
+        if s.durable >= next_offset {
+            drop(s);
+            return done(Ok(()));
+        }
+        s.durable_waiters.0.push((next_offset, done));
+        if s.driving {
+            return;
+        }
+        s.driving = true;
+        drop(s);
+        let me = self.clone();
+        super::pool::sync_pool().spawn(move || me.drive_durable());
+    }
+
+    /// The driver job of [`Partition::on_durable`]: sync up to the highest registered offset,
+    /// complete the waiters it covered, and go on while there are more.
+    fn drive_durable(&self) {
+        loop {
+            let target = {
+                let mut s = lock(&self.sync);
+                match s.durable_waiters.0.iter().map(|(o, _)| *o).max() {
+                    Some(t) => t,
+                    None => {
+                        s.driving = false;
+                        return;
+                    }
+                }
+            };
+            let result = self.sync_to(target);
+            let ready: Vec<DurableCallback> = {
+                let mut s = lock(&self.sync);
+                let durable = s.durable;
+                let failed = s.poison.is_some() || result.is_err();
+                let (done, keep): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut s.durable_waiters.0).into_iter().partition(|(o, _)| failed || *o <= durable);
+                s.durable_waiters.0 = keep;
+                done.into_iter().map(|(_, cb)| cb).collect()
+            };
+            for cb in ready {
+                cb(match &result {
+                    Ok(()) if !self.is_poisoned() => Ok(()),
+                    _ => Err(self.poison_error()),
+                });
+            }
+        }
     }
 
     /// Make everything appended so far durable (any mode). Used by the interval flusher and close.

@@ -232,6 +232,53 @@ impl FetchFrame {
         Ok(())
     }
 
+    /// Whether every record range has a file descriptor (can go out with sendfile); a frame
+    /// over files without one (SimIo) is sent as [`FetchFrame::to_vec`]'s copy instead.
+    pub fn zero_copy(&self) -> bool {
+        self.pieces.iter().all(|p| match p {
+            Piece::Bytes(_) => true,
+            Piece::File(r) => r.file.raw_fd().is_some(),
+        })
+    }
+
+    /// Send on a non-blocking socket from position (`piece`, `at` bytes into it) as far as
+    /// the socket takes, advancing the position: `Ok(true)` once the whole frame is sent,
+    /// `Ok(false)` when the socket is full (resume when it is writable). Requires
+    /// [`FetchFrame::zero_copy`].
+    pub fn send_from(&self, sock_fd: RawFd, piece: &mut usize, at: &mut u64) -> io::Result<bool> {
+        let n = self.pieces.len();
+        while *piece < n {
+            let more = *piece + 1 < n;
+            let (len, r) = match &self.pieces[*piece] {
+                Piece::Bytes(b) => (b.len() as u64, sys::send_some(sock_fd, &b[*at as usize..], more)),
+                Piece::File(r) => {
+                    let Some(fd) = r.file.raw_fd() else {
+                        return Err(io::Error::other("record range without a file descriptor"));
+                    };
+                    let left = (r.len - *at) as usize;
+                    (r.len, sys::sendfile_some(sock_fd, fd, r.position + *at, left))
+                }
+            };
+            if *at >= len {
+                *piece += 1;
+                *at = 0;
+                continue;
+            }
+            match r {
+                Ok(sent) => {
+                    *at += sent as u64;
+                    if *at >= len {
+                        *piece += 1;
+                        *at = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
     /// The whole frame copied into memory (tests and tools).
     pub fn to_vec(&self) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(self.total_bytes);

@@ -91,6 +91,13 @@ struct Args {
     /// few, and consumers read those batches from the disk (engine/PERF_NOTES.md, session 5).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     direct_io: bool,
+    /// Network threads multiplexing every connection (epoll); 0 = the number of cores.
+    #[arg(long, default_value_t = 0)]
+    network_threads: usize,
+    /// Log a line of network counters (connections per network thread, fetch wake-ups,
+    /// blocking and sync pool threads) this often, in ms; 0 = never.
+    #[arg(long, default_value_t = 0)]
+    stats_interval_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -159,6 +166,8 @@ fn main() -> ExitCode {
     cfg.log.repair = args.repair;
     cfg.log.scrub_rate_mib = args.scrub_rate_mib;
     cfg.log.cleaner_rate_mib = args.cleaner_rate_mib;
+    cfg.network_threads = args.network_threads;
+    cfg.stats_interval_ms = args.stats_interval_ms;
     let broker = match Broker::start(cfg) {
         Ok(b) => b,
         Err(e) => {

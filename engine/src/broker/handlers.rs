@@ -2,6 +2,7 @@
 //! A request that cannot be parsed, an unknown API key or an unsupported version (other than
 //! for ApiVersions) closes the connection with a logged reason, as Kafka does.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -419,15 +420,40 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
         if waits.is_empty() {
             return Ok(Reply::Nothing);
         }
-        return Ok(Reply::Background(Box::new(move || {
-            for (topic, mut p) in waits {
-                if let Some((part, next)) = p.wait.take() {
-                    if let Err(e) = part.wait_durable(next) {
-                        return Some(format!("acks=0 produce to {topic}-{} failed: {e}", p.index));
-                    }
-                }
+        // Registered completions: the connection's later responses wait behind this slot
+        // until the covering syncs are over; a failure closes the connection.
+        return Ok(Reply::Pending(Box::new(move |responder| {
+            struct Acks0 {
+                left: usize,
+                failed: Option<String>,
+                responder: Option<super::Responder>,
             }
-            None
+            let state = Arc::new(std::sync::Mutex::new(Acks0 { left: waits.len(), failed: None, responder: Some(responder) }));
+            for (topic, mut p) in waits {
+                let Some((part, next)) = p.wait.take() else { continue };
+                let st = state.clone();
+                let index = p.index;
+                part.on_durable(
+                    next,
+                    Box::new(move |r| {
+                        let mut g = st.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Err(e) = r {
+                            g.failed.get_or_insert_with(|| format!("acks=0 produce to {topic}-{index} failed: {e}"));
+                        }
+                        g.left -= 1;
+                        if g.left == 0 {
+                            let reply = match g.failed.take() {
+                                Some(reason) => Reply::Close(reason),
+                                None => Reply::Nothing,
+                            };
+                            if let Some(resp) = g.responder.take() {
+                                drop(g);
+                                resp.send(reply);
+                            }
+                        }
+                    }),
+                );
+            }
         })));
     }
     let finish = move |mut results: Vec<(String, Vec<ProducedPartition>)>| -> Vec<u8> {
@@ -463,7 +489,60 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
     let needs_wait = results.iter().any(|(_, ps)| ps.iter().any(|p| p.wait.is_some()))
         && shared.cfg.log.durability == crate::log::Durability::Group;
     if needs_wait {
-        Ok(Reply::Later(Box::new(move || finish(results))))
+        // Each partition's covering fdatasync completes a registration; the last one builds
+        // the response (no thread waits).
+        Ok(Reply::Pending(Box::new(move |responder| {
+            type Finish = Box<dyn FnOnce(Vec<(String, Vec<ProducedPartition>)>) -> Vec<u8> + Send>;
+            struct Waiting {
+                results: Vec<(String, Vec<ProducedPartition>)>,
+                left: usize,
+                finish: Option<Finish>,
+                responder: Option<super::Responder>,
+            }
+            let mut results = results;
+            let mut waits = Vec::new();
+            for (ti, (_, parts)) in results.iter_mut().enumerate() {
+                for (pi, p) in parts.iter_mut().enumerate() {
+                    if let Some(w) = p.wait.take() {
+                        waits.push((ti, pi, w));
+                    }
+                }
+            }
+            let state = Arc::new(std::sync::Mutex::new(Waiting {
+                results,
+                left: waits.len() + 1,
+                finish: Some(Box::new(finish) as Finish),
+                responder: Some(responder),
+            }));
+            let done = move |st: &Arc<std::sync::Mutex<Waiting>>| {
+                let mut g = st.lock().unwrap_or_else(|p| p.into_inner());
+                g.left -= 1;
+                if g.left == 0 {
+                    let results = std::mem::take(&mut g.results);
+                    let (Some(finish), Some(resp)) = (g.finish.take(), g.responder.take()) else { return };
+                    drop(g);
+                    resp.send(Reply::Now(finish(results)));
+                }
+            };
+            for (ti, pi, (part, next)) in waits {
+                let st = state.clone();
+                let topic = part.topic.clone();
+                part.on_durable(
+                    next,
+                    Box::new(move |r| {
+                        if let Err(e) = r {
+                            let mut g = st.lock().unwrap_or_else(|p| p.into_inner());
+                            let p = &mut g.results[ti].1[pi];
+                            tracing::warn!(topic, p.index, "durable wait failed: {e}");
+                            p.error_code = append_error_code(&e);
+                            p.base_offset = -1;
+                        }
+                        done(&st);
+                    }),
+                );
+            }
+            done(&state);
+        })))
     } else {
         Ok(Reply::Now(finish(results)))
     }
@@ -567,29 +646,117 @@ fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handl
     // Capped so the framed size (records + overhead) always fits the i32 size prefix.
     let max_bytes = if req.max_bytes <= 0 { FETCH_RESPONSE_BYTES_MAX } else { (req.max_bytes as u64).min(FETCH_RESPONSE_BYTES_MAX) };
     let shared = shared.clone();
-    Ok(Reply::Stream(Box::new(move |stream| {
+    Ok(Reply::Pending(Box::new(move |responder| {
         let deadline = Instant::now() + max_wait;
-        let notifier = shared.logs.notifier().clone();
-        // The notifier wakes every waiting fetch on any append; re-read only when one of this
-        // fetch's partitions has data past its fetch offset (atomic loads, no partition lock).
-        let mut read_now = true;
+        let poster = responder.poster();
+        let fw = Arc::new_cyclic(|me| FetchWait {
+            id: NEXT_FETCH_WAIT.fetch_add(1, Ordering::Relaxed),
+            me: me.clone(),
+            shared,
+            poster,
+            topics,
+            cid,
+            version,
+            max_bytes,
+            min_bytes,
+            committed,
+            deadline,
+            responder: std::sync::Mutex::new(Some(responder)),
+            armed: AtomicBool::new(false),
+            timer_set: AtomicBool::new(false),
+        });
+        fw.attempt();
+    })))
+}
+
+static NEXT_FETCH_WAIT: AtomicU64 = AtomicU64::new(1);
+
+/// A Fetch long-poll (min_bytes / max_wait_ms) as a registration, not a parked thread: it is
+/// registered on each of its partitions ([`Partition::watch_hw`]), so a high-watermark advance
+/// wakes only the fetches waiting on that partition, and on a timer of its network thread for
+/// max_wait_ms. Every (re-)read runs on the connection's network thread.
+struct FetchWait {
+    id: u64,
+    me: std::sync::Weak<FetchWait>,
+    shared: Arc<Shared>,
+    poster: super::net::Poster,
+    topics: Vec<(String, Vec<FetchPlanPartition>)>,
+    cid: i32,
+    version: i16,
+    max_bytes: u64,
+    min_bytes: u64,
+    /// read_committed (isolation level 1): up to the last stable offset, which moves with a
+    /// marker; the marker moves the high watermark too, which wakes the wait.
+    committed: bool,
+    deadline: Instant,
+    /// Taken by the answer (None once answered).
+    responder: std::sync::Mutex<Option<super::Responder>>,
+    /// Registered and not woken yet (a wake-up posts one re-read).
+    armed: AtomicBool,
+    timer_set: AtomicBool,
+}
+
+impl crate::log::HwWaiter for FetchWait {
+    fn wake(&self) {
+        // Called under the advancing partition's state lock: only post the re-read.
+        if self.armed.swap(false, Ordering::AcqRel) {
+            self.shared.fetch_wakeups.fetch_add(1, Ordering::Relaxed);
+            if let Some(me) = self.me.upgrade() {
+                self.poster.run_on_thread(move || me.attempt());
+            }
+        }
+    }
+}
+
+impl FetchWait {
+    fn partitions(&self) -> impl Iterator<Item = (&FetchPlanPartition, &Arc<Partition>)> {
+        self.topics.iter().flat_map(|(_, ps)| ps.iter()).filter_map(|p| p.log.as_ref().ok().map(|l| (p, l)))
+    }
+
+    /// Read the partitions; answer if min_bytes is met, an error or the deadline came, else
+    /// (re-)register. Runs on the connection's network thread.
+    fn attempt(self: &Arc<Self>) {
         loop {
-            let seen = notifier.epoch();
-            let expired = Instant::now() >= deadline || shared.stopping();
-            if read_now || expired {
-                let (data, bytes, any_error) = collect_fetch(&topics, max_bytes, committed);
-                if bytes >= min_bytes.max(1) || any_error || expired || min_bytes == 0 {
-                    let frame = fetch::build(cid, version, error::NONE, data);
-                    return frame.send(std::os::fd::AsRawFd::as_raw_fd(stream));
+            let mut slot = self.responder.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                return;
+            }
+            // What a read may reach: the high watermark, or the last stable offset (read_committed).
+            let seen: Vec<u64> = self.partitions().map(|(_, l)| readable_end(l, self.committed)).collect();
+            let expired = Instant::now() >= self.deadline || self.shared.stopping();
+            let (data, bytes, any_error) = collect_fetch(&self.topics, self.max_bytes, self.committed);
+            if bytes >= self.min_bytes.max(1) || any_error || expired || self.min_bytes == 0 {
+                let responder = slot.take();
+                drop(slot);
+                self.armed.store(false, Ordering::Release);
+                for (_, l) in self.partitions() {
+                    l.unwatch_hw(self.id);
+                }
+                if let Some(r) = responder {
+                    r.send(Reply::Frame(fetch::build(self.cid, self.version, error::NONE, data)));
+                }
+                return;
+            }
+            drop(data);
+            if !self.timer_set.swap(true, Ordering::AcqRel) {
+                let me = self.clone();
+                if let Some(r) = slot.as_ref() {
+                    r.run_at(self.deadline, move || me.attempt());
                 }
             }
-            notifier.wait_past(seen, deadline);
-            read_now = topics
-                .iter()
-                .flat_map(|(_, parts)| parts.iter())
-                .any(|p| matches!(&p.log, Ok(log) if readable_end(log, committed) as i64 > p.fetch_offset));
+            drop(slot);
+            self.armed.store(true, Ordering::Release);
+            let weak: std::sync::Weak<dyn crate::log::HwWaiter> = self.me.clone();
+            for (_, l) in self.partitions() {
+                l.watch_hw(self.id, weak.clone());
+            }
+            // An advance between the read and the registration would be missed: look again.
+            let moved = self.partitions().zip(seen).any(|((_, l), end)| readable_end(l, self.committed) != end);
+            if !moved || !self.armed.swap(false, Ordering::AcqRel) {
+                return;
+            }
         }
-    })))
+    }
 }
 
 /// Read every requested partition once. Returns the response data, record bytes, and whether

@@ -4,11 +4,15 @@
 //! `Broker::start(BrokerConfig) -> io::Result<BrokerHandle>`, `BrokerHandle::local_addr()`,
 //! `BrokerHandle::logs()`, `BrokerHandle::shutdown()`.
 //!
-//! Threads: one accept thread; per connection a reader (reads frames, decodes, runs the handler
-//! — Produce appends happen here, so pipelined produce requests append in order) and a writer
-//! (sends [`Reply`]s strictly in request order; `Later`/`Stream` replies block only their own
-//! connection). Between them a bounded queue of [`CONNECTION_QUEUE_MAX`] replies: a client that
-//! does not read its responses stops being read (backpressure).
+//! Threads (issue 18; `net`): one accept thread and a fixed set of network threads
+//! (`network_threads`, default the core count) multiplexing every connection with epoll; a
+//! bounded blocking pool for work that waits (group-coordinator requests, admin requests that
+//! fsync). A wait is a registration: a group commit's covering fdatasync
+//! ([`crate::log::Partition::on_durable`]), a Fetch long-poll (per-partition
+//! [`crate::log::Partition::watch_hw`] plus a timer on its network thread), whose completion
+//! hands the response to the connection's network thread ([`Responder`]). Responses leave in
+//! request order; a connection with [`CONNECTION_QUEUE_MAX`] responses queued (or
+//! `net::CONNECTION_OUT_BYTES_MAX` bytes unsent) is not read (backpressure).
 //!
 //! Resource bounds (each a [`BrokerConfig`] field and a `broker` flag): a request frame's size
 //! (`frame_bytes_max`); the bytes of all request frames being read or handled at once
@@ -19,32 +23,31 @@
 //! are accepted and closed at once, logged once per interval).
 
 mod handlers;
+mod net;
 pub mod properties;
 pub use handlers::BROKER_APIS;
+pub use net::{Responder, CONNECTION_OUT_BYTES_MAX};
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use crossbeam::channel::{self, TryRecvError};
+use std::io;
 
 use crate::groups::GroupCoordinator;
 use crate::io::{Io, UringIo};
+use crate::log::pool::WorkPool;
 use crate::log::{Durability, LogConfig, LogManager};
-use crate::wire::{self, FrameError};
 
-/// Replies queued per connection before the reader stops reading (backpressure).
+/// Responses queued per connection before it stops being read (backpressure).
 pub const CONNECTION_QUEUE_MAX: usize = 128;
-/// Read and write buffer of each connection (large frames bypass it).
-const CONNECTION_BUFFER_BYTES: usize = 16 << 10;
-/// Stack of each connection thread: small, so 1,000 connections (2,000 threads) are cheap.
-const CONNECTION_STACK_BYTES: usize = 256 << 10;
-/// Largest Fetch max_wait_ms honoured (bounds how long a writer can be parked).
+/// Largest number of blocking-pool threads (group-coordinator requests wait there for a
+/// rebalance, admin requests for their fsyncs); more such requests queue.
+pub const BLOCKING_THREADS_MAX: usize = 64;
+/// Largest Fetch max_wait_ms honoured (bounds how long a long-poll stays registered).
 pub const FETCH_WAIT_MS_MAX: i32 = 60_000;
 /// Default of `connection_idle_ms`: a connection with no request for this long is closed
 /// (Kafka's connections.max.idle.ms default, 10 minutes).
@@ -54,7 +57,7 @@ pub const CONNECTION_IDLE_MS_DEFAULT: u64 = 600_000;
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Default of `request_bytes_in_flight_max`: request frames read or handled at once.
 pub const REQUEST_BYTES_IN_FLIGHT_DEFAULT: usize = 256 << 20;
-/// Default of `connections_max` (each connection costs two threads and a descriptor).
+/// Default of `connections_max` (each connection costs a descriptor and a few KiB).
 pub const CONNECTIONS_MAX_DEFAULT: usize = 4_096;
 /// Default of `connections_per_ip_max` (tests and load generators connect from one loopback
 /// address; lower it when clients come from many hosts).
@@ -102,6 +105,10 @@ pub struct BrokerConfig {
     /// Largest partition count CreateTopics accepts (each partition costs files, fsyncs and a
     /// lock hold while it is created; Kafka answers INVALID_PARTITIONS past such a limit).
     pub partitions_per_topic_max: i32,
+    /// Network threads serving all connections (0 = the number of cores).
+    pub network_threads: usize,
+    /// Log a line of network counters (connections, threads, fetch wake-ups) this often; 0 = never.
+    pub stats_interval_ms: u64,
 }
 
 impl BrokerConfig {
@@ -121,32 +128,49 @@ impl BrokerConfig {
             connections_per_ip_max: CONNECTIONS_PER_IP_MAX_DEFAULT,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
             partitions_per_topic_max: 1_000,
+            network_threads: 0,
+            stats_interval_ms: 0,
         }
     }
 }
 
-/// A job run on the connection's writer thread that writes one complete frame (size prefix
-/// included) to the socket itself: the zero-copy Fetch path.
-pub type StreamJob = Box<dyn FnOnce(&TcpStream) -> io::Result<()> + Send>;
-
-/// What a request handler produces. The connection's writer sends replies strictly in request
-/// order, so a `Later` may block (group commit, Fetch long-poll, JoinGroup waiting for the
-/// rebalance) without reordering responses.
+/// What a request handler produces. The connection's network thread sends responses strictly
+/// in request order, whenever each becomes ready.
 pub enum Reply {
     /// A complete response (response header + body, without the 4-byte size prefix).
     Now(Vec<u8>),
-    /// Computed on the connection's writer thread, in order; returns header + body as in `Now`.
+    /// Computed on the blocking pool (it may block: a group rebalance, an fsync); returns
+    /// header + body as in `Now`.
     Later(Box<dyn FnOnce() -> Vec<u8> + Send>),
     /// No response (Produce with acks=0).
     Nothing,
-    /// No response, but work for the writer thread, in order (acks=0 produce in `group` mode
-    /// still drives the group commit that makes its records visible). `Some(reason)` closes
-    /// the connection after the replies queued before it.
-    Background(Box<dyn FnOnce() -> Option<String> + Send>),
-    /// Run on the writer thread, in order; writes a whole frame itself (zero-copy Fetch).
-    Stream(StreamJob),
+    /// A Fetch response frame (size prefix included), sent by the network thread with
+    /// sendfile for its record ranges (zero-copy).
+    Frame(crate::wire::fetch::FetchFrame),
+    /// Completed later without holding a thread: called at once on the network thread with the
+    /// [`Responder`] that delivers the reply (any `Reply`) when it is ready.
+    Pending(Box<dyn FnOnce(Responder) + Send>),
     /// Send the replies queued before this one, then close the connection, logging the reason.
     Close(String),
+}
+
+impl Reply {
+    /// The response bytes (header + body) this reply comes to, waiting for it on this thread:
+    /// tests and tools that call handlers directly. None for `Nothing`, `Close` and a frame
+    /// that cannot be read.
+    pub fn wait_response(self) -> Option<Vec<u8>> {
+        match self {
+            Reply::Now(v) => Some(v),
+            Reply::Later(f) => Some(f()),
+            Reply::Nothing | Reply::Close(_) => None,
+            Reply::Frame(f) => f.to_vec().ok().map(|mut v| v.split_off(4)),
+            Reply::Pending(f) => {
+                let (r, rx) = Responder::channel();
+                f(r);
+                rx.recv().ok().and_then(Reply::wait_response)
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Reply {
@@ -155,8 +179,8 @@ impl std::fmt::Debug for Reply {
             Reply::Now(v) => write!(f, "Now({} bytes)", v.len()),
             Reply::Later(_) => write!(f, "Later"),
             Reply::Nothing => write!(f, "Nothing"),
-            Reply::Background(_) => write!(f, "Background"),
-            Reply::Stream(_) => write!(f, "Stream"),
+            Reply::Frame(fr) => write!(f, "Frame({} bytes)", fr.total_bytes),
+            Reply::Pending(_) => write!(f, "Pending"),
             Reply::Close(r) => write!(f, "Close({r})"),
         }
     }
@@ -167,6 +191,9 @@ impl From<crate::groups::Reply> for Reply {
     fn from(r: crate::groups::Reply) -> Self {
         match r {
             crate::groups::Reply::Later(f) => Reply::Later(f),
+            crate::groups::Reply::Pending(f) => {
+                Reply::Pending(Box::new(move |responder: Responder| f(Box::new(move |v| responder.send(Reply::Now(v))))))
+            }
             crate::groups::Reply::Close(reason) => Reply::Close(reason),
         }
     }
@@ -191,7 +218,7 @@ impl ConnCtx {
     }
 }
 
-/// State shared by the accept thread and every connection.
+/// State shared by the accept thread, the network threads and the handlers.
 pub(crate) struct Shared {
     pub(crate) cfg: BrokerConfig,
     pub(crate) logs: Arc<LogManager>,
@@ -199,76 +226,60 @@ pub(crate) struct Shared {
     /// The transaction coordinator (issue 20).
     pub(crate) txn: Arc<crate::txn::TxnCoordinator>,
     stop: AtomicBool,
-    conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
+    /// Connections open (counted at accept, until closed).
+    open_conns: AtomicUsize,
     next_conn: AtomicU64,
-    /// Connection threads (readers and writers) still running.
-    threads: AtomicUsize,
-    /// Open connections per client address (the registry's count is the total).
+    /// Open connections per client address.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Request bytes being read or handled ([`BrokerConfig::request_bytes_in_flight_max`]).
     in_flight: ByteBudget,
+    /// Work that blocks: group-coordinator requests, admin requests that fsync.
+    pub(crate) pool: Arc<WorkPool>,
+    net: OnceLock<Vec<Arc<net::NetThread>>>,
+    /// Fetch long-polls woken by a high-watermark advance (each wake-up re-reads that fetch's
+    /// partitions on its network thread): the wake-ups-per-produce measurement.
+    pub(crate) fetch_wakeups: AtomicU64,
 }
 
-/// A broker-wide budget of bytes: `acquire` waits (bounded, re-checking the stop flag) until
-/// the bytes fit. Never over-committed, so memory held by request frames stays under it.
+/// A broker-wide budget of bytes, never over-committed, so memory held by request frames
+/// stays under it. Non-blocking: a network thread whose frame does not fit stops reading that
+/// connection and is woken when bytes are given back.
 pub(crate) struct ByteBudget {
     used: Mutex<usize>,
-    freed: Condvar,
     max: usize,
-}
-
-/// Bytes held from a [`ByteBudget`]; given back on drop.
-pub(crate) struct BudgetPermit<'a> {
-    budget: &'a ByteBudget,
-    bytes: usize,
+    threads: OnceLock<Vec<Arc<net::NetThread>>>,
 }
 
 impl ByteBudget {
     fn new(max: usize) -> ByteBudget {
-        ByteBudget { used: Mutex::new(0), freed: Condvar::new(), max }
+        ByteBudget { used: Mutex::new(0), max, threads: OnceLock::new() }
     }
 
-    /// Wait until `bytes` (<= max) fit; None if `stopping` became true first.
-    fn acquire(&self, bytes: usize, stopping: impl Fn() -> bool) -> Option<BudgetPermit<'_>> {
+    /// Take `bytes` (<= max) if they fit now.
+    pub(crate) fn try_acquire(&self, bytes: usize) -> bool {
         let bytes = bytes.min(self.max);
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used + bytes > self.max {
-            if stopping() {
-                return None;
-            }
-            used = self.freed.wait_timeout(used, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        if *used + bytes > self.max {
+            return false;
         }
         *used += bytes;
-        Some(BudgetPermit { budget: self, bytes })
+        true
+    }
+
+    /// Give back bytes taken with [`ByteBudget::try_acquire`].
+    pub(crate) fn release(&self, bytes: usize) {
+        let bytes = bytes.min(self.max);
+        if bytes == 0 {
+            return;
+        }
+        *self.used.lock().unwrap_or_else(|p| p.into_inner()) -= bytes;
+        if let Some(t) = self.threads.get() {
+            net::wake_budget_waiters(t);
+        }
     }
 
     pub(crate) fn used(&self) -> usize {
         *self.used.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for BudgetPermit<'_> {
-    fn drop(&mut self) {
-        if self.bytes > 0 {
-            *self.budget.used.lock().unwrap_or_else(|p| p.into_inner()) -= self.bytes;
-            self.budget.freed.notify_all();
-        }
-    }
-}
-
-/// Counts a connection thread as running until dropped.
-struct ThreadGuard(Arc<Shared>);
-
-impl ThreadGuard {
-    fn new(shared: &Arc<Shared>) -> ThreadGuard {
-        shared.threads.fetch_add(1, Ordering::AcqRel);
-        ThreadGuard(shared.clone())
-    }
-}
-
-impl Drop for ThreadGuard {
-    fn drop(&mut self) {
-        self.0.threads.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -285,6 +296,8 @@ pub struct BrokerHandle {
     logs: Arc<LogManager>,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
+    net: Vec<JoinHandle<()>>,
+    stats: Option<JoinHandle<()>>,
 }
 
 impl Broker {
@@ -336,16 +349,32 @@ impl Broker {
             groups,
             txn,
             stop: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
+            open_conns: AtomicUsize::new(0),
             next_conn: AtomicU64::new(0),
-            threads: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             in_flight: ByteBudget::new(cfg_in_flight),
+            pool: WorkPool::new("broker-blocking", BLOCKING_THREADS_MAX),
+            net: OnceLock::new(),
+            fetch_wakeups: AtomicU64::new(0),
         });
+        let n = match shared.cfg.network_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let started = net::start(&shared, n)?;
+        let (threads, joins): (Vec<_>, Vec<_>) = started.into_iter().unzip();
+        let _ = shared.in_flight.threads.set(threads.clone());
+        let _ = shared.net.set(threads);
         let s = shared.clone();
         let accept = std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener))?;
-        tracing::info!(%addr, durability = %shared.cfg.log.durability, "broker listening");
-        Ok(BrokerHandle { addr, logs, shared, accept: Some(accept) })
+        let stats = if shared.cfg.stats_interval_ms > 0 {
+            let s = shared.clone();
+            Some(std::thread::Builder::new().name("broker-stats".into()).spawn(move || stats_loop(s))?)
+        } else {
+            None
+        };
+        tracing::info!(%addr, durability = %shared.cfg.log.durability, network_threads = n, "broker listening");
+        Ok(BrokerHandle { addr, logs, shared, accept: Some(accept), net: joins, stats })
     }
 }
 
@@ -358,26 +387,32 @@ impl BrokerHandle {
     }
     /// Connections currently open.
     pub fn connection_count(&self) -> usize {
-        self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.shared.open_conns.load(Ordering::Acquire)
+    }
+    /// Fetch long-polls woken by a high-watermark advance so far.
+    pub fn fetch_wakeups(&self) -> u64 {
+        self.shared.fetch_wakeups.load(Ordering::Relaxed)
     }
     /// Request bytes currently read or handled (under `request_bytes_in_flight_max`).
     pub fn request_bytes_in_flight(&self) -> usize {
         self.shared.in_flight.used()
     }
-    /// Stop accepting, close connections, wait (bounded) for their threads so that no append
-    /// races the close, then flush and checkpoint the logs.
+    /// Stop accepting, close connections, wait (bounded) for the network threads and for the
+    /// blocking pool's and group-commit drivers' jobs, so that no append races the close; then
+    /// flush and checkpoint the logs.
     pub fn shutdown(mut self) -> io::Result<()> {
         self.stop_listening();
-        let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
-        while self.shared.threads.load(Ordering::Acquire) > 0 {
-            if std::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    threads = self.shared.threads.load(Ordering::Acquire),
-                    "connection threads still running at shutdown; closing the logs anyway"
-                );
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        loop {
+            let busy = self.shared.pool.busy() + crate::log::pool::sync_pool().busy();
+            if busy == 0 {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            if Instant::now() >= deadline {
+                tracing::warn!(busy, "blocking jobs still running at shutdown; closing the logs anyway");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         self.logs.close().map_err(io::Error::other)
     }
@@ -385,17 +420,21 @@ impl BrokerHandle {
     fn stop_listening(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         // Wake the accept thread with a connection of our own.
-        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), std::time::Duration::from_secs(1));
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
-        let conns: Vec<Arc<TcpStream>> =
-            self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
-        for c in conns {
-            let _ = c.shutdown(Shutdown::Both);
+        if let Some(threads) = self.shared.net.get() {
+            for t in threads {
+                t.post(net::Msg::Stop);
+            }
         }
-        // Wake long-polling fetches so they answer (and see the stop flag) at once.
-        self.logs.notifier().bump();
+        for h in self.net.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(h) = self.stats.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -461,9 +500,13 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             let _ = stream.shutdown(Shutdown::Both);
             continue;
         }
-        if let Err(e) = start_connection(&shared, stream) {
-            tracing::warn!("cannot start connection threads: {e}");
-        }
+        let Ok(peer) = stream.peer_addr() else {
+            shared.open_conns.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        };
+        let threads = shared.net.get().expect("network threads start before the accept thread");
+        let n = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        net::pick(threads, n).post(net::Msg::Conn(stream, peer));
     }
     tracing::debug!("accept loop stopped");
 }
@@ -474,7 +517,7 @@ fn over_connection_limits(shared: &Shared, stream: &TcpStream) -> Option<String>
         Ok(a) => a.ip(),
         Err(e) => return Some(format!("no peer address: {e}")),
     };
-    let open = shared.conns.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let open = shared.open_conns.load(Ordering::Acquire);
     if open >= shared.cfg.connections_max {
         return Some(format!("{open} connections open (connections_max {})", shared.cfg.connections_max));
     }
@@ -484,6 +527,7 @@ fn over_connection_limits(shared: &Shared, stream: &TcpStream) -> Option<String>
         return Some(format!("{n} connections open from {ip} (connections_per_ip_max {})", shared.cfg.connections_per_ip_max));
     }
     *n += 1;
+    shared.open_conns.fetch_add(1, Ordering::AcqRel);
     None
 }
 
@@ -497,239 +541,30 @@ fn release_ip(shared: &Shared, ip: IpAddr) {
     }
 }
 
-fn start_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
-    let peer = stream.peer_addr()?;
-    let r = start_connection_threads(shared, stream, peer);
-    if r.is_err() {
-        release_ip(shared, peer.ip());
-    }
-    r
-}
-
-fn start_connection_threads(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    // Reads wake at least this often, to enforce the request deadline and the idle timeout.
-    stream.set_read_timeout(Some(read_tick(&shared.cfg)))?;
-    stream.set_write_timeout(Some(std::time::Duration::from_millis(SEND_STALL_MS_MAX)))?;
-    let local = stream.local_addr()?;
-    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = channel::bounded::<Reply>(CONNECTION_QUEUE_MAX);
-    // One descriptor per connection, shared by the reader, the writer and the registry.
-    let stream = Arc::new(stream);
-    let wstream = stream.clone();
-    shared.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, stream.clone());
-    let wguard = ThreadGuard::new(shared);
-    let writer = std::thread::Builder::new()
-        .name(format!("conn-{id}-w"))
-        .stack_size(CONNECTION_STACK_BYTES)
-        .spawn(move || {
-            let _guard = wguard;
-            writer_loop(rx, wstream, peer)
-        });
-    if let Err(e) = writer {
-        shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        return Err(e);
-    }
-    let s = shared.clone();
-    let rguard = ThreadGuard::new(shared);
-    let reader = std::thread::Builder::new()
-        .name(format!("conn-{id}-r"))
-        .stack_size(CONNECTION_STACK_BYTES)
-        .spawn(move || {
-            let _guard = rguard;
-            reader_loop(&s, stream, tx, peer, local);
-            s.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            release_ip(&s, peer.ip());
-        });
-    if let Err(e) = reader {
-        // The writer exits when `tx` (moved into the failed closure) is dropped.
-        shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// How often a blocked read wakes up: the request deadline is enforced within this.
+/// How often each network thread checks request deadlines, idle connections and stalled
+/// sends: they are enforced within this.
 fn read_tick(cfg: &BrokerConfig) -> Duration {
     Duration::from_millis(cfg.request_timeout_ms.min(cfg.connection_idle_ms).clamp(1, 1_000))
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-/// Read one request frame within the connection's bounds: the size prefix may take up to
-/// `connection_idle_ms` to start arriving; once it has, the whole frame must arrive within
-/// `request_timeout_ms`; the frame's bytes are taken from the broker-wide budget before they
-/// are allocated (waiting, without reading, while the budget is full). `Ok(None)`: the peer
-/// closed the connection between frames, or the broker is stopping.
-fn read_request<'s, R: Read>(shared: &'s Shared, r: &mut R) -> Result<Option<(Vec<u8>, BudgetPermit<'s>)>, FrameError> {
-    let idle = Duration::from_millis(shared.cfg.connection_idle_ms);
-    let deadline_after = Duration::from_millis(shared.cfg.request_timeout_ms);
-    let waiting = Instant::now();
-    let mut started: Option<Instant> = None;
-    let late = |started: Option<Instant>| -> Result<(), FrameError> {
-        match started {
-            Some(t) if t.elapsed() > deadline_after => Err(FrameError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("request not complete within {} ms (request_timeout_ms)", shared.cfg.request_timeout_ms),
-            ))),
-            _ => Ok(()),
+/// `stats_interval_ms`: one line of network counters per interval (measurements and tests).
+fn stats_loop(shared: Arc<Shared>) {
+    let every = Duration::from_millis(shared.cfg.stats_interval_ms);
+    let mut next = Instant::now() + every;
+    while !shared.stopping() {
+        std::thread::sleep(Duration::from_millis(20).min(every));
+        if Instant::now() < next {
+            continue;
         }
-    };
-    let mut size_buf = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        if shared.stopping() {
-            return Ok(None);
-        }
-        match r.read(&mut size_buf[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => {
-                started.get_or_insert_with(Instant::now);
-                got += n;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_timeout(&e) => {
-                if started.is_none() && waiting.elapsed() >= idle {
-                    return Err(FrameError::Io(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("idle for {} ms (connection_idle_ms)", shared.cfg.connection_idle_ms),
-                    )));
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-        late(started)?;
+        next += every;
+        let per_thread = shared.net.get().map(|t| net::per_thread(t)).unwrap_or_default();
+        tracing::info!(
+            connections = shared.open_conns.load(Ordering::Acquire),
+            fetch_wakeups = shared.fetch_wakeups.load(Ordering::Relaxed),
+            blocking_threads = shared.pool.threads(),
+            sync_threads = crate::log::pool::sync_pool().threads(),
+            request_bytes = shared.in_flight.used(),
+            "net stats per_thread={per_thread:?}"
+        );
     }
-    let size = i32::from_be_bytes(size_buf);
-    if size < 0 || size as usize > shared.cfg.frame_bytes_max {
-        return Err(FrameError::TooLarge { size: size as i64, limit: shared.cfg.frame_bytes_max });
-    }
-    if size < wire::REQUEST_HEADER_BYTES_MIN {
-        return Err(FrameError::TooSmall(size));
-    }
-    let size = size as usize;
-    let Some(permit) = shared.in_flight.acquire(size, || shared.stopping()) else {
-        return Ok(None);
-    };
-    // Time spent waiting for the budget is the broker's, not the client's.
-    let started = Some(Instant::now());
-    // Zeroed: large frames come from calloc'd (untouched, lazily mapped) memory, small ones
-    // cost a memset of a few KiB. Fallible: under an address-space or memory limit a frame the
-    // budget allows may still not be allocatable; that connection is closed, the broker lives
-    // (`vec![0u8; size]` aborted the process: "memory allocation of 94371840 bytes failed").
-    let Some(mut buf) = crate::io::sys::try_zeroed_vec(size) else {
-        return Err(FrameError::Io(io::Error::new(io::ErrorKind::OutOfMemory, format!("cannot allocate a {size}-byte request frame"))));
-    };
-    let mut have = 0;
-    while have < size {
-        match r.read(&mut buf[have..]) {
-            Ok(0) => return Err(FrameError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-frame"))),
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-        late(started)?;
-        if shared.stopping() {
-            return Ok(None);
-        }
-    }
-    Ok(Some((buf, permit)))
-}
-
-fn reader_loop(shared: &Arc<Shared>, stream: Arc<TcpStream>, tx: channel::Sender<Reply>, peer: SocketAddr, local: SocketAddr) {
-    let mut ctx = ConnCtx { peer, local };
-    let mut r = BufReader::with_capacity(CONNECTION_BUFFER_BYTES, &*stream);
-    loop {
-        let (frame, permit) = match read_request(shared, &mut r) {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                tracing::info!(%peer, "closing connection: {e}");
-                break;
-            }
-            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
-                tracing::warn!(%peer, "closing connection: {e}");
-                break;
-            }
-            Err(FrameError::Io(e)) => {
-                tracing::debug!(%peer, "connection read ended: {e}");
-                break;
-            }
-            Err(e) => {
-                let _ = tx.send(Reply::Close(e.to_string()));
-                break;
-            }
-        };
-        let reply = handlers::handle(shared, &mut ctx, frame);
-        // The frame is consumed by its handler: its bytes go back to the budget before this
-        // reader may block on a full reply queue.
-        drop(permit);
-        let closing = matches!(reply, Reply::Close(_));
-        if tx.send(reply).is_err() || closing {
-            break;
-        }
-    }
-}
-
-fn write_frame<W: Write>(w: &mut W, payload: &[u8]) -> io::Result<()> {
-    w.write_all(&(payload.len() as i32).to_be_bytes())?;
-    w.write_all(payload)
-}
-
-fn writer_loop(rx: channel::Receiver<Reply>, stream: Arc<TcpStream>, peer: SocketAddr) {
-    let mut out = BufWriter::with_capacity(CONNECTION_BUFFER_BYTES, &*stream);
-    let result: io::Result<()> = (|| loop {
-        let reply = match rx.try_recv() {
-            Ok(r) => r,
-            Err(TryRecvError::Empty) => {
-                out.flush()?;
-                match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => return Ok(()),
-                }
-            }
-            Err(TryRecvError::Disconnected) => return Ok(()),
-        };
-        match reply {
-            Reply::Now(v) => {
-                if v.is_empty() {
-                    return Err(io::Error::other("response could not be encoded"));
-                }
-                write_frame(&mut out, &v)?
-            }
-            Reply::Later(f) => {
-                out.flush()?;
-                let v = f();
-                if v.is_empty() {
-                    return Err(io::Error::other("response could not be encoded"));
-                }
-                write_frame(&mut out, &v)?
-            }
-            Reply::Nothing => {}
-            Reply::Background(job) => {
-                if let Some(reason) = job() {
-                    out.flush()?;
-                    tracing::warn!(%peer, "closing connection: {reason}");
-                    return Ok(());
-                }
-            }
-            Reply::Stream(job) => {
-                out.flush()?;
-                job(&stream)?;
-            }
-            Reply::Close(reason) => {
-                out.flush()?;
-                tracing::warn!(%peer, "closing connection: {reason}");
-                return Ok(());
-            }
-        }
-    })();
-    if let Err(e) = result {
-        tracing::debug!(%peer, "connection write ended: {e}");
-    }
-    let _ = out.flush();
-    let _ = stream.shutdown(Shutdown::Both);
 }
