@@ -502,7 +502,7 @@ fn unsupported_versions_and_foreign_keys_close_the_connection() {
     let logs = open_logs(dir.path());
     let c = coordinator(&logs);
     let header = RequestHeader::default().with_correlation_id(1);
-    for (key, v) in [(11, 10), (9, 0), (8, 9), (16, 5), (0, 3)] {
+    for (key, v) in [(11, 10), (9, 0), (8, 10), (16, 6), (68, 2), (0, 3)] {
         let r = groups::handle(&c, key, v, &header, &mut Bytes::new());
         assert!(matches!(r, Reply::Close(_)), "api {key} v{v}: {r:?}");
     }

@@ -139,17 +139,39 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
-impl Conn {
-    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
-        Conn::connect_with_read_timeout(addr, timeout, Duration::from_secs(30))
+/// Opens broker connections with one run's security settings (TLS, SASL): the connection
+/// factory every part of a run holds (producers' transports, consumers, group members, setup,
+/// topic cleanup). A value, not a process-wide setting: a `loadgen worker` serving runs with
+/// different settings, or two runs in one process, each use their own.
+#[derive(Debug, Clone, Default)]
+pub struct Connector {
+    security: Arc<crate::security::Security>,
+}
+
+impl Connector {
+    pub fn new(security: crate::security::Security) -> Connector {
+        Connector { security: Arc::new(security) }
     }
 
-    /// [`Conn::connect`] with a bound on each response wait (a stopped broker accepts the TCP
-    /// connection but never answers). The one place broker connections are opened: with the
-    /// process's security settings (`security::current`): TLS handshake, ApiVersions, then SASL.
-    pub fn connect_with_read_timeout(addr: SocketAddr, timeout: Duration, read_timeout: Duration) -> Result<Conn, String> {
-        let sec = crate::security::current();
-        let stream = crate::security::connect_stream(&sec, addr, timeout, read_timeout)?;
+    /// PLAINTEXT, no SASL.
+    pub fn plaintext() -> Connector {
+        Connector::default()
+    }
+
+    pub fn security(&self) -> &crate::security::Security {
+        &self.security
+    }
+
+    pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        self.connect_with_read_timeout(addr, timeout, Duration::from_secs(30))
+    }
+
+    /// [`Connector::connect`] with a bound on each response wait (a stopped broker accepts the
+    /// TCP connection but never answers). The one place broker connections are opened: TLS
+    /// handshake, ApiVersions, then SASL, with this connector's settings.
+    pub fn connect_with_read_timeout(&self, addr: SocketAddr, timeout: Duration, read_timeout: Duration) -> Result<Conn, String> {
+        let sec = &*self.security;
+        let stream = crate::security::connect_stream(sec, addr, timeout, read_timeout)?;
         let mut c = Conn { addr, stream, corr: 0, versions: HashMap::new() };
         let r: ApiVersionsResponse = c.call(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default()).map_err(|e| {
             let hint = if sec.protocol.tls() { "" } else { " (a TLS listener? --security-protocol SSL or SASL_SSL)" };
@@ -165,6 +187,14 @@ impl Conn {
             crate::security::authenticate(&mut c, *mechanism, creds)?;
         }
         Ok(c)
+    }
+}
+
+impl Conn {
+    /// A PLAINTEXT connection (tests and tools); a run's connections go through its
+    /// [`Connector`], which carries the run's security settings.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        Connector::plaintext().connect(addr, timeout)
     }
 
     pub fn try_clone_stream(&self) -> std::io::Result<BrokerStream> {
@@ -317,31 +347,48 @@ impl Conn {
         Ok(out)
     }
 
+    /// Fetch one topic's partitions: `parts` are (partition, offset).
     pub fn fetch(&mut self, topic: &str, parts: &[(i32, i64)], max_wait_ms: i32, partition_max_bytes: i32) -> Result<FetchResponse, String> {
-        let v = self.need(ApiKey::Fetch)?;
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(64 << 20)
-            .with_isolation_level(0)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(
-                parts
-                    .iter()
-                    .map(|&(p, off)| {
-                        FetchPartition::default()
-                            .with_partition(p)
-                            .with_fetch_offset(off)
-                            .with_partition_max_bytes(partition_max_bytes)
-                            .with_current_leader_epoch(-1)
-                            .with_log_start_offset(-1)
-                    })
-                    .collect(),
-            )]);
-        self.call(ApiKey::Fetch, v, &req)
+        self.fetch_many(parts.iter().map(|&(p, off)| (topic, p, off)), max_wait_ms, partition_max_bytes)
     }
+
+    /// Fetch several topics' partitions in one request: `parts` are (topic, partition, offset).
+    pub fn fetch_many<'a>(
+        &mut self,
+        parts: impl IntoIterator<Item = (&'a str, i32, i64)>,
+        max_wait_ms: i32,
+        partition_max_bytes: i32,
+    ) -> Result<FetchResponse, String> {
+        let v = self.need(ApiKey::Fetch)?;
+        self.call(ApiKey::Fetch, v, &fetch_request(parts, max_wait_ms, partition_max_bytes))
+    }
+}
+
+/// A consumer's FetchRequest (read_uncommitted, no fetch session, at most 64 MiB) for `parts`:
+/// (topic, partition, offset), grouped by topic in the order of their first appearance.
+pub fn fetch_request<'a>(parts: impl IntoIterator<Item = (&'a str, i32, i64)>, max_wait_ms: i32, partition_max_bytes: i32) -> FetchRequest {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (t, p, off) in parts {
+        let fp = FetchPartition::default()
+            .with_partition(p)
+            .with_fetch_offset(off)
+            .with_partition_max_bytes(partition_max_bytes)
+            .with_current_leader_epoch(-1)
+            .with_log_start_offset(-1);
+        match topics.iter_mut().find(|x| x.topic.0.as_str() == t) {
+            Some(x) => x.partitions.push(fp),
+            None => topics.push(FetchTopic::default().with_topic(topic_name(t)).with_partitions(vec![fp])),
+        }
+    }
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(64 << 20)
+        .with_isolation_level(0)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(topics)
 }
 
 /// Partition leadership of a topic, from Metadata.
@@ -500,6 +547,8 @@ const REFRESH_BACKOFF_MS: (u64, u64) = (50, 1000);
 /// partition with no reachable leader waits (its batches queue in the producer) until the drain
 /// deadline; what is still unsent then is `not_sent`, what is unanswered `timed_out`.
 pub struct KafkaTransport {
+    /// Opens this transport's connections (the run's security settings).
+    connector: Connector,
     topic: TopicName,
     /// index → partition id.
     partition_ids: Vec<i32>,
@@ -584,7 +633,7 @@ fn requeue(retrying: &[AtomicU32], retries: &std::sync::Mutex<Vec<PendingBatch>>
 impl KafkaTransport {
     pub fn connect(layout: &TopicLayout, acks: i16, max_in_flight: u32, clock: Clock, metrics: Arc<Metrics>) -> Result<KafkaTransport, String> {
         let settings = crate::produce::ProducerSettings { acks, ..Default::default() };
-        KafkaTransport::connect_with(layout, &settings, max_in_flight, clock, metrics)
+        KafkaTransport::connect_with(layout, &settings, max_in_flight, clock, metrics, &Connector::plaintext())
     }
 
     /// As [`KafkaTransport::connect`], with the producer settings (acks, idempotence: an
@@ -597,9 +646,11 @@ impl KafkaTransport {
         max_in_flight: u32,
         clock: Clock,
         metrics: Arc<Metrics>,
+        connector: &Connector,
     ) -> Result<KafkaTransport, String> {
         let n = layout.leaders.len();
         let mut t = KafkaTransport {
+            connector: connector.clone(),
             topic: topic_name(&layout.topic),
             partition_ids: layout.leaders.iter().map(|(p, _)| *p).collect(),
             conn_of: vec![None; n],
@@ -651,7 +702,7 @@ impl KafkaTransport {
         if let Some(i) = self.conns.iter().position(|c| c.addr == addr && !c.dead.load(Ordering::SeqCst)) {
             return Ok(i);
         }
-        let mut c = Conn::connect(addr, Duration::from_secs(5))?;
+        let mut c = self.connector.connect(addr, Duration::from_secs(5))?;
         let v = c.need(ApiKey::Produce)?;
         if self.conns.is_empty() && self.version == i16::MAX {
             self.version = v;
@@ -780,7 +831,7 @@ impl KafkaTransport {
         let mut md = None;
         let mut last_err = String::new();
         for a in self.known.clone() {
-            let r = Conn::connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2))
+            let r = self.connector.connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2))
                 .and_then(|mut c| c.metadata(Some(std::slice::from_ref(&topic)), false));
             match r {
                 Ok(m) => {
@@ -1221,7 +1272,7 @@ mod tests {
         let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
         let metrics = Arc::new(Metrics::new(true));
         let settings = crate::produce::ProducerSettings { acks: -1, idempotent: true, ..Default::default() };
-        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone(), &Connector::plaintext()).unwrap();
         assert_eq!(t.producer_identity(), Some((77, 3)));
         let format = crate::encode::BatchFormat { producer_id: 77, producer_epoch: 3, ..Default::default() };
         let mut b = crate::encode::BatchBuilder::with_format(4096, format);
@@ -1293,7 +1344,7 @@ mod tests {
             let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
             let metrics = Arc::new(Metrics::new(true));
             let settings = crate::produce::ProducerSettings { acks: 0, ..Default::default() };
-            let mut t = KafkaTransport::connect_with(&layout, &settings, 1, Clock::new(), metrics.clone()).unwrap();
+            let mut t = KafkaTransport::connect_with(&layout, &settings, 1, Clock::new(), metrics.clone(), &Connector::plaintext()).unwrap();
             let mut spare = Spare::default();
             for _ in 0..2 {
                 let mut b = crate::encode::BatchBuilder::new(4096);
@@ -1335,7 +1386,7 @@ mod tests {
         let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
         let metrics = Arc::new(Metrics::new(true));
         let settings = crate::produce::ProducerSettings { acks: -1, idempotent, ..Default::default() };
-        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone(), &Connector::plaintext()).unwrap();
         let format = match t.producer_identity() {
             Some((id, e)) => crate::encode::BatchFormat { producer_id: id, producer_epoch: e, ..Default::default() },
             None => crate::encode::BatchFormat::default(),
@@ -1440,7 +1491,7 @@ mod tests {
         let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, dead), (1, a_addr)] };
         let metrics = Arc::new(Metrics::new(true));
         let settings = crate::produce::ProducerSettings { acks: -1, ..Default::default() };
-        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone()).unwrap();
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 5, Clock::new(), metrics.clone(), &Connector::plaintext()).unwrap();
         assert!(!t.can_send(0), "partition 0 has no reachable leader yet");
         let mut spare = Spare::default();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1461,5 +1512,25 @@ mod tests {
         t.close();
         assert_eq!(b_got.lock().unwrap().len(), 1, "sent to the leader Metadata named");
         assert_eq!(metrics.acked.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[cfg(test)]
+mod fetch_request_tests {
+    use super::*;
+
+    #[test]
+    fn fetch_request_groups_partitions_by_topic_in_first_seen_order() {
+        let req = fetch_request([("b", 1, 10), ("a", 0, 5), ("b", 0, 7)], 100, 1 << 20);
+        let got: Vec<(String, Vec<(i32, i64)>)> = req
+            .topics
+            .iter()
+            .map(|t| (t.topic.0.to_string(), t.partitions.iter().map(|p| (p.partition, p.fetch_offset)).collect()))
+            .collect();
+        assert_eq!(got, vec![("b".to_string(), vec![(1, 10), (0, 7)]), ("a".to_string(), vec![(0, 5)])]);
+        assert_eq!(req.max_wait_ms, 100);
+        assert!(req.topics.iter().flat_map(|t| &t.partitions).all(|p| p.partition_max_bytes == 1 << 20 && p.log_start_offset == -1));
+        // A consumer's request: no replica, read_uncommitted, no session.
+        assert_eq!((req.replica_id, req.isolation_level, req.session_id, req.session_epoch), (BrokerId(-1), 0, 0, -1));
     }
 }

@@ -188,7 +188,14 @@ impl ConsumerTotals {
 /// no consumer fetched yet (during a rebalance, or a consumer that fell behind), not only the
 /// high watermark the consumers' own Fetch answers carry. A leader that does not answer is
 /// skipped (the consumers' answers still update the partition).
-pub fn sample_high_watermarks(topics: Vec<(String, Vec<(i32, SocketAddr)>)>, subs: u32, every: Duration, metrics: Arc<Metrics>, done: Arc<AtomicBool>) {
+pub fn sample_high_watermarks(
+    connector: crate::client::Connector,
+    topics: Vec<(String, Vec<(i32, SocketAddr)>)>,
+    subs: u32,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    done: Arc<AtomicBool>,
+) {
     let mut conns: HashMap<SocketAddr, Conn> = HashMap::new();
     // Counted among the run's consumer threads: answers flush requests (it records nothing).
     let mut flush_seen = metrics.flush_req.load(Ordering::SeqCst);
@@ -202,7 +209,7 @@ pub fn sample_high_watermarks(topics: Vec<(String, Vec<(i32, SocketAddr)>)>, sub
                 let parts: Vec<i32> = leaders.iter().filter(|(_, x)| *x == a).map(|(p, _)| *p).collect();
                 let c = match conns.entry(a) {
                     std::collections::hash_map::Entry::Occupied(c) => c.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => match Conn::connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2)) {
+                    std::collections::hash_map::Entry::Vacant(v) => match connector.connect_with_read_timeout(a, Duration::from_secs(1), Duration::from_secs(2)) {
                         Ok(c) => v.insert(c),
                         Err(_) => continue,
                     },
@@ -334,6 +341,8 @@ pub struct ConsumerSpec {
     /// (partition id, starting offset).
     pub partitions: Vec<(i32, i64)>,
     pub max_wait_ms: i32,
+    /// Opens the connections (the run's security settings).
+    pub connector: crate::client::Connector,
 }
 
 /// Fetch until `metrics.stop` (or `done`) is set. Errors are counted. Failover: a lost
@@ -356,7 +365,7 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
     let mut rec_other = LocalRecorder::new();
     let mut flush_seen = metrics.flush_req.load(Ordering::SeqCst);
     while !metrics.stopped() && !done.load(Ordering::Relaxed) {
-        if leader.values().any(|l| l.is_none()) && !refresh(&spec.topic, &brokers, &mut leader, &mut unreachable_since, &metrics) && leader.values().all(|l| l.is_none()) {
+        if leader.values().any(|l| l.is_none()) && !refresh(&spec.connector, &spec.topic, &brokers, &mut leader, &mut unreachable_since, &metrics) && leader.values().all(|l| l.is_none()) {
             // Nothing to fetch meanwhile: wait (bounded) before asking again.
             std::thread::sleep(Duration::from_millis(backoff_ms));
             backoff_ms = (backoff_ms * 2).min(1000);
@@ -370,7 +379,7 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
             let parts: Vec<(i32, i64)> = offsets.iter().filter(|(p, _)| leader.get(p).copied().flatten() == Some(a)).copied().collect();
             let conn = match conns.entry(a) {
                 std::collections::hash_map::Entry::Occupied(c) => Ok(c.into_mut()),
-                std::collections::hash_map::Entry::Vacant(v) => Conn::connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
+                std::collections::hash_map::Entry::Vacant(v) => spec.connector.connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
             };
             // Connected: a failed fetch is a lost leader (one error); unreachable (not yet
             // replaced in Metadata): no error. Either way find the leader again, after a
@@ -460,6 +469,7 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
 /// one it names. Returns whether every partition has a leader again. No broker answering for
 /// 5 s fails the run (the cluster is gone, not failing over).
 fn refresh(
+    connector: &crate::client::Connector,
     topic: &str,
     brokers: &[SocketAddr],
     leader: &mut HashMap<i32, Option<SocketAddr>>,
@@ -468,7 +478,7 @@ fn refresh(
 ) -> bool {
     let t = [topic.to_string()];
     let Some(md) = brokers.iter().find_map(|a| {
-        Conn::connect_with_read_timeout(*a, Duration::from_secs(1), Duration::from_secs(2)).and_then(|mut c| c.metadata(Some(&t), false)).ok()
+        connector.connect_with_read_timeout(*a, Duration::from_secs(1), Duration::from_secs(2)).and_then(|mut c| c.metadata(Some(&t), false)).ok()
     }) else {
         let since = *unreachable_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= Duration::from_secs(5) && !metrics.stopped() {
@@ -579,7 +589,7 @@ mod tests {
             let a = broker(refusal, None, Some(b));
             let metrics = Arc::new(Metrics::new(false));
             let done = Arc::new(AtomicBool::new(false));
-            let spec = ConsumerSpec { sub: 0, addr: a, brokers: vec![a], topic: "t".into(), partitions: vec![(0, 0)], max_wait_ms: 10 };
+            let spec = ConsumerSpec { sub: 0, addr: a, brokers: vec![a], topic: "t".into(), partitions: vec![(0, 0)], max_wait_ms: 10, connector: crate::client::Connector::plaintext() };
             let (m, d) = (metrics.clone(), done.clone());
             let h = std::thread::spawn(move || run_consumer(spec, Clock::new(), m, d));
             let deadline = Instant::now() + Duration::from_secs(10);

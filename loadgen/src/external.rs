@@ -76,21 +76,22 @@ pub fn plan(opts: &TopicOptions, workload: &str, topics: u32, run_id: &str) -> R
 
 /// Deletes a run's topics when dropped (the end of the run, or a failure after creating them).
 pub struct TopicCleanup {
+    connector: crate::client::Connector,
     addr: SocketAddr,
     names: Vec<String>,
     quiet: bool,
 }
 
 impl TopicCleanup {
-    pub fn new(addr: SocketAddr, names: Vec<String>, quiet: bool) -> TopicCleanup {
-        TopicCleanup { addr, names, quiet }
+    pub fn new(connector: crate::client::Connector, addr: SocketAddr, names: Vec<String>, quiet: bool) -> TopicCleanup {
+        TopicCleanup { connector, addr, names, quiet }
     }
 }
 
 impl Drop for TopicCleanup {
     fn drop(&mut self) {
         // Bounded: a stalled broker must not hold the end of the run for long.
-        let r = Conn::connect_with_read_timeout(self.addr, Duration::from_secs(3), Duration::from_secs(5)).and_then(|mut c| c.delete_topics(&self.names));
+        let r = self.connector.connect_with_read_timeout(self.addr, Duration::from_secs(3), Duration::from_secs(5)).and_then(|mut c| c.delete_topics(&self.names));
         match r {
             Ok(()) if !self.quiet => eprintln!("deleted topics {}", self.names.join(", ")),
             Ok(()) => {}

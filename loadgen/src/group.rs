@@ -23,14 +23,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ConsumerProtocolAssignment, ConsumerProtocolSubscription, FetchRequest, FetchResponse,
+    ApiKey, ConsumerProtocolAssignment, ConsumerProtocolSubscription,
     FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest, OffsetCommitResponse,
     OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
@@ -192,6 +191,8 @@ pub struct MemberSpec {
     pub leave_after_s: Option<f64>,
     /// Slot in [`crate::consumer::GroupCounters::members`].
     pub slot: usize,
+    /// Opens the connections (the run's security settings).
+    pub connector: crate::client::Connector,
 }
 
 /// Why a group call did not succeed.
@@ -247,7 +248,7 @@ impl Member<'_> {
         let mut last = GroupErr::Coordinator(-1);
         let read_timeout = Duration::from_millis(self.spec.settings.rebalance_timeout_ms.max(0) as u64 + 5_000);
         for b in &self.spec.brokers {
-            let Ok(mut c) = Conn::connect_with_read_timeout(*b, Duration::from_secs(2), Duration::from_secs(5)) else { continue };
+            let Ok(mut c) = self.spec.connector.connect_with_read_timeout(*b, Duration::from_secs(2), Duration::from_secs(5)) else { continue };
             let v = version(&c, ApiKey::FindCoordinator)?;
             let req = FindCoordinatorRequest::default().with_key(StrBytes::from(self.spec.group_id.clone())).with_key_type(0);
             let r: FindCoordinatorResponse = match c.call(ApiKey::FindCoordinator, v, &req) {
@@ -259,7 +260,7 @@ impl Member<'_> {
                 continue;
             }
             let Ok(addr) = crate::client::resolve(&format!("{}:{}", r.host, r.port)) else { continue };
-            match Conn::connect_with_read_timeout(addr, Duration::from_secs(2), read_timeout) {
+            match self.spec.connector.connect_with_read_timeout(addr, Duration::from_secs(2), read_timeout) {
                 Ok(cc) => {
                     self.coord = Some(cc);
                     return Ok(());
@@ -489,7 +490,7 @@ impl Member<'_> {
             return true;
         }
         let Some(md) = self.spec.brokers.iter().find_map(|a| {
-            Conn::connect_with_read_timeout(*a, Duration::from_secs(1), Duration::from_secs(2)).and_then(|mut c| c.metadata(Some(&topics), false)).ok()
+            self.spec.connector.connect_with_read_timeout(*a, Duration::from_secs(1), Duration::from_secs(2)).and_then(|mut c| c.metadata(Some(&topics), false)).ok()
         }) else {
             return false;
         };
@@ -523,9 +524,9 @@ impl Member<'_> {
             }
             let conn = match self.conns.entry(a) {
                 std::collections::hash_map::Entry::Occupied(c) => Ok(c.into_mut()),
-                std::collections::hash_map::Entry::Vacant(v) => Conn::connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
+                std::collections::hash_map::Entry::Vacant(v) => self.spec.connector.connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
             };
-            let r = conn.and_then(|c| fetch_many(c, &parts, self.spec.max_wait_ms, *part_max));
+            let r = conn.and_then(|c| c.fetch_many(parts.iter().map(|(t, p, off)| (t.as_str(), *p, *off)), self.spec.max_wait_ms, *part_max));
             let resp = match r {
                 Ok(r) => r,
                 Err(_) => {
@@ -568,34 +569,6 @@ impl Member<'_> {
         }
         (got, bytes, answered)
     }
-}
-
-/// Fetch several topics' partitions in one request.
-fn fetch_many(c: &mut Conn, parts: &[(String, i32, i64)], max_wait_ms: i32, partition_max_bytes: i32) -> Result<FetchResponse, String> {
-    let v = c.version(ApiKey::Fetch).ok_or_else(|| format!("broker {} does not support a usable Fetch version", c.addr))?;
-    let mut topics: Vec<FetchTopic> = Vec::new();
-    for (t, p, off) in parts {
-        let fp = FetchPartition::default()
-            .with_partition(*p)
-            .with_fetch_offset(*off)
-            .with_partition_max_bytes(partition_max_bytes)
-            .with_current_leader_epoch(-1)
-            .with_log_start_offset(-1);
-        match topics.iter_mut().find(|x| x.topic.0.as_str() == t.as_str()) {
-            Some(x) => x.partitions.push(fp),
-            None => topics.push(FetchTopic::default().with_topic(topic_name(t)).with_partitions(vec![fp])),
-        }
-    }
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(max_wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(64 << 20)
-        .with_isolation_level(0)
-        .with_session_id(0)
-        .with_session_epoch(-1)
-        .with_topics(topics);
-    c.call(ApiKey::Fetch, v, &req)
 }
 
 /// Run one group member until `done` (or `metrics.stop`, or its leave time): see the module doc.
@@ -852,6 +825,7 @@ mod tests {
     use super::*;
     use crate::testbroker::{header, respond, serve, Served};
     use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
     use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
     use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
     use std::sync::Mutex;
@@ -1011,6 +985,7 @@ mod tests {
             join_after_s: None,
             leave_after_s: None,
             slot: 0,
+            connector: crate::client::Connector::plaintext(),
         };
         let (m, d) = (metrics.clone(), done.clone());
         let h = std::thread::spawn(move || run_member(spec, Clock::new(), m, d));

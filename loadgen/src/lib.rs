@@ -25,4 +25,5 @@ pub mod tagged;
 #[cfg(test)]
 pub mod testbroker;
 pub mod versus;
+pub mod workers;
 pub mod workload;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use loadgen::run::{run, summary_table, RunError, RunOptions};
-use loadgen::workload::{Overrides, Workload};
+use loadgen::workload::Overrides;
 
 #[derive(Parser)]
 #[command(name = "loadgen", version, about = "Open-loop, coordinated-omission-correct load generator for Kafka-protocol brokers")]
@@ -55,6 +55,16 @@ enum Cmd {
     Size(loadgen::size::SizeArgs),
     /// One workload against several targets, interleaved, compared to the first (loadgen::versus).
     Versus(Box<loadgen::versus::VersusArgs>),
+    /// Serve distributed runs: a coordinator (`loadgen run --workers`) sends this host its share
+    /// of the workload (loadgen::workers).
+    Worker {
+        /// Address to listen on for the coordinator, host:port.
+        #[arg(long)]
+        listen: String,
+        /// Exit after serving this many coordinator connections (default: serve forever).
+        #[arg(long)]
+        runs: Option<u64>,
+    },
 }
 
 const RUN_EXIT_CODES: &str = "Exit status:
@@ -66,9 +76,9 @@ const RUN_EXIT_CODES: &str = "Exit status:
   4    records lost: some scheduled record of the measured window was not acknowledged (failed,
        timed out at the drain deadline, or never sent); \"complete\": false
   5    target missed: all acknowledged, but fewer than 97 % of the target rate within the window
-       + grace (\"target_met\": false), or the search's rate failed its full-length confirmation
-       and every step down, or no rate passed the search (then the result is a full-length run
-       at the first rate tried, \"search\": {\"confirmed\": false, \"max_rate\": 0})
+       + grace (\"target_met\": false), or no full-length run of the search passed, or no
+       rate passed its short trials (then the result is a full-length run at the lowest rate
+       tried, \"search\": {\"confirmed\": false, \"max_rate\": 0})
   130  interrupted (Ctrl-C); result written with \"complete\": false";
 
 #[derive(clap::Args, Default)]
@@ -117,6 +127,17 @@ struct RunArgs {
     topics: loadgen::external::TopicOptions,
     #[command(flatten)]
     overrides: Overrides,
+    /// Distributed run: drive `loadgen worker`s at host:port[,host:port…]; they split the rate
+    /// and the partitions, start together and their histograms are merged into one result.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    workers: Vec<String>,
+    /// With --workers: time from the start message to the workers' common start instant (ms).
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    start_lead_ms: u64,
+    /// With --workers: refuse a worker whose clock is further than this from the coordinator's
+    /// (ms); a tenth of it warns.
+    #[arg(long, default_value_t = 50.0, value_name = "MS")]
+    max_clock_offset_ms: f64,
 }
 
 fn main() {
@@ -178,37 +199,41 @@ fn main() {
         Cmd::Compare(a) => loadgen::compare::run(a),
         Cmd::Size(a) => loadgen::size::run(a),
         Cmd::Versus(a) => loadgen::versus::run_versus(*a),
+        Cmd::Worker { listen, runs } => loadgen::workers::serve(&listen, runs),
     };
     std::process::exit(code);
 }
 
 fn cmd_run(a: RunArgs) -> i32 {
-    let mut w = match Workload::load(&a.workload) {
-        Ok(w) => w,
+    let mut opts = match RunOptions::from_cli(&a.workload, &a.overrides, a.bootstrap, a.data_dir) {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
         }
     };
-    if let Err(e) = a.overrides.apply(&mut w) {
-        eprintln!("error: {e}");
-        return 2;
-    }
-    let mut opts = RunOptions::new(w);
-    opts.bootstrap = a.bootstrap;
     opts.sink = a.sink;
     opts.calibrate = if a.no_calibrate { Some(false) } else if a.calibrate { Some(true) } else { None };
     opts.out_dir = a.out_dir;
     opts.label = a.label;
     opts.output = a.output;
     opts.write = !a.no_write;
-    opts.data_dir = a.data_dir;
     opts.quiet = a.quiet;
     opts.topics = a.topics;
     if opts.topics.topic_prefix.is_empty() {
         opts.topics.topic_prefix = "loadgen".into();
     }
-    match run(&opts) {
+    let outcome = if a.workers.is_empty() {
+        run(&opts)
+    } else {
+        let co = loadgen::workers::Coordination {
+            workers: a.workers.clone(),
+            start_lead_ms: a.start_lead_ms,
+            max_clock_offset_ms: a.max_clock_offset_ms,
+        };
+        loadgen::workers::coordinate(&opts, &co)
+    };
+    match outcome {
         Ok(o) => {
             let mut human = format!("{}\n", summary_table(&o.result));
             if let Some(p) = &o.path {

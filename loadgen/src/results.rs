@@ -85,6 +85,55 @@ pub struct RunResult {
     /// older results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generator: Option<GeneratorInfo>,
+    /// A distributed run (`loadgen run --workers`): the per-worker breakdown, and why the run is
+    /// incomplete when a worker was lost or failed. Absent for single-host runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkersInfo>,
+}
+
+/// The result's `workers` block (schema `$defs/workers`): a distributed run's workers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkersInfo {
+    pub count: u32,
+    /// Time from the start message to the common start instant (ms).
+    pub start_lead_ms: u64,
+    /// Clock offsets beyond this were refused.
+    pub max_clock_offset_ms: f64,
+    /// Set when a worker was lost or failed: the totals lack its records, `complete` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete_reason: Option<String>,
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// One worker of a distributed run: its share and what it measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub address: String,
+    pub host: String,
+    /// `[i, n]`: partitions `p % n == i` of every topic.
+    pub share: Vec<u32>,
+    pub partitions_per_topic: u32,
+    pub target_rate: f64,
+    /// Worker clock − coordinator clock (ms), and the round trip it was estimated over.
+    pub clock_offset_ms: f64,
+    pub rtt_ms: f64,
+    /// `done`, `failed` (error, or exit 1/130) or `lost` (connection ended, or silent).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub complete: bool,
+    pub target_met: bool,
+    pub records_per_s: f64,
+    pub records_in_time_per_s: f64,
+    pub publish_p99_us: f64,
+    pub delay_p99_us: f64,
+    /// The worker's measured-window accounting (absent when it delivered no result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounting: Option<PhaseAccounting>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorInfo>,
 }
 
 /// The result's `generator` block (schema `$defs/generator`).
@@ -518,8 +567,8 @@ pub struct Search {
     /// end plus this grace.
     #[serde(default)]
     pub ack_grace_s: f64,
-    /// True when a full-length run at `max_rate` passed; false: no step-down passed (the
-    /// result's figures are those of the last, failed, confirmation run).
+    /// True when a full-length run at `max_rate` passed; false: no full-length run passed (the
+    /// result's figures are those of the last, failed, one).
     #[serde(default)]
     pub confirmed: bool,
     /// The latency at half the max rate (a full-length run), when measured.
@@ -550,6 +599,13 @@ pub struct Trial {
     /// The rate's verdict once decided by this trial ("pass" / "fail"), else absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
+    /// Acks (records of any phase) per second of the window: what the target delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<f64>,
+    /// A full-length run whose backlog was still growing at the window's end (a failure even
+    /// with p99 within the bound).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backlog_growing: bool,
 }
 
 /// A full-length run at half the found max rate.

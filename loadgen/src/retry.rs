@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::client::{resolve, Conn, TopicLayout};
+use crate::client::{resolve, Connector, TopicLayout};
 
 /// Kafka error codes that mean "not yet" at start-up: UNKNOWN_TOPIC_OR_PARTITION (3),
 /// LEADER_NOT_AVAILABLE (5), NOT_LEADER_OR_FOLLOWER (6), UNKNOWN_LEADER_EPOCH (75).
@@ -20,6 +20,7 @@ fn settling(err: &str) -> bool {
 /// [`Conn::list_offsets`] on `addr`, retried every 100 ms while the broker answers a settling
 /// error code or refuses the connection, until `within` has passed; then the last error.
 pub fn list_offsets_settled(
+    connector: &Connector,
     addr: SocketAddr,
     topic: &str,
     partitions: &[i32],
@@ -28,7 +29,7 @@ pub fn list_offsets_settled(
 ) -> Result<HashMap<i32, i64>, String> {
     let deadline = Instant::now() + within;
     loop {
-        let r = Conn::connect(addr, Duration::from_secs(5)).and_then(|mut c| c.list_offsets(topic, partitions, timestamp));
+        let r = connector.connect(addr, Duration::from_secs(5)).and_then(|mut c| c.list_offsets(topic, partitions, timestamp));
         match r {
             Ok(m) => return Ok(m),
             Err(e) if settling(&e) && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
@@ -46,10 +47,10 @@ fn retry_after_refresh(err: &str) -> bool {
 
 /// Where each partition of `topic` is led now, asking the bootstrap brokers in turn (the first
 /// that answers). Partitions without a leader (or with an unknown one) are left out.
-fn leaders_now(boot: &[SocketAddr], topic: &str) -> Result<Vec<(i32, SocketAddr)>, String> {
+fn leaders_now(connector: &Connector, boot: &[SocketAddr], topic: &str) -> Result<Vec<(i32, SocketAddr)>, String> {
     let mut last = String::from("no bootstrap broker");
     for &b in boot {
-        let md = match Conn::connect_with_read_timeout(b, Duration::from_secs(2), Duration::from_secs(5))
+        let md = match connector.connect_with_read_timeout(b, Duration::from_secs(2), Duration::from_secs(5))
             .and_then(|mut c| c.metadata(Some(&[topic.to_string()]), false))
         {
             Ok(md) => md,
@@ -80,6 +81,7 @@ fn leaders_now(boot: &[SocketAddr], topic: &str) -> Result<Vec<(i32, SocketAddr)
 /// answers), which also moves the partitions in `layouts` to their new leaders. After `within`
 /// the last error, naming the topic, partitions and broker.
 pub fn start_offsets_following(
+    connector: &Connector,
     boot: &[SocketAddr],
     layouts: &mut [TopicLayout],
     within: Duration,
@@ -102,7 +104,7 @@ pub fn start_offsets_following(
                 if parts.is_empty() {
                     continue;
                 }
-                match Conn::connect_with_read_timeout(a, Duration::from_secs(2), Duration::from_secs(5))
+                match connector.connect_with_read_timeout(a, Duration::from_secs(2), Duration::from_secs(5))
                     .and_then(|mut c| c.list_offsets(&layout.topic, &parts, -1))
                 {
                     Ok(m) => offs.extend(m),
@@ -123,7 +125,7 @@ pub fn start_offsets_following(
             }
             std::thread::sleep(Duration::from_millis(250));
             refreshes += 1;
-            match leaders_now(boot, &layout.topic) {
+            match leaders_now(connector, boot, &layout.topic) {
                 Ok(now) => {
                     md_err = None;
                     for (p, addr) in layout.leaders.iter_mut() {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::{prepare_topics, resolve, Conn, KafkaTransport, TopicLayout};
+use crate::client::{prepare_topics, resolve, Connector, KafkaTransport, TopicLayout};
 use crate::consumer::{run_consumer, ConsumerSpec};
 use crate::encode::{KeyGen, PayloadPool};
 use crate::producer::{run_producer, ProducerSpec};
@@ -35,13 +35,25 @@ use crate::workload::Workload;
 /// Set by the Ctrl-C handler.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// The embedded engine's temporary data dir while it exists: a second Ctrl-C (which leaves at
+/// once, without the normal clean-up) removes it first.
+static EMBEDDED_DIR: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// The embedded engine's segment size and per-partition retention (bytes), see `setup`.
+pub const EMBEDDED_SEGMENT_BYTES: u64 = 128 << 20;
+pub const EMBEDDED_RETENTION_BYTES: u64 = 256 << 20;
+
 /// Install the Ctrl-C handler once (later calls are no-ops).
 pub fn install_ctrlc() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = ctrlc::set_handler(|| {
             if INTERRUPTED.swap(true, Ordering::SeqCst) {
-                std::process::exit(130); // second Ctrl-C: leave now
+                // Second Ctrl-C: leave now, but not leaving the embedded engine's data behind.
+                if let Some(d) = EMBEDDED_DIR.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+                std::process::exit(130);
             }
         });
     });
@@ -71,6 +83,16 @@ pub struct RunOptions {
     pub sink_stall: Option<(f64, f64)>,
     /// External cluster: per-run or existing topics (see `external.rs`).
     pub topics: crate::external::TopicOptions,
+    /// Distributed run (`loadgen worker`): this worker's share of the partitions, `(i, n)` =
+    /// partitions `p` with `p % n == i` of every topic (producers and consumers use only those).
+    pub share: Option<(u32, u32)>,
+    /// Distributed run: the wall-clock instant (µs since the epoch, this host's clock) the
+    /// schedule starts at, common to every worker. The run fails if setup ends after it.
+    pub start_wall_us: Option<u64>,
+    /// Distributed run: every second of the time series, as the collector closes it.
+    pub ticks: Option<crossbeam::channel::Sender<Second>>,
+    /// Distributed run: set when the coordinator is gone (the run stops as on Ctrl-C).
+    pub abort: Option<Arc<AtomicBool>>,
 }
 
 impl RunOptions {
@@ -89,7 +111,30 @@ impl RunOptions {
             record_latency: true,
             sink_stall: None,
             topics: crate::external::TopicOptions { topic_prefix: "loadgen".into(), replication_factor: -1, ..Default::default() },
+            share: None,
+            start_wall_us: None,
+            ticks: None,
+            abort: None,
         }
+    }
+}
+
+impl RunOptions {
+    /// The command line's run: workload `name` (built-in or YAML file) with `overrides` applied,
+    /// against `bootstrap` (None: the embedded engine, its data dir under `data_dir`). Used by
+    /// `loadgen run` and, per target, `loadgen versus`; a bad workload or override is an error.
+    pub fn from_cli(
+        name: &str,
+        overrides: &crate::workload::Overrides,
+        bootstrap: Option<String>,
+        data_dir: Option<PathBuf>,
+    ) -> Result<RunOptions, String> {
+        let mut w = Workload::load(name)?;
+        overrides.apply(&mut w)?;
+        let mut o = RunOptions::new(w);
+        o.bootstrap = bootstrap;
+        o.data_dir = data_dir;
+        Ok(o)
     }
 }
 
@@ -107,6 +152,18 @@ pub struct Outcome {
     pub exit_code: i32,
     /// Generator CPU time (all producer threads), for selftests.
     pub producer_cpu_s: f64,
+    /// The measured window's histograms (merged losslessly by a distributed run's coordinator).
+    pub hists: Option<WindowHists>,
+}
+
+/// The measured window's latency histograms (µs): acknowledged records' publish latency, the
+/// unacknowledged ones' censored latency, send delay and end-to-end latency.
+#[derive(Debug, Clone)]
+pub struct WindowHists {
+    pub publish: Hist,
+    pub censored: Hist,
+    pub delay: Hist,
+    pub e2e: Hist,
 }
 
 enum Embedded {
@@ -126,6 +183,8 @@ struct Setup {
     #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     embedded: Embedded,
     identity: Option<crate::results::TargetIdentity>,
+    /// Opens every connection of the run, with its security settings.
+    connector: Connector,
     /// Deletes the per-run topics of an external cluster when the run ends.
     _cleanup: Option<crate::external::TopicCleanup>,
 }
@@ -141,7 +200,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
             security.protocol.name()
         )));
     }
-    crate::security::install(security);
+    let connector = Connector::new(security);
     if opts.sink {
         let calibration = if opts.calibrate == Some(true) {
             let dir = opts.data_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -152,21 +211,24 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
         } else {
             None
         };
+        let mut layouts: Vec<TopicLayout> = topics
+            .iter()
+            .map(|t| TopicLayout {
+                topic: t.clone(),
+                leaders: (0..w.partitions_per_topic as i32).map(|p| (p, SocketAddr::from(([0, 0, 0, 0], 0)))).collect(),
+            })
+            .collect();
+        apply_share(opts.share, &mut layouts, &mut []);
         return Ok(Setup {
             kind: "sink",
             bootstrap: "sink".into(),
             fsync: "n/a".into(),
-            layouts: topics
-                .iter()
-                .map(|t| TopicLayout {
-                    topic: t.clone(),
-                    leaders: (0..w.partitions_per_topic as i32).map(|p| (p, SocketAddr::from(([0, 0, 0, 0], 0)))).collect(),
-                })
-                .collect(),
+            layouts,
             start_offsets: topics.iter().map(|_| Vec::new()).collect(),
             calibration,
             embedded: Embedded::None,
             identity: None,
+            connector,
             _cleanup: None,
         });
     }
@@ -205,10 +267,19 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
             cfg.listen = "127.0.0.1:0".parse().expect("static addr");
             cfg.default_partitions = w.partitions_per_topic as i32;
             cfg.log.direct_io = w.direct_io;
+            // Bounded disk use: a search writes many phases into the same topics (~20 GB on
+            // the main job before), so smaller segments with a size retention keep only the last
+            // few hundred MB per partition (enforced every 5 s by the engine). Consumers keep up
+            // (lag far below this); a backlog workload needs its whole backlog kept.
+            if w.consumer_backlog_size_gb <= 0.0 {
+                cfg.log.segment_bytes_max = EMBEDDED_SEGMENT_BYTES;
+                cfg.log.retention_bytes_max = Some(EMBEDDED_RETENTION_BYTES);
+            }
             let h = engine::broker::Broker::start(cfg)
                 .map_err(|e| RunError::Usage(format!("embedded broker failed to start: {e}")))?;
             let addr = h.local_addr();
             let dir = tmp.path().to_path_buf();
+            *EMBEDDED_DIR.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
             ("embedded", vec![addr], durability.to_string(), Embedded::Broker(h, tmp), dir)
         }
     };
@@ -228,7 +299,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
     let mut last_err = String::new();
     let mut boot = None;
     for a in &boot_addrs {
-        match Conn::connect(*a, Duration::from_secs(3)) {
+        match connector.connect(*a, Duration::from_secs(3)) {
             Ok(c) => {
                 boot = Some(c);
                 break;
@@ -240,7 +311,7 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
     let identity = Some(crate::external::identify(&mut boot).map_err(RunError::Usage)?);
     let (topics, rf, cleanup) = if kind == "external" {
         let plan = crate::external::plan(&opts.topics, &w.name, w.topics, &crate::external::run_id()).map_err(RunError::Usage)?;
-        let cleanup = plan.delete.then(|| crate::external::TopicCleanup::new(boot.addr, plan.names.clone(), opts.quiet));
+        let cleanup = plan.delete.then(|| crate::external::TopicCleanup::new(connector.clone(), boot.addr, plan.names.clone(), opts.quiet));
         (plan.names, plan.create_with_rf, cleanup)
     } else {
         (topics, Some(-1), None)
@@ -249,9 +320,22 @@ fn setup(opts: &RunOptions) -> Result<Setup, RunError> {
         prepare_topics(&mut boot, &topics, w.partitions_per_topic, rf, Duration::from_secs(15)).map_err(RunError::Usage)?;
     // Where consumers start; a cluster that has just lost a node may still name it as a leader
     // (retried with Metadata refreshes, the layouts follow the new leaders).
-    let start_offsets = crate::retry::start_offsets_following(&boot_addrs, &mut layouts, Duration::from_secs(30))
+    let mut start_offsets = crate::retry::start_offsets_following(&connector, &boot_addrs, &mut layouts, Duration::from_secs(30))
         .map_err(|e| RunError::Usage(format!("setup: {e}")))?;
-    Ok(Setup { kind, bootstrap, fsync, layouts, start_offsets, calibration, embedded, identity, _cleanup: cleanup })
+    apply_share(opts.share, &mut layouts, &mut start_offsets);
+    Ok(Setup { kind, bootstrap, fsync, layouts, start_offsets, calibration, embedded, identity, connector, _cleanup: cleanup })
+}
+
+/// A worker of a distributed run keeps its share of every topic's partitions (`p % n == i`).
+fn apply_share(share: Option<(u32, u32)>, layouts: &mut [TopicLayout], start_offsets: &mut [Vec<(i32, i64)>]) {
+    let Some((i, n)) = share else { return };
+    let mine = |p: i32| p.rem_euclid(n.max(1) as i32) == i as i32;
+    for l in layouts.iter_mut() {
+        l.leaders.retain(|(p, _)| mine(*p));
+    }
+    for s in start_offsets.iter_mut() {
+        s.retain(|(p, _)| mine(*p));
+    }
 }
 
 /// Per-second bookkeeping: interval histograms, counters, the time series and the .hlog.
@@ -275,6 +359,8 @@ struct Collector {
     subscriptions: u64,
     quiet: bool,
     bar: Option<ProgressBar>,
+    /// Distributed run: each closed second goes to the worker's connection too.
+    ticks: Option<crossbeam::channel::Sender<Second>>,
 }
 
 
@@ -300,6 +386,7 @@ impl Collector {
             subscriptions,
             quiet,
             bar: None,
+            ticks: None,
         }
     }
 
@@ -415,6 +502,10 @@ impl Collector {
         }
         for (metric, ph, h) in merged {
             self.hlog.push(LoggedInterval { tag: crate::hlog::tag(metric, ph), start_s, duration_s: dur_s, hist: h });
+        }
+        if let Some(t) = &self.ticks {
+            // Bounded channel: a stuck connection must not block the collector.
+            let _ = t.try_send(sec.clone());
         }
         self.series.push(sec);
         self.last_ns = now;
@@ -545,9 +636,12 @@ impl Ctx<'_> {
         for (ti, layout) in self.setup.layouts.iter().enumerate() {
             for j in 0..w.producers_per_topic {
                 let seed = 0x9e37_79b9_7f4a_7c15u64 ^ ((ti as u64) << 32) ^ j as u64 ^ start_ns;
-                let mut keys = KeyGen::new(w.key_distributor, w.key_space, w.zipf_exponent, w.partitions_per_topic, seed);
+                // A worker of a distributed run produces to its share of the partitions only
+                // (keys are partitioned over that share).
+                let parts = layout.leaders.len() as u32;
+                let mut keys = KeyGen::new(w.key_distributor, w.key_space, w.zipf_exponent, parts, seed);
                 let spec = ProducerSpec {
-                    partitions: w.partitions_per_topic,
+                    partitions: parts,
                     schedule: Schedule::new(start_ns + (j as f64 * 1e9 / rate) as u64 % 1_000_000, per),
                     end_ns,
                     drain_deadline_ns,
@@ -570,7 +664,7 @@ impl Ctx<'_> {
                         (r, thread_cpu_s().unwrap_or(0.0) - c0)
                     })
                 } else {
-                    let mut t = KafkaTransport::connect_with(layout, &spec.settings, w.max_in_flight, clock, metrics.clone())?;
+                    let mut t = KafkaTransport::connect_with(layout, &spec.settings, w.max_in_flight, clock, metrics.clone(), &self.setup.connector)?;
                     std::thread::Builder::new().name(format!("producer-{ti}-{j}")).spawn(move || {
                         let c0 = thread_cpu_s().unwrap_or(0.0);
                         let r = run_producer(&spec, &mut keys, &pool, &clock, &metrics, &mut t);
@@ -605,10 +699,10 @@ impl Ctx<'_> {
             }
         }
         let topics = self.setup.layouts.iter().map(|l| (l.topic.clone(), l.leaders.clone())).collect();
-        let (subs, metrics, d) = (w.subscriptions_per_topic, self.metrics.clone(), done.clone());
+        let (subs, metrics, d, connector) = (w.subscriptions_per_topic, self.metrics.clone(), done.clone(), self.setup.connector.clone());
         if let Ok(h) = std::thread::Builder::new()
             .name("high-watermarks".into())
-            .spawn(move || crate::consumer::sample_high_watermarks(topics, subs, Duration::from_millis(250), metrics, d))
+            .spawn(move || crate::consumer::sample_high_watermarks(connector, topics, subs, Duration::from_millis(250), metrics, d))
         {
             hs.push(h);
         }
@@ -635,7 +729,7 @@ impl Ctx<'_> {
                         let mut brokers: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
                         brokers.sort();
                         brokers.dedup();
-                        let spec = ConsumerSpec { sub: s, addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100 };
+                        let spec = ConsumerSpec { sub: s, addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100, connector: self.setup.connector.clone() };
                         let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
                         if let Ok(h) = std::thread::Builder::new().name("consumer".into()).spawn(move || run_consumer(spec, clock, metrics, done)) {
                             hs.push(h);
@@ -686,6 +780,7 @@ impl Ctx<'_> {
                     join_after_s: if is_extra { w.extra_consumer_join_seconds } else { None },
                     leave_after_s: if is_extra { w.extra_consumer_leave_seconds } else { None },
                     slot,
+                    connector: self.setup.connector.clone(),
                 };
                 slot += 1;
                 let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
@@ -727,6 +822,39 @@ impl Ctx<'_> {
         Ok(self.setup.start_offsets.clone())
     }
 
+    /// After a phase that left records unanswered: wait (at most 5 s) until the target's end
+    /// offsets stop moving, so the next phase does not start behind requests the target is still
+    /// working through (it would measure that backlog, not its own rate).
+    fn settle(&self) {
+        if self.opts.sink {
+            return;
+        }
+        let total = || -> Option<i64> {
+            let mut sum = 0;
+            for l in &self.setup.layouts {
+                let mut by_leader: std::collections::BTreeMap<SocketAddr, Vec<i32>> = Default::default();
+                for (p, a) in &l.leaders {
+                    by_leader.entry(*a).or_default().push(*p);
+                }
+                for (a, parts) in by_leader {
+                    let offs = self.setup.connector.connect(a, Duration::from_secs(2)).and_then(|mut c| c.list_offsets(&l.topic, &parts, -1)).ok()?;
+                    sum += offs.values().sum::<i64>();
+                }
+            }
+            Some(sum)
+        };
+        let deadline = self.clock.now_ns() + 5_000_000_000;
+        let mut last = total();
+        while last.is_some() && self.clock.now_ns() < deadline && !self.halted() {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = total();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+    }
+
     fn consumers_caught_up(&self) -> bool {
         let w = &self.opts.workload;
         if self.opts.sink || w.consumer_per_subscription == 0 {
@@ -740,7 +868,7 @@ impl Ctx<'_> {
 
     /// Stop requested (fatal error or Ctrl-C); on Ctrl-C also tells every thread to stop.
     fn halted(&self) -> bool {
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if INTERRUPTED.load(Ordering::Relaxed) || self.opts.abort.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
             self.metrics.stop.store(true, Ordering::SeqCst);
             return true;
         }
@@ -790,6 +918,9 @@ struct PhaseRun {
     measured: bool,
     /// Stopped early (fatal error or Ctrl-C).
     halted: bool,
+    /// Seconds the window's acks were behind its schedule at each tick of the window (records
+    /// of the window scheduled by then and not yet answered, over the rate): the backlog's trend.
+    behind_s: Vec<(f64, f64)>,
 }
 
 impl PhaseRun {
@@ -814,6 +945,7 @@ impl PhaseRun {
             acked_window_s: col.measured_s,
             measured,
             halted,
+            behind_s: Vec::new(),
         }
     }
 
@@ -843,6 +975,28 @@ impl PhaseRun {
     fn passes(&self, bound_us: f64) -> bool {
         !self.halted && self.target_met() && self.p99_all_us() <= bound_us && self.measure.failed == 0
     }
+    /// Acks (records of any phase) per second of the window: what the target delivered, which
+    /// under overload is its capacity.
+    fn throughput(&self) -> f64 {
+        self.acked_in_window as f64 / self.acked_window_s.max(1e-9)
+    }
+    /// A backlog still growing at the window's end: acks behind the schedule by more than the
+    /// latency bound at the last tick, and further behind than [`TREND_SECONDS`] before it.
+    fn backlog_growing(&self, bound_us: f64) -> bool {
+        backlog_growing(&self.behind_s, bound_us / 1e6)
+    }
+}
+
+/// How far back the trend check of a full-length search run looks.
+pub const TREND_SECONDS: f64 = 2.0;
+
+/// `samples`: (seconds into the window, seconds behind the schedule). True when the last sample
+/// is behind by more than `bound_s` and by more than the sample [`TREND_SECONDS`] (or more)
+/// before it.
+pub fn backlog_growing(samples: &[(f64, f64)], bound_s: f64) -> bool {
+    let Some(&(t_end, last)) = samples.last() else { return false };
+    let Some(&(_, before)) = samples.iter().rev().find(|(t, _)| *t <= t_end - TREND_SECONDS + 1e-6) else { return false };
+    last > bound_s && last > before
 }
 
 fn snapshot_acct(m: &Metrics, i: usize) -> (PhaseAccounting, Hist) {
@@ -889,7 +1043,18 @@ impl Ctx<'_> {
     fn run_phase(&self, col: &mut Collector, p: &PhaseSpec, n_consumers: usize) -> Result<(PhaseRun, f64), String> {
         let clock = self.clock;
         let m = &self.metrics;
-        let s0 = clock.now_ns() + if p.search { 20_000_000 } else { 50_000_000 };
+        let mut s0 = clock.now_ns() + if p.search { 20_000_000 } else { 50_000_000 };
+        if let Some(at) = self.opts.start_wall_us {
+            // Distributed run: every worker starts its schedule at the common instant.
+            let at_ns = at.saturating_sub(clock.origin_wall_us()) * 1000;
+            if at_ns < clock.now_ns() + 5_000_000 {
+                return Err(format!(
+                    "the common start instant passed {:.0} ms before this worker was ready (setup too slow, or clocks apart): raise --start-lead-ms",
+                    (clock.now_ns() as f64 - at_ns as f64) / 1e6
+                ));
+            }
+            s0 = at_ns;
+        }
         let warm_end = s0 + (p.warm_s * 1e9) as u64;
         let meas_end = warm_end + (p.dur_s * 1e9) as u64;
         let grace_s = ack_grace_s(p.dur_s);
@@ -911,6 +1076,7 @@ impl Ctx<'_> {
         }
         let measured = !self.halted();
         let mut window_s = 0.0;
+        let mut behind = Vec::new();
         if measured {
             if !p.search {
                 col.set_phase_bar(lm, p.dur_s);
@@ -919,6 +1085,11 @@ impl Ctx<'_> {
                 col.wait(meas_end);
                 if col.due(meas_end) {
                     col.tick(lm, true, true);
+                    let now = clock.now_ns().min(meas_end);
+                    let a = &m.acct[1];
+                    let answered = a.acked.load(Ordering::Relaxed) + a.written_no_ack.load(Ordering::Relaxed) + a.failed.load(Ordering::Relaxed);
+                    let t = now.saturating_sub(warm_end) as f64 / 1e9;
+                    behind.push((t, (p.rate * t - answered as f64).max(0.0) / p.rate.max(1e-9)));
                 }
             }
             // An interrupted window covers only what ran.
@@ -941,7 +1112,11 @@ impl Ctx<'_> {
             self.flush_consumers(n_consumers);
         }
         col.tick(ld, measured, false);
-        let run = PhaseRun::collect(col, m, p.rate, window_s, grace_s, measured, self.halted());
+        let mut run = PhaseRun::collect(col, m, p.rate, window_s, grace_s, measured, self.halted());
+        run.behind_s = behind;
+        if run.measure.unacknowledged() > 0 && !run.halted {
+            self.settle();
+        }
         Ok((run, cpu))
     }
 }
@@ -962,6 +1137,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     crate::consumer::locked(&metrics.consumer.group_ids).clone_from(&ctx.group_ids);
     let subs = if opts.sink { 0 } else { (w.subscriptions_per_topic * w.consumer_per_subscription.min(1)) as u64 };
     let mut col = Collector::new(clock, metrics.clone(), subs, opts.quiet);
+    col.ticks = opts.ticks.clone();
     let started_wall_us = clock.wall_us(col.t0_ns);
     let done = Arc::new(AtomicBool::new(false));
     let mut consumers = Vec::new();
@@ -981,23 +1157,28 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
         let n_consumers = consumers.len();
         let full = |rate: f64| PhaseSpec { rate, warm_s: w.warmup_s(), dur_s: w.duration_s(), drain_s: w.drain_seconds, search: false };
         if w.producer_rate == 0.0 {
-            let mut s = search_max_rate(&ctx, &mut col)?;
-            // Confirm the found rate with a full-length run; step down (CONFIRM_STEP_DOWN)
-            // until one passes: a full-length run meets stalls and backlogs a short trial may not.
-            // No rate passed: one full-length run at the lowest rate tried, so the result shows
-            // what the machine did there (not confirmed; exit 5).
+            let (mut s, short_hi) = search_max_rate(&ctx, &mut col)?;
+            // Full-length runs decide (FullStage): a short trial meets fewer of the stalls and
+            // slow-downs a longer run meets, so it over-rates. No rate passed short trials: one
+            // full-length run at the lowest rate tried, so the result shows what the machine did
+            // there (not confirmed unless it passes; exit 5).
             let bound_us = s.p99_bound_us;
-            // (No rate passed: the lowest rate tried.)
             let lowest = s.trials.iter().map(|t| t.target_rate).fold(w.search_start_rate, f64::min);
-            let (mut rate, tries) = if s.max_rate > 0.0 { (s.max_rate, CONFIRM_STEP_DOWN.len() + 1) } else { (lowest, 1) };
+            let (mut stage, mut rate) = if s.max_rate > 0.0 {
+                (FullStage::new(short_hi, FULL_RUNS_MAX), s.max_rate)
+            } else {
+                (FullStage::new(f64::INFINITY, 1), lowest)
+            };
             if s.max_rate <= 0.0 && !ctx.opts.quiet {
                 eprintln!("no rate kept p99 publish latency within {} ms; measuring {} rec/s full-length", w.p99_bound_ms, rate);
             }
-            let mut steps = CONFIRM_STEP_DOWN.iter();
-            for _ in 0..tries {
+            let mut best: Option<PhaseRun> = None;
+            let mut last: Option<PhaseRun> = None;
+            loop {
                 let (ph, cpu) = ctx.run_phase(&mut col, &full(rate), n_consumers)?;
                 producer_cpu_s += cpu;
-                let ok = ph.complete() && ph.passes(bound_us);
+                let growing = ph.backlog_growing(bound_us);
+                let ok = ph.complete() && ph.passes(bound_us) && !growing;
                 let tr = Trial {
                     stage: "confirm".into(),
                     attempt: 1,
@@ -1008,20 +1189,34 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
                     unacknowledged: ph.measure.unacknowledged(),
                     ok,
                     verdict: Some(if ok { "pass" } else { "fail" }.into()),
+                    throughput: Some(ph.throughput()),
+                    backlog_growing: growing,
                 };
                 print_trial(&ctx, &tr);
                 s.trials.push(tr);
                 let stop = ph.halted || !ph.measured;
-                target_rate = rate;
-                main = Some(ph);
+                let next = stage.next(rate, ok, ph.throughput());
                 if ok {
-                    s.confirmed = true;
-                    s.max_rate = rate;
-                    break;
+                    best = Some(ph);
+                } else {
+                    last = Some(ph);
                 }
-                match steps.next() {
-                    Some(f) if !stop => rate *= f,
+                match next {
+                    Some(r) if !stop => rate = r,
                     _ => break,
+                }
+            }
+            // The result's measured phase: the passing run at the answer, else the last run.
+            match (stage.confirmed(), best) {
+                (Some(lo), Some(ph)) => {
+                    s.confirmed = true;
+                    s.max_rate = lo;
+                    target_rate = lo;
+                    main = Some(ph);
+                }
+                _ => {
+                    target_rate = rate;
+                    main = last;
                 }
             }
             if s.confirmed && !ctx.halted() && w.search_half_rate {
@@ -1144,7 +1339,11 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
         if let Err(e) = h.shutdown() {
             metrics.fail(format!("embedded broker shutdown: {e}"));
         }
-        drop(tmp);
+        *EMBEDDED_DIR.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let path = tmp.path().to_path_buf();
+        if let Err(e) = tmp.close() {
+            eprintln!("warning: could not remove the embedded engine's data dir {}: {e}", path.display());
+        }
     }
     let main = match main {
         Some(m) if m.measured => m,
@@ -1187,15 +1386,15 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     if let Some(p) = &path {
         result.hlog = Some(hlog_name(p));
     }
-    Ok(Outcome { result, path, exit_code, producer_cpu_s })
+    let hists = Some(WindowHists { publish: main.publish.clone(), censored: main.censored.clone(), delay: main.delay.clone(), e2e: main.e2e.clone() });
+    Ok(Outcome { result, path, exit_code, producer_cpu_s, hists })
 }
 
 /// Exit status: some scheduled record of the measured phase was not acknowledged (failed, timed
 /// out, or never sent); the result says `"complete": false`.
 pub const EXIT_RECORDS_LOST: i32 = 4;
 /// Exit status: every record was acknowledged, but fewer than 97 % of the target rate within the
-/// window + grace (`"target_met": false`), or the search's found rate failed its full-length
-/// confirmation and every step down.
+/// window + grace (`"target_met": false`), or no full-length run of the search passed.
 pub const EXIT_TARGET_MISSED: i32 = 5;
 
 struct SetupSummary {
@@ -1205,6 +1404,7 @@ struct SetupSummary {
     calibration: Option<Calibration>,
     identity: Option<crate::results::TargetIdentity>,
     topics: Vec<String>,
+    security: crate::security::SecurityInfo,
 }
 
 fn setup_summary(s: &Setup) -> SetupSummary {
@@ -1215,13 +1415,14 @@ fn setup_summary(s: &Setup) -> SetupSummary {
         calibration: s.calibration.clone(),
         identity: s.identity.clone(),
         topics: s.layouts.iter().map(|l| l.topic.clone()).collect(),
+        security: s.connector.security().info(),
     }
 }
 
 fn print_trial(ctx: &Ctx<'_>, t: &Trial) {
     if !ctx.opts.quiet {
         eprintln!(
-            "search {:<7} #{} target {:>10.0} rec/s  achieved {:>10.0}  p99 {:>9}  unacked {:>6}  -> {}{}",
+            "search {:<7} #{} target {:>10.0} rec/s  achieved {:>10.0}  p99 {:>9}  unacked {:>6}  -> {}{}{}",
             t.stage,
             t.attempt,
             t.target_rate,
@@ -1229,49 +1430,103 @@ fn print_trial(ctx: &Ctx<'_>, t: &Trial) {
             fmt_us(t.p99_us),
             t.unacknowledged,
             if t.ok { "pass" } else { "fail" },
+            if t.backlog_growing { " backlog growing" } else { "" },
             t.verdict.as_deref().map(|v| format!(" (rate {v})")).unwrap_or_default()
         );
     }
 }
 
 /// The rule a rate's verdict follows (stated in the result).
-pub const SEARCH_RULE: &str = "a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass; ramp x4 up from searchStartRate (default 2,000 rec/s) while rates pass, or /4 down (at most 6 times) while they fail, geometric bisection to 5 %, then full-length confirmation runs stepping down 5 %, 5 %, 10 %, 20 % until one passes";
+pub const SEARCH_RULE: &str = "short trials (searchStepSeconds each, after their own warmup) bracket the answer: a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass (a trial below half its target fails the rate at once); ramp x4 up from searchStartRate while rates pass, or /4 down (at most 6 times) while they fail, then geometric bisection to 50 %. Full-length runs (warmup + duration, like the measured phase) then decide: a run passes when it meets the trial rule, every scheduled record is acknowledged, and its backlog is not growing at the window's end (acks behind the schedule by more than the bound, and further behind than 2 s earlier). The first is at the highest rate that passed short trials; while none has passed, the next is at 95 % of the failed run's throughput (acks per second of its window), kept between 60 % and 90 % of its rate; once one has passed, geometric bisection between the highest passing and the lowest failing rate (a rate that failed short trials counts as failing) down to 5 %; at most 4 full-length runs. The answer is the highest rate whose full-length run passed; none passed: not confirmed";
 
 /// Ramp steps down (/4 each) when the start rate fails.
 const SEARCH_RAMP_DOWN_MAX: u32 = 6;
 
-/// After a failed full-length confirmation, the next one is at this fraction of the failed rate
-/// (then the search gives up: not confirmed). Small first steps: a 1 s trial over-rates a
-/// full-length run by a few percent (a backlog growing 3 % a second stays under a 50 ms bound
-/// for 1 s, not for 8 s), and a 20 % step made the answer jump by 20 % between searches.
-pub const CONFIRM_STEP_DOWN: [f64; 4] = [0.95, 0.95, 0.9, 0.8];
+/// The short trials' bisection stops when the failing rate is within this ratio of the passing one.
+pub const SHORT_RESOLUTION: f64 = 1.5;
+/// The full-length runs' bisection stops at this ratio.
+pub const FULL_RESOLUTION: f64 = 1.05;
+/// At most this many full-length runs (about 10 s each with the main job's 1 s warmup and 8 s window).
+pub const FULL_RUNS_MAX: usize = 4;
+/// While no full-length run has passed, the next is at 95 % of the failed run's throughput,
+/// kept within these fractions of its rate.
+pub const FULL_STEP_DOWN_MIN: f64 = 0.6;
+pub const FULL_STEP_DOWN_MAX: f64 = 0.9;
 
-/// The `producerRate: 0` search: ramp (×4 from `searchStartRate`) until a rate fails, then bisect
-/// (geometric) between the last pass and the first failure down to 5 %. A rate's verdict is the
-/// majority of up to 3 trials. The caller confirms the answer with a full-length run.
-fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String> {
+/// The full-length stage of the search: the highest rate whose full-length run passed (`lo`, 0 =
+/// none yet) and the lowest that failed (`hi`; a rate that failed short trials counts).
+#[derive(Debug, Clone)]
+pub struct FullStage {
+    lo: f64,
+    hi: f64,
+    runs: usize,
+    max_runs: usize,
+}
+
+impl FullStage {
+    /// `short_hi`: the lowest rate that failed short trials (infinite: none failed).
+    pub fn new(short_hi: f64, max_runs: usize) -> FullStage {
+        FullStage { lo: 0.0, hi: short_hi, runs: 0, max_runs }
+    }
+
+    /// Take a full-length run's verdict at `rate` (`throughput`: acks per second of its window);
+    /// the next rate to run, or None when the stage is over.
+    pub fn next(&mut self, rate: f64, pass: bool, throughput: f64) -> Option<f64> {
+        self.runs += 1;
+        if pass {
+            self.lo = self.lo.max(rate);
+        } else {
+            self.hi = self.hi.min(rate);
+        }
+        if self.runs >= self.max_runs {
+            return None;
+        }
+        if self.lo > 0.0 {
+            return (self.hi.is_finite() && self.hi / self.lo > FULL_RESOLUTION).then(|| (self.lo * self.hi).sqrt());
+        }
+        let f = (0.95 * throughput / rate).clamp(FULL_STEP_DOWN_MIN, FULL_STEP_DOWN_MAX);
+        Some(rate * f)
+    }
+
+    /// The answer: the highest rate whose full-length run passed.
+    pub fn confirmed(&self) -> Option<f64> {
+        (self.lo > 0.0).then_some(self.lo)
+    }
+}
+
+/// The `producerRate: 0` search's short trials: ramp (×4 from `searchStartRate`) until a rate
+/// fails, then bisect (geometric) between the last pass and the first failure down to
+/// [`SHORT_RESOLUTION`]. A rate's verdict is the majority of up to 3 trials (a trial below half
+/// its target decides a failure at once). Returns the search (its `max_rate`: the highest rate
+/// that passed, 0 if none) and the lowest rate that failed (infinite if none); the caller's
+/// full-length runs ([`FullStage`]) decide the answer.
+fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<(Search, f64), String> {
     let w = &ctx.opts.workload;
     let bound_us = w.p99_bound_ms * 1000.0;
     let secs = w.search_step_seconds;
     let mut trials: Vec<Trial> = Vec::new();
     let mut rate_passes = |stage: &str, rate: f64, col: &mut Collector| -> Result<bool, String> {
-        let (mut pass, mut fail) = (0, 0);
+        let (mut pass, mut fail, mut attempt) = (0, 0, 0);
         while pass < 2 && fail < 2 && !ctx.halted() {
+            attempt += 1;
             // Each trial: its own warmup (a third of the trial, at most 1 s), the judged window,
-            // then a drain until every ack is in (at most grace + 5 s): only acks by the window's
-            // end + grace count, but the next trial must not queue behind this one's backlog.
-            let spec = PhaseSpec { rate, warm_s: (secs / 3.0).min(1.0), dur_s: secs, drain_s: ack_grace_s(secs) + 5.0, search: true };
+            // then a drain until every ack is in (at most grace + 2 s): only acks by the window's
+            // end + grace count, but the next trial must not queue behind this one's backlog
+            // (a trial that left records unanswered is followed by a settle, see `run_phase`).
+            let spec = PhaseSpec { rate, warm_s: (secs / 3.0).min(1.0), dur_s: secs, drain_s: ack_grace_s(secs) + 2.0, search: true };
             let (ph, _) = ctx.run_phase(col, &spec, 0)?;
             let ok = ph.passes(bound_us);
             if ok {
                 pass += 1;
+            } else if ph.achieved() < 0.5 * rate {
+                fail = 2;
             } else {
                 fail += 1;
             }
             let decided = pass == 2 || fail == 2;
             let tr = Trial {
                 stage: stage.into(),
-                attempt: pass + fail,
+                attempt,
                 target_rate: rate,
                 achieved_rate: ph.achieved(),
                 p99_us: ph.p99_all_us().min(1e12),
@@ -1279,6 +1534,8 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
                 unacknowledged: ph.measure.unacknowledged(),
                 ok,
                 verdict: decided.then(|| if pass == 2 { "pass" } else { "fail" }.to_string()),
+                throughput: Some(ph.throughput()),
+                backlog_growing: false,
             };
             print_trial(ctx, &tr);
             trials.push(tr);
@@ -1308,7 +1565,7 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
         }
     }
     let mut steps = 0;
-    while lo > 0.0 && hi.is_finite() && hi / lo > 1.05 && steps < 8 && !ctx.halted() {
+    while lo > 0.0 && hi.is_finite() && hi / lo > SHORT_RESOLUTION && steps < 8 && !ctx.halted() {
         let mid = (lo * hi).sqrt();
         if rate_passes("bisect", mid, col)? {
             lo = mid;
@@ -1317,7 +1574,7 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
         }
         steps += 1;
     }
-    Ok(Search {
+    let search = Search {
         p99_bound_us: bound_us,
         trials,
         max_rate: lo,
@@ -1326,7 +1583,8 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<Search, String>
         ack_grace_s: ack_grace_s(secs),
         confirmed: false,
         half_rate: None,
-    })
+    };
+    Ok((search, hi))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1406,7 +1664,7 @@ fn build_result(
             direct_io: (s.kind == "embedded").then_some(w.direct_io),
             identity: s.identity.clone(),
             topics: s.topics.clone(),
-            security: (s.kind == "external").then(|| crate::security::current().info()),
+            security: (s.kind == "external").then(|| s.security.clone()),
         },
         environment: crate::env::environment(),
         calibration: s.calibration.clone(),
@@ -1449,6 +1707,7 @@ fn build_result(
         )),
         consumer: consumer_info(opts, &col.metrics, &col.series),
         generator: col.metrics.producer.generator(main.rate),
+        workers: None,
     }
 }
 
@@ -1619,6 +1878,35 @@ pub fn summary_table(r: &RunResult) -> String {
     if let Some(g) = r.generator.as_ref().filter(|g| g.limited) {
         s.push_str(&format!("WARNING: the generator, not the target, limited this run: {}\n", g.reasons.join("; ")));
     }
+    if let Some(ws) = &r.workers {
+        for (i, x) in ws.workers.iter().enumerate() {
+            let g = x.generator.as_ref();
+            let cpu = g.map(|g| g.producers.iter().map(|p| p.cpu_core_fraction).fold(0.0, f64::max)).unwrap_or(0.0);
+            let lag = g.map(|g| g.producers.iter().map(|p| p.send_delay_max_ms).fold(0.0, f64::max)).unwrap_or(0.0);
+            let queue = g.map(|g| g.producers.iter().map(|p| p.queue_mean_bytes).fold(0.0, f64::max)).unwrap_or(0.0);
+            s.push_str(&format!(
+                "worker {i} {} ({}): {} {} partition(s)/topic, target {:.0} rec/s, publish {:.0} rec/s ({:.0} in time), p99 {}, send delay p99 {}, producer CPU max {:.0} % of a core, queue mean {:.1} MiB, schedule lag max {:.0} ms, clock offset {:+.2} ms{}{}\n",
+                x.address,
+                x.host,
+                x.status,
+                x.partitions_per_topic,
+                x.target_rate,
+                x.records_per_s,
+                x.records_in_time_per_s,
+                fmt_us(x.publish_p99_us),
+                fmt_us(x.delay_p99_us),
+                cpu * 100.0,
+                queue / (1 << 20) as f64,
+                lag,
+                x.clock_offset_ms,
+                if g.is_some_and(|g| g.limited) { ", GENERATOR-LIMITED" } else { "" },
+                x.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            ));
+        }
+        if let Some(why) = &ws.incomplete_reason {
+            s.push_str(&format!("INCOMPLETE: {why}\n"));
+        }
+    }
     if let Some(p) = r.producer.as_ref().filter(|p| p.connections_lost + p.leader_changes > 0) {
         s.push_str(&format!(
             "failover: {} producer connection(s) lost, {} Metadata lookup(s), {} partition(s) moved to a new leader, {} batch(es) sent again, {} already written\n",
@@ -1700,7 +1988,7 @@ pub fn summary_table(r: &RunResult) -> String {
             ));
         } else {
             s.push_str(&format!(
-                "max rate search: NOT CONFIRMED -- no full-length run kept p99 within {} ({} trials)\n",
+                "max rate search: NOT CONFIRMED -- no full-length run kept p99 within {} with its backlog steady ({} trials)\n",
                 fmt_us(se.p99_bound_us),
                 se.trials.len()
             ));
@@ -1730,4 +2018,59 @@ pub fn summary_table(r: &RunResult) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_stage_steps_down_by_throughput_then_bisects() {
+        let mut st = FullStage::new(2_000_000.0, 5);
+        // Failed with 1.2 M delivered of 1.6 M: 95 % of the throughput.
+        let r = st.next(1_600_000.0, false, 1_200_000.0).unwrap();
+        assert!((r - 1_140_000.0).abs() < 1e-6, "{r}");
+        // Failed by latency at full throughput: at most 90 % of the rate.
+        let r2 = st.next(r, false, r).unwrap();
+        assert!((r2 - 0.9 * r).abs() < 1e-6);
+        // A collapse (throughput far below): at least 60 %.
+        let mut st2 = FullStage::new(f64::INFINITY, FULL_RUNS_MAX);
+        assert!((st2.next(1e6, false, 1e5).unwrap() - 6e5).abs() < 1e-6);
+        // Pass: bisect between it and the lowest failure, until within 5 %.
+        let r3 = st.next(r2, true, r2).unwrap();
+        assert!((r3 - (r2 * r).sqrt()).abs() < 1e-6);
+        assert_eq!(st.confirmed(), Some(r2));
+        // r / r3 = sqrt(1 / 0.9) > 1.05: once more; the fifth run ends the stage whatever it says.
+        let r4 = st.next(r3, true, r3).unwrap();
+        assert!((r4 - (r3 * r).sqrt()).abs() < 1e-6);
+        assert_eq!(st.next(r4, false, r4), None);
+        assert_eq!(st.confirmed(), Some(r3));
+    }
+
+    #[test]
+    fn full_stage_stops_at_resolution_and_keeps_the_highest_pass() {
+        let mut st = FullStage::new(1_040_000.0, FULL_RUNS_MAX);
+        // A pass within 5 % of the short trials' failure: nothing left to bisect.
+        assert_eq!(st.next(1_000_000.0, true, 1_000_000.0), None);
+        assert_eq!(st.confirmed(), Some(1_000_000.0));
+        // Nothing passed within the budget: not confirmed.
+        let mut st = FullStage::new(f64::INFINITY, 2);
+        assert!(st.next(1e6, false, 1e6).is_some());
+        assert_eq!(st.next(9e5, false, 9e5), None);
+        assert_eq!(st.confirmed(), None);
+    }
+
+    #[test]
+    fn backlog_growing_needs_the_bound_exceeded_and_a_rise_over_the_trend_window() {
+        let bound = 0.05;
+        // Steady small backlog: no.
+        assert!(!backlog_growing(&[(1.0, 0.01), (2.0, 0.02), (3.0, 0.01), (4.0, 0.02)], bound));
+        // Growing past the bound: yes.
+        assert!(backlog_growing(&[(1.0, 0.01), (2.0, 0.03), (3.0, 0.06), (4.0, 0.09)], bound));
+        // Past the bound but draining (a stall that is being caught up): no.
+        assert!(!backlog_growing(&[(1.0, 0.01), (2.0, 0.4), (3.0, 0.3), (4.0, 0.2)], bound));
+        // Too short to see a trend: no.
+        assert!(!backlog_growing(&[(1.0, 0.5)], bound));
+        assert!(!backlog_growing(&[], bound));
+    }
 }

@@ -2,9 +2,10 @@
 //! (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), over Kafka's four listener types (`security.protocol`
 //! PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL).
 //!
-//! One place opens broker connections: [`crate::client::Conn::connect_with_read_timeout`]. It
-//! asks [`current`] for the process's security settings (installed by `run` from the workload's
-//! `security` block and the CLI overrides), wraps the TCP stream with [`connect_stream`] (TLS
+//! One place opens broker connections: [`crate::client::Connector::connect_with_read_timeout`].
+//! A `Connector` holds one run's resolved settings (an `Arc<Security>`, resolved by `run` from
+//! the workload's `security` block and the CLI overrides; a value passed to everything that
+//! connects, never a process-wide setting), wraps the TCP stream with [`connect_stream`] (TLS
 //! handshake) and, after ApiVersions, authenticates with [`authenticate`] (SaslHandshake v1 +
 //! SaslAuthenticate). Every connection goes through it: bootstrap/metadata, topic creation and
 //! deletion, producers (and their Metadata lookups), consumers, ListOffsets.
@@ -22,7 +23,7 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -490,24 +491,12 @@ impl rustls::client::danger::ServerCertVerifier for NoHostnameVerifier {
     }
 }
 
-static CURRENT: RwLock<Option<Arc<Security>>> = RwLock::new(None);
-
 /// The host names addresses were resolved from (see [`remember_host`]): TLS verifies the
 /// broker's certificate against the name, as Kafka's clients do, not the IP address.
 static HOSTS: Mutex<Vec<(SocketAddr, String)>> = Mutex::new(Vec::new());
 
 /// Bound on remembered host names (brokers of one cluster; the oldest is dropped beyond it).
 const HOSTS_MAX: usize = 4096;
-
-/// Install the settings every connection opened from now on uses (`run` does it at start).
-pub fn install(s: Security) {
-    *CURRENT.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(s));
-}
-
-/// The settings connections use (PLAINTEXT until [`install`]).
-pub fn current() -> Arc<Security> {
-    CURRENT.read().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
-}
 
 /// Remember that `addr` was resolved from `host` (called by `client::resolve`).
 pub fn remember_host(addr: SocketAddr, host: &str) {
@@ -1000,6 +989,36 @@ mod tests {
         assert!(e.contains("UnknownIssuer"), "{e}");
         remember_host(addr, "broker.test");
         connect_stream(&ssl("ca.pem", true), addr, t, t).expect("the host name the address came from is verified");
+    }
+
+    /// Security settings are a value each `Connector` holds, not a process setting: in one
+    /// process, at the same time, a plaintext connector reaches a plaintext broker while an SSL
+    /// connector fails the TLS handshake against it and completes one against a TLS server.
+    #[test]
+    fn connectors_carry_their_own_settings_side_by_side() {
+        use crate::client::Connector;
+        let plain_broker = crate::testbroker::serve(vec![], None, |_, _, _, _| crate::testbroker::Served::Close);
+        let tls_server = tls_echo_server();
+        let (plain, tls) = (Connector::plaintext(), Connector::new(ssl("ca.pem", false)));
+        let t = Duration::from_secs(5);
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let (p, s) = (plain.clone(), tls.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..5 {
+                        p.connect(plain_broker, t).expect("plaintext connector, plaintext broker");
+                        let e = s.connect(plain_broker, t).err().expect("TLS to a plaintext broker fails");
+                        assert!(e.contains("TLS") || e.contains("tls") || e.contains("handshake"), "{e}");
+                        connect_stream(s.security(), tls_server, t, t).expect("the SSL connector's handshake");
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(plain.security().protocol, Protocol::Plaintext);
+        assert_eq!(tls.security().protocol, Protocol::Ssl);
     }
 
     /// One thread writes requests (sizes from 10 B to 1 MiB) while another reads the answers on

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use crate::compare::{compare_samples, median, Better, Decide};
 use crate::results::RunResult;
 use crate::run::{run, RunError, RunOptions};
-use crate::workload::{Overrides, Workload};
+use crate::workload::Overrides;
 
 #[derive(clap::Args)]
 pub struct VersusArgs {
@@ -309,17 +309,16 @@ pub fn render_html(v: &Versus) -> String {
 }
 
 pub fn run_versus(a: VersusArgs) -> i32 {
-    let mut w = match Workload::load(&a.workload) {
-        Ok(w) => w,
+    // Every run: the workload and overrides as `loadgen run` takes them, no calibration, quiet.
+    let mut base = match RunOptions::from_cli(&a.workload, &a.overrides, None, a.data_dir.clone()) {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
         }
     };
-    if let Err(e) = a.overrides.apply(&mut w) {
-        eprintln!("error: {e}");
-        return 2;
-    }
+    base.calibrate = Some(false);
+    base.quiet = true;
     let targets: Vec<Target> = match a.targets.iter().map(|t| parse_target(t)).collect() {
         Ok(t) => t,
         Err(e) => {
@@ -337,7 +336,7 @@ pub fn run_versus(a: VersusArgs) -> i32 {
         return 2;
     }
     crate::run::install_ctrlc();
-    let base_name = w.name.clone();
+    let base_name = base.workload.name.clone();
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); targets.len()];
     // Runs that ended early (e.g. the broker closed the connection): shown, marked, only for a
     // target that has no complete run at all.
@@ -346,14 +345,10 @@ pub fn run_versus(a: VersusArgs) -> i32 {
     let mut paths = Vec::new();
     for round in 0..a.rounds {
         for (i, t) in targets.iter().enumerate() {
-            let mut wr = w.clone();
+            let mut opts = base.clone();
             // Fresh topics per run on external clusters: nothing left from an earlier round.
-            wr.name = format!("{base_name}-{}-r{round}", t.name);
-            let mut opts = RunOptions::new(wr);
+            opts.workload.name = format!("{base_name}-{}-r{round}", t.name);
             opts.bootstrap = t.bootstrap.clone();
-            opts.calibrate = Some(false);
-            opts.quiet = true;
-            opts.data_dir = a.data_dir.clone();
             let path = runs_dir.join(format!("{}-r{round}.json", t.name));
             opts.output = Some(path.clone());
             eprintln!("versus: round {}/{} target {} ({})", round + 1, a.rounds, t.name, t.bootstrap.as_deref().unwrap_or("embedded"));
@@ -423,7 +418,7 @@ pub fn run_versus(a: VersusArgs) -> i32 {
     let v = Versus {
         title,
         workload: base_name,
-        p99_bound_ms: (w.producer_rate == 0.0).then_some(w.p99_bound_ms),
+        p99_bound_ms: (base.workload.producer_rate == 0.0).then_some(base.workload.p99_bound_ms),
         rounds: a.rounds,
         targets: targets.iter().map(|t| t.name.clone()).collect(),
         bootstraps: targets.iter().map(|t| t.bootstrap.clone().unwrap_or_else(|| "embedded".into())).collect(),

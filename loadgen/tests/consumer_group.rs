@@ -11,25 +11,6 @@ use std::process::Command;
 
 use loadgen::results::RunResult;
 
-/// The broker and its data directory (removed after the broker stops).
-struct Engine(Option<engine::broker::BrokerHandle>, #[allow(dead_code)] tempfile::TempDir);
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            let _ = h.shutdown();
-        }
-    }
-}
-
-fn start_engine() -> (Engine, SocketAddr) {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = engine::broker::BrokerConfig::new(tmp.path().join("data"), engine::log::Durability::Never);
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let h = engine::broker::Broker::start(cfg).unwrap();
-    let addr = h.local_addr();
-    (Engine(Some(h), tmp), addr)
-}
-
 /// Run a 4-partition, 2-member group workload (plus `extra` YAML lines); returns the result and
 /// the exit code.
 fn run_group(addr: SocketAddr, dir: &Path, group: &str, extra: &str, secs: &str) -> (RunResult, Option<i32>) {
@@ -39,16 +20,9 @@ fn run_group(addr: SocketAddr, dir: &Path, group: &str, extra: &str, secs: &str)
         format!("name: cg\npartitionsPerTopic: 4\nmessageSize: 100\nconsumerPerSubscription: 2\nconsumerMode: group\ncommitIntervalMs: 500\n{extra}"),
     )
     .unwrap();
-    let out_json = dir.join(format!("{group}.json"));
-    let a = addr.to_string();
-    let out = run_cli(&[
-        "run", "--quiet", "--no-calibrate", "--workload", wl.to_str().unwrap(), "--rate", "3000", "--duration", secs,
-        "--warmup", "0.5", "--bootstrap", &a, "--keep-topics", "--topic-prefix", group, "--consumer-group", group,
-        "-o", out_json.to_str().unwrap(),
-    ]);
-    assert!(out_json.is_file(), "no result: {}", String::from_utf8_lossy(&out.stderr));
-    validate_against_schema(&out_json);
-    (RunResult::load(&out_json).unwrap(), out.status.code())
+    let args = ["--workload", wl.to_str().unwrap(), "--rate", "3000", "--duration", secs, "--warmup", "0.5", "--consumer-group", group];
+    let (r, out) = run_kept_topics(addr, group, &dir.join(format!("{group}.json")), &args);
+    (r, out.status.code())
 }
 
 /// confluent-kafka: per partition (committed offset of `group`, high watermark).

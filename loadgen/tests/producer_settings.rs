@@ -15,25 +15,6 @@ use std::time::{Duration, Instant};
 use loadgen::client::Conn;
 use loadgen::results::RunResult;
 
-/// The broker and its data directory (removed after the broker stops).
-struct Engine(Option<engine::broker::BrokerHandle>, #[allow(dead_code)] tempfile::TempDir);
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            let _ = h.shutdown();
-        }
-    }
-}
-
-fn start_engine() -> (Engine, SocketAddr) {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = engine::broker::BrokerConfig::new(tmp.path().join("data"), engine::log::Durability::Never);
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let h = engine::broker::Broker::start(cfg).unwrap();
-    let addr = h.local_addr();
-    (Engine(Some(h), tmp), addr)
-}
-
 /// A workload with compressible payloads (half random), 4 partitions, 100 round-robin keys and
 /// two 8-byte headers per record.
 fn workload(dir: &Path, extra: &str) -> String {
@@ -51,19 +32,12 @@ fn workload(dir: &Path, extra: &str) -> String {
 }
 
 fn run(addr: SocketAddr, dir: &Path, wl: &str, prefix: &str, extra: &[&str]) -> (RunResult, String) {
-    let out_json = dir.join(format!("{prefix}.json"));
-    let mut args = vec![
-        "run", "--quiet", "--no-calibrate", "--workload", wl, "--rate", "2000", "--duration", "1.5", "--warmup", "0",
-        "--keep-topics", "--topic-prefix", prefix, "-o", out_json.to_str().unwrap(),
-    ];
-    let a = addr.to_string();
-    args.extend(["--bootstrap", &a]);
+    let mut args = vec!["--workload", wl, "--rate", "2000", "--duration", "1.5", "--warmup", "0"];
     args.extend(extra);
-    let out = run_cli(&args);
+    let (r, out) = run_kept_topics(addr, prefix, &dir.join(format!("{prefix}.json")), &args);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(0), "stdout {stdout}\nstderr {}", String::from_utf8_lossy(&out.stderr));
-    validate_against_schema(&out_json);
-    (RunResult::load(&out_json).unwrap(), stdout)
+    (r, stdout)
 }
 
 /// Every record stored in `topic` (4 partitions), read with the loadgen's Fetch decoder:

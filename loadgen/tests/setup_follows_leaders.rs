@@ -30,14 +30,14 @@ fn start_offsets_follow_the_leader_named_now_and_give_up_naming_the_broker() {
     // As a cluster right after a node died: partitions 0 and 2 still "led" by the dead broker.
     let mut stale = vec![TopicLayout { topic: topic.clone(), leaders: vec![(0, dead), (1, live), (2, dead)] }];
     // The dead broker first in the bootstrap list: the live one answers the Metadata.
-    let offs = start_offsets_following(&[dead, live], &mut stale, Duration::from_secs(10)).unwrap();
+    let offs = start_offsets_following(&loadgen::client::Connector::plaintext(), &[dead, live], &mut stale, Duration::from_secs(10)).unwrap();
     assert_eq!(offs, vec![vec![(0, 0), (1, 0), (2, 0)]]);
     assert_eq!(stale[0].leaders, vec![(0, live), (1, live), (2, live)], "the layout follows the leaders named now");
 
     // Nobody answers: bounded, and the error says which partitions, which broker, what failed.
     let mut gone = vec![TopicLayout { topic: topic.clone(), leaders: vec![(0, dead), (1, dead)] }];
     let t0 = Instant::now();
-    let err = start_offsets_following(&[dead], &mut gone, Duration::from_millis(1500)).unwrap_err();
+    let err = start_offsets_following(&loadgen::client::Connector::plaintext(), &[dead], &mut gone, Duration::from_millis(1500)).unwrap_err();
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(10), "{took:?}");
     assert!(err.contains(&topic) && err.contains("[0, 1]") && err.contains(&dead.to_string()), "{err}");

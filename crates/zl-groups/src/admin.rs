@@ -64,8 +64,13 @@ impl GroupCoordinator {
             // `persist_groups`).
             let mut o = lock(&self.offsets);
             let mut saved = lock(&self.group_records);
+            // A consumer-protocol group (KIP-848): only an Empty one; it has no classic twin.
+            let consumer = self.consumer.delete_if_empty(group);
+            if let Some(code) = consumer.filter(|c| *c != err::NONE) {
+                return code;
+            }
             let code = self.sm.remove_empty_group(group);
-            if code != err::NONE {
+            if code != err::NONE && !(consumer.is_some() && code == err::GROUP_ID_NOT_FOUND) {
                 return code;
             }
             saved.remove(group);
@@ -101,7 +106,12 @@ impl GroupCoordinator {
         // Checked under the offsets cache lock (order: offsets, then the state machine), so no
         // commit is appended between the check and the tombstones.
         let mut o = lock(&self.offsets);
-        let except = match self.sm.offset_delete_check(group) {
+        let check = match self.consumer.subscribed_topics(group) {
+            Some(ts) if ts.is_empty() => OffsetDeleteCheck::All,
+            Some(ts) => OffsetDeleteCheck::ExceptTopics(Some(ts)),
+            None => self.sm.offset_delete_check(group),
+        };
+        let except = match check {
             OffsetDeleteCheck::Error(code) => return (code, vec![err::NONE; partitions.len()]),
             OffsetDeleteCheck::All => Some(Vec::new()),
             OffsetDeleteCheck::ExceptTopics(ts) => ts,

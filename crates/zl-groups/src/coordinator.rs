@@ -51,6 +51,11 @@ pub struct GroupConfig {
     /// rewritten at the end of `__consumer_offsets` (when it has more than one segment), so
     /// segment retention never deletes the only record of one that is still current.
     pub offsets_snapshot_interval_ms: u64,
+    /// group.consumer.session.timeout.ms: a consumer-protocol (KIP-848) member without a
+    /// heartbeat for this long is removed and its partitions reassigned.
+    pub consumer_session_timeout_ms: i32,
+    /// group.consumer.heartbeat.interval.ms: the interval told to consumer-protocol members.
+    pub consumer_heartbeat_interval_ms: i32,
     /// Node id, host and port returned by FindCoordinator.
     pub node_id: i32,
     pub host: String,
@@ -68,6 +73,8 @@ impl Default for GroupConfig {
             offset_metadata_bytes_max: 4096,
             reaper_tick_ms: 100,
             offsets_snapshot_interval_ms: 24 * 3600 * 1000,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
             node_id: 0,
             host: "127.0.0.1".into(),
             port: 9092,

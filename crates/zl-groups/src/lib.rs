@@ -25,6 +25,8 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod assignor;
+pub mod consumer_protocol;
 pub mod coordinator;
 pub mod store;
 
@@ -50,6 +52,8 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use zl_log::{LogManager, Partition};
 use zl_wire::decode_offset_commit_v0_v1;
+pub use consumer_protocol::topic_id;
+use consumer_protocol::{ConsumerConfig, ConsumerGroups, TopicView};
 pub use coordinator::{GroupConfig, GroupState};
 use coordinator::{JoinArgs, StateMachine};
 use store::{Committed, CommitEntry, GroupOffsets};
@@ -128,19 +132,20 @@ pub mod err {
 
 /// (api key, min version, max version) of the APIs served here.
 pub const SUPPORTED_APIS: &[(i16, i16, i16)] = &[
-    (8, 0, 8),  // OffsetCommit (v0/v1 decoded by hand: librdkafka 2.0.2 requires 1–2)
-    (9, 1, 8),  // OffsetFetch
+    (8, 0, 9),  // OffsetCommit (v0/v1 decoded by hand: librdkafka 2.0.2 requires 1–2)
+    (9, 1, 9),  // OffsetFetch
     (10, 0, 4), // FindCoordinator
     (11, 0, 9), // JoinGroup
     (12, 0, 4), // Heartbeat
     (13, 0, 5), // LeaveGroup
     (14, 0, 5), // SyncGroup
     (15, 0, 5), // DescribeGroups
-    (16, 0, 4), // ListGroups
+    (16, 0, 5), // ListGroups
     (22, 0, 4), // InitProducerId
     (42, 0, 2), // DeleteGroups
     (47, 0, 0), // OffsetDelete
-    (68, 0, 1), // ConsumerGroupHeartbeat: advertised only to answer UNSUPPORTED_VERSION (KIP-848 not served)
+    (68, 0, 1), // ConsumerGroupHeartbeat (KIP-848: consumer_protocol)
+    (69, 0, 1), // ConsumerGroupDescribe
 ];
 
 /// What a transactional client is told (FindCoordinator key type 1, InitProducerId with a
@@ -149,13 +154,6 @@ pub const SUPPORTED_APIS: &[(i16, i16, i16)] = &[
 /// COORDINATOR_NOT_AVAILABLE made clients retry for 15–60 s.
 pub const TRANSACTIONS_UNSUPPORTED: &str =
     "transactions are not supported by this broker (transactional.id / transactional producers); use an idempotent producer";
-
-/// What a KIP-848 consumer (`group.protocol=consumer`) is told in its ConsumerGroupHeartbeat.
-/// UNSUPPORTED_VERSION is what Kafka answers when its new group coordinator is disabled, and
-/// librdkafka treats it as fatal; not advertising the API instead made librdkafka re-query the
-/// coordinator silently forever.
-pub const KIP848_UNSUPPORTED: &str =
-    "the consumer group protocol of KIP-848 (group.protocol=consumer) is not supported by this broker; use group.protocol=classic";
 
 /// Topics this module owns. Metadata should mark them `is_internal` (as Kafka does for
 /// `__consumer_offsets`) so clients leave them out of pattern subscriptions and listings.
@@ -193,6 +191,8 @@ struct Pids {
 pub struct GroupCoordinator {
     logs: Arc<LogManager>,
     sm: StateMachine,
+    /// Groups of the consumer protocol (KIP-848); a group id is there or in `sm`.
+    consumer: ConsumerGroups,
     offsets_log: Arc<Partition>,
     pid_log: Arc<Partition>,
     offsets: Mutex<Offsets>,
@@ -228,6 +228,11 @@ impl GroupCoordinator {
         let restored_groups = store::restore_groups(&offsets_log)?;
         let block_end = store::restore_pid_block_end(&pid_log)?;
         let tick = Duration::from_millis(cfg.reaper_tick_ms.max(1));
+        let consumer = ConsumerGroups::new(ConsumerConfig {
+            session_timeout_ms: cfg.consumer_session_timeout_ms,
+            heartbeat_interval_ms: cfg.consumer_heartbeat_interval_ms,
+            max_size: cfg.group_members_max,
+        });
         let sm = StateMachine::new(cfg);
         let mut group_records = HashMap::new();
         let mut members = 0usize;
@@ -248,6 +253,7 @@ impl GroupCoordinator {
         let c = Arc::new(GroupCoordinator {
             logs,
             sm,
+            consumer,
             offsets_log,
             pid_log,
             offsets: Mutex::new(Offsets { groups, in_flight: 0, deleted: Vec::new() }),
@@ -265,6 +271,7 @@ impl GroupCoordinator {
                 std::thread::sleep(tick);
                 let Some(c) = weak.upgrade() else { break };
                 c.sm.tick();
+                c.consumer.tick();
                 let _ = c.persist_groups();
                 // Retried every tick while commits are in flight.
                 if last_snapshot.elapsed() >= snapshot_every && c.maybe_snapshot_offsets() {
@@ -586,7 +593,7 @@ pub fn handle_at(
             let hv = OffsetCommitResponse::header_version(v);
             Reply::Later(Box::new(move || {
                 let resp = match req {
-                    Some(req) => offset_commit(&c, req),
+                    Some(req) => offset_commit(&c, req, v),
                     None => OffsetCommitResponse::default(),
                 };
                 encode(corr, wire_v, hv, &resp)
@@ -677,15 +684,19 @@ pub fn handle_at(
         }
         68 => {
             let req = decode::<ConsumerGroupHeartbeatRequest>(body, v, "ConsumerGroupHeartbeat");
-            later(corr, v, move || {
-                let mut r = ConsumerGroupHeartbeatResponse::default();
-                r.error_code = err::UNSUPPORTED_VERSION;
-                r.error_message = Some(s(KIP848_UNSUPPORTED));
-                if let Some(req) = req {
-                    tracing::info!(group = req.group_id.as_str(), "KIP-848 ConsumerGroupHeartbeat refused: not supported");
+            let client = client_id(header);
+            later(corr, v, move || match req {
+                Some(req) => consumer_heartbeat(&c, req, v, &client),
+                None => {
+                    let mut r = ConsumerGroupHeartbeatResponse::default();
+                    r.error_code = err::INVALID_REQUEST;
+                    r
                 }
-                r
             })
+        }
+        69 => {
+            let req = decode::<ConsumerGroupDescribeRequest>(body, v, "ConsumerGroupDescribe");
+            later(corr, v, move || consumer_group_describe(&c, req))
         }
         _ => Reply::Close(format!("API key {api_key} is not a group API")),
     }
@@ -693,14 +704,15 @@ pub fn handle_at(
 
 // ------------------------------------------------------------------ OffsetCommit
 
-fn offset_commit(c: &GroupCoordinator, req: OffsetCommitRequest) -> OffsetCommitResponse {
+fn offset_commit(c: &GroupCoordinator, req: OffsetCommitRequest, v: i16) -> OffsetCommitResponse {
     let group = req.group_id.as_str();
-    let code = c.sm.validate_commit(
-        group,
-        req.member_id.as_str(),
-        req.group_instance_id.as_ref().map(|s| s.as_str()),
-        req.generation_id_or_member_epoch,
-    );
+    let epoch = req.generation_id_or_member_epoch;
+    let code = match c.consumer.validate_commit(group, req.member_id.as_str(), epoch, v) {
+        consumer_protocol::Validation::Code(code) => code,
+        consumer_protocol::Validation::NotConsumerGroup => {
+            c.sm.validate_commit(group, req.member_id.as_str(), req.group_instance_id.as_ref().map(|s| s.as_str()), epoch)
+        }
+    };
     let now = zl_log::now_ms();
     let mut entries = Vec::new();
     for t in &req.topics {
@@ -777,6 +789,14 @@ fn offset_fetch(c: &GroupCoordinator, req: OffsetFetchRequest, v: i16) -> Offset
                 ts.into_iter().map(|t| (t.name.as_str().to_string(), t.partition_indexes)).collect()
             });
             let mut rg = OffsetFetchResponseGroup::default();
+            // v9: a consumer-protocol member names itself and its epoch.
+            let code = c.consumer.validate_fetch(g.group_id.as_str(), g.member_id.as_ref().map(|m| m.as_str()), g.member_epoch);
+            if code != err::NONE {
+                rg.error_code = code;
+                rg.group_id = g.group_id;
+                resp.groups.push(rg);
+                continue;
+            }
             for (t, parts) in fetch_offsets(c, g.group_id.as_str(), topics) {
                 let mut rt = OffsetFetchResponseTopics::default();
                 rt.name = TopicName(s(&t));
@@ -910,6 +930,11 @@ fn join_group_with(
     client_id: String,
     done: impl FnOnce(JoinGroupResponse) + Send + 'static,
 ) {
+    if !c.consumer.yield_to_classic(req.group_id.as_str()) {
+        // A consumer-protocol (KIP-848) group with members: the classic protocol may not join
+        // it (Kafka's answer without the upgrade path).
+        return done(join_response(coordinator::JoinOutcome::error(err::INCONSISTENT_GROUP_PROTOCOL, req.member_id.as_str()), v));
+    }
     let args = join_args(req, v, client_id);
     let c2 = c.clone();
     // Called on the completion pool (the step takes the state lock; a completion persists
@@ -1010,12 +1035,34 @@ fn leave_group(c: &GroupCoordinator, req: Option<LeaveGroupRequest>, v: i16) -> 
 fn describe_groups(c: &GroupCoordinator, req: Option<DescribeGroupsRequest>, v: i16) -> DescribeGroupsResponse {
     let mut r = DescribeGroupsResponse::default();
     let Some(req) = req else { return r };
-    let g = c.sm.lock();
     for id in req.groups {
         let mut d = DescribedGroup::default();
         if v >= 3 {
             d.authorized_operations = i32::MIN;
         }
+        if let Some(cg) = c.consumer.describe(id.as_str()) {
+            // A consumer-protocol group, as Kafka describes one through this API.
+            d.group_state = s(cg.state);
+            d.protocol_type = s("consumer");
+            d.protocol_data = s(&cg.assignor);
+            for m in cg.members {
+                let mut dm = DescribedGroupMember::default();
+                dm.member_id = s(&m.member_id);
+                if v >= 4 {
+                    dm.group_instance_id = m.instance_id.as_deref().map(s);
+                }
+                dm.client_id = s(&m.client_id);
+                dm.client_host = s(&m.client_host);
+                dm.member_metadata = classic_subscription(&m.subscribed_topic_names);
+                dm.member_assignment = classic_assignment(&m.assignment);
+                d.members.push(dm);
+            }
+            d.group_id = id;
+            r.groups.push(d);
+            continue;
+        }
+        // Lock order: consumer groups before the classic state machine (as the heartbeat).
+        let g = c.sm.lock();
         match g.groups.get(id.as_str()) {
             None => d.group_state = s(GroupState::Dead.name()),
             Some(grp) => {
@@ -1057,21 +1104,165 @@ fn list_groups(c: &GroupCoordinator, req: Option<ListGroupsRequest>, v: i16) -> 
         return r;
     };
     let filter: Vec<String> = req.states_filter.iter().map(|s| s.as_str().to_lowercase()).collect();
-    let g = c.sm.lock();
-    let mut ids: Vec<&String> = g.groups.keys().collect();
-    ids.sort();
-    for id in ids {
-        let grp = &g.groups[id];
-        if !filter.is_empty() && !filter.contains(&grp.state.name().to_lowercase()) {
+    let types: Vec<String> = req.types_filter.iter().map(|s| s.as_str().to_lowercase()).collect();
+    // (id, protocol type, state, group type): classic groups and consumer-protocol groups.
+    let mut all: Vec<(String, String, String, &'static str)> = c
+        .consumer
+        .list()
+        .into_iter()
+        .map(|(id, state)| (id, "consumer".to_string(), state.to_string(), "consumer"))
+        .collect();
+    {
+        let g = c.sm.lock();
+        for (id, grp) in g.groups.iter() {
+            if all.iter().any(|(i, ..)| i == id) {
+                continue; // an Empty classic entry left behind by a consumer group's offsets
+            }
+            all.push((id.clone(), grp.protocol_type.clone().unwrap_or_default(), grp.state.name().to_string(), "classic"));
+        }
+    }
+    all.sort();
+    for (id, protocol_type, state, kind) in all {
+        if !filter.is_empty() && !filter.contains(&state.to_lowercase()) {
+            continue;
+        }
+        if !types.is_empty() && !types.iter().any(|t| t == kind) {
             continue;
         }
         let mut l = ListedGroup::default();
-        l.group_id = GroupId(s(id));
-        l.protocol_type = s(grp.protocol_type.as_deref().unwrap_or(""));
+        l.group_id = GroupId(s(&id));
+        l.protocol_type = s(&protocol_type);
         if v >= 4 {
-            l.group_state = s(grp.state.name());
+            l.group_state = s(&state);
+        }
+        if v >= 5 {
+            l.group_type = s(kind);
         }
         r.groups.push(l);
+    }
+    r
+}
+
+// ------------------------------------------------------------------ consumer protocol (KIP-848)
+
+/// Topics as the consumer protocol sees them: user topics of the log manager.
+struct LogTopics<'a>(&'a LogManager);
+
+impl TopicView for LogTopics<'_> {
+    fn partitions(&self, topic: &str) -> Option<i32> {
+        if topic.starts_with("__") {
+            return None;
+        }
+        self.0.topic(topic).map(|p| p.len() as i32)
+    }
+    fn names(&self) -> Vec<String> {
+        self.0.topic_names().into_iter().filter(|n| !n.starts_with("__")).collect()
+    }
+}
+
+fn consumer_heartbeat(
+    c: &GroupCoordinator,
+    req: ConsumerGroupHeartbeatRequest,
+    v: i16,
+    client: &str,
+) -> ConsumerGroupHeartbeatResponse {
+    let topics = LogTopics(&c.logs);
+    // A new consumer group may take the id of an Empty classic group (one left by committed
+    // offsets, or whose members all left), never of one with members.
+    c.consumer.heartbeat(req, v, client, "", &topics, |g| c.sm.remove_empty_group(g) != err::NON_EMPTY_GROUP)
+}
+
+/// ConsumerProtocolAssignment v0 (what DescribeGroups shows for a consumer-protocol member).
+fn classic_assignment(parts: &[(String, i32)]) -> Bytes {
+    let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
+    for (t, p) in parts {
+        by_topic.entry(t.as_str()).or_default().push(*p);
+    }
+    let mut b = Vec::new();
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(by_topic.len() as i32).to_be_bytes());
+    for (t, ps) in by_topic {
+        b.extend_from_slice(&(t.len() as i16).to_be_bytes());
+        b.extend_from_slice(t.as_bytes());
+        b.extend_from_slice(&(ps.len() as i32).to_be_bytes());
+        for p in ps {
+            b.extend_from_slice(&p.to_be_bytes());
+        }
+    }
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // user data: null
+    Bytes::from(b)
+}
+
+/// ConsumerProtocolSubscription v0.
+fn classic_subscription(topics: &[String]) -> Bytes {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+    for t in topics {
+        b.extend_from_slice(&(t.len() as i16).to_be_bytes());
+        b.extend_from_slice(t.as_bytes());
+    }
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    Bytes::from(b)
+}
+
+fn consumer_group_describe(c: &GroupCoordinator, req: Option<ConsumerGroupDescribeRequest>) -> ConsumerGroupDescribeResponse {
+    use consumer_group_describe_response as cgd;
+    let mut r = ConsumerGroupDescribeResponse::default();
+    let Some(req) = req else { return r };
+    let assignment = |parts: &[(String, i32)]| {
+        let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
+        for (t, p) in parts {
+            by_topic.entry(t.as_str()).or_default().push(*p);
+        }
+        let mut a = cgd::Assignment::default();
+        for (t, ps) in by_topic {
+            let mut tp = cgd::TopicPartitions::default();
+            tp.topic_id = topic_id(t);
+            tp.topic_name = TopicName(s(t));
+            tp.partitions = ps;
+            a.topic_partitions.push(tp);
+        }
+        a
+    };
+    for id in req.group_ids {
+        let mut d = cgd::DescribedGroup::default();
+        d.authorized_operations = i32::MIN;
+        match c.consumer.describe(id.as_str()) {
+            Some(g) => {
+                d.group_state = s(g.state);
+                d.group_epoch = g.epoch;
+                d.assignment_epoch = g.assignment_epoch;
+                d.assignor_name = s(&g.assignor);
+                for m in g.members {
+                    let mut dm = cgd::Member::default();
+                    dm.member_id = s(&m.member_id);
+                    dm.instance_id = m.instance_id.as_deref().map(s);
+                    dm.rack_id = m.rack_id.as_deref().map(s);
+                    dm.member_epoch = m.member_epoch;
+                    dm.client_id = s(&m.client_id);
+                    dm.client_host = s(&m.client_host);
+                    dm.subscribed_topic_names = m.subscribed_topic_names.iter().map(|t| TopicName(s(t))).collect();
+                    dm.subscribed_topic_regex = m.subscribed_topic_regex.as_deref().map(s);
+                    dm.assignment = assignment(&m.assignment);
+                    dm.target_assignment = assignment(&m.target_assignment);
+                    dm.member_type = 1; // consumer protocol
+                    d.members.push(dm);
+                }
+            }
+            None => {
+                let classic = c.sm.lock().groups.get(id.as_str()).is_some_and(|g| g.state != GroupState::Dead);
+                d.error_code = err::GROUP_ID_NOT_FOUND;
+                d.error_message = Some(s(&if classic {
+                    format!("Group {} is not a consumer group.", id.as_str())
+                } else {
+                    format!("Group {} not found.", id.as_str())
+                }));
+                d.group_state = s(GroupState::Dead.name());
+            }
+        }
+        d.group_id = id;
+        r.groups.push(d);
     }
     r
 }

@@ -26,6 +26,7 @@ pub mod error {
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
@@ -164,6 +165,7 @@ pub fn decode_request_body(api: ApiKey, version: i16, body: &mut Bytes) -> Resul
         ApiKey::ListGroups => d::<m::ListGroupsRequest>(body, version)?,
         ApiKey::InitProducerId => d::<m::InitProducerIdRequest>(body, version)?,
         ApiKey::ConsumerGroupHeartbeat => d::<m::ConsumerGroupHeartbeatRequest>(body, version)?,
+        ApiKey::ConsumerGroupDescribe => d::<m::ConsumerGroupDescribeRequest>(body, version)?,
         ApiKey::AddPartitionsToTxn => d::<m::AddPartitionsToTxnRequest>(body, version)?,
         ApiKey::AddOffsetsToTxn => d::<m::AddOffsetsToTxnRequest>(body, version)?,
         ApiKey::EndTxn => d::<m::EndTxnRequest>(body, version)?,

@@ -62,6 +62,15 @@ struct Args {
     /// A connection with no request for this long is closed (Kafka's connections.max.idle.ms).
     #[arg(long, default_value_t = engine::broker::CONNECTION_IDLE_MS_DEFAULT)]
     connections_max_idle_ms: u64,
+    /// Consumer group protocol (KIP-848, group.protocol=consumer): a member without a
+    /// heartbeat for this long is removed and its partitions reassigned
+    /// (group.consumer.session.timeout.ms).
+    #[arg(long, default_value_t = 45_000)]
+    group_consumer_session_timeout_ms: i32,
+    /// The heartbeat interval consumer-protocol members are told
+    /// (group.consumer.heartbeat.interval.ms); below the session timeout.
+    #[arg(long, default_value_t = 5_000)]
+    group_consumer_heartbeat_interval_ms: i32,
     /// Connections open at once; more are accepted and closed at once (logged once per 10 s).
     #[arg(long, default_value_t = engine::broker::CONNECTIONS_MAX_DEFAULT)]
     max_connections: usize,
@@ -152,6 +161,12 @@ fn main() -> ExitCode {
     cfg.request_timeout_ms = args.request_timeout_ms;
     if given("connections_max_idle_ms") {
         cfg.connection_idle_ms = args.connections_max_idle_ms;
+    }
+    if given("group_consumer_session_timeout_ms") {
+        cfg.consumer_session_timeout_ms = args.group_consumer_session_timeout_ms;
+    }
+    if given("group_consumer_heartbeat_interval_ms") {
+        cfg.consumer_heartbeat_interval_ms = args.group_consumer_heartbeat_interval_ms;
     }
     if given("max_connections") {
         cfg.connections_max = args.max_connections;

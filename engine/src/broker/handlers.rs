@@ -14,6 +14,7 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
+use uuid::Uuid;
 use kafka_protocol::protocol::StrBytes;
 
 use super::{ConnCtx, Reply, Shared, FETCH_WAIT_MS_MAX};
@@ -24,7 +25,7 @@ mod admin;
 mod delete_records;
 
 /// API keys routed to the group coordinator (`crate::groups::handle`).
-pub const GROUP_API_KEYS: [i16; 13] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68];
+pub const GROUP_API_KEYS: [i16; 14] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68, 69];
 
 /// (api key, min version, max version) served by the broker itself.
 pub const BROKER_APIS: &[(i16, i16, i16)] = &[
@@ -685,8 +686,8 @@ struct FetchWait {
     version: i16,
     max_bytes: u64,
     min_bytes: u64,
-    /// read_committed (isolation level 1): up to the last stable offset, which moves with a
-    /// marker; the marker moves the high watermark too, which wakes the wait.
+    /// read_committed: read up to the last stable offset (which only moves with a marker's
+    /// append, whose durability then advances the high watermark and wakes this wait).
     committed: bool,
     deadline: Instant,
     /// Taken by the answer (None once answered).
@@ -721,7 +722,6 @@ impl FetchWait {
             if slot.is_none() {
                 return;
             }
-            // What a read may reach: the high watermark, or the last stable offset (read_committed).
             let seen: Vec<u64> = self.partitions().map(|(_, l)| readable_end(l, self.committed)).collect();
             let expired = Instant::now() >= self.deadline || self.shared.stopping();
             let (data, bytes, any_error) = collect_fetch(&self.topics, self.max_bytes, self.committed);
@@ -836,23 +836,38 @@ fn metadata(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: By
     let port = local.map_or(shared.cfg.listen.port(), |a| a.port()) as i32;
     let broker = MetadataResponseBroker::default().with_node_id(BrokerId(0)).with_host(StrBytes::from_string(host)).with_port(port);
     let allow_create = version < 4 || req.allow_auto_topic_creation;
-    let all = || shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(Some).collect();
-    let names: Vec<Option<String>> = match req.topics {
+    let all = || shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(Ok).collect();
+    // A topic named, or asked for by id (v10+: the consumer group protocol hands out ids).
+    let names: Vec<Result<String, Uuid>> = match req.topics {
         None => all(),
         Some(ts) if ts.is_empty() && version == 0 => all(),
-        Some(ts) => ts.into_iter().map(|t| t.name.map(|n| n.0.to_string())).collect(),
+        Some(ts) => ts
+            .into_iter()
+            .map(|t| match t.name {
+                Some(n) if !n.is_empty() || t.topic_id.is_nil() => Ok(n.0.to_string()),
+                _ => Err(t.topic_id),
+            })
+            .collect(),
     };
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
-        let Some(name) = name else {
-            // Lookup by topic id: this broker does not assign topic ids.
-            topics.push(MetadataResponseTopic::default().with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION));
-            continue;
+        let name = match name {
+            Ok(n) => n,
+            Err(id) => match shared.logs.topic_names().into_iter().find(|n| !is_hidden_topic(n) && crate::groups::topic_id(n) == id) {
+                Some(n) => n,
+                None => {
+                    topics.push(MetadataResponseTopic::default().with_topic_id(id).with_error_code(error::UNKNOWN_TOPIC_ID));
+                    continue;
+                }
+            },
         };
         // Internal logs (e.g. the group coordinator's offsets log) are named "__…", as in Kafka.
         let mut t = MetadataResponseTopic::default()
             .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
             .with_is_internal(name.starts_with("__"));
+        if version >= 10 {
+            t = t.with_topic_id(crate::groups::topic_id(&name));
+        }
         let found = match shared.logs.topic(&name) {
             _ if is_hidden_topic(&name) => Err(error::UNKNOWN_TOPIC_OR_PARTITION),
             Some(t) => Ok(t),

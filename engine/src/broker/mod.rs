@@ -109,6 +109,12 @@ pub struct BrokerConfig {
     pub network_threads: usize,
     /// Log a line of network counters (connections, threads, fetch wake-ups) this often; 0 = never.
     pub stats_interval_ms: u64,
+    /// Consumer group protocol (KIP-848): a member without a heartbeat for this long is
+    /// removed (group.consumer.session.timeout.ms, default 45 s) ...
+    pub consumer_session_timeout_ms: i32,
+    /// ... and the heartbeat interval members are told (group.consumer.heartbeat.interval.ms,
+    /// default 5 s; must be below the session timeout).
+    pub consumer_heartbeat_interval_ms: i32,
 }
 
 impl BrokerConfig {
@@ -130,6 +136,8 @@ impl BrokerConfig {
             partitions_per_topic_max: 1_000,
             network_threads: 0,
             stats_interval_ms: 0,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }
@@ -341,7 +349,18 @@ impl Broker {
         let listener = TcpListener::bind(cfg.listen)?;
         let cfg_in_flight = cfg.request_bytes_in_flight_max;
         let addr = listener.local_addr()?;
-        let groups = GroupCoordinator::new(logs.clone())?;
+        if cfg.consumer_heartbeat_interval_ms < 1 || cfg.consumer_heartbeat_interval_ms >= cfg.consumer_session_timeout_ms {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the consumer group heartbeat interval must be positive and below the session timeout",
+            ));
+        }
+        let group_cfg = crate::groups::GroupConfig {
+            consumer_session_timeout_ms: cfg.consumer_session_timeout_ms,
+            consumer_heartbeat_interval_ms: cfg.consumer_heartbeat_interval_ms,
+            ..Default::default()
+        };
+        let groups = GroupCoordinator::with_config(logs.clone(), group_cfg)?;
         let txn = crate::txn::TxnCoordinator::new(logs.clone(), groups.clone())?;
         let shared = Arc::new(Shared {
             cfg,

@@ -95,6 +95,8 @@ pub fn apply(cfg: &mut BrokerConfig, text: &str) -> Result<(), String> {
             "socket.request.max.bytes" => cfg.frame_bytes_max = num(key, v, 1, i32::MAX as i64).map_err(at)?,
             "queued.max.request.bytes" => cfg.request_bytes_in_flight_max = num(key, v, 1, i64::MAX).map_err(at)?,
             "connections.max.idle.ms" => cfg.connection_idle_ms = num(key, v, 1, i64::MAX).map_err(at)?,
+            "group.consumer.session.timeout.ms" => cfg.consumer_session_timeout_ms = num(key, v, 1, i32::MAX as i64).map_err(at)?,
+            "group.consumer.heartbeat.interval.ms" => cfg.consumer_heartbeat_interval_ms = num(key, v, 1, i32::MAX as i64).map_err(at)?,
             "max.connections" => cfg.connections_max = num(key, v, 1, i32::MAX as i64).map_err(at)?,
             "max.connections.per.ip" => cfg.connections_per_ip_max = num(key, v, 1, i32::MAX as i64).map_err(at)?,
             "message.max.bytes" => cfg.message_max_bytes = num(key, v, 0, i32::MAX as i64).map_err(at)?,

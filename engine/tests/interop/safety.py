@@ -9,7 +9,6 @@ produce-times      one Producer batch of --count records with timestamps --ts0 +
 offsets-for-times  Consumer.offsets_for_times(--ts), then the record at that offset (its timestamp)
 transactional      Producer with transactional.id: init_transactions(--timeout), the error it fails with
                    (_TIMED_OUT if it only retried)
-kip848             Consumer with group.protocol=consumer: poll up to --timeout s until an error is reported
 """
 import argparse
 import json
@@ -114,25 +113,6 @@ def transactional(a):
              "retriable": err.retriable(), "str": err.str()})
 
 
-def kip848(a):
-    errors = []
-    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": "safety-848", "group.protocol": "consumer",
-                  "error_cb": lambda e: errors.append(e)})
-    c.subscribe([a.topic])
-    t0 = time.time()
-    reported = None
-    while time.time() - t0 < a.timeout and reported is None:
-        m = c.poll(0.2)
-        if m is not None and m.error() is not None:
-            reported = m.error()
-        elif errors:
-            reported = errors[0]
-    res = {"elapsed": time.time() - t0, "code": None}
-    if reported is not None:
-        res.update({"code": reported.name(), "fatal": reported.fatal(), "str": reported.str()})
-    out(res)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("command")
@@ -144,7 +124,7 @@ def main():
     ap.add_argument("--step", type=int, default=10)
     ap.add_argument("--ts", type=int, default=0)
     ap.add_argument("--compression", default="none")
-    ap.add_argument("--timeout", type=float, default=10, help="transactional/kip848/regex-subscribe: seconds to wait")
+    ap.add_argument("--timeout", type=float, default=10, help="transactional/regex-subscribe: seconds to wait")
     a = ap.parse_args()
     {
         "list-topics": list_topics,
@@ -153,7 +133,6 @@ def main():
         "produce-times": produce_times,
         "offsets-for-times": offsets_for_times,
         "transactional": transactional,
-        "kip848": kip848,
     }[a.command](a)
 
 

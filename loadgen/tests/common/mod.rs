@@ -104,3 +104,36 @@ pub fn chromium_dom(html: &std::path::Path) -> Option<String> {
     let out = child.wait_with_output().unwrap();
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// An engine broker started in the test process (durability `never`, port 0 on loopback) and
+/// its data directory, removed after the broker stops (on drop).
+pub struct Engine(Option<engine::broker::BrokerHandle>, #[allow(dead_code)] tempfile::TempDir);
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.shutdown();
+        }
+    }
+}
+
+pub fn start_engine() -> (Engine, std::net::SocketAddr) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = engine::broker::BrokerConfig::new(tmp.path().join("data"), engine::log::Durability::Never);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let h = engine::broker::Broker::start(cfg).unwrap();
+    let addr = h.local_addr();
+    (Engine(Some(h), tmp), addr)
+}
+
+/// `loadgen run --quiet --no-calibrate` plus `args` against `addr`, on per-run topics named
+/// after `prefix` that stay after the run (`--keep-topics`, to be read back), its result
+/// written to `out`: the result (which must exist and follow the schema) and the process output.
+pub fn run_kept_topics(addr: std::net::SocketAddr, prefix: &str, out: &std::path::Path, args: &[&str]) -> (loadgen::results::RunResult, Output) {
+    let a = addr.to_string();
+    let mut all = vec!["run", "--quiet", "--no-calibrate", "--bootstrap", &a, "--keep-topics", "--topic-prefix", prefix, "-o", out.to_str().unwrap()];
+    all.extend(args);
+    let o = run_cli(&all);
+    assert!(out.is_file(), "no result: {}", String::from_utf8_lossy(&o.stderr));
+    validate_against_schema(out);
+    (loadgen::results::RunResult::load(out).unwrap(), o)
+}

@@ -41,7 +41,6 @@ import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.GroupState;
-import org.apache.kafka.common.KafkaException;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.header.internals.RecordHeader;
@@ -423,9 +422,9 @@ class JavaClientInteropTest extends BrokerTestBase {
     }
 
     @Test
-    void newConsumerGroupProtocolWorksOrFailsFast() throws Exception {
-        // group.protocol=consumer (KIP-848) needs ConsumerGroupHeartbeat; a broker without it must
-        // make the consumer fail fast with a clear error, never hang silently.
+    void newConsumerGroupProtocolDeliversTheRecord() throws Exception {
+        // group.protocol=consumer (KIP-848) is served (JavaConsumerProtocolInteropTest covers
+        // rebalancing): the consumer gets the record within 30 s.
         String topic = "kip848";
         createTopic(topic, 1);
         try (KafkaProducer<String, String> p = producer(Map.of())) {
@@ -435,18 +434,10 @@ class JavaClientInteropTest extends BrokerTestBase {
             c.subscribe(List.of(topic));
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
             int got = 0;
-            try {
-                while (got == 0 && System.nanoTime() < deadline) {
-                    got += c.poll(Duration.ofMillis(200)).count();
-                }
-            } catch (KafkaException e) {
-                String msg = String.valueOf(e.getMessage());
-                assertTrue(msg.toLowerCase().contains("consumer") || msg.toLowerCase().contains("support"),
-                        "the failure says why: " + e);
-                System.out.println("group.protocol=consumer failed fast: " + e);
-                return; // failed fast with a clear error
+            while (got == 0 && System.nanoTime() < deadline) {
+                got += c.poll(Duration.ofMillis(200)).count();
             }
-            assertEquals(1, got, "group.protocol=consumer neither delivered the record nor failed within 30 s (hung silently)");
+            assertEquals(1, got, "group.protocol=consumer did not deliver the record within 30 s");
         }
     }
 }
