@@ -437,3 +437,48 @@ fn transactional_produce_does_not_wait_for_a_stalled_coordinator_fsync() {
     groups.shutdown();
     mgr.close().unwrap();
 }
+
+/// A transactional id without a transaction, unused for `id_expiration_ms`, is forgotten
+/// (durably: still gone after a restart); one with an open transaction is not; the expired
+/// id's producer is refused and a new InitProducerId starts it over.
+#[test]
+fn idle_transactional_ids_expire_durably() {
+    use engine::groups::GroupCoordinator;
+    use engine::io::SimIo;
+    use engine::log::{LogConfig, LogManager};
+    use engine::txn::{code, TxnConfig, TxnCoordinator, TxnState};
+    let io = SimIo::new();
+    let open = |cfg: TxnConfig| {
+        let mgr = LogManager::open(std::path::Path::new("/d"), std::sync::Arc::new(io.clone()), LogConfig::default()).unwrap();
+        let groups = GroupCoordinator::new(mgr.clone()).unwrap();
+        let txn = TxnCoordinator::with_config(mgr.clone(), groups.clone(), cfg).unwrap();
+        (mgr, groups, txn)
+    };
+    let (mgr, groups, txn) = open(TxnConfig { id_expiration_ms: 300, tick_ms: 20, ..TxnConfig::default() });
+    mgr.create_topic("x", 1, None).unwrap();
+    let (old_pid, old_epoch) = txn.init_producer_id("idle", 60_000, -1, -1).unwrap();
+    let (busy_pid, busy_epoch) = txn.init_producer_id("busy", 60_000, -1, -1).unwrap();
+    txn.add_partitions("busy", busy_pid, busy_epoch, &[("x".to_string(), 0)]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while txn.describe("idle").is_some() {
+        assert!(Instant::now() < deadline, "the idle transactional id never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(txn.describe("busy").map(|m| m.state), Some(TxnState::Ongoing), "an open transaction does not expire");
+    assert_eq!(txn.add_partitions("idle", old_pid, old_epoch, &[("x".to_string(), 0)]), Err(code::INVALID_PRODUCER_ID_MAPPING));
+    assert_eq!(txn.with_produce("idle", old_pid, old_epoch, "x", 0, || ()), Err(code::INVALID_PRODUCER_ID_MAPPING));
+    txn.shutdown();
+    groups.shutdown();
+    mgr.close().unwrap();
+    drop((txn, groups, mgr));
+
+    let (mgr, groups, txn) = open(TxnConfig::default());
+    assert!(txn.describe("idle").is_none(), "the expiry is durable");
+    assert_eq!(txn.describe("busy").map(|m| (m.producer_id, m.state)), Some((busy_pid, TxnState::Ongoing)));
+    let (new_pid, epoch) = txn.init_producer_id("idle", 60_000, -1, -1).unwrap();
+    assert_ne!(new_pid, old_pid, "an expired id starts over with a new producer id");
+    assert_eq!(epoch, 0);
+    txn.shutdown();
+    groups.shutdown();
+    mgr.close().unwrap();
+}

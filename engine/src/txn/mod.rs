@@ -31,6 +31,10 @@
 //! * Timeouts: a `txn-reaper` thread aborts an Ongoing transaction older than its
 //!   `transaction.timeout.ms` (bumping the epoch, so the old producer is fenced) and retries
 //!   unfinished completions.
+//! * Expiration: an id without a transaction (Empty / CompleteCommit / CompleteAbort) not used
+//!   for `id_expiration_ms` (Kafka's transactional.id.expiration.ms, 7 days) is forgotten: a
+//!   tombstone in `__transaction_state`, durable, then out of the maps; its producer gets
+//!   INVALID_PRODUCER_ID_MAPPING and a new InitProducerId starts it over.
 //!
 //! Locking: the map locks only to find or insert an id's entry or gate; each entry's own mutex
 //! is held for a whole operation, including its appends and fsyncs; a gate's only to copy a
@@ -175,6 +179,9 @@ pub struct TxnConfig {
     pub offset_metadata_bytes_max: usize,
     /// How often `__transaction_state` is snapshotted when it has sealed segments (below).
     pub snapshot_interval_ms: u64,
+    /// Kafka's transactional.id.expiration.ms: an id without a transaction unused this long is
+    /// forgotten (so `ids_max` counts live ids only).
+    pub id_expiration_ms: i64,
 }
 
 impl Default for TxnConfig {
@@ -186,6 +193,7 @@ impl Default for TxnConfig {
             partitions_per_txn_max: 10_000,
             offset_metadata_bytes_max: 4096,
             snapshot_interval_ms: 24 * 3600 * 1000,
+            id_expiration_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -449,6 +457,11 @@ impl TxnCoordinator {
             }
         };
         let mut m = lock(&entry);
+        if !lock(&self.txns).get(id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            // The reaper expired the id between the lookup and the lock (it was unused for
+            // `id_expiration_ms`): retriable, the next attempt starts it over.
+            return Err(code::COORDINATOR_NOT_AVAILABLE);
+        }
         if m.producer_id < 0 {
             let new_pid = self.groups.allocate_producer_id().map_err(|e| {
                 tracing::error!("cannot allocate a producer id: {e}");
@@ -712,8 +725,32 @@ impl TxnCoordinator {
                 TxnState::PrepareCommit | TxnState::PrepareAbort => {
                     let _ = self.complete(&id, &mut m);
                 }
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                    if m.producer_id >= 0 && now - m.update_ms > self.cfg.id_expiration_ms =>
+                {
+                    self.expire(&id, &e, &mut m);
+                }
                 _ => {}
             }
+        }
+    }
+
+    /// Forget an id unused for `id_expiration_ms` (its lock held by the caller): a durable
+    /// tombstone, then out of both maps (lock order: entry → txns map → gates map).
+    fn expire(&self, id: &str, entry: &Entry, m: &mut TxnMeta) {
+        let r = store::append_tombstone(&self.log, id).and_then(|info| make_durable(&self.log, info.next_offset));
+        if let Err(e) = r {
+            tracing::warn!(transactional_id = %id, "cannot expire the transactional id: {e}");
+            return;
+        }
+        tracing::info!(transactional_id = %id, producer_id = m.producer_id, "transactional id expired");
+        // A request holding a clone of the entry finds it uninitialised (and InitProducerId
+        // looks the id up again).
+        *m = TxnMeta::new(-1, -1, m.timeout_ms);
+        let mut map = lock(&self.txns);
+        if map.get(id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            map.remove(id);
+            lock(&self.gates).remove(id);
         }
     }
 }
