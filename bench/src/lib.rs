@@ -2,6 +2,7 @@
 //!
 //! Architecture invariant: nothing here is on the engine's data path; the benchmarks call the
 //! engine's public API exactly as the broker does.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
 //! Load generator for Kafka-protocol brokers: open-loop, coordinated-omission-correct throughput
 //! and tail latency, with results people can read. See `loadgen/ARCHITECTURE.md`.
+#![forbid(unsafe_code)]
 pub mod calibrate;
 pub mod client;
 pub mod compare;

@@ -2,6 +2,7 @@
 //! Exit codes: 0 ok, 1 run failed part-way or regression (compare), 2 bad input, 3 undecided
 //! (compare), 4 records lost (run), 5 target rate missed (run), 130 Ctrl-C. `loadgen run --help`
 //! lists the run's.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

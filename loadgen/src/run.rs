@@ -837,7 +837,7 @@ impl Ctx<'_> {
                     by_leader.entry(*a).or_default().push(*p);
                 }
                 for (a, parts) in by_leader {
-                    let offs = self.setup.connector.connect(a, Duration::from_secs(2)).and_then(|mut c| c.list_offsets(&l.topic, &parts, -1)).ok()?;
+                    let offs = self.setup.connector.connect_with_read_timeout(a, Duration::from_secs(2), Duration::from_secs(2)).and_then(|mut c| c.list_offsets(&l.topic, &parts, -1)).ok()?;
                     sum += offs.values().sum::<i64>();
                 }
             }
@@ -893,6 +893,8 @@ struct PhaseSpec {
     drain_s: f64,
     /// A search trial: labelled "search" in the series, does not wait for consumers.
     search: bool,
+    /// Other phases follow: wait (bounded) for the target to work off an unanswered backlog.
+    settle: bool,
 }
 
 /// What one phase measured.
@@ -1114,7 +1116,9 @@ impl Ctx<'_> {
         col.tick(ld, measured, false);
         let mut run = PhaseRun::collect(col, m, p.rate, window_s, grace_s, measured, self.halted());
         run.behind_s = behind;
-        if run.measure.unacknowledged() > 0 && !run.halted {
+        // Only a phase that another phase follows (the search's) waits for the target to
+        // settle; a plain run ends at its drain deadline (a frozen target must not hold it).
+        if p.settle && run.measure.unacknowledged() > 0 && !run.halted {
             self.settle();
         }
         Ok((run, cpu))
@@ -1155,7 +1159,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
             ctx.wait_groups_stable()?;
         }
         let n_consumers = consumers.len();
-        let full = |rate: f64| PhaseSpec { rate, warm_s: w.warmup_s(), dur_s: w.duration_s(), drain_s: w.drain_seconds, search: false };
+        let full = |rate: f64| PhaseSpec { rate, warm_s: w.warmup_s(), dur_s: w.duration_s(), drain_s: w.drain_seconds, search: false, settle: true };
         if w.producer_rate == 0.0 {
             let (mut s, short_hi) = search_max_rate(&ctx, &mut col)?;
             // Full-length runs decide (FullStage): a short trial meets fewer of the stalls and
@@ -1305,7 +1309,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
             main = Some(ph);
             return Ok(());
         }
-        let (ph, cpu) = ctx.run_phase(&mut col, &full(target_rate), n_consumers)?;
+        let (ph, cpu) = ctx.run_phase(&mut col, &PhaseSpec { settle: false, ..full(target_rate) }, n_consumers)?;
         producer_cpu_s += cpu;
         main = Some(ph);
         Ok(())
@@ -1513,7 +1517,7 @@ fn search_max_rate(ctx: &Ctx<'_>, col: &mut Collector) -> Result<(Search, f64), 
             // then a drain until every ack is in (at most grace + 2 s): only acks by the window's
             // end + grace count, but the next trial must not queue behind this one's backlog
             // (a trial that left records unanswered is followed by a settle, see `run_phase`).
-            let spec = PhaseSpec { rate, warm_s: (secs / 3.0).min(1.0), dur_s: secs, drain_s: ack_grace_s(secs) + 2.0, search: true };
+            let spec = PhaseSpec { rate, warm_s: (secs / 3.0).min(1.0), dur_s: secs, drain_s: ack_grace_s(secs) + 2.0, search: true, settle: true };
             let (ph, _) = ctx.run_phase(col, &spec, 0)?;
             let ok = ph.passes(bound_us);
             if ok {

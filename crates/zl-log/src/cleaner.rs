@@ -85,27 +85,8 @@ struct Rec<'a> {
     headers: &'a [u8],
 }
 
-/// A zigzag varint (Kafka's record fields) at `b[*at..]`.
-fn varint(b: &[u8], at: &mut usize, max_bytes: u32) -> Option<i64> {
-    let mut raw: u64 = 0;
-    let mut shift = 0;
-    loop {
-        let x = *b.get(*at)?;
-        *at += 1;
-        raw |= ((x & 0x7f) as u64) << shift;
-        if x & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift >= 7 * max_bytes {
-            return None;
-        }
-    }
-    Some((raw >> 1) as i64 ^ -((raw & 1) as i64))
-}
-
 fn bytes_field<'a>(b: &'a [u8], at: &mut usize, end: usize) -> Option<Option<&'a [u8]>> {
-    let n = varint(b, at, 5)?;
+    let n = record::read_varint_at(b, at, 5)?;
     if n < 0 {
         return Some(None);
     }
@@ -121,12 +102,12 @@ fn parse_records<'a>(plain: &'a [u8], info: &BatchInfo) -> Result<Vec<Rec<'a>>, 
     let mut at = 0;
     for i in 0..info.record_count {
         let bad = || format!("record {i} of the batch at offset {} does not parse", info.base_offset);
-        let len = varint(plain, &mut at, 5).filter(|&l| l >= 0).ok_or_else(bad)? as usize;
+        let len = record::read_varint_at(plain, &mut at, 5).filter(|&l| l >= 0).ok_or_else(bad)? as usize;
         let end = at.checked_add(len).filter(|&e| e <= plain.len()).ok_or_else(bad)?;
         let attributes = *plain.get(at).ok_or_else(bad)?;
         at += 1;
-        let ts_delta = varint(plain, &mut at, 10).ok_or_else(bad)?;
-        let off_delta = varint(plain, &mut at, 5).ok_or_else(bad)?;
+        let ts_delta = record::read_varint_at(plain, &mut at, 10).ok_or_else(bad)?;
+        let off_delta = record::read_varint_at(plain, &mut at, 5).ok_or_else(bad)?;
         let key = bytes_field(plain, &mut at, end).ok_or_else(bad)?;
         let value = bytes_field(plain, &mut at, end).ok_or_else(bad)?;
         if at > end || off_delta < 0 {

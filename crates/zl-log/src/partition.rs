@@ -923,6 +923,15 @@ impl Partition {
         let mut pos = position;
         let mut at = 0usize;
         for a in &assigned {
+            // Invariant: appended batches are contiguous in offsets and bytes at the log end
+            // (so the index entries they add increase).
+            assert!(
+                a.base_offset as u64 == st.next_offset() && pos == st.active().size,
+                "append of offset {} at position {pos} does not follow the log end (offset {}, position {})",
+                a.base_offset,
+                st.next_offset(),
+                st.active().size
+            );
             st.active_mut().track_batch(pos, a, interval);
             if a.is_transactional() {
                 let marker = txn_index::control_marker(&buf[at..at + a.size_bytes], a);
@@ -1105,6 +1114,8 @@ impl Partition {
             let staged_pos = st.staged_pos;
             st.staged_pos += staged.len() as u64;
             let mut s = lock(&self.sync);
+            // Invariant: at most one fdatasync in flight per partition (its leader holds the slot).
+            assert!(s.in_flight, "a group-commit sync started without holding the partition's one sync slot");
             // Not while appender writes are in flight: this leader waits for them before it
             // writes, and its zero range would hold off large appends landing there meanwhile.
             if s.unlocked.is_empty() {
@@ -1172,7 +1183,11 @@ impl Partition {
                 staged.clear();
                 st.spare = staged;
             }
+            // Invariant: a sync makes durable only what was written (durable offset <= log end),
+            // so the high watermark never passes the log end.
+            assert!(offset <= st.next_offset(), "synced offset {offset} is past the log end {}", st.next_offset());
             if st.active().base_offset == base {
+                assert!(pos <= st.active().size, "synced position {pos} is past the segment's end {}", st.active().size);
                 st.hw_pos = st.hw_pos.max(pos);
                 let zeros_end = staged_pos + staged_len as u64;
                 let seg = st.active_mut();
@@ -1306,6 +1321,8 @@ impl Partition {
     /// Seal the active segment (sync it, write its indexes) and start a new one. Only as the
     /// one sync in flight ([`Partition::roll_exclusive`]).
     fn roll(&self, st: &mut MutexGuard<'_, State>) -> Result<(), AppendError> {
+        // Invariant: a roll fdatasyncs as the partition's one sync in flight.
+        assert!(lock(&self.sync).in_flight, "a roll started without holding the partition's one sync slot");
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
@@ -1315,6 +1332,8 @@ impl Partition {
         st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
         let old = st.active();
         let next = old.next_offset;
+        // Invariant: segment base offsets strictly increase (a rolled segment holds a batch).
+        assert!(next > old.base_offset, "roll of segment {} at offset {next}: base offsets must increase", old.base_offset);
         // A failed write (e.g. a short write then ENOSPC) may have left bytes past the last
         // batch; sealed, they would read as corruption in the middle of the log on reopen.
         if old.file.len().map_err(AppendError::Storage)? > old.size {
@@ -1666,6 +1685,8 @@ impl Partition {
             let mut st = lock(&self.state);
             let removed = st.segments.drain(..count).collect();
             st.log_start = st.log_start.max(st.segments[0].base_offset);
+            // Invariant: retention never moves the log start past what is servable.
+            assert!(st.log_start <= self.high_watermark(), "log start {} above the high watermark {}", st.log_start, self.high_watermark());
             self.log_start.store(st.log_start, Ordering::Release);
             removed
         };
@@ -1710,6 +1731,7 @@ impl Partition {
                 st.fence = None;
             }
             assert!(st.log_start <= st.next_offset(), "log start {} above the log end {}", st.log_start, st.next_offset());
+            assert!(st.log_start <= self.high_watermark(), "log start {} above the high watermark {}", st.log_start, self.high_watermark());
             removed
         };
         // The start is durable already: a failed unlink leaves files the next open removes.

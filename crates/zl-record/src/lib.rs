@@ -394,6 +394,16 @@ fn read_varint<S: Source>(s: &mut S, max_bytes: u32) -> Result<i64, Stop> {
     Ok((raw >> 1) as i64 ^ -((raw & 1) as i64))
 }
 
+/// A zigzag varint of at most `max_bytes` bytes (5 for Kafka's varint, 10 for its varlong) at
+/// `b[*at..]`, advancing `*at` past it: the record walk's own decoder, for code that parses
+/// records from a slice. None if the input ends first or the varint is too long.
+pub fn read_varint_at(b: &[u8], at: &mut usize, max_bytes: u32) -> Option<i64> {
+    let mut s = SliceSource { b, at: *at };
+    let v = read_varint(&mut s, max_bytes).ok()?;
+    *at = s.at;
+    Some(v)
+}
+
 /// Walk `count` records; Ok(None) only if each parses, its fields fit in its declared length
 /// exactly, offset deltas are 0, 1, 2, ... and nothing follows the last record. With `until` =
 /// (timestamp, index), the walk stops at the first record at or after that index whose
@@ -782,6 +792,30 @@ pub mod build {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_varint_at_decodes_what_put_varint_writes_and_refuses_short_or_long_input() {
+        let values = [0i64, 1, -1, 63, -64, 64, 300, -300, i32::MAX as i64, i32::MIN as i64];
+        let mut buf = Vec::new();
+        for v in values {
+            put_varint(&mut buf, v);
+        }
+        put_varint(&mut buf, i64::MIN);
+        let mut at = 0;
+        for v in values {
+            assert_eq!(read_varint_at(&buf, &mut at, 5), Some(v));
+        }
+        assert_eq!(read_varint_at(&buf, &mut at, 10), Some(i64::MIN));
+        assert_eq!(at, buf.len());
+        // Input ending inside a varint, and a varint longer than allowed.
+        let mut at = 0;
+        assert_eq!(read_varint_at(&[0x80, 0x80], &mut at, 5), None);
+        let mut at = 0;
+        assert_eq!(read_varint_at(&[0x80; 6], &mut at, 5), None);
+        // A varlong (10 bytes) is too long for a varint.
+        let mut at = 0;
+        assert_eq!(read_varint_at(&buf[buf.len() - 10..], &mut at, 5), None);
+    }
 
     #[test]
     fn log_append_time_stamps_valid_batches_only() {

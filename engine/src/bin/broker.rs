@@ -7,6 +7,7 @@
 //!
 //! Precedence: a flag given on the command line > the `--config` file (Kafka's key names,
 //! [`engine::broker::properties`]) > the built-in default.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +101,29 @@ struct Args {
     /// few, and consumers read those batches from the disk (engine/PERF_NOTES.md, session 5).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     direct_io: bool,
+    /// Listeners per Kafka's model, replacing --listen: PROTOCOL://host:port[,...] with
+    /// PLAINTEXT or SASL_PLAINTEXT (SSL and SASL_SSL are refused until the broker has TLS).
+    /// Metadata advertises the listener a client connected to.
+    #[arg(long)]
+    listeners: Option<String>,
+    /// SASL credentials file: `PLAIN <user> <password>` and `SCRAM-SHA-256|512 <user>
+    /// iterations=.. salt=.. stored_key=.. server_key=..` lines (see --scram-credential).
+    #[arg(long)]
+    sasl_users: Option<PathBuf>,
+    /// SASL mechanisms offered on SASL listeners (comma-separated; default PLAIN,SCRAM-SHA-256,SCRAM-SHA-512).
+    #[arg(long)]
+    sasl_mechanisms: Option<String>,
+    /// Check every request against the ACLs (CreateAcls/DeleteAcls; kept in the data directory);
+    /// deny by default. Without it every request is allowed.
+    #[arg(long, alias = "acls")]
+    authorizer: bool,
+    /// Principals allowed everything when the authorizer is on: User:admin;User:ops.
+    #[arg(long)]
+    super_users: Option<String>,
+    /// Print a --sasl-users line for MECHANISM:USER (SCRAM-SHA-256 or SCRAM-SHA-512, 4096
+    /// iterations, random salt) with the password read from stdin, and exit.
+    #[arg(long, value_name = "MECHANISM:USER")]
+    scram_credential: Option<String>,
     /// Network threads multiplexing every connection (epoll); 0 = the number of cores.
     #[arg(long, default_value_t = 0)]
     network_threads: usize,
@@ -107,6 +131,29 @@ struct Args {
     /// blocking and sync pool threads) this often, in ms; 0 = never.
     #[arg(long, default_value_t = 0)]
     stats_interval_ms: u64,
+}
+
+/// `--scram-credential MECHANISM:USER`: the credentials-file line, password from stdin.
+fn print_scram_credential(spec: &str) -> ExitCode {
+    use engine::broker::auth::{credentials, scram, Mechanism};
+    let Some((mech, user)) = spec.split_once(':') else {
+        eprintln!("--scram-credential: expected MECHANISM:USER, e.g. SCRAM-SHA-256:alice");
+        return ExitCode::FAILURE;
+    };
+    let Some(hash) = Mechanism::parse(mech).and_then(|m| m.scram()) else {
+        eprintln!("--scram-credential: {mech:?} is not SCRAM-SHA-256 or SCRAM-SHA-512");
+        return ExitCode::FAILURE;
+    };
+    let mut password = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut password) {
+        eprintln!("--scram-credential: cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\n', '\r']);
+    let salt: [u8; 16] = rand::random();
+    let c = scram::ScramCredential::from_password(hash, password, &salt, scram::ITERATIONS_MIN);
+    println!("{}", credentials::scram_line(Mechanism::parse(mech).expect("parsed above"), user, &c));
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -122,6 +169,9 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    if let Some(spec) = &args.scram_credential {
+        return print_scram_credential(spec);
+    }
     // Block SIGINT/SIGTERM before any thread starts, so they are only received by sigwait below.
     if let Err(e) = engine::io::sys::block_termination_signals() {
         tracing::warn!("cannot block signals ({e}); shutdown on SIGTERM will not be clean");
@@ -133,7 +183,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match args.data_dir {
+    match args.data_dir.clone() {
         Some(d) => cfg.data_dir = d,
         None if cfg.data_dir.as_os_str().is_empty() => {
             tracing::error!("cannot start broker: no data directory: give --data-dir or log.dirs in --config");
@@ -143,8 +193,14 @@ fn main() -> ExitCode {
     }
     // Flags with a file key apply when given on the command line (else the file's value or
     // the built-in default stays); the others always (their defaults are the built-in ones).
+    if given("listen") && args.listeners.is_some() {
+        tracing::error!("cannot start broker: give --listen (one PLAINTEXT listener) or --listeners, not both");
+        return ExitCode::FAILURE;
+    }
     if given("listen") {
+        // The flag wins over the file's `listeners`, whatever they were.
         cfg.listen = args.listen;
+        cfg.listeners.clear();
     }
     if given("default_partitions") {
         cfg.default_partitions = args.default_partitions;
@@ -181,6 +237,10 @@ fn main() -> ExitCode {
     cfg.log.repair = args.repair;
     cfg.log.scrub_rate_mib = args.scrub_rate_mib;
     cfg.log.cleaner_rate_mib = args.cleaner_rate_mib;
+    if let Err(e) = apply_security(&mut cfg, &args) {
+        tracing::error!("cannot start broker: {e}");
+        return ExitCode::FAILURE;
+    }
     cfg.network_threads = args.network_threads;
     cfg.stats_interval_ms = args.stats_interval_ms;
     let broker = match Broker::start(cfg) {
@@ -204,4 +264,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The security flags into the configuration (listeners, SASL, authorizer).
+fn apply_security(cfg: &mut BrokerConfig, args: &Args) -> Result<(), String> {
+    use engine::broker::auth;
+    if let Some(l) = &args.listeners {
+        cfg.listeners = auth::parse_listeners(l).map_err(|e| format!("--listeners: {e}"))?;
+    }
+    cfg.security.sasl_users_file = args.sasl_users.clone();
+    if let Some(m) = &args.sasl_mechanisms {
+        cfg.security.sasl_mechanisms = m
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(|m| auth::Mechanism::parse(m).ok_or_else(|| format!("--sasl-mechanisms: unknown mechanism {m:?}")))
+            .collect::<Result<_, _>>()?;
+    }
+    cfg.security.authorizer = args.authorizer;
+    if let Some(s) = &args.super_users {
+        if !args.authorizer {
+            return Err("--super-users needs --authorizer".into());
+        }
+        cfg.security.super_users = auth::parse_super_users(s).map_err(|e| format!("--super-users: {e}"))?;
+    }
+    let sasl = cfg.effective_listeners().iter().any(|l| l.protocol.sasl());
+    if sasl && args.sasl_users.is_none() {
+        tracing::warn!("a SASL listener without --sasl-users: only SCRAM credentials created with AlterUserScramCredentials can log in");
+    }
+    Ok(())
 }

@@ -17,12 +17,14 @@ use kafka_protocol::messages::*;
 use uuid::Uuid;
 use kafka_protocol::protocol::StrBytes;
 
+use super::auth::{self, Authz, Operation, ResourceType, SaslState};
 use super::{ConnCtx, Reply, Shared, FETCH_WAIT_MS_MAX};
 use crate::log::{AppendError, FetchError, Partition, TopicError};
 use crate::wire::{self, error, fetch, HeaderError};
 
 mod admin;
 mod delete_records;
+mod security;
 
 /// API keys routed to the group coordinator (`crate::groups::handle`).
 pub const GROUP_API_KEYS: [i16; 14] = [8, 9, 10, 11, 12, 13, 14, 15, 16, 22, 42, 47, 68, 69];
@@ -43,6 +45,13 @@ pub const BROKER_APIS: &[(i16, i16, i16)] = &[
     (37, 0, 3), // CreatePartitions
     (44, 0, 1), // IncrementalAlterConfigs
     (60, 0, 2), // DescribeCluster
+    (17, 0, 1), // SaslHandshake
+    (36, 0, 2), // SaslAuthenticate
+    (29, 1, 3), // DescribeAcls
+    (30, 1, 3), // CreateAcls
+    (31, 1, 3), // DeleteAcls
+    (50, 0, 0), // DescribeUserScramCredentials
+    (51, 0, 0), // AlterUserScramCredentials
 ];
 
 fn version_range(api_key: i16) -> Option<(i16, i16)> {
@@ -56,6 +65,13 @@ fn version_range(api_key: i16) -> Option<(i16, i16)> {
 
 /// Decode the frame's header and run the API's handler.
 pub(crate) fn handle(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) -> Reply {
+    if ctx.session.expects_raw_token() {
+        // After a v0 SaslHandshake the frames are bare SASL tokens, not requests.
+        return auth::sasl::raw_token(shared, ctx, frame);
+    }
+    if matches!(ctx.session.sasl, SaslState::Failed) {
+        return Reply::Close("request after a failed SASL authentication".into());
+    }
     let mut body = Bytes::from(frame);
     let (key, header) = match wire::parse_request_header(&mut body) {
         Ok(h) => h,
@@ -67,12 +83,26 @@ pub(crate) fn handle(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) ->
     if key == ApiKey::ApiVersions {
         return api_versions(&header, body);
     }
+    if !ctx.session.authenticated() && !matches!(key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
+        // As Kafka: on a SASL listener nothing else is served before authentication.
+        return Reply::Close(format!("{key:?} before SASL authentication on a {} listener", ctx.protocol.name()));
+    }
+    let az = Authz::new(&shared.security, ctx.session.principal(), ctx.peer.ip());
+    if az.enabled() {
+        // Authorization of the transaction APIs (and a transactional InitProducerId) first.
+        if let Some(reply) = security::txn_request(shared, &az, raw_key, version, &header, &body) {
+            return reply;
+        }
+    }
     // Transaction APIs, and InitProducerId with a transactional id (without: the group
     // coordinator's producer ids).
     if let Some(reply) = crate::txn::route(&shared.txn, raw_key, version, &header, &mut body) {
         return reply;
     }
     if GROUP_API_KEYS.contains(&raw_key) {
+        if az.enabled() {
+            return security::group_request(shared, ctx, &az, raw_key, version, &header, body);
+        }
         return crate::groups::handle_at(&shared.groups, ctx.advertised(), raw_key, version, &header, &mut body).into();
     }
     match version_range(raw_key) {
@@ -83,19 +113,26 @@ pub(crate) fn handle(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) ->
     drop(header); // releases its references into the frame (Produce reuses the frame in place)
     let r = match key {
         ApiKey::Produce if version <= 2 => produce_legacy(cid, version, body),
-        ApiKey::Produce => produce(shared, cid, version, body),
-        ApiKey::Fetch => fetch(shared, cid, version, body),
-        ApiKey::Metadata => metadata(shared, ctx, cid, version, body),
-        ApiKey::ListOffsets => list_offsets(shared, cid, version, body),
-        ApiKey::CreateTopics => create_topics(shared, cid, version, body),
-        ApiKey::DeleteTopics => delete_topics(shared, cid, version, body),
-        ApiKey::DeleteRecords => delete_records::delete_records(shared, cid, version, body),
-        ApiKey::DescribeConfigs => admin::describe_configs(shared, cid, version, body),
-        ApiKey::AlterConfigs => admin::alter_configs(shared, cid, version, body),
-        ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(shared, cid, version, body),
-        ApiKey::CreatePartitions => admin::create_partitions(shared, cid, version, body),
-        ApiKey::DescribeLogDirs => admin::describe_log_dirs(shared, cid, version, body),
-        ApiKey::DescribeCluster => admin::describe_cluster(shared, ctx, cid, version, body),
+        ApiKey::Produce => produce(shared, &az, cid, version, body),
+        ApiKey::Fetch => fetch(shared, &az, cid, version, body),
+        ApiKey::Metadata => metadata(shared, ctx, &az, cid, version, body),
+        ApiKey::ListOffsets => list_offsets(shared, &az, cid, version, body),
+        ApiKey::CreateTopics => create_topics(shared, &az, cid, version, body),
+        ApiKey::DeleteTopics => delete_topics(shared, &az, cid, version, body),
+        ApiKey::DeleteRecords => delete_records::delete_records(shared, &az, cid, version, body),
+        ApiKey::DescribeConfigs => admin::describe_configs(shared, &az, cid, version, body),
+        ApiKey::AlterConfigs => admin::alter_configs(shared, &az, cid, version, body),
+        ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(shared, &az, cid, version, body),
+        ApiKey::CreatePartitions => admin::create_partitions(shared, &az, cid, version, body),
+        ApiKey::DescribeLogDirs => admin::describe_log_dirs(shared, &az, cid, version, body),
+        ApiKey::DescribeCluster => admin::describe_cluster(shared, ctx, &az, cid, version, body),
+        ApiKey::SaslHandshake => auth::sasl::handshake(shared, ctx, cid, version, body),
+        ApiKey::SaslAuthenticate => auth::sasl::authenticate(shared, ctx, cid, version, body),
+        ApiKey::CreateAcls => security::create_acls(&az, cid, version, body),
+        ApiKey::DescribeAcls => security::describe_acls(&az, cid, version, body),
+        ApiKey::DeleteAcls => security::delete_acls(&az, cid, version, body),
+        ApiKey::DescribeUserScramCredentials => security::describe_scram(&az, cid, version, body),
+        ApiKey::AlterUserScramCredentials => security::alter_scram(&az, cid, version, body),
         _ => Err(format!("API {key:?} is not served")),
     };
     r.unwrap_or_else(|reason| Reply::Close(format!("{key:?} v{version}: {reason}")))
@@ -264,7 +301,7 @@ struct ProducedPartition {
     wait: Option<(Arc<Partition>, u64)>,
 }
 
-fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
+fn produce(shared: &Shared, az: &Authz, cid: i32, version: i16, body: Bytes) -> Handled {
     let body_start = body.as_ptr() as usize;
     // Decode from a clone so that, once the request is dropped, `body` is the only reference
     // to the frame and can be turned back into a mutable buffer without copying.
@@ -293,8 +330,12 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
         Err(shared_body) => BytesMut::from(&shared_body[..]),
     };
     let mut results: Vec<(String, Vec<ProducedPartition>)> = Vec::with_capacity(plan.len());
+    // A transactional id needs Write on it (as Kafka: every partition refused otherwise).
+    let txn_denied = txn_id.as_ref().is_some_and(|t| !az.allows(Operation::Write, ResourceType::TransactionalId, t));
     for (topic, parts) in plan {
         let mut out = Vec::with_capacity(parts.len());
+        let write_ok = az.allows(Operation::Write, ResourceType::Topic, &topic);
+        let may_create = write_ok && az.may_create_topic(&topic);
         for (index, range) in parts {
             let mut r = ProducedPartition {
                 index,
@@ -304,6 +345,16 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                 log_append_time: -1,
                 wait: None,
             };
+            if txn_denied {
+                r.error_code = auth::codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+                out.push(r);
+                continue;
+            }
+            if !write_ok {
+                r.error_code = error::TOPIC_AUTHORIZATION_FAILED;
+                out.push(r);
+                continue;
+            }
             if is_internal_topic(&topic) {
                 // As Kafka's ReplicaManager: "Cannot append to internal topic".
                 tracing::debug!(topic, index, "produce to an internal topic refused");
@@ -311,7 +362,7 @@ fn produce(shared: &Shared, cid: i32, version: i16, body: Bytes) -> Handled {
                 out.push(r);
                 continue;
             }
-            let part = match resolve_partition(shared, &topic, index, true) {
+            let part = match resolve_partition(shared, &topic, index, may_create) {
                 Ok(p) => p,
                 Err(code) => {
                     r.error_code = code;
@@ -622,11 +673,12 @@ struct FetchPlanPartition {
     log: Result<Arc<Partition>, i16>,
 }
 
-fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handled {
+fn fetch(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: FetchRequest = wire::decode_body(&mut body, version)?;
     let mut topics: Vec<(String, Vec<FetchPlanPartition>)> = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let name = t.topic.0.to_string();
+        let read_ok = az.allows(Operation::Read, ResourceType::Topic, &name);
         let parts = t
             .partitions
             .into_iter()
@@ -634,7 +686,11 @@ fn fetch(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handl
                 partition: p.partition,
                 fetch_offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as u64,
-                log: resolve_partition(shared, &name, p.partition, false),
+                log: if read_ok {
+                    resolve_partition(shared, &name, p.partition, false)
+                } else {
+                    Err(error::TOPIC_AUTHORIZATION_FAILED)
+                },
             })
             .collect();
         topics.push((name, parts));
@@ -826,7 +882,7 @@ fn readable_end(log: &Partition, committed: bool) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Metadata
 
-fn metadata(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: Bytes) -> Handled {
+fn metadata(shared: &Shared, ctx: &ConnCtx, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: MetadataRequest = wire::decode_body(&mut body, version)?;
     let local = ctx.advertised();
     let host = match local {
@@ -836,7 +892,16 @@ fn metadata(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: By
     let port = local.map_or(shared.cfg.listen.port(), |a| a.port()) as i32;
     let broker = MetadataResponseBroker::default().with_node_id(BrokerId(0)).with_host(StrBytes::from_string(host)).with_port(port);
     let allow_create = version < 4 || req.allow_auto_topic_creation;
-    let all = || shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(Ok).collect();
+    // Listing every topic shows only those the principal may Describe (as Kafka).
+    let all = || {
+        shared
+            .logs
+            .topic_names()
+            .into_iter()
+            .filter(|n| !is_hidden_topic(n) && az.allows(Operation::Describe, ResourceType::Topic, n))
+            .map(Ok)
+            .collect()
+    };
     // A topic named, or asked for by id (v10+: the consumer group protocol hands out ids).
     let names: Vec<Result<String, Uuid>> = match req.topics {
         None => all(),
@@ -870,8 +935,9 @@ fn metadata(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: By
         }
         let found = match shared.logs.topic(&name) {
             _ if is_hidden_topic(&name) => Err(error::UNKNOWN_TOPIC_OR_PARTITION),
+            _ if !az.allows(Operation::Describe, ResourceType::Topic, &name) => Err(error::TOPIC_AUTHORIZATION_FAILED),
             Some(t) => Ok(t),
-            None if allow_create && shared.cfg.auto_create_topics => {
+            None if allow_create && shared.cfg.auto_create_topics && az.may_create_topic(&name) => {
                 shared.logs.get_or_create(&name, shared.cfg.default_partitions).map_err(|e| topic_error_code(&e))
             }
             None => Err(error::UNKNOWN_TOPIC_OR_PARTITION),
@@ -909,12 +975,13 @@ const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-fn list_offsets(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+fn list_offsets(shared: &Shared, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: ListOffsetsRequest = wire::decode_body(&mut body, version)?;
     let epoch = if version >= 4 { 0 } else { -1 };
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let name = t.name.0.to_string();
+        let describe_ok = az.allows(Operation::Describe, ResourceType::Topic, &name);
         let mut parts = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let mut r = ListOffsetsPartitionResponse::default()
@@ -922,7 +989,8 @@ fn list_offsets(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Han
                 .with_timestamp(-1)
                 .with_offset(-1)
                 .with_leader_epoch(epoch);
-            match resolve_partition(shared, &name, p.partition_index, false) {
+            let log = if describe_ok { resolve_partition(shared, &name, p.partition_index, false) } else { Err(error::TOPIC_AUTHORIZATION_FAILED) };
+            match log {
                 Err(code) => r = r.with_error_code(code),
                 Ok(log) => match p.timestamp {
                     // read_committed (isolation level 1): the last stable offset, as Kafka.
@@ -959,7 +1027,7 @@ fn list_offsets(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Han
 // ---------------------------------------------------------------------------------------------
 // CreateTopics / DeleteTopics
 
-fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+fn create_topics(shared: &Shared, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: CreateTopicsRequest = wire::decode_body(&mut body, version)?;
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
@@ -976,7 +1044,9 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
             t.configs.iter().map(|c| (c.name.as_str(), c.value.as_ref().map_or("", |v| v.as_str()))),
             shared.logs.config().batch_bytes_max,
         );
-        let outcome = if partitions > shared.cfg.partitions_per_topic_max {
+        let outcome = if !az.may_create_topic(&name) {
+            Err((error::TOPIC_AUTHORIZATION_FAILED, "Authorization failed.".to_string()))
+        } else if partitions > shared.cfg.partitions_per_topic_max {
             Err((
                 error::INVALID_PARTITIONS,
                 format!("{partitions} partitions exceed this broker's limit of {}", shared.cfg.partitions_per_topic_max),
@@ -1022,7 +1092,7 @@ fn create_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
     Ok(Reply::Now(wire::encode_response(cid, ApiKey::CreateTopics, version, &resp)))
 }
 
-fn delete_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+fn delete_topics(shared: &Shared, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: DeleteTopicsRequest = wire::decode_body(&mut body, version)?;
     let names: Vec<Option<TopicName>> = if version >= 6 {
         req.topics.into_iter().map(|t| t.name).collect()
@@ -1034,6 +1104,12 @@ fn delete_topics(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Ha
         let mut r = DeletableTopicResult::default();
         match name {
             None => r = r.with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION),
+            Some(n) if !az.allows(Operation::Delete, ResourceType::Topic, &n.0) => {
+                r = r.with_error_code(error::TOPIC_AUTHORIZATION_FAILED).with_name(Some(n));
+                if version >= 5 {
+                    r = r.with_error_message(Some(StrBytes::from_static_str("Authorization failed.")));
+                }
+            }
             Some(n) if is_internal_topic(&n.0) => {
                 // Kafka leaves this to its authorizer (only a cluster admin may delete internal
                 // topics); here nobody may: deleting __producer_ids re-grants producer ids after

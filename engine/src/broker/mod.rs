@@ -22,6 +22,7 @@
 //! connections in total and per client IP (`connections_max`, `connections_per_ip_max`: more
 //! are accepted and closed at once, logged once per interval).
 
+pub mod auth;
 mod handlers;
 mod net;
 pub mod properties;
@@ -109,6 +110,10 @@ pub struct BrokerConfig {
     pub network_threads: usize,
     /// Log a line of network counters (connections, threads, fetch wake-ups) this often; 0 = never.
     pub stats_interval_ms: u64,
+    /// Listeners (Kafka's `listeners`): empty = one PLAINTEXT listener on `listen`.
+    pub listeners: Vec<auth::Listener>,
+    /// SASL credentials, the authorizer, super users (`auth`).
+    pub security: auth::SecurityConfig,
     /// Consumer group protocol (KIP-848): a member without a heartbeat for this long is
     /// removed (group.consumer.session.timeout.ms, default 45 s) ...
     pub consumer_session_timeout_ms: i32,
@@ -118,6 +123,15 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The listeners to bind: `listeners`, or PLAINTEXT on `listen` when none is given.
+    pub fn effective_listeners(&self) -> Vec<auth::Listener> {
+        if self.listeners.is_empty() {
+            vec![auth::Listener { protocol: auth::SecurityProtocol::Plaintext, addr: self.listen }]
+        } else {
+            self.listeners.clone()
+        }
+    }
+
     pub fn new(data_dir: PathBuf, durability: Durability) -> Self {
         BrokerConfig {
             data_dir,
@@ -136,6 +150,8 @@ impl BrokerConfig {
             partitions_per_topic_max: 1_000,
             network_threads: 0,
             stats_interval_ms: 0,
+            listeners: Vec::new(),
+            security: auth::SecurityConfig::default(),
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
         }
@@ -160,6 +176,10 @@ pub enum Reply {
     Pending(Box<dyn FnOnce(Responder) + Send>),
     /// Send the replies queued before this one, then close the connection, logging the reason.
     Close(String),
+    /// A complete response (as `Now`), then, this long after it, close the connection, logging
+    /// the reason (a failed SASL authentication). Nothing more is read from the connection;
+    /// the handler answers `Close` to any request read before this reply was delivered.
+    NowThenClose(Vec<u8>, String, Duration),
 }
 
 impl Reply {
@@ -168,7 +188,7 @@ impl Reply {
     /// that cannot be read.
     pub fn wait_response(self) -> Option<Vec<u8>> {
         match self {
-            Reply::Now(v) => Some(v),
+            Reply::Now(v) | Reply::NowThenClose(v, _, _) => Some(v),
             Reply::Later(f) => Some(f()),
             Reply::Nothing | Reply::Close(_) => None,
             Reply::Frame(f) => f.to_vec().ok().map(|mut v| v.split_off(4)),
@@ -190,6 +210,7 @@ impl std::fmt::Debug for Reply {
             Reply::Frame(fr) => write!(f, "Frame({} bytes)", fr.total_bytes),
             Reply::Pending(_) => write!(f, "Pending"),
             Reply::Close(r) => write!(f, "Close({r})"),
+            Reply::NowThenClose(v, r, d) => write!(f, "NowThenClose({} bytes, {r}, after {d:?})", v.len()),
         }
     }
 }
@@ -216,6 +237,10 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// The local address the client connected to (what Metadata and FindCoordinator advertise).
     pub local: SocketAddr,
+    /// The security protocol of the listener the client connected to.
+    pub protocol: auth::SecurityProtocol,
+    /// SASL progress and the authenticated principal.
+    pub session: auth::Session,
 }
 
 impl ConnCtx {
@@ -231,6 +256,7 @@ pub(crate) struct Shared {
     pub(crate) cfg: BrokerConfig,
     pub(crate) logs: Arc<LogManager>,
     pub(crate) groups: Arc<GroupCoordinator>,
+    pub(crate) security: Arc<auth::Security>,
     /// The transaction coordinator (issue 20).
     pub(crate) txn: Arc<crate::txn::TxnCoordinator>,
     stop: AtomicBool,
@@ -301,9 +327,12 @@ pub struct Broker;
 
 pub struct BrokerHandle {
     addr: SocketAddr,
+    /// Every listener with its bound address (port 0 resolved).
+    listeners: Vec<auth::Listener>,
     logs: Arc<LogManager>,
     shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    /// One accept thread per listener.
+    accept: Vec<JoinHandle<()>>,
     net: Vec<JoinHandle<()>>,
     stats: Option<JoinHandle<()>>,
 }
@@ -339,16 +368,24 @@ impl Broker {
                 format!("default_partitions must be within 1..={}", cfg.partitions_per_topic_max),
             ));
         }
+        let wanted = cfg.effective_listeners();
+        auth::check_available(&wanted).map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
         let logs = LogManager::open(&cfg.data_dir, storage, cfg.log.clone()).map_err(io::Error::other)?;
+        let security = auth::Security::open(cfg.security.clone(), &cfg.data_dir).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if let Some((open, limit)) = crate::log::manager::descriptors() {
             tracing::info!(open, limit, "file descriptors after opening the logs");
             if open + crate::log::manager::DESCRIPTORS_RESERVED_MIN > limit {
                 tracing::warn!(open, limit, "few file descriptors left for connections: raise the limit (ulimit -n)");
             }
         }
-        let listener = TcpListener::bind(cfg.listen)?;
+        let mut bound = Vec::with_capacity(wanted.len());
+        for l in &wanted {
+            let listener = TcpListener::bind(l.addr).map_err(|e| io::Error::new(e.kind(), format!("cannot bind listener {l}: {e}")))?;
+            let addr = listener.local_addr()?;
+            bound.push((auth::Listener { protocol: l.protocol, addr }, listener));
+        }
         let cfg_in_flight = cfg.request_bytes_in_flight_max;
-        let addr = listener.local_addr()?;
+        let addr = bound[0].0.addr;
         if cfg.consumer_heartbeat_interval_ms < 1 || cfg.consumer_heartbeat_interval_ms >= cfg.consumer_session_timeout_ms {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -366,6 +403,7 @@ impl Broker {
             cfg,
             logs: logs.clone(),
             groups,
+            security,
             txn,
             stop: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),
@@ -384,22 +422,49 @@ impl Broker {
         let (threads, joins): (Vec<_>, Vec<_>) = started.into_iter().unzip();
         let _ = shared.in_flight.threads.set(threads.clone());
         let _ = shared.net.set(threads);
-        let s = shared.clone();
-        let accept = std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener))?;
-        let stats = if shared.cfg.stats_interval_ms > 0 {
+        let listeners: Vec<auth::Listener> = bound.iter().map(|(l, _)| l.clone()).collect();
+        let mut handle = BrokerHandle { addr, listeners, logs, shared: shared.clone(), accept: Vec::new(), net: joins, stats: None };
+        for (l, listener) in bound {
             let s = shared.clone();
-            Some(std::thread::Builder::new().name("broker-stats".into()).spawn(move || stats_loop(s))?)
+            let protocol = l.protocol;
+            match std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(s, listener, protocol)) {
+                Ok(h) => handle.accept.push(h),
+                Err(e) => {
+                    // Stop the threads already started before failing.
+                    handle.stop_listening();
+                    return Err(e);
+                }
+            }
+            tracing::info!(listener = %l, "listening");
+        }
+        handle.stats = if shared.cfg.stats_interval_ms > 0 {
+            let s = shared.clone();
+            match std::thread::Builder::new().name("broker-stats".into()).spawn(move || stats_loop(s)) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    handle.stop_listening();
+                    return Err(e);
+                }
+            }
         } else {
             None
         };
         tracing::info!(%addr, durability = %shared.cfg.log.durability, network_threads = n, "broker listening");
-        Ok(BrokerHandle { addr, logs, shared, accept: Some(accept), net: joins, stats })
+        Ok(handle)
     }
 }
 
 impl BrokerHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+    /// Every listener with its bound address (the first is `local_addr`).
+    pub fn listeners(&self) -> &[auth::Listener] {
+        &self.listeners
+    }
+    /// The bound address of the first listener of `protocol`.
+    pub fn listener_addr(&self, protocol: auth::SecurityProtocol) -> Option<SocketAddr> {
+        self.listeners.iter().find(|l| l.protocol == protocol).map(|l| l.addr)
     }
     pub fn logs(&self) -> &Arc<LogManager> {
         &self.logs
@@ -438,9 +503,11 @@ impl BrokerHandle {
 
     fn stop_listening(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        // Wake the accept thread with a connection of our own.
-        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
+        // Wake the accept threads with a connection of our own each.
+        for l in &self.listeners {
+            let _ = TcpStream::connect_timeout(&wake_addr(l.addr), Duration::from_secs(1));
+        }
+        for h in self.accept.drain(..) {
             let _ = h.join();
         }
         if let Some(threads) = self.shared.net.get() {
@@ -459,7 +526,7 @@ impl BrokerHandle {
 
 impl Drop for BrokerHandle {
     fn drop(&mut self) {
-        if self.accept.is_some() {
+        if !self.accept.is_empty() {
             self.stop_listening();
         }
     }
@@ -494,7 +561,7 @@ impl RateLog {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+fn accept_loop(shared: Arc<Shared>, listener: TcpListener, protocol: auth::SecurityProtocol) {
     let mut refused = RateLog::new("connections refused");
     let mut failed = RateLog::new("accept failed");
     let mut backoff = Duration::ZERO;
@@ -525,7 +592,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         let threads = shared.net.get().expect("network threads start before the accept thread");
         let n = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        net::pick(threads, n).post(net::Msg::Conn(stream, peer));
+        net::pick(threads, n).post(net::Msg::Conn(stream, peer, protocol));
     }
     tracing::debug!("accept loop stopped");
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::auth::{SecurityProtocol, Session};
 use super::{handlers, release_ip, ConnCtx, Reply, Shared, CONNECTION_QUEUE_MAX, SEND_STALL_MS_MAX};
 use crate::wire::fetch::FetchFrame;
 use crate::wire::{self, FrameError};
@@ -44,8 +45,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 type Job = Box<dyn FnOnce() + Send>;
 
 pub(crate) enum Msg {
-    /// A new connection for this thread (counted for its IP already).
-    Conn(std::net::TcpStream, SocketAddr),
+    /// A new connection for this thread (counted for its IP already), from a listener of
+    /// this security protocol.
+    Conn(std::net::TcpStream, SocketAddr, SecurityProtocol),
     /// The response to request `seq` of connection (`key`, `gen`).
     Reply { key: usize, gen: u64, seq: u64, reply: Reply },
     /// Work to run on this thread (a long-poll's re-check).
@@ -352,7 +354,7 @@ impl Worker {
             let mut stop = false;
             for m in msgs {
                 match m {
-                    Msg::Conn(s, peer) => self.add_conn(s, peer),
+                    Msg::Conn(s, peer, protocol) => self.add_conn(s, peer, protocol),
                     Msg::Reply { key, gen, seq, reply } => self.deliver(key, gen, seq, reply),
                     Msg::Job(job) => job(),
                     Msg::Timer(at, job) => {
@@ -387,7 +389,7 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, s: std::net::TcpStream, peer: SocketAddr) {
+    fn add_conn(&mut self, s: std::net::TcpStream, peer: SocketAddr, protocol: SecurityProtocol) {
         let local = match s.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -414,7 +416,7 @@ impl Worker {
         entry.insert(Conn {
             sock,
             gen: NEXT_GEN.fetch_add(1, Ordering::Relaxed),
-            ctx: ConnCtx { peer, local },
+            ctx: ConnCtx { peer, local, protocol, session: Session::new(protocol) },
             stash: Vec::new(),
             stash_at: 0,
             hdr: [0; 4],
@@ -565,9 +567,11 @@ impl Worker {
                         c.hdr_got = 0;
                         let size = i32::from_be_bytes(c.hdr);
                         let cfg = &self.shared.cfg;
+                        // After a v0 SaslHandshake, frames are bare SASL tokens (no header).
+                        let min = if c.ctx.session.expects_raw_token() { 1 } else { wire::REQUEST_HEADER_BYTES_MIN };
                         let bad = if size < 0 || size as usize > cfg.frame_bytes_max {
                             Some(FrameError::TooLarge { size: size as i64, limit: cfg.frame_bytes_max })
-                        } else if size < wire::REQUEST_HEADER_BYTES_MIN {
+                        } else if size < min {
                             Some(FrameError::TooSmall(size))
                         } else {
                             None
@@ -689,8 +693,10 @@ impl Worker {
         c.idle_since = Instant::now();
         let seq = c.head_seq + c.slots.len() as u64;
         c.slots.push_back(None);
-        let api_key = i16::from_be_bytes([frame[0], frame[1]]);
-        if POOL_APIS.contains(&api_key) {
+        let pooled = !c.ctx.session.expects_raw_token()
+            && frame.len() >= 2
+            && POOL_APIS.contains(&i16::from_be_bytes([frame[0], frame[1]]));
+        if pooled {
             // Slow (fsyncs, many files): on the blocking pool; this connection's later
             // requests wait for it, so requests are still handled in order.
             c.pool_seq = Some(seq);
@@ -733,6 +739,19 @@ impl Worker {
             Reply::Close(r) => {
                 c.closing = true;
                 Out::Close(r)
+            }
+            Reply::NowThenClose(v, r, after) => {
+                // Nothing after this request is read. The close takes the next slot, filled
+                // by a timer `after` from now (a request read before this reply was ready has
+                // that slot already, and gets a Close: see `Reply::NowThenClose`).
+                c.closing = true;
+                if idx + 1 == c.slots.len() {
+                    c.slots.push_back(None);
+                    let responder = Responder::net(self.me.clone(), key, gen, seq + 1);
+                    let job = move || responder.send(Reply::Close(r));
+                    self.me.post(Msg::Timer(Instant::now() + after, Box::new(job)));
+                }
+                Out::Bytes { size: (v.len() as i32).to_be_bytes(), body: v, at: 0 }
             }
             Reply::Frame(frame) if frame.zero_copy() => Out::Frame { frame, piece: 0, at: 0 },
             Reply::Frame(frame) => match frame.to_vec() {
@@ -888,6 +907,9 @@ impl Worker {
 const POOL_APIS: &[i16] = &[
     19, // CreateTopics
     20, // DeleteTopics
+    30, // CreateAcls (the ACL file is replaced durably)
+    31, // DeleteAcls
+    51, // AlterUserScramCredentials (the credentials file is replaced durably)
     33, // AlterConfigs
     35, // DescribeLogDirs (walks every segment's size)
     37, // CreatePartitions

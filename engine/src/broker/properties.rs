@@ -74,13 +74,20 @@ pub fn apply(cfg: &mut BrokerConfig, text: &str) -> Result<(), String> {
                 cfg.data_dir = v.into();
             }
             "listeners" => {
-                let first = v.split(',').next().unwrap_or("");
-                let addr = first.split_once("://").map_or(first, |(proto, a)| if proto == "PLAINTEXT" { a } else { "" });
-                cfg.listen = addr.parse().map_err(|_| {
-                    at(format!("listeners={v}: want one PLAINTEXT://<ip>:<port> listener (an IP address, not a host name)"))
-                })?;
-                if v.contains(',') {
-                    return Err(at(format!("listeners={v}: this broker has one listener")));
+                // PROTOCOL://<ip>:<port>[,…] (issue 18: PLAINTEXT, SASL_PLAINTEXT); one PLAINTEXT
+                // listener is `--listen`, more (or another protocol) are `--listeners`.
+                for item in v.split(',').map(str::trim) {
+                    let addr = item.split_once("://").map_or("", |(_, a)| a);
+                    if !addr.starts_with(':') && addr.parse::<std::net::SocketAddr>().is_err() {
+                        return Err(at(format!(
+                            "listeners={v}: want PROTOCOL://<ip>:<port> listeners (an IP address, not a host name), got {item:?}"
+                        )));
+                    }
+                }
+                let list = super::auth::parse_listeners(v).map_err(|e| at(format!("listeners={v}: {e}")))?;
+                match list.as_slice() {
+                    [one] if one.protocol == super::auth::SecurityProtocol::Plaintext => cfg.listen = one.addr,
+                    _ => cfg.listeners = list,
                 }
             }
             "node.id" | "broker.id" => {
@@ -188,6 +195,14 @@ mod tests {
     }
 
     #[test]
+    fn listeners_list_with_sasl() {
+        let mut c = cfg();
+        apply(&mut c, "listeners=PLAINTEXT://127.0.0.1:9092,SASL_PLAINTEXT://127.0.0.1:9093\n").unwrap();
+        let l: Vec<String> = c.listeners.iter().map(|l| l.to_string()).collect();
+        assert_eq!(l, ["PLAINTEXT://127.0.0.1:9092", "SASL_PLAINTEXT://127.0.0.1:9093"]);
+    }
+
+    #[test]
     fn refuses_with_line_and_key() {
         for (text, want) in [
             ("num.partitions=2\nzookeeper.connect=x\n", "line 2: unknown or unsupported key zookeeper.connect"),
@@ -196,6 +211,8 @@ mod tests {
             ("node.id=3\n", "node 0"),
             ("num.partitions=x\n", "num.partitions=x"),
             ("listeners=PLAINTEXT://localhost:9092\n", "IP address"),
+            ("listeners=PLAINTEXT://127.0.0.1:1,SASL_PLAINTEXT://localhost:2\n", "IP address"),
+            ("listeners=GOPHER://127.0.0.1:1\n", "unknown security protocol"),
             ("message.max.bytes=1\nmessage.max.bytes=2\n", "twice"),
             ("just a line\n", "not key=value"),
         ] {

@@ -25,6 +25,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::{is_hidden_topic, is_internal_topic, topic_error_code, Handled};
+use crate::broker::auth::{codes, Authz, Operation, ResourceType};
 use crate::broker::{ConnCtx, Reply, Shared};
 use crate::log::{topic_config, LogConfig, TopicConfig, TopicError};
 use crate::wire::{self, error};
@@ -214,7 +215,7 @@ fn result_entries(entries: Vec<Entry>, keys: &Option<Vec<StrBytes>>, synonyms: b
         .collect()
 }
 
-pub(super) fn describe_configs(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+pub(super) fn describe_configs(shared: &Shared, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: DescribeConfigsRequest = wire::decode_body(&mut body, version)?;
     let mut results = Vec::with_capacity(req.resources.len());
     for res in req.resources {
@@ -223,6 +224,12 @@ pub(super) fn describe_configs(shared: &Shared, cid: i32, version: i16, mut body
         r.resource_name = res.resource_name.clone();
         let name = res.resource_name.as_str();
         let outcome: Result<Vec<Entry>, (i16, String)> = match res.resource_type {
+            RESOURCE_TOPIC if !az.allows(Operation::DescribeConfigs, ResourceType::Topic, name) => {
+                Err((codes::TOPIC_AUTHORIZATION_FAILED, "Authorization failed.".into()))
+            }
+            RESOURCE_BROKER if !az.allows_cluster(Operation::DescribeConfigs) => {
+                Err((codes::CLUSTER_AUTHORIZATION_FAILED, "Authorization failed.".into()))
+            }
             RESOURCE_TOPIC if is_hidden_topic(name) => {
                 Err((error::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name:?} does not exist")))
             }
@@ -250,7 +257,7 @@ pub(super) fn describe_configs(shared: &Shared, cid: i32, version: i16, mut body
     Ok(Reply::Now(wire::encode_response(cid, ApiKey::DescribeConfigs, version, &resp)))
 }
 
-pub(super) fn create_partitions(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+pub(super) fn create_partitions(shared: &Shared, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: CreatePartitionsRequest = wire::decode_body(&mut body, version)?;
     let mut seen: HashSet<String> = HashSet::new();
     let dups: HashSet<String> =
@@ -258,7 +265,12 @@ pub(super) fn create_partitions(shared: &Shared, cid: i32, version: i16, mut bod
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let name = t.name.0.to_string();
-        let outcome = check_create_partitions(shared, &name, t.count, t.assignments.as_deref(), &dups).and_then(|()| {
+        let authorized = if az.allows(Operation::Alter, ResourceType::Topic, &name) {
+            Ok(())
+        } else {
+            Err((error::TOPIC_AUTHORIZATION_FAILED, "Authorization failed.".to_string()))
+        };
+        let outcome = authorized.and_then(|()| check_create_partitions(shared, &name, t.count, t.assignments.as_deref(), &dups)).and_then(|()| {
             if req.validate_only {
                 return Ok(());
             }
@@ -338,11 +350,15 @@ const UNSUPPORTED_ENDPOINT_TYPE: i16 = 115;
 
 /// DescribeCluster: this single node (id 0, at the address the client connected to, as
 /// Metadata advertises it), which is also the controller.
-pub(super) fn describe_cluster(shared: &Shared, ctx: &ConnCtx, cid: i32, version: i16, mut body: Bytes) -> Handled {
+pub(super) fn describe_cluster(shared: &Shared, ctx: &ConnCtx, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: DescribeClusterRequest = wire::decode_body(&mut body, version)?;
     let mut resp = DescribeClusterResponse::default();
     resp.endpoint_type = req.endpoint_type;
     match req.endpoint_type {
+        _ if !az.allows_cluster(Operation::Describe) => {
+            resp.error_code = codes::CLUSTER_AUTHORIZATION_FAILED;
+            resp.error_message = Some(s("Authorization failed."));
+        }
         1 => {
             let local = ctx.advertised();
             let host = match local {
@@ -376,8 +392,13 @@ pub(super) fn describe_cluster(shared: &Shared, ctx: &ConnCtx, cid: i32, version
 /// segments). Every requested topic that exists (all topics but the hidden `__producer_ids`
 /// when none is named); unknown topics and partitions are left out, as Kafka does. Disk total
 /// and usable bytes (v4) are answered -1 (unknown): the broker does not query the filesystem.
-pub(super) fn describe_log_dirs(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+pub(super) fn describe_log_dirs(shared: &Shared, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: DescribeLogDirsRequest = wire::decode_body(&mut body, version)?;
+    if !az.allows_cluster(Operation::Describe) {
+        // As Kafka: the error (v3+) and no directories.
+        let resp = DescribeLogDirsResponse::default().with_error_code(codes::CLUSTER_AUTHORIZATION_FAILED);
+        return Ok(Reply::Now(wire::encode_response(cid, ApiKey::DescribeLogDirs, version, &resp)));
+    }
     let wanted: Vec<(String, Option<Vec<i32>>)> = match req.topics {
         None => shared.logs.topic_names().into_iter().filter(|n| !is_hidden_topic(n)).map(|n| (n, None)).collect(),
         Some(ts) => ts.into_iter().map(|t| (t.topic.0.to_string(), Some(t.partitions))).collect(),
@@ -422,6 +443,7 @@ const OP_SUBTRACT: i8 = 3;
 /// from its current ones with `change`, and (unless `validate_only`) persist and apply them.
 fn alter_resource(
     shared: &Shared,
+    az: &Authz,
     resource_type: i8,
     name: &str,
     keys: &[&str],
@@ -433,6 +455,12 @@ fn alter_resource(
         return Err((error::INVALID_REQUEST, format!("Error due to duplicate config keys: {k}")));
     }
     match resource_type {
+        RESOURCE_TOPIC if !az.allows(Operation::AlterConfigs, ResourceType::Topic, name) => {
+            return Err((codes::TOPIC_AUTHORIZATION_FAILED, "Authorization failed.".into()))
+        }
+        RESOURCE_BROKER if !az.allows_cluster(Operation::AlterConfigs) => {
+            return Err((codes::CLUSTER_AUTHORIZATION_FAILED, "Authorization failed.".into()))
+        }
         RESOURCE_TOPIC => {}
         RESOURCE_BROKER if name.is_empty() || name == NODE_ID => {
             if keys.is_empty() {
@@ -474,7 +502,7 @@ fn invalid(e: crate::log::ConfigError) -> (i16, String) {
 
 /// AlterConfigs (legacy): a topic's overrides are replaced by the request's whole set (keys not
 /// named return to the broker's defaults), as Kafka does.
-pub(super) fn alter_configs(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+pub(super) fn alter_configs(shared: &Shared, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
     let req: AlterConfigsRequest = wire::decode_body(&mut body, version)?;
     let max = shared.logs.config().batch_bytes_max;
@@ -482,7 +510,7 @@ pub(super) fn alter_configs(shared: &Shared, cid: i32, version: i16, mut body: B
     for res in req.resources {
         let name = res.resource_name.to_string();
         let keys: Vec<&str> = res.configs.iter().map(|c| c.name.as_str()).collect();
-        let outcome = alter_resource(shared, res.resource_type, &name, &keys, req.validate_only, |_| {
+        let outcome = alter_resource(shared, az, res.resource_type, &name, &keys, req.validate_only, |_| {
             // A null value sets nothing (the key keeps the broker's default).
             let pairs = res.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str(), v.as_str())));
             TopicConfig::from_pairs(pairs, max).map_err(invalid)
@@ -502,7 +530,7 @@ pub(super) fn alter_configs(shared: &Shared, cid: i32, version: i16, mut body: B
 
 /// IncrementalAlterConfigs: SET and DELETE any topic key; APPEND and SUBTRACT list keys
 /// (`cleanup.policy`) starting from the value in force (the override, else the broker's).
-pub(super) fn incremental_alter_configs(shared: &Shared, cid: i32, version: i16, mut body: Bytes) -> Handled {
+pub(super) fn incremental_alter_configs(shared: &Shared, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
     let req: IncrementalAlterConfigsRequest = wire::decode_body(&mut body, version)?;
     let max = shared.logs.config().batch_bytes_max;
@@ -510,7 +538,7 @@ pub(super) fn incremental_alter_configs(shared: &Shared, cid: i32, version: i16,
     for res in req.resources {
         let name = res.resource_name.to_string();
         let keys: Vec<&str> = res.configs.iter().map(|c| c.name.as_str()).collect();
-        let outcome = alter_resource(shared, res.resource_type, &name, &keys, req.validate_only, |mut cfg| {
+        let outcome = alter_resource(shared, az, res.resource_type, &name, &keys, req.validate_only, |mut cfg| {
             for c in &res.configs {
                 let key = c.name.as_str();
                 let value = c.value.as_ref().map(|v| v.as_str());

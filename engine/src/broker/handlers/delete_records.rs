@@ -16,6 +16,7 @@ use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionRe
 use kafka_protocol::messages::*;
 
 use super::{is_hidden_topic, is_internal_topic, resolve_partition, Handled};
+use crate::broker::auth::{Authz, Operation, ResourceType};
 use crate::broker::{Reply, Shared};
 use crate::log::DeleteRecordsError;
 use crate::wire::{self, error};
@@ -23,20 +24,26 @@ use crate::wire::{self, error};
 /// `offset` value meaning "up to the high watermark" (Kafka's `DeleteRecordsRequest.HIGH_WATERMARK`).
 const HIGH_WATERMARK: i64 = -1;
 
-pub(super) fn delete_records(shared: &Arc<Shared>, cid: i32, version: i16, mut body: Bytes) -> Handled {
+pub(super) fn delete_records(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
     let req: DeleteRecordsRequest = wire::decode_body(&mut body, version)?;
     let shared = shared.clone();
+    let az = az.clone();
     Ok(Reply::Later(Box::new(move || {
         let topics = req
             .topics
             .into_iter()
             .map(|t| {
                 let name = t.name.0.to_string();
+                let delete_ok = az.allows(Operation::Delete, ResourceType::Topic, &name);
                 let partitions = t
                     .partitions
                     .into_iter()
                     .map(|p| {
-                        let (low, code) = delete_one(&shared, &name, p.partition_index, p.offset);
+                        let (low, code) = if delete_ok {
+                            delete_one(&shared, &name, p.partition_index, p.offset)
+                        } else {
+                            (-1, error::TOPIC_AUTHORIZATION_FAILED)
+                        };
                         DeleteRecordsPartitionResult::default()
                             .with_partition_index(p.partition_index)
                             .with_low_watermark(low)

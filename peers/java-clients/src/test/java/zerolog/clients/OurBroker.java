@@ -19,16 +19,33 @@ final class OurBroker implements AutoCloseable {
     private final Process process;
 
     OurBroker(String... extraArgs) throws Exception {
+        this(freePort(), true, extraArgs);
+    }
+
+    /** A broker whose listeners `args` name (--listeners); `port` is the one waited for and bootstrap(). */
+    static OurBroker withListeners(int port, String... args) throws Exception {
+        return new OurBroker(port, false, args);
+    }
+
+    /** A free loopback port (for --listeners). */
+    static int freePort() throws IOException {
+        try (ServerSocket s = new ServerSocket(0, 1, InetAddress.getLoopbackAddress())) {
+            return s.getLocalPort();
+        }
+    }
+
+    private OurBroker(int port, boolean listen, String... extraArgs) throws Exception {
         String bin = System.getProperty("interop.broker", "");
         if (bin.isEmpty() || !Files.isExecutable(Path.of(bin))) {
             throw new IllegalStateException("-Dinterop.broker must name the built broker binary (scripts/java-interop sets it), got '" + bin + "'");
         }
         dataDir = Files.createTempDirectory("zerolog-java-");
         logFile = dataDir.resolveSibling(dataDir.getFileName() + ".log");
-        try (ServerSocket s = new ServerSocket(0, 1, InetAddress.getLoopbackAddress())) {
-            port = s.getLocalPort();
+        this.port = port;
+        List<String> cmd = new java.util.ArrayList<>(List.of(bin, "--data-dir", dataDir.toString()));
+        if (listen) {
+            cmd.addAll(List.of("--listen", bootstrap()));
         }
-        List<String> cmd = new java.util.ArrayList<>(List.of(bin, "--data-dir", dataDir.toString(), "--listen", bootstrap()));
         cmd.addAll(List.of(extraArgs));
         ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true)
                 .redirectOutput(ProcessBuilder.Redirect.appendTo(logFile.toFile()));
