@@ -93,18 +93,7 @@ impl Compressor {
                 let n = enc.compress(input, &mut out[at..]).map_err(|e| err(&e))?;
                 out.truncate(at + n);
             }
-            Codec::Lz4 => {
-                let mut e = lz4::EncoderBuilder::new()
-                    .block_size(lz4::BlockSize::Max64KB)
-                    .block_mode(lz4::BlockMode::Independent)
-                    .block_checksum(lz4::liblz4::BlockChecksum::NoBlockChecksum)
-                    .checksum(lz4::ContentChecksum::NoChecksum)
-                    .build(out)
-                    .map_err(|e| err(&e))?;
-                e.write_all(input).map_err(|e| err(&e))?;
-                let (_, r) = e.finish();
-                r.map_err(|e| err(&e))?;
-            }
+            Codec::Lz4 => lz4_frame(input, out).map_err(|e| err(&e))?,
             Codec::Zstd => {
                 if self.zstd.is_none() {
                     self.zstd = Some(zstd::bulk::Compressor::new(3).map_err(|e| err(&e))?);
@@ -118,6 +107,41 @@ impl Compressor {
         }
         Ok(())
     }
+}
+
+/// The LZ4 frame header Kafka's producer writes: magic, FLG 0x60 (version 01, independent
+/// blocks, no block checksum, no content size, no content checksum, no dictionary), BD 0x40
+/// (64 KiB blocks), HC 0x82 (= (xxh32(FLG BD, seed 0) >> 8) & 0xff, fixed for this descriptor).
+const LZ4_FRAME_HEADER: [u8; 7] = [0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82];
+const LZ4_BLOCK: usize = 64 << 10;
+
+/// Append `input` as one LZ4 frame (Kafka's flavour, see `LZ4_FRAME_HEADER`) to `out`.
+///
+/// Written here over the lz4 crate's block compressor instead of its frame `Encoder`, on the
+/// producer thread's hot path: the `Encoder` creates an LZ4F context per batch (allocating and
+/// clearing its 64 KiB block buffer and state), copies the input into that buffer, then
+/// compresses into a second buffer that is copied to `out`. Here each ≤ 64 KiB block is
+/// compressed straight into `out` (same acceleration 1 as Kafka's and librdkafka's producers,
+/// so the same ratio); a block that does not shrink is stored raw (size word's high bit), as the
+/// frame format says.
+fn lz4_frame(input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    out.extend_from_slice(&LZ4_FRAME_HEADER);
+    for block in input.chunks(LZ4_BLOCK) {
+        let at = out.len();
+        let bound = lz4::block::compress_bound(block.len())?;
+        out.resize(at + 4 + bound, 0);
+        let n = lz4::block::compress_to_buffer(block, None, false, &mut out[at + 4..])?;
+        if n < block.len() {
+            out[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+            out.truncate(at + 4 + n);
+        } else {
+            out.truncate(at);
+            out.extend_from_slice(&(block.len() as u32 | 0x8000_0000).to_le_bytes());
+            out.extend_from_slice(block);
+        }
+    }
+    out.extend_from_slice(&0u32.to_le_bytes()); // EndMark
+    Ok(())
 }
 
 /// Decompress a batch body (for tests and the loadgen's consumer).
@@ -390,6 +414,38 @@ mod tests {
         assert_eq!(flg & 0x04, 0, "no content checksum");
         assert_eq!(flg & 0x08, 0, "no content size");
         assert_eq!((out[5] >> 4) & 0x7, 4, "64 KiB blocks");
+    }
+
+    /// The hand-written frame equals what the lz4 crate's frame encoder writes with the same
+    /// settings (the code this replaced), for one block, several blocks, a raw (incompressible)
+    /// block and empty input; and the crate's frame decoder reads it back.
+    #[test]
+    fn lz4_frame_matches_the_crates_frame_encoder() {
+        fn crate_frame(input: &[u8]) -> Vec<u8> {
+            let mut e = lz4::EncoderBuilder::new()
+                .block_size(lz4::BlockSize::Max64KB)
+                .block_mode(lz4::BlockMode::Independent)
+                .block_checksum(lz4::liblz4::BlockChecksum::NoBlockChecksum)
+                .checksum(lz4::ContentChecksum::NoChecksum)
+                .build(Vec::new())
+                .unwrap();
+            e.write_all(input).unwrap();
+            let (out, r) = e.finish();
+            r.unwrap();
+            out
+        }
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        let text: Vec<u8> = (0..200_000u32).flat_map(|i| format!("record {} value {}; ", i % 977, i % 13).into_bytes()).collect();
+        let noise: Vec<u8> = (0..70_000).map(|_| rng.gen()).collect();
+        let mut mixed = text[..100_000].to_vec();
+        mixed.extend_from_slice(&noise);
+        for (name, input) in [("empty", &b""[..]), ("small", &b"hello hello hello hello"[..]), ("text", &text[..]), ("noise", &noise[..]), ("mixed", &mixed[..])] {
+            let mut ours = Vec::new();
+            lz4_frame(input, &mut ours).unwrap();
+            assert_eq!(ours, crate_frame(input), "{name}");
+            assert_eq!(decompress(Codec::Lz4, &ours).unwrap(), input, "{name}");
+        }
     }
 
     #[test]

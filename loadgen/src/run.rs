@@ -1441,7 +1441,7 @@ fn print_trial(ctx: &Ctx<'_>, t: &Trial) {
 }
 
 /// The rule a rate's verdict follows (stated in the result).
-pub const SEARCH_RULE: &str = "short trials (searchStepSeconds each, after their own warmup) bracket the answer: a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass (a trial below half its target fails the rate at once); ramp x4 up from searchStartRate while rates pass, or /4 down (at most 6 times) while they fail, then geometric bisection to 50 %. Full-length runs (warmup + duration, like the measured phase) then decide: a run passes when it meets the trial rule, every scheduled record is acknowledged, and its backlog is not growing at the window's end (acks behind the schedule by more than the bound, and further behind than 2 s earlier). The first is at the highest rate that passed short trials; while none has passed, the next is at 95 % of the failed run's throughput (acks per second of its window), kept between 60 % and 90 % of its rate; once one has passed, geometric bisection between the highest passing and the lowest failing rate (a rate that failed short trials counts as failing) down to 5 %; at most 4 full-length runs. The answer is the highest rate whose full-length run passed; none passed: not confirmed";
+pub const SEARCH_RULE: &str = "short trials (searchStepSeconds each, after their own warmup) bracket the answer: a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass (a trial below half its target fails the rate at once); ramp x4 up from searchStartRate while rates pass, or /4 down (at most 6 times) while they fail, then geometric bisection to 50 %. Full-length runs (warmup + duration, like the measured phase) then decide: a run passes when it meets the trial rule, every scheduled record is acknowledged, and its backlog is not growing at the window's end (acks behind the schedule by more than the bound, and further behind than 2 s earlier). The first is at the highest rate that passed short trials; while none has passed, the next is at 95 % of the failed run's throughput (acks per second of its window), kept between 60 % and 80 % of its rate; once one has passed, geometric bisection between the highest passing and the lowest failing rate (a rate that failed short trials counts as failing) down to 5 %; at most 5 full-length runs. The answer is the highest rate whose full-length run passed; none passed: not confirmed";
 
 /// Ramp steps down (/4 each) when the start rate fails.
 const SEARCH_RAMP_DOWN_MAX: u32 = 6;
@@ -1451,11 +1451,13 @@ pub const SHORT_RESOLUTION: f64 = 1.5;
 /// The full-length runs' bisection stops at this ratio.
 pub const FULL_RESOLUTION: f64 = 1.05;
 /// At most this many full-length runs (about 10 s each with the main job's 1 s warmup and 8 s window).
-pub const FULL_RUNS_MAX: usize = 4;
+pub const FULL_RUNS_MAX: usize = 5;
 /// While no full-length run has passed, the next is at 95 % of the failed run's throughput,
-/// kept within these fractions of its rate.
+/// kept within these fractions of its rate. At most 80 %: on the quiet reference machine 8 s
+/// runs held about half the rate 1 s trials passed (2.6-2.8 M vs 5.7 M), which 80 % steps reach
+/// in 3 runs (0.8^3 = 0.51) and 90 % steps did not reach within the budget.
 pub const FULL_STEP_DOWN_MIN: f64 = 0.6;
-pub const FULL_STEP_DOWN_MAX: f64 = 0.9;
+pub const FULL_STEP_DOWN_MAX: f64 = 0.8;
 
 /// The full-length stage of the search: the highest rate whose full-length run passed (`lo`, 0 =
 /// none yet) and the lowest that failed (`hi`; a rate that failed short trials counts).
@@ -2034,9 +2036,9 @@ mod tests {
         // Failed with 1.2 M delivered of 1.6 M: 95 % of the throughput.
         let r = st.next(1_600_000.0, false, 1_200_000.0).unwrap();
         assert!((r - 1_140_000.0).abs() < 1e-6, "{r}");
-        // Failed by latency at full throughput: at most 90 % of the rate.
+        // Failed by latency at full throughput: at most 80 % of the rate.
         let r2 = st.next(r, false, r).unwrap();
-        assert!((r2 - 0.9 * r).abs() < 1e-6);
+        assert!((r2 - 0.8 * r).abs() < 1e-6);
         // A collapse (throughput far below): at least 60 %.
         let mut st2 = FullStage::new(f64::INFINITY, FULL_RUNS_MAX);
         assert!((st2.next(1e6, false, 1e5).unwrap() - 6e5).abs() < 1e-6);
@@ -2044,7 +2046,7 @@ mod tests {
         let r3 = st.next(r2, true, r2).unwrap();
         assert!((r3 - (r2 * r).sqrt()).abs() < 1e-6);
         assert_eq!(st.confirmed(), Some(r2));
-        // r / r3 = sqrt(1 / 0.9) > 1.05: once more; the fifth run ends the stage whatever it says.
+        // r / r3 = sqrt(1 / 0.8) > 1.05: once more; the fifth run ends the stage whatever it says.
         let r4 = st.next(r3, true, r3).unwrap();
         assert!((r4 - (r3 * r).sqrt()).abs() < 1e-6);
         assert_eq!(st.next(r4, false, r4), None);

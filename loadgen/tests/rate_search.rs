@@ -87,7 +87,7 @@ fn search_ramps_bisects_confirms_and_measures_at_the_answer() {
     assert!(s.trials.iter().any(|t| t.verdict.as_deref() == Some("fail") && t.target_rate > s.max_rate), "{:?}", s.trials);
     // The answer is the highest rate whose full-length run passed, and that run is the measured
     // phase of the result.
-    assert!(s.confirmed && s.max_rate >= 2_000.0);
+    assert!(s.confirmed && s.max_rate >= 2_000.0, "{:?}", s.trials);
     assert_eq!(stage.confirmed(), Some(s.max_rate));
     let best = confirms.iter().filter(|t| t.ok).map(|t| t.target_rate).fold(0.0, f64::max);
     assert!((best - s.max_rate).abs() < 1e-6, "{confirms:?}");
