@@ -388,3 +388,97 @@ fn overlong_transactional_id_and_group_are_refused() {
     groups.shutdown();
     mgr.close().unwrap();
 }
+
+/// A transactional Produce (on a network thread) never waits for the coordinator's fsyncs: with
+/// the disk stalled under an AddPartitionsToTxn of the same transactional id (its lock held
+/// across the fsync), a produce to a partition already added goes through; one to the
+/// partition being added is refused until that is durable, and the stalled request completes
+/// once the disk is back.
+#[test]
+fn transactional_produce_does_not_wait_for_a_stalled_coordinator_fsync() {
+    use engine::groups::GroupCoordinator;
+    use engine::io::SimIo;
+    use engine::log::{LogConfig, LogManager};
+    use engine::txn::{code, TxnCoordinator};
+    use std::sync::mpsc;
+    let io = SimIo::new();
+    let mgr = LogManager::open(std::path::Path::new("/d"), std::sync::Arc::new(io.clone()), LogConfig::default()).unwrap();
+    let groups = GroupCoordinator::new(mgr.clone()).unwrap();
+    let txn = TxnCoordinator::new(mgr.clone(), groups.clone()).unwrap();
+    mgr.create_topic("g", 2, None).unwrap();
+    let (pid, epoch) = txn.init_producer_id("stall", 60_000, -1, -1).unwrap();
+    txn.add_partitions("stall", pid, epoch, &[("g".to_string(), 0)]).unwrap();
+
+    io.hold_syncs(true);
+    let t2 = txn.clone();
+    let adding = std::thread::spawn(move || t2.add_partitions("stall", pid, epoch, &[("g".to_string(), 1)]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while io.syncs_held() == 0 {
+        assert!(Instant::now() < deadline, "the AddPartitionsToTxn never reached its fsync");
+        std::thread::yield_now();
+    }
+    let (tx, rx) = mpsc::channel();
+    let t3 = txn.clone();
+    std::thread::spawn(move || {
+        let added = t3.with_produce("stall", pid, epoch, "g", 0, || "appended");
+        let adding = t3.with_produce("stall", pid, epoch, "g", 1, || "appended");
+        let stale = t3.with_produce("stall", pid, epoch - 1, "g", 0, || "appended");
+        let _ = tx.send((added, adding, stale));
+    });
+    let (added, adding_now, stale) = rx.recv_timeout(Duration::from_secs(30)).expect("a produce waited for the stalled fsync");
+    assert_eq!(added, Ok("appended"));
+    assert_eq!(adding_now, Err(code::INVALID_TXN_STATE), "a partition is not writable before it is durably added");
+    assert_eq!(stale, Err(code::INVALID_PRODUCER_EPOCH));
+    assert!(!adding.is_finished(), "the AddPartitionsToTxn was still waiting for its fsync");
+    io.hold_syncs(false);
+    assert_eq!(adding.join().unwrap(), Ok(vec![code::NONE]));
+    assert_eq!(txn.with_produce("stall", pid, epoch, "g", 1, || "appended"), Ok("appended"));
+    txn.shutdown();
+    groups.shutdown();
+    mgr.close().unwrap();
+}
+
+/// A transactional id without a transaction, unused for `id_expiration_ms`, is forgotten
+/// (durably: still gone after a restart); one with an open transaction is not; the expired
+/// id's producer is refused and a new InitProducerId starts it over.
+#[test]
+fn idle_transactional_ids_expire_durably() {
+    use engine::groups::GroupCoordinator;
+    use engine::io::SimIo;
+    use engine::log::{LogConfig, LogManager};
+    use engine::txn::{code, TxnConfig, TxnCoordinator, TxnState};
+    let io = SimIo::new();
+    let open = |cfg: TxnConfig| {
+        let mgr = LogManager::open(std::path::Path::new("/d"), std::sync::Arc::new(io.clone()), LogConfig::default()).unwrap();
+        let groups = GroupCoordinator::new(mgr.clone()).unwrap();
+        let txn = TxnCoordinator::with_config(mgr.clone(), groups.clone(), cfg).unwrap();
+        (mgr, groups, txn)
+    };
+    let (mgr, groups, txn) = open(TxnConfig { id_expiration_ms: 300, tick_ms: 20, ..TxnConfig::default() });
+    mgr.create_topic("x", 1, None).unwrap();
+    let (old_pid, old_epoch) = txn.init_producer_id("idle", 60_000, -1, -1).unwrap();
+    let (busy_pid, busy_epoch) = txn.init_producer_id("busy", 60_000, -1, -1).unwrap();
+    txn.add_partitions("busy", busy_pid, busy_epoch, &[("x".to_string(), 0)]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while txn.describe("idle").is_some() {
+        assert!(Instant::now() < deadline, "the idle transactional id never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(txn.describe("busy").map(|m| m.state), Some(TxnState::Ongoing), "an open transaction does not expire");
+    assert_eq!(txn.add_partitions("idle", old_pid, old_epoch, &[("x".to_string(), 0)]), Err(code::INVALID_PRODUCER_ID_MAPPING));
+    assert_eq!(txn.with_produce("idle", old_pid, old_epoch, "x", 0, || ()), Err(code::INVALID_PRODUCER_ID_MAPPING));
+    txn.shutdown();
+    groups.shutdown();
+    mgr.close().unwrap();
+    drop((txn, groups, mgr));
+
+    let (mgr, groups, txn) = open(TxnConfig::default());
+    assert!(txn.describe("idle").is_none(), "the expiry is durable");
+    assert_eq!(txn.describe("busy").map(|m| (m.producer_id, m.state)), Some((busy_pid, TxnState::Ongoing)));
+    let (new_pid, epoch) = txn.init_producer_id("idle", 60_000, -1, -1).unwrap();
+    assert_ne!(new_pid, old_pid, "an expired id starts over with a new producer id");
+    assert_eq!(epoch, 0);
+    txn.shutdown();
+    groups.shutdown();
+    mgr.close().unwrap();
+}

@@ -9,6 +9,7 @@
 //! * The same loop with the *broker* killed (SIGKILL) and restarted mid-run: the transaction
 //!   state and the partitions' transaction indexes are recovered, and the result is the same.
 //! * A committed and an aborted transaction: read_committed sees only the committed records.
+//! * kafka-python and kafkajs (`tests/interop/js/transactions.js`) transactions.
 
 mod common;
 
@@ -174,5 +175,33 @@ fn kafka_python_transactions_offsets_and_admin() {
     assert_eq!(r["listed"], serde_json::json!([["kp-tx", "TransactionState.ONGOING"]]), "{r}");
     assert_eq!(r["described"], serde_json::json!({"state": "TransactionState.ONGOING", "partitions": ["kp-0"]}), "{r}");
     assert_eq!(r["group_offset"], 42, "the offset sent with the committed transaction: {r}");
+    broker.shutdown().unwrap();
+}
+
+/// kafkajs: two committed transactions (the first with `sendOffsets`) around an aborted one;
+/// kafkajs' default read_committed consumer reads only the committed records, a
+/// read_uncommitted one all ten, and the group's offset is the one sent with the commit.
+#[test]
+fn kafkajs_transactions_and_read_committed() {
+    let node = require_tool("node");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/js");
+    assert!(
+        dir.join("node_modules/kafkajs").is_dir(),
+        "kafkajs is not installed: run `npm ci --prefix engine/tests/interop/js` (.ci/run does)"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let broker = start_broker(data.path(), Durability::Group, 1);
+    let addr = broker.local_addr().to_string();
+    let out = run(Command::new(node).arg(dir.join("transactions.js")).args([&addr, "js-txn"]), None, Duration::from_secs(180));
+    let out = String::from_utf8(out).unwrap();
+    let r: serde_json::Value = serde_json::from_str(out.lines().last().expect("one JSON line")).unwrap();
+    assert_eq!(r["error"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["committed"], serde_json::json!(["c1", "c2", "c3", "c4", "c5", "c6", "c7"]), "{r}");
+    assert_eq!(r["uncommitted"], 10, "{r}");
+    assert_eq!(r["offsets"], 42, "{r}");
+    // 5 + marker + 3 + marker + 2 + marker; nothing open.
+    let p = broker.logs().partition("js-txn", 0).unwrap();
+    assert_eq!(p.high_watermark(), 13);
+    assert_eq!(p.last_stable_offset(), 13);
     broker.shutdown().unwrap();
 }

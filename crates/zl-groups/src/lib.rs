@@ -148,13 +148,6 @@ pub const SUPPORTED_APIS: &[(i16, i16, i16)] = &[
     (69, 0, 1), // ConsumerGroupDescribe
 ];
 
-/// What a transactional client is told (FindCoordinator key type 1, InitProducerId with a
-/// transactional id): TRANSACTIONAL_ID_AUTHORIZATION_FAILED is non-retriable in every client
-/// (librdkafka raises it as a fatal error carrying this message at once); the retriable
-/// COORDINATOR_NOT_AVAILABLE made clients retry for 15–60 s.
-pub const TRANSACTIONS_UNSUPPORTED: &str =
-    "transactions are not supported by this broker (transactional.id / transactional producers); use an idempotent producer";
-
 /// Topics this module owns. Metadata should mark them `is_internal` (as Kafka does for
 /// `__consumer_offsets`) so clients leave them out of pattern subscriptions and listings.
 pub const INTERNAL_TOPICS: &[&str] = &[store::OFFSETS_TOPIC, store::PRODUCER_IDS_TOPIC];

@@ -74,9 +74,25 @@ struct Shared {
     /// Held shared by every operation that changes a file and exclusively by [`SimIo::crash`],
     /// so a crash image is one instant across all files (not file by file while syncs go on).
     gate: RwLock<()>,
+    /// (syncs held, syncs waiting) ([`SimIo::hold_syncs`]) and its condvar.
+    held: Mutex<(bool, u64)>,
+    held_cv: std::sync::Condvar,
 }
 
 impl Shared {
+    /// Wait while syncs are held.
+    fn wait_released(&self) {
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if !h.0 {
+            return;
+        }
+        h.1 += 1;
+        while h.0 {
+            h = self.held_cv.wait(h).unwrap_or_else(|p| p.into_inner());
+        }
+        h.1 -= 1;
+    }
+
     fn enter(&self) -> RwLockReadGuard<'_, ()> {
         self.gate.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -131,6 +147,7 @@ impl IoFile for SimFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         assert!(!self.fs.sync_panic.load(Ordering::SeqCst), "SimIo: injected panic in sync_data");
+        self.fs.wait_released();
         let _gate = self.fs.enter();
         let n = self.fs.syncs.fetch_add(1, Ordering::SeqCst) + 1;
         let mut c = self.contents.lock().expect("sim file lock");
@@ -224,6 +241,19 @@ impl SimIo {
     pub fn fail_sync_in(&self, n: u64) {
         let now = self.shared.syncs.load(Ordering::SeqCst);
         self.shared.fail_sync_at.store(now + n, Ordering::SeqCst);
+    }
+    /// While `on`, every `sync_data` waits (a stalled disk) until `hold_syncs(false)`: tests of
+    /// what must not wait for an fsync.
+    pub fn hold_syncs(&self, on: bool) {
+        let mut h = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        h.0 = on;
+        if !on {
+            self.shared.held_cv.notify_all();
+        }
+    }
+    /// Syncs waiting in [`SimIo::hold_syncs`] now.
+    pub fn syncs_held(&self) -> u64 {
+        self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).1
     }
     /// Number of `sync_data` calls so far.
     pub fn sync_count(&self) -> u64 {

@@ -418,8 +418,8 @@ fn produce(shared: &Shared, az: &Authz, cid: i32, version: i16, body: Bytes) -> 
                     out.push(r);
                     continue;
                 }
-                // The transaction's lock is held across the append: no batch of it lands
-                // after its marker.
+                // Checked and appended under the transaction's produce gate (never waiting for the
+                // coordinator's fsyncs): no batch of it lands after its marker.
                 Ok(Some((id, pid, epoch))) => match shared.txn.with_produce(&id, pid, epoch, &topic, index, || part.append(records)) {
                     Ok(a) => a,
                     Err(code) => {

@@ -22,15 +22,23 @@
 //!   overflow), aborting a transaction the previous producer left open first; requests with
 //!   an older epoch get PRODUCER_FENCED (INVALID_PRODUCER_EPOCH for old versions and Produce).
 //! * Produce of transactional batches is checked here ([`TxnCoordinator::with_produce`]):
-//!   producer id and epoch current, transaction Ongoing, partition added; the check and the
-//!   append run under the transaction's lock, so no batch lands after its transaction's marker
-//!   (a "hanging" transaction would hold the partition's last stable offset forever).
+//!   producer id and epoch current, transaction Ongoing, partition added. The check and the
+//!   append run under the id's produce gate, a copy of those fields updated after each durable
+//!   state change and closed (PrepareCommit / PrepareAbort) before any marker is written, so
+//!   no batch lands after its transaction's marker (a "hanging" transaction would hold the
+//!   partition's last stable offset forever). Produce runs on a network thread: it never waits
+//!   for the id's own lock, which is held across fsyncs.
 //! * Timeouts: a `txn-reaper` thread aborts an Ongoing transaction older than its
 //!   `transaction.timeout.ms` (bumping the epoch, so the old producer is fenced) and retries
 //!   unfinished completions.
+//! * Expiration: an id without a transaction (Empty / CompleteCommit / CompleteAbort) not used
+//!   for `id_expiration_ms` (Kafka's transactional.id.expiration.ms, 7 days) is forgotten: a
+//!   tombstone in `__transaction_state`, durable, then out of the maps; its producer gets
+//!   INVALID_PRODUCER_ID_MAPPING and a new InitProducerId starts it over.
 //!
-//! Locking: the map lock only to find or insert an id's entry; each entry's own mutex is held
-//! for a whole operation, including its appends and fsyncs (lock order: entry → partition).
+//! Locking: the map locks only to find or insert an id's entry or gate; each entry's own mutex
+//! is held for a whole operation, including its appends and fsyncs; a gate's only to copy a
+//! state into it or for a Produce's check and append (lock order: entry → gate → partition).
 
 mod handle;
 pub mod store;
@@ -171,6 +179,9 @@ pub struct TxnConfig {
     pub offset_metadata_bytes_max: usize,
     /// How often `__transaction_state` is snapshotted when it has sealed segments (below).
     pub snapshot_interval_ms: u64,
+    /// Kafka's transactional.id.expiration.ms: an id without a transaction unused this long is
+    /// forgotten (so `ids_max` counts live ids only).
+    pub id_expiration_ms: i64,
 }
 
 impl Default for TxnConfig {
@@ -182,11 +193,22 @@ impl Default for TxnConfig {
             partitions_per_txn_max: 10_000,
             offset_metadata_bytes_max: 4096,
             snapshot_interval_ms: 24 * 3600 * 1000,
+            id_expiration_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
 
 type Entry = Arc<Mutex<TxnMeta>>;
+
+/// What a transactional Produce checks (see the module notes): the id's producer id, epoch and,
+/// while Ongoing, its partitions, as of its last durable state.
+#[derive(Debug)]
+struct Gate {
+    producer_id: i64,
+    epoch: i16,
+    ongoing: bool,
+    partitions: BTreeSet<(String, i32)>,
+}
 
 /// The transaction coordinator.
 pub struct TxnCoordinator {
@@ -195,6 +217,7 @@ pub struct TxnCoordinator {
     log: Arc<Partition>,
     cfg: TxnConfig,
     txns: Mutex<HashMap<String, Entry>>,
+    gates: Mutex<HashMap<String, Arc<Mutex<Gate>>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -221,7 +244,7 @@ impl TxnCoordinator {
     pub fn with_config(logs: Arc<LogManager>, groups: Arc<GroupCoordinator>, cfg: TxnConfig) -> io::Result<Arc<TxnCoordinator>> {
         let log = crate::groups::store::internal_partition(&logs, TXN_STATE_TOPIC)?;
         let restored = store::restore(&log)?;
-        let c = Arc::new(TxnCoordinator { logs, groups, log, cfg, txns: Mutex::new(HashMap::new()), stop: Arc::new(AtomicBool::new(false)) });
+        let c = Arc::new(TxnCoordinator { logs, groups, log, cfg, txns: Mutex::new(HashMap::new()), gates: Mutex::new(HashMap::new()), stop: Arc::new(AtomicBool::new(false)) });
         let mut open = 0usize;
         let mut completed = 0usize;
         for (id, mut m) in restored {
@@ -235,6 +258,7 @@ impl TxnCoordinator {
             if m.state == TxnState::Ongoing {
                 open += 1;
             }
+            c.set_gate(&id, &m);
             lock(&c.txns).insert(id, Arc::new(Mutex::new(m)));
         }
         tracing::info!(ids = lock(&c.txns).len(), open, completed, "transaction coordinator restored");
@@ -301,13 +325,33 @@ impl TxnCoordinator {
         lock(&self.txns).get(id).cloned()
     }
 
-    /// Append `m` as the state of `id` and make it durable.
+    /// Append `m` as the state of `id`, make it durable, and copy it into the id's produce gate
+    /// (every state change persists before anything else happens, markers included).
     fn persist(&self, id: &str, m: &TxnMeta) -> Result<(), i16> {
         let r = store::append(&self.log, id, m).and_then(|info| make_durable(&self.log, info.next_offset));
         r.map_err(|e| {
             tracing::error!(transactional_id = %id, "cannot persist the transaction state: {e}");
             code::COORDINATOR_NOT_AVAILABLE
-        })
+        })?;
+        self.set_gate(id, m);
+        Ok(())
+    }
+
+    /// Copy `m` into the produce gate of `id` (waits for a Produce appending under it).
+    fn set_gate(&self, id: &str, m: &TxnMeta) {
+        let gate = lock(&self.gates)
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(Gate { producer_id: -1, epoch: -1, ongoing: false, partitions: BTreeSet::new() })))
+            .clone();
+        let mut g = lock(&gate);
+        g.producer_id = m.producer_id;
+        g.epoch = m.epoch;
+        g.ongoing = m.state == TxnState::Ongoing;
+        if !g.ongoing {
+            g.partitions.clear();
+        } else if g.partitions != m.partitions {
+            g.partitions.clone_from(&m.partitions);
+        }
     }
 
     /// Write the markers of a transaction in PrepareCommit / PrepareAbort, commit its group
@@ -413,6 +457,11 @@ impl TxnCoordinator {
             }
         };
         let mut m = lock(&entry);
+        if !lock(&self.txns).get(id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            // The reaper expired the id between the lookup and the lock (it was unused for
+            // `id_expiration_ms`): retriable, the next attempt starts it over.
+            return Err(code::COORDINATOR_NOT_AVAILABLE);
+        }
         if m.producer_id < 0 {
             let new_pid = self.groups.allocate_producer_id().map_err(|e| {
                 tracing::error!("cannot allocate a producer id: {e}");
@@ -626,17 +675,17 @@ impl TxnCoordinator {
     }
 
     /// Run `append` for a transactional Produce to `topic`-`partition` if the transaction
-    /// allows it; the transaction's lock is held meanwhile (see the module notes).
+    /// allows it; the id's produce gate is held meanwhile, never its lock (see the module notes).
     pub fn with_produce<R>(&self, id: &str, pid: i64, epoch: i16, topic: &str, partition: i32, append: impl FnOnce() -> R) -> Result<R, i16> {
-        let entry = self.entry(id).ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
-        let m = lock(&entry);
-        if m.producer_id != pid {
+        let gate = lock(&self.gates).get(id).cloned().ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
+        let g = lock(&gate);
+        if g.producer_id < 0 || g.producer_id != pid {
             return Err(code::INVALID_PRODUCER_ID_MAPPING);
         }
-        if m.epoch != epoch {
+        if g.epoch != epoch {
             return Err(code::INVALID_PRODUCER_EPOCH);
         }
-        if m.state != TxnState::Ongoing || !m.partitions.contains(&(topic.to_string(), partition)) {
+        if !g.ongoing || !g.partitions.contains(&(topic.to_string(), partition)) {
             return Err(code::INVALID_TXN_STATE);
         }
         Ok(append())
@@ -676,8 +725,32 @@ impl TxnCoordinator {
                 TxnState::PrepareCommit | TxnState::PrepareAbort => {
                     let _ = self.complete(&id, &mut m);
                 }
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                    if m.producer_id >= 0 && now - m.update_ms > self.cfg.id_expiration_ms =>
+                {
+                    self.expire(&id, &e, &mut m);
+                }
                 _ => {}
             }
+        }
+    }
+
+    /// Forget an id unused for `id_expiration_ms` (its lock held by the caller): a durable
+    /// tombstone, then out of both maps (lock order: entry → txns map → gates map).
+    fn expire(&self, id: &str, entry: &Entry, m: &mut TxnMeta) {
+        let r = store::append_tombstone(&self.log, id).and_then(|info| make_durable(&self.log, info.next_offset));
+        if let Err(e) = r {
+            tracing::warn!(transactional_id = %id, "cannot expire the transactional id: {e}");
+            return;
+        }
+        tracing::info!(transactional_id = %id, producer_id = m.producer_id, "transactional id expired");
+        // A request holding a clone of the entry finds it uninitialised (and InitProducerId
+        // looks the id up again).
+        *m = TxnMeta::new(-1, -1, m.timeout_ms);
+        let mut map = lock(&self.txns);
+        if map.get(id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            map.remove(id);
+            lock(&self.gates).remove(id);
         }
     }
 }

@@ -164,6 +164,14 @@ pub fn append(part: &Partition, id: &str, m: &TxnMeta) -> Result<crate::log::App
     part.append(&mut batch)
 }
 
+/// Append a tombstone (null value) for `id`: an expired transactional id (restore drops it).
+pub fn append_tombstone(part: &Partition, id: &str) -> Result<crate::log::AppendInfo, crate::log::AppendError> {
+    let k = key(id);
+    let rec = build::Rec { key: Some(&k), value: None, timestamp_delta: 0 };
+    let mut batch = build::batch_with(&[rec], crate::log::now_ms(), -1, -1, -1);
+    part.append(&mut batch)
+}
+
 /// The latest state of every transactional id in the log.
 pub fn restore(part: &Partition) -> io::Result<HashMap<String, TxnMeta>> {
     let mut all = HashMap::new();
