@@ -94,6 +94,9 @@ def eos(a):
         p.send_offsets_to_transaction(c.position(c.assignment()), c.consumer_group_metadata(), 60)
         txns += 1
         if a.abort_every and txns % a.abort_every == 0:
+            # Flushed first so the aborted records are in the log (librdkafka purges what it
+            # has not sent yet on abort): read_committed must hide them, read_uncommitted not.
+            p.flush(60)
             p.abort_transaction(60)
             rewind(c, tps)
         else:
