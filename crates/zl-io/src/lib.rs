@@ -354,7 +354,18 @@ impl Io for UringIo {
         use std::io::{Read, Seek, Write};
         let path = dir.join(LOCK_FILE);
         let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        match f.try_lock() {
+        // A lock released by an in-process restart can look held for a moment: a child this
+        // process is spawning holds a copy of every descriptor from its fork until its exec
+        // (where O_CLOEXEC closes it). So a busy lock is retried for a bounded time before the
+        // refusal; a broker that really holds the directory still gets its refusal (seen in
+        // tests that restart a broker in-process while another test spawns processes).
+        let give_up = std::time::Instant::now() + LOCK_RETRY;
+        let mut busy = f.try_lock();
+        while matches!(busy, Err(std::fs::TryLockError::WouldBlock)) && std::time::Instant::now() < give_up {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            busy = f.try_lock();
+        }
+        match busy {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -374,6 +385,9 @@ impl Io for UringIo {
         Ok(Some(f))
     }
 }
+
+/// How long [`Io::lock_dir`] retries a busy data-directory lock before refusing.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Join helper used by the log for sibling files.
 pub fn sibling(dir: &Path, name: &str) -> PathBuf {
