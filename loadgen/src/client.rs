@@ -19,7 +19,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, InitProducerIdRequest, InitProducerIdResponse, ProducerId,
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName, TransactionalId,
 };
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -47,6 +47,11 @@ const OURS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
+    // The transactional producer (`transactionRecords`): the client versions before KIP-890's
+    // implicit partition adds (AddPartitionsToTxn v4+ is broker-to-broker; EndTxn v5 bumps the
+    // epoch on every transaction).
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 4),
     // Consumer groups (`group.rs`): the classic protocol, before OffsetFetch's batched groups (v8)
     // and FindCoordinator's batched keys (v4).
     (ApiKey::FindCoordinator, 1, 3),
@@ -197,6 +202,11 @@ impl Conn {
         Connector::plaintext().connect(addr, timeout)
     }
 
+    /// Bound the wait for the next response (None: wait forever).
+    pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.stream.set_read_timeout(d)
+    }
+
     pub fn try_clone_stream(&self) -> std::io::Result<BrokerStream> {
         self.stream.try_clone()
     }
@@ -299,10 +309,16 @@ impl Conn {
     /// 15, NOT_COORDINATOR 16, CONCURRENT_TRANSACTIONS 51 — a freshly started Kafka answers 14
     /// for a while) are retried every 100 ms for up to 30 s, as Kafka's producer does.
     pub fn init_producer_id(&mut self) -> Result<(i64, i16), String> {
+        self.init_producer_id_with(None, -1)
+    }
+
+    /// InitProducerId, for a transactional producer with its transactional id and transaction
+    /// timeout (sent to the id's coordinator); retried as [`Conn::init_producer_id`].
+    pub fn init_producer_id_with(&mut self, transactional_id: Option<&str>, timeout_ms: i32) -> Result<(i64, i16), String> {
         let v = self.need(ApiKey::InitProducerId)?;
         let req = InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(-1)
+            .with_transactional_id(transactional_id.map(|t| TransactionalId(StrBytes::from(t.to_string()))))
+            .with_transaction_timeout_ms(timeout_ms)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -582,6 +598,10 @@ pub struct KafkaTransport {
     backoff_ms: u64,
     /// Since when no broker answered Metadata (None: the last lookup was answered).
     unreachable_since: Option<Instant>,
+    /// The transactional producer's state (None: not transactional), and its id as Produce
+    /// requests carry it.
+    txn: Option<crate::txn::Txn>,
+    txn_id: Option<TransactionalId>,
 }
 
 /// No broker answering Metadata for this long fails the run (the whole cluster is gone, not a
@@ -604,6 +624,8 @@ struct ReaderCtx {
     retries: Arc<std::sync::Mutex<Vec<PendingBatch>>>,
     retry_waiting: Arc<AtomicBool>,
     dead: Arc<AtomicBool>,
+    /// Transactional producer: acknowledged batches wait here for their transaction's end.
+    txn: Option<Arc<crate::txn::TxnHeld>>,
 }
 
 /// A batch that will not be acknowledged: account it and release its partition's window.
@@ -674,7 +696,20 @@ impl KafkaTransport {
             next_refresh: Instant::now(),
             backoff_ms: REFRESH_BACKOFF_MS.0,
             unreachable_since: None,
+            txn: None,
+            txn_id: None,
         };
+        if settings.transaction_records > 0 {
+            // The transactional id's coordinator grants the producer id (and fences an older
+            // producer with the same id) before any leader connection asks for one.
+            let id = settings.transactional_id.clone().ok_or("transactional producer without a transactional id")?;
+            let boot: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
+            let (txn, pid) = crate::txn::Txn::init(&t.connector, boot, id, n)?;
+            t.metrics.producer.producer_id.store(pid.0 as u64, Ordering::Relaxed);
+            t.identity = Some(pid);
+            t.txn_id = Some(TransactionalId(StrBytes::from(txn.id.clone())));
+            t.txn = Some(txn);
+        }
         let mut first_err = None;
         for (i, (_, a)) in layout.leaders.iter().enumerate() {
             if !t.known.contains(a) {
@@ -734,6 +769,7 @@ impl KafkaTransport {
             retries: self.retries.clone(),
             retry_waiting: self.retry_waiting.clone(),
             dead: dead.clone(),
+            txn: self.txn.as_ref().map(|t| t.held.clone()),
         };
         let rrx = rx.clone();
         let reader = std::thread::Builder::new()
@@ -774,6 +810,11 @@ impl KafkaTransport {
         }
         for b in std::mem::take(&mut *self.retries.lock().unwrap_or_else(|p| p.into_inner())) {
             record_unacked(&self.metrics, Unacked::TimedOut, now, b.intended.iter().copied());
+        }
+        if let Some(t) = &self.txn {
+            // The open transaction never ended: its records are not acknowledged (failed with
+            // the code a Produce of it got, else timed out).
+            t.held.settle_unended(&self.metrics, now);
         }
     }
 
@@ -927,6 +968,7 @@ impl KafkaTransport {
             metas.push(m);
         }
         let mut req = ProduceRequest::default()
+            .with_transactional_id(self.txn_id.clone())
             .with_acks(self.acks)
             .with_timeout_ms(30_000)
             .with_topic_data(vec![TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(parts)]);
@@ -1038,6 +1080,15 @@ impl KafkaTransport {
     }
 }
 
+/// A batch the broker acknowledged: its records count as acknowledged now, or — transactional
+/// producer — when their transaction commits.
+fn produce_acked(ctx: &ReaderCtx, rec: &mut AckRecorder, ack_ns: u64, intended: Vec<u64>, value_bytes: u64) {
+    match &ctx.txn {
+        Some(t) => t.hold(intended, value_bytes),
+        None => record_ack(&ctx.metrics, rec, ack_ns, &intended, value_bytes),
+    }
+}
+
 fn ack_reader(ctx: ReaderCtx, mut stream: BrokerStream, rx: crossbeam::channel::Receiver<Pending>) {
     let mut rec = AckRecorder::new();
     ack_loop(&ctx, &mut stream, &rx, &mut rec);
@@ -1097,11 +1148,11 @@ fn ack_loop(ctx: &ReaderCtx, stream: &mut BrokerStream, rx: &crossbeam::channel:
                 ctx.stale_any.store(true, Ordering::SeqCst);
             }
             match code {
-                Some(0) => record_ack(metrics, rec, ack_ns, &b.intended, b.value_bytes),
+                Some(0) => produce_acked(ctx, rec, ack_ns, b.intended, b.value_bytes),
                 Some(DUPLICATE_SEQUENCE_NUMBER) if sends.is_some() => {
                     // The broker already has this batch (an earlier send of it was written).
                     metrics.producer.duplicate_batches.fetch_add(1, Ordering::Relaxed);
-                    record_ack(metrics, rec, ack_ns, &b.intended, b.value_bytes);
+                    produce_acked(ctx, rec, ack_ns, b.intended, b.value_bytes);
                 }
                 Some(c) if sends.is_some_and(|s| s < SENDS_MAX)
                     && (retriable(c) || c == OUT_OF_ORDER_SEQUENCE_NUMBER && ctx.retrying[idx].load(Ordering::SeqCst) > 0) =>
@@ -1115,6 +1166,9 @@ fn ack_loop(ctx: &ReaderCtx, stream: &mut BrokerStream, rx: &crossbeam::channel:
                     continue;
                 }
                 Some(OUT_OF_ORDER_SEQUENCE_NUMBER) if sends.is_some() => {
+                    if let Some(t) = &ctx.txn {
+                        t.fail(OUT_OF_ORDER_SEQUENCE_NUMBER);
+                    }
                     record_unacked(metrics, Unacked::Failed(OUT_OF_ORDER_SEQUENCE_NUMBER), ack_ns, b.intended.iter().copied());
                     metrics.fail(format!(
                         "broker {addr}: partition {} refused a batch with OUT_OF_ORDER_SEQUENCE_NUMBER (45): the broker lost or \
@@ -1125,6 +1179,9 @@ fn ack_loop(ctx: &ReaderCtx, stream: &mut BrokerStream, rx: &crossbeam::channel:
                 other => {
                     if sends.is_some() && other.is_some_and(retriable) {
                         metrics.fail(format!("broker {addr}: partition {} still refuses a batch after {SENDS_MAX} sends (error code {})", b.pid, other.unwrap_or(-1)));
+                    }
+                    if let Some(t) = &ctx.txn {
+                        t.fail(other.unwrap_or(-1));
                     }
                     record_unacked(metrics, Unacked::Failed(other.unwrap_or(-1)), ack_ns, b.intended.iter().copied());
                 }
@@ -1152,6 +1209,23 @@ impl Transport for KafkaTransport {
 
     fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String> {
         self.send_retries(spare)?;
+        if let Some(t) = &mut self.txn {
+            // AddPartitionsToTxn before a partition's first batch of the transaction.
+            let new: Vec<u32> = batches.iter().map(|r| r.partition).filter(|&p| !t.added(p)).collect();
+            if !new.is_empty() {
+                let pids: Vec<(u32, i32)> = new.iter().map(|&p| (p, self.partition_ids[p as usize])).collect();
+                let topic = self.topic.clone();
+                if let Err((how, e)) = t.add_partitions(&topic, &pids, self.identity.unwrap_or((-1, -1)), self.clock, self.deadline_ns) {
+                    // Not sent: the batches are accounted here (timed out at the drain deadline,
+                    // else failed with the coordinator's code).
+                    let now = self.clock.now_ns();
+                    for r in &batches {
+                        record_unacked(&self.metrics, how, now, r.intended.iter().copied());
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let keep = self.identity.is_some();
         let mut by_conn: Vec<Vec<(PendingBatch, Bytes)>> = (0..self.conns.len()).map(|_| Vec::new()).collect();
         let mut lost = Vec::new();
@@ -1195,6 +1269,13 @@ impl Transport for KafkaTransport {
 
     fn producer_identity(&self) -> Option<(i64, i16)> {
         self.identity
+    }
+
+    fn end_transaction(&mut self) -> Result<(), String> {
+        match &mut self.txn {
+            Some(t) => t.end(self.identity.unwrap_or((-1, -1)), &self.metrics, self.clock, self.deadline_ns),
+            None => Ok(()),
+        }
     }
 
     fn set_deadline(&mut self, deadline_ns: u64) {

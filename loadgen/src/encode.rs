@@ -219,11 +219,13 @@ pub struct BatchFormat {
     /// -1 = not idempotent.
     pub producer_id: i64,
     pub producer_epoch: i16,
+    /// Transactional producer: the batches carry attribute bit 4 (isTransactional).
+    pub transactional: bool,
 }
 
 impl Default for BatchFormat {
     fn default() -> BatchFormat {
-        BatchFormat { codec: Codec::None, headers: vec![0], producer_id: -1, producer_epoch: -1 }
+        BatchFormat { codec: Codec::None, headers: vec![0], producer_id: -1, producer_epoch: -1, transactional: false }
     }
 }
 
@@ -377,6 +379,7 @@ impl BatchBuilder {
             }
         }
         let codec_bits = if self.last_compression.is_some() { self.format.codec.attribute_bits() } else { 0 };
+        let codec_bits = codec_bits | if self.format.transactional { 0x10 } else { 0 };
         let (pid, epoch, seq) = if self.format.producer_id >= 0 {
             let seq = self.next_seq;
             // Kafka's sequences wrap from i32::MAX to 0.
@@ -575,7 +578,7 @@ mod tests {
         use crate::produce::ProducerSettings;
         let headers = ProducerSettings { headers: 3, header_value_bytes: 5, ..Default::default() }.headers_section();
         for codec in Codec::ALL {
-            let format = BatchFormat { codec, headers: headers.clone(), producer_id: 4242, producer_epoch: 7 };
+            let format = BatchFormat { codec, headers: headers.clone(), producer_id: 4242, producer_epoch: 7, transactional: false };
             let mut b = BatchBuilder::with_format(1 << 16, format);
             let mut expected_seq = 0;
             for batch_no in 0..3 {

@@ -25,6 +25,7 @@ pub mod stats;
 pub mod tagged;
 #[cfg(test)]
 pub mod testbroker;
+pub mod txn;
 pub mod versus;
 pub mod workers;
 pub mod workload;

@@ -174,6 +174,11 @@ pub struct ProducerSettings {
     /// 0 (no response), 1 (leader) or -1 (all).
     pub acks: i16,
     pub idempotent: bool,
+    /// Transactional producer: records per transaction (0 = not transactional; implies
+    /// `idempotent`), and this producer thread's transactional id (`run` sets it per thread
+    /// from the workload's prefix).
+    pub transaction_records: u64,
+    pub transactional_id: Option<String>,
     /// Headers per record and the size of each header's value.
     pub headers: u32,
     pub header_value_bytes: u32,
@@ -181,7 +186,15 @@ pub struct ProducerSettings {
 
 impl Default for ProducerSettings {
     fn default() -> ProducerSettings {
-        ProducerSettings { codec: Codec::None, acks: 1, idempotent: false, headers: 0, header_value_bytes: 0 }
+        ProducerSettings {
+            codec: Codec::None,
+            acks: 1,
+            idempotent: false,
+            transaction_records: 0,
+            transactional_id: None,
+            headers: 0,
+            header_value_bytes: 0,
+        }
     }
 }
 
@@ -190,7 +203,9 @@ impl ProducerSettings {
         ProducerSettings {
             codec: w.compression,
             acks: w.acks,
-            idempotent: w.idempotent,
+            idempotent: w.idempotent || w.transaction_records > 0,
+            transaction_records: w.transaction_records,
+            transactional_id: w.transactional_id.clone(),
             headers: w.headers,
             header_value_bytes: w.header_value_bytes,
         }
@@ -236,6 +251,11 @@ pub struct ProducerTotals {
     pub leader_changes: AtomicU64,
     /// The producer id(s) granted by InitProducerId (the last one; -1 = none).
     pub producer_id: AtomicU64,
+    /// Transactional producer (whole run, warmup included): transactions committed and
+    /// aborted, and the commit latency (EndTxn round trip, µs).
+    pub txn_committed: AtomicU64,
+    pub txn_aborted: AtomicU64,
+    pub commit_us: std::sync::Mutex<Option<crate::stats::Hist>>,
     /// What each producer thread of each phase cost and how it kept up (the result's
     /// `generator` block: who limited the run).
     pub loads: std::sync::Mutex<Vec<ProducerLoad>>,
@@ -294,6 +314,13 @@ pub fn generator_verdict(loads: &[ProducerLoad]) -> Vec<String> {
 }
 
 impl ProducerTotals {
+    /// A committed transaction: its EndTxn round trip.
+    pub fn add_commit(&self, ns: u64) {
+        let mut h = self.commit_us.lock().unwrap_or_else(|p| p.into_inner());
+        let h = h.get_or_insert_with(crate::stats::new_hist);
+        h.saturating_record((ns / 1000).clamp(1, crate::stats::HIST_MAX_US));
+        self.txn_committed.fetch_add(1, Ordering::Relaxed);
+    }
     pub fn add_load(&self, l: ProducerLoad) {
         let mut v = self.loads.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: a long search runs many phases; the measured one is among the latest.
@@ -365,6 +392,18 @@ impl ProducerTotals {
             connections_lost: l(&self.connections_lost),
             metadata_refreshes: l(&self.metadata_refreshes),
             leader_changes: l(&self.leader_changes),
+            transactions: (s.transaction_records > 0).then(|| crate::results::TransactionsInfo {
+                records_per_transaction: s.transaction_records,
+                committed: l(&self.txn_committed),
+                aborted: l(&self.txn_aborted),
+                commit_latency_us: self
+                    .commit_us
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(crate::stats::summarize)
+                    .unwrap_or_default(),
+            }),
             compression: crate::results::CompressionInfo {
                 codec: s.codec.name().into(),
                 batches,

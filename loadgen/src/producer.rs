@@ -67,6 +67,12 @@ pub trait Transport {
     fn producer_identity(&self) -> Option<(i64, i16)> {
         None
     }
+    /// Transactional producer: end the open transaction (called when every batch of it was
+    /// answered: commit, or abort when a Produce of it failed). The transport accounts its
+    /// records (acknowledged only at the commit's answer).
+    fn end_transaction(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What one producer does.
@@ -105,7 +111,14 @@ pub fn run_producer<T: Transport>(
         headers: spec.settings.headers_section(),
         producer_id: transport.producer_identity().map_or(-1, |(id, _)| id),
         producer_epoch: transport.producer_identity().map_or(-1, |(_, e)| e),
+        transactional: spec.settings.transaction_records > 0,
     };
+    // Transactional producer: the transaction open covers the schedule's records up to
+    // `txn_end` (exclusive); generation stops there until the transaction has ended (every batch
+    // of it answered, then EndTxn) — the schedule runs on, and the wait shows in latency.
+    let txn_n = spec.settings.transaction_records;
+    let mut txn_end = if txn_n > 0 { txn_n } else { u64::MAX };
+    let mut txn_open = false;
     if spec.settings.idempotent && format.producer_id < 0 && !metrics.stopped() {
         return Err("idempotent producer: the transport has no producer id (InitProducerId was not done)".into());
     }
@@ -184,7 +197,7 @@ pub fn run_producer<T: Transport>(
         let producing = next_i < limit;
         let mut generated = 0u64;
         if producing && queued_bytes < spec.queued_bytes_max {
-            let due = spec.schedule.due_by(now).min(limit);
+            let due = spec.schedule.due_by(now).min(limit).min(txn_end);
             let burst = due.saturating_sub(next_i).min(BURST_MAX);
             if burst > 0 {
                 let now_ms = (clock.wall_us(now) / 1000) as i64;
@@ -211,10 +224,13 @@ pub fn run_producer<T: Transport>(
                 }
                 next_i += burst;
                 generated = burst;
+                txn_open |= txn_n > 0;
                 metrics.sent.fetch_add(burst, Ordering::Relaxed);
             }
         }
         let producing = next_i < limit;
+        // The open transaction has all its records: close its batches, then end it.
+        let txn_full = txn_open && (next_i >= txn_end || !producing);
         let lag = if producing { now.saturating_sub(spec.schedule.intended_ns(next_i)) } else { 0 };
         load.send_delay_max_ns = load.send_delay_max_ns.max(lag);
         if !lag_end_taken && (now >= spec.end_ns || !producing) {
@@ -229,7 +245,7 @@ pub fn run_producer<T: Transport>(
                 open_order.pop_front(); // closed by size since
                 continue;
             }
-            if producing && now < opened + spec.linger_ns {
+            if producing && !txn_full && now < opened + spec.linger_ns {
                 break;
             }
             open_order.pop_front();
@@ -277,7 +293,16 @@ pub fn run_producer<T: Transport>(
             sent_any = true;
         }
         delay.maybe_flush(&metrics.delay, now, false);
-        if !producing && ready.is_empty() && open_order.is_empty() {
+        if txn_full && ready.is_empty() && open_order.is_empty() && transport.idle() {
+            if let Err(e) = transport.end_transaction() {
+                failure = Some(e);
+                break 'gen;
+            }
+            txn_open = false;
+            txn_end = next_i.saturating_add(txn_n);
+            continue;
+        }
+        if !producing && ready.is_empty() && open_order.is_empty() && !txn_full {
             // Drain: wait for the in-flight requests (the deadline is checked at the top).
             if transport.idle() {
                 break;
@@ -292,7 +317,13 @@ pub fn run_producer<T: Transport>(
             // schedule runs ahead): waking at its time would spin on the clock until a window
             // frees (measured: 40 % of the thread in clock_gettime); wait for acks instead.
             let queue_full = queued_bytes >= spec.queued_bytes_max;
-            let mut wake = if producing && !queue_full { spec.schedule.intended_ns(next_i) } else { now + 100_000 };
+            let mut wake = if txn_full {
+                now + 50_000 // the transaction's acks, then its end
+            } else if producing && !queue_full {
+                spec.schedule.intended_ns(next_i)
+            } else {
+                now + 100_000
+            };
             if let Some(&(_, opened)) = open_order.front() {
                 wake = wake.min(opened + spec.linger_ns);
             }

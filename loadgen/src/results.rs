@@ -261,12 +261,29 @@ pub struct ProducerInfo {
     pub metadata_refreshes: u64,
     #[serde(default)]
     pub leader_changes: u64,
+    /// Transactional producer (`transactionRecords` > 0). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactions: Option<TransactionsInfo>,
     pub compression: CompressionInfo,
     pub keys: KeysInfo,
     /// Headers per record and the bytes of each header value.
     pub headers: u32,
     #[serde(default)]
     pub header_value_bytes: u32,
+}
+
+/// The transactional producer over the whole run (warmup, search trials and drain included).
+/// A record counts as acknowledged only once its Produce was acknowledged and its transaction
+/// committed (its publish latency runs to the commit's answer); records of an aborted
+/// transaction are failed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransactionsInfo {
+    /// Scheduled records per transaction (the last one of a phase may have fewer).
+    pub records_per_transaction: u64,
+    pub committed: u64,
+    pub aborted: u64,
+    /// EndTxn(commit) round trip of the committed transactions, µs.
+    pub commit_latency_us: Latency,
 }
 
 /// Compression of the loadgen's own batches over the whole run (warmup included).

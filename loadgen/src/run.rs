@@ -607,6 +607,10 @@ struct Ctx<'a> {
     pool: Arc<PayloadPool>,
     /// Group mode: one group id per subscription (empty in fetch mode).
     group_ids: Vec<String>,
+    /// Transactional producer: the transactional ids' prefix (`transactionalId`, default
+    /// `loadgen-<run id>`; a worker of a distributed run adds `-w<i>`). Each producer thread
+    /// uses `<prefix>-<topic index>-<producer index>`.
+    txn_prefix: String,
 }
 
 /// Group mode: the group id of each subscription — `consumerGroup` (`<id>-<n>` for several
@@ -649,7 +653,10 @@ impl Ctx<'_> {
                     linger_ns: (w.linger_ms * 1e6) as u64,
                     queued_bytes_max: 64 << 20,
                     halt: halt.clone(),
-                    settings: crate::produce::ProducerSettings::of(w),
+                    settings: crate::produce::ProducerSettings {
+                        transactional_id: (w.transaction_records > 0).then(|| format!("{}-{ti}-{j}", self.txn_prefix)),
+                        ..crate::produce::ProducerSettings::of(w)
+                    },
                 };
                 let (clock, metrics, pool) = (self.clock, self.metrics.clone(), self.pool.clone());
                 let h = if self.opts.sink {
@@ -1137,7 +1144,14 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     let setup = setup(opts)?;
     let clock = Clock::new();
     let metrics = Arc::new(Metrics::new(opts.record_latency));
-    let ctx = Ctx { opts, setup: &setup, clock, metrics: metrics.clone(), pool, group_ids: group_ids(opts) };
+    let txn_prefix = {
+        let p = opts.workload.transactional_id.clone().unwrap_or_else(|| format!("loadgen-{}", crate::external::run_id()));
+        match opts.share {
+            Some((i, _)) => format!("{p}-w{i}"),
+            None => p,
+        }
+    };
+    let ctx = Ctx { opts, setup: &setup, clock, metrics: metrics.clone(), pool, group_ids: group_ids(opts), txn_prefix };
     crate::consumer::locked(&metrics.consumer.group_ids).clone_from(&ctx.group_ids);
     let subs = if opts.sink { 0 } else { (w.subscriptions_per_topic * w.consumer_per_subscription.min(1)) as u64 };
     let mut col = Collector::new(clock, metrics.clone(), subs, opts.quiet);
@@ -1917,6 +1931,17 @@ pub fn summary_table(r: &RunResult) -> String {
         s.push_str(&format!(
             "failover: {} producer connection(s) lost, {} Metadata lookup(s), {} partition(s) moved to a new leader, {} batch(es) sent again, {} already written\n",
             p.connections_lost, p.metadata_refreshes, p.leader_changes, p.retried_batches, p.duplicate_batches
+        ));
+    }
+    if let Some(t) = r.producer.as_ref().and_then(|p| p.transactions.as_ref()) {
+        s.push_str(&format!(
+            "transactions: {} committed, {} aborted, {} records each (whole run); commit (EndTxn) p50 {} p99 {} max {}\n",
+            t.committed,
+            t.aborted,
+            t.records_per_transaction,
+            fmt_us(t.commit_latency_us.p50),
+            fmt_us(t.commit_latency_us.p99),
+            fmt_us(t.commit_latency_us.max)
         ));
     }
     s.push_str(&format!(

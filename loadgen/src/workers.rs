@@ -784,6 +784,12 @@ fn merge(
                 a.connections_lost += b.connections_lost;
                 a.metadata_refreshes += b.metadata_refreshes;
                 a.leader_changes += b.leader_changes;
+                if let (Some(x), Some(y)) = (&mut a.transactions, &b.transactions) {
+                    // Counts add up; the commit latency stays the first worker's (histograms
+                    // of commits are not shipped).
+                    x.committed += y.committed;
+                    x.aborted += y.aborted;
+                }
                 let (c, d) = (&mut a.compression, &b.compression);
                 c.batches += d.batches;
                 c.records += d.records;

@@ -11,7 +11,9 @@
 //! `searchStartRate`, `searchHalfRate`.
 //! Producer settings: `compression`, `idempotent`, `keys` (`{distribution, count, zipfS}`, an
 //! alternative spelling of `keyDistributor`/`keySpace`/`zipfExponent`), `headers`,
-//! `headerValueBytes`; `acks` is 0, 1, -1 or `all`.
+//! `headerValueBytes`; `acks` is 0, 1, -1 or `all`; `transactionRecords` (records per
+//! transaction, 0 = off; implies `idempotent`) and `transactionalId` (the transactional ids'
+//! prefix, default unique per run).
 //! Consumers: `consumerMode` (`fetch` | `group`), `consumerGroup`, `commitIntervalMs`,
 //! `heartbeatIntervalMs`, `sessionTimeoutMs`, `groupAssignor`, `extraConsumerJoinSeconds`,
 //! `extraConsumerLeaveSeconds`.
@@ -132,6 +134,14 @@ pub struct Workload {
     /// Idempotent producer (InitProducerId, sequence numbers, retries that never duplicate).
     #[serde(default)]
     pub idempotent: bool,
+    /// Transactional producer: each producer thread commits a transaction every this many
+    /// scheduled records (0 = not transactional). Implies `idempotent` (and needs acks all).
+    #[serde(default)]
+    pub transaction_records: u64,
+    /// Prefix of the transactional ids (`<prefix>-<topic>-<producer>`, one per producer
+    /// thread); default `loadgen-<run id>` (unique per run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactional_id: Option<String>,
     /// Key distribution, count and Zipf exponent in one place; when present it sets
     /// `keyDistributor`, `keySpace` and `zipfExponent` (which must then be absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -441,10 +451,16 @@ impl Workload {
         if !(self.acks == 0 || self.acks == 1 || self.acks == -1) {
             return Err(format!("acks must be 0, 1 or -1 (all), got {}", self.acks));
         }
+        if self.transaction_records > 0 && self.acks != -1 {
+            return Err(format!("transactionRecords requires acks all (-1), got acks {}", self.acks));
+        }
+        if self.transactional_id.as_ref().is_some_and(|t| t.is_empty() || t.len() > 200) {
+            return Err("transactionalId must be 1..=200 characters".into());
+        }
         if self.idempotent && self.acks != -1 {
             return Err(format!("idempotent requires acks all (-1), got acks {}", self.acks));
         }
-        if self.idempotent && self.max_in_flight > 5 {
+        if (self.idempotent || self.transaction_records > 0) && self.max_in_flight > 5 {
             return Err(format!("idempotent allows at most 5 requests in flight per partition (Kafka's bound), got maxInFlight {}", self.max_in_flight));
         }
         if self.headers > 1000 || self.header_value_bytes > 1 << 20 {
@@ -611,6 +627,12 @@ pub struct Overrides {
     /// Idempotent producer (needs acks all).
     #[arg(long)]
     pub idempotent: bool,
+    /// Transactional producer: records per transaction (0 = off; implies --idempotent).
+    #[arg(long)]
+    pub transaction_records: Option<u64>,
+    /// Prefix of the transactional ids (default: unique per run).
+    #[arg(long)]
+    pub transactional_id: Option<String>,
     /// Keys: DIST[:COUNT[:S]], DIST = none | round-robin | random | zipf (e.g. zipf:1000:1.1).
     #[arg(long, value_parser = Keys::parse_cli)]
     pub keys: Option<Keys>,
@@ -717,6 +739,12 @@ impl Overrides {
         }
         if self.idempotent {
             w.idempotent = true;
+        }
+        if let Some(n) = self.transaction_records {
+            w.transaction_records = n;
+        }
+        if let Some(t) = &self.transactional_id {
+            w.transactional_id = Some(t.clone());
         }
         if let Some(k) = &self.keys {
             w.keys = Some(k.clone());
