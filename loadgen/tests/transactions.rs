@@ -1,0 +1,243 @@
+//! The transactional producer (`--transaction-records N`) through the real binaries: the
+//! project's `broker` as an external process, `loadgen run --bootstrap` driving it. A record
+//! counts as acknowledged only when its transaction committed: what the run reports as
+//! acknowledged is exactly what a read_committed consumer reads, and a broker frozen past the
+//! drain deadline leaves the open transaction's records unacknowledged.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::{ApiKey, FetchResponse};
+use loadgen::client::{fetch_request, Conn};
+use loadgen::results::RunResult;
+
+/// The engine's `broker` binary beside this test's `loadgen` (built if missing).
+fn broker_bin() -> PathBuf {
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
+    let p = loadgen.with_file_name("broker");
+    if !p.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args(["build", "-q", "-p", "engine", "--bin", "broker"]);
+        if loadgen.components().any(|c| c.as_os_str() == "release") {
+            c.arg("--release");
+        }
+        assert!(c.status().expect("run cargo build").success(), "cannot build the broker binary");
+    }
+    assert!(p.is_file(), "no broker binary at {}", p.display());
+    p
+}
+
+/// An external broker process; SIGCONT + SIGKILL on drop, whatever the test did to it.
+struct Broker {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(broker_bin())
+            .args(["--durability", "never", "--default-partitions", "2", "--listen", &addr, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start broker");
+        let b = Broker { child, addr, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&b.addr).is_err() {
+            assert!(Instant::now() < deadline, "broker did not listen on {} within 20 s", b.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        b
+    }
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(st.success(), "kill {sig}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Data records (control batches skipped) a consumer with this isolation level (0 =
+/// read_uncommitted, 1 = read_committed) reads from `topic`'s partitions 0..n, from offset 0
+/// up to each partition's last stable offset (read_committed) or high watermark; and the
+/// aborted transactions the broker listed.
+fn count_records(addr: &str, topic: &str, n: i32, isolation: i8) -> (u64, usize) {
+    let mut c = Conn::connect(addr.parse().unwrap(), Duration::from_secs(5)).unwrap();
+    let v = c.version(ApiKey::Fetch).expect("Fetch");
+    let mut next: Vec<i64> = vec![0; n as usize];
+    let mut end: Vec<Option<i64>> = vec![None; n as usize];
+    let (mut records, mut aborted) = (0u64, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open: Vec<i32> = (0..n).filter(|&p| end[p as usize].is_none_or(|e| next[p as usize] < e)).collect();
+        if open.is_empty() {
+            return (records, aborted);
+        }
+        assert!(Instant::now() < deadline, "reading {topic} did not finish within 30 s (next {next:?}, end {end:?})");
+        let req = fetch_request(open.iter().map(|&p| (topic, p, next[p as usize])), 100, 1 << 20).with_isolation_level(isolation);
+        let r: FetchResponse = c.call(ApiKey::Fetch, v, &req).unwrap();
+        for t in &r.responses {
+            for p in &t.partitions {
+                assert_eq!(p.error_code, 0, "Fetch {topic}/{}", p.partition_index);
+                let i = p.partition_index as usize;
+                let stable = if isolation == 1 { p.last_stable_offset } else { p.high_watermark };
+                end[i] = Some(stable);
+                aborted += p.aborted_transactions.as_ref().map_or(0, |a| a.len());
+                let Some(b) = &p.records else { continue };
+                let mut at = 0usize;
+                while at + 61 <= b.len() {
+                    let base = i64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+                    let len = i32::from_be_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+                    if at + 12 + len > b.len() {
+                        break; // a partial batch at the end of the answer
+                    }
+                    let attributes = i16::from_be_bytes(b[at + 21..at + 23].try_into().unwrap());
+                    let last_delta = i32::from_be_bytes(b[at + 23..at + 27].try_into().unwrap()) as i64;
+                    let count = i32::from_be_bytes(b[at + 57..at + 61].try_into().unwrap()) as u64;
+                    if base >= next[i] && base < stable {
+                        if attributes & 0x20 == 0 {
+                            records += count;
+                        }
+                        next[i] = base + last_delta + 1;
+                    }
+                    at += 12 + len;
+                }
+            }
+        }
+    }
+}
+
+fn create_topic(addr: &str, topic: &str, partitions: i32) {
+    let mut c = Conn::connect(addr.parse().unwrap(), Duration::from_secs(5)).unwrap();
+    c.create_topics(&[topic.to_string()], partitions, 1).unwrap();
+}
+
+/// Run loadgen against `broker` (its result file validated against the schema). With
+/// `freeze_at`, the broker is SIGSTOPped when that live line of the measured phase appears.
+fn run(broker: &Broker, args: &[&str], freeze_at: Option<usize>) -> (i32, String, RunResult) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let mut child = bin()
+        .args(["run", "-w", "smoke", "--bootstrap", &broker.addr, "--no-calibrate", "-o"])
+        .arg(&out)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut seen = 0;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" measure]") {
+                seen += 1;
+                if Some(seen) == freeze_at {
+                    let _ = tx.send(());
+                }
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if freeze_at.is_some() {
+        // The freeze is triggered by the run's own progress, not by a sleep.
+        rx.recv_timeout(Duration::from_secs(30)).expect("loadgen never reached the measured phase");
+        broker.signal("-STOP");
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("loadgen did not end within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader.join().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(out.is_file(), "no result written; stderr:\n{stderr}");
+    validate_against_schema(&out);
+    let r = RunResult::load(&out).unwrap();
+    (status.code().unwrap_or(-1), format!("{stdout}\n{stderr}"), r)
+}
+
+#[test]
+fn acknowledged_records_are_exactly_what_read_committed_reads() {
+    let broker = Broker::start();
+    create_topic(&broker.addr, "txn-a", 2);
+    // One producer, 2,000 rec/s for 0.5 s of warmup + 2 s: 5,000 records, 50 transactions of 100.
+    let (code, out, r) = run(
+        &broker,
+        &[
+            "--rate", "2000", "--warmup", "0.5", "--duration", "2", "--drain", "5", "--partitions", "2",
+            "--topic", "txn-a", "--keep-topics", "--transaction-records", "100", "--transactional-id", "acct-test",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    let p = r.producer.as_ref().expect("producer block");
+    let t = p.transactions.as_ref().expect("transactions block");
+    assert!(p.idempotent, "transactions imply idempotence");
+    assert_eq!(t.records_per_transaction, 100);
+    assert_eq!(p.records_acknowledged_total, 5_000, "{out}");
+    assert_eq!(t.committed, 50, "{t:?}");
+    assert_eq!(t.aborted, 0);
+    assert_eq!(t.commit_latency_us.count, 50, "one commit latency per committed transaction");
+    assert!(out.contains("transactions: 50 committed, 0 aborted"), "{out}");
+    let (committed, aborted) = count_records(&broker.addr, "txn-a", 2, 1);
+    assert_eq!(aborted, 0, "no transaction was aborted");
+    assert_eq!(committed, p.records_acknowledged_total, "read_committed reads exactly the acknowledged records");
+    let (all, _) = count_records(&broker.addr, "txn-a", 2, 0);
+    assert_eq!(all, committed, "nothing beyond the committed records was written");
+}
+
+#[test]
+fn broker_frozen_past_the_drain_deadline_leaves_the_open_transaction_unacknowledged() {
+    let broker = Broker::start();
+    // Transactions of 1,000 records at 2,000 rec/s (one every 0.5 s); the broker frozen 1 s
+    // into the window until the end, 1 s of drain.
+    let (code, out, r) = run(
+        &broker,
+        &["--rate", "2000", "--warmup", "0.5", "--duration", "3", "--drain", "1", "--partitions", "2", "--transaction-records", "1000"],
+        Some(1),
+    );
+    assert_eq!(code, 4, "exit status for lost records; {out}");
+    assert!(!r.complete);
+    let a = r.accounting.as_ref().expect("accounting");
+    for ph in [&a.warmup, &a.measure] {
+        assert!(ph.adds_up(), "{ph:?}");
+        assert_eq!(ph.unacknowledged_latency_us.count, ph.failed + ph.timed_out + ph.not_sent, "{ph:?}");
+    }
+    let p = r.producer.as_ref().expect("producer block");
+    let t = p.transactions.as_ref().expect("transactions block");
+    // Only whole committed transactions count: the open one's records (some of them answered
+    // by Produce before the freeze) are never acknowledged.
+    assert_eq!(p.records_acknowledged_total, t.committed * 1000, "{t:?} {a:?}");
+    assert_eq!(a.warmup.acknowledged + a.measure.acknowledged, p.records_acknowledged_total);
+    assert!(t.committed >= 1 && t.committed < 7, "{t:?}");
+    assert!(a.measure.timed_out + a.measure.not_sent > 0, "{:?}", a.measure);
+    assert_eq!(a.measure.failed, 0, "a frozen broker fails nothing: its records time out or are never sent");
+}
