@@ -572,6 +572,8 @@ pub fn fingerprint(v: &Value) -> BTreeMap<String, String> {
     };
     fp.insert("producer.compression".into(), at(&["compression", "codec"], "none"));
     fp.insert("producer.idempotent".into(), at(&["idempotent"], "false"));
+    // Transactional runs compare only with runs of the same transaction size.
+    fp.insert("producer.transaction_records".into(), at(&["transactions", "records_per_transaction"], "0"));
     let headers = at(&["headers"], "0");
     let headers = if headers == "0" { headers } else { format!("{headers} x {} B", at(&["header_value_bytes"], "?")) };
     fp.insert("producer.headers".into(), headers);

@@ -292,6 +292,9 @@ pub fn run_producer<T: Transport>(
             }
             sent_any = true;
         }
+        // Waiting for the transaction's acks and end is the target's back-pressure (the
+        // result's window wait), not the generator's lateness.
+        refused |= txn_full;
         delay.maybe_flush(&metrics.delay, now, false);
         if txn_full && ready.is_empty() && open_order.is_empty() && transport.idle() {
             if let Err(e) = transport.end_transaction() {

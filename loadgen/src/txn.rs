@@ -240,8 +240,10 @@ impl Txn {
                     }
                 }
             }
+            // Short: CONCURRENT_TRANSACTIONS is what Kafka answers AddPartitionsToTxn until the
+            // previous transaction's markers are written (Kafka's producer retries it every 20 ms).
             std::thread::sleep(Duration::from_millis(backoff_ms));
-            backoff_ms = (backoff_ms * 2).min(100);
+            backoff_ms = (backoff_ms * 2).min(20);
         }
     }
 
