@@ -811,10 +811,11 @@ impl KafkaTransport {
         for b in std::mem::take(&mut *self.retries.lock().unwrap_or_else(|p| p.into_inner())) {
             record_unacked(&self.metrics, Unacked::TimedOut, now, b.intended.iter().copied());
         }
-        if let Some(t) = &self.txn {
+        if let Some(t) = &mut self.txn {
             // The open transaction never ended: its records are not acknowledged (failed with
-            // the code a Produce of it got, else timed out).
+            // the code a Produce of it got, else timed out); the broker is asked to abort it.
             t.held.settle_unended(&self.metrics, now);
+            t.abort_open(self.identity.unwrap_or((-1, -1)), Duration::from_secs(2));
         }
     }
 

@@ -294,6 +294,33 @@ impl Txn {
         }
     }
 
+    /// The producer closes with a transaction open (the drain deadline came first): abort it,
+    /// as Kafka's producer does on close, so the broker need not wait for the transaction
+    /// timeout (its records are already accounted as not acknowledged). One try, bounded by
+    /// `wait`; a failure is only logged.
+    pub fn abort_open(&mut self, (pid, epoch): (i64, i16), wait: Duration) {
+        if !self.any_added {
+            return;
+        }
+        self.any_added = false;
+        let req = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from(self.id.clone())))
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_committed(false);
+        let Some(c) = self.coord.as_mut() else { return };
+        let _ = c.set_read_timeout(Some(wait));
+        let r = match c.version(ApiKey::EndTxn) {
+            Some(v) => c.call::<_, EndTxnResponse>(ApiKey::EndTxn, v, &req).map(|r| r.error_code),
+            None => return,
+        };
+        match r {
+            Ok(0) => {}
+            Ok(code) => tracing::warn!("transactional id {:?}: abort of the open transaction at close answered {} ({code})", self.id, code_name(code)),
+            Err(e) => tracing::warn!("transactional id {:?}: abort of the open transaction at close: {e}", self.id),
+        }
+    }
+
     /// End the open transaction (nothing to do when it has no partition): commit when every
     /// Produce of it was acknowledged — its records then count as acknowledged at the commit's
     /// answer and the EndTxn round trip is the commit latency —, else abort (its records fail
