@@ -188,17 +188,13 @@ impl Txn {
         Q: kafka_protocol::protocol::Encodable + kafka_protocol::protocol::HeaderVersion,
         R: kafka_protocol::protocol::Decodable + kafka_protocol::protocol::HeaderVersion,
     {
-        let give_up = clock.now_ns().saturating_add(RETRY_MAX.as_nanos() as u64).min(deadline_ns);
+        let bound = clock.now_ns().saturating_add(RETRY_MAX.as_nanos() as u64);
+        let give_up = bound.min(deadline_ns);
         let mut backoff_ms = 5u64;
         loop {
             let now = clock.now_ns();
-            let past = |what: String| {
-                if clock.now_ns() >= deadline_ns {
-                    CallErr::Deadline(what)
-                } else {
-                    CallErr::Fatal(-1, what)
-                }
-            };
+            // Giving up because the drain deadline comes first is no failure of its own.
+            let past = |what: String| if deadline_ns <= bound { CallErr::Deadline(what) } else { CallErr::Fatal(-1, what) };
             if now >= give_up {
                 return Err(past(format!("{key:?} for transactional id {:?}: no answer in time", self.id)));
             }
