@@ -1223,7 +1223,9 @@ impl Transport for KafkaTransport {
                     for r in &batches {
                         record_unacked(&self.metrics, how, now, r.intended.iter().copied());
                     }
-                    return Err(e);
+                    // Cut off by the drain deadline: no failure of its own (the producer ends
+                    // at the deadline); a refusal fails the run.
+                    return if how == Unacked::TimedOut { Ok(()) } else { Err(e) };
                 }
             }
         }
