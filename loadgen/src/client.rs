@@ -1211,6 +1211,14 @@ impl Transport for KafkaTransport {
     fn send(&mut self, batches: Vec<Ready>, spare: &mut Spare) -> Result<(), String> {
         self.send_retries(spare)?;
         if let Some(t) = &mut self.txn {
+            if t.cut_off {
+                // The drain deadline cut the transaction off: nothing more is sent.
+                let now = self.clock.now_ns();
+                for r in &batches {
+                    record_unacked(&self.metrics, Unacked::TimedOut, now, r.intended.iter().copied());
+                }
+                return Ok(());
+            }
             // AddPartitionsToTxn before a partition's first batch of the transaction.
             let new: Vec<u32> = batches.iter().map(|r| r.partition).filter(|&p| !t.added(p)).collect();
             if !new.is_empty() {

@@ -83,6 +83,10 @@ pub struct Txn {
     /// index → added to the open transaction.
     added: Vec<bool>,
     any_added: bool,
+    /// An AddPartitionsToTxn was cut off by the drain deadline: no batch is sent any more (the
+    /// batches not sent already took their sequence numbers; one sent after them would be out
+    /// of order).
+    pub cut_off: bool,
     rec: AckRecorder,
 }
 
@@ -118,6 +122,7 @@ impl Txn {
             coord: None,
             added: vec![false; n],
             any_added: false,
+            cut_off: false,
             rec: AckRecorder::new(),
         };
         let deadline = std::time::Instant::now() + RETRY_MAX;
@@ -215,7 +220,7 @@ impl Txn {
                     if matches!(code(&r), 15 | 16) {
                         self.coord = None;
                     }
-                    if clock.now_ns() + backoff_ms * 1_000_000 >= give_up {
+                    if clock.now_ns() >= give_up {
                         let c = code(&r);
                         let what = format!("{key:?} for transactional id {:?} still refused: {} ({c})", self.id, code_name(c));
                         return Err(match past(what) {
@@ -238,7 +243,8 @@ impl Txn {
             }
             // Short: CONCURRENT_TRANSACTIONS is what Kafka answers AddPartitionsToTxn until the
             // previous transaction's markers are written (Kafka's producer retries it every 20 ms).
-            std::thread::sleep(Duration::from_millis(backoff_ms));
+            let left = give_up.saturating_sub(clock.now_ns());
+            std::thread::sleep(Duration::from_nanos((backoff_ms * 1_000_000).min(left)));
             backoff_ms = (backoff_ms * 2).min(20);
         }
     }
@@ -285,7 +291,10 @@ impl Txn {
                 self.any_added = true;
                 Ok(())
             }
-            Err(CallErr::Deadline(e)) => Err((Unacked::TimedOut, e)),
+            Err(CallErr::Deadline(e)) => {
+                self.cut_off = true;
+                Err((Unacked::TimedOut, e))
+            }
             Err(CallErr::Fatal(c, e)) => Err((Unacked::Failed(c), e)),
         }
     }
@@ -356,6 +365,7 @@ impl Txn {
                 Ok(())
             }
             Err(CallErr::Deadline(_)) => {
+                self.cut_off = true;
                 for (intended, _) in held {
                     record_unacked(metrics, Unacked::TimedOut, at, intended);
                 }
