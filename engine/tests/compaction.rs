@@ -356,6 +356,80 @@ fn crash_sweep_during_compaction_leaves_old_or_new_segments_whole() {
     assert!(points > 10, "only {points} crash points");
 }
 
+/// The same sweep over `__consumer_offsets` as the group coordinator writes it (commits, an
+/// OffsetDelete and a DeleteGroups as tombstones, group records, with the coordinator's record
+/// encoding): after a power cut at every step of a cleaning pass that also removes the
+/// tombstones, the replay of the reopened log gives exactly the offsets and groups before it.
+#[test]
+fn crash_sweep_compacting_consumer_offsets_keeps_the_committed_state() {
+    use engine::groups::store::{
+        append_commits, append_groups, append_tombstones, group_value, restore_groups, restore_offsets, CommitEntry,
+        Committed, GroupRecord,
+    };
+    let dir = PathBuf::from("/data/__consumer_offsets-0");
+    let cfg = small_cfg(Durability::Group, 2048);
+    let entry = |t: &str, p: i32, o: i64| CommitEntry {
+        topic: t.into(),
+        partition: p,
+        committed: Committed { offset: o, leader_epoch: -1, metadata: Some(String::new()), commit_timestamp_ms: 1 },
+    };
+    let mut at = 0;
+    let mut points = 0;
+    loop {
+        let sim = SimIo::new();
+        let io = sim_io(&sim);
+        let p = Partition::open("__consumer_offsets", 0, &dir, io.clone(), cfg.clone(), Arc::new(engine::log::Notifier::default())).unwrap();
+        let wait = |r: Result<engine::log::AppendInfo, engine::log::AppendError>| p.wait_durable(r.unwrap().next_offset).unwrap();
+        wait(append_commits(&p, "del", &[entry("t", 0, 1), entry("t", 1, 2)]));
+        wait(append_commits(&p, "gone", &[entry("t", 0, 3)]));
+        let group = |generation| GroupRecord {
+            protocol_type: "consumer".into(),
+            generation,
+            protocol: None,
+            leader: None,
+            state_timestamp_ms: 1,
+            members: Vec::new(),
+        };
+        for (g, generation) in [("keep", 1), ("gone", 1), ("keep", 2)] {
+            wait(append_groups(&p, &[(g.into(), Some(group_value(&group(generation))))]));
+        }
+        for i in 0..120 {
+            wait(append_commits(&p, &format!("g{}", i % 3), &[entry("t", i % 5, i as i64)]));
+            if i == 40 {
+                wait(append_tombstones(&p, "del", &[("t".into(), 0)], false));
+                wait(append_tombstones(&p, "gone", &[("t".into(), 0)], true));
+            }
+        }
+        let want = restore_offsets(&p).unwrap();
+        assert!(want.contains_key("del") && !want.contains_key("gone") && want.len() == 4, "{want:?}");
+        let want_groups = restore_groups(&p).unwrap();
+        assert_eq!(want_groups.keys().collect::<Vec<_>>(), vec!["keep"]);
+        p.close().unwrap();
+        drop(p);
+        let mode = if at % 2 == 0 { CrashMode::DropUnsynced } else { CrashMode::TearAndFlip };
+        let crash = Arc::new(CrashAt { sim: sim.clone(), ops: AtomicU64::new(0), at: AtomicU64::new(u64::MAX), mode, image: Mutex::new(None) });
+        let cio: Arc<dyn Io> = crash.clone();
+        let p = Partition::open("__consumer_offsets", 0, &dir, cio, cfg.clone(), Arc::new(engine::log::Notifier::default())).unwrap();
+        crash.at.store(crash.ops.load(Ordering::SeqCst) + at, Ordering::SeqCst);
+        // delete.retention.ms 0: the tombstones go in this pass.
+        let st = clean_partition(&p, engine::log::now_ms() + 1, 0, &limits(), &AtomicBool::new(false)).unwrap();
+        assert!(st.segments_swapped > 0 && st.tombstones_removed > 0, "{st:?}");
+        let image = crash.image.lock().unwrap().take();
+        let done = image.is_none();
+        let image = image.unwrap_or_else(|| sim.crash(mode, at));
+        let p2 = Partition::open("__consumer_offsets", 0, &dir, Arc::new(image), cfg.clone(), Arc::new(engine::log::Notifier::default()))
+            .unwrap_or_else(|e| panic!("crash point {at}: reopen failed: {e}"));
+        assert_eq!(restore_offsets(&p2).unwrap(), want, "crash point {at}: the replay differs");
+        assert_eq!(restore_groups(&p2).unwrap(), want_groups, "crash point {at}: the groups' replay differs");
+        points += 1;
+        if done {
+            break;
+        }
+        at += 1;
+    }
+    assert!(points > 10, "only {points} crash points");
+}
+
 #[test]
 fn cleaner_never_touches_the_active_segment() {
     let sim = SimIo::new();

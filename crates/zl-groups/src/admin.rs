@@ -60,8 +60,7 @@ impl GroupCoordinator {
     /// Delete an Empty group: its metadata and every committed offset. Returns the error code.
     pub fn delete_group(&self, group: &str) -> i16 {
         let wait_for = {
-            // Lock order: offsets, group records, state machine (as `snapshot_offsets` and
-            // `persist_groups`).
+            // Lock order: offsets, group records, state machine (as `persist_groups`).
             let mut o = lock(&self.offsets);
             let mut saved = lock(&self.group_records);
             // A consumer-protocol group (KIP-848): only an Empty one; it has no classic twin.

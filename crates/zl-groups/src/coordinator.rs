@@ -47,10 +47,6 @@ pub struct GroupConfig {
     pub offset_metadata_bytes_max: usize,
     /// How often the reaper checks sessions and rebalance deadlines.
     pub reaper_tick_ms: u64,
-    /// How often every live committed offset and the latest metadata record of every group are
-    /// rewritten at the end of `__consumer_offsets` (when it has more than one segment), so
-    /// segment retention never deletes the only record of one that is still current.
-    pub offsets_snapshot_interval_ms: u64,
     /// group.consumer.session.timeout.ms: a consumer-protocol (KIP-848) member without a
     /// heartbeat for this long is removed and its partitions reassigned.
     pub consumer_session_timeout_ms: i32,
@@ -72,7 +68,6 @@ impl Default for GroupConfig {
             member_metadata_bytes_max: 1 << 20,
             offset_metadata_bytes_max: 4096,
             reaper_tick_ms: 100,
-            offsets_snapshot_interval_ms: 24 * 3600 * 1000,
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
             node_id: 0,

@@ -11,8 +11,17 @@
 //!   end of a block of ids reserved before any id of it is handed out, so ids stay unique across
 //!   restarts (a restart skips the rest of the last block).
 //!
-//! Both are appended with [`Partition::append_durable`], so they follow the log's durability
+//! Both are appended through the [`LogManager`]'s partitions, so they follow the log's durability
 //! mode, and are read back in full when the coordinator starts.
+//!
+//! `__consumer_offsets` is a compacted topic (`cleanup.policy=compact`, as in Kafka): each
+//! logical entry has one stable key (offset: group, topic, partition; group metadata: group),
+//! every change is a put of that key and every deletion a tombstone (OffsetDelete,
+//! DeleteGroups, a group left with no offsets), so the log cleaner keeps exactly the latest
+//! state and a replay of the compacted log (latest record per key wins, a tombstone deletes)
+//! rebuilds it. No record is ever rewritten to keep state alive: data directories written
+//! before (whose "snapshots" were puts of the then-current values) replay the same way, and
+//! the topic is switched to `cleanup.policy=compact` when the coordinator opens it.
 //!
 //! ```text
 //! offset key   : i16 version=1 | str16 group | str16 topic | i32 partition
@@ -102,6 +111,30 @@ fn topic_err(e: TopicError) -> io::Error {
         TopicError::Io(e) => e,
         other => io::Error::other(other.to_string()),
     }
+}
+
+/// Open (creating if needed) `__consumer_offsets` as a compacted topic: created with
+/// `cleanup.policy=compact`; one created without it (by an older broker) is altered to it,
+/// durably, before anything is read (so retention never deletes a live key's only record).
+pub fn offsets_partition(logs: &LogManager) -> io::Result<Arc<Partition>> {
+    let batch_max = logs.config().batch_bytes_max;
+    let mut cfg = logs.topic_config(OFFSETS_TOPIC);
+    if logs.topic(OFFSETS_TOPIC).is_none() {
+        cfg.set("cleanup.policy", "compact", batch_max).map_err(|e| io::Error::other(e.to_string()))?;
+        match logs.create_topic_with_config(OFFSETS_TOPIC, 1, cfg) {
+            Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
+            Err(e) => return Err(topic_err(e)),
+        }
+        cfg = logs.topic_config(OFFSETS_TOPIC);
+    }
+    if cfg.get("cleanup.policy") != Some("compact") {
+        let was = cfg.get("cleanup.policy").unwrap_or("the broker's default").to_string();
+        cfg.set("cleanup.policy", "compact", batch_max).map_err(|e| io::Error::other(e.to_string()))?;
+        logs.alter_topic_config(OFFSETS_TOPIC, cfg).map_err(topic_err)?;
+        tracing::info!(was, "{OFFSETS_TOPIC} switched to cleanup.policy=compact");
+    }
+    logs.partition(OFFSETS_TOPIC, 0)
+        .ok_or_else(|| io::Error::other(format!("internal topic {OFFSETS_TOPIC} has no partition 0")))
 }
 
 /// Open (creating if needed) the single partition of an internal topic.
