@@ -820,6 +820,41 @@ fn offsets_and_groups_survive_restart_after_compaction_and_deletions_stay_delete
     assert_eq!(&r.groups[0].members[0].member_assignment[..], b"asg");
 }
 
+/// OffsetDelete of the last offsets of an Empty group removes the group too, with a tombstone
+/// for its metadata record (Kafka's `cleanupGroupMetadata`: the group goes Dead), so a restart
+/// does not bring it back; one with offsets left stays Empty.
+#[test]
+fn offset_delete_of_an_empty_groups_last_offsets_removes_the_group_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open_logs(dir.path());
+    logs.create_topic("t", 2, None).unwrap();
+    let c = coordinator(&logs);
+    // "e": Stable (its record is written before SyncGroup answers), then Empty after the leave.
+    let a = join_with(&c, "e", join_req("e", "", 60_000, b"m"));
+    let a_id = a.member_id.as_str().to_string();
+    assert_eq!(sync(&c, "e", &a_id, a.generation_id, &[(&a_id, b"asg")]).error_code, err::NONE);
+    assert_eq!(leave(&c, "e", &a_id).error_code, err::NONE);
+    assert_eq!(state(&c, "e").0, GroupState::Empty);
+    assert_eq!(commit(&c, 8, "e", "", -1, &[("t", 0, 1), ("t", 1, 2)]), vec![err::NONE; 2]);
+    assert_eq!(commit(&c, 8, "solo", "", -1, &[("t", 0, 3)]), vec![err::NONE]);
+    assert_eq!(c.delete_offsets("e", &[("t".into(), 0)]), (err::NONE, vec![err::NONE]));
+    assert_eq!(state(&c, "e").0, GroupState::Empty, "offsets left: the group stays");
+    assert_eq!(c.delete_offsets("e", &[("t".into(), 1)]), (err::NONE, vec![err::NONE]));
+    assert!(c.group_summary("e").is_none(), "no offsets left: the Empty group is removed");
+    assert_eq!(c.delete_offsets("solo", &[("t".into(), 0)]), (err::NONE, vec![err::NONE]));
+    assert!(c.group_summary("solo").is_none());
+    let last_e = offsets_log_records(&logs).into_iter().rfind(|(k, _)| k == "e");
+    assert_eq!(last_e, Some(("e".to_string(), false)), "the group's last record is a tombstone");
+    drop(c);
+    logs.close().unwrap();
+    drop(logs);
+    let logs = open_logs(dir.path());
+    let c = coordinator(&logs);
+    assert!(c.group_summary("e").is_none(), "the removed group came back after a restart");
+    assert!(c.group_summary("solo").is_none());
+    assert_eq!(fetch_v1(&c, "e", "t", &[0, 1]), vec![-1, -1]);
+}
+
 /// A data directory written by the previous broker (`__consumer_offsets` created without a
 /// configuration, so `cleanup.policy=delete`; periodic snapshots re-appending every live offset
 /// and group record; retention below the last snapshot's start) loads as it was: the snapshot
