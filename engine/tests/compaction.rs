@@ -430,6 +430,72 @@ fn crash_sweep_compacting_consumer_offsets_keeps_the_committed_state() {
     assert!(points > 10, "only {points} crash points");
 }
 
+/// The coordinator's replay of `__consumer_offsets` is consistent with a cleaner pass running
+/// in the middle of it: a plain scan that read a value in an old segment and then the compacted
+/// segment whose tombstone was removed brings the deleted offset back; `store::replay` sees the
+/// segments change and replays again.
+#[test]
+fn a_cleaner_pass_during_the_offsets_replay_does_not_bring_a_deleted_offset_back() {
+    use engine::groups::store::{append_commits, append_tombstones, apply_offset_record, replay, scan_records, CommitEntry, Committed};
+    // Segments of 400 KB and 4 KB commits: the replay's first 1 MiB read ends before the
+    // tombstone, which is in the fourth segment.
+    let cfg = small_cfg(Durability::Group, 400_000);
+    let entry = |p: i32, o: i64| CommitEntry {
+        topic: "t".into(),
+        partition: p,
+        committed: Committed { offset: o, leader_epoch: -1, metadata: Some("m".repeat(4000)), commit_timestamp_ms: 1 },
+    };
+    let build = || {
+        let sim = SimIo::new();
+        let dir = PathBuf::from("/data/__consumer_offsets-0");
+        let p = Partition::open("__consumer_offsets", 0, &dir, sim_io(&sim), cfg.clone(), Arc::new(engine::log::Notifier::default())).unwrap();
+        let wait = |r: Result<engine::log::AppendInfo, engine::log::AppendError>| p.wait_durable(r.unwrap().next_offset).unwrap();
+        wait(append_commits(&p, "del", &[entry(0, 1)]));
+        let mut i = 0;
+        let mut deleted = false;
+        while p.sealed_segments().len() < 4 {
+            if p.sealed_segments().len() == 3 && !deleted {
+                wait(append_tombstones(&p, "del", &[("t".into(), 0)], false));
+                deleted = true;
+            }
+            wait(append_commits(&p, "busy", &[entry(i % 3, i as i64)]));
+            i += 1;
+            assert!(i < 2000);
+        }
+        p
+    };
+    fn compact_once(p: &Partition) -> impl FnMut() + '_ {
+        let mut done = false;
+        move || {
+            if !done {
+                done = true;
+                let st = clean_partition(p, engine::log::now_ms() + 1, 0, &limits(), &AtomicBool::new(false)).unwrap();
+                assert!(st.tombstones_removed > 0, "{st:?}");
+            }
+        }
+    }
+    // A plain scan with the pass after its first record: the hazard is real.
+    let p = build();
+    let mut all = Default::default();
+    let mut hook = compact_once(&p);
+    scan_records(&p, |k, v| {
+        hook();
+        apply_offset_record(&mut all, k, v)
+    })
+    .unwrap();
+    assert!(all.get("del").is_some_and(|m| m.contains_key(&("t".to_string(), 0))), "the plain scan did not see the hazard");
+    // The replay starts over and gets the state the log holds.
+    let p = build();
+    let mut hook = compact_once(&p);
+    let all = replay(&p, |all, k, v| {
+        hook();
+        apply_offset_record(all, k, v)
+    })
+    .unwrap();
+    assert!(!all.contains_key("del"), "a deleted offset came back: {:?}", all.get("del"));
+    assert_eq!(all["busy"].len(), 3);
+}
+
 #[test]
 fn cleaner_never_touches_the_active_segment() {
     let sim = SimIo::new();

@@ -444,51 +444,82 @@ pub fn scan_records(part: &Partition, mut f: impl FnMut(Option<&[u8]>, Option<&[
     Ok(())
 }
 
-/// Offsets of every group, as of the end of `__consumer_offsets`.
-pub fn restore_offsets(part: &Partition) -> io::Result<HashMap<String, GroupOffsets>> {
-    let mut all: HashMap<String, GroupOffsets> = HashMap::new();
-    scan_records(part, |k, v| {
-        let Some((g, t, p)) = k.and_then(parse_offset_key) else { return };
-        match v {
-            None => {
-                if let Some(m) = all.get_mut(&g) {
-                    m.remove(&(t, p));
-                    if m.is_empty() {
-                        // No offsets left (OffsetDelete, DeleteGroups): the group is known
-                        // only if it has a metadata record.
-                        all.remove(&g);
-                    }
-                }
-            }
-            Some(v) => {
-                if let Some(c) = parse_offset_value(v) {
-                    all.entry(g).or_default().insert((t, p), c);
+/// Replays a compacted log started over when a segment changed under the scan.
+const REPLAY_ATTEMPTS: usize = 10;
+
+/// The sealed segments' identities (base offset, file): a cleaner swap changes the file.
+fn segment_ids(part: &Partition) -> Vec<(u64, usize)> {
+    part.sealed_segments().into_iter().map(|(b, f, _, _)| (b, Arc::as_ptr(&f) as *const u8 as usize)).collect()
+}
+
+/// Replay `part` into a fresh `T` with `f`, consistently with respect to the log cleaner: a scan
+/// that read an old segment (a value) and then a segment compacted meanwhile (its tombstone
+/// removed) would bring the value back, so a scan during which a sealed segment changed is
+/// started over (a pass swaps each segment once; after [`REPLAY_ATTEMPTS`] the replay fails
+/// with an error rather than return a state that may be wrong).
+pub fn replay<T: Default>(part: &Partition, mut f: impl FnMut(&mut T, Option<&[u8]>, Option<&[u8]>)) -> io::Result<T> {
+    for _ in 0..REPLAY_ATTEMPTS {
+        let before = segment_ids(part);
+        let mut t = T::default();
+        scan_records(part, |k, v| f(&mut t, k, v))?;
+        if segment_ids(part) == before {
+            return Ok(t);
+        }
+        tracing::info!(topic = %part.topic, "a segment was compacted during the replay: replaying again");
+    }
+    Err(io::Error::other(format!(
+        "{}-{}: segments kept changing during {REPLAY_ATTEMPTS} replays (the log cleaner); cannot restore a consistent state",
+        part.topic, part.index
+    )))
+}
+
+/// Apply one `__consumer_offsets` record to the offsets of every group (other keys ignored).
+pub fn apply_offset_record(all: &mut HashMap<String, GroupOffsets>, k: Option<&[u8]>, v: Option<&[u8]>) {
+    let Some((g, t, p)) = k.and_then(parse_offset_key) else { return };
+    match v {
+        None => {
+            if let Some(m) = all.get_mut(&g) {
+                m.remove(&(t, p));
+                if m.is_empty() {
+                    // No offsets left (OffsetDelete, DeleteGroups): the group is known
+                    // only if it has a metadata record.
+                    all.remove(&g);
                 }
             }
         }
-    })?;
-    Ok(all)
+        Some(v) => {
+            if let Some(c) = parse_offset_value(v) {
+                all.entry(g).or_default().insert((t, p), c);
+            }
+        }
+    }
+}
+
+/// Offsets of every group, as of the end of `__consumer_offsets`.
+pub fn restore_offsets(part: &Partition) -> io::Result<HashMap<String, GroupOffsets>> {
+    replay(part, apply_offset_record)
 }
 
 /// The latest metadata record of every group in `__consumer_offsets` (a tombstone removes it;
 /// a record that does not parse is skipped with a warning, leaving the previous one).
 pub fn restore_groups(part: &Partition) -> io::Result<HashMap<String, GroupRecord>> {
-    let mut all = HashMap::new();
-    scan_records(part, |k, v| {
-        let Some(g) = k.and_then(parse_group_key) else { return };
-        match v {
-            None => {
-                all.remove(&g);
-            }
-            Some(v) => match parse_group_value(v) {
-                Some(r) => {
-                    all.insert(g, r);
+    replay(
+        part,
+        |all: &mut HashMap<String, GroupRecord>, k, v| {
+            let Some(g) = k.and_then(parse_group_key) else { return };
+            match v {
+                None => {
+                    all.remove(&g);
                 }
-                None => tracing::warn!(group = %g, "skipping unreadable group metadata record"),
-            },
-        }
-    })?;
-    Ok(all)
+                Some(v) => match parse_group_value(v) {
+                    Some(r) => {
+                        all.insert(g, r);
+                    }
+                    None => tracing::warn!(group = %g, "skipping unreadable group metadata record"),
+                },
+            }
+        },
+    )
 }
 
 /// Append one batch of group-metadata records (`None` = tombstone). Not yet durable: the
