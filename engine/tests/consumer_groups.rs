@@ -855,6 +855,30 @@ fn offset_delete_of_an_empty_groups_last_offsets_removes_the_group_durably() {
     assert_eq!(fetch_v1(&c, "e", "t", &[0, 1]), vec![-1, -1]);
 }
 
+/// A group id is a str16 in `__consumer_offsets` keys: one longer than 32,767 bytes (possible in
+/// flexible request versions) is refused with INVALID_GROUP_ID rather than cut (two groups
+/// would then share a key); the longest allowed one survives a restart under its own name.
+#[test]
+fn a_group_id_too_long_for_a_key_is_refused_and_the_longest_one_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open_logs(dir.path());
+    logs.create_topic("t", 1, None).unwrap();
+    let c = coordinator(&logs);
+    let long = "g".repeat(32_768);
+    assert_eq!(commit(&c, 8, &long, "", -1, &[("t", 0, 1)]), vec![err::INVALID_GROUP_ID]);
+    let r: JoinGroupResponse = call(&c, 11, 9, &join_req(&long, "", SESSION_MS, b"m"));
+    assert_eq!(r.error_code, err::INVALID_GROUP_ID);
+    assert!(c.group_summary(&long).is_none());
+    let max = "g".repeat(32_767);
+    assert_eq!(commit(&c, 8, &max, "", -1, &[("t", 0, 5)]), vec![err::NONE]);
+    drop(c);
+    logs.close().unwrap();
+    drop(logs);
+    let logs = open_logs(dir.path());
+    let c = coordinator(&logs);
+    assert_eq!(c.committed(&max, "t", 0).map(|x| x.offset), Some(5));
+}
+
 /// A data directory written by the previous broker (`__consumer_offsets` created without a
 /// configuration, so `cleanup.policy=delete`; periodic snapshots re-appending every live offset
 /// and group record; retention below the last snapshot's start) loads as it was: the snapshot

@@ -490,7 +490,7 @@ impl StateMachine {
 
     fn join_step(&self, g: &mut Groups, a: &JoinArgs) -> Step<JoinOutcome> {
         let fail = |e| Step::Done(JoinOutcome::error(e, &a.member_id));
-        if a.group_id.is_empty() {
+        if a.group_id.is_empty() || a.group_id.len() > super::store::GROUP_ID_BYTES_MAX {
             return fail(err::INVALID_GROUP_ID);
         }
         if a.session_timeout_ms < self.cfg.session_timeout_min_ms || a.session_timeout_ms > self.cfg.session_timeout_max_ms {
@@ -1005,7 +1005,7 @@ impl StateMachine {
     /// Check an OffsetCommit against the group (Kafka's `validateOffsetCommit`); creates the
     /// group (Empty) for a standalone commit to an unknown group.
     pub fn validate_commit(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
-        if group_id.is_empty() {
+        if group_id.is_empty() || group_id.len() > super::store::GROUP_ID_BYTES_MAX {
             return err::INVALID_GROUP_ID;
         }
         let mut g = self.lock();

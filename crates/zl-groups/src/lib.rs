@@ -358,6 +358,9 @@ impl GroupCoordinator {
 
     /// Validate and durably store the commits of one request; returns per-entry error codes.
     fn commit(&self, group: &str, entries: Vec<CommitEntry>) -> Vec<i16> {
+        if group.len() > store::GROUP_ID_BYTES_MAX {
+            return vec![err::INVALID_GROUP_ID; entries.len()];
+        }
         let mut codes = vec![err::NONE; entries.len()];
         let mut ok = Vec::new();
         for (i, e) in entries.iter().enumerate() {

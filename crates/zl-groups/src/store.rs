@@ -57,6 +57,9 @@ const GROUP_KEY_VERSION: i16 = 2;
 /// Kafka's GroupMetadataValue v3 (the last non-flexible version; what Kafka writes since 2.3).
 const GROUP_VALUE_VERSION: i16 = 3;
 const PID_VALUE_VERSION: i16 = 0;
+/// Longest group id: keys hold it as a str16, and a longer one would be cut, so two groups could
+/// share a key (and compaction merge them). Longer ones are refused with INVALID_GROUP_ID.
+pub const GROUP_ID_BYTES_MAX: usize = i16::MAX as usize;
 /// Bytes read per step while restoring.
 const RESTORE_READ_BYTES: u64 = 1 << 20;
 /// Largest batch restore accepts (batch lengths are i32 on the wire).
