@@ -450,10 +450,6 @@ pub fn scan_records(part: &Partition, mut f: impl FnMut(Option<&[u8]>, Option<&[
 /// Replays a compacted log started over when a segment changed under the scan.
 const REPLAY_ATTEMPTS: usize = 10;
 
-/// The sealed segments' identities (base offset, file): a cleaner swap changes the file.
-fn segment_ids(part: &Partition) -> Vec<(u64, usize)> {
-    part.sealed_segments().into_iter().map(|(b, f, _, _)| (b, Arc::as_ptr(&f) as *const u8 as usize)).collect()
-}
 
 /// Replay `part` into a fresh `T` with `f`, consistently with respect to the log cleaner: a scan
 /// that read an old segment (a value) and then a segment compacted meanwhile (its tombstone
@@ -462,10 +458,15 @@ fn segment_ids(part: &Partition) -> Vec<(u64, usize)> {
 /// with an error rather than return a state that may be wrong).
 pub fn replay<T: Default>(part: &Partition, mut f: impl FnMut(&mut T, Option<&[u8]>, Option<&[u8]>)) -> io::Result<T> {
     for _ in 0..REPLAY_ATTEMPTS {
-        let before = segment_ids(part);
+        // The sealed segments (base offset, file): a cleaner swap changes the file. The files
+        // are held, so a new one can never reuse an old one's address.
+        let before = part.sealed_segments();
         let mut t = T::default();
         scan_records(part, |k, v| f(&mut t, k, v))?;
-        if segment_ids(part) == before {
+        let after = part.sealed_segments();
+        let same = before.len() == after.len()
+            && before.iter().zip(&after).all(|(a, b)| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1));
+        if same {
             return Ok(t);
         }
         tracing::info!(topic = %part.topic, "a segment was compacted during the replay: replaying again");
