@@ -2,9 +2,10 @@
 //! `SASL_PLAINTEXT://`, `SASL_SSL://`): the `broker` binary is started with a PLAINTEXT, an SSL,
 //! a SASL_PLAINTEXT and a SASL_SSL listener (port 0 each; the bound ports read from its log),
 //! a throwaway CA made by the `openssl` CLI, client certificates required (`--tls-client-ca`),
-//! and a credentials file with a PLAIN and a SCRAM-SHA-512 entry for one user. Short runs
-//! (2,000 rec/s, 1 s warmup + 2 s) over SSL (CA file, host name checked, client certificate),
-//! SASL_PLAINTEXT with SCRAM-SHA-512 and SASL_SSL with PLAIN: every scheduled record is
+//! and a credentials file with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 entries for one user. Short
+//! runs (2,000 rec/s, 1 s warmup + 2 s) over SSL (CA file, host name checked, client certificate),
+//! SASL_PLAINTEXT with SCRAM-SHA-512, SASL_SSL with PLAIN, and SASL_SSL with SCRAM-SHA-256
+//! (credentials from the environment, consumers in a consumer group): every scheduled record is
 //! acknowledged and consumed back, and what the loadgen counts as acknowledged over the run is
 //! what the broker stored (Σ high watermarks, asked over the PLAINTEXT listener). A wrong
 //! password exits 2 naming the broker and the mechanism, a TLS client without a certificate is
@@ -202,17 +203,21 @@ fn the_loadgen_runs_over_our_brokers_ssl_sasl_plaintext_and_sasl_ssl_listeners()
     // A password of this run only, in the broker's PLAIN entry, in its SCRAM entry (as salted
     // keys) and in the loadgen's credentials file — and nowhere in the loadgen's output.
     let password = format!("pw-{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    let mut scram = Command::new(broker_bin())
-        .args(["--scram-credential", "SCRAM-SHA-512:loadgen"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn broker --scram-credential");
-    std::io::Write::write_all(&mut scram.stdin.take().unwrap(), password.as_bytes()).unwrap();
-    let scram = scram.wait_with_output().unwrap();
-    assert!(scram.status.success(), "broker --scram-credential failed");
+    let mut entries = format!("PLAIN loadgen {password}\n");
+    for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let mut scram = Command::new(broker_bin())
+            .args(["--scram-credential", &format!("{mechanism}:loadgen")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn broker --scram-credential");
+        std::io::Write::write_all(&mut scram.stdin.take().unwrap(), password.as_bytes()).unwrap();
+        let scram = scram.wait_with_output().unwrap();
+        assert!(scram.status.success(), "broker --scram-credential failed");
+        entries.push_str(&String::from_utf8(scram.stdout).unwrap());
+    }
     let users = d.join("users");
-    std::fs::write(&users, format!("PLAIN loadgen {password}\n{}", String::from_utf8(scram.stdout).unwrap())).unwrap();
+    std::fs::write(&users, entries).unwrap();
     let creds = d.join("loadgen.credentials");
     std::fs::write(&creds, format!("username=loadgen\npassword={password}\n")).unwrap();
     let creds = creds.to_str().unwrap();
@@ -235,6 +240,15 @@ fn the_loadgen_runs_over_our_brokers_ssl_sasl_plaintext_and_sasl_ssl_listeners()
     a.extend(&client);
     let o = case.run("sasl-ssl-plain", "SASL_SSL", None, &a, &[]);
     case.check("sasl-ssl-plain", &o, "SASL_SSL", Some("PLAIN"), true);
+    // SASL_SSL + SCRAM-SHA-256, credentials from the environment, consumers in a consumer group:
+    // the group coordinator's connections are secured too.
+    let env = [("LOADGEN_SASL_USERNAME", "loadgen"), ("LOADGEN_SASL_PASSWORD", password.as_str())];
+    let mut a = vec!["--sasl-mechanism", "SCRAM-SHA-256", "--consumer-mode", "group"];
+    a.extend(&client);
+    let o = case.run("sasl-ssl-scram256-group", "SASL_SSL", None, &a, &env);
+    case.check("sasl-ssl-scram256-group", &o, "SASL_SSL", Some("SCRAM-SHA-256"), true);
+    let json = out.join("sasl-ssl-scram256-group.json");
+    assert_eq!(loadgen::results::RunResult::load(&json).unwrap().consumer.expect("consumer").mode, "group");
 
     // A wrong password (credentials from the environment): exit 2 naming broker and mechanism.
     let wrong = format!("wrong-{password}");
