@@ -815,6 +815,7 @@ impl KafkaTransport {
             // The open transaction never ended: its records are not acknowledged (failed with
             // the code a Produce of it got, else timed out); the broker is asked to abort it.
             t.held.settle_unended(&self.metrics, now);
+            t.held.flush_produce_ack(&self.metrics);
             t.abort_open(self.identity.unwrap_or((-1, -1)), Duration::from_secs(2));
         }
     }
@@ -1085,7 +1086,7 @@ impl KafkaTransport {
 /// producer — when their transaction commits.
 fn produce_acked(ctx: &ReaderCtx, rec: &mut AckRecorder, ack_ns: u64, intended: Vec<u64>, value_bytes: u64) {
     match &ctx.txn {
-        Some(t) => t.hold(intended, value_bytes),
+        Some(t) => t.hold(intended, value_bytes, ack_ns),
         None => record_ack(&ctx.metrics, rec, ack_ns, &intended, value_bytes),
     }
 }

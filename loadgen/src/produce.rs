@@ -256,6 +256,9 @@ pub struct ProducerTotals {
     pub txn_committed: AtomicU64,
     pub txn_aborted: AtomicU64,
     pub commit_us: std::sync::Mutex<Option<crate::stats::Hist>>,
+    /// Transactional producer: intended send time → Produce acknowledged (µs), before the
+    /// commit (whole run).
+    pub produce_ack_us: std::sync::Mutex<Option<crate::stats::Hist>>,
     /// What each producer thread of each phase cost and how it kept up (the result's
     /// `generator` block: who limited the run).
     pub loads: std::sync::Mutex<Vec<ProducerLoad>>,
@@ -314,6 +317,12 @@ pub fn generator_verdict(loads: &[ProducerLoad]) -> Vec<String> {
 }
 
 impl ProducerTotals {
+    /// Produce-ack latencies of transactional records (one transport's).
+    pub fn add_produce_ack(&self, h: &crate::stats::Hist) {
+        let mut t = self.produce_ack_us.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = t.get_or_insert_with(crate::stats::new_hist).add(h);
+    }
+
     /// A committed transaction: its EndTxn round trip.
     pub fn add_commit(&self, ns: u64) {
         let mut h = self.commit_us.lock().unwrap_or_else(|p| p.into_inner());
@@ -398,6 +407,13 @@ impl ProducerTotals {
                 aborted: l(&self.txn_aborted),
                 commit_latency_us: self
                     .commit_us
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(crate::stats::summarize)
+                    .unwrap_or_default(),
+                produce_ack_latency_us: self
+                    .produce_ack_us
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .as_ref()

@@ -284,6 +284,10 @@ pub struct TransactionsInfo {
     pub aborted: u64,
     /// EndTxn(commit) round trip of the committed transactions, µs.
     pub commit_latency_us: Latency,
+    /// Intended send time → Produce acknowledged (before the commit), every record whose
+    /// Produce was acknowledged, µs. Absent in older results.
+    #[serde(default)]
+    pub produce_ack_latency_us: Latency,
 }
 
 /// Compression of the loadgen's own batches over the whole run (warmup included).

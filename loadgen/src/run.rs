@@ -1947,13 +1947,15 @@ pub fn summary_table(r: &RunResult) -> String {
     }
     if let Some(t) = r.producer.as_ref().and_then(|p| p.transactions.as_ref()) {
         s.push_str(&format!(
-            "transactions: {} committed, {} aborted, {} records each (whole run); commit (EndTxn) p50 {} p99 {} max {}\n",
+            "transactions: {} committed, {} aborted, {} records each (whole run); commit (EndTxn) p50 {} p99 {} max {}; Produce ack (before the commit) p50 {} p99 {}\n",
             t.committed,
             t.aborted,
             t.records_per_transaction,
             fmt_us(t.commit_latency_us.p50),
             fmt_us(t.commit_latency_us.p99),
-            fmt_us(t.commit_latency_us.max)
+            fmt_us(t.commit_latency_us.max),
+            fmt_us(t.produce_ack_latency_us.p50),
+            fmt_us(t.produce_ack_latency_us.p99)
         ));
     }
     s.push_str(&format!(

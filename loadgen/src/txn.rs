@@ -38,14 +38,30 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub struct TxnHeld {
     held: Mutex<Vec<(Vec<u64>, u64)>>,
+    /// Produce-ack latency (intended send time → Produce answered, µs) of the held records,
+    /// whole run; merged into `ProducerTotals::produce_ack_us` when the transport closes.
+    produce_ack: Mutex<Option<crate::stats::Hist>>,
     /// The first error code a Produce of the open transaction was answered with (0: none): the
     /// transaction aborts.
     failed: AtomicI16,
 }
 
 impl TxnHeld {
-    pub fn hold(&self, intended: Vec<u64>, value_bytes: u64) {
+    pub fn hold(&self, intended: Vec<u64>, value_bytes: u64, ack_ns: u64) {
+        {
+            let mut h = self.produce_ack.lock().unwrap_or_else(|p| p.into_inner());
+            let h = h.get_or_insert_with(crate::stats::new_hist);
+            for &t in &intended {
+                h.saturating_record((ack_ns.saturating_sub(t) / 1000).clamp(1, crate::stats::HIST_MAX_US));
+            }
+        }
         self.held.lock().unwrap_or_else(|p| p.into_inner()).push((intended, value_bytes));
+    }
+    /// Hand the Produce-ack latencies recorded so far to the run's totals.
+    pub fn flush_produce_ack(&self, m: &Metrics) {
+        if let Some(h) = self.produce_ack.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            m.producer.add_produce_ack(&h);
+        }
     }
     pub fn fail(&self, code: i16) {
         let code = if code == 0 { -1 } else { code };

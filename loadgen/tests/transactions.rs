@@ -206,6 +206,7 @@ fn acknowledged_records_are_exactly_what_read_committed_reads() {
     assert_eq!(t.committed, 50, "{t:?}");
     assert_eq!(t.aborted, 0);
     assert_eq!(t.commit_latency_us.count, 50, "one commit latency per committed transaction");
+    assert_eq!(t.produce_ack_latency_us.count, 5_000, "one Produce-ack latency per record");
     assert!(out.contains("transactions: 50 committed, 0 aborted"), "{out}");
     let (committed, aborted) = count_records(&broker.addr, "txn-a", 2, 1);
     assert_eq!(aborted, 0, "no transaction was aborted");
