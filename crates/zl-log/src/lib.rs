@@ -9,6 +9,7 @@ pub mod cleaner;
 pub mod manager;
 pub mod scrub;
 pub mod partition;
+mod producer_state;
 pub mod pool;
 pub mod segment;
 pub mod time_seek;

@@ -28,12 +28,13 @@
 //! with ENOSPC and nothing else (the partition stays usable). A staged write that still fails
 //! (EIO) poisons the partition: its offsets were already handed out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::producer_state::{is_idempotent, Checked, ProducerStateManager};
 use super::segment::{self, Segment};
 use super::txn_index::{self, AbortedTxn, TxnIndex};
 use super::{now_ms, AppendError, DeleteRecordsError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
@@ -58,8 +59,6 @@ pub const STAGING_BYTES_MAX: usize = 4 << 20;
 pub const RESERVE_BYTES: u64 = 1 << 20;
 /// The leader keeps a spare staging buffer of at most this capacity for reuse.
 const SPARE_BYTES_MAX: usize = 8 << 20;
-/// Batches remembered per producer for duplicate detection (Kafka keeps 5).
-const PRODUCER_RECENT_BATCHES: usize = 5;
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,20 +109,12 @@ impl ReadSlice {
     }
 }
 
-#[derive(Debug, Clone)]
-struct ProducerState {
-    epoch: i16,
-    last_seq: i32,
-    /// (first sequence, last sequence, base offset) of recent batches.
-    recent: VecDeque<(i32, i32, u64)>,
-}
-
 #[derive(Debug)]
 struct State {
     segments: Vec<Segment>,
     /// In group mode: position in the active segment up to which data is durable (servable).
     hw_pos: u64,
-    producers: HashMap<i64, Option<ProducerState>>,
+    producers: ProducerStateManager,
     /// Open and aborted transactions (`txn_index`).
     txn: TxnIndex,
     rp_file: Arc<dyn IoFile>,
@@ -436,7 +427,7 @@ impl Partition {
             }
         }
 
-        let mut producers = HashMap::new();
+        let mut producers = ProducerStateManager::default();
         // The transaction index, folded in one segment at a time from its transactional
         // batches (position, header), so recovery holds one segment's worth of them at most.
         let mut txn = TxnIndex::default();
@@ -524,7 +515,7 @@ impl Partition {
                     });
                     match walk {
                         Ok(()) => {
-                            walked.iter().for_each(|info| track_producer(&mut producers, info));
+                            walked.iter().for_each(|info| producers.track(info));
                             txn_batches.extend(txns);
                             trusted = Some(end);
                         }
@@ -541,7 +532,7 @@ impl Partition {
                     let mut at = 0u64;
                     let end = seg
                         .scan(0, base, true, max, interval, |info| {
-                            track_producer(&mut producers, info);
+                            producers.track(info);
                             if info.is_transactional() {
                                 txn_batches.push((at, *info));
                             }
@@ -839,31 +830,12 @@ impl Partition {
             next += info.offset_count();
             assigned.push(a);
         }
-        let mut touched: HashMap<i64, Option<ProducerState>> = HashMap::new();
-        for a in &assigned {
-            if !is_idempotent(a) {
-                continue;
+        let pending = match st.producers.check(&assigned)? {
+            Checked::Accepted(pending) => pending,
+            Checked::Duplicate { base_offset, last_offset } => {
+                return Ok(AppendInfo { base_offset, last_offset, next_offset: base, log_start_offset: st.log_start(), duplicate: true });
             }
-            let current = match touched.get(&a.producer_id) {
-                Some(p) => p.clone(),
-                None => st.producers.get(&a.producer_id).cloned().flatten(),
-            };
-            if let Some(dup_offset) = check_sequence(current.as_ref(), a)? {
-                if assigned.len() == 1 {
-                    return Ok(AppendInfo {
-                        base_offset: dup_offset,
-                        last_offset: dup_offset + a.last_offset_delta as u64,
-                        next_offset: base,
-                        log_start_offset: st.log_start(),
-                        duplicate: true,
-                    });
-                }
-                return Err(AppendError::DuplicateSequence(dup_offset as i64));
-            }
-            let mut p = current;
-            track_producer_one(&mut p, a);
-            touched.insert(a.producer_id, p);
-        }
+        };
         let position = st.active().size;
         let mut at = 0usize;
         for a in &assigned {
@@ -941,11 +913,7 @@ impl Partition {
             pos += a.size_bytes as u64;
             at += a.size_bytes;
         }
-        for (pid, p) in touched {
-            if p.is_some() {
-                st.producers.insert(pid, p);
-            }
-        }
+        st.producers.commit(pending);
         let log_start = st.log_start();
         if self.cfg.durability != Durability::Group {
             st.hw_pos = st.active().size;
@@ -1872,68 +1840,8 @@ impl Partition {
 
     /// Current producer (epoch, last sequence) for tests and InitProducerId.
     pub fn producer_state(&self, producer_id: i64) -> Option<(i16, i32)> {
-        lock(&self.state).producers.get(&producer_id).and_then(|p| p.as_ref()).map(|p| (p.epoch, p.last_seq))
+        lock(&self.state).producers.epoch_and_sequence(producer_id)
     }
-}
-
-/// Sequence check for an idempotent batch. `Ok(Some(offset))` = duplicate of a stored batch.
-fn check_sequence(producer: Option<&ProducerState>, info: &BatchInfo) -> Result<Option<u64>, AppendError> {
-    let last_seq_of = |i: &BatchInfo| i.base_sequence.wrapping_add(i.last_offset_delta);
-    match producer {
-        // No state for this producer (new, or all its batches went with retention): Kafka (since
-        // 2.x, ProducerAppendInfo.checkSequence) accepts any first sequence rather than answering
-        // UNKNOWN_PRODUCER_ID, which would make the client reset its sequences and resend.
-        None => Ok(None),
-        Some(p) => {
-            if info.producer_epoch < p.epoch {
-                return Err(AppendError::ProducerFenced { current: p.epoch, got: info.producer_epoch });
-            }
-            if info.producer_epoch > p.epoch {
-                if info.base_sequence != 0 {
-                    return Err(AppendError::OutOfOrderSequence { expected: 0, got: info.base_sequence });
-                }
-                return Ok(None);
-            }
-            if let Some(&(_, _, off)) =
-                p.recent.iter().find(|(f, l, _)| *f == info.base_sequence && *l == last_seq_of(info))
-            {
-                return Ok(Some(off));
-            }
-            let expected = p.last_seq.wrapping_add(1).max(0);
-            if info.base_sequence != expected {
-                return Err(AppendError::OutOfOrderSequence { expected, got: info.base_sequence });
-            }
-            Ok(None)
-        }
-    }
-}
-
-/// A batch from an idempotent producer (one whose sequence the log tracks).
-fn is_idempotent(info: &BatchInfo) -> bool {
-    info.producer_id >= 0 && info.base_sequence >= 0
-}
-
-/// Record a stored idempotent batch in the producer state (append and recovery).
-fn track_producer(producers: &mut HashMap<i64, Option<ProducerState>>, info: &BatchInfo) {
-    if !is_idempotent(info) {
-        return;
-    }
-    track_producer_one(producers.entry(info.producer_id).or_default(), info);
-}
-
-/// Record a stored idempotent batch in one producer's state (`None` = not seen yet).
-fn track_producer_one(slot: &mut Option<ProducerState>, info: &BatchInfo) {
-    let last = info.base_sequence.wrapping_add(info.last_offset_delta);
-    let p = slot.get_or_insert_with(|| ProducerState { epoch: info.producer_epoch, last_seq: -1, recent: VecDeque::new() });
-    if info.producer_epoch != p.epoch {
-        p.epoch = info.producer_epoch;
-        p.recent.clear();
-    }
-    p.last_seq = last;
-    if p.recent.len() == PRODUCER_RECENT_BATCHES {
-        p.recent.pop_front();
-    }
-    p.recent.push_back((info.base_sequence, last, info.base_offset as u64));
 }
 
 /// Fold a recovered segment's transactional batches (position, header; in log order, all valid)
