@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cleaner;
+mod group_commit;
 pub mod manager;
 pub mod scrub;
 pub mod partition;
