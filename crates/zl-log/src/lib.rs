@@ -7,6 +7,7 @@
 
 pub mod cleaner;
 mod group_commit;
+mod loader;
 pub mod manager;
 pub mod scrub;
 pub mod partition;
