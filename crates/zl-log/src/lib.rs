@@ -8,6 +8,7 @@
 pub mod cleaner;
 mod group_commit;
 mod loader;
+mod local_log;
 pub mod manager;
 pub mod scrub;
 pub mod partition;

@@ -36,6 +36,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::group_commit::{DurableWaiters, SyncState, UnlockedWrite};
 use super::loader::{self, Recovered};
+use super::local_log::LocalLog;
 use super::producer_state::{Checked, ProducerStateManager};
 use super::segment::{self, Segment};
 use super::txn_index::{self, AbortedTxn, TxnIndex};
@@ -105,7 +106,8 @@ impl ReadSlice {
 
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) segments: Vec<Segment>,
+    /// The segments (Kafka's LocalLog).
+    pub(crate) log: LocalLog,
     /// In group mode: position in the active segment up to which data is durable (servable).
     pub(crate) hw_pos: u64,
     pub(crate) producers: ProducerStateManager,
@@ -127,13 +129,13 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn active(&self) -> &Segment {
-        self.segments.last().expect("a partition always has a segment")
+        self.log.active()
     }
     pub(crate) fn active_mut(&mut self) -> &mut Segment {
-        self.segments.last_mut().expect("a partition always has a segment")
+        self.log.active_mut()
     }
     pub(crate) fn next_offset(&self) -> u64 {
-        self.active().next_offset
+        self.log.next_offset()
     }
     pub(crate) fn log_start(&self) -> u64 {
         self.log_start
@@ -238,6 +240,7 @@ impl Partition {
         let next = active.next_offset;
         let hw_pos = active.size;
         let log_start = segments[0].base_offset.max(checkpoint);
+        let log = LocalLog::new(segments);
         let first_open_txn = txn.first_open().unwrap_or(u64::MAX);
         Ok(Arc::new(Partition {
             topic: topic.to_string(),
@@ -247,7 +250,7 @@ impl Partition {
             live: super::LiveConfig::new(&cfg),
             cfg,
             state: Mutex::new(State {
-                segments,
+                log,
                 hw_pos,
                 producers,
                 txn,
@@ -325,11 +328,11 @@ impl Partition {
         self.retention_floor.store(offset, Ordering::Release);
     }
     pub fn segment_count(&self) -> usize {
-        lock(&self.state).segments.len()
+        lock(&self.state).log.len()
     }
     /// Total bytes of all segments.
     pub fn size_bytes(&self) -> u64 {
-        lock(&self.state).segments.iter().map(|s| s.size).sum()
+        lock(&self.state).log.size_bytes()
     }
 
     pub(crate) fn advance_hw(&self, offset: u64) {
@@ -546,75 +549,6 @@ impl Partition {
         self.sync_to(target)
     }
 
-    /// Whether an append of `total` bytes must first roll the active segment (size or age).
-    fn needs_roll(&self, st: &State, total: u64) -> bool {
-        let a = st.active();
-        let old = self.live.segment_ms().is_some_and(|ms| a.created.elapsed().as_millis() as u64 >= ms);
-        a.size > 0 && (a.size + total > self.live.segment_bytes() || old)
-    }
-
-    /// Roll the active segment if an append of `total` bytes still needs it, as the one sync in
-    /// flight. Called without the state lock (a leader in flight may need it to finish).
-    fn roll_exclusive(&self, total: u64) -> Result<(), AppendError> {
-        self.exclusive_sync(|| {
-            let mut st = lock(&self.state);
-            if self.needs_roll(&st, total) {
-                self.roll(&mut st)
-            } else {
-                Ok(())
-            }
-        })
-    }
-
-    /// Seal the active segment (sync it, write its indexes) and start a new one. Only as the
-    /// one sync in flight ([`Partition::roll_exclusive`]).
-    fn roll(&self, st: &mut MutexGuard<'_, State>) -> Result<(), AppendError> {
-        // Invariant: a roll fdatasyncs as the partition's one sync in flight.
-        assert!(lock(&self.sync).in_flight, "a roll started without holding the partition's one sync slot");
-        if self.is_poisoned() {
-            return Err(self.poison_error());
-        }
-        self.write_staged(st, true)?;
-        // A sealed segment ends exactly after its last batch (trim made durable by the sync
-        // below, before the next segment exists), or recovery would refuse it.
-        st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
-        let old = st.active();
-        let next = old.next_offset;
-        // Invariant: segment base offsets strictly increase (a rolled segment holds a batch).
-        assert!(next > old.base_offset, "roll of segment {} at offset {next}: base offsets must increase", old.base_offset);
-        // A failed write (e.g. a short write then ENOSPC) may have left bytes past the last
-        // batch; sealed, they would read as corruption in the middle of the log on reopen.
-        if old.file.len().map_err(AppendError::Storage)? > old.size {
-            old.file.set_len(old.size).map_err(AppendError::Storage)?;
-        }
-        if let Err(e) = old.file.sync_data() {
-            self.poison(format!("fdatasync failed while rolling: {e}"));
-            return Err(self.poison_error());
-        }
-        old.write_indexes(&*self.io).map_err(AppendError::Storage)?;
-        let new = Segment::create(&*self.io, &self.dir, next).map_err(AppendError::Storage)?;
-        if let Err(e) = self.io.sync_dir(&self.dir) {
-            self.poison(format!("fsync of the partition directory failed while rolling: {e}"));
-            return Err(self.poison_error());
-        }
-        st.rp_file.write_at(&encode_recovery_point(next), 0).map_err(AppendError::Storage)?;
-        if let Err(e) = st.rp_file.sync_data() {
-            self.poison(format!("fdatasync of recovery point failed: {e}"));
-            return Err(self.poison_error());
-        }
-        st.segments.push(new);
-        st.hw_pos = 0;
-        // Nothing is staged (written above); the next staged append sets its own position.
-        st.staged_pos = 0;
-        {
-            let mut s = lock(&self.sync);
-            s.durable = s.durable.max(next);
-            self.wake_all();
-        }
-        self.advance_hw(next);
-        Ok(())
-    }
-
     /// File ranges holding whole batches from the batch containing `offset`, up to `max_bytes`
     /// (at least one batch when `min_one_batch`, even if larger). Only offsets below the high
     /// watermark are served.
@@ -666,8 +600,8 @@ impl Partition {
                     )));
                 }
             }
-            let i = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-            let seg = &st.segments[i];
+            let i = st.log.index_for(offset);
+            let seg = st.log.segment(i);
             if offset >= seg.next_offset {
                 // Only the last segment can end at or before the offset (below the high watermark).
                 return Ok(slice);
@@ -677,7 +611,7 @@ impl Partition {
             let active = st.active();
             let group = self.cfg.durability == Durability::Group;
             let active = (active.base_offset, if group { st.hw_pos.min(active.size) } else { active.size });
-            let first = self.read_part(&st, i, active);
+            let first = st.log.read_part(i, active, st.fence);
             (slice, first, seg.index_floor(offset), offset, active, upto)
         };
         // The LSO cut, when it falls inside a segment the read reaches: the position of the
@@ -689,7 +623,7 @@ impl Partition {
             if next.is_some_and(|n| upto >= n) || upto >= self.high_watermark() {
                 return Ok(limit);
             }
-            let floor = self.index_floor_in(base, file, upto).unwrap_or(0);
+            let floor = lock(&self.state).log.index_floor_in(base, file, upto).unwrap_or(0);
             Ok(segment::find_position_from(&**file, upto, floor, limit, self.cfg.batch_bytes_max)?.map_or(limit, |p| p.min(limit)))
         };
         let mut total = 0u64;
@@ -697,7 +631,7 @@ impl Partition {
         let mut at_first = true;
         while let Some((file, base, limit)) = part.take() {
             let limit = if upto < slice.high_watermark {
-                let next = self.segment_end(base);
+                let next = lock(&self.state).log.segment_end(base);
                 cut(&file, base, limit, next)?
             } else {
                 limit
@@ -712,7 +646,7 @@ impl Partition {
                 let budget = max_bytes.saturating_sub(total);
                 let end = if limit - start <= budget {
                     limit
-                } else if let Some(b) = self.index_boundary(base, &file, start, start + budget) {
+                } else if let Some(b) = lock(&self.state).log.index_boundary(base, &file, start, start + budget) {
                     // Cut at a known batch boundary; then walk headers to get closer to the budget.
                     let mut end = b;
                     while end < limit {
@@ -747,63 +681,10 @@ impl Partition {
             // On into the next segment (a read spanning segments takes the lock once per segment).
             if base < active.0 {
                 let st = lock(&self.state);
-                if let Ok(i) = st.segments.binary_search_by_key(&base, |s| s.base_offset) {
-                    if i + 1 < st.segments.len() {
-                        part = Some(self.read_part(&st, i + 1, active));
-                    }
-                }
+                part = st.log.next_part(base, active, st.fence);
             }
         }
         Ok(slice)
-    }
-
-    /// Segment `i`'s file, base offset and servable end for a read planned when the active
-    /// segment was `active` = (base, servable end): the fence, and that end, apply.
-    fn read_part(&self, st: &State, i: usize, active: (u64, u64)) -> (Arc<dyn IoFile>, u64, u64) {
-        let seg = &st.segments[i];
-        let limit = match seg.base_offset.cmp(&active.0) {
-            std::cmp::Ordering::Less => seg.size,
-            std::cmp::Ordering::Equal => active.1.min(seg.size),
-            // Created after the read was planned: nothing there is covered by its high watermark.
-            std::cmp::Ordering::Greater => 0,
-        };
-        // Nothing from the damaged batch on is served.
-        let limit = match st.fence {
-            Some((_, base, pos)) if base == seg.base_offset => limit.min(pos),
-            Some((_, base, _)) if base < seg.base_offset => 0,
-            _ => limit,
-        };
-        (seg.file.clone(), seg.base_offset, limit)
-    }
-
-    /// [`Segment::index_boundary_at_most`] of the segment based at `base` (under the state
-    /// lock; `None` if it is gone).
-    fn index_boundary(&self, base: u64, file: &Arc<dyn IoFile>, after: u64, limit: u64) -> Option<u64> {
-        let st = lock(&self.state);
-        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
-        // Compaction may have swapped a new file in since the read was planned: its index
-        // describes that file, not the one being read.
-        if !std::ptr::addr_eq(Arc::as_ptr(&st.segments[i].file), Arc::as_ptr(file)) {
-            return None;
-        }
-        st.segments[i].index_boundary_at_most(after, limit)
-    }
-
-    /// The index floor of `offset` in the segment based at `base`, if `file` is still its file.
-    fn index_floor_in(&self, base: u64, file: &Arc<dyn IoFile>, offset: u64) -> Option<u64> {
-        let st = lock(&self.state);
-        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
-        if !std::ptr::addr_eq(Arc::as_ptr(&st.segments[i].file), Arc::as_ptr(file)) {
-            return None;
-        }
-        Some(st.segments[i].index_floor(offset))
-    }
-
-    /// The base of the segment after the one based at `base` (`None`: it is the last).
-    fn segment_end(&self, base: u64) -> Option<u64> {
-        let st = lock(&self.state);
-        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
-        st.segments.get(i + 1).map(|s| s.base_offset)
     }
 
     /// The last stable offset: the first offset of the earliest open transaction, or the high
@@ -841,11 +722,9 @@ impl Partition {
                 let hw = self.high_watermark();
                 // Records below the log start are deleted: never an answer.
                 let start = st.log_start;
-                let n = st.segments.len();
+                let n = st.log.len();
                 let group = self.cfg.durability == Durability::Group;
-                let found = st.segments.iter().enumerate().find(|(_, seg)| {
-                    seg.max_timestamp >= ts && seg.next_offset > start && resume.as_ref().is_none_or(|(b, _, _)| seg.base_offset >= *b)
-                });
+                let found = st.log.time_seek_start(ts, start, resume.as_ref().map(|(b, _, _)| *b));
                 let Some((i, seg)) = found else { return Ok(None) };
                 // Staged bytes of the active segment are not in the file yet.
                 let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
@@ -888,7 +767,7 @@ impl Partition {
 
     /// Largest timestamp in the log with the offset of its batch (ListOffsets MAX_TIMESTAMP).
     pub fn max_timestamp(&self) -> i64 {
-        lock(&self.state).segments.iter().map(|s| s.max_timestamp).max().unwrap_or(-1)
+        lock(&self.state).log.max_timestamp()
     }
 
     /// Delete whole old segments beyond the size or time retention. Returns how many.
@@ -902,25 +781,11 @@ impl Partition {
         let mut checkpoint = lock(&self.start_checkpoint);
         let (count, new_first) = {
             let st = lock(&self.state);
-            let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
             let now = now_ms();
             // Never data not yet servable, nor at or above the retention floor.
             let keep_from = self.high_watermark().min(self.retention_floor.load(Ordering::Acquire));
-            let mut count = 0;
-            while st.segments.len() - count > 1 {
-                let oldest = &st.segments[count];
-                let by_size = self.live.retention_bytes().is_some_and(|max| total > max);
-                let by_time = self
-                    .live
-                    .retention_ms()
-                    .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
-                if !(by_size || by_time) || st.segments[count + 1].base_offset > keep_from {
-                    break;
-                }
-                total -= oldest.size;
-                count += 1;
-            }
-            (count, st.segments[count].base_offset)
+            let count = st.log.retention_count(now, self.live.retention_bytes(), self.live.retention_ms(), keep_from);
+            (count, st.log.segment(count).base_offset)
         };
         if count == 0 {
             return Ok(0);
@@ -931,8 +796,8 @@ impl Partition {
         }
         let removed: Vec<Segment> = {
             let mut st = lock(&self.state);
-            let removed = st.segments.drain(..count).collect();
-            st.log_start = st.log_start.max(st.segments[0].base_offset);
+            let removed = st.log.remove_front(count);
+            st.log_start = st.log_start.max(st.log.first_base());
             // Invariant: retention never moves the log start past what is servable.
             assert!(st.log_start <= self.high_watermark(), "log start {} above the high watermark {}", st.log_start, self.high_watermark());
             self.log_start.store(st.log_start, Ordering::Release);
@@ -970,10 +835,9 @@ impl Partition {
             let mut st = lock(&self.state);
             st.log_start = st.log_start.max(offset);
             self.log_start.store(st.log_start, Ordering::Release);
-            let n = st.segments.len();
-            let below = (0..n - 1).take_while(|&i| st.segments[i + 1].base_offset <= offset).count();
-            let removed: Vec<Segment> = st.segments.drain(..below).collect();
-            let first = st.segments[0].base_offset;
+            let below = st.log.count_wholly_below(offset);
+            let removed: Vec<Segment> = st.log.remove_front(below);
+            let first = st.log.first_base();
             if st.fence.is_some_and(|(_, base, _)| base < first) {
                 // The damaged batch was in a deleted segment.
                 st.fence = None;
@@ -1056,8 +920,8 @@ impl Partition {
     /// Sealed segments (base offset, file, size, path) for the scrub.
     pub fn sealed_segments(&self) -> Vec<(u64, Arc<dyn IoFile>, u64, PathBuf)> {
         let st = lock(&self.state);
-        let n = st.segments.len();
-        st.segments[..n - 1]
+        st.log
+            .sealed()
             .iter()
             .map(|s| (s.base_offset, s.file.clone(), s.size, self.dir.join(segment::log_name(s.base_offset))))
             .collect()
@@ -1072,10 +936,8 @@ impl Partition {
     /// scanning). Under the state lock so that retention cannot delete the segment in between
     /// (cleaning is rare; its directory fsyncs are the price).
     pub(crate) fn swap_cleaned(&self, base: u64, old: &Arc<dyn IoFile>, cleaned: &Path, mut new: Segment) -> io::Result<bool> {
-        let same = |a: &Arc<dyn IoFile>| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(old));
         let mut st = lock(&self.state);
-        let n = st.segments.len();
-        let Some(i) = st.segments[..n - 1].iter().position(|s| s.base_offset == base && same(&s.file)) else {
+        let Some(i) = st.log.sealed_holding(base, old) else {
             drop(st);
             self.io.remove_file(cleaned)?;
             return Ok(false);
@@ -1091,8 +953,8 @@ impl Partition {
         self.io.sync_dir(&self.dir)?;
         new.write_indexes(&*self.io)?;
         // Retention by time counts from the newest record the segment was written with.
-        new.max_timestamp = new.max_timestamp.max(st.segments[i].max_timestamp);
-        st.segments[i] = new;
+        new.max_timestamp = new.max_timestamp.max(st.log.segment(i).max_timestamp);
+        st.log.replace_sealed(i, new);
         Ok(true)
     }
 
