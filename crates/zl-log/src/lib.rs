@@ -187,6 +187,9 @@ pub enum AppendError {
     ProducerFenced { current: i16, got: i16 },
     #[error("unknown producer id {0} with non-zero sequence")]
     UnknownProducer(i64),
+    /// The append's offsets span more than a segment can index (u32 relative offsets).
+    #[error("an append of {count} offsets from offset {base} spans more than one segment can index (2^32 offsets)")]
+    TooManyOffsets { base: u64, count: u64 },
 }
 
 /// Why a read failed.

@@ -131,11 +131,14 @@ impl LocalLog {
             .find(|(_, seg)| seg.max_timestamp >= ts && seg.next_offset > start && from_base.is_none_or(|b| seg.base_offset >= b))
     }
 
-    /// Whether an append of `total` bytes must first roll the active segment (size or age).
-    pub(crate) fn needs_roll(&self, total: u64, segment_bytes: u64, segment_ms: Option<u64>) -> bool {
+    /// Whether an append of `total` bytes taking `count` offsets must first roll the active
+    /// segment: by size, by age, or because its last offset would not fit the active segment's
+    /// u32 relative offsets (Kafka's roll on offset overflow). An empty segment never rolls.
+    pub(crate) fn needs_roll(&self, total: u64, count: u64, segment_bytes: u64, segment_ms: Option<u64>) -> bool {
         let a = self.active();
         let old = segment_ms.is_some_and(|ms| a.created.elapsed().as_millis() as u64 >= ms);
-        a.size > 0 && (a.size + total > segment_bytes || old)
+        let overflow = !a.can_hold(a.next_offset + count.max(1) - 1);
+        a.size > 0 && (a.size + total > segment_bytes || old || overflow)
     }
 
     /// Start `new` as the active segment (a roll: the old one is sealed).
@@ -207,17 +210,18 @@ impl LocalLog {
 }
 
 impl Partition {
-    /// Whether an append of `total` bytes must first roll the active segment.
-    pub(crate) fn needs_roll(&self, st: &State, total: u64) -> bool {
-        st.log.needs_roll(total, self.live.segment_bytes(), self.live.segment_ms())
+    /// Whether an append of `total` bytes taking `count` offsets must first roll the active
+    /// segment.
+    pub(crate) fn needs_roll(&self, st: &State, total: u64, count: u64) -> bool {
+        st.log.needs_roll(total, count, self.live.segment_bytes(), self.live.segment_ms())
     }
 
     /// Roll the active segment if an append of `total` bytes still needs it, as the one sync in
     /// flight. Called without the state lock (a leader in flight may need it to finish).
-    pub(crate) fn roll_exclusive(&self, total: u64) -> Result<(), AppendError> {
+    pub(crate) fn roll_exclusive(&self, total: u64, count: u64) -> Result<(), AppendError> {
         self.exclusive_sync(|| {
             let mut st = lock(&self.state);
-            if self.needs_roll(&st, total) {
+            if self.needs_roll(&st, total, count) {
                 self.roll(&mut st)
             } else {
                 Ok(())

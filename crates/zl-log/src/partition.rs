@@ -392,15 +392,30 @@ impl Partition {
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
+        // Offsets the append takes (at least one per batch). Relative offsets are u32 (the
+        // indexes): an append whose offsets do not fit even a segment of its own (several
+        // batches of ~2^31 offsets each) is refused before anything rolls, is assigned or written.
+        let count: u64 = infos.iter().map(|i| i.offset_count()).sum();
+        if count - 1 > u32::MAX as u64 {
+            return Err(AppendError::TooManyOffsets { base: st.next_offset(), count });
+        }
         // Roll first, as a sync of its own (see `roll_exclusive`), then re-take the lock.
-        while self.needs_roll(&st, total) {
+        while self.needs_roll(&st, total, count) {
             drop(st);
-            self.roll_exclusive(total)?;
+            self.roll_exclusive(total, count)?;
             st = lock(&self.state);
             if self.is_poisoned() {
                 return Err(self.poison_error());
             }
         }
+        // Invariant: the active segment can index every offset of the append (rolled above if
+        // not, and an empty segment holds any append that passed the check above).
+        assert!(
+            st.active().can_hold(st.next_offset() + count - 1),
+            "append of {count} offsets at {} does not fit the active segment based at {}",
+            st.next_offset(),
+            st.active().base_offset
+        );
         // Assign offsets, then check idempotent producers'
         // sequences batch by batch against the state as it will be after the earlier batches.
         let base = st.next_offset();
@@ -486,7 +501,13 @@ impl Partition {
                 st.next_offset(),
                 st.active().size
             );
-            st.active_mut().track_batch(pos, a, interval);
+            if let Err(e) = st.active_mut().track_batch(pos, a, interval) {
+                // Checked above (roll or refusal): the bytes are written or staged and their
+                // offsets handed out, so a refusal here is a bug that poisons the partition.
+                drop(st);
+                self.poison(format!("an appended batch cannot be indexed: {e}"));
+                return Err(self.poison_error());
+            }
             if a.is_transactional() {
                 let marker = txn_index::control_marker(&buf[at..at + a.size_bytes], a);
                 st.txn.on_batch(a, marker);

@@ -190,6 +190,7 @@ fn append_error_code(e: &AppendError) -> i16 {
         AppendError::OutOfOrderSequence { .. } => error::OUT_OF_ORDER_SEQUENCE_NUMBER,
         AppendError::ProducerFenced { .. } => error::INVALID_PRODUCER_EPOCH,
         AppendError::UnknownProducer(_) => error::UNKNOWN_PRODUCER_ID,
+        AppendError::TooManyOffsets { .. } => INVALID_RECORD,
     }
 }
 
