@@ -1,5 +1,12 @@
-//! One topic-partition: an ordered list of segments, group commit, reads as file ranges,
-//! recovery, retention, idempotent-producer state.
+//! One topic-partition — Kafka's `Partition`/`UnifiedLog`: the composition of the parts below,
+//! and the public API (`append`, `read*`, `on_durable`, `flush`, retention, DeleteRecords, ...).
+//!
+//! The parts, one Kafka idea each: `loader.rs` (`LogLoader`: recovery at open, whose
+//! result [`Partition::open`] assembles), `local_log.rs` (`LocalLog`: the segments, roll,
+//! read planning, which segments retention and DeleteRecords remove), `producer_state.rs`
+//! (`ProducerStateManager`: idempotent producers' sequences), `group_commit.rs` (the one
+//! sync slot, the leader's write + fdatasync, durable waiters, poison). This file keeps offset
+//! assignment, the read loop, the log start checkpoint, the high watermark and its waiters.
 //!
 //! Locking: `state` (segments, producer state, staged bytes) is held while an append assigns
 //! offsets and writes or stages; `sync` (durable offset, in-flight flags, poison) is held only

@@ -177,7 +177,7 @@ impl Segment {
     /// Whether a batch whose offsets end at `last_offset` can be tracked here: its offsets
     /// relative to the segment's base fit the indexes' u32 (Kafka's
     /// `LogSegment.canConvertToRelativeOffset`; a batch that does not fit needs a new segment,
-    /// see [`super::local_log::LocalLog::needs_roll`]).
+    /// see `LocalLog::needs_roll`).
     pub fn can_hold(&self, last_offset: u64) -> bool {
         last_offset.checked_sub(self.base_offset).is_some_and(|rel| rel <= u32::MAX as u64)
     }
