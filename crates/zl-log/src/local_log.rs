@@ -5,19 +5,20 @@
 //! one appended to. It plans reads (which segment holds an offset, its file and servable end,
 //! index lookups in the file a read holds), decides and performs the roll (the active segment
 //! sealed, synced and indexed, a new one created at the log end), chooses the segments
-//! retention and DeleteRecords remove (always from the front, never the active one), and finds
-//! where a timestamp search starts. The partition's state lock guards it; the disk I/O of a
+//! retention and DeleteRecords remove (always from the front, never the active one), and
+//! answers the timestamp search ([`Partition::offset_for_timestamp`]). The partition's state lock guards it; the disk I/O of a
 //! read, of an unlink and of the directory fsync after it runs without that lock (see
 //! [`super::partition`]).
 //!
 //! Asserts: a partition always has a segment; a new segment starts exactly at the log end, above
 //! the active segment's base; segments leave only from the front and never the active one.
 
+use std::io;
 use std::sync::{Arc, MutexGuard};
 
 use super::partition::{encode_recovery_point, lock, Partition, State};
-use super::segment::Segment;
-use super::AppendError;
+use super::segment::{self, Segment};
+use super::{AppendError, Durability, FetchError};
 use zl_io::IoFile;
 
 /// A part of a read: a segment's file, its base offset, and the end of what may be served.
@@ -210,6 +211,68 @@ impl LocalLog {
 }
 
 impl Partition {
+    /// Offset and timestamp of the first record whose timestamp is >= `ts` (exact to the
+    /// record, as Kafka: the batch is found through the time index and batch headers, then its
+    /// records are walked, decompressed if need be), or `None` if there is none below the high
+    /// watermark.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>, FetchError> {
+        let bad = |e: String| FetchError::Storage(io::Error::new(io::ErrorKind::InvalidData, e));
+        // (segment base offset, position) to resume the batch search from, after a batch whose
+        // max timestamp reached `ts` but none of whose records did (a producer's max timestamp
+        // is not checked against its records), or after a segment without an answer.
+        // The position holds only in the same file (compaction may swap a new one in).
+        type Resume = (u64, u64, Option<Arc<dyn IoFile>>);
+        let mut resume: Option<Resume> = None;
+        loop {
+            // Under the lock, no I/O: the first segment that may hold the answer.
+            let (file, base, limit, mut pos, start, hw) = {
+                let st = lock(&self.state);
+                let hw = self.high_watermark();
+                // Records below the log start are deleted: never an answer.
+                let start = st.log_start;
+                let n = st.log.len();
+                let group = self.cfg.durability == Durability::Group;
+                let found = st.log.time_seek_start(ts, start, resume.as_ref().map(|(b, _, _)| *b));
+                let Some((i, seg)) = found else { return Ok(None) };
+                // Staged bytes of the active segment are not in the file yet.
+                let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
+                let pos = match &resume {
+                    Some((b, pos, Some(f))) if *b == seg.base_offset && std::ptr::addr_eq(Arc::as_ptr(f), Arc::as_ptr(&seg.file)) => *pos,
+                    _ => seg.time_floor_position(ts),
+                };
+                (seg.file.clone(), seg.base_offset, limit, pos, start, hw)
+            };
+            // Without the lock: the first batch from there whose max timestamp reaches `ts`.
+            let mut found = None;
+            while pos < limit {
+                let h = segment::read_header(&*file, pos, self.cfg.batch_bytes_max)?.map_err(|e| bad(e.to_string()))?;
+                if h.base_offset as u64 >= hw {
+                    return Ok(None);
+                }
+                if h.max_timestamp >= ts && h.last_offset() as u64 >= start {
+                    found = Some((pos, h.size_bytes));
+                    break;
+                }
+                pos += h.size_bytes as u64;
+            }
+            let Some((pos, size)) = found else {
+                // Nothing in this segment: the next ones.
+                resume = Some((base + 1, 0, None));
+                continue;
+            };
+            // Read that batch and find the exact record, as Kafka does (the first offset whose
+            // record timestamp is >= ts, not the batch's base offset).
+            let mut batch = vec![0u8; size];
+            if super::segment::read_fully(&*file, &mut batch, pos)? < size {
+                return Err(bad(format!("batch at position {pos} is truncated")));
+            }
+            match super::time_seek::first_at_or_after_from(&batch, ts, start).map_err(bad)? {
+                Some(found) => return Ok(Some(found)),
+                None => resume = Some((base, pos + size as u64, Some(file.clone()))),
+            }
+        }
+    }
+
     /// Whether an append of `total` bytes taking `count` offsets must first roll the active
     /// segment.
     pub(crate) fn needs_roll(&self, st: &State, total: u64, count: u64) -> bool {
