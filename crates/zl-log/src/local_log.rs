@@ -6,12 +6,15 @@
 //! index lookups in the file a read holds), decides and performs the roll (the active segment
 //! sealed, synced and indexed, a new one created at the log end), chooses the segments
 //! retention and DeleteRecords remove (always from the front, never the active one), and
-//! answers the timestamp search ([`Partition::offset_for_timestamp`]). The partition's state lock guards it; the disk I/O of a
-//! read, of an unlink and of the directory fsync after it runs without that lock (see
-//! [`super::partition`]).
+//! answers the timestamp search ([`Partition::offset_for_timestamp`]). The partition's state
+//! lock guards it; the disk I/O of a read, of an unlink and of the directory fsync after it runs
+//! without that lock (see [`super::partition`]).
 //!
 //! Asserts: a partition always has a segment; a new segment starts exactly at the log end, above
-//! the active segment's base; segments leave only from the front and never the active one.
+//! the active segment's base; segments leave only from the front and never the active one; a
+//! compacted copy replaces a sealed segment at the same base. Relative offsets are u32: a batch
+//! whose last offset the active segment cannot hold rolls it first ([`LocalLog::needs_roll`]),
+//! and `Segment::track_batch` refuses (an error) what it still cannot represent.
 
 use std::io;
 use std::sync::{Arc, MutexGuard};
