@@ -140,6 +140,10 @@ pub struct LogConfig {
     /// Memory bound of the cleaner's key map (Kafka's `log.cleaner.dedupe.buffer.size`).
     /// Default 128 MiB.
     pub cleaner_map_bytes: usize,
+    /// Kafka's `producer.id.expiration.ms`: an idempotent producer whose newest batch's
+    /// timestamp is this old (and that has no open transaction) is forgotten by the log
+    /// maintenance thread (`producer_state`). Default 1 day, as Kafka; `None` keeps every one.
+    pub producer_id_expiration_ms: Option<u64>,
 }
 
 impl Default for LogConfig {
@@ -166,6 +170,7 @@ impl Default for LogConfig {
             delete_retention_ms: 24 * 3600 * 1000,
             cleaner_rate_mib: 32,
             cleaner_map_bytes: 128 << 20,
+            producer_id_expiration_ms: Some(24 * 3600 * 1000),
         }
     }
 }

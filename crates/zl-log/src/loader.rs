@@ -104,6 +104,8 @@ pub(crate) fn load(topic: &str, index: u32, dir: &Path, io: &dyn Io, cfg: &LogCo
         }
 
         let mut producers = ProducerStateManager::default();
+        // Recovered producers' idleness (expiry) counts from this open.
+        let opened_ms = super::now_ms();
         // The transaction index, folded in one segment at a time from its transactional
         // batches (position, header), so recovery holds one segment's worth of them at most.
         let mut txn = TxnIndex::default();
@@ -191,7 +193,7 @@ pub(crate) fn load(topic: &str, index: u32, dir: &Path, io: &dyn Io, cfg: &LogCo
                     });
                     match walk {
                         Ok(()) => {
-                            walked.iter().for_each(|info| producers.track(info));
+                            walked.iter().for_each(|info| producers.track(info, opened_ms));
                             txn_batches.extend(txns);
                             trusted = Some(end);
                         }
@@ -208,7 +210,7 @@ pub(crate) fn load(topic: &str, index: u32, dir: &Path, io: &dyn Io, cfg: &LogCo
                     let mut at = 0u64;
                     let end = seg
                         .scan(0, base, true, max, interval, |info| {
-                            producers.track(info);
+                            producers.track(info, opened_ms);
                             if info.is_transactional() {
                                 txn_batches.push((at, *info));
                             }

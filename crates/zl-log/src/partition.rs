@@ -434,7 +434,7 @@ impl Partition {
             next += info.offset_count();
             assigned.push(a);
         }
-        let pending = match st.producers.check(&assigned)? {
+        let pending = match st.producers.check(&assigned, now_ms())? {
             Checked::Accepted(pending) => pending,
             Checked::Duplicate { base_offset, last_offset } => {
                 return Ok(AppendInfo { base_offset, last_offset, next_offset: base, log_start_offset: st.log_start(), duplicate: true });
@@ -944,6 +944,16 @@ impl Partition {
             self.io.sync_dir(parent)?;
         }
         Ok(())
+    }
+
+    /// Forget idempotent producers idle for `producer_id_expiration_ms` as of `now_ms` (never
+    /// one with an open transaction). Returns how many went.
+    pub fn expire_producers(&self, now_ms: i64) -> usize {
+        let Some(max_idle) = self.cfg.producer_id_expiration_ms else { return 0 };
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        let open: Vec<i64> = st.txn.open().map(|(pid, _)| pid).collect();
+        st.producers.expire(now_ms, max_idle, |pid| open.contains(&pid))
     }
 
     /// Current producer (epoch, last sequence) for tests and InitProducerId.

@@ -8,9 +8,14 @@
 //! stored batch, and an append checks its batches against it before it writes anything
 //! ([`ProducerStateManager::check`]), then records them ([`ProducerStateManager::commit`]).
 //!
-//! Not here (yet): Kafka's expiry of idle producers (`producer.id.expiration.ms`) and its
-//! snapshot files; a producer's state stays for the partition's lifetime in memory and is
-//! rebuilt from the log at open.
+//! Expiry, as Kafka's `producer.id.expiration.ms` (`LogConfig::producer_id_expiration_ms`,
+//! default 1 day): a producer that has appended nothing for that long, and which has no open
+//! transaction, is forgotten ([`ProducerStateManager::expire`], run by the log maintenance
+//! thread), which bounds the map by the producers active in the window; a later batch of it is
+//! accepted with any sequence, as for a new producer. Unlike Kafka, idleness counts from the
+//! broker's clock at the producer's last append (recovery counts from the open), not from the
+//! batches' timestamps: a producer whose clock lags a day would otherwise lose its state at
+//! every pass. Not here: Kafka's snapshot files (the state is rebuilt from the log at open).
 //!
 //! Asserts: at most [`PRODUCER_RECENT_BATCHES`] batches are remembered per producer.
 
@@ -28,6 +33,9 @@ pub(crate) struct ProducerState {
     last_seq: i32,
     /// (first sequence, last sequence, base offset) of recent batches.
     recent: VecDeque<(i32, i32, u64)>,
+    /// Broker time (ms) of its last append (or of the open that recovered it): expiry counts
+    /// from it.
+    last_active_ms: i64,
 }
 
 /// The producer states of one partition (producer id → state).
@@ -49,18 +57,19 @@ pub(crate) enum Checked {
 pub(crate) struct Pending(HashMap<i64, Option<ProducerState>>);
 
 impl ProducerStateManager {
-    /// Record a stored batch (recovery; non-idempotent batches are ignored).
-    pub(crate) fn track(&mut self, info: &BatchInfo) {
+    /// Record a stored batch (recovery, at broker time `now_ms`; non-idempotent batches are
+    /// ignored).
+    pub(crate) fn track(&mut self, info: &BatchInfo, now_ms: i64) {
         if !is_idempotent(info) {
             return;
         }
-        track_producer_one(self.producers.entry(info.producer_id).or_default(), info);
+        track_producer_one(self.producers.entry(info.producer_id).or_default(), info, now_ms);
     }
 
     /// Check the batches of one append (`assigned`: their offsets assigned, in log order)
     /// against the state as it will be after the earlier ones. A retry of a stored batch is
     /// `Checked::Duplicate` when it is the append's only batch and an error otherwise.
-    pub(crate) fn check(&self, assigned: &[BatchInfo]) -> Result<Checked, AppendError> {
+    pub(crate) fn check(&self, assigned: &[BatchInfo], now_ms: i64) -> Result<Checked, AppendError> {
         let mut touched: HashMap<i64, Option<ProducerState>> = HashMap::new();
         for a in assigned {
             if !is_idempotent(a) {
@@ -80,7 +89,7 @@ impl ProducerStateManager {
                 return Err(AppendError::DuplicateSequence(dup_offset as i64));
             }
             let mut p = current;
-            track_producer_one(&mut p, a);
+            track_producer_one(&mut p, a, now_ms);
             touched.insert(a.producer_id, p);
         }
         Ok(Checked::Accepted(Pending(touched)))
@@ -94,6 +103,23 @@ impl ProducerStateManager {
                 self.producers.insert(pid, p);
             }
         }
+    }
+
+    /// Forget producers whose last append was at least `max_idle_ms` before `now_ms`, except
+    /// those for which `keep` holds (an open transaction). Returns how many went.
+    pub(crate) fn expire(&mut self, now_ms: i64, max_idle_ms: u64, keep: impl Fn(i64) -> bool) -> usize {
+        let before = self.producers.len();
+        let idle = i64::try_from(max_idle_ms).unwrap_or(i64::MAX);
+        self.producers.retain(|&pid, p| {
+            p.as_ref().is_some_and(|p| now_ms.saturating_sub(p.last_active_ms) < idle) || keep(pid)
+        });
+        before - self.producers.len()
+    }
+
+    /// Producers tracked.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.producers.len()
     }
 
     /// A producer's (epoch, last sequence).
@@ -140,9 +166,15 @@ pub(crate) fn is_idempotent(info: &BatchInfo) -> bool {
 }
 
 /// Record a stored idempotent batch in one producer's state (`None` = not seen yet).
-fn track_producer_one(slot: &mut Option<ProducerState>, info: &BatchInfo) {
+fn track_producer_one(slot: &mut Option<ProducerState>, info: &BatchInfo, now_ms: i64) {
     let last = info.base_sequence.wrapping_add(info.last_offset_delta);
-    let p = slot.get_or_insert_with(|| ProducerState { epoch: info.producer_epoch, last_seq: -1, recent: VecDeque::new() });
+    let p = slot.get_or_insert_with(|| ProducerState {
+        epoch: info.producer_epoch,
+        last_seq: -1,
+        recent: VecDeque::new(),
+        last_active_ms: now_ms,
+    });
+    p.last_active_ms = p.last_active_ms.max(now_ms);
     if info.producer_epoch != p.epoch {
         p.epoch = info.producer_epoch;
         p.recent.clear();
@@ -154,4 +186,51 @@ fn track_producer_one(slot: &mut Option<ProducerState>, info: &BatchInfo) {
     p.recent.push_back((info.base_sequence, last, info.base_offset as u64));
     // Invariant: a bounded memory of recent batches per producer.
     assert!(p.recent.len() <= PRODUCER_RECENT_BATCHES, "producer {} remembers {} batches", info.producer_id, p.recent.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(pid: i64, seq: i32, offset: i64) -> BatchInfo {
+        BatchInfo {
+            base_offset: offset,
+            size_bytes: 100,
+            attributes: 0,
+            last_offset_delta: 0,
+            base_timestamp: 1_000,
+            max_timestamp: 1_000,
+            producer_id: pid,
+            producer_epoch: 0,
+            base_sequence: seq,
+            record_count: 1,
+        }
+    }
+
+    #[test]
+    fn idle_producers_expire_unless_kept_and_a_later_batch_starts_over() {
+        let day = 24 * 3600 * 1000;
+        let now = 10 * day as i64;
+        let mut m = ProducerStateManager::default();
+        m.track(&batch(1, 0, 0), now - day as i64); // idle exactly the window: expires
+        m.track(&batch(2, 0, 1), now - day as i64 - 5); // idle longer, but kept (open transaction)
+        m.track(&batch(3, 0, 2), now - day as i64 + 1); // just inside the window
+        m.track(&batch(3, 1, 3), now - 2 * day as i64); // an earlier clock later does not make it idle
+        assert_eq!(m.expire(now, day, |pid| pid == 2), 1);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.epoch_and_sequence(1), None);
+        assert_eq!(m.epoch_and_sequence(3), Some((0, 1)));
+        // Producer 1 is new again: any sequence is accepted, its old batch is no duplicate.
+        assert!(matches!(m.check(&[batch(1, 7, 4)], now), Ok(Checked::Accepted(_))));
+        assert!(matches!(m.check(&[batch(1, 0, 4)], now), Ok(Checked::Accepted(_))));
+        // Producer 3 still has its state: its retry is a duplicate, a gap is refused.
+        assert!(matches!(m.check(&[batch(3, 1, 4)], now), Ok(Checked::Duplicate { base_offset: 3, .. })));
+        assert!(matches!(m.check(&[batch(3, 5, 4)], now), Err(AppendError::OutOfOrderSequence { expected: 2, got: 5 })));
+        // An append renews a producer's window.
+        if let Ok(Checked::Accepted(pending)) = m.check(&[batch(3, 2, 4)], now + day as i64 - 2) {
+            m.commit(pending);
+        }
+        assert_eq!(m.expire(now + day as i64, day, |_| false), 1, "producer 2 goes once no longer kept; 3 was renewed");
+        assert_eq!(m.epoch_and_sequence(3), Some((0, 2)));
+    }
 }
