@@ -44,7 +44,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use super::group_commit::{DurableWaiters, SyncState, UnlockedWrite};
 use super::loader::{self, Recovered};
 use super::local_log::LocalLog;
-use super::producer_state::{Checked, ProducerStateManager};
+use super::producer_state::{is_idempotent, Checked, ProducerStateManager};
 use super::segment::{self, Segment};
 use super::txn_index::{self, AbortedTxn, TxnIndex};
 use super::{now_ms, AppendError, DeleteRecordsError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
@@ -434,7 +434,9 @@ impl Partition {
             next += info.offset_count();
             assigned.push(a);
         }
-        let pending = match st.producers.check(&assigned, now_ms())? {
+        // The clock only for idempotent batches (their producers' expiry counts from it).
+        let now = if assigned.iter().any(is_idempotent) { now_ms() } else { 0 };
+        let pending = match st.producers.check(&assigned, now)? {
             Checked::Accepted(pending) => pending,
             Checked::Duplicate { base_offset, last_offset } => {
                 return Ok(AppendInfo { base_offset, last_offset, next_offset: base, log_start_offset: st.log_start(), duplicate: true });
