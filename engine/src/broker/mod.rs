@@ -172,6 +172,11 @@ pub enum Reply {
     /// Computed on the blocking pool (it may block: a group rebalance, an fsync); returns
     /// header + body as in `Now`.
     Later(Box<dyn FnOnce() -> Vec<u8> + Send>),
+    /// The handler itself, run again on the blocking pool because it would block (a topic
+    /// auto-created by Metadata or Produce makes directories and fsyncs): the `Reply` it
+    /// returns there is delivered as if the handler had returned it on the network thread. The
+    /// connection's later requests wait for it, as for `Later`.
+    Pool(Box<dyn FnOnce() -> Reply + Send>),
     /// No response (Produce with acks=0).
     Nothing,
     /// A Fetch response frame (size prefix included), sent by the network thread with
@@ -196,6 +201,7 @@ impl Reply {
         match self {
             Reply::Now(v) | Reply::NowThenClose(v, _, _) => Some(v),
             Reply::Later(f) => Some(f()),
+            Reply::Pool(f) => f().wait_response(),
             Reply::Nothing | Reply::Close(_) => None,
             Reply::Frame(f) => f.to_vec().ok().map(|mut v| v.split_off(4)),
             Reply::Pending(f) => {
@@ -212,6 +218,7 @@ impl std::fmt::Debug for Reply {
         match self {
             Reply::Now(v) => write!(f, "Now({} bytes)", v.len()),
             Reply::Later(_) => write!(f, "Later"),
+            Reply::Pool(_) => write!(f, "Pool"),
             Reply::Nothing => write!(f, "Nothing"),
             Reply::Frame(fr) => write!(f, "Frame({} bytes)", fr.total_bytes),
             Reply::Pending(_) => write!(f, "Pending"),

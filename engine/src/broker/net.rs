@@ -816,6 +816,14 @@ impl Worker {
                 });
                 return;
             }
+            Reply::Pool(f) => {
+                // A handler that would block here (a topic auto-create): run on the blocking
+                // pool, its reply delivered to this slot; later requests wait, as for `Later`.
+                c.pool_seq = Some(seq);
+                let responder = Responder::net(self.me.clone(), key, gen, seq);
+                self.shared.pool.spawn(move || responder.send(f()));
+                return;
+            }
             Reply::Pending(f) => {
                 let responder = Responder::net(self.me.clone(), key, gen, seq);
                 f(responder);
