@@ -58,6 +58,9 @@ pub const CONNECTION_IDLE_MS_DEFAULT: u64 = 600_000;
 /// Default of `request_timeout_ms`: once a frame's first byte arrived, all of it must within
 /// this (a slowloris client sending a byte a second is closed).
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default of `handshake_timeout_ms`: a connection to a TLS or SASL listener must finish its
+/// TLS handshake and SASL authentication within this, or is closed.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default of `request_bytes_in_flight_max`: request frames read or handled at once.
 pub const REQUEST_BYTES_IN_FLIGHT_DEFAULT: usize = 256 << 20;
 /// Default of `connections_max` (each connection costs a descriptor and a few KiB).
@@ -97,6 +100,10 @@ pub struct BrokerConfig {
     pub request_timeout_ms: u64,
     /// A connection with no request for this long is closed (connections.max.idle.ms).
     pub connection_idle_ms: u64,
+    /// A connection to a TLS or SASL listener whose TLS handshake or SASL authentication is
+    /// not complete this long after it was accepted is closed (a stalled handshake holds a
+    /// connection slot no longer than this, whatever `connection_idle_ms` is).
+    pub handshake_timeout_ms: u64,
     /// Connections open at once; more are accepted and closed (max.connections).
     pub connections_max: usize,
     /// Connections open at once from one IP address (max.connections.per.ip).
@@ -149,6 +156,7 @@ impl BrokerConfig {
             request_bytes_in_flight_max: REQUEST_BYTES_IN_FLIGHT_DEFAULT,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             connection_idle_ms: CONNECTION_IDLE_MS_DEFAULT,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             connections_per_ip_max: CONNECTIONS_PER_IP_MAX_DEFAULT,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
@@ -372,7 +380,10 @@ impl Broker {
                 ),
             ));
         }
-        if cfg.request_timeout_ms == 0 || cfg.connection_idle_ms == 0 || cfg.connections_max == 0 || cfg.connections_per_ip_max == 0 {
+        if cfg.request_timeout_ms == 0
+            || cfg.connection_idle_ms == 0
+            || cfg.handshake_timeout_ms == 0
+            || cfg.connections_max == 0 || cfg.connections_per_ip_max == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "timeouts and connection limits must be positive"));
         }
         if cfg.default_partitions < 1 || cfg.default_partitions > cfg.partitions_per_topic_max {
@@ -651,7 +662,7 @@ fn release_ip(shared: &Shared, ip: IpAddr) {
 /// How often each network thread checks request deadlines, idle connections and stalled
 /// sends: they are enforced within this.
 fn read_tick(cfg: &BrokerConfig) -> Duration {
-    Duration::from_millis(cfg.request_timeout_ms.min(cfg.connection_idle_ms).clamp(1, 1_000))
+    Duration::from_millis(cfg.request_timeout_ms.min(cfg.connection_idle_ms).min(cfg.handshake_timeout_ms).clamp(1, 1_000))
 }
 
 /// `stats_interval_ms`: one line of network counters per interval (measurements and tests).
