@@ -5,8 +5,9 @@
 //! net_measure idle     --addr A --pid P --conns N        # N idle connections: RSS and threads
 //! net_measure accept   --addr A --conns N                # time to connect + first response
 //! net_measure wakeups  --addr A --pid P --consumers C --produces N [--rate R] [--broker-log F]
+//! net_measure create   --addr A --topic T --partitions N   # create a topic (before a measured run)
 //! ```
-//! `wakeups`: C long-polling consumers, each on its own partition of a C-partition topic
+//! `wakeups`: C long-polling consumers, each on its own partition (of topics of up to 1,000)
 //! (max_wait 10 s, re-issued when answered), while one producer sends N acks=1 produce
 //! requests one after the other to partition 0 (with `--rate R`: sent on a fixed schedule of R
 //! per second, each when its time comes or at once if the previous answer came later). Reports
@@ -105,6 +106,20 @@ fn main() {
     match mode.as_str() {
         "idle" => idle(addr, pid, num(&args, "--conns", 10_000) as usize),
         "accept" => accept(addr, num(&args, "--conns", 1_000) as usize),
+        "create" => {
+            let name = arg(&args, "--topic").expect("--topic");
+            let mut c = Conn::connect(addr).expect("connect");
+            let r = c
+                .call(
+                    4,
+                    &CreateTopicsRequest::default().with_timeout_ms(60_000).with_topics(vec![CreatableTopic::default()
+                        .with_name(topic(&name))
+                        .with_num_partitions(num(&args, "--partitions", 1) as i32)
+                        .with_replication_factor(1)]),
+                )
+                .expect("create topic");
+            assert_eq!(r.topics[0].error_code, 0, "create topic: {:?}", r.topics[0].error_message);
+        }
         "wakeups" => wakeups(
             addr,
             pid,
@@ -114,7 +129,7 @@ fn main() {
             num(&args, "--rate", 0),
         ),
         _ => {
-            eprintln!("usage: net_measure idle|accept|wakeups --addr A [--pid P] ...");
+            eprintln!("usage: net_measure idle|accept|wakeups|create --addr A [--pid P] ...");
             std::process::exit(2);
         }
     }
@@ -187,24 +202,32 @@ fn last_wakeups(log: &Option<String>) -> Option<u64> {
 }
 
 fn wakeups(addr: SocketAddr, pid: u32, consumers: i32, produces: u64, log: Option<String>, rate: u64) {
-    let name = format!("wake-{}", std::process::id());
+    // Topics of up to 1,000 partitions (the broker's per-topic limit): consumer p on partition
+    // p % 1000 of topic p / 1000; the producer on partition 0 of the first.
+    const PER_TOPIC: i32 = 1_000;
+    let base = format!("wake-{}", std::process::id());
+    let topic_of = move |i: i32| format!("{base}-{i}");
+    let name = topic_of(0);
     let mut admin = Conn::connect(addr).expect("connect");
-    let r = admin
-        .call(
-            4,
-            &CreateTopicsRequest::default().with_timeout_ms(60_000).with_topics(vec![CreatableTopic::default()
-                .with_name(topic(&name))
-                .with_num_partitions(consumers.max(1))
-                .with_replication_factor(1)]),
-        )
-        .expect("create topic");
-    assert_eq!(r.topics[0].error_code, 0, "create topic: {:?}", r.topics[0].error_message);
+    for t in 0..(consumers.max(1) + PER_TOPIC - 1) / PER_TOPIC {
+        let r = admin
+            .call(
+                4,
+                &CreateTopicsRequest::default().with_timeout_ms(60_000).with_topics(vec![CreatableTopic::default()
+                    .with_name(topic(&topic_of(t)))
+                    .with_num_partitions((consumers - t * PER_TOPIC).clamp(1, PER_TOPIC))
+                    .with_replication_factor(1)]),
+            )
+            .expect("create topic");
+        assert_eq!(r.topics[0].error_code, 0, "create topic: {:?}", r.topics[0].error_message);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let connected = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for p in 0..consumers {
-        let (stop, answered, name, connected) = (stop.clone(), answered.clone(), name.clone(), connected.clone());
+        let (stop, answered, name, connected) = (stop.clone(), answered.clone(), topic_of(p / PER_TOPIC), connected.clone());
+        let p = p % PER_TOPIC;
         handles.push(
             std::thread::Builder::new()
                 .stack_size(128 << 10)
