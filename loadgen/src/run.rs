@@ -1199,7 +1199,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
                 print_trial(&ctx, &tr);
                 s.trials.push(tr);
                 let stop = ph.halted || !ph.measured;
-                let next = stage.next(rate, ok, ph.throughput());
+                let next = stage.next(rate, ok, ph.throughput(), ph.p99_all_us() / bound_us);
                 if ok {
                     best = Some(ph);
                 } else {
@@ -1441,7 +1441,7 @@ fn print_trial(ctx: &Ctx<'_>, t: &Trial) {
 }
 
 /// The rule a rate's verdict follows (stated in the result).
-pub const SEARCH_RULE: &str = "short trials (searchStepSeconds each, after their own warmup) bracket the answer: a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass (a trial below half its target fails the rate at once); ramp x4 up from searchStartRate while rates pass, or /4 down (at most 6 times) while they fail, then geometric bisection to 50 %. Full-length runs (warmup + duration, like the measured phase) then decide: a run passes when it meets the trial rule, every scheduled record is acknowledged, and its backlog is not growing at the window's end (acks behind the schedule by more than the bound, and further behind than 2 s earlier). The first is at the highest rate that passed short trials; while none has passed, the next is at 95 % of the failed run's throughput (acks per second of its window), kept between 60 % and 80 % of its rate; once one has passed, geometric bisection between the highest passing and the lowest failing rate (a rate that failed short trials counts as failing) down to 5 %; at most 5 full-length runs. The answer is the highest rate whose full-length run passed; none passed: not confirmed";
+pub const SEARCH_RULE: &str = "short trials (searchStepSeconds each, after their own warmup) bracket the answer: a trial passes when records scheduled in its window and acknowledged by the window's end + grace reach 97 % of the target, the p99 of all its records (unacknowledged ones censored at the drain's end) is within the bound, and none failed; a rate passes when 2 of its (up to 3) trials pass (a trial below half its target fails the rate at once); ramp x4 up from searchStartRate while rates pass, or /4 down (at most 6 times) while they fail, then geometric bisection to 50 %. Full-length runs (warmup + duration, like the measured phase) then decide: a run passes when it meets the trial rule, every scheduled record is acknowledged, and its backlog is not growing at the window's end (acks behind the schedule by more than the bound, and further behind than 2 s earlier). The first is at the highest rate that passed short trials; while none has passed, the next is at 95 % of the failed run's throughput (acks per second of its window), kept between 60 % and 80 % of its rate, or at 60 % when the failed run's p99 was over 4 times the bound; once one has passed, geometric bisection between the highest passing and the lowest failing rate (a rate that failed short trials counts as failing) down to 5 %; at most 6 full-length runs. The answer is the highest rate whose full-length run passed; none passed: not confirmed";
 
 /// Ramp steps down (/4 each) when the start rate fails.
 const SEARCH_RAMP_DOWN_MAX: u32 = 6;
@@ -1451,12 +1451,19 @@ pub const SHORT_RESOLUTION: f64 = 1.5;
 /// The full-length runs' bisection stops at this ratio.
 pub const FULL_RESOLUTION: f64 = 1.05;
 /// At most this many full-length runs (about 10 s each with the main job's 1 s warmup and 8 s window).
-pub const FULL_RUNS_MAX: usize = 5;
+/// Six, not five: on the quiet reference machine a search whose short trials over-rated by 2x
+/// spent 4 runs stepping down and stopped at its first pass (2.29 M where the others found
+/// 2.75 / 2.86 M); a sixth run leaves room for at least one bisection step after the first pass.
+pub const FULL_RUNS_MAX: usize = 6;
 /// While no full-length run has passed, the next is at 95 % of the failed run's throughput,
 /// kept within these fractions of its rate. At most 80 %: on the quiet reference machine 8 s
 /// runs held about half the rate 1 s trials passed (2.6-2.8 M vs 5.7 M), which 80 % steps reach
 /// in 3 runs (0.8^3 = 0.51) and 90 % steps did not reach within the budget.
 pub const FULL_STEP_DOWN_MIN: f64 = 0.6;
+/// A failed run whose p99 exceeded the bound this many times over was far past the limit (its
+/// backlog grew for seconds: p99 1.46 s at 5.66 M where 2.8 M held 50 ms): the next run is at
+/// `FULL_STEP_DOWN_MIN` of its rate, so the budget goes to bisecting near the answer.
+pub const FULL_FAR_OVER: f64 = 4.0;
 pub const FULL_STEP_DOWN_MAX: f64 = 0.8;
 
 /// The full-length stage of the search: the highest rate whose full-length run passed (`lo`, 0 =
@@ -1477,7 +1484,8 @@ impl FullStage {
 
     /// Take a full-length run's verdict at `rate` (`throughput`: acks per second of its window);
     /// the next rate to run, or None when the stage is over.
-    pub fn next(&mut self, rate: f64, pass: bool, throughput: f64) -> Option<f64> {
+    /// `p99_over_bound`: the run's p99 divided by the latency bound.
+    pub fn next(&mut self, rate: f64, pass: bool, throughput: f64, p99_over_bound: f64) -> Option<f64> {
         self.runs += 1;
         if pass {
             self.lo = self.lo.max(rate);
@@ -1490,7 +1498,11 @@ impl FullStage {
         if self.lo > 0.0 {
             return (self.hi.is_finite() && self.hi / self.lo > FULL_RESOLUTION).then(|| (self.lo * self.hi).sqrt());
         }
-        let f = (0.95 * throughput / rate).clamp(FULL_STEP_DOWN_MIN, FULL_STEP_DOWN_MAX);
+        let f = if p99_over_bound > FULL_FAR_OVER {
+            FULL_STEP_DOWN_MIN
+        } else {
+            (0.95 * throughput / rate).clamp(FULL_STEP_DOWN_MIN, FULL_STEP_DOWN_MAX)
+        };
         Some(rate * f)
     }
 
@@ -2034,22 +2046,26 @@ mod tests {
     fn full_stage_steps_down_by_throughput_then_bisects() {
         let mut st = FullStage::new(2_000_000.0, 5);
         // Failed with 1.2 M delivered of 1.6 M: 95 % of the throughput.
-        let r = st.next(1_600_000.0, false, 1_200_000.0).unwrap();
+        let r = st.next(1_600_000.0, false, 1_200_000.0, 2.0).unwrap();
         assert!((r - 1_140_000.0).abs() < 1e-6, "{r}");
         // Failed by latency at full throughput: at most 80 % of the rate.
-        let r2 = st.next(r, false, r).unwrap();
+        let r2 = st.next(r, false, r, 2.0).unwrap();
         assert!((r2 - 0.8 * r).abs() < 1e-6);
+        // Far over the bound (p99 > 4x): 60 % whatever the throughput.
+        let mut st3 = FullStage::new(f64::INFINITY, FULL_RUNS_MAX);
+        assert!((st3.next(1e6, false, 1e6, 4.5).unwrap() - 6e5).abs() < 1e-6);
+        assert!((st3.next(6e5, false, 6e5, 3.9).unwrap() - 4.8e5).abs() < 1e-6);
         // A collapse (throughput far below): at least 60 %.
         let mut st2 = FullStage::new(f64::INFINITY, FULL_RUNS_MAX);
-        assert!((st2.next(1e6, false, 1e5).unwrap() - 6e5).abs() < 1e-6);
+        assert!((st2.next(1e6, false, 1e5, 2.0).unwrap() - 6e5).abs() < 1e-6);
         // Pass: bisect between it and the lowest failure, until within 5 %.
-        let r3 = st.next(r2, true, r2).unwrap();
+        let r3 = st.next(r2, true, r2, 2.0).unwrap();
         assert!((r3 - (r2 * r).sqrt()).abs() < 1e-6);
         assert_eq!(st.confirmed(), Some(r2));
         // r / r3 = sqrt(1 / 0.8) > 1.05: once more; the fifth run ends the stage whatever it says.
-        let r4 = st.next(r3, true, r3).unwrap();
+        let r4 = st.next(r3, true, r3, 2.0).unwrap();
         assert!((r4 - (r3 * r).sqrt()).abs() < 1e-6);
-        assert_eq!(st.next(r4, false, r4), None);
+        assert_eq!(st.next(r4, false, r4, 2.0), None);
         assert_eq!(st.confirmed(), Some(r3));
     }
 
@@ -2057,12 +2073,12 @@ mod tests {
     fn full_stage_stops_at_resolution_and_keeps_the_highest_pass() {
         let mut st = FullStage::new(1_040_000.0, FULL_RUNS_MAX);
         // A pass within 5 % of the short trials' failure: nothing left to bisect.
-        assert_eq!(st.next(1_000_000.0, true, 1_000_000.0), None);
+        assert_eq!(st.next(1_000_000.0, true, 1_000_000.0, 2.0), None);
         assert_eq!(st.confirmed(), Some(1_000_000.0));
         // Nothing passed within the budget: not confirmed.
         let mut st = FullStage::new(f64::INFINITY, 2);
-        assert!(st.next(1e6, false, 1e6).is_some());
-        assert_eq!(st.next(9e5, false, 9e5), None);
+        assert!(st.next(1e6, false, 1e6, 2.0).is_some());
+        assert_eq!(st.next(9e5, false, 9e5, 2.0), None);
         assert_eq!(st.confirmed(), None);
     }
 

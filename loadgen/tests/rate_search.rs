@@ -77,7 +77,7 @@ fn search_ramps_bisects_confirms_and_measures_at_the_answer() {
     assert_eq!(confirms[0].target_rate, short_lo, "{confirms:?}");
     let mut stage = loadgen::run::FullStage::new(short_hi, loadgen::run::FULL_RUNS_MAX);
     for (k, c) in confirms.iter().enumerate() {
-        let next = stage.next(c.target_rate, c.ok, c.throughput.expect("throughput"));
+        let next = stage.next(c.target_rate, c.ok, c.throughput.expect("throughput"), c.p99_us / (s.p99_bound_us));
         match confirms.get(k + 1) {
             Some(n) => assert!((n.target_rate - next.expect("a next run")).abs() < 1e-6, "{confirms:?}"),
             None => assert!(next.is_none(), "{confirms:?}"),

@@ -137,3 +137,22 @@ pub fn run_kept_topics(addr: std::net::SocketAddr, prefix: &str, out: &std::path
     validate_against_schema(out);
     (loadgen::results::RunResult::load(out).unwrap(), o)
 }
+
+/// Path of the engine's `broker` binary in this target dir, built with cargo (same profile).
+pub fn broker_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "engine", "--bin", "broker"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    if let Some(target) = dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    assert!(cmd.status().expect("cargo build the broker").success(), "cargo build -p engine --bin broker failed");
+    let bin = dir.join("broker");
+    assert!(bin.is_file(), "{} missing", bin.display());
+    bin
+}
