@@ -726,90 +726,247 @@ fn acknowledged_commits_and_producer_ids_survive_a_power_cut() {
     }
 }
 
-/// `__consumer_offsets` is not compacted: segment retention would delete the only record of an
-/// offset nobody re-committed since (librdkafka commits only changed offsets). Retention may take
-/// only what the last snapshot superseded (the snapshot rewrites every live offset at the end of
-/// the log): nothing before the first snapshot, the segments below it after.
-#[test]
-fn offsets_snapshot_keeps_quiet_offsets_through_segment_retention() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        durability: Durability::Never,
-        segment_bytes_max: 2048,
-        retention_bytes_max: Some(8 << 10),
-        retention_ms: None,
-        ..LogConfig::default()
-    };
-    let open = || LogManager::open(dir.path(), Arc::new(UringIo), cfg.clone()).unwrap();
-    let run = |snapshot: bool| -> (i64, usize) {
-        let logs = open();
-        let _ = logs.create_topic("t", 4, None);
-        let c = coordinator(&logs);
-        assert_eq!(commit(&c, 8, "quiet", "", -1, &[("t", 0, 7)]), vec![err::NONE]);
-        // A busy group fills many segments.
-        for i in 0..300 {
-            assert_eq!(commit(&c, 8, "busy", "", -1, &[("t", (i % 4) as i32, i)]), vec![err::NONE]);
-        }
-        let part = logs.partition("__consumer_offsets", 0).unwrap();
-        assert!(part.segment_count() > 3);
-        if snapshot {
-            assert_eq!(c.snapshot_offsets().unwrap(), Some(5));
-        }
-        let deleted = part.enforce_retention().unwrap();
-        drop(c);
-        logs.close().unwrap();
-        let logs = open();
-        let c = coordinator(&logs);
-        let got = fetch_v1(&c, "quiet", "t", &[0])[0];
-        drop(c);
-        logs.close().unwrap();
-        (got, deleted)
-    };
-    assert_eq!(run(false), (7, 0), "before any snapshot retention deletes nothing of the offsets topic");
-    let _ = std::fs::remove_dir_all(dir.path().join("__consumer_offsets-0"));
-    let (got, deleted) = run(true);
-    assert_eq!(got, 7, "the quiet offset survives the retention the snapshot allowed");
-    assert!(deleted > 0, "segments below the snapshot were deleted");
+/// Every record of `__consumer_offsets` below its high watermark: (offset key or group key
+/// decoded as "group/topic/partition" or "group", whether it has a value).
+fn offsets_log_records(logs: &LogManager) -> Vec<(String, bool)> {
+    use groups::store::{parse_group_key, parse_offset_key, scan_records};
+    let part = logs.partition(groups::store::OFFSETS_TOPIC, 0).unwrap();
+    let mut out = Vec::new();
+    scan_records(&part, |k, v| {
+        let k = k.unwrap_or_default();
+        let name = match (parse_offset_key(k), parse_group_key(k)) {
+            (Some((g, t, p)), _) => format!("{g}/{t}/{p}"),
+            (_, Some(g)) => g,
+            _ => format!("{k:?}"),
+        };
+        out.push((name, v.is_some()));
+    })
+    .unwrap();
+    out
 }
 
-/// Group metadata records are rewritten by the snapshot too: retention after it keeps a quiet
-/// Stable group (its record was in the deleted segments), and a malformed group record written
-/// after it is skipped at restore (the previous record stays).
+fn compacted_cfg() -> LogConfig {
+    // Tiny segments so the cleaner has sealed ones to compact; tombstones removable at once.
+    LogConfig { durability: Durability::Group, segment_bytes_max: 2048, delete_retention_ms: 0, ..LogConfig::default() }
+}
+
+/// `__consumer_offsets` is a compacted topic: after the log cleaner has compacted it (and
+/// removed the tombstones, `delete.retention.ms` 0), a restart restores every committed offset
+/// (a quiet one written once, before many commits of a busy group), a quiet Stable group, and
+/// nothing that OffsetDelete or DeleteGroups removed; a malformed group record is skipped.
 #[test]
-fn group_metadata_survives_snapshot_retention_and_malformed_records() {
+fn offsets_and_groups_survive_restart_after_compaction_and_deletions_stay_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        durability: Durability::Never,
-        segment_bytes_max: 2048,
-        retention_bytes_max: Some(8 << 10),
-        retention_ms: None,
-        ..LogConfig::default()
-    };
-    let open = || LogManager::open(dir.path(), Arc::new(UringIo), cfg.clone()).unwrap();
+    let open = || LogManager::open(dir.path(), Arc::new(UringIo), compacted_cfg()).unwrap();
     let logs = open();
-    let _ = logs.create_topic("t", 4, None);
+    logs.create_topic("t", 4, None).unwrap();
     let c = coordinator(&logs);
-    let long_join = |member: &str| join_with(&c, "quiet", join_req("quiet", member, 60_000, b"m"));
-    let a = long_join("");
+    assert_eq!(
+        logs.topic_config("__consumer_offsets").get("cleanup.policy"),
+        Some("compact"),
+        "the offsets topic is created compacted"
+    );
+    // A quiet Stable group with a long session, and a quiet offset.
+    let a = join_with(&c, "quiet", join_req("quiet", "", 60_000, b"m"));
     let a_id = a.member_id.as_str().to_string();
     assert_eq!(sync(&c, "quiet", &a_id, a.generation_id, &[(&a_id, b"asg")]).error_code, err::NONE);
-    for i in 0..300 {
+    assert_eq!(commit(&c, 8, "lonely", "", -1, &[("t", 0, 7)]), vec![err::NONE]);
+    // Offsets deleted by OffsetDelete (partitions 0 and 1 of "del") and by DeleteGroups ("gone").
+    assert_eq!(commit(&c, 8, "del", "", -1, &[("t", 0, 10), ("t", 1, 11), ("t", 2, 12)]), vec![err::NONE; 3]);
+    assert_eq!(commit(&c, 8, "gone", "", -1, &[("t", 0, 20), ("t", 3, 23)]), vec![err::NONE; 2]);
+    for i in 0..150 {
         assert_eq!(commit(&c, 8, "busy", "", -1, &[("t", (i % 4) as i32, i)]), vec![err::NONE]);
     }
+    assert_eq!(c.delete_offsets("del", &[("t".into(), 0), ("t".into(), 1)]), (err::NONE, vec![err::NONE; 2]));
+    assert_eq!(c.delete_group("gone"), err::NONE);
+    // A group record that does not parse (garbage value): skipped at restore, which still starts.
+    // (Compaction keeps only a key's latest record: one after a good record would replace it.)
     let part = logs.partition("__consumer_offsets", 0).unwrap();
-    assert!(part.segment_count() > 3);
-    assert_eq!(c.snapshot_offsets().unwrap(), Some(4 + 1), "4 offsets and the group record");
-    assert!(part.enforce_retention().unwrap() > 0, "segments below the snapshot were deleted");
-    // A group record that does not parse (garbage value), after the good one.
-    groups::store::append_groups(&part, &[("quiet".to_string(), Some(vec![0, 3, 0xff, 0xff, 1]))]).unwrap();
+    groups::store::append_groups(&part, &[("junk".to_string(), Some(vec![0, 3, 0xff, 0xff, 1]))]).unwrap();
+    // More commits: the tombstones end up in sealed segments, which the cleaner compacts.
+    for i in 150..300 {
+        assert_eq!(commit(&c, 8, "busy", "", -1, &[("t", (i % 4) as i32, i)]), vec![err::NONE]);
+    }
+    let appended = offsets_log_records(&logs).len();
+    assert!(part.segment_count() > 10, "{} segments", part.segment_count());
+    let deleted = ["del/t/0", "del/t/1", "gone/t/0", "gone/t/3", "gone"];
+    // The background cleaner compacts (1 s tick): wait until the deleted keys have no value left
+    // and most superseded records are gone.
+    wait_for("the log cleaner to compact __consumer_offsets", Duration::from_secs(60), || {
+        let recs = offsets_log_records(&logs);
+        recs.len() < appended / 4 && !recs.iter().any(|(k, v)| *v && deleted.contains(&k.as_str()))
+    });
+    let recs = offsets_log_records(&logs);
+    assert!(
+        recs.iter().filter(|(k, _)| deleted.contains(&k.as_str())).count() < deleted.len(),
+        "tombstones past delete.retention.ms were removed: {recs:?}"
+    );
     drop(c);
     logs.close().unwrap();
+    drop((part, logs));
+
     let logs = open();
+    assert_eq!(logs.topic_config("__consumer_offsets").get("cleanup.policy"), Some("compact"));
     let c = coordinator(&logs);
+    assert_eq!(fetch_v1(&c, "lonely", "t", &[0]), vec![7]);
+    assert_eq!(fetch_v1(&c, "busy", "t", &[0, 1, 2, 3]), vec![296, 297, 298, 299]);
+    assert_eq!(fetch_v1(&c, "del", "t", &[0, 1, 2]), vec![-1, -1, 12], "OffsetDelete'd offsets stay deleted");
+    assert_eq!(fetch_v1(&c, "gone", "t", &[0, 3]), vec![-1, -1], "a deleted group's offsets stay deleted");
+    assert!(c.group_summary("gone").is_none(), "a deleted group stays deleted");
+    assert!(c.group_summary("junk").is_none(), "an unreadable group record is skipped");
     assert_eq!(state(&c, "quiet"), (GroupState::Stable, a.generation_id, vec![a_id.clone()]));
     assert_eq!(heartbeat(&c, "quiet", &a_id, a.generation_id), err::NONE);
     let r: DescribeGroupsResponse = call(&c, 15, 5, &DescribeGroupsRequest::default().with_groups(vec![GroupId(s("quiet"))]));
     assert_eq!(&r.groups[0].members[0].member_assignment[..], b"asg");
+}
+
+/// OffsetDelete of the last offsets of an Empty group removes the group too, with a tombstone
+/// for its metadata record (Kafka's `cleanupGroupMetadata`: the group goes Dead), so a restart
+/// does not bring it back; one with offsets left stays Empty.
+#[test]
+fn offset_delete_of_an_empty_groups_last_offsets_removes_the_group_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open_logs(dir.path());
+    logs.create_topic("t", 2, None).unwrap();
+    let c = coordinator(&logs);
+    // "e": Stable (its record is written before SyncGroup answers), then Empty after the leave.
+    let a = join_with(&c, "e", join_req("e", "", 60_000, b"m"));
+    let a_id = a.member_id.as_str().to_string();
+    assert_eq!(sync(&c, "e", &a_id, a.generation_id, &[(&a_id, b"asg")]).error_code, err::NONE);
+    assert_eq!(leave(&c, "e", &a_id).error_code, err::NONE);
+    assert_eq!(state(&c, "e").0, GroupState::Empty);
+    assert_eq!(commit(&c, 8, "e", "", -1, &[("t", 0, 1), ("t", 1, 2)]), vec![err::NONE; 2]);
+    assert_eq!(commit(&c, 8, "solo", "", -1, &[("t", 0, 3)]), vec![err::NONE]);
+    assert_eq!(c.delete_offsets("e", &[("t".into(), 0)]), (err::NONE, vec![err::NONE]));
+    assert_eq!(state(&c, "e").0, GroupState::Empty, "offsets left: the group stays");
+    assert_eq!(c.delete_offsets("e", &[("t".into(), 1)]), (err::NONE, vec![err::NONE]));
+    assert!(c.group_summary("e").is_none(), "no offsets left: the Empty group is removed");
+    assert_eq!(c.delete_offsets("solo", &[("t".into(), 0)]), (err::NONE, vec![err::NONE]));
+    assert!(c.group_summary("solo").is_none());
+    let last_e = offsets_log_records(&logs).into_iter().rfind(|(k, _)| k == "e");
+    assert_eq!(last_e, Some(("e".to_string(), false)), "the group's last record is a tombstone");
+    drop(c);
+    logs.close().unwrap();
+    drop(logs);
+    let logs = open_logs(dir.path());
+    let c = coordinator(&logs);
+    assert!(c.group_summary("e").is_none(), "the removed group came back after a restart");
+    assert!(c.group_summary("solo").is_none());
+    assert_eq!(fetch_v1(&c, "e", "t", &[0, 1]), vec![-1, -1]);
+}
+
+/// A group id is a str16 in `__consumer_offsets` keys: one longer than 32,767 bytes (possible in
+/// flexible request versions) is refused with INVALID_GROUP_ID rather than cut (two groups
+/// would then share a key); the longest allowed one survives a restart under its own name.
+#[test]
+fn a_group_id_too_long_for_a_key_is_refused_and_the_longest_one_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open_logs(dir.path());
+    logs.create_topic("t", 1, None).unwrap();
+    let c = coordinator(&logs);
+    let long = "g".repeat(32_768);
+    assert_eq!(commit(&c, 8, &long, "", -1, &[("t", 0, 1)]), vec![err::INVALID_GROUP_ID]);
+    let r: JoinGroupResponse = call(&c, 11, 9, &join_req(&long, "", SESSION_MS, b"m"));
+    assert_eq!(r.error_code, err::INVALID_GROUP_ID);
+    assert!(c.group_summary(&long).is_none());
+    let max = "g".repeat(32_767);
+    assert_eq!(commit(&c, 8, &max, "", -1, &[("t", 0, 5)]), vec![err::NONE]);
+    drop(c);
+    logs.close().unwrap();
+    drop(logs);
+    let logs = open_logs(dir.path());
+    let c = coordinator(&logs);
+    assert_eq!(c.committed(&max, "t", 0).map(|x| x.offset), Some(5));
+}
+
+/// A data directory written by the previous broker (`__consumer_offsets` created without a
+/// configuration, so `cleanup.policy=delete`; periodic snapshots re-appending every live offset
+/// and group record; retention below the last snapshot's start) loads as it was: the snapshot
+/// records replay as puts. The topic is switched to `cleanup.policy=compact` (persisted), and
+/// after compaction and another restart the state is still the same.
+#[test]
+fn a_data_dir_of_the_snapshot_format_loads_and_becomes_compacted() {
+    use groups::store::{self, CommitEntry, Committed, GroupRecord, MemberRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let old_cfg = LogConfig { retention_bytes_max: Some(4096), retention_ms: None, ..compacted_cfg() };
+    let committed = |o: i64| Committed { offset: o, leader_epoch: -1, metadata: Some("m".into()), commit_timestamp_ms: 1 };
+    let entry = |t: &str, p: i32, o: i64| CommitEntry { topic: t.into(), partition: p, committed: committed(o) };
+    let group = GroupRecord {
+        protocol_type: "consumer".into(),
+        generation: 3,
+        protocol: Some("range".into()),
+        leader: Some("m-1".into()),
+        state_timestamp_ms: 5,
+        members: vec![MemberRecord {
+            member_id: "m-1".into(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            rebalance_timeout_ms: 60_000,
+            session_timeout_ms: 60_000,
+            subscription: Bytes::from_static(b"sub"),
+            assignment: Bytes::from_static(b"asg"),
+        }],
+    };
+    {
+        // What the old coordinator wrote, with its own record encoding (the one `store` keeps).
+        let logs = LogManager::open(dir.path(), Arc::new(UringIo), old_cfg.clone()).unwrap();
+        logs.create_topic("t", 4, None).unwrap();
+        logs.create_topic("__consumer_offsets", 1, None).unwrap();
+        let part = logs.partition("__consumer_offsets", 0).unwrap();
+        let wait = |r: Result<engine::log::AppendInfo, engine::log::AppendError>| {
+            part.wait_durable(r.unwrap().next_offset).unwrap();
+        };
+        wait(store::append_commits(&part, "quiet", &[entry("t", 0, 7)]));
+        wait(store::append_groups(&part, &[("g".into(), Some(store::group_value(&group)))]));
+        wait(store::append_commits(&part, "del", &[entry("t", 1, 1)]));
+        wait(store::append_tombstones(&part, "del", &[("t".into(), 1)], false));
+        for i in 0..200 {
+            wait(store::append_commits(&part, "busy", &[entry("t", i % 4, i as i64)]));
+        }
+        // The old snapshot: every live offset and group record re-appended, then retention
+        // allowed below its start (`set_retention_floor`).
+        let floor = part.log_end_offset();
+        wait(store::append_commits(&part, "quiet", &[entry("t", 0, 7)]));
+        wait(store::append_commits(&part, "busy", &(0..4).map(|p| entry("t", p, 196 + p as i64)).collect::<Vec<_>>()));
+        wait(store::append_groups(&part, &[("g".into(), Some(store::group_value(&group)))]));
+        wait(store::append_commits(&part, "busy", &[entry("t", 0, 500)]));
+        part.set_retention_floor(floor);
+        assert!(part.enforce_retention().unwrap() > 0, "the old retention deleted segments below the snapshot");
+        assert!(part.log_start_offset() > 0);
+        logs.close().unwrap();
+    }
+    let check = |c: &Arc<GroupCoordinator>| {
+        assert_eq!(fetch_v1(c, "quiet", "t", &[0]), vec![7]);
+        assert_eq!(fetch_v1(c, "busy", "t", &[0, 1, 2, 3]), vec![500, 197, 198, 199]);
+        assert_eq!(fetch_v1(c, "del", "t", &[1]), vec![-1]);
+        assert_eq!(state(c, "g"), (GroupState::Stable, 3, vec!["m-1".to_string()]));
+    };
+    let logs = LogManager::open(dir.path(), Arc::new(UringIo), compacted_cfg()).unwrap();
+    assert_eq!(logs.topic_config("__consumer_offsets").get("cleanup.policy"), None, "written by the old broker");
+    let c = coordinator(&logs);
+    check(&c);
+    assert_eq!(logs.topic_config("__consumer_offsets").get("cleanup.policy"), Some("compact"));
+    // New commits (each one batch) until the snapshot records are in sealed segments the cleaner
+    // compacts.
+    let part = logs.partition("__consumer_offsets", 0).unwrap();
+    let sealed = part.segment_count();
+    for i in 0..60 {
+        assert_eq!(commit(&c, 8, "other", "", -1, &[("t", 0, i)]), vec![err::NONE]);
+    }
+    assert!(part.segment_count() > sealed + 1);
+    let before = offsets_log_records(&logs);
+    wait_for("the log cleaner to compact __consumer_offsets", Duration::from_secs(60), || {
+        offsets_log_records(&logs).len() < before.len() / 2
+    });
+    drop(c);
+    logs.close().unwrap();
+    drop((part, logs));
+    let logs = LogManager::open(dir.path(), Arc::new(UringIo), compacted_cfg()).unwrap();
+    assert_eq!(logs.topic_config("__consumer_offsets").get("cleanup.policy"), Some("compact"), "persisted");
+    let c = coordinator(&logs);
+    check(&c);
+    assert_eq!(fetch_v1(&c, "other", "t", &[0]), vec![59]);
 }
 
 #[test]

@@ -513,8 +513,9 @@ impl Sim {
                 }
             }
             80..=84 => {
-                // Retention on the offsets topic as the log manager's tick applies it: only what
-                // a snapshot superseded may go (docs/FAULTS.md bug 8).
+                // Retention on the offsets topic, as if the log manager's tick applied it (it does
+                // not: the topic is compacted): it must delete nothing (internal topics keep
+                // everything from open; docs/FAULTS.md bug 8).
                 let part = self.offsets_part();
                 let r = part.enforce_retention();
                 if trace() {

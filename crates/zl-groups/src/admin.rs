@@ -2,7 +2,9 @@
 //! metadata, durably (tombstones in `__consumer_offsets`, which [`super::store`]'s restore
 //! honours), with Kafka's checks: only an Empty group may be deleted (NON_EMPTY_GROUP
 //! otherwise, GROUP_ID_NOT_FOUND for an unknown one); OffsetDelete refuses the partitions of a
-//! topic an active consumer member is subscribed to (GROUP_SUBSCRIBED_TO_TOPIC).
+//! topic an active consumer member is subscribed to (GROUP_SUBSCRIBED_TO_TOPIC). An Empty
+//! classic group that OffsetDelete leaves without offsets is removed with its metadata (a
+//! tombstone for its record), as Kafka's group goes Dead.
 //!
 //! Ordering: the tombstones are appended under the offsets cache lock (as commits are), so the
 //! log order of commits and deletions is the order they apply in memory; a commit appended
@@ -60,8 +62,7 @@ impl GroupCoordinator {
     /// Delete an Empty group: its metadata and every committed offset. Returns the error code.
     pub fn delete_group(&self, group: &str) -> i16 {
         let wait_for = {
-            // Lock order: offsets, group records, state machine (as `snapshot_offsets` and
-            // `persist_groups`).
+            // Lock order: offsets, group records, state machine (as `persist_groups`).
             let mut o = lock(&self.offsets);
             let mut saved = lock(&self.group_records);
             // A consumer-protocol group (KIP-848): only an Empty one; it has no classic twin.
@@ -106,11 +107,14 @@ impl GroupCoordinator {
         // Checked under the offsets cache lock (order: offsets, then the state machine), so no
         // commit is appended between the check and the tombstones.
         let mut o = lock(&self.offsets);
-        let check = match self.consumer.subscribed_topics(group) {
+        let subscribed = self.consumer.subscribed_topics(group);
+        let classic = subscribed.is_none();
+        let check = match subscribed {
             Some(ts) if ts.is_empty() => OffsetDeleteCheck::All,
             Some(ts) => OffsetDeleteCheck::ExceptTopics(Some(ts)),
             None => self.sm.offset_delete_check(group),
         };
+        let empty_classic = classic && check == OffsetDeleteCheck::All;
         let except = match check {
             OffsetDeleteCheck::Error(code) => return (code, vec![err::NONE; partitions.len()]),
             OffsetDeleteCheck::All => Some(Vec::new()),
@@ -130,7 +134,21 @@ impl GroupCoordinator {
             if keys.is_empty() {
                 return (err::NONE, codes);
             }
-            match self.append_tombstones(group, &keys, false) {
+            // An Empty classic group left with no offsets is removed with its metadata (Kafka's
+            // `cleanupGroupMetadata`: the group goes Dead and its record gets a tombstone), so
+            // it is not restored by a restart either (lock order: offsets, group records, state
+            // machine, as `delete_group`).
+            let mut saved = lock(&self.group_records);
+            let emptied =
+                empty_classic && offs.len() == keys.len() && self.sm.remove_empty_group(group) == err::NONE;
+            if emptied {
+                saved.remove(group);
+                tracing::info!(group, "offsets deleted: the Empty group has none left and is removed");
+            }
+            // Held while appending, as `delete_group` does (group records reach the log in order).
+            let appended = self.append_tombstones(group, &keys, emptied);
+            drop(saved);
+            match appended {
                 Ok(end) => {
                     if let Some(offs) = o.groups.get_mut(group) {
                         for k in &keys {

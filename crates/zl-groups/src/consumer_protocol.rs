@@ -480,6 +480,9 @@ impl ConsumerGroups {
         if group_id.is_empty() {
             return error(err::INVALID_GROUP_ID, "GroupId can't be empty.");
         }
+        if group_id.len() > super::store::GROUP_ID_BYTES_MAX {
+            return error(err::INVALID_GROUP_ID, "GroupId is longer than 32767 bytes.");
+        }
         if instance_id.as_deref() == Some("") {
             return error(err::INVALID_REQUEST, "InstanceId can't be empty.");
         }

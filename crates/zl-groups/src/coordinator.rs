@@ -47,10 +47,6 @@ pub struct GroupConfig {
     pub offset_metadata_bytes_max: usize,
     /// How often the reaper checks sessions and rebalance deadlines.
     pub reaper_tick_ms: u64,
-    /// How often every live committed offset and the latest metadata record of every group are
-    /// rewritten at the end of `__consumer_offsets` (when it has more than one segment), so
-    /// segment retention never deletes the only record of one that is still current.
-    pub offsets_snapshot_interval_ms: u64,
     /// group.consumer.session.timeout.ms: a consumer-protocol (KIP-848) member without a
     /// heartbeat for this long is removed and its partitions reassigned.
     pub consumer_session_timeout_ms: i32,
@@ -72,7 +68,6 @@ impl Default for GroupConfig {
             member_metadata_bytes_max: 1 << 20,
             offset_metadata_bytes_max: 4096,
             reaper_tick_ms: 100,
-            offsets_snapshot_interval_ms: 24 * 3600 * 1000,
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
             node_id: 0,
@@ -495,7 +490,7 @@ impl StateMachine {
 
     fn join_step(&self, g: &mut Groups, a: &JoinArgs) -> Step<JoinOutcome> {
         let fail = |e| Step::Done(JoinOutcome::error(e, &a.member_id));
-        if a.group_id.is_empty() {
+        if a.group_id.is_empty() || a.group_id.len() > super::store::GROUP_ID_BYTES_MAX {
             return fail(err::INVALID_GROUP_ID);
         }
         if a.session_timeout_ms < self.cfg.session_timeout_min_ms || a.session_timeout_ms > self.cfg.session_timeout_max_ms {
@@ -1010,7 +1005,7 @@ impl StateMachine {
     /// Check an OffsetCommit against the group (Kafka's `validateOffsetCommit`); creates the
     /// group (Empty) for a standalone commit to an unknown group.
     pub fn validate_commit(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
-        if group_id.is_empty() {
+        if group_id.is_empty() || group_id.len() > super::store::GROUP_ID_BYTES_MAX {
             return err::INVALID_GROUP_ID;
         }
         let mut g = self.lock();

@@ -152,9 +152,6 @@ pub const SUPPORTED_APIS: &[(i16, i16, i16)] = &[
 /// `__consumer_offsets`) so clients leave them out of pattern subscriptions and listings.
 pub const INTERNAL_TOPICS: &[&str] = &[store::OFFSETS_TOPIC, store::PRODUCER_IDS_TOPIC];
 
-/// Bytes of group records per batch in a snapshot (below the log's default batch limit).
-const GROUP_SNAPSHOT_BATCH_BYTES: usize = 256 << 10;
-
 /// Producer ids reserved durably per `__producer_ids` append.
 const PID_BLOCK: i64 = 1000;
 
@@ -165,8 +162,8 @@ struct Offsets {
     /// group → (topic, partition) → committed offset, with the `__consumer_offsets` offset of
     /// the record that set it (so concurrent commits apply in log order).
     groups: HashMap<String, HashMap<(String, i32), Stamped>>,
-    /// Commits appended but not yet applied (waiting for durability). A snapshot waits for
-    /// zero, or it could write an older value after a newer in-flight one.
+    /// Commits appended but not yet applied (waiting for durability): while there are any,
+    /// deletions are noted in `deleted`.
     in_flight: usize,
     /// Offsets deleted (DeleteGroups: partition `None` = the whole group; OffsetDelete) while
     /// commits were in flight, with the `__consumer_offsets` offset of the tombstone: an
@@ -190,7 +187,7 @@ pub struct GroupCoordinator {
     pid_log: Arc<Partition>,
     offsets: Mutex<Offsets>,
     /// The last group-metadata value appended for each group. Held while appending group
-    /// records, so they reach the log in transition order and a snapshot rewrites the latest.
+    /// records, so they reach the log in transition order.
     group_records: Mutex<HashMap<String, Vec<u8>>>,
     pids: Mutex<Pids>,
     stop: Arc<AtomicBool>,
@@ -212,11 +209,11 @@ impl GroupCoordinator {
     }
 
     pub fn with_config(logs: Arc<LogManager>, cfg: GroupConfig) -> io::Result<Arc<GroupCoordinator>> {
-        let offsets_log = store::internal_partition(&logs, store::OFFSETS_TOPIC)?;
+        // `__consumer_offsets` is compacted (never deleted by retention); the producer-id topic
+        // keeps its high-water mark for good (internal `__*` topics keep everything from open:
+        // `Partition::set_retention_floor`).
+        let offsets_log = store::offsets_partition(&logs)?;
         let pid_log = store::internal_partition(&logs, store::PRODUCER_IDS_TOPIC)?;
-        // Retention takes nothing of either (internal `__*` topics keep everything from open:
-        // `Partition::set_retention_floor`) until a snapshot of committed offsets raises the
-        // offsets topic's floor; the producer-id topic keeps its high-water mark for good.
         let restored = store::restore_offsets(&offsets_log)?;
         let restored_groups = store::restore_groups(&offsets_log)?;
         let block_end = store::restore_pid_block_end(&pid_log)?;
@@ -254,22 +251,15 @@ impl GroupCoordinator {
             pids: Mutex::new(Pids { next: block_end, block_end }),
             stop: Arc::new(AtomicBool::new(false)),
         });
-        c.maybe_snapshot_offsets();
         let weak = Arc::downgrade(&c);
         let stop = c.stop.clone();
-        let snapshot_every = Duration::from_millis(c.sm.cfg.offsets_snapshot_interval_ms.max(1));
         std::thread::Builder::new().name("group-reaper".into()).spawn(move || {
-            let mut last_snapshot = std::time::Instant::now();
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(tick);
                 let Some(c) = weak.upgrade() else { break };
                 c.sm.tick();
                 c.consumer.tick();
                 let _ = c.persist_groups();
-                // Retried every tick while commits are in flight.
-                if last_snapshot.elapsed() >= snapshot_every && c.maybe_snapshot_offsets() {
-                    last_snapshot = std::time::Instant::now();
-                }
             }
         })?;
         Ok(c)
@@ -349,78 +339,6 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    /// Rewrite every live committed offset at the end of `__consumer_offsets` if the log has
-    /// sealed segments (which retention may delete). Kafka compacts the topic instead; here the
-    /// latest value of every key is always in the segments written since the last snapshot.
-    /// Returns false when it must be retried (commits in flight).
-    fn maybe_snapshot_offsets(&self) -> bool {
-        if self.offsets_log.segment_count() <= 1 {
-            return true;
-        }
-        match self.snapshot_offsets() {
-            Ok(n) => n.is_some(),
-            Err(e) => {
-                tracing::error!("snapshot of committed offsets failed: {e}");
-                true
-            }
-        }
-    }
-
-    /// Append the current value of every committed offset and the latest metadata record of
-    /// every group (durably). Returns how many records, or
-    /// `None` if commits were in flight (try again).
-    pub fn snapshot_offsets(&self) -> io::Result<Option<usize>> {
-        const PER_BATCH: usize = 1000;
-        let mut n = 0;
-        let floor;
-        {
-            let o = lock(&self.offsets);
-            if o.in_flight > 0 {
-                return Ok(None);
-            }
-            // No commit is in flight: every live value is in memory and is rewritten below, at
-            // or after this offset, so retention may drop everything before it.
-            floor = self.offsets_log.log_end_offset();
-            for (group, offs) in &o.groups {
-                let entries: Vec<CommitEntry> = offs
-                    .iter()
-                    .map(|((t, p), (c, _))| CommitEntry { topic: t.clone(), partition: *p, committed: c.clone() })
-                    .collect();
-                for chunk in entries.chunks(PER_BATCH) {
-                    store::append_commits(&self.offsets_log, group, chunk)
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                    n += chunk.len();
-                }
-            }
-            // The latest record of every group too (lock order: offsets, then group records).
-            let saved = lock(&self.group_records);
-            let mut batch: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-            let mut bytes = 0usize;
-            for (g, v) in saved.iter() {
-                if !batch.is_empty() && bytes + v.len() > GROUP_SNAPSHOT_BATCH_BYTES {
-                    store::append_groups(&self.offsets_log, &batch).map_err(|e| io::Error::other(e.to_string()))?;
-                    n += batch.len();
-                    batch.clear();
-                    bytes = 0;
-                }
-                bytes += v.len();
-                batch.push((g.clone(), Some(v.clone())));
-            }
-            if !batch.is_empty() {
-                store::append_groups(&self.offsets_log, &batch).map_err(|e| io::Error::other(e.to_string()))?;
-                n += batch.len();
-            }
-        }
-        if n > 0 {
-            // Durable in every mode (`flush`, not `wait_durable`, which returns at once unless
-            // the log is in group mode) before retention may drop what the snapshot replaces.
-            self.offsets_log.flush().map_err(|e| io::Error::other(e.to_string()))?;
-        }
-        self.offsets_log.set_retention_floor(floor);
-        tracing::info!(records = n, "committed offsets and group metadata snapshot written");
-        Ok(Some(n))
-    }
-
     /// Durably commit offsets for `group` (the transaction coordinator, when a transaction
     /// with TxnOffsetCommit offsets commits); per-entry error codes as OffsetCommit's.
     pub fn commit_offsets(&self, group: &str, entries: Vec<CommitEntry>) -> Vec<i16> {
@@ -440,6 +358,9 @@ impl GroupCoordinator {
 
     /// Validate and durably store the commits of one request; returns per-entry error codes.
     fn commit(&self, group: &str, entries: Vec<CommitEntry>) -> Vec<i16> {
+        if group.len() > store::GROUP_ID_BYTES_MAX {
+            return vec![err::INVALID_GROUP_ID; entries.len()];
+        }
         let mut codes = vec![err::NONE; entries.len()];
         let mut ok = Vec::new();
         for (i, e) in entries.iter().enumerate() {
@@ -469,7 +390,7 @@ impl GroupCoordinator {
             self.offsets_log.wait_durable(info.next_offset)?;
             Ok(info)
         });
-        // Leave the in-flight count and apply in one critical section (see `snapshot_offsets`).
+        // Leave the in-flight count and apply in one critical section (see `Offsets::deleted`).
         let mut o = lock(&self.offsets);
         if was_appended {
             o.in_flight -= 1;

@@ -11,8 +11,17 @@
 //!   end of a block of ids reserved before any id of it is handed out, so ids stay unique across
 //!   restarts (a restart skips the rest of the last block).
 //!
-//! Both are appended with [`Partition::append_durable`], so they follow the log's durability
+//! Both are appended through the [`LogManager`]'s partitions, so they follow the log's durability
 //! mode, and are read back in full when the coordinator starts.
+//!
+//! `__consumer_offsets` is a compacted topic (`cleanup.policy=compact`, as in Kafka): each
+//! logical entry has one stable key (offset: group, topic, partition; group metadata: group),
+//! every change is a put of that key and every deletion a tombstone (OffsetDelete,
+//! DeleteGroups, a group left with no offsets), so the log cleaner keeps exactly the latest
+//! state and a replay of the compacted log (latest record per key wins, a tombstone deletes)
+//! rebuilds it. No record is ever rewritten to keep state alive: data directories written
+//! before (whose "snapshots" were puts of the then-current values) replay the same way, and
+//! the topic is switched to `cleanup.policy=compact` when the coordinator opens it.
 //!
 //! ```text
 //! offset key   : i16 version=1 | str16 group | str16 topic | i32 partition
@@ -48,6 +57,9 @@ const GROUP_KEY_VERSION: i16 = 2;
 /// Kafka's GroupMetadataValue v3 (the last non-flexible version; what Kafka writes since 2.3).
 const GROUP_VALUE_VERSION: i16 = 3;
 const PID_VALUE_VERSION: i16 = 0;
+/// Longest group id: keys hold it as a str16, and a longer one would be cut, so two groups could
+/// share a key (and compaction merge them). Longer ones are refused with INVALID_GROUP_ID.
+pub const GROUP_ID_BYTES_MAX: usize = i16::MAX as usize;
 /// Bytes read per step while restoring.
 const RESTORE_READ_BYTES: u64 = 1 << 20;
 /// Largest batch restore accepts (batch lengths are i32 on the wire).
@@ -102,6 +114,30 @@ fn topic_err(e: TopicError) -> io::Error {
         TopicError::Io(e) => e,
         other => io::Error::other(other.to_string()),
     }
+}
+
+/// Open (creating if needed) `__consumer_offsets` as a compacted topic: created with
+/// `cleanup.policy=compact`; one created without it (by an older broker) is altered to it,
+/// durably, before anything is read (so retention never deletes a live key's only record).
+pub fn offsets_partition(logs: &LogManager) -> io::Result<Arc<Partition>> {
+    let batch_max = logs.config().batch_bytes_max;
+    let mut cfg = logs.topic_config(OFFSETS_TOPIC);
+    if logs.topic(OFFSETS_TOPIC).is_none() {
+        cfg.set("cleanup.policy", "compact", batch_max).map_err(|e| io::Error::other(e.to_string()))?;
+        match logs.create_topic_with_config(OFFSETS_TOPIC, 1, cfg) {
+            Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
+            Err(e) => return Err(topic_err(e)),
+        }
+        cfg = logs.topic_config(OFFSETS_TOPIC);
+    }
+    if cfg.get("cleanup.policy") != Some("compact") {
+        let was = cfg.get("cleanup.policy").unwrap_or("the broker's default").to_string();
+        cfg.set("cleanup.policy", "compact", batch_max).map_err(|e| io::Error::other(e.to_string()))?;
+        logs.alter_topic_config(OFFSETS_TOPIC, cfg).map_err(topic_err)?;
+        tracing::info!(was, "{OFFSETS_TOPIC} switched to cleanup.policy=compact");
+    }
+    logs.partition(OFFSETS_TOPIC, 0)
+        .ok_or_else(|| io::Error::other(format!("internal topic {OFFSETS_TOPIC} has no partition 0")))
 }
 
 /// Open (creating if needed) the single partition of an internal topic.
@@ -411,51 +447,83 @@ pub fn scan_records(part: &Partition, mut f: impl FnMut(Option<&[u8]>, Option<&[
     Ok(())
 }
 
-/// Offsets of every group, as of the end of `__consumer_offsets`.
-pub fn restore_offsets(part: &Partition) -> io::Result<HashMap<String, GroupOffsets>> {
-    let mut all: HashMap<String, GroupOffsets> = HashMap::new();
-    scan_records(part, |k, v| {
-        let Some((g, t, p)) = k.and_then(parse_offset_key) else { return };
-        match v {
-            None => {
-                if let Some(m) = all.get_mut(&g) {
-                    m.remove(&(t, p));
-                    if m.is_empty() {
-                        // No offsets left (OffsetDelete, DeleteGroups): the group is known
-                        // only if it has a metadata record.
-                        all.remove(&g);
-                    }
-                }
-            }
-            Some(v) => {
-                if let Some(c) = parse_offset_value(v) {
-                    all.entry(g).or_default().insert((t, p), c);
+/// Replays a compacted log started over when a segment changed under the scan.
+const REPLAY_ATTEMPTS: usize = 10;
+
+
+/// Replay `part` into a fresh `T` with `f`, consistently with respect to the log cleaner: a scan
+/// that read an old segment (a value) and then a segment compacted meanwhile (its tombstone
+/// removed) would bring the value back, so a scan during which a sealed segment changed is
+/// started over (a pass swaps each segment once; after [`REPLAY_ATTEMPTS`] the replay fails
+/// with an error rather than return a state that may be wrong).
+pub fn replay<T: Default>(part: &Partition, mut f: impl FnMut(&mut T, Option<&[u8]>, Option<&[u8]>)) -> io::Result<T> {
+    for _ in 0..REPLAY_ATTEMPTS {
+        // The sealed segments (base offset, file): a cleaner swap changes the file. The files
+        // are held, so a new one can never reuse an old one's address.
+        let before = part.sealed_segments();
+        let mut t = T::default();
+        scan_records(part, |k, v| f(&mut t, k, v))?;
+        let after = part.sealed_segments();
+        let same = before.len() == after.len()
+            && before.iter().zip(&after).all(|(a, b)| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1));
+        if same {
+            return Ok(t);
+        }
+        tracing::info!(topic = %part.topic, "a segment was compacted during the replay: replaying again");
+    }
+    Err(io::Error::other(format!(
+        "{}-{}: segments kept changing during {REPLAY_ATTEMPTS} replays (the log cleaner); cannot restore a consistent state",
+        part.topic, part.index
+    )))
+}
+
+/// Apply one `__consumer_offsets` record to the offsets of every group (other keys ignored).
+pub fn apply_offset_record(all: &mut HashMap<String, GroupOffsets>, k: Option<&[u8]>, v: Option<&[u8]>) {
+    let Some((g, t, p)) = k.and_then(parse_offset_key) else { return };
+    match v {
+        None => {
+            if let Some(m) = all.get_mut(&g) {
+                m.remove(&(t, p));
+                if m.is_empty() {
+                    // No offsets left (OffsetDelete, DeleteGroups): the group is known
+                    // only if it has a metadata record.
+                    all.remove(&g);
                 }
             }
         }
-    })?;
-    Ok(all)
+        Some(v) => {
+            if let Some(c) = parse_offset_value(v) {
+                all.entry(g).or_default().insert((t, p), c);
+            }
+        }
+    }
+}
+
+/// Offsets of every group, as of the end of `__consumer_offsets`.
+pub fn restore_offsets(part: &Partition) -> io::Result<HashMap<String, GroupOffsets>> {
+    replay(part, apply_offset_record)
 }
 
 /// The latest metadata record of every group in `__consumer_offsets` (a tombstone removes it;
 /// a record that does not parse is skipped with a warning, leaving the previous one).
 pub fn restore_groups(part: &Partition) -> io::Result<HashMap<String, GroupRecord>> {
-    let mut all = HashMap::new();
-    scan_records(part, |k, v| {
-        let Some(g) = k.and_then(parse_group_key) else { return };
-        match v {
-            None => {
-                all.remove(&g);
-            }
-            Some(v) => match parse_group_value(v) {
-                Some(r) => {
-                    all.insert(g, r);
+    replay(
+        part,
+        |all: &mut HashMap<String, GroupRecord>, k, v| {
+            let Some(g) = k.and_then(parse_group_key) else { return };
+            match v {
+                None => {
+                    all.remove(&g);
                 }
-                None => tracing::warn!(group = %g, "skipping unreadable group metadata record"),
-            },
-        }
-    })?;
-    Ok(all)
+                Some(v) => match parse_group_value(v) {
+                    Some(r) => {
+                        all.insert(g, r);
+                    }
+                    None => tracing::warn!(group = %g, "skipping unreadable group metadata record"),
+                },
+            }
+        },
+    )
 }
 
 /// Append one batch of group-metadata records (`None` = tombstone). Not yet durable: the

@@ -8,7 +8,9 @@
 //!    producer's last batch.
 //! 2. **Rewrite.** Each of those segments is copied into `<base>.log.cleaned` keeping a record
 //!    when its key's latest offset is its own (records without a key, and the segment's last
-//!    record so that segments stay contiguous, are kept), and dropping a
+//!    record so that segments stay contiguous, are kept; that last record, when a later one of
+//!    its key supersedes it, is kept as a tombstone of its key, so that it can never bring back
+//!    a value a later tombstone deleted once that tombstone is gone), and dropping a
 //!    latest record that is a tombstone (null value) once its timestamp is older than
 //!    `delete.retention.ms`. Records keep their offsets: a batch whose records all survive is
 //!    copied byte for byte; otherwise each run of consecutive surviving offsets becomes one batch
@@ -323,6 +325,7 @@ pub fn clean_partition(
         let mut at = 0u64;
         let mut next_due: Option<i64> = None;
         let mut read_bytes = 0u64;
+        let mut emptied = 0u64;
         let done = for_each_batch(&*file, size, lim, &mut throttle, stop, |batch, info, throttle| {
             read_bytes += batch.len() as u64;
             // The segment's last record is always kept: the segment still ends at the next
@@ -336,10 +339,24 @@ pub fn clean_partition(
                 let plain = record::records_plain(batch, info).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let recs = parse_records(&plain, info).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 let append_time = info.attributes & record::ATTR_LOG_APPEND_TIME != 0;
+                // The segment's last record, superseded by a later record of its key, stays as a
+                // tombstone of its key: replayed, it changes nothing (the later record follows);
+                // kept as it was, it would bring the value back once a later tombstone is removed.
+                let last_emptied = recs.iter().find(|r| seg_last == Some(r.offset)).and_then(|r| {
+                    let k = r.key?;
+                    let superseded = map.get(k).is_some_and(|&latest| latest > r.offset);
+                    (superseded && r.value.is_some()).then_some(Rec { value: None, ..*r })
+                });
                 let mut keep: Vec<&Rec<'_>> = Vec::with_capacity(recs.len());
                 for r in &recs {
                     if seg_last == Some(r.offset) {
-                        keep.push(r);
+                        match &last_emptied {
+                            Some(t) => {
+                                emptied += 1;
+                                keep.push(t);
+                            }
+                            None => keep.push(r),
+                        }
                         continue;
                     }
                     let Some(k) = r.key else {
@@ -362,7 +379,7 @@ pub fn clean_partition(
                     }
                     keep.push(r);
                 }
-                if keep.len() == recs.len() {
+                if keep.len() == recs.len() && last_emptied.is_none() {
                     outs.push(batch.to_vec());
                 } else {
                     // Runs of consecutive offsets.
@@ -391,7 +408,7 @@ pub fn clean_partition(
                 return Err(e);
             }
         };
-        if !done || removed == 0 {
+        if !done || (removed == 0 && emptied == 0) {
             // Stopped, or nothing to remove: the segment stays as it is.
             io.remove_file(&cleaned_path)?;
             if !done {

@@ -112,7 +112,9 @@ impl Throttle {
         self.bytes += n as u64;
         let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
         while self.started.elapsed() < due && !stop.load(Ordering::Acquire) {
-            std::thread::sleep((due - self.started.elapsed()).min(Duration::from_millis(100)));
+            // Saturating: time passes between the check and here (a plain `-` panicked the
+            // cleaner thread on a loaded machine).
+            std::thread::sleep(due.saturating_sub(self.started.elapsed()).min(Duration::from_millis(100)));
         }
     }
 }

@@ -287,7 +287,7 @@ impl TxnCoordinator {
     }
 
     /// [`TxnCoordinator::snapshot`] when the log has sealed segments (which retention may
-    /// then delete): `__transaction_state` is not compacted, as `__consumer_offsets` is not.
+    /// then delete): `__transaction_state` is not compacted (`__consumer_offsets` is).
     fn maybe_snapshot(&self) {
         if self.log.segment_count() > 1 {
             if let Err(e) = self.snapshot() {
