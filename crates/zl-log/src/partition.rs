@@ -329,8 +329,10 @@ impl Partition {
         (self.syncs.load(Ordering::Relaxed), self.sync_us.load(Ordering::Relaxed))
     }
     /// Let retention (size or time) delete only segments whose batches all lie below `offset`.
-    /// The internal topics use it: `__consumer_offsets` is not compacted, so only what the last
-    /// snapshot of committed offsets superseded may go (see `groups`).
+    /// Internal topics start with a floor of 0 (nothing deleted by size or time): `__transaction_state`
+    /// raises it past what its last snapshot superseded (see `engine::txn`); `__consumer_offsets` is
+    /// compacted instead, and keeps the floor only until the group coordinator switches a topic
+    /// created by an older version to `cleanup.policy=compact` (see `zl_groups`).
     pub fn set_retention_floor(&self, offset: u64) {
         self.retention_floor.store(offset, Ordering::Release);
     }
