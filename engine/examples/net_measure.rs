@@ -4,12 +4,15 @@
 //! ```text
 //! net_measure idle     --addr A --pid P --conns N        # N idle connections: RSS and threads
 //! net_measure accept   --addr A --conns N                # time to connect + first response
-//! net_measure wakeups  --addr A --pid P --consumers C --produces N [--broker-log F]
+//! net_measure wakeups  --addr A --pid P --consumers C --produces N [--rate R] [--broker-log F]
+//! net_measure create   --addr A --topic T --partitions N   # create a topic (before a measured run)
 //! ```
-//! `wakeups`: C long-polling consumers, each on its own partition of a C-partition topic
+//! `wakeups`: C long-polling consumers, each on its own partition (of topics of up to 1,000)
 //! (max_wait 10 s, re-issued when answered), while one producer sends N acks=1 produce
-//! requests one after the other to partition 0. Reports the broker's CPU per produce and, when
-//! the broker logs `--stats-interval-ms` lines to F, its fetch wake-ups per produce.
+//! requests one after the other to partition 0 (with `--rate R`: sent on a fixed schedule of R
+//! per second, each when its time comes or at once if the previous answer came later). Reports
+//! the broker's CPU per produce, the produce latency (send to response: p50/p99/p99.9/max) and,
+//! when the broker logs `--stats-interval-ms` lines to F, its fetch wake-ups per produce.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -103,15 +106,30 @@ fn main() {
     match mode.as_str() {
         "idle" => idle(addr, pid, num(&args, "--conns", 10_000) as usize),
         "accept" => accept(addr, num(&args, "--conns", 1_000) as usize),
+        "create" => {
+            let name = arg(&args, "--topic").expect("--topic");
+            let mut c = Conn::connect(addr).expect("connect");
+            let r = c
+                .call(
+                    4,
+                    &CreateTopicsRequest::default().with_timeout_ms(60_000).with_topics(vec![CreatableTopic::default()
+                        .with_name(topic(&name))
+                        .with_num_partitions(num(&args, "--partitions", 1) as i32)
+                        .with_replication_factor(1)]),
+                )
+                .expect("create topic");
+            assert_eq!(r.topics[0].error_code, 0, "create topic: {:?}", r.topics[0].error_message);
+        }
         "wakeups" => wakeups(
             addr,
             pid,
             num(&args, "--consumers", 1_000) as i32,
             num(&args, "--produces", 1_000),
             arg(&args, "--broker-log"),
+            num(&args, "--rate", 0),
         ),
         _ => {
-            eprintln!("usage: net_measure idle|accept|wakeups --addr A [--pid P] ...");
+            eprintln!("usage: net_measure idle|accept|wakeups|create --addr A [--pid P] ...");
             std::process::exit(2);
         }
     }
@@ -183,29 +201,45 @@ fn last_wakeups(log: &Option<String>) -> Option<u64> {
     text[at + "fetch_wakeups=".len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-fn wakeups(addr: SocketAddr, pid: u32, consumers: i32, produces: u64, log: Option<String>) {
-    let name = format!("wake-{}", std::process::id());
+fn wakeups(addr: SocketAddr, pid: u32, consumers: i32, produces: u64, log: Option<String>, rate: u64) {
+    // Topics of up to 1,000 partitions (the broker's per-topic limit): consumer p on partition
+    // p % 1000 of topic p / 1000; the producer on partition 0 of the first.
+    const PER_TOPIC: i32 = 1_000;
+    let base = format!("wake-{}", std::process::id());
+    let topic_of = move |i: i32| format!("{base}-{i}");
+    let name = topic_of(0);
     let mut admin = Conn::connect(addr).expect("connect");
-    let r = admin
-        .call(
-            4,
-            &CreateTopicsRequest::default().with_timeout_ms(60_000).with_topics(vec![CreatableTopic::default()
-                .with_name(topic(&name))
-                .with_num_partitions(consumers.max(1))
-                .with_replication_factor(1)]),
-        )
-        .expect("create topic");
-    assert_eq!(r.topics[0].error_code, 0, "create topic: {:?}", r.topics[0].error_message);
+    for t in 0..(consumers.max(1) + PER_TOPIC - 1) / PER_TOPIC {
+        let r = admin
+            .call(
+                4,
+                &CreateTopicsRequest::default().with_timeout_ms(60_000).with_topics(vec![CreatableTopic::default()
+                    .with_name(topic(&topic_of(t)))
+                    .with_num_partitions((consumers - t * PER_TOPIC).clamp(1, PER_TOPIC))
+                    .with_replication_factor(1)]),
+            )
+            .expect("create topic");
+        assert_eq!(r.topics[0].error_code, 0, "create topic: {:?}", r.topics[0].error_message);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
+    let connected = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for p in 0..consumers {
-        let (stop, answered, name) = (stop.clone(), answered.clone(), name.clone());
+        let (stop, answered, name, connected) = (stop.clone(), answered.clone(), topic_of(p / PER_TOPIC), connected.clone());
+        let p = p % PER_TOPIC;
         handles.push(
             std::thread::Builder::new()
                 .stack_size(128 << 10)
                 .spawn(move || {
-                    let mut c = Conn::connect(addr).expect("consumer connect");
+                    let mut c = match Conn::connect(addr) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!("consumer {p}: connect: {e}");
+                            return;
+                        }
+                    };
+                    connected.fetch_add(1, Ordering::Relaxed);
                     c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                     let mut offset = 0i64;
                     while !stop.load(Ordering::Acquire) {
@@ -236,14 +270,26 @@ fn wakeups(addr: SocketAddr, pid: u32, consumers: i32, produces: u64, log: Optio
     let mut prod = Conn::connect(addr).expect("producer connect");
     let batch = engine::record::build::simple_batch(1, 100, 0);
     let t = Instant::now();
-    for _ in 0..produces {
+    let mut lat_us: Vec<u64> = Vec::with_capacity(produces as usize);
+    for i in 0..produces {
+        if rate > 0 {
+            let due = t + Duration::from_secs_f64(i as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let sent = Instant::now();
         let req = ProduceRequest::default().with_acks(1).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default()
             .with_name(topic(&name))
             .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(Bytes::from(batch.clone())))])]);
         let r = prod.call(9, &req).expect("produce");
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        lat_us.push(sent.elapsed().as_micros() as u64);
     }
     let wall = t.elapsed().as_secs_f64();
+    lat_us.sort_unstable();
+    let pct = |q: f64| lat_us.get(((lat_us.len() as f64 * q) as usize).min(lat_us.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e3;
     let cpu = proc_cpu_s(pid) - cpu0;
     std::thread::sleep(Duration::from_millis(600));
     let w1 = last_wakeups(&log);
@@ -252,9 +298,14 @@ fn wakeups(addr: SocketAddr, pid: u32, consumers: i32, produces: u64, log: Optio
         _ => "n/a".into(),
     };
     println!(
-        "wakeups consumers={consumers} produces={produces} wall_s={wall:.2} produce_per_s={:.0} broker_cpu_ms_per_produce={:.3} wakeups_per_produce={per}",
+        "wakeups consumers={consumers} connected={} produces={produces} wall_s={wall:.2} produce_per_s={:.0} broker_cpu_ms_per_produce={:.3} wakeups_per_produce={per} produce_ms_p50={:.3} p99={:.3} p99.9={:.3} max={:.3}",
+        connected.load(Ordering::Relaxed),
         produces as f64 / wall,
-        cpu * 1e3 / produces as f64
+        cpu * 1e3 / produces as f64,
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0)
     );
     stop.store(true, Ordering::Release);
     drop(prod);

@@ -95,3 +95,38 @@ fn sequence_wraps_after_i32_max() {
     p.append(&mut batch(1, 3, 0, 0)).unwrap();
     assert_eq!(p.producer_state(3), Some((0, 0)));
 }
+
+/// Kafka's `producer.id.expiration.ms`: a producer idle for the window is forgotten (its retry
+/// is then a new batch, as in Kafka), one with an open transaction is kept.
+#[test]
+fn idle_producers_expire_unless_their_transaction_is_open() {
+    use engine::log::{now_ms, Notifier};
+    let dir = tempfile::tempdir().unwrap();
+    let day = 24 * 3600 * 1000;
+    let cfg = LogConfig { durability: Durability::Never, producer_id_expiration_ms: Some(day), ..LogConfig::default() };
+    let p = Partition::open("t", 0, &dir.path().join("t-0"), Arc::new(UringIo), cfg, Arc::new(Notifier::default())).unwrap();
+    p.append(&mut batch(3, 7, 0, 0)).unwrap();
+    // A transactional batch of producer 8: its transaction stays open.
+    let mut txn = batch(1, 8, 0, 0);
+    txn[22] |= 0x10;
+    let crc = engine::record::compute_crc(&txn);
+    txn[17..21].copy_from_slice(&crc.to_be_bytes());
+    p.append(&mut txn).unwrap();
+    assert_eq!(p.open_transactions(), vec![(8, 3)]);
+    assert_eq!(p.expire_producers(now_ms()), 0, "nobody is idle yet");
+    assert!(p.append(&mut batch(3, 7, 0, 0)).unwrap().duplicate);
+    assert_eq!(p.expire_producers(now_ms() + day as i64), 1, "producer 7 is idle for the window; 8 has an open transaction");
+    assert_eq!(p.producer_state(7), None);
+    assert_eq!(p.producer_state(8), Some((0, 0)));
+    // Forgotten: its retry is stored as a new batch, and any sequence starts it over.
+    let again = p.append(&mut batch(3, 7, 0, 0)).unwrap();
+    assert!(!again.duplicate);
+    assert_eq!(again.base_offset, 4);
+    assert_eq!(p.producer_state(7), Some((0, 2)));
+    // Off: nobody expires.
+    let cfg = LogConfig { durability: Durability::Never, producer_id_expiration_ms: None, ..LogConfig::default() };
+    drop(p);
+    let p = Partition::open("t", 0, &dir.path().join("t-0"), Arc::new(UringIo), cfg, Arc::new(Notifier::default())).unwrap();
+    assert_eq!(p.expire_producers(i64::MAX), 0);
+    assert_eq!(p.producer_state(7), Some((0, 2)));
+}

@@ -408,3 +408,90 @@ fn pipelined_group_requests_of_a_connection_are_handled_one_at_a_time() {
         assert_eq!(f.topics[0].partitions[0].committed_offset, offset, "the fetch pipelined behind the commit of {offset}");
     }
 }
+
+/// Releases held syncs when dropped (before the broker is shut down, even on a failed assert).
+struct Release(engine::io::SimIo);
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.hold_syncs(false);
+    }
+}
+
+/// `call` on a thread of its own, answered within `limit` or None.
+fn call_within<R: kafka_protocol::protocol::Request + Send + 'static>(mut c: Client, version: i16, req: R, limit: Duration) -> Option<R::Response>
+where
+    R::Response: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(c.call(version, &req));
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+fn nothing_to_read(c: &Client) -> bool {
+    c.stream.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    let r = c.stream.peek(&mut b);
+    c.stream.set_nonblocking(false).unwrap();
+    matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[test]
+fn a_topic_auto_create_does_not_hold_up_the_network_thread() {
+    let io = engine::io::SimIo::new();
+    let mut cfg = engine::broker::BrokerConfig::new("/data".into(), Durability::Never);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.network_threads = 1;
+    cfg.default_partitions = 1;
+    cfg.auto_create_topics = true;
+    let broker = engine::broker::Broker::start_with_io(cfg, std::sync::Arc::new(io.clone())).unwrap();
+    let addr = broker.local_addr();
+    let mut admin = Client::connect(addr);
+    create_topic(&mut admin, "existing", 1);
+    let release = Release(io.clone());
+    let md = |t: &str| {
+        MetadataRequest::default().with_allow_auto_topic_creation(true).with_topics(Some(vec![
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default().with_name(Some(topic(t))),
+        ]))
+    };
+    for (round, new_topic) in ["auto-by-metadata", "auto-by-produce"].into_iter().enumerate() {
+        // A stalled disk: the auto-create's fsyncs wait.
+        io.hold_syncs(true);
+        let mut a = Client::connect(addr);
+        let (first, mut frames) =
+            if round == 0 { a.frame(12, &md(new_topic)) } else { a.frame(PRODUCE_V, &produce_req(new_topic, 0, build::simple_batch(3, 10, 0), 1)) };
+        // Pipelined behind it: answered after it.
+        let (second, f) = a.frame(3, &ApiVersionsRequest::default());
+        frames.extend_from_slice(&f);
+        a.stream.write_all(&frames).unwrap();
+        wait_for("the auto-create to wait for its fsync", Duration::from_secs(10), || io.syncs_held() >= 1);
+        // Another connection on the same (single) network thread is served meanwhile.
+        let b = Client::connect(addr);
+        let r = call_within(b, PRODUCE_V, produce_req("existing", 0, build::simple_batch(2, 10, round as i64), 1), Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("round {round}: a produce to an existing topic waited for another connection's auto-create"));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        let b = Client::connect(addr);
+        let m = call_within(b, 12, md("existing"), Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("round {round}: a Metadata request waited for another connection's auto-create"));
+        assert_eq!(m.topics[0].error_code, 0);
+        // The auto-creating connection's requests are not answered before the create completes.
+        assert!(nothing_to_read(&a), "round {round}: answered before the auto-create's fsync");
+        assert!(broker.logs().topic(new_topic).is_none());
+        io.hold_syncs(false);
+        if round == 0 {
+            let r = a.recv::<MetadataRequest>(12, first);
+            assert_eq!(r.topics[0].error_code, 0);
+            assert_eq!(r.topics[0].partitions.len(), 1);
+        } else {
+            let r = a.recv::<ProduceRequest>(PRODUCE_V, first);
+            assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+            assert_eq!(r.responses[0].partition_responses[0].base_offset, 0);
+            assert_eq!(broker.logs().partition(new_topic, 0).unwrap().high_watermark(), 3);
+        }
+        assert_eq!(a.recv::<ApiVersionsRequest>(3, second).error_code, 0);
+        assert!(broker.logs().topic(new_topic).is_some());
+    }
+    assert_eq!(broker.logs().partition("existing", 0).unwrap().high_watermark(), 4);
+    drop(release);
+}

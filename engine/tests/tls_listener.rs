@@ -229,3 +229,83 @@ fn sasl_plain_over_tls_authenticates_on_a_sasl_ssl_listener() {
     let out = c.output().unwrap();
     assert!(!out.status.success(), "metadata served with a wrong password: {}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Whether the broker closed `s` (EOF or reset) before `limit`.
+fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
+    let mut b = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            // An answer to what was sent (a SaslHandshake response): keep reading.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn stalled_tls_handshakes_and_sasl_exchanges_are_closed_after_the_handshake_timeout() {
+    use common::Client;
+    use kafka_protocol::messages::{ApiVersionsRequest, SaslAuthenticateRequest, SaslHandshakeRequest};
+    use kafka_protocol::protocol::StrBytes;
+    use std::io::Write;
+    let certs = tempfile::tempdir().unwrap();
+    let pki = make_pki(certs.path());
+    let users = certs.path().join("users");
+    std::fs::write(&users, "PLAIN alice alice-secret\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker_with(
+        |c| {
+            let any = "127.0.0.1:0".parse().unwrap();
+            c.listeners = vec![
+                Listener { protocol: SecurityProtocol::Plaintext, addr: any },
+                Listener { protocol: SecurityProtocol::Ssl, addr: any },
+                Listener { protocol: SecurityProtocol::SaslPlaintext, addr: any },
+            ];
+            c.tls = Some(tls_cfg(&pki, false));
+            c.security.sasl_users_file = Some(users.clone());
+            c.handshake_timeout_ms = 1_000;
+            // Far longer than the test: a close within it is the handshake timeout's.
+            c.connection_idle_ms = 600_000;
+        },
+        dir.path(),
+    );
+    let tls = broker.listener_addr(SecurityProtocol::Ssl).unwrap();
+    let sasl = broker.listener_addr(SecurityProtocol::SaslPlaintext).unwrap();
+    let plain = broker.listener_addr(SecurityProtocol::Plaintext).unwrap();
+    // TLS: nothing sent; half a ClientHello (a record header announcing 512 bytes, 9 of them).
+    let mut silent = std::net::TcpStream::connect(tls).unwrap();
+    let mut half = std::net::TcpStream::connect(tls).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0, 0, 0]).unwrap();
+    // SASL: nothing sent; a handshake and then no authentication.
+    let mut sasl_silent = std::net::TcpStream::connect(sasl).unwrap();
+    let mut sasl_half = Client::connect(sasl);
+    let h = sasl_half.call(1, &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")));
+    assert_eq!(h.error_code, 0);
+    // Controls: a SASL connection that authenticates and a plaintext one, both idle after.
+    let mut authed = Client::connect(sasl);
+    assert_eq!(authed.call(1, &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"))).error_code, 0);
+    let a = authed.call(1, &SaslAuthenticateRequest::default().with_auth_bytes(bytes::Bytes::from_static(b"\0alice\0alice-secret")));
+    assert_eq!(a.error_code, 0, "{:?}", a.error_message);
+    let mut idle_plain = Client::connect(plain);
+    let limit = Duration::from_secs(15);
+    assert!(closed_within(&mut silent, limit), "a TLS connection that sent nothing was not closed");
+    assert!(closed_within(&mut half, limit), "a TLS connection stalled mid-ClientHello was not closed");
+    assert!(closed_within(&mut sasl_silent, limit), "a SASL connection that sent nothing was not closed");
+    assert!(closed_within(&mut sasl_half.stream, limit), "a SASL connection stalled after its handshake was not closed");
+    // Past the handshake timeout, the authenticated and the plaintext connections are served.
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(authed.call(3, &ApiVersionsRequest::default()).error_code, 0);
+    assert_eq!(idle_plain.call(3, &ApiVersionsRequest::default()).error_code, 0);
+}

@@ -505,6 +505,22 @@ unsafe impl std::alloc::GlobalAlloc for GuardedAlloc {
     }
 }
 
+/// Set a listening socket's accept-queue length (`listen(2)` again on a socket that listens
+/// already: Linux takes the new backlog). The standard library listens with 128, which a
+/// burst of connections overflows while the accept thread waits for a core: the SYNs past it
+/// are dropped and their clients retry after 1 s, then 3 s (the kernel caps `backlog` at
+/// `net.core.somaxconn`).
+pub fn set_listen_backlog(listener: &std::net::TcpListener, backlog: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `listen` takes a descriptor and an int; the descriptor is the listener's own,
+    // open for the duration of the call (borrowed), and no memory is passed.
+    let r = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A zero-filled buffer of `len` bytes, or `None` when the memory cannot be had (an
 /// address-space or memory limit): `vec![0u8; len]` would abort the process instead. Large
 /// buffers come from `alloc_zeroed` (calloc / fresh mmap: pages are touched only as they are

@@ -396,7 +396,7 @@ pub fn clean_partition(
                 let bi = record::validate(&b, lim.batch_bytes_max).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 out_file.write_at(&b, at)?;
                 throttle.read(b.len(), stop);
-                new.track_batch(at, &bi, lim.index_interval_bytes);
+                new.track_batch(at, &bi, lim.index_interval_bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 at += b.len() as u64;
             }
             Ok(())

@@ -6,9 +6,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cleaner;
+mod group_commit;
+mod loader;
+mod local_log;
 pub mod manager;
 pub mod scrub;
 pub mod partition;
+mod producer_state;
 pub mod pool;
 pub mod segment;
 pub mod time_seek;
@@ -136,6 +140,10 @@ pub struct LogConfig {
     /// Memory bound of the cleaner's key map (Kafka's `log.cleaner.dedupe.buffer.size`).
     /// Default 128 MiB.
     pub cleaner_map_bytes: usize,
+    /// Kafka's `producer.id.expiration.ms`: an idempotent producer whose newest batch's
+    /// timestamp is this old (and that has no open transaction) is forgotten by the log
+    /// maintenance thread (`producer_state`). Default 1 day, as Kafka; `None` keeps every one.
+    pub producer_id_expiration_ms: Option<u64>,
 }
 
 impl Default for LogConfig {
@@ -162,6 +170,7 @@ impl Default for LogConfig {
             delete_retention_ms: 24 * 3600 * 1000,
             cleaner_rate_mib: 32,
             cleaner_map_bytes: 128 << 20,
+            producer_id_expiration_ms: Some(24 * 3600 * 1000),
         }
     }
 }
@@ -183,6 +192,9 @@ pub enum AppendError {
     ProducerFenced { current: i16, got: i16 },
     #[error("unknown producer id {0} with non-zero sequence")]
     UnknownProducer(i64),
+    /// The append's offsets span more than a segment can index (u32 relative offsets).
+    #[error("an append of {count} offsets from offset {base} spans more than one segment can index (2^32 offsets)")]
+    TooManyOffsets { base: u64, count: u64 },
 }
 
 /// Why a read failed.

@@ -231,7 +231,12 @@ impl LogManager {
                 }
                 if last_retention.elapsed() >= Duration::from_secs(5) {
                     last_retention = Instant::now();
+                    let now = super::now_ms();
                     for p in &parts {
+                        let expired = p.expire_producers(now);
+                        if expired > 0 {
+                            tracing::debug!("{}-{}: {expired} idle producer(s) expired", p.topic, p.index);
+                        }
                         // `cleanup.policy=compact` alone: no segment is deleted for its age or size.
                         if !p.live().delete() {
                             continue;

@@ -1,5 +1,12 @@
-//! One topic-partition: an ordered list of segments, group commit, reads as file ranges,
-//! recovery, retention, idempotent-producer state.
+//! One topic-partition — Kafka's `Partition`/`UnifiedLog`: the composition of the parts below,
+//! and the public API (`append`, `read*`, `on_durable`, `flush`, retention, DeleteRecords, ...).
+//!
+//! The parts, one Kafka idea each: `loader.rs` (`LogLoader`: recovery at open, whose
+//! result [`Partition::open`] assembles), `local_log.rs` (`LocalLog`: the segments, roll,
+//! read planning, which segments retention and DeleteRecords remove), `producer_state.rs`
+//! (`ProducerStateManager`: idempotent producers' sequences), `group_commit.rs` (the one
+//! sync slot, the leader's write + fdatasync, durable waiters, poison). This file keeps offset
+//! assignment, the read loop, the log start checkpoint, the high watermark and its waiters.
 //!
 //! Locking: `state` (segments, producer state, staged bytes) is held while an append assigns
 //! offsets and writes or stages; `sync` (durable offset, in-flight flags, poison) is held only
@@ -28,38 +35,32 @@
 //! with ENOSPC and nothing else (the partition stays usable). A staged write that still fails
 //! (EIO) poisons the partition: its offsets were already handed out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::group_commit::{DurableWaiters, SyncState, UnlockedWrite};
+use super::loader::{self, Recovered};
+use super::local_log::LocalLog;
+use super::producer_state::{is_idempotent, Checked, ProducerStateManager};
 use super::segment::{self, Segment};
 use super::txn_index::{self, AbortedTxn, TxnIndex};
 use super::{now_ms, AppendError, DeleteRecordsError, Durability, FetchError, LogConfig, Notifier, RecoveryError};
 use zl_io::{Io, IoFile};
-use zl_record::{self as record, BatchInfo};
+use zl_record as record;
 
-const RECOVERY_POINT: &str = "recovery-point";
-const RP_MAGIC: u32 = 0x5250_0001;
+pub use super::group_commit::{DurableCallback, RESERVE_BYTES, STAGING_BYTES_MAX};
+
+pub(crate) const RECOVERY_POINT: &str = "recovery-point";
+pub(crate) const RP_MAGIC: u32 = 0x5250_0001;
 /// The log start offset checkpoint (DeleteRecords, retention): replaced atomically (a new file
 /// written and fsynced beside it, renamed over it, the directory fsynced), so after a crash it
 /// holds either the old or the new offset, whole.
 pub const LOG_START_CHECKPOINT: &str = "log-start-offset";
-const LOG_START_CHECKPOINT_TMP: &str = "log-start-offset.tmp";
-const LS_MAGIC: u32 = 0x4C53_0001;
-/// The group-commit leader refreshes the recovery point at most this often (it is not synced,
-/// so the kernel writes it back seconds later anyway; a roll and a clean close sync it).
-const RP_NOTE_INTERVAL_MS: u64 = 50;
-/// Group mode: staged bytes past this are written by the appender (bounds the buffer when
-/// appends run ahead of the syncs, e.g. library users who append without waiting).
-pub const STAGING_BYTES_MAX: usize = 4 << 20;
-/// Group mode reserves file space at least this far ahead of the appends it accepts.
-pub const RESERVE_BYTES: u64 = 1 << 20;
-/// The leader keeps a spare staging buffer of at most this capacity for reuse.
-const SPARE_BYTES_MAX: usize = 8 << 20;
-/// Batches remembered per producer for duplicate detection (Kafka keeps 5).
-const PRODUCER_RECENT_BATCHES: usize = 5;
+pub(crate) const LOG_START_CHECKPOINT_TMP: &str = "log-start-offset.tmp";
+pub(crate) const LS_MAGIC: u32 = 0x4C53_0001;
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,88 +111,43 @@ impl ReadSlice {
     }
 }
 
-#[derive(Debug, Clone)]
-struct ProducerState {
-    epoch: i16,
-    last_seq: i32,
-    /// (first sequence, last sequence, base offset) of recent batches.
-    recent: VecDeque<(i32, i32, u64)>,
-}
-
 #[derive(Debug)]
-struct State {
-    segments: Vec<Segment>,
+pub(crate) struct State {
+    /// The segments (Kafka's LocalLog).
+    pub(crate) log: LocalLog,
     /// In group mode: position in the active segment up to which data is durable (servable).
-    hw_pos: u64,
-    producers: HashMap<i64, Option<ProducerState>>,
+    pub(crate) hw_pos: u64,
+    pub(crate) producers: ProducerStateManager,
     /// Open and aborted transactions (`txn_index`).
-    txn: TxnIndex,
-    rp_file: Arc<dyn IoFile>,
+    pub(crate) txn: TxnIndex,
+    pub(crate) rp_file: Arc<dyn IoFile>,
     /// Group mode: bytes appended but not yet written, for `[staged_pos, active.size)` of the
     /// active segment.
-    staged: Vec<u8>,
-    staged_pos: u64,
+    pub(crate) staged: Vec<u8>,
+    pub(crate) staged_pos: u64,
     /// An emptied staging buffer kept for reuse.
-    spare: Vec<u8>,
+    pub(crate) spare: Vec<u8>,
     /// A damaged batch found by the scrub (offset, segment base, position): never served.
-    fence: Option<(u64, u64, u64)>,
+    pub(crate) fence: Option<(u64, u64, u64)>,
     /// First offset served: the first segment's base, or above it after DeleteRecords (the
     /// segment holding it may also hold earlier records, which are never served).
-    log_start: u64,
+    pub(crate) log_start: u64,
 }
 
 impl State {
-    fn active(&self) -> &Segment {
-        self.segments.last().expect("a partition always has a segment")
+    pub(crate) fn active(&self) -> &Segment {
+        self.log.active()
     }
-    fn active_mut(&mut self) -> &mut Segment {
-        self.segments.last_mut().expect("a partition always has a segment")
+    pub(crate) fn active_mut(&mut self) -> &mut Segment {
+        self.log.active_mut()
     }
-    fn next_offset(&self) -> u64 {
-        self.active().next_offset
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.log.next_offset()
     }
-    fn log_start(&self) -> u64 {
+    pub(crate) fn log_start(&self) -> u64 {
         self.log_start
     }
 }
-
-#[derive(Debug, Default)]
-struct SyncState {
-    in_flight: bool,
-    /// The leader is writing bytes it took from the staging buffer, (segment base, from, to)
-    /// including its zero-fill, until that write (not its fdatasync) is over: a write under the
-    /// state lock into that range waits for it (the zeros must land first), as do a roll and a
-    /// close (which also hold the one sync slot, `exclusive_sync`).
-    writing: Option<(u64, u64, u64)>,
-    durable: u64,
-    poison: Option<String>,
-    /// Number of the latest group-commit sync started, and the offset it makes durable
-    /// (`u64::MAX` until its leader has taken the staging buffer).
-    gen: u64,
-    covering: u64,
-    /// Appender writes in flight outside the state lock: first offset → position (all in the
-    /// active segment). A sync waits for those below the offset it covers before its
-    /// fdatasync; a roll and a close wait for all of them.
-    unlocked: std::collections::BTreeMap<u64, u64>,
-    /// Registered completions ([`Partition::on_durable`]): (offset to cover, callback).
-    durable_waiters: DurableWaiters,
-    /// A driver job (on [`super::pool::sync_pool`]) is running the group commit for them.
-    driving: bool,
-}
-
-/// The registered completions of [`Partition::on_durable`].
-#[derive(Default)]
-struct DurableWaiters(Vec<(u64, DurableCallback)>);
-
-impl std::fmt::Debug for DurableWaiters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} durable waiters", self.0.len())
-    }
-}
-
-/// Completion of [`Partition::on_durable`]: called once, from whichever thread finished the
-/// covering fdatasync (or at once), with the outcome.
-pub type DurableCallback = Box<dyn FnOnce(Result<(), AppendError>) + Send>;
 
 /// A long-poll waiting for a partition's high watermark to advance (the broker's Fetch).
 /// Registered with [`Partition::watch_hw`]; woken once per registration, from the thread that
@@ -206,45 +162,45 @@ pub trait HwWaiter: Send + Sync {
 pub struct Partition {
     pub topic: String,
     pub index: u32,
-    dir: PathBuf,
-    io: Arc<dyn Io>,
-    cfg: LogConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) io: Arc<dyn Io>,
+    pub(crate) cfg: LogConfig,
     /// The topic's values that AlterConfigs changes live (segment roll, retention, ...): read
     /// from here, not from `cfg`.
-    live: super::LiveConfig,
-    state: Mutex<State>,
-    sync: Mutex<SyncState>,
+    pub(crate) live: super::LiveConfig,
+    pub(crate) state: Mutex<State>,
+    pub(crate) sync: Mutex<SyncState>,
     /// Signalled when the sync slot frees (roll, close) and on poison.
-    sync_cv: Condvar,
+    pub(crate) sync_cv: Condvar,
     /// Group-commit waiters, by the parity of the sync that covers them: a completing sync
     /// wakes only the appends it covered, plus one of the next sync's to lead it.
-    gen_cv: [Condvar; 2],
+    pub(crate) gen_cv: [Condvar; 2],
     /// Signalled when a leader's staged write completes (`SyncState::writing` cleared), when an
     /// appender's unlocked write completes, and on poison.
-    write_cv: Condvar,
-    poisoned: AtomicBool,
+    pub(crate) write_cv: Condvar,
+    pub(crate) poisoned: AtomicBool,
     /// Group-commit fdatasyncs completed, and microseconds spent in them (for benchmarks).
-    syncs: AtomicU64,
-    sync_us: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) sync_us: AtomicU64,
     /// Retention deletes only segments whose batches all lie below this offset (see
     /// [`Partition::set_retention_floor`]); `u64::MAX` = no floor.
-    retention_floor: AtomicU64,
+    pub(crate) retention_floor: AtomicU64,
     /// When the partition was opened, and when (ms after that) the recovery point was last noted.
-    opened: std::time::Instant,
-    last_note_ms: AtomicU64,
-    high_watermark: AtomicU64,
+    pub(crate) opened: std::time::Instant,
+    pub(crate) last_note_ms: AtomicU64,
+    pub(crate) high_watermark: AtomicU64,
     /// First offset of the earliest open transaction (`u64::MAX`: none), kept with `State::txn`.
-    first_open_txn: AtomicU64,
-    log_start: AtomicU64,
+    pub(crate) first_open_txn: AtomicU64,
+    pub(crate) log_start: AtomicU64,
     /// The durable log start offset checkpoint (0 until one is written). Held while one is
     /// written, so checkpoints are written one at a time and never move backwards. Lock order:
     /// `start_checkpoint` → `state` → `sync`.
-    start_checkpoint: Mutex<u64>,
-    notifier: Arc<Notifier>,
+    pub(crate) start_checkpoint: Mutex<u64>,
+    pub(crate) notifier: Arc<Notifier>,
     /// Fetches waiting for this partition's high watermark to move (id → waiter); woken and
     /// cleared by the next advance.
-    hw_waiters: Mutex<HashMap<u64, std::sync::Weak<dyn HwWaiter>>>,
-    hw_waiter_count: std::sync::atomic::AtomicUsize,
+    pub(crate) hw_waiters: Mutex<HashMap<u64, std::sync::Weak<dyn HwWaiter>>>,
+    pub(crate) hw_waiter_count: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for dyn HwWaiter {
@@ -253,98 +209,9 @@ impl std::fmt::Debug for dyn HwWaiter {
     }
 }
 
-/// An appender write registered in `SyncState::unlocked` (at offset `base`): deregisters it
-/// however the append ends. Its offsets were handed out and later appends may follow it, so a
-/// failed write poisons the partition (a hole cannot be filled), and so does a write that never
-/// reported (its thread unwound), or every later sync would wait for it forever.
-struct UnlockedWrite<'a> {
-    partition: &'a Partition,
-    base: u64,
-    result: Option<io::Result<()>>,
-}
-
-impl Drop for UnlockedWrite<'_> {
-    fn drop(&mut self) {
-        let p = self.partition;
-        let mut s = lock(&p.sync);
-        s.unlocked.remove(&self.base);
-        match self.result.take() {
-            // Waiters for the next sync may have been held back by this write.
-            Some(Ok(())) => p.write_cv.notify_all(),
-            // Poisoning wakes every waiter.
-            Some(Err(e)) => p.poison_locked(&mut s, format!("write of an append failed: {e}")),
-            None => p.poison_locked(&mut s, "an append stopped before its write was over".into()),
-        }
-    }
-}
-
-/// Held by whoever holds the one sync slot (`SyncState::in_flight`) while it syncs, and
-/// forgotten when it is done. Dropped only if the holder unwinds (a bug): it frees the slot and
-/// poisons, or every appender would wait forever for a sync that is gone.
-struct SyncSlot<'a>(&'a Partition);
-
-impl Drop for SyncSlot<'_> {
-    fn drop(&mut self) {
-        let p = self.0;
-        let mut s = lock(&p.sync);
-        s.in_flight = false;
-        // Its writes were synchronous: none is in flight any more.
-        s.writing = None;
-        p.poison_locked(&mut s, "a sync stopped before it finished (panicked)".into());
-    }
-}
-
-fn io_err(path: &Path) -> impl Fn(io::Error) -> RecoveryError + '_ {
-    move |source| RecoveryError::Io { path: path.display().to_string(), source }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a partition lock is a bug; keep serving rather than cascading.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read_recovery_point(f: &dyn IoFile) -> u64 {
-    let mut b = [0u8; 16];
-    match segment::read_fully(f, &mut b, 0) {
-        Ok(16) => {}
-        _ => return 0,
-    }
-    let magic = u32::from_be_bytes(b[0..4].try_into().expect("4"));
-    let crc = u32::from_be_bytes(b[12..16].try_into().expect("4"));
-    if magic != RP_MAGIC || crc32c::crc32c(&b[0..12]) != crc {
-        return 0;
-    }
-    u64::from_be_bytes(b[4..12].try_into().expect("8"))
-}
-
-/// The log start checkpoint in `dir`: 0 when there is none; a file that is not exactly a valid
-/// checkpoint is an error (it is only ever replaced whole, so damage is not a torn write).
-fn read_start_checkpoint(io: &dyn Io, dir: &Path) -> Result<u64, RecoveryError> {
-    let path = dir.join(LOG_START_CHECKPOINT);
-    if !io.exists(&path) {
-        return Ok(0);
-    }
-    let bad = |reason: String| RecoveryError::BadCheckpoint { path: path.display().to_string(), reason };
-    let f = io.open(&path, false).map_err(|e| bad(e.to_string()))?;
-    let len = f.len().map_err(|e| bad(e.to_string()))?;
-    if len != 16 {
-        return Err(bad(format!("{len} bytes, want 16")));
-    }
-    let mut b = [0u8; 16];
-    f.read_exact_at(&mut b, 0).map_err(|e| bad(e.to_string()))?;
-    let magic = u32::from_be_bytes(b[0..4].try_into().expect("4"));
-    let crc = u32::from_be_bytes(b[12..16].try_into().expect("4"));
-    if magic != LS_MAGIC {
-        return Err(bad(format!("bad magic {magic:#x}")));
-    }
-    if crc32c::crc32c(&b[0..12]) != crc {
-        return Err(bad("checksum mismatch".into()));
-    }
-    let offset = u64::from_be_bytes(b[4..12].try_into().expect("8"));
-    if offset > i64::MAX as u64 {
-        return Err(bad(format!("offset {offset} out of range")));
-    }
-    Ok(offset)
 }
 
 fn encode_start_checkpoint(offset: u64) -> [u8; 16] {
@@ -356,7 +223,7 @@ fn encode_start_checkpoint(offset: u64) -> [u8; 16] {
     b
 }
 
-fn encode_recovery_point(offset: u64) -> [u8; 16] {
+pub(crate) fn encode_recovery_point(offset: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[0..4].copy_from_slice(&RP_MAGIC.to_be_bytes());
     b[4..12].copy_from_slice(&offset.to_be_bytes());
@@ -375,272 +242,12 @@ impl Partition {
         cfg: LogConfig,
         notifier: Arc<Notifier>,
     ) -> Result<Arc<Partition>, RecoveryError> {
-        let e = io_err(dir);
-        let fresh = !io.exists(dir);
-        io.create_dir_all(dir).map_err(&e)?;
-        if fresh {
-            if let Some(parent) = dir.parent() {
-                io.sync_dir(parent).map_err(&e)?;
-            }
-        }
-        let rp_path = dir.join(RECOVERY_POINT);
-        let rp_file = io.open(&rp_path, true).map_err(&e)?;
-        let recovery_point = read_recovery_point(&*rp_file);
-
-        let names = io.list_dir(dir).map_err(&e)?;
-        // A compaction's output not swapped in before a crash: the segment it was cleaning is
-        // whole (the swap is a rename), so the partial copy goes.
-        for name in names.iter().filter(|n| n.ends_with(super::cleaner::CLEANED_SUFFIX)) {
-            tracing::info!(topic, partition = index, file = %name, "removing an unfinished compaction output");
-            io.remove_file(&dir.join(name)).map_err(&e)?;
-        }
-        let mut bases = Vec::new();
-        for name in &names {
-            if let Some(stem) = name.strip_suffix(".log") {
-                match stem.parse::<u64>() {
-                    // Kafka offsets are i64: a larger base (20 digits can hold one) is no segment of ours.
-                    Ok(b) if stem.len() == 20 && b <= i64::MAX as u64 => bases.push(b),
-                    _ => return Err(RecoveryError::BadName(name.clone())),
-                }
-            }
-        }
-        bases.sort_unstable();
-        // A checkpoint replacement a crash interrupted: the old checkpoint is still whole.
-        let tmp = dir.join(LOG_START_CHECKPOINT_TMP);
-        if io.exists(&tmp) {
-            io.remove_file(&tmp).map_err(&e)?;
-        }
-        let checkpoint = read_start_checkpoint(&*io, dir)?;
-        // Segments wholly below the log start (DeleteRecords deletes them after its checkpoint
-        // is durable; a crash may have come between): deleted before recovery reads them.
-        while bases.len() > 1 && bases[1] <= checkpoint {
-            let base = bases.remove(0);
-            tracing::info!(topic, partition = index, base, checkpoint, "removing a segment below the log start");
-            for name in [segment::log_name(base), segment::index_name(base), segment::time_index_name(base)] {
-                let path = dir.join(name);
-                if io.exists(&path) {
-                    io.remove_file(&path).map_err(&e)?;
-                }
-            }
-        }
-        // Index files of segments below the first one: left by a crash (or an error) between
-        // deleting a retired segment's `.log` and its indexes (retention deletes from the
-        // front). Best effort: they are never read. Any other stray index is left as evidence.
-        for name in &names {
-            let stem = name.strip_suffix(".index").or_else(|| name.strip_suffix(".timeindex"));
-            if let Some(base) = stem.filter(|s| s.len() == 20).and_then(|s| s.parse::<u64>().ok()) {
-                if bases.first().is_some_and(|&first| base < first) {
-                    tracing::info!(topic, partition = index, file = %name, "removing the index of a deleted segment");
-                    let _ = io.remove_file(&dir.join(name));
-                }
-            }
-        }
-
-        let mut producers = HashMap::new();
-        // The transaction index, folded in one segment at a time from its transactional
-        // batches (position, header), so recovery holds one segment's worth of them at most.
-        let mut txn = TxnIndex::default();
-        let mut txn_batches: Vec<(u64, BatchInfo)> = Vec::new();
-        let mut segments: Vec<Segment> = Vec::new();
-        if bases.is_empty() {
-            segments.push(Segment::create(&*io, dir, 0).map_err(&e)?);
-        }
-        let last_i = bases.len().saturating_sub(1);
-        let mut repaired = false;
-        for (i, &base) in bases.iter().enumerate() {
-            if let Some(prev) = segments.last().filter(|p| cfg.repair && !repaired && p.next_offset != base) {
-                tracing::error!(
-                    topic, partition = index, segment = %dir.join(segment::log_name(base)).display(), offset = prev.next_offset,
-                    "REPAIR: segment starts at {base} but the previous one ends at {}: it and every later segment are dropped",
-                    prev.next_offset
-                );
-                repaired = true;
-            }
-            if repaired {
-                // Everything after a repaired (truncated) segment goes.
-                for name in [segment::log_name(base), segment::index_name(base), segment::time_index_name(base)] {
-                    let path = dir.join(&name);
-                    if io.exists(&path) {
-                        let len = io.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
-                        tracing::error!(topic, partition = index, file = %path.display(), bytes = len, "REPAIR: removing a segment file after the truncation point");
-                        io.remove_file(&path).map_err(&e)?;
-                    }
-                }
-                continue;
-            }
-            let mut seg = Segment::open_existing(&*io, dir, base).map_err(&e)?;
-            // A sealed segment may have been compacted: gaps, below the next segment's base.
-            seg.gap_limit = bases.get(i + 1).copied();
-            let seg_path = dir.join(segment::log_name(base));
-            let file_len = seg.file.len().map_err(&e)?;
-            let is_last = i == last_i;
-            let sealed_below_rp = !is_last && bases[i + 1] <= recovery_point;
-            if let Some(prev) = segments.last() {
-                // Compaction keeps each segment's last offset: no gap between segments (a
-                // missing segment is detected here).
-                if prev.next_offset != base {
-                    return Err(RecoveryError::MidLogCorruption {
-                        path: seg_path.display().to_string(),
-                        position: 0,
-                        offset: base,
-                        recovery_point,
-                        reason: format!("segment starts at {base} but the previous one ends at {}", prev.next_offset),
-                    });
-                }
-            }
-            let interval = cfg.index_interval_bytes;
-            let max = cfg.batch_bytes_max;
-            let mut trusted = None;
-            // Repair checks every batch's CRC (damage the scrub found in a sealed segment is
-            // invisible to the header-only walk of a trusted one).
-            if sealed_below_rp && !cfg.repair && seg.load_indexes(&*io, file_len).map_err(&e)? {
-                // Trust the checkpointed index; scan headers only from its last entry. If that
-                // tail does not check out, the index is stale or damaged: rebuild it below.
-                let last = *seg.index.last().expect("non-empty index");
-                let (index, time_index) = (seg.index.clone(), seg.time_index.clone());
-                let end = seg
-                    .scan(last.position as u64, base + last.rel_offset as u64, false, max, u32::MAX, |_| {})
-                    .map_err(&e)?;
-                if end.stopped.is_none() {
-                    seg.index = index;
-                    seg.time_index = time_index;
-                    seg.max_timestamp = seg.time_index.last().map_or(-1, |t| t.timestamp).max(seg.max_timestamp);
-                    // Idempotent producer state lives in the batch headers. A header that
-                    // does not parse sends the segment to the full (CRC-checking) scan below,
-                    // which reports where the damage is.
-                    // Tracked once the walk is through: one that fails partway leaves the state
-                    // as it was, and the rescan below tracks every batch.
-                    let mut walked = Vec::new();
-                    let mut txns = Vec::new();
-                    let mut at = 0u64;
-                    let walk = seg.walk_headers(end.valid_end, max, |info| {
-                        if is_idempotent(info) {
-                            walked.push(*info);
-                        }
-                        if info.is_transactional() {
-                            txns.push((at, *info));
-                        }
-                        at += info.size_bytes as u64;
-                    });
-                    match walk {
-                        Ok(()) => {
-                            walked.iter().for_each(|info| track_producer(&mut producers, info));
-                            txn_batches.extend(txns);
-                            trusted = Some(end);
-                        }
-                        Err(err) => tracing::warn!(path = %seg_path.display(), "{err}; rescanning"),
-                    }
-                } else {
-                    tracing::warn!(path = %seg_path.display(), "index inconsistent with the log; rebuilding");
-                }
-            }
-            let end = match trusted {
-                Some(end) => end,
-                None => {
-                    seg.reset_indexes();
-                    let mut at = 0u64;
-                    let end = seg
-                        .scan(0, base, true, max, interval, |info| {
-                            track_producer(&mut producers, info);
-                            if info.is_transactional() {
-                                txn_batches.push((at, *info));
-                            }
-                            at += info.size_bytes as u64;
-                        })
-                        .map_err(&e)?;
-                    if !is_last && end.stopped.is_none() {
-                        seg.write_indexes(&*io).map_err(&e)?;
-                    }
-                    end
-                }
-            };
-            if let Some((position, reason)) = end.stopped {
-                if cfg.repair && (end.next_offset < recovery_point || !is_last) {
-                    let later: u64 = bases[i + 1..]
-                        .iter()
-                        .map(|b| io.open(&dir.join(segment::log_name(*b)), false).and_then(|f| f.len()).unwrap_or(0))
-                        .sum();
-                    tracing::error!(
-                        topic, partition = index, segment = %seg_path.display(), position, offset = end.next_offset, reason = %reason,
-                        dropped_bytes_in_segment = file_len - position, later_segments = bases.len() - 1 - i, later_bytes = later,
-                        "REPAIR: truncating the log at its first invalid batch: offsets from {} on are dropped: {} bytes of \
-                         this segment and {} later segment(s) of {} bytes",
-                        end.next_offset, file_len - position, bases.len() - 1 - i, later
-                    );
-                    seg.file.set_len(end.valid_end).map_err(&e)?;
-                    seg.file.sync_data().map_err(&e)?;
-                    if !is_last {
-                        let _ = io.remove_file(&dir.join(segment::index_name(base)));
-                        let _ = io.remove_file(&dir.join(segment::time_index_name(base)));
-                    }
-                    repaired = true;
-                    fold_txn_batches(&mut txn, &seg, &mut txn_batches, max).map_err(&e)?;
-                    segments.push(seg);
-                    continue;
-                }
-                if end.next_offset < recovery_point || !is_last {
-                    // Data below the recovery point was synced: damage there is not a torn tail.
-                    return Err(RecoveryError::MidLogCorruption {
-                        path: seg_path.display().to_string(),
-                        position,
-                        offset: end.next_offset,
-                        recovery_point,
-                        reason,
-                    });
-                }
-                tracing::warn!(
-                    path = %seg_path.display(), position, reason = %reason,
-                    "truncating torn tail of {} bytes", file_len - position
-                );
-                seg.file.set_len(end.valid_end).map_err(&e)?;
-            }
-            fold_txn_batches(&mut txn, &seg, &mut txn_batches, max).map_err(&e)?;
-            segments.push(seg);
-        }
-        if cfg.repair && !repaired && segments.last().expect("segment").next_offset < recovery_point {
-            let seg = segments.last().expect("segment");
-            tracing::error!(
-                topic, partition = index, segment = %dir.join(segment::log_name(seg.base_offset)).display(),
-                "REPAIR: the log ends at offset {} before its recovery point {recovery_point} (synced data is missing); continuing from {}",
-                seg.next_offset, seg.next_offset
-            );
-            repaired = true;
-        }
-        if segments.last().expect("segment").next_offset < recovery_point && !repaired {
-            let seg = segments.last().expect("segment");
-            return Err(RecoveryError::MidLogCorruption {
-                path: dir.join(segment::log_name(seg.base_offset)).display().to_string(),
-                position: seg.size,
-                offset: seg.next_offset,
-                recovery_point,
-                reason: "log ends before its recovery point: synced data is missing".into(),
-            });
-        }
-        if checkpoint > segments.last().expect("segment").next_offset {
-            // The log ends below its start (in `never`/`interval` mode a power cut can take
-            // back records DeleteRecords moved past): as Kafka, start over empty at the log
-            // start, which never moves backwards. Every record there was deleted already.
-            tracing::warn!(
-                topic, partition = index, log_end = segments.last().expect("segment").next_offset, checkpoint,
-                "the log ends below its log start offset checkpoint: starting empty at the checkpoint"
-            );
-            for seg in segments.drain(..) {
-                seg.delete_files(&*io).map_err(&e)?;
-            }
-            txn = TxnIndex::default();
-            io.sync_dir(dir).map_err(&e)?;
-            segments.push(Segment::create(&*io, dir, checkpoint).map_err(&e)?);
-        }
-        // Everything recovered is made durable before it is served.
+        let Recovered { segments, producers, txn, rp_file, checkpoint } = loader::load(topic, index, dir, &*io, &cfg)?;
         let active = segments.last().expect("segment");
-        active.file.sync_data().map_err(&e)?;
         let next = active.next_offset;
-        rp_file.write_at(&encode_recovery_point(next), 0).map_err(&e)?;
-        rp_file.sync_data().map_err(&e)?;
-        io.sync_dir(dir).map_err(&e)?;
-
         let hw_pos = active.size;
         let log_start = segments[0].base_offset.max(checkpoint);
+        let log = LocalLog::new(segments);
         let first_open_txn = txn.first_open().unwrap_or(u64::MAX);
         Ok(Arc::new(Partition {
             topic: topic.to_string(),
@@ -650,7 +257,7 @@ impl Partition {
             live: super::LiveConfig::new(&cfg),
             cfg,
             state: Mutex::new(State {
-                segments,
+                log,
                 hw_pos,
                 producers,
                 txn,
@@ -722,47 +329,22 @@ impl Partition {
         (self.syncs.load(Ordering::Relaxed), self.sync_us.load(Ordering::Relaxed))
     }
     /// Let retention (size or time) delete only segments whose batches all lie below `offset`.
-    /// The internal topics use it: `__consumer_offsets` is not compacted, so only what the last
-    /// snapshot of committed offsets superseded may go (see `groups`).
+    /// Internal topics start with a floor of 0 (nothing deleted by size or time): `__transaction_state`
+    /// raises it past what its last snapshot superseded (see `engine::txn`); `__consumer_offsets` is
+    /// compacted instead, and keeps the floor only until the group coordinator switches a topic
+    /// created by an older version to `cleanup.policy=compact` (see `zl_groups`).
     pub fn set_retention_floor(&self, offset: u64) {
         self.retention_floor.store(offset, Ordering::Release);
     }
     pub fn segment_count(&self) -> usize {
-        lock(&self.state).segments.len()
+        lock(&self.state).log.len()
     }
     /// Total bytes of all segments.
     pub fn size_bytes(&self) -> u64 {
-        lock(&self.state).segments.iter().map(|s| s.size).sum()
+        lock(&self.state).log.size_bytes()
     }
 
-    fn poison_error(&self) -> AppendError {
-        let reason = lock(&self.sync).poison.clone().unwrap_or_else(|| "fdatasync failed".into());
-        AppendError::Poisoned(reason)
-    }
-
-    fn poison(&self, reason: String) {
-        self.poison_locked(&mut lock(&self.sync), reason);
-    }
-
-    /// [`Partition::poison`] with the sync lock held: the first reason wins; every waiter wakes.
-    fn poison_locked(&self, s: &mut SyncState, reason: String) {
-        if s.poison.is_none() {
-            tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
-            s.poison = Some(reason);
-        }
-        self.poisoned.store(true, Ordering::Release);
-        self.wake_all();
-    }
-
-    /// Wake every waiter of the sync slot and of the group commit.
-    fn wake_all(&self) {
-        self.sync_cv.notify_all();
-        self.gen_cv[0].notify_all();
-        self.gen_cv[1].notify_all();
-        self.write_cv.notify_all();
-    }
-
-    fn advance_hw(&self, offset: u64) {
+    pub(crate) fn advance_hw(&self, offset: u64) {
         if self.high_watermark.fetch_max(offset, Ordering::AcqRel) < offset {
             self.notifier.bump();
             if self.hw_waiter_count.load(Ordering::Acquire) > 0 {
@@ -819,15 +401,30 @@ impl Partition {
         if self.is_poisoned() {
             return Err(self.poison_error());
         }
+        // Offsets the append takes (at least one per batch). Relative offsets are u32 (the
+        // indexes): an append whose offsets do not fit even a segment of its own (several
+        // batches of ~2^31 offsets each) is refused before anything rolls, is assigned or written.
+        let count: u64 = infos.iter().map(|i| i.offset_count()).sum();
+        if count - 1 > u32::MAX as u64 {
+            return Err(AppendError::TooManyOffsets { base: st.next_offset(), count });
+        }
         // Roll first, as a sync of its own (see `roll_exclusive`), then re-take the lock.
-        while self.needs_roll(&st, total) {
+        while self.needs_roll(&st, total, count) {
             drop(st);
-            self.roll_exclusive(total)?;
+            self.roll_exclusive(total, count)?;
             st = lock(&self.state);
             if self.is_poisoned() {
                 return Err(self.poison_error());
             }
         }
+        // Invariant: the active segment can index every offset of the append (rolled above if
+        // not, and an empty segment holds any append that passed the check above).
+        assert!(
+            st.active().can_hold(st.next_offset() + count - 1),
+            "append of {count} offsets at {} does not fit the active segment based at {}",
+            st.next_offset(),
+            st.active().base_offset
+        );
         // Assign offsets, then check idempotent producers'
         // sequences batch by batch against the state as it will be after the earlier batches.
         let base = st.next_offset();
@@ -839,31 +436,14 @@ impl Partition {
             next += info.offset_count();
             assigned.push(a);
         }
-        let mut touched: HashMap<i64, Option<ProducerState>> = HashMap::new();
-        for a in &assigned {
-            if !is_idempotent(a) {
-                continue;
+        // The clock only for idempotent batches (their producers' expiry counts from it).
+        let now = if assigned.iter().any(is_idempotent) { now_ms() } else { 0 };
+        let pending = match st.producers.check(&assigned, now)? {
+            Checked::Accepted(pending) => pending,
+            Checked::Duplicate { base_offset, last_offset } => {
+                return Ok(AppendInfo { base_offset, last_offset, next_offset: base, log_start_offset: st.log_start(), duplicate: true });
             }
-            let current = match touched.get(&a.producer_id) {
-                Some(p) => p.clone(),
-                None => st.producers.get(&a.producer_id).cloned().flatten(),
-            };
-            if let Some(dup_offset) = check_sequence(current.as_ref(), a)? {
-                if assigned.len() == 1 {
-                    return Ok(AppendInfo {
-                        base_offset: dup_offset,
-                        last_offset: dup_offset + a.last_offset_delta as u64,
-                        next_offset: base,
-                        log_start_offset: st.log_start(),
-                        duplicate: true,
-                    });
-                }
-                return Err(AppendError::DuplicateSequence(dup_offset as i64));
-            }
-            let mut p = current;
-            track_producer_one(&mut p, a);
-            touched.insert(a.producer_id, p);
-        }
+        };
         let position = st.active().size;
         let mut at = 0usize;
         for a in &assigned {
@@ -932,7 +512,13 @@ impl Partition {
                 st.next_offset(),
                 st.active().size
             );
-            st.active_mut().track_batch(pos, a, interval);
+            if let Err(e) = st.active_mut().track_batch(pos, a, interval) {
+                // Checked above (roll or refusal): the bytes are written or staged and their
+                // offsets handed out, so a refusal here is a bug that poisons the partition.
+                drop(st);
+                self.poison(format!("an appended batch cannot be indexed: {e}"));
+                return Err(self.poison_error());
+            }
             if a.is_transactional() {
                 let marker = txn_index::control_marker(&buf[at..at + a.size_bytes], a);
                 st.txn.on_batch(a, marker);
@@ -941,11 +527,7 @@ impl Partition {
             pos += a.size_bytes as u64;
             at += a.size_bytes;
         }
-        for (pid, p) in touched {
-            if p.is_some() {
-                st.producers.insert(pid, p);
-            }
-        }
+        st.producers.commit(pending);
         let log_start = st.log_start();
         if self.cfg.durability != Durability::Group {
             st.hw_pos = st.active().size;
@@ -962,20 +544,6 @@ impl Partition {
         #[cfg(feature = "slow-append")]
         zl_io::sys::slow_append_penalty(started.elapsed());
         Ok(AppendInfo { base_offset: base, last_offset: next - 1, next_offset: next, log_start_offset: log_start, duplicate: false })
-    }
-
-    /// An appender's write outside the state lock (registered in `SyncState::unlocked`, with
-    /// an [`UnlockedWrite`] guard that deregisters it).
-    fn write_unlocked(&self, file: &dyn IoFile, buf: &[u8], position: u64) -> io::Result<()> {
-        if self.cfg.direct_io {
-            file.write_direct(buf, position)
-        } else {
-            file.write_at(buf, position).map(|()| {
-                // A hint only (its failure loses nothing): the transfer overlaps the sync in
-                // flight; durability is decided by the fdatasync alone.
-                let _ = file.start_writeback(position, buf.len() as u64);
-            })
-        }
     }
 
     /// Append and, in `group` mode, wait until an fdatasync covers it.
@@ -1004,367 +572,13 @@ impl Partition {
             let r = if self.is_poisoned() { Err(self.poison_error()) } else { Ok(()) };
             return done(r);
         }
-        let mut s = lock(&self.sync);
-        if let Some(reason) = &s.poison {
-            let e = AppendError::Poisoned(reason.clone());
-            drop(s);
-            return done(Err(e));
-        }
-        if s.durable >= next_offset {
-            drop(s);
-            return done(Ok(()));
-        }
-        s.durable_waiters.0.push((next_offset, done));
-        if s.driving {
-            return;
-        }
-        s.driving = true;
-        drop(s);
-        let me = self.clone();
-        super::pool::sync_pool().spawn(move || me.drive_durable());
-    }
-
-    /// The driver job of [`Partition::on_durable`]: sync up to the highest registered offset,
-    /// complete the waiters it covered, and go on while there are more.
-    fn drive_durable(&self) {
-        loop {
-            let target = {
-                let mut s = lock(&self.sync);
-                match s.durable_waiters.0.iter().map(|(o, _)| *o).max() {
-                    Some(t) => t,
-                    None => {
-                        s.driving = false;
-                        return;
-                    }
-                }
-            };
-            let result = self.sync_to(target);
-            let ready: Vec<DurableCallback> = {
-                let mut s = lock(&self.sync);
-                let durable = s.durable;
-                let failed = s.poison.is_some() || result.is_err();
-                let (done, keep): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut s.durable_waiters.0).into_iter().partition(|(o, _)| failed || *o <= durable);
-                s.durable_waiters.0 = keep;
-                done.into_iter().map(|(_, cb)| cb).collect()
-            };
-            for cb in ready {
-                cb(match &result {
-                    Ok(()) if !self.is_poisoned() => Ok(()),
-                    _ => Err(self.poison_error()),
-                });
-            }
-        }
+        self.on_durable_group(next_offset, done);
     }
 
     /// Make everything appended so far durable (any mode). Used by the interval flusher and close.
     pub fn flush(&self) -> Result<(), AppendError> {
         let target = self.log_end_offset();
         self.sync_to(target)
-    }
-
-    /// Group commit: the first waiter to find no sync in flight becomes the leader, syncs
-    /// everything written so far, and wakes everyone it covered.
-    fn sync_to(&self, target: u64) -> Result<(), AppendError> {
-        let mut s = lock(&self.sync);
-        loop {
-            if let Some(reason) = &s.poison {
-                return Err(AppendError::Poisoned(reason.clone()));
-            }
-            if s.durable >= target {
-                return Ok(());
-            }
-            if s.in_flight {
-                // Covered by the sync in flight (its leader took our bytes), or by the next one.
-                // While the leader has not taken the buffer yet (`covering` MAX), wait for its
-                // end and look again.
-                let g = if target <= s.covering { s.gen } else { s.gen + 1 };
-                s = self.gen_cv[(g & 1) as usize].wait(s).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            s.in_flight = true;
-            s.gen += 1;
-            s.covering = u64::MAX;
-            drop(s);
-            let slot = SyncSlot(self);
-            let result = self.sync_once();
-            std::mem::forget(slot);
-            s = lock(&self.sync);
-            s.in_flight = false;
-            match result {
-                Ok(offset) => s.durable = s.durable.max(offset),
-                Err(e) => self.poison_locked(&mut s, format!("write or fdatasync failed: {e}")),
-            }
-            // The appends this sync covered, and one waiter for the next sync to lead it (it
-            // finds the slot free, or taken by someone who will wake the rest).
-            self.gen_cv[(s.gen & 1) as usize].notify_all();
-            self.gen_cv[((s.gen + 1) & 1) as usize].notify_one();
-            self.sync_cv.notify_all();
-        }
-    }
-
-    /// Write the staged bytes and fdatasync the active segment (one io_uring chain, followed
-    /// by the recovery-point note); returns the offset made durable.
-    fn sync_once(&self) -> io::Result<u64> {
-        let (file, offset, base, pos, mut staged, must, staged_pos, rp_file) = {
-            let mut st = lock(&self.state);
-            let spare = std::mem::take(&mut st.spare);
-            let mut staged = std::mem::replace(&mut st.staged, spare);
-            let must = staged.len();
-            let staged_pos = st.staged_pos;
-            st.staged_pos += staged.len() as u64;
-            let mut s = lock(&self.sync);
-            // Invariant: at most one fdatasync in flight per partition (its leader holds the slot).
-            assert!(s.in_flight, "a group-commit sync started without holding the partition's one sync slot");
-            // Not while appender writes are in flight: this leader waits for them before it
-            // writes, and its zero range would hold off large appends landing there meanwhile.
-            if s.unlocked.is_empty() {
-                self.zero_fill_ahead(&mut st, &mut staged);
-            }
-            let a = st.active();
-            s.covering = a.next_offset;
-            if !staged.is_empty() {
-                // Set under the state lock: a roll that takes the lock after us waits for it.
-                s.writing = Some((a.base_offset, staged_pos, staged_pos + staged.len() as u64));
-            }
-            drop(s);
-            (a.file.clone(), a.next_offset, a.base_offset, a.size, staged, must, staged_pos, st.rp_file.clone())
-        };
-        // Appender writes registered before our snapshot (under the state lock, which we held)
-        // are covered by this sync: wait until they are over. They are in flight already, so
-        // this waits for the device, not for more appends; later ones are not waited for.
-        {
-            let mut s = lock(&self.sync);
-            while s.poison.is_none() && s.unlocked.first_key_value().is_some_and(|(&o, _)| o < offset) {
-                s = self.write_cv.wait(s).unwrap_or_else(|p| p.into_inner());
-            }
-            if let Some(reason) = &s.poison {
-                let e = io::Error::other(reason.clone());
-                s.writing = None;
-                self.write_cv.notify_all();
-                return Err(e);
-            }
-        }
-        // Written only after the sync succeeds; not synced itself: a stale recovery point only
-        // weakens mid-log corruption detection, and it never runs ahead of synced data.
-        let note = encode_recovery_point(offset);
-        let now_ms = self.opened.elapsed().as_millis() as u64;
-        let note_due = now_ms.saturating_sub(self.last_note_ms.load(Ordering::Relaxed)) >= RP_NOTE_INTERVAL_MS;
-        if note_due {
-            self.last_note_ms.store(now_ms, Ordering::Relaxed);
-        }
-        let note = note_due.then_some((&*rp_file, &note[..], 0));
-        let started = std::time::Instant::now();
-        // The write is over before the sync is: let writes that wait for it (large appends,
-        // an overfull staging buffer) go on while the fdatasync runs.
-        let mut written = || {
-            let mut s = lock(&self.sync);
-            s.writing = None;
-            self.write_cv.notify_all();
-        };
-        let result = file.write_sync_note(&staged, must, staged_pos, note, &mut written);
-        let staged_len = staged.len();
-        if !staged.is_empty() {
-            let mut s = lock(&self.sync);
-            if let Err(e) = &result {
-                // Before `writing` clears: a write waiting for this one must not go on beside a
-                // hole where these bytes should be.
-                self.poison_locked(&mut s, format!("write or fdatasync failed: {e}"));
-            }
-            s.writing = None;
-            self.write_cv.notify_all();
-        }
-        let all_written = result?;
-        self.sync_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut st = lock(&self.state);
-            if staged.capacity() <= SPARE_BYTES_MAX && staged.capacity() > st.spare.capacity() {
-                staged.clear();
-                st.spare = staged;
-            }
-            // Invariant: a sync makes durable only what was written (durable offset <= log end),
-            // so the high watermark never passes the log end.
-            assert!(offset <= st.next_offset(), "synced offset {offset} is past the log end {}", st.next_offset());
-            if st.active().base_offset == base {
-                assert!(pos <= st.active().size, "synced position {pos} is past the segment's end {}", st.active().size);
-                st.hw_pos = st.hw_pos.max(pos);
-                let zeros_end = staged_pos + staged_len as u64;
-                let seg = st.active_mut();
-                // The zeros this write carried are allocated: appends landing there need no
-                // reservation of their own. Only if there were zeros, all were written, and no
-                // trim (close) has cut them off since.
-                if all_written && staged_len > must && seg.zeroed_end >= zeros_end {
-                    seg.prealloc_end = seg.prealloc_end.max(zeros_end);
-                }
-            }
-            // Under the state lock, consistent with `hw_pos` for readers.
-            self.advance_hw(offset);
-        }
-        Ok(offset)
-    }
-
-    /// Preallocation in group mode: when the zeros written ahead of the active segment's end
-    /// run short, append the next window of zeros to the leader's buffer (which ends at the
-    /// segment's end), so they are written and synced with it and later syncs overwrite
-    /// allocated blocks. Skipped for large writes (the window would not be reused).
-    fn zero_fill_ahead(&self, st: &mut State, buf: &mut Vec<u8>) {
-        let window = self.cfg.preallocate_bytes;
-        if window == 0 || buf.is_empty() || buf.len() as u64 > window / 4 {
-            return;
-        }
-        let max = self.live.segment_bytes();
-        let seg = st.active_mut();
-        let end = seg.size;
-        if seg.zeroed_end >= end + window / 8 || end >= max {
-            return;
-        }
-        let to = (end + window).min(max);
-        buf.resize(buf.len() + (to - end) as usize, 0);
-        // Zeros past the last batch: recovery stops there (batchLength 0) and truncates. Not a
-        // reservation (this write may still fail for lack of space; appends reserve their own).
-        seg.zeroed_end = to;
-    }
-
-    /// Wait until no leader write is in flight (`range` None: before a sync that must cover
-    /// every byte appended so far; then no appender write either), or none overlapping
-    /// `range` = (segment base, from, to).
-    fn wait_leader_write(&self, range: Option<(u64, u64, u64)>) -> Result<(), AppendError> {
-        let mut s = lock(&self.sync);
-        loop {
-            let blocked = match (s.writing, range) {
-                (_, None) if !s.unlocked.is_empty() => true,
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some((wb, wf, wt)), Some((b, f, t))) => wb == b && f < wt && wf < t,
-            };
-            if !blocked {
-                break;
-            }
-            s = self.write_cv.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
-        match &s.poison {
-            Some(reason) => Err(AppendError::Poisoned(reason.clone())),
-            None => Ok(()),
-        }
-    }
-
-    /// Write the staged bytes now, under the state lock. With `for_sync`, first wait for any
-    /// leader write in flight (so a sync that follows covers every byte appended so far);
-    /// otherwise only for one overlapping these bytes. A failure poisons: the bytes' offsets
-    /// were already handed out.
-    fn write_staged(&self, st: &mut State, for_sync: bool) -> Result<(), AppendError> {
-        let range = (st.active().base_offset, st.staged_pos, st.staged_pos + st.staged.len() as u64);
-        self.wait_leader_write((!for_sync).then_some(range))?;
-        if st.staged.is_empty() {
-            return Ok(());
-        }
-        let result = st.active().file.write_at(&st.staged, st.staged_pos);
-        st.staged_pos += st.staged.len() as u64;
-        st.staged.clear();
-        if let Err(e) = result {
-            self.poison(format!("write of staged appends failed: {e}"));
-            return Err(self.poison_error());
-        }
-        Ok(())
-    }
-
-    /// Whether an append of `total` bytes must first roll the active segment (size or age).
-    fn needs_roll(&self, st: &State, total: u64) -> bool {
-        let a = st.active();
-        let old = self.live.segment_ms().is_some_and(|ms| a.created.elapsed().as_millis() as u64 >= ms);
-        a.size > 0 && (a.size + total > self.live.segment_bytes() || old)
-    }
-
-    /// Run `f` as the partition's one sync in flight: wait for the group commit's leader to
-    /// finish, hold off the next one, and let them go after. A roll or close fdatasyncs outside
-    /// the group commit; run concurrently with a leader's fdatasync of the same file, only one
-    /// of the two would be told of a writeback error (Linux reports it once), and the other
-    /// could acknowledge or seal data the failed writeback dropped.
-    fn exclusive_sync<T>(&self, f: impl FnOnce() -> Result<T, AppendError>) -> Result<T, AppendError> {
-        {
-            let mut s = lock(&self.sync);
-            loop {
-                if let Some(reason) = &s.poison {
-                    return Err(AppendError::Poisoned(reason.clone()));
-                }
-                if !s.in_flight {
-                    s.in_flight = true;
-                    break;
-                }
-                s = self.sync_cv.wait(s).unwrap_or_else(|p| p.into_inner());
-            }
-        }
-        let slot = SyncSlot(self);
-        let result = f();
-        std::mem::forget(slot);
-        let mut s = lock(&self.sync);
-        s.in_flight = false;
-        // Appends that arrived meanwhile wait for a sync that has not started: one must lead it.
-        self.wake_all();
-        result
-    }
-
-    /// Roll the active segment if an append of `total` bytes still needs it, as the one sync in
-    /// flight. Called without the state lock (a leader in flight may need it to finish).
-    fn roll_exclusive(&self, total: u64) -> Result<(), AppendError> {
-        self.exclusive_sync(|| {
-            let mut st = lock(&self.state);
-            if self.needs_roll(&st, total) {
-                self.roll(&mut st)
-            } else {
-                Ok(())
-            }
-        })
-    }
-
-    /// Seal the active segment (sync it, write its indexes) and start a new one. Only as the
-    /// one sync in flight ([`Partition::roll_exclusive`]).
-    fn roll(&self, st: &mut MutexGuard<'_, State>) -> Result<(), AppendError> {
-        // Invariant: a roll fdatasyncs as the partition's one sync in flight.
-        assert!(lock(&self.sync).in_flight, "a roll started without holding the partition's one sync slot");
-        if self.is_poisoned() {
-            return Err(self.poison_error());
-        }
-        self.write_staged(st, true)?;
-        // A sealed segment ends exactly after its last batch (trim made durable by the sync
-        // below, before the next segment exists), or recovery would refuse it.
-        st.active_mut().trim_prealloc().map_err(AppendError::Storage)?;
-        let old = st.active();
-        let next = old.next_offset;
-        // Invariant: segment base offsets strictly increase (a rolled segment holds a batch).
-        assert!(next > old.base_offset, "roll of segment {} at offset {next}: base offsets must increase", old.base_offset);
-        // A failed write (e.g. a short write then ENOSPC) may have left bytes past the last
-        // batch; sealed, they would read as corruption in the middle of the log on reopen.
-        if old.file.len().map_err(AppendError::Storage)? > old.size {
-            old.file.set_len(old.size).map_err(AppendError::Storage)?;
-        }
-        if let Err(e) = old.file.sync_data() {
-            self.poison(format!("fdatasync failed while rolling: {e}"));
-            return Err(self.poison_error());
-        }
-        old.write_indexes(&*self.io).map_err(AppendError::Storage)?;
-        let new = Segment::create(&*self.io, &self.dir, next).map_err(AppendError::Storage)?;
-        if let Err(e) = self.io.sync_dir(&self.dir) {
-            self.poison(format!("fsync of the partition directory failed while rolling: {e}"));
-            return Err(self.poison_error());
-        }
-        st.rp_file.write_at(&encode_recovery_point(next), 0).map_err(AppendError::Storage)?;
-        if let Err(e) = st.rp_file.sync_data() {
-            self.poison(format!("fdatasync of recovery point failed: {e}"));
-            return Err(self.poison_error());
-        }
-        st.segments.push(new);
-        st.hw_pos = 0;
-        // Nothing is staged (written above); the next staged append sets its own position.
-        st.staged_pos = 0;
-        {
-            let mut s = lock(&self.sync);
-            s.durable = s.durable.max(next);
-            self.wake_all();
-        }
-        self.advance_hw(next);
-        Ok(())
     }
 
     /// File ranges holding whole batches from the batch containing `offset`, up to `max_bytes`
@@ -1418,8 +632,8 @@ impl Partition {
                     )));
                 }
             }
-            let i = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-            let seg = &st.segments[i];
+            let i = st.log.index_for(offset);
+            let seg = st.log.segment(i);
             if offset >= seg.next_offset {
                 // Only the last segment can end at or before the offset (below the high watermark).
                 return Ok(slice);
@@ -1429,7 +643,7 @@ impl Partition {
             let active = st.active();
             let group = self.cfg.durability == Durability::Group;
             let active = (active.base_offset, if group { st.hw_pos.min(active.size) } else { active.size });
-            let first = self.read_part(&st, i, active);
+            let first = st.log.read_part(i, active, st.fence);
             (slice, first, seg.index_floor(offset), offset, active, upto)
         };
         // The LSO cut, when it falls inside a segment the read reaches: the position of the
@@ -1441,7 +655,7 @@ impl Partition {
             if next.is_some_and(|n| upto >= n) || upto >= self.high_watermark() {
                 return Ok(limit);
             }
-            let floor = self.index_floor_in(base, file, upto).unwrap_or(0);
+            let floor = lock(&self.state).log.index_floor_in(base, file, upto).unwrap_or(0);
             Ok(segment::find_position_from(&**file, upto, floor, limit, self.cfg.batch_bytes_max)?.map_or(limit, |p| p.min(limit)))
         };
         let mut total = 0u64;
@@ -1449,7 +663,7 @@ impl Partition {
         let mut at_first = true;
         while let Some((file, base, limit)) = part.take() {
             let limit = if upto < slice.high_watermark {
-                let next = self.segment_end(base);
+                let next = lock(&self.state).log.segment_end(base);
                 cut(&file, base, limit, next)?
             } else {
                 limit
@@ -1464,7 +678,7 @@ impl Partition {
                 let budget = max_bytes.saturating_sub(total);
                 let end = if limit - start <= budget {
                     limit
-                } else if let Some(b) = self.index_boundary(base, &file, start, start + budget) {
+                } else if let Some(b) = lock(&self.state).log.index_boundary(base, &file, start, start + budget) {
                     // Cut at a known batch boundary; then walk headers to get closer to the budget.
                     let mut end = b;
                     while end < limit {
@@ -1499,63 +713,10 @@ impl Partition {
             // On into the next segment (a read spanning segments takes the lock once per segment).
             if base < active.0 {
                 let st = lock(&self.state);
-                if let Ok(i) = st.segments.binary_search_by_key(&base, |s| s.base_offset) {
-                    if i + 1 < st.segments.len() {
-                        part = Some(self.read_part(&st, i + 1, active));
-                    }
-                }
+                part = st.log.next_part(base, active, st.fence);
             }
         }
         Ok(slice)
-    }
-
-    /// Segment `i`'s file, base offset and servable end for a read planned when the active
-    /// segment was `active` = (base, servable end): the fence, and that end, apply.
-    fn read_part(&self, st: &State, i: usize, active: (u64, u64)) -> (Arc<dyn IoFile>, u64, u64) {
-        let seg = &st.segments[i];
-        let limit = match seg.base_offset.cmp(&active.0) {
-            std::cmp::Ordering::Less => seg.size,
-            std::cmp::Ordering::Equal => active.1.min(seg.size),
-            // Created after the read was planned: nothing there is covered by its high watermark.
-            std::cmp::Ordering::Greater => 0,
-        };
-        // Nothing from the damaged batch on is served.
-        let limit = match st.fence {
-            Some((_, base, pos)) if base == seg.base_offset => limit.min(pos),
-            Some((_, base, _)) if base < seg.base_offset => 0,
-            _ => limit,
-        };
-        (seg.file.clone(), seg.base_offset, limit)
-    }
-
-    /// [`Segment::index_boundary_at_most`] of the segment based at `base` (under the state
-    /// lock; `None` if it is gone).
-    fn index_boundary(&self, base: u64, file: &Arc<dyn IoFile>, after: u64, limit: u64) -> Option<u64> {
-        let st = lock(&self.state);
-        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
-        // Compaction may have swapped a new file in since the read was planned: its index
-        // describes that file, not the one being read.
-        if !std::ptr::addr_eq(Arc::as_ptr(&st.segments[i].file), Arc::as_ptr(file)) {
-            return None;
-        }
-        st.segments[i].index_boundary_at_most(after, limit)
-    }
-
-    /// The index floor of `offset` in the segment based at `base`, if `file` is still its file.
-    fn index_floor_in(&self, base: u64, file: &Arc<dyn IoFile>, offset: u64) -> Option<u64> {
-        let st = lock(&self.state);
-        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
-        if !std::ptr::addr_eq(Arc::as_ptr(&st.segments[i].file), Arc::as_ptr(file)) {
-            return None;
-        }
-        Some(st.segments[i].index_floor(offset))
-    }
-
-    /// The base of the segment after the one based at `base` (`None`: it is the last).
-    fn segment_end(&self, base: u64) -> Option<u64> {
-        let st = lock(&self.state);
-        let i = st.segments.binary_search_by_key(&base, |s| s.base_offset).ok()?;
-        st.segments.get(i + 1).map(|s| s.base_offset)
     }
 
     /// The last stable offset: the first offset of the earliest open transaction, or the high
@@ -1574,73 +735,9 @@ impl Partition {
         Ok(self.read(offset, max_bytes, true)?.copy_out()?)
     }
 
-    /// Offset and timestamp of the first record whose timestamp is >= `ts` (exact to the
-    /// record, as Kafka: the batch is found through the time index and batch headers, then its
-    /// records are walked, decompressed if need be), or `None` if there is none below the high
-    /// watermark.
-    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>, FetchError> {
-        let bad = |e: String| FetchError::Storage(io::Error::new(io::ErrorKind::InvalidData, e));
-        // (segment base offset, position) to resume the batch search from, after a batch whose
-        // max timestamp reached `ts` but none of whose records did (a producer's max timestamp
-        // is not checked against its records), or after a segment without an answer.
-        // The position holds only in the same file (compaction may swap a new one in).
-        type Resume = (u64, u64, Option<Arc<dyn IoFile>>);
-        let mut resume: Option<Resume> = None;
-        loop {
-            // Under the lock, no I/O: the first segment that may hold the answer.
-            let (file, base, limit, mut pos, start, hw) = {
-                let st = lock(&self.state);
-                let hw = self.high_watermark();
-                // Records below the log start are deleted: never an answer.
-                let start = st.log_start;
-                let n = st.segments.len();
-                let group = self.cfg.durability == Durability::Group;
-                let found = st.segments.iter().enumerate().find(|(_, seg)| {
-                    seg.max_timestamp >= ts && seg.next_offset > start && resume.as_ref().is_none_or(|(b, _, _)| seg.base_offset >= *b)
-                });
-                let Some((i, seg)) = found else { return Ok(None) };
-                // Staged bytes of the active segment are not in the file yet.
-                let limit = if i + 1 == n && group { st.hw_pos.min(seg.size) } else { seg.size };
-                let pos = match &resume {
-                    Some((b, pos, Some(f))) if *b == seg.base_offset && std::ptr::addr_eq(Arc::as_ptr(f), Arc::as_ptr(&seg.file)) => *pos,
-                    _ => seg.time_floor_position(ts),
-                };
-                (seg.file.clone(), seg.base_offset, limit, pos, start, hw)
-            };
-            // Without the lock: the first batch from there whose max timestamp reaches `ts`.
-            let mut found = None;
-            while pos < limit {
-                let h = segment::read_header(&*file, pos, self.cfg.batch_bytes_max)?.map_err(|e| bad(e.to_string()))?;
-                if h.base_offset as u64 >= hw {
-                    return Ok(None);
-                }
-                if h.max_timestamp >= ts && h.last_offset() as u64 >= start {
-                    found = Some((pos, h.size_bytes));
-                    break;
-                }
-                pos += h.size_bytes as u64;
-            }
-            let Some((pos, size)) = found else {
-                // Nothing in this segment: the next ones.
-                resume = Some((base + 1, 0, None));
-                continue;
-            };
-            // Read that batch and find the exact record, as Kafka does (the first offset whose
-            // record timestamp is >= ts, not the batch's base offset).
-            let mut batch = vec![0u8; size];
-            if super::segment::read_fully(&*file, &mut batch, pos)? < size {
-                return Err(bad(format!("batch at position {pos} is truncated")));
-            }
-            match super::time_seek::first_at_or_after_from(&batch, ts, start).map_err(bad)? {
-                Some(found) => return Ok(Some(found)),
-                None => resume = Some((base, pos + size as u64, Some(file.clone()))),
-            }
-        }
-    }
-
     /// Largest timestamp in the log with the offset of its batch (ListOffsets MAX_TIMESTAMP).
     pub fn max_timestamp(&self) -> i64 {
-        lock(&self.state).segments.iter().map(|s| s.max_timestamp).max().unwrap_or(-1)
+        lock(&self.state).log.max_timestamp()
     }
 
     /// Delete whole old segments beyond the size or time retention. Returns how many.
@@ -1654,25 +751,11 @@ impl Partition {
         let mut checkpoint = lock(&self.start_checkpoint);
         let (count, new_first) = {
             let st = lock(&self.state);
-            let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
             let now = now_ms();
             // Never data not yet servable, nor at or above the retention floor.
             let keep_from = self.high_watermark().min(self.retention_floor.load(Ordering::Acquire));
-            let mut count = 0;
-            while st.segments.len() - count > 1 {
-                let oldest = &st.segments[count];
-                let by_size = self.live.retention_bytes().is_some_and(|max| total > max);
-                let by_time = self
-                    .live
-                    .retention_ms()
-                    .is_some_and(|ms| oldest.max_timestamp >= 0 && oldest.max_timestamp < now - ms as i64);
-                if !(by_size || by_time) || st.segments[count + 1].base_offset > keep_from {
-                    break;
-                }
-                total -= oldest.size;
-                count += 1;
-            }
-            (count, st.segments[count].base_offset)
+            let count = st.log.retention_count(now, self.live.retention_bytes(), self.live.retention_ms(), keep_from);
+            (count, st.log.segment(count).base_offset)
         };
         if count == 0 {
             return Ok(0);
@@ -1683,8 +766,8 @@ impl Partition {
         }
         let removed: Vec<Segment> = {
             let mut st = lock(&self.state);
-            let removed = st.segments.drain(..count).collect();
-            st.log_start = st.log_start.max(st.segments[0].base_offset);
+            let removed = st.log.remove_front(count);
+            st.log_start = st.log_start.max(st.log.first_base());
             // Invariant: retention never moves the log start past what is servable.
             assert!(st.log_start <= self.high_watermark(), "log start {} above the high watermark {}", st.log_start, self.high_watermark());
             self.log_start.store(st.log_start, Ordering::Release);
@@ -1722,10 +805,9 @@ impl Partition {
             let mut st = lock(&self.state);
             st.log_start = st.log_start.max(offset);
             self.log_start.store(st.log_start, Ordering::Release);
-            let n = st.segments.len();
-            let below = (0..n - 1).take_while(|&i| st.segments[i + 1].base_offset <= offset).count();
-            let removed: Vec<Segment> = st.segments.drain(..below).collect();
-            let first = st.segments[0].base_offset;
+            let below = st.log.count_wholly_below(offset);
+            let removed: Vec<Segment> = st.log.remove_front(below);
+            let first = st.log.first_base();
             if st.fence.is_some_and(|(_, base, _)| base < first) {
                 // The damaged batch was in a deleted segment.
                 st.fence = None;
@@ -1808,8 +890,8 @@ impl Partition {
     /// Sealed segments (base offset, file, size, path) for the scrub.
     pub fn sealed_segments(&self) -> Vec<(u64, Arc<dyn IoFile>, u64, PathBuf)> {
         let st = lock(&self.state);
-        let n = st.segments.len();
-        st.segments[..n - 1]
+        st.log
+            .sealed()
             .iter()
             .map(|s| (s.base_offset, s.file.clone(), s.size, self.dir.join(segment::log_name(s.base_offset))))
             .collect()
@@ -1824,10 +906,8 @@ impl Partition {
     /// scanning). Under the state lock so that retention cannot delete the segment in between
     /// (cleaning is rare; its directory fsyncs are the price).
     pub(crate) fn swap_cleaned(&self, base: u64, old: &Arc<dyn IoFile>, cleaned: &Path, mut new: Segment) -> io::Result<bool> {
-        let same = |a: &Arc<dyn IoFile>| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(old));
         let mut st = lock(&self.state);
-        let n = st.segments.len();
-        let Some(i) = st.segments[..n - 1].iter().position(|s| s.base_offset == base && same(&s.file)) else {
+        let Some(i) = st.log.sealed_holding(base, old) else {
             drop(st);
             self.io.remove_file(cleaned)?;
             return Ok(false);
@@ -1843,8 +923,8 @@ impl Partition {
         self.io.sync_dir(&self.dir)?;
         new.write_indexes(&*self.io)?;
         // Retention by time counts from the newest record the segment was written with.
-        new.max_timestamp = new.max_timestamp.max(st.segments[i].max_timestamp);
-        st.segments[i] = new;
+        new.max_timestamp = new.max_timestamp.max(st.log.segment(i).max_timestamp);
+        st.log.replace_sealed(i, new);
         Ok(true)
     }
 
@@ -1870,89 +950,18 @@ impl Partition {
         Ok(())
     }
 
+    /// Forget idempotent producers idle for `producer_id_expiration_ms` as of `now_ms` (never
+    /// one with an open transaction). Returns how many went.
+    pub fn expire_producers(&self, now_ms: i64) -> usize {
+        let Some(max_idle) = self.cfg.producer_id_expiration_ms else { return 0 };
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        let open: Vec<i64> = st.txn.open().map(|(pid, _)| pid).collect();
+        st.producers.expire(now_ms, max_idle, |pid| open.contains(&pid))
+    }
+
     /// Current producer (epoch, last sequence) for tests and InitProducerId.
     pub fn producer_state(&self, producer_id: i64) -> Option<(i16, i32)> {
-        lock(&self.state).producers.get(&producer_id).and_then(|p| p.as_ref()).map(|p| (p.epoch, p.last_seq))
+        lock(&self.state).producers.epoch_and_sequence(producer_id)
     }
-}
-
-/// Sequence check for an idempotent batch. `Ok(Some(offset))` = duplicate of a stored batch.
-fn check_sequence(producer: Option<&ProducerState>, info: &BatchInfo) -> Result<Option<u64>, AppendError> {
-    let last_seq_of = |i: &BatchInfo| i.base_sequence.wrapping_add(i.last_offset_delta);
-    match producer {
-        // No state for this producer (new, or all its batches went with retention): Kafka (since
-        // 2.x, ProducerAppendInfo.checkSequence) accepts any first sequence rather than answering
-        // UNKNOWN_PRODUCER_ID, which would make the client reset its sequences and resend.
-        None => Ok(None),
-        Some(p) => {
-            if info.producer_epoch < p.epoch {
-                return Err(AppendError::ProducerFenced { current: p.epoch, got: info.producer_epoch });
-            }
-            if info.producer_epoch > p.epoch {
-                if info.base_sequence != 0 {
-                    return Err(AppendError::OutOfOrderSequence { expected: 0, got: info.base_sequence });
-                }
-                return Ok(None);
-            }
-            if let Some(&(_, _, off)) =
-                p.recent.iter().find(|(f, l, _)| *f == info.base_sequence && *l == last_seq_of(info))
-            {
-                return Ok(Some(off));
-            }
-            let expected = p.last_seq.wrapping_add(1).max(0);
-            if info.base_sequence != expected {
-                return Err(AppendError::OutOfOrderSequence { expected, got: info.base_sequence });
-            }
-            Ok(None)
-        }
-    }
-}
-
-/// A batch from an idempotent producer (one whose sequence the log tracks).
-fn is_idempotent(info: &BatchInfo) -> bool {
-    info.producer_id >= 0 && info.base_sequence >= 0
-}
-
-/// Record a stored idempotent batch in the producer state (append and recovery).
-fn track_producer(producers: &mut HashMap<i64, Option<ProducerState>>, info: &BatchInfo) {
-    if !is_idempotent(info) {
-        return;
-    }
-    track_producer_one(producers.entry(info.producer_id).or_default(), info);
-}
-
-/// Record a stored idempotent batch in one producer's state (`None` = not seen yet).
-fn track_producer_one(slot: &mut Option<ProducerState>, info: &BatchInfo) {
-    let last = info.base_sequence.wrapping_add(info.last_offset_delta);
-    let p = slot.get_or_insert_with(|| ProducerState { epoch: info.producer_epoch, last_seq: -1, recent: VecDeque::new() });
-    if info.producer_epoch != p.epoch {
-        p.epoch = info.producer_epoch;
-        p.recent.clear();
-    }
-    p.last_seq = last;
-    if p.recent.len() == PRODUCER_RECENT_BATCHES {
-        p.recent.pop_front();
-    }
-    p.recent.push_back((info.base_sequence, last, info.base_offset as u64));
-}
-
-/// Fold a recovered segment's transactional batches (position, header; in log order, all valid)
-/// into the transaction index and clear them; a control batch's marker type is read from the
-/// segment.
-fn fold_txn_batches(txn: &mut TxnIndex, seg: &Segment, batches: &mut Vec<(u64, BatchInfo)>, batch_bytes_max: usize) -> io::Result<()> {
-    for (pos, info) in batches.drain(..) {
-        if info.base_offset as u64 >= seg.next_offset {
-            break;
-        }
-        let marker = if info.is_control() {
-            let size = info.size_bytes.min(batch_bytes_max);
-            let mut b = vec![0u8; size];
-            seg.file.read_exact_at(&mut b, pos)?;
-            txn_index::control_marker(&b, &info)
-        } else {
-            None
-        };
-        txn.on_batch(&info, marker);
-    }
-    Ok(())
 }

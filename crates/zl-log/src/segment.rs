@@ -129,6 +129,19 @@ pub struct ScanEnd {
     pub stopped: Option<(u64, String)>,
 }
 
+/// A batch a segment cannot track: its offsets relative to the segment's base, or its position,
+/// do not fit the indexes' u32 fields.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "batch at offsets {base_offset}..={last_offset} (position {position}) cannot be represented in the segment based at {segment_base}: relative offsets and positions must fit in 32 bits"
+)]
+pub struct Unrepresentable {
+    pub segment_base: u64,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub position: u64,
+}
+
 impl Segment {
     pub fn create(io: &dyn Io, dir: &Path, base_offset: u64) -> io::Result<Segment> {
         let file = io.open(&dir.join(log_name(base_offset)), true)?;
@@ -161,9 +174,23 @@ impl Segment {
         Ok(Segment::with_file(dir, base_offset, file))
     }
 
-    /// Record a batch that now occupies `[position, position + info.size_bytes)`.
-    pub fn track_batch(&mut self, position: u64, info: &BatchInfo, interval: u32) {
-        let rel = (info.base_offset as u64 - self.base_offset) as u32;
+    /// Whether a batch whose offsets end at `last_offset` can be tracked here: its offsets
+    /// relative to the segment's base fit the indexes' u32 (Kafka's
+    /// `LogSegment.canConvertToRelativeOffset`; a batch that does not fit needs a new segment,
+    /// see `LocalLog::needs_roll`).
+    pub fn can_hold(&self, last_offset: u64) -> bool {
+        last_offset.checked_sub(self.base_offset).is_some_and(|rel| rel <= u32::MAX as u64)
+    }
+
+    /// Record a batch that now occupies `[position, position + info.size_bytes)`. Refused (and
+    /// nothing recorded) when its offsets relative to the base, or its position, do not fit the
+    /// indexes' u32 fields.
+    pub fn track_batch(&mut self, position: u64, info: &BatchInfo, interval: u32) -> Result<(), Unrepresentable> {
+        let base = info.base_offset as u64;
+        if info.base_offset < 0 || base < self.base_offset || !self.can_hold(info.last_offset() as u64) || position > u32::MAX as u64 {
+            return Err(Unrepresentable { segment_base: self.base_offset, base_offset: info.base_offset, last_offset: info.last_offset(), position });
+        }
+        let rel = (base - self.base_offset) as u32;
         if self.index.is_empty() || self.bytes_since_index >= interval as u64 {
             self.index.push(IndexEntry { rel_offset: rel, position: position as u32 });
             if info.max_timestamp > self.time_index.last().map_or(i64::MIN, |t| t.timestamp) {
@@ -176,6 +203,7 @@ impl Segment {
         self.prealloc_end = self.prealloc_end.max(self.size);
         self.next_offset = info.base_offset as u64 + info.offset_count();
         self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
+        Ok(())
     }
 
     /// Position of the index entry at or before `offset` (a batch start at or before the batch
@@ -348,7 +376,9 @@ impl Segment {
             if let Err(why) = check_offsets(info.base_offset, info.last_offset(), expected, self.gap_limit) {
                 break Some((pos, why));
             }
-            self.track_batch(pos, &info, interval);
+            if let Err(e) = self.track_batch(pos, &info, interval) {
+                break Some((pos, e.to_string()));
+            }
             on_batch(&info);
             expected = self.next_offset;
             pos += size as u64;
@@ -500,5 +530,49 @@ mod offset_tests {
         // Never backwards.
         assert!(check_offsets(9, 9, 10, Some(20)).unwrap_err().contains("backwards"));
         assert!(check_offsets(-1, 0, 0, Some(20)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod track_tests {
+    use super::*;
+    use zl_io::SimIo;
+
+    fn info(base_offset: i64, last_offset_delta: i32) -> BatchInfo {
+        BatchInfo {
+            base_offset,
+            size_bytes: 100,
+            attributes: 0,
+            last_offset_delta,
+            base_timestamp: 1,
+            max_timestamp: 1,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            record_count: last_offset_delta + 1,
+        }
+    }
+
+    #[test]
+    fn track_batch_refuses_what_the_u32_index_fields_cannot_represent() {
+        let io = SimIo::new();
+        let dir = Path::new("/d");
+        io.create_dir_all(dir).unwrap();
+        let base = 1000u64;
+        let mut seg = Segment::create(&io, dir, base).unwrap();
+        let max = base + u32::MAX as u64;
+        assert!(seg.can_hold(max) && !seg.can_hold(max + 1) && !seg.can_hold(base - 1));
+        // Below the base, past u32 relative offsets (by its base or by its last offset), at a
+        // position past u32: refused, and nothing recorded.
+        for (b, delta, pos) in [(base as i64 - 1, 0, 0), (max as i64 + 1, 0, 0), (max as i64, 1, 0), (base as i64, 0, 1 << 32), (-1, 0, 0)] {
+            let e = seg.track_batch(pos, &info(b, delta), 256).unwrap_err();
+            assert_eq!((e.segment_base, e.base_offset), (base, b));
+            assert_eq!((seg.size, seg.next_offset, seg.index.len()), (0, base, 0), "a refused batch is not recorded");
+        }
+        // The last representable offsets are accepted.
+        seg.track_batch(0, &info(base as i64, i32::MAX - 1), 256).unwrap();
+        seg.track_batch(100, &info(max as i64, 0), 0).unwrap();
+        assert_eq!(seg.next_offset, max + 1);
+        assert_eq!(seg.index.last().map(|e| e.rel_offset), Some(u32::MAX));
     }
 }

@@ -63,6 +63,10 @@ struct Args {
     /// A connection with no request for this long is closed (Kafka's connections.max.idle.ms).
     #[arg(long, default_value_t = engine::broker::CONNECTION_IDLE_MS_DEFAULT)]
     connections_max_idle_ms: u64,
+    /// A connection to a TLS or SASL listener must finish its TLS handshake and SASL
+    /// authentication within this of being accepted, or is closed.
+    #[arg(long, default_value_t = engine::broker::HANDSHAKE_TIMEOUT_MS_DEFAULT)]
+    handshake_timeout_ms: u64,
     /// Consumer group protocol (KIP-848, group.protocol=consumer): a member without a
     /// heartbeat for this long is removed and its partitions reassigned
     /// (group.consumer.session.timeout.ms).
@@ -231,6 +235,9 @@ fn main() -> ExitCode {
     cfg.request_timeout_ms = args.request_timeout_ms;
     if given("connections_max_idle_ms") {
         cfg.connection_idle_ms = args.connections_max_idle_ms;
+    }
+    if given("handshake_timeout_ms") {
+        cfg.handshake_timeout_ms = args.handshake_timeout_ms;
     }
     if given("group_consumer_session_timeout_ms") {
         cfg.consumer_session_timeout_ms = args.group_consumer_session_timeout_ms;

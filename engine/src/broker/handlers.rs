@@ -113,9 +113,9 @@ pub(crate) fn handle(shared: &Arc<Shared>, ctx: &mut ConnCtx, frame: Vec<u8>) ->
     drop(header); // releases its references into the frame (Produce reuses the frame in place)
     let r = match key {
         ApiKey::Produce if version <= 2 => produce_legacy(cid, version, body),
-        ApiKey::Produce => produce(shared, &az, cid, version, body),
+        ApiKey::Produce => produce(shared, &az, cid, version, body, false),
         ApiKey::Fetch => fetch(shared, &az, cid, version, body),
-        ApiKey::Metadata => metadata(shared, ctx, &az, cid, version, body),
+        ApiKey::Metadata => metadata(shared, ctx, &az, cid, version, body, false),
         ApiKey::ListOffsets => list_offsets(shared, &az, cid, version, body),
         ApiKey::CreateTopics => create_topics(shared, &az, cid, version, body),
         ApiKey::DeleteTopics => delete_topics(shared, &az, cid, version, body),
@@ -190,6 +190,7 @@ fn append_error_code(e: &AppendError) -> i16 {
         AppendError::OutOfOrderSequence { .. } => error::OUT_OF_ORDER_SEQUENCE_NUMBER,
         AppendError::ProducerFenced { .. } => error::INVALID_PRODUCER_EPOCH,
         AppendError::UnknownProducer(_) => error::UNKNOWN_PRODUCER_ID,
+        AppendError::TooManyOffsets { .. } => INVALID_RECORD,
     }
 }
 
@@ -301,7 +302,10 @@ struct ProducedPartition {
     wait: Option<(Arc<Partition>, u64)>,
 }
 
-fn produce(shared: &Shared, az: &Authz, cid: i32, version: i16, body: Bytes) -> Handled {
+/// `on_pool`: run on the blocking pool (a topic it names is created here); else a request
+/// that would auto-create a topic is handed to the pool whole ([`Reply::Pool`]): creating makes
+/// directories and fsyncs, which must not hold up the network thread's other connections.
+fn produce(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, body: Bytes, on_pool: bool) -> Handled {
     let body_start = body.as_ptr() as usize;
     // Decode from a clone so that, once the request is dropped, `body` is the only reference
     // to the frame and can be turned back into a mutable buffer without copying.
@@ -324,6 +328,21 @@ fn produce(shared: &Shared, az: &Authz, cid: i32, version: i16, body: Bytes) -> 
             })
             .collect();
         plan.push((t.name.0.to_string(), parts));
+    }
+    if !on_pool
+        && shared.cfg.auto_create_topics
+        && plan.iter().any(|(t, _)| {
+            shared.logs.topic(t).is_none()
+                && !is_internal_topic(t)
+                && az.allows(Operation::Write, ResourceType::Topic, t)
+                && az.may_create_topic(t)
+        })
+    {
+        drop(plan);
+        let (shared, az) = (shared.clone(), az.clone());
+        return Ok(Reply::Pool(Box::new(move || {
+            produce(&shared, &az, cid, version, body, true).unwrap_or_else(|reason| Reply::Close(format!("Produce v{version}: {reason}")))
+        })));
     }
     let mut buf: BytesMut = match body.try_into_mut() {
         Ok(b) => b,
@@ -882,7 +901,9 @@ fn readable_end(log: &Partition, committed: bool) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Metadata
 
-fn metadata(shared: &Shared, ctx: &ConnCtx, az: &Authz, cid: i32, version: i16, mut body: Bytes) -> Handled {
+/// `on_pool`: as for [`produce`] (a topic auto-created here makes directories and fsyncs).
+fn metadata(shared: &Arc<Shared>, ctx: &ConnCtx, az: &Authz, cid: i32, version: i16, mut body: Bytes, on_pool: bool) -> Handled {
+    let whole = body.clone();
     let req: MetadataRequest = wire::decode_body(&mut body, version)?;
     let local = ctx.advertised();
     let host = match local {
@@ -938,6 +959,13 @@ fn metadata(shared: &Shared, ctx: &ConnCtx, az: &Authz, cid: i32, version: i16, 
             _ if !az.allows(Operation::Describe, ResourceType::Topic, &name) => Err(error::TOPIC_AUTHORIZATION_FAILED),
             Some(t) => Ok(t),
             None if allow_create && shared.cfg.auto_create_topics && az.may_create_topic(&name) => {
+                if !on_pool {
+                    let (shared, ctx, az) = (shared.clone(), ctx.clone(), az.clone());
+                    return Ok(Reply::Pool(Box::new(move || {
+                        metadata(&shared, &ctx, &az, cid, version, whole, true)
+                            .unwrap_or_else(|reason| Reply::Close(format!("Metadata v{version}: {reason}")))
+                    })));
+                }
                 shared.logs.get_or_create(&name, shared.cfg.default_partitions).map_err(|e| topic_error_code(&e))
             }
             None => Err(error::UNKNOWN_TOPIC_OR_PARTITION),

@@ -58,6 +58,13 @@ pub const CONNECTION_IDLE_MS_DEFAULT: u64 = 600_000;
 /// Default of `request_timeout_ms`: once a frame's first byte arrived, all of it must within
 /// this (a slowloris client sending a byte a second is closed).
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Accept-queue length of each listener (capped by `net.core.somaxconn`): a burst of 1,000
+/// connections waits there for the accept thread instead of having its SYNs dropped (the
+/// standard library's 128 made 1,000 connects take 3-5 s on a loaded machine: SYN retries).
+pub const LISTEN_BACKLOG: i32 = 4_096;
+/// Default of `handshake_timeout_ms`: a connection to a TLS or SASL listener must finish its
+/// TLS handshake and SASL authentication within this, or is closed.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default of `request_bytes_in_flight_max`: request frames read or handled at once.
 pub const REQUEST_BYTES_IN_FLIGHT_DEFAULT: usize = 256 << 20;
 /// Default of `connections_max` (each connection costs a descriptor and a few KiB).
@@ -97,6 +104,10 @@ pub struct BrokerConfig {
     pub request_timeout_ms: u64,
     /// A connection with no request for this long is closed (connections.max.idle.ms).
     pub connection_idle_ms: u64,
+    /// A connection to a TLS or SASL listener whose TLS handshake or SASL authentication is
+    /// not complete this long after it was accepted is closed (a stalled handshake holds a
+    /// connection slot no longer than this, whatever `connection_idle_ms` is).
+    pub handshake_timeout_ms: u64,
     /// Connections open at once; more are accepted and closed (max.connections).
     pub connections_max: usize,
     /// Connections open at once from one IP address (max.connections.per.ip).
@@ -149,6 +160,7 @@ impl BrokerConfig {
             request_bytes_in_flight_max: REQUEST_BYTES_IN_FLIGHT_DEFAULT,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             connection_idle_ms: CONNECTION_IDLE_MS_DEFAULT,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             connections_per_ip_max: CONNECTIONS_PER_IP_MAX_DEFAULT,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
@@ -172,6 +184,11 @@ pub enum Reply {
     /// Computed on the blocking pool (it may block: a group rebalance, an fsync); returns
     /// header + body as in `Now`.
     Later(Box<dyn FnOnce() -> Vec<u8> + Send>),
+    /// The handler itself, run again on the blocking pool because it would block (a topic
+    /// auto-created by Metadata or Produce makes directories and fsyncs): the `Reply` it
+    /// returns there is delivered as if the handler had returned it on the network thread. The
+    /// connection's later requests wait for it, as for `Later`.
+    Pool(Box<dyn FnOnce() -> Reply + Send>),
     /// No response (Produce with acks=0).
     Nothing,
     /// A Fetch response frame (size prefix included), sent by the network thread with
@@ -196,6 +213,7 @@ impl Reply {
         match self {
             Reply::Now(v) | Reply::NowThenClose(v, _, _) => Some(v),
             Reply::Later(f) => Some(f()),
+            Reply::Pool(f) => f().wait_response(),
             Reply::Nothing | Reply::Close(_) => None,
             Reply::Frame(f) => f.to_vec().ok().map(|mut v| v.split_off(4)),
             Reply::Pending(f) => {
@@ -212,6 +230,7 @@ impl std::fmt::Debug for Reply {
         match self {
             Reply::Now(v) => write!(f, "Now({} bytes)", v.len()),
             Reply::Later(_) => write!(f, "Later"),
+            Reply::Pool(_) => write!(f, "Pool"),
             Reply::Nothing => write!(f, "Nothing"),
             Reply::Frame(fr) => write!(f, "Frame({} bytes)", fr.total_bytes),
             Reply::Pending(_) => write!(f, "Pending"),
@@ -365,7 +384,10 @@ impl Broker {
                 ),
             ));
         }
-        if cfg.request_timeout_ms == 0 || cfg.connection_idle_ms == 0 || cfg.connections_max == 0 || cfg.connections_per_ip_max == 0 {
+        if cfg.request_timeout_ms == 0
+            || cfg.connection_idle_ms == 0
+            || cfg.handshake_timeout_ms == 0
+            || cfg.connections_max == 0 || cfg.connections_per_ip_max == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "timeouts and connection limits must be positive"));
         }
         if cfg.default_partitions < 1 || cfg.default_partitions > cfg.partitions_per_topic_max {
@@ -394,6 +416,8 @@ impl Broker {
         let mut bound = Vec::with_capacity(wanted.len());
         for l in &wanted {
             let listener = TcpListener::bind(l.addr).map_err(|e| io::Error::new(e.kind(), format!("cannot bind listener {l}: {e}")))?;
+            crate::io::sys::set_listen_backlog(&listener, LISTEN_BACKLOG)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot set the accept queue of listener {l}: {e}")))?;
             let addr = listener.local_addr()?;
             bound.push((auth::Listener { protocol: l.protocol, addr }, listener));
         }
@@ -644,7 +668,7 @@ fn release_ip(shared: &Shared, ip: IpAddr) {
 /// How often each network thread checks request deadlines, idle connections and stalled
 /// sends: they are enforced within this.
 fn read_tick(cfg: &BrokerConfig) -> Duration {
-    Duration::from_millis(cfg.request_timeout_ms.min(cfg.connection_idle_ms).clamp(1, 1_000))
+    Duration::from_millis(cfg.request_timeout_ms.min(cfg.connection_idle_ms).min(cfg.handshake_timeout_ms).clamp(1, 1_000))
 }
 
 /// `stats_interval_ms`: one line of network counters per interval (measurements and tests).
@@ -658,12 +682,24 @@ fn stats_loop(shared: Arc<Shared>) {
         }
         next += every;
         let per_thread = shared.net.get().map(|t| net::per_thread(t)).unwrap_or_default();
+        // Group-commit fdatasyncs of every partition so far and their total time (a tail
+        // latency's share of disk time: the difference of two lines is an interval's mean).
+        let (mut syncs, mut sync_us) = (0u64, 0u64);
+        for name in shared.logs.topic_names() {
+            for p in shared.logs.topic(&name).iter().flat_map(|t| t.iter()) {
+                let (n, us) = p.sync_stats();
+                syncs += n;
+                sync_us += us;
+            }
+        }
         tracing::info!(
             connections = shared.open_conns.load(Ordering::Acquire),
             fetch_wakeups = shared.fetch_wakeups.load(Ordering::Relaxed),
             blocking_threads = shared.pool.threads(),
             sync_threads = crate::log::pool::sync_pool().threads(),
             request_bytes = shared.in_flight.used(),
+            syncs,
+            sync_us,
             "net stats per_thread={per_thread:?}"
         );
     }

@@ -224,6 +224,9 @@ struct Conn {
     started: Option<Instant>,
     /// Last request read or response finished: the idle timeout counts from here.
     idle_since: Instant,
+    /// Accepted on a TLS or SASL listener and not yet through its TLS handshake and SASL
+    /// authentication: since when (`handshake_timeout_ms` counts from here).
+    unauthenticated_since: Option<Instant>,
     can_read: bool,
     read_eof: bool,
     // ---- requests in progress
@@ -438,6 +441,7 @@ impl Worker {
             return;
         }
         let now = Instant::now();
+        let unauthenticated_since = (transport.handshaking() || protocol.sasl()).then_some(now);
         entry.insert(Conn {
             sock,
             transport,
@@ -452,6 +456,7 @@ impl Worker {
             frame_got: 0,
             started: None,
             idle_since: now,
+            unauthenticated_since,
             can_read: true,
             read_eof: false,
             pool_seq: None,
@@ -816,6 +821,14 @@ impl Worker {
                 });
                 return;
             }
+            Reply::Pool(f) => {
+                // A handler that would block here (a topic auto-create): run on the blocking
+                // pool, its reply delivered to this slot; later requests wait, as for `Later`.
+                c.pool_seq = Some(seq);
+                let responder = Responder::net(self.me.clone(), key, gen, seq);
+                self.shared.pool.spawn(move || responder.send(f()));
+                return;
+            }
             Reply::Pending(f) => {
                 let responder = Responder::net(self.me.clone(), key, gen, seq);
                 f(responder);
@@ -932,8 +945,18 @@ impl Worker {
         let request_timeout = Duration::from_millis(cfg.request_timeout_ms);
         let idle = Duration::from_millis(cfg.connection_idle_ms);
         let stall = Duration::from_millis(SEND_STALL_MS_MAX);
+        let handshake = Duration::from_millis(cfg.handshake_timeout_ms);
         let mut doomed = Vec::new();
-        for (key, c) in self.conns.iter() {
+        for (key, c) in self.conns.iter_mut() {
+            if let Some(t) = c.unauthenticated_since {
+                if !c.transport.handshaking() && c.ctx.session.authenticated() {
+                    c.unauthenticated_since = None;
+                } else if t.elapsed() >= handshake {
+                    let what = if c.transport.handshaking() { "TLS handshake" } else { "SASL authentication" };
+                    doomed.push((key, Closing::Info(format!("{what} not complete within {} ms (handshake_timeout_ms)", cfg.handshake_timeout_ms))));
+                    continue;
+                }
+            }
             if c.want.is_none() {
                 if let Some(t) = c.started {
                     if (c.mid_request()) && t.elapsed() > request_timeout {

@@ -36,6 +36,7 @@ pub const KEYS: &[&str] = &[
     "log.message.timestamp.type",
     "min.insync.replicas",
     "compression.type",
+    "producer.id.expiration.ms",
 ];
 
 fn num<T: std::str::FromStr>(key: &str, v: &str, min: i64, max: i64) -> Result<T, String> {
@@ -144,6 +145,8 @@ pub fn apply(cfg: &mut BrokerConfig, text: &str) -> Result<(), String> {
             "compression.type" => {
                 log_key("compression.type")?;
             }
+            // Kafka's range: an int of at least 1.
+            "producer.id.expiration.ms" => cfg.log.producer_id_expiration_ms = Some(num(key, v, 1, i32::MAX as i64).map_err(at)?),
             _ => {
                 return Err(at(format!(
                     "unknown or unsupported key {key} (this broker honours: {}; see docs/broker.md)",
@@ -192,6 +195,10 @@ mod tests {
         let mut c = cfg();
         apply(&mut c, "log.retention.ms=-1\n").unwrap();
         assert_eq!(c.log.retention_ms, None);
+        assert_eq!(c.log.producer_id_expiration_ms, Some(86_400_000), "Kafka's default");
+        apply(&mut c, "producer.id.expiration.ms=60000\n").unwrap();
+        assert_eq!(c.log.producer_id_expiration_ms, Some(60_000));
+        assert!(apply(&mut c, "producer.id.expiration.ms=0\n").unwrap_err().contains("producer.id.expiration.ms=0"));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub(crate) trait Transport: Send {
     fn flush(&mut self, sock: &mut TcpStream) -> io::Result<bool>;
     /// Whether file ranges may go to the socket with sendfile (plaintext only).
     fn zero_copy(&self) -> bool;
+    /// A handshake is still under way (TLS before its Finished messages).
+    fn handshaking(&self) -> bool;
     /// The connection is being closed: say so if the protocol has a way (TLS close_notify).
     fn close(&mut self, sock: &mut TcpStream);
 }
@@ -51,6 +53,9 @@ impl Transport for Plain {
     }
     fn zero_copy(&self) -> bool {
         true
+    }
+    fn handshaking(&self) -> bool {
+        false
     }
     fn close(&mut self, _sock: &mut TcpStream) {}
 }
@@ -127,6 +132,9 @@ impl Transport for Tls {
 
     fn zero_copy(&self) -> bool {
         false
+    }
+    fn handshaking(&self) -> bool {
+        self.0.is_handshaking()
     }
 
     fn close(&mut self, sock: &mut TcpStream) {
