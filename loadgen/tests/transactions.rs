@@ -2,7 +2,8 @@
 //! project's `broker` as an external process, `loadgen run --bootstrap` driving it. A record
 //! counts as acknowledged only when its transaction committed: what the run reports as
 //! acknowledged is exactly what a read_committed consumer reads, and a broker frozen past the
-//! drain deadline leaves the open transaction's records unacknowledged.
+//! drain deadline leaves the open transaction's records unacknowledged; a producer fenced
+//! mid-run (another takes its transactional id) fails the run loudly.
 
 mod common;
 use common::*;
@@ -77,18 +78,25 @@ impl Drop for Broker {
 /// Data records (control batches skipped) a consumer with this isolation level (0 =
 /// read_uncommitted, 1 = read_committed) reads from `topic`'s partitions 0..n, from offset 0
 /// up to each partition's last stable offset (read_committed) or high watermark; and the
-/// aborted transactions the broker listed.
+/// aborted transactions the broker listed. read_committed skips the records of the aborted
+/// transactions as Kafka's consumer does: a transactional batch of a producer listed aborted
+/// from an offset at or before it, up to that producer's next control batch.
 fn count_records(addr: &str, topic: &str, n: i32, isolation: i8) -> (u64, usize) {
     let mut c = Conn::connect(addr.parse().unwrap(), Duration::from_secs(5)).unwrap();
     let v = c.version(ApiKey::Fetch).expect("Fetch");
     let mut next: Vec<i64> = vec![0; n as usize];
     let mut end: Vec<Option<i64>> = vec![None; n as usize];
-    let (mut records, mut aborted) = (0u64, 0usize);
+    let mut records = 0u64;
+    // Per partition: the aborted transactions listed (first offset, producer id), those not
+    // reached yet, and the producers whose aborted transaction is open at the read position.
+    let mut listed: Vec<std::collections::BTreeSet<(i64, i64)>> = vec![Default::default(); n as usize];
+    let mut pending: Vec<std::collections::BTreeSet<(i64, i64)>> = vec![Default::default(); n as usize];
+    let mut aborting: Vec<std::collections::HashSet<i64>> = vec![Default::default(); n as usize];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let open: Vec<i32> = (0..n).filter(|&p| end[p as usize].is_none_or(|e| next[p as usize] < e)).collect();
         if open.is_empty() {
-            return (records, aborted);
+            return (records, listed.iter().map(|l| l.len()).sum());
         }
         assert!(Instant::now() < deadline, "reading {topic} did not finish within 30 s (next {next:?}, end {end:?})");
         let req = fetch_request(open.iter().map(|&p| (topic, p, next[p as usize])), 100, 1 << 20).with_isolation_level(isolation);
@@ -99,7 +107,11 @@ fn count_records(addr: &str, topic: &str, n: i32, isolation: i8) -> (u64, usize)
                 let i = p.partition_index as usize;
                 let stable = if isolation == 1 { p.last_stable_offset } else { p.high_watermark };
                 end[i] = Some(stable);
-                aborted += p.aborted_transactions.as_ref().map_or(0, |a| a.len());
+                for a in p.aborted_transactions.iter().flatten() {
+                    if listed[i].insert((a.first_offset, a.producer_id.0)) {
+                        pending[i].insert((a.first_offset, a.producer_id.0));
+                    }
+                }
                 let Some(b) = &p.records else { continue };
                 let mut at = 0usize;
                 while at + 61 <= b.len() {
@@ -110,9 +122,18 @@ fn count_records(addr: &str, topic: &str, n: i32, isolation: i8) -> (u64, usize)
                     }
                     let attributes = i16::from_be_bytes(b[at + 21..at + 23].try_into().unwrap());
                     let last_delta = i32::from_be_bytes(b[at + 23..at + 27].try_into().unwrap()) as i64;
+                    let producer = i64::from_be_bytes(b[at + 43..at + 51].try_into().unwrap());
                     let count = i32::from_be_bytes(b[at + 57..at + 61].try_into().unwrap()) as u64;
                     if base >= next[i] && base < stable {
-                        if attributes & 0x20 == 0 {
+                        while let Some(&(first, pid)) = pending[i].first().filter(|(first, _)| *first <= base) {
+                            pending[i].remove(&(first, pid));
+                            aborting[i].insert(pid);
+                        }
+                        let control = attributes & 0x20 != 0;
+                        let transactional = attributes & 0x10 != 0;
+                        if control {
+                            aborting[i].remove(&producer);
+                        } else if !(isolation == 1 && transactional && aborting[i].contains(&producer)) {
                             records += count;
                         }
                         next[i] = base + last_delta + 1;
@@ -132,6 +153,15 @@ fn create_topic(addr: &str, topic: &str, partitions: i32) {
 /// Run loadgen against `broker` (its result file validated against the schema). With
 /// `freeze_at`, the broker is SIGSTOPped when that live line of the measured phase appears.
 fn run(broker: &Broker, args: &[&str], freeze_at: Option<usize>) -> (i32, String, RunResult) {
+    match freeze_at {
+        Some(n) => run_with(broker, args, Some((n, &|| broker.signal("-STOP")))),
+        None => run_with(broker, args, None),
+    }
+}
+
+/// [`run`] with `act` done when live line `n` of the measured phase appears.
+fn run_with(broker: &Broker, args: &[&str], act: Option<(usize, &dyn Fn())>) -> (i32, String, RunResult) {
+    let freeze_at = act.map(|(n, _)| n);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.json");
     let mut child = bin()
@@ -159,10 +189,10 @@ fn run(broker: &Broker, args: &[&str], freeze_at: Option<usize>) -> (i32, String
         }
         all
     });
-    if freeze_at.is_some() {
-        // The freeze is triggered by the run's own progress, not by a sleep.
+    if let Some((_, act)) = act {
+        // The action is triggered by the run's own progress, not by a sleep.
         rx.recv_timeout(Duration::from_secs(30)).expect("loadgen never reached the measured phase");
-        broker.signal("-STOP");
+        act();
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     let status = loop {
@@ -241,4 +271,45 @@ fn broker_frozen_past_the_drain_deadline_leaves_the_open_transaction_unacknowled
     assert!(t.committed >= 1 && t.committed < 7, "{t:?}");
     assert!(a.measure.timed_out + a.measure.not_sent > 0, "{:?}", a.measure);
     assert_eq!(a.measure.failed, 0, "a frozen broker fails nothing: its records time out or are never sent");
+}
+
+#[test]
+fn producer_fenced_mid_run_fails_loudly_and_acknowledges_only_committed_transactions() {
+    let broker = Broker::start();
+    create_topic(&broker.addr, "txn-f", 2);
+    // Transactions of 200 records at 1,000 rec/s (five a second) for 0.5 s of warmup + 4 s;
+    // at the first live line of the measured phase another producer takes the transactional
+    // id (InitProducerId with it; the one producer thread's id is `<prefix>-0-0`): the broker
+    // bumps the epoch and aborts the open transaction.
+    let fence = || {
+        let mut c = Conn::connect(broker.addr.parse().unwrap(), Duration::from_secs(5)).unwrap();
+        c.init_producer_id_with(Some("fence-test-0-0"), 60_000).expect("the second producer takes the transactional id");
+    };
+    let (code, out, r) = run_with(
+        &broker,
+        &[
+            "--rate", "1000", "--warmup", "0.5", "--duration", "4", "--drain", "5", "--partitions", "2",
+            "--topic", "txn-f", "--keep-topics", "--transaction-records", "200", "--transactional-id", "fence-test",
+        ],
+        Some((1, &fence)),
+    );
+    assert_ne!(code, 0, "a fenced producer fails the run; {out}");
+    assert!(out.contains("PRODUCER_FENCED") || out.contains("INVALID_PRODUCER_EPOCH"), "the failure names the fencing; {out}");
+    assert!(!r.complete, "{out}");
+    let a = r.accounting.as_ref().expect("accounting");
+    for ph in [&a.warmup, &a.measure] {
+        assert!(ph.adds_up(), "{ph:?}");
+        assert_eq!(ph.unacknowledged_latency_us.count, ph.failed + ph.timed_out + ph.not_sent, "{ph:?}");
+    }
+    let p = r.producer.as_ref().expect("producer block");
+    let t = p.transactions.as_ref().expect("transactions block");
+    // Fenced before the window ended: fewer than the 22 transactions of the schedule committed,
+    // and the fenced transaction's records (Produce-acknowledged or not) were never acknowledged.
+    assert!(t.committed >= 1 && t.committed < 22, "{t:?}");
+    assert_eq!(p.records_acknowledged_total, t.committed * 200, "{t:?} {a:?}");
+    assert_eq!(a.warmup.acknowledged + a.measure.acknowledged, p.records_acknowledged_total);
+    assert!(a.measure.failed + a.measure.timed_out > 0, "the fenced transaction's records are failed or timed out: {:?}", a.measure);
+    assert_eq!(t.commit_latency_us.count, t.committed, "{t:?}");
+    let (committed, _) = count_records(&broker.addr, "txn-f", 2, 1);
+    assert_eq!(committed, p.records_acknowledged_total, "read_committed reads exactly the acknowledged records");
 }
