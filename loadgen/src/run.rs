@@ -157,13 +157,17 @@ pub struct Outcome {
 }
 
 /// The measured window's latency histograms (µs): acknowledged records' publish latency, the
-/// unacknowledged ones' censored latency, send delay and end-to-end latency.
+/// unacknowledged ones' censored latency, send delay and end-to-end latency; and the
+/// transactional producer's whole-run ones (`producer.transactions`): commit latency and
+/// Produce-ack latency (None: not transactional, or nothing recorded).
 #[derive(Debug, Clone)]
 pub struct WindowHists {
     pub publish: Hist,
     pub censored: Hist,
     pub delay: Hist,
     pub e2e: Hist,
+    pub commit: Option<Hist>,
+    pub produce_ack: Option<Hist>,
 }
 
 enum Embedded {
@@ -1404,7 +1408,15 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, RunError> {
     if let Some(p) = &path {
         result.hlog = Some(hlog_name(p));
     }
-    let hists = Some(WindowHists { publish: main.publish.clone(), censored: main.censored.clone(), delay: main.delay.clone(), e2e: main.e2e.clone() });
+    let locked = |m: &std::sync::Mutex<Option<Hist>>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let hists = Some(WindowHists {
+        publish: main.publish.clone(),
+        censored: main.censored.clone(),
+        delay: main.delay.clone(),
+        e2e: main.e2e.clone(),
+        commit: locked(&metrics.producer.commit_us),
+        produce_ack: locked(&metrics.producer.produce_ack_us),
+    });
     Ok(Outcome { result, path, exit_code, producer_cpu_s, hists })
 }
 

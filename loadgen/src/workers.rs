@@ -86,6 +86,12 @@ pub struct WorkerDone {
     pub censored: String,
     pub delay: String,
     pub e2e: String,
+    /// Transactional producer (whole run): commit latency and Produce-ack latency (absent:
+    /// not transactional, or a worker of an older version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produce_ack: Option<String>,
 }
 
 /// Write one frame (length + JSON).
@@ -291,6 +297,8 @@ fn done_msg(o: Outcome) -> Result<Msg, String> {
         censored: encode_hist(&h.censored)?,
         delay: encode_hist(&h.delay)?,
         e2e: encode_hist(&h.e2e)?,
+        commit: h.commit.as_ref().map(encode_hist).transpose()?,
+        produce_ack: h.produce_ack.as_ref().map(encode_hist).transpose()?,
     })))
 }
 
@@ -596,7 +604,14 @@ pub fn coordinate(opts: &RunOptions, co: &Coordination) -> Result<Outcome, RunEr
         };
         match o {
             Ok(d) => {
-                let h = WindowHists { publish: decode_hist(&d.publish)?, censored: decode_hist(&d.censored)?, delay: decode_hist(&d.delay)?, e2e: decode_hist(&d.e2e)? };
+                let h = WindowHists {
+                    publish: decode_hist(&d.publish)?,
+                    censored: decode_hist(&d.censored)?,
+                    delay: decode_hist(&d.delay)?,
+                    e2e: decode_hist(&d.e2e)?,
+                    commit: d.commit.as_deref().map(decode_hist).transpose()?,
+                    produce_ack: d.produce_ack.as_deref().map(decode_hist).transpose()?,
+                };
                 let r = &d.result;
                 info.exit_code = Some(d.exit_code);
                 info.complete = r.complete;
@@ -665,12 +680,9 @@ pub fn coordinate(opts: &RunOptions, co: &Coordination) -> Result<Outcome, RunEr
     } else {
         None
     };
-    let mut all = WindowHists { publish: new_hist(), censored: new_hist(), delay: new_hist(), e2e: new_hist() };
+    let mut all = WindowHists { publish: new_hist(), censored: new_hist(), delay: new_hist(), e2e: new_hist(), commit: None, produce_ack: None };
     for (_, _, h) in &parts {
-        add(&mut all.publish, &h.publish);
-        add(&mut all.censored, &h.censored);
-        add(&mut all.delay, &h.delay);
-        add(&mut all.e2e, &h.e2e);
+        add_hists(&mut all, h);
     }
     Ok(Outcome { result, path, exit_code, producer_cpu_s: 0.0, hists: Some(all) })
 }
@@ -678,6 +690,22 @@ pub fn coordinate(opts: &RunOptions, co: &Coordination) -> Result<Outcome, RunEr
 fn add(a: &mut Hist, b: &Hist) {
     // Same bounds on both sides (new_hist), so nothing is out of range.
     let _ = a.add(b);
+}
+
+fn add_opt(a: &mut Option<Hist>, b: &Option<Hist>) {
+    if let Some(b) = b {
+        add(a.get_or_insert_with(new_hist), b);
+    }
+}
+
+/// Every histogram of `b` merged into `a` (lossless).
+fn add_hists(a: &mut WindowHists, b: &WindowHists) {
+    add(&mut a.publish, &b.publish);
+    add(&mut a.censored, &b.censored);
+    add(&mut a.delay, &b.delay);
+    add(&mut a.e2e, &b.e2e);
+    add_opt(&mut a.commit, &b.commit);
+    add_opt(&mut a.produce_ack, &b.produce_ack);
 }
 
 /// One second of the merged series: rates, errors, backlog and lag summed; p99 the largest of
@@ -739,17 +767,14 @@ fn merge(
     identity: Option<TargetIdentity>,
 ) -> Result<RunResult, RunError> {
     let mut r = parts[0].1.clone();
-    let mut h = WindowHists { publish: new_hist(), censored: new_hist(), delay: new_hist(), e2e: new_hist() };
+    let mut h = WindowHists { publish: new_hist(), censored: new_hist(), delay: new_hist(), e2e: new_hist(), commit: None, produce_ack: None };
     let mut acct = Accounting::default();
     let (mut in_time, mut in_window, mut incl_drain, mut consume_rps, mut e2e_rps) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut gen = GeneratorInfo::default();
     let mut duration_s: f64 = 0.0;
     r.complete = true;
     for (i, p, ph) in parts {
-        add(&mut h.publish, &ph.publish);
-        add(&mut h.censored, &ph.censored);
-        add(&mut h.delay, &ph.delay);
-        add(&mut h.e2e, &ph.e2e);
+        add_hists(&mut h, ph);
         if let Some(a) = &p.accounting {
             acct.ack_grace_s = a.ack_grace_s;
             sum_acct(&mut acct.warmup, &a.warmup);
@@ -785,8 +810,7 @@ fn merge(
                 a.metadata_refreshes += b.metadata_refreshes;
                 a.leader_changes += b.leader_changes;
                 if let (Some(x), Some(y)) = (&mut a.transactions, &b.transactions) {
-                    // Counts add up; the commit latency stays the first worker's (histograms
-                    // of commits are not shipped).
+                    // Counts add up; the latencies are set from the merged histograms below.
                     x.committed += y.committed;
                     x.aborted += y.aborted;
                 }
@@ -809,6 +833,12 @@ fn merge(
         c.ns_per_batch = if c.batches > 0 { c.cpu_ns_total as f64 / c.batches as f64 } else { 0.0 };
         c.ns_per_record = if c.records > 0 { c.cpu_ns_total as f64 / c.records as f64 } else { 0.0 };
         c.ratio = if c.compressed_bytes > 0 { c.uncompressed_bytes as f64 / c.compressed_bytes as f64 } else { 1.0 };
+    }
+    if let Some(t) = r.producer.as_mut().and_then(|p| p.transactions.as_mut()) {
+        // Merged from every worker's histograms (lossless); none recorded: the empty summary,
+        // as a single run reports it.
+        t.commit_latency_us = h.commit.as_ref().map(summarize).unwrap_or_default();
+        t.produce_ack_latency_us = h.produce_ack.as_ref().map(summarize).unwrap_or_default();
     }
     acct.measure.unacknowledged_latency_us = summarize(&h.censored);
     r.started_at = crate::env::rfc3339(started_wall_us);

@@ -2,7 +2,8 @@
 //! in its own network namespace (ip netns + veth pairs on a bridge, created and removed here;
 //! needs root and `ip`), against the project's `broker` binary listening on the bridge.
 //! The merged result's counts equal the broker's high watermarks and the per-worker split adds
-//! up; a worker killed mid-run makes the run incomplete, with the reason, and exit 1.
+//! up; a worker killed mid-run makes the run incomplete, with the reason, and exit 1; a
+//! transactional run's commit and Produce-ack latency histograms are merged from every worker.
 
 mod common;
 use common::*;
@@ -31,7 +32,7 @@ impl Netns {
         let ip = Command::new("ip").arg("-V").output();
         assert!(ip.is_ok_and(|o| o.status.success()), "this test needs `ip` (iproute2) with netns support, run as root");
         let id = (std::process::id() % 1000) as u16;
-        let net = ((std::process::id() as u16 % 120) * 2 + tag as u16) as u8;
+        let net = ((std::process::id() as u16 % 80) * 3 + tag as u16) as u8; // tag 0..=2
         let mut s = Netns { bridge: format!("lgbr{id}t{tag}"), names: Vec::new(), net, children: Vec::new() };
         sh(&["ip", "link", "add", &s.bridge, "type", "bridge"]);
         sh(&["ip", "addr", "add", &format!("10.231.{net}.1/24"), "dev", &s.bridge]);
@@ -233,4 +234,33 @@ fn a_worker_killed_mid_run_makes_the_run_incomplete_with_the_reason() {
     assert_eq!(m.scheduled, survivors);
     assert!(stdout.contains("INCOMPLETE"), "{stdout}");
     assert!(stderr.contains("run incomplete") && stderr.contains(&workers[1]), "{stderr}");
+}
+
+#[test]
+fn transactional_workers_merge_their_commit_and_produce_ack_histograms() {
+    let mut net = Netns::new(2, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, addr) = start_broker(&net.bridge_ip(), &dir.path().join("data"));
+    let workers: Vec<String> = (0..2).map(|k| net.worker(k, &dir.path().join(format!("w{k}.log"))).1).collect();
+    let out_json = dir.path().join("r.json");
+    // 1,000 rec/s per worker for 0.5 s of warmup + 2 s, transactions of 100: 25 per worker.
+    let out = run_cli(&[
+        "run", "-w", "smoke", "--bootstrap", &addr.to_string(), "--workers", &workers.join(","),
+        "--rate", "2000", "--partitions", "2", "--duration", "2", "--warmup", "0.5", "--drain", "5",
+        "--transaction-records", "100", "--no-calibrate", "-o", out_json.to_str().unwrap(), "--start-lead-ms", "2000",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    validate_against_schema(&out_json);
+    let r = loadgen::results::RunResult::load(&out_json).unwrap();
+    assert!(r.complete, "{stdout}");
+    let p = r.producer.as_ref().expect("producer block");
+    let t = p.transactions.as_ref().expect("transactions block");
+    assert_eq!(p.records_acknowledged_total, 5_000, "{stdout}");
+    assert_eq!(t.committed, 50, "{t:?}");
+    // One commit latency per committed transaction and one Produce-ack latency per record,
+    // from both workers (not the first worker's alone).
+    assert_eq!(t.commit_latency_us.count, 50, "{t:?}");
+    assert_eq!(t.produce_ack_latency_us.count, 5_000, "{t:?}");
 }
