@@ -365,18 +365,21 @@ impl Conn {
 
     /// Fetch one topic's partitions: `parts` are (partition, offset).
     pub fn fetch(&mut self, topic: &str, parts: &[(i32, i64)], max_wait_ms: i32, partition_max_bytes: i32) -> Result<FetchResponse, String> {
-        self.fetch_many(parts.iter().map(|&(p, off)| (topic, p, off)), max_wait_ms, partition_max_bytes)
+        self.fetch_many(parts.iter().map(|&(p, off)| (topic, p, off)), max_wait_ms, partition_max_bytes, 0)
     }
 
-    /// Fetch several topics' partitions in one request: `parts` are (topic, partition, offset).
+    /// Fetch several topics' partitions in one request: `parts` are (topic, partition, offset);
+    /// `isolation_level` 0 = read_uncommitted, 1 = read_committed (up to the last stable offset,
+    /// the aborted transactions listed: [`crate::encode::AbortedFilter`]).
     pub fn fetch_many<'a>(
         &mut self,
         parts: impl IntoIterator<Item = (&'a str, i32, i64)>,
         max_wait_ms: i32,
         partition_max_bytes: i32,
+        isolation_level: i8,
     ) -> Result<FetchResponse, String> {
         let v = self.need(ApiKey::Fetch)?;
-        self.call(ApiKey::Fetch, v, &fetch_request(parts, max_wait_ms, partition_max_bytes))
+        self.call(ApiKey::Fetch, v, &fetch_request(parts, max_wait_ms, partition_max_bytes).with_isolation_level(isolation_level))
     }
 }
 

@@ -299,7 +299,10 @@ impl Ingest<'_> {
         let record_latency = m.record_latency;
         let (from_us, until_us, now_us) = (self.from_us, self.until_us, self.now_us);
         let (rec, rec_other) = (&mut *self.rec, &mut *self.rec_other);
-        let (n, whole, next2) = crate::encode::for_each_record(records, |r| {
+        // read_committed: the records of aborted transactions are skipped (a read_uncommitted
+        // answer lists no aborted transaction).
+        let mut aborted = crate::encode::AbortedFilter::new(p.aborted_transactions.iter().flatten().map(|a| (a.producer_id.0, a.first_offset)));
+        let (n, whole, next2) = crate::encode::for_each_committed_record(records, &mut aborted, |r| {
             if r.offset < claimed_from {
                 dups += 1;
                 return;
@@ -341,6 +344,8 @@ pub struct ConsumerSpec {
     /// (partition id, starting offset).
     pub partitions: Vec<(i32, i64)>,
     pub max_wait_ms: i32,
+    /// Fetch isolation level: 0 read_uncommitted, 1 read_committed.
+    pub isolation_level: i8,
     /// Opens the connections (the run's security settings).
     pub connector: crate::client::Connector,
 }
@@ -385,7 +390,7 @@ pub fn run_consumer(spec: ConsumerSpec, clock: Clock, metrics: Arc<Metrics>, don
             // replaced in Metadata): no error. Either way find the leader again, after a
             // (bounded) pause.
             let r = match conn {
-                Ok(c) => c.fetch(&spec.topic, &parts, spec.max_wait_ms, part_max).map_err(|e| (true, e)),
+                Ok(c) => c.fetch_many(parts.iter().map(|&(p, off)| (spec.topic.as_str(), p, off)), spec.max_wait_ms, part_max, spec.isolation_level).map_err(|e| (true, e)),
                 Err(e) => Err((false, e)),
             };
             match r {
@@ -589,7 +594,7 @@ mod tests {
             let a = broker(refusal, None, Some(b));
             let metrics = Arc::new(Metrics::new(false));
             let done = Arc::new(AtomicBool::new(false));
-            let spec = ConsumerSpec { sub: 0, addr: a, brokers: vec![a], topic: "t".into(), partitions: vec![(0, 0)], max_wait_ms: 10, connector: crate::client::Connector::plaintext() };
+            let spec = ConsumerSpec { sub: 0, addr: a, brokers: vec![a], topic: "t".into(), partitions: vec![(0, 0)], max_wait_ms: 10, isolation_level: 0, connector: crate::client::Connector::plaintext() };
             let (m, d) = (metrics.clone(), done.clone());
             let h = std::thread::spawn(move || run_consumer(spec, Clock::new(), m, d));
             let deadline = Instant::now() + Duration::from_secs(10);

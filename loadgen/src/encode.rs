@@ -479,7 +479,58 @@ fn walk_records(r: &[u8], base_offset: i64, count: u64, n: &mut u64, f: &mut imp
 /// (compressed batches are decompressed). Returns (records, bytes of whole batches, next
 /// offset). A trailing partial batch is ignored (Kafka allows it). A compressed batch that does
 /// not decompress counts its records without visiting them.
-pub fn for_each_record(records: &[u8], mut f: impl FnMut(RecordView<'_>)) -> (u64, u64, Option<i64>) {
+pub fn for_each_record(records: &[u8], f: impl FnMut(RecordView<'_>)) -> (u64, u64, Option<i64>) {
+    for_each_committed_record(records, &mut AbortedFilter::default(), f)
+}
+
+/// A read_committed consumer's view of one partition's Fetch answer, as Kafka's consumer: the
+/// answer lists the aborted transactions (producer id, first offset) overlapping the records;
+/// a transactional batch of such a producer, from that first offset up to the producer's abort
+/// control batch, belongs to the aborted transaction and is skipped. Empty (nothing skipped)
+/// for a read_uncommitted answer, which lists none.
+#[derive(Debug, Default)]
+pub struct AbortedFilter {
+    /// Aborted transactions not reached yet: (first offset, producer id), ascending.
+    pending: Vec<(i64, i64)>,
+    /// Producers whose aborted transaction is open at the read position.
+    aborting: std::collections::HashSet<i64>,
+}
+
+impl AbortedFilter {
+    /// From a Fetch answer's `aborted_transactions`: (producer id, first offset).
+    pub fn new(aborted: impl IntoIterator<Item = (i64, i64)>) -> AbortedFilter {
+        let mut pending: Vec<(i64, i64)> = aborted.into_iter().map(|(pid, first)| (first, pid)).collect();
+        pending.sort_unstable();
+        pending.dedup();
+        // Consumed from the front: keep it reversed so the next one is the last.
+        pending.reverse();
+        AbortedFilter { pending, aborting: Default::default() }
+    }
+
+    /// Whether the batch (its last offset, producer id, attributes) is skipped; called for each
+    /// batch in log order. Control batches are skipped too (they hold no user records); an
+    /// abort marker ends its producer's aborted transaction.
+    pub fn skip(&mut self, last_offset: i64, producer: i64, attributes: i16) -> bool {
+        let control = attributes & 0x20 != 0;
+        let transactional = attributes & 0x10 != 0;
+        if !transactional {
+            return control;
+        }
+        while let Some(&(_, pid)) = self.pending.last().filter(|(first, _)| *first <= last_offset) {
+            self.pending.pop();
+            self.aborting.insert(pid);
+        }
+        if control {
+            self.aborting.remove(&producer);
+            return true;
+        }
+        self.aborting.contains(&producer)
+    }
+}
+
+/// [`for_each_record`] skipping the batches `filter` skips (aborted transactions); the next
+/// offset still goes past them.
+pub fn for_each_committed_record(records: &[u8], filter: &mut AbortedFilter, mut f: impl FnMut(RecordView<'_>)) -> (u64, u64, Option<i64>) {
     let mut at = 0usize;
     let mut n = 0u64;
     let mut next_offset = None;
@@ -495,9 +546,10 @@ pub fn for_each_record(records: &[u8], mut f: impl FnMut(RecordView<'_>)) -> (u6
         next_offset = Some(base_offset + last_delta as i64 + 1);
         let count = i32::from_be_bytes(batch[57..61].try_into().expect("4 bytes")).max(0) as u64;
         let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+        let producer = i64::from_be_bytes(batch[43..51].try_into().expect("8 bytes"));
         let body = &batch[BATCH_HEADER_BYTES..];
-        if attributes & 0x20 != 0 {
-            // control batch: no user records
+        if filter.skip(base_offset + last_delta as i64, producer, attributes) {
+            // a control batch (no user records) or one of an aborted transaction
         } else if attributes & 0x7 != 0 {
             let codec = Codec::ALL.get((attributes & 0x7) as usize).copied();
             match codec.map(|c| crate::produce::decompress(c, body)) {
@@ -540,6 +592,41 @@ pub fn for_each_value(records: &[u8], mut f: impl FnMut(&[u8])) -> (u64, u64, Op
 mod tests {
     use super::*;
     use zl_record::build;
+
+    /// read_committed: the batches of an aborted transaction (interleaved with another
+    /// producer's committed one) are skipped up to its abort marker; the producer's next
+    /// transaction, the other producer's and non-transactional records count; control batches
+    /// never do; the next offset goes past everything.
+    #[test]
+    fn aborted_filter_skips_only_the_aborted_transaction() {
+        let batch = |base: i64, pid: i64, n: usize, attributes: i16| {
+            let v = [1u8; 10];
+            let recs: Vec<build::Rec<'_>> = (0..n).map(|_| build::Rec { key: None, value: Some(&v[..]), timestamp_delta: 0 }).collect();
+            let mut b = build::batch_with(&recs, 0, pid, 0, 0);
+            b[0..8].copy_from_slice(&base.to_be_bytes());
+            b[21..23].copy_from_slice(&attributes.to_be_bytes());
+            b
+        };
+        let (txn, control) = (0x10, 0x30);
+        let log: Vec<u8> = [
+            batch(0, 7, 2, txn),     // pid 7: aborted
+            batch(2, 8, 2, txn),     // pid 8: committed
+            batch(4, 7, 1, control), // pid 7's abort marker
+            batch(5, 8, 1, control), // pid 8's commit marker
+            batch(6, 7, 2, txn),     // pid 7's next transaction (not aborted)
+            batch(8, 9, 3, 0),       // not transactional
+        ]
+        .concat();
+        let mut offsets = Vec::new();
+        let (n, whole, next) = for_each_committed_record(&log, &mut AbortedFilter::new([(7, 0)]), |r| offsets.push(r.offset));
+        assert_eq!((n, whole, next), (7, log.len() as u64, Some(11)));
+        assert_eq!(offsets, vec![2, 3, 6, 7, 8, 9, 10]);
+        // Read from the middle of the aborted transaction (first offset before the answer).
+        let from2 = &log[batch(0, 7, 2, txn).len()..];
+        assert_eq!(for_each_committed_record(from2, &mut AbortedFilter::new([(7, 0)]), |_| ()).0, 7);
+        // read_uncommitted lists nothing: every data record counts, control batches still not.
+        assert_eq!(for_each_record(&log, |_| ()).0, 9);
+    }
 
     #[test]
     fn encoder_matches_engine_builder() {

@@ -185,6 +185,8 @@ pub struct MemberSpec {
     pub reset: HashMap<(String, i32), i64>,
     pub settings: GroupSettings,
     pub max_wait_ms: i32,
+    /// Fetch isolation level: 0 read_uncommitted, 1 read_committed.
+    pub isolation_level: i8,
     /// Join only this many seconds after the measured window began (the extra member).
     pub join_after_s: Option<f64>,
     /// Leave this many seconds after the measured window began.
@@ -526,7 +528,7 @@ impl Member<'_> {
                 std::collections::hash_map::Entry::Occupied(c) => Ok(c.into_mut()),
                 std::collections::hash_map::Entry::Vacant(v) => self.spec.connector.connect(a, Duration::from_secs(2)).map(|c| v.insert(c)),
             };
-            let r = conn.and_then(|c| c.fetch_many(parts.iter().map(|(t, p, off)| (t.as_str(), *p, *off)), self.spec.max_wait_ms, *part_max));
+            let r = conn.and_then(|c| c.fetch_many(parts.iter().map(|(t, p, off)| (t.as_str(), *p, *off)), self.spec.max_wait_ms, *part_max, self.spec.isolation_level));
             let resp = match r {
                 Ok(r) => r,
                 Err(_) => {
@@ -982,6 +984,7 @@ mod tests {
             reset: [(("t".to_string(), 0), 0)].into_iter().collect(),
             settings: GroupSettings { commit_interval_ms: 50, heartbeat_interval_ms: 30, session_timeout_ms: 6000, rebalance_timeout_ms: 6000, assignor: Assignor::Range },
             max_wait_ms: 10,
+            isolation_level: 0,
             join_after_s: None,
             leave_after_s: None,
             slot: 0,

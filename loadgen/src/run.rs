@@ -740,7 +740,7 @@ impl Ctx<'_> {
                         let mut brokers: Vec<SocketAddr> = layout.leaders.iter().map(|(_, a)| *a).collect();
                         brokers.sort();
                         brokers.dedup();
-                        let spec = ConsumerSpec { sub: s, addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100, connector: self.setup.connector.clone() };
+                        let spec = ConsumerSpec { sub: s, addr, brokers, topic: layout.topic.clone(), partitions, max_wait_ms: 100, isolation_level: w.isolation_level(), connector: self.setup.connector.clone() };
                         let (clock, metrics, done) = (self.clock, self.metrics.clone(), done.clone());
                         if let Ok(h) = std::thread::Builder::new().name("consumer".into()).spawn(move || run_consumer(spec, clock, metrics, done)) {
                             hs.push(h);
@@ -788,6 +788,7 @@ impl Ctx<'_> {
                     reset: reset.clone(),
                     settings: settings.clone(),
                     max_wait_ms: 100,
+                    isolation_level: w.isolation_level(),
                     join_after_s: if is_extra { w.extra_consumer_join_seconds } else { None },
                     leave_after_s: if is_extra { w.extra_consumer_leave_seconds } else { None },
                     slot,

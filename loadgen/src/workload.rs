@@ -373,6 +373,13 @@ pub const BUILTIN: &[(&str, &str)] = &[
 ];
 
 impl Workload {
+    /// The consumers' Fetch isolation level: read_committed (1) in a transactional run, so
+    /// records of aborted or open transactions are never counted as consumed; else
+    /// read_uncommitted (0).
+    pub fn isolation_level(&self) -> i8 {
+        if self.transaction_records > 0 { 1 } else { 0 }
+    }
+
     /// Parse and validate YAML text. The error is one line.
     pub fn from_yaml(text: &str) -> Result<Workload, String> {
         let mut w: Workload = serde_yaml::from_str(text).map_err(|e| one_line(&e.to_string()))?;

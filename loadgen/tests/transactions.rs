@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::{ApiKey, FetchResponse};
-use loadgen::client::{fetch_request, Conn};
+use loadgen::client::Conn;
+use loadgen::encode::{for_each_committed_record, AbortedFilter};
 use loadgen::results::RunResult;
 
 /// The engine's `broker` binary beside this test's `loadgen` (built if missing).
@@ -79,19 +79,15 @@ impl Drop for Broker {
 /// read_uncommitted, 1 = read_committed) reads from `topic`'s partitions 0..n, from offset 0
 /// up to each partition's last stable offset (read_committed) or high watermark; and the
 /// aborted transactions the broker listed. read_committed skips the records of the aborted
-/// transactions as Kafka's consumer does: a transactional batch of a producer listed aborted
-/// from an offset at or before it, up to that producer's next control batch.
+/// transactions with the product's filter (the one loadgen's consumers use):
+/// [`AbortedFilter`].
 fn count_records(addr: &str, topic: &str, n: i32, isolation: i8) -> (u64, usize) {
     let mut c = Conn::connect(addr.parse().unwrap(), Duration::from_secs(5)).unwrap();
-    let v = c.version(ApiKey::Fetch).expect("Fetch");
     let mut next: Vec<i64> = vec![0; n as usize];
     let mut end: Vec<Option<i64>> = vec![None; n as usize];
     let mut records = 0u64;
-    // Per partition: the aborted transactions listed (first offset, producer id), those not
-    // reached yet, and the producers whose aborted transaction is open at the read position.
+    // The aborted transactions listed: (producer id, first offset) per partition.
     let mut listed: Vec<std::collections::BTreeSet<(i64, i64)>> = vec![Default::default(); n as usize];
-    let mut pending: Vec<std::collections::BTreeSet<(i64, i64)>> = vec![Default::default(); n as usize];
-    let mut aborting: Vec<std::collections::HashSet<i64>> = vec![Default::default(); n as usize];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let open: Vec<i32> = (0..n).filter(|&p| end[p as usize].is_none_or(|e| next[p as usize] < e)).collect();
@@ -99,46 +95,27 @@ fn count_records(addr: &str, topic: &str, n: i32, isolation: i8) -> (u64, usize)
             return (records, listed.iter().map(|l| l.len()).sum());
         }
         assert!(Instant::now() < deadline, "reading {topic} did not finish within 30 s (next {next:?}, end {end:?})");
-        let req = fetch_request(open.iter().map(|&p| (topic, p, next[p as usize])), 100, 1 << 20).with_isolation_level(isolation);
-        let r: FetchResponse = c.call(ApiKey::Fetch, v, &req).unwrap();
+        let r = c.fetch_many(open.iter().map(|&p| (topic, p, next[p as usize])), 100, 1 << 20, isolation).unwrap();
         for t in &r.responses {
             for p in &t.partitions {
                 assert_eq!(p.error_code, 0, "Fetch {topic}/{}", p.partition_index);
                 let i = p.partition_index as usize;
                 let stable = if isolation == 1 { p.last_stable_offset } else { p.high_watermark };
                 end[i] = Some(stable);
-                for a in p.aborted_transactions.iter().flatten() {
-                    if listed[i].insert((a.first_offset, a.producer_id.0)) {
-                        pending[i].insert((a.first_offset, a.producer_id.0));
-                    }
+                let aborted: Vec<(i64, i64)> = p.aborted_transactions.iter().flatten().map(|a| (a.producer_id.0, a.first_offset)).collect();
+                if isolation == 0 {
+                    assert!(aborted.is_empty(), "read_uncommitted lists no aborted transaction");
                 }
+                listed[i].extend(aborted.iter().copied());
                 let Some(b) = &p.records else { continue };
-                let mut at = 0usize;
-                while at + 61 <= b.len() {
-                    let base = i64::from_be_bytes(b[at..at + 8].try_into().unwrap());
-                    let len = i32::from_be_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
-                    if at + 12 + len > b.len() {
-                        break; // a partial batch at the end of the answer
+                let from = next[i];
+                let (_, _, nx) = for_each_committed_record(b, &mut AbortedFilter::new(aborted), |rec| {
+                    if rec.offset >= from && rec.offset < stable {
+                        records += 1;
                     }
-                    let attributes = i16::from_be_bytes(b[at + 21..at + 23].try_into().unwrap());
-                    let last_delta = i32::from_be_bytes(b[at + 23..at + 27].try_into().unwrap()) as i64;
-                    let producer = i64::from_be_bytes(b[at + 43..at + 51].try_into().unwrap());
-                    let count = i32::from_be_bytes(b[at + 57..at + 61].try_into().unwrap()) as u64;
-                    if base >= next[i] && base < stable {
-                        while let Some(&(first, pid)) = pending[i].first().filter(|(first, _)| *first <= base) {
-                            pending[i].remove(&(first, pid));
-                            aborting[i].insert(pid);
-                        }
-                        let control = attributes & 0x20 != 0;
-                        let transactional = attributes & 0x10 != 0;
-                        if control {
-                            aborting[i].remove(&producer);
-                        } else if !(isolation == 1 && transactional && aborting[i].contains(&producer)) {
-                            records += count;
-                        }
-                        next[i] = base + last_delta + 1;
-                    }
-                    at += 12 + len;
+                });
+                if let Some(nx) = nx {
+                    next[i] = next[i].max(nx.min(stable));
                 }
             }
         }
@@ -243,6 +220,8 @@ fn acknowledged_records_are_exactly_what_read_committed_reads() {
     assert_eq!(committed, p.records_acknowledged_total, "read_committed reads exactly the acknowledged records");
     let (all, _) = count_records(&broker.addr, "txn-a", 2, 0);
     assert_eq!(all, committed, "nothing beyond the committed records was written");
+    let c = r.consumer.as_ref().expect("consumer block");
+    assert_eq!(c.records_consumed_total, p.records_acknowledged_total, "the run's consumers read exactly the acknowledged records");
 }
 
 #[test]
@@ -310,6 +289,12 @@ fn producer_fenced_mid_run_fails_loudly_and_acknowledges_only_committed_transact
     assert_eq!(a.warmup.acknowledged + a.measure.acknowledged, p.records_acknowledged_total);
     assert!(a.measure.failed + a.measure.timed_out > 0, "the fenced transaction's records are failed or timed out: {:?}", a.measure);
     assert_eq!(t.commit_latency_us.count, t.committed, "{t:?}");
-    let (committed, _) = count_records(&broker.addr, "txn-f", 2, 1);
+    let (committed, aborted) = count_records(&broker.addr, "txn-f", 2, 1);
     assert_eq!(committed, p.records_acknowledged_total, "read_committed reads exactly the acknowledged records");
+    let (all, _) = count_records(&broker.addr, "txn-f", 2, 0);
+    assert!(aborted >= 1 && all > committed, "the fenced transaction's records are in the log, aborted ({aborted} listed, {all} records)");
+    // The run's own consumers (read_committed in a transactional run) count only the committed
+    // records, never those of the aborted transaction.
+    let c = r.consumer.as_ref().expect("consumer block");
+    assert_eq!(c.records_consumed_total, p.records_acknowledged_total, "the run's consumers read exactly the acknowledged records; {out}");
 }
