@@ -581,6 +581,9 @@ pub fn fingerprint(v: &Value) -> BTreeMap<String, String> {
     // and the group's settings.
     let c = v.get("consumer");
     fp.insert("consumer.mode".into(), c.and_then(|c| c.get("mode")).filter(|x| !x.is_null()).map_or_else(|| "fetch".into(), show));
+    // What the consumers counted: read_committed skips aborted transactions (older results
+    // without the field read uncommitted).
+    fp.insert("consumer.isolation_level".into(), c.and_then(|c| c.get("isolation_level")).filter(|x| !x.is_null()).map_or_else(|| "read_uncommitted".into(), show));
     if let Some(g) = c.and_then(|c| c.get("group")) {
         for k in ["assignor", "commit_interval_ms", "heartbeat_interval_ms", "session_timeout_ms", "extra_member_join_s", "extra_member_leave_s"] {
             if let Some(x) = g.get(k).filter(|x| !x.is_null()) {

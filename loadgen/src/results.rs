@@ -171,6 +171,10 @@ pub struct ConsumerInfo {
     /// Distinct records consumed over the whole run (warmup and drain included), per
     /// subscription summed: compare with `producer.records_acknowledged_total` × subscriptions.
     pub records_consumed_total: u64,
+    /// The consumers' Fetch isolation: "read_uncommitted" | "read_committed" (absent in older
+    /// results: read_uncommitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation_level: Option<String>,
     /// Records fetched again at an offset their subscription had already consumed (after a
     /// rebalance, from an older committed offset): never counted in `consume` or `end_to_end`.
     pub duplicates: u64,

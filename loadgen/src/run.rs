@@ -1799,6 +1799,7 @@ fn consumer_info(opts: &RunOptions, m: &Metrics, series: &[Second]) -> Option<Co
     Some(ConsumerInfo {
         mode: w.consumer_mode.name().into(),
         records_consumed_total: m.consumed.load(Ordering::SeqCst),
+        isolation_level: Some(w.isolation().name().into()),
         duplicates: m.consumer.duplicates.load(Ordering::Relaxed),
         lag,
         group,

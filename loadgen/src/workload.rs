@@ -14,7 +14,8 @@
 //! `headerValueBytes`; `acks` is 0, 1, -1 or `all`; `transactionRecords` (records per
 //! transaction, 0 = off; implies `idempotent`) and `transactionalId` (the transactional ids'
 //! prefix, default unique per run).
-//! Consumers: `consumerMode` (`fetch` | `group`), `consumerGroup`, `commitIntervalMs`,
+//! Consumers: `isolationLevel` (`read_uncommitted` | `read_committed`, default read_committed
+//! when transactional), `consumerMode` (`fetch` | `group`), `consumerGroup`, `commitIntervalMs`,
 //! `heartbeatIntervalMs`, `sessionTimeoutMs`, `groupAssignor`, `extraConsumerJoinSeconds`,
 //! `extraConsumerLeaveSeconds`.
 
@@ -142,6 +143,10 @@ pub struct Workload {
     /// thread); default `loadgen-<run id>` (unique per run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transactional_id: Option<String>,
+    /// The consumers' Fetch isolation: `read_uncommitted` | `read_committed`; default
+    /// read_committed in a transactional run (`transactionRecords` > 0), else read_uncommitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation_level: Option<Isolation>,
     /// Key distribution, count and Zipf exponent in one place; when present it sets
     /// `keyDistributor`, `keySpace` and `zipfExponent` (which must then be absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +189,27 @@ pub struct Workload {
     /// `tlsCaFile`, `tlsCertFile`, `tlsKeyFile`, `tlsVerifyHostname`; see `security.rs`).
     #[serde(default, skip_serializing_if = "crate::security::SecurityConfig::is_default")]
     pub security: crate::security::SecurityConfig,
+}
+
+/// `isolationLevel`: what the consumers' Fetch reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Everything up to the high watermark (isolation level 0).
+    #[value(name = "read_uncommitted")]
+    ReadUncommitted,
+    /// Committed records only: up to the last stable offset, aborted transactions skipped (1).
+    #[value(name = "read_committed")]
+    ReadCommitted,
+}
+
+impl Isolation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::ReadUncommitted => "read_uncommitted",
+            Isolation::ReadCommitted => "read_committed",
+        }
+    }
 }
 
 /// `consumerMode`.
@@ -373,11 +399,23 @@ pub const BUILTIN: &[(&str, &str)] = &[
 ];
 
 impl Workload {
-    /// The consumers' Fetch isolation level: read_committed (1) in a transactional run, so
-    /// records of aborted or open transactions are never counted as consumed; else
-    /// read_uncommitted (0).
+    /// The consumers' Fetch isolation: `isolationLevel`, by default read_committed in a
+    /// transactional run (records of aborted or open transactions never counted as consumed),
+    /// else read_uncommitted.
+    pub fn isolation(&self) -> Isolation {
+        match self.isolation_level {
+            Some(i) => i,
+            None if self.transaction_records > 0 => Isolation::ReadCommitted,
+            None => Isolation::ReadUncommitted,
+        }
+    }
+
+    /// [`Self::isolation`] as the Fetch field: 0 read_uncommitted, 1 read_committed.
     pub fn isolation_level(&self) -> i8 {
-        if self.transaction_records > 0 { 1 } else { 0 }
+        match self.isolation() {
+            Isolation::ReadUncommitted => 0,
+            Isolation::ReadCommitted => 1,
+        }
     }
 
     /// Parse and validate YAML text. The error is one line.
@@ -640,6 +678,10 @@ pub struct Overrides {
     /// Prefix of the transactional ids (default: unique per run).
     #[arg(long)]
     pub transactional_id: Option<String>,
+    /// Consumers' Fetch isolation: read_uncommitted | read_committed (default read_committed
+    /// with --transaction-records, else read_uncommitted).
+    #[arg(long)]
+    pub isolation_level: Option<Isolation>,
     /// Keys: DIST[:COUNT[:S]], DIST = none | round-robin | random | zipf (e.g. zipf:1000:1.1).
     #[arg(long, value_parser = Keys::parse_cli)]
     pub keys: Option<Keys>,
@@ -753,6 +795,9 @@ impl Overrides {
         if let Some(t) = &self.transactional_id {
             w.transactional_id = Some(t.clone());
         }
+        if let Some(i) = self.isolation_level {
+            w.isolation_level = Some(i);
+        }
         if let Some(k) = &self.keys {
             w.keys = Some(k.clone());
             w.apply_keys()?;
@@ -773,6 +818,19 @@ impl Overrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `isolationLevel`: read_committed by default when transactional, else read_uncommitted;
+    /// set explicitly either way; any other spelling refused.
+    #[test]
+    fn isolation_level_defaults_to_read_committed_when_transactional() {
+        let w = |y: &str| Workload::from_yaml(&format!("name: x\nacks: all\n{y}"));
+        assert_eq!(w("").unwrap().isolation_level(), 0);
+        assert_eq!(w("transactionRecords: 100\n").unwrap().isolation(), Isolation::ReadCommitted);
+        assert_eq!(w("transactionRecords: 100\n").unwrap().isolation_level(), 1);
+        assert_eq!(w("transactionRecords: 100\nisolationLevel: read_uncommitted\n").unwrap().isolation_level(), 0);
+        assert_eq!(w("isolationLevel: read_committed\n").unwrap().isolation_level(), 1);
+        assert!(w("isolationLevel: committed\n").is_err());
+    }
 
     #[test]
     fn builtins_parse() {

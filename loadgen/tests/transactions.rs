@@ -222,6 +222,7 @@ fn acknowledged_records_are_exactly_what_read_committed_reads() {
     assert_eq!(all, committed, "nothing beyond the committed records was written");
     let c = r.consumer.as_ref().expect("consumer block");
     assert_eq!(c.records_consumed_total, p.records_acknowledged_total, "the run's consumers read exactly the acknowledged records");
+    assert_eq!(c.isolation_level.as_deref(), Some("read_committed"), "a transactional run's consumers read committed by default");
 }
 
 #[test]
