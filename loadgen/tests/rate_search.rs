@@ -72,7 +72,17 @@ fn search_ramps_bisects_confirms_and_measures_at_the_answer() {
     // between the highest pass and the lowest failure).
     let short_lo = s.trials.iter().filter(|t| t.stage != "confirm" && t.verdict.as_deref() == Some("pass")).map(|t| t.target_rate).fold(0.0, f64::max);
     let short_hi = s.trials.iter().filter(|t| t.stage != "confirm" && t.verdict.as_deref() == Some("fail")).map(|t| t.target_rate).fold(f64::INFINITY, f64::min);
-    let confirms: Vec<_> = s.trials.iter().filter(|t| t.stage == "confirm").collect();
+    // A marginal failure ("retry") is followed by a second run at the same rate, which decides.
+    let all_confirms: Vec<_> = s.trials.iter().filter(|t| t.stage == "confirm").collect();
+    for (k, c) in all_confirms.iter().enumerate() {
+        if c.verdict.as_deref() == Some("retry") {
+            assert!(!c.ok && c.attempt == 1 && c.unacknowledged == 0 && !c.backlog_growing, "{c:?}");
+            let n = all_confirms.get(k + 1).expect("a repeat after a retry");
+            assert!(n.attempt == 2 && n.target_rate == c.target_rate && n.verdict.as_deref() != Some("retry"), "{all_confirms:?}");
+        }
+    }
+    assert!(all_confirms.iter().filter(|t| t.verdict.as_deref() == Some("retry")).count() <= loadgen::run::FULL_RETRIES_MAX);
+    let confirms: Vec<_> = all_confirms.into_iter().filter(|t| t.verdict.as_deref() != Some("retry")).collect();
     assert!(!confirms.is_empty() && confirms.len() <= loadgen::run::FULL_RUNS_MAX);
     assert_eq!(confirms[0].target_rate, short_lo, "{confirms:?}");
     let mut stage = loadgen::run::FullStage::new(short_hi, loadgen::run::FULL_RUNS_MAX);
