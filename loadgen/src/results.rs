@@ -622,7 +622,7 @@ pub struct Trial {
     /// achieved >= 97 % of target, p99 within the bound, no errors.
     pub ok: bool,
     /// The rate's verdict once decided by this trial ("pass" / "fail"), else absent; "retry": a
-    /// full-length run that failed by latency alone, repeated at the same rate (the repeat decides).
+    /// full-length run that failed by latency alone, repeated at the same rate (the repeat's `p99_us` is over both runs' records, which decide).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
     /// Acks (records of any phase) per second of the window: what the target delivered.
