@@ -76,6 +76,13 @@ def produce_times(a):
         "batch.num.messages": 10000,
         "compression.type": a.compression,
     })
+    # The topic's metadata first (auto-creating it): records produced before librdkafka knows
+    # the topic wait on its unassigned queue and can reach the partition in two parts, which
+    # flush() then sends as two batches (seen once in CI).
+    md = p.list_topics(a.topic, timeout=10)
+    if a.topic not in md.topics or md.topics[a.topic].error is not None or 0 not in md.topics[a.topic].partitions:
+        out({"unflushed": -1, "errors": ["no metadata for %s: %r" % (a.topic, md.topics.get(a.topic))]})
+        return
     errors = []
     for i in range(a.count):
         p.produce(a.topic, value=b"r%d" % i, partition=0, timestamp=a.ts0 + i * a.step,
