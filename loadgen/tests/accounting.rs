@@ -7,69 +7,11 @@ mod common;
 use common::*;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use loadgen::results::{PhaseAccounting, RunResult};
 
-/// The engine's `broker` binary beside this test's `loadgen` (built if missing).
-fn broker_bin() -> PathBuf {
-    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
-    let p = loadgen.with_file_name("broker");
-    if !p.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut c = Command::new(cargo);
-        c.args(["build", "-q", "-p", "engine", "--bin", "broker"]);
-        if loadgen.components().any(|c| c.as_os_str() == "release") {
-            c.arg("--release");
-        }
-        assert!(c.status().expect("run cargo build").success(), "cannot build the broker binary");
-    }
-    assert!(p.is_file(), "no broker binary at {}", p.display());
-    p
-}
-
-/// An external broker process; SIGCONT + SIGKILL on drop, whatever the test did to it.
-struct Broker {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(broker_bin())
-            .args(["--durability", "never", "--default-partitions", "2", "--listen", &addr, "--data-dir"])
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start broker");
-        let b = Broker { child, addr, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&b.addr).is_err() {
-            assert!(Instant::now() < deadline, "broker did not listen on {} within 20 s", b.addr);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        b
-    }
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
-        assert!(st.success(), "kill {sig}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Run loadgen against `broker`; freeze the broker when the `nth` live line of the measured
 /// phase appears (1 = one second into the window), thaw it `stall` later (None: only at the

@@ -6,30 +6,8 @@ mod common;
 use common::*;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Path of the engine's `broker` binary in this target dir, built with cargo (same profile).
-fn broker_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/broker
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "-p", "engine", "--bin", "broker"]);
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    if let Some(target) = dir.parent() {
-        cmd.env("CARGO_TARGET_DIR", target);
-    }
-    let st = cmd.status().expect("cargo build the broker");
-    assert!(st.success(), "cargo build -p engine --bin broker failed");
-    let bin = dir.join("broker");
-    assert!(bin.is_file(), "{} missing", bin.display());
-    bin
-}
 
 struct Broker(Child);
 impl Drop for Broker {

@@ -156,3 +156,45 @@ pub fn broker_bin() -> PathBuf {
     assert!(bin.is_file(), "{} missing", bin.display());
     bin
 }
+
+/// The project's `broker` as an external process (durability never, 2 partitions per topic,
+/// a loopback port, its own data dir); SIGCONT + SIGKILL on drop, whatever the test did to it.
+pub struct Broker {
+    pub child: std::process::Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(broker_bin())
+            .args(["--durability", "never", "--default-partitions", "2", "--listen", &addr, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start broker");
+        let b = Broker { child, addr, _dir: dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(&b.addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "broker did not listen on {} within 20 s", b.addr);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        b
+    }
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(st.success(), "kill {sig}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
