@@ -351,6 +351,9 @@ fn produce(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, body: Bytes
     let mut results: Vec<(String, Vec<ProducedPartition>)> = Vec::with_capacity(plan.len());
     // A transactional id needs Write on it (as Kafka: every partition refused otherwise).
     let txn_denied = txn_id.as_ref().is_some_and(|t| !az.allows(Operation::Write, ResourceType::TransactionalId, t));
+    // Long-polling fetches are woken once this request's appends are all in, not at the first
+    // (`HwWakeBatch`: at 1,000 partitions a fetch per few records would re-read them all).
+    let wakes = crate::log::HwWakeBatch::open();
     for (topic, parts) in plan {
         let mut out = Vec::with_capacity(parts.len());
         let write_ok = az.allows(Operation::Write, ResourceType::Topic, &topic);
@@ -471,6 +474,7 @@ fn produce(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, body: Bytes
         }
         results.push((topic, out));
     }
+    drop(wakes);
     if acks == 0 {
         // No response to carry an error: as Kafka does, close the connection so the producer
         // notices (and refreshes its metadata).
