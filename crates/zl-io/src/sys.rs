@@ -1,7 +1,7 @@
 //! The workspace's only `unsafe` code: io_uring submissions, `sendfile`, `send(MSG_MORE)`.
 //!
-//! Each thread that writes owns a small io_uring (created lazily; a lone page-cache write is a
-//! plain `pwrite`, see [`pwrite`]). A submission is one SQE, or a
+//! Each thread that writes owns a small io_uring (created lazily; a small lone page-cache write
+//! is a plain `pwrite`, see [`pwrite`]). A submission is one SQE, or a
 //! linked chain (the group-commit leader's write → fdatasync → note), followed by waiting for
 //! every completion: the caller blocks like it would on `pwrite`, nothing is left in flight
 //! when a call returns, and group commit keeps at most one fdatasync in flight per log.
