@@ -26,6 +26,7 @@ pub mod auth;
 mod handlers;
 mod net;
 pub mod properties;
+mod reqstats;
 mod transport;
 pub use transport::TlsConfig;
 pub use handlers::BROKER_APIS;
@@ -675,6 +676,7 @@ fn read_tick(cfg: &BrokerConfig) -> Duration {
 fn stats_loop(shared: Arc<Shared>) {
     let every = Duration::from_millis(shared.cfg.stats_interval_ms);
     let mut next = Instant::now() + every;
+    let (mut interval, mut run) = (reqstats::Hists::new(), reqstats::Hists::new());
     while !shared.stopping() {
         std::thread::sleep(Duration::from_millis(20).min(every));
         if Instant::now() < next {
@@ -702,5 +704,13 @@ fn stats_loop(shared: Arc<Shared>) {
             sync_us,
             "net stats per_thread={per_thread:?}"
         );
+        // The broker's share of each Produce request's latency (docs/broker.md, "Stats").
+        if let Some(t) = shared.net.get() {
+            net::take_latency(t, &mut interval);
+        }
+        run.add(&interval);
+        tracing::info!("produce latency window=interval {}", interval.summary());
+        tracing::info!("produce latency window=run {}", run.summary());
+        interval.reset();
     }
 }
