@@ -76,8 +76,15 @@ impl Hists {
 
     /// A request whose response's last byte was handed to the socket at `sent`.
     pub(crate) fn record(&mut self, s: &Stamp, sent: Instant) {
-        let ready = s.ready.unwrap_or(s.handled);
-        let posted = s.posted.unwrap_or(s.handled).max(s.handled);
+        // Without a posted reply (answered by the handler itself) there is no wait and no
+        // wake-up: everything after the handler is `send`.
+        let (posted, ready) = match s.posted {
+            Some(p) => {
+                let p = p.max(s.handled);
+                (p, s.ready.unwrap_or(p).max(p))
+            }
+            None => (s.handled, s.handled),
+        };
         let parts = [
             (&mut self.queue, s.read.saturating_duration_since(s.woke)),
             (&mut self.local, s.handled.saturating_duration_since(s.read)),
@@ -133,8 +140,8 @@ mod tests {
         let s = Stamp { woke: t0, read: t0 + ms(1), handled: t0 + ms(3), posted: Some(t0 + ms(10)), ready: Some(t0 + ms(14)) };
         let mut a = Hists::new();
         a.record(&s, t0 + ms(20));
-        // Without a wait: no durable or wake part.
-        let now = Stamp { woke: t0, read: t0, handled: t0 + ms(2), posted: None, ready: Some(t0 + ms(2)) };
+        // Without a wait: no durable or wake part (a delay before the slot is filled is `send`).
+        let now = Stamp { woke: t0, read: t0, handled: t0 + ms(2), posted: None, ready: Some(t0 + ms(3)) };
         let mut b = Hists::new();
         b.record(&now, t0 + ms(2));
         a.add(&b);
@@ -145,6 +152,7 @@ mod tests {
         assert!(close(a.wake.max(), 4_000), "{}", a.summary());
         assert!(close(a.send.max(), 6_000), "{}", a.summary());
         assert_eq!(a.durable.min(), 0, "no wait: 0");
+        assert_eq!(a.wake.min(), 0, "no wake-up: 0");
         let line = a.summary();
         assert!(line.starts_with("n=2 total_us="), "{line}");
         a.reset();
