@@ -685,13 +685,15 @@ fn stats_loop(shared: Arc<Shared>) {
         next += every;
         let per_thread = shared.net.get().map(|t| net::per_thread(t)).unwrap_or_default();
         // Group-commit fdatasyncs of every partition so far and their total time (a tail
-        // latency's share of disk time: the difference of two lines is an interval's mean).
-        let (mut syncs, mut sync_us) = (0u64, 0u64);
+        // latency's share of disk time: the difference of two lines is an interval's mean), and the
+        // longest one of the interval.
+        let (mut syncs, mut sync_us, mut sync_max_us) = (0u64, 0u64, 0u64);
         for name in shared.logs.topic_names() {
             for p in shared.logs.topic(&name).iter().flat_map(|t| t.iter()) {
                 let (n, us) = p.sync_stats();
                 syncs += n;
                 sync_us += us;
+                sync_max_us = sync_max_us.max(p.take_sync_max_us());
             }
         }
         tracing::info!(
@@ -702,6 +704,7 @@ fn stats_loop(shared: Arc<Shared>) {
             request_bytes = shared.in_flight.used(),
             syncs,
             sync_us,
+            sync_max_us,
             "net stats per_thread={per_thread:?}"
         );
         // The broker's share of each Produce request's latency (docs/broker.md, "Stats").
