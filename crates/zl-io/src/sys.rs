@@ -598,4 +598,21 @@ mod tests {
         let z = vec![0u8; 2 << 30]; // zeroed huge block: untouched pages read as zero
         assert_eq!(z[(1 << 30) + 12345], 0);
     }
+
+    #[test]
+    fn write_sync_note_as_syscalls_writes_syncs_and_notes() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("seg")).unwrap();
+        let n = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("note")).unwrap();
+        // The switch is process-wide; the other tests here do not write files.
+        super::set_sync_syscalls(true);
+        let mut called = 0;
+        let all = super::uring_write_sync_note(f.as_raw_fd(), b"hello, zeros", 5, 3, Some((n.as_raw_fd(), b"rp", 1)), &mut || called += 1);
+        super::set_sync_syscalls(false);
+        assert!(all.unwrap(), "every byte written");
+        assert_eq!(called, 1, "`written` once");
+        assert_eq!(std::fs::read(dir.path().join("seg")).unwrap(), b"\0\0\0hello, zeros");
+        assert_eq!(std::fs::read(dir.path().join("note")).unwrap(), b"\0rp");
+    }
 }
