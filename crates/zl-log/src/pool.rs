@@ -3,8 +3,9 @@
 //!
 //! Threads are started on demand (a job finding no idle worker starts one, up to `max`) and
 //! exit after [`IDLE_EXIT`] without work; jobs beyond `max` busy workers queue (unbounded in
-//! count, but every caller bounds what it submits: one sync driver per partition, one job per
-//! request whose bytes the broker-wide request budget already bounded).
+//! count, but every caller bounds what it submits: one sync driver and one write-behind
+//! request per partition, one job per request whose bytes the broker-wide request budget
+//! already bounded).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -63,6 +63,9 @@ pub struct Segment {
     /// Group mode: end of the zeros the group-commit leader wrote ahead so that fdatasyncs
     /// overwrite written blocks instead of journaling allocation (see PERF_NOTES.md).
     pub zeroed_end: u64,
+    /// `never` / `interval` modes: position below which writeback has been requested
+    /// (`Partition::append`'s write-behind), so a roll's fdatasync finds little left to write.
+    pub writeback_from: u64,
     /// Sealed segments: offsets may skip forward between batches (compaction removed the
     /// batches in between), but every batch lies below this offset (the next segment's base).
     /// `None` (the active segment, which the cleaner never touches): offsets are contiguous.
@@ -164,6 +167,7 @@ impl Segment {
             created: std::time::Instant::now(),
             prealloc_end: 0,
             zeroed_end: 0,
+            writeback_from: 0,
             gap_limit: None,
         }
     }
