@@ -18,6 +18,37 @@ thread_local! {
 }
 
 static URING_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+/// Group-commit write + fdatasync as plain syscalls on the calling thread instead of an
+/// io_uring chain ([`set_sync_syscalls`]).
+static SYNC_SYSCALLS: AtomicBool = AtomicBool::new(false);
+
+/// Experiment switch (issue 18's tail evidence): make [`uring_write_sync_note`] use `pwrite` +
+/// `fdatasync` on the calling thread. The io_uring chain's write and fdatasync run on a
+/// kernel io-wq worker, so each group commit wakes that worker and then the caller again; the
+/// syscalls sleep and wake the caller only. Off by default.
+pub fn set_sync_syscalls(on: bool) {
+    SYNC_SYSCALLS.store(on, Ordering::Relaxed);
+}
+
+fn pwrite_sys(fd: RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
+    let len = buf.len().min(1 << 30);
+    // SAFETY: `buf` is a valid readable slice of at least `len` bytes for the call.
+    let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, pos as libc::off_t) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn fdatasync_sys(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fdatasync takes only a descriptor; an invalid one yields EBADF, not UB.
+    if unsafe { libc::fdatasync(fd) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
 
 /// Run one SQE on this thread's ring and return the CQE result.
 fn run_one(entry: io_uring::squeue::Entry) -> Option<io::Result<i32>> {
@@ -54,7 +85,7 @@ pub fn uring_write_sync_note(
     written: &mut dyn FnMut(),
 ) -> io::Result<bool> {
     let must = must.min(buf.len());
-    if URING_UNAVAILABLE.load(Ordering::Relaxed) || buf.len() > (1 << 30) {
+    if URING_UNAVAILABLE.load(Ordering::Relaxed) || SYNC_SYSCALLS.load(Ordering::Relaxed) || buf.len() > (1 << 30) {
         return write_sync_note_plain(fd, buf, must, pos, note, written);
     }
     let mut entries = Vec::with_capacity(3);
@@ -111,10 +142,12 @@ fn write_sync_note_plain(
     note: Option<(RawFd, &[u8], u64)>,
     written: &mut dyn FnMut(),
 ) -> io::Result<bool> {
+    let sys = SYNC_SYSCALLS.load(Ordering::Relaxed);
+    let write = |b: &[u8], at: u64| if sys { pwrite_sys(fd, b, at) } else { uring_write(fd, b, at) };
     let mut done = 0usize;
     let mut all = true;
     while done < buf.len() {
-        match uring_write(fd, &buf[done..], pos + done as u64) {
+        match write(&buf[done..], pos + done as u64) {
             Ok(0) if done < must => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
             Ok(n) if n > 0 => done += n,
             Err(e) if done < must => return Err(e),
@@ -126,9 +159,13 @@ fn write_sync_note_plain(
         }
     }
     written();
-    uring_fdatasync(fd)?;
+    if sys {
+        fdatasync_sys(fd)?;
+    } else {
+        uring_fdatasync(fd)?;
+    }
     if let Some((nfd, nbuf, npos)) = note {
-        let _ = uring_write(nfd, nbuf, npos);
+        let _ = if sys { pwrite_sys(nfd, nbuf, npos) } else { uring_write(nfd, nbuf, npos) };
     }
     Ok(all)
 }
@@ -619,5 +656,22 @@ mod tests {
         drop(v);
         let z = vec![0u8; 2 << 30]; // zeroed huge block: untouched pages read as zero
         assert_eq!(z[(1 << 30) + 12345], 0);
+    }
+
+    #[test]
+    fn write_sync_note_as_syscalls_writes_syncs_and_notes() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("seg")).unwrap();
+        let n = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("note")).unwrap();
+        // The switch is process-wide; the other tests here do not write files.
+        super::set_sync_syscalls(true);
+        let mut called = 0;
+        let all = super::uring_write_sync_note(f.as_raw_fd(), b"hello, zeros", 5, 3, Some((n.as_raw_fd(), b"rp", 1)), &mut || called += 1);
+        super::set_sync_syscalls(false);
+        assert!(all.unwrap(), "every byte written");
+        assert_eq!(called, 1, "`written` once");
+        assert_eq!(std::fs::read(dir.path().join("seg")).unwrap(), b"\0\0\0hello, zeros");
+        assert_eq!(std::fs::read(dir.path().join("note")).unwrap(), b"\0rp");
     }
 }

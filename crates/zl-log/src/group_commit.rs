@@ -322,7 +322,9 @@ impl Partition {
             self.write_cv.notify_all();
         }
         let all_written = result?;
-        self.sync_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let took = started.elapsed().as_micros() as u64;
+        self.sync_us.fetch_add(took, Ordering::Relaxed);
+        self.sync_max_us.fetch_max(took, Ordering::Relaxed);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = lock(&self.state);

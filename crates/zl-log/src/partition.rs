@@ -247,6 +247,8 @@ pub struct Partition {
     /// Group-commit fdatasyncs completed, and microseconds spent in them (for benchmarks).
     pub(crate) syncs: AtomicU64,
     pub(crate) sync_us: AtomicU64,
+    /// The longest group-commit write + fdatasync since [`Partition::take_sync_max_us`] (µs).
+    pub(crate) sync_max_us: AtomicU64,
     /// Retention deletes only segments whose batches all lie below this offset (see
     /// [`Partition::set_retention_floor`]); `u64::MAX` = no floor.
     pub(crate) retention_floor: AtomicU64,
@@ -342,6 +344,7 @@ impl Partition {
             poisoned: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             sync_us: AtomicU64::new(0),
+            sync_max_us: AtomicU64::new(0),
             // Kafka's convention: topics named `__*` are internal. Their records may be the
             // only copy of state (committed offsets, the producer-id high-water mark), so
             // retention takes nothing until their owner sets a floor (see `groups`).
@@ -395,6 +398,10 @@ impl Partition {
     /// Group-commit fdatasyncs completed so far and the total microseconds they took.
     pub fn sync_stats(&self) -> (u64, u64) {
         (self.syncs.load(Ordering::Relaxed), self.sync_us.load(Ordering::Relaxed))
+    }
+    /// The longest group-commit write + fdatasync (µs) since the last call (stats intervals).
+    pub fn take_sync_max_us(&self) -> u64 {
+        self.sync_max_us.swap(0, Ordering::Relaxed)
     }
     /// Let retention (size or time) delete only segments whose batches all lie below `offset`.
     /// Internal topics start with a floor of 0 (nothing deleted by size or time): `__transaction_state`

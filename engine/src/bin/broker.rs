@@ -264,6 +264,12 @@ fn main() -> ExitCode {
     }
     cfg.network_threads = args.network_threads;
     cfg.stats_interval_ms = args.stats_interval_ms;
+    // Experiment switch (results/net/2026-12-07.md, "e (evidence)"): group-commit write +
+    // fdatasync as plain syscalls on the sync thread instead of an io_uring chain.
+    if std::env::var_os("ZL_SYNC_SYSCALLS").is_some_and(|v| v == "1") {
+        engine::io::sys::set_sync_syscalls(true);
+        tracing::info!("ZL_SYNC_SYSCALLS=1: group-commit write + fdatasync as plain syscalls");
+    }
     if let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) {
         cfg.tls = Some(engine::broker::TlsConfig { cert, key, client_ca: args.tls_client_ca.clone() });
     }

@@ -26,6 +26,7 @@ pub mod auth;
 mod handlers;
 mod net;
 pub mod properties;
+mod reqstats;
 mod transport;
 pub use transport::TlsConfig;
 pub use handlers::BROKER_APIS;
@@ -675,6 +676,7 @@ fn read_tick(cfg: &BrokerConfig) -> Duration {
 fn stats_loop(shared: Arc<Shared>) {
     let every = Duration::from_millis(shared.cfg.stats_interval_ms);
     let mut next = Instant::now() + every;
+    let (mut interval, mut run) = (reqstats::Hists::new(), reqstats::Hists::new());
     while !shared.stopping() {
         std::thread::sleep(Duration::from_millis(20).min(every));
         if Instant::now() < next {
@@ -683,13 +685,15 @@ fn stats_loop(shared: Arc<Shared>) {
         next += every;
         let per_thread = shared.net.get().map(|t| net::per_thread(t)).unwrap_or_default();
         // Group-commit fdatasyncs of every partition so far and their total time (a tail
-        // latency's share of disk time: the difference of two lines is an interval's mean).
-        let (mut syncs, mut sync_us) = (0u64, 0u64);
+        // latency's share of disk time: the difference of two lines is an interval's mean), and the
+        // longest one of the interval.
+        let (mut syncs, mut sync_us, mut sync_max_us) = (0u64, 0u64, 0u64);
         for name in shared.logs.topic_names() {
             for p in shared.logs.topic(&name).iter().flat_map(|t| t.iter()) {
                 let (n, us) = p.sync_stats();
                 syncs += n;
                 sync_us += us;
+                sync_max_us = sync_max_us.max(p.take_sync_max_us());
             }
         }
         tracing::info!(
@@ -700,7 +704,16 @@ fn stats_loop(shared: Arc<Shared>) {
             request_bytes = shared.in_flight.used(),
             syncs,
             sync_us,
+            sync_max_us,
             "net stats per_thread={per_thread:?}"
         );
+        // The broker's share of each Produce request's latency (docs/broker.md, "Stats").
+        if let Some(t) = shared.net.get() {
+            net::take_latency(t, &mut interval);
+        }
+        run.add(&interval);
+        tracing::info!("produce latency window=interval {}", interval.summary());
+        tracing::info!("produce latency window=run {}", run.summary());
+        interval.reset();
     }
 }

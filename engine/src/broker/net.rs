@@ -23,6 +23,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::auth::{SecurityProtocol, Session};
+use super::reqstats::{self, Hists, Stamp};
 use super::transport::{self, Transport};
 use super::{handlers, release_ip, ConnCtx, Reply, Shared, CONNECTION_QUEUE_MAX, SEND_STALL_MS_MAX};
 use crate::wire::fetch::FetchFrame;
@@ -54,8 +55,8 @@ pub(crate) enum Msg {
     /// A new connection for this thread (counted for its IP already), from a listener of
     /// this security protocol (TLS with this config on SSL / SASL_SSL listeners).
     Conn(std::net::TcpStream, SocketAddr, SecurityProtocol, Option<Arc<rustls::ServerConfig>>),
-    /// The response to request `seq` of connection (`key`, `gen`).
-    Reply { key: usize, gen: u64, seq: u64, reply: Reply },
+    /// The response to request `seq` of connection (`key`, `gen`), posted at `posted`.
+    Reply { key: usize, gen: u64, seq: u64, reply: Reply, posted: Instant },
     /// Work to run on this thread (a long-poll's re-check).
     Job(Job),
     /// Run `job` on this thread once `at` has passed.
@@ -74,6 +75,9 @@ pub(crate) struct NetThread {
     wants_budget: AtomicBool,
     /// Connections served by this thread.
     pub(crate) conns: AtomicUsize,
+    /// Produce request latencies handed over by the thread (`reqstats`), taken by the stats
+    /// thread.
+    lat: Mutex<Hists>,
 }
 
 impl NetThread {
@@ -128,7 +132,9 @@ impl Responder {
 
     fn deliver(&self, reply: Reply) {
         match &self.target {
-            Target::Net { thread, key, gen, seq } => thread.post(Msg::Reply { key: *key, gen: *gen, seq: *seq, reply }),
+            Target::Net { thread, key, gen, seq } => {
+                thread.post(Msg::Reply { key: *key, gen: *gen, seq: *seq, reply, posted: Instant::now() })
+            }
             Target::Channel(tx) => {
                 let _ = tx.send(reply);
             }
@@ -236,6 +242,8 @@ struct Conn {
     // ---- output
     head_seq: u64,
     slots: VecDeque<Option<Out>>,
+    /// Beside each slot: the moments of a Produce request being timed (`reqstats`).
+    stamps: VecDeque<Option<Stamp>>,
     out_bytes: usize,
     can_write: bool,
     /// When a send last found the socket full, while it still is.
@@ -252,6 +260,16 @@ impl Conn {
     }
     fn mid_request(&self) -> bool {
         self.hdr_got > 0 || !self.frame.is_empty()
+    }
+    fn push_slot(&mut self, out: Option<Out>, stamp: Option<Stamp>) {
+        self.slots.push_back(out);
+        self.stamps.push_back(stamp);
+    }
+    /// The head slot is done with: its stamp, if it was timed.
+    fn pop_slot(&mut self) -> Option<Stamp> {
+        self.slots.pop_front();
+        self.head_seq += 1;
+        self.stamps.pop_front().flatten()
     }
 }
 
@@ -294,7 +312,13 @@ pub(crate) fn start(shared: &Arc<Shared>, n: usize) -> io::Result<Vec<(Arc<NetTh
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let thread =
-            Arc::new(NetThread { inbox: Mutex::new(Vec::new()), waker, wants_budget: AtomicBool::new(false), conns: AtomicUsize::new(0) });
+            Arc::new(NetThread {
+                inbox: Mutex::new(Vec::new()),
+                waker,
+                wants_budget: AtomicBool::new(false),
+                conns: AtomicUsize::new(0),
+                lat: Mutex::new(Hists::new()),
+            });
         let mut worker = Worker {
             shared: shared.clone(),
             me: thread.clone(),
@@ -305,6 +329,10 @@ pub(crate) fn start(shared: &Arc<Shared>, n: usize) -> io::Result<Vec<(Arc<NetTh
             next_timer: 0,
             budget_waiters: Vec::new(),
             dirty: Vec::new(),
+            timing: shared.cfg.stats_interval_ms > 0,
+            woke: Instant::now(),
+            lat: Hists::new(),
+            lat_flushed: Instant::now(),
         };
         let h = std::thread::Builder::new().name(format!("net-{i}")).spawn(move || worker.run())?;
         out.push((thread, h));
@@ -322,6 +350,13 @@ struct Worker {
     next_timer: u64,
     budget_waiters: Vec<(usize, u64)>,
     dirty: Vec<usize>,
+    /// Produce requests are timed (`--stats-interval-ms` given).
+    timing: bool,
+    /// When the current round's poll returned.
+    woke: Instant,
+    /// This thread's Produce latencies since its last hand-over to `me.lat`.
+    lat: Hists,
+    lat_flushed: Instant,
 }
 
 impl Worker {
@@ -350,6 +385,7 @@ impl Worker {
                 }
                 continue;
             }
+            self.woke = Instant::now();
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     continue;
@@ -370,7 +406,7 @@ impl Worker {
             for m in msgs {
                 match m {
                     Msg::Conn(s, peer, protocol, tls) => self.add_conn(s, peer, protocol, tls),
-                    Msg::Reply { key, gen, seq, reply } => self.deliver(key, gen, seq, reply),
+                    Msg::Reply { key, gen, seq, reply, posted } => self.deliver(key, gen, seq, reply, Some(posted)),
                     Msg::Job(job) => job(),
                     Msg::Timer(at, job) => {
                         self.next_timer += 1;
@@ -388,6 +424,7 @@ impl Worker {
             }
             if stop || self.shared.stopping() {
                 self.close_all();
+                self.flush_latency();
                 return;
             }
             let mut dirty = std::mem::take(&mut self.dirty);
@@ -403,7 +440,17 @@ impl Worker {
                 self.sweep();
                 next_sweep = Instant::now() + tick;
             }
+            if self.timing && self.lat.count() > 0 && self.lat_flushed.elapsed() >= reqstats::FLUSH_EVERY {
+                self.flush_latency();
+            }
         }
+    }
+
+    /// Hand this thread's Produce latencies to the stats thread (one lock per hand-over).
+    fn flush_latency(&mut self) {
+        lock(&self.me.lat).add(&self.lat);
+        self.lat.reset();
+        self.lat_flushed = Instant::now();
     }
 
     fn add_conn(&mut self, s: std::net::TcpStream, peer: SocketAddr, protocol: SecurityProtocol, tls: Option<Arc<rustls::ServerConfig>>) {
@@ -463,6 +510,7 @@ impl Worker {
             closing: false,
             head_seq: 0,
             slots: VecDeque::new(),
+            stamps: VecDeque::new(),
             out_bytes: 0,
             can_write: true,
             blocked_since: None,
@@ -723,7 +771,7 @@ impl Worker {
     fn push_close(&mut self, key: usize, reason: String) {
         let Some(c) = self.conns.get_mut(key) else { return };
         let seq = c.head_seq + c.slots.len() as u64;
-        c.slots.push_back(Some(Out::Close(reason)));
+        c.push_slot(Some(Out::Close(reason)), None);
         c.closing = true;
         let _ = seq;
     }
@@ -737,10 +785,11 @@ impl Worker {
         c.started = None;
         c.idle_since = Instant::now();
         let seq = c.head_seq + c.slots.len() as u64;
-        c.slots.push_back(None);
-        let pooled = !c.ctx.session.expects_raw_token()
-            && frame.len() >= 2
-            && POOL_APIS.contains(&i16::from_be_bytes([frame[0], frame[1]]));
+        let api = (!c.ctx.session.expects_raw_token() && frame.len() >= 2).then(|| i16::from_be_bytes([frame[0], frame[1]]));
+        let pooled = api.is_some_and(|a| POOL_APIS.contains(&a));
+        // Produce (API 0) requests are timed: the broker's share of the publish latency.
+        let read = (self.timing && api == Some(0)).then(Instant::now);
+        c.push_slot(None, None);
         if pooled {
             // Slow (fsyncs, many files): on the blocking pool; this connection's later
             // requests wait for it, so requests are still handled in order.
@@ -757,13 +806,20 @@ impl Worker {
         }
         let gen = c.gen;
         let reply = handlers::handle(&self.shared, &mut c.ctx, frame);
+        if let Some(read) = read {
+            let stamp = Stamp { woke: self.woke.min(read), read, handled: Instant::now(), posted: None, ready: None };
+            if let Some(s) = c.stamps.back_mut() {
+                *s = Some(stamp);
+            }
+        }
         // The frame is consumed by its handler: its bytes go back to the budget.
         self.shared.in_flight.release(size);
-        self.deliver(key, gen, seq, reply);
+        self.deliver(key, gen, seq, reply, None);
     }
 
-    /// Put the response to request `seq` in its slot (or start the work that will).
-    fn deliver(&mut self, key: usize, gen: u64, seq: u64, reply: Reply) {
+    /// Put the response to request `seq` in its slot (or start the work that will); `posted`:
+    /// when another thread posted it.
+    fn deliver(&mut self, key: usize, gen: u64, seq: u64, reply: Reply, posted: Option<Instant>) {
         let Some(c) = self.conns.get_mut(key) else { return };
         if c.gen != gen || seq < c.head_seq {
             return;
@@ -791,7 +847,7 @@ impl Worker {
                 // that slot already, and gets a Close: see `Reply::NowThenClose`).
                 c.closing = true;
                 if idx + 1 == c.slots.len() {
-                    c.slots.push_back(None);
+                    c.push_slot(None, None);
                     let responder = Responder::net(self.me.clone(), key, gen, seq + 1);
                     let job = move || responder.send(Reply::Close(r));
                     self.me.post(Msg::Timer(Instant::now() + after, Box::new(job)));
@@ -837,6 +893,10 @@ impl Worker {
         };
         c.out_bytes += out.bytes();
         c.slots[idx] = Some(out);
+        if let Some(Some(s)) = c.stamps.get_mut(idx) {
+            s.ready = Some(Instant::now());
+            s.posted = posted.or(s.posted);
+        }
         if idx == 0 {
             self.dirty.push(key);
         }
@@ -865,8 +925,8 @@ impl Worker {
             match c.slots.front() {
                 None | Some(None) => return Ok(()),
                 Some(Some(Out::Skip)) => {
-                    c.slots.pop_front();
-                    c.head_seq += 1;
+                    // No response (acks=0): not timed.
+                    c.pop_slot();
                     continue;
                 }
                 Some(Some(Out::Close(r))) => return Err(Closing::Warn(r.clone())),
@@ -878,8 +938,9 @@ impl Worker {
                         Ok(true) => {
                             let n = frame.total_bytes;
                             c.out_bytes -= n;
-                            c.slots.pop_front();
-                            c.head_seq += 1;
+                            if let Some(s) = c.pop_slot() {
+                                self.lat.record(&s, Instant::now());
+                            }
                             c.blocked_since = None;
                             c.idle_since = Instant::now();
                         }
@@ -916,8 +977,9 @@ impl Worker {
                                 if n >= left {
                                     n -= left;
                                     c.out_bytes -= body.len() + 4;
-                                    c.slots.pop_front();
-                                    c.head_seq += 1;
+                                    if let Some(s) = c.pop_slot() {
+                                        self.lat.record(&s, Instant::now());
+                                    }
                                     c.idle_since = Instant::now();
                                 } else {
                                     *at += n;
@@ -1012,4 +1074,13 @@ pub(crate) fn pick(threads: &[Arc<NetThread>], n: u64) -> &Arc<NetThread> {
 /// Connections per thread (stats).
 pub(crate) fn per_thread(threads: &[Arc<NetThread>]) -> Vec<usize> {
     threads.iter().map(|t| t.conns.load(Ordering::Acquire)).collect()
+}
+
+/// The Produce latencies the threads handed over since the last call, merged (stats).
+pub(crate) fn take_latency(threads: &[Arc<NetThread>], into: &mut Hists) {
+    for t in threads {
+        let mut g = lock(&t.lat);
+        into.add(&g);
+        g.reset();
+    }
 }
