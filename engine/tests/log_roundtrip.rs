@@ -323,3 +323,43 @@ fn a_data_directory_is_locked_while_a_log_manager_has_it_open() {
     assert!(second.topic("t").is_some());
     second.close().unwrap();
 }
+
+/// A high-watermark waiter woken inside an `HwWakeBatch` is woken when the batch closes, once,
+/// and not before; outside one it is woken at the advance (the Produce handler opens one around
+/// a request's appends).
+#[test]
+fn hw_wake_batch_holds_wakeups_until_it_closes() {
+    use engine::log::{HwWaiter, HwWakeBatch};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Count(AtomicUsize);
+    impl HwWaiter for Count {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let sim = SimIo::new();
+    let io = sim_io(&sim);
+    let cfg = small_cfg(Durability::Never, 1 << 20);
+    let parts: Vec<Arc<Partition>> = (0..3).map(|i| open(&io, Path::new(&format!("/data/t-{i}")), &cfg).unwrap()).collect();
+    let w = Arc::new(Count(AtomicUsize::new(0)));
+    let weak: std::sync::Weak<dyn HwWaiter> = Arc::downgrade(&(w.clone() as Arc<dyn HwWaiter>));
+    let append = |p: &Partition| p.append_durable(&mut tagged_batch(1, 1, 10, 1_000)).expect("append");
+    for p in &parts {
+        p.watch_hw(7, weak.clone());
+    }
+    {
+        let _outer = HwWakeBatch::open();
+        {
+            let _nested = HwWakeBatch::open();
+            append(&parts[0]);
+        }
+        append(&parts[1]);
+        assert_eq!(w.0.load(Ordering::SeqCst), 0, "held until the outermost batch closes");
+        assert_eq!(parts[0].hw_waiters() + parts[1].hw_waiters(), 0, "taken from the partitions at the advance");
+        assert_eq!(parts[2].hw_waiters(), 1);
+    }
+    assert_eq!(w.0.load(Ordering::SeqCst), 2, "each advance's wake-up delivered at the close");
+    // Without a batch: at the advance.
+    append(&parts[2]);
+    assert_eq!(w.0.load(Ordering::SeqCst), 3);
+}

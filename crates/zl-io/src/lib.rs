@@ -199,12 +199,21 @@ fn give_direct_buf(v: Vec<u8>) {
     }
 }
 
+/// Largest page-cache write [`OsFile::write_at`] makes with a plain `pwrite` (larger ones go
+/// through io_uring): results/net/2026-12-07.md, section "c (again)".
+pub const PWRITE_MAX: usize = 16 << 10;
+
 impl IoFile for OsFile {
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
         let mut done = 0usize;
         while done < buf.len() {
-            let n = sys::uring_write(fd, &buf[done..], pos + done as u64)?;
+            // Small writes: pwrite (io_uring would punt a buffered ext4 write to an io-wq
+            // worker, two context switches that cost more than the copy). Large ones stay on
+            // io_uring, whose worker does the copy on another core while this network thread
+            // waits (the 8-partition max-rate A/B consumed 0.85x with pwrite for every size).
+            let rest = &buf[done..];
+            let n = if rest.len() <= PWRITE_MAX { sys::pwrite(fd, rest, pos + done as u64)? } else { sys::uring_write(fd, rest, pos + done as u64)? };
             if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
             }
@@ -317,7 +326,23 @@ impl IoFile for OsFile {
 
 impl Io for UringIo {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn IoFile>> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(create).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let opts = |noatime: bool| {
+            let mut o = std::fs::OpenOptions::new();
+            o.read(true).write(true).create(create);
+            if noatime {
+                o.custom_flags(libc::O_NOATIME);
+            }
+            o
+        };
+        // O_NOATIME: a read (sendfile or copy) of a segment being appended to would otherwise
+        // update its atime (relatime updates it whenever it is older than the mtime), dirtying
+        // the inode on nearly every Fetch. Only the file's owner (or CAP_FOWNER) may ask: EPERM
+        // opens it without.
+        let file = match opts(true).open(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => opts(false).open(path)?,
+            r => r?,
+        };
         Ok(Arc::new(OsFile::new(file)))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {

@@ -1,6 +1,7 @@
 //! The workspace's only `unsafe` code: io_uring submissions, `sendfile`, `send(MSG_MORE)`.
 //!
-//! Each thread that writes owns a small io_uring (created lazily). A submission is one SQE, or a
+//! Each thread that writes owns a small io_uring (created lazily; a small lone page-cache write
+//! is a plain `pwrite`, see [`pwrite`]). A submission is one SQE, or a
 //! linked chain (the group-commit leader's write → fdatasync → note), followed by waiting for
 //! every completion: the caller blocks like it would on `pwrite`, nothing is left in flight
 //! when a call returns, and group commit keeps at most one fdatasync in flight per log.
@@ -248,6 +249,24 @@ pub fn uring_write(fd: RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
             } else {
                 Ok(n as usize)
             }
+        }
+    }
+}
+
+/// Positional write with pwrite(2) (the page-cache write of a lone append: io_uring would punt
+/// a buffered ext4 write to an io-wq worker, two context switches per write, while the caller
+/// waits anyway). Returns the number of bytes written (may be short); EINTR is retried.
+pub fn pwrite(fd: RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
+    let len = buf.len().min(1 << 30);
+    loop {
+        // SAFETY: `buf` is a valid readable slice of at least `len` bytes for the call.
+        let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, pos as libc::off_t) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }

@@ -23,7 +23,7 @@ use std::io;
 use std::str::FromStr;
 
 pub use manager::{LogManager, Notifier, TopicError};
-pub use partition::{AppendInfo, DurableCallback, FileRange, HwWaiter, Partition, ReadSlice};
+pub use partition::{AppendInfo, DurableCallback, FileRange, HwWaiter, HwWakeBatch, Partition, ReadSlice};
 pub use topic_config::{ConfigError, LiveConfig, TopicConfig};
 
 use zl_record::BatchError;

@@ -1,5 +1,9 @@
-//! The hand-framed Fetch response (versions 4–12), so record bytes go from the segment file to
-//! the socket with sendfile and never through user space.
+//! The hand-framed Fetch response (versions 4–12), so large record ranges go from the segment
+//! file to the socket with sendfile and never through user space. Small ranges (below
+//! [`CopyPolicy::copy_below`], up to [`CopyPolicy::copy_max`] bytes per response) are copied
+//! from the page cache into the frame's bytes instead (`IoFile::read_cached`, which never waits
+//! for the disk; a miss stays a sendfile range), so a response over many partitions with a few
+//! small batches each goes out in one `send` rather than two syscalls per partition.
 //!
 //! ```text
 //! size:i32 · correlation_id:i32 · [tags v12] · throttle_time_ms:i32 · error_code:i16 (v7+)
@@ -56,6 +60,26 @@ pub struct TopicData {
     pub partitions: Vec<PartitionData>,
 }
 
+/// Which record ranges [`build_with`] copies into the frame's bytes instead of sendfile'ing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyPolicy {
+    /// A range shorter than this is copied (if it is in the page cache); longer ones are
+    /// sendfile'd (zero-copy stays for what it pays for).
+    pub copy_below: u64,
+    /// At most this many record bytes are copied per response (memory per connection stays
+    /// bounded); the ranges after it are sendfile'd.
+    pub copy_max: u64,
+}
+
+impl CopyPolicy {
+    /// Every range sendfile'd (the frame as before copying existed).
+    pub const NONE: CopyPolicy = CopyPolicy { copy_below: 0, copy_max: 0 };
+    /// What [`build`] uses: ranges under 32 KiB copied, at most 1 MiB per response. Chosen by
+    /// measurement (results/net/2026-12-07.md, section "c (again)"): below it a sendfile costs
+    /// more than the copy, and at 1,000 partitions with ~150-byte batches every range is one.
+    pub const DEFAULT: CopyPolicy = CopyPolicy { copy_below: 32 << 10, copy_max: 1 << 20 };
+}
+
 /// A piece of the response on the wire: bytes built here, or a file range sent with sendfile.
 #[derive(Debug)]
 pub enum Piece {
@@ -69,7 +93,7 @@ pub struct FetchFrame {
     pub pieces: Vec<Piece>,
     /// Bytes of the whole frame including the 4-byte size prefix.
     pub total_bytes: usize,
-    /// Record bytes (sum of the file ranges).
+    /// Record bytes (sum of the record ranges, copied or not).
     pub records_bytes: u64,
 }
 
@@ -78,6 +102,9 @@ struct Builder {
     pieces: Vec<Piece>,
     cur: Vec<u8>,
     total: usize,
+    policy: CopyPolicy,
+    /// Record bytes copied into `cur` so far (bounded by `policy.copy_max`).
+    copied: u64,
 }
 
 impl Builder {
@@ -127,6 +154,27 @@ impl Builder {
             self.cur.push(0);
         }
     }
+    /// A record range: copied into the bytes when small, in the page cache and within the
+    /// copy budget (a partial hit copies the cached head), else a sendfile piece.
+    fn range(&mut self, mut r: FileRange) {
+        if r.len < self.policy.copy_below && self.copied + r.len <= self.policy.copy_max {
+            let start = self.cur.len();
+            self.cur.resize(start + r.len as usize, 0);
+            let got = match r.file.read_cached(&mut self.cur[start..], r.position) {
+                Ok(Some(n)) => n.min(r.len as usize),
+                // A miss or a read error: the sendfile piece below reads it (or fails) as before.
+                Ok(None) | Err(_) => 0,
+            };
+            self.cur.truncate(start + got);
+            self.copied += got as u64;
+            r.position += got as u64;
+            r.len -= got as u64;
+            if r.len == 0 {
+                return;
+            }
+        }
+        self.file(r);
+    }
     fn file(&mut self, r: FileRange) {
         if !self.cur.is_empty() {
             self.total += self.cur.len();
@@ -144,11 +192,17 @@ impl Builder {
     }
 }
 
-/// Frame a Fetch response. `version` must be within 4..=12 (the caller checks).
+/// Frame a Fetch response with [`CopyPolicy::DEFAULT`]. `version` must be within 4..=12 (the
+/// caller checks). Runs on a network thread: a copy only ever reads the page cache.
 pub fn build(correlation_id: i32, version: i16, error_code: i16, topics: Vec<TopicData>) -> FetchFrame {
+    build_with(correlation_id, version, error_code, topics, CopyPolicy::DEFAULT)
+}
+
+/// [`build`] with an explicit [`CopyPolicy`].
+pub fn build_with(correlation_id: i32, version: i16, error_code: i16, topics: Vec<TopicData>, policy: CopyPolicy) -> FetchFrame {
     debug_assert!((FETCH_VERSION_MIN..=FETCH_VERSION_MAX).contains(&version));
     let flexible = version >= 12;
-    let mut b = Builder { flexible, pieces: Vec::new(), cur: Vec::with_capacity(256), total: 0 };
+    let mut b = Builder { flexible, pieces: Vec::new(), cur: Vec::with_capacity(256), total: 0, policy, copied: 0 };
     b.i32(0); // size placeholder, patched below
     b.i32(correlation_id);
     b.no_tags(); // response header v1
@@ -189,7 +243,7 @@ pub fn build(correlation_id: i32, version: i16, error_code: i16, topics: Vec<Top
             b.bytes_len(n);
             for r in p.records {
                 if r.len > 0 {
-                    b.file(r);
+                    b.range(r);
                 }
             }
             b.no_tags();
@@ -392,5 +446,139 @@ mod tests {
             let frame = frame_over(&f, &batch);
             assert_eq!(sent_bytes(&frame), frame.to_vec().unwrap(), "raw fd: {:?}", f.raw_fd().is_some());
         }
+    }
+
+    /// The frame sent from a non-blocking socket with `send_from` (as the network threads do),
+    /// resuming whenever the socket is full; bounded by a deadline.
+    fn sent_bytes_nonblocking(frame: &FetchFrame) -> Vec<u8> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let total = frame.total_bytes;
+        let reader = std::thread::spawn(move || {
+            let mut c = client;
+            let mut v = vec![0u8; total];
+            c.read_exact(&mut v).unwrap();
+            v
+        });
+        let (mut piece, mut at) = (0usize, 0u64);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !frame.send_from(server.as_raw_fd(), &mut piece, &mut at).unwrap() {
+            assert!(std::time::Instant::now() < deadline, "send_from did not finish in 30 s");
+            std::thread::yield_now();
+        }
+        reader.join().unwrap()
+    }
+
+    /// Record bytes that went into the frame's bytes (not sendfile'd).
+    fn copied(frame: &FetchFrame) -> u64 {
+        let files: u64 = frame.pieces.iter().map(|p| if let Piece::File(r) = p { r.len } else { 0 }).sum();
+        frame.records_bytes - files
+    }
+
+    /// `n` partitions over one real segment file, partition i holding `sizes[i % len]` bytes of
+    /// batches (whole batches, back to back).
+    fn mixed_topics(f: &Arc<dyn zl_io::IoFile>, n: usize, sizes: &[usize]) -> Vec<TopicData> {
+        let mut pos = 0u64;
+        let mut parts = Vec::new();
+        for i in 0..n {
+            let want = sizes[i % sizes.len()];
+            let batch = zl_record::build::simple_batch((want / 120).max(1), 100, i as i64);
+            f.write_at(&batch, pos).unwrap();
+            parts.push(PartitionData {
+                partition: i as i32,
+                error_code: 0,
+                high_watermark: 1,
+                last_stable_offset: -1,
+                log_start_offset: 0,
+                aborted: None,
+                records: vec![FileRange { file: f.clone(), position: pos, len: batch.len() as u64 }],
+            });
+            pos += batch.len() as u64;
+        }
+        vec![TopicData { name: "t".into(), partitions: parts }]
+    }
+
+    #[test]
+    fn copied_small_ranges_send_the_same_bytes_as_all_sendfile_and_large_ranges_stay_sendfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = zl_io::UringIo.open(&dir.path().join("seg"), true).unwrap();
+        // Small (~150 B, ~2 KiB) and large (~200 KiB) ranges interleaved.
+        let topics = mixed_topics(&f, 40, &[150, 2_000, 150, 200_000]);
+        for version in [4, 11, 12] {
+            let all_sendfile = build_with(5, version, 0, topics.clone(), CopyPolicy::NONE);
+            let copying = build(5, version, 0, topics.clone());
+            assert_eq!(copying.total_bytes, all_sendfile.total_bytes);
+            assert_eq!(copying.records_bytes, all_sendfile.records_bytes);
+            assert_eq!(copied(&all_sendfile), 0);
+            // Every large range is still a file piece, whole; every small one was copied.
+            let large: Vec<u64> = topics[0].partitions.iter().map(|p| p.records_bytes()).filter(|&n| n >= CopyPolicy::DEFAULT.copy_below).collect();
+            let files: Vec<u64> = copying.pieces.iter().filter_map(|p| if let Piece::File(r) = p { Some(r.len) } else { None }).collect();
+            assert_eq!(files, large, "v{version}: the file pieces are exactly the large ranges");
+            assert_eq!(copied(&copying), copying.records_bytes - large.iter().sum::<u64>());
+            // Between two large ranges the small ones and the headers are one piece.
+            assert!(copying.pieces.len() <= 2 * large.len() + 1, "v{version}: {} pieces", copying.pieces.len());
+            let want = all_sendfile.to_vec().unwrap();
+            assert_eq!(copying.to_vec().unwrap(), want);
+            assert_eq!(sent_bytes(&all_sendfile), want, "v{version}: blocking send, all sendfile");
+            assert_eq!(sent_bytes(&copying), want, "v{version}: blocking send, copying");
+            assert_eq!(sent_bytes_nonblocking(&copying), want, "v{version}: send_from, copying");
+            assert_eq!(sent_bytes_nonblocking(&all_sendfile), want, "v{version}: send_from, all sendfile");
+        }
+    }
+
+    #[test]
+    fn a_response_of_only_small_ranges_is_one_piece() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = zl_io::UringIo.open(&dir.path().join("seg"), true).unwrap();
+        let topics = mixed_topics(&f, 1_000, &[150]);
+        let frame = build(1, 12, 0, topics.clone());
+        assert_eq!(frame.pieces.len(), 1);
+        assert_eq!(copied(&frame), frame.records_bytes);
+        let want = build_with(1, 12, 0, topics, CopyPolicy::NONE).to_vec().unwrap();
+        assert_eq!(sent_bytes_nonblocking(&frame), want);
+    }
+
+    #[test]
+    fn copied_bytes_per_response_stay_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = zl_io::UringIo.open(&dir.path().join("seg"), true).unwrap();
+        // 200 partitions of ~20 KiB: ~4 MiB of small ranges, four times the bound.
+        let topics = mixed_topics(&f, 200, &[20_000]);
+        let policy = CopyPolicy::DEFAULT;
+        let frame = build_with(1, 12, 0, topics.clone(), policy);
+        assert!(frame.records_bytes > 3 * policy.copy_max);
+        let c = copied(&frame);
+        assert!(c <= policy.copy_max, "copied {c} > {}", policy.copy_max);
+        assert!(c + 20_000 * 2 > policy.copy_max, "copied {c}: the budget was used");
+        let bytes: usize = frame.pieces.iter().map(|p| if let Piece::Bytes(b) = p { b.len() } else { 0 }).sum();
+        assert!(bytes as u64 <= policy.copy_max + 64 * 1024, "{bytes} bytes held in memory");
+        let want = build_with(1, 12, 0, topics.clone(), CopyPolicy::NONE).to_vec().unwrap();
+        assert_eq!(sent_bytes(&frame), want);
+        // A tighter bound is honoured too.
+        let tight = CopyPolicy { copy_below: 32 << 10, copy_max: 50_000 };
+        let frame = build_with(1, 12, 0, topics, tight);
+        assert!(copied(&frame) <= 50_000 && copied(&frame) > 0);
+        assert_eq!(sent_bytes(&frame), want);
+    }
+
+    #[test]
+    fn a_page_cache_miss_stays_a_file_piece() {
+        // SimIo's cold cache: read_cached finds nothing, so nothing is copied and the frame
+        // reads the ranges when it is sent.
+        let io = SimIo::new();
+        let f = io.open(Path::new("/seg"), true).unwrap();
+        let topics = mixed_topics(&f, 10, &[150]);
+        io.set_cold_cache(true);
+        let cold = build(1, 12, 0, topics.clone());
+        assert_eq!(copied(&cold), 0);
+        assert_eq!(cold.pieces.iter().filter(|p| matches!(p, Piece::File(_))).count(), 10);
+        io.set_cold_cache(false);
+        let warm = build(1, 12, 0, topics);
+        assert_eq!(copied(&warm), warm.records_bytes);
+        assert_eq!(cold.to_vec().unwrap(), warm.to_vec().unwrap());
     }
 }

@@ -214,16 +214,26 @@ const INVALID_RECORD: i16 = 87;
 
 /// Find a partition, creating the topic when allowed. Err = Kafka error code.
 fn resolve_partition(shared: &Shared, topic: &str, partition: i32, create: bool) -> Result<Arc<Partition>, i16> {
-    let t = match shared.logs.topic(topic) {
-        Some(t) => t,
-        None if create && shared.cfg.auto_create_topics => {
-            shared.logs.get_or_create(topic, shared.cfg.default_partitions).map_err(|e| {
-                tracing::warn!(topic, "auto-create failed: {e}");
-                topic_error_code(&e)
-            })?
-        }
-        None => return Err(error::UNKNOWN_TOPIC_OR_PARTITION),
-    };
+    partition_in(&resolve_topic(shared, topic, create)?, partition)
+}
+
+/// A topic's partitions (auto-created if `create` and the broker allows it). Produce and Fetch
+/// resolve it once per topic of a request, not per partition: at 1,000 partitions the
+/// per-partition lookup (the topic map's lock and the topic's reference count, shared by every
+/// network thread) was a visible share of the CPU.
+fn resolve_topic(shared: &Shared, topic: &str, create: bool) -> Result<crate::log::manager::Topic, i16> {
+    match shared.logs.topic(topic) {
+        Some(t) => Ok(t),
+        None if create && shared.cfg.auto_create_topics => shared.logs.get_or_create(topic, shared.cfg.default_partitions).map_err(|e| {
+            tracing::warn!(topic, "auto-create failed: {e}");
+            topic_error_code(&e)
+        }),
+        None => Err(error::UNKNOWN_TOPIC_OR_PARTITION),
+    }
+}
+
+/// Partition `partition` of a resolved topic.
+fn partition_in(t: &crate::log::manager::Topic, partition: i32) -> Result<Arc<Partition>, i16> {
     usize::try_from(partition).ok().and_then(|i| t.get(i).cloned()).ok_or(error::UNKNOWN_TOPIC_OR_PARTITION)
 }
 
@@ -351,10 +361,15 @@ fn produce(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, body: Bytes
     let mut results: Vec<(String, Vec<ProducedPartition>)> = Vec::with_capacity(plan.len());
     // A transactional id needs Write on it (as Kafka: every partition refused otherwise).
     let txn_denied = txn_id.as_ref().is_some_and(|t| !az.allows(Operation::Write, ResourceType::TransactionalId, t));
+    // Long-polling fetches are woken once this request's appends are all in, not at the first
+    // (`HwWakeBatch`: at 1,000 partitions a fetch per few records would re-read them all).
+    let wakes = crate::log::HwWakeBatch::open();
     for (topic, parts) in plan {
         let mut out = Vec::with_capacity(parts.len());
         let write_ok = az.allows(Operation::Write, ResourceType::Topic, &topic);
         let may_create = write_ok && az.may_create_topic(&topic);
+        // Resolved at the first partition that gets that far, then reused.
+        let mut resolved: Option<Result<crate::log::manager::Topic, i16>> = None;
         for (index, range) in parts {
             let mut r = ProducedPartition {
                 index,
@@ -381,7 +396,7 @@ fn produce(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, body: Bytes
                 out.push(r);
                 continue;
             }
-            let part = match resolve_partition(shared, &topic, index, may_create) {
+            let part = match resolved.get_or_insert_with(|| resolve_topic(shared, &topic, may_create)).as_ref().map_err(|&c| c).and_then(|t| partition_in(t, index)) {
                 Ok(p) => p,
                 Err(code) => {
                     r.error_code = code;
@@ -471,6 +486,7 @@ fn produce(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, body: Bytes
         }
         results.push((topic, out));
     }
+    drop(wakes);
     if acks == 0 {
         // No response to carry an error: as Kafka does, close the connection so the producer
         // notices (and refreshes its metadata).
@@ -698,6 +714,7 @@ fn fetch(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, mut body: Byt
     for t in req.topics {
         let name = t.topic.0.to_string();
         let read_ok = az.allows(Operation::Read, ResourceType::Topic, &name);
+        let resolved = if read_ok { resolve_topic(shared, &name, false) } else { Err(error::TOPIC_AUTHORIZATION_FAILED) };
         let parts = t
             .partitions
             .into_iter()
@@ -705,11 +722,7 @@ fn fetch(shared: &Arc<Shared>, az: &Authz, cid: i32, version: i16, mut body: Byt
                 partition: p.partition,
                 fetch_offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as u64,
-                log: if read_ok {
-                    resolve_partition(shared, &name, p.partition, false)
-                } else {
-                    Err(error::TOPIC_AUTHORIZATION_FAILED)
-                },
+                log: resolved.as_ref().map_err(|&c| c).and_then(|t| partition_in(t, p.partition)),
             })
             .collect();
         topics.push((name, parts));
