@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use engine::io::{CrashMode, Io, IoFile, SimIo};
 use engine::log::cleaner::{clean_partition, records_of, CleanLimits};
-use engine::log::{Durability, LogConfig, Partition};
+use engine::log::{Durability, LogConfig, LogManager, Partition};
 use engine::record::build;
 
 type Value = Option<Vec<u8>>;
@@ -641,4 +641,47 @@ fn manager_cleaner_compacts_and_the_scrub_accepts_compacted_segments() {
     assert!(m.scrub.damage.lock().unwrap().is_empty(), "{:?}", m.scrub.damage.lock().unwrap());
     assert_eq!(p.fenced_at(), None);
     assert_eq!(read_records(&p), want);
+}
+
+/// A panic while cleaning one partition (a bug; here SimIo panics in the sync of that
+/// partition's first `.cleaned` output) marks that partition uncleanable, leaves it served as
+/// it was, and the cleaner thread goes on compacting the other partitions, as Kafka's
+/// LogCleaner does. Before, the panic ended the cleaner thread: no partition was compacted
+/// again for the broker's lifetime, with nothing but the panic message to tell.
+#[test]
+fn a_panic_cleaning_one_partition_marks_it_uncleanable_and_the_cleaner_goes_on() {
+    let sim = SimIo::new();
+    sim.set_sync_panic_path(Some(&format!("bad-0/{:020}.log{}", 0, engine::log::cleaner::CLEANED_SUFFIX)));
+    let cfg = LogConfig { compact: true, delete_retention_ms: 0, ..small_cfg(Durability::Group, 4096) };
+    let m = LogManager::open(Path::new("/data"), sim_io(&sim), cfg.clone()).unwrap();
+    m.create_topic("bad", 1, Some(cfg.clone())).unwrap();
+    m.create_topic("good", 1, Some(cfg)).unwrap();
+    let bad = m.partition("bad", 0).unwrap();
+    let bad_model = fill(&bad, 200);
+    assert!(bad.sealed_segments().len() >= 5, "the test needs several sealed segments");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while m.uncleanable_partitions().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the cleaner never reported bad-0 uncleanable");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let u = m.uncleanable_partitions();
+    assert_eq!(u.len(), 1, "{u:?}");
+    assert_eq!((u[0].0.as_str(), u[0].1), ("bad", 0));
+    assert!(u[0].2.contains("injected panic in sync_data"), "{u:?}");
+    assert_eq!(read_records(&bad), bad_model, "the uncleanable partition is served as it was");
+
+    // The cleaner thread is still there: the other compacted partition is compacted.
+    let good = m.partition("good", 0).unwrap();
+    let good_model = fill(&good, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while read_records(&good).len() == good_model.len() {
+        assert!(std::time::Instant::now() < deadline, "the cleaner stopped: good-0 was never compacted");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(read_records(&good).len() < good_model.len() / 2);
+    // bad-0 is skipped from then on, not retried into the same panic.
+    assert_eq!(m.uncleanable_partitions().len(), 1);
+    assert_eq!(read_records(&bad), bad_model);
+    sim.set_sync_panic_path(None);
 }

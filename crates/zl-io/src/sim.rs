@@ -52,6 +52,7 @@ fn apply(buf: &mut Vec<u8>, op: &Pending) {
 struct SimFile {
     contents: Mutex<Contents>,
     fs: Arc<Shared>,
+    path: PathBuf,
 }
 
 /// Faults and counters shared by every file of one simulated filesystem.
@@ -69,6 +70,8 @@ struct Shared {
     write_eio: AtomicU64,
     /// `sync_data` panics while set ([`SimIo::set_sync_panic`]).
     sync_panic: std::sync::atomic::AtomicBool,
+    /// `sync_data` of a file whose path contains this panics ([`SimIo::set_sync_panic_path`]).
+    sync_panic_path: Mutex<Option<String>>,
     /// `read_cached` finds nothing in memory while set ([`SimIo::set_cold_cache`]).
     cold_cache: std::sync::atomic::AtomicBool,
     /// Held shared by every operation that changes a file and exclusively by [`SimIo::crash`],
@@ -147,6 +150,11 @@ impl IoFile for SimFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         assert!(!self.fs.sync_panic.load(Ordering::SeqCst), "SimIo: injected panic in sync_data");
+        let hit = {
+            let part = self.fs.sync_panic_path.lock().unwrap_or_else(|p| p.into_inner());
+            part.as_deref().is_some_and(|part| self.path.to_string_lossy().contains(part))
+        };
+        assert!(!hit, "SimIo: injected panic in sync_data of {}", self.path.display());
         self.fs.wait_released();
         let _gate = self.fs.enter();
         let n = self.fs.syncs.fetch_add(1, Ordering::SeqCst) + 1;
@@ -277,6 +285,12 @@ impl SimIo {
         self.shared.sync_panic.store(on, Ordering::SeqCst);
     }
 
+    /// Make `sync_data` panic for every file whose path contains `part` (`None`: none), a bug
+    /// in one caller's sync path (e.g. the log cleaner's output files, `.cleaned`).
+    pub fn set_sync_panic_path(&self, part: Option<&str>) {
+        *self.shared.sync_panic_path.lock().unwrap_or_else(|p| p.into_inner()) = part.map(str::to_string);
+    }
+
     /// Durable contents of a file (what a power cut right now would certainly keep).
     pub fn durable_contents(&self, path: &Path) -> Option<Vec<u8>> {
         let ns = self.ns.lock().expect("sim ns lock");
@@ -332,6 +346,7 @@ impl SimIo {
                 let file = Arc::new(SimFile {
                     contents: Mutex::new(Contents { volatile: data.clone(), durable: data, pending: Vec::new() }),
                     fs: out.shared.clone(),
+                    path: path.clone(),
                 });
                 new_ns.files.insert(path.clone(), file.clone());
                 new_ns.durable_files.insert(path.clone(), file);
@@ -361,7 +376,7 @@ impl Io for SimIo {
         if !ns.dirs.contains_key(&parent(path)) {
             return Err(not_found(&parent(path)));
         }
-        let f = Arc::new(SimFile { contents: Mutex::new(Contents::default()), fs: self.shared.clone() });
+        let f = Arc::new(SimFile { contents: Mutex::new(Contents::default()), fs: self.shared.clone(), path: path.to_path_buf() });
         ns.files.insert(path.to_path_buf(), f.clone());
         Ok(f)
     }

@@ -441,6 +441,8 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new().name("log-cleaner".into()).spawn(move || {
         // (topic, partition) → (sealed end cleaned, segment count, next tombstone due).
         let mut last: HashMap<(String, u32), (u64, usize, Option<i64>)> = HashMap::new();
+        // Partitions whose cleaning panicked (`LogManager::uncleanable_partitions`).
+        let mut uncleanable: std::collections::HashSet<(String, u32)> = std::collections::HashSet::new();
         while !stop.load(Ordering::Acquire) {
             std::thread::sleep(CLEANER_TICK);
             let Some(m) = manager.upgrade() else { return };
@@ -469,7 +471,35 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>) {
                     batch_bytes_max: cfg.batch_bytes_max,
                     index_interval_bytes: cfg.index_interval_bytes,
                 };
-                match clean_partition(&p, now, p.live().delete_retention_ms(), &lim, &stop) {
+                if uncleanable.contains(&key) {
+                    continue;
+                }
+                // A panic here is a bug; it must not stop compaction of every other partition
+                // for the broker's lifetime (the thread would end): the partition is marked
+                // uncleanable and skipped, as Kafka's LogCleaner does.
+                let cleaned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    clean_partition(&p, now, p.live().delete_retention_ms(), &lim, &stop)
+                }));
+                let cleaned = match cleaned {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "a panic without a message".into());
+                        tracing::error!(
+                            topic = %p.topic, partition = p.index,
+                            "log cleaner: cleaning panicked ({why}); the partition is uncleanable until the broker restarts, the others are still cleaned"
+                        );
+                        if let Some(m) = manager.upgrade() {
+                            m.mark_uncleanable(&p.topic, p.index, why);
+                        }
+                        uncleanable.insert(key);
+                        continue;
+                    }
+                };
+                match cleaned {
                     Ok(st) => {
                         if st.segments_swapped > 0 {
                             tracing::info!(

@@ -120,6 +120,10 @@ pub struct LogManager {
     stop: Arc<AtomicBool>,
     /// Partitions that failed recovery, with the reason (they are not served).
     pub failed: Mutex<Vec<String>>,
+    /// Compacted partitions the log cleaner gave up on after cleaning one panicked (a bug),
+    /// with the panic's message: skipped until the broker restarts, as Kafka's uncleanable
+    /// partitions; the cleaner goes on with the others.
+    uncleanable: Mutex<BTreeMap<(String, u32), String>>,
     /// What the background scrub checked and found ([`super::scrub`]).
     pub scrub: Arc<super::scrub::ScrubReport>,
     /// The data directory's exclusive lock (`Io::lock_dir`), held until `close` or drop.
@@ -194,6 +198,7 @@ impl LogManager {
             notifier,
             stop: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(failed),
+            uncleanable: Mutex::new(BTreeMap::new()),
             scrub: Default::default(),
             lock: Mutex::new(lock),
         });
@@ -266,6 +271,17 @@ impl LogManager {
     pub fn topic(&self, name: &str) -> Option<Topic> {
         self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
+    /// The partitions the log cleaner skips because cleaning them panicked: (topic, partition,
+    /// the panic's message).
+    pub fn uncleanable_partitions(&self) -> Vec<(String, u32, String)> {
+        let u = self.uncleanable.lock().unwrap_or_else(|p| p.into_inner());
+        u.iter().map(|((t, p), why)| (t.clone(), *p, why.clone())).collect()
+    }
+
+    pub(crate) fn mark_uncleanable(&self, topic: &str, partition: u32, why: String) {
+        self.uncleanable.lock().unwrap_or_else(|p| p.into_inner()).insert((topic.to_string(), partition), why);
+    }
+
     pub fn partition(&self, topic: &str, p: i32) -> Option<Arc<Partition>> {
         let t = self.topic(topic)?;
         usize::try_from(p).ok().and_then(|i| t.get(i).cloned())
