@@ -30,17 +30,7 @@ pub fn set_sync_syscalls(on: bool) {
     SYNC_SYSCALLS.store(on, Ordering::Relaxed);
 }
 
-fn pwrite_sys(fd: RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
-    let len = buf.len().min(1 << 30);
-    // SAFETY: `buf` is a valid readable slice of at least `len` bytes for the call.
-    let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, pos as libc::off_t) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
+/// fdatasync(2) on the calling thread; an error is returned as it is (never retried).
 fn fdatasync_sys(fd: RawFd) -> io::Result<()> {
     // SAFETY: fdatasync takes only a descriptor; an invalid one yields EBADF, not UB.
     if unsafe { libc::fdatasync(fd) } < 0 {
@@ -143,7 +133,7 @@ fn write_sync_note_plain(
     written: &mut dyn FnMut(),
 ) -> io::Result<bool> {
     let sys = SYNC_SYSCALLS.load(Ordering::Relaxed);
-    let write = |b: &[u8], at: u64| if sys { pwrite_sys(fd, b, at) } else { uring_write(fd, b, at) };
+    let write = |b: &[u8], at: u64| if sys { pwrite(fd, b, at) } else { uring_write(fd, b, at) };
     let mut done = 0usize;
     let mut all = true;
     while done < buf.len() {
@@ -165,7 +155,7 @@ fn write_sync_note_plain(
         uring_fdatasync(fd)?;
     }
     if let Some((nfd, nbuf, npos)) = note {
-        let _ = if sys { pwrite_sys(nfd, nbuf, npos) } else { uring_write(nfd, nbuf, npos) };
+        let _ = if sys { pwrite(nfd, nbuf, npos) } else { uring_write(nfd, nbuf, npos) };
     }
     Ok(all)
 }
@@ -241,15 +231,7 @@ pub fn uring_write(fd: RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
     let entry = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len).offset(pos).build();
     match run_one(entry) {
         Some(r) => r.map(|n| n as usize),
-        None => {
-            // SAFETY: `buf` is a valid readable slice of at least `len` bytes for the call.
-            let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len as usize, pos as libc::off_t) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        }
+        None => pwrite(fd, buf, pos),
     }
 }
 
@@ -276,15 +258,7 @@ pub fn uring_fdatasync(fd: RawFd) -> io::Result<()> {
     let entry = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build();
     match run_one(entry) {
         Some(r) => r.map(|_| ()),
-        None => {
-            // SAFETY: fdatasync takes only a descriptor; an invalid one yields EBADF, not UB.
-            let rc = unsafe { libc::fdatasync(fd) };
-            if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        }
+        None => fdatasync_sys(fd),
     }
 }
 
