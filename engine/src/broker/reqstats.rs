@@ -70,6 +70,7 @@ impl Hists {
         ]
     }
 
+    /// The same histograms, in [`Hists::all`]'s order.
     fn all_mut(&mut self) -> [&mut Histogram<u64>; 6] {
         [&mut self.total, &mut self.queue, &mut self.local, &mut self.durable, &mut self.wake, &mut self.send]
     }
@@ -104,8 +105,7 @@ impl Hists {
 
     /// Add `other`'s records to these.
     pub(crate) fn add(&mut self, other: &Hists) {
-        let theirs = [&other.total, &other.queue, &other.local, &other.durable, &other.wake, &other.send];
-        for (mine, theirs) in self.all_mut().into_iter().zip(theirs) {
+        for (mine, (_, theirs)) in self.all_mut().into_iter().zip(other.all()) {
             // Same bounds on both sides: cannot fail.
             let _ = mine.add(theirs);
         }
