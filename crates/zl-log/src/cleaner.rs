@@ -441,13 +441,13 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new().name("log-cleaner".into()).spawn(move || {
         // (topic, partition) → (sealed end cleaned, segment count, next tombstone due).
         let mut last: HashMap<(String, u32), (u64, usize, Option<i64>)> = HashMap::new();
-        // Partitions whose cleaning panicked (`LogManager::uncleanable_partitions`).
-        let mut uncleanable: std::collections::HashSet<(String, u32)> = std::collections::HashSet::new();
         while !stop.load(Ordering::Acquire) {
             std::thread::sleep(CLEANER_TICK);
             let Some(m) = manager.upgrade() else { return };
             let parts = m.all_partitions();
             let cfg = m.config().clone();
+            // Partitions whose cleaning panicked: skipped.
+            let uncleanable = m.uncleanable_partitions();
             drop(m);
             for p in parts {
                 if stop.load(Ordering::Acquire) {
@@ -471,7 +471,7 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>) {
                     batch_bytes_max: cfg.batch_bytes_max,
                     index_interval_bytes: cfg.index_interval_bytes,
                 };
-                if uncleanable.contains(&key) {
+                if uncleanable.iter().any(|(t, i, _)| *t == p.topic && *i == p.index) {
                     continue;
                 }
                 // A panic here is a bug; it must not stop compaction of every other partition
@@ -495,7 +495,6 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>) {
                         if let Some(m) = manager.upgrade() {
                             m.mark_uncleanable(&p.topic, p.index, why);
                         }
-                        uncleanable.insert(key);
                         continue;
                     }
                 };
