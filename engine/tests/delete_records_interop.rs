@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 
-use common::{require_tool, spawn_broker_process, start_broker, Client};
+use common::{free_addr, require_tool, spawn_broker_process, start_broker, Client};
 use engine::log::Durability;
 use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -30,10 +29,6 @@ fn script(args: &[&str]) -> serde_json::Value {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("delete_records.py output {stdout:?}: {e}"))
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
 }
 
 /// confluent-kafka then kafka-python move the start; a new consumer (earliest) starts there;

@@ -7,12 +7,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::require_tool;
+use common::{free_addr, require_tool, spawn_broker_process_logging, Process};
 
 const N: u64 = 40;
 
@@ -32,19 +31,6 @@ for i in range(n):
 if errs:
     sys.exit("delivery failed: " + ", ".join(errs))
 "#;
-
-struct Process(std::process::Child);
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 /// One `produce latency window=… n=… total_us=a/b/c/d …` line: n, and each part's
 /// [p50, p99, p99.9, max].
@@ -102,22 +88,13 @@ fn run_mode(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("broker.log");
     let addr = free_addr();
-    let child = Command::new(env!("CARGO_BIN_EXE_broker"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--listen", &addr.to_string(), "--durability", durability, "--stats-interval-ms", "100"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .expect("spawn broker");
-    let _broker = Process(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "broker did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _broker = Process(spawn_broker_process_logging(
+        &dir.path().join("data"),
+        addr,
+        &["--durability", durability, "--stats-interval-ms", "100"],
+        "info",
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    ));
     // The topic first (auto-created by Metadata), so that every Produce request is timed on
     // a network thread.
     common::Client::connect(addr).call(

@@ -14,12 +14,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_tool, run, spawn_broker_process, start_broker};
+use common::{free_addr, require_tool, run, spawn_broker_process, start_broker};
 use engine::log::Durability;
 use rand::Rng;
 
@@ -112,10 +111,6 @@ fn confluent_kafka_read_process_write_is_exactly_once_across_producer_kills() {
         assert_eq!(part.last_stable_offset(), part.high_watermark(), "out-{p} has an open transaction");
     }
     broker.shutdown().unwrap();
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
 }
 
 #[test]

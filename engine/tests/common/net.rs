@@ -159,17 +159,37 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Vec<u8> 
 }
 
 
+/// A loopback address free when asked (for a child process that binds it itself).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+}
+
+/// A child process killed and reaped when dropped.
+pub struct Process(pub std::process::Child);
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Start the `broker` binary as a child process on `addr` with `args` after the data dir and
 /// listen address, and wait (bounded) until it accepts connections.
 pub fn spawn_broker_process(data_dir: &Path, addr: SocketAddr, args: &[&str], rust_log: &str) -> std::process::Child {
+    spawn_broker_process_logging(data_dir, addr, args, rust_log, Stdio::null())
+}
+
+/// [`spawn_broker_process`] with the broker's log (stderr) going to `log`.
+pub fn spawn_broker_process_logging(data_dir: &Path, addr: SocketAddr, args: &[&str], rust_log: &str, log: Stdio) -> std::process::Child {
     let child = Command::new(env!("CARGO_BIN_EXE_broker"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", &addr.to_string()])
         .args(args)
         .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn broker");
     let deadline = Instant::now() + Duration::from_secs(30);
