@@ -977,8 +977,16 @@ impl PhaseRun {
     }
     /// p99 over every record of the window: acknowledged, and (censored) not acknowledged.
     fn p99_all_us(&self) -> f64 {
+        self.p99_with(&[])
+    }
+    /// p99 over every record (acknowledged and censored) of this window and of `others`'.
+    fn p99_with(&self, others: &[&PhaseRun]) -> f64 {
         let mut h = self.publish.clone();
         let _ = h.add(&self.censored);
+        for o in others {
+            let _ = h.add(&o.publish);
+            let _ = h.add(&o.censored);
+        }
         if h.is_empty() {
             f64::INFINITY
         } else {
@@ -995,15 +1003,7 @@ impl PhaseRun {
     }
     /// p99 over every record of this window and `other`'s (acknowledged and censored).
     fn p99_pooled_us(&self, other: &PhaseRun) -> f64 {
-        let mut h = self.publish.clone();
-        let _ = h.add(&self.censored);
-        let _ = h.add(&other.publish);
-        let _ = h.add(&other.censored);
-        if h.is_empty() {
-            f64::INFINITY
-        } else {
-            h.value_at_quantile(0.99) as f64
-        }
+        self.p99_with(&[other])
     }
     /// Acks (records of any phase) per second of the window: what the target delivered, which
     /// under overload is its capacity.
