@@ -1609,6 +1609,70 @@ mod tests {
         assert_eq!(b_got.lock().unwrap().len(), 1, "sent to the leader Metadata named");
         assert_eq!(metrics.acked.load(Ordering::SeqCst), 1);
     }
+
+    #[test]
+    fn batches_grow_while_a_slow_target_holds_the_window() {
+        // A target that serves one Produce per connection at a time and takes 10 ms for each
+        // (as a replicated Kafka does with acks=all: it mutes the connection until the followers
+        // have the batch). The 10 ms sleep is that service time, not a wait for a condition.
+        // At 4,000 rec/s with 1 ms linger and one request in flight, batches closed at linger
+        // would hold ~4 records: 100 requests/s x 4 = 400 rec/s, a tenth of the schedule.
+        // Held open while the window is full, they grow to what arrived meanwhile (~40 records)
+        // and every record is acknowledged.
+        let got = Arc::new(Mutex::new(Vec::<i32>::new()));
+        let g = got.clone();
+        let addr = serve(vec![(ApiKey::Produce, 3, PRODUCE_V)], None, move |s, key, v, mut frame| {
+            if key == ApiKey::Produce as i16 {
+                let h = header::<ProduceRequest>(&mut frame, v);
+                let req = ProduceRequest::decode(&mut frame, v).unwrap();
+                let t = &req.topic_data[0];
+                let p = &t.partition_data[0];
+                let records = p.records.as_ref().unwrap();
+                g.lock().unwrap().push(i32::from_be_bytes(records[57..61].try_into().unwrap()));
+                std::thread::sleep(Duration::from_millis(10));
+                let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partition_responses(vec![PartitionProduceResponse::default().with_index(p.index)])]);
+                respond(s, h.correlation_id, v, &r);
+            }
+            Served::Continue
+        });
+        let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
+        let metrics = Arc::new(Metrics::new(true));
+        let clock = Clock::new();
+        let settings = crate::produce::ProducerSettings { acks: -1, ..Default::default() };
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 1, clock, metrics.clone(), &Connector::plaintext()).unwrap();
+        let start = clock.now_ns() + 10_000_000;
+        let end = start + 1_500_000_000;
+        let spec = crate::producer::ProducerSpec {
+            partitions: 1,
+            schedule: crate::rate::Schedule::new(start, 4000.0),
+            end_ns: end,
+            drain_deadline_ns: end + 3_000_000_000,
+            batch_bytes: 64 << 10,
+            linger_ns: 1_000_000,
+            queued_bytes_max: 64 << 20,
+            halt: Arc::new(AtomicBool::new(false)),
+            settings,
+        };
+        let mut keys = crate::encode::KeyGen::new(crate::workload::KeyDistributor::NoKey, 1, 1.0, 1, 1);
+        let pool = crate::encode::PayloadPool::new(100, 16, 1.0, 1);
+        let made = crate::producer::run_producer(&spec, &mut keys, &pool, &clock, &metrics, &mut t).unwrap();
+        t.close();
+        let a = &metrics.acct[1];
+        let (scheduled, acked) = (a.scheduled.load(Ordering::SeqCst), a.acked.load(Ordering::SeqCst));
+        let sizes = got.lock().unwrap().clone();
+        assert_eq!(made, 6000);
+        assert_eq!(
+            (scheduled, acked, a.timed_out.load(Ordering::SeqCst), a.not_sent.load(Ordering::SeqCst)),
+            (6000, 6000, 0, 0),
+            "every record acknowledged by the drain deadline; {} batches, largest {} records",
+            sizes.len(),
+            sizes.iter().max().unwrap_or(&0)
+        );
+        let largest = sizes.iter().copied().max().unwrap_or(0);
+        assert!(largest >= 20, "batches grew past linger size (~4 records) while the window was full: largest {largest} of {}", sizes.len());
+    }
 }
 
 #[cfg(test)]
