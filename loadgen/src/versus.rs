@@ -138,6 +138,9 @@ pub struct Versus {
     pub bootstraps: Vec<String>,
     /// Runs that failed or were incomplete: "target round: reason".
     pub failures: Vec<String>,
+    /// Before each run after the first: how long the machine took to settle (dirty pages
+    /// written back, disks idle), "target round: N s", and whether it did.
+    pub settle: Vec<String>,
     pub runs: Vec<String>,
     pub rows: Vec<Row>,
 }
@@ -241,6 +244,13 @@ pub fn render_markdown(v: &Versus) -> String {
             ratio_text(r)
         );
     }
+    let unsettled: Vec<&String> = v.settle.iter().filter(|x| x.contains("NOT settled")).collect();
+    if !unsettled.is_empty() {
+        let _ = writeln!(s, "\nRuns that started before the machine settled from the previous run (their figures are kept):");
+        for f in unsettled {
+            let _ = writeln!(s, "- {f}");
+        }
+    }
     if !v.failures.is_empty() {
         let _ = writeln!(s, "\nFailed or incomplete runs (their figures are excluded):");
         for f in &v.failures {
@@ -308,6 +318,63 @@ pub fn render_html(v: &Versus) -> String {
     s
 }
 
+/// Longest wait for the machine to settle between runs.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Let the previous run's aftermath pass before the next run starts, so no target pays for the
+/// one before it: its dirty pages written back (`sync`), then every disk under 10 % busy over
+/// half a second (/proc/diskstats; a broker that deleted a run's topic is still unlinking GBs
+/// of segments, Kafka 60 s after the delete unless `log.segment.delete.delay.ms` says
+/// otherwise). Bounded by `max`; returns the seconds waited and, when it gave up, the busiest
+/// disk's utilization.
+fn settle(max: std::time::Duration) -> (f64, Option<f64>) {
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let deadline = t0 + max;
+    match std::process::Command::new("sync").spawn() {
+        Ok(mut c) => loop {
+            match c.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        },
+        Err(e) => eprintln!("versus:   cannot run sync ({e}); settling on disk activity only"),
+    }
+    let mut busy = 1.0;
+    while Instant::now() < deadline {
+        let (a, ta) = (disk_busy_ms(), Instant::now());
+        std::thread::sleep(Duration::from_millis(500));
+        let (b, tb) = (disk_busy_ms(), Instant::now());
+        let span = (tb - ta).as_secs_f64() * 1000.0;
+        busy = a.iter().filter_map(|(dev, ms)| b.iter().find(|(d, _)| d == dev).map(|(_, m)| m.saturating_sub(*ms) as f64 / span)).fold(0.0, f64::max);
+        if busy < 0.10 {
+            return (t0.elapsed().as_secs_f64(), None);
+        }
+    }
+    (t0.elapsed().as_secs_f64(), Some(busy))
+}
+
+/// Milliseconds each block device has spent doing I/O (/proc/diskstats field 13); empty where
+/// the file cannot be read (then settling is the `sync` alone).
+fn disk_busy_ms() -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let name = f.get(2)?;
+            if name.starts_with("loop") || name.starts_with("ram") {
+                return None;
+            }
+            Some((name.to_string(), f.get(12)?.parse().ok()?))
+        })
+        .collect()
+}
+
 pub fn run_versus(a: VersusArgs) -> i32 {
     // Every run: the workload and overrides as `loadgen run` takes them, no calibration, quiet.
     let mut base = match RunOptions::from_cli(&a.workload, &a.overrides, None, a.data_dir.clone()) {
@@ -342,6 +409,7 @@ pub fn run_versus(a: VersusArgs) -> i32 {
     // target that has no complete run at all.
     let mut incomplete: Vec<Vec<RunResult>> = vec![Vec::new(); targets.len()];
     let mut failures = Vec::new();
+    let mut settles = Vec::new();
     let mut paths = Vec::new();
     for round in 0..a.rounds {
         for (i, t) in targets.iter().enumerate() {
@@ -351,6 +419,20 @@ pub fn run_versus(a: VersusArgs) -> i32 {
             opts.bootstrap = t.bootstrap.clone();
             let path = runs_dir.join(format!("{}-r{round}.json", t.name));
             opts.output = Some(path.clone());
+            if round > 0 || i > 0 {
+                let (waited, busy) = settle(SETTLE_MAX);
+                let line = match busy {
+                    None => format!("{} round {}: settled in {waited:.1} s", t.name, round + 1),
+                    Some(b) => format!(
+                        "{} round {}: NOT settled after {waited:.0} s (a disk still {:.0} % busy): the previous run's aftermath overlaps this one",
+                        t.name,
+                        round + 1,
+                        b * 100.0
+                    ),
+                };
+                eprintln!("versus:   {line}");
+                settles.push(line);
+            }
             eprintln!("versus: round {}/{} target {} ({})", round + 1, a.rounds, t.name, t.bootstrap.as_deref().unwrap_or("embedded"));
             match run(&opts) {
                 Ok(o) => {
@@ -423,6 +505,7 @@ pub fn run_versus(a: VersusArgs) -> i32 {
         targets: targets.iter().map(|t| t.name.clone()).collect(),
         bootstraps: targets.iter().map(|t| t.bootstrap.clone().unwrap_or_else(|| "embedded".into())).collect(),
         failures,
+        settle: settles,
         runs: paths,
         rows,
     };
