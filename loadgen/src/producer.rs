@@ -133,7 +133,8 @@ pub fn run_producer<T: Transport>(
     // its batches wait — the former single queue was popped and re-pushed whole on every
     // iteration (O(queued batches), up to 64 MiB / batch size of them under load).
     let mut ready = ReadyQueues::new(n_parts);
-    // Open batches past their linger whose partition could not send yet (see the linger pass).
+    // Open batches past their linger (partition, opened_ns): closed in the send pass as soon as
+    // their partition can send, held open and growing until then (see the linger pass).
     let mut held: Vec<(u32, u64)> = Vec::new();
     let mut queued_bytes = 0usize;
     let mut next_i: u64 = 0;
@@ -240,11 +241,12 @@ pub fn run_producer<T: Transport>(
             load.send_delay_end_ns = lag;
         }
         load.queue_max_bytes = load.queue_max_bytes.max(queued_bytes as u64);
-        // Linger: close batches that have waited long enough (or all, once production ended).
-        // A lingered-out batch whose partition cannot send now (its in-flight window is full,
-        // or closed batches wait before it) is held open instead: it keeps taking records until
-        // the window has room or it reaches `batch_bytes`, as Kafka's own producer (its record
-        // accumulator) lets a ready batch grow until the sender drains it. Closing it at linger
+        // Linger: batches that have waited long enough (or all, once production ended) are due.
+        // A due batch is closed only when its partition can send (the send pass below); while
+        // its in-flight window is full, or closed batches wait before it, it is held open: it
+        // keeps taking records until the window has room or it reaches `batch_bytes`, as Kafka's
+        // own producer (its record accumulator) lets a ready batch grow until the sender drains
+        // it. Closing it at linger
         // regardless made batches of linger-size against a slow target (a replicated cluster,
         // one request per connection at a time): throughput fell to linger-sized batches per
         // round trip, and a 3-node Kafka that serves 20 k rec/s to ProducerPerformance served
@@ -260,14 +262,7 @@ pub fn run_producer<T: Transport>(
                 break;
             }
             open_order.pop_front();
-            if flush_all || (!ready.has(p) && transport.can_send(p)) {
-                close(p, &mut open, &mut ready, &mut queued_bytes, &mut spare);
-                if keys.is_sticky() {
-                    keys.advance_sticky();
-                }
-            } else {
-                held.push((p, opened));
-            }
+            held.push((p, opened));
         }
         // Send what the in-flight windows allow, keeping per-partition order: one request per
         // pass, passes until no waiting batch's window has room (each pass takes at least one
@@ -276,7 +271,7 @@ pub fn run_producer<T: Transport>(
         let mut sent_any = false;
         refused = false;
         loop {
-            // Held batches whose partition can send now are closed and go in this pass.
+            // Due batches whose partition can send now are closed and go in this pass.
             let mut k = 0;
             while k < held.len() {
                 let (p, opened) = held[k];
