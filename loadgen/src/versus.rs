@@ -139,10 +139,35 @@ pub struct Versus {
     /// Runs that failed or were incomplete: "target round: reason".
     pub failures: Vec<String>,
     /// Before each run after the first: how long the machine took to settle (dirty pages
-    /// written back, disks idle), "target round: N s", and whether it did.
-    pub settle: Vec<String>,
+    /// written back, disks idle), and whether it did.
+    pub settle: Vec<Settle>,
     pub runs: Vec<String>,
     pub rows: Vec<Row>,
+}
+
+/// The wait before one run ([`settle`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Settle {
+    /// "target round N".
+    pub run: String,
+    pub waited_s: f64,
+    /// The busiest disk's utilization when the wait gave up; None = settled.
+    pub busy_at_start: Option<f64>,
+}
+
+impl std::fmt::Display for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.busy_at_start {
+            None => write!(f, "{}: settled in {:.1} s", self.run, self.waited_s),
+            Some(b) => write!(
+                f,
+                "{}: NOT settled after {:.0} s (a disk still {:.0} % busy): the previous run's aftermath overlaps this one",
+                self.run,
+                self.waited_s,
+                b * 100.0
+            ),
+        }
+    }
 }
 
 /// Build the comparison from per-target results (index = target, in base-first order).
@@ -244,7 +269,7 @@ pub fn render_markdown(v: &Versus) -> String {
             ratio_text(r)
         );
     }
-    let unsettled: Vec<&String> = v.settle.iter().filter(|x| x.contains("NOT settled")).collect();
+    let unsettled: Vec<&Settle> = v.settle.iter().filter(|x| x.busy_at_start.is_some()).collect();
     if !unsettled.is_empty() {
         let _ = writeln!(s, "\nRuns that started before the machine settled from the previous run (their figures are kept):");
         for f in unsettled {
@@ -420,18 +445,10 @@ pub fn run_versus(a: VersusArgs) -> i32 {
             let path = runs_dir.join(format!("{}-r{round}.json", t.name));
             opts.output = Some(path.clone());
             if round > 0 || i > 0 {
-                let (waited, busy) = settle(SETTLE_MAX);
-                let line = match busy {
-                    None => format!("{} round {}: settled in {waited:.1} s", t.name, round + 1),
-                    Some(b) => format!(
-                        "{} round {}: NOT settled after {waited:.0} s (a disk still {:.0} % busy): the previous run's aftermath overlaps this one",
-                        t.name,
-                        round + 1,
-                        b * 100.0
-                    ),
-                };
-                eprintln!("versus:   {line}");
-                settles.push(line);
+                let (waited_s, busy_at_start) = settle(SETTLE_MAX);
+                let wait = Settle { run: format!("{} round {}", t.name, round + 1), waited_s, busy_at_start };
+                eprintln!("versus:   {wait}");
+                settles.push(wait);
             }
             eprintln!("versus: round {}/{} target {} ({})", round + 1, a.rounds, t.name, t.bootstrap.as_deref().unwrap_or("embedded"));
             match run(&opts) {
