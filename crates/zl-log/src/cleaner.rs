@@ -453,7 +453,7 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>) {
                 if stop.load(Ordering::Acquire) {
                     return;
                 }
-                if !p.live().compact() {
+                if !p.live().compact() || uncleanable.iter().any(|(t, i, _)| *t == p.topic && *i == p.index) {
                     continue;
                 }
                 let sealed = p.sealed_segments();
@@ -471,9 +471,6 @@ pub(crate) fn start(manager: Weak<LogManager>, stop: Arc<AtomicBool>) {
                     batch_bytes_max: cfg.batch_bytes_max,
                     index_interval_bytes: cfg.index_interval_bytes,
                 };
-                if uncleanable.iter().any(|(t, i, _)| *t == p.topic && *i == p.index) {
-                    continue;
-                }
                 // A panic here is a bug; it must not stop compaction of every other partition
                 // for the broker's lifetime (the thread would end): the partition is marked
                 // uncleanable and skipped, as Kafka's LogCleaner does.
