@@ -80,13 +80,18 @@ pub fn encode_request<R: Encodable + HeaderVersion>(key: ApiKey, version: i16, c
         .with_request_api_version(version)
         .with_correlation_id(corr)
         .with_client_id(Some(StrBytes::from_static_str("loadgen")));
-    let mut buf = BytesMut::with_capacity(64);
+    // Sized up front and handed over without a copy: a Produce frame carries its batches (up
+    // to megabytes), and growing the buffer and then copying it out cost 5 % of the loadgen's
+    // CPU at 2.5 M records/s.
+    let size = header.compute_size(R::header_version(version)).map_err(|e| format!("encode header: {e}"))?
+        + req.compute_size(version).map_err(|e| format!("encode {key:?} v{version}: {e}"))?;
+    let mut buf = BytesMut::with_capacity(4 + size);
     buf.extend_from_slice(&[0, 0, 0, 0]);
     header.encode(&mut buf, R::header_version(version)).map_err(|e| format!("encode header: {e}"))?;
     req.encode(&mut buf, version).map_err(|e| format!("encode {key:?} v{version}: {e}"))?;
     let len = (buf.len() - 4) as u32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.to_vec())
+    Ok(Vec::from(buf))
 }
 
 /// Read one response frame (without the size prefix).
@@ -97,8 +102,13 @@ pub fn read_frame<S: Read>(s: &mut S) -> std::io::Result<Bytes> {
     if len < 0 || len as usize > FRAME_BYTES_MAX {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad frame length {len}")));
     }
-    let mut body = vec![0u8; len as usize];
-    s.read_exact(&mut body)?;
+    // Read into uninitialised capacity (no zeroing of up to a fetch's worth of bytes first:
+    // 2.5 % of the loadgen's CPU on the consumer's path).
+    let mut body = Vec::with_capacity(len as usize);
+    Read::take(&mut *s, len as u64).read_to_end(&mut body)?;
+    if body.len() != len as usize {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("frame cut at {} of {len} bytes", body.len())));
+    }
     Ok(Bytes::from(body))
 }
 

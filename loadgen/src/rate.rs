@@ -12,12 +12,16 @@ pub struct Schedule {
     pub start_ns: u64,
     /// Records per second; `f64::INFINITY` = as fast as possible (every record due at `start_ns`).
     pub rate: f64,
+    /// `1e9 / rate`: one multiplication per record instead of a division (the generator asks
+    /// for every record's intended time; at millions of records/s the division showed as 5 % of
+    /// the loadgen's CPU).
+    ns_per_record: f64,
 }
 
 impl Schedule {
     pub fn new(start_ns: u64, rate: f64) -> Schedule {
         assert!(rate > 0.0, "rate must be positive");
-        Schedule { start_ns, rate }
+        Schedule { start_ns, rate, ns_per_record: 1e9 / rate }
     }
 
     /// Intended send time of record `i`.
@@ -27,8 +31,9 @@ impl Schedule {
             return self.start_ns;
         }
         // Exact for the first 2^53 ns of schedule; i / rate computed in f64 without drift
-        // accumulation because it is never summed.
-        self.start_ns + (i as f64 * 1e9 / self.rate) as u64
+        // accumulation because it is never summed; monotonic in `i` (a product by a positive
+        // constant), which `due_by` relies on.
+        self.start_ns + (i as f64 * self.ns_per_record) as u64
     }
 
     /// Number of records whose intended time is `<= now_ns` (i.e. due by `now_ns`).
