@@ -1683,6 +1683,75 @@ mod tests {
         let largest = sizes.iter().copied().max().unwrap_or(0);
         assert!(largest >= 20, "batches grew past linger size (~4 records) while the window was full: largest {largest} of {}", sizes.len());
     }
+
+    /// Voluntary context switches of the calling thread so far.
+    fn voluntary_switches() -> u64 {
+        let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = s.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_generator_sleeps_until_its_batch_must_close_not_until_the_next_record() {
+        // 200,000 rec/s of 100 B, no key, one partition, 64 KiB batches (~590 records, one
+        // every ~3 ms), linger 20 ms, against a target that answers at once. A generator that
+        // wakes for every record due sleeps ~5 µs at a time (~50 µs with the kernel's timer
+        // slack): ~15,000 sleeps in the second. One that defers generation until the open batch
+        // can fill (at most 1 ms at a time) sleeps ~1,000 times. Every record is still
+        // acknowledged, in full batches.
+        let got = Arc::new(Mutex::new(Vec::<i32>::new()));
+        let g = got.clone();
+        let addr = serve(vec![(ApiKey::Produce, 3, PRODUCE_V)], None, move |s, key, v, mut frame| {
+            if key == ApiKey::Produce as i16 {
+                let h = header::<ProduceRequest>(&mut frame, v);
+                let req = ProduceRequest::decode(&mut frame, v).unwrap();
+                let t = &req.topic_data[0];
+                let p = &t.partition_data[0];
+                let records = p.records.as_ref().unwrap();
+                g.lock().unwrap().push(i32::from_be_bytes(records[57..61].try_into().unwrap()));
+                let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partition_responses(vec![PartitionProduceResponse::default().with_index(p.index)])]);
+                respond(s, h.correlation_id, v, &r);
+            }
+            Served::Continue
+        });
+        let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
+        let metrics = Arc::new(Metrics::new(true));
+        let clock = Clock::new();
+        let settings = crate::produce::ProducerSettings { acks: -1, ..Default::default() };
+        let mut t = KafkaTransport::connect_with(&layout, &settings, 1, clock, metrics.clone(), &Connector::plaintext()).unwrap();
+        let start = clock.now_ns() + 10_000_000;
+        let end = start + 1_000_000_000;
+        let spec = crate::producer::ProducerSpec {
+            partitions: 1,
+            schedule: crate::rate::Schedule::new(start, 200_000.0),
+            end_ns: end,
+            drain_deadline_ns: end + 5_000_000_000,
+            batch_bytes: 64 << 10,
+            linger_ns: 20_000_000,
+            queued_bytes_max: 64 << 20,
+            halt: Arc::new(AtomicBool::new(false)),
+            settings,
+        };
+        let mut keys = crate::encode::KeyGen::new(crate::workload::KeyDistributor::NoKey, 1, 1.0, 1, 1);
+        let pool = crate::encode::PayloadPool::new(100, 16, 1.0, 1);
+        let s0 = voluntary_switches();
+        let made = crate::producer::run_producer(&spec, &mut keys, &pool, &clock, &metrics, &mut t).unwrap();
+        let sleeps = voluntary_switches() - s0;
+        t.close();
+        let a = &metrics.acct[1];
+        assert_eq!(made, 200_000);
+        assert_eq!(
+            (a.scheduled.load(Ordering::SeqCst), a.acked.load(Ordering::SeqCst), a.timed_out.load(Ordering::SeqCst), a.not_sent.load(Ordering::SeqCst)),
+            (200_000, 200_000, 0, 0)
+        );
+        let mut sizes = got.lock().unwrap().clone();
+        sizes.sort_unstable();
+        let median = sizes[sizes.len() / 2];
+        assert!(median >= 500, "batches stay full (~590 records): median {median} of {} batches", sizes.len());
+        assert!(sleeps < 5_000, "{sleeps} voluntary switches of the generator thread for 200,000 records in ~{} batches", sizes.len());
+    }
 }
 
 #[cfg(test)]

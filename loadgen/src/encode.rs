@@ -86,6 +86,10 @@ impl PayloadPool {
     pub fn len(&self) -> usize {
         self.payloads.len()
     }
+    /// The longest payload's length.
+    pub fn max_len(&self) -> usize {
+        self.payloads.iter().map(Vec::len).max().unwrap_or(0)
+    }
     pub fn is_empty(&self) -> bool {
         self.payloads.is_empty()
     }
@@ -185,6 +189,11 @@ impl KeyGen {
 
     pub fn is_sticky(&self) -> bool {
         self.kind == KeyDistributor::NoKey
+    }
+
+    /// The partition the sticky distributor (no key) currently fills.
+    pub fn sticky_partition(&self) -> u32 {
+        self.sticky
     }
 
     pub fn advance_sticky(&mut self) {
