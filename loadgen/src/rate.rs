@@ -1,7 +1,8 @@
 //! Open-loop rate schedule: record `i` has an intended send time `start + i / rate`, fixed in
 //! advance and never moved by how fast the broker answers. Latency is measured from the intended
 //! time (coordinated-omission-correct); how late the generator actually handed the record to the
-//! client is recorded separately as `delay`.
+//! client is recorded separately as `delay` (for a record the producer deferred into its open
+//! batch: how late past the planned wake-up, see `producer`).
 
 use std::time::{Duration, Instant};
 
@@ -30,9 +31,9 @@ impl Schedule {
         if self.rate.is_infinite() {
             return self.start_ns;
         }
-        // Exact for the first 2^53 ns of schedule; i / rate computed in f64 without drift
-        // accumulation because it is never summed; monotonic in `i` (a product by a positive
-        // constant), which `due_by` relies on.
+        // Within 1 ns of start + i / rate (truncated; the precomputed 1e9 / rate rounds) for
+        // the first 2^53 ns of schedule, without drift because it is never summed; monotonic in
+        // `i` (a product by a positive constant), which `due_by` relies on.
         self.start_ns + (i as f64 * self.ns_per_record) as u64
     }
 
