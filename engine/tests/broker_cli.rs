@@ -22,8 +22,15 @@ fn broker_binary_serves_and_shuts_down_cleanly_on_sigterm() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut c = loop {
         if let Ok(s) = std::net::TcpStream::connect(&addr) {
+            // Before the broker listens, a connect to a port in the ephemeral range can
+            // "succeed" by connecting the socket to itself (TCP simultaneous open, when the
+            // kernel picks that same port as the source): CI hit it once (the next connect was
+            // refused). Only a connection accepted by someone else counts.
+            let self_connected = s.local_addr().ok() == s.peer_addr().ok();
             drop(s);
-            break Client::connect(addr.parse().unwrap());
+            if !self_connected {
+                break Client::connect(addr.parse().unwrap());
+            }
         }
         assert!(Instant::now() < deadline, "broker did not start listening");
         std::thread::sleep(Duration::from_millis(50));
