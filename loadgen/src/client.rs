@@ -1615,15 +1615,21 @@ mod tests {
         assert_eq!(metrics.acked.load(Ordering::SeqCst), 1);
     }
 
-    #[test]
-    fn batches_grow_while_a_slow_target_holds_the_window() {
-        // A target that serves one Produce per connection at a time and takes 10 ms for each
-        // (as a replicated Kafka does with acks=all: it mutes the connection until the followers
-        // have the batch). The 10 ms sleep is that service time, not a wait for a condition.
-        // At 4,000 rec/s with 1 ms linger and one request in flight, batches closed at linger
-        // would hold ~4 records: 100 requests/s x 4 = 400 rec/s, a tenth of the schedule.
-        // Held open while the window is full, they grow to what arrived meanwhile (~40 records)
-        // and every record is acknowledged.
+    /// One run of the real `run_producer` + `KafkaTransport` (no key, one partition, 100 B,
+    /// acks=-1, 64 KiB batches; `run_ns` of schedule at `rate`, then up to `drain_ns`) against
+    /// a scripted broker that answers each Produce after `service`, one at a time per
+    /// connection.
+    struct ScriptedRun {
+        /// Records the producer generated.
+        made: u64,
+        metrics: Arc<Metrics>,
+        /// Records per batch, in the order the broker received them.
+        batch_records: Vec<i32>,
+        /// Voluntary context switches of the generator thread during `run_producer`.
+        switches: u64,
+    }
+
+    fn produce_to_scripted_broker(rate: f64, run_ns: u64, linger_ns: u64, drain_ns: u64, service: Duration) -> ScriptedRun {
         let got = Arc::new(Mutex::new(Vec::<i32>::new()));
         let g = got.clone();
         let addr = serve(vec![(ApiKey::Produce, 3, PRODUCE_V)], None, move |s, key, v, mut frame| {
@@ -1634,7 +1640,9 @@ mod tests {
                 let p = &t.partition_data[0];
                 let records = p.records.as_ref().unwrap();
                 g.lock().unwrap().push(i32::from_be_bytes(records[57..61].try_into().unwrap()));
-                std::thread::sleep(Duration::from_millis(10));
+                if !service.is_zero() {
+                    std::thread::sleep(service);
+                }
                 let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
                     .with_name(t.name.clone())
                     .with_partition_responses(vec![PartitionProduceResponse::default().with_index(p.index)])]);
@@ -1648,26 +1656,49 @@ mod tests {
         let settings = crate::produce::ProducerSettings { acks: -1, ..Default::default() };
         let mut t = KafkaTransport::connect_with(&layout, &settings, 1, clock, metrics.clone(), &Connector::plaintext()).unwrap();
         let start = clock.now_ns() + 10_000_000;
-        let end = start + 1_500_000_000;
+        let end = start + run_ns;
         let spec = crate::producer::ProducerSpec {
             partitions: 1,
-            schedule: crate::rate::Schedule::new(start, 4000.0),
+            schedule: crate::rate::Schedule::new(start, rate),
             end_ns: end,
-            drain_deadline_ns: end + 3_000_000_000,
+            drain_deadline_ns: end + drain_ns,
             batch_bytes: 64 << 10,
-            linger_ns: 1_000_000,
+            linger_ns,
             queued_bytes_max: 64 << 20,
             halt: Arc::new(AtomicBool::new(false)),
             settings,
         };
         let mut keys = crate::encode::KeyGen::new(crate::workload::KeyDistributor::NoKey, 1, 1.0, 1, 1);
         let pool = crate::encode::PayloadPool::new(100, 16, 1.0, 1);
+        let s0 = voluntary_switches();
         let made = crate::producer::run_producer(&spec, &mut keys, &pool, &clock, &metrics, &mut t).unwrap();
+        let switches = voluntary_switches() - s0;
         t.close();
-        let a = &metrics.acct[1];
+        let batch_records = got.lock().unwrap().clone();
+        ScriptedRun { made, metrics, batch_records, switches }
+    }
+
+    /// Voluntary context switches of the calling thread so far.
+    fn voluntary_switches() -> u64 {
+        let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = s.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn batches_grow_while_a_slow_target_holds_the_window() {
+        // A target that serves one Produce per connection at a time and takes 10 ms for each
+        // (as a replicated Kafka does with acks=all: it mutes the connection until the followers
+        // have the batch). The 10 ms sleep is that service time, not a wait for a condition.
+        // At 4,000 rec/s with 1 ms linger and one request in flight, batches closed at linger
+        // would hold ~4 records: 100 requests/s x 4 = 400 rec/s, a tenth of the schedule.
+        // Held open while the window is full, they grow to what arrived meanwhile (~40 records)
+        // and every record is acknowledged.
+        let r = produce_to_scripted_broker(4000.0, 1_500_000_000, 1_000_000, 3_000_000_000, Duration::from_millis(10));
+        let a = &r.metrics.acct[1];
         let (scheduled, acked) = (a.scheduled.load(Ordering::SeqCst), a.acked.load(Ordering::SeqCst));
-        let sizes = got.lock().unwrap().clone();
-        assert_eq!(made, 6000);
+        let sizes = &r.batch_records;
+        assert_eq!(r.made, 6000);
         assert_eq!(
             (scheduled, acked, a.timed_out.load(Ordering::SeqCst), a.not_sent.load(Ordering::SeqCst)),
             (6000, 6000, 0, 0),
@@ -1679,13 +1710,6 @@ mod tests {
         assert!(largest >= 20, "batches grew past linger size (~4 records) while the window was full: largest {largest} of {}", sizes.len());
     }
 
-    /// Voluntary context switches of the calling thread so far.
-    fn voluntary_switches() -> u64 {
-        let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-        let line = s.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
     #[test]
     fn the_generator_sleeps_until_its_batch_must_close_not_until_the_next_record() {
         // 20,000 rec/s of 100 B, no key, one partition, 64 KiB batches (~590 records, one
@@ -1694,57 +1718,18 @@ mod tests {
         // only if each 50 µs sleep overshoots by more than its own length). One that defers
         // generation until the open batch can fill sleeps ~1,000 times (at most 1 ms at a time).
         // Every record is still acknowledged, in full batches.
-        let got = Arc::new(Mutex::new(Vec::<i32>::new()));
-        let g = got.clone();
-        let addr = serve(vec![(ApiKey::Produce, 3, PRODUCE_V)], None, move |s, key, v, mut frame| {
-            if key == ApiKey::Produce as i16 {
-                let h = header::<ProduceRequest>(&mut frame, v);
-                let req = ProduceRequest::decode(&mut frame, v).unwrap();
-                let t = &req.topic_data[0];
-                let p = &t.partition_data[0];
-                let records = p.records.as_ref().unwrap();
-                g.lock().unwrap().push(i32::from_be_bytes(records[57..61].try_into().unwrap()));
-                let r = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
-                    .with_name(t.name.clone())
-                    .with_partition_responses(vec![PartitionProduceResponse::default().with_index(p.index)])]);
-                respond(s, h.correlation_id, v, &r);
-            }
-            Served::Continue
-        });
-        let layout = TopicLayout { topic: "t".into(), leaders: vec![(0, addr)] };
-        let metrics = Arc::new(Metrics::new(true));
-        let clock = Clock::new();
-        let settings = crate::produce::ProducerSettings { acks: -1, ..Default::default() };
-        let mut t = KafkaTransport::connect_with(&layout, &settings, 1, clock, metrics.clone(), &Connector::plaintext()).unwrap();
-        let start = clock.now_ns() + 10_000_000;
-        let end = start + 1_000_000_000;
-        let spec = crate::producer::ProducerSpec {
-            partitions: 1,
-            schedule: crate::rate::Schedule::new(start, 20_000.0),
-            end_ns: end,
-            drain_deadline_ns: end + 5_000_000_000,
-            batch_bytes: 64 << 10,
-            linger_ns: 100_000_000,
-            queued_bytes_max: 64 << 20,
-            halt: Arc::new(AtomicBool::new(false)),
-            settings,
-        };
-        let mut keys = crate::encode::KeyGen::new(crate::workload::KeyDistributor::NoKey, 1, 1.0, 1, 1);
-        let pool = crate::encode::PayloadPool::new(100, 16, 1.0, 1);
-        let s0 = voluntary_switches();
-        let made = crate::producer::run_producer(&spec, &mut keys, &pool, &clock, &metrics, &mut t).unwrap();
-        let sleeps = voluntary_switches() - s0;
-        t.close();
-        let a = &metrics.acct[1];
-        assert_eq!(made, 20_000);
+        let r = produce_to_scripted_broker(20_000.0, 1_000_000_000, 100_000_000, 5_000_000_000, Duration::ZERO);
+        let a = &r.metrics.acct[1];
+        assert_eq!(r.made, 20_000);
         assert_eq!(
             (a.scheduled.load(Ordering::SeqCst), a.acked.load(Ordering::SeqCst), a.timed_out.load(Ordering::SeqCst), a.not_sent.load(Ordering::SeqCst)),
             (20_000, 20_000, 0, 0)
         );
-        let mut sizes = got.lock().unwrap().clone();
+        let mut sizes = r.batch_records.clone();
         sizes.sort_unstable();
         let median = sizes[sizes.len() / 2];
         assert!(median >= 500, "batches stay full (~590 records): median {median} of {} batches", sizes.len());
+        let sleeps = r.switches;
         assert!(sleeps < 3_000, "{sleeps} voluntary switches of the generator thread for 20,000 records in ~{} batches", sizes.len());
     }
 }

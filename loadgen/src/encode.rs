@@ -207,15 +207,12 @@ fn varint_len(v: i64) -> usize {
     (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// Zig-zag varint, as record fields are encoded (hand-written: on the encoder's hot path).
+/// Zig-zag varint appended to `out`, as record fields are encoded (`put_varint_at` is the encoder).
 #[inline]
 pub(crate) fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
+    let mut b = [0u8; 10];
+    let n = put_varint_at(&mut b, 0, v);
+    out.extend_from_slice(&b[..n]);
 }
 
 /// Zig-zag varint of `v` written at `out[at..]`; returns the position after it. `out` must

@@ -374,10 +374,10 @@ pub fn run_producer<T: Transport>(
             // frees (measured: 40 % of the thread in clock_gettime); wait for acks instead.
             let queue_full = queued_bytes >= spec.queued_bytes_max;
             let mut deferred = false;
+            let due = spec.schedule.intended_ns(next_i);
             let mut wake = if txn_full {
                 now + 50_000 // the transaction's acks, then its end
             } else if producing && !queue_full {
-                let due = spec.schedule.intended_ns(next_i);
                 if lazy && ready.is_empty() && held.is_empty() {
                     // The first record that may fill the sticky batch (or the last record of
                     // the schedule), and a new batch's linger.
@@ -400,7 +400,6 @@ pub fn run_producer<T: Transport>(
                 let linger_end = opened + spec.linger_ns;
                 if deferred && linger_end <= wake {
                     // Generate what was deferred before the batch is due (see `lazy`).
-                    let due = spec.schedule.intended_ns(next_i);
                     wake = linger_end.saturating_sub(LINGER_MARGIN_NS).max(due);
                     deferred = wake > due;
                 } else {
